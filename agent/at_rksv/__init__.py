@@ -1,0 +1,44 @@
+"""The Austrian RKSV fiscal profile: payload, counter, chaining, JWS, DEP export, verifier."""
+
+from __future__ import annotations
+
+from agent.at_rksv.counter import (
+    STORNO_MARKER,
+    TRAINING_MARKER,
+    aes_key_check_value,
+    decrypt_counter,
+    encrypt_counter,
+)
+from agent.at_rksv.encoding import amount_to_cents, cents_to_amount
+from agent.at_rksv.payload import (
+    FALLBACK_SIGNATURE,
+    FALLBACK_TEXT,
+    Payload,
+    chain_value,
+    is_fallback,
+    jws_compact,
+    ocr_code,
+    qr_code,
+    signing_input,
+    split_jws,
+)
+
+__all__ = [
+    "FALLBACK_SIGNATURE",
+    "FALLBACK_TEXT",
+    "STORNO_MARKER",
+    "TRAINING_MARKER",
+    "Payload",
+    "aes_key_check_value",
+    "amount_to_cents",
+    "cents_to_amount",
+    "chain_value",
+    "decrypt_counter",
+    "encrypt_counter",
+    "is_fallback",
+    "jws_compact",
+    "ocr_code",
+    "qr_code",
+    "signing_input",
+    "split_jws",
+]

@@ -1,0 +1,77 @@
+"""The turnover counter field "Stand-Umsatz-Zaehler-AES256-ICM" (reference/rksv.md section 3).
+
+The counter (euro cents) is written as an N-byte big-endian two's complement number at
+the start of a zero block and encrypted with AES-256 in CTR mode; the IV is the first 16
+bytes of SHA-256(Kassen-ID || Belegnummer). Storno and Training receipts carry a marker
+instead of the ciphertext.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from agent.at_rksv.encoding import b64, b64_decode
+
+__all__ = [
+    "MAX_COUNTER_BYTES",
+    "MIN_COUNTER_BYTES",
+    "STORNO_MARKER",
+    "TRAINING_MARKER",
+    "aes_key_check_value",
+    "counter_iv",
+    "decrypt_counter",
+    "encrypt_counter",
+]
+
+STORNO_MARKER = b64(b"STO")  # "U1RP"
+TRAINING_MARKER = b64(b"TRA")  # "VFJB"
+MIN_COUNTER_BYTES = 5
+MAX_COUNTER_BYTES = 16
+
+
+def counter_iv(register_id: str, receipt_id: str) -> bytes:
+    """IV of the counter block: SHA-256 over the UTF-8 Kassen-ID and Belegnummer, 16 bytes."""
+    return hashlib.sha256((register_id + receipt_id).encode("utf-8")).digest()[:16]
+
+
+def _keystream(key: bytes, iv: bytes) -> bytes:
+    if len(key) != 32:
+        raise ValueError(f"the AES key must be 32 bytes (AES-256), got {len(key)}")
+    encryptor = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+    return encryptor.update(bytes(16)) + encryptor.finalize()
+
+
+def encrypt_counter(
+    key: bytes, register_id: str, receipt_id: str, cents: int, length: int = 8
+) -> str:
+    """Encrypt ``cents`` into the base64 counter field of ``length`` bytes.
+
+    Raises:
+        ValueError: the length is outside 5..16 or the value does not fit.
+    """
+    if not MIN_COUNTER_BYTES <= length <= MAX_COUNTER_BYTES:
+        raise ValueError(f"counter length must be 5..16 bytes, got {length}")
+    plain = cents.to_bytes(length, "big", signed=True)
+    stream = _keystream(key, counter_iv(register_id, receipt_id))
+    return b64(bytes(p ^ s for p, s in zip(plain, stream, strict=False)))
+
+
+def decrypt_counter(key: bytes, register_id: str, receipt_id: str, field: str) -> int:
+    """Decrypt a counter field back to cents; its byte length is taken from the field.
+
+    Raises:
+        ValueError: the field is not base64 or has a length outside 5..16 bytes.
+    """
+    data = b64_decode(field)
+    if not MIN_COUNTER_BYTES <= len(data) <= MAX_COUNTER_BYTES:
+        raise ValueError(f"encrypted counter has {len(data)} bytes, allowed are 5..16")
+    stream = _keystream(key, counter_iv(register_id, receipt_id))
+    plain = bytes(c ^ s for c, s in zip(data, stream, strict=False))
+    return int.from_bytes(plain, "big", signed=True)
+
+
+def aes_key_check_value(b64_key: str) -> str:
+    """The 4-character Pruefwert of a base64 AES key: base64(SHA-256(key text)[:3])."""
+    return b64(hashlib.sha256(b64_key.encode("ascii")).digest()[:3]).rstrip("=")

@@ -1,0 +1,128 @@
+"""The signed payload, the JWS and the machine-readable codes (reference/rksv.md 1, 2, 4, 5).
+
+A :class:`Payload` holds the 12 signed fields. ``Payload.text()`` is the string that is
+signed (it starts with ``_``); :func:`jws_compact` wraps it into the JWS kept in the DEP;
+:func:`qr_code` and :func:`ocr_code` give the two printable forms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from agent.at_rksv.encoding import b32, b64, b64_decode, b64url, b64url_decode
+
+__all__ = [
+    "FALLBACK_SIGNATURE",
+    "FALLBACK_TEXT",
+    "JWS_HEADER",
+    "JWS_HEADER_B64",
+    "Payload",
+    "chain_value",
+    "is_fallback",
+    "jws_compact",
+    "ocr_code",
+    "qr_code",
+    "signing_input",
+    "split_jws",
+]
+
+JWS_HEADER = b'{"alg":"ES256"}'
+JWS_HEADER_B64 = b64url(JWS_HEADER)
+FALLBACK_TEXT = "Sicherheitseinrichtung ausgefallen"
+FALLBACK_SIGNATURE = FALLBACK_TEXT.encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """The 12 signed fields of an RKSV receipt, already formatted as strings."""
+
+    suite: str  # e.g. "R1-AT1"
+    register_id: str
+    receipt_id: str
+    issued_at: str  # yyyy-MM-ddTHH:mm:ss, Austrian local time
+    amounts: tuple[str, str, str, str, str]  # normal, reduced1, reduced2, zero, special
+    counter: str  # encrypted counter, or U1RP / VFJB
+    cert_serial: str
+    chain: str
+
+    def fields(self) -> list[str]:
+        return [
+            self.suite,
+            self.register_id,
+            self.receipt_id,
+            self.issued_at,
+            *self.amounts,
+            self.counter,
+            self.cert_serial,
+            self.chain,
+        ]
+
+    def text(self) -> str:
+        """The exact string that is signed: ``_`` + the fields joined by ``_``."""
+        return "_" + "_".join(self.fields())
+
+    @classmethod
+    def parse(cls, text: str) -> Payload:
+        """Split a payload string into its fields.
+
+        Raises:
+            ValueError: the text does not have the 12 fields after a leading ``_``.
+        """
+        parts = text.split("_")
+        if len(parts) != 13 or parts[0] != "":
+            raise ValueError(f"payload must be '_' + 12 fields joined by '_', got {len(parts) - 1}")
+        f = parts[1:]
+        return cls(f[0], f[1], f[2], f[3], (f[4], f[5], f[6], f[7], f[8]), f[9], f[10], f[11])
+
+
+def signing_input(payload: Payload) -> bytes:
+    """The ASCII bytes that ES256 signs: ``base64url(header) . base64url(payload)``."""
+    return f"{JWS_HEADER_B64}.{b64url(payload.text().encode('utf-8'))}".encode("ascii")
+
+
+def jws_compact(payload: Payload, signature: bytes) -> str:
+    """The compact JWS; ``signature`` is R||S (64 bytes) or the fallback text."""
+    return f"{signing_input(payload).decode('ascii')}.{b64url(signature)}"
+
+
+def split_jws(jws: str) -> tuple[Payload, bytes, bytes]:
+    """Parse a compact JWS into (payload, signature bytes, raw header bytes).
+
+    Raises:
+        ValueError: wrong segment count, padding, bad base64url or bad payload.
+    """
+    segments = jws.split(".")
+    if len(segments) != 3:
+        raise ValueError("JWS does not have exactly three segments")
+    header, body, signature = (b64url_decode(s) for s in segments)
+    return Payload.parse(body.decode("utf-8")), signature, header
+
+
+def is_fallback(signature: bytes) -> bool:
+    """True when the signature segment is the "Sicherheitseinrichtung ausgefallen" marker."""
+    return signature == FALLBACK_SIGNATURE
+
+
+def qr_code(payload: Payload, signature: bytes) -> str:
+    """The QR content: payload + ``_`` + standard base64 of the signature."""
+    return f"{payload.text()}_{b64(signature)}"
+
+
+def ocr_code(payload: Payload, signature: bytes) -> str:
+    """The OCR form: counter, chain and signature re-encoded in base32."""
+    counter = _b64_to_b32(payload.counter)
+    fields = payload.fields()
+    fields[9] = counter
+    fields[11] = _b64_to_b32(payload.chain)
+    return "_" + "_".join(fields) + "_" + b32(signature)
+
+
+def _b64_to_b32(value: str) -> str:
+    return b32(b64_decode(value))
+
+
+def chain_value(previous_jws: str | None, register_id: str) -> str:
+    """Sig-Voriger-Beleg: base64 of SHA-256(previous JWS or, for the first, the Kassen-ID)[:8]."""
+    source = register_id if previous_jws is None else previous_jws
+    return b64(hashlib.sha256(source.encode("utf-8")).digest()[:8])

@@ -1,0 +1,97 @@
+"""Every error the till agent raises on purpose, grouped by what the caller does next.
+
+::
+
+    TillAgentError
+    ├── InvalidSale            bad input: reject it, nothing was consumed (field + rule)
+    ├── ConfigurationError     fail at start-up or at the command line
+    ├── FiscalError            stop selling on this register until an operator acts
+    │   ├── RegisterStateError     not initialised, already closed (Schlussbeleg), ...
+    │   └── ConflictError          a request_id reused with a different sale
+    ├── SigningError           the signature unit could not produce a valid signature
+    │   ├── UnitUnavailable        error or deadline exceeded: the unit is down
+    │   └── InvalidSignature       the unit answered with a signature that does not verify
+    ├── StorageError           the till database could not do what was asked
+    │   └── DataDirLocked          another process owns this data directory
+    └── NotFound               a receipt, register or unit that does not exist
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "ConflictError",
+    "DataDirLocked",
+    "FiscalError",
+    "InvalidSale",
+    "InvalidSignature",
+    "NotFound",
+    "RegisterStateError",
+    "SigningError",
+    "StorageError",
+    "TillAgentError",
+    "UnitUnavailable",
+]
+
+
+class TillAgentError(Exception):
+    """Root of every error raised by the till agent on purpose."""
+
+
+class InvalidSale(TillAgentError):  # noqa: N818 - reads as a verdict: "invalid sale"
+    """A sale (or any request) that breaks a rule; it consumed no number.
+
+    Args:
+        field: dotted path of the offending field, e.g. ``lines.0.vat``.
+        rule: short machine-readable rule name, e.g. ``vat-class``.
+        message: a sentence for the person who wrote the POS integration.
+    """
+
+    def __init__(self, field: str, rule: str, message: str) -> None:
+        super().__init__(f"{field}: {message} [{rule}]")
+        self.field = field
+        self.rule = rule
+        self.message = message
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "rule": self.rule, "message": self.message}
+
+
+class ConfigurationError(TillAgentError):
+    """The configuration or a command-line argument is unusable."""
+
+
+class FiscalError(TillAgentError):
+    """The register cannot issue receipts in its current state."""
+
+
+class RegisterStateError(FiscalError):
+    """The register is not in a state that allows this operation."""
+
+
+class ConflictError(FiscalError):
+    """A request conflicts with what the journal already holds."""
+
+
+class SigningError(TillAgentError):
+    """The signature unit did not produce a usable signature."""
+
+
+class UnitUnavailable(SigningError):  # noqa: N818 - a state, not an action
+    """The unit failed or missed its deadline; nothing is known to have been signed."""
+
+
+class InvalidSignature(SigningError):
+    """The unit returned a signature that does not verify against its public key."""
+
+
+class StorageError(TillAgentError):
+    """The till database failed."""
+
+
+class DataDirLocked(StorageError):  # noqa: N818 - a state
+    """Another process holds the writer lock on this data directory."""
+
+
+class NotFound(TillAgentError):  # noqa: N818 - a state
+    """The requested object does not exist."""

@@ -1,0 +1,200 @@
+"""The signature-unit protocol and the checks every signature passes before it is used.
+
+A unit signs the JWS signing input of a receipt and returns the 64-byte R||S value. Every
+call has a deadline (an absolute ``time.monotonic()`` instant); a unit that misses it is
+treated as unavailable. :func:`sign_verified` is the only way the receipt service asks
+for a signature: it enforces the deadline and verifies the result against the unit's
+public key, so an invalid signature can never reach the journal.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar, runtime_checkable
+
+from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+from agent.errors import InvalidSignature, UnitUnavailable
+
+__all__ = [
+    "Capabilities",
+    "Identity",
+    "SignatureUnit",
+    "call_with_deadline",
+    "der_to_rs",
+    "rs_to_der",
+    "sign_verified",
+    "verify_rs",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a unit can do, so the receipt service picks the right failure handling.
+
+    Attributes:
+        keeps_chain: the unit is a remote chain service with its own receipt chain; a
+            timeout after sending leaves the outcome unknown (the receipt is ``unsigned``).
+        remote: the unit is reached over a network.
+    """
+
+    keeps_chain: bool = False
+    remote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who signs: the ids printed in every receipt and the key to check signatures with.
+
+    Attributes:
+        unit_id: the agent's own name for the unit.
+        zda: provider id of the suite, ``AT1``.. for open systems, ``AT0`` for closed ones.
+        serial: field 11 of the payload: hex certificate serial, or ``Ordnungsbegriff-KeyID``.
+        public_key_der: DER SubjectPublicKeyInfo of the signing key.
+        certificate_der: DER certificate (open systems), else ``None``.
+    """
+
+    unit_id: str
+    zda: str
+    serial: str
+    public_key_der: bytes
+    certificate_der: bytes | None = None
+
+    @property
+    def suite(self) -> str:
+        return f"R1-{self.zda}"
+
+    @property
+    def closed(self) -> bool:
+        return self.zda == "AT0"
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return _load_public_key(self.public_key_der)
+
+
+@functools.lru_cache(maxsize=64)
+def _load_public_key(der: bytes) -> ec.EllipticCurvePublicKey:
+    key = serialization.load_der_public_key(der)
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise TypeError("the unit's public key is not an EC key")
+    return key
+
+
+@runtime_checkable
+class SignatureUnit(Protocol):
+    """A signature creation unit (Signaturerstellungseinheit)."""
+
+    @property
+    def identity(self) -> Identity: ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    def sign(self, data: bytes, *, deadline: float) -> bytes:
+        """Sign ``data`` (the JWS signing input) with ES256 and return R||S (64 bytes).
+
+        Raises:
+            UnitUnavailable: the unit failed or the deadline passed.
+        """
+        ...
+
+    def probe(self, *, deadline: float) -> None:
+        """Check that the unit answers; never signs a receipt.
+
+        Raises:
+            UnitUnavailable: the unit does not answer in time.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+def der_to_rs(der: bytes) -> bytes:
+    """Convert a DER ECDSA-Sig-Value into the 64-byte JWS form R||S."""
+    r, s = decode_dss_signature(der)
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def rs_to_der(rs: bytes) -> bytes:
+    """Convert a 64-byte R||S value into DER; raises ``ValueError`` for other lengths."""
+    if len(rs) != 64:
+        raise ValueError(f"an ES256 signature has 64 bytes, got {len(rs)}")
+    return encode_dss_signature(int.from_bytes(rs[:32], "big"), int.from_bytes(rs[32:], "big"))
+
+
+def verify_rs(public_key: ec.EllipticCurvePublicKey, data: bytes, rs: bytes) -> bool:
+    """True when ``rs`` is a valid ES256 signature of ``data``."""
+    try:
+        public_key.verify(rs_to_der(rs), data, ec.ECDSA(hashes.SHA256()))
+    except (_CryptoInvalidSignature, ValueError):
+        return False
+    return True
+
+
+_pool_lock = threading.Lock()
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _executor() -> concurrent.futures.ThreadPoolExecutor:
+    global _pool  # noqa: PLW0603 - one lazily created pool for calls that may hang
+    with _pool_lock:
+        if _pool is None:
+            _pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="unit-call")
+        return _pool
+
+
+def call_with_deadline(fn: Callable[[], T], deadline: float, what: str) -> T:
+    """Run ``fn`` in a worker thread and give up at ``deadline`` (monotonic seconds).
+
+    A call that overruns keeps running in its thread, but its result is discarded: this
+    is only safe for stateless operations (local signing, probing).
+
+    Raises:
+        UnitUnavailable: the deadline passed, or ``fn`` raised.
+    """
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise UnitUnavailable(f"{what}: deadline already passed")
+    future = _executor().submit(fn)
+    try:
+        return future.result(timeout=remaining)
+    except concurrent.futures.TimeoutError as exc:
+        raise UnitUnavailable(f"{what}: no answer within the deadline") from exc
+    except UnitUnavailable:
+        raise
+    except Exception as exc:
+        raise UnitUnavailable(f"{what}: {exc}") from exc
+
+
+def sign_verified(unit: SignatureUnit, data: bytes, *, timeout: float) -> bytes:
+    """Ask ``unit`` for a signature within ``timeout`` seconds and verify it.
+
+    Raises:
+        UnitUnavailable: the unit failed or missed the deadline.
+        InvalidSignature: the unit answered with a value that does not verify.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        signature = unit.sign(data, deadline=deadline)
+    except UnitUnavailable:
+        raise
+    except Exception as exc:
+        raise UnitUnavailable(f"unit {unit.identity.unit_id}: {exc}") from exc
+    if time.monotonic() > deadline:
+        raise UnitUnavailable(f"unit {unit.identity.unit_id}: answered after the deadline")
+    if not verify_rs(unit.identity.public_key(), data, signature):
+        raise InvalidSignature(f"unit {unit.identity.unit_id} returned an invalid signature")
+    return signature

@@ -1,0 +1,61 @@
+"""How a signature unit is described in the till database and in the configuration."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["UnitConfig"]
+
+_ZDA_RE = re.compile(r"^(AT0|[A-Z]{2}[1-9]\d*)$")
+
+
+class UnitConfig(BaseModel):
+    """One signature unit: its kind and what that kind needs to open it.
+
+    ``software`` needs ``key_file`` plus ``certificate_file`` (open) or ``key_id`` (AT0).
+    ``pkcs11`` needs ``module``, ``token_label``, ``pin`` and ``key_label`` plus, as above,
+    a certificate or a key id.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9.:-]+$")
+    kind: Literal["software", "pkcs11"]
+    zda: str = "AT100"
+    key_file: Path | None = None
+    certificate_file: Path | None = None
+    key_id: str | None = None
+    module: Path | None = None
+    token_label: str | None = None
+    pin: str | None = None
+    key_label: str | None = None
+
+    @field_validator("zda")
+    @classmethod
+    def _zda_form(cls, value: str) -> str:
+        if not _ZDA_RE.match(value):
+            raise ValueError("zda must be AT0 (closed system) or a provider id like AT1")
+        return value
+
+    @field_validator("key_id")
+    @classmethod
+    def _key_id_form(cls, value: str | None) -> str | None:
+        if value is not None and ("_" in value or not value):
+            raise ValueError("key_id must be non-empty and must not contain '_'")
+        return value
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> UnitConfig:
+        needs = {"software": ("key_file",), "pkcs11": ("module", "token_label", "key_label")}
+        missing = [name for name in needs[self.kind] if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"a {self.kind} unit needs {', '.join(missing)}")
+        if (self.zda == "AT0") != (self.key_id is not None):
+            raise ValueError("key_id is required for zda AT0 (closed system) and only there")
+        if self.zda != "AT0" and self.certificate_file is None:
+            raise ValueError("an open system unit needs certificate_file")
+        return self
