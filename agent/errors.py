@@ -38,7 +38,7 @@ class TillAgentError(Exception):
     """Root of every error raised by the till agent on purpose."""
 
 
-class InvalidSale(TillAgentError):  # noqa: N818 - reads as a verdict: "invalid sale"
+class InvalidSale(TillAgentError):
     """A sale (or any request) that breaks a rule; it consumed no number.
 
     Args:
@@ -77,7 +77,7 @@ class SigningError(TillAgentError):
     """The signature unit did not produce a usable signature."""
 
 
-class UnitUnavailable(SigningError):  # noqa: N818 - a state, not an action
+class UnitUnavailable(SigningError):
     """The unit failed or missed its deadline; nothing is known to have been signed."""
 
 
@@ -89,9 +89,9 @@ class StorageError(TillAgentError):
     """The till database failed."""
 
 
-class DataDirLocked(StorageError):  # noqa: N818 - a state
+class DataDirLocked(StorageError):
     """Another process holds the writer lock on this data directory."""
 
 
-class NotFound(TillAgentError):  # noqa: N818 - a state
+class NotFound(TillAgentError):
     """The requested object does not exist."""

@@ -13,13 +13,13 @@ import re
 
 __all__ = [
     "AMOUNT_RE",
+    "amount_to_cents",
     "b32",
     "b64",
     "b64_decode",
     "b64url",
     "b64url_decode",
     "cents_to_amount",
-    "amount_to_cents",
 ]
 
 AMOUNT_RE = re.compile(r"^-?([1-9]\d*|0),\d\d$")

@@ -61,9 +61,12 @@ class SoftwareUnit:
         if certificate_file is None:
             raise ConfigurationError(f"unit {unit_id}: an open system needs a certificate")
         cert = load_certificate(certificate_file)
-        if cert.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        ) != public_der:
+        if (
+            cert.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            != public_der
+        ):
             raise ConfigurationError(f"unit {unit_id}: certificate does not match the key")
         der = cert.public_bytes(serialization.Encoding.DER)
         return cls(key, Identity(unit_id, zda, format(cert.serial_number, "x"), public_der, der))
@@ -76,7 +79,7 @@ class SoftwareUnit:
     def capabilities(self) -> Capabilities:
         return Capabilities()
 
-    def sign(self, data: bytes, *, deadline: float) -> bytes:  # noqa: ARG002 - never blocks
+    def sign(self, data: bytes, *, deadline: float) -> bytes:
         try:
             return der_to_rs(self._key.sign(data, _ECDSA))
         except Exception as exc:  # pragma: no cover - OpenSSL failure
@@ -132,9 +135,8 @@ def create_software_unit(
         handle.write(pem)
     if key_id is not None:
         return key_path, None
-    subject = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, f"till-agent DEVELOPMENT unit {name} (NOT CERTIFIED)")]
-    )
+    common_name = f"till-agent DEVELOPMENT unit {name} (NOT CERTIFIED)"
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()

@@ -1,0 +1,72 @@
+"""The units a till knows: stored in the till database, opened once, shared by registers."""
+
+from __future__ import annotations
+
+import threading
+
+from sqlalchemy import Connection, select
+
+from agent.errors import NotFound
+from agent.signing import SignatureUnit, UnitConfig, open_unit
+from storage.models import UNITS
+
+__all__ = ["UnitRegistry", "store_unit"]
+
+_U = UNITS
+
+
+def store_unit(conn: Connection, config: UnitConfig, unit: SignatureUnit, at: str) -> None:
+    """Record (or refresh) a unit's configuration and identity in the current transaction."""
+    ident = unit.identity
+    row = {
+        "id": config.id,
+        "kind": config.kind,
+        "config": config.model_dump_json(),
+        "zda": ident.zda,
+        "serial": ident.serial,
+        "public_key_der": ident.public_key_der,
+        "certificate_der": ident.certificate_der,
+        "created_at": at,
+    }
+    conn.execute(_U.delete().where(_U.c.id == config.id))
+    conn.execute(_U.insert(), row)
+
+
+class UnitRegistry:
+    """Opens units from their stored configuration on first use and keeps them open.
+
+    Tests and the scenario simulator can :meth:`put` a unit object directly (for example a
+    flaky wrapper) in place of the configured one.
+    """
+
+    def __init__(self) -> None:
+        self._units: dict[str, SignatureUnit] = {}
+        self._lock = threading.Lock()
+
+    def put(self, unit: SignatureUnit) -> None:
+        with self._lock:
+            self._units[unit.identity.unit_id] = unit
+
+    def get(self, conn: Connection, unit_id: str) -> SignatureUnit:
+        """The open unit ``unit_id``, opened from the database if needed.
+
+        Raises:
+            NotFound: no such unit is stored.
+            ConfigurationError: the unit cannot be opened.
+        """
+        with self._lock:
+            unit = self._units.get(unit_id)
+        if unit is not None:
+            return unit
+        row = conn.execute(select(_U.c.config).where(_U.c.id == unit_id)).first()
+        if row is None:
+            raise NotFound(f"no signature unit {unit_id!r} in this till database")
+        unit = open_unit(UnitConfig.model_validate_json(row[0]))
+        self.put(unit)
+        return unit
+
+    def close(self) -> None:
+        with self._lock:
+            units, self._units = list(self._units.values()), {}
+        for unit in units:
+            unit.close()

@@ -1,0 +1,132 @@
+"""The till database: SQLite through SQLAlchemy 2 with the durability recipe of A3.
+
+* WAL with ``synchronous=FULL``: a commit is on disk before the receipt is shown.
+* ``isolation_level=None`` on the driver and our own ``BEGIN``: writers use
+  ``BEGIN IMMEDIATE`` (the ``writer`` engine), readers a deferred ``BEGIN``.
+* ``busy_timeout`` so a second connection waits instead of failing.
+* ``PRAGMA quick_check`` and Alembic ``upgrade head`` when the database is opened.
+* One writer process per data directory, enforced with an ``flock`` on ``agent.lock``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from storage.errors import DataDirLocked, StorageError
+
+__all__ = ["DB_FILE", "TillDB", "make_engine", "open_till_db"]
+
+DB_FILE = "till.sqlite3"
+LOCK_FILE = "agent.lock"
+
+
+def make_engine(path: Path, *, synchronous: str = "FULL") -> Engine:
+    """An engine whose connections run WAL, the given ``synchronous`` and our own BEGIN."""
+    engine = create_engine(
+        f"sqlite:///{path}", connect_args={"timeout": 5.0, "check_same_thread": False}
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _rec: ConnectionPoolEntry) -> None:
+        dbapi_conn.isolation_level = None  # we own BEGIN (see reference/libraries.md A3)
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            f"PRAGMA synchronous={synchronous}",
+            "PRAGMA busy_timeout=5000",
+            "PRAGMA foreign_keys=ON",
+        ):
+            dbapi_conn.execute(pragma)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+@dataclass
+class TillDB:
+    """An open till database: a reader engine, a writer engine and (if a writer) the lock."""
+
+    path: Path
+    engine: Engine
+    writer: Engine
+    _lock_fd: int | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _acquire_lock(data_dir: Path) -> int:
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise DataDirLocked(
+            f"another till-agent process is writing to {data_dir} (lock {LOCK_FILE})"
+        ) from exc
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _quick_check(engine: Engine) -> None:
+    with engine.connect() as conn:
+        rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+    if rows != ["ok"]:
+        raise StorageError(f"the till database failed PRAGMA quick_check: {rows[:5]}")
+
+
+def open_till_db(data_dir: Path, *, writer: bool = True, migrate: bool = True) -> TillDB:
+    """Open (and create or migrate) the till database in ``data_dir``.
+
+    Args:
+        data_dir: the data directory; created if missing.
+        writer: take the one-writer lock; read-only tools pass ``False``.
+        migrate: run Alembic ``upgrade head`` (only done by a writer).
+
+    Raises:
+        DataDirLocked: another process holds the writer lock.
+        StorageError: the database is damaged or cannot be opened.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock_fd = _acquire_lock(data_dir) if writer else None
+    path = data_dir / DB_FILE
+    if not writer and not path.exists():
+        raise StorageError(f"no till database in {data_dir}: run `till-agent init` first")
+    try:
+        engine = make_engine(path)
+        _quick_check(engine)
+        if writer and migrate:
+            from storage.migrate import upgrade_to_head
+
+            upgrade_to_head(engine)
+    except sqlite3.DatabaseError as exc:
+        if lock_fd is not None:
+            os.close(lock_fd)
+        raise StorageError(f"cannot open the till database {path}: {exc}") from exc
+    except Exception:
+        if lock_fd is not None:
+            os.close(lock_fd)
+        raise
+    return TillDB(path, engine, engine.execution_options(sqlite_begin="IMMEDIATE"), lock_fd)
+
+
+def table_names(engine: Engine) -> list[str]:
+    """Names of the user tables (for tests and diagnostics)."""
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'")).all()
+    return sorted(str(r[0]) for r in rows)

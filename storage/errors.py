@@ -1,0 +1,7 @@
+"""Storage errors are the agent's errors; this module only re-exports them for storage users."""
+
+from __future__ import annotations
+
+from agent.errors import DataDirLocked, StorageError
+
+__all__ = ["DataDirLocked", "StorageError"]

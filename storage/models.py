@@ -1,0 +1,159 @@
+"""SQLAlchemy models of the till database. Schema changes go through Alembic only.
+
+``receipts`` and ``journal`` are append-only: triggers (created by the migrations, see
+:data:`APPEND_ONLY_TABLES`) abort any UPDATE or DELETE. Mutable per-register state
+(the next number, the counter, the last JWS) lives in ``registers`` and is changed in the
+same transaction that appends the receipt and its journal event.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from sqlalchemy import (
+    CheckConstraint,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "APPEND_ONLY_TABLES",
+    "JOURNAL",
+    "RECEIPTS",
+    "REGISTERS",
+    "REGISTER_UNITS",
+    "UNITS",
+    "Base",
+    "JournalEvent",
+    "Receipt",
+    "Register",
+    "RegisterUnit",
+    "Unit",
+]
+
+APPEND_ONLY_TABLES = ("receipts", "journal")
+
+_NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=_NAMING)
+
+
+class Unit(Base):
+    """A signature unit known to this till: its configuration and identity."""
+
+    __tablename__ = "units"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    config: Mapped[str] = mapped_column(Text)  # UnitConfig as JSON
+    zda: Mapped[str] = mapped_column(String(16))
+    serial: Mapped[str] = mapped_column(String(128))
+    public_key_der: Mapped[bytes] = mapped_column(LargeBinary)
+    certificate_der: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[str] = mapped_column(String(32))
+
+
+class Register(Base):
+    """A cash register (Kassen-ID) and its running state."""
+
+    __tablename__ = "registers"
+    __table_args__ = (
+        CheckConstraint("state IN ('active', 'closed')", name="state"),
+        CheckConstraint("counter_bytes BETWEEN 5 AND 16", name="counter_bytes"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    closed_system: Mapped[bool] = mapped_column()
+    counter_bytes: Mapped[int] = mapped_column(Integer, default=8)
+    aes_key: Mapped[str] = mapped_column(String(64))  # base64, 32 bytes
+    timezone: Mapped[str] = mapped_column(String(64), default="Europe/Vienna")
+    receipt_id_format: Mapped[str] = mapped_column(String(64), default="{number}")
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    active_unit: Mapped[str] = mapped_column(ForeignKey("units.id"))
+    last_number: Mapped[int] = mapped_column(Integer, default=0)
+    turnover_cents: Mapped[int] = mapped_column(Integer, default=0)
+    last_jws: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_issued_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[str] = mapped_column(String(32))
+
+
+class RegisterUnit(Base):
+    """The units a register may sign with, in order (``usedSignatureDevice`` picks one)."""
+
+    __tablename__ = "register_units"
+
+    register_id: Mapped[str] = mapped_column(ForeignKey("registers.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit_id: Mapped[str] = mapped_column(ForeignKey("units.id"))
+
+
+class Receipt(Base):
+    """One receipt of one register, exactly as it was signed and journaled."""
+
+    __tablename__ = "receipts"
+    __table_args__ = (
+        UniqueConstraint("register_id", "number"),
+        UniqueConstraint("register_id", "receipt_id"),
+        UniqueConstraint("register_id", "request_id"),
+        CheckConstraint(
+            "signature_state IN ('signed', 'fallback', 'unsigned')", name="signature_state"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    register_id: Mapped[str] = mapped_column(ForeignKey("registers.id"))
+    number: Mapped[int] = mapped_column(Integer)
+    receipt_id: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    sale_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    issued_at: Mapped[str] = mapped_column(String(19))
+    amount_normal: Mapped[int] = mapped_column(Integer)
+    amount_reduced1: Mapped[int] = mapped_column(Integer)
+    amount_reduced2: Mapped[int] = mapped_column(Integer)
+    amount_zero: Mapped[int] = mapped_column(Integer)
+    amount_special: Mapped[int] = mapped_column(Integer)
+    turnover_cents: Mapped[int] = mapped_column(Integer)  # after this receipt
+    jws: Mapped[str] = mapped_column(Text)
+    signature_state: Mapped[str] = mapped_column(String(16))
+    unit_id: Mapped[str] = mapped_column(ForeignKey("units.id"))
+    voids_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    document: Mapped[str] = mapped_column(Text)  # the sale and printable lines, JSON
+    journal_seq: Mapped[int] = mapped_column(Integer)
+
+
+class JournalEvent(Base):
+    """The append-only journal: a global sequence, each event hashing the previous one."""
+
+    __tablename__ = "journal"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[str] = mapped_column(String(32))  # UTC, ISO 8601
+    register_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    data: Mapped[str] = mapped_column(Text)  # JSON
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+# Core tables for the hot path (typed as Table so insert()/update() type-check).
+UNITS = cast(Table, Unit.__table__)
+REGISTERS = cast(Table, Register.__table__)
+REGISTER_UNITS = cast(Table, RegisterUnit.__table__)
+RECEIPTS = cast(Table, Receipt.__table__)
+JOURNAL = cast(Table, JournalEvent.__table__)

@@ -1,0 +1,66 @@
+"""Plain factory functions for tests: databases, units, services and sales."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+from agent.receipts import ReceiptService
+from agent.signing import UnitConfig, open_unit
+from agent.signing.registry import UnitRegistry, store_unit
+from storage import TillDB, open_till_db
+
+VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "rksv"
+
+
+def load_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_e2e_unit(directory: Path, case: str = "e2e_open") -> UnitConfig:
+    """Key (and certificate) of an e2e vector as files, and the unit config for them."""
+    expected = load_json(VECTORS / case / "expected.json")
+    container = load_json(VECTORS / case / "cryptographicMaterialContainer.json")
+    key_file = directory / f"{case}.key.pem"
+    key_file.write_text(expected["privateKeyPem"])
+    entry = next(iter(container["certificateOrPublicKeyMap"].values()))
+    if entry["signatureDeviceType"] == "CERTIFICATE":
+        cert_file = directory / f"{case}.cert.der"
+        cert_file.write_bytes(base64.b64decode(entry["signatureCertificateOrPublicKey"]))
+        return UnitConfig(
+            id="e2e", kind="software", zda="AT1", key_file=key_file, certificate_file=cert_file
+        )
+    return UnitConfig(id="e2e", kind="software", zda="AT0", key_file=key_file, key_id=entry["id"])
+
+
+def make_db(data_dir: Path) -> TillDB:
+    return open_till_db(data_dir)
+
+
+def add_unit(db: TillDB, registry: UnitRegistry, config: UnitConfig) -> None:
+    unit = open_unit(config)
+    with db.writer.begin() as conn:
+        store_unit(conn, config, unit, "2026-01-01T00:00:00+00:00")
+    registry.put(unit)
+
+
+def make_service(db: TillDB, registry: UnitRegistry | None = None) -> ReceiptService:
+    return ReceiptService(db, registry or UnitRegistry())
+
+
+def sale(**overrides: Any) -> dict[str, Any]:
+    """A valid standard sale of 12.50 (normal) + 4.20 (reduced1); override any key."""
+    base: dict[str, Any] = {
+        "request_id": "req-1",
+        "register": "KASSE-1",
+        "kind": "standard",
+        "lines": [
+            {"text": "Schnitzel", "qty": "1", "unit_price": "12.50", "vat": "normal"},
+            {"text": "Apfelsaft", "qty": "2", "unit_price": "2.10", "vat": "reduced1"},
+        ],
+        "payments": [{"method": "cash", "amount": "16.70"}],
+    }
+    base.update(overrides)
+    return base
