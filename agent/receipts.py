@@ -122,7 +122,12 @@ class ReceiptService:
     # -- public API -------------------------------------------------------------------
 
     def init_register(
-        self, setup: RegisterSetup, *, receipt_id: str | None = None, issued_at: str | None = None
+        self,
+        setup: RegisterSetup,
+        *,
+        receipt_id: str | None = None,
+        issued_at: str | None = None,
+        unit_position: int | None = None,
     ) -> ReceiptResult:
         """Create a register and issue its signed Startbeleg in one transaction.
 
@@ -137,7 +142,13 @@ class ReceiptService:
         with self._lock, self.db.writer.begin() as conn:
             self._create_register(conn, setup)
             reg = self._register_row(conn, setup.register_id)
-            draft = _Draft(setup.register_id, "start", receipt_id=receipt_id, issued_at=issued_at)
+            draft = _Draft(
+                setup.register_id,
+                "start",
+                receipt_id=receipt_id,
+                issued_at=issued_at,
+                unit_position=unit_position,
+            )
             return self._issue_in(conn, reg, draft)
 
     def issue(self, sale: Sale | bytes | str | dict[str, Any]) -> ReceiptResult:

@@ -1,0 +1,101 @@
+"""DEP7 export and the crypto material container, streamed from the till database.
+
+Receipts are read in number order with a streaming cursor and grouped by the unit whose
+serial they carry (fallback receipts stay in the group of the unit they name), so memory
+stays bounded however many receipts a register has.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import itertools
+from collections.abc import Iterator
+from typing import IO, Any
+
+from sqlalchemy import Connection, select
+
+from agent.at_rksv.dep import DepGroup, container_json, write_dep
+from agent.errors import NotFound
+from agent.signing import Identity
+from storage.db import TillDB
+from storage.models import RECEIPTS, REGISTER_UNITS, REGISTERS, UNITS
+
+__all__ = ["export_container", "export_dep"]
+
+_R = RECEIPTS
+
+
+def _register(conn: Connection, register_id: str) -> Any:
+    row = conn.execute(select(REGISTERS).where(REGISTERS.c.id == register_id)).first()
+    if row is None:
+        raise NotFound(f"register {register_id!r} is not initialized in this till database")
+    return row
+
+
+def _identities(conn: Connection, register_id: str) -> dict[str, Identity]:
+    rows = conn.execute(
+        select(UNITS)
+        .join(REGISTER_UNITS, REGISTER_UNITS.c.unit_id == UNITS.c.id)
+        .where(REGISTER_UNITS.c.register_id == register_id)
+        .order_by(REGISTER_UNITS.c.position)
+    ).all()
+    return {
+        r.id: Identity(r.id, r.zda, r.serial, r.public_key_der, r.certificate_der) for r in rows
+    }
+
+
+def _rows(
+    conn: Connection, register_id: str, start: dt.date | None, end: dt.date | None
+) -> Iterator[Any]:
+    query = select(_R.c.unit_id, _R.c.jws).where(_R.c.register_id == register_id)
+    if start is not None:
+        query = query.where(_R.c.issued_at >= start.isoformat())
+    if end is not None:
+        query = query.where(_R.c.issued_at < (end + dt.timedelta(days=1)).isoformat())
+    yield from conn.execution_options(yield_per=2000).execute(query.order_by(_R.c.number))
+
+
+def export_dep(
+    db: TillDB,
+    register_id: str,
+    out: IO[str] | IO[bytes],
+    *,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> int:
+    """Write the DEP7 export of one register to ``out``; return the number of receipts.
+
+    Args:
+        start, end: optional inclusive range of receipt dates (local dates of the register).
+    """
+    count = 0
+    with db.engine.connect() as conn:
+        reg = _register(conn, register_id)
+        units = _identities(conn, register_id)
+
+        def groups() -> Iterator[DepGroup]:
+            nonlocal count
+            for unit_id, rows in itertools.groupby(
+                _rows(conn, register_id, start, end), key=lambda r: r.unit_id
+            ):
+                cert = None if reg.closed_system else units[unit_id].certificate_der
+                jws = (row.jws for row in rows)
+                yield DepGroup(cert, (), _counted(jws))
+
+        def _counted(items: Iterator[str]) -> Iterator[str]:
+            nonlocal count
+            for item in items:
+                count += 1
+                yield item
+
+        write_dep(out, groups())
+    return count
+
+
+def export_container(db: TillDB, register_id: str) -> str:
+    """The crypto material container (AES key and every unit's certificate or public key)."""
+    with db.engine.connect() as conn:
+        reg = _register(conn, register_id)
+        units = _identities(conn, register_id)
+    return container_json(base64.b64decode(reg.aes_key), units.values())

@@ -1,0 +1,371 @@
+"""The ``pkcs11`` unit: an ECDSA P-256 key on a PKCS#11 token (HSM, smart card, SoftHSM2).
+
+PKCS#11 hazards this module absorbs, so that nothing above it has to know them:
+
+* Login state belongs to the token and the process, not to a session: a second
+  ``C_Login`` fails with ``USER_ALREADY_LOGGED_IN`` and any ``C_Logout`` logs out every
+  session. Units (and :func:`create_pkcs11_key`) on the same token therefore share one
+  logged-in session, closed when its last user closes.
+* Sessions are not thread-safe: every call holds the shared session's lock.
+* Tokens differ in mechanisms: the signing mechanism is chosen once, at open, from the
+  token's list; hashing on the host with ``CKM_ECDSA`` is preferred (SoftHSM2 2.6 rejects
+  ``CKM_ECDSA_SHA256``).
+* A token may hang: every call runs through :func:`call_with_deadline`, and waiting for
+  the lock ends at the same deadline.
+* python-pkcs11 errors carry no message: they are translated here, once, into
+  :class:`ConfigurationError` (open) or :class:`UnitUnavailable` (sign, probe).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import pkcs11
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass, TokenFlag
+from pkcs11 import exceptions as p11
+from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
+
+from agent.errors import ConfigurationError, UnitUnavailable
+from agent.signing.base import Capabilities, Identity, call_with_deadline, der_to_rs, verify_rs
+from agent.signing.config import UnitConfig
+from agent.signing.software import load_certificate
+
+__all__ = ["Pkcs11Unit", "create_pkcs11_key"]
+
+T = TypeVar("T")
+_log = logging.getLogger(__name__)
+
+_P256_PARAMS = encode_named_curve_parameters("secp256r1")
+_OPEN_TIMEOUT = 10.0  # seconds for the calls made while opening or closing a unit
+_KEY_CHECK = b"till-agent pkcs11 key check"  # signed once at open; never a receipt
+_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+_PHRASES: dict[type[p11.PKCS11Error], str] = {
+    p11.PinIncorrect: "the token rejected the PIN",
+    p11.PinInvalid: "the PIN has invalid characters",
+    p11.PinLenRange: "the PIN has the wrong length",
+    p11.PinLocked: "the PIN is locked",
+    p11.PinExpired: "the PIN has expired",
+    p11.NoSuchToken: "no token with this label",
+    p11.MultipleTokensReturned: "several tokens have this label",
+    p11.NoSuchKey: "no key with this label",
+    p11.MultipleObjectsReturned: "several keys have this label",
+    p11.UserNotLoggedIn: "the session is no longer logged in",
+    p11.DeviceRemoved: "the token was removed",
+    p11.TokenNotPresent: "the token is not present",
+    p11.SessionHandleInvalid: "the session is no longer valid",
+    p11.SessionClosed: "the session was closed",
+}
+
+
+class _SigningKey(Protocol):
+    def sign(self, data: bytes, *, mechanism: Mechanism) -> bytes: ...
+
+
+def _describe(exc: p11.PKCS11Error) -> str:
+    phrase = next((text for cls, text in _PHRASES.items() if isinstance(exc, cls)), None)
+    detail = str(exc) or type(exc).__name__
+    return f"{phrase} ({type(exc).__name__})" if phrase else detail
+
+
+@contextmanager
+def _config_errors(what: str) -> Iterator[None]:
+    """Translate python-pkcs11 errors raised while opening into ``ConfigurationError``."""
+    try:
+        yield
+    except p11.PKCS11Error as exc:
+        raise ConfigurationError(f"{what}: {_describe(exc)}") from exc
+
+
+@contextmanager
+def _locked(lock: threading.Lock, deadline: float, what: str) -> Iterator[None]:
+    """Hold ``lock``, but give up at ``deadline``: a hung call may be holding it."""
+    if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise UnitUnavailable(f"{what}: the token is busy past the deadline")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@dataclass(frozen=True, slots=True)
+class _Signer:
+    """How this token makes an ES256 signature (a strategy chosen at open)."""
+
+    mechanism: Mechanism
+    prehash: bool
+
+    def sign(self, key: _SigningKey, data: bytes) -> bytes:
+        message = hashlib.sha256(data).digest() if self.prehash else data
+        raw = key.sign(message, mechanism=self.mechanism)
+        # CKM_ECDSA answers R||S; a few tokens answer with a DER ECDSA-Sig-Value instead
+        return raw if len(raw) == 64 else der_to_rs(raw)
+
+
+def _choose_signer(mechanisms: Collection[Mechanism | int], what: str) -> _Signer:
+    """Prefer host hashing plus ``CKM_ECDSA``, else ``CKM_ECDSA_SHA256``."""
+    if Mechanism.ECDSA in mechanisms:
+        return _Signer(Mechanism.ECDSA, prehash=True)
+    if Mechanism.ECDSA_SHA256 in mechanisms:
+        return _Signer(Mechanism.ECDSA_SHA256, prehash=False)
+    raise ConfigurationError(f"{what}: the token offers neither CKM_ECDSA nor CKM_ECDSA_SHA256")
+
+
+@dataclass(eq=False)
+class _SharedSession:
+    """The one logged-in session this process holds on one token."""
+
+    key: tuple[str, str]
+    session: Any  # pkcs11.Session
+    pin: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 1
+
+
+# Mirrors state the PKCS#11 library itself keeps per process (the login), so it is global.
+_sessions: dict[tuple[str, str], _SharedSession] = {}
+_sessions_lock = threading.Lock()
+
+
+def _load_module(module: Path, what: str) -> Any:
+    if not module.is_file():
+        raise ConfigurationError(
+            f"{what}: PKCS#11 module {module} not found (SoftHSM2: apt-get install softhsm2)"
+        )
+    try:
+        return pkcs11.lib(str(module))
+    except p11.PKCS11Error as exc:
+        raise ConfigurationError(f"{what}: cannot load PKCS#11 module {module}: {exc}") from exc
+
+
+def _login(module: Path, token_label: str, pin: str, what: str) -> Any:
+    lib = _load_module(module, what)
+    with _config_errors(f"{what}: token {token_label!r}"):
+        token = lib.get_token(token_label=token_label)
+        rw = not token.flags & TokenFlag.WRITE_PROTECTED  # key generation needs R/W
+        return token.open(rw=rw, user_pin=pin)
+
+
+def _acquire_session(module: Path, token_label: str, pin: str, what: str) -> _SharedSession:
+    """Log in to the token, or join the session this process is already logged in with."""
+    # one library object per file: a second C_Initialize of the same .so would fail
+    key = (str(module.resolve()), token_label)
+    with _sessions_lock:
+        shared = _sessions.get(key)
+        if shared is None:
+            shared = _SharedSession(key, _login(Path(key[0]), token_label, pin, what), pin)
+            _sessions[key] = shared
+        elif not hmac.compare_digest(shared.pin.encode(), pin.encode()):
+            raise ConfigurationError(
+                f"{what}: token {token_label!r} is already open in this process with another PIN"
+            )
+        else:
+            shared.users += 1
+        return shared
+
+
+def _release_session(shared: _SharedSession) -> None:
+    with _sessions_lock:
+        shared.users -= 1
+        if shared.users > 0:
+            return
+        del _sessions[shared.key]
+    try:
+        with _locked(shared.lock, time.monotonic() + _OPEN_TIMEOUT, "close"):
+            shared.session.close()  # also logs out
+    except (UnitUnavailable, p11.PKCS11Error) as exc:
+        _log.warning("closing the session on token %r failed: %s", shared.key[1], exc)
+
+
+def _find_private_key(session: Any, label: str) -> Any:
+    return session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+
+
+def _find_keys(session: Any, label: str, what: str) -> tuple[Any, bytes | None]:
+    """The private key and, if the token holds one, the public key as DER SPKI."""
+    with _config_errors(f"{what}: key {label!r}"):
+        private = _find_private_key(session, label)
+        if private.key_type != KeyType.EC or private[Attribute.EC_PARAMS] != _P256_PARAMS:
+            raise ConfigurationError(f"{what}: key {label!r} is not an ECDSA P-256 key")
+        try:
+            public = session.get_key(object_class=ObjectClass.PUBLIC_KEY, label=label)
+        except p11.NoSuchKey:
+            return private, None
+        return private, _normalised(encode_ec_public_key(public))
+
+
+def _normalised(spki: bytes) -> bytes:
+    return serialization.load_der_public_key(spki).public_bytes(*_SPKI)
+
+
+def _identity(
+    config: UnitConfig, token_public: bytes | None, cert: x509.Certificate | None
+) -> Identity:
+    what = f"unit {config.id}"
+    if cert is None:
+        if token_public is None:
+            raise ConfigurationError(f"{what}: the token has no public key {config.key_label!r}")
+        assert config.key_id is not None  # UnitConfig: AT0 has a key id
+        return Identity(config.id, config.zda, config.key_id, token_public)
+    cert_public = cert.public_key().public_bytes(*_SPKI)
+    if token_public is not None and token_public != cert_public:
+        raise ConfigurationError(f"{what}: the certificate does not match the token key")
+    serial = format(cert.serial_number, "x")
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return Identity(config.id, config.zda, serial, cert_public, der)
+
+
+def _required(config: UnitConfig) -> tuple[Path, str, str, str]:
+    if config.pin is None:
+        raise ConfigurationError(f"unit {config.id}: a pkcs11 unit needs pin")
+    # the rest is checked by UnitConfig
+    assert config.module is not None
+    assert config.token_label is not None
+    assert config.key_label is not None
+    return config.module, config.token_label, config.key_label, config.pin
+
+
+class Pkcs11Unit:
+    """Signs with a private key that never leaves a PKCS#11 token."""
+
+    __slots__ = ("_closed", "_identity", "_key", "_key_label", "_shared", "_signer")
+
+    def __init__(
+        self, shared: _SharedSession, key: Any, key_label: str, signer: _Signer, identity: Identity
+    ) -> None:
+        self._shared = shared
+        self._key = key
+        self._key_label = key_label
+        self._signer = signer
+        self._identity = identity
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, config: UnitConfig) -> Pkcs11Unit:
+        """Log in to the token, find the key and check it by signing a fixed test string.
+
+        Raises:
+            ConfigurationError: module, token, PIN, key or certificate is unusable.
+        """
+        what = f"unit {config.id}"
+        module, token_label, key_label, pin = _required(config)
+        cert = None
+        if config.zda != "AT0" and config.certificate_file is not None:
+            cert = load_certificate(config.certificate_file)
+        shared = _acquire_session(module, token_label, pin, what)
+        try:
+            unit = cls._open(config, shared, key_label, cert)
+            unit._check_key()
+        except BaseException:
+            _release_session(shared)
+            raise
+        return unit
+
+    @classmethod
+    def _open(
+        cls,
+        config: UnitConfig,
+        shared: _SharedSession,
+        key_label: str,
+        cert: x509.Certificate | None,
+    ) -> Pkcs11Unit:
+        what = f"unit {config.id}"
+        try:
+            with _locked(shared.lock, time.monotonic() + _OPEN_TIMEOUT, what):
+                with _config_errors(f"{what}: token {config.token_label!r}"):
+                    mechanisms = shared.session.token.slot.get_mechanisms()
+                signer = _choose_signer(mechanisms, what)
+                key, token_public = _find_keys(shared.session, key_label, what)
+        except UnitUnavailable as exc:
+            raise ConfigurationError(str(exc)) from exc
+        return cls(shared, key, key_label, signer, _identity(config, token_public, cert))
+
+    @property
+    def identity(self) -> Identity:
+        return self._identity
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities()
+
+    def sign(self, data: bytes, *, deadline: float) -> bytes:
+        """Sign ``data`` on the token; see :meth:`SignatureUnit.sign`."""
+        return self._call(lambda: self._signer.sign(self._key, data), deadline, "sign")
+
+    def probe(self, *, deadline: float) -> None:
+        """Look the private key up again: fails when the token is gone or logged out."""
+        session = self._shared.session
+        self._call(lambda: _find_private_key(session, self._key_label), deadline, "probe")
+
+    def close(self) -> None:
+        """Leave the shared session; the last unit on the token closes it (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            _release_session(self._shared)
+
+    def _check_key(self) -> None:
+        """Sign a fixed string and verify it, so a mismatched key fails at start-up."""
+        what = f"unit {self._identity.unit_id}"
+        try:
+            signature = self.sign(_KEY_CHECK, deadline=time.monotonic() + _OPEN_TIMEOUT)
+        except UnitUnavailable as exc:
+            raise ConfigurationError(f"{what}: test signature failed: {exc}") from exc
+        if not verify_rs(self._identity.public_key(), _KEY_CHECK, signature):
+            raise ConfigurationError(f"{what}: the token key does not match the public key")
+
+    def _call(self, fn: Callable[[], T], deadline: float, operation: str) -> T:
+        what = f"unit {self._identity.unit_id} {operation}"
+        if self._closed:
+            raise UnitUnavailable(f"{what}: the unit is closed")
+
+        def locked() -> T:
+            with _locked(self._shared.lock, deadline, what):
+                try:
+                    return fn()
+                except p11.PKCS11Error as exc:
+                    raise UnitUnavailable(f"{what}: {_describe(exc)}") from exc
+
+        return call_with_deadline(locked, deadline, what)
+
+
+def create_pkcs11_key(module: Path | str, token_label: str, pin: str, key_label: str) -> bytes:
+    """Generate an ECDSA P-256 key pair, stored on the token, and return its DER SPKI.
+
+    The private key is sensitive and not extractable; it can only sign.
+
+    Raises:
+        ConfigurationError: the token cannot be opened, or ``key_label`` is already taken.
+    """
+    what = f"token {token_label!r}"
+    shared = _acquire_session(Path(module), token_label, pin, what)
+    try:
+        with _locked(shared.lock, time.monotonic() + _OPEN_TIMEOUT, what), _config_errors(what):
+            session = shared.session
+            if list(session.get_objects({Attribute.LABEL: key_label})):
+                raise ConfigurationError(f"{what}: an object labelled {key_label!r} exists")
+            params = session.create_domain_parameters(
+                KeyType.EC, {Attribute.EC_PARAMS: _P256_PARAMS}, local=True
+            )
+            public, _ = params.generate_keypair(
+                store=True,
+                label=key_label,
+                capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
+                private_template={Attribute.EXTRACTABLE: False},
+            )
+            der = _normalised(encode_ec_public_key(public))
+    except UnitUnavailable as exc:
+        raise ConfigurationError(str(exc)) from exc
+    finally:
+        _release_session(shared)
+    return der

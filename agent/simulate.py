@@ -1,0 +1,162 @@
+"""Replay an official RKSV scenario (CashBoxSimulation format) through the receipt service.
+
+POS vendors and our tests use it to check a till against the BMF/A-SIT scenarios: a fresh
+temporary register gets one software unit per ``numberOfSignatureDevices`` (each wrapped so
+it fails on demand), every instruction becomes a receipt with the given number, date and
+unit, and the result is written as ``dep-export.json`` and
+``cryptographicMaterialContainer.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import tempfile
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ConfigurationError
+from agent.export import export_container, export_dep
+from agent.receipts import ReceiptService, RegisterSetup
+from agent.signing import UnitConfig, create_software_unit, open_unit
+from agent.signing.flaky import FlakyUnit
+from agent.signing.registry import UnitRegistry, store_unit
+from storage.db import TillDB, open_till_db
+
+__all__ = ["SimulationResult", "run_scenario"]
+
+_TYPES = {
+    "STANDARD_BELEG": "standard",
+    "STORNO_BELEG": "storno",
+    "TRAINING_BELEG": "training",
+    "NULL_BELEG": "null",
+}
+_TAX_KEYS = (
+    "taxSetNormal",
+    "taxSetErmaessigt1",
+    "taxSetErmaessigt2",
+    "taxSetNull",
+    "taxSetBesonders",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationResult:
+    receipts: int
+    fallback: int
+    dep_file: Path
+    container_file: Path
+
+
+def _cents(value: Any) -> int:
+    return int((Decimal(str(value)) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _make_units(
+    db: TillDB, registry: UnitRegistry, keys: Path, count: int, company: str, closed: bool
+) -> list[FlakyUnit]:
+    flaky = []
+    for i in range(count):
+        key_id = f"{company}-K{i}" if closed else None
+        key_file, cert_file = create_software_unit(keys, name=f"unit{i}", key_id=key_id)
+        config = UnitConfig(
+            id=f"unit{i}",
+            kind="software",
+            zda="AT0" if closed else "AT1",
+            key_file=key_file,
+            certificate_file=cert_file,
+            key_id=key_id,
+        )
+        unit = open_unit(config)
+        with db.writer.begin() as conn:
+            store_unit(conn, config, unit, "1970-01-01T00:00:00+00:00")
+        flaky.append(FlakyUnit(unit))
+        registry.put(flaky[-1])
+    return flaky
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        scenario = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigurationError(f"cannot read scenario {path}: {exc}") from exc
+    for key in ("cashBoxId", "base64AesKey", "numberOfSignatureDevices", "cashBoxInstructionList"):
+        if key not in scenario:
+            raise ConfigurationError(f"scenario {path}: missing key {key!r}")
+    return dict(scenario)
+
+
+def run_scenario(
+    scenario_file: Path, out_dir: Path, *, closed: bool = False, counter_bytes: int = 8
+) -> SimulationResult:
+    """Replay ``scenario_file`` and write the DEP and the crypto container into ``out_dir``.
+
+    Raises:
+        ConfigurationError: the scenario file is unreadable or incomplete.
+    """
+    scenario = _load(scenario_file)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="till-sim-") as tmp:
+        db = open_till_db(Path(tmp) / "data")
+        try:
+            return _replay(db, Path(tmp), scenario, out_dir, closed, counter_bytes)
+        finally:
+            db.close()
+
+
+def _replay(
+    db: TillDB,
+    tmp: Path,
+    scenario: dict[str, Any],
+    out_dir: Path,
+    closed: bool,
+    counter_bytes: int,
+) -> SimulationResult:
+    registry = UnitRegistry()
+    units = _make_units(
+        db,
+        registry,
+        tmp / "keys",
+        int(scenario["numberOfSignatureDevices"]),
+        str(scenario.get("companyID", "U:ATU00000000")),
+        closed,
+    )
+    service = ReceiptService(db, registry)
+    register_id = str(scenario["cashBoxId"])
+    setup = RegisterSetup(
+        register_id,
+        [u.identity.unit_id for u in units],
+        counter_bytes=counter_bytes,
+        aes_key=base64.b64decode(scenario["base64AesKey"]),
+    )
+    fallback, outage_open = 0, False
+    instructions = scenario["cashBoxInstructionList"]
+    for item in instructions:
+        position = int(item.get("usedSignatureDevice", 0))
+        for i, unit in enumerate(units):
+            unit.mode = "down" if item.get("signatureDeviceDamaged") and i == position else "up"
+        args = {
+            "receipt_id": item["receiptIdentifier"],
+            "issued_at": item["dateToUse"],
+            "unit_position": position,
+        }
+        if item["typeOfReceipt"] == "START_BELEG":
+            result = service.init_register(setup, **args)
+        else:
+            kind = _TYPES[item["typeOfReceipt"]]
+            if kind == "null" and outage_open and not item.get("signatureDeviceDamaged"):
+                kind = "sammelbeleg"
+            amounts = tuple(_cents(item["simplifiedReceipt"][k]) for k in _TAX_KEYS)
+            result = service.issue_special(register_id, kind, amounts=amounts, **args)  # type: ignore[arg-type]
+        if result.signature_state == "fallback":
+            fallback, outage_open = fallback + 1, True
+        elif result.kind == "sammelbeleg":
+            outage_open = False
+    dep_file = out_dir / "dep-export.json"
+    with dep_file.open("w", encoding="utf-8") as handle:
+        export_dep(db, register_id, handle)
+    container_file = out_dir / "cryptographicMaterialContainer.json"
+    container_file.write_text(export_container(db, register_id), encoding="utf-8")
+    return SimulationResult(len(instructions), fallback, dep_file, container_file)
