@@ -70,7 +70,7 @@ def _make_units(
             key_id=key_id,
         )
         unit = open_unit(config)
-        with db.writer.begin() as conn:
+        with db.write_connection().transaction() as conn:
             store_unit(conn, config, unit, "1970-01-01T00:00:00+00:00")
         flaky.append(FlakyUnit(unit))
         registry.put(flaky[-1])

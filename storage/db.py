@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from storage.errors import DataDirLocked, StorageError
+from storage.writer import WriteConnection
 
 __all__ = ["DB_FILE", "TillDB", "make_engine", "open_till_db"]
 
@@ -55,14 +56,27 @@ def make_engine(path: Path, *, synchronous: str = "FULL") -> Engine:
 
 @dataclass
 class TillDB:
-    """An open till database: a reader engine, a writer engine and (if a writer) the lock."""
+    """An open till database: a reader engine, a writer engine and (if a writer) the lock.
+
+    ``writer`` is an engine whose transactions start with ``BEGIN IMMEDIATE``;
+    :meth:`write_connection` is the single raw connection the receipt path writes through.
+    """
 
     path: Path
     engine: Engine
     writer: Engine
     _lock_fd: int | None = field(default=None, repr=False)
+    _write_conn: WriteConnection | None = field(default=None, repr=False)
+
+    def write_connection(self) -> WriteConnection:
+        if self._write_conn is None:
+            self._write_conn = WriteConnection(self.engine)
+        return self._write_conn
 
     def close(self) -> None:
+        if self._write_conn is not None:
+            self._write_conn.close()
+            self._write_conn = None
         self.engine.dispose()
         if self._lock_fd is not None:
             os.close(self._lock_fd)

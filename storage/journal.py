@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,24 +56,22 @@ def event_hash(  # noqa: PLR0917 - the fields of one event, in their hashed orde
 
 
 def append_event(
-    conn: Connection, *, kind: str, register_id: str | None, data: Mapping[str, Any], at: str
+    conn: sqlite3.Connection,
+    *,
+    kind: str,
+    register_id: str | None,
+    data: Mapping[str, Any],
+    at: str,
 ) -> int:
-    """Append one event in the current transaction and return its sequence number."""
-    last = conn.execute(select(_J.c.seq, _J.c.hash).order_by(_J.c.seq.desc()).limit(1)).first()
+    """Append one event inside the caller's open write transaction; return its sequence."""
+    last = conn.execute("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
     seq, prev = (1, GENESIS) if last is None else (int(last[0]) + 1, str(last[1]))
     body = canonical_json(data)
     digest = event_hash(seq, at, register_id, kind, body, prev)
     conn.execute(
-        _J.insert(),
-        {
-            "seq": seq,
-            "at": at,
-            "register_id": register_id,
-            "kind": kind,
-            "data": body,
-            "prev_hash": prev,
-            "hash": digest,
-        },
+        "INSERT INTO journal (seq, at, register_id, kind, data, prev_hash, hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (seq, at, register_id, kind, body, prev, digest),
     )
     return seq
 

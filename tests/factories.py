@@ -41,7 +41,7 @@ def make_db(data_dir: Path) -> TillDB:
 
 def add_unit(db: TillDB, registry: UnitRegistry, config: UnitConfig) -> None:
     unit = open_unit(config)
-    with db.writer.begin() as conn:
+    with db.write_connection().transaction() as conn:
         store_unit(conn, config, unit, "2026-01-01T00:00:00+00:00")
     registry.put(unit)
 

@@ -2,34 +2,40 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
-
-from sqlalchemy import Connection, select
 
 from agent.errors import NotFound
 from agent.signing import SignatureUnit, UnitConfig, open_unit
-from storage.models import UNITS
+from storage.journal import append_event
 
 __all__ = ["UnitRegistry", "store_unit"]
 
-_U = UNITS
 
-
-def store_unit(conn: Connection, config: UnitConfig, unit: SignatureUnit, at: str) -> None:
-    """Record (or refresh) a unit's configuration and identity in the current transaction."""
+def store_unit(conn: sqlite3.Connection, config: UnitConfig, unit: SignatureUnit, at: str) -> None:
+    """Record (or refresh) a unit's configuration and identity in the open transaction."""
     ident = unit.identity
-    row = {
-        "id": config.id,
-        "kind": config.kind,
-        "config": config.model_dump_json(),
-        "zda": ident.zda,
-        "serial": ident.serial,
-        "public_key_der": ident.public_key_der,
-        "certificate_der": ident.certificate_der,
-        "created_at": at,
-    }
-    conn.execute(_U.delete().where(_U.c.id == config.id))
-    conn.execute(_U.insert(), row)
+    conn.execute(
+        "INSERT OR REPLACE INTO units (id, kind, config, zda, serial, public_key_der,"
+        " certificate_der, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            config.id,
+            config.kind,
+            config.model_dump_json(),
+            ident.zda,
+            ident.serial,
+            ident.public_key_der,
+            ident.certificate_der,
+            at,
+        ),
+    )
+    append_event(
+        conn,
+        kind="unit.stored",
+        register_id=None,
+        at=at,
+        data={"unit": config.id, "kind": config.kind, "zda": ident.zda, "serial": ident.serial},
+    )
 
 
 class UnitRegistry:
@@ -47,7 +53,7 @@ class UnitRegistry:
         with self._lock:
             self._units[unit.identity.unit_id] = unit
 
-    def get(self, conn: Connection, unit_id: str) -> SignatureUnit:
+    def get(self, conn: sqlite3.Connection, unit_id: str) -> SignatureUnit:
         """The open unit ``unit_id``, opened from the database if needed.
 
         Raises:
@@ -58,7 +64,7 @@ class UnitRegistry:
             unit = self._units.get(unit_id)
         if unit is not None:
             return unit
-        row = conn.execute(select(_U.c.config).where(_U.c.id == unit_id)).first()
+        row = conn.execute("SELECT config FROM units WHERE id = ?", (unit_id,)).fetchone()
         if row is None:
             raise NotFound(f"no signature unit {unit_id!r} in this till database")
         unit = open_unit(UnitConfig.model_validate_json(row[0]))

@@ -1,0 +1,467 @@
+"""The commands of ``till-agent`` (registered on the Typer apps of :mod:`agent.cli`)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from agent.at_rksv import aes_key_check_value
+from agent.cli import (
+    DEFAULT_DATA,
+    DataDir,
+    JsonFlag,
+    _emit,
+    _fail,
+    app,
+    bench_app,
+    err,
+    export_app,
+    out,
+    receipts_app,
+    simulate_app,
+    unit_app,
+)
+from agent.contract import ReceiptResult
+from agent.errors import InvalidSale, TillAgentError
+from agent.receipts import ReceiptService, RegisterSetup
+from agent.signing import UnitConfig, create_software_unit, open_unit
+from agent.signing.registry import UnitRegistry, store_unit
+from storage.db import TillDB, open_till_db
+
+
+@contextmanager
+def _service(data_dir: Path, as_json: bool = False) -> Iterator[ReceiptService]:
+    try:
+        db = open_till_db(data_dir)
+    except TillAgentError as exc:
+        _fail(exc, as_json)
+    registry = UnitRegistry()
+    try:
+        yield ReceiptService(db, registry)
+    except TillAgentError as exc:
+        _fail(exc, as_json)
+    finally:
+        registry.close()
+        db.close()
+
+
+@contextmanager
+def _reader(data_dir: Path, as_json: bool = False) -> Iterator[TillDB]:
+    try:
+        db = open_till_db(data_dir, writer=False)
+    except TillAgentError as exc:
+        _fail(exc, as_json)
+    try:
+        yield db
+    except TillAgentError as exc:
+        _fail(exc, as_json)
+    finally:
+        db.close()
+
+
+def _show_receipt(result: ReceiptResult, as_json: bool) -> None:
+    if as_json:
+        _emit(result.model_dump(by_alias=True), True)
+        return
+    colour = {"signed": "green", "fallback": "yellow", "unsigned": "red"}[result.signature_state]
+    out.print(
+        f"[bold]{result.register_id}[/bold] #{result.number} ({result.receipt_id}) "
+        f"{result.kind} [{colour}]{result.signature_state}[/{colour}] {result.issued_at}"
+    )
+    for line in result.lines:
+        out.print(f"  {line}", highlight=False, markup=False)
+    out.print(f"  QR: {result.qr}", highlight=False, markup=False, soft_wrap=True)
+
+
+# -- units ----------------------------------------------------------------------------------
+
+
+@unit_app.command("create-software")
+def unit_create_software(
+    unit_id: Annotated[str, typer.Option("--id", help="Name of the unit.")] = "dev",
+    zda: Annotated[
+        str, typer.Option(help="Provider id for open systems (AT1, AT2, ...).")
+    ] = "AT100",
+    key_id: Annotated[
+        str | None,
+        typer.Option(help="Closed system (R1-AT0): Ordnungsbegriff-KeyID, e.g. U:ATU12345678-K1."),
+    ] = None,
+    data_dir: DataDir = DEFAULT_DATA,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a DEVELOPMENT software unit (new P-256 key) and store it in the till database.
+
+    Open systems get a self-signed certificate: it is not issued by a trust service provider
+    and is not valid for a registered cash register. With --key-id the unit is for a closed
+    system (R1-AT0) and has no certificate.
+    """
+    key_file, cert_file = create_software_unit(data_dir / "keys", name=unit_id, key_id=key_id)
+    _add_unit(
+        data_dir,
+        UnitConfig(
+            id=unit_id,
+            kind="software",
+            zda="AT0" if key_id else zda,
+            key_file=key_file.resolve(),
+            certificate_file=None if cert_file is None else cert_file.resolve(),
+            key_id=key_id,
+        ),
+        as_json,
+    )
+
+
+@unit_app.command("add-pkcs11")
+def unit_add_pkcs11(
+    unit_id: Annotated[str, typer.Option("--id", help="Name of the unit.")],
+    module: Annotated[Path, typer.Option(help="Path of the PKCS#11 module (.so).")],
+    token_label: Annotated[str, typer.Option(help="Label of the token.")],
+    key_label: Annotated[str, typer.Option(help="Label of the signing key on the token.")],
+    pin_file: Annotated[Path, typer.Option(help="File holding the user PIN (mode 0600).")],
+    certificate: Annotated[Path | None, typer.Option(help="Certificate (open system).")] = None,
+    zda: Annotated[str, typer.Option(help="Provider id of the certificate (AT1, ...).")] = "AT1",
+    key_id: Annotated[str | None, typer.Option(help="Closed system key id.")] = None,
+    data_dir: DataDir = DEFAULT_DATA,
+    as_json: JsonFlag = False,
+) -> None:
+    """Add a PKCS#11 token or HSM key as a signature unit (checked by a test signature)."""
+    try:
+        pin = pin_file.read_text().strip()
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot read the PIN file: {exc}")
+        raise typer.Exit(2) from exc
+    config = UnitConfig(
+        id=unit_id,
+        kind="pkcs11",
+        zda="AT0" if key_id else zda,
+        module=module,
+        token_label=token_label,
+        key_label=key_label,
+        pin=pin,
+        certificate_file=certificate,
+        key_id=key_id,
+    )
+    _add_unit(data_dir, config, as_json)
+
+
+def _add_unit(data_dir: Path, config: UnitConfig, as_json: bool) -> None:
+    try:
+        unit = open_unit(config)
+        db = open_till_db(data_dir)
+    except TillAgentError as exc:
+        _fail(exc, as_json)
+    try:
+        now = dt.datetime.now(dt.UTC).isoformat()
+        with db.write_connection().transaction() as conn:
+            store_unit(conn, config, unit, now)
+    finally:
+        unit.close()
+        db.close()
+    ident = unit.identity
+    info = {"id": config.id, "kind": config.kind, "suite": ident.suite, "serial": ident.serial}
+    if as_json:
+        _emit(info, True)
+    else:
+        out.print(
+            f"unit [bold]{config.id}[/bold] ({config.kind}) suite {ident.suite} "
+            f"serial {ident.serial}"
+        )
+
+
+@unit_app.command("list")
+def unit_list(data_dir: DataDir = DEFAULT_DATA, as_json: JsonFlag = False) -> None:
+    """List the signature units stored in the till database."""
+    with _reader(data_dir, as_json) as db, db.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT id, kind, zda, serial FROM units ORDER BY id").all()
+    units = [{"id": r[0], "kind": r[1], "suite": f"R1-{r[2]}", "serial": r[3]} for r in rows]
+    if as_json:
+        _emit(units, True)
+        return
+    table = Table("id", "kind", "suite", "serial")
+    for u in units:
+        table.add_row(u["id"], u["kind"], u["suite"], u["serial"])
+    out.print(table)
+
+
+# -- registers and receipts -----------------------------------------------------------------
+
+
+@app.command()
+def init(
+    register: Annotated[str, typer.Argument(help="Kassen-ID (as registered in FinanzOnline).")],
+    unit: Annotated[list[str], typer.Option("--unit", help="Unit id; repeat for several.")],
+    counter_bytes: Annotated[int, typer.Option(min=5, max=16)] = 8,
+    timezone: Annotated[str, typer.Option(help="Time zone of receipt dates.")] = "Europe/Vienna",
+    receipt_id_format: Annotated[
+        str, typer.Option(help="Belegnummer format, e.g. '{number}' or 'B{number:06d}'.")
+    ] = "{number}",
+    data_dir: DataDir = DEFAULT_DATA,
+    as_json: JsonFlag = False,
+) -> None:
+    """Initialize a register: new AES key, signed Startbeleg (refused if the unit cannot sign).
+
+    Prints the AES key and its check value: both are needed for the FinanzOnline registration.
+    """
+    setup = RegisterSetup(
+        register,
+        unit,
+        counter_bytes=counter_bytes,
+        timezone=timezone,
+        receipt_id_format=receipt_id_format,
+    )
+    with _service(data_dir, as_json) as service:
+        result = service.init_register(setup)
+    key = base64.b64encode(setup.aes_key).decode()
+    if as_json:
+        _emit(
+            {
+                "start_receipt": result.model_dump(by_alias=True),
+                "aes_key": key,
+                "aes_key_check_value": aes_key_check_value(key),
+            },
+            True,
+        )
+        return
+    _show_receipt(result, False)
+    out.print(f"AES key (register it in FinanzOnline, keep it secret): {key}")
+    out.print(f"AES key check value: {aes_key_check_value(key)}")
+
+
+@app.command()
+def issue(
+    source: Annotated[str, typer.Argument(help="Sale JSON file, or '-' for stdin.")] = "-",
+    data_dir: DataDir = DEFAULT_DATA,
+    as_json: JsonFlag = False,
+) -> None:
+    """Issue a receipt for one sale (the POS contract, see README). Exit 3 on a bad sale."""
+    try:
+        raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except OSError as exc:
+        _fail(InvalidSale("(document)", "readable", f"cannot read {source}: {exc}"), as_json)
+    with _service(data_dir, as_json) as service:
+        result = service.issue(raw)
+    _show_receipt(result, as_json)
+
+
+@app.command()
+def special(
+    register: Annotated[str, typer.Argument(help="Kassen-ID.")],
+    kind: Annotated[str, typer.Argument(help="null | monthly | yearly | closing")],
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm a Schlussbeleg.")] = False,
+    data_dir: DataDir = DEFAULT_DATA,
+    as_json: JsonFlag = False,
+) -> None:
+    """Issue a zero receipt: Nullbeleg, Monatsbeleg, Jahresbeleg or Schlussbeleg.
+
+    A Schlussbeleg (closing) decommissions the register for good and needs --yes.
+    """
+    if kind not in ("null", "monthly", "yearly", "closing"):
+        _fail(
+            InvalidSale("kind", "allowed-values", "use null, monthly, yearly or closing"), as_json
+        )
+    if kind == "closing" and not yes:
+        _fail(
+            InvalidSale("--yes", "confirm", "a Schlussbeleg ends the register: add --yes"), as_json
+        )
+    with _service(data_dir, as_json) as service:
+        result = service.issue_special(register, kind)
+    _show_receipt(result, as_json)
+
+
+@receipts_app.command("list")
+def receipts_list(
+    register: Annotated[str, typer.Option(help="Kassen-ID.")],
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 20,
+    data_dir: DataDir = DEFAULT_DATA,
+    as_json: JsonFlag = False,
+) -> None:
+    """List the latest receipts of a register."""
+    query = (
+        "SELECT number, receipt_id, kind, signature_state, issued_at, amount_normal"
+        " + amount_reduced1 + amount_reduced2 + amount_zero + amount_special FROM receipts"
+        " WHERE register_id = ? ORDER BY number DESC LIMIT ?"
+    )
+    with _reader(data_dir, as_json) as db, db.engine.connect() as conn:
+        rows = conn.exec_driver_sql(query, (register, limit)).all()
+    items = [
+        dict(
+            zip(
+                ("number", "receipt_id", "kind", "signature_state", "issued_at", "total_cents"),
+                r,
+                strict=True,
+            )
+        )
+        for r in rows
+    ]
+    if as_json:
+        _emit(items, True)
+        return
+    table = Table("number", "Belegnummer", "kind", "signature", "issued at", "total")
+    for i in items:
+        table.add_row(
+            str(i["number"]),
+            i["receipt_id"],
+            i["kind"],
+            i["signature_state"],
+            i["issued_at"],
+            f"{i['total_cents'] / 100:.2f}",
+        )
+    out.print(table)
+
+
+@receipts_app.command("show")
+def receipts_show(
+    register: Annotated[str, typer.Argument(help="Kassen-ID.")],
+    number: Annotated[int, typer.Argument(help="Receipt number.")],
+    data_dir: DataDir = DEFAULT_DATA,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one receipt: text lines, QR and OCR codes, JWS."""
+    from agent.errors import NotFound
+    from agent.receipt_view import result_from_row
+
+    with _reader(data_dir, as_json) as db, db.engine.connect() as conn:
+        row = (
+            conn.exec_driver_sql(
+                "SELECT * FROM receipts WHERE register_id = ? AND number = ?", (register, number)
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            _fail(NotFound(f"register {register} has no receipt {number}"), as_json)
+        _show_receipt(result_from_row(dict(row)), as_json)
+
+
+# -- export and verification ----------------------------------------------------------------
+
+
+@export_app.command("dep")
+def export_dep_cmd(
+    register: Annotated[str, typer.Option(help="Kassen-ID.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="DEP file to write.")],
+    start: Annotated[dt.datetime | None, typer.Option("--from", formats=["%Y-%m-%d"])] = None,
+    end: Annotated[dt.datetime | None, typer.Option("--to", formats=["%Y-%m-%d"])] = None,
+    data_dir: DataDir = DEFAULT_DATA,
+    as_json: JsonFlag = False,
+) -> None:
+    """Export the DEP7 (Datenerfassungsprotokoll) of a register; streams, bounded memory."""
+    from agent.export import export_dep
+
+    tmp = output.with_name(output.name + ".partial")
+    with _reader(data_dir, as_json) as db, tmp.open("w", encoding="utf-8") as handle:
+        count = export_dep(
+            db, register, handle, start=start and start.date(), end=end and end.date()
+        )
+    tmp.replace(output)
+    if as_json:
+        _emit({"file": str(output), "receipts": count}, True)
+    else:
+        out.print(f"{count} receipts written to {output}")
+
+
+@export_app.command("crypto-container")
+def export_container_cmd(
+    register: Annotated[str, typer.Option(help="Kassen-ID.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")],
+    data_dir: DataDir = DEFAULT_DATA,
+) -> None:
+    """Write cryptographicMaterialContainer.json (AES key + certificates): keep it secret."""
+    from agent.export import export_container
+
+    with _reader(data_dir) as db:
+        output.write_text(export_container(db, register), encoding="utf-8")
+    output.chmod(0o600)
+    out.print(f"crypto material container written to {output}")
+
+
+@app.command()
+def verify(
+    dep: Annotated[Path, typer.Argument(help="DEP7 export (dep-export.json).")],
+    container: Annotated[Path, typer.Argument(help="cryptographicMaterialContainer.json.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Verify a DEP export: signatures, chain, counter, numbering, dates, outage rules.
+
+    Exit 0 if valid, 1 if not; every finding names the receipt and the rule.
+    """
+    from agent.at_rksv.verify import verify_files
+
+    report = verify_files(dep, container)
+    if as_json:
+        findings = [
+            {"receipt": f.receipt, "rule": f.rule, "message": f.message} for f in report.findings
+        ]
+        _emit({"ok": report.ok, "receipts": report.receipts, "findings": findings}, True)
+    else:
+        for finding in report.findings:
+            out.print(
+                f"[red]{finding.rule}[/red] at {finding.receipt or '(DEP)'}: {finding.message}",
+                highlight=False,
+            )
+        verdict = "[green]valid[/green]" if report.ok else "[red]INVALID[/red]"
+        out.print(f"{verdict}: {report.receipts} receipts checked")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+# -- simulation and benchmarks --------------------------------------------------------------
+
+
+@simulate_app.command("scenario")
+def simulate_scenario(
+    scenario: Annotated[Path, typer.Argument(help="CashBoxSimulation JSON file.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the results.")],
+    closed: Annotated[bool, typer.Option(help="Closed system (R1-AT0, key ids).")] = False,
+    counter_bytes: Annotated[int, typer.Option(min=5, max=16)] = 8,
+    as_json: JsonFlag = False,
+) -> None:
+    """Replay an official scenario on a fresh temporary register; write DEP + container."""
+    from agent.simulate import run_scenario
+
+    try:
+        result = run_scenario(scenario, out_dir, closed=closed, counter_bytes=counter_bytes)
+    except TillAgentError as exc:
+        _fail(exc, as_json)
+    info = {
+        "receipts": result.receipts,
+        "fallback": result.fallback,
+        "dep": str(result.dep_file),
+        "container": str(result.container_file),
+    }
+    if as_json:
+        _emit(info, True)
+    else:
+        out.print(
+            f"{result.receipts} receipts ({result.fallback} fallback) -> "
+            f"{result.dep_file}, {result.container_file}"
+        )
+
+
+@bench_app.command("receipts")
+def bench_receipts_cmd(
+    n: Annotated[int, typer.Option("--n", min=10, help="Receipts per path.")] = 5000,
+    as_json: JsonFlag = False,
+) -> None:
+    """Full receipt path vs. a raw baseline (ECDSA sign + one fsync'd SQLite insert)."""
+    from agent.bench import bench_receipts
+
+    with Progress(console=err, transient=True, disable=as_json) as progress:
+        task = progress.add_task("issuing receipts", total=n)
+        result = bench_receipts(n, progress=lambda k: progress.advance(task, k))
+    data: dict[str, Any] = result.as_dict()
+    if as_json:
+        print(json.dumps(data))
+        return
+    table = Table("metric", "value")
+    for key, value in data.items():
+        table.add_row(key, str(value))
+    out.print(table)

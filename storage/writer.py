@@ -1,0 +1,76 @@
+"""The one write connection of a till process.
+
+All writes go through a single raw SQLite connection guarded by a lock, each in its own
+``BEGIN IMMEDIATE`` transaction (huey's ``SqliteStorage`` and reference/libraries.md A3
+reach the same design). The receipt hot path uses plain SQL on it: SQLAlchemy Core
+compiles and caches statements per call, which cost more than the fsync itself here.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine
+
+from storage.errors import StorageError
+
+__all__ = ["WriteConnection"]
+
+
+class WriteConnection:
+    """A dedicated connection (with the engine's PRAGMAs) for ``BEGIN IMMEDIATE`` writes."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._pooled = engine.raw_connection()
+        raw = self._pooled.driver_connection
+        if not isinstance(raw, sqlite3.Connection):  # pragma: no cover - SQLite only
+            raise StorageError("the till database must be SQLite")
+        raw.row_factory = sqlite3.Row
+        self._conn = raw
+        self._lock = threading.RLock()
+        self._depth = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; commits (fsync with synchronous=FULL) or rolls back.
+
+        Nested use from the same thread joins the outer transaction.
+        """
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._conn
+                finally:
+                    self._depth -= 1
+                return
+            self._begin()
+            self._depth = 1
+            try:
+                yield self._conn
+            except BaseException:
+                self._depth = 0
+                self._conn.execute("ROLLBACK")
+                raise
+            self._depth = 0
+            self._commit()
+
+    def _begin(self) -> None:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StorageError(f"cannot start a write transaction: {exc}") from exc
+
+    def _commit(self) -> None:
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._conn.execute("ROLLBACK")
+            raise StorageError(f"the commit failed: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._pooled.close()
