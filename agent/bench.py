@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.contract import parse_sale
@@ -93,8 +93,8 @@ def _agent(tmp: Path) -> Callable[[int], float]:
             '{"request_id":"bench-%d","register":"BENCH-1","kind":"standard",'
             '"lines":[{"text":"Schnitzel","qty":"1","unit_price":"12.50","vat":"normal"},'
             '{"text":"Apfelsaft","qty":"2","unit_price":"2.10","vat":"reduced1"}],'
-            '"payments":[{"method":"cash","amount":"16.70"}]}' % n
-        )
+            '"payments":[{"method":"cash","amount":"16.70"}]}'
+        ).replace("%d", str(n))
         start = time.perf_counter()
         service.issue(parse_sale(raw))
         return time.perf_counter() - start

@@ -11,6 +11,8 @@
     ├── SigningError           the signature unit could not produce a valid signature
     │   ├── UnitUnavailable        error or deadline exceeded: the unit is down
     │   └── InvalidSignature       the unit answered with a signature that does not verify
+    ├── DepFormatError         a DEP export or crypto container is not of the documented form
+    │                          (defined in agent.at_rksv.dep)
     ├── StorageError           the till database could not do what was asked
     │   └── DataDirLocked          another process owns this data directory
     └── NotFound               a receipt, register or unit that does not exist

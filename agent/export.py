@@ -75,13 +75,13 @@ def export_dep(
         units = _identities(conn, register_id)
 
         def groups() -> Iterator[DepGroup]:
-            nonlocal count
-            for unit_id, rows in itertools.groupby(
-                _rows(conn, register_id, start, end), key=lambda r: r.unit_id
-            ):
-                cert = None if reg.closed_system else units[unit_id].certificate_der
-                jws = (row.jws for row in rows)
-                yield DepGroup(cert, (), _counted(jws))
+            # closed systems have no certificates: one group; open ones group by certificate
+            def key(row: Any) -> str | None:
+                return None if reg.closed_system else str(row.unit_id)
+
+            for unit_id, rows in itertools.groupby(_rows(conn, register_id, start, end), key):
+                cert = None if unit_id is None else units[unit_id].certificate_der
+                yield DepGroup(cert, (), _counted(row.jws for row in rows))
 
         def _counted(items: Iterator[str]) -> Iterator[str]:
             nonlocal count

@@ -55,7 +55,7 @@ def _cents(value: Any) -> int:
 
 
 def _make_units(
-    db: TillDB, registry: UnitRegistry, keys: Path, count: int, company: str, closed: bool
+    db: TillDB, registry: UnitRegistry, keys: Path, *, count: int, company: str, closed: bool
 ) -> list[FlakyUnit]:
     flaky = []
     for i in range(count):
@@ -101,7 +101,14 @@ def run_scenario(
     with tempfile.TemporaryDirectory(prefix="till-sim-") as tmp:
         db = open_till_db(Path(tmp) / "data")
         try:
-            return _replay(db, Path(tmp), scenario, out_dir, closed, counter_bytes)
+            return _replay(
+                db,
+                Path(tmp),
+                scenario=scenario,
+                out_dir=out_dir,
+                closed=closed,
+                counter_bytes=counter_bytes,
+            )
         finally:
             db.close()
 
@@ -109,6 +116,7 @@ def run_scenario(
 def _replay(
     db: TillDB,
     tmp: Path,
+    *,
     scenario: dict[str, Any],
     out_dir: Path,
     closed: bool,
@@ -119,9 +127,9 @@ def _replay(
         db,
         registry,
         tmp / "keys",
-        int(scenario["numberOfSignatureDevices"]),
-        str(scenario.get("companyID", "U:ATU00000000")),
-        closed,
+        count=int(scenario["numberOfSignatureDevices"]),
+        company=str(scenario.get("companyID", "U:ATU00000000")),
+        closed=closed,
     )
     service = ReceiptService(db, registry)
     register_id = str(scenario["cashBoxId"])

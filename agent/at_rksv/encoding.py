@@ -22,7 +22,7 @@ __all__ = [
     "cents_to_amount",
 ]
 
-AMOUNT_RE = re.compile(r"^-?([1-9]\d*|0),\d\d$")
+AMOUNT_RE = re.compile(r"-?([1-9][0-9]*|0),[0-9][0-9]")
 
 
 def b64(data: bytes) -> str:
@@ -43,12 +43,12 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
 
 
-_B64URL_RE = re.compile(r"^[A-Za-z0-9_-]*$")
+_B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")
 
 
 def b64url_decode(text: str) -> bytes:
     """Strict base64url without padding; padding or foreign characters raise ``ValueError``."""
-    if not _B64URL_RE.match(text) or len(text) % 4 == 1:
+    if not _B64URL_RE.fullmatch(text) or len(text) % 4 == 1:
         raise ValueError(f"not valid unpadded base64url: {text[:40]!r}")
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
@@ -67,7 +67,7 @@ def cents_to_amount(cents: int) -> str:
 
 def amount_to_cents(text: str) -> int:
     """Parse an RKSV amount string strictly; raises ``ValueError`` on any other form."""
-    if not AMOUNT_RE.match(text):
+    if not AMOUNT_RE.fullmatch(text):
         raise ValueError(f"amount {text!r} is not of the form -?\\d+,\\d\\d")
     negative = text.startswith("-")
     whole, frac = text.lstrip("-").split(",")

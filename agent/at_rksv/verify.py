@@ -1,0 +1,335 @@
+"""Our own verifier for DEP7 exports (reference/rksv.md sections 1-7).
+
+:func:`verify_dep` walks the receipts of a DEP in order, keeping only the running
+state (previous JWS, date, turnover counter, outage state, used Belegnummern), and
+returns a :class:`Report`. Every :class:`Finding` names the receipt (its Belegnummer,
+or the start of the JWS when that cannot be read) and one of these rules:
+
+==============================  ==========================================================
+rule                            broken when
+==============================  ==========================================================
+``malformed-dep``               the DEP or crypto container lacks a key or is not base64
+``malformed-receipt``           JWS segments, padding, base64url, payload fields, amount,
+                                date, counter or chaining value formats
+``algorithm-mismatch``          the JWS header is not exactly ``{"alg":"ES256"}``
+``algorithm-unknown``           a suite other than ``R1``
+``certificate-provider-invalid``  ``AT0`` with a certificate serial, or a ZDA with a key id
+``certificate-serial-invalid``  field 11 is neither hex/decimal nor ``Ordnungsbegriff-KeyID``
+``certificate-serial-mismatch`` field 11 differs from the serial of the group certificate
+``certificate-missing``         several groups, and one has no ``Signaturzertifikat``
+``certificate-serial-collision``  a group certificate has a container serial but differs
+``certificate-chain-broken``    a certificate is not signed by the next in the chain
+``certificate-untrusted``       the chain does not reach a container certificate
+``public-key-missing``          no container key for the serial of a signed receipt
+``signature-invalid``           the ES256 signature does not verify
+``chaining-invalid``            Sig-Voriger-Beleg is not SHA-256(previous JWS)[:8]
+``turnover-counter-invalid``    the decrypted counter is not the running total
+``receipt-id-duplicate``        a Belegnummer occurs twice
+``date-decreasing``             a receipt is dated before its predecessor
+``register-id-changed``         the Kassen-ID differs from the first receipt's
+``system-type-changed``         open and closed (AT0) receipts are mixed
+``start-receipt-chaining``      the Startbeleg is not chained over the Kassen-ID
+``start-receipt-unsigned``      the Startbeleg carries the failure marker
+``start-receipt-type``          the Startbeleg is a Storno or Training receipt
+``start-receipt-turnover``      the Startbeleg has a non-zero amount
+``sammelbeleg-missing``         after an outage, no signed zero receipt (not STO/TRA)
+                                directly after the failed run or the first re-signed one
+==============================  ==========================================================
+
+A failed outage run at the very end of a DEP is accepted: the export may be cut there.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from agent.at_rksv._verify_rules import (
+    KeyStore,
+    Receipt,
+    RuleBroken,
+    certificate_key,
+    check_certificates,
+    load_certificate,
+    parse_receipt,
+    receipt_label,
+    serial_numbers,
+)
+from agent.at_rksv.counter import decrypt_counter
+from agent.at_rksv.dep import (
+    CryptoContainer,
+    DepFormatError,
+    DepGroup,
+    iter_dep,
+    load_container,
+    load_dep,
+    read_container,
+)
+from agent.at_rksv.payload import chain_value
+from agent.signing.base import verify_rs
+
+__all__ = ["Finding", "Report", "verify_dep", "verify_files"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One broken rule: the receipt (Belegnummer or JWS start), rule name and message."""
+
+    receipt: str | None
+    rule: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The result of a verification; ``ok`` when there is no finding."""
+
+    findings: list[Finding] = field(default_factory=list)
+    receipts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+def verify_dep(
+    dep: Mapping[str, Any] | Iterable[tuple[DepGroup, str]],
+    container: Mapping[str, Any] | CryptoContainer,
+) -> Report:
+    """Verify a DEP export against a crypto material container.
+
+    Args:
+        dep: the parsed DEP JSON, or ``(group, jws)`` pairs as from
+            :func:`~agent.at_rksv.dep.iter_dep` (streamed, never held in memory).
+        container: the parsed container JSON, or a :class:`CryptoContainer`.
+    """
+    try:
+        if isinstance(container, Mapping):
+            container = read_container(container)
+        walk = _Walk(KeyStore(container), container.aes_key)
+    except DepFormatError as exc:
+        return Report([Finding(None, "malformed-dep", str(exc))])
+    walk.run(iter_dep(dep) if isinstance(dep, Mapping) else iter(dep))
+    return Report(walk.findings, walk.count)
+
+
+def verify_files(dep_path: Path, container_path: Path) -> Report:
+    """Verify the DEP export and crypto container stored in two JSON files.
+
+    Raises:
+        OSError: a file cannot be read.
+    """
+    try:
+        with container_path.open("rb") as container_file:
+            container = load_container(container_file)
+        with dep_path.open("rb") as dep_file:
+            return verify_dep(load_dep(dep_file), container)
+    except DepFormatError as exc:
+        return Report([Finding(None, "malformed-dep", str(exc))])
+
+
+class _Outage(enum.Enum):
+    NONE = "none"
+    FAILED = "failed"  # in a run of receipts carrying the failure marker
+    RESIGNED = "resigned"  # one signed receipt after the run; the next must restore
+
+
+@dataclass(slots=True)
+class _Group:
+    """The group the walk is in: its certificate and the key it implies."""
+
+    source: DepGroup | None = None
+    certificate: x509.Certificate | None = None
+    key: ec.EllipticCurvePublicKey | None = None
+    number: int = 0
+    without_certificate: bool = False
+    reported_missing: bool = False
+
+
+class _Walk:
+    """The state of one verification while the receipts go by."""
+
+    def __init__(self, store: KeyStore, aes_key: bytes | None) -> None:
+        self.store = store
+        self.aes_key = aes_key
+        self.findings: list[Finding] = []
+        self.count = 0
+        self.group = _Group()
+        self.register_id: str | None = None
+        self.closed: bool | None = None
+        self.previous_jws: str | None = None
+        self.previous_date: datetime | None = None
+        self.counter: int | None = 0
+        self.seen: set[str] = set()
+        self.outage = _Outage.NONE
+
+    def fail(self, receipt: str | None, rule: str, message: str) -> None:
+        self.findings.append(Finding(receipt, rule, message))
+
+    def flag(self, r: Receipt, rule: str, message: str) -> None:
+        self.fail(r.receipt_id, rule, message)
+
+    def run(self, items: Iterator[tuple[DepGroup, str]]) -> None:
+        try:
+            for group, jws in items:
+                self.visit(group, jws)
+        except DepFormatError as exc:
+            self.fail(None, "malformed-dep", str(exc))
+
+    def visit(self, group: DepGroup, jws: str) -> None:
+        if group is not self.group.source:
+            self.enter_group(group, receipt_label(jws))
+        self.count += 1
+        try:
+            receipt = parse_receipt(jws)
+        except RuleBroken as exc:
+            self.fail(receipt_label(jws), exc.rule, exc.message)
+            self.counter = None  # its effect is unknown: take the next counter as is
+        else:
+            self.check(receipt)
+        self.previous_jws = jws
+
+    def check(self, receipt: Receipt) -> None:
+        self.check_identity(receipt)
+        self.check_unique(receipt)
+        self.check_date(receipt)
+        self.check_chain(receipt)
+        self.check_signature(receipt)
+        self.check_start(receipt)
+        self.check_counter(receipt)
+        self.check_outage(receipt)
+
+    # --- groups and certificates ---------------------------------------------------
+
+    def enter_group(self, group: DepGroup, label: str) -> None:
+        state = self.group
+        self.group = _Group(source=group, number=state.number + 1)
+        self.group.without_certificate = state.without_certificate
+        self.group.reported_missing = state.reported_missing
+        if group.certificate_der is None:
+            self.group.without_certificate = True
+        else:
+            self.load_group_certificate(group, label)
+        if self.group.number > 1 and self.group.without_certificate:
+            self.report_missing_certificate(label)
+
+    def load_group_certificate(self, group: DepGroup, label: str) -> None:
+        where = f"group {self.group.number}"
+        try:
+            cert = load_certificate(group.certificate_der or b"", f"{where} certificate")
+            chain = [load_certificate(der, f"{where} CA") for der in group.ca_certificates]
+            key = certificate_key(cert, f"{where} certificate")
+        except DepFormatError as exc:
+            self.fail(label, "malformed-dep", str(exc))
+            return
+        self.group.certificate, self.group.key = cert, key
+        for rule, message in check_certificates(cert, chain, self.store):
+            self.fail(label, rule, f"{where}: {message}")
+
+    def report_missing_certificate(self, label: str) -> None:
+        if not self.group.reported_missing:
+            self.group.reported_missing = True
+            self.fail(label, "certificate-missing", "several groups, not all with a certificate")
+
+    # --- receipt rules ----------------------------------------------------------------
+
+    def check_identity(self, r: Receipt) -> None:
+        if self.register_id is None:
+            self.register_id, self.closed = r.payload.register_id, r.closed
+            return
+        if r.payload.register_id != self.register_id:
+            message = (
+                f"Kassen-ID {r.payload.register_id!r}, the DEP began with {self.register_id!r}"
+            )
+            self.flag(r, "register-id-changed", message)
+        if r.closed != self.closed:
+            kind = "closed (AT0)" if r.closed else "open"
+            self.flag(r, "system-type-changed", f"{kind} receipt after the other system type")
+
+    def check_unique(self, r: Receipt) -> None:
+        if r.receipt_id in self.seen:
+            self.flag(r, "receipt-id-duplicate", "Belegnummer already used")
+        self.seen.add(r.receipt_id)
+
+    def check_date(self, r: Receipt) -> None:
+        if self.previous_date is not None and r.issued_at < self.previous_date:
+            self.flag(r, "date-decreasing", f"{r.payload.issued_at} is before its predecessor")
+        self.previous_date = r.issued_at
+
+    def check_chain(self, r: Receipt) -> None:
+        expected = chain_value(self.previous_jws, r.payload.register_id)
+        if r.payload.chain == expected:
+            return
+        if self.previous_jws is None:
+            self.flag(r, "start-receipt-chaining", f"{r.payload.chain!r} is not over the Kassen-ID")
+        else:
+            self.flag(r, "chaining-invalid", f"{r.payload.chain!r} should be {expected!r}")
+
+    def check_signature(self, r: Receipt) -> None:
+        self.check_group_serial(r)
+        if not r.signed:
+            if self.count == 1:
+                self.flag(r, "start-receipt-unsigned", "the Startbeleg must be signed")
+            return
+        keys = self.keys_for(r)
+        if not keys:
+            self.flag(r, "public-key-missing", f"no container key for {r.payload.cert_serial!r}")
+        elif not any(verify_rs(key, r.signing_input, r.signature) for key in keys):
+            self.flag(r, "signature-invalid", "the ES256 signature does not verify")
+
+    def keys_for(self, r: Receipt) -> list[ec.EllipticCurvePublicKey]:
+        if self.group.key is not None:
+            return [self.group.key]
+        return self.store.keys_for(r.payload.cert_serial, r.closed)
+
+    def check_group_serial(self, r: Receipt) -> None:
+        cert = self.group.certificate
+        if cert is None or r.closed:
+            return
+        if cert.serial_number not in serial_numbers(r.payload.cert_serial):
+            message = (
+                f"{r.payload.cert_serial!r} is not the group certificate {cert.serial_number:x}"
+            )
+            self.flag(r, "certificate-serial-mismatch", message)
+
+    def check_start(self, r: Receipt) -> None:
+        if self.count != 1:
+            return
+        if r.storno or r.training:
+            self.flag(r, "start-receipt-type", "the Startbeleg is a Storno or Training receipt")
+        if not r.zero:
+            self.flag(r, "start-receipt-turnover", "the Startbeleg has amounts")
+
+    def check_counter(self, r: Receipt) -> None:
+        if self.aes_key is None:
+            return
+        turnover = 0 if r.training else sum(r.amounts)
+        expected = None if self.counter is None else self.counter + turnover
+        if r.counter_bytes is None:
+            self.counter = expected
+            return
+        actual = decrypt_counter(
+            self.aes_key, r.payload.register_id, r.receipt_id, r.payload.counter
+        )
+        if expected is not None and actual != expected:
+            self.flag(r, "turnover-counter-invalid", f"counter is {actual}, not {expected} cents")
+        self.counter = actual
+
+    def check_outage(self, r: Receipt) -> None:
+        if r.signed and r.zero and not (r.storno or r.training):
+            self.outage = _Outage.NONE
+            return
+        if self.outage is _Outage.RESIGNED:
+            self.flag(r, "sammelbeleg-missing", "no signed zero receipt after the outage")
+            self.outage = _Outage.NONE
+        if not r.signed:
+            self.outage = _Outage.FAILED
+        elif self.outage is _Outage.FAILED:
+            self.outage = _Outage.RESIGNED
