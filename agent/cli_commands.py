@@ -32,7 +32,7 @@ from agent.cli import (
     unit_app,
 )
 from agent.contract import ReceiptResult
-from agent.errors import InvalidSale, TillAgentError
+from agent.errors import ConfigurationError, InvalidSale, TillAgentError
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing import UnitConfig, create_software_unit, open_unit
 from agent.signing.registry import UnitRegistry, store_unit
@@ -105,6 +105,13 @@ def unit_create_software(
     and is not valid for a registered cash register. With --key-id the unit is for a closed
     system (R1-AT0) and has no certificate.
     """
+    if (data_dir / "keys" / f"{unit_id}.key.pem").exists():
+        _fail(
+            ConfigurationError(
+                f"unit {unit_id!r} already has a key in {data_dir / 'keys'}: choose another --id"
+            ),
+            as_json,
+        )
     key_file, cert_file = create_software_unit(data_dir / "keys", name=unit_id, key_id=key_id)
     _add_unit(
         data_dir,
@@ -386,8 +393,13 @@ def export_container_cmd(
 
 @app.command()
 def verify(
-    dep: Annotated[Path, typer.Argument(help="DEP7 export (dep-export.json).")],
-    container: Annotated[Path, typer.Argument(help="cryptographicMaterialContainer.json.")],
+    dep: Annotated[
+        Path, typer.Argument(help="DEP7 export (dep-export.json).", exists=True, dir_okay=False)
+    ],
+    container: Annotated[
+        Path,
+        typer.Argument(help="cryptographicMaterialContainer.json.", exists=True, dir_okay=False),
+    ],
     as_json: JsonFlag = False,
 ) -> None:
     """Verify a DEP export: signatures, chain, counter, numbering, dates, outage rules.

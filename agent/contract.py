@@ -26,11 +26,13 @@ __all__ = [
 ]
 
 VAT_CLASSES = ("normal", "reduced1", "reduced2", "zero", "special")
-MAX_CENTS = 10**11  # one billion euros per line or receipt: far beyond any till
+MAX_CENTS = 10**11  # one billion euros per line, payment or receipt: far beyond any till
+_MAX_EUROS = f"{MAX_CENTS // 100:,}"
 
-Money = Annotated[str, StringConstraints(pattern=r"^-?\d{1,10}(\.\d{1,2})?$")]
-Quantity = Annotated[str, StringConstraints(pattern=r"^-?\d{1,7}(\.\d{1,3})?$")]
-_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+# [0-9], not \d: the pattern engine's \d also matches other scripts' digits (fullwidth ...)
+Money = Annotated[str, StringConstraints(pattern=r"^-?[0-9]{1,10}(\.[0-9]{1,2})?$")]
+Quantity = Annotated[str, StringConstraints(pattern=r"^-?[0-9]{1,7}(\.[0-9]{1,3})?$")]
+_PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]+$"  # no C0, DEL or C1 control characters
 Text = Annotated[str, StringConstraints(min_length=1, max_length=80, pattern=_PRINTABLE)]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9.:-]+$")]
 RequestId = Annotated[
@@ -104,23 +106,67 @@ _RULES = {
     "greater_than_equal": "minimum",
 }
 
-_HINTS = {
-    "Money": 'money is a decimal string with at most 2 decimals, e.g. "12.50" (never a number)',
+_MONEY = 'money is a decimal string with at most 2 decimals, e.g. "12.50" (never a number)'
+_TEXT = "a text is 1-80 printable characters (no control characters such as tab or newline)"
+_HINTS = {  # by the last part of the field path
+    "unit_price": _MONEY,
+    "amount": _MONEY,
+    "qty": 'a quantity is a decimal string with at most 3 decimals, e.g. "2" or "0.250"',
+    "text": _TEXT,
+    "cashier": _TEXT,
+    "register": "a Kassen-ID is 1-64 letters, digits, '.', ':' or '-' (no '_')",
+    "request_id": "a request_id is 1-128 letters, digits, '.', '_', ':' or '-', "
+    "starting with a letter or digit",
+    "method": 'a payment method is 1-32 lowercase letters, digits, "_" or "-", e.g. "cash"',
+    "voids": "voids is the number of the voided receipt as a JSON integer, e.g. 2",
 }
 
 
 def _first_error(exc: ValidationError) -> InvalidSale:
     err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"]) or "(sale)"
+    loc = [str(p) for p in err["loc"]]
+    field = ".".join(loc) or "(sale)"
     rule = _RULES.get(err["type"], err["type"].replace("_", "-"))
-    message = err["msg"]
-    if field.endswith(("unit_price", "amount")):
-        message = f"{message}; {_HINTS['Money']}"
-    if field.endswith("qty"):
-        message = f'{message}; a quantity is a decimal string with at most 3 decimals, e.g. "2"'
-    if field == "register" and rule == "format":
-        message = f"{message}; a Kassen-ID uses letters, digits, '.', ':' and '-' (no '_')"
-    return InvalidSale(field, rule, message)
+    if rule == "unknown-field":
+        return InvalidSale(field, rule, f"unknown field {loc[-1]!r}: the sale has no such field")
+    if rule == "required":
+        message = f"the field {field!r} is required"
+    elif rule == "format":
+        message = "the value does not have the required form"  # the regex helps nobody
+    elif rule == "allowed-values":
+        message = f"{repr(err['input'])[:40]} is not allowed: {err['msg']}"
+    else:
+        message = err["msg"]
+    hint = _HINTS.get(loc[-1]) if loc else None
+    return InvalidSale(field, rule, f"{message}; {hint}" if hint else message)
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object names the same key twice (json.loads would silently keep the last)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
+def _load_json(raw: bytes | str) -> Any:
+    try:
+        return json.loads(raw, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise InvalidSale(
+            "(document)", "duplicate-key", f"the key {exc.args[0]!r} appears twice in one object"
+        ) from None
+    except RecursionError:
+        raise InvalidSale("(document)", "json", "not valid JSON: nested too deeply") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidSale("(document)", "json", f"not valid JSON: {exc}") from exc
+    except ValueError as exc:  # int() refuses numbers of more than 4300 digits
+        raise InvalidSale("(document)", "json", "not valid JSON: a number is too long") from exc
 
 
 def parse_sale(raw: bytes | str | dict[str, Any]) -> Sale:
@@ -130,10 +176,7 @@ def parse_sale(raw: bytes | str | dict[str, Any]) -> Sale:
         InvalidSale: malformed JSON, a schema violation or a broken business rule.
     """
     if isinstance(raw, (bytes, str)):
-        try:
-            raw = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidSale("(document)", "json", f"not valid JSON: {exc}") from exc
+        raw = _load_json(raw)
     if not isinstance(raw, dict):
         raise InvalidSale("(document)", "type-object", "a sale is a JSON object")
     try:
@@ -155,6 +198,11 @@ def _cents(money: str) -> int:
 
 
 def _check_rules(sale: Sale) -> None:
+    for i, payment in enumerate(sale.payments):
+        if abs(_cents(payment.amount)) > MAX_CENTS:
+            raise InvalidSale(
+                f"payments.{i}.amount", "max-amount", f"a payment is at most {_MAX_EUROS} euros"
+            )
     if sale.kind == "storno":
         _check_storno(sale)
     elif sale.kind == "null":
@@ -172,10 +220,14 @@ def _check_sale_lines(sale: Sale) -> None:
         if Decimal(line.qty) == 0:
             raise InvalidSale(f"lines.{i}.qty", "non-zero", "a line quantity must not be zero")
         if abs(line_total_cents(line)) > MAX_CENTS:
-            raise InvalidSale(f"lines.{i}", "max-amount", "the line total is out of range")
+            raise InvalidSale(
+                f"lines.{i}", "max-amount", f"a line total is at most {_MAX_EUROS} euros"
+            )
+    total = sum(line_total_cents(line) for line in sale.lines)
+    if abs(total) > MAX_CENTS:
+        raise InvalidSale("lines", "max-amount", f"a receipt total is at most {_MAX_EUROS} euros")
     if not sale.payments:
         raise InvalidSale("payments", "min-items", "a sale needs at least one payment")
-    total = sum(line_total_cents(line) for line in sale.lines)
     paid = sum(_cents(p.amount) for p in sale.payments)
     if total != paid:
         raise InvalidSale(
@@ -197,5 +249,8 @@ def _check_storno(sale: Sale) -> None:
 def _check_null(sale: Sale) -> None:
     if sale.voids is not None:
         raise InvalidSale("voids", "storno-only", "only a storno may name a receipt in voids")
-    if sale.lines or sale.payments:
-        raise InvalidSale("lines", "null-empty", "a Nullbeleg carries no lines and no payments")
+    for name in ("lines", "payments"):
+        if getattr(sale, name):
+            raise InvalidSale(
+                name, "null-empty", f"a Nullbeleg carries no lines and no payments: send no {name}"
+            )

@@ -14,7 +14,8 @@ import hashlib
 import json
 import secrets
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -33,6 +34,7 @@ from agent.at_rksv import (
 from agent.clock import Clock, SystemClock
 from agent.contract import ReceiptResult, Sale, line_total_cents, parse_sale
 from agent.errors import FiscalError, InvalidSale, NotFound, SigningError
+from agent.outages import OutageBook
 from agent.receipt_text import TextFacts, render_lines
 from agent.receipt_view import AMOUNT_COLUMNS, Amounts, result_from, result_from_row
 from agent.signing import SignatureUnit, sign_verified
@@ -122,6 +124,19 @@ class ReceiptService:
         self.clock: Clock = clock or SystemClock()
         self.sign_timeout = sign_timeout
         self._writer = db.write_connection()
+        with self._writer.transaction() as conn:
+            self.outages = OutageBook(conn)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction whose in-memory outage changes follow its fate."""
+        try:
+            with self._writer.transaction() as conn:
+                yield conn
+        except BaseException:
+            self.outages.settle(committed=False)
+            raise
+        self.outages.settle(committed=True)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -143,7 +158,7 @@ class ReceiptService:
         _check_id("receipt_id_format", setup.receipt_id_format.format(number=1))
         if len(setup.aes_key) != 32:
             raise InvalidSale("aes_key", "aes-256", "the AES key must be 32 bytes")
-        with self._writer.transaction() as conn:
+        with self._transaction() as conn:
             self._create_register(conn, setup)
             reg = self._register_row(conn, setup.register_id)
             draft = _Draft(
@@ -164,7 +179,7 @@ class ReceiptService:
         if not isinstance(sale, Sale):
             sale = parse_sale(sale)
         sale_hash = hashlib.sha256(canonical_json(sale.model_dump()).encode()).hexdigest()
-        with self._writer.transaction() as conn:
+        with self._transaction() as conn:
             stored = conn.execute(
                 "SELECT * FROM receipts WHERE register_id = ? AND request_id = ?",
                 (sale.register_id, sale.request_id),
@@ -197,7 +212,7 @@ class ReceiptService:
         """
         if kind not in KINDS or kind == "start":
             raise InvalidSale("kind", "allowed-values", f"cannot issue a {kind!r} receipt here")
-        with self._writer.transaction() as conn:
+        with self._transaction() as conn:
             reg = self._open_register(conn, register_id)
             draft = _Draft(
                 register_id,
@@ -350,7 +365,7 @@ class ReceiptService:
             unit.identity.serial,
             chain_value(reg["last_jws"], register_id),
         )
-        signature, state = self._sign(unit, payload, draft.kind)
+        signature, state = self._sign(conn, unit, payload, draft, number)
         jws = jws_compact(payload, signature)
         document = _document(register_id, draft, payload, state)
         voids = None if draft.voids is None else draft.voids["number"]
@@ -399,6 +414,8 @@ class ReceiptService:
         conn.execute(
             _UPDATE_REGISTER, (number, turnover, jws, payload.issued_at, closed, register_id)
         )
+        if draft.kind == "sammelbeleg" and self.outages.is_open(register_id):
+            self.outages.close(conn, register_id, number, self.clock.now())
         return result_from(register_id, number, receipt_id, draft.kind, state, jws, document)
 
     def _unit_for(
@@ -429,7 +446,21 @@ class ReceiptService:
         last = reg["last_issued_at"]
         return last if last is not None and stamp < last else stamp
 
-    def _sign(self, unit: SignatureUnit, payload: Payload, kind: str) -> tuple[bytes, str]:
+    def _sign(
+        self,
+        conn: sqlite3.Connection,
+        unit: SignatureUnit,
+        payload: Payload,
+        draft: _Draft,
+        number: int,
+    ) -> tuple[bytes, str]:
+        register_id, kind = payload.register_id, draft.kind
+        if self.outages.is_open(register_id) and kind != "sammelbeleg":
+            # the breaker is open: no call to the unit, the probe finds out when it is back
+            if kind in MUST_SIGN:
+                raise FiscalError(f"a {kind} receipt must be signed: it waits for the unit")
+            self.outages.affected(conn, register_id, number, self.clock.now())
+            return FALLBACK_SIGNATURE, "fallback"
         try:
             return sign_verified(unit, signing_input(payload), timeout=self.sign_timeout), "signed"
         except SigningError as exc:
@@ -437,7 +468,41 @@ class ReceiptService:
                 raise FiscalError(
                     f"a {kind} receipt must be validly signed and the unit failed: {exc}"
                 ) from exc
+            self.outages.open(
+                conn,
+                register_id=register_id,
+                unit_id=unit.identity.unit_id,
+                cause=str(exc),
+                number=number,
+                at=self.clock.now(),
+            )
             return FALLBACK_SIGNATURE, "fallback"
+
+    # -- recovery -------------------------------------------------------------------------
+
+    def unit_of(self, register_id: str) -> SignatureUnit:
+        """The active unit of a register (for the probe)."""
+        with self._writer.transaction() as conn:
+            reg = self._register_row(conn, register_id)
+            return self.units.get(conn, reg["active_unit"])
+
+    def record_probe(self, register_id: str, ok: bool, detail: str) -> None:
+        with self._transaction() as conn:
+            if self.outages.is_open(register_id):
+                self.outages.probed(conn, register_id, ok, detail, self.clock.now())
+
+    def recover(self, register_id: str) -> ReceiptResult | None:
+        """Issue the signed Sammelbeleg and close the outage, in one transaction.
+
+        Returns the Sammelbeleg, or ``None`` when there is no open outage or the unit
+        still cannot sign (the outage stays open).
+        """
+        if not self.outages.is_open(register_id):
+            return None
+        try:
+            return self.issue_special(register_id, "sammelbeleg")
+        except FiscalError:
+            return None
 
 
 def _unit_zdas(conn: sqlite3.Connection, unit_ids: Sequence[str]) -> list[str]:

@@ -139,7 +139,7 @@ def _replay(
         counter_bytes=counter_bytes,
         aes_key=base64.b64decode(scenario["base64AesKey"]),
     )
-    fallback, outage_open = 0, False
+    fallback = 0
     instructions = scenario["cashBoxInstructionList"]
     for item in instructions:
         position = int(item.get("usedSignatureDevice", 0))
@@ -154,14 +154,12 @@ def _replay(
             result = service.init_register(setup, **args)
         else:
             kind = _TYPES[item["typeOfReceipt"]]
+            outage_open = service.outages.is_open(register_id)
             if kind == "null" and outage_open and not item.get("signatureDeviceDamaged"):
                 kind = "sammelbeleg"
             amounts = tuple(_cents(item["simplifiedReceipt"][k]) for k in _TAX_KEYS)
             result = service.issue_special(register_id, kind, amounts=amounts, **args)  # type: ignore[arg-type]
-        if result.signature_state == "fallback":
-            fallback, outage_open = fallback + 1, True
-        elif result.kind == "sammelbeleg":
-            outage_open = False
+        fallback += result.signature_state == "fallback"
     dep_file = out_dir / "dep-export.json"
     with dep_file.open("w", encoding="utf-8") as handle:
         export_dep(db, register_id, handle)

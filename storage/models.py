@@ -12,7 +12,9 @@ from typing import cast
 
 from sqlalchemy import (
     CheckConstraint,
+    Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -20,18 +22,21 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "APPEND_ONLY_TABLES",
     "JOURNAL",
+    "OUTAGES",
     "RECEIPTS",
     "REGISTERS",
     "REGISTER_UNITS",
     "UNITS",
     "Base",
     "JournalEvent",
+    "Outage",
     "Receipt",
     "Register",
     "RegisterUnit",
@@ -137,6 +142,39 @@ class Receipt(Base):
     journal_seq: Mapped[int] = mapped_column(Integer)
 
 
+class Outage(Base):
+    """An outage of a register's signature unit: opened by the first failed signing or
+    probe, closed only by the signed Sammelbeleg. Each change is also a journal event."""
+
+    __tablename__ = "outages"
+    __table_args__ = (
+        Index(
+            "ix_outages_one_open",
+            "register_id",
+            unique=True,
+            sqlite_where=text("ended_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    register_id: Mapped[str] = mapped_column(ForeignKey("registers.id"))
+    unit_id: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[str] = mapped_column(String(32))  # UTC, ISO 8601
+    cause: Mapped[str] = mapped_column(Text)
+    first_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    affected: Mapped[int] = mapped_column(Integer)
+    probe_attempts: Mapped[int] = mapped_column(Integer)
+    age_seconds: Mapped[float] = mapped_column(Float)  # measured on the monotonic clock
+    checked_at: Mapped[str] = mapped_column(String(32))  # wall time of the last age update
+    escalations: Mapped[str] = mapped_column(Text)  # JSON list of the levels sent
+    report_due: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    report_reference: Mapped[str | None] = mapped_column(Text, nullable=True)
+    end_report_reference: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ended_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    sammelbeleg_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
 class JournalEvent(Base):
     """The append-only journal: a global sequence, each event hashing the previous one."""
 
@@ -157,3 +195,4 @@ REGISTERS = cast(Table, Register.__table__)
 REGISTER_UNITS = cast(Table, RegisterUnit.__table__)
 RECEIPTS = cast(Table, Receipt.__table__)
 JOURNAL = cast(Table, JournalEvent.__table__)
+OUTAGES = cast(Table, Outage.__table__)

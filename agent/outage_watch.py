@@ -1,0 +1,168 @@
+"""The 48-hour window: a timer that ages every open outage even when no receipt arrives.
+
+Age is measured on the monotonic clock while the agent runs (a wall-clock jump is
+detected, journaled, and neither fakes nor swallows an escalation) and on the wall clock
+only for the time the agent was not running. Levels, each journaled once per outage:
+
+* ``opened``: the outage exists (operators are told at once);
+* ``24h``: a day has passed;
+* ``approaching``: 44 h, the 48-hour window is about to close;
+* ``exceeded``: 48 h, not a temporary outage any more: the FinanzOnline report is due
+  within one week (the date is recorded);
+* ``overdue``: the week is over and no report was acknowledged (``outage report``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from dataclasses import dataclass
+
+from agent.clock import Clock
+from agent.errors import InvalidSale, NotFound
+from storage.journal import append_event
+from storage.writer import WriteConnection
+
+__all__ = ["OutageWatch", "Thresholds", "acknowledge_report"]
+
+HOUR = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """When each level fires, in hours of outage age (configurable)."""
+
+    warn_hours: float = 24.0
+    approaching_hours: float = 44.0
+    exceeded_hours: float = 48.0
+    report_days: float = 7.0
+    jump_tolerance_s: float = 120.0
+
+    def levels(self) -> tuple[tuple[str, float], ...]:
+        return (
+            ("opened", 0.0),
+            ("24h", self.warn_hours * HOUR),
+            ("approaching", self.approaching_hours * HOUR),
+            ("exceeded", self.exceeded_hours * HOUR),
+        )
+
+
+class OutageWatch:
+    """Ages open outages and journals escalations; call :meth:`tick` on a monotonic timer."""
+
+    def __init__(
+        self, writer: WriteConnection, clock: Clock, thresholds: Thresholds | None = None
+    ) -> None:
+        self.writer = writer
+        self.clock = clock
+        self.thresholds = thresholds or Thresholds()
+        self._seen: dict[int, tuple[float, dt.datetime]] = {}  # outage -> (monotonic, wall)
+
+    def tick(self) -> list[tuple[int, str]]:
+        """Update every open outage; return the (outage, level) escalations fired now."""
+        fired: list[tuple[int, str]] = []
+        with self.writer.transaction() as conn:
+            rows = conn.execute(
+                "SELECT id, register_id, age_seconds, checked_at, escalations, report_due,"
+                " report_reference FROM outages WHERE ended_at IS NULL"
+            ).fetchall()
+            for row in rows:
+                fired.extend((row[0], level) for level in self._age(conn, row))
+        return fired
+
+    def _age(self, conn: sqlite3.Connection, row: sqlite3.Row) -> list[str]:
+        outage_id, register_id = int(row[0]), str(row[1])
+        mono, wall = self.clock.monotonic(), self.clock.now()
+        elapsed = self._elapsed(conn, outage_id, register_id, row[3], mono=mono, wall=wall)
+        self._seen[outage_id] = (mono, wall)
+        age = float(row[2]) + elapsed
+        sent = list(json.loads(row[4]))
+        due = row[5]
+        new = [lvl for lvl, at in self.thresholds.levels() if age >= at and lvl not in sent]
+        if "exceeded" in new:
+            due = (wall + dt.timedelta(days=self.thresholds.report_days)).isoformat()
+        if due is not None and row[6] is None and "overdue" not in sent:
+            overdue_at = (self.thresholds.exceeded_hours + self.thresholds.report_days * 24) * HOUR
+            if age >= overdue_at:
+                new.append("overdue")
+        for level in new:
+            append_event(
+                conn,
+                kind="outage.escalation",
+                register_id=register_id,
+                at=wall.isoformat(),
+                data={
+                    "outage": outage_id,
+                    "level": level,
+                    "age_hours": round(age / HOUR, 3),
+                    "report_due": due,
+                },
+            )
+        conn.execute(
+            "UPDATE outages SET age_seconds = ?, checked_at = ?, escalations = ?, report_due = ?"
+            " WHERE id = ?",
+            (age, wall.isoformat(), json.dumps(sent + new), due, outage_id),
+        )
+        return new
+
+    def _elapsed(
+        self,
+        conn: sqlite3.Connection,
+        outage_id: int,
+        register_id: str,
+        checked_at: str,
+        *,
+        mono: float,
+        wall: dt.datetime,
+    ) -> float:
+        previous = self._seen.get(outage_id)
+        if previous is None:
+            # first look in this process: the time we were not running, by the wall clock
+            gap = (wall - dt.datetime.fromisoformat(checked_at)).total_seconds()
+            if gap < 0:
+                self._jump(conn, register_id, gap, "since the last check (before a restart)")
+            return max(0.0, gap)
+        d_mono, d_wall = mono - previous[0], (wall - previous[1]).total_seconds()
+        if abs(d_wall - d_mono) > self.thresholds.jump_tolerance_s:
+            self._jump(conn, register_id, d_wall - d_mono, "while running")
+        return d_mono
+
+    def _jump(self, conn: sqlite3.Connection, register_id: str, delta: float, when: str) -> None:
+        append_event(
+            conn,
+            kind="clock.jump",
+            register_id=register_id,
+            at=self.clock.now().isoformat(),
+            data={"delta_seconds": round(delta, 3), "when": when},
+        )
+
+
+def acknowledge_report(
+    writer: WriteConnection, clock: Clock, outage_id: int, reference: str, *, end: bool = False
+) -> None:
+    """Record that the FinanzOnline outage report (or, with ``end``, the end report) was made.
+
+    Raises:
+        NotFound: no such outage.
+        InvalidSale: an empty reference, or an end report before the first report.
+    """
+    if not reference.strip():
+        raise InvalidSale("reference", "required", "give the FinanzOnline reference text")
+    with writer.transaction() as conn:
+        row = conn.execute(
+            "SELECT register_id, report_reference FROM outages WHERE id = ?", (outage_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no outage {outage_id}")
+        if end and row[1] is None:
+            raise InvalidSale("--end", "report-first", "record the outage report before its end")
+        column = "end_report_reference" if end else "report_reference"
+        conn.execute(f"UPDATE outages SET {column} = ? WHERE id = ?", (reference, outage_id))  # noqa: S608
+        append_event(
+            conn,
+            kind="outage.reported",
+            register_id=row[0],
+            at=clock.now().isoformat(),
+            data={"outage": outage_id, "end": end, "reference": reference},
+        )

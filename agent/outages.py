@@ -1,0 +1,202 @@
+"""Outages of a register's signature unit: records, not moods (DESIGN.md invariant 4).
+
+An outage opens with the first failed signing (in the same transaction as the fallback
+receipt that met the failure) and closes only with the signed Sammelbeleg (in the same
+transaction as that receipt), so a crash can neither lose an outage nor issue a second
+Sammelbeleg. While it is open the receipt path does not call the unit at all (a circuit
+breaker). Every change to the record is also a journal event.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from storage.journal import append_event
+
+__all__ = ["OutageBook", "OutageRecord"]
+
+_COLUMNS = (
+    "id, register_id, unit_id, started_at, cause, first_number, last_number, affected,"
+    " probe_attempts, age_seconds, checked_at, escalations, report_due, report_reference,"
+    " end_report_reference, ended_at, sammelbeleg_number"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OutageRecord:
+    """One outage as stored."""
+
+    id: int
+    register_id: str
+    unit_id: str
+    started_at: str
+    cause: str
+    first_number: int | None
+    last_number: int | None
+    affected: int
+    probe_attempts: int
+    age_seconds: float
+    checked_at: str
+    escalations: tuple[str, ...]
+    report_due: str | None
+    report_reference: str | None
+    end_report_reference: str | None
+    ended_at: str | None
+    sammelbeleg_number: int | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> OutageRecord:
+        values = list(row)
+        values[11] = tuple(json.loads(values[11]))
+        return cls(*values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class OutageBook:
+    """The open outages of this till, kept in memory and in the ``outages`` table.
+
+    The in-memory set answers "is the breaker open?" without touching the database; it is
+    loaded from the table at start, so an outage survives restarts.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._lock = threading.Lock()
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM outages WHERE ended_at IS NULL"  # noqa: S608 - constant
+        ).fetchall()
+        self._open = {row[1]: int(row[0]) for row in rows}
+        self._pending: list[tuple[str, str, int]] = []  # (action, register, outage) until commit
+
+    def settle(self, committed: bool) -> None:
+        """Keep (after COMMIT) or undo (after ROLLBACK) the in-memory changes of a txn."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+            if committed:
+                return
+            for action, register_id, outage_id in reversed(pending):
+                if action == "close":
+                    self._open[register_id] = outage_id
+                elif self._open.get(register_id) == outage_id:
+                    del self._open[register_id]
+
+    def open_registers(self) -> list[str]:
+        with self._lock:
+            return sorted(self._open)
+
+    def is_open(self, register_id: str) -> bool:
+        with self._lock:
+            return register_id in self._open
+
+    def open(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        register_id: str,
+        unit_id: str,
+        cause: str,
+        number: int | None,
+        at: dt.datetime,
+    ) -> int:
+        """Open an outage in the caller's transaction; ``number`` is the receipt that met it."""
+        stamp = at.isoformat()
+        cursor = conn.execute(
+            "INSERT INTO outages (register_id, unit_id, started_at, cause, first_number,"
+            " last_number, affected, probe_attempts, age_seconds, checked_at, escalations)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, '[]')",
+            (register_id, unit_id, stamp, cause, number, number, 0 if number is None else 1, stamp),
+        )
+        outage_id = int(cursor.lastrowid or 0)
+        append_event(
+            conn,
+            kind="outage.opened",
+            register_id=register_id,
+            at=stamp,
+            data={"outage": outage_id, "unit": unit_id, "cause": cause, "first_number": number},
+        )
+        with self._lock:
+            self._open[register_id] = outage_id
+            self._pending.append(("open", register_id, outage_id))
+        return outage_id
+
+    def affected(
+        self, conn: sqlite3.Connection, register_id: str, number: int, at: dt.datetime
+    ) -> None:
+        """Record one more fallback receipt of the open outage."""
+        outage_id = self._id(register_id)
+        conn.execute(
+            "UPDATE outages SET last_number = ?, affected = affected + 1,"
+            " first_number = COALESCE(first_number, ?) WHERE id = ?",
+            (number, number, outage_id),
+        )
+        append_event(
+            conn,
+            kind="outage.receipt",
+            register_id=register_id,
+            at=at.isoformat(),
+            data={"outage": outage_id, "number": number},
+        )
+
+    def probed(
+        self,
+        conn: sqlite3.Connection,
+        register_id: str,
+        ok: bool,
+        detail: str,
+        at: dt.datetime,
+    ) -> None:
+        outage_id = self._id(register_id)
+        conn.execute(
+            "UPDATE outages SET probe_attempts = probe_attempts + 1 WHERE id = ?", (outage_id,)
+        )
+        append_event(
+            conn,
+            kind="outage.probe",
+            register_id=register_id,
+            at=at.isoformat(),
+            data={"outage": outage_id, "ok": ok, "detail": detail},
+        )
+
+    def close(
+        self,
+        conn: sqlite3.Connection,
+        register_id: str,
+        sammelbeleg_number: int,
+        at: dt.datetime,
+    ) -> int:
+        """Close the open outage with its Sammelbeleg, in the Sammelbeleg's transaction."""
+        outage_id = self._id(register_id)
+        conn.execute(
+            "UPDATE outages SET ended_at = ?, sammelbeleg_number = ? WHERE id = ?",
+            (at.isoformat(), sammelbeleg_number, outage_id),
+        )
+        append_event(
+            conn,
+            kind="outage.closed",
+            register_id=register_id,
+            at=at.isoformat(),
+            data={"outage": outage_id, "sammelbeleg_number": sammelbeleg_number},
+        )
+        with self._lock:
+            del self._open[register_id]
+            self._pending.append(("close", register_id, outage_id))
+        return outage_id
+
+    def _id(self, register_id: str) -> int:
+        with self._lock:
+            return self._open[register_id]
+
+
+def load_outages(conn: sqlite3.Connection, register_id: str | None = None) -> list[OutageRecord]:
+    """All outages (of one register, if given), newest first."""
+    sql = f"SELECT {_COLUMNS} FROM outages"  # noqa: S608 - constant column list
+    params: tuple[Any, ...] = ()
+    if register_id is not None:
+        sql, params = sql + " WHERE register_id = ?", (register_id,)
+    return [OutageRecord.from_row(r) for r in conn.execute(sql + " ORDER BY id DESC", params)]

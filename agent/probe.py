@@ -1,0 +1,113 @@
+"""The background probe: asks the unit of every open outage whether it is back.
+
+A probe never signs a receipt and never consumes a number. Attempts back off with jitter
+(5 s doubling to at most 60 s by default) on the monotonic clock, so a wall-clock jump
+neither floods nor stalls it. When a probe succeeds, the service issues the signed
+Sammelbeleg at once, which closes the outage.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from dataclasses import dataclass, field
+
+from agent.errors import TillAgentError
+from agent.receipts import ReceiptService
+
+__all__ = ["Backoff", "Prober"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backoff:
+    """Jittered exponential backoff: ``initial * 2**n``, capped, times 1 +/- ``jitter``."""
+
+    initial: float = 5.0
+    cap: float = 60.0
+    jitter: float = 0.2
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, attempt: int) -> float:
+        base = min(self.cap, self.initial * float(2 ** min(attempt, 30)))
+        return base * self.rng.uniform(1 - self.jitter, 1 + self.jitter)
+
+
+class Prober:
+    """Probes the units of open outages and triggers recovery; one thread for all registers."""
+
+    def __init__(
+        self, service: ReceiptService, backoff: Backoff | None = None, deadline: float = 3.0
+    ) -> None:
+        self.service = service
+        self.backoff = backoff or Backoff()
+        self.deadline = deadline
+        self._attempts: dict[str, int] = {}
+        self._next: dict[str, float] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.heartbeat = service.clock.monotonic()
+
+    def wake(self) -> None:
+        """Look at the open outages now (a new one was opened)."""
+        self._wake.set()
+
+    def run_once(self) -> float:
+        """Probe every register that is due; return the seconds until the next one is due."""
+        now = self.service.clock.monotonic()
+        self.heartbeat = now
+        waits = [
+            self._visit(register_id, now) for register_id in self.service.outages.open_registers()
+        ]
+        for gone in set(self._next) - set(self.service.outages.open_registers()):
+            self._next.pop(gone, None)
+            self._attempts.pop(gone, None)
+        return min(waits, default=self.backoff.cap)
+
+    def _visit(self, register_id: str, now: float) -> float:
+        due = self._next.setdefault(register_id, now + self.backoff.delay(0))
+        if now < due:
+            return due - now
+        if self._probe(register_id):
+            return self.backoff.cap
+        attempt = self._attempts.get(register_id, 0) + 1
+        self._attempts[register_id] = attempt
+        self._next[register_id] = now + self.backoff.delay(attempt)
+        return self._next[register_id] - now
+
+    def _probe(self, register_id: str) -> bool:
+        try:
+            unit = self.service.unit_of(register_id)
+            unit.probe(deadline=self.service.clock.monotonic() + self.deadline)
+        except (TillAgentError, OSError) as exc:
+            self.service.record_probe(register_id, False, str(exc))
+            return False
+        self.service.record_probe(register_id, True, "unit answered")
+        recovered = self.service.recover(register_id) is not None
+        if recovered:
+            self._next.pop(register_id, None)
+            self._attempts.pop(register_id, None)
+        return recovered
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="probe", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                wait = self.run_once()
+            except Exception:  # a probe loop must never die
+                log.exception("probe loop failed; retrying")
+                wait = self.backoff.initial
+            self._wake.wait(timeout=max(0.01, min(wait, 1.0)))
+            self._wake.clear()

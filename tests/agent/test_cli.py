@@ -1,0 +1,606 @@
+"""The ``till-agent`` command line: help, units, registers, receipts, export, verification,
+simulation, benchmarks, the data directory lock and the documented exit codes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from agent import __version__
+from agent.at_rksv import aes_key_check_value, split_jws
+from agent.cli import app
+from factories import VECTORS, load_json, sale
+from storage import TillDB
+
+REGISTER = "KASSE-1"
+UNIT = "dev"
+CLOSED_KEY_ID = "U:ATU12345678-K1"
+SCENARIO = VECTORS / "official" / "TESTSUITE_TEST_SZENARIO_1.json"
+
+ROOT_COMMANDS = [
+    "unit",
+    "init",
+    "issue",
+    "special",
+    "receipts",
+    "export",
+    "verify",
+    "simulate",
+    "bench",
+]
+GROUPS = {
+    "unit": ["create-software", "add-pkcs11", "list"],
+    "receipts": ["list", "show"],
+    "export": ["dep", "crypto-container"],
+    "simulate": ["scenario"],
+    "bench": ["receipts"],
+}
+LEAVES = [
+    ["init"],
+    ["issue"],
+    ["special"],
+    ["verify"],
+    *([group, command] for group, commands in GROUPS.items() for command in commands),
+]
+
+Run = Callable[..., Result]
+
+
+def _expect(result: Result, code: int) -> Result:
+    """Assert the exit code, showing everything the command printed when it differs."""
+    assert result.exit_code == code, (
+        f"exit {result.exit_code} != {code}\nstdout:\n{result.stdout}\n"
+        f"stderr:\n{result.stderr}\nexception: {result.exception!r}"
+    )
+    return result
+
+
+def _flat(text: str) -> str:
+    """The text with every run of whitespace made one space (Rich wraps at 80 columns)."""
+    return " ".join(text.split())
+
+
+def _json(result: Result) -> Any:
+    return json.loads(result.stdout)
+
+
+def _jws_list(dep_file: Path) -> list[str]:
+    dep = load_json(dep_file)
+    return [jws for group in dep["Belege-Gruppe"] for jws in group["Belege-kompakt"]]
+
+
+@pytest.fixture(name="no_env_data_dir", autouse=True)
+def _no_env_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command gets its data directory from --data-dir, never from the environment."""
+    monkeypatch.delenv("TILL_AGENT_DATA_DIR", raising=False)
+
+
+@pytest.fixture(name="run")
+def _run() -> Run:
+    """Invoke the Typer app in-process: ``run(*args, input=...)``."""
+    runner = CliRunner()
+
+    def run(*args: str | Path, input: str | bytes | None = None) -> Result:
+        return runner.invoke(app, [str(a) for a in args], input=input, prog_name="till-agent")
+
+    return run
+
+
+@pytest.fixture(name="run_in")
+def _run_in(run: Run, data_dir: Path) -> Run:
+    """Like ``run`` with ``--data-dir`` of the test appended."""
+
+    def run_in(*args: str | Path, input: str | bytes | None = None) -> Result:
+        return run(*args, "--data-dir", data_dir, input=input)
+
+    return run_in
+
+
+@pytest.fixture(name="with_unit")
+def _with_unit(run_in: Run, data_dir: Path) -> Path:
+    """A data directory holding the development software unit ``dev`` (open system)."""
+    _expect(run_in("unit", "create-software", "--id", UNIT), 0)
+    return data_dir
+
+
+@pytest.fixture(name="init_json")
+def _init_json(run_in: Run, with_unit: Path) -> dict[str, Any]:
+    """The JSON printed by ``init --json`` for register KASSE-1 on unit ``dev``."""
+    return dict(_json(_expect(run_in("init", REGISTER, "--unit", UNIT, "--json"), 0)))
+
+
+@pytest.fixture(name="till")
+def _till(init_json: dict[str, Any], data_dir: Path) -> Path:
+    """A data directory with register KASSE-1 initialized (its Startbeleg is number 1)."""
+    return data_dir
+
+
+@pytest.fixture(name="sale_file")
+def _sale_file(tmp_path: Path) -> Path:
+    """The standard test sale (request_id req-1, 16.70 EUR) written to a file."""
+    path = tmp_path / "sale.json"
+    path.write_text(json.dumps(sale()), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(name="with_sale")
+def _with_sale(run_in: Run, till: Path, sale_file: Path) -> Path:
+    """Register KASSE-1 with its Startbeleg (1) and one sale (2)."""
+    _expect(run_in("issue", sale_file), 0)
+    return till
+
+
+@pytest.fixture(name="exported")
+def _exported(run_in: Run, with_sale: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The DEP export and the crypto material container of KASSE-1 (two receipts)."""
+    dep = tmp_path / "dep-export.json"
+    container = tmp_path / "cryptographicMaterialContainer.json"
+    _expect(run_in("export", "dep", "--register", REGISTER, "-o", dep), 0)
+    _expect(run_in("export", "crypto-container", "--register", REGISTER, "-o", container), 0)
+    return dep, container
+
+
+class TestHelp:
+    def test_root_help_lists_every_command(self, run: Run) -> None:
+        """``--help`` exits 0 and lists every top-level command and group."""
+        result = _expect(run("--help"), 0)
+        assert "Usage:" in result.stdout
+        for command in ROOT_COMMANDS:
+            assert re.search(rf"\b{command}\b", result.stdout), command
+
+    @pytest.mark.parametrize("group", sorted(GROUPS))
+    def test_group_help_lists_its_commands(self, run: Run, group: str) -> None:
+        """``GROUP --help`` exits 0 and lists the group's sub-commands."""
+        result = _expect(run(group, "--help"), 0)
+        assert "Usage:" in result.stdout
+        for command in GROUPS[group]:
+            assert command in result.stdout, command
+
+    @pytest.mark.parametrize("command", LEAVES, ids=" ".join)
+    def test_command_help_exits_zero(self, run: Run, command: list[str]) -> None:
+        """``--help`` of every command exits 0 and shows its usage line."""
+        result = _expect(run(*command, "--help"), 0)
+        assert f"Usage: till-agent {' '.join(command)}" in _flat(result.stdout)
+
+    def test_version_prints_the_package_version(self, run: Run) -> None:
+        """``--version`` prints ``till-agent VERSION`` and exits 0."""
+        result = _expect(run("--version"), 0)
+        assert result.stdout.strip() == f"till-agent {__version__}"
+
+
+class TestConsoleScript:
+    def test_installed_script_runs_help_and_version(self, tmp_path: Path) -> None:
+        """The installed ``till-agent`` script answers --help and --version as a real process."""
+        script = Path(sys.executable).parent / "till-agent"
+        assert script.exists(), script
+        env = {k: v for k, v in os.environ.items() if k != "TILL_AGENT_DATA_DIR"}
+        helped = subprocess.run(
+            [str(script), "--help"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+        assert helped.returncode == 0, helped.stderr
+        assert "Usage:" in helped.stdout
+        for command in ROOT_COMMANDS:
+            assert re.search(rf"\b{command}\b", helped.stdout), command
+        version = subprocess.run(
+            [str(script), "--version"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+        assert version.returncode == 0, version.stderr
+        assert version.stdout.strip() == f"till-agent {__version__}"
+        assert not list(tmp_path.iterdir()), "help and version must not create a data directory"
+
+
+class TestUnits:
+    def test_create_software_prints_the_open_suite(self, run_in: Run) -> None:
+        """An open-system development unit is reported with its id and an R1-AT suite."""
+        result = _expect(run_in("unit", "create-software", "--id", UNIT), 0)
+        text = _flat(result.stdout)
+        assert f"unit {UNIT} (software)" in text
+        assert re.search(r"suite R1-AT[1-9]\d* serial [0-9a-f]+", text), text
+
+    def test_closed_key_id_gives_suite_r1_at0(self, run_in: Run) -> None:
+        """``--key-id`` creates a closed-system unit: suite R1-AT0, the key id as serial."""
+        result = _expect(
+            run_in(
+                "unit", "create-software", "--id", "closed", "--key-id", CLOSED_KEY_ID, "--json"
+            ),
+            0,
+        )
+        assert _json(result) == {
+            "id": "closed",
+            "kind": "software",
+            "suite": "R1-AT0",
+            "serial": CLOSED_KEY_ID,
+        }
+
+    def test_closed_unit_signs_a_r1_at0_startbeleg(self, run_in: Run) -> None:
+        """A register on a closed-system unit issues an R1-AT0 Startbeleg."""
+        _expect(run_in("unit", "create-software", "--id", "closed", "--key-id", CLOSED_KEY_ID), 0)
+        body = _json(_expect(run_in("init", REGISTER, "--unit", "closed", "--json"), 0))
+        assert body["start_receipt"]["qr"].startswith(f"_R1-AT0_{REGISTER}_1_")
+        assert body["start_receipt"]["signature_state"] == "signed"
+
+    def test_list_shows_the_stored_units(self, run_in: Run) -> None:
+        """``unit list`` shows every stored unit, as a table and as JSON."""
+        _expect(run_in("unit", "create-software", "--id", UNIT), 0)
+        _expect(run_in("unit", "create-software", "--id", "closed", "--key-id", CLOSED_KEY_ID), 0)
+        units = _json(_expect(run_in("unit", "list", "--json"), 0))
+        assert [(u["id"], u["kind"]) for u in units] == [("closed", "software"), (UNIT, "software")]
+        assert units[0]["suite"] == "R1-AT0"
+        assert units[0]["serial"] == CLOSED_KEY_ID
+        table = _expect(run_in("unit", "list"), 0).stdout
+        assert UNIT in table
+        assert CLOSED_KEY_ID in table
+
+    def test_create_software_twice_is_refused_cleanly(self, run_in: Run) -> None:
+        """Creating a unit whose id already exists fails with an error message, not a crash."""
+        _expect(run_in("unit", "create-software", "--id", UNIT), 0)
+        result = run_in("unit", "create-software", "--id", UNIT)
+        assert isinstance(result.exception, SystemExit), repr(result.exception)
+        assert result.exit_code in (2, 3)
+        assert UNIT in result.stderr
+
+
+class TestInit:
+    def test_init_prints_the_aes_key_and_its_check_value(
+        self, run_in: Run, with_unit: Path
+    ) -> None:
+        """``init`` prints the Startbeleg, the base64 AES-256 key and the key's check value."""
+        result = _expect(run_in("init", REGISTER, "--unit", UNIT), 0)
+        text = _flat(result.stdout)
+        assert f"{REGISTER} #1" in text
+        assert "start" in text
+        assert "signed" in text
+        key = re.search(r"AES key \(register it in FinanzOnline, keep it secret\): (\S+)", text)
+        check = re.search(r"AES key check value: (\S+)", text)
+        assert key, text
+        assert check, text
+        assert len(base64.b64decode(key[1], validate=True)) == 32
+        assert check[1] == aes_key_check_value(key[1])
+
+    def test_init_json_has_a_signed_startbeleg_number_1(self, init_json: dict[str, Any]) -> None:
+        """``init --json`` gives start_receipt number 1 (signed), the AES key and check value."""
+        start = init_json["start_receipt"]
+        assert start["number"] == 1
+        assert start["signature_state"] == "signed"
+        assert start["kind"] == "start"
+        assert start["register"] == REGISTER
+        assert len(start["jws"].split(".")) == 3
+        assert len(base64.b64decode(init_json["aes_key"], validate=True)) == 32
+        assert init_json["aes_key_check_value"] == aes_key_check_value(init_json["aes_key"])
+
+    def test_init_with_an_unknown_unit_exits_3(self, run_in: Run, with_unit: Path) -> None:
+        """``init`` naming a unit that is not stored is invalid input (exit 3)."""
+        result = _expect(run_in("init", REGISTER, "--unit", "nope"), 3)
+        assert "nope" in result.stderr
+        body = _json(_expect(run_in("init", REGISTER, "--unit", "nope", "--json"), 3))
+        assert body["field"] == "units"
+        assert body["rule"] == "unit-unknown"
+
+    def test_init_twice_exits_3(self, run_in: Run, till: Path) -> None:
+        """Initializing a register that already exists is refused with rule register-exists."""
+        body = _json(_expect(run_in("init", REGISTER, "--unit", UNIT, "--json"), 3))
+        assert body["rule"] == "register-exists"
+
+
+class TestIssue:
+    def test_issue_from_file_then_stdin_numbers_2_and_3(
+        self, run_in: Run, till: Path, sale_file: Path
+    ) -> None:
+        """A sale from a file gets number 2 and the next one from stdin gets number 3."""
+        first = _json(_expect(run_in("issue", sale_file, "--json"), 0))
+        second = _json(
+            _expect(run_in("issue", "-", "--json", input=json.dumps(sale(request_id="req-2"))), 0)
+        )
+        assert (first["number"], second["number"]) == (2, 3)
+        assert first["kind"] == second["kind"] == "standard"
+        assert first["signature_state"] == second["signature_state"] == "signed"
+        assert second["qr"].startswith(f"_R1-AT100_{REGISTER}_3_")
+
+    def test_issue_reads_stdin_by_default(self, run_in: Run, till: Path) -> None:
+        """Without a source argument ``issue`` reads the sale from stdin."""
+        body = _json(_expect(run_in("issue", "--json", input=json.dumps(sale())), 0))
+        assert body["number"] == 2
+
+    def test_issue_text_output_shows_the_receipt(
+        self, run_in: Run, till: Path, sale_file: Path
+    ) -> None:
+        """The text output names register, number, kind and state, the lines and the QR code."""
+        text = _expect(run_in("issue", sale_file), 0).stdout
+        assert f"{REGISTER} #2 (2) standard signed" in _flat(text)
+        assert "Schnitzel" in text
+        assert f"QR: _R1-AT100_{REGISTER}_2_" in text
+
+    def test_float_money_exits_3_and_names_the_field(self, run_in: Run, till: Path) -> None:
+        """A sale with a JSON number as money is invalid input (exit 3) naming the field."""
+        bad = sale(payments=[{"method": "cash", "amount": 16.7}])
+        result = _expect(run_in("issue", "-", input=json.dumps(bad)), 3)
+        assert "payments.0.amount" in result.stderr
+        assert result.stdout == ""
+
+    def test_float_money_json_prints_field_and_rule(
+        self, run_in: Run, till: Path, sale_file: Path
+    ) -> None:
+        """``--json`` of a bad sale prints the error, field and rule; no number was consumed."""
+        bad = sale()
+        bad["lines"][0]["unit_price"] = 12.5
+        body = _json(_expect(run_in("issue", "-", "--json", input=json.dumps(bad)), 3))
+        assert body["error"] == "InvalidSale"
+        assert body["field"] == "lines.0.unit_price"
+        assert isinstance(body["rule"], str)
+        assert body["rule"]
+        assert body["message"]
+        good = _json(_expect(run_in("issue", sale_file, "--json"), 0))
+        assert good["number"] == 2
+
+    def test_repeated_request_id_gives_the_same_receipt(
+        self, run_in: Run, till: Path, sale_file: Path
+    ) -> None:
+        """Issuing the same request_id twice returns the first receipt and stores no second."""
+        first = _json(_expect(run_in("issue", sale_file, "--json"), 0))
+        again = _json(_expect(run_in("issue", "-", "--json", input=sale_file.read_bytes()), 0))
+        assert again["number"] == first["number"] == 2
+        assert again["jws"] == first["jws"]
+        listed = _json(_expect(run_in("receipts", "list", "--register", REGISTER, "--json"), 0))
+        assert [r["number"] for r in listed] == [2, 1]
+
+    def test_unreadable_source_exits_3(self, run_in: Run, till: Path, tmp_path: Path) -> None:
+        """A sale file that cannot be read is invalid input with rule readable."""
+        body = _json(_expect(run_in("issue", tmp_path / "missing.json", "--json"), 3))
+        assert body["field"] == "(document)"
+        assert body["rule"] == "readable"
+
+    def test_invalid_json_exits_3(self, run_in: Run, till: Path) -> None:
+        """A document that is not JSON is invalid input with rule json."""
+        body = _json(_expect(run_in("issue", "-", "--json", input=b"{not json"), 3))
+        assert body["field"] == "(document)"
+        assert body["rule"] == "json"
+
+
+class TestSpecial:
+    def test_closing_without_yes_is_refused(self, run_in: Run, till: Path, sale_file: Path) -> None:
+        """A Schlussbeleg without --yes exits 3 and leaves the register open."""
+        result = _expect(run_in("special", REGISTER, "closing"), 3)
+        assert "--yes" in result.stderr
+        body = _json(_expect(run_in("special", REGISTER, "closing", "--json"), 3))
+        assert (body["field"], body["rule"]) == ("--yes", "confirm")
+        assert _json(_expect(run_in("issue", sale_file, "--json"), 0))["number"] == 2
+
+    def test_closing_with_yes_closes_the_register(
+        self, run_in: Run, till: Path, sale_file: Path
+    ) -> None:
+        """A confirmed Schlussbeleg is issued, after which ``issue`` exits 3 (register-closed)."""
+        closing = _json(_expect(run_in("special", REGISTER, "closing", "--yes", "--json"), 0))
+        assert closing["number"] == 2
+        assert closing["kind"] == "closing"
+        assert closing["signature_state"] == "signed"
+        result = _expect(run_in("issue", sale_file), 3)
+        assert "closed" in result.stderr
+        body = _json(_expect(run_in("issue", sale_file, "--json"), 3))
+        assert body["rule"] == "register-closed"
+
+    def test_null_receipt_is_issued(self, run_in: Run, till: Path) -> None:
+        """``special REGISTER null`` issues a signed Nullbeleg with the next number."""
+        body = _json(_expect(run_in("special", REGISTER, "null", "--json"), 0))
+        assert (body["number"], body["kind"], body["signature_state"]) == (2, "null", "signed")
+
+    def test_unknown_kind_exits_3(self, run_in: Run, till: Path) -> None:
+        """An unknown special receipt kind is invalid input with rule allowed-values."""
+        body = _json(_expect(run_in("special", REGISTER, "weekly", "--json"), 3))
+        assert (body["field"], body["rule"]) == ("kind", "allowed-values")
+
+
+class TestReceipts:
+    def test_list_text_shows_a_table(self, run_in: Run, with_sale: Path) -> None:
+        """``receipts list`` prints a table with both receipts and the sale total."""
+        text = _expect(run_in("receipts", "list", "--register", REGISTER), 0).stdout
+        assert "start" in text
+        assert "standard" in text
+        assert "16.70" in text
+
+    def test_list_json_is_newest_first(self, run_in: Run, with_sale: Path) -> None:
+        """``receipts list --json`` gives the receipts newest first with their totals in cents."""
+        items = _json(_expect(run_in("receipts", "list", "--register", REGISTER, "--json"), 0))
+        assert [(i["number"], i["kind"], i["total_cents"]) for i in items] == [
+            (2, "standard", 1670),
+            (1, "start", 0),
+        ]
+        assert {i["signature_state"] for i in items} == {"signed"}
+
+    def test_list_limit(self, run_in: Run, with_sale: Path) -> None:
+        """``--limit 1`` lists only the newest receipt."""
+        items = _json(
+            _expect(run_in("receipts", "list", "--register", REGISTER, "--limit", "1", "--json"), 0)
+        )
+        assert [i["number"] for i in items] == [2]
+
+    def test_show_text(self, run_in: Run, with_sale: Path) -> None:
+        """``receipts show`` prints the receipt header, its lines and its QR code."""
+        text = _expect(run_in("receipts", "show", REGISTER, "2"), 0).stdout
+        assert f"{REGISTER} #2 (2) standard signed" in _flat(text)
+        assert "Apfelsaft" in text
+        assert f"QR: _R1-AT100_{REGISTER}_2_" in text
+
+    def test_show_json_matches_the_issued_receipt(
+        self, run_in: Run, till: Path, sale_file: Path
+    ) -> None:
+        """``receipts show --json`` returns what ``issue --json`` returned."""
+        issued = _json(_expect(run_in("issue", sale_file, "--json"), 0))
+        shown = _json(_expect(run_in("receipts", "show", REGISTER, "2", "--json"), 0))
+        for key in ("register", "number", "receipt_id", "kind", "signature_state", "qr", "jws"):
+            assert shown[key] == issued[key], key
+
+    def test_show_missing_receipt_exits_6(self, run_in: Run, with_sale: Path) -> None:
+        """Showing a receipt number that does not exist exits 6 (not found)."""
+        result = _expect(run_in("receipts", "show", REGISTER, "99"), 6)
+        assert "99" in result.stderr
+        body = _json(_expect(run_in("receipts", "show", REGISTER, "99", "--json"), 6))
+        assert body["error"] == "NotFound"
+
+
+class TestExportAndVerify:
+    def test_export_then_verify_is_valid(self, run: Run, exported: tuple[Path, Path]) -> None:
+        """An exported DEP and crypto container verify: exit 0 and the verdict valid."""
+        dep, container = exported
+        assert len(_jws_list(dep)) == 2
+        result = _expect(run("verify", dep, container), 0)
+        text = _flat(result.stdout)
+        assert text.startswith("valid: 2 receipts checked")
+        assert "INVALID" not in text
+
+    def test_export_dep_json_reports_the_count(
+        self, run_in: Run, with_sale: Path, tmp_path: Path
+    ) -> None:
+        """``export dep --json`` reports the file and the number of receipts written."""
+        dep = tmp_path / "out.json"
+        body = _json(
+            _expect(run_in("export", "dep", "--register", REGISTER, "-o", dep, "--json"), 0)
+        )
+        assert body == {"file": str(dep), "receipts": 2}
+        assert not dep.with_name(dep.name + ".partial").exists()
+
+    def test_crypto_container_is_private(self, exported: tuple[Path, Path]) -> None:
+        """The crypto material container (it holds the AES key) is written with mode 0600."""
+        _, container = exported
+        assert container.stat().st_mode & 0o777 == 0o600
+        assert "base64AESKey" in load_json(container)
+
+    def test_verify_json_of_a_valid_export(self, run: Run, exported: tuple[Path, Path]) -> None:
+        """``verify --json`` of a valid export has ok true and no findings."""
+        body = _json(_expect(run("verify", *exported, "--json"), 0))
+        assert body == {"ok": True, "receipts": 2, "findings": []}
+
+    def test_tampered_signature_fails_and_names_the_rule(
+        self, run: Run, exported: tuple[Path, Path]
+    ) -> None:
+        """Changing one character of a JWS signature makes verify exit 1 naming the rule."""
+        dep, container = exported
+        data = load_json(dep)
+        jws = data["Belege-Gruppe"][-1]["Belege-kompakt"][-1]
+        head, signature = jws.rsplit(".", 1)
+        middle = len(signature) // 2  # not the last character: it may carry only padding bits
+        char = "A" if signature[middle] != "A" else "B"
+        tampered = f"{head}.{signature[:middle]}{char}{signature[middle + 1 :]}"
+        data["Belege-Gruppe"][-1]["Belege-kompakt"][-1] = tampered
+        dep.write_text(json.dumps(data), encoding="utf-8")
+
+        text = _flat(_expect(run("verify", dep, container), 1).stdout)
+        assert "signature-invalid at 2" in text
+        assert "INVALID" in text
+
+        body = _json(_expect(run("verify", dep, container, "--json"), 1))
+        assert body["ok"] is False
+        assert body["findings"]
+        for finding in body["findings"]:
+            assert set(finding) == {"receipt", "rule", "message"}
+        assert {"receipt": "2", "rule": "signature-invalid"}.items() <= body["findings"][0].items()
+
+    def test_verify_missing_file_is_a_clean_error(
+        self, run: Run, exported: tuple[Path, Path], tmp_path: Path
+    ) -> None:
+        """Verifying a DEP file that does not exist fails with a message, not a crash."""
+        _, container = exported
+        result = run("verify", tmp_path / "missing.json", container)
+        assert isinstance(result.exception, SystemExit), repr(result.exception)
+        assert result.exit_code != 0
+        assert "missing.json" in result.stdout + result.stderr
+
+
+class TestSimulate:
+    @pytest.mark.parametrize("closed", [False, True], ids=["open", "closed"])
+    def test_scenario_writes_files_that_verify(
+        self, run: Run, tmp_path: Path, closed: bool
+    ) -> None:
+        """``simulate scenario`` writes the DEP and the container, and they verify (exit 0)."""
+        assert SCENARIO.exists(), SCENARIO
+        out_dir = tmp_path / "out"
+        args = ["simulate", "scenario", SCENARIO, "--out", out_dir, "--json"]
+        body = _json(_expect(run(*args, *(["--closed"] if closed else [])), 0))
+        dep, container = Path(body["dep"]), Path(body["container"])
+        assert dep.is_file()
+        assert container.is_file()
+        assert dep.parent == container.parent == out_dir
+        assert body["receipts"] == len(_jws_list(dep)) > 0
+        assert 0 <= body["fallback"] < body["receipts"]
+        payload, _, _ = split_jws(_jws_list(dep)[0])
+        assert payload.suite == ("R1-AT0" if closed else "R1-AT1")
+        result = _expect(run("verify", dep, container), 0)
+        assert _flat(result.stdout).startswith(f"valid: {body['receipts']} receipts checked")
+
+    def test_scenario_text_output_names_the_files(
+        self, run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without --json the command reports the receipt count and both file names."""
+        monkeypatch.chdir(tmp_path)  # short relative paths: Rich folds long words at 80 columns
+        text = _flat(_expect(run("simulate", "scenario", SCENARIO, "--out", "out"), 0).stdout)
+        assert re.search(r"^\d+ receipts \(\d+ fallback\)", text), text
+        assert "out/dep-export.json" in text
+        assert "out/cryptographicMaterialContainer.json" in text
+        assert (tmp_path / "out" / "dep-export.json").is_file()
+
+    def test_missing_scenario_exits_2(self, run: Run, tmp_path: Path) -> None:
+        """A scenario file that cannot be read is a configuration error (exit 2)."""
+        result = _expect(run("simulate", "scenario", tmp_path / "nope.json", "--out", tmp_path), 2)
+        assert "nope.json" in _flat(result.stderr)
+
+
+class TestBench:
+    def test_bench_receipts_json_prints_one_object(self, run: Run) -> None:
+        """``bench receipts --n 50 --json`` prints exactly one JSON object with the metrics."""
+        result = _expect(run("bench", "receipts", "--n", "50", "--json"), 0)
+        body = json.loads(result.stdout)
+        assert isinstance(body, dict)
+        for key in ("baseline_per_s", "agent_per_s", "ratio", "p50_ms", "p99_ms"):
+            assert key in body, key
+            assert isinstance(body[key], int | float), key
+            assert not isinstance(body[key], bool), key
+
+    def test_bench_rejects_too_few_receipts(self, run: Run) -> None:
+        """``--n`` below 10 is a usage error (exit 2)."""
+        _expect(run("bench", "receipts", "--n", "5"), 2)
+
+
+class TestDataDirLock:
+    def test_issue_exits_5_while_another_process_holds_the_lock(
+        self,
+        run_in: Run,
+        till: Path,
+        sale_file: Path,
+        open_db: Callable[..., TillDB],
+    ) -> None:
+        """While another writer holds the data directory lock ``issue`` exits 5 and says so."""
+        open_db(till)  # keeps the writer lock until teardown
+        result = _expect(run_in("issue", sale_file), 5)
+        assert "another till-agent process" in _flat(result.stderr)
+        body = _json(_expect(run_in("issue", sale_file, "--json"), 5))
+        assert body["error"] == "DataDirLocked"
+        assert "another" in body["message"]
+
+    def test_readers_work_while_the_lock_is_held(
+        self, run_in: Run, till: Path, open_db: Callable[..., TillDB]
+    ) -> None:
+        """Read-only commands do not need the writer lock."""
+        open_db(till)
+        items = _json(_expect(run_in("receipts", "list", "--register", REGISTER, "--json"), 0))
+        assert [i["number"] for i in items] == [1]
