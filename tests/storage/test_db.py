@@ -1,0 +1,305 @@
+"""The till database's durability recipe (storage/db.py): PRAGMAs, BEGIN, lock, quick_check."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from agent.errors import DataDirLocked, StorageError
+from agent.receipts import ReceiptService
+from factories import sale
+from storage import DB_FILE, TillDB, open_till_db
+from storage.db import LOCK_FILE
+
+PRAGMAS = {
+    "journal_mode": "wal",
+    "synchronous": 2,  # FULL
+    "busy_timeout": 5000,
+    "foreign_keys": 1,
+}
+
+
+def _pragmas(conn: sqlite3.Connection) -> dict[str, object]:
+    return {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name in PRAGMAS}
+
+
+def _try_begin_immediate(path: Path) -> str:
+    """Try to take the write lock from a second connection without waiting: 'ok' or the error."""
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        return str(exc)
+    finally:
+        other.close()
+    return "ok"
+
+
+def _open_in_subprocess(data_dir: Path, *, writer: bool = True) -> str:
+    """Open the till database in a fresh interpreter; the name of the error, or 'opened'."""
+    code = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from storage import open_till_db
+        try:
+            open_till_db(Path({str(data_dir)!r}), writer={writer!r}).close()
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+        else:
+            print("opened")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return done.stdout.strip()
+
+
+class TestConnectionPragmas:
+    def test_every_reader_connection_runs_wal_full_busy_timeout_and_foreign_keys(
+        self, db: TillDB
+    ) -> None:
+        """Each pooled connection, not only the first, is set up with all four PRAGMAs."""
+        with db.engine.connect() as first, db.engine.connect() as second:
+            for conn in (first, second):
+                raw = conn.connection.driver_connection
+                assert isinstance(raw, sqlite3.Connection)
+                assert _pragmas(raw) == PRAGMAS
+
+    def test_writer_connections_run_the_same_pragmas(self, db: TillDB) -> None:
+        """The writer engine's connections are just as durable as the readers'."""
+        with db.writer.begin() as conn:
+            raw = conn.connection.driver_connection
+            assert isinstance(raw, sqlite3.Connection)
+            assert _pragmas(raw) == PRAGMAS
+
+    def test_the_database_file_is_in_wal_mode_for_other_processes_too(self, db: TillDB) -> None:
+        """WAL is persistent in the file, so any other tool opening it sees WAL."""
+        conn = sqlite3.connect(db.path)
+        try:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        finally:
+            conn.close()
+
+
+class TestBegin:
+    def test_writer_transactions_take_the_write_lock_at_begin(self, db: TillDB) -> None:
+        """``db.writer`` starts with BEGIN IMMEDIATE: it locks out other writers at once."""
+        with db.writer.begin() as conn:
+            conn.execute(text("SELECT 1"))
+            assert "locked" in _try_begin_immediate(db.path)
+        assert _try_begin_immediate(db.path) == "ok"
+
+    def test_the_write_connection_takes_the_write_lock_at_begin(self, db: TillDB) -> None:
+        """The receipt path's single write connection also starts with BEGIN IMMEDIATE."""
+        with db.write_connection().transaction():
+            assert "locked" in _try_begin_immediate(db.path)
+        assert _try_begin_immediate(db.path) == "ok"
+
+    def test_read_modify_write_through_the_writer_loses_no_update(self, db: TillDB) -> None:
+        """Four threads incrementing one row through ``db.writer`` never collide or lose a step."""
+        with db.writer.begin() as conn:
+            conn.execute(text("CREATE TABLE scratch (n INTEGER NOT NULL)"))
+            conn.execute(text("INSERT INTO scratch VALUES (0)"))
+        errors: list[BaseException] = []
+
+        def bump() -> None:
+            try:
+                for _ in range(50):
+                    with db.writer.begin() as conn:
+                        n = conn.execute(text("SELECT n FROM scratch")).scalar_one()
+                        conn.execute(text("UPDATE scratch SET n = :n"), {"n": n + 1})
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        workers = [threading.Thread(target=bump) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+        assert errors == []
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT n FROM scratch")).scalar_one() == 200
+
+    def test_reader_transactions_are_deferred(self, db: TillDB) -> None:
+        """``db.engine`` transactions start deferred and block no writer."""
+        with db.engine.begin() as conn:
+            conn.execute(text("SELECT count(*) FROM journal"))
+            assert _try_begin_immediate(db.path) == "ok"
+
+    def test_concurrent_services_allocate_gap_free_numbers(
+        self, service: ReceiptService, query: Callable[..., list[sqlite3.Row]]
+    ) -> None:
+        """Four threads with a service each, 50 sales apiece: numbers 1..201, no gap, no dupe."""
+        threads, per_thread = 4, 50
+        services = [
+            ReceiptService(service.db, service.units, clock=service.clock) for _ in range(threads)
+        ]
+        errors: list[BaseException] = []
+        numbers: list[int] = []
+        gate = threading.Barrier(threads)
+
+        def sell(worker: int) -> None:
+            try:
+                gate.wait()
+                for i in range(per_thread):
+                    result = services[worker].issue(sale(request_id=f"t{worker}-{i}"))
+                    numbers.append(result.number)
+            except BaseException as exc:  # reported below, a thread cannot raise into pytest
+                errors.append(exc)
+
+        workers = [threading.Thread(target=sell, args=(w,)) for w in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+        assert errors == []
+        assert sorted(numbers) == list(range(2, 2 + threads * per_thread))
+        stored = [r["number"] for r in query("SELECT number FROM receipts ORDER BY number")]
+        assert stored == list(range(1, 2 + threads * per_thread))
+        (reg,) = query("SELECT last_number FROM registers WHERE id = 'KASSE-1'")
+        assert reg["last_number"] == 1 + threads * per_thread
+
+
+class TestWriterLock:
+    @pytest.fixture(name="held")
+    def _held(self, data_dir: Path) -> Iterator[TillDB]:
+        db = open_till_db(data_dir)
+        yield db
+        db.close()
+
+    def test_a_second_writer_process_is_refused(self, held: TillDB, data_dir: Path) -> None:
+        """While one process holds the data directory, another writer gets DataDirLocked."""
+        outcome = _open_in_subprocess(data_dir)
+        assert outcome.startswith(DataDirLocked.__name__)
+        assert LOCK_FILE in outcome
+
+    def test_a_second_writer_in_the_same_process_is_refused(
+        self, held: TillDB, data_dir: Path
+    ) -> None:
+        """The lock is per open file, so even this process cannot open a second writer."""
+        with pytest.raises(DataDirLocked, match="another till-agent process"):
+            open_till_db(data_dir)
+
+    def test_a_reader_may_open_while_the_writer_holds_the_lock(
+        self, held: TillDB, data_dir: Path
+    ) -> None:
+        """Read-only tools (writer=False) do not need the lock."""
+        assert _open_in_subprocess(data_dir, writer=False) == "opened"
+
+    def test_the_lock_is_released_on_close(self, held: TillDB, data_dir: Path) -> None:
+        """After close, another process can become the writer."""
+        held.close()
+        assert _open_in_subprocess(data_dir) == "opened"
+
+    def test_the_lock_file_names_the_holder(self, held: TillDB, data_dir: Path) -> None:
+        """The lock file holds the writer's pid, for the operator who wonders who has it."""
+        assert (data_dir / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+
+    def test_a_refused_writer_leaves_the_holder_working(self, held: TillDB, data_dir: Path) -> None:
+        """A failed second open does not release or damage the first writer's lock."""
+        with pytest.raises(DataDirLocked):
+            open_till_db(data_dir)
+        assert _open_in_subprocess(data_dir).startswith(DataDirLocked.__name__)
+
+    def test_a_reader_needs_an_existing_database(self, tmp_path: Path) -> None:
+        """writer=False never creates a database; it says how to make one."""
+        with pytest.raises(StorageError, match="till-agent init"):
+            open_till_db(tmp_path / "empty", writer=False)
+
+
+def _corrupt(source: TillDB, target_dir: Path, offset_of: Callable[[int, int], int]) -> Path:
+    """Copy the database file and overwrite 4 KiB of the copy at ``offset_of(size, page)``."""
+    target_dir.mkdir()
+    copy = target_dir / DB_FILE
+    shutil.copyfile(source.path, copy)
+    size = copy.stat().st_size
+    with copy.open("r+b") as handle:
+        handle.seek(offset_of(size, 4096))
+        handle.write(b"\xff" * 4096)
+    return copy
+
+
+class TestQuickCheck:
+    @pytest.fixture(name="filled")
+    def _filled(self, data_dir: Path) -> TillDB:
+        """A closed (checkpointed) database of about 130 pages, most of them journal rows."""
+        db = open_till_db(data_dir)
+        with db.writer.begin() as conn:
+            for seq in range(1, 2001):
+                conn.execute(
+                    text("INSERT INTO journal VALUES (:seq, 'at', NULL, 'k', :data, 'p', 'h')"),
+                    {"seq": seq, "data": "x" * 200},
+                )
+        db.close()
+        return db
+
+    def test_an_intact_database_passes(
+        self, filled: TillDB, open_db: Callable[..., TillDB]
+    ) -> None:
+        """The undamaged original opens without complaint."""
+        assert open_db(filled.path.parent).path == filled.path
+
+    def test_garbage_inside_a_page_raises_storage_error(
+        self, filled: TillDB, tmp_path: Path
+    ) -> None:
+        """Bytes overwritten in the middle of the file are found by quick_check at open."""
+        _corrupt(filled, tmp_path / "bad", lambda size, _page: size // 2)
+        with pytest.raises(StorageError, match="quick_check"):
+            open_till_db(tmp_path / "bad")
+
+    @pytest.mark.xfail(
+        strict=True,
+        raises=AssertionError,
+        reason="bug: storage/db.py open_till_db catches sqlite3.DatabaseError, but SQLAlchemy "
+        "raises sqlalchemy.exc.DatabaseError ('database disk image is malformed')",
+    )
+    def test_a_destroyed_page_header_raises_storage_error(
+        self, filled: TillDB, tmp_path: Path
+    ) -> None:
+        """A page overwritten from its start (SQLite reports the corruption) is a StorageError."""
+        _corrupt(filled, tmp_path / "bad", lambda size, page: (size // page // 2) * page)
+        try:
+            open_till_db(tmp_path / "bad").close()
+        except StorageError:
+            return
+        except Exception as exc:
+            raise AssertionError(f"{type(exc).__module__}.{type(exc).__name__}: {exc}") from exc
+        raise AssertionError("the damaged database opened")
+
+    @pytest.mark.xfail(
+        strict=True,
+        raises=AssertionError,
+        reason="bug: storage/db.py open_till_db lets sqlalchemy.exc.DatabaseError "
+        "('file is not a database') escape instead of raising StorageError",
+    )
+    def test_a_destroyed_file_header_raises_storage_error(
+        self, filled: TillDB, tmp_path: Path
+    ) -> None:
+        """A file whose header is gone is reported as StorageError, not a SQLAlchemy error."""
+        _corrupt(filled, tmp_path / "bad", lambda _size, _page: 0)
+        try:
+            open_till_db(tmp_path / "bad").close()
+        except StorageError:
+            return
+        except Exception as exc:
+            raise AssertionError(f"{type(exc).__module__}.{type(exc).__name__}: {exc}") from exc
+        raise AssertionError("the damaged database opened")
+
+    def test_a_failed_open_releases_the_lock(self, filled: TillDB, tmp_path: Path) -> None:
+        """After a corrupt database was refused, the lock is free again (nothing holds it)."""
+        _corrupt(filled, tmp_path / "bad", lambda size, _page: size // 2)
+        with pytest.raises(StorageError):
+            open_till_db(tmp_path / "bad")
+        assert not _open_in_subprocess(tmp_path / "bad").startswith(DataDirLocked.__name__)

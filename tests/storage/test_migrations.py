@@ -1,0 +1,153 @@
+"""Alembic migrations of the till database (storage/migrate.py, storage/migrations/)."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, text
+
+from storage import DB_FILE, TillDB, make_engine
+from storage.db import table_names
+from storage.migrate import alembic_config, current_revision, head_revision, upgrade_to_head
+from storage.models import APPEND_ONLY_TABLES, Base
+
+TABLES = sorted(["alembic_version", *Base.metadata.tables])
+TRIGGERS = sorted(f"{t}_no_{a}" for t in APPEND_ONLY_TABLES for a in ("update", "delete"))
+
+
+def _downgrade(engine: Engine, revision: str) -> None:
+    config = alembic_config()
+    with engine.execution_options(sqlite_begin="IMMEDIATE").begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)
+
+
+def _drift(engine: Engine) -> list[object]:
+    with engine.connect() as conn:
+        return list(compare_metadata(MigrationContext.configure(conn), Base.metadata))
+
+
+def _constraint_names(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT sql FROM sqlite_master WHERE type = 'table'"))
+        return sorted(set(re.findall(r"CONSTRAINT (\w+)", "\n".join(str(r[0]) for r in rows))))
+
+
+def _triggers(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))
+        return sorted(str(r[0]) for r in rows)
+
+
+@pytest.fixture(name="engine")
+def _engine(tmp_path: Path) -> Iterator[Engine]:
+    """An engine on an empty database file, with the till PRAGMAs but no schema."""
+    engine = make_engine(tmp_path / DB_FILE)
+    yield engine
+    engine.dispose()
+
+
+class TestFromEmpty:
+    def test_upgrade_creates_every_table(self, engine: Engine) -> None:
+        """An empty file upgraded to head has exactly the till tables."""
+        upgrade_to_head(engine)
+        assert table_names(engine) == TABLES
+
+    def test_models_and_migrations_agree(self, engine: Engine) -> None:
+        """Autogenerate finds nothing to change between head and the SQLAlchemy models."""
+        upgrade_to_head(engine)
+        assert _drift(engine) == []
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="bug: storage/migrations/versions/0001_initial.py names its CHECK constraints "
+        "'ck_registers_state' etc., and the metadata naming convention (ck_%(table_name)s_"
+        "%(constraint_name)s) prefixes them again: 'ck_registers_ck_registers_state'",
+    )
+    def test_constraint_names_match_the_models(self, engine: Engine, tmp_path: Path) -> None:
+        """Every named constraint in the migrated schema has the name the models give it."""
+        upgrade_to_head(engine)
+        reference = make_engine(tmp_path / "models.sqlite3")
+        try:
+            Base.metadata.create_all(reference)
+            assert _constraint_names(engine) == _constraint_names(reference)
+        finally:
+            reference.dispose()
+
+    def test_upgrade_records_the_head_revision(self, engine: Engine) -> None:
+        """After the upgrade the database is stamped with the newest revision."""
+        assert current_revision(engine) is None
+        upgrade_to_head(engine)
+        assert current_revision(engine) == head_revision()
+        assert head_revision() is not None
+
+    def test_upgrade_installs_the_append_only_triggers(self, engine: Engine) -> None:
+        """Invariant 7 is in the schema: UPDATE and DELETE triggers on receipts and journal."""
+        upgrade_to_head(engine)
+        assert _triggers(engine) == TRIGGERS
+
+    def test_upgrading_twice_changes_nothing(self, engine: Engine) -> None:
+        """Opening an up-to-date database runs no migration and keeps its rows."""
+        upgrade_to_head(engine)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO journal VALUES (1, 'at', NULL, 'k', '{}', 'p', 'h')"))
+        upgrade_to_head(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM journal")).scalar_one() == 1
+        assert _drift(engine) == []
+
+
+class TestDowngrade:
+    def test_downgrade_to_base_removes_the_schema(self, engine: Engine) -> None:
+        """Down to base leaves only Alembic's own table, with no revision and no trigger."""
+        upgrade_to_head(engine)
+        _downgrade(engine, "base")
+        assert table_names(engine) == ["alembic_version"]
+        assert _triggers(engine) == []
+        assert current_revision(engine) is None
+
+    def test_upgrade_after_downgrade_rebuilds_the_same_schema(self, engine: Engine) -> None:
+        """Down to base and up to head again gives a schema that still matches the models."""
+        upgrade_to_head(engine)
+        _downgrade(engine, "base")
+        upgrade_to_head(engine)
+        assert table_names(engine) == TABLES
+        assert _triggers(engine) == TRIGGERS
+        assert _drift(engine) == []
+        assert current_revision(engine) == head_revision()
+
+
+class TestOpenTillDb:
+    def test_open_migrates_a_new_data_directory(self, db: TillDB) -> None:
+        """open_till_db creates the file and brings it to head in one step."""
+        assert table_names(db.engine) == TABLES
+        assert current_revision(db.engine) == head_revision()
+
+    def test_reopen_keeps_the_data(
+        self, db: TillDB, data_dir: Path, open_db: Callable[..., TillDB]
+    ) -> None:
+        """Closing and reopening a migrated database keeps its rows and revision."""
+        with db.writer.begin() as conn:
+            conn.execute(text("INSERT INTO journal VALUES (1, 'at', NULL, 'k', '{}', 'p', 'h')"))
+        db.close()
+        again = open_db(data_dir)
+        with again.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM journal")).scalar_one() == 1
+        assert current_revision(again.engine) == head_revision()
+
+    def test_a_reader_does_not_migrate(
+        self, tmp_path: Path, open_db: Callable[..., TillDB]
+    ) -> None:
+        """writer=False opens an unmigrated file as it is and leaves migrations to the writer."""
+        data_dir = tmp_path / "plain"
+        data_dir.mkdir()
+        sqlite3.connect(data_dir / DB_FILE).close()
+        reader = open_db(data_dir, writer=False)
+        assert current_revision(reader.engine) is None
