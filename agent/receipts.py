@@ -12,13 +12,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import secrets
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent.at_rksv import (
     FALLBACK_SIGNATURE,
@@ -124,19 +126,21 @@ class ReceiptService:
         self.clock: Clock = clock or SystemClock()
         self.sign_timeout = sign_timeout
         self._writer = db.write_connection()
+        self._lock = threading.RLock()
         with self._writer.transaction() as conn:
             self.outages = OutageBook(conn)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction whose in-memory outage changes follow its fate."""
-        try:
-            with self._writer.transaction() as conn:
-                yield conn
-        except BaseException:
-            self.outages.settle(committed=False)
-            raise
-        self.outages.settle(committed=True)
+        with self._lock:  # settle() must see only this transaction's outage changes
+            try:
+                with self._writer.transaction() as conn:
+                    yield conn
+            except BaseException:
+                self.outages.settle(committed=False)
+                raise
+            self.outages.settle(committed=True)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -154,10 +158,7 @@ class ReceiptService:
             InvalidSale: a bad id or format, or the register exists already.
             FiscalError: the unit cannot sign (the register is not created).
         """
-        _check_id("register", setup.register_id)
-        _check_id("receipt_id_format", setup.receipt_id_format.format(number=1))
-        if len(setup.aes_key) != 32:
-            raise InvalidSale("aes_key", "aes-256", "the AES key must be 32 bytes")
+        _check_setup(setup)
         with self._transaction() as conn:
             self._create_register(conn, setup)
             reg = self._register_row(conn, setup.register_id)
@@ -505,6 +506,36 @@ class ReceiptService:
             return None
 
 
+_REGISTER_ID = re.compile(r"[A-Za-z0-9.:-]{1,64}")
+
+
+def _check_setup(setup: RegisterSetup) -> None:
+    """Refuse a register that could never sell, before anything is written."""
+    if not _REGISTER_ID.fullmatch(setup.register_id):
+        raise InvalidSale(
+            "register",
+            "id-format",
+            "a Kassen-ID is 1-64 of letters, digits, '.', ':' and '-' (no '_')",
+        )
+    try:
+        first, second = (setup.receipt_id_format.format(number=n) for n in (1, 2))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InvalidSale(
+            "receipt_id_format", "format", f"use {{number}} (optionally like {{number:06d}}): {exc}"
+        ) from exc
+    if first == second:
+        raise InvalidSale("receipt_id_format", "format", "the format must contain {number}")
+    _check_id("receipt_id_format", first)
+    if not 5 <= setup.counter_bytes <= 16:
+        raise InvalidSale("counter_bytes", "range", "the turnover counter has 5 to 16 bytes")
+    try:
+        ZoneInfo(setup.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InvalidSale("timezone", "time-zone", f"unknown time zone {setup.timezone!r}") from exc
+    if len(setup.aes_key) != 32:
+        raise InvalidSale("aes_key", "aes-256", "the AES key must be 32 bytes")
+
+
 def _unit_zdas(conn: sqlite3.Connection, unit_ids: Sequence[str]) -> list[str]:
     if not unit_ids:
         raise InvalidSale("units", "min-items", "a register needs at least one unit")
@@ -540,7 +571,13 @@ def _counter_field(reg: sqlite3.Row, kind: str, receipt_id: str, turnover: int) 
     if kind == "training":
         return TRAINING_MARKER
     key = base64.b64decode(reg["aes_key"])
-    return encrypt_counter(key, reg["id"], receipt_id, turnover, reg["counter_bytes"])
+    try:
+        return encrypt_counter(key, reg["id"], receipt_id, turnover, reg["counter_bytes"])
+    except ValueError as exc:
+        raise FiscalError(
+            f"register {reg['id']}: the turnover counter no longer fits "
+            f"{reg['counter_bytes']} bytes; close the register and start a new one"
+        ) from exc
 
 
 def _document(register_id: str, draft: _Draft, payload: Payload, state: str) -> dict[str, Any]:

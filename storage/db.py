@@ -16,6 +16,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import sqlalchemy.exc
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -128,7 +129,7 @@ def open_till_db(data_dir: Path, *, writer: bool = True, migrate: bool = True) -
             from storage.migrate import upgrade_to_head
 
             upgrade_to_head(engine)
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, sqlalchemy.exc.DatabaseError) as exc:
         if lock_fd is not None:
             os.close(lock_fd)
         raise StorageError(f"cannot open the till database {path}: {exc}") from exc

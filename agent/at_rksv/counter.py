@@ -53,7 +53,10 @@ def encrypt_counter(
     """
     if not MIN_COUNTER_BYTES <= length <= MAX_COUNTER_BYTES:
         raise ValueError(f"counter length must be 5..16 bytes, got {length}")
-    plain = cents.to_bytes(length, "big", signed=True)
+    try:
+        plain = cents.to_bytes(length, "big", signed=True)
+    except OverflowError as exc:
+        raise ValueError(f"{cents} cents do not fit a {length}-byte counter") from exc
     stream = _keystream(key, counter_iv(register_id, receipt_id))
     return b64(bytes(p ^ s for p, s in zip(plain, stream, strict=False)))
 

@@ -10,7 +10,6 @@ import json
 import sqlite3
 from collections.abc import Callable
 from typing import Any
-from zoneinfo import ZoneInfoNotFoundError
 
 import pytest
 
@@ -184,58 +183,26 @@ class TestStartbeleg:
                 RegisterSetup("KASSE 1", ["dev"]),
                 "register",
                 id="space",
-                marks=pytest.mark.xfail(
-                    raises=pytest.fail.Exception,
-                    strict=True,
-                    reason="bug: agent/receipts.py _check_id accepts any printable id without "
-                    "'_', but the sale contract (Id pattern ^[A-Za-z0-9.:-]+$) refuses every "
-                    "sale for it: the register can never sell",
-                ),
             ),
             pytest.param(
                 RegisterSetup("K-2", ["dev"], receipt_id_format="X"),
                 "receipt_id_format",
                 id="format-without-number",
-                marks=pytest.mark.xfail(
-                    raises=pytest.fail.Exception,
-                    strict=True,
-                    reason="bug: agent/receipts.py init_register accepts a receipt_id_format "
-                    "without {number}; the second receipt then fails with sqlite3.IntegrityError "
-                    "(UNIQUE receipts.register_id, receipt_id) forever",
-                ),
             ),
             pytest.param(
                 RegisterSetup("K-2", ["dev"], receipt_id_format="{nr}"),
                 "receipt_id_format",
                 id="format-unknown-key",
-                marks=pytest.mark.xfail(
-                    raises=KeyError,
-                    strict=True,
-                    reason="bug: agent/receipts.py init_register raises KeyError from "
-                    "str.format for a format naming another key",
-                ),
             ),
             pytest.param(
                 RegisterSetup("K-2", ["dev"], counter_bytes=4),
                 "counter_bytes",
                 id="counter-bytes",
-                marks=pytest.mark.xfail(
-                    raises=sqlite3.IntegrityError,
-                    strict=True,
-                    reason="bug: agent/receipts.py init_register does not check counter_bytes "
-                    "(5..16); the CHECK constraint raises sqlite3.IntegrityError",
-                ),
             ),
             pytest.param(
                 RegisterSetup("K-2", ["dev"], timezone="Mars/Olympus"),
                 "timezone",
                 id="timezone",
-                marks=pytest.mark.xfail(
-                    raises=ZoneInfoNotFoundError,
-                    strict=True,
-                    reason="bug: agent/receipts.py init_register does not check the timezone; "
-                    "ZoneInfoNotFoundError escapes",
-                ),
             ),
         ],
     )
@@ -324,12 +291,6 @@ class TestStandardSale:
         assert row["turnover_cents"] == SALE_CENTS
         assert json.loads(row["document"])["cashier"] == "Anna"
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=AssertionError,
-        reason="bug: agent/receipts.py _issue_in calls encrypt_counter, whose int.to_bytes "
-        "raises OverflowError when the turnover no longer fits counter_bytes",
-    )
     def test_a_counter_overflow_is_a_fiscal_error(
         self, bare_service: ReceiptService, query: Query
     ) -> None:

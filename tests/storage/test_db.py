@@ -259,12 +259,6 @@ class TestQuickCheck:
         with pytest.raises(StorageError, match="quick_check"):
             open_till_db(tmp_path / "bad")
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=AssertionError,
-        reason="bug: storage/db.py open_till_db catches sqlite3.DatabaseError, but SQLAlchemy "
-        "raises sqlalchemy.exc.DatabaseError ('database disk image is malformed')",
-    )
     def test_a_destroyed_page_header_raises_storage_error(
         self, filled: TillDB, tmp_path: Path
     ) -> None:
@@ -278,12 +272,6 @@ class TestQuickCheck:
             raise AssertionError(f"{type(exc).__module__}.{type(exc).__name__}: {exc}") from exc
         raise AssertionError("the damaged database opened")
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=AssertionError,
-        reason="bug: storage/db.py open_till_db lets sqlalchemy.exc.DatabaseError "
-        "('file is not a database') escape instead of raising StorageError",
-    )
     def test_a_destroyed_file_header_raises_storage_error(
         self, filled: TillDB, tmp_path: Path
     ) -> None:

@@ -46,8 +46,8 @@ def upgrade() -> None:
         sa.Column("last_jws", sa.Text(), nullable=True),
         sa.Column("last_issued_at", sa.String(32), nullable=True),
         sa.Column("created_at", sa.String(32), nullable=False),
-        sa.CheckConstraint("state IN ('active', 'closed')", name="ck_registers_state"),
-        sa.CheckConstraint("counter_bytes BETWEEN 5 AND 16", name="ck_registers_counter_bytes"),
+        sa.CheckConstraint("state IN ('active', 'closed')", name=op.f("ck_registers_state")),
+        sa.CheckConstraint("counter_bytes BETWEEN 5 AND 16", name=op.f("ck_registers_counter_bytes")),
         sa.ForeignKeyConstraint(
             ["active_unit"], ["units.id"], name="fk_registers_active_unit_units"
         ),
@@ -88,7 +88,7 @@ def upgrade() -> None:
         sa.Column("journal_seq", sa.Integer(), nullable=False),
         sa.CheckConstraint(
             "signature_state IN ('signed', 'fallback', 'unsigned')",
-            name="ck_receipts_signature_state",
+            name=op.f("ck_receipts_signature_state"),
         ),
         sa.ForeignKeyConstraint(
             ["register_id"], ["registers.id"], name="fk_receipts_register_id_registers"
