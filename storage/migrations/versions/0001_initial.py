@@ -47,7 +47,9 @@ def upgrade() -> None:
         sa.Column("last_issued_at", sa.String(32), nullable=True),
         sa.Column("created_at", sa.String(32), nullable=False),
         sa.CheckConstraint("state IN ('active', 'closed')", name=op.f("ck_registers_state")),
-        sa.CheckConstraint("counter_bytes BETWEEN 5 AND 16", name=op.f("ck_registers_counter_bytes")),
+        sa.CheckConstraint(
+            "counter_bytes BETWEEN 5 AND 16", name=op.f("ck_registers_counter_bytes")
+        ),
         sa.ForeignKeyConstraint(
             ["active_unit"], ["units.id"], name="fk_registers_active_unit_units"
         ),
