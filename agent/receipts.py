@@ -369,6 +369,7 @@ class ReceiptService:
         signature, state = self._sign(conn, unit, payload, draft, number)
         jws = jws_compact(payload, signature)
         document = _document(register_id, draft, payload, state)
+        document_json = canonical_json(document)
         voids = None if draft.voids is None else draft.voids["number"]
         event = {
             "number": number,
@@ -382,7 +383,10 @@ class ReceiptService:
             "turnover_cents": turnover,
             "issued_at": payload.issued_at,
             "amounts": list(draft.amounts),
-            "document": document,
+            # the sale itself; the printed text is derivable and only its hash is journaled
+            "lines": document["lines"],
+            "payments": document["payments"],
+            "document_sha256": hashlib.sha256(document_json.encode()).hexdigest(),
         }
         seq = append_event(
             conn,
@@ -407,7 +411,7 @@ class ReceiptService:
                 state,
                 unit.identity.unit_id,
                 voids,
-                canonical_json(document),
+                document_json,
                 seq,
             ),
         )
