@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from agent.errors import InvalidSignature, UnitUnavailable
+from agent.errors import ConfigurationError, InvalidSignature, UnitUnavailable
 
 __all__ = [
     "Capabilities",
@@ -33,6 +34,7 @@ __all__ = [
     "SignatureUnit",
     "call_with_deadline",
     "der_to_rs",
+    "identity_from_certificate",
     "rs_to_der",
     "sign_verified",
     "verify_rs",
@@ -120,6 +122,24 @@ class SignatureUnit(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def identity_from_certificate(
+    unit_id: str, zda: str, certificate: x509.Certificate, key_public_der: bytes | None
+) -> Identity:
+    """The identity of an open-system unit: hex serial of its certificate.
+
+    Raises:
+        ConfigurationError: the certificate is for another key than ``key_public_der``.
+    """
+    cert_public = certificate.public_key().public_bytes(*_SPKI)
+    if key_public_der is not None and key_public_der != cert_public:
+        raise ConfigurationError(f"unit {unit_id}: the certificate does not match the key")
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    return Identity(unit_id, zda, format(certificate.serial_number, "x"), cert_public, der)
 
 
 def der_to_rs(der: bytes) -> bytes:

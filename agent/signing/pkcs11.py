@@ -37,7 +37,14 @@ from pkcs11 import exceptions as p11
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from agent.errors import ConfigurationError, UnitUnavailable
-from agent.signing.base import Capabilities, Identity, call_with_deadline, der_to_rs, verify_rs
+from agent.signing.base import (
+    Capabilities,
+    Identity,
+    call_with_deadline,
+    der_to_rs,
+    identity_from_certificate,
+    verify_rs,
+)
 from agent.signing.config import UnitConfig
 from agent.signing.software import load_certificate
 
@@ -218,12 +225,7 @@ def _identity(
             raise ConfigurationError(f"{what}: the token has no public key {config.key_label!r}")
         assert config.key_id is not None  # UnitConfig: AT0 has a key id
         return Identity(config.id, config.zda, config.key_id, token_public)
-    cert_public = cert.public_key().public_bytes(*_SPKI)
-    if token_public is not None and token_public != cert_public:
-        raise ConfigurationError(f"{what}: the certificate does not match the token key")
-    serial = format(cert.serial_number, "x")
-    der = cert.public_bytes(serialization.Encoding.DER)
-    return Identity(config.id, config.zda, serial, cert_public, der)
+    return identity_from_certificate(config.id, config.zda, cert, token_public)
 
 
 def _required(config: UnitConfig) -> tuple[Path, str, str, str]:

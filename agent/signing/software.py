@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.errors import ConfigurationError, UnitUnavailable
-from agent.signing.base import Capabilities, Identity, der_to_rs
+from agent.signing.base import Capabilities, Identity, der_to_rs, identity_from_certificate
 
 __all__ = ["SoftwareUnit", "create_software_unit", "load_certificate"]
 
@@ -60,16 +60,10 @@ class SoftwareUnit:
             return cls(key, Identity(unit_id, zda, key_id, public_der))
         if certificate_file is None:
             raise ConfigurationError(f"unit {unit_id}: an open system needs a certificate")
-        cert = load_certificate(certificate_file)
-        if (
-            cert.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            != public_der
-        ):
-            raise ConfigurationError(f"unit {unit_id}: certificate does not match the key")
-        der = cert.public_bytes(serialization.Encoding.DER)
-        return cls(key, Identity(unit_id, zda, format(cert.serial_number, "x"), public_der, der))
+        identity = identity_from_certificate(
+            unit_id, zda, load_certificate(certificate_file), public_der
+        )
+        return cls(key, identity)
 
     @property
     def identity(self) -> Identity:
