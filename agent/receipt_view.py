@@ -6,10 +6,10 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal, cast
 
-from agent.at_rksv import ocr_code, qr_code, split_jws
+from agent.at_rksv import Payload, ocr_code, qr_code, split_jws
 from agent.contract import ReceiptResult
 
-__all__ = ["AMOUNT_COLUMNS", "Amounts", "result_from", "result_from_row"]
+__all__ = ["AMOUNT_COLUMNS", "Amounts", "result_from", "result_from_parts", "result_from_row"]
 
 Amounts = tuple[int, int, int, int, int]  # cents: normal, reduced1, reduced2, zero, special
 AMOUNT_COLUMNS = (
@@ -25,7 +25,6 @@ State = Literal["signed", "fallback", "unsigned"]
 def result_from(  # noqa: PLR0917 - the stored facts of one receipt
     register_id: str,
     number: int,
-    receipt_id: str,
     kind: str,
     state: str,
     jws: str,
@@ -33,6 +32,21 @@ def result_from(  # noqa: PLR0917 - the stored facts of one receipt
 ) -> ReceiptResult:
     """Build the POS result; QR and OCR forms are derived from the JWS."""
     payload, signature, _ = split_jws(jws)
+    return result_from_parts(register_id, number, kind, state, payload, signature, jws, document)
+
+
+def result_from_parts(  # noqa: PLR0917 - the facts of one receipt
+    register_id: str,
+    number: int,
+    kind: str,
+    state: str,
+    payload: Payload,
+    signature: bytes,
+    jws: str,
+    document: Mapping[str, Any],
+) -> ReceiptResult:
+    """Build the POS result from the payload and signature just made (no JWS parsing)."""
+    receipt_id = payload.receipt_id
     return ReceiptResult(
         register_id=register_id,
         number=number,
@@ -52,7 +66,6 @@ def result_from_row(row: Mapping[str, Any]) -> ReceiptResult:
     return result_from(
         row["register_id"],
         row["number"],
-        row["receipt_id"],
         row["kind"],
         row["signature_state"],
         row["jws"],

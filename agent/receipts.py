@@ -38,7 +38,7 @@ from agent.contract import ReceiptResult, Sale, line_total_cents, parse_sale
 from agent.errors import FiscalError, InvalidSale, NotFound, SigningError
 from agent.outages import OutageBook
 from agent.receipt_text import TextFacts, render_lines
-from agent.receipt_view import AMOUNT_COLUMNS, Amounts, result_from, result_from_row
+from agent.receipt_view import AMOUNT_COLUMNS, Amounts, result_from_parts, result_from_row
 from agent.signing import SignatureUnit, sign_verified
 from agent.signing.registry import UnitRegistry
 from storage.db import TillDB
@@ -421,7 +421,9 @@ class ReceiptService:
         )
         if draft.kind == "sammelbeleg" and self.outages.is_open(register_id):
             self.outages.close(conn, register_id, number, self.clock.now())
-        return result_from(register_id, number, receipt_id, draft.kind, state, jws, document)
+        return result_from_parts(
+            register_id, number, draft.kind, state, payload, signature, jws, document
+        )
 
     def _unit_for(
         self, conn: sqlite3.Connection, reg: sqlite3.Row, position: int | None
