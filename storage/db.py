@@ -13,6 +13,8 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +75,23 @@ class TillDB:
         if self._write_conn is None:
             self._write_conn = WriteConnection(self.engine)
         return self._write_conn
+
+    @contextmanager
+    def read_connection(self) -> Iterator[sqlite3.Connection]:
+        """One consistent snapshot on a pooled reader connection, rows as ``sqlite3.Row``.
+
+        A deferred transaction in WAL never waits for the writer and never blocks it:
+        status pages, the printer and the probe read here, not on the write connection.
+        """
+        with self.engine.begin() as conn:
+            raw = conn.connection.driver_connection
+            if not isinstance(raw, sqlite3.Connection):  # pragma: no cover - SQLite only
+                raise StorageError("the till database must be SQLite")
+            raw.row_factory = sqlite3.Row
+            try:
+                yield raw
+            finally:
+                raw.row_factory = None
 
     def close(self) -> None:
         if self._write_conn is not None:

@@ -30,20 +30,26 @@ __all__ = [
     "APPEND_ONLY_TABLES",
     "JOURNAL",
     "OUTAGES",
+    "PRINT_JOBS",
     "RECEIPTS",
     "REGISTERS",
     "REGISTER_UNITS",
+    "RESOLUTIONS",
     "UNITS",
+    "WAITING_SPECIALS",
     "Base",
     "JournalEvent",
     "Outage",
+    "PrintJob",
     "Receipt",
+    "ReceiptResolution",
     "Register",
     "RegisterUnit",
     "Unit",
+    "WaitingSpecial",
 ]
 
-APPEND_ONLY_TABLES = ("receipts", "journal")
+APPEND_ONLY_TABLES = ("receipts", "journal", "receipt_resolutions")
 
 _NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -95,6 +101,8 @@ class Register(Base):
     last_jws: Mapped[str | None] = mapped_column(Text, nullable=True)
     last_issued_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[str] = mapped_column(String(32))
+    # the last month ("YYYY-MM", register time zone) whose Monats-/Jahresbeleg was issued
+    last_closing: Mapped[str | None] = mapped_column(String(7), nullable=True)
 
 
 class RegisterUnit(Base):
@@ -175,6 +183,76 @@ class Outage(Base):
     sammelbeleg_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
+class ReceiptResolution(Base):
+    """How an ``unsigned`` receipt was remedied (append-only, one per receipt).
+
+    ``adopted``: the chain service had signed it (``signed_jws`` is its answer);
+    ``superseded``: the service never had it, so a Nullbeleg was issued and the sale
+    reissued as ``replacement_number``.
+    """
+
+    __tablename__ = "receipt_resolutions"
+    __table_args__ = (
+        CheckConstraint("resolution IN ('adopted', 'superseded')", name="resolution"),
+    )
+
+    register_id: Mapped[str] = mapped_column(ForeignKey("registers.id"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    resolution: Mapped[str] = mapped_column(String(16))
+    signed_jws: Mapped[str | None] = mapped_column(Text, nullable=True)
+    replacement_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    at: Mapped[str] = mapped_column(String(32))
+
+
+class WaitingSpecial(Base):
+    """A receipt that must be validly signed and waits for the unit (Start-, Jahres-,
+    Sammelbeleg). ``setup`` holds the register setup of a waiting Startbeleg."""
+
+    __tablename__ = "waiting_specials"
+    __table_args__ = (
+        Index(
+            "ix_waiting_specials_one_open",
+            "register_id",
+            "kind",
+            "period",
+            unique=True,
+            sqlite_where=text("done_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    register_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    period: Mapped[str | None] = mapped_column(String(7), nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    setup: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON, Startbeleg only
+    requested_at: Mapped[str] = mapped_column(String(32))
+    done_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class PrintJob(Base):
+    """One print of one receipt: the ESC/POS bytes (kept, so a reprint is identical)
+    and the state of sending them. Printing happens after the commit (invariant 1)."""
+
+    __tablename__ = "print_jobs"
+    __table_args__ = (
+        UniqueConstraint("register_id", "number", "copy"),
+        CheckConstraint("state IN ('queued', 'printed', 'failed', 'skipped')", name="state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    register_id: Mapped[str] = mapped_column(String(64))
+    number: Mapped[int] = mapped_column(Integer)
+    copy: Mapped[int] = mapped_column(Integer)  # 0 = the original, 1.. = reprints
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[str] = mapped_column(String(32))
+    done_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
 class JournalEvent(Base):
     """The append-only journal: a global sequence, each event hashing the previous one."""
 
@@ -182,7 +260,7 @@ class JournalEvent(Base):
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     at: Mapped[str] = mapped_column(String(32))  # UTC, ISO 8601
-    register_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    register_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     kind: Mapped[str] = mapped_column(String(64))
     data: Mapped[str] = mapped_column(Text)  # JSON
     prev_hash: Mapped[str] = mapped_column(String(64))
@@ -196,3 +274,6 @@ REGISTER_UNITS = cast(Table, RegisterUnit.__table__)
 RECEIPTS = cast(Table, Receipt.__table__)
 JOURNAL = cast(Table, JournalEvent.__table__)
 OUTAGES = cast(Table, Outage.__table__)
+RESOLUTIONS = cast(Table, ReceiptResolution.__table__)
+WAITING_SPECIALS = cast(Table, WaitingSpecial.__table__)
+PRINT_JOBS = cast(Table, PrintJob.__table__)

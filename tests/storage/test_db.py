@@ -256,7 +256,8 @@ class TestQuickCheck:
     ) -> None:
         """Bytes overwritten in the middle of the file are found by quick_check at open."""
         _corrupt(filled, tmp_path / "bad", lambda size, _page: size // 2)
-        with pytest.raises(StorageError, match="quick_check"):
+        # found by quick_check, or earlier when opening reads the damaged page
+        with pytest.raises(StorageError, match=r"quick_check|malformed"):
             open_till_db(tmp_path / "bad")
 
     def test_a_destroyed_page_header_raises_storage_error(
