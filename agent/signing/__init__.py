@@ -55,4 +55,10 @@ def open_unit(config: UnitConfig) -> SignatureUnit:
                 "PKCS#11 units need: pip install 'till-agent[pkcs11]'"
             ) from exc
         return Pkcs11Unit.from_config(config)
+    if config.kind == "chain":
+        # imported here: the chain unit reads RKSV payloads, and agent.at_rksv imports
+        # agent.signing.base, so a top-level import would be circular
+        from agent.signing.chain import ChainServiceUnit
+
+        return ChainServiceUnit.from_config(config)
     raise ConfigurationError(f"unknown unit kind {config.kind!r}")  # pragma: no cover

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from agent.errors import ConfigurationError, InvalidSignature, UnitUnavailable
+from agent.errors import ConfigurationError, InvalidSignature, OutcomeUnknown, UnitUnavailable
 
 __all__ = [
     "Capabilities",
@@ -209,11 +209,13 @@ def sign_verified(unit: SignatureUnit, data: bytes, *, timeout: float) -> bytes:
     deadline = time.monotonic() + timeout
     try:
         signature = unit.sign(data, deadline=deadline)
-    except UnitUnavailable:
+    except (UnitUnavailable, OutcomeUnknown):
         raise
     except Exception as exc:
         raise UnitUnavailable(f"unit {unit.identity.unit_id}: {exc}") from exc
-    if time.monotonic() > deadline:
+    # a late answer of a local unit is dropped (nothing remembers it); a chain service
+    # keeps what it signed, so its late but valid answer is the receipt's signature
+    if time.monotonic() > deadline and not unit.capabilities.keeps_chain:
         raise UnitUnavailable(f"unit {unit.identity.unit_id}: answered after the deadline")
     if not verify_rs(unit.identity.public_key(), data, signature):
         raise InvalidSignature(f"unit {unit.identity.unit_id} returned an invalid signature")

@@ -19,12 +19,15 @@ class UnitConfig(BaseModel):
     ``software`` needs ``key_file`` plus ``certificate_file`` (open) or ``key_id`` (AT0).
     ``pkcs11`` needs ``module``, ``token_label``, ``pin`` and ``key_label`` plus, as above,
     a certificate or a key id.
+    ``chain`` (a remote chain service) needs ``url`` and ``token_file`` (a file holding the
+    bearer token); it is an open system, and ``certificate_file`` is optional: without it
+    the certificate is fetched from the service when the unit is opened.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9.:-]+$")
-    kind: Literal["software", "pkcs11"]
+    kind: Literal["software", "pkcs11", "chain"]
     zda: str = "AT100"
     key_file: Path | None = None
     certificate_file: Path | None = None
@@ -33,6 +36,10 @@ class UnitConfig(BaseModel):
     token_label: str | None = None
     pin: str | None = None
     key_label: str | None = None
+    url: str | None = None
+    token_file: Path | None = None
+    # a development unit that `till-agent simulate unit` may switch down/up at run time
+    simulate: bool = False
 
     @field_validator("zda")
     @classmethod
@@ -48,12 +55,27 @@ class UnitConfig(BaseModel):
             raise ValueError("key_id must be non-empty and must not contain '_'")
         return value
 
+    @field_validator("url")
+    @classmethod
+    def _url_form(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("url must be an https:// (or http://) URL")
+        return value
+
     @model_validator(mode="after")
     def _kind_needs(self) -> UnitConfig:
-        needs = {"software": ("key_file",), "pkcs11": ("module", "token_label", "key_label")}
+        needs = {
+            "software": ("key_file",),
+            "pkcs11": ("module", "token_label", "key_label"),
+            "chain": ("url", "token_file"),
+        }
         missing = [name for name in needs[self.kind] if getattr(self, name) is None]
         if missing:
             raise ValueError(f"a {self.kind} unit needs {', '.join(missing)}")
+        if self.kind == "chain":
+            if self.zda == "AT0" or self.key_id is not None:
+                raise ValueError("a chain unit is an open system: no zda AT0, no key_id")
+            return self
         if (self.zda == "AT0") != (self.key_id is not None):
             raise ValueError("key_id is required for zda AT0 (closed system) and only there")
         if self.zda != "AT0" and self.certificate_file is None:

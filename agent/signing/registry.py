@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from pathlib import Path
 
 from agent.errors import NotFound
 from agent.signing import SignatureUnit, UnitConfig, open_unit
+from agent.signing.flaky import FlakyUnit
 from storage.journal import append_event
 
 __all__ = ["UnitRegistry", "store_unit"]
@@ -45,9 +47,10 @@ class UnitRegistry:
     flaky wrapper) in place of the configured one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, simulate_dir: Path | None = None) -> None:
         self._units: dict[str, SignatureUnit] = {}
         self._lock = threading.Lock()
+        self.simulate_dir = simulate_dir
 
     def put(self, unit: SignatureUnit) -> None:
         with self._lock:
@@ -67,7 +70,10 @@ class UnitRegistry:
         row = conn.execute("SELECT config FROM units WHERE id = ?", (unit_id,)).fetchone()
         if row is None:
             raise NotFound(f"no signature unit {unit_id!r} in this till database")
-        unit = open_unit(UnitConfig.model_validate_json(row[0]))
+        config = UnitConfig.model_validate_json(row[0])
+        unit = open_unit(config)
+        if config.simulate and self.simulate_dir is not None:
+            unit = FlakyUnit(unit, mode_file=self.simulate_dir / f"{config.id}.mode")
         self.put(unit)
         return unit
 
