@@ -68,7 +68,7 @@ class Sale(BaseModel):
     request_id: RequestId
     register_id: Id = Field(alias="register")
     kind: Literal["standard", "storno", "training", "null"]
-    voids: Annotated[int, Field(ge=1)] | None = None
+    voids: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = None
     cashier: Text | None = None
     lines: Annotated[list[Line], Field(max_length=500)] = []
     payments: Annotated[list[Payment], Field(max_length=20)] = []

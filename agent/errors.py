@@ -10,7 +10,8 @@
     │   └── ConflictError          a request_id reused with a different sale
     ├── SigningError           the signature unit could not produce a valid signature
     │   ├── UnitUnavailable        error or deadline exceeded: the unit is down
-    │   └── InvalidSignature       the unit answered with a signature that does not verify
+    │   ├── InvalidSignature       the unit answered with a signature that does not verify
+    │   └── OutcomeUnknown         a chain service may or may not have signed: ask it later
     ├── DepFormatError         a DEP export or crypto container is not of the documented form
     │                          (defined in agent.at_rksv.dep)
     ├── StorageError           the till database could not do what was asked
@@ -28,11 +29,14 @@ __all__ = [
     "InvalidSale",
     "InvalidSignature",
     "NotFound",
+    "OutcomeUnknown",
+    "PrinterError",
     "RegisterStateError",
     "SigningError",
     "StorageError",
     "TillAgentError",
     "UnitUnavailable",
+    "WaitsForUnit",
 ]
 
 
@@ -75,6 +79,11 @@ class ConflictError(FiscalError):
     """A request conflicts with what the journal already holds."""
 
 
+class WaitsForUnit(FiscalError):
+    """A receipt that must be validly signed (Start-, Jahres-, Sammelbeleg) cannot be
+    signed now; it waits for the unit and is issued when the unit is back."""
+
+
 class SigningError(TillAgentError):
     """The signature unit did not produce a usable signature."""
 
@@ -87,6 +96,14 @@ class InvalidSignature(SigningError):
     """The unit returned a signature that does not verify against its public key."""
 
 
+class OutcomeUnknown(SigningError):
+    """The request reached (or may have reached) a chain service, but no answer came back.
+
+    The service may hold a signed receipt that the agent does not know: the receipt is
+    ``unsigned`` until the service is asked whether it has it.
+    """
+
+
 class StorageError(TillAgentError):
     """The till database failed."""
 
@@ -97,3 +114,11 @@ class DataDirLocked(StorageError):
 
 class NotFound(TillAgentError):
     """The requested object does not exist."""
+
+
+class PrinterError(TillAgentError):
+    """The printer did not take a job (unreachable, missing, timed out, refused).
+
+    The receipt is durable before it is printed, so nothing is lost: the job is kept
+    and retried, and a reprint gives the same bytes.
+    """

@@ -18,7 +18,7 @@ from typing import Any
 
 from storage.journal import append_event
 
-__all__ = ["OutageBook", "OutageRecord"]
+__all__ = ["OutageBook", "OutageRecord", "load_outage", "load_outages"]
 
 _COLUMNS = (
     "id, register_id, unit_id, started_at, cause, first_number, last_number, affected,"
@@ -200,3 +200,12 @@ def load_outages(conn: sqlite3.Connection, register_id: str | None = None) -> li
     if register_id is not None:
         sql, params = sql + " WHERE register_id = ?", (register_id,)
     return [OutageRecord.from_row(r) for r in conn.execute(sql + " ORDER BY id DESC", params)]
+
+
+def load_outage(conn: sqlite3.Connection, outage_id: int) -> OutageRecord | None:
+    """One outage by id, or ``None``."""
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM outages WHERE id = ?",  # noqa: S608 - constant column list
+        (outage_id,),
+    ).fetchone()
+    return None if row is None else OutageRecord.from_row(row)

@@ -8,17 +8,15 @@ Sammelbeleg at once, which closes the outage.
 
 from __future__ import annotations
 
-import logging
 import random
-import threading
+import time
 from dataclasses import dataclass, field
 
 from agent.errors import TillAgentError
+from agent.loop import BackgroundLoop
 from agent.receipts import ReceiptService
 
 __all__ = ["Backoff", "Prober"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,23 +44,22 @@ class Prober:
         self.deadline = deadline
         self._attempts: dict[str, int] = {}
         self._next: dict[str, float] = {}
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop(
+            "probe", self.run_once, max_wait=1.0, error_wait=self.backoff.initial
+        )
         self.heartbeat = service.clock.monotonic()
 
     def wake(self) -> None:
         """Look at the open outages now (a new one was opened)."""
-        self._wake.set()
+        self._loop.wake()
 
     def run_once(self) -> float:
         """Probe every register that is due; return the seconds until the next one is due."""
         now = self.service.clock.monotonic()
         self.heartbeat = now
-        waits = [
-            self._visit(register_id, now) for register_id in self.service.outages.open_registers()
-        ]
-        for gone in set(self._next) - set(self.service.outages.open_registers()):
+        targets = self.service.probe_targets()
+        waits = [self._visit(register_id, now) for register_id in targets]
+        for gone in set(self._next) - set(targets):
             self._next.pop(gone, None)
             self._attempts.pop(gone, None)
         return min(waits, default=self.backoff.cap)
@@ -81,7 +78,7 @@ class Prober:
     def _probe(self, register_id: str) -> bool:
         try:
             unit = self.service.unit_of(register_id)
-            unit.probe(deadline=self.service.clock.monotonic() + self.deadline)
+            unit.probe(deadline=time.monotonic() + self.deadline)  # units run on real time
         except (TillAgentError, OSError) as exc:
             self.service.record_probe(register_id, False, str(exc))
             return False
@@ -93,21 +90,7 @@ class Prober:
         return recovered
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="probe", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                wait = self.run_once()
-            except Exception:  # a probe loop must never die
-                log.exception("probe loop failed; retrying")
-                wait = self.backoff.initial
-            self._wake.wait(timeout=max(0.01, min(wait, 1.0)))
-            self._wake.clear()
+        self._loop.stop()

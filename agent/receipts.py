@@ -10,13 +10,16 @@ leaves no trace, because the number is allocated inside the transaction.
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import functools
 import hashlib
 import json
 import re
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,13 +36,21 @@ from agent.at_rksv import (
     jws_compact,
     signing_input,
 )
+from agent.at_rksv.encoding import b64url
 from agent.clock import Clock, SystemClock
 from agent.contract import ReceiptResult, Sale, line_total_cents, parse_sale
-from agent.errors import FiscalError, InvalidSale, NotFound, SigningError
+from agent.errors import (
+    FiscalError,
+    InvalidSale,
+    NotFound,
+    OutcomeUnknown,
+    SigningError,
+    WaitsForUnit,
+)
 from agent.outages import OutageBook
 from agent.receipt_text import TextFacts, render_lines
 from agent.receipt_view import AMOUNT_COLUMNS, Amounts, result_from_parts, result_from_row
-from agent.signing import SignatureUnit, sign_verified
+from agent.signing import SignatureUnit, sign_verified, verify_rs
 from agent.signing.registry import UnitRegistry
 from storage.db import TillDB
 from storage.journal import append_event, canonical_json
@@ -101,6 +112,34 @@ class _Draft:
     receipt_id: str | None = None  # override (scenario replay); default from the format
     issued_at: str | None = None  # override (scenario replay); default from the clock
     unit_position: int | None = None  # override (scenario replay); default the active unit
+    force_sign: bool = False  # remedies: sign even while the outage is open, or fail
+    reissue_of: sqlite3.Row | None = None  # the unsigned receipt this one replaces
+    period: str | None = None  # "YYYY-MM" of a Monats-/Jahresbeleg
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One caller's piece of work in a group commit."""
+
+    work: Callable[[sqlite3.Connection], ReceiptResult]
+    result: ReceiptResult | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+def _run_in_savepoint(conn: sqlite3.Connection, slot: _Slot) -> None:
+    """Run one piece of work of a group; a refused sale is undone without the others.
+
+    Only refusals (``InvalidSale``, ``FiscalError``) are contained: they happen before
+    anything in memory (the outage book) changes. Anything else fails the whole group.
+    """
+    conn.execute("SAVEPOINT receipt")
+    try:
+        slot.result = slot.work(conn)
+    except (FiscalError, InvalidSale) as exc:
+        conn.execute("ROLLBACK TO receipt")
+        slot.error = exc
+    conn.execute("RELEASE receipt")
 
 
 class ReceiptService:
@@ -127,6 +166,8 @@ class ReceiptService:
         self.sign_timeout = sign_timeout
         self._writer = db.write_connection()
         self._lock = threading.RLock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Slot] = []
         with self._writer.transaction() as conn:
             self.outages = OutageBook(conn)
 
@@ -174,16 +215,21 @@ class ReceiptService:
     def issue(self, sale: Sale | bytes | str | dict[str, Any]) -> ReceiptResult:
         """Issue the receipt for a POS sale; a repeated ``request_id`` returns the stored one.
 
+        Concurrent callers share commits (group commit, see :meth:`_committed`): each
+        returns only after the transaction holding its receipt is durable.
+
         Raises:
             InvalidSale: the sale breaks a rule (nothing was consumed).
         """
         if not isinstance(sale, Sale):
             sale = parse_sale(sale)
         sale_hash = hashlib.sha256(canonical_json(sale.model_dump()).encode()).hexdigest()
-        with self._transaction() as conn:
+        parsed = sale
+
+        def work(conn: sqlite3.Connection) -> ReceiptResult:
             stored = conn.execute(
                 "SELECT * FROM receipts WHERE register_id = ? AND request_id = ?",
-                (sale.register_id, sale.request_id),
+                (parsed.register_id, parsed.request_id),
             ).fetchone()
             if stored is not None:
                 if stored["sale_hash"] != sale_hash:
@@ -192,9 +238,48 @@ class ReceiptService:
                         "request-id-reused",
                         "this request_id was already used for a different sale",
                     )
-                return result_from_row(stored)
-            reg = self._open_register(conn, sale.register_id)
-            return self._issue_in(conn, reg, self._draft_for_sale(conn, reg, sale, sale_hash))
+                return result_from_row(_current_version(conn, stored))
+            reg = self._open_register(conn, parsed.register_id)
+            return self._issue_in(conn, reg, self._draft_for_sale(conn, reg, parsed, sale_hash))
+
+        return self._committed(work)
+
+    def _committed(self, work: Callable[[sqlite3.Connection], ReceiptResult]) -> ReceiptResult:
+        """Run ``work`` in a write transaction shared with whoever is waiting (group commit).
+
+        The caller that gets the writer first becomes the leader: it runs every queued
+        piece of work in one ``BEGIN IMMEDIATE`` transaction, each in its own savepoint (a
+        bad sale is rolled back alone), commits once, and hands each caller its result.
+        The others find their work done when they get the lock. Nothing is returned
+        before the commit, so invariant 1 holds for every receipt of the group.
+        """
+        slot = _Slot(work)
+        with self._queue_lock:
+            self._queue.append(slot)
+        with self._lock:
+            if not slot.done:
+                self._run_group()
+        if slot.error is not None:
+            raise slot.error
+        assert slot.result is not None
+        return slot.result
+
+    def _run_group(self) -> None:
+        with self._queue_lock:
+            group, self._queue = self._queue, []
+        try:
+            with self._transaction() as conn:
+                if len(group) == 1:
+                    group[0].result = group[0].work(conn)
+                else:
+                    for slot in group:
+                        _run_in_savepoint(conn, slot)
+        except BaseException as exc:  # nothing of the group was committed
+            for slot in group:
+                slot.result, slot.error = None, slot.error or exc
+        finally:
+            for slot in group:
+                slot.done = True
 
     def issue_special(
         self,
@@ -228,7 +313,7 @@ class ReceiptService:
 
     def get(self, register_id: str, number: int) -> ReceiptResult:
         """The stored receipt ``number`` of ``register_id``; raises ``NotFound``."""
-        with self._writer.transaction() as conn:
+        with self.db.read_connection() as conn:
             row = conn.execute(
                 "SELECT * FROM receipts WHERE register_id = ? AND number = ?",
                 (register_id, number),
@@ -288,6 +373,11 @@ class ReceiptService:
             "SELECT * FROM registers WHERE id = ?", (register_id,)
         ).fetchone()
         if row is None:
+            if _open_waiting(conn, register_id, "start", None) is not None:
+                raise WaitsForUnit(
+                    f"register {register_id} waits for its Startbeleg: the signature unit"
+                    " is down; it is issued as soon as the unit answers"
+                )
             raise InvalidSale(
                 "register",
                 "register-unknown",
@@ -419,6 +509,10 @@ class ReceiptService:
         conn.execute(
             _UPDATE_REGISTER, (number, turnover, jws, payload.issued_at, closed, register_id)
         )
+        if draft.period is not None:
+            conn.execute(
+                "UPDATE registers SET last_closing = ? WHERE id = ?", (draft.period, register_id)
+            )
         if draft.kind == "sammelbeleg" and self.outages.is_open(register_id):
             self.outages.close(conn, register_id, number, self.clock.now())
         return result_from_parts(
@@ -447,8 +541,8 @@ class ReceiptService:
         if draft.issued_at is not None:
             stamp = draft.issued_at
         else:
-            local = self.clock.now().astimezone(ZoneInfo(reg["timezone"]))
-            stamp = local.strftime("%Y-%m-%dT%H:%M:%S")
+            local = self.clock.now().astimezone(_zone(reg["timezone"]))
+            stamp = local.replace(tzinfo=None, microsecond=0).isoformat()
         # dates never go back within a register (a clock set back must not reorder the DEP)
         last = reg["last_issued_at"]
         return last if last is not None and stamp < last else stamp
@@ -462,54 +556,395 @@ class ReceiptService:
         number: int,
     ) -> tuple[bytes, str]:
         register_id, kind = payload.register_id, draft.kind
-        if self.outages.is_open(register_id) and kind != "sammelbeleg":
+        must_sign = kind in MUST_SIGN or draft.force_sign
+        is_open = self.outages.is_open(register_id)
+        if is_open and kind != "sammelbeleg" and not draft.force_sign:
             # the breaker is open: no call to the unit, the probe finds out when it is back
-            if kind in MUST_SIGN:
-                raise FiscalError(f"a {kind} receipt must be signed: it waits for the unit")
+            if must_sign:
+                raise WaitsForUnit(f"a {kind} receipt must be signed: it waits for the unit")
             self.outages.affected(conn, register_id, number, self.clock.now())
             return FALLBACK_SIGNATURE, "fallback"
         try:
             return sign_verified(unit, signing_input(payload), timeout=self.sign_timeout), "signed"
         except SigningError as exc:
-            if kind in MUST_SIGN:
-                raise FiscalError(
+            if must_sign:
+                raise WaitsForUnit(
                     f"a {kind} receipt must be validly signed and the unit failed: {exc}"
                 ) from exc
-            self.outages.open(
-                conn,
-                register_id=register_id,
-                unit_id=unit.identity.unit_id,
-                cause=str(exc),
-                number=number,
-                at=self.clock.now(),
+            # an unknown outcome (a chain service that may hold a signature) is `unsigned`:
+            # it chains like a fallback receipt and is remedied when the service answers
+            state = "unsigned" if isinstance(exc, OutcomeUnknown) else "fallback"
+            if is_open:
+                self.outages.affected(conn, register_id, number, self.clock.now())
+            else:
+                self.outages.open(
+                    conn,
+                    register_id=register_id,
+                    unit_id=unit.identity.unit_id,
+                    cause=str(exc),
+                    number=number,
+                    at=self.clock.now(),
+                )
+            return FALLBACK_SIGNATURE, state
+
+    # -- waiting special receipts ---------------------------------------------------------
+
+    def init_register_or_wait(self, setup: RegisterSetup) -> ReceiptResult | None:
+        """Like :meth:`init_register`, but a unit that cannot sign now makes the Startbeleg
+        wait (journaled, with an alert) instead of failing; ``None`` then. The register is
+        created with its Startbeleg when the unit is back (:meth:`recover`)."""
+        try:
+            return self.init_register(setup)
+        except WaitsForUnit as exc:
+            self._record_waiting(setup.register_id, "start", None, str(exc), _setup_json(setup))
+            return None
+
+    def request_special(
+        self, register_id: str, kind: str, *, period: str | None = None
+    ) -> ReceiptResult | None:
+        """Issue a special receipt now, or (Jahres-, Sammelbeleg) let it wait for the unit.
+
+        Returns ``None`` when it waits; it is then visible in :meth:`waiting` and issued
+        by :meth:`recover`.
+        """
+        try:
+            with self._transaction() as conn:
+                reg = self._open_register(conn, register_id)
+                return self._issue_in(conn, reg, _Draft(register_id, kind, period=period))
+        except WaitsForUnit as exc:
+            self._record_waiting(register_id, kind, period, str(exc))
+            return None
+
+    def _record_waiting(
+        self,
+        register_id: str,
+        kind: str,
+        period: str | None,
+        reason: str,
+        setup: str | None = None,
+    ) -> None:
+        now = self.clock.now().isoformat()
+        with self._transaction() as conn:
+            if _open_waiting(conn, register_id, kind, period) is not None:
+                return
+            conn.execute(
+                "INSERT INTO waiting_specials (register_id, kind, period, reason, setup,"
+                " requested_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (register_id, kind, period, reason, setup, now),
             )
-            return FALLBACK_SIGNATURE, "fallback"
+            facts = {"kind": kind, "period": period, "reason": reason}
+            append_event(conn, kind="special.waiting", register_id=register_id, at=now, data=facts)
+            alert = {"level": "warning", "alert": "special-receipt-waiting", **facts}
+            append_event(conn, kind="alert.raised", register_id=register_id, at=now, data=alert)
+
+    def waiting(self, register_id: str | None = None) -> list[dict[str, Any]]:
+        """Special receipts waiting for their unit (oldest first)."""
+        with self.db.read_connection() as conn:
+            rows = conn.execute(
+                "SELECT id, register_id, kind, period, reason, requested_at FROM waiting_specials"
+                " WHERE done_at IS NULL AND (? IS NULL OR register_id = ?) ORDER BY id",
+                (register_id, register_id),
+            ).fetchall()
+        return [dict(row) for row in rows]
+
+    def unsigned(self, register_id: str | None = None) -> list[dict[str, Any]]:
+        """``unsigned`` receipts not yet remedied (adopted or superseded)."""
+        with self.db.read_connection() as conn:
+            rows = _unresolved(conn, register_id)
+        return [
+            {"register": r["register_id"], "number": r["number"], "receipt_id": r["receipt_id"]}
+            for r in rows
+        ]
 
     # -- recovery -------------------------------------------------------------------------
 
+    def probe_targets(self) -> list[str]:
+        """Registers that wait for their unit: an open outage, a waiting special receipt or
+        an unsigned receipt to remedy."""
+        with self.db.read_connection() as conn:
+            rows = conn.execute(
+                "SELECT register_id FROM waiting_specials WHERE done_at IS NULL UNION "
+                "SELECT r.register_id FROM receipts r LEFT JOIN receipt_resolutions x"
+                " ON x.register_id = r.register_id AND x.number = r.number"
+                " WHERE r.signature_state = 'unsigned' AND x.number IS NULL"
+            ).fetchall()
+        return sorted({*self.outages.open_registers(), *(str(r[0]) for r in rows)})
+
     def unit_of(self, register_id: str) -> SignatureUnit:
-        """The active unit of a register (for the probe)."""
-        with self._writer.transaction() as conn:
-            reg = self._register_row(conn, register_id)
-            return self.units.get(conn, reg["active_unit"])
+        """The active unit of a register, or of a register whose Startbeleg waits."""
+        with self.db.read_connection() as conn:
+            row = conn.execute(
+                "SELECT active_unit FROM registers WHERE id = ?", (register_id,)
+            ).fetchone()
+            if row is None:
+                start = _open_waiting(conn, register_id, "start", None)
+                if start is None:
+                    raise NotFound(f"register {register_id} is not initialized on this till")
+                return self.units.get(conn, json.loads(start["setup"])["units"][0])
+            return self.units.get(conn, row[0])
 
     def record_probe(self, register_id: str, ok: bool, detail: str) -> None:
         with self._transaction() as conn:
             if self.outages.is_open(register_id):
                 self.outages.probed(conn, register_id, ok, detail, self.clock.now())
 
-    def recover(self, register_id: str) -> ReceiptResult | None:
-        """Issue the signed Sammelbeleg and close the outage, in one transaction.
+    def recover(self, register_id: str) -> list[ReceiptResult] | None:
+        """Everything that waited for the unit of ``register_id``, once it answers again.
 
-        Returns the Sammelbeleg, or ``None`` when there is no open outage or the unit
-        still cannot sign (the outage stays open).
+        In order: a waiting Startbeleg; unsigned receipts the chain service has are
+        adopted; then in ONE transaction a signed Nullbeleg (if a sale must be reissued),
+        the Sammelbeleg that closes the outage (right after the last fallback receipt, or
+        right after that Nullbeleg, the first receipt signed again), and the reissued
+        sales, each superseding its unsigned original; then waiting Jahresbelege. A crash
+        at any point leaves each step done completely or not at all, so a retry never
+        makes a second Sammelbeleg.
+
+        Returns the receipts issued (``[]``: nothing waited), or ``None`` when the unit
+        still cannot sign or be asked (everything keeps waiting).
         """
-        if not self.outages.is_open(register_id):
-            return None
+        issued: list[ReceiptResult] = []
         try:
-            return self.issue_special(register_id, "sammelbeleg")
-        except FiscalError:
+            start = self._waiting_row(register_id, "start")
+            if start is not None:
+                issued.append(self._issue_waiting_start(start))
+            remedy = self._adopt_or_list(register_id)
+            if remedy or self.outages.is_open(register_id):
+                issued.extend(self._close_outage(register_id, remedy))
+            for row in self.waiting(register_id):
+                if row["kind"] != "start":
+                    issued.append(self._issue_waiting(row))
+        except (FiscalError, SigningError):
             return None
+        return issued
+
+    def _waiting_row(self, register_id: str, kind: str) -> sqlite3.Row | None:
+        with self.db.read_connection() as conn:
+            return _open_waiting(conn, register_id, kind, None)
+
+    def _issue_waiting_start(self, row: sqlite3.Row) -> ReceiptResult:
+        setup = _setup_from_json(row["setup"])
+        with self._transaction() as conn:
+            self._create_register(conn, setup)
+            reg = self._register_row(conn, setup.register_id)
+            result = self._issue_in(conn, reg, _Draft(setup.register_id, "start"))
+            self._waiting_done(conn, row, result.number)
+            return result
+
+    def _issue_waiting(self, row: dict[str, Any]) -> ReceiptResult:
+        with self._transaction() as conn:
+            reg = self._open_register(conn, row["register_id"])
+            draft = _Draft(row["register_id"], row["kind"], period=row["period"])
+            result = self._issue_in(conn, reg, draft)
+            self._waiting_done(conn, row, result.number)
+            return result
+
+    def _waiting_done(self, conn: sqlite3.Connection, row: Any, number: int) -> None:
+        now = self.clock.now().isoformat()
+        conn.execute(
+            "UPDATE waiting_specials SET done_at = ?, number = ? WHERE id = ?",
+            (now, number, row["id"]),
+        )
+        append_event(
+            conn,
+            kind="special.issued",
+            register_id=row["register_id"],
+            at=now,
+            data={"kind": row["kind"], "period": row["period"], "number": number},
+        )
+
+    def _adopt_or_list(self, register_id: str) -> list[sqlite3.Row]:
+        """Ask the chain service about each unsigned receipt; adopt those it signed.
+
+        Returns the receipts it does not have (they are reissued).
+        """
+        with self.db.read_connection() as conn:
+            rows = _unresolved(conn, register_id)
+        missing = []
+        for row in rows:
+            unit = self.unit_of(register_id)
+            lookup = getattr(unit, "lookup", None)
+            data = row["jws"].rsplit(".", 1)[0].encode("ascii")
+            deadline = time.monotonic() + self.sign_timeout  # units run on real time
+            signature = None if lookup is None else lookup(data, deadline=deadline)
+            if signature is None or not verify_rs(unit.identity.public_key(), data, signature):
+                missing.append(row)
+                continue
+            signed = f"{data.decode()}.{b64url(signature)}"
+            with self._transaction() as conn:
+                self._resolve(conn, row, "adopted", signed_jws=signed)
+        return missing
+
+    def _close_outage(self, register_id: str, remedy: list[sqlite3.Row]) -> list[ReceiptResult]:
+        issued = []
+        with self._transaction() as conn:
+            if remedy:  # the Nullbeleg first: proof the unit signs again
+                reg = self._open_register(conn, register_id)
+                issued.append(
+                    self._issue_in(conn, reg, _Draft(register_id, "null", force_sign=True))
+                )
+            if self.outages.is_open(register_id):
+                reg = self._open_register(conn, register_id)
+                issued.append(self._issue_in(conn, reg, _Draft(register_id, "sammelbeleg")))
+            for old in remedy:
+                reg = self._open_register(conn, register_id)
+                new = self._issue_in(conn, reg, self._reissue_draft(conn, old))
+                self._resolve(conn, old, "superseded", replacement=new.number)
+                issued.append(new)
+        return issued
+
+    def _reissue_draft(self, conn: sqlite3.Connection, old: sqlite3.Row) -> _Draft:
+        document = json.loads(old["document"])
+        voids = None
+        if old["voids_number"] is not None:
+            voids = conn.execute(
+                "SELECT * FROM receipts WHERE register_id = ? AND number = ?",
+                (old["register_id"], old["voids_number"]),
+            ).fetchone()
+        return _Draft(
+            old["register_id"],
+            old["kind"],
+            tuple(old[c] for c in AMOUNT_COLUMNS),
+            voids=voids,
+            lines=tuple(tuple(x) for x in document["lines"]),
+            payments=tuple(tuple(p) for p in document["payments"]),
+            cashier=document.get("cashier"),
+            force_sign=True,
+            reissue_of=old,
+        )
+
+    def _resolve(
+        self,
+        conn: sqlite3.Connection,
+        row: sqlite3.Row,
+        resolution: str,
+        *,
+        signed_jws: str | None = None,
+        replacement: int | None = None,
+    ) -> None:
+        now = self.clock.now().isoformat()
+        conn.execute(
+            "INSERT INTO receipt_resolutions (register_id, number, resolution, signed_jws,"
+            " replacement_number, at) VALUES (?, ?, ?, ?, ?, ?)",
+            (row["register_id"], row["number"], resolution, signed_jws, replacement, now),
+        )
+        append_event(
+            conn,
+            kind=f"receipt.{resolution}",
+            register_id=row["register_id"],
+            at=now,
+            data={"number": row["number"], "jws": signed_jws, "replacement": replacement},
+        )
+
+    # -- month and year closings ----------------------------------------------------------
+
+    def run_closings(self) -> list[ReceiptResult]:
+        """Issue every Monats-/Jahresbeleg that is due, in the register's time zone.
+
+        A month's closing is due from 23:59 of its last day; months the till was off for
+        are caught up in order. December's is the Jahresbeleg: it must be signed and
+        waits for the unit (later months wait behind it).
+        """
+        issued = []
+        with self.db.read_connection() as conn:
+            registers = conn.execute(
+                "SELECT id, timezone, created_at, last_closing FROM registers"
+                " WHERE state = 'active' ORDER BY id"
+            ).fetchall()
+        for reg in registers:
+            if self._waiting_row(reg["id"], "yearly") is not None:
+                continue
+            now_local = self.clock.now().astimezone(ZoneInfo(reg["timezone"]))
+            first = _period_of(reg["created_at"], reg["timezone"])
+            for period in due_periods(reg["last_closing"], first, now_local):
+                kind = "yearly" if period.endswith("-12") else "monthly"
+                result = self.request_special(reg["id"], kind, period=period)
+                if result is None:
+                    break
+                issued.append(result)
+        return issued
+
+
+def due_periods(last_closing: str | None, first: str, now_local: dt.datetime) -> list[str]:
+    """The months ("YYYY-MM") whose closing is due at ``now_local``, oldest first."""
+    period = _next_period(last_closing) if last_closing is not None else first
+    due = []
+    while _closing_time(period, now_local.tzinfo) <= now_local:
+        due.append(period)
+        period = _next_period(period)
+    return due
+
+
+def _next_period(period: str) -> str:
+    year, month = int(period[:4]), int(period[5:7])
+    return f"{year + month // 12:04d}-{month % 12 + 1:02d}"
+
+
+def _closing_time(period: str, tz: dt.tzinfo | None) -> dt.datetime:
+    following = _next_period(period)
+    start = dt.datetime(int(following[:4]), int(following[5:7]), 1, tzinfo=tz)
+    return start - dt.timedelta(minutes=1)
+
+
+def _period_of(stamp: str, timezone: str) -> str:
+    return dt.datetime.fromisoformat(stamp).astimezone(ZoneInfo(timezone)).strftime("%Y-%m")
+
+
+def _current_version(conn: sqlite3.Connection, row: Any) -> Any:
+    """The receipt that now stands for ``row``: its replacement if it was superseded."""
+    if row["signature_state"] != "unsigned":
+        return row
+    replacement = conn.execute(
+        "SELECT r.* FROM receipt_resolutions x JOIN receipts r ON r.register_id = x.register_id"
+        " AND r.number = x.replacement_number WHERE x.register_id = ? AND x.number = ?",
+        (row["register_id"], row["number"]),
+    ).fetchone()
+    return row if replacement is None else replacement
+
+
+def _open_waiting(
+    conn: sqlite3.Connection, register_id: str, kind: str, period: str | None
+) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM waiting_specials WHERE register_id = ? AND kind = ?"
+        " AND (period IS ? OR ? IS NULL) AND done_at IS NULL ORDER BY id LIMIT 1",
+        (register_id, kind, period, period),
+    ).fetchone()
+    return row
+
+
+def _unresolved(conn: sqlite3.Connection, register_id: str | None) -> list[sqlite3.Row]:
+    return conn.execute(
+        "SELECT r.* FROM receipts r LEFT JOIN receipt_resolutions x"
+        " ON x.register_id = r.register_id AND x.number = r.number"
+        " WHERE r.signature_state = 'unsigned' AND x.number IS NULL"
+        " AND (? IS NULL OR r.register_id = ?) ORDER BY r.register_id, r.number",
+        (register_id, register_id),
+    ).fetchall()
+
+
+def _setup_json(setup: RegisterSetup) -> str:
+    return canonical_json(
+        {
+            "register_id": setup.register_id,
+            "units": list(setup.unit_ids),
+            "counter_bytes": setup.counter_bytes,
+            "aes_key": base64.b64encode(setup.aes_key).decode(),
+            "timezone": setup.timezone,
+            "receipt_id_format": setup.receipt_id_format,
+        }
+    )
+
+
+def _setup_from_json(text: str) -> RegisterSetup:
+    data = json.loads(text)
+    return RegisterSetup(
+        data["register_id"],
+        data["units"],
+        data["counter_bytes"],
+        base64.b64decode(data["aes_key"]),
+        data["timezone"],
+        data["receipt_id_format"],
+    )
 
 
 _REGISTER_ID = re.compile(r"[A-Za-z0-9.:-]{1,64}")
@@ -576,7 +1011,7 @@ def _counter_field(reg: sqlite3.Row, kind: str, receipt_id: str, turnover: int) 
         return STORNO_MARKER
     if kind == "training":
         return TRAINING_MARKER
-    key = base64.b64decode(reg["aes_key"])
+    key = _aes_key(reg["aes_key"])
     try:
         return encrypt_counter(key, reg["id"], receipt_id, turnover, reg["counter_bytes"])
     except ValueError as exc:
@@ -584,6 +1019,16 @@ def _counter_field(reg: sqlite3.Row, kind: str, receipt_id: str, turnover: int) 
             f"register {reg['id']}: the turnover counter no longer fits "
             f"{reg['counter_bytes']} bytes; close the register and start a new one"
         ) from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _aes_key(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
 
 
 def _document(register_id: str, draft: _Draft, payload: Payload, state: str) -> dict[str, Any]:
@@ -598,13 +1043,19 @@ def _document(register_id: str, draft: _Draft, payload: Payload, state: str) -> 
         draft.payments,
         draft.cashier,
         None if draft.voids is None else draft.voids["receipt_id"],
+        None if draft.reissue_of is None else draft.reissue_of["receipt_id"],
     )
-    return {
+    document: dict[str, Any] = {
         "lines": [list(ln) for ln in draft.lines],
         "payments": [list(p) for p in draft.payments],
         "cashier": draft.cashier,
         "text": render_lines(facts),
     }
+    if draft.reissue_of is not None:
+        document["reissue_of"] = draft.reissue_of["number"]
+    if draft.period is not None:
+        document["period"] = draft.period
+    return document
 
 
 def _check_id(field_name: str, value: str) -> None:

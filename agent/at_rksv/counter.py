@@ -8,9 +8,11 @@ instead of the ciphertext.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import threading
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from agent.at_rksv.encoding import b64, b64_decode
 
@@ -37,10 +39,21 @@ def counter_iv(register_id: str, receipt_id: str) -> bytes:
 
 
 def _keystream(key: bytes, iv: bytes) -> bytes:
+    """The first CTR keystream block, AES_K(IV): a counter has at most 16 bytes.
+
+    One block of CTR keystream is the block cipher applied to the IV, so a cached ECB
+    context of the key gives it without a new key schedule per receipt.
+    """
+    block, lock = _block_cipher(key)
+    with lock:
+        return block.update(iv)
+
+
+@functools.lru_cache(maxsize=32)
+def _block_cipher(key: bytes) -> tuple[CipherContext, threading.Lock]:
     if len(key) != 32:
         raise ValueError(f"the AES key must be 32 bytes (AES-256), got {len(key)}")
-    encryptor = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
-    return encryptor.update(bytes(16)) + encryptor.finalize()
+    return Cipher(algorithms.AES(key), modes.ECB()).encryptor(), threading.Lock()  # noqa: S305
 
 
 def encrypt_counter(

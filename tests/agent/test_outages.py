@@ -179,7 +179,7 @@ class TestRecovery:
             prober.run_once()
             clock.advance(2)
             prober.run_once()
-            assert again.recover(REGISTER) is None  # already closed: no second Sammelbeleg
+            assert again.recover(REGISTER) == []  # already closed: no second Sammelbeleg
             assert len(_events(db, "outage.closed")) == 1
             assert _verify(db) == []
         finally:

@@ -1,0 +1,215 @@
+"""``till-agent outage ...`` (the evidence pack) and ``till-agent simulate unit ...``."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.table import Table
+
+from agent.cli_base import DEFAULT_DATA, DataDir, JsonFlag, _emit, _fail, out, simulate_app
+from agent.cli_commands import _reader, _service
+from agent.clock import SystemClock
+from agent.errors import DataDirLocked, FiscalError, InvalidSale, NotFound, TillAgentError
+from agent.evidence import outage_evidence, render_evidence
+from agent.local_api import post_to_service
+from agent.outage_watch import acknowledge_report
+from agent.outages import load_outages
+from agent.signing.flaky import write_mode
+from storage.db import open_till_db
+
+__all__ = ["outage_app"]
+
+outage_app = typer.Typer(
+    help="Outages of signature units: list, evidence pack, FinanzOnline report."
+)
+
+
+@outage_app.command("list")
+def outage_list(
+    register: Annotated[str | None, typer.Option(help="Only this Kassen-ID.")] = None,
+    data_dir: DataDir = DEFAULT_DATA,
+    as_json: JsonFlag = False,
+) -> None:
+    """All outages, newest first: state, age, affected receipts, escalation, report."""
+    with _reader(data_dir, as_json) as db, db.read_connection() as conn:
+        records = load_outages(conn, register)
+    if as_json:
+        _emit([r.as_dict() for r in records], True)
+        return
+    table = Table(
+        "id", "register", "started (UTC)", "ended", "hours", "affected", "level", "report"
+    )
+    for r in records:
+        table.add_row(
+            str(r.id),
+            r.register_id,
+            r.started_at[:19],
+            (r.ended_at or "open")[:19],
+            f"{r.age_seconds / 3600:.1f}",
+            str(r.affected),
+            r.escalations[-1] if r.escalations else "-",
+            r.report_reference or ("due " + r.report_due[:10] if r.report_due else "-"),
+        )
+    out.print(table)
+
+
+def _pack(data_dir: Path, outage_id: int, as_json: bool) -> dict[str, object]:
+    with _reader(data_dir, as_json) as db, db.read_connection() as conn:
+        return outage_evidence(conn, outage_id)
+
+
+@outage_app.command("show")
+def outage_show(
+    outage_id: Annotated[int, typer.Argument(help="Outage id (see `outage list`).")],
+    data_dir: DataDir = DEFAULT_DATA,
+    as_json: JsonFlag = False,
+) -> None:
+    """One outage with its affected receipts, Sammelbeleg, escalations and reports."""
+    pack = _pack(data_dir, outage_id, as_json)
+    if as_json:
+        _emit(pack, True)
+    else:
+        print(render_evidence(pack), end="")
+
+
+@outage_app.command("export")
+def outage_export(
+    outage_id: Annotated[int, typer.Argument(help="Outage id (see `outage list`).")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Directory for outage-ID.json and .txt.")
+    ] = Path(),
+    data_dir: DataDir = DEFAULT_DATA,
+    as_json: JsonFlag = False,
+) -> None:
+    """Write the evidence pack as JSON and as readable text (for the tax advisor)."""
+    pack = _pack(data_dir, outage_id, as_json)
+    output.mkdir(parents=True, exist_ok=True)
+    json_file = output / f"outage-{outage_id}.json"
+    text_file = output / f"outage-{outage_id}.txt"
+    json_file.write_text(json.dumps(pack, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    text_file.write_text(render_evidence(pack), encoding="utf-8")
+    if as_json:
+        _emit({"json": str(json_file), "text": str(text_file)}, True)
+    else:
+        out.print(f"evidence pack: {json_file}, {text_file}")
+
+
+@outage_app.command("report")
+def outage_report(
+    outage_id: Annotated[int, typer.Argument(help="Outage id (see `outage list`).")],
+    reference: Annotated[str, typer.Option(help="FinanzOnline reference of the report.")],
+    end: Annotated[bool, typer.Option("--end", help="This is the end-of-outage report.")] = False,
+    data_dir: DataDir = DEFAULT_DATA,
+    as_json: JsonFlag = False,
+) -> None:
+    """Record that the outage report (or with --end the end report) was made in FinanzOnline.
+
+    Escalation of this outage stops once the report is recorded.
+    """
+    try:
+        db = open_till_db(data_dir)
+    except DataDirLocked:  # the service holds the data directory: ask it over its API
+        _report_via_api(outage_id, reference, end, as_json)
+    except TillAgentError as exc:
+        _fail(exc, as_json)
+    else:
+        try:
+            acknowledge_report(db.write_connection(), SystemClock(), outage_id, reference, end=end)
+        except TillAgentError as exc:
+            _fail(exc, as_json)
+        finally:
+            db.close()
+
+    _emit({"outage": outage_id, "reference": reference, "end": end}, as_json)
+    if not as_json:
+        out.print(f"outage {outage_id}: {'end ' if end else ''}report {reference!r} recorded")
+
+
+@outage_app.command("recover")
+def outage_recover(
+    register: Annotated[str, typer.Argument(help="Kassen-ID.")],
+    data_dir: DataDir = DEFAULT_DATA,
+    as_json: JsonFlag = False,
+) -> None:
+    """Probe the register's unit now; if it answers, issue what waited for it.
+
+    That is the Sammelbeleg, remedies of unsigned receipts and waiting special receipts.
+    `till-agent run` does this by itself.
+    """
+    with _service(data_dir, as_json) as service:
+        try:
+            unit = service.unit_of(register)
+            unit.probe(deadline=time.monotonic() + service.sign_timeout)
+        except (TillAgentError, OSError) as exc:
+            service.record_probe(register, False, str(exc))
+            _fail(FiscalError(f"the unit of {register} does not answer: {exc}"), as_json)
+        service.record_probe(register, True, "unit answered (outage recover)")
+        issued = service.recover(register)
+    if issued is None:
+        _fail(FiscalError(f"the unit of {register} answered but could not sign"), as_json)
+    data = [{"number": r.number, "kind": r.kind, "state": r.signature_state} for r in issued]
+    _emit({"register": register, "issued": data}, as_json)
+    if not as_json:
+        out.print(
+            ", ".join(f"{r.kind} {r.number}" for r in issued) or "nothing was waiting for the unit"
+        )
+
+
+def _report_via_api(outage_id: int, reference: str, end: bool, as_json: bool) -> None:
+    from agent.config import CONFIG_ENV, load_config
+
+    configured = os.environ.get(CONFIG_ENV)  # the file `run --config` was given, if any
+    try:
+        config = load_config(Path(configured) if configured else None)
+        response = post_to_service(
+            config, f"outages/{outage_id}/report", {"reference": reference, "end": end}
+        )
+    except TillAgentError as exc:
+        _fail(exc, as_json)
+    if response.status_code == 404:
+        _fail(NotFound(f"no outage {outage_id}"), as_json)
+    if response.status_code >= 400:
+        error = response.json()
+        _fail(InvalidSale(error["field"], error["rule"], error["message"]), as_json)
+
+
+UnitMode = Literal["up", "down", "slow", "garbage", "flap"]
+
+
+@simulate_app.command("unit")
+def simulate_unit(
+    mode: Annotated[UnitMode, typer.Argument(help="up | down | slow | garbage | flap")],
+    unit: Annotated[
+        str | None, typer.Option(help="Unit id (default: every simulated unit).")
+    ] = None,
+    data_dir: DataDir = DEFAULT_DATA,
+    as_json: JsonFlag = False,
+) -> None:
+    """Switch a development unit at run time, also while `till-agent run` is running.
+
+    Only units created with simulate = true (the development unit) listen to this.
+    """
+    with _reader(data_dir, as_json) as db, db.read_connection() as conn:
+        rows = conn.execute("SELECT id, config FROM units ORDER BY id").fetchall()
+    simulated = [r["id"] for r in rows if json.loads(r["config"]).get("simulate")]
+    targets = simulated if unit is None else [unit]
+    if not targets or any(t not in simulated for t in targets):
+        _fail(
+            InvalidSale(
+                "--unit",
+                "simulated-unit",
+                "only development units with simulate = true can be switched"
+                f" (simulated here: {', '.join(simulated) or 'none'})",
+            ),
+            as_json,
+        )
+    for target in targets:
+        write_mode(data_dir / "simulate" / f"{target}.mode", mode)
+    _emit({"units": targets, "mode": mode}, as_json)
+    if not as_json:
+        out.print(f"{', '.join(targets)}: {mode}")

@@ -1,0 +1,59 @@
+"""A background loop on the monotonic clock: the shape of the probe and the printer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+__all__ = ["BackgroundLoop"]
+
+log = logging.getLogger(__name__)
+
+
+class BackgroundLoop:
+    """Calls ``step`` on a daemon thread until stopped; a step that raises is logged and
+    retried after ``error_wait`` seconds, so the loop never dies.
+
+    ``step`` returns how long to wait before the next step (at most ``max_wait``);
+    :meth:`wake` ends the wait early.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], float],
+        *,
+        max_wait: float = 1.0,
+        error_wait: float = 1.0,
+    ) -> None:
+        self.name = name
+        self._step = step
+        self.max_wait = max_wait
+        self.error_wait = error_wait
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                wait = self._step()
+            except Exception:
+                log.exception("%s loop failed; retrying", self.name)
+                wait = self.error_wait
+            self._wake.wait(timeout=max(0.01, min(wait, self.max_wait)))
+            self._wake.clear()

@@ -1,0 +1,120 @@
+"""SIGKILL a real till process between the probe's success and the Sammelbeleg's commit.
+
+Each round opens an outage (fallback receipts), then starts a recovery that is killed at
+a random moment 0-250 ms after the probe succeeded: before the Sammelbeleg transaction,
+inside it (the slow unit is signing) or after its commit. After every kill the database
+must show the outage either still open with no Sammelbeleg, or closed by exactly one;
+a restarted recovery then closes it with exactly one Sammelbeleg, never two. The DEP of
+all rounds passes the verifier.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from agent.at_rksv.verify import verify_dep
+from agent.export import export_container, export_dep
+from agent.signing import create_software_unit
+from storage.db import open_till_db
+
+CHILD = Path(__file__).resolve().parent / "recover_child.py"
+REGISTER = "RECOVER-1"
+ROUNDS = 20
+SEED = 4711
+
+
+def _run(data: Path, keys: Path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(CHILD), str(data), str(keys), *args],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode()
+
+
+def _kill_after_probe(data: Path, keys: Path, delay: float) -> bool:
+    """Start a recovery, SIGKILL it ``delay`` s after PROBED; True if it finished first."""
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), str(data), str(keys), "recover"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    try:
+        assert child.stdout.readline() == b"PROBED\n"
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        rest = child.stdout.read()
+        return rest.startswith(b"DONE")
+    finally:
+        child.stdout.close()
+        assert child.stderr is not None
+        child.stderr.close()
+
+
+def _state(data: Path) -> tuple[list[tuple[int, int | None, str | None]], list[int]]:
+    conn = sqlite3.connect(data / "till.sqlite3")
+    try:
+        outages = [
+            (int(i), n, e)
+            for i, n, e in conn.execute(
+                "SELECT id, sammelbeleg_number, ended_at FROM outages ORDER BY id"
+            )
+        ]
+        sammel = [
+            int(r[0])
+            for r in conn.execute(
+                "SELECT number FROM receipts WHERE kind = 'sammelbeleg' ORDER BY number"
+            )
+        ]
+        return outages, sammel
+    finally:
+        conn.close()
+
+
+def _check(data: Path) -> None:
+    outages, sammel = _state(data)
+    closed = [n for _, n, end in outages if end is not None]
+    assert sorted(n for n in closed if n is not None) == sammel, (outages, sammel)
+    assert sum(1 for _, _, end in outages if end is None) <= 1
+
+
+def test_sigkill_between_probe_and_sammelbeleg_never_doubles_it(tmp_path: Path) -> None:
+    data, keys = tmp_path / "data", tmp_path / "keys"
+    create_software_unit(keys, name="crash")
+    rng = random.Random(SEED)
+    finished_before_kill = 0
+    for round_no in range(ROUNDS):
+        assert "OUTAGE" in _run(data, keys, "outage", str(rng.randint(1, 3)))
+        finished_before_kill += _kill_after_probe(data, keys, rng.uniform(0.0, 0.25))
+        _check(data)
+        outages, _ = _state(data)
+        assert "DONE" in _run(data, keys, "recover")
+        _check(data)
+        outages, sammel = _state(data)
+        assert len(outages) == round_no + 1
+        assert all(end is not None for _, _, end in outages)
+        assert len(sammel) == len(outages)  # exactly one Sammelbeleg per outage
+    # the schedule must have produced kills on both sides of the commit
+    assert 0 < finished_before_kill < ROUNDS
+    db = open_till_db(data, writer=False)
+    try:
+        buffer = io.StringIO()
+        export_dep(db, REGISTER, buffer)
+        report = verify_dep(
+            json.loads(buffer.getvalue()), json.loads(export_container(db, REGISTER))
+        )
+    finally:
+        db.close()
+    assert report.ok, report.findings[:5]
