@@ -46,6 +46,7 @@ class TextFacts:
     payments: Sequence[tuple[str, int]]
     cashier: str | None = None
     voids_receipt_id: str | None = None
+    replaces_receipt_id: str | None = None  # a reissue of an unsigned receipt
 
 
 def _money(cents: int) -> str:
@@ -77,6 +78,8 @@ def render_lines(facts: TextFacts) -> list[str]:
         out.append(f"*** {_TITLES[facts.kind]} ***")
     if facts.voids_receipt_id is not None:
         out.append(f"Storno zu Beleg {facts.voids_receipt_id}")
+    if facts.replaces_receipt_id is not None:
+        out.append(f"Ersatz für unsignierten Beleg {facts.replaces_receipt_id}")
     out.append("-" * WIDTH)
     out.extend(_item_lines(facts))
     out.append("-" * WIDTH)
@@ -87,5 +90,5 @@ def render_lines(facts: TextFacts) -> list[str]:
     if facts.signature_state == "fallback":
         out.append(FALLBACK_TEXT)
     if facts.signature_state == "unsigned":
-        out.append("Signatur konnte nicht erstellt werden")
+        out.append("Signatur ungewiss: wird nachsigniert oder ersetzt")
     return out

@@ -1,0 +1,76 @@
+"""``till-agent reprint``: a copy of a receipt, marked as such, on the configured printer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agent.cli_base import JsonFlag, _emit, _fail, app, out
+from agent.config import AgentConfig, load_config
+from agent.errors import DataDirLocked, NotFound, PrinterError, TillAgentError
+from agent.local_api import post_to_service
+
+__all__ = ["reprint"]
+
+
+@app.command()
+def reprint(
+    register: Annotated[str, typer.Argument(help="Kassen-ID.")],
+    number: Annotated[int, typer.Argument(help="Receipt number.")],
+    config_file: Annotated[
+        Path | None,
+        typer.Option("--config", envvar="TILL_AGENT_CONFIG", help="TOML configuration."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Print a copy of a receipt ("KOPIE"), through the running service if there is one."""
+    try:
+        config = load_config(config_file)
+        copy = _reprint_local(config, register, number)
+    except DataDirLocked:
+        try:
+            copy = _reprint_via_api(config, register, number, as_json)
+        except TillAgentError as exc:
+            _fail(exc, as_json)
+    except TillAgentError as exc:
+        _fail(exc, as_json)
+    _emit({"register": register, "number": number, "copy": copy}, as_json)
+    if not as_json:
+        out.print(f"copy {copy} of receipt {number} of {register} sent to the printer")
+
+
+def _reprint_local(config: AgentConfig, register: str, number: int) -> int:
+    """No service is running: print with our own worker (a failed job stays queued)."""
+    from agent.print_worker import PrintWorker
+    from agent.printing import open_printer
+    from agent.receipts import ReceiptService
+    from agent.service import printer_config
+    from agent.signing.registry import UnitRegistry
+    from storage.db import open_till_db
+
+    db = open_till_db(config.data_dir)
+    registry = UnitRegistry()
+    try:
+        worker = PrintWorker(
+            ReceiptService(db, registry), open_printer(printer_config(config)), retry_s=0.0
+        )
+        copy = worker.reprint(register, number)
+        worker.run_once()
+        if worker.last_error is not None:
+            raise PrinterError(f"{worker.last_error} (the copy stays queued for `run`)")
+        return copy
+    finally:
+        registry.close()
+        db.close()
+
+
+def _reprint_via_api(config: AgentConfig, register: str, number: int, as_json: bool) -> int:
+    """The service holds the data directory: ask it over the local API."""
+    response = post_to_service(config, f"receipts/{register}/{number}/reprint")
+    if response.status_code == 404:
+        _fail(NotFound(f"register {register} has no receipt {number}"), as_json)
+    if response.status_code >= 400:
+        _fail(PrinterError(f"the service refused the reprint: {response.text}"), as_json)
+    return int(response.json()["copy"])

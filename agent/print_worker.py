@@ -1,0 +1,248 @@
+"""Printing after the commit (invariant 1): a worker that never blocks or loses a receipt.
+
+Each committed receipt gets one ``print_jobs`` row holding its ESC/POS bytes (rendered
+once, so a reprint sends the same receipt), then the bytes go to the printer. A printer
+that fails is journaled (once per failure streak), retried every ``retry_s`` seconds and
+shown in the status; the receipts keep coming meanwhile. After a crash, receipts that
+have no job yet are found by a scan and printed then.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from agent.api_backend import QUEUED_PRINTS, PrinterOut
+from agent.errors import NotFound, PrinterError
+from agent.loop import BackgroundLoop
+from agent.printing import Printer, render_escpos, render_png
+from agent.printing.transport import FilePrinter
+from agent.receipt_view import result_from_row
+from agent.receipts import ReceiptService
+from storage.journal import append_event
+
+__all__ = ["PrintWorker"]
+
+log = logging.getLogger(__name__)
+
+_MISSING = (
+    "SELECT r.* FROM receipts r WHERE r.number > ? AND r.register_id = ? AND NOT EXISTS"
+    " (SELECT 1 FROM print_jobs p WHERE p.register_id = r.register_id AND p.number = r.number"
+    " AND p.copy = 0) ORDER BY r.number LIMIT 200"
+)
+
+
+class PrintWorker:
+    """Renders and prints committed receipts in a thread of its own.
+
+    Args:
+        service: the receipt service (its write connection stores the jobs).
+        printer: where the bytes go.
+        retry_s: seconds between attempts while the printer fails.
+        on_progress: called after each pass (feeds the service watchdog).
+    """
+
+    def __init__(
+        self,
+        service: ReceiptService,
+        printer: Printer,
+        *,
+        retry_s: float = 30.0,
+        on_progress: Callable[[], None] | None = None,
+    ) -> None:
+        self.service = service
+        self.printer = printer
+        self.retry_s = retry_s
+        self.on_progress = on_progress
+        self.state: str = "ready"
+        self.last_error: str | None = None
+        self._cursor: dict[str, int] = {}
+        self._next_try = 0.0
+        self._loop = BackgroundLoop("printer", self._step, max_wait=1.0)
+        self._lock = threading.Lock()
+        self._init_cursors()
+
+    def _init_cursors(self) -> None:
+        """Print from the last job on. A register that never had a job gets a ``skipped``
+        job for its current last receipt: receipts issued before printing was set up are
+        not printed, and every later one is found even after a crash."""
+        with self.service.db.write_connection().transaction() as conn:
+            for reg, last in conn.execute("SELECT id, last_number FROM registers").fetchall():
+                printed = conn.execute(
+                    "SELECT max(number) FROM print_jobs WHERE register_id = ? AND copy = 0",
+                    (reg,),
+                ).fetchone()[0]
+                if printed is None and last > 0:
+                    conn.execute(
+                        "INSERT INTO print_jobs (register_id, number, copy, data, state,"
+                        " attempts, created_at) VALUES (?, ?, 0, x'', 'skipped', 0, ?)",
+                        (reg, last, _now()),
+                    )
+                self._cursor[reg] = int(printed if printed is not None else last)
+
+    def print_from_start(self, register_id: str) -> None:
+        """Print every receipt of a register about to be created, its Startbeleg too.
+
+        Called before the register's first receipt is committed: the ``skipped`` job for
+        number 0 tells a restarted worker that this register was printed from its start,
+        so a crash between the Startbeleg's commit and its first job loses no print.
+        """
+        with self.service.db.write_connection().transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO print_jobs (register_id, number, copy, data, state,"
+                " attempts, created_at) VALUES (?, 0, 0, x'', 'skipped', 0, ?)",
+                (register_id, _now()),
+            )
+        self._cursor.setdefault(register_id, 0)
+
+    def notify(self) -> None:
+        """A receipt was committed: look for work now."""
+        self._loop.wake()
+
+    def status(self) -> PrinterOut:
+        with self.service.db.read_connection() as conn:
+            queued = int(conn.execute(QUEUED_PRINTS).fetchone()[0])
+        state: Literal["ready", "offline"] = "ready" if self.state == "ready" else "offline"
+        return PrinterOut(state=state, queued=queued, last_error=self.last_error)
+
+    # -- one pass -------------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Create the jobs of new receipts and send what is queued; returns jobs printed."""
+        with self._lock:
+            self._create_jobs()
+            printed = self._send_queued()
+        if self.on_progress is not None:
+            self.on_progress()
+        return printed
+
+    def _create_jobs(self) -> None:
+        with self.service.db.read_connection() as conn:
+            registers = [str(r[0]) for r in conn.execute("SELECT id FROM registers")]
+            missing = {
+                reg: conn.execute(_MISSING, (self._cursor.setdefault(reg, 0), reg)).fetchall()
+                for reg in registers
+            }
+        for reg, rows in missing.items():
+            for row in rows:
+                data = render_escpos(result_from_row(row))
+                self._insert_job(reg, int(row["number"]), 0, data)
+                self._cursor[reg] = int(row["number"])
+
+    def _insert_job(self, register_id: str, number: int, copy: int, data: bytes) -> None:
+        with self.service.db.write_connection().transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO print_jobs (register_id, number, copy, data, state,"
+                " attempts, created_at) VALUES (?, ?, ?, ?, 'queued', 0, ?)",
+                (register_id, number, copy, data, _now()),
+            )
+
+    def _send_queued(self) -> int:
+        if time.monotonic() < self._next_try:
+            return 0
+        writer = self.service.db.write_connection()
+        with self.service.db.read_connection() as conn:
+            jobs = conn.execute(
+                "SELECT id, register_id, number, copy, data FROM print_jobs"
+                " WHERE state IN ('queued', 'failed') ORDER BY id LIMIT 100"
+            ).fetchall()
+        printed = 0
+        for job in jobs:
+            try:
+                self._send(job)
+            except PrinterError as exc:
+                self._failed(job, str(exc))
+                return printed
+            with writer.transaction() as conn:
+                conn.execute(
+                    "UPDATE print_jobs SET state = 'printed', attempts = attempts + 1,"
+                    " done_at = ?, last_error = NULL WHERE id = ?",
+                    (_now(), job["id"]),
+                )
+                if self.state != "ready":
+                    append_event(
+                        conn,
+                        kind="printer.recovered",
+                        register_id=job["register_id"],
+                        at=_now(),
+                        data={"number": job["number"]},
+                    )
+            self.state, self.last_error = "ready", None
+            printed += 1
+        return printed
+
+    def _send(self, job: Any) -> None:
+        data = job["data"]
+        if isinstance(self.printer, FilePrinter):  # the development printer: with a preview
+            row = self._receipt_row(job["register_id"], job["number"])
+            preview = render_png(result_from_row(row), copy=job["copy"] > 0)
+            self.printer.write(data, png=preview)
+        else:
+            self.printer.send(data)
+
+    def _receipt_row(self, register_id: str, number: int) -> Any:
+        with self.service.db.read_connection() as conn:
+            row = conn.execute(
+                "SELECT * FROM receipts WHERE register_id = ? AND number = ?",
+                (register_id, number),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"register {register_id} has no receipt {number}")
+        return row
+
+    def _failed(self, job: Any, message: str) -> None:
+        self._next_try = time.monotonic() + self.retry_s
+        with self.service.db.write_connection().transaction() as conn:
+            conn.execute(
+                "UPDATE print_jobs SET state = 'failed', attempts = attempts + 1,"
+                " last_error = ? WHERE id = ?",
+                (message, job["id"]),
+            )
+            if self.state == "ready":  # journal the start of a failure streak only
+                append_event(
+                    conn,
+                    kind="printer.failed",
+                    register_id=job["register_id"],
+                    at=_now(),
+                    data={"number": job["number"], "error": message},
+                )
+        if self.state == "ready":
+            log.warning("printer failed, will retry every %.0f s: %s", self.retry_s, message)
+        self.state, self.last_error = "offline", message
+
+    # -- reprint --------------------------------------------------------------------------
+
+    def reprint(self, register_id: str, number: int) -> int:
+        """Queue a copy (marked as such) of a printed or unprinted receipt; its copy number."""
+        row = self._receipt_row(register_id, number)
+        data = render_escpos(result_from_row(row), copy=True)
+        with self.service.db.write_connection().transaction() as conn:
+            copy = conn.execute(
+                "SELECT coalesce(max(copy), 0) + 1 FROM print_jobs"
+                " WHERE register_id = ? AND number = ?",
+                (register_id, number),
+            ).fetchone()[0]
+            self._insert_job(register_id, number, int(copy), data)  # joins this transaction
+        self._next_try = 0.0
+        self.notify()
+        return int(copy)
+
+    # -- thread ---------------------------------------------------------------------------
+
+    def _step(self) -> float:
+        self.run_once()
+        return self.retry_s
+
+    def start(self) -> None:
+        self._loop.start()
+
+    def stop(self) -> None:
+        self._loop.stop()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()

@@ -1,0 +1,88 @@
+"""What a printed receipt shows, as blocks both renderers draw: ESC/POS and the PNG preview.
+
+The text lines come from the receipt (:mod:`agent.receipt_text`); this module adds only
+what depends on the print job (the copy marking) or guards what must never be missing
+(the labels of Storno, Training and fallback receipts, the notice of an unsigned one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.at_rksv import FALLBACK_TEXT
+from agent.contract import ReceiptResult
+
+__all__ = ["COPY_NOTICE", "UNSIGNED_NOTICE", "Block", "Qr", "Text", "layout", "printable"]
+
+COPY_NOTICE = "Kopie - kein Originalbeleg"
+UNSIGNED_NOTICE = ("*** NOCH NICHT SIGNIERT ***", "Die Signatur wird nachgeholt.")
+# the label a receipt of this kind must show (RKSV: Storno and Training visibly labelled)
+_KIND_LABELS = {"storno": "STORNOBUCHUNG", "training": "TRAININGSBUCHUNG"}
+
+# typographic characters a POS may send, mapped one to one onto CP858 look-alikes;
+# control characters become "?" so no text can smuggle an ESC/POS command in
+_TYPOGRAPHY = str.maketrans(
+    {"\u2013": "-", "\u2014": "-", "\u2018": "'", "\u2019": "'", "\u201a": ","}
+    | {"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2026": "."}
+    | {chr(c): "?" for c in (*range(0x20), 0x7F)}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """One line of text (at most 42 columns, 21 when ``big``)."""
+
+    text: str
+    bold: bool = False
+    big: bool = False  # double width and double height
+    center: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Qr:
+    """The machine-readable code, centred."""
+
+    content: str
+
+
+Block = Text | Qr
+
+
+def printable(text: str) -> str:
+    """``text`` as the printer prints it: CP858 only, anything else as ``?``."""
+    return text.translate(_TYPOGRAPHY).encode("cp858", "replace").decode("cp858")
+
+
+def _is_heading(line: str) -> bool:
+    return line.startswith("***") or line == FALLBACK_TEXT
+
+
+def _guards(receipt: ReceiptResult) -> list[Text]:
+    """Notices the stored lines lack but this receipt must show."""
+    text = "\n".join(receipt.lines)
+    out: list[Text] = []
+    label = _KIND_LABELS.get(receipt.kind)
+    if label is not None and label not in text:
+        out.append(Text(f"*** {label} ***", bold=True))
+    if receipt.signature_state == "fallback" and FALLBACK_TEXT not in text:
+        out.append(Text(FALLBACK_TEXT, bold=True))
+    if receipt.signature_state == "unsigned":
+        out.append(Text(UNSIGNED_NOTICE[0], bold=True))
+        if "Signatur" not in text:  # receipt_text explains it; older texts may not
+            out.append(Text(UNSIGNED_NOTICE[1]))
+    return out
+
+
+def layout(receipt: ReceiptResult, *, copy: bool = False) -> list[Block]:
+    """The blocks of one print job of ``receipt``, top to bottom."""
+    blocks: list[Block] = []
+    if copy:
+        blocks += [Text("KOPIE", bold=True, big=True, center=True), Text(COPY_NOTICE, center=True)]
+        blocks.append(Text(""))
+    blocks += [Text(printable(line), bold=_is_heading(line)) for line in receipt.lines]
+    blocks += _guards(receipt)
+    if receipt.qr:
+        blocks += [Text(""), Qr(receipt.qr)]
+    if copy:
+        blocks.append(Text(COPY_NOTICE, bold=True, center=True))
+    return blocks

@@ -1,0 +1,281 @@
+"""Delivering rendered bytes to a printer: network (TCP 9100), USB, serial or a directory.
+
+A transport only moves bytes. Every failure leaves it as a :class:`PrinterError` naming the
+printer (translated once, here, in :func:`printer_errors`), and every wait is bounded by
+a timeout, so a dead printer costs at most a few seconds and never a receipt: the caller
+keeps the job and retries. Bytes accepted by a printer are not yet paper printed.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent.errors import ConfigurationError, PrinterError
+from agent.printing._escpos import escpos_module, quiet_root
+
+__all__ = [
+    "FilePrinter",
+    "NetworkPrinter",
+    "Printer",
+    "SerialPrinter",
+    "UsbPrinter",
+    "printer_errors",
+]
+
+
+class Printer(Protocol):
+    """Where print jobs go."""
+
+    def send(self, data: bytes) -> None:
+        """Deliver one job; raises :class:`PrinterError` (after at most the timeout)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection or device; the next :meth:`send` opens it again."""
+        ...
+
+
+@contextlib.contextmanager
+def printer_errors(printer: str) -> Iterator[None]:
+    """Turn socket, file, pyusb, pyserial and escpos failures into :class:`PrinterError`.
+
+    ValueError covers pyusb's ``NoBackendError`` (no libusb), RuntimeError escpos' "needs
+    a library" complaint.
+    """
+    errors = (OSError, ValueError, RuntimeError, escpos_module("exceptions").Error)
+    try:
+        yield
+    except PrinterError:
+        raise
+    except errors as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise PrinterError(f"printer {printer}: {detail}") from exc
+
+
+class NetworkPrinter:
+    """A printer listening on raw TCP (port 9100, "JetDirect"); one connection per job.
+
+    Args:
+        host: the printer's address (an IP address avoids a DNS lookup, which the
+            timeout does not bound).
+        port: the raw printing port.
+        timeout: seconds for connecting and, separately, for sending the whole job.
+    """
+
+    def __init__(self, host: str, port: int = 9100, *, timeout: float = 5.0) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self.name = f"{host}:{port}"
+
+    def send(self, data: bytes) -> None:
+        with (
+            printer_errors(self.name),
+            socket.create_connection((self.host, self.port), timeout=self.timeout) as sock,
+        ):
+            sock.sendall(data)  # since Python 3.5 the timeout bounds the whole sendall
+            sock.shutdown(socket.SHUT_WR)
+            _drain(sock)
+
+    def close(self) -> None:
+        """Nothing stays open between jobs."""
+
+
+def _drain(sock: socket.socket) -> None:
+    """Read what the printer said (status bytes), so closing sends no reset."""
+    sock.setblocking(False)
+    with contextlib.suppress(BlockingIOError, ConnectionError):
+        while sock.recv(4096):
+            pass
+
+
+class FilePrinter:
+    """Each job becomes a new file ``<directory>/<n>.bin`` (n = 000001, 000002, ...).
+
+    A job appears complete or not at all: it is written to a temporary file, flushed to
+    disk and then linked under the next free number, which is never overwritten.
+    """
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory)
+        self.name = str(self.directory)
+
+    def send(self, data: bytes) -> None:
+        self.write(data)
+
+    def write(self, data: bytes, *, png: bytes | None = None) -> Path:
+        """Write one job, and its preview as ``<n>.png`` after it; return the job's path."""
+        with printer_errors(self.name):
+            self.directory.mkdir(parents=True, exist_ok=True)
+            temp = self._temp_file(data)
+            try:
+                path = self._link_next(temp, ".bin")
+            finally:
+                temp.unlink(missing_ok=True)
+            if png is not None:
+                preview = self._temp_file(png)
+                os.replace(preview, path.with_suffix(".png"))
+            _fsync_directory(self.directory)
+        return path
+
+    def close(self) -> None:
+        """Nothing stays open between jobs."""
+
+    def _temp_file(self, data: bytes) -> Path:
+        fd, name = tempfile.mkstemp(prefix=".job-", suffix=".tmp", dir=self.directory)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        return Path(name)
+
+    def _link_next(self, temp: Path, suffix: str) -> Path:
+        numbers = [int(p.stem) for p in self.directory.glob(f"*{suffix}") if p.stem.isdigit()]
+        number = max(numbers, default=0) + 1
+        while True:  # another writer may take a number between the scan and the link
+            path = self.directory / f"{number:06d}{suffix}"
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                number += 1
+            else:
+                return path
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _EscposDevice(abc.ABC):
+    """A device held open by a python-escpos printer object between jobs.
+
+    After a failure the device is dropped, so the next job opens it afresh (the printer
+    may have been switched off and on, or plugged into another port).
+    """
+
+    name: str
+    _printer: Any = None
+
+    @abc.abstractmethod
+    def _open(self) -> Any:
+        """Open the escpos printer object of this device."""
+
+    def send(self, data: bytes) -> None:
+        with printer_errors(self.name):
+            try:
+                if self._printer is None:
+                    with quiet_root():  # escpos logs "printer enabled" on the root logger
+                        self._printer = self._open()
+                self._printer._raw(data)
+            except BaseException:
+                self._drop()
+                raise
+
+    def close(self) -> None:
+        printer, self._printer = self._printer, None
+        if printer is not None:
+            with printer_errors(self.name), quiet_root():
+                self._release(printer)
+
+    def _release(self, printer: Any) -> None:
+        printer.close()
+
+    def _drop(self) -> None:
+        with contextlib.suppress(PrinterError):
+            self.close()
+
+
+def _require(kind: str, extra: str) -> Any:
+    printer_class = getattr(escpos_module("printer"), kind)
+    if not printer_class.is_usable():
+        raise ConfigurationError(
+            f"{kind} printing needs py{extra}: pip install 'till-agent[{extra}]'"
+        )
+    return printer_class
+
+
+class UsbPrinter(_EscposDevice):
+    """A USB printer (python-escpos ``Usb``, needs pyusb and libusb).
+
+    Args:
+        vendor_id, product_id: the USB ids (``lsusb``), e.g. ``0x04B8, 0x0202``.
+        timeout: seconds one write may take.
+        in_ep, out_ep: the endpoints (the escpos defaults suit most Epson models).
+
+    Raises:
+        ConfigurationError: pyusb is not installed.
+    """
+
+    def __init__(
+        self,
+        vendor_id: int,
+        product_id: int,
+        *,
+        timeout: float = 5.0,
+        in_ep: int = 0x82,
+        out_ep: int = 0x01,
+    ) -> None:
+        self._usb = _require("Usb", "usb")
+        self.vendor_id, self.product_id = vendor_id, product_id
+        self.timeout, self.in_ep, self.out_ep = timeout, in_ep, out_ep
+        self.name = f"usb {vendor_id:04x}:{product_id:04x}"
+
+    def _open(self) -> Any:
+        printer = self._usb(
+            self.vendor_id,
+            self.product_id,
+            timeout=max(1, round(self.timeout * 1000)),  # pyusb counts ms; 0 = wait forever
+            in_ep=self.in_ep,
+            out_ep=self.out_ep,
+        )
+        printer.open(raise_not_found=True)
+        return printer
+
+
+class SerialPrinter(_EscposDevice):
+    """A serial printer (python-escpos ``Serial``, needs pyserial).
+
+    Args:
+        device: the port, e.g. ``/dev/ttyUSB0``.
+        baudrate: as set on the printer (DIP switches or its utility).
+        timeout: seconds one write may take (escpos sets only the read timeout).
+
+    Raises:
+        ConfigurationError: pyserial is not installed.
+    """
+
+    def __init__(self, device: str, baudrate: int = 9600, *, timeout: float = 5.0) -> None:
+        self._serial = _require("Serial", "serial")
+        self.device, self.baudrate, self.timeout = device, baudrate, timeout
+        self.name = f"serial {device}"
+
+    def _open(self) -> Any:
+        printer = self._serial(devfile=self.device, baudrate=self.baudrate, timeout=self.timeout)
+        printer.open(raise_not_found=True)
+        # without a write timeout a printer holding DSR low blocks write() for ever
+        printer.device.write_timeout = self.timeout
+        return printer
+
+    def _release(self, printer: Any) -> None:
+        # not escpos' close(): its flush() waits without limit for a stalled printer; the
+        # kernel's close waits at most its closing_wait (30 s) for the bytes to drain
+        port, printer._device = printer._device, False
+        if port:
+            port.close()
+
+    def _drop(self) -> None:
+        # after a failure, discard what was not sent so closing the port does not wait
+        port = None if self._printer is None else self._printer._device
+        if port:
+            with contextlib.suppress(OSError):
+                port.reset_output_buffer()
+        super()._drop()

@@ -1,0 +1,153 @@
+"""Fixtures for printing: real receipts of every label, and a TCP socket that plays the printer."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import socketserver
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from agent.contract import ReceiptResult
+from agent.receipts import ReceiptService
+from agent.signing.flaky import FlakyUnit
+from agent.signing.registry import UnitRegistry
+from factories import sale
+
+REGISTER = "KASSE-1"
+# umlauts, sharp s and the euro sign on the paper; 2 x 3.10 + 5.00 = 11.20
+UMLAUT_SALE = sale(
+    request_id="umlaut",
+    lines=[
+        {"text": "Käsekrainer groß", "qty": "2", "unit_price": "3.10", "vat": "normal"},
+        {"text": "Gutschein 5€ Müller", "qty": "1", "unit_price": "5.00", "vat": "zero"},
+    ],
+    payments=[{"method": "cash", "amount": "11.20"}],
+)
+
+
+class FakePrinter:
+    """A raw TCP printer on 127.0.0.1: each connection is one job, read until the client
+    closes. :attr:`jobs` holds the complete jobs in the order their connections were
+    accepted (the order they were sent), whichever finished receiving first."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[int, bytes] = {}  # accept order -> the bytes received
+        self._arrived = threading.Condition()
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                chunks = []
+                while chunk := self.request.recv(65536):
+                    chunks.append(chunk)
+                with outer._arrived:
+                    outer._jobs[self.server.order_of.pop(self.request)] = b"".join(chunks)  # type: ignore[attr-defined]
+                    outer._arrived.notify_all()
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            block_on_close = True
+
+            def __init__(self) -> None:
+                super().__init__(("127.0.0.1", 0), Handler)
+                self.order_of: dict[object, int] = {}
+                self.accepted = itertools.count()
+
+            def process_request(self, request: object, client_address: object) -> None:
+                # runs on the accepting thread, so numbers follow the accept order
+                self.order_of[request] = next(self.accepted)
+                super().process_request(request, client_address)  # type: ignore[arg-type]
+
+        self._server = Server()
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def jobs(self) -> list[bytes]:
+        """The jobs received so far, in the order they were sent."""
+        with self._arrived:
+            return [self._jobs[n] for n in sorted(self._jobs)]
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[bytes]:
+        """The first ``count`` jobs, once all of them have arrived completely."""
+        with self._arrived:
+            assert self._arrived.wait_for(lambda: len(self._jobs) >= count, timeout)
+            return [self._jobs[n] for n in sorted(self._jobs)][:count]
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+@pytest.fixture(name="fake_printer")
+def _fake_printer() -> Iterator[FakePrinter]:
+    printer = FakePrinter()
+    yield printer
+    printer.stop()
+
+
+@pytest.fixture(name="free_port")
+def _free_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture(name="flaky")
+def _flaky(service: ReceiptService, registry: UnitRegistry) -> FlakyUnit:
+    """The register's unit wrapped so the test can switch it down and up."""
+    with service.db.write_connection().transaction() as conn:
+        flaky = FlakyUnit(registry.get(conn, "dev"))
+    registry.put(flaky)
+    return flaky
+
+
+@pytest.fixture(name="standard")
+def _standard(service: ReceiptService) -> ReceiptResult:
+    """A signed standard receipt whose items carry umlauts, sharp s and the euro sign."""
+    return service.issue(UMLAUT_SALE)
+
+
+@pytest.fixture(name="storno")
+def _storno(service: ReceiptService, standard: ReceiptResult) -> ReceiptResult:
+    voids = {"request_id": "sto", "register": REGISTER, "kind": "storno", "voids": standard.number}
+    return service.issue(voids)
+
+
+@pytest.fixture(name="training")
+def _training(service: ReceiptService) -> ReceiptResult:
+    return service.issue(sale(request_id="train", kind="training"))
+
+
+@pytest.fixture(name="fallback")
+def _fallback(service: ReceiptService, flaky: FlakyUnit) -> ReceiptResult:
+    """A sale made while the signature unit is down."""
+    flaky.mode = "down"
+    receipt = service.issue(sale(request_id="down"))
+    assert receipt.signature_state == "fallback"
+    return receipt
+
+
+@pytest.fixture(name="sammelbeleg")
+def _sammelbeleg(
+    service: ReceiptService, flaky: FlakyUnit, fallback: ReceiptResult
+) -> ReceiptResult:
+    """The signed Sammelbeleg that closes the outage of ``fallback``."""
+    flaky.mode = "up"
+    service.recover(REGISTER)
+    receipt = service.get(REGISTER, fallback.number + 1)  # right after the last fallback
+    assert (receipt.kind, receipt.signature_state) == ("sammelbeleg", "signed")
+    return receipt
+
+
+@pytest.fixture(name="unsigned")
+def _unsigned(standard: ReceiptResult) -> ReceiptResult:
+    """A receipt whose signing outcome is unknown (the service has no path to it yet)."""
+    return standard.model_copy(update={"signature_state": "unsigned"})

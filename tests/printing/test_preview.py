@@ -1,0 +1,49 @@
+"""render_png: the support preview decodes to the receipt's QR code and is deterministic."""
+
+from __future__ import annotations
+
+import io
+
+import zxingcpp
+from PIL import Image
+
+from agent.contract import ReceiptResult
+from agent.printing import render_png
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _decode(png: bytes) -> list[str]:
+    with Image.open(io.BytesIO(png)) as image:
+        return [found.text for found in zxingcpp.read_barcodes(image)]
+
+
+class TestPreview:
+    def test_the_preview_qr_decodes_to_exactly_the_machine_readable_code(
+        self, standard: ReceiptResult
+    ) -> None:
+        png = render_png(standard)
+        assert png.startswith(PNG_SIGNATURE)
+        assert _decode(png) == [standard.qr]
+
+    def test_a_fallback_preview_decodes_too(self, fallback: ReceiptResult) -> None:
+        """The failure marker makes the code longer; it still decodes."""
+        assert _decode(render_png(fallback)) == [fallback.qr]
+
+    def test_the_same_receipt_gives_the_same_png(self, storno: ReceiptResult) -> None:
+        assert render_png(storno) == render_png(storno)
+        assert render_png(storno, copy=True) == render_png(storno, copy=True)
+
+    def test_a_copy_preview_differs_and_still_decodes(self, training: ReceiptResult) -> None:
+        """The copy marking adds lines above and below: a taller picture, same code."""
+        original, copy = render_png(training), render_png(training, copy=True)
+        with Image.open(io.BytesIO(original)) as a, Image.open(io.BytesIO(copy)) as b:
+            assert a.width == b.width
+            assert b.height > a.height
+        assert _decode(copy) == [training.qr]
+
+    def test_a_receipt_without_code_gives_a_text_only_preview(
+        self, standard: ReceiptResult
+    ) -> None:
+        png = render_png(standard.model_copy(update={"qr": ""}))
+        assert _decode(png) == []

@@ -1,0 +1,188 @@
+"""render_escpos: the ESC/POS bytes of real receipts, read back command by command."""
+
+from __future__ import annotations
+
+import pytest
+import zxingcpp
+from PIL import Image, ImageOps
+
+from agent.contract import ReceiptResult
+from agent.printing import EscposOptions, render_escpos
+from agent.receipts import ReceiptService
+
+INIT_CP858 = b"\x1b@\x1bt\x13"  # ESC @, then ESC t 19 (PC858 in Epson's numbering)
+CUT = b"\x1bd\x06\x1dV\x00"  # feed 6 lines, full cut
+QR_STORE = b"1P0"  # GS ( k: cn=49 (QR), fn=80 (store the data), m=48
+
+
+def _qr_payloads(job: bytes) -> list[bytes]:
+    """The data of every native QR 'store' command (``GS ( k pL pH 1 P 0 data``)."""
+    found, start = [], 0
+    while (at := job.find(b"\x1d(k", start)) != -1:
+        length = job[at + 3] | job[at + 4] << 8
+        body = job[at + 5 : at + 5 + length]
+        if body.startswith(QR_STORE):
+            found.append(body[len(QR_STORE) :])
+        start = at + 5 + length
+    return found
+
+
+def _raster_image(job: bytes) -> Image.Image:
+    """The first ``GS v 0`` raster image of a job, black on white with a quiet zone."""
+    at = job.index(b"\x1dv0")
+    width_bytes = job[at + 4] | job[at + 5] << 8
+    height = job[at + 6] | job[at + 7] << 8
+    data = job[at + 8 : at + 8 + width_bytes * height]
+    bits = Image.frombytes("1", (width_bytes * 8, height), data)  # PIL: 1 = white
+    return ImageOps.expand(ImageOps.invert(bits.convert("L")), border=32, fill=255)
+
+
+class TestStructure:
+    def test_a_job_starts_with_init_and_cp858_and_ends_with_a_cut(
+        self, standard: ReceiptResult
+    ) -> None:
+        """ESC @ then ESC t 19 come first, the cut last, and the code page is never switched."""
+        job = render_escpos(standard)
+        assert job.startswith(INIT_CP858)
+        assert job.endswith(CUT)
+        assert job.count(b"\x1bt") == 1
+        assert job.count(b"\x1b@") == 1
+
+    def test_umlauts_sharp_s_and_euro_are_cp858_bytes(self, standard: ReceiptResult) -> None:
+        """ä, ß, ü and € print as CP858 0x84, 0xE1, 0x81 and 0xD5, never as UTF-8."""
+        job = render_escpos(standard)
+        assert b"K\x84sekrainer gro\xe1" in job
+        assert b"Gutschein 5\xd5 M\x81ller" in job
+        assert "€".encode() not in job
+        assert "ä".encode() not in job
+
+    def test_every_text_line_of_the_receipt_is_printed(self, standard: ReceiptResult) -> None:
+        job = render_escpos(standard)
+        for line in standard.lines:
+            assert line.encode("cp858") + b"\n" in job
+
+    def test_the_qr_command_carries_exactly_the_machine_readable_code(
+        self, standard: ReceiptResult
+    ) -> None:
+        """One native QR code (model 2, error level M), centred, with receipt.qr as data."""
+        job = render_escpos(standard)
+        assert _qr_payloads(job) == [standard.qr.encode("ascii")]
+        assert b"\x1d(k\x04\x001A2\x00" in job  # model 2
+        assert b"\x1d(k\x03\x001E1" in job  # error correction M
+        assert job.index(b"\x1ba\x01") < job.index(b"\x1d(k") < job.rindex(b"\x1ba\x00")
+
+    def test_the_code_table_number_follows_the_options(self, standard: ReceiptResult) -> None:
+        """Printers that number PC858 differently get their own ESC t; the text stays CP858."""
+        job = render_escpos(standard, options=EscposOptions(code_table=16))
+        assert job.startswith(b"\x1b@\x1bt\x10")
+        assert b"K\x84sekrainer" in job
+
+    def test_an_image_qr_decodes_to_the_machine_readable_code(
+        self, fallback: ReceiptResult
+    ) -> None:
+        """For printers without native QR, the raster image decodes back to receipt.qr."""
+        job = render_escpos(fallback, options=EscposOptions(qr="image", qr_size=3))
+        assert _qr_payloads(job) == []
+        [found] = zxingcpp.read_barcodes(_raster_image(job))
+        assert found.text == fallback.qr
+
+
+class TestDeterminism:
+    def test_the_same_receipt_gives_the_same_bytes(self, standard: ReceiptResult) -> None:
+        assert render_escpos(standard) == render_escpos(standard)
+        assert render_escpos(standard, copy=True) == render_escpos(standard, copy=True)
+
+    def test_the_stored_receipt_renders_like_the_issued_one(
+        self, service: ReceiptService, standard: ReceiptResult
+    ) -> None:
+        """A reprint from the database is byte-identical to the first print."""
+        stored = service.get(standard.register_id, standard.number)
+        assert render_escpos(stored) == render_escpos(standard)
+
+    def test_an_earlier_job_leaves_no_state_behind(
+        self, standard: ReceiptResult, training: ReceiptResult
+    ) -> None:
+        first = render_escpos(training)
+        render_escpos(standard, options=EscposOptions(code_table=2, qr="image"))
+        assert render_escpos(training) == first
+
+
+class TestLabels:
+    def test_a_storno_is_labelled(self, storno: ReceiptResult) -> None:
+        assert b"\x1bE\x01*** STORNOBUCHUNG ***\n\x1bE\x00" in render_escpos(storno)
+
+    def test_a_training_receipt_is_labelled(self, training: ReceiptResult) -> None:
+        assert b"\x1bE\x01*** TRAININGSBUCHUNG ***\n\x1bE\x00" in render_escpos(training)
+
+    def test_a_fallback_receipt_says_the_unit_failed(self, fallback: ReceiptResult) -> None:
+        job = render_escpos(fallback)
+        assert job.count(b"Sicherheitseinrichtung ausgefallen") == 1
+        assert _qr_payloads(job) == [fallback.qr.encode()]
+
+    def test_a_sammelbeleg_is_labelled_and_signed(self, sammelbeleg: ReceiptResult) -> None:
+        job = render_escpos(sammelbeleg)
+        assert b"*** SAMMELBELEG ***" in job
+        assert b"ausgefallen" not in job
+
+    def test_a_signed_receipt_carries_no_failure_notice(self, standard: ReceiptResult) -> None:
+        job = render_escpos(standard)
+        assert b"ausgefallen" not in job
+        assert b"SIGNIERT" not in job
+
+    def test_an_unsigned_receipt_says_the_signature_will_follow(
+        self, unsigned: ReceiptResult
+    ) -> None:
+        job = render_escpos(unsigned)
+        assert b"*** NOCH NICHT SIGNIERT ***" in job
+        assert b"Die Signatur wird nachgeholt." in job
+
+    def test_an_unsigned_receipt_explained_by_its_text_gets_only_the_label(
+        self, unsigned: ReceiptResult
+    ) -> None:
+        explained = [*unsigned.lines, "Signatur ungewiss: wird nachsigniert oder ersetzt"]
+        job = render_escpos(unsigned.model_copy(update={"lines": explained}))
+        assert b"*** NOCH NICHT SIGNIERT ***" in job
+        assert b"nachgeholt" not in job
+
+    def test_a_label_missing_from_the_stored_lines_is_added(self, storno: ReceiptResult) -> None:
+        """The labels are guarded: lines without them still print them."""
+        bare = storno.model_copy(update={"lines": [storno.lines[0]], "signature_state": "fallback"})
+        job = render_escpos(bare)
+        assert b"*** STORNOBUCHUNG ***" in job
+        assert b"Sicherheitseinrichtung ausgefallen" in job
+
+
+class TestCopy:
+    def test_a_copy_is_marked_and_keeps_the_original_content(self, standard: ReceiptResult) -> None:
+        original, copy = render_escpos(standard), render_escpos(standard, copy=True)
+        assert b"KOPIE" not in original
+        assert b"Kopie - kein Originalbeleg" not in original
+        assert b"\x1b!0\x1bE\x01KOPIE\n" in copy  # double size, bold
+        assert copy.count(b"Kopie - kein Originalbeleg") == 2  # at the top and the bottom
+        assert copy.startswith(INIT_CP858)
+        assert copy.endswith(CUT)
+        assert _qr_payloads(copy) == _qr_payloads(original)
+        for line in standard.lines:
+            assert line.encode("cp858") in copy
+
+
+class TestHostileText:
+    def test_control_characters_cannot_reach_the_printer(self, standard: ReceiptResult) -> None:
+        """A line smuggling ESC @ or GS V prints them as question marks."""
+        evil = standard.model_copy(update={"lines": ["A\x1b@B\x1dV\x00C\x7f"]})
+        job = render_escpos(evil)
+        assert b"A?@B?V?C?\n" in job
+        assert job.count(b"\x1b@") == 1
+
+    @pytest.mark.parametrize(
+        ("text", "printed"),
+        [
+            ("Bäckerei \u2013 \u201eMüller\u201c", b'B\x84ckerei - "M\x81ller"'),
+            ("Tee ✓ 日本", b"Tee ? ??"),
+        ],
+    )
+    def test_characters_outside_cp858_become_look_alikes_or_question_marks(
+        self, standard: ReceiptResult, text: str, printed: bytes
+    ) -> None:
+        job = render_escpos(standard.model_copy(update={"lines": [text]}))
+        assert printed + b"\n" in job

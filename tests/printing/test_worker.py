@@ -1,0 +1,128 @@
+"""The print worker: after the commit, never blocking or losing a receipt; reprints."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+from pathlib import Path
+
+import zxingcpp
+from PIL import Image
+from printing.conftest import FakePrinter
+from typer.testing import CliRunner
+
+from agent.cli import app
+from agent.print_worker import PrintWorker
+from agent.printing import NetworkPrinter, render_escpos
+from agent.receipts import ReceiptService
+from factories import sale
+
+REGISTER = "KASSE-1"
+
+
+def _events(service: ReceiptService, kind: str) -> list[dict[str, object]]:
+    conn = sqlite3.connect(service.db.path)
+    try:
+        rows = conn.execute("SELECT data FROM journal WHERE kind = ? ORDER BY seq", (kind,))
+        return [json.loads(r[0]) for r in rows]
+    finally:
+        conn.close()
+
+
+def test_each_committed_receipt_is_printed_once_with_its_stored_bytes(
+    service: ReceiptService, fake_printer: FakePrinter
+) -> None:
+    worker = PrintWorker(service, NetworkPrinter("127.0.0.1", fake_printer.port, timeout=2.0))
+    results = [service.issue(sale(request_id=f"r{i}")) for i in range(3)]
+    assert worker.run_once() == 3
+    jobs = fake_printer.wait_for(3)
+    assert jobs == [render_escpos(r) for r in results]
+    assert worker.run_once() == 0  # nothing printed twice
+    with sqlite3.connect(service.db.path) as conn:
+        stored = [
+            bytes(r[0])
+            for r in conn.execute("SELECT data FROM print_jobs WHERE state = 'printed' ORDER BY id")
+        ]
+    assert stored == jobs
+
+
+def test_a_failing_printer_blocks_nothing_and_the_backlog_prints_later(
+    service: ReceiptService, fake_printer: FakePrinter, free_port: int
+) -> None:
+    worker = PrintWorker(service, NetworkPrinter("127.0.0.1", free_port, timeout=0.5), retry_s=0)
+    first = service.issue(sale(request_id="a"))
+    worker.run_once()
+    assert worker.status().state == "offline"
+    assert worker.status().last_error is not None
+    second = service.issue(sale(request_id="b"))  # receipts keep coming
+    worker.run_once()
+    assert len(_events(service, "printer.failed")) == 1  # once per failure streak
+    assert worker.status().queued == 2
+    worker.printer = NetworkPrinter("127.0.0.1", fake_printer.port, timeout=2.0)  # back
+    assert worker.run_once() == 2
+    assert fake_printer.wait_for(2) == [render_escpos(first), render_escpos(second)]
+    assert worker.status().state == "ready"
+    assert len(_events(service, "printer.recovered")) == 1
+
+
+def test_a_restart_prints_receipts_committed_before_their_job(
+    service: ReceiptService, fake_printer: FakePrinter
+) -> None:
+    printer = NetworkPrinter("127.0.0.1", fake_printer.port, timeout=2.0)
+    PrintWorker(service, printer).run_once()
+    lost = service.issue(sale(request_id="a"))  # committed; the process dies before printing
+    assert PrintWorker(service, printer).run_once() == 1
+    assert fake_printer.wait_for(1) == [render_escpos(lost)]
+
+
+def test_a_reprint_is_the_same_receipt_marked_as_a_copy(
+    service: ReceiptService, fake_printer: FakePrinter
+) -> None:
+    worker = PrintWorker(service, NetworkPrinter("127.0.0.1", fake_printer.port, timeout=2.0))
+    result = service.issue(sale())
+    worker.run_once()
+    assert worker.reprint(REGISTER, result.number) == 1
+    assert worker.reprint(REGISTER, result.number) == 2
+    worker.run_once()
+    original, copy1, copy2 = fake_printer.wait_for(3)
+    assert copy1 == copy2 == render_escpos(result, copy=True)
+    assert b"KOPIE" in copy1
+    assert b"KOPIE" not in original
+    assert result.qr.encode() in copy1
+
+
+def test_reprint_and_png_preview_from_the_command_line(
+    tmp_path: Path, fake_printer: FakePrinter, monkeypatch: object
+) -> None:
+    data = tmp_path / "data"
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+        return result.stdout
+
+    run("unit", "create-software", "--id", "dev", "--data-dir", str(data))
+    run("init", REGISTER, "--unit", "dev", "--data-dir", str(data))
+    issued = json.loads(
+        runner.invoke(
+            app, ["issue", "-", "--json", "--data-dir", str(data)], input=json.dumps(sale())
+        ).stdout
+    )
+    config = tmp_path / "till.toml"
+    config.write_text(
+        f'data_dir = "{data}"\n[printer]\nkind = "network"\nhost = "127.0.0.1"\n'
+        f"port = {fake_printer.port}\n"
+    )
+    assert json.loads(run("reprint", REGISTER, "2", "--config", str(config), "--json")) == {
+        "register": REGISTER,
+        "number": 2,
+        "copy": 1,
+    }
+    [job] = fake_printer.wait_for(1)
+    assert b"KOPIE" in job
+    png = tmp_path / "receipt.png"
+    run("receipts", "show", REGISTER, "2", "--png", str(png), "--data-dir", str(data))
+    [code] = zxingcpp.read_barcodes(Image.open(io.BytesIO(png.read_bytes())))
+    assert code.text == issued["qr"]
