@@ -12,6 +12,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from agent.signing import UnitConfig, create_software_unit, der_to_rs, open_unit
 from agent.signing.registry import UnitRegistry, store_unit
 from storage.db import open_till_db
 
-__all__ = ["ReceiptBench", "bench_receipts"]
+__all__ = ["OutageBench", "ReceiptBench", "bench_outage", "bench_receipts"]
 
 _PAYLOAD = (
     "_R1-AT1_BENCH-1_{n}_2026-01-02T08:00:00_12,50_4,20_0,00_0,00_0,00_"
@@ -37,6 +38,7 @@ _PAYLOAD = (
 class ReceiptBench:
     n: int
     rounds: int
+    clients: int
     baseline_per_s: float
     agent_per_s: float
     ratio: float
@@ -74,7 +76,8 @@ def _baseline(tmp: Path) -> Callable[[int], float]:
     return one
 
 
-def _agent(tmp: Path) -> Callable[[int], float]:
+def _agent(tmp: Path) -> Callable[[range, int], tuple[float, list[float]]]:
+    """The full receipt path: parse, validate, sign, verify, journal, commit, per sale."""
     db = open_till_db(tmp / "data")
     key_file, cert_file = create_software_unit(tmp / "keys", name="bench")
     config = UnitConfig(
@@ -99,35 +102,139 @@ def _agent(tmp: Path) -> Callable[[int], float]:
         service.issue(parse_sale(raw))
         return time.perf_counter() - start
 
-    return one
+    def chunk(numbers: range, clients: int) -> tuple[float, list[float]]:
+        """Issue ``numbers`` from ``clients`` POS threads; the wall time and each latency."""
+        start = time.perf_counter()
+        if clients == 1:
+            samples = [one(i) for i in numbers]
+        else:
+            with ThreadPoolExecutor(clients) as pool:
+                samples = list(pool.map(one, numbers))
+        return time.perf_counter() - start, samples
+
+    return chunk
 
 
 def bench_receipts(
-    n: int = 2000, rounds: int = 5, progress: Callable[[int], None] | None = None
+    n: int = 2000,
+    rounds: int = 5,
+    clients: int = 1,
+    progress: Callable[[int], None] | None = None,
 ) -> ReceiptBench:
-    """Issue ``n`` receipts through each path, interleaved in ``rounds`` chunks."""
+    """Issue ``n`` receipts through each path, interleaved in ``rounds`` chunks.
+
+    The baseline issues one receipt after the other (that is what it measures: the
+    cost of one signature and one fsync'd commit). The agent gets its sales from
+    ``clients`` concurrent POS threads, as a till service does; it shares commits
+    between waiting sales (group commit) and acknowledges none before its commit.
+    """
     with tempfile.TemporaryDirectory(prefix="till-bench-") as tmp:
         baseline, agent = _baseline(Path(tmp)), _agent(Path(tmp))
         base_samples: list[float] = []
         agent_samples: list[float] = []
+        agent_wall = 0.0
         chunk = max(1, n // rounds)
         done = 0
         while done < n:
             size = min(chunk, n - done)
             base_samples.extend(baseline(i) for i in range(done, done + size))
-            agent_samples.extend(agent(i) for i in range(done, done + size))
+            wall, samples = agent(range(done, done + size), clients)
+            agent_wall += wall
+            agent_samples.extend(samples)
             done += size
             if progress is not None:
                 progress(size)
     base_rate = len(base_samples) / sum(base_samples)
-    agent_rate = len(agent_samples) / sum(agent_samples)
+    agent_rate = len(agent_samples) / agent_wall
     return ReceiptBench(
         n=n,
         rounds=rounds,
+        clients=clients,
         baseline_per_s=round(base_rate, 1),
         agent_per_s=round(agent_rate, 1),
         ratio=round(agent_rate / base_rate, 3),
         p50_ms=round(statistics.median(agent_samples) * 1000, 3),
         p99_ms=round(_percentile(agent_samples, 0.99), 3),
         baseline_p99_ms=round(_percentile(base_samples, 0.99), 3),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OutageBench:
+    n: int
+    deadline_ms: float
+    probe_interval_s: float
+    first_ms: float
+    open_p50_ms: float
+    open_p99_ms: float
+    recovery_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def bench_outage(
+    n: int = 1000,
+    deadline_s: float = 3.0,
+    probe_interval_s: float = 1.0,
+    progress: Callable[[int], None] | None = None,
+) -> OutageBench:
+    """An outage, measured: the first receipt meets a unit that hangs until the deadline;
+    the next ``n`` take the open breaker; then the unit comes back and the real probe
+    thread (fixed interval, no jitter) issues the Sammelbeleg."""
+    from agent.probe import Backoff, Prober
+    from agent.signing.flaky import FlakyUnit
+
+    with tempfile.TemporaryDirectory(prefix="till-bench-") as tmp:
+        db = open_till_db(Path(tmp) / "data")
+        key_file, cert_file = create_software_unit(Path(tmp) / "keys", name="bench")
+        config = UnitConfig(
+            id="bench", kind="software", zda="AT1", key_file=key_file, certificate_file=cert_file
+        )
+        registry = UnitRegistry()
+        flaky = FlakyUnit(open_unit(config), delay=3600.0)
+        with db.write_connection().transaction() as conn:
+            store_unit(conn, config, flaky, "2026-01-01T00:00:00+00:00")
+        registry.put(flaky)
+        service = ReceiptService(db, registry, sign_timeout=deadline_s)
+        service.init_register(RegisterSetup("BENCH-1", ["bench"]))
+        sale = (
+            '{"request_id":"o-%d","register":"BENCH-1","kind":"standard",'
+            '"lines":[{"text":"Kaffee","qty":"1","unit_price":"3.40","vat":"reduced1"}],'
+            '"payments":[{"method":"cash","amount":"3.40"}]}'
+        )
+        flaky.mode = "slow"  # hangs: the first receipt waits for the deadline, no longer
+        start = time.perf_counter()
+        first = service.issue(sale.replace("%d", "0"))
+        first_s = time.perf_counter() - start
+        if first.signature_state != "fallback":  # pragma: no cover - would be a bug
+            raise RuntimeError("the first receipt of the outage was not a fallback receipt")
+        samples = []
+        for i in range(1, n + 1):
+            t0 = time.perf_counter()
+            service.issue(sale.replace("%d", str(i)))
+            samples.append(time.perf_counter() - t0)
+            if progress is not None and i % 100 == 0:
+                progress(100)
+        backoff = Backoff(initial=probe_interval_s, cap=probe_interval_s, jitter=0.0)
+        prober = Prober(service, backoff, deadline=deadline_s)
+        prober.start()
+        try:
+            flaky.mode = "up"
+            back = time.perf_counter()
+            while service.outages.is_open("BENCH-1"):
+                time.sleep(0.005)
+            recovery_s = time.perf_counter() - back
+        finally:
+            prober.stop()
+            registry.close()
+            db.close()
+    return OutageBench(
+        n=n,
+        deadline_ms=deadline_s * 1000,
+        probe_interval_s=probe_interval_s,
+        first_ms=round(first_s * 1000, 3),
+        open_p50_ms=round(statistics.median(samples) * 1000, 3),
+        open_p99_ms=round(_percentile(samples, 0.99), 3),
+        recovery_s=round(recovery_s, 3),
     )

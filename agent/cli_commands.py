@@ -16,7 +16,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from agent.at_rksv import aes_key_check_value
-from agent.cli import (
+from agent.cli_base import (
     DEFAULT_DATA,
     DataDir,
     JsonFlag,
@@ -45,7 +45,7 @@ def _service(data_dir: Path, as_json: bool = False) -> Iterator[ReceiptService]:
         db = open_till_db(data_dir)
     except TillAgentError as exc:
         _fail(exc, as_json)
-    registry = UnitRegistry()
+    registry = UnitRegistry(simulate_dir=data_dir / "simulate")
     try:
         yield ReceiptService(db, registry)
     except TillAgentError as exc:
@@ -96,6 +96,9 @@ def unit_create_software(
         str | None,
         typer.Option(help="Closed system (R1-AT0): Ordnungsbegriff-KeyID, e.g. U:ATU12345678-K1."),
     ] = None,
+    simulate: Annotated[
+        bool, typer.Option("--simulate", help="Let `simulate unit` switch it down/up at run time.")
+    ] = False,
     data_dir: DataDir = DEFAULT_DATA,
     as_json: JsonFlag = False,
 ) -> None:
@@ -122,6 +125,7 @@ def unit_create_software(
             key_file=key_file.resolve(),
             certificate_file=None if cert_file is None else cert_file.resolve(),
             key_id=key_id,
+            simulate=simulate,
         ),
         as_json,
     )
@@ -329,10 +333,13 @@ def receipts_list(
 def receipts_show(
     register: Annotated[str, typer.Argument(help="Kassen-ID.")],
     number: Annotated[int, typer.Argument(help="Receipt number.")],
+    png: Annotated[
+        Path | None, typer.Option("--png", help="Also write a preview image (PNG) here.")
+    ] = None,
     data_dir: DataDir = DEFAULT_DATA,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show one receipt: text lines, QR and OCR codes, JWS."""
+    """Show one receipt: text lines, QR and OCR codes, JWS; --png renders a preview."""
     from agent.errors import NotFound
     from agent.receipt_view import result_from_row
 
@@ -346,7 +353,15 @@ def receipts_show(
         )
         if row is None:
             _fail(NotFound(f"register {register} has no receipt {number}"), as_json)
-        _show_receipt(result_from_row(dict(row)), as_json)
+        result = result_from_row(dict(row))
+    if png is not None:
+        from agent.printing import render_png
+
+        try:
+            png.write_bytes(render_png(result))
+        except OSError as exc:
+            _fail(ConfigurationError(f"cannot write {png}: {exc}"), as_json)
+    _show_receipt(result, as_json)
 
 
 # -- export and verification ----------------------------------------------------------------
@@ -461,6 +476,12 @@ def simulate_scenario(
 @bench_app.command("receipts")
 def bench_receipts_cmd(
     n: Annotated[int, typer.Option("--n", min=10, help="Receipts per path.")] = 5000,
+    clients: Annotated[
+        int,
+        typer.Option(
+            "--clients", min=1, max=64, help="Concurrent POS threads (agent; >1 uses group commit)."
+        ),
+    ] = 1,
     as_json: JsonFlag = False,
 ) -> None:
     """Full receipt path vs. a raw baseline (ECDSA sign + one fsync'd SQLite insert)."""
@@ -468,7 +489,7 @@ def bench_receipts_cmd(
 
     with Progress(console=err, transient=True, disable=as_json) as progress:
         task = progress.add_task("issuing receipts", total=n)
-        result = bench_receipts(n, progress=lambda k: progress.advance(task, k))
+        result = bench_receipts(n, clients=clients, progress=lambda k: progress.advance(task, k))
     data: dict[str, Any] = result.as_dict()
     if as_json:
         print(json.dumps(data))
@@ -477,3 +498,63 @@ def bench_receipts_cmd(
     for key, value in data.items():
         table.add_row(key, str(value))
     out.print(table)
+
+
+@bench_app.command("outage")
+def bench_outage_cmd(
+    n: Annotated[int, typer.Option("--n", min=10, help="Receipts with the breaker open.")] = 1000,
+    deadline: Annotated[
+        float, typer.Option("--deadline", min=0.1, help="Signing deadline, seconds.")
+    ] = 3.0,
+    probe_interval: Annotated[
+        float, typer.Option("--probe-interval", min=0.1, help="Probe interval, seconds.")
+    ] = 1.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """An outage, measured: first receipt, receipts with the breaker open, recovery."""
+    from agent.bench import bench_outage
+
+    with Progress(console=err, transient=True, disable=as_json) as progress:
+        task = progress.add_task("outage", total=n)
+        result = bench_outage(
+            n, deadline, probe_interval, progress=lambda k: progress.advance(task, k)
+        )
+    data: dict[str, Any] = result.as_dict()
+    if as_json:
+        print(json.dumps(data))
+        return
+    table = Table("metric", "value")
+    for key, value in data.items():
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+@app.command()
+def run(
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="TILL_AGENT_CONFIG",
+            help="TOML configuration (default: /etc/till-agent/config.toml if it exists,"
+            " else built-in defaults: development unit, file printer).",
+        ),
+    ] = None,
+) -> None:
+    """Run the till service: spool and local API in, receipts, probe, timers, printing."""
+    import logging
+
+    from agent.config import load_config
+    from agent.service import TillService
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # watchdog logs an ERROR when its inotify thread is stopped under a pending event
+    logging.getLogger("watchdog.observers.inotify").addFilter(
+        lambda record: "thread is inactive" not in record.getMessage()
+    )
+    try:
+        config = load_config(config_file)
+        TillService(config).run_until_signal()
+    except TillAgentError as exc:
+        _fail(exc)

@@ -37,13 +37,20 @@ ROOT_COMMANDS = [
     "verify",
     "simulate",
     "bench",
+    "outage",
+    "config",
+    "run",
+    "demo",
+    "reprint",
 ]
 GROUPS = {
     "unit": ["create-software", "add-pkcs11", "list"],
     "receipts": ["list", "show"],
     "export": ["dep", "crypto-container"],
-    "simulate": ["scenario"],
-    "bench": ["receipts"],
+    "simulate": ["scenario", "unit"],
+    "bench": ["receipts", "outage", "ingest"],
+    "outage": ["list", "show", "export", "report"],
+    "config": ["check", "show"],
 }
 LEAVES = [
     ["init"],

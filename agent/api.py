@@ -1,0 +1,574 @@
+"""The local HTTP API: the POS's second way in, and the support view of the till.
+
+``create_app`` builds a FastAPI application over an :class:`ApiBackend`; ``serve`` runs it
+with uvicorn on a thread, on 127.0.0.1 or a unix socket. Every route under ``/v1`` needs
+``Authorization: Bearer <token>``; ``/openapi.json`` is public and tells the truth about
+every body and status code (the tests run schemathesis against it).
+
+Statuses: 201 a new receipt, 200 an idempotent repeat (same ``request_id``, same sale), 401
+no or a wrong token, 404 no such receipt or register, 409 the register's state forbids it
+or the ``request_id`` was used for another sale, 413 a body over 1 MiB, 422 a bad request
+naming the field and rule, 503 the receipt must be signed and the unit is down (or the
+database is busy): retry after ``Retry-After`` seconds. Errors are ``{field, rule,
+message}`` throughout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from agent import __version__
+from agent.api_backend import (
+    ApiBackend,
+    Issued,
+    OpenOutageOut,
+    OutageOut,
+    PrinterOut,
+    RegisterStatusOut,
+    ReportIn,
+    ReprintOut,
+    StatusOut,
+    UnitOut,
+)
+from agent.contract import ReceiptResult, Sale
+from agent.errors import (
+    ConfigurationError,
+    ConflictError,
+    FiscalError,
+    InvalidSale,
+    NotFound,
+    RegisterStateError,
+    SigningError,
+    StorageError,
+    TillAgentError,
+    WaitsForUnit,
+)
+
+__all__ = [
+    "DEFAULT_PORT",
+    "MAX_BODY_BYTES",
+    "ApiBackend",
+    "ApiServer",
+    "ErrorOut",
+    "Issued",
+    "OpenOutageOut",
+    "OutageOut",
+    "PrinterOut",
+    "RegisterStatusOut",
+    "StatusOut",
+    "UnitOut",
+    "create_app",
+    "serve",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8765
+MAX_BODY_BYTES = 1024 * 1024
+RETRY_AFTER_S = 5
+_RETRY = str(RETRY_AFTER_S)
+_REGISTER = r"^[A-Za-z0-9.:-]{1,64}$"
+_MAX_NUMBER = 2**63 - 1  # SQLite INTEGER
+_DESCRIPTION = (
+    "The till agent's local API. Every /v1 route needs `Authorization: Bearer <token>`."
+    " POST /v1/receipts answers 201 for a new receipt and 200 for a repeat of the same sale"
+    " (same request_id). Errors are {field, rule, message}; 503 carries Retry-After."
+)
+_CONFLICT_RULES = frozenset({"register-closed", "request-id-reused"})
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+class ErrorOut(BaseModel):
+    """Why a request was refused: the field, a machine-readable rule and a sentence."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    field: str
+    rule: str
+    message: str
+
+
+class _Problem(Exception):
+    """An error response; raised anywhere in a request, rendered by one handler."""
+
+    def __init__(self, status: int, error: ErrorOut, headers: dict[str, str] | None = None) -> None:
+        super().__init__(error.message)
+        self.status = status
+        self.error = error
+        self.headers = headers
+
+
+def _problem(status: int, field: str, rule: str, message: str, **headers: str) -> _Problem:
+    return _Problem(status, ErrorOut(field=field, rule=rule, message=message), headers or None)
+
+
+_STATUSES: tuple[tuple[type[TillAgentError], int, str, str], ...] = (
+    (NotFound, 404, "(path)", "not-found"),
+    (ConflictError, 409, "request_id", "conflict"),
+    (RegisterStateError, 409, "register", "register-state"),
+    (WaitsForUnit, 503, "register", "waits-for-unit"),
+    (FiscalError, 409, "register", "fiscal"),
+    (SigningError, 503, "register", "unit-unavailable"),
+    (StorageError, 503, "(till)", "storage"),
+)
+
+
+def _translate(exc: TillAgentError) -> _Problem | None:
+    """The one place agent errors become HTTP statuses (``None``: a real 500)."""
+    if isinstance(exc, InvalidSale):
+        status = 409 if exc.rule in _CONFLICT_RULES else 422
+        return _problem(status, exc.field, exc.rule, exc.message)
+    for cls, status, field, rule in _STATUSES:
+        if isinstance(exc, cls):
+            if status == 503:
+                log.warning("api: answering 503: %s", exc)
+                return _problem(status, field, rule, str(exc), **{"Retry-After": _RETRY})
+            return _problem(status, field, rule, str(exc))
+    return None
+
+
+def _render(problem: _Problem) -> JSONResponse:
+    return JSONResponse(
+        problem.error.model_dump(), status_code=problem.status, headers=problem.headers
+    )
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_problem(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, _Problem)
+        return _render(exc)
+
+    async def on_agent_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, TillAgentError)
+        problem = _translate(exc)
+        if problem is None:
+            raise exc  # a real 500: logged by the server
+        return _render(problem)
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ())[1:]]
+        rule = str(first.get("type", "invalid")).replace("_", "-")
+        message = str(first.get("msg", "invalid request"))
+        return _render(_problem(422, ".".join(loc) or "(request)", rule, message))
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        rule = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http")
+        problem = _problem(exc.status_code, "(request)", rule, str(exc.detail))
+        problem.headers = dict(exc.headers or {})
+        return _render(problem)
+
+    app.add_exception_handler(_Problem, on_problem)
+    app.add_exception_handler(TillAgentError, on_agent_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        400: "the body is not valid JSON",
+        401: "no or a wrong bearer token",
+        404: "no such receipt or register",
+        409: "the register's state or an earlier request conflicts",
+        413: "the body is larger than 1 MiB",
+        422: "the request breaks a rule (field and rule are named)",
+        503: "the receipt must be signed and the unit is down, or the till is busy",
+    }
+    headers = {
+        401: {"WWW-Authenticate": {"schema": {"type": "string"}}},
+        503: {"Retry-After": {"schema": {"type": "string", "pattern": "^[0-9]+$"}}},
+    }
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        out[code] = {"model": ErrorOut, "description": described[code]}
+        if code in headers:
+            out[code]["headers"] = headers[code]
+    return out
+
+
+# -- authentication and the sale body -----------------------------------------------------
+
+
+_SCHEME = HTTPBearer(auto_error=False, description="the token from the agent's token file")
+_Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_SCHEME)]
+
+
+def _bearer(token: str) -> Callable[[HTTPAuthorizationCredentials | None], None]:
+    expected = token.encode()
+
+    def check(credentials: _Credentials) -> None:
+        given = b"" if credentials is None else credentials.credentials.encode()
+        if not secrets.compare_digest(given, expected):  # constant time
+            raise _problem(
+                401,
+                "authorization",
+                "bearer-token",
+                "send Authorization: Bearer <token> with the agent's token",
+                **{"WWW-Authenticate": "Bearer"},
+            )
+
+    return check
+
+
+async def _sale_body(request: Request) -> bytes:
+    """The raw body, refused early when too large; parse_sale does all the checking."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise _too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large() -> _Problem:
+    return _problem(413, "(document)", "max-size", f"a sale is at most {MAX_BODY_BYTES} bytes")
+
+
+_SALE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "the sale contract (agent.contract.Sale); checked strictly",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Sale"}}},
+    }
+}
+
+
+def _with_sale_schema(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` that also publishes the Sale model the raw body is parsed into."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            sale = Sale.model_json_schema(
+                by_alias=True, ref_template="#/components/schemas/{model}"
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(sale.pop("$defs", {}))
+            components["Sale"] = sale
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
+# -- the application ----------------------------------------------------------------------
+
+
+def create_app(backend: ApiBackend, *, token: str) -> FastAPI:
+    """The local API over ``backend``; every ``/v1`` route needs ``Bearer <token>``.
+
+    Raises:
+        ValueError: an empty token.
+    """
+    if not token:
+        raise ValueError("the API needs a non-empty bearer token")
+    app = FastAPI(
+        title="till-agent local API",
+        version=__version__,
+        description=_DESCRIPTION,
+        docs_url=None,  # the UI pages load scripts from a CDN: a till is offline
+        redoc_url=None,
+    )
+    router = APIRouter(
+        prefix="/v1", dependencies=[Depends(_bearer(token))], responses=_responses(401)
+    )
+    _add_receipt_routes(router, backend)
+    _add_till_routes(router, backend)
+    app.include_router(router)
+    _install_error_handlers(app)
+    app.openapi = _with_sale_schema(app)  # type: ignore[method-assign]
+    return app
+
+
+_RegisterParam = Annotated[str, PathParam(pattern=_REGISTER, description="the Kassen-ID")]
+
+
+def _add_receipt_routes(router: APIRouter, backend: ApiBackend) -> None:
+    @router.post(
+        "/receipts",
+        status_code=201,
+        response_model=ReceiptResult,
+        responses={
+            200: {"model": ReceiptResult, "description": "a repeat: the stored receipt"},
+            **_responses(409, 413, 422, 503),
+        },
+        openapi_extra=_SALE_BODY,
+        summary="Issue the receipt for a sale (idempotent on request_id)",
+    )
+    def create_receipt(
+        raw: Annotated[bytes, Depends(_sale_body)], response: Response
+    ) -> ReceiptResult:
+        issued = backend.issue(raw)
+        if not issued.created:
+            response.status_code = 200
+        return issued.result
+
+    @router.get(
+        "/receipts/{register}/{number}",
+        response_model=ReceiptResult,
+        responses=_responses(404, 422, 503),
+        summary="A stored receipt",
+    )
+    def get_receipt(
+        register: _RegisterParam,
+        number: Annotated[int, PathParam(ge=1, le=_MAX_NUMBER)],
+    ) -> ReceiptResult:
+        return backend.get(register, number)
+
+    @router.post(
+        "/registers/{register}/zero-receipt",
+        status_code=201,
+        response_model=ReceiptResult,
+        responses=_responses(404, 409, 422, 503),
+        summary="Issue a Nullbeleg (during an outage: the signed Sammelbeleg)",
+    )
+    def zero_receipt(register: _RegisterParam) -> ReceiptResult:
+        return backend.zero_receipt(register)
+
+    @router.post(
+        "/receipts/{register}/{number}/reprint",
+        status_code=202,
+        response_model=ReprintOut,
+        responses=_responses(404, 409, 422, 503),
+        summary="Print a copy of a receipt, marked as such (KOPIE)",
+    )
+    def reprint(
+        register: _RegisterParam,
+        number: Annotated[int, PathParam(ge=1, le=_MAX_NUMBER)],
+    ) -> ReprintOut:
+        return ReprintOut(copy_number=backend.reprint(register, number))
+
+
+def _add_till_routes(router: APIRouter, backend: ApiBackend) -> None:
+    @router.get(
+        "/status",
+        response_model=StatusOut,
+        responses=_responses(503),
+        summary="Registers, units, open outages, waiting receipts, printer",
+    )
+    def status() -> StatusOut:
+        return backend.status()
+
+    @router.get(
+        "/outages",
+        response_model=list[OutageOut],
+        responses=_responses(503),
+        summary="Every outage, newest first",
+    )
+    def outages() -> list[OutageOut]:
+        return backend.outages()
+
+    @router.post(
+        "/outages/{outage_id}/report",
+        response_model=OutageOut,
+        responses=_responses(400, 404, 422, 503),
+        summary="Record the FinanzOnline outage report (or, with end, the end report)",
+    )
+    def report_outage(
+        outage_id: Annotated[int, PathParam(ge=1, le=_MAX_NUMBER)], body: ReportIn
+    ) -> OutageOut:
+        return backend.report_outage(outage_id, body.reference, end=body.end)
+
+
+# -- the server -------------------------------------------------------------------------
+
+
+class ApiServer:
+    """uvicorn serving one app on a thread, on a TCP socket or a unix socket.
+
+    The socket is bound in :meth:`start` (so port 0 works and :attr:`port` is known);
+    a unix socket gets ``uds_mode`` and is removed again by :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        app: FastAPI,
+        *,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        uds: Path | None = None,
+        uds_mode: int = 0o660,
+        access_log: bool = False,
+    ) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.uds = uds
+        self.uds_mode = uds_mode
+        self._config = uvicorn.Config(
+            app,
+            log_config=None,  # the agent configures logging, not uvicorn
+            access_log=access_log,
+            lifespan="off",
+            ws="none",
+            http="h11",
+            loop="asyncio",
+            timeout_graceful_shutdown=5,
+            server_header=False,
+        )
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL (for a unix socket, the host part is only a placeholder)."""
+        return "http://localhost" if self.uds is not None else f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Bind, start serving and return once the server accepts connections.
+
+        Raises:
+            ConfigurationError: the address cannot be bound or the server did not start.
+        """
+        if self._thread is not None:
+            raise RuntimeError("the API server is already running")
+        sock = self._bind()
+        server = uvicorn.Server(self._config)
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="api", daemon=True
+        )
+        self._server, self._thread = server, thread
+        thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                sock.close()
+                raise ConfigurationError(f"the API server did not start on {self._where()}")
+            time.sleep(0.01)
+        log.info("api: listening on %s", self._where())
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let running requests finish (5 s at most), join the thread."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        server.should_exit = True
+        thread.join(timeout)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(timeout)
+        self._server = self._thread = None
+        if self.uds is not None:
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(self.uds.lstat().st_mode):
+                    self.uds.unlink()
+
+    def __enter__(self) -> ApiServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def _where(self) -> str:
+        return str(self.uds) if self.uds is not None else f"{self.host}:{self.port}"
+
+    def _bind(self) -> socket.socket:
+        try:
+            if self.uds is not None:
+                return self._bind_unix(self.uds)
+            sock = _tcp_listener(self.host, self.port)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot listen on {self._where()}: {exc}") from exc
+        self.port = int(sock.getsockname()[1])
+        return sock
+
+    def _bind_unix(self, path: Path) -> socket.socket:
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                raise ConfigurationError(f"{path} exists and is not a socket")
+            path.unlink()  # left by a crashed agent (we hold the data directory lock)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(path))
+            os.chmod(path, self.uds_mode)
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+
+def serve(
+    app: FastAPI,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    uds: Path | None = None,
+    access_log: bool = False,
+) -> ApiServer:
+    """An :class:`ApiServer` for ``app`` (not started): on a unix socket ``uds``, or else on
+    ``host`` (default 127.0.0.1) and ``port`` (default :data:`DEFAULT_PORT`; 0 picks one).
+
+    Raises:
+        ConfigurationError: both a unix socket and a host or port.
+    """
+    if uds is not None:
+        if host is not None or port is not None:
+            raise ConfigurationError("listen on a unix socket or on host:port, not both")
+        return ApiServer(app, uds=uds, access_log=access_log)
+    host = host or "127.0.0.1"
+    if not _is_loopback(host):
+        log.warning("api: listening on %s, which is not a loopback address", host)
+    return ApiServer(
+        app, host=host, port=DEFAULT_PORT if port is None else port, access_log=access_log
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _tcp_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket created with ``IPPROTO_TCP``: asyncio sets TCP_NODELAY on the
+    connections it accepts only for such sockets (``create_server`` passes protocol 0),
+    and without it every kept-alive request waits ~40 ms for a delayed ACK."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,364 @@
+"""What the local API serves: its response models, the backend protocol and the backend
+over the receipt service and the till database.
+
+The API (:mod:`agent.api`) only speaks HTTP; everything it answers comes from an
+:class:`ApiBackend`. :class:`ServiceBackend` is the real one. Reads for the status and
+the outages use the reader engine (a deferred transaction in WAL), so a support tool
+polling the till never waits for a receipt being signed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, cast, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent import __version__
+from agent.contract import ReceiptResult, Sale, parse_sale
+from agent.errors import FiscalError, InvalidSale, NotFound
+from agent.outage_watch import HOUR, Thresholds, acknowledge_report
+from agent.outages import OutageRecord, load_outages
+from agent.receipts import ReceiptService
+
+__all__ = [
+    "QUEUED_PRINTS",
+    "ApiBackend",
+    "Issued",
+    "OpenOutageOut",
+    "OutageOut",
+    "PrinterOut",
+    "RegisterStatusOut",
+    "ReportIn",
+    "ReprintOut",
+    "ServiceBackend",
+    "SpecialKind",
+    "StatusOut",
+    "UnitOut",
+]
+
+log = logging.getLogger(__name__)
+
+SpecialKind = Literal["start", "null", "monthly", "yearly", "closing", "sammelbeleg"]
+UnitState = Literal["up", "down", "unknown"]
+
+
+class _Out(BaseModel):
+    # ``register`` is a BaseModel attribute: fields take it as an alias (as ReceiptResult)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", serialize_by_alias=True, validate_by_name=True
+    )
+
+
+class UnitOut(_Out):
+    """The register's active signature unit. ``certified``: it signs with a certificate
+    (an open system); ``False`` for a closed system's key (AT0)."""
+
+    id: str
+    state: UnitState
+    certified: bool
+
+
+class OpenOutageOut(_Out):
+    """The open outage of a register: its age and the deadlines that follow from it."""
+
+    id: int
+    started_at: dt.datetime
+    age_s: float
+    cause: str
+    affected: int
+    deadline_48h_at: dt.datetime
+    report_due_at: dt.datetime | None
+
+
+class RegisterStatusOut(_Out):
+    register_id: str = Field(alias="register")
+    state: Literal["active", "closed", "waiting"]  # waiting: its Startbeleg waits
+    last_number: int
+    unit: UnitOut
+    open_outage: OpenOutageOut | None
+    waiting_special: list[SpecialKind]
+    unsigned_count: int
+
+
+class PrinterOut(_Out):
+    state: Literal["ready", "offline", "error", "disabled"]
+    queued: int
+    last_error: str | None
+
+
+class StatusOut(_Out):
+    version: str
+    time: dt.datetime
+    registers: list[RegisterStatusOut]
+    printer: PrinterOut
+
+
+class OutageOut(_Out):
+    """One outage, open (``ended_at`` null) or closed by its Sammelbeleg."""
+
+    id: int
+    register_id: str = Field(alias="register")
+    unit: str
+    started_at: dt.datetime
+    ended_at: dt.datetime | None
+    cause: str
+    first_number: int | None
+    last_number: int | None
+    affected: int
+    sammelbeleg_number: int | None
+    escalations: list[str]
+    report_due_at: dt.datetime | None
+    report_reference: str | None
+    end_report_reference: str | None
+
+
+class ReportIn(_Out):
+    """A FinanzOnline report made for an outage: its reference, and whether it is the
+    report of the outage's end."""
+
+    reference: str = Field(min_length=1, max_length=200)
+    end: bool = False
+
+
+class ReprintOut(_Out):
+    """A queued copy: the first reprint of a receipt is copy 1."""
+
+    copy_number: int = Field(alias="copy")
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A receipt for a sale, and whether this call created it (``False``: a repeat)."""
+
+    result: ReceiptResult
+    created: bool
+
+
+class ApiBackend(Protocol):
+    """What the API needs from the till. Errors are the agent's own (agent.errors)."""
+
+    def issue(self, raw: bytes) -> Issued:
+        """Issue (or find) the receipt of a raw sale; InvalidSale for a bad one."""
+        ...
+
+    def get(self, register: str, number: int) -> ReceiptResult:
+        """A stored receipt; NotFound if there is none."""
+        ...
+
+    def zero_receipt(self, register: str) -> ReceiptResult:
+        """Issue a Nullbeleg; WaitsForUnit when it must be signed and cannot be now."""
+        ...
+
+    def status(self) -> StatusOut: ...
+
+    def outages(self) -> list[OutageOut]: ...
+
+    def report_outage(self, outage_id: int, reference: str, *, end: bool) -> OutageOut:
+        """Record a FinanzOnline report reference; NotFound or InvalidSale."""
+        ...
+
+    def reprint(self, register: str, number: int) -> int:
+        """Queue a copy of a receipt on the printer; its copy number. NotFound, or
+        FiscalError when there is no printer."""
+        ...
+
+
+_REGISTERS = (  # the registers, then the ones whose Startbeleg waits (not created yet)
+    "SELECT r.id, r.state, r.last_number, r.active_unit,"
+    " u.certificate_der IS NOT NULL AND coalesce(json_extract(u.config, '$.simulate'), 0) = 0,"
+    " (SELECT signature_state FROM receipts WHERE register_id = r.id"
+    "  ORDER BY number DESC LIMIT 1),"
+    " (SELECT count(*) FROM receipts x WHERE x.register_id = r.id"
+    "  AND x.signature_state = 'unsigned' AND NOT EXISTS (SELECT 1 FROM receipt_resolutions z"
+    "  WHERE z.register_id = x.register_id AND z.number = x.number))"
+    " FROM registers r JOIN units u ON u.id = r.active_unit"
+    " UNION ALL"
+    " SELECT w.register_id, 'waiting', 0, json_extract(w.setup, '$.units[0]'),"
+    " u.certificate_der IS NOT NULL, NULL, 0 FROM waiting_specials w"
+    " LEFT JOIN units u ON u.id = json_extract(w.setup, '$.units[0]')"
+    " WHERE w.kind = 'start' AND w.done_at IS NULL"
+    " AND w.register_id NOT IN (SELECT id FROM registers)"
+    " ORDER BY 1"
+)
+_WAITING = "SELECT register_id, kind FROM waiting_specials WHERE done_at IS NULL ORDER BY id"
+QUEUED_PRINTS = "SELECT count(*) FROM print_jobs WHERE state IN ('queued', 'failed')"
+_SPECIAL_KINDS: frozenset[str] = frozenset(get_args(SpecialKind))
+
+
+def _stamp(value: str | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromisoformat(value)
+
+
+class ServiceBackend:
+    """:class:`ApiBackend` over a receipt service.
+
+    Args:
+        service: the till's receipt service.
+        thresholds: the outage escalation thresholds (for the 48-hour deadline).
+        printer: the printer's state; without it the printer shows as ``disabled``.
+    """
+
+    def __init__(
+        self,
+        service: ReceiptService,
+        *,
+        thresholds: Thresholds | None = None,
+        printer: Callable[[], PrinterOut] | None = None,
+    ) -> None:
+        self.service = service
+        self.thresholds = thresholds or Thresholds()
+        self.printer = printer
+        self._issue_lock = threading.Lock()
+
+    def issue_sale(self, raw: bytes) -> ReceiptResult:
+        """Issue the receipt of a raw sale (the spool handler)."""
+        return self.service.issue(parse_sale(raw))
+
+    def issue(self, raw: bytes) -> Issued:
+        sale = parse_sale(raw)
+        # the lock makes "did it exist?" exact among API calls; a spool file with the
+        # same request_id at the same instant could still make both say "created"
+        with self._issue_lock:
+            known = self._has_request(sale)
+            result = self.service.issue(sale)
+        return Issued(result, created=not known)
+
+    def get(self, register: str, number: int) -> ReceiptResult:
+        return self.service.get(register, number)
+
+    def zero_receipt(self, register: str) -> ReceiptResult:
+        """A Nullbeleg; while an outage is open, the signed Sammelbeleg that closes it.
+
+        Raises:
+            NotFound: no such register.
+            WaitsForUnit: the Sammelbeleg must be signed and the unit still fails.
+        """
+        kind = "sammelbeleg" if self.service.outages.is_open(register) else "null"
+        try:
+            return self.service.issue_special(register, kind)
+        except InvalidSale as exc:
+            if exc.rule == "register-unknown":
+                raise NotFound(exc.message) from exc
+            raise
+
+    def status(self) -> StatusOut:
+        now = self.service.clock.now()
+        with self._read() as conn:
+            rows = conn.execute(_REGISTERS).fetchall()
+            outages = {o.register_id: o for o in load_outages(conn) if o.ended_at is None}
+            waiting = _waiting(conn.execute(_WAITING).fetchall())
+            queued = int(conn.execute(QUEUED_PRINTS).fetchone()[0])
+        registers = [
+            self._register(tuple(row), outages.get(row[0]), waiting.get(row[0], []), now)
+            for row in rows
+        ]
+        printer = self.printer() if self.printer is not None else None
+        return StatusOut(
+            version=__version__,
+            time=now,
+            registers=registers,
+            printer=printer or PrinterOut(state="disabled", queued=queued, last_error=None),
+        )
+
+    def reprint(self, register: str, number: int) -> int:
+        raise FiscalError("this till has no printer worker")
+
+    def report_outage(self, outage_id: int, reference: str, *, end: bool) -> OutageOut:
+        acknowledge_report(
+            self.service.db.write_connection(), self.service.clock, outage_id, reference, end=end
+        )
+        return next(o for o in self.outages() if o.id == outage_id)
+
+    def outages(self) -> list[OutageOut]:
+        with self._read() as conn:
+            records = load_outages(conn)
+        return [_outage_out(r) for r in records]
+
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self.service.db.read_connection()
+
+    def _has_request(self, sale: Sale) -> bool:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM receipts WHERE register_id = ? AND request_id = ?",
+                (sale.register_id, sale.request_id),
+            ).fetchone()
+        return row is not None
+
+    def _register(
+        self,
+        row: tuple[Any, ...],
+        outage: OutageRecord | None,
+        waiting: list[SpecialKind],
+        now: dt.datetime,
+    ) -> RegisterStatusOut:
+        register_id, state, last_number, unit_id, certified, last_state, unsigned = row
+        unit_state: UnitState = "unknown"
+        if outage is not None or last_state == "fallback" or state == "waiting":
+            unit_state = "down"
+        elif last_state == "signed":
+            unit_state = "up"
+        return RegisterStatusOut(
+            register_id=register_id,
+            state=state,
+            last_number=last_number,
+            unit=UnitOut(id=str(unit_id), state=unit_state, certified=bool(certified)),
+            open_outage=None if outage is None else self._open_outage(outage, now),
+            waiting_special=_with_sammelbeleg(waiting) if outage is not None else waiting,
+            unsigned_count=unsigned,
+        )
+
+    def _open_outage(self, outage: OutageRecord, now: dt.datetime) -> OpenOutageOut:
+        started = dt.datetime.fromisoformat(outage.started_at)
+        # the watch stores the age at its last tick; add the time since (never less)
+        since_check = (now - dt.datetime.fromisoformat(outage.checked_at)).total_seconds()
+        return OpenOutageOut(
+            id=outage.id,
+            started_at=started,
+            age_s=outage.age_seconds + max(0.0, since_check),
+            cause=outage.cause,
+            affected=outage.affected,
+            deadline_48h_at=started + dt.timedelta(seconds=self.thresholds.exceeded_hours * HOUR),
+            report_due_at=_stamp(outage.report_due),
+        )
+
+
+def _waiting(rows: list[Any]) -> dict[str, list[SpecialKind]]:
+    waiting: dict[str, list[SpecialKind]] = {}
+    for register_id, kind in rows:
+        if kind in _SPECIAL_KINDS:
+            waiting.setdefault(register_id, []).append(cast(SpecialKind, kind))
+        else:  # a kind this API does not know yet: better missing than a failed status
+            log.warning("api: waiting special receipt of unknown kind %r", kind)
+    return waiting
+
+
+def _with_sammelbeleg(waiting: list[SpecialKind]) -> list[SpecialKind]:
+    """An open outage waits for its Sammelbeleg, recorded as waiting or not."""
+    return waiting if "sammelbeleg" in waiting else [*waiting, "sammelbeleg"]
+
+
+def _outage_out(record: OutageRecord) -> OutageOut:
+    return OutageOut(
+        id=record.id,
+        register_id=record.register_id,
+        unit=record.unit_id,
+        started_at=dt.datetime.fromisoformat(record.started_at),
+        ended_at=_stamp(record.ended_at),
+        cause=record.cause,
+        first_number=record.first_number,
+        last_number=record.last_number,
+        affected=record.affected,
+        sammelbeleg_number=record.sammelbeleg_number,
+        escalations=list(record.escalations),
+        report_due_at=_stamp(record.report_due),
+        report_reference=record.report_reference,
+        end_report_reference=record.end_report_reference,
+    )

@@ -1,0 +1,134 @@
+"""``till-agent config check`` and ``config show``: validate and print the configuration.
+
+Both exit 0 on a valid configuration and 3 on an invalid one, with a message naming the
+key, the rule and where the value came from. Unit PINs are never printed, and the API
+token lives only in its own file (``api.token_file``), which is never read here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from agent.config import CONFIG_ENV, ENV_PREFIX, AgentConfig, find_config_file, load_config
+from agent.errors import ConfigurationError
+
+__all__ = ["ConfigOption", "config_app"]
+
+INVALID = 3
+
+config_app = typer.Typer(help="Check or show the configuration (TOML file + environment).")
+_out = Console()
+_err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar=CONFIG_ENV,
+        help="Configuration file (default: /etc/till-agent/config.toml if it exists).",
+        dir_okay=False,
+    ),
+]
+
+
+def _load(path: Path | None, as_json: bool = False) -> AgentConfig:
+    try:
+        return load_config(path)
+    except ConfigurationError as exc:
+        _invalid(exc, as_json)
+
+
+def _invalid(exc: ConfigurationError, as_json: bool) -> NoReturn:
+    if as_json:
+        print(json.dumps({"error": type(exc).__name__, "message": str(exc)}, ensure_ascii=False))
+    else:
+        # escape: "[rule]" in the message would otherwise be eaten as Rich markup
+        _err.print(
+            f"[red]invalid configuration:[/red]\n{escape(str(exc))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    raise typer.Exit(INVALID)
+
+
+def _origin(path: Path | None) -> str:
+    """Where the configuration came from: the file (or defaults) and environment overrides."""
+    file = find_config_file(path)
+    names = sorted(n for n in os.environ if n.startswith(ENV_PREFIX) and n != CONFIG_ENV)
+    origin = f"file {file}" if file else "built-in defaults (no file)"
+    return origin + (f"; environment: {', '.join(names)}" if names else "")
+
+
+@config_app.command("check")
+def config_check(config: ConfigOption = None) -> None:
+    """Validate the configuration; exit 0 if it is usable, 3 (with the reasons) if not."""
+    _load(config)
+    _out.print(
+        f"[green]configuration OK[/green]: {escape(_origin(config))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Print the effective configuration (defaults, file and environment merged) as TOML.
+
+    Paths are shown resolved; secrets (unit PINs) are shown as <hidden>.
+    """
+    data = _load(config, as_json).public_dict()
+    if as_json:
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    print(f"# {_origin(config)}")
+    print(to_toml(data), end="")
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Render the configuration's JSON form as TOML that ``load_config`` reads back.
+
+    Keys whose value is unset (None) are written as comments, since TOML has no null.
+    """
+    lines = _toml_pairs(data)
+    for name, value in data.items():
+        if isinstance(value, dict):
+            lines += ["", f"[{name}]", *_toml_pairs(value)]
+        elif isinstance(value, list) and all(isinstance(item, dict) for item in value):
+            for item in value:
+                lines += ["", f"[[{name}]]", *_toml_pairs(item)]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_pairs(table: dict[str, Any]) -> list[str]:
+    pairs = []
+    for key, value in table.items():
+        if value is None:
+            pairs.append(f"# {key} = (unset)")
+        elif isinstance(value, dict) or (
+            isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
+        ):
+            continue  # written as a table of its own
+        else:
+            pairs.append(f"{key} = {_toml_value(value)}")
+    return pairs
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    # a JSON string is a valid TOML basic string for everything json.dumps emits
+    return json.dumps(str(value), ensure_ascii=False)

@@ -1,0 +1,511 @@
+"""The agent's configuration: one TOML file, environment overrides, validated at start.
+
+Where values come from, later ones winning:
+
+1. built-in defaults (enough for ``till-agent run`` on a fresh machine);
+2. the file: ``--config FILE`` (which must exist), else ``/etc/till-agent/config.toml``
+   when it exists;
+3. environment variables ``TILL_AGENT_<SECTION>__<KEY>`` (``TILL_AGENT_API__PORT=8080``)
+   or ``TILL_AGENT_<KEY>`` for top-level keys (``TILL_AGENT_DATA_DIR``). A value is read
+   as a TOML value when it parses as one (``8080``, ``true``, ``0x04b8``) unless the key
+   holds text or a path, which take the value verbatim.
+
+``data_dir`` defaults to ``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``),
+else ``$XDG_DATA_HOME/till-agent``, else ``~/.local/share/till-agent`` when the home
+directory exists, else ``./till-data``. Every other relative path (except a PKCS#11
+``module``, which the loader searches) is taken relative to ``data_dir``.
+
+Every problem is a :class:`~agent.errors.ConfigurationError` whose message names the
+dotted key, the rule and the source of the value, e.g.
+``api.port: Input should be less than or equal to 65535 [less_than_equal] (from
+TILL_AGENT_API__PORT)``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import stat
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from agent.errors import ConfigurationError
+from agent.signing.config import UnitConfig
+
+if TYPE_CHECKING:
+    from agent.outage_watch import Thresholds
+    from agent.probe import Backoff
+
+__all__ = [
+    "CONFIG_ENV",
+    "ENV_PREFIX",
+    "HIDDEN",
+    "SYSTEM_CONFIG",
+    "AgentConfig",
+    "ApiConfig",
+    "HubConfig",
+    "OutageConfig",
+    "PrinterConfig",
+    "ProbeConfig",
+    "RegisterConfig",
+    "SpoolConfig",
+    "default_data_dir",
+    "ensure_api_token",
+    "find_config_file",
+    "load_config",
+]
+
+SYSTEM_CONFIG = Path("/etc/till-agent/config.toml")
+ENV_PREFIX = "TILL_AGENT_"
+CONFIG_ENV = "TILL_AGENT_CONFIG"  # names the file (the CLI's --config); not an override
+HIDDEN = "<hidden>"
+
+_REGISTER_ID = r"^[A-Za-z0-9.:-]{1,64}$"
+# (section, key) -> its default name under data_dir; relative values are placed there too
+_UNDER_DATA_DIR: dict[tuple[str, str], str | None] = {
+    ("api", "token_file"): "api-token",
+    ("api", "unix_socket"): None,
+    ("spool", "dir"): "spool",
+    ("printer", "dir"): "prints",
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _needs(rule: str, key: str, message: str) -> PydanticCustomError:
+    """A rule broken by a combination of keys; ``key`` names the one to fix."""
+    return PydanticCustomError(rule, message, {"key": key})
+
+
+def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where the till's data lives when ``data_dir`` is not configured (see the module doc)."""
+    env = os.environ if env is None else env
+    if state := env.get("STATE_DIRECTORY"):
+        return Path(state.split(":")[0])
+    if (xdg := env.get("XDG_DATA_HOME")) and Path(xdg).is_absolute():
+        return Path(xdg) / "till-agent"
+    if (home := env.get("HOME")) and Path(home).is_dir():
+        return Path(home) / ".local" / "share" / "till-agent"
+    return Path("till-data").absolute()
+
+
+class RegisterConfig(_Section):
+    """The register created on first start (later changes need a new register)."""
+
+    id: str = Field("KASSE-1", pattern=_REGISTER_ID)
+    timezone: str = "Europe/Vienna"
+    counter_bytes: int = Field(8, ge=5, le=16)
+    receipt_id_format: str = "{number}"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise PydanticCustomError(
+                "time-zone", "unknown time zone {zone}", {"zone": value}
+            ) from exc
+        return value
+
+    @field_validator("receipt_id_format")
+    @classmethod
+    def _numbering(cls, value: str) -> str:
+        try:
+            first, second = (value.format(number=n) for n in (1, 2))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise PydanticCustomError("format", "use {number}, e.g. 'B{number:06d}'") from exc
+        if first == second:
+            raise PydanticCustomError("format", "the format must contain {number}")
+        if "_" in first or len(first) > 64 or not first.isprintable():
+            raise PydanticCustomError("id-format", "receipt ids must be 1-64 characters, no '_'")
+        return value
+
+
+class ProbeConfig(_Section):
+    """How often a signature unit of an open outage is asked whether it is back."""
+
+    initial_s: float = Field(5.0, gt=0)
+    max_s: float = Field(60.0, gt=0)
+    jitter: float = Field(0.2, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ProbeConfig:
+        if self.max_s < self.initial_s:
+            raise _needs("order", "max_s", "max_s must not be less than initial_s")
+        return self
+
+    def backoff(self) -> Backoff:
+        from agent.probe import Backoff
+
+        return Backoff(initial=self.initial_s, cap=self.max_s, jitter=self.jitter)
+
+
+class OutageConfig(_Section):
+    """When an open outage escalates (the RKSV allows 48 hours, then a week to report)."""
+
+    warn_hours: float = Field(24.0, gt=0)
+    approaching_hours: float = Field(44.0, gt=0)
+    exceeded_hours: float = Field(48.0, gt=0, le=48)
+    report_days: float = Field(7.0, gt=0, le=7)
+    jump_tolerance_s: float = Field(120.0, gt=0)
+    check_interval_s: float = Field(60.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> OutageConfig:
+        if not self.warn_hours <= self.approaching_hours < self.exceeded_hours:
+            raise _needs(
+                "order",
+                "approaching_hours",
+                "need warn_hours <= approaching_hours < exceeded_hours",
+            )
+        return self
+
+    def thresholds(self) -> Thresholds:
+        from agent.outage_watch import Thresholds
+
+        return Thresholds(
+            warn_hours=self.warn_hours,
+            approaching_hours=self.approaching_hours,
+            exceeded_hours=self.exceeded_hours,
+            report_days=self.report_days,
+            jump_tolerance_s=self.jump_tolerance_s,
+        )
+
+
+class ApiConfig(_Section):
+    """The local HTTP API for the POS; ``unix_socket``, when set, replaces host and port."""
+
+    enabled: bool = True
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(8765, ge=1, le=65535)
+    unix_socket: Path | None = None
+    token_file: Path | None = None  # placed at <data_dir>/api-token when loaded
+
+
+class SpoolConfig(_Section):
+    """The spool directory the POS drops sale files into."""
+
+    enabled: bool = True
+    dir: Path | None = None  # <data_dir>/spool when loaded
+    rescan_s: float = Field(5.0, gt=0)
+
+
+class PrinterConfig(_Section):
+    """The receipt printer; ``file`` writes previews into ``dir``, ``none`` prints nothing."""
+
+    kind: Literal["file", "network", "usb", "serial", "none"] = "file"
+    dir: Path | None = None  # <data_dir>/prints when loaded
+    host: str | None = None
+    port: int = Field(9100, ge=1, le=65535)
+    usb_vendor: int | None = Field(None, ge=0, le=0xFFFF)
+    usb_product: int | None = Field(None, ge=0, le=0xFFFF)
+    serial_device: Path | None = None
+    baudrate: int = Field(9600, gt=0)
+    timeout_s: float = Field(5.0, gt=0)
+    retry_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> PrinterConfig:
+        needs = {"network": ("host",), "usb": ("usb_vendor", "usb_product")}
+        needs["serial"] = ("serial_device",)
+        for key in needs.get(self.kind, ()):
+            if getattr(self, key) is None:
+                raise _needs("kind-needs", key, f"a {self.kind} printer needs {key}")
+        return self
+
+
+class HubConfig(_Section):
+    """The hub journal events are forwarded to; no ``url`` means the till works alone."""
+
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("https", "http") or not parts.hostname:
+                raise PydanticCustomError("url", "use an http(s) URL like https://hub.example")
+        return value
+
+
+class AgentConfig(_Section):
+    """The whole configuration: immutable, validated, passed explicitly.
+
+    ``development_unit``: when no ``[[units]]`` are configured, ``run`` creates a software
+    unit on first start, labelled as not certified (development only); with units it has
+    no effect. Set it to false in production so that a missing unit stops the agent.
+    """
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    development_unit: bool = True
+    units: tuple[UnitConfig, ...] = ()
+    sign_timeout_s: float = Field(3.0, gt=0, le=60)
+    # "register" would shadow ABCMeta.register on the class: the key is an alias
+    register_: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    outage: OutageConfig = Field(default_factory=OutageConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    printer: PrinterConfig = Field(default_factory=PrinterConfig)
+    hub: HubConfig = Field(default_factory=HubConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _place_paths(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict):
+            return data
+        env = (info.context or {}).get("env", os.environ)
+        raw = data.get("data_dir")
+        raw = default_data_dir(env) if raw is None else raw
+        if not isinstance(raw, str | Path):
+            return data  # the field's own validation names the problem
+        base = Path(raw).expanduser().absolute()
+        placed = dict(data, data_dir=base)
+        for (name, key), default in _UNDER_DATA_DIR.items():
+            section = placed.get(name, {})
+            section = section.model_dump() if isinstance(section, BaseModel) else section
+            if isinstance(section, dict):
+                value = section.get(key) or default
+                if isinstance(value, str | Path):
+                    placed[name] = dict(section, **{key: base / Path(value).expanduser()})
+        if isinstance(units := placed.get("units"), list | tuple):
+            placed["units"] = [_place_unit(unit, base) for unit in units]
+        return placed
+
+    @model_validator(mode="after")
+    def _units(self) -> AgentConfig:
+        ids = [unit.id for unit in self.units]
+        if len(ids) != len(set(ids)):
+            raise _needs("unique", "units", "two units share an id")
+        return self
+
+    @property
+    def wants_development_unit(self) -> bool:
+        """True when ``run`` should create the (uncertified) development unit on first start."""
+        return self.development_unit and not self.units
+
+    def public_dict(self) -> dict[str, Any]:
+        """The configuration as JSON-able data with secrets (unit PINs) hidden."""
+        data = self.model_dump(mode="json", by_alias=True)
+        for unit in data["units"]:
+            if unit.get("pin") is not None:
+                unit["pin"] = HIDDEN
+        return data
+
+
+def _place_unit(unit: Any, base: Path) -> Any:
+    keys = ("key_file", "certificate_file", "token_file")  # not module: the loader searches
+    if isinstance(unit, UnitConfig):
+        paths = {k: base / v for k in keys if (v := getattr(unit, k, None)) is not None}
+        return unit.model_copy(update=paths)
+    if isinstance(unit, dict):
+        paths = {k: base / Path(v).expanduser() for k in keys if isinstance(v := unit.get(k), str)}
+        return dict(unit, **paths)
+    return unit
+
+
+def find_config_file(path: Path | None = None) -> Path | None:
+    """The file to read: ``path`` (which must exist), else the system file if it exists.
+
+    Raises:
+        ConfigurationError: ``path`` was given and is not a file.
+    """
+    if path is not None:
+        if not path.is_file():
+            raise ConfigurationError(f"{path}: the configuration file does not exist")
+        return path
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
+
+
+def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Load, merge and validate the configuration (see the module doc for the order).
+
+    Args:
+        path: an explicit file (``--config``); it must exist.
+        env: the environment to read overrides from (default ``os.environ``).
+
+    Raises:
+        ConfigurationError: naming the file and line for TOML syntax, or the dotted key,
+            the rule and the source of the value for everything else.
+    """
+    env = os.environ if env is None else env
+    file = find_config_file(path)
+    data: dict[str, Any] = {} if file is None else _read_toml(file)
+    sources = dict.fromkeys(_leaves(data), str(file))
+    _apply_env(data, sources, env)
+    try:
+        return AgentConfig.model_validate(data, context={"env": env})
+    except ValidationError as exc:
+        raise ConfigurationError(_describe(exc, sources)) from exc
+
+
+def _read_toml(file: Path) -> dict[str, Any]:
+    try:
+        with file.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{file}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"{file}: not valid TOML: not UTF-8 ({exc.reason})") from exc
+    except OSError as exc:
+        raise ConfigurationError(f"{file}: cannot read the configuration: {exc}") from exc
+
+
+def _leaves(data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        keys += _leaves(value, dotted + ".") if isinstance(value, dict) else [dotted]
+    return keys
+
+
+def _apply_env(data: dict[str, Any], sources: dict[str, str], env: Mapping[str, str]) -> None:
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        path = name.removeprefix(ENV_PREFIX).lower().split("__")
+        if len(path) > 2 or not all(path):
+            raise ConfigurationError(
+                f"{name}: use {ENV_PREFIX}<SECTION>__<KEY> or {ENV_PREFIX}<KEY> [env-name]"
+            )
+        target = data
+        if len(path) == 2:
+            target = data.setdefault(path[0], {})
+            if not isinstance(target, dict):
+                raise ConfigurationError(
+                    f"{path[0]}: must be a table to take {name} [table] (from {sources[path[0]]})"
+                )
+        target[path[-1]] = _env_value(path, env[name])
+        sources[".".join(path)] = name
+
+
+def _env_value(path: list[str], raw: str) -> Any:
+    """``raw`` as a TOML value, or verbatim when the key holds text or a path."""
+    annotation = _annotation(path)
+    kinds = set(get_args(annotation) or (annotation,)) if annotation else set()
+    if kinds and kinds <= {str, Path, type(None)}:
+        return raw
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _annotation(path: list[str]) -> Any:
+    """The declared type of a dotted key, or None for a key that does not exist."""
+    annotation: Any = AgentConfig
+    for part in path:
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        field = next(
+            (f for name, f in annotation.model_fields.items() if part in (name, f.alias)), None
+        )
+        annotation = field.annotation if field else None
+    return annotation
+
+
+def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = [str(part) for part in error["loc"]]
+        extra = (error.get("ctx") or {}).get("key")
+        key = ".".join([*loc, extra] if extra and extra not in loc else loc) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{key}: {message} [{error['type']}] (from {_source(key, loc, sources)})")
+    return "\n".join(lines)
+
+
+def _source(key: str, loc: list[str], sources: Mapping[str, str]) -> str:
+    parts = key.split(".")
+    for end in range(len(parts), 0, -1):
+        if (found := sources.get(".".join(parts[:end]))) is not None:
+            return found
+    prefix = ".".join(loc) + "." if loc else ""
+    under = sorted({src for name, src in sources.items() if name.startswith(prefix)})
+    return ", ".join(under) or "default"
+
+
+# -- the API token --------------------------------------------------------------------------
+
+_TOKEN_FORM = re.compile(r"^[A-Za-z0-9._~+/=-]{16,}$")
+
+
+def ensure_api_token(path: Path) -> str:
+    """Read the API token, or create it (mode 0600, never readable by others even briefly).
+
+    Creation writes a private temporary file and hard-links it into place, so a reader
+    never sees a partial token and two agents starting at once agree on one token.
+
+    Raises:
+        ConfigurationError: the file is readable or writable by group or others, is not a
+            regular file (symlinks are refused), holds no usable token, or cannot be made.
+    """
+    try:
+        return _read_token(path)
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write(token + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        return _read_token(path)  # another process won the race: its token stands
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot create the API token file: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return token
+
+
+def _read_token(path: Path) -> str:
+    """The token in ``path``; FileNotFoundError when there is none yet."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot open the API token file: {exc}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigurationError(f"{path}: the API token file is not a regular file")
+        if info.st_mode & 0o077:
+            raise ConfigurationError(
+                f"{path}: the API token file is open to group or others "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
+            )
+        token = handle.read(4096).decode("ascii", errors="replace").strip()
+    if not _TOKEN_FORM.match(token):
+        raise ConfigurationError(f"{path}: the API token file holds no usable token")
+    return token

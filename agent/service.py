@@ -1,0 +1,312 @@
+"""``till-agent run``: one process for ingestion, receipts, probe, timers and printing.
+
+Start order: open (lock, check, migrate) the till database -> units -> receipt service ->
+sd_notify READY (nothing networked has happened yet) -> register (its Startbeleg waits if
+the unit cannot sign) -> printer, probe, timers, spool, local API. SIGTERM stops the
+ingestion first (the receipt in flight is finished and answered), then the rest, and
+closes the database. WATCHDOG=1 is sent only while every loop makes progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from agent import sdnotify
+from agent.api import ApiServer, create_app, serve
+from agent.api_backend import Issued, ServiceBackend
+from agent.clock import Clock, SystemClock
+from agent.config import AgentConfig, ensure_api_token
+from agent.contract import ReceiptResult
+from agent.errors import ConfigurationError
+from agent.outage_watch import OutageWatch
+from agent.print_worker import PrintWorker
+from agent.printing import PrinterConfig, open_printer
+from agent.probe import Prober
+from agent.receipts import ReceiptService, RegisterSetup
+from agent.signing import UnitConfig, create_software_unit, open_unit
+from agent.signing.registry import UnitRegistry, store_unit
+from agent.spool import Spool, SpoolIngestor
+from storage.db import TillDB, open_till_db
+
+__all__ = ["DEV_UNIT", "TillService", "printer_config"]
+
+log = logging.getLogger(__name__)
+
+DEV_UNIT = "dev-uncertified"
+CLOSINGS_EVERY_S = 60.0
+
+
+class _Backend(ServiceBackend):
+    """The API/spool backend that also tells the printer about each new receipt."""
+
+    def __init__(self, till: TillService) -> None:
+        super().__init__(
+            till.receipts, thresholds=till.config.outage.thresholds(), printer=till.printer.status
+        )
+        self.till = till
+
+    def issue_sale(self, raw: bytes) -> ReceiptResult:
+        result = super().issue_sale(raw)
+        self.till.printer.notify()
+        return result
+
+    def issue(self, raw: bytes) -> Issued:
+        issued = super().issue(raw)
+        self.till.printer.notify()
+        return issued
+
+    def zero_receipt(self, register: str) -> ReceiptResult:
+        result = super().zero_receipt(register)
+        self.till.printer.notify()
+        return result
+
+    def reprint(self, register: str, number: int) -> int:
+        return self.till.printer.reprint(register, number)
+
+
+class TillService:
+    """The till agent as a long-running service (see the module docstring)."""
+
+    def __init__(self, config: AgentConfig, *, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.api: ApiServer | None = None
+        self.spool: SpoolIngestor | None = None
+        self.watchdog = sdnotify.Watchdog()
+
+    # -- start ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        data_dir = self.config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.db: TillDB = open_till_db(data_dir)  # lock, quick_check, migrations
+        self.registry = UnitRegistry(simulate_dir=data_dir / "simulate")
+        unit_ids = self._ensure_units(data_dir)
+        self.receipts = ReceiptService(
+            self.db, self.registry, clock=self.clock, sign_timeout=self.config.sign_timeout_s
+        )
+        sdnotify.ready("database open and migrated")
+        self.printer = PrintWorker(
+            self.receipts,
+            open_printer(printer_config(self.config)),
+            retry_s=self.config.printer.retry_s,
+            on_progress=lambda: self.watchdog.beat("printer"),
+        )
+        self._ensure_register(unit_ids)
+        self.backend = _Backend(self)
+        self.prober = Prober(
+            self.receipts, self.config.probe.backoff(), deadline=self.config.sign_timeout_s
+        )
+        self.watch = OutageWatch(
+            self.db.write_connection(), self.clock, self.config.outage.thresholds()
+        )
+        self.watchdog.register("printer", 30.0)
+        self.watchdog.register("timers", 30.0)
+        self.printer.start()
+        self.prober.start()
+        self._spawn("timers", self._timers)
+        if self.config.spool.enabled:
+            assert self.config.spool.dir is not None
+            self.watchdog.register("spool", max(30.0, 3 * self.config.spool.rescan_s))
+            self.spool = SpoolIngestor(
+                Spool(self.config.spool.dir),
+                self.backend.issue_sale,
+                rescan_s=self.config.spool.rescan_s,
+                on_progress=lambda: self.watchdog.beat("spool"),
+            )
+            self.spool.start()
+        if self.config.api.enabled:
+            self.api = self._start_api()
+        self.watchdog.start()
+        sdnotify.status(self._status_line())
+        log.info("till-agent running; data in %s", data_dir)
+
+    def _ensure_units(self, data_dir: Path) -> list[str]:
+        """Store the configured units, or create the development unit on first start."""
+        configs = list(self.config.units)
+        if not configs and self.config.wants_development_unit:
+            configs = [self._development_unit(data_dir)]
+        with self.db.write_connection().transaction() as conn:
+            for config in configs:
+                row = conn.execute("SELECT config FROM units WHERE id = ?", (config.id,)).fetchone()
+                if row is None or UnitConfig.model_validate_json(row[0]) != config:
+                    store_unit(conn, config, open_unit(config), self.clock.now().isoformat())
+        return [c.id for c in configs]
+
+    def _development_unit(self, data_dir: Path) -> UnitConfig:
+        keys = data_dir / "keys"
+        key_file, cert_file = keys / f"{DEV_UNIT}.key.pem", keys / f"{DEV_UNIT}.cert.pem"
+        if not (key_file.exists() and cert_file.exists()):
+            self._create_development_unit(keys, key_file, cert_file)
+            log.warning(
+                "created the DEVELOPMENT signature unit %s: a self-signed key that is NOT"
+                " certified; its receipts are not valid for a registered cash register",
+                DEV_UNIT,
+            )
+        return UnitConfig(
+            id=DEV_UNIT,
+            kind="software",
+            zda="AT1",
+            key_file=key_file.resolve(),
+            certificate_file=cert_file.resolve(),
+            simulate=True,
+        )
+
+    def _create_development_unit(self, keys: Path, key_file: Path, cert_file: Path) -> None:
+        """Write the development key and certificate so that a crash never leaves half a
+        unit: both are made in a temporary directory, then the certificate and last the
+        key are renamed into place (a key file means a complete unit)."""
+        with self.db.write_connection().transaction() as conn:
+            if conn.execute("SELECT 1 FROM units WHERE id = ?", (DEV_UNIT,)).fetchone():
+                raise ConfigurationError(
+                    f"{key_file} or {cert_file} is missing, but the till database knows"
+                    f" unit {DEV_UNIT}: restore the files from a backup"
+                )
+        keys.mkdir(parents=True, exist_ok=True)
+        for stale in keys.glob(".new-unit-*"):  # a crash during an earlier attempt
+            shutil.rmtree(stale, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix=".new-unit-", dir=keys) as tmp:
+            made_key, made_cert = create_software_unit(Path(tmp), name=DEV_UNIT)
+            assert made_cert is not None
+            for made, target in ((made_cert, cert_file), (made_key, key_file)):
+                with open(made, "rb") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(made, target)
+        fd = os.open(keys, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _ensure_register(self, unit_ids: list[str]) -> None:
+        reg = self.config.register_
+        with self.db.write_connection().transaction() as conn:
+            known = conn.execute("SELECT 1 FROM registers WHERE id = ?", (reg.id,)).fetchone()
+        if known is not None or any(w["kind"] == "start" for w in self.receipts.waiting(reg.id)):
+            return
+        setup = RegisterSetup(
+            reg.id,
+            unit_ids,
+            counter_bytes=reg.counter_bytes,
+            timezone=reg.timezone,
+            receipt_id_format=reg.receipt_id_format,
+        )
+        self.printer.print_from_start(reg.id)  # a crash right after the Startbeleg
+        result = self.receipts.init_register_or_wait(setup)
+        if result is None:
+            log.warning("register %s: its Startbeleg waits for the signature unit", reg.id)
+        else:
+            log.info("register %s initialized (Startbeleg %s)", reg.id, result.receipt_id)
+            self.printer.notify()
+
+    def _start_api(self) -> ApiServer:
+        api = self.config.api
+        assert api.token_file is not None
+        app = create_app(self.backend, token=ensure_api_token(api.token_file))
+        if api.unix_socket is not None:
+            server = serve(app, uds=api.unix_socket)
+        else:
+            server = serve(app, host=api.host, port=api.port)
+        server.start()
+        log.info("local API on %s", server.url)
+        return server
+
+    # -- timers (monotonic intervals: outage watch, closings, waiting work) ----------------
+
+    def _timers(self) -> None:
+        next_watch = next_closings = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            try:
+                if now >= next_watch:
+                    self.watch.tick()
+                    next_watch = now + self.config.outage.check_interval_s
+                if now >= next_closings:
+                    if self.receipts.run_closings():
+                        self.printer.notify()
+                    next_closings = now + CLOSINGS_EVERY_S
+                sdnotify.status(self._status_line())
+            except Exception:  # a timer loop must never die
+                log.exception("timer loop failed; retrying")
+            self.watchdog.beat("timers")
+            self._stop.wait(1.0)
+
+    def _status_line(self) -> str:
+        open_ = self.receipts.outages.open_registers()
+        return f"outages open: {', '.join(open_) or 'none'}; printer: {self.printer.state}"
+
+    def _spawn(self, name: str, target: object) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)
+
+    # -- stop -----------------------------------------------------------------------------
+
+    def run_until_signal(self) -> None:
+        """Start, then run until SIGTERM or SIGINT; stop cleanly."""
+        stop = threading.Event()
+
+        def _on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal %d: stopping", signum)
+            stop.set()
+
+        previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not stop.wait(0.5):
+                pass
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def stop(self) -> None:
+        """Stop ingesting (finishing what is in flight), then everything else."""
+        sdnotify.stopping()
+        self._stop.set()
+        if self.spool is not None:
+            self.spool.stop()
+        if self.api is not None:
+            self.api.stop()
+        for part in ("prober", "printer"):
+            if hasattr(self, part):
+                getattr(self, part).stop()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self.watchdog.stop()
+        if hasattr(self, "registry"):
+            self.registry.close()
+        if hasattr(self, "db"):
+            self.db.close()
+
+
+def printer_config(config: AgentConfig) -> PrinterConfig:
+    p = config.printer
+    match p.kind:
+        case "file":
+            return PrinterConfig(kind="file", directory=p.dir, timeout=p.timeout_s)
+        case "network":
+            return PrinterConfig(kind="network", host=p.host, port=p.port, timeout=p.timeout_s)
+        case "usb":
+            return PrinterConfig(
+                kind="usb", vendor_id=p.usb_vendor, product_id=p.usb_product, timeout=p.timeout_s
+            )
+        case "serial":
+            return PrinterConfig(
+                kind="serial",
+                device=None if p.serial_device is None else str(p.serial_device),
+                baudrate=p.baudrate,
+                timeout=p.timeout_s,
+            )
+        case _:
+            return PrinterConfig(kind="none")

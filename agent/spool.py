@@ -1,0 +1,414 @@
+"""Spool ingestion: the POS drops sales as files and the agent answers with files.
+
+The POS writes a sale (the contract of :mod:`agent.contract`) to a temporary name on the
+same filesystem (a dotfile or ``*.tmp``), fsyncs it and renames it to ``in/NAME.json``.
+The agent answers with ``out/NAME.result.json`` (the :class:`ReceiptResult`) or
+``failed/NAME.error.json`` (``field``, ``rule``, ``message``; the sale itself is moved to
+``failed/NAME.json``). NAME should be unique, e.g. the request_id: a sale arriving under
+the name of an earlier one replaces that one's answer.
+
+Each step is atomic and the whole sequence is restartable, so a crash (even SIGKILL or a
+power cut) between any two steps leaves exactly one answer per sale in the end:
+
+1. claim: ``rename(in/NAME.json, work/NAME.json)``;
+2. issue: ``handler(raw)``; the receipt service is idempotent on request_id, so running
+   this again after a crash returns the same receipt;
+3. answer: temp file in the answer's directory, fsync, rename, fsync the directory;
+4. release: unlink the work file (or move it to ``failed/``).
+
+Files found in ``work/`` are processed again (or only released when their answer already
+exists). watchdog events are only a hint to rescan (reference/libraries.md A4): files
+present at start produce no event and an event can be missed, so the worker also rescans
+every ``rescan_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from agent.clock import Clock, SystemClock
+from agent.contract import ReceiptResult
+from agent.errors import (
+    ConflictError,
+    FiscalError,
+    InvalidSale,
+    RegisterStateError,
+    WaitsForUnit,
+)
+from agent.probe import Backoff
+
+__all__ = ["MAX_SALE_BYTES", "Handler", "Spool", "SpoolIngestor"]
+
+log = logging.getLogger(__name__)
+
+MAX_SALE_BYTES = 1024 * 1024  # 500 lines of 80 characters are about 100 KiB
+Handler = Callable[[bytes], ReceiptResult]
+_SUFFIX = ".json"
+_RESULT = ".result.json"
+_ERROR = ".error.json"
+
+
+def _is_sale_name(name: str) -> bool:
+    return not name.startswith(".") and name.endswith(_SUFFIX) and len(name) > len(_SUFFIX)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` so that it either does not exist or is complete, even after a crash."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+class Spool:
+    """The spool directories and the atomic file operations on them.
+
+    Args:
+        root: the spool directory; ``in/``, ``work/``, ``out/`` and ``failed/`` are created.
+        max_bytes: larger sale files are answered with an error without being parsed.
+    """
+
+    def __init__(self, root: Path, *, max_bytes: int = MAX_SALE_BYTES) -> None:
+        self.root = root
+        self.inbox = root / "in"
+        self.work = root / "work"
+        self.out = root / "out"
+        self.failed = root / "failed"
+        self.max_bytes = max_bytes
+        self.ensure_dirs()
+        for directory in (self.out, self.failed):  # our temp files left by a crash
+            for stale in directory.glob(".*.tmp"):
+                _unlink(stale)
+
+    def ensure_dirs(self) -> None:
+        for directory in (self.inbox, self.work, self.out, self.failed):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def incoming(self) -> list[Path]:
+        """Sales waiting in ``in/``, oldest first (modification time, then name)."""
+        return self._sales(self.inbox)
+
+    def claimed(self) -> list[Path]:
+        """Sales claimed but not yet released (a crash or a retry), oldest first."""
+        return self._sales(self.work)
+
+    def _sales(self, directory: Path) -> list[Path]:
+        found: list[tuple[int, str]] = []
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if not _is_sale_name(entry.name):
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # claimed or removed meanwhile
+                    if entry.is_file(follow_symlinks=False):
+                        found.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name))
+        return [directory / name for _, name in sorted(found)]
+
+    def result_path(self, name: str) -> Path:
+        return self.out / (name.removesuffix(_SUFFIX) + _RESULT)
+
+    def error_path(self, name: str) -> Path:
+        return self.failed / (name.removesuffix(_SUFFIX) + _ERROR)
+
+    def claim(self, incoming: Path) -> Path | None:
+        """Move a sale from ``in/`` to ``work/``; ``None`` if it is gone or its name is busy."""
+        target = self.work / incoming.name
+        if target.exists():  # the same name is still being retried: take it after that one
+            return None
+        for stale in (self.result_path(incoming.name), self.error_path(incoming.name)):
+            # removed before the claim: a crash in between must not pair the new sale
+            # with the old answer
+            if _unlink(stale):
+                log.warning("spool: %s arrived again; its earlier answer was removed", stale.name)
+        _unlink(self.failed / incoming.name)
+        try:
+            os.rename(incoming, target)
+        except FileNotFoundError:
+            return None
+        _fsync_dir(self.work)
+        return target
+
+    def read(self, claimed: Path) -> bytes:
+        """The sale's bytes. Raises InvalidSale when the file is larger than ``max_bytes``."""
+        with open(claimed, "rb") as file:
+            raw = file.read(self.max_bytes + 1)
+        if len(raw) > self.max_bytes:
+            raise InvalidSale(
+                "(document)", "max-size", f"a sale file is at most {self.max_bytes} bytes"
+            )
+        return raw
+
+    def answered(self, claimed: Path) -> bool:
+        return self.result_path(claimed.name).exists() or self.error_path(claimed.name).exists()
+
+    def succeed(self, claimed: Path, result: ReceiptResult) -> None:
+        """Write the result, then release the sale."""
+        data = result.model_dump_json(by_alias=True).encode() + b"\n"
+        _write_atomic(self.result_path(claimed.name), data)
+        self.release(claimed)
+
+    def fail(self, claimed: Path, error: dict[str, str]) -> None:
+        """Write the error, then move the sale beside it."""
+        data = json.dumps(error, ensure_ascii=False).encode() + b"\n"
+        _write_atomic(self.error_path(claimed.name), data)
+        self.release(claimed)
+
+    def release(self, claimed: Path) -> None:
+        """Remove an answered sale from ``work/`` (a failed one is kept in ``failed/``)."""
+        if self.result_path(claimed.name).exists():
+            _unlink(claimed)
+            return
+        os.replace(claimed, self.failed / claimed.name)
+        _fsync_dir(self.failed)
+
+
+def _error_of(exc: InvalidSale | FiscalError) -> dict[str, str]:
+    if isinstance(exc, InvalidSale):
+        return exc.as_dict()
+    if isinstance(exc, ConflictError):
+        return {"field": "request_id", "rule": "conflict", "message": str(exc)}
+    rule = "register-state" if isinstance(exc, RegisterStateError) else "fiscal"
+    return {"field": "register", "rule": rule, "message": str(exc)}
+
+
+class _Wake(FileSystemEventHandler):
+    """Turns every watchdog event into a wake-up; never raises (A4: that kills the observer)."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        self._wake = wake
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self._wake.set()
+
+
+class SpoolIngestor:
+    """Claims, issues and answers spool files on a worker thread.
+
+    Args:
+        spool: the spool directories.
+        handler: issues the receipt for the raw sale; raises InvalidSale (or FiscalError)
+            for a sale that must be answered with an error. WaitsForUnit (the register
+            waits for a signed receipt) and any other exception leave the sale claimed, and
+            it is retried with ``backoff``.
+        rescan_s: the longest time between two scans when no event arrives.
+        on_progress: called after every scan and every answered file (feed a watchdog).
+        backoff: the delays between retries of a file whose handler failed unexpectedly.
+        clock: monotonic time for the retry schedule.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        handler: Handler,
+        *,
+        rescan_s: float = 2.0,
+        on_progress: Callable[[], None] | None = None,
+        backoff: Backoff | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.spool = spool
+        self.handler = handler
+        self.rescan_s = rescan_s
+        self.on_progress = on_progress
+        self.backoff = backoff or Backoff(initial=1.0, cap=60.0)
+        self.clock: Clock = clock or SystemClock()
+        self.heartbeat = self.clock.monotonic()
+        self._retries: dict[str, tuple[int, float]] = {}  # name -> (failures, due)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._observer: BaseObserver | None = None
+        self._observer_retry_at = 0.0
+
+    # -- one scan -------------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Scan once: finish claimed files, then claim new ones; return the files answered."""
+        with self._lock:
+            handled = sum(self._process(path) for path in self._due(self.spool.claimed()))
+            for incoming in self.spool.incoming():
+                if self._stop.is_set():
+                    break
+                claimed = self.spool.claim(incoming)
+                if claimed is not None:
+                    handled += self._process(claimed)
+            self._beat()
+            return handled
+
+    @property
+    def retrying(self) -> list[str]:
+        """Names of the claimed files waiting for a retry."""
+        return sorted(self._retries.copy())  # no lock: a scan may hold it for long
+
+    def _due(self, claimed: list[Path]) -> list[Path]:
+        names = {path.name for path in claimed}
+        for gone in set(self._retries) - names:
+            del self._retries[gone]
+        now = self.clock.monotonic()
+        return [p for p in claimed if self._retries.get(p.name, (0, now))[1] <= now]
+
+    def _process(self, claimed: Path) -> int:
+        """Answer one claimed file; 1 if it left ``work/``, 0 if it waits for a retry."""
+        if self._stop.is_set():
+            return 0
+        try:
+            if self.spool.answered(claimed):
+                self.spool.release(claimed)  # the crash came after the answer
+            else:
+                self._answer(claimed)
+        except WaitsForUnit as exc:  # a valid sale for a register still waiting
+            self._retry_later(claimed.name, exc, expected=True)
+            return 0
+        except Exception as exc:  # the file stays claimed: ingestion goes on
+            self._retry_later(claimed.name, exc)
+            return 0
+        self._retries.pop(claimed.name, None)
+        self._beat()
+        return 1
+
+    def _answer(self, claimed: Path) -> None:
+        try:
+            result = self.handler(self.spool.read(claimed))
+        except WaitsForUnit:
+            raise
+        except (InvalidSale, FiscalError) as exc:
+            log.info("spool: %s rejected: %s", claimed.name, exc)
+            self.spool.fail(claimed, _error_of(exc))
+            return
+        self.spool.succeed(claimed, result)
+        log.debug("spool: %s -> receipt %s", claimed.name, result.number)
+
+    def _retry_later(self, name: str, exc: Exception, *, expected: bool = False) -> None:
+        failures = self._retries.get(name, (0, 0.0))[0] + 1
+        delay = self.backoff.delay(failures - 1)
+        self._retries[name] = (failures, self.clock.monotonic() + delay)
+        message = "spool: %s not answered yet (attempt %d), retrying in %.1f s: %s"
+        if expected:
+            log.warning(message, name, failures, delay, exc)
+        else:
+            log.error(message, name, failures, delay, exc, exc_info=exc)
+
+    def _next_wait(self) -> float:
+        dues = [due for _, due in self._retries.copy().values()]
+        if not dues:
+            return self.rescan_s
+        return max(0.01, min(self.rescan_s, min(dues) - self.clock.monotonic()))
+
+    def _beat(self) -> None:
+        self.heartbeat = self.clock.monotonic()
+        if self.on_progress is not None:
+            try:
+                self.on_progress()
+            except Exception:
+                log.exception("spool: the progress hook failed")
+
+    # -- the worker -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start watching ``in/`` and the worker thread (it scans at once)."""
+        if self._worker is not None:
+            raise RuntimeError("the spool ingestor is already running")
+        self._stop.clear()
+        self._ensure_observer()  # watch first, then scan: no file falls in between (A4)
+        self._worker = threading.Thread(target=self._loop, name="spool-ingest", daemon=True)
+        self._worker.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the observer and the worker; a file being issued is finished first."""
+        self._stop.set()
+        self._wake.set()
+        if self._worker is not None:  # first: the worker is the one that (re)starts observers
+            self._worker.join(timeout)
+            self._worker = None
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout)
+
+    def wake(self) -> None:
+        """Scan now."""
+        self._wake.set()
+
+    @property
+    def alive(self) -> bool:
+        """The worker runs and the observer watches (health check)."""
+        observer = self._observer
+        worker = self._worker
+        watching = observer is not None and observer.is_alive()
+        return worker is not None and worker.is_alive() and watching
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.run_once()
+            except Exception:  # e.g. the spool directory was removed: never stop
+                log.exception("spool: scan failed; retrying")
+                with contextlib.suppress(OSError):
+                    self.spool.ensure_dirs()
+            self._ensure_observer()
+            self._wake.wait(self._next_wait())
+
+    def _ensure_observer(self) -> None:
+        """(Re)start the observer; without one the periodic rescan still finds every file."""
+        if self._stop.is_set() or (self._observer is not None and self._observer.is_alive()):
+            return
+        now = self.clock.monotonic()
+        if now < self._observer_retry_at:
+            return
+        observer = Observer()
+        try:
+            observer.schedule(
+                _Wake(self._wake),
+                str(self.spool.inbox),
+                event_filter=[FileCreatedEvent, FileMovedEvent, FileClosedEvent],
+            )
+            observer.start()
+        except OSError as exc:  # inotify limits (A4): poll until a watch is possible
+            log.warning("spool: cannot watch %s (%s); rescanning only", self.spool.inbox, exc)
+            self._observer_retry_at = now + 60.0
+            return
+        old, self._observer = self._observer, observer
+        if old is not None:
+            log.warning("spool: the directory watch had stopped and was restarted")
+            old.join(1.0)

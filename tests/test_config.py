@@ -1,0 +1,496 @@
+"""The configuration: defaults, the TOML file, environment overrides, errors that name the
+key and the source, the API token file, the example file and ``till-agent config``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from pydantic import BaseModel
+from typer.testing import CliRunner, Result
+
+from agent import config as config_module
+from agent.cli_config import config_app
+from agent.config import (
+    HIDDEN,
+    AgentConfig,
+    ensure_api_token,
+    load_config,
+)
+from agent.errors import ConfigurationError
+from agent.outage_watch import Thresholds
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "config.example.toml"
+
+WriteConfig = Callable[[str], Path]
+
+
+@pytest.fixture(name="no_system_config", autouse=True)
+def _no_system_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither /etc/till-agent/config.toml nor TILL_AGENT_* variables of this machine count."""
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", tmp_path / "etc" / "config.toml")
+    for name in list(os.environ):
+        if name.startswith("TILL_AGENT_") or name in ("STATE_DIRECTORY", "XDG_DATA_HOME"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(name="home")
+def _home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    return home
+
+
+@pytest.fixture(name="env")
+def _env(home: Path) -> dict[str, str]:
+    """A minimal environment: a home directory and nothing else."""
+    return {"HOME": str(home)}
+
+
+@pytest.fixture(name="write_config")
+def _write_config(tmp_path: Path) -> WriteConfig:
+    """Write TOML text to ``tmp_path/config.toml`` and return the path."""
+
+    def write(text: str) -> Path:
+        path = tmp_path / "config.toml"
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+def _error(path: Path | None = None, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigurationError) as caught:
+        load_config(path, env=env or {})
+    return str(caught.value)
+
+
+class TestDefaults:
+    def test_no_file_no_environment_gives_a_working_development_till(
+        self, env: dict[str, str], home: Path
+    ) -> None:
+        """With nothing configured, data lives in the user's data folder and a dev unit is due."""
+        config = load_config(env=env)
+        data = home / ".local" / "share" / "till-agent"
+        assert config.data_dir == data
+        assert config.wants_development_unit
+        assert config.units == ()
+        assert config.register_.id == "KASSE-1"
+        assert config.register_.timezone == "Europe/Vienna"
+        assert config.register_.counter_bytes == 8
+        assert config.register_.receipt_id_format == "{number}"
+        assert config.sign_timeout_s == 3.0
+        assert (config.api.enabled, config.api.host, config.api.port) == (True, "127.0.0.1", 8765)
+        assert config.api.token_file == data / "api-token"
+        assert config.api.unix_socket is None
+        assert config.spool.dir == data / "spool"
+        assert (config.printer.kind, config.printer.dir) == ("file", data / "prints")
+        assert config.hub.url is None
+
+    def test_outage_and_probe_defaults_match_the_running_code(self, env: dict[str, str]) -> None:
+        """The [outage] defaults are the Thresholds defaults; [probe] makes a 5 s..60 s backoff."""
+        config = load_config(env=env)
+        assert config.outage.thresholds() == Thresholds()
+        backoff = config.probe.backoff()
+        assert (backoff.initial, backoff.cap, backoff.jitter) == (5.0, 60.0, 0.2)
+
+    def test_systemd_state_directory_wins(self, env: dict[str, str]) -> None:
+        """Under systemd's StateDirectory= the data goes there."""
+        env |= {"STATE_DIRECTORY": "/var/lib/till-agent", "XDG_DATA_HOME": "/x"}
+        assert load_config(env=env).data_dir == Path("/var/lib/till-agent")
+
+    def test_xdg_data_home_is_honoured(self, env: dict[str, str], tmp_path: Path) -> None:
+        """$XDG_DATA_HOME/till-agent comes before ~/.local/share."""
+        env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+        assert load_config(env=env).data_dir == tmp_path / "xdg" / "till-agent"
+
+    def test_without_a_home_the_data_is_in_till_data(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """No usable home directory: ./till-data, made absolute."""
+        monkeypatch.chdir(tmp_path)
+        assert load_config(env={"HOME": "/nonexistent"}).data_dir == tmp_path / "till-data"
+
+    def test_the_system_file_is_read_when_it_exists(
+        self, env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """/etc/till-agent/config.toml is used without --config."""
+        config_module.SYSTEM_CONFIG.parent.mkdir()
+        config_module.SYSTEM_CONFIG.write_text('[register]\nid = "SYS-1"\n')
+        assert load_config(env=env).register_.id == "SYS-1"
+
+    def test_an_explicit_file_must_exist(self, tmp_path: Path) -> None:
+        """--config naming a missing file is an error naming the file."""
+        message = _error(tmp_path / "missing.toml")
+        assert str(tmp_path / "missing.toml") in message
+        assert "does not exist" in message
+
+
+class TestFile:
+    def test_values_from_the_file(self, write_config: WriteConfig, tmp_path: Path) -> None:
+        """Every section is read; relative paths are placed under data_dir."""
+        path = write_config(
+            f"""
+            data_dir = "{tmp_path / "data"}"
+            sign_timeout_s = 1.5
+            [register]
+            id = "K-7"
+            receipt_id_format = "B{{number:06d}}"
+            [api]
+            port = 9000
+            unix_socket = "api.sock"
+            token_file = "/etc/till-agent/token"
+            [printer]
+            kind = "usb"
+            usb_vendor = 0x04b8
+            usb_product = 0x0202
+            [hub]
+            url = "https://hub.example"
+            """.replace("\n            ", "\n")
+        )
+        config = load_config(path, env={})
+        data = tmp_path / "data"
+        assert config.data_dir == data
+        assert config.sign_timeout_s == 1.5
+        assert config.register_.id == "K-7"
+        assert config.register_.receipt_id_format == "B{number:06d}"
+        assert config.api.port == 9000
+        assert config.api.unix_socket == data / "api.sock"
+        assert config.api.token_file == Path("/etc/till-agent/token")
+        assert (config.printer.usb_vendor, config.printer.usb_product) == (0x04B8, 0x0202)
+        assert config.hub.url == "https://hub.example"
+
+    def test_units_replace_the_development_unit(
+        self, write_config: WriteConfig, tmp_path: Path
+    ) -> None:
+        """[[units]] are UnitConfig objects with key files under data_dir; no dev unit then."""
+        path = write_config(
+            f'data_dir = "{tmp_path}"\n[[units]]\nid = "closed"\nkind = "software"\n'
+            'zda = "AT0"\nkey_file = "keys/closed.key.pem"\nkey_id = "U:ATU12345678-K1"\n'
+        )
+        config = load_config(path, env={})
+        assert [unit.id for unit in config.units] == ["closed"]
+        assert config.units[0].key_file == tmp_path / "keys" / "closed.key.pem"
+        assert not config.wants_development_unit
+
+    def test_the_configuration_is_immutable(self, env: dict[str, str]) -> None:
+        """One validated object, passed around, never changed."""
+        config = load_config(env=env)
+        with pytest.raises(ValueError, match="frozen"):
+            config.api.port = 1  # type: ignore[misc]
+
+
+class TestEnvironment:
+    def test_an_override_beats_the_file(self, write_config: WriteConfig) -> None:
+        """TILL_AGENT_API__PORT=8080 wins over the file's port, as an integer."""
+        path = write_config("[api]\nport = 9000\n")
+        assert load_config(path, env={"TILL_AGENT_API__PORT": "8080"}).api.port == 8080
+
+    def test_top_level_keys(self, tmp_path: Path) -> None:
+        """TILL_AGENT_DATA_DIR and TILL_AGENT_DEVELOPMENT_UNIT address top-level keys."""
+        env = {"TILL_AGENT_DATA_DIR": str(tmp_path), "TILL_AGENT_DEVELOPMENT_UNIT": "false"}
+        config = load_config(env=env)
+        assert config.data_dir == tmp_path
+        assert config.development_unit is False
+
+    def test_text_keys_take_the_value_verbatim(self) -> None:
+        """A register id of digits stays text; numbers and hex parse for numeric keys."""
+        env = {
+            "TILL_AGENT_REGISTER__ID": "1234",
+            "TILL_AGENT_PRINTER__KIND": "usb",
+            "TILL_AGENT_PRINTER__USB_VENDOR": "0x04b8",
+            "TILL_AGENT_PRINTER__USB_PRODUCT": "514",
+            "TILL_AGENT_API__ENABLED": "false",
+        }
+        config = load_config(env=env)
+        assert config.register_.id == "1234"
+        assert (config.printer.usb_vendor, config.printer.usb_product) == (0x04B8, 514)
+        assert config.api.enabled is False
+
+    def test_the_config_variable_is_not_an_override(self) -> None:
+        """TILL_AGENT_CONFIG names the file (for --config) and is not a key."""
+        assert load_config(env={"TILL_AGENT_CONFIG": "/somewhere.toml"}).api.port == 8765
+
+    @pytest.mark.parametrize("name", ["TILL_AGENT_A__B__C", "TILL_AGENT_API__", "TILL_AGENT___X"])
+    def test_a_malformed_variable_name_is_an_error(self, name: str) -> None:
+        """Only <KEY> and <SECTION>__<KEY> exist; the message names the variable."""
+        assert name in _error(env={name: "1"})
+
+    def test_a_key_inside_a_non_table_is_an_error(self, write_config: WriteConfig) -> None:
+        """A section the file set to a value cannot take a key from the environment."""
+        path = write_config("api = 3\n")
+        message = _error(path, env={"TILL_AGENT_API__PORT": "1"})
+        assert message.startswith("api:")
+        assert str(path) in message
+
+
+ERRORS = [
+    ("[api]\nport = 70000\n", "api.port", "less_than_equal"),
+    ("[api]\nprot = 1\n", "api.prot", "extra_forbidden"),
+    ("[apii]\nport = 1\n", "apii", "extra_forbidden"),
+    ("colour = 1\n", "colour", "extra_forbidden"),
+    ("sign_timeout_s = 0\n", "sign_timeout_s", "greater_than"),
+    ('[register]\ntimezone = "Mars/Olympus"\n', "register.timezone", "time-zone"),
+    ('[register]\nid = "KASSE_1"\n', "register.id", "string_pattern_mismatch"),
+    ("[register]\ncounter_bytes = 4\n", "register.counter_bytes", "greater_than_equal"),
+    ('[register]\nreceipt_id_format = "B"\n', "register.receipt_id_format", "format"),
+    ('[printer]\nkind = "network"\n', "printer.host", "kind-needs"),
+    ('[printer]\nkind = "usb"\nusb_vendor = 1\n', "printer.usb_product", "kind-needs"),
+    ('[printer]\nkind = "carrier-pigeon"\n', "printer.kind", "literal_error"),
+    ("[probe]\ninitial_s = 90\n", "probe.max_s", "order"),
+    ("[outage]\nexceeded_hours = 72\n", "outage.exceeded_hours", "less_than_equal"),
+    ("[outage]\nwarn_hours = 45\n", "outage.approaching_hours", "order"),
+    ('[hub]\nurl = "ftp://hub"\n', "hub.url", "url"),
+    ('[[units]]\nid = "u"\nkind = "software"\n', "units.0", "value_error"),
+]
+
+
+class TestErrors:
+    @pytest.mark.parametrize(("text", "key", "rule"), ERRORS)
+    def test_a_file_error_names_key_rule_and_file(
+        self, write_config: WriteConfig, text: str, key: str, rule: str
+    ) -> None:
+        """``<key>: <message> [<rule>] (from <file>)``."""
+        path = write_config(text)
+        message = _error(path)
+        assert message.startswith(f"{key}: ")
+        assert f"[{rule}]" in message
+        assert f"(from {path})" in message
+
+    def test_an_environment_error_names_the_variable(self) -> None:
+        """The source of a bad override is the variable, not the file."""
+        message = _error(env={"TILL_AGENT_API__PORT": "seventy"})
+        assert message.startswith("api.port: ")
+        assert "[int_parsing]" in message
+        assert "(from TILL_AGENT_API__PORT)" in message
+
+    def test_an_unknown_variable_is_an_unknown_key(self) -> None:
+        """A typo in a variable name does not pass silently."""
+        message = _error(env={"TILL_AGENT_API__PROT": "1"})
+        assert message == "api.prot: unknown key [extra_forbidden] (from TILL_AGENT_API__PROT)"
+
+    def test_a_combined_rule_names_every_source(self, write_config: WriteConfig) -> None:
+        """A printer kind from the environment and a section from the file: both are named."""
+        path = write_config("[printer]\nport = 9100\n")
+        message = _error(path, env={"TILL_AGENT_PRINTER__KIND": "network"})
+        assert message.startswith("printer.host: a network printer needs host")
+        assert str(path) in message
+        assert "TILL_AGENT_PRINTER__KIND" in message
+
+    def test_every_problem_is_reported_at_once(self, write_config: WriteConfig) -> None:
+        """One line per problem, so one run fixes them all."""
+        path = write_config("[api]\nport = 0\nhost = ''\n")
+        assert _error(path).splitlines()[0].startswith("api.host: ")
+        assert len(_error(path).splitlines()) == 2
+
+    def test_a_toml_syntax_error_names_the_file_and_line(self, write_config: WriteConfig) -> None:
+        """tomllib's position survives into the message."""
+        path = write_config('[api]\nport = 8765\nhost = "127.0.0.1\n')
+        message = _error(path)
+        assert message.startswith(f"{path}: not valid TOML")
+        assert "line 3" in message
+
+    def test_a_file_that_is_not_utf8(self, tmp_path: Path) -> None:
+        """Binary garbage is a TOML error naming the file, not a traceback."""
+        path = tmp_path / "config.toml"
+        path.write_bytes(b'[register]\nid = "\xff"\n')
+        assert _error(path).startswith(f"{path}: not valid TOML")
+
+    def test_secrets_are_not_echoed(self, write_config: WriteConfig) -> None:
+        """Error messages never repeat values, so a PIN cannot leak through one."""
+        path = write_config('[[units]]\nid = "u"\nkind = "pkcs11"\npin = "s3cret-pin"\n')
+        assert "s3cret-pin" not in _error(path)
+
+
+class TestApiToken:
+    def test_created_private_and_then_reused(self, tmp_path: Path) -> None:
+        """The first call creates a 0600 file (and its directory); later calls read it."""
+        path = tmp_path / "data" / "api-token"
+        token = ensure_api_token(path)
+        assert len(token) >= 32
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert path.read_text().strip() == token
+        assert ensure_api_token(path) == token
+        assert sorted(p.name for p in path.parent.iterdir()) == ["api-token"]
+
+    def test_never_readable_by_others_even_while_written(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Under umask 000 the file is still 0600 before it becomes visible under its name."""
+        modes: list[int] = []
+        real_link = os.link
+
+        def spy_link(src: Any, dst: Any, **kwargs: Any) -> None:
+            modes.append(stat.S_IMODE(os.stat(src).st_mode))
+            real_link(src, dst, **kwargs)
+
+        monkeypatch.setattr(os, "link", spy_link)
+        old = os.umask(0)
+        try:
+            ensure_api_token(tmp_path / "api-token")
+        finally:
+            os.umask(old)
+        assert modes == [0o600]
+
+    def test_a_racing_creator_wins(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """If another process creates the file first, its token is the token."""
+        path = tmp_path / "api-token"
+        other = "T" * 43
+        real_link = os.link
+
+        def late_link(src: Any, dst: Any, **kwargs: Any) -> None:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, other.encode())
+            os.close(fd)
+            real_link(src, dst, **kwargs)
+
+        monkeypatch.setattr(os, "link", late_link)
+        assert ensure_api_token(path) == other
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["api-token"]
+
+    @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+    def test_a_file_open_to_others_is_refused(self, tmp_path: Path, mode: int) -> None:
+        """Group or world access is refused with the fix in the message."""
+        path = tmp_path / "api-token"
+        ensure_api_token(path)
+        path.chmod(mode)
+        with pytest.raises(ConfigurationError, match=re.escape(f"chmod 600 {path}")):
+            ensure_api_token(path)
+
+    def test_a_symlink_is_refused(self, tmp_path: Path) -> None:
+        """The token file is opened without following links."""
+        target = tmp_path / "real"
+        ensure_api_token(target)
+        (tmp_path / "api-token").symlink_to(target)
+        with pytest.raises(ConfigurationError, match="cannot open"):
+            ensure_api_token(tmp_path / "api-token")
+
+    def test_an_empty_file_is_refused(self, tmp_path: Path) -> None:
+        """An empty token would let anybody in: refuse it."""
+        path = tmp_path / "api-token"
+        path.touch(mode=0o600)
+        with pytest.raises(ConfigurationError, match="no usable token"):
+            ensure_api_token(path)
+
+
+class TestExample:
+    def test_the_example_loads(self) -> None:
+        """docs/config.example.toml is valid as shipped."""
+        config = load_config(EXAMPLE, env={})
+        assert config.data_dir == Path("/var/lib/till-agent")
+        assert config.units[0].kind == "pkcs11"
+        assert not config.wants_development_unit
+        assert config.printer.kind == "network"
+
+    def test_the_example_mentions_every_key(self) -> None:
+        """Every key of every section is in the example, set or commented out."""
+        text = EXAMPLE.read_text(encoding="utf-8")
+        for name, field in AgentConfig.model_fields.items():
+            key = field.alias or name
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                assert f"[{key}]" in text
+                for sub in annotation.model_fields:
+                    assert re.search(rf"^(# )?{sub} = ", text, re.MULTILINE), f"{key}.{sub}"
+            else:
+                assert re.search(rf"^(# |\[\[)?{key}( = |\]\])", text, re.MULTILINE), key
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+@pytest.fixture(name="run")
+def _run(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    """Invoke ``till-agent config ...`` in-process with the test's environment."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    app = typer.Typer()
+    app.add_typer(config_app, name="config")
+    runner = CliRunner()
+
+    def run(*args: str | Path, **env_vars: str) -> Result:
+        argv = ["config", *(str(a) for a in args)]
+        return runner.invoke(app, argv, env=env_vars, prog_name="till-agent")
+
+    return run
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+class TestCli:
+    def test_check_accepts_the_defaults(self, run: Callable[..., Result]) -> None:
+        """Exit 0 and say where the configuration came from."""
+        result = run("check")
+        assert result.exit_code == 0, result.output
+        assert "configuration OK: built-in defaults" in _flat(result.stdout)
+
+    def test_check_refuses_with_exit_3_and_the_key(self, run: Callable[..., Result]) -> None:
+        """Exit 3 and the message with key, rule and source (Rich must not eat '[rule]')."""
+        result = run("check", TILL_AGENT_API__PORT="0")
+        assert result.exit_code == 3
+        assert "api.port: " in result.stderr
+        assert "[greater_than_equal] (from TILL_AGENT_API__PORT)" in _flat(result.stderr)
+
+    def test_check_a_missing_file(self, run: Callable[..., Result], tmp_path: Path) -> None:
+        """--config naming a missing file: exit 3."""
+        result = run("check", "--config", tmp_path / "nope.toml")
+        assert result.exit_code == 3
+        assert "does not exist" in _flat(result.stderr)
+
+    def test_show_prints_toml_that_loads_back(
+        self,
+        run: Callable[..., Result],
+        write_config: WriteConfig,
+        tmp_path: Path,
+        env: dict[str, str],
+    ) -> None:
+        """``config show`` is the effective configuration, itself a valid config file."""
+        path = write_config(
+            '[[units]]\nid = "u"\nkind = "software"\nkey_file = "k.pem"\n'
+            'certificate_file = "c.pem"\n[api]\nport = 9001\n'
+        )
+        result = run("show", "--config", path, TILL_AGENT_REGISTER__ID="K-9")
+        assert result.exit_code == 0, result.output
+        assert result.stdout.startswith(f"# file {path}; environment: TILL_AGENT_REGISTER__ID")
+        shown = tmp_path / "shown.toml"
+        shown.write_text(result.stdout)
+        expected = load_config(path, env=env | {"TILL_AGENT_REGISTER__ID": "K-9"})
+        assert load_config(shown, env={}) == expected
+
+    def test_show_json_hides_the_pin(
+        self, run: Callable[..., Result], write_config: WriteConfig
+    ) -> None:
+        """PINs are <hidden> in both formats; the token file is named, its content never read."""
+        path = write_config(
+            '[[units]]\nid = "h"\nkind = "pkcs11"\nmodule = "m.so"\ntoken_label = "t"\n'
+            'key_label = "k"\npin = "s3cret-pin"\ncertificate_file = "c.pem"\n'
+        )
+        shown = run("show", "--config", path, "--json")
+        assert shown.exit_code == 0, shown.output
+        data = json.loads(shown.stdout)
+        assert data["units"][0]["pin"] == HIDDEN
+        assert data["api"]["token_file"].endswith("api-token")
+        assert "s3cret-pin" not in run("show", "--config", path).stdout
+
+    def test_show_json_error(self, run: Callable[..., Result]) -> None:
+        """With --json an invalid configuration is a JSON error object, exit 3."""
+        result = run("show", "--json", TILL_AGENT_HUB__URL="nope")
+        assert result.exit_code == 3
+        assert json.loads(result.stdout)["message"].startswith("hub.url: ")
+
+    def test_show_output_parses_as_toml(self, run: Callable[..., Result]) -> None:
+        """Unset keys are comments, not invalid TOML."""
+        result = run("show")
+        assert "# hub.url" not in result.stdout
+        assert "# url = (unset)" in result.stdout
+        assert tomllib.loads(result.stdout)["api"]["port"] == 8765
