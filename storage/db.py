@@ -128,7 +128,7 @@ def open_till_db(data_dir: Path, *, writer: bool = True, migrate: bool = True) -
     """Open (and create or migrate) the till database in ``data_dir``.
 
     Args:
-        data_dir: the data directory; created if missing.
+        data_dir: the data directory; a writer creates it if missing.
         writer: take the one-writer lock; read-only tools pass ``False``.
         migrate: run Alembic ``upgrade head`` (only done by a writer).
 
@@ -136,11 +136,12 @@ def open_till_db(data_dir: Path, *, writer: bool = True, migrate: bool = True) -
         DataDirLocked: another process holds the writer lock.
         StorageError: the database is damaged or cannot be opened.
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    lock_fd = _acquire_lock(data_dir) if writer else None
     path = data_dir / DB_FILE
     if not writer and not path.exists():
         raise StorageError(f"no till database in {data_dir}: run `till-agent init` first")
+    if writer:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    lock_fd = _acquire_lock(data_dir) if writer else None
     try:
         engine = make_engine(path)
         _quick_check(engine)

@@ -214,9 +214,10 @@ class TestWriterLock:
         assert _open_in_subprocess(data_dir).startswith(DataDirLocked.__name__)
 
     def test_a_reader_needs_an_existing_database(self, tmp_path: Path) -> None:
-        """writer=False never creates a database; it says how to make one."""
+        """writer=False never creates a database (nor its directory); it says how to make one."""
         with pytest.raises(StorageError, match="till-agent init"):
             open_till_db(tmp_path / "empty", writer=False)
+        assert not (tmp_path / "empty").exists()
 
 
 def _corrupt(source: TillDB, target_dir: Path, offset_of: Callable[[int, int], int]) -> Path:
