@@ -9,6 +9,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from agent import __version__
 from agent.errors import (
@@ -98,6 +99,17 @@ def _fail(exc: TillAgentError, as_json: bool = False) -> NoReturn:
 def _emit(data: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+def _print_metrics(data: dict[str, Any], as_json: bool) -> None:
+    """A benchmark's figures: one JSON object on one line, or a metric/value table."""
+    if as_json:
+        print(json.dumps(data))
+        return
+    table = Table("metric", "value")
+    for key, value in data.items():
+        table.add_row(key, str(value))
+    out.print(table)
 
 
 @app.callback(invoke_without_command=True)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.progress import Progress
@@ -22,6 +21,7 @@ from agent.cli_base import (
     JsonFlag,
     _emit,
     _fail,
+    _print_metrics,
     app,
     bench_app,
     err,
@@ -490,14 +490,7 @@ def bench_receipts_cmd(
     with Progress(console=err, transient=True, disable=as_json) as progress:
         task = progress.add_task("issuing receipts", total=n)
         result = bench_receipts(n, clients=clients, progress=lambda k: progress.advance(task, k))
-    data: dict[str, Any] = result.as_dict()
-    if as_json:
-        print(json.dumps(data))
-        return
-    table = Table("metric", "value")
-    for key, value in data.items():
-        table.add_row(key, str(value))
-    out.print(table)
+    _print_metrics(result.as_dict(), as_json)
 
 
 @bench_app.command("outage")
@@ -519,14 +512,7 @@ def bench_outage_cmd(
         result = bench_outage(
             n, deadline, probe_interval, progress=lambda k: progress.advance(task, k)
         )
-    data: dict[str, Any] = result.as_dict()
-    if as_json:
-        print(json.dumps(data))
-        return
-    table = Table("metric", "value")
-    for key, value in data.items():
-        table.add_row(key, str(value))
-    out.print(table)
+    _print_metrics(result.as_dict(), as_json)
 
 
 @app.command()

@@ -15,7 +15,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from agent.cli_base import JsonFlag, _fail, app, bench_app, err, out
+from agent.cli_base import JsonFlag, _fail, _print_metrics, app, bench_app, err, out
 from agent.contract import ReceiptResult
 from agent.errors import ConfigurationError, TillAgentError
 
@@ -144,12 +144,5 @@ def bench_ingest_cmd(
             result = bench_ingest(n, clients=clients, progress=advance)
         except TillAgentError as exc:
             _fail(exc, as_json)
-    data = result.as_dict()
-    if as_json:
-        print(json.dumps(data))
-    else:
-        table = Table("metric", "value")
-        for key, value in data.items():
-            table.add_row(key, str(value))
-        out.print(table)
+    _print_metrics(result.as_dict(), as_json)
     raise typer.Exit(0 if result.spool_failed == 0 and result.api_failed == 0 else 1)
