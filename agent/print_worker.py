@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from agent.api_backend import QUEUED_PRINTS, PrinterOut
-from agent.errors import NotFound, PrinterError
+from agent.errors import PrinterError
 from agent.loop import BackgroundLoop
 from agent.printing import Printer, render_escpos, render_png
 from agent.printing.transport import FilePrinter
@@ -178,21 +178,11 @@ class PrintWorker:
     def _send(self, job: Any) -> None:
         data = job["data"]
         if isinstance(self.printer, FilePrinter):  # the development printer: with a preview
-            row = self._receipt_row(job["register_id"], job["number"])
+            row = self.service.row(job["register_id"], job["number"])
             preview = render_png(result_from_row(row), copy=job["copy"] > 0)
             self.printer.write(data, png=preview)
         else:
             self.printer.send(data)
-
-    def _receipt_row(self, register_id: str, number: int) -> Any:
-        with self.service.db.read_connection() as conn:
-            row = conn.execute(
-                "SELECT * FROM receipts WHERE register_id = ? AND number = ?",
-                (register_id, number),
-            ).fetchone()
-        if row is None:
-            raise NotFound(f"register {register_id} has no receipt {number}")
-        return row
 
     def _failed(self, job: Any, message: str) -> None:
         self._next_try = time.monotonic() + self.retry_s
@@ -218,7 +208,7 @@ class PrintWorker:
 
     def reprint(self, register_id: str, number: int) -> int:
         """Queue a copy (marked as such) of a printed or unprinted receipt; its copy number."""
-        row = self._receipt_row(register_id, number)
+        row = self.service.row(register_id, number)
         data = render_escpos(result_from_row(row), copy=True)
         with self.service.db.write_connection().transaction() as conn:
             copy = conn.execute(

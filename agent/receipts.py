@@ -313,6 +313,10 @@ class ReceiptService:
 
     def get(self, register_id: str, number: int) -> ReceiptResult:
         """The stored receipt ``number`` of ``register_id``; raises ``NotFound``."""
+        return result_from_row(self.row(register_id, number))
+
+    def row(self, register_id: str, number: int) -> Any:
+        """The ``receipts`` row (a ``sqlite3.Row``) of receipt ``number``; raises ``NotFound``."""
         with self.db.read_connection() as conn:
             row = conn.execute(
                 "SELECT * FROM receipts WHERE register_id = ? AND number = ?",
@@ -320,7 +324,7 @@ class ReceiptService:
             ).fetchone()
         if row is None:
             raise NotFound(f"register {register_id} has no receipt {number}")
-        return result_from_row(row)
+        return row
 
     # -- registers ------------------------------------------------------------------------
 
