@@ -117,14 +117,25 @@ class _Draft:
     period: str | None = None  # "YYYY-MM" of a Monats-/Jahresbeleg
 
 
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass(slots=True)
 class _Slot:
-    """One caller's piece of work in a group commit."""
+    """One caller's piece of work in a group commit.
+
+    ``wake`` is held from the start; the leader releases it when the work is done or when
+    it hands the lead to this caller (then ``done`` is still false).
+    """
 
     work: Callable[[sqlite3.Connection], ReceiptResult]
     result: ReceiptResult | None = None
     error: BaseException | None = None
     done: bool = False
+    wake: threading.Lock = field(default_factory=_held_lock)
 
 
 def _run_in_savepoint(conn: sqlite3.Connection, slot: _Slot) -> None:
@@ -168,6 +179,7 @@ class ReceiptService:
         self._lock = threading.RLock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Slot] = []
+        self._leading = False  # a caller is running (or about to run) the next group
         with self._writer.transaction() as conn:
             self.outages = OutageBook(conn)
 
@@ -256,13 +268,31 @@ class ReceiptService:
         slot = _Slot(work)
         with self._queue_lock:
             self._queue.append(slot)
-        with self._lock:
-            if not slot.done:
-                self._run_group()
+            follow, self._leading = self._leading, True
+        if follow:
+            slot.wake.acquire()  # done by a leader, or the lead is handed to us
+        if not slot.done:
+            self._lead()
         if slot.error is not None:
             raise slot.error
         assert slot.result is not None
         return slot.result
+
+    def _lead(self) -> None:
+        """Run one group, then hand the lead to the first caller queued meanwhile.
+
+        Followers wait on their own slot, not on the writer: a finished group wakes its
+        callers at once instead of one after the other through the lock.
+        """
+        try:
+            with self._lock:
+                self._run_group()
+        finally:
+            with self._queue_lock:
+                if self._queue:
+                    self._queue[0].wake.release()
+                else:
+                    self._leading = False
 
     def _run_group(self) -> None:
         with self._queue_lock:
@@ -280,6 +310,7 @@ class ReceiptService:
         finally:
             for slot in group:
                 slot.done = True
+                slot.wake.release()
 
     def issue_special(
         self,

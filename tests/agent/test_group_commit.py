@@ -1,0 +1,158 @@
+"""Group commit: concurrent callers of one service share commits, never an early answer.
+
+The commit is slowed down so that callers pile up behind it and groups really form; each
+test counts the commits to show that they did.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from conftest import Query
+
+from agent.contract import ReceiptResult
+from agent.errors import InvalidSale
+from agent.receipts import ReceiptService
+from factories import sale
+from storage.errors import StorageError
+
+THREADS, PER_THREAD = 6, 20
+
+
+@dataclass
+class Commits:
+    """The commits of the service's writer, in order: ``"ok"`` or ``"failed"``."""
+
+    log: list[str] = field(default_factory=list)
+    fail_first: bool = False
+
+
+@pytest.fixture(name="commits")
+def _commits(service: ReceiptService, monkeypatch: pytest.MonkeyPatch) -> Commits:
+    """Slows every commit of the service's writer by 3 ms and logs it."""
+    writer = service._writer  # the one place a commit can be slowed down
+    real = writer._commit
+    commits = Commits()
+
+    def slow_commit() -> None:
+        time.sleep(0.003)
+        if commits.fail_first and not commits.log:
+            commits.log.append("failed")
+            writer._conn.execute("ROLLBACK")  # as a failed COMMIT does
+            raise StorageError("the commit failed: disk I/O error (injected)")
+        real()
+        commits.log.append("ok")
+
+    monkeypatch.setattr(writer, "_commit", slow_commit)
+    return commits
+
+
+def _run(threads: int, body: Callable[[int], None]) -> None:
+    errors: list[BaseException] = []
+    gate = threading.Barrier(threads)
+
+    def run(worker: int) -> None:
+        try:
+            gate.wait()
+            body(worker)
+        except BaseException as exc:  # reported below: a thread cannot raise into pytest
+            errors.append(exc)
+
+    workers = [threading.Thread(target=run, args=(w,)) for w in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert not any(w.is_alive() for w in workers), "a caller never got its answer (deadlock)"
+    assert errors == []
+
+
+def _visible(query: Query, result: ReceiptResult) -> bool:
+    rows = query(
+        "SELECT 1 FROM receipts WHERE register_id = ? AND number = ?",
+        result.register_id,
+        result.number,
+    )
+    return len(rows) == 1
+
+
+class TestGroupCommit:
+    def test_callers_share_commits_and_each_answer_is_already_durable(
+        self, service: ReceiptService, commits: Commits, query: Query
+    ) -> None:
+        """6 threads x 20 sales on one service: fewer commits than sales, numbers gap-free,
+        and every receipt is committed (a separate reader sees it) when its caller returns."""
+        numbers: list[int] = []
+        early: list[int] = []
+
+        def sell(worker: int) -> None:
+            for i in range(PER_THREAD):
+                result = service.issue(sale(request_id=f"t{worker}-{i}"))
+                if not _visible(query, result):
+                    early.append(result.number)
+                numbers.append(result.number)
+
+        _run(THREADS, sell)
+        total = THREADS * PER_THREAD
+        assert early == []
+        assert sorted(numbers) == list(range(2, 2 + total))
+        assert len(commits.log) < total * 0.75, f"no groups formed: {len(commits.log)} commits"
+        stored = [r["number"] for r in query("SELECT number FROM receipts ORDER BY number")]
+        assert stored == list(range(1, 2 + total))
+
+    def test_a_refused_sale_in_a_group_is_undone_alone(
+        self, service: ReceiptService, commits: Commits, query: Query
+    ) -> None:
+        """Every third sale voids a receipt that does not exist: it is refused inside the
+        group, the others of its group are issued, and no number is lost."""
+        refused: list[str] = []
+        numbers: list[int] = []
+
+        def sell(worker: int) -> None:
+            for i in range(PER_THREAD):
+                extra: dict[str, Any] = {}
+                if i % 3 == 0:
+                    extra = {"kind": "storno", "voids": 9999, "lines": [], "payments": []}
+                try:
+                    numbers.append(service.issue(sale(request_id=f"t{worker}-{i}", **extra)).number)
+                except InvalidSale as exc:
+                    refused.append(exc.field)
+
+        _run(THREADS, sell)
+        per_thread_refused = len(range(0, PER_THREAD, 3))
+        assert refused == ["voids"] * (THREADS * per_thread_refused)
+        issued = THREADS * (PER_THREAD - per_thread_refused)
+        assert sorted(numbers) == list(range(2, 2 + issued))
+        assert len(commits.log) < issued
+        (row,) = query("SELECT count(*) AS n FROM receipts")
+        assert row["n"] == 1 + issued
+
+
+class TestGroupFailure:
+    def test_a_failed_commit_fails_its_group_and_the_next_callers_go_on(
+        self, service: ReceiptService, commits: Commits, query: Query
+    ) -> None:
+        """The first commit fails: its callers get the error, nothing of theirs is stored,
+        and the lead passes on, so every later caller is still served."""
+        commits.fail_first = True
+        failed: list[str] = []
+        numbers: list[int] = []
+
+        def sell(worker: int) -> None:
+            for i in range(5):
+                try:
+                    numbers.append(service.issue(sale(request_id=f"t{worker}-{i}")).number)
+                except StorageError:
+                    failed.append(f"t{worker}-{i}")
+
+        _run(THREADS, sell)
+        assert commits.log[0] == "failed"
+        assert 1 <= len(failed) <= THREADS
+        assert sorted(numbers) == list(range(2, 2 + THREADS * 5 - len(failed)))
+        stored = {r["request_id"] for r in query("SELECT request_id FROM receipts")}
+        assert stored.isdisjoint(failed)
