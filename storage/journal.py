@@ -28,6 +28,8 @@ __all__ = [
 ]
 
 GENESIS = "0" * 64
+# one encoder for every call: json.dumps with options builds a new one each time
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 _J = JOURNAL
 
 
@@ -44,7 +46,7 @@ class Event:
 
 def canonical_json(data: Mapping[str, Any]) -> str:
     """The one JSON form that is stored and hashed: sorted keys, no spaces, UTF-8."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(data)
 
 
 def event_hash(  # noqa: PLR0917 - the fields of one event, in their hashed order

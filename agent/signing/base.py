@@ -155,10 +155,13 @@ def rs_to_der(rs: bytes) -> bytes:
     return encode_dss_signature(int.from_bytes(rs[:32], "big"), int.from_bytes(rs[32:], "big"))
 
 
+_ES256 = ec.ECDSA(hashes.SHA256())
+
+
 def verify_rs(public_key: ec.EllipticCurvePublicKey, data: bytes, rs: bytes) -> bool:
     """True when ``rs`` is a valid ES256 signature of ``data``."""
     try:
-        public_key.verify(rs_to_der(rs), data, ec.ECDSA(hashes.SHA256()))
+        public_key.verify(rs_to_der(rs), data, _ES256)
     except (_CryptoInvalidSignature, ValueError):
         return False
     return True
