@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +66,25 @@ def sale(**overrides: Any) -> dict[str, Any]:
     }
     base.update(overrides)
     return base
+
+
+def run_threads(threads: int, body: Callable[[int], None], timeout: float = 60) -> None:
+    """Run ``body(worker)`` in ``threads`` threads released together; fail on any error or
+    on a thread still running after ``timeout`` seconds (a caller that never got its answer)."""
+    errors: list[BaseException] = []
+    gate = threading.Barrier(threads)
+
+    def run(worker: int) -> None:
+        try:
+            gate.wait()
+            body(worker)
+        except BaseException as exc:  # reported below: a thread cannot raise into pytest
+            errors.append(exc)
+
+    workers = [threading.Thread(target=run, args=(w,)) for w in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=timeout)
+    assert not any(w.is_alive() for w in workers), "a thread is still running (deadlock?)"
+    assert errors == []

@@ -6,9 +6,7 @@ test counts the commits to show that they did.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +16,7 @@ from conftest import Query
 from agent.contract import ReceiptResult
 from agent.errors import InvalidSale
 from agent.receipts import ReceiptService
-from factories import sale
+from factories import run_threads, sale
 from storage.errors import StorageError
 
 THREADS, PER_THREAD = 6, 20
@@ -52,26 +50,6 @@ def _commits(service: ReceiptService, monkeypatch: pytest.MonkeyPatch) -> Commit
     return commits
 
 
-def _run(threads: int, body: Callable[[int], None]) -> None:
-    errors: list[BaseException] = []
-    gate = threading.Barrier(threads)
-
-    def run(worker: int) -> None:
-        try:
-            gate.wait()
-            body(worker)
-        except BaseException as exc:  # reported below: a thread cannot raise into pytest
-            errors.append(exc)
-
-    workers = [threading.Thread(target=run, args=(w,)) for w in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=60)
-    assert not any(w.is_alive() for w in workers), "a caller never got its answer (deadlock)"
-    assert errors == []
-
-
 def _visible(query: Query, result: ReceiptResult) -> bool:
     rows = query(
         "SELECT 1 FROM receipts WHERE register_id = ? AND number = ?",
@@ -97,7 +75,7 @@ class TestGroupCommit:
                     early.append(result.number)
                 numbers.append(result.number)
 
-        _run(THREADS, sell)
+        run_threads(THREADS, sell)
         total = THREADS * PER_THREAD
         assert early == []
         assert sorted(numbers) == list(range(2, 2 + total))
@@ -123,7 +101,7 @@ class TestGroupCommit:
                 except InvalidSale as exc:
                     refused.append(exc.field)
 
-        _run(THREADS, sell)
+        run_threads(THREADS, sell)
         per_thread_refused = len(range(0, PER_THREAD, 3))
         assert refused == ["voids"] * (THREADS * per_thread_refused)
         issued = THREADS * (PER_THREAD - per_thread_refused)
@@ -150,7 +128,7 @@ class TestGroupFailure:
                 except StorageError:
                     failed.append(f"t{worker}-{i}")
 
-        _run(THREADS, sell)
+        run_threads(THREADS, sell)
         assert commits.log[0] == "failed"
         assert 1 <= len(failed) <= THREADS
         assert sorted(numbers) == list(range(2, 2 + THREADS * 5 - len(failed)))

@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from agent.errors import DataDirLocked, StorageError
 from agent.receipts import ReceiptService
-from factories import sale
+from factories import run_threads, sale
 from storage import DB_FILE, TillDB, open_till_db
 from storage.db import LOCK_FILE
 
@@ -146,25 +146,14 @@ class TestBegin:
         services = [
             ReceiptService(service.db, service.units, clock=service.clock) for _ in range(threads)
         ]
-        errors: list[BaseException] = []
         numbers: list[int] = []
-        gate = threading.Barrier(threads)
 
         def sell(worker: int) -> None:
-            try:
-                gate.wait()
-                for i in range(per_thread):
-                    result = services[worker].issue(sale(request_id=f"t{worker}-{i}"))
-                    numbers.append(result.number)
-            except BaseException as exc:  # reported below, a thread cannot raise into pytest
-                errors.append(exc)
+            for i in range(per_thread):
+                result = services[worker].issue(sale(request_id=f"t{worker}-{i}"))
+                numbers.append(result.number)
 
-        workers = [threading.Thread(target=sell, args=(w,)) for w in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(timeout=120)
-        assert errors == []
+        run_threads(threads, sell, timeout=120)
         assert sorted(numbers) == list(range(2, 2 + threads * per_thread))
         stored = [r["number"] for r in query("SELECT number FROM receipts ORDER BY number")]
         assert stored == list(range(1, 2 + threads * per_thread))
