@@ -1,12 +1,16 @@
 """Benchmarks, run as commands (``till-agent bench ...``), never as timed unit tests.
 
 ``receipts`` measures, in one run and on the same machine, a raw baseline (ECDSA sign plus
-one fsync'd SQLite insert per receipt, same data) against the full receipt path. The two
-are interleaved in rounds so that noise from a shared machine hits both alike.
+one fsync'd SQLite insert per receipt, same data) against the full receipt path, and a
+floor: the work no RKSV receipt can skip, written as tightly as Python allows. The three
+are interleaved in rounds so that noise from a shared machine hits them alike.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import sqlite3
 import statistics
 import tempfile
@@ -14,11 +18,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.contract import parse_sale
 from agent.receipts import ReceiptService, RegisterSetup
@@ -42,6 +49,8 @@ class ReceiptBench:
     baseline_per_s: float
     agent_per_s: float
     ratio: float
+    floor_per_s: float
+    floor_ratio: float
     p50_ms: float
     p99_ms: float
     baseline_p99_ms: float
@@ -76,6 +85,110 @@ def _baseline(tmp: Path) -> Callable[[int], float]:
     return one
 
 
+_FLOOR_SCHEMA = """
+CREATE TABLE register (id TEXT PRIMARY KEY, last_number INTEGER NOT NULL,
+    turnover INTEGER NOT NULL, last_jws TEXT NOT NULL, public_key BLOB NOT NULL);
+CREATE TABLE receipt (register_id TEXT NOT NULL, number INTEGER NOT NULL,
+    request_id TEXT NOT NULL, jws TEXT NOT NULL, document TEXT NOT NULL,
+    PRIMARY KEY (register_id, number), UNIQUE (register_id, request_id));
+CREATE TABLE journal (seq INTEGER PRIMARY KEY, data TEXT NOT NULL, hash TEXT NOT NULL);
+"""
+_VAT = {"normal": 0, "reduced1": 1, "reduced2": 2, "zero": 3, "special": 4}
+
+
+def _sale_json(n: int) -> str:
+    return (
+        '{"request_id":"bench-%d","register":"BENCH-1","kind":"standard",'
+        '"lines":[{"text":"Schnitzel","qty":"1","unit_price":"12.50","vat":"normal"},'
+        '{"text":"Apfelsaft","qty":"2","unit_price":"2.10","vat":"reduced1"}],'
+        '"payments":[{"method":"cash","amount":"16.70"}]}'
+    ).replace("%d", str(n))
+
+
+def _floor(
+    tmp: Path,
+    key: ec.EllipticCurvePrivateKey | None = None,
+    public: ec.EllipticCurvePublicKey | None = None,
+) -> Callable[[int], float]:
+    """What no RKSV receipt can skip, in the tightest Python, with no checks beyond them.
+
+    Per sale: parse it and sum it in cents per VAT class; in one ``BEGIN IMMEDIATE``
+    transaction look up its ``request_id`` and read the register; encrypt the turnover
+    counter (AES-256-CTR), chain to the previous JWS (SHA-256), sign ES256 and verify the
+    signature; append a hash-chained journal event, insert the receipt, update the
+    register; commit with WAL and synchronous=FULL (one fsync). No printable text, QR/OCR
+    forms, outage book, idempotency hash or error messages: the agent's path does more.
+    """
+    conn = sqlite3.connect(tmp / "floor.sqlite3", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.executescript(_FLOOR_SCHEMA)
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    public = public or key.public_key()  # a test passes another key: the verify must fail
+    algorithm = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
+    block = Cipher(algorithms.AES(bytes(32)), modes.ECB()).encryptor()  # noqa: S305
+    header = base64.urlsafe_b64encode(b'{"alg":"ES256"}').rstrip(b"=")
+    encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+    der = public.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    conn.execute("INSERT INTO register VALUES ('BENCH-1', 0, 0, 'BENCH-1', ?)", (der,))
+    conn.execute("INSERT INTO journal VALUES (0, '', ?)", ("0" * 64,))
+
+    def one(n: int) -> float:
+        start = time.perf_counter()
+        sale = json.loads(_sale_json(n))
+        amounts = [0] * 5
+        for line in sale["lines"]:
+            cents = Decimal(line["qty"]) * Decimal(line["unit_price"]) * 100
+            amounts[_VAT[line["vat"]]] += int(cents)
+        conn.execute("BEGIN IMMEDIATE")
+        seen = conn.execute(
+            "SELECT 1 FROM receipt WHERE register_id = ? AND request_id = ?",
+            (sale["register"], sale["request_id"]),
+        ).fetchone()
+        if seen is not None:  # pragma: no cover - every request_id is new here
+            raise RuntimeError("repeated request_id")
+        number, turnover, last_jws = conn.execute(
+            "SELECT last_number, turnover, last_jws FROM register WHERE id = ?",
+            (sale["register"],),
+        ).fetchone()
+        number, turnover = number + 1, turnover + sum(amounts)
+        receipt_id = str(number)
+        iv = hashlib.sha256(f"{sale['register']}{receipt_id}".encode()).digest()[:16]
+        stream = block.update(iv)
+        counter = bytes(p ^ s for p, s in zip(turnover.to_bytes(8, "big"), stream, strict=False))
+        chain = hashlib.sha256(last_jws.encode()).digest()[:8]
+        amount_text = "_".join(f"{a // 100},{a % 100:02d}" for a in amounts)
+        payload = (
+            f"_R1-AT1_{sale['register']}_{receipt_id}_2026-01-02T08:00:00_{amount_text}_"
+            f"{base64.b64encode(counter).decode()}_1a2b3c4d5e6f7081_"
+            f"{base64.b64encode(chain).decode()}"
+        )
+        signed = header + b"." + base64.urlsafe_b64encode(payload.encode()).rstrip(b"=")
+        signature = key.sign(signed, algorithm)
+        public.verify(signature, signed, algorithm)
+        rs = der_to_rs(signature)
+        jws = f"{signed.decode()}.{base64.urlsafe_b64encode(rs).rstrip(b'=').decode()}"
+        document = encode(
+            {"number": number, "jws": jws, "lines": sale["lines"], "payments": sale["payments"]}
+        )
+        last = "SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1"
+        seq, prev = conn.execute(last).fetchone()
+        digest = hashlib.sha256(f"{seq + 1}\x1f{document}\x1f{prev}".encode()).hexdigest()
+        conn.execute("INSERT INTO journal VALUES (?, ?, ?)", (seq + 1, document, digest))
+        conn.execute(
+            "INSERT INTO receipt VALUES (?, ?, ?, ?, ?)",
+            (sale["register"], number, sale["request_id"], jws, document),
+        )
+        conn.execute(
+            "UPDATE register SET last_number = ?, turnover = ?, last_jws = ? WHERE id = ?",
+            (number, turnover, jws, sale["register"]),
+        )
+        conn.execute("COMMIT")
+        return time.perf_counter() - start
+
+    return one
+
+
 def _agent(tmp: Path) -> Callable[[range, int], tuple[float, list[float]]]:
     """The full receipt path: parse, validate, sign, verify, journal, commit, per sale."""
     db = open_till_db(tmp / "data")
@@ -92,12 +205,7 @@ def _agent(tmp: Path) -> Callable[[range, int], tuple[float, list[float]]]:
     service.init_register(RegisterSetup("BENCH-1", ["bench"]))
 
     def one(n: int) -> float:
-        raw = (
-            '{"request_id":"bench-%d","register":"BENCH-1","kind":"standard",'
-            '"lines":[{"text":"Schnitzel","qty":"1","unit_price":"12.50","vat":"normal"},'
-            '{"text":"Apfelsaft","qty":"2","unit_price":"2.10","vat":"reduced1"}],'
-            '"payments":[{"method":"cash","amount":"16.70"}]}'
-        ).replace("%d", str(n))
+        raw = _sale_json(n)
         start = time.perf_counter()
         service.issue(parse_sale(raw))
         return time.perf_counter() - start
@@ -129,8 +237,9 @@ def bench_receipts(
     between waiting sales (group commit) and acknowledges none before its commit.
     """
     with tempfile.TemporaryDirectory(prefix="till-bench-") as tmp:
-        baseline, agent = _baseline(Path(tmp)), _agent(Path(tmp))
+        baseline, floor, agent = _baseline(Path(tmp)), _floor(Path(tmp)), _agent(Path(tmp))
         base_samples: list[float] = []
+        floor_samples: list[float] = []
         agent_samples: list[float] = []
         agent_wall = 0.0
         chunk = max(1, n // rounds)
@@ -138,6 +247,7 @@ def bench_receipts(
         while done < n:
             size = min(chunk, n - done)
             base_samples.extend(baseline(i) for i in range(done, done + size))
+            floor_samples.extend(floor(i) for i in range(done, done + size))
             wall, samples = agent(range(done, done + size), clients)
             agent_wall += wall
             agent_samples.extend(samples)
@@ -145,6 +255,7 @@ def bench_receipts(
             if progress is not None:
                 progress(size)
     base_rate = len(base_samples) / sum(base_samples)
+    floor_rate = len(floor_samples) / sum(floor_samples)
     agent_rate = len(agent_samples) / agent_wall
     return ReceiptBench(
         n=n,
@@ -153,6 +264,8 @@ def bench_receipts(
         baseline_per_s=round(base_rate, 1),
         agent_per_s=round(agent_rate, 1),
         ratio=round(agent_rate / base_rate, 3),
+        floor_per_s=round(floor_rate, 1),
+        floor_ratio=round(floor_rate / base_rate, 3),
         p50_ms=round(statistics.median(agent_samples) * 1000, 3),
         p99_ms=round(_percentile(agent_samples, 0.99), 3),
         baseline_p99_ms=round(_percentile(base_samples, 0.99), 3),

@@ -484,7 +484,10 @@ def bench_receipts_cmd(
     ] = 1,
     as_json: JsonFlag = False,
 ) -> None:
-    """Full receipt path vs. a raw baseline (ECDSA sign + one fsync'd SQLite insert)."""
+    """Full receipt path vs. a raw baseline (ECDSA sign + one fsync'd SQLite insert).
+
+    Also the floor: what no RKSV receipt can skip, in the tightest Python (floor_ratio).
+    """
     from agent.bench import bench_receipts
 
     with Progress(console=err, transient=True, disable=as_json) as progress:

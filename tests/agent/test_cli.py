@@ -578,7 +578,8 @@ class TestBench:
         result = _expect(run("bench", "receipts", "--n", "50", "--json"), 0)
         body = json.loads(result.stdout)
         assert isinstance(body, dict)
-        for key in ("baseline_per_s", "agent_per_s", "ratio", "p50_ms", "p99_ms"):
+        keys = ("baseline_per_s", "agent_per_s", "ratio", "floor_per_s", "floor_ratio")
+        for key in (*keys, "p50_ms", "p99_ms"):
             assert key in body, key
             assert isinstance(body[key], int | float), key
             assert not isinstance(body[key], bool), key
