@@ -123,18 +123,19 @@ def _held_lock() -> threading.Lock:
     return lock
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Slot:
     """One caller's piece of work in a group commit.
 
     ``wake`` is held from the start; the leader releases it when the work is done or when
-    it hands the lead to this caller (then ``done`` is still false).
+    it hands the lead to this caller (then ``done`` is still false and ``lead`` true).
     """
 
     work: Callable[[sqlite3.Connection], ReceiptResult]
     result: ReceiptResult | None = None
     error: BaseException | None = None
     done: bool = False
+    lead: bool = False  # this caller runs the next group (set under the queue lock)
     wake: threading.Lock = field(default_factory=_held_lock)
 
 
@@ -266,13 +267,18 @@ class ReceiptService:
         before the commit, so invariant 1 holds for every receipt of the group.
         """
         slot = _Slot(work)
-        with self._queue_lock:
-            self._queue.append(slot)
-            follow, self._leading = self._leading, True
-        if follow:
-            slot.wake.acquire()  # done by a leader, or the lead is handed to us
-        if not slot.done:
-            self._lead()
+        try:
+            with self._queue_lock:
+                self._queue.append(slot)
+                follow, self._leading = self._leading, True
+                slot.lead = not follow
+            if follow:
+                slot.wake.acquire()  # done by a leader, or the lead is handed to us
+            if not slot.done:
+                self._lead()
+        except BaseException:  # interrupted (a signal in the main thread) while queued
+            self._abandon(slot)
+            raise
         if slot.error is not None:
             raise slot.error
         assert slot.result is not None
@@ -289,10 +295,28 @@ class ReceiptService:
                 self._run_group()
         finally:
             with self._queue_lock:
-                if self._queue:
-                    self._queue[0].wake.release()
-                else:
-                    self._leading = False
+                self._pass_lead()
+
+    def _pass_lead(self) -> None:
+        """Hand the lead to the first queued caller, or end it (holding the queue lock)."""
+        if self._queue:
+            self._queue[0].lead = True
+            self._queue[0].wake.release()
+        else:
+            self._leading = False
+
+    def _abandon(self, slot: _Slot) -> None:
+        """Take an interrupted caller's work out of the queue before any group runs it.
+
+        Work a group has taken is committed or failed as usual; nobody waits for its
+        answer. A caller that held (or was just handed) the lead passes it on, or every
+        later caller would queue behind a leader that never comes.
+        """
+        with self._queue_lock:
+            if any(queued is slot for queued in self._queue):
+                self._queue.remove(slot)
+                if slot.lead:
+                    self._pass_lead()
 
     def _run_group(self) -> None:
         with self._queue_lock:

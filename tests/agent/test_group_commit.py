@@ -6,6 +6,8 @@ test counts the commits to show that they did.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,3 +136,59 @@ class TestGroupFailure:
         assert sorted(numbers) == list(range(2, 2 + THREADS * 5 - len(failed)))
         stored = {r["request_id"] for r in query("SELECT request_id FROM receipts")}
         assert stored.isdisjoint(failed)
+
+
+class _Interrupted(Exception):
+    """Raised by the test's signal handler in the main thread, as Ctrl-C would be."""
+
+
+class TestInterruptedCaller:
+    def test_a_caller_interrupted_while_queued_leaves_and_the_lead_goes_on(
+        self, service: ReceiptService, monkeypatch: pytest.MonkeyPatch, query: Query
+    ) -> None:
+        """The main thread queues behind a slow group and a signal interrupts its wait: its
+        sale is not issued, and the callers after it are still served (the lead is not
+        handed to a caller that has gone)."""
+        writer = service._writer
+        real = writer._commit
+        committing = threading.Event()
+
+        def slow_commit() -> None:
+            committing.set()
+            time.sleep(1.0)
+            real()
+
+        monkeypatch.setattr(writer, "_commit", slow_commit)
+        first = threading.Thread(target=service.issue, args=(sale(request_id="first"),))
+        first.start()
+        assert committing.wait(10)
+
+        queued_then: list[int] = []
+
+        def interrupt(signum: int, frame: object) -> None:
+            queued_then.append(len(service._queue))  # the main thread's sale, waiting
+            raise _Interrupted
+
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(_Interrupted):
+                service.issue(sale(request_id="interrupted"))
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        assert queued_then == [1]
+        first.join(10)
+        monkeypatch.setattr(writer, "_commit", real)
+
+        answers: list[int] = []
+        later = threading.Thread(
+            target=lambda: answers.append(service.issue(sale(request_id="later")).number),
+            daemon=True,  # without the handover it would wait for ever
+        )
+        later.start()
+        later.join(10)
+        assert answers == [3], "the caller after the interrupted one was never served"
+        issued = [r["request_id"] for r in query("SELECT request_id FROM receipts")]
+        assert "interrupted" not in issued
+        assert service.issue(sale(request_id="interrupted")).number == 4  # the POS retries
