@@ -228,15 +228,19 @@ def bench_receipts(
     rounds: int = 5,
     clients: int = 1,
     progress: Callable[[int], None] | None = None,
+    directory: Path | None = None,
 ) -> ReceiptBench:
     """Issue ``n`` receipts through each path, interleaved in ``rounds`` chunks.
+
+    The databases live in a temporary directory, inside ``directory`` when given (the
+    disk the till's data directory is on: its fsync is what the commits pay).
 
     The baseline issues one receipt after the other (that is what it measures: the
     cost of one signature and one fsync'd commit). The agent gets its sales from
     ``clients`` concurrent POS threads, as a till service does; it shares commits
     between waiting sales (group commit) and acknowledges none before its commit.
     """
-    with tempfile.TemporaryDirectory(prefix="till-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="till-bench-", dir=directory) as tmp:
         baseline, floor, agent = _baseline(Path(tmp)), _floor(Path(tmp)), _agent(Path(tmp))
         base_samples: list[float] = []
         floor_samples: list[float] = []

@@ -482,6 +482,17 @@ def bench_receipts_cmd(
             "--clients", min=1, max=64, help="Concurrent POS threads (agent; >1 uses group commit)."
         ),
     ] = 1,
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir",
+            help="Write the bench databases here (e.g. on the till's data disk); "
+            "default a temporary directory.",
+            exists=True,
+            file_okay=False,
+            writable=True,
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Full receipt path vs. a raw baseline (ECDSA sign + one fsync'd SQLite insert).
@@ -492,7 +503,12 @@ def bench_receipts_cmd(
 
     with Progress(console=err, transient=True, disable=as_json) as progress:
         task = progress.add_task("issuing receipts", total=n)
-        result = bench_receipts(n, clients=clients, progress=lambda k: progress.advance(task, k))
+        result = bench_receipts(
+            n,
+            clients=clients,
+            progress=lambda k: progress.advance(task, k),
+            directory=directory,
+        )
     _print_metrics(result.as_dict(), as_json)
 
 

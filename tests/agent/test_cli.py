@@ -584,6 +584,15 @@ class TestBench:
             assert isinstance(body[key], int | float), key
             assert not isinstance(body[key], bool), key
 
+    def test_bench_receipts_runs_in_the_given_directory_and_cleans_up(
+        self, run: Run, tmp_path: Path
+    ) -> None:
+        """``--dir`` puts the bench databases on that disk and leaves nothing behind there;
+        a directory that does not exist is a usage error."""
+        _expect(run("bench", "receipts", "--n", "20", "--json", "--dir", tmp_path), 0)
+        assert list(tmp_path.iterdir()) == []
+        _expect(run("bench", "receipts", "--n", "20", "--dir", tmp_path / "nope"), 2)
+
     def test_bench_rejects_too_few_receipts(self, run: Run) -> None:
         """``--n`` below 10 is a usage error (exit 2)."""
         _expect(run("bench", "receipts", "--n", "5"), 2)
