@@ -46,7 +46,6 @@ def _reprint_local(config: AgentConfig, register: str, number: int) -> int:
     from agent.print_worker import PrintWorker
     from agent.printing import open_printer
     from agent.receipts import ReceiptService
-    from agent.service import printer_config
     from agent.signing.registry import UnitRegistry
     from storage.db import open_till_db
 
@@ -54,7 +53,10 @@ def _reprint_local(config: AgentConfig, register: str, number: int) -> int:
     registry = UnitRegistry()
     try:
         worker = PrintWorker(
-            ReceiptService(db, registry), open_printer(printer_config(config)), retry_s=0.0
+            ReceiptService(db, registry),
+            open_printer(config.printer),
+            retry_s=0.0,
+            escpos=config.printer.escpos,
         )
         copy = worker.reprint(register, number)
         worker.run_once()

@@ -5,8 +5,10 @@ Where values come from, later ones winning:
 1. built-in defaults (enough for ``till-agent run`` on a fresh machine);
 2. the file: ``--config FILE`` (which must exist), else ``/etc/till-agent/config.toml``
    when it exists;
-3. environment variables ``TILL_AGENT_<SECTION>__<KEY>`` (``TILL_AGENT_API__PORT=8080``)
-   or ``TILL_AGENT_<KEY>`` for top-level keys (``TILL_AGENT_DATA_DIR``). A value is read
+3. environment variables ``TILL_AGENT_<SECTION>__<KEY>`` (``TILL_AGENT_API__PORT=8080``),
+   ``TILL_AGENT_<KEY>`` for top-level keys (``TILL_AGENT_DATA_DIR``) and
+   ``TILL_AGENT_<SECTION>__<TABLE>__<KEY>`` inside a table of a section
+   (``TILL_AGENT_PRINTER__ESCPOS__CODE_TABLE=16``). A value is read
    as a TOML value when it parses as one (``8080``, ``true``, ``0x04b8``) unless the key
    holds text or a path, which take the value verbatim.
 
@@ -46,6 +48,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from agent.errors import ConfigurationError
+from agent.printing.render import EscposOptions
 from agent.signing.config import UnitConfig
 
 if TYPE_CHECKING:
@@ -210,7 +213,12 @@ class SpoolConfig(_Section):
 
 
 class PrinterConfig(_Section):
-    """The receipt printer; ``file`` writes previews into ``dir``, ``none`` prints nothing."""
+    """The receipt printer; ``file`` writes previews into ``dir``, ``none`` prints nothing.
+
+    ``escpos`` describes the printer model (reference/libraries.md A1): ``code_table`` is
+    the ``ESC t`` number of PC858 (with the euro sign) in its list, which its self-test
+    page prints; ``qr = "image"`` for printers without native QR codes.
+    """
 
     kind: Literal["file", "network", "usb", "serial", "none"] = "file"
     dir: Path | None = None  # <data_dir>/prints when loaded
@@ -222,6 +230,13 @@ class PrinterConfig(_Section):
     baudrate: int = Field(9600, gt=0)
     timeout_s: float = Field(5.0, gt=0)
     retry_s: float = Field(30.0, gt=0)
+    escpos: EscposOptions = Field(default_factory=EscposOptions)
+
+    @field_validator("usb_vendor", "usb_product", mode="before")
+    @classmethod
+    def _hex_id(cls, value: Any) -> Any:
+        """USB ids as printed by lsusb: "04b8" and "0x04b8" are read as hex, like 0x04B8."""
+        return int(value, 16) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _kind_needs(self) -> PrinterConfig:
@@ -384,16 +399,18 @@ def _apply_env(data: dict[str, Any], sources: dict[str, str], env: Mapping[str, 
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
         path = name.removeprefix(ENV_PREFIX).lower().split("__")
-        if len(path) > 2 or not all(path):
+        if len(path) > 3 or not all(path):
             raise ConfigurationError(
-                f"{name}: use {ENV_PREFIX}<SECTION>__<KEY> or {ENV_PREFIX}<KEY> [env-name]"
+                f"{name}: use {ENV_PREFIX}<KEY>, {ENV_PREFIX}<SECTION>__<KEY> or "
+                f"{ENV_PREFIX}<SECTION>__<TABLE>__<KEY> [env-name]"
             )
         target = data
-        if len(path) == 2:
-            target = data.setdefault(path[0], {})
+        for depth, part in enumerate(path[:-1], start=1):
+            target = target.setdefault(part, {})
             if not isinstance(target, dict):
+                table = ".".join(path[:depth])
                 raise ConfigurationError(
-                    f"{path[0]}: must be a table to take {name} [table] (from {sources[path[0]]})"
+                    f"{table}: must be a table to take {name} [table] (from {sources[table]})"
                 )
         target[path[-1]] = _env_value(path, env[name])
         sources[".".join(path)] = name

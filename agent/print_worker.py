@@ -19,7 +19,7 @@ from typing import Any, Literal
 from agent.api_backend import QUEUED_PRINTS, PrinterOut
 from agent.errors import PrinterError
 from agent.loop import BackgroundLoop
-from agent.printing import Printer, render_escpos, render_png
+from agent.printing import EscposOptions, Printer, render_escpos, render_png
 from agent.printing.transport import FilePrinter
 from agent.receipt_view import result_from_row
 from agent.receipts import ReceiptService
@@ -43,6 +43,7 @@ class PrintWorker:
         service: the receipt service (its write connection stores the jobs).
         printer: where the bytes go.
         retry_s: seconds between attempts while the printer fails.
+        escpos: the printer model's code table and QR settings (``[printer.escpos]``).
         on_progress: called after each pass (feeds the service watchdog).
     """
 
@@ -52,11 +53,13 @@ class PrintWorker:
         printer: Printer,
         *,
         retry_s: float = 30.0,
+        escpos: EscposOptions | None = None,
         on_progress: Callable[[], None] | None = None,
     ) -> None:
         self.service = service
         self.printer = printer
         self.retry_s = retry_s
+        self.escpos = escpos or EscposOptions()
         self.on_progress = on_progress
         self.state: str = "ready"
         self.last_error: str | None = None
@@ -129,7 +132,7 @@ class PrintWorker:
             }
         for reg, rows in missing.items():
             for row in rows:
-                data = render_escpos(result_from_row(row))
+                data = render_escpos(result_from_row(row), options=self.escpos)
                 self._insert_job(reg, int(row["number"]), 0, data)
                 self._cursor[reg] = int(row["number"])
 
@@ -209,7 +212,7 @@ class PrintWorker:
     def reprint(self, register_id: str, number: int) -> int:
         """Queue a copy (marked as such) of a printed or unprinted receipt; its copy number."""
         row = self.service.row(register_id, number)
-        data = render_escpos(result_from_row(row), copy=True)
+        data = render_escpos(result_from_row(row), copy=True, options=self.escpos)
         with self.service.db.write_connection().transaction() as conn:
             copy = conn.execute(
                 "SELECT coalesce(max(copy), 0) + 1 FROM print_jobs"

@@ -28,7 +28,7 @@ from agent.contract import ReceiptResult
 from agent.errors import ConfigurationError
 from agent.outage_watch import OutageWatch
 from agent.print_worker import PrintWorker
-from agent.printing import PrinterConfig, open_printer
+from agent.printing import open_printer
 from agent.probe import Prober
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing import UnitConfig, create_software_unit, open_unit
@@ -36,7 +36,7 @@ from agent.signing.registry import UnitRegistry, store_unit
 from agent.spool import Spool, SpoolIngestor
 from storage.db import TillDB, open_till_db
 
-__all__ = ["DEV_UNIT", "TillService", "printer_config"]
+__all__ = ["DEV_UNIT", "TillService"]
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,9 @@ class TillService:
         sdnotify.ready("database open and migrated")
         self.printer = PrintWorker(
             self.receipts,
-            open_printer(printer_config(self.config)),
+            open_printer(self.config.printer),
             retry_s=self.config.printer.retry_s,
+            escpos=self.config.printer.escpos,
             on_progress=lambda: self.watchdog.beat("printer"),
         )
         self._ensure_register(unit_ids)
@@ -288,25 +289,3 @@ class TillService:
             self.registry.close()
         if hasattr(self, "db"):
             self.db.close()
-
-
-def printer_config(config: AgentConfig) -> PrinterConfig:
-    p = config.printer
-    match p.kind:
-        case "file":
-            return PrinterConfig(kind="file", directory=p.dir, timeout=p.timeout_s)
-        case "network":
-            return PrinterConfig(kind="network", host=p.host, port=p.port, timeout=p.timeout_s)
-        case "usb":
-            return PrinterConfig(
-                kind="usb", vendor_id=p.usb_vendor, product_id=p.usb_product, timeout=p.timeout_s
-            )
-        case "serial":
-            return PrinterConfig(
-                kind="serial",
-                device=None if p.serial_device is None else str(p.serial_device),
-                baudrate=p.baudrate,
-                timeout=p.timeout_s,
-            )
-        case _:
-            return PrinterConfig(kind="none")

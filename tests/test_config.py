@@ -219,16 +219,33 @@ class TestEnvironment:
         """TILL_AGENT_CONFIG names the file (for --config) and is not a key."""
         assert load_config(env={"TILL_AGENT_CONFIG": "/somewhere.toml"}).api.port == 8765
 
-    @pytest.mark.parametrize("name", ["TILL_AGENT_A__B__C", "TILL_AGENT_API__", "TILL_AGENT___X"])
+    @pytest.mark.parametrize(
+        "name",
+        ["TILL_AGENT_A__B__C__D", "TILL_AGENT_API__", "TILL_AGENT___X", "TILL_AGENT_A__B__C"],
+    )
     def test_a_malformed_variable_name_is_an_error(self, name: str) -> None:
-        """Only <KEY> and <SECTION>__<KEY> exist; the message names the variable."""
+        """Only <KEY>, <SECTION>__<KEY> and <SECTION>__<TABLE>__<KEY> exist, of real keys;
+        the message names the variable."""
         assert name in _error(env={name: "1"})
+
+    def test_a_key_of_a_table_inside_a_section(self) -> None:
+        """The printer model's code table, e.g. for a container without a config file."""
+        env = {
+            "TILL_AGENT_PRINTER__ESCPOS__CODE_TABLE": "16",
+            "TILL_AGENT_PRINTER__ESCPOS__QR": "image",
+        }
+        escpos = load_config(env=env).printer.escpos
+        assert (escpos.code_table, escpos.qr) == (16, "image")
 
     def test_a_key_inside_a_non_table_is_an_error(self, write_config: WriteConfig) -> None:
         """A section the file set to a value cannot take a key from the environment."""
         path = write_config("api = 3\n")
         message = _error(path, env={"TILL_AGENT_API__PORT": "1"})
         assert message.startswith("api:")
+        assert str(path) in message
+        path = write_config("[printer]\nescpos = 3\n")
+        message = _error(path, env={"TILL_AGENT_PRINTER__ESCPOS__QR": "image"})
+        assert message.startswith("printer.escpos:")
         assert str(path) in message
 
 
@@ -398,8 +415,15 @@ class TestExample:
             annotation = field.annotation
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 assert f"[{key}]" in text
-                for sub in annotation.model_fields:
-                    assert re.search(rf"^(# )?{sub} = ", text, re.MULTILINE), f"{key}.{sub}"
+                for sub, sub_field in annotation.model_fields.items():
+                    table = sub_field.annotation
+                    if isinstance(table, type) and issubclass(table, BaseModel):  # [a.b]
+                        assert f"[{key}.{sub}]" in text, f"{key}.{sub}"
+                        keys = list(table.model_fields)
+                    else:
+                        keys = [sub]
+                    for leaf in keys:
+                        assert re.search(rf"^(# )?{leaf} = ", text, re.MULTILINE), f"{key}.{leaf}"
             else:
                 assert re.search(rf"^(# |\[\[)?{key}( = |\]\])", text, re.MULTILINE), key
 

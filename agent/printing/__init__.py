@@ -8,9 +8,10 @@ python-escpos is imported on first use, never at import time.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from agent.errors import PrinterError
-from agent.printing.config import NullPrinter, PrinterConfig, PrinterKind, open_printer
-from agent.printing.preview import render_png
+from agent.printing.config import NullPrinter, open_printer
 from agent.printing.render import CP858_TABLE, EscposOptions, render_escpos
 from agent.printing.transport import (
     FilePrinter,
@@ -27,12 +28,23 @@ __all__ = [
     "NetworkPrinter",
     "NullPrinter",
     "Printer",
-    "PrinterConfig",
     "PrinterError",
-    "PrinterKind",
     "SerialPrinter",
     "UsbPrinter",
     "open_printer",
     "render_escpos",
     "render_png",
 ]
+
+if TYPE_CHECKING:
+    from agent.printing.preview import render_png
+
+
+def __getattr__(name: str) -> Any:
+    """``render_png`` loads Pillow and qrcode on first use: the configuration (which
+    imports this package for the printer options) stays quick to load for every command."""
+    if name == "render_png":
+        from agent.printing.preview import render_png
+
+        return render_png
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,108 +1,112 @@
-"""PrinterConfig: each kind's fields, errors located at the field, and the transport it opens."""
+"""The ``[printer]`` section: the printer model's options, USB ids, the transport it opens.
+
+The section's keys and their errors in general are tested with the rest of the
+configuration (tests/test_config.py); here what is particular to printers.
+"""
 
 from __future__ import annotations
 
 import importlib.util
-import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
+from agent.config import PrinterConfig, load_config
 from agent.errors import ConfigurationError
 from agent.printing import (
     EscposOptions,
     FilePrinter,
     NetworkPrinter,
     NullPrinter,
-    PrinterConfig,
     open_printer,
 )
 
-
-def _error(**fields: Any) -> tuple[tuple[str | int, ...], str]:
-    """The location and message of the single validation error of ``fields``."""
-    with pytest.raises(ValidationError) as caught:
-        PrinterConfig(**fields)
-    [error] = caught.value.errors()
-    return error["loc"], error["msg"]
+WriteConfig = Callable[[str], Path]
 
 
-class TestValidation:
-    def test_a_network_printer_from_toml(self) -> None:
-        """The documented TOML form, including the escpos options."""
-        section = tomllib.loads(
-            '[printer]\nkind = "network"\nhost = "192.168.1.50"\ntimeout = 2.5\n'
-            "[printer.escpos]\ncode_table = 16\n"
-        )["printer"]
-        config = PrinterConfig.model_validate(section)
-        assert (config.host, config.port, config.timeout) == ("192.168.1.50", None, 2.5)
-        assert config.escpos == EscposOptions(code_table=16)
+@pytest.fixture(name="write_config")
+def _write_config(tmp_path: Path) -> WriteConfig:
+    def write(text: str) -> Path:
+        path = tmp_path / "till.toml"
+        path.write_text(f'data_dir = "{tmp_path / "data"}"\n{text}', encoding="utf-8")
+        return path
 
-    @pytest.mark.parametrize(
-        ("fields", "field"),
-        [
-            ({"kind": "network"}, "host"),
-            ({"kind": "usb", "vendor_id": 0x04B8}, "product_id"),
-            ({"kind": "serial", "baudrate": 19200}, "device"),
-            ({"kind": "file"}, "directory"),
-        ],
-    )
-    def test_a_missing_field_is_named(self, fields: dict[str, Any], field: str) -> None:
-        loc, message = _error(**fields)
-        assert loc == (field,)
-        assert f"required for a {fields['kind']} printer" in message
+    return write
 
-    @pytest.mark.parametrize(
-        ("fields", "field"),
-        [
-            ({"kind": "file", "directory": "/tmp/p", "host": "printer"}, "host"),
-            ({"kind": "network", "host": "printer", "baudrate": 9600}, "baudrate"),
-            ({"kind": "none", "port": 9100}, "port"),
-        ],
-    )
-    def test_a_field_of_another_kind_is_named(self, fields: dict[str, Any], field: str) -> None:
-        loc, message = _error(**fields)
-        assert loc == (field,)
-        assert f"does not apply to a {fields['kind']} printer" in message
 
-    @pytest.mark.parametrize(
-        ("fields", "loc"),
-        [
-            ({"kind": "network", "host": "p", "prot": 9100}, ("prot",)),
-            ({"kind": "network", "host": "p", "port": 0}, ("port",)),
-            ({"kind": "network", "host": "p", "timeout": 0}, ("timeout",)),
-            (
-                {"kind": "network", "host": "p", "escpos": {"code_table": 256}},
-                ("escpos", "code_table"),
+def _error(write_config: WriteConfig, text: str) -> str:
+    with pytest.raises(ConfigurationError) as caught:
+        load_config(write_config(text), env={})
+    return str(caught.value)
+
+
+class TestSection:
+    def test_the_printer_model_from_toml(self, write_config: WriteConfig) -> None:
+        """The documented form: a network printer and its model's ``[printer.escpos]``."""
+        config = load_config(
+            write_config(
+                '[printer]\nkind = "network"\nhost = "192.168.1.50"\ntimeout_s = 2.5\n'
+                '[printer.escpos]\ncode_table = 16\nqr = "image"\n'
             ),
-            ({"kind": "network", "host": "p", "escpos": {"qr": "svg"}}, ("escpos", "qr")),
-            ({"kind": "usb", "vendor_id": "0x1_0000", "product_id": 1}, ("vendor_id",)),
-            ({"kind": "lpt"}, ("kind",)),
+            env={},
+        )
+        printer = config.printer
+        assert (printer.host, printer.port, printer.timeout_s) == ("192.168.1.50", 9100, 2.5)
+        assert printer.escpos == EscposOptions(code_table=16, qr="image")
+
+    def test_without_escpos_the_epson_numbering_applies(self) -> None:
+        assert PrinterConfig().escpos == EscposOptions()
+        assert EscposOptions().code_table == 19  # PC858 in Epson's list
+
+    @pytest.mark.parametrize(
+        ("text", "key"),
+        [
+            ("[printer.escpos]\ncode_table = 256\n", "printer.escpos.code_table"),
+            ('[printer.escpos]\nqr = "svg"\n', "printer.escpos.qr"),
+            ("[printer.escpos]\nqr_size = 9\n", "printer.escpos.qr_size"),
+            ("[printer.escpos]\ncodetable = 16\n", "printer.escpos.codetable"),
+            ('[printer]\nkind = "serial"\n', "printer.serial_device"),
+            ('[printer]\nkind = "usb"\nusb_vendor = "0x1_0000"\nusb_product = 1\n', "usb_vendor"),
+            ('[printer]\nkind = "usb"\nusb_vendor = "eps"\nusb_product = 1\n', "usb_vendor"),
         ],
     )
-    def test_a_bad_value_or_unknown_field_is_located(
-        self, fields: dict[str, Any], loc: tuple[str, ...]
+    def test_a_bad_value_names_its_key_and_the_file(
+        self, write_config: WriteConfig, text: str, key: str
     ) -> None:
-        assert _error(**fields)[0] == loc
+        message = _error(write_config, text)
+        assert key in message
+        assert ".toml" in message
 
-    def test_usb_ids_may_be_hex_strings(self) -> None:
-        config = PrinterConfig(kind="usb", vendor_id="0x04b8", product_id="0x0E15")
-        assert (config.vendor_id, config.product_id) == (0x04B8, 0x0E15)
+    def test_usb_ids_may_be_written_as_lsusb_prints_them(self, write_config: WriteConfig) -> None:
+        """``04b8:0e15`` in lsusb: hex strings, with or without 0x, or TOML hex integers."""
+        config = load_config(
+            write_config('[printer]\nkind = "usb"\nusb_vendor = "04b8"\nusb_product = "0x0E15"\n'),
+            env={},
+        )
+        assert (config.printer.usb_vendor, config.printer.usb_product) == (0x04B8, 0x0E15)
 
 
 class TestOpenPrinter:
     def test_network(self) -> None:
-        printer = open_printer(PrinterConfig(kind="network", host="10.0.0.9", timeout=1.5))
+        printer = open_printer(PrinterConfig(kind="network", host="10.0.0.9", timeout_s=1.5))
         assert isinstance(printer, NetworkPrinter)
         assert (printer.host, printer.port, printer.timeout) == ("10.0.0.9", 9100, 1.5)
 
     def test_file(self, tmp_path: Path) -> None:
-        printer = open_printer(PrinterConfig(kind="file", directory=tmp_path))
+        printer = open_printer(PrinterConfig(kind="file", dir=tmp_path))
         assert isinstance(printer, FilePrinter)
         printer.send(b"\x1b@")
         assert (tmp_path / "000001.bin").read_bytes() == b"\x1b@"
+
+    def test_the_loaded_default_is_a_file_printer_in_the_data_directory(
+        self, tmp_path: Path
+    ) -> None:
+        config = load_config(env={"TILL_AGENT_DATA_DIR": str(tmp_path)})
+        printer = open_printer(config.printer)
+        assert isinstance(printer, FilePrinter)
+        printer.send(b"\x1b@")
+        assert (tmp_path / "prints" / "000001.bin").read_bytes() == b"\x1b@"
 
     def test_none_drops_the_jobs(self) -> None:
         printer = open_printer(PrinterConfig(kind="none"))
@@ -110,8 +114,13 @@ class TestOpenPrinter:
         printer.send(b"\x1b@")
         printer.close()
 
+    def test_a_file_printer_without_a_directory_is_refused(self) -> None:
+        """Only a section built outside the loader can lack the directory."""
+        with pytest.raises(ConfigurationError, match="file printer"):
+            open_printer(PrinterConfig(kind="file"))
+
     @pytest.mark.skipif(importlib.util.find_spec("usb") is not None, reason="pyusb installed")
     def test_usb_without_the_extra_fails_when_opened(self) -> None:
-        config = PrinterConfig(kind="usb", vendor_id=0x04B8, product_id=0x0202)
+        config = PrinterConfig(kind="usb", usb_vendor=0x04B8, usb_product=0x0202)
         with pytest.raises(ConfigurationError, match="till-agent"):
             open_printer(config)

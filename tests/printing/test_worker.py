@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from agent.cli import app
 from agent.print_worker import PrintWorker
-from agent.printing import NetworkPrinter, render_escpos
+from agent.printing import EscposOptions, NetworkPrinter, render_escpos
 from agent.receipts import ReceiptService
 from factories import sale
 
@@ -45,6 +45,20 @@ def test_each_committed_receipt_is_printed_once_with_its_stored_bytes(
             for r in conn.execute("SELECT data FROM print_jobs WHERE state = 'printed' ORDER BY id")
         ]
     assert stored == jobs
+
+
+def test_the_worker_renders_with_the_printer_models_options(
+    service: ReceiptService, fake_printer: FakePrinter
+) -> None:
+    """A printer that numbers PC858 as 16 and has no native QR gets its own bytes."""
+    options = EscposOptions(code_table=16, qr="image")
+    printer = NetworkPrinter("127.0.0.1", fake_printer.port, timeout=2.0)
+    worker = PrintWorker(service, printer, escpos=options)
+    result = service.issue(sale(request_id="model"))
+    assert worker.run_once() == 1
+    [job] = fake_printer.wait_for(1)
+    assert job == render_escpos(result, options=options)
+    assert job != render_escpos(result)
 
 
 def test_a_failing_printer_blocks_nothing_and_the_backlog_prints_later(
@@ -113,7 +127,7 @@ def test_reprint_and_png_preview_from_the_command_line(
     config = tmp_path / "till.toml"
     config.write_text(
         f'data_dir = "{data}"\n[printer]\nkind = "network"\nhost = "127.0.0.1"\n'
-        f"port = {fake_printer.port}\n"
+        f"port = {fake_printer.port}\n[printer.escpos]\ncode_table = 16\n"
     )
     assert json.loads(run("reprint", REGISTER, "2", "--config", str(config), "--json")) == {
         "register": REGISTER,
@@ -122,6 +136,7 @@ def test_reprint_and_png_preview_from_the_command_line(
     }
     [job] = fake_printer.wait_for(1)
     assert b"KOPIE" in job
+    assert job.startswith(b"\x1b@\x1bt\x10")  # the configured ESC t number of PC858
     png = tmp_path / "receipt.png"
     run("receipts", "show", REGISTER, "2", "--png", str(png), "--data-dir", str(data))
     [code] = zxingcpp.read_barcodes(Image.open(io.BytesIO(png.read_bytes())))
