@@ -263,8 +263,9 @@ class ReceiptService:
         The caller that gets the writer first becomes the leader: it runs every queued
         piece of work in one ``BEGIN IMMEDIATE`` transaction, each in its own savepoint (a
         bad sale is rolled back alone), commits once, and hands each caller its result.
-        The others find their work done when they get the lock. Nothing is returned
-        before the commit, so invariant 1 holds for every receipt of the group.
+        The others wait on their own slot until a leader has committed their work or hands
+        one of them the lead. Nothing is returned before the commit, so invariant 1 holds
+        for every receipt of the group.
         """
         slot = _Slot(work)
         try:
