@@ -314,7 +314,7 @@ class ReceiptService:
         later caller would queue behind a leader that never comes.
         """
         with self._queue_lock:
-            if any(queued is slot for queued in self._queue):
+            if slot in self._queue:  # identity: slots do not compare by value
                 self._queue.remove(slot)
                 if slot.lead:
                     self._pass_lead()

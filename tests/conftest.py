@@ -7,6 +7,7 @@ the plain factory functions with ``from factories import ...``.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from agent import config as config_module
 from agent.clock import FrozenClock
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing import UnitConfig, create_software_unit
@@ -26,6 +28,7 @@ UNIT = "dev"
 START = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.UTC)  # 11:00 in Vienna
 
 Query = Callable[..., list[sqlite3.Row]]
+WriteConfig = Callable[[str], Path]
 
 
 @pytest.fixture(name="opened_dbs", autouse=True)
@@ -109,3 +112,24 @@ def _service(bare_service: ReceiptService) -> ReceiptService:
     """A receipt service with register KASSE-1 initialized (its Startbeleg is number 1)."""
     bare_service.init_register(RegisterSetup(REGISTER, [UNIT]))
     return bare_service
+
+
+@pytest.fixture(name="no_system_config")
+def _no_system_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither /etc/till-agent/config.toml nor TILL_AGENT_* variables of this machine count."""
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", tmp_path / "etc" / "config.toml")
+    for name in list(os.environ):
+        if name.startswith("TILL_AGENT_") or name in ("STATE_DIRECTORY", "XDG_DATA_HOME"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(name="write_config")
+def _write_config(tmp_path: Path) -> WriteConfig:
+    """Write TOML text to ``tmp_path/config.toml`` and return the path."""
+
+    def write(text: str) -> Path:
+        path = tmp_path / "config.toml"
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import typer
+from conftest import WriteConfig
 from pydantic import BaseModel
 from typer.testing import CliRunner, Result
 
@@ -30,16 +31,7 @@ from agent.outage_watch import Thresholds
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "config.example.toml"
 
-WriteConfig = Callable[[str], Path]
-
-
-@pytest.fixture(name="no_system_config", autouse=True)
-def _no_system_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Neither /etc/till-agent/config.toml nor TILL_AGENT_* variables of this machine count."""
-    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", tmp_path / "etc" / "config.toml")
-    for name in list(os.environ):
-        if name.startswith("TILL_AGENT_") or name in ("STATE_DIRECTORY", "XDG_DATA_HOME"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_system_config")
 
 
 @pytest.fixture(name="home")
@@ -53,18 +45,6 @@ def _home(tmp_path: Path) -> Path:
 def _env(home: Path) -> dict[str, str]:
     """A minimal environment: a home directory and nothing else."""
     return {"HOME": str(home)}
-
-
-@pytest.fixture(name="write_config")
-def _write_config(tmp_path: Path) -> WriteConfig:
-    """Write TOML text to ``tmp_path/config.toml`` and return the path."""
-
-    def write(text: str) -> Path:
-        path = tmp_path / "config.toml"
-        path.write_text(text, encoding="utf-8")
-        return path
-
-    return write
 
 
 def _error(path: Path | None = None, env: dict[str, str] | None = None) -> str:

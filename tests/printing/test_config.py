@@ -7,10 +7,10 @@ configuration (tests/test_config.py); here what is particular to printers.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import WriteConfig
 
 from agent.config import PrinterConfig, load_config
 from agent.errors import ConfigurationError
@@ -22,17 +22,7 @@ from agent.printing import (
     open_printer,
 )
 
-WriteConfig = Callable[[str], Path]
-
-
-@pytest.fixture(name="write_config")
-def _write_config(tmp_path: Path) -> WriteConfig:
-    def write(text: str) -> Path:
-        path = tmp_path / "till.toml"
-        path.write_text(f'data_dir = "{tmp_path / "data"}"\n{text}', encoding="utf-8")
-        return path
-
-    return write
+pytestmark = pytest.mark.usefixtures("no_system_config")
 
 
 def _error(write_config: WriteConfig, text: str) -> str:
