@@ -19,7 +19,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +53,7 @@ from agent.receipt_view import AMOUNT_COLUMNS, Amounts, result_from_parts, resul
 from agent.signing import SignatureUnit, sign_verified, verify_rs
 from agent.signing.registry import UnitRegistry
 from storage.db import TillDB
+from storage.group_commit import GroupCommit
 from storage.journal import append_event, canonical_json
 
 __all__ = ["KINDS", "MUST_SIGN", "ReceiptService", "RegisterSetup"]
@@ -117,43 +118,6 @@ class _Draft:
     period: str | None = None  # "YYYY-MM" of a Monats-/Jahresbeleg
 
 
-def _held_lock() -> threading.Lock:
-    lock = threading.Lock()
-    lock.acquire()
-    return lock
-
-
-@dataclass(slots=True, eq=False)
-class _Slot:
-    """One caller's piece of work in a group commit.
-
-    ``wake`` is held from the start; the leader releases it when the work is done or when
-    it hands the lead to this caller (then ``done`` is still false and ``lead`` true).
-    """
-
-    work: Callable[[sqlite3.Connection], ReceiptResult]
-    result: ReceiptResult | None = None
-    error: BaseException | None = None
-    done: bool = False
-    lead: bool = False  # this caller runs the next group (set under the queue lock)
-    wake: threading.Lock = field(default_factory=_held_lock)
-
-
-def _run_in_savepoint(conn: sqlite3.Connection, slot: _Slot) -> None:
-    """Run one piece of work of a group; a refused sale is undone without the others.
-
-    Only refusals (``InvalidSale``, ``FiscalError``) are contained: they happen before
-    anything in memory (the outage book) changes. Anything else fails the whole group.
-    """
-    conn.execute("SAVEPOINT receipt")
-    try:
-        slot.result = slot.work(conn)
-    except (FiscalError, InvalidSale) as exc:
-        conn.execute("ROLLBACK TO receipt")
-        slot.error = exc
-    conn.execute("RELEASE receipt")
-
-
 class ReceiptService:
     """Issues receipts for the registers of one till database.
 
@@ -178,9 +142,11 @@ class ReceiptService:
         self.sign_timeout = sign_timeout
         self._writer = db.write_connection()
         self._lock = threading.RLock()
-        self._queue_lock = threading.Lock()
-        self._queue: list[_Slot] = []
-        self._leading = False  # a caller is running (or about to run) the next group
+        # refusals are contained to their sale: they are raised before anything in memory
+        # (the outage book) changes; anything else fails the whole group
+        self._group: GroupCommit[ReceiptResult] = GroupCommit(
+            self._lock, self._transaction, (FiscalError, InvalidSale)
+        )
         with self._writer.transaction() as conn:
             self.outages = OutageBook(conn)
 
@@ -228,7 +194,7 @@ class ReceiptService:
     def issue(self, sale: Sale | bytes | str | dict[str, Any]) -> ReceiptResult:
         """Issue the receipt for a POS sale; a repeated ``request_id`` returns the stored one.
 
-        Concurrent callers share commits (group commit, see :meth:`_committed`): each
+        Concurrent callers share commits (:class:`storage.group_commit.GroupCommit`): each
         returns only after the transaction holding its receipt is durable.
 
         Raises:
@@ -255,87 +221,7 @@ class ReceiptService:
             reg = self._open_register(conn, parsed.register_id)
             return self._issue_in(conn, reg, self._draft_for_sale(conn, reg, parsed, sale_hash))
 
-        return self._committed(work)
-
-    def _committed(self, work: Callable[[sqlite3.Connection], ReceiptResult]) -> ReceiptResult:
-        """Run ``work`` in a write transaction shared with whoever is waiting (group commit).
-
-        The caller that gets the writer first becomes the leader: it runs every queued
-        piece of work in one ``BEGIN IMMEDIATE`` transaction, each in its own savepoint (a
-        bad sale is rolled back alone), commits once, and hands each caller its result.
-        The others wait on their own slot until a leader has committed their work or hands
-        one of them the lead. Nothing is returned before the commit, so invariant 1 holds
-        for every receipt of the group.
-        """
-        slot = _Slot(work)
-        try:
-            with self._queue_lock:
-                self._queue.append(slot)
-                follow, self._leading = self._leading, True
-                slot.lead = not follow
-            if follow:
-                slot.wake.acquire()  # done by a leader, or the lead is handed to us
-            if not slot.done:
-                self._lead()
-        except BaseException:  # interrupted (a signal in the main thread) while queued
-            self._abandon(slot)
-            raise
-        if slot.error is not None:
-            raise slot.error
-        assert slot.result is not None
-        return slot.result
-
-    def _lead(self) -> None:
-        """Run one group, then hand the lead to the first caller queued meanwhile.
-
-        Followers wait on their own slot, not on the writer: a finished group wakes its
-        callers at once instead of one after the other through the lock.
-        """
-        try:
-            with self._lock:
-                self._run_group()
-        finally:
-            with self._queue_lock:
-                self._pass_lead()
-
-    def _pass_lead(self) -> None:
-        """Hand the lead to the first queued caller, or end it (holding the queue lock)."""
-        if self._queue:
-            self._queue[0].lead = True
-            self._queue[0].wake.release()
-        else:
-            self._leading = False
-
-    def _abandon(self, slot: _Slot) -> None:
-        """Take an interrupted caller's work out of the queue before any group runs it.
-
-        Work a group has taken is committed or failed as usual; nobody waits for its
-        answer. A caller that held (or was just handed) the lead passes it on, or every
-        later caller would queue behind a leader that never comes.
-        """
-        with self._queue_lock:
-            if slot in self._queue:  # identity: slots do not compare by value
-                self._queue.remove(slot)
-                if slot.lead:
-                    self._pass_lead()
-
-    def _run_group(self) -> None:
-        with self._queue_lock:
-            group, self._queue = self._queue, []
-        try:
-            with self._transaction() as conn:
-                if len(group) == 1:
-                    group[0].result = group[0].work(conn)
-                else:
-                    for slot in group:
-                        _run_in_savepoint(conn, slot)
-        except BaseException as exc:  # nothing of the group was committed
-            for slot in group:
-                slot.result, slot.error = None, slot.error or exc
-        finally:
-            for slot in group:
-                slot.done = True
-                slot.wake.release()
+        return self._group.run(work)
 
     def issue_special(
         self,

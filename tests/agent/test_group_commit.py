@@ -166,7 +166,7 @@ class TestInterruptedCaller:
         queued_then: list[int] = []
 
         def interrupt(signum: int, frame: object) -> None:
-            queued_then.append(len(service._queue))  # the main thread's sale, waiting
+            queued_then.append(service._group.queued)  # the main thread's sale, waiting
             raise _Interrupted
 
         previous = signal.signal(signal.SIGALRM, interrupt)

@@ -1,0 +1,163 @@
+"""Group commit: concurrent writers share one transaction, and so one fsync.
+
+A caller hands :meth:`GroupCommit.run` a piece of work (a function of the open write
+connection). The caller that finds nobody leading becomes the leader: it takes the
+writer, runs every piece queued so far in one transaction, each in its own savepoint
+when there are several (a refused piece is rolled back alone), commits once and hands
+each caller its result. The others wait on their own slot until a leader has committed
+their work, or hands one of them the lead. Nothing is returned before the commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+__all__ = ["GroupCommit"]
+
+T = TypeVar("T")
+Work = Callable[[sqlite3.Connection], T]
+
+
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
+@dataclass(slots=True, eq=False)
+class _Slot(Generic[T]):
+    """One caller's piece of work.
+
+    ``wake`` is held from the start; the leader releases it when the work is done or when
+    it hands the lead to this caller (then ``done`` is still false and ``lead`` true).
+    """
+
+    work: Work[T]
+    result: T | None = None
+    error: BaseException | None = None
+    done: bool = False
+    lead: bool = False  # this caller runs the next group (set under the queue lock)
+    wake: threading.Lock = field(default_factory=_held_lock)
+
+
+class GroupCommit(Generic[T]):
+    """Runs pieces of work from many threads in shared write transactions.
+
+    Args:
+        writer: held by the leader while it runs a group; the owner's other writes
+            take it too, so a group never interleaves with them.
+        transaction: opens the write transaction a group runs in (commits on exit).
+        contained: the exceptions that refuse one piece of a group without failing the
+            others; they must be raised before the piece changed anything outside the
+            database. Any other exception fails the whole group.
+    """
+
+    def __init__(
+        self,
+        writer: threading.RLock,
+        transaction: Callable[[], AbstractContextManager[sqlite3.Connection]],
+        contained: tuple[type[Exception], ...],
+    ) -> None:
+        self._writer = writer
+        self._transaction = transaction
+        self._contained = contained
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Slot[T]] = []
+        self._leading = False  # a caller is running (or about to run) the next group
+
+    @property
+    def queued(self) -> int:
+        """How many pieces of work wait for a group (a snapshot, read without the lock so
+        that a signal handler may ask)."""
+        return len(self._queue)
+
+    def run(self, work: Work[T]) -> T:
+        """Run ``work`` in a transaction shared with whoever is waiting; its committed result.
+
+        Raises:
+            whatever ``work`` raised, or what failed the group's transaction.
+        """
+        slot: _Slot[T] = _Slot(work)
+        try:
+            with self._queue_lock:
+                self._queue.append(slot)
+                follow, self._leading = self._leading, True
+                slot.lead = not follow
+            if follow:
+                slot.wake.acquire()  # done by a leader, or the lead is handed to us
+            if not slot.done:
+                self._lead()
+        except BaseException:  # interrupted (a signal in the main thread) while queued
+            self._abandon(slot)
+            raise
+        if slot.error is not None:
+            raise slot.error
+        assert slot.result is not None
+        return slot.result
+
+    def _lead(self) -> None:
+        """Run one group, then hand the lead to the first caller queued meanwhile.
+
+        Followers wait on their own slot, not on the writer: a finished group wakes its
+        callers at once instead of one after the other through the lock.
+        """
+        try:
+            with self._writer:
+                self._run_group()
+        finally:
+            with self._queue_lock:
+                self._pass_lead()
+
+    def _pass_lead(self) -> None:
+        """Hand the lead to the first queued caller, or end it (holding the queue lock)."""
+        if self._queue:
+            self._queue[0].lead = True
+            self._queue[0].wake.release()
+        else:
+            self._leading = False
+
+    def _abandon(self, slot: _Slot[T]) -> None:
+        """Take an interrupted caller's work out of the queue before any group runs it.
+
+        Work a group has taken is committed or failed as usual; nobody waits for its
+        answer. A caller that held (or was just handed) the lead passes it on, or every
+        later caller would queue behind a leader that never comes.
+        """
+        with self._queue_lock:
+            if slot in self._queue:  # identity: slots do not compare by value
+                self._queue.remove(slot)
+                if slot.lead:
+                    self._pass_lead()
+
+    def _run_group(self) -> None:
+        with self._queue_lock:
+            group, self._queue = self._queue, []
+        try:
+            with self._transaction() as conn:
+                if len(group) == 1:
+                    group[0].result = group[0].work(conn)
+                else:
+                    for slot in group:
+                        self._run_in_savepoint(conn, slot)
+        except BaseException as exc:  # nothing of the group was committed
+            for slot in group:
+                slot.result, slot.error = None, slot.error or exc
+        finally:
+            for slot in group:
+                slot.done = True
+                slot.wake.release()
+
+    def _run_in_savepoint(self, conn: sqlite3.Connection, slot: _Slot[T]) -> None:
+        """Run one piece of a group; a contained refusal is undone without the others."""
+        conn.execute("SAVEPOINT piece")
+        try:
+            slot.result = slot.work(conn)
+        except self._contained as exc:
+            conn.execute("ROLLBACK TO piece")
+            slot.error = exc
+        conn.execute("RELEASE piece")
