@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 __all__ = ["GroupCommit"]
 
@@ -97,8 +97,7 @@ class GroupCommit(Generic[T]):
             raise
         if slot.error is not None:
             raise slot.error
-        assert slot.result is not None
-        return slot.result
+        return cast(T, slot.result)  # set by the group, and None only when work returned it
 
     def _lead(self) -> None:
         """Run one group, then hand the lead to the first caller queued meanwhile.

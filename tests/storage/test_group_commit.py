@@ -104,17 +104,17 @@ def test_a_failing_piece_fails_its_whole_group_and_nothing_of_it_commits(
     tmp_path: Path,
 ) -> None:
     store = Store(tmp_path / "g.sqlite3")
-    gate = threading.Event()
+    running, gate = threading.Event(), threading.Event()
 
     def first(conn: sqlite3.Connection) -> int:
-        gate.wait(10)  # holds the writer until the others are queued
+        running.set()  # the leader has taken its group (of one) and holds the writer
+        gate.wait(10)  # ... until the others are queued
         conn.execute("INSERT INTO t VALUES (1)")
         return 1
 
     leader = threading.Thread(target=store.group.run, args=(first,))
     leader.start()
-    while store.group.queued:  # the leader has taken its group (of one)
-        time.sleep(0.001)
+    assert running.wait(10)
 
     def broken(conn: sqlite3.Connection) -> int:
         conn.execute("INSERT INTO t VALUES (3)")
@@ -154,3 +154,11 @@ def test_an_answer_is_the_work_s_own_result(tmp_path: Path, pieces: int) -> None
     store = Store(tmp_path / "g.sqlite3")
     outcome = run_all(store, [11 * (i + 1) for i in range(pieces)])
     assert outcome == {11 * (i + 1): 11 * (i + 1) for i in range(pieces)}
+
+
+def test_work_that_returns_none_is_answered_none(tmp_path: Path) -> None:
+    """The group is generic: None is a result like any other, not a missing one."""
+    store = Store(tmp_path / "g.sqlite3")
+    nothing: GroupCommit[None] = GroupCommit(store.lock, store.transaction, (Refused,))
+    assert nothing.run(lambda conn: None) is None
+    assert store.commits == 1
