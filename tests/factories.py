@@ -1,13 +1,17 @@
-"""Plain factory functions for tests: databases, units, services and sales."""
+"""Plain factory functions for tests: databases, units, services and sales, and a QR reader."""
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import zxingcpp
+from PIL import Image
 
 from agent.receipts import ReceiptService
 from agent.signing import UnitConfig, open_unit
@@ -88,3 +92,18 @@ def run_threads(threads: int, body: Callable[[int], None], timeout: float = 60) 
         worker.join(timeout=timeout)
     assert not any(w.is_alive() for w in workers), "a thread is still running (deadlock?)"
     assert errors == []
+
+
+def qr_codes(image: Image.Image | bytes | Path) -> list[str]:
+    """The QR codes in an image (a PIL image, PNG bytes or a file), top to bottom.
+
+    Only QR codes are looked for: read for every format, the printed text of a receipt
+    now and then passes for a one-dimensional barcode ("9508").
+    """
+    if isinstance(image, bytes | Path):
+        source = io.BytesIO(image) if isinstance(image, bytes) else image
+        with Image.open(source) as opened:
+            return qr_codes(opened)
+    return [
+        found.text for found in zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
+    ]

@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import zxingcpp
-from PIL import Image
 from typer.testing import CliRunner, Result
 
 import agent.cli_demo  # noqa: F401 - registers `demo` until agent/cli.py imports it
 from agent.cli import app
 from agent.contract import ReceiptResult
 from agent.demo import CONTAINER_FILE, DEP_FILE, DemoResult, run_demo
+from factories import qr_codes
 
 DAY = [  # number, kind, state, note
     (1, "start", "signed", ""),
@@ -89,8 +88,7 @@ class TestTheDay:
         result, recorder, out_dir = played
         assert [p.name for p in result.previews] == [f"receipt-{n:03d}.png" for n in range(1, 14)]
         assert all(p.parent == out_dir / "previews" for p in result.previews)
-        [code] = zxingcpp.read_barcodes(Image.open(result.previews[11]))
-        assert code.text == recorder.receipts[11].qr
+        assert qr_codes(result.previews[11]) == [recorder.receipts[11].qr]
 
     def test_without_out_nothing_is_left(self) -> None:
         result = run_demo()

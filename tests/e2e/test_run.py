@@ -3,7 +3,6 @@ directory, a clean SIGTERM and a network printer that goes away and comes back."
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import os
@@ -16,8 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import zxingcpp
-from PIL import Image
 
 from agent.config import SYSTEM_CONFIG
 from e2e.harness import (
@@ -29,7 +26,7 @@ from e2e.harness import (
     qr_payloads,
     read_receipts,
 )
-from factories import sale
+from factories import qr_codes, sale
 
 REGISTER = "KASSE-1"
 
@@ -66,11 +63,6 @@ def wait_until(
     while not condition():
         assert time.monotonic() < deadline, message
         time.sleep(every)
-
-
-def decode_png(png: bytes) -> list[str]:
-    with Image.open(io.BytesIO(png)) as image:
-        return [found.text for found in zxingcpp.read_barcodes(image)]
 
 
 class TestFreshMachine:
@@ -111,7 +103,7 @@ class TestFreshMachine:
         receipts = read_receipts(data_dir)
         for stored, number in zip(receipts, range(1, 4), strict=True):
             assert qr_payloads((prints / f"{number:06d}.bin").read_bytes()) == [stored.result.qr]
-            assert decode_png((prints / f"{number:06d}.png").read_bytes()) == [stored.result.qr]
+            assert qr_codes(prints / f"{number:06d}.png") == [stored.result.qr]
         assert list(cwd.iterdir()) == [], "the agent wrote into its working directory"
         assert "DEVELOPMENT signature unit" in agent.output()
 

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import io
 
-import zxingcpp
 from PIL import Image
 
 from agent.contract import ReceiptResult
 from agent.printing import render_png
+from factories import qr_codes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _decode(png: bytes) -> list[str]:
-    with Image.open(io.BytesIO(png)) as image:
-        return [found.text for found in zxingcpp.read_barcodes(image)]
 
 
 class TestPreview:
@@ -24,11 +19,11 @@ class TestPreview:
     ) -> None:
         png = render_png(standard)
         assert png.startswith(PNG_SIGNATURE)
-        assert _decode(png) == [standard.qr]
+        assert qr_codes(png) == [standard.qr]
 
     def test_a_fallback_preview_decodes_too(self, fallback: ReceiptResult) -> None:
         """The failure marker makes the code longer; it still decodes."""
-        assert _decode(render_png(fallback)) == [fallback.qr]
+        assert qr_codes(render_png(fallback)) == [fallback.qr]
 
     def test_the_same_receipt_gives_the_same_png(self, storno: ReceiptResult) -> None:
         assert render_png(storno) == render_png(storno)
@@ -40,10 +35,10 @@ class TestPreview:
         with Image.open(io.BytesIO(original)) as a, Image.open(io.BytesIO(copy)) as b:
             assert a.width == b.width
             assert b.height > a.height
-        assert _decode(copy) == [training.qr]
+        assert qr_codes(copy) == [training.qr]
 
     def test_a_receipt_without_code_gives_a_text_only_preview(
         self, standard: ReceiptResult
     ) -> None:
         png = render_png(standard.model_copy(update={"qr": ""}))
-        assert _decode(png) == []
+        assert qr_codes(png) == []
