@@ -70,8 +70,9 @@ def encrypt_counter(
         plain = cents.to_bytes(length, "big", signed=True)
     except OverflowError as exc:
         raise ValueError(f"{cents} cents do not fit a {length}-byte counter") from exc
-    stream = _keystream(key, counter_iv(register_id, receipt_id))
-    return b64(bytes(p ^ s for p, s in zip(plain, stream, strict=False)))
+    stream = _keystream(key, counter_iv(register_id, receipt_id))[:length]
+    cipher = int.from_bytes(plain, "big") ^ int.from_bytes(stream, "big")
+    return b64(cipher.to_bytes(length, "big"))
 
 
 def decrypt_counter(key: bytes, register_id: str, receipt_id: str, field: str) -> int:

@@ -60,7 +60,10 @@ class Payload:
 
     def text(self) -> str:
         """The exact string that is signed: ``_`` + the fields joined by ``_``."""
-        return "_" + "_".join(self.fields())
+        return (
+            f"_{self.suite}_{self.register_id}_{self.receipt_id}_{self.issued_at}_"
+            f"{'_'.join(self.amounts)}_{self.counter}_{self.cert_serial}_{self.chain}"
+        )
 
     @classmethod
     def parse(cls, text: str) -> Payload:
@@ -111,11 +114,11 @@ def qr_code(payload: Payload, signature: bytes) -> str:
 
 def ocr_code(payload: Payload, signature: bytes) -> str:
     """The OCR form: counter, chain and signature re-encoded in base32."""
-    counter = _b64_to_b32(payload.counter)
-    fields = payload.fields()
-    fields[9] = counter
-    fields[11] = _b64_to_b32(payload.chain)
-    return "_" + "_".join(fields) + "_" + b32(signature)
+    p = payload
+    return (
+        f"_{p.suite}_{p.register_id}_{p.receipt_id}_{p.issued_at}_{'_'.join(p.amounts)}_"
+        f"{_b64_to_b32(p.counter)}_{p.cert_serial}_{_b64_to_b32(p.chain)}_{b32(signature)}"
+    )
 
 
 def _b64_to_b32(value: str) -> str:

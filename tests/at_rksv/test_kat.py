@@ -7,6 +7,7 @@ so re-signing each payload with the test key must give the recorded JWS exactly.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from decimal import ROUND_HALF_UP, Decimal
@@ -16,6 +17,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.at_rksv.counter import (
     STORNO_MARKER,
@@ -182,6 +185,11 @@ class TestMiscKat:
         assert marker == expected["base64"]
         assert b64(expected["plain"].encode("ascii")) == marker
         assert b32(expected["plain"].encode("ascii")) == expected["base32"]
+
+    @given(st.binary(max_size=80))
+    def test_base32_is_rfc4648(self, data: bytes) -> None:
+        """The OCR form's own base32 gives what the standard library gives, padding included."""
+        assert b32(data) == base64.b32encode(data).decode("ascii")
 
     def test_start_chaining_value(self) -> None:
         ((name, value),) = [(k, v) for k, v in KAT_MISC.items() if k.startswith("startChaining")]
