@@ -7,13 +7,15 @@ naming the field and the rule, raised before any number is allocated.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from agent.errors import InvalidSale
+from storage.journal import canonical_json
 
 __all__ = [
     "VAT_CLASSES",
@@ -23,6 +25,9 @@ __all__ = [
     "Sale",
     "line_total_cents",
     "parse_sale",
+    "sale_fingerprint",
+    "same_sale",
+    "scaled",
 ]
 
 VAT_CLASSES = ("normal", "reduced1", "reduced2", "zero", "special")
@@ -146,11 +151,13 @@ class _DuplicateKey(ValueError):
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise _DuplicateKey(key)
-        obj[key] = value
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
     return obj
 
 
@@ -187,14 +194,60 @@ def parse_sale(raw: bytes | str | dict[str, Any]) -> Sale:
     return sale
 
 
+def sale_fingerprint(sale: Sale) -> str:
+    """What identifies a sale for idempotency: ``s2:`` + base64url SHA-256 of its fields.
+
+    The fields are joined with ASCII separators that no checked field can contain (texts
+    refuse control characters; every other field has a pattern without them), so two
+    sales share a fingerprint only when every field is equal. Receipts issued before
+    this form carry the hex SHA-256 of the sale's canonical JSON (:func:`same_sale`).
+    """
+    lines = "\x1e".join(f"{x.text}\x1f{x.qty}\x1f{x.unit_price}\x1f{x.vat}" for x in sale.lines)
+    payments = "\x1e".join(f"{p.method}\x1f{p.amount}" for p in sale.payments)
+    voids = "" if sale.voids is None else str(sale.voids)
+    material = "\x1d".join(
+        (sale.request_id, sale.register_id, sale.kind, voids, sale.cashier or "", lines, payments)
+    )
+    digest = hashlib.sha256(material.encode("utf-8")).digest()
+    return "s2:" + base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+
+
+def same_sale(stored: str | None, sale: Sale) -> bool:
+    """True when ``sale`` is the sale whose stored fingerprint is ``stored``."""
+    if stored is not None and stored.startswith("s2:"):
+        return stored == sale_fingerprint(sale)
+    legacy = canonical_json(sale.model_dump())  # the form of receipts issued before "s2:"
+    return stored == hashlib.sha256(legacy.encode("utf-8")).hexdigest()
+
+
 def line_total_cents(line: Line) -> int:
-    """Gross total of a line in cents, rounded half up."""
-    total = Decimal(line.qty) * Decimal(line.unit_price) * 100
-    return int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    """Gross total of a line in cents, rounded half up (a half cent away from zero).
+
+    Exact integer arithmetic on the checked decimal strings: quantity in thousandths
+    times price in cents gives thousandths of a cent.
+    """
+    product = scaled(line.qty, 3) * scaled(line.unit_price, 2)
+    cents = (abs(product) + 500) // 1000
+    return -cents if product < 0 else cents
+
+
+def scaled(number: str, places: int) -> int:
+    """A checked decimal string (``-?digits(.digits)?``, at most ``places`` decimals) as
+    an integer count of ``10**-places`` units: ``scaled("2.1", 2) == 210``."""
+    whole, _, frac = number.partition(".")
+    value = abs(int(whole)) * _POW10[places]
+    if frac:
+        if len(frac) > places:
+            raise ValueError(f"{number!r} has more than {places} decimals")
+        value += int(frac) * _POW10[places - len(frac)]
+    return -value if whole.startswith("-") else value
+
+
+_POW10 = (1, 10, 100, 1000)
 
 
 def _cents(money: str) -> int:
-    return int(Decimal(money) * 100)
+    return scaled(money, 2)
 
 
 def _check_rules(sale: Sale) -> None:
@@ -217,7 +270,7 @@ def _check_sale_lines(sale: Sale) -> None:
     if not sale.lines:
         raise InvalidSale("lines", "min-items", f"a {sale.kind} sale needs at least one line")
     for i, line in enumerate(sale.lines):
-        if Decimal(line.qty) == 0:
+        if scaled(line.qty, 3) == 0:
             raise InvalidSale(f"lines.{i}.qty", "non-zero", "a line quantity must not be zero")
         if abs(line_total_cents(line)) > MAX_CENTS:
             raise InvalidSale(

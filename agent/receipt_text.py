@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 
 from agent.at_rksv import FALLBACK_TEXT
+from agent.contract import scaled
 
 __all__ = ["TextFacts", "render_lines"]
 
@@ -22,6 +22,7 @@ _VAT_LABEL = {
     "zero": "D 0%",
     "special": "E 19%/4,9%",
 }
+_VAT_LINES = tuple((vat, f"  {label}") for vat, label in _VAT_LABEL.items())  # in print order
 _TITLES = {
     "start": "STARTBELEG",
     "storno": "STORNOBUCHUNG",
@@ -62,7 +63,7 @@ def _pair(left: str, right: str) -> str:
 def _item_lines(facts: TextFacts) -> list[str]:
     out: list[str] = []
     for text, qty, price, vat, total in facts.lines:
-        if Decimal(qty) != 1:
+        if scaled(qty, 3) != 1000:
             out.append(f"  {qty} x {price.replace('.', ',')}")
         out.append(_pair(text, f"{_money(total)} {_VAT_LETTER[vat]}"))
     return out
@@ -85,8 +86,8 @@ def render_lines(facts: TextFacts) -> list[str]:
     out.append("-" * WIDTH)
     out.append(_pair("SUMME EUR", _money(facts.total_cents)))
     out.extend(_pair(f"  {method}", _money(amount)) for method, amount in facts.payments)
-    used = sorted({vat for *_, vat, _t in facts.lines}, key=list(_VAT_LETTER).index)
-    out.extend(f"  {_VAT_LABEL[vat]}" for vat in used)
+    used = {line[3] for line in facts.lines}
+    out.extend(label for vat, label in _VAT_LINES if vat in used)
     if facts.signature_state == "fallback":
         out.append(FALLBACK_TEXT)
     if facts.signature_state == "unsigned":
