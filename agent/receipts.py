@@ -33,12 +33,19 @@ from agent.at_rksv import (
     cents_to_amount,
     chain_value,
     encrypt_counter,
-    jws_compact,
     signing_input,
 )
 from agent.at_rksv.encoding import b64url
 from agent.clock import Clock, SystemClock
-from agent.contract import ReceiptResult, Sale, line_total_cents, parse_sale
+from agent.contract import (
+    ReceiptResult,
+    Sale,
+    line_total_cents,
+    parse_sale,
+    sale_fingerprint,
+    same_sale,
+    scaled,
+)
 from agent.errors import (
     FiscalError,
     InvalidSale,
@@ -202,7 +209,7 @@ class ReceiptService:
         """
         if not isinstance(sale, Sale):
             sale = parse_sale(sale)
-        sale_hash = hashlib.sha256(canonical_json(sale.model_dump()).encode()).hexdigest()
+        sale_hash = sale_fingerprint(sale)
         parsed = sale
 
         def work(conn: sqlite3.Connection) -> ReceiptResult:
@@ -211,7 +218,7 @@ class ReceiptService:
                 (parsed.register_id, parsed.request_id),
             ).fetchone()
             if stored is not None:
-                if stored["sale_hash"] != sale_hash:
+                if stored["sale_hash"] != sale_hash and not same_sale(stored["sale_hash"], parsed):
                     raise InvalidSale(
                         "request_id",
                         "request-id-reused",
@@ -346,7 +353,7 @@ class ReceiptService:
     def _draft_for_sale(
         self, conn: sqlite3.Connection, reg: sqlite3.Row, sale: Sale, sale_hash: str
     ) -> _Draft:
-        payments = tuple((p.method, _to_cents(p.amount)) for p in sale.payments)
+        payments = tuple((p.method, scaled(p.amount, 2)) for p in sale.payments)
         if sale.kind == "storno":
             voided = _voidable(conn, reg["id"], sale.voids)
             amounts: Amounts = tuple(-voided[c] for c in AMOUNT_COLUMNS)
@@ -392,18 +399,21 @@ class ReceiptService:
         unit = self._unit_for(conn, reg, draft.unit_position)
         counted = draft.kind in ("standard", "storno")
         turnover = reg["turnover_cents"] + (sum(draft.amounts) if counted else 0)
+        now = self.clock.now()
+        identity = unit.identity
         payload = Payload(
-            unit.identity.suite,
+            identity.suite,
             register_id,
             receipt_id,
-            self._issued_at(reg, draft),
-            tuple(cents_to_amount(a) for a in draft.amounts),  # type: ignore[arg-type]
+            self._issued_at(reg, draft, now),
+            tuple(map(cents_to_amount, draft.amounts)),  # type: ignore[arg-type]
             _counter_field(reg, draft.kind, receipt_id, turnover),
-            unit.identity.serial,
+            identity.serial,
             chain_value(reg["last_jws"], register_id),
         )
-        signature, state = self._sign(conn, unit, payload, draft, number)
-        jws = jws_compact(payload, signature)
+        data = signing_input(payload)
+        signature, state = self._sign(conn, unit, data, draft, number, now)
+        jws = f"{data.decode('ascii')}.{b64url(signature)}"
         document = _document(register_id, draft, payload, state)
         document_json = canonical_json(document)
         voids = None if draft.voids is None else draft.voids["number"]
@@ -424,12 +434,9 @@ class ReceiptService:
             "payments": document["payments"],
             "document_sha256": hashlib.sha256(document_json.encode()).hexdigest(),
         }
+        at = self.clock.now()  # after signing, which may have waited for its deadline
         seq = append_event(
-            conn,
-            kind="receipt.issued",
-            register_id=register_id,
-            at=self.clock.now().isoformat(),
-            data=event,
+            conn, kind="receipt.issued", register_id=register_id, at=at.isoformat(), data=event
         )
         conn.execute(
             _INSERT_RECEIPT,
@@ -460,7 +467,7 @@ class ReceiptService:
                 "UPDATE registers SET last_closing = ? WHERE id = ?", (draft.period, register_id)
             )
         if draft.kind == "sammelbeleg" and self.outages.is_open(register_id):
-            self.outages.close(conn, register_id, number, self.clock.now())
+            self.outages.close(conn, register_id, number, at)
         return result_from_parts(
             register_id, number, draft.kind, state, payload, signature, jws, document
         )
@@ -483,35 +490,36 @@ class ReceiptService:
             unit_id = row[0]
         return self.units.get(conn, unit_id)
 
-    def _issued_at(self, reg: sqlite3.Row, draft: _Draft) -> str:
+    def _issued_at(self, reg: sqlite3.Row, draft: _Draft, now: dt.datetime) -> str:
         if draft.issued_at is not None:
             stamp = draft.issued_at
         else:
-            local = self.clock.now().astimezone(_zone(reg["timezone"]))
+            local = now.astimezone(_zone(reg["timezone"]))
             stamp = local.replace(tzinfo=None, microsecond=0).isoformat()
         # dates never go back within a register (a clock set back must not reorder the DEP)
         last = reg["last_issued_at"]
         return last if last is not None and stamp < last else stamp
 
-    def _sign(
+    def _sign(  # noqa: PLR0917 - the receipt being signed, in the order it is made
         self,
         conn: sqlite3.Connection,
         unit: SignatureUnit,
-        payload: Payload,
+        data: bytes,
         draft: _Draft,
         number: int,
+        now: dt.datetime,
     ) -> tuple[bytes, str]:
-        register_id, kind = payload.register_id, draft.kind
+        register_id, kind = draft.register_id, draft.kind
         must_sign = kind in MUST_SIGN or draft.force_sign
         is_open = self.outages.is_open(register_id)
         if is_open and kind != "sammelbeleg" and not draft.force_sign:
             # the breaker is open: no call to the unit, the probe finds out when it is back
             if must_sign:
                 raise WaitsForUnit(f"a {kind} receipt must be signed: it waits for the unit")
-            self.outages.affected(conn, register_id, number, self.clock.now())
+            self.outages.affected(conn, register_id, number, now)
             return FALLBACK_SIGNATURE, "fallback"
         try:
-            return sign_verified(unit, signing_input(payload), timeout=self.sign_timeout), "signed"
+            return sign_verified(unit, data, timeout=self.sign_timeout), "signed"
         except SigningError as exc:
             if must_sign:
                 raise WaitsForUnit(
@@ -1011,10 +1019,6 @@ def _check_id(field_name: str, value: str) -> None:
         )
 
 
-def _to_cents(money: str) -> int:
-    whole, _, frac = money.lstrip("-").partition(".")
-    cents = int(whole) * 100 + int((frac + "00")[:2])
-    return -cents if money.startswith("-") else cents
 
 
 def _sum_by_vat(lines: Sequence[Line]) -> Amounts:

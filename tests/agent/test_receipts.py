@@ -496,6 +496,10 @@ class TestClosing:
         assert closed.issue(sale(request_id="before")).number == 2
 
 
+def _line(**change: str) -> dict[str, str]:
+    return {"text": "Schnitzel", "qty": "1", "unit_price": "12.50", "vat": "normal"} | change
+
+
 class TestIdempotency:
     def test_a_repeated_request_returns_the_stored_receipt(
         self, service: ReceiptService, query: Query
@@ -527,6 +531,50 @@ class TestIdempotency:
         assert (refused.value.field, refused.value.rule) == ("request_id", "request-id-reused")
         assert _register(query)["last_number"] == 2
         assert _journal_size(query) == journal
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"cashier": "Eva"},
+            {"kind": "training"},
+            {"lines": [_line(vat="zero")]},
+            {"lines": [_line(text="Schnitzel ")]},
+            {"lines": [_line(qty="1.0")]},
+            {"payments": [{"method": "card", "amount": "16.70"}]},
+            {"payments": [{"method": "cash", "amount": "16.7"}]},
+        ],
+    )
+    def test_every_field_of_the_sale_counts(
+        self, service: ReceiptService, change: dict[str, Any]
+    ) -> None:
+        """Any field sent differently (a line, its spelling, a payment, the cashier, the
+        kind) makes the retry another sale, refused under the same request_id."""
+        service.issue(sale())
+        changed = sale() | change
+        if "lines" in change and "payments" not in change:
+            changed["payments"] = [{"method": "cash", "amount": "12.50"}]
+        with pytest.raises(InvalidSale) as refused:
+            service.issue(changed)
+        assert refused.value.rule == "request-id-reused"
+
+    def test_receipts_stored_with_the_earlier_hash_stay_idempotent(
+        self, service: ReceiptService, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A receipt issued before the "s2:" fingerprint carries the hex SHA-256 of the
+        sale's canonical JSON: its retry still returns it, and another sale is refused."""
+        from agent import receipts
+        from storage.journal import canonical_json
+
+        def earlier(parsed: Any) -> str:
+            return hashlib.sha256(canonical_json(parsed.model_dump()).encode()).hexdigest()
+
+        with monkeypatch.context() as patch:
+            patch.setattr(receipts, "sale_fingerprint", earlier)
+            first = service.issue(sale())
+        assert service.issue(json.dumps(sale(), indent=2)) == first
+        with pytest.raises(InvalidSale) as refused:
+            service.issue(sale(cashier="Eva"))
+        assert refused.value.rule == "request-id-reused"
 
     def test_request_ids_are_per_register(self, service: ReceiptService) -> None:
         """Another register may use the same request_id for its own sale."""
