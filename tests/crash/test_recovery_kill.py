@@ -15,15 +15,17 @@ import json
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from agent.at_rksv.verify import verify_dep
 from agent.export import export_container, export_dep
 from agent.signing import create_software_unit
 from storage.db import open_till_db
+from zygote import Zygote
 
 CHILD = Path(__file__).resolve().parent / "recover_child.py"
 REGISTER = "RECOVER-1"
@@ -31,27 +33,25 @@ ROUNDS = 20
 SEED = 4711
 
 
-def _run(data: Path, keys: Path, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, str(CHILD), str(data), str(keys), *args],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr.decode()
-    return done.stdout.decode()
-
-
-def _kill_after_probe(data: Path, keys: Path, delay: float) -> bool:
-    """Start a recovery, SIGKILL it ``delay`` s after PROBED; True if it finished first."""
-    child = subprocess.Popen(
-        [sys.executable, str(CHILD), str(data), str(keys), "recover"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert child.stdout is not None
+def _run(zygote: Zygote, data: Path, keys: Path, *args: str) -> str:
+    child = zygote.spawn([str(data), str(keys), *args])
+    child.stdin.close()
     try:
-        assert child.stdout.readline() == b"PROBED\n"
+        out = child.stdout.read()
+        err = child.stderr.read()
+        assert child.wait(timeout=60) == 0, err.decode()
+        return out.decode()
+    finally:
+        child.stdout.close()
+        child.stderr.close()
+
+
+def _kill_after_probe(zygote: Zygote, data: Path, keys: Path, delay: float) -> bool:
+    """Start a recovery, SIGKILL it ``delay`` s after PROBED; True if it finished first."""
+    child = zygote.spawn([str(data), str(keys), "recover"])
+    child.stdin.close()
+    try:
+        assert child.stdout.readline() == b"PROBED\n", child.stderr.read().decode()
         time.sleep(delay)
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
@@ -59,7 +59,6 @@ def _kill_after_probe(data: Path, keys: Path, delay: float) -> bool:
         return rest.startswith(b"DONE")
     finally:
         child.stdout.close()
-        assert child.stderr is not None
         child.stderr.close()
 
 
@@ -90,17 +89,27 @@ def _check(data: Path) -> None:
     assert sum(1 for _, _, end in outages if end is None) <= 1
 
 
-def test_sigkill_between_probe_and_sammelbeleg_never_doubles_it(tmp_path: Path) -> None:
+@pytest.fixture(name="zygote")
+def _zygote() -> Iterator[Zygote]:
+    """Children forked from one interpreter that imported the till code once."""
+    zygote = Zygote(CHILD)
+    yield zygote
+    zygote.close()
+
+
+def test_sigkill_between_probe_and_sammelbeleg_never_doubles_it(
+    tmp_path: Path, zygote: Zygote
+) -> None:
     data, keys = tmp_path / "data", tmp_path / "keys"
     create_software_unit(keys, name="crash")
     rng = random.Random(SEED)
     finished_before_kill = 0
     for round_no in range(ROUNDS):
-        assert "OUTAGE" in _run(data, keys, "outage", str(rng.randint(1, 3)))
-        finished_before_kill += _kill_after_probe(data, keys, rng.uniform(0.0, 0.25))
+        assert "OUTAGE" in _run(zygote, data, keys, "outage", str(rng.randint(1, 3)))
+        finished_before_kill += _kill_after_probe(zygote, data, keys, rng.uniform(0.0, 0.25))
         _check(data)
         outages, _ = _state(data)
-        assert "DONE" in _run(data, keys, "recover")
+        assert "DONE" in _run(zygote, data, keys, "recover")
         _check(data)
         outages, sammel = _state(data)
         assert len(outages) == round_no + 1

@@ -1,8 +1,8 @@
 """SIGKILL a real till process at 200+ random moments while it issues receipts.
 
-Each round starts ``tests/crash/child.py`` (a fresh interpreter that opens the till
-database, migrates it, stores the unit, initializes register CRASH-1 if needed and then
-issues receipts forever, printing ``ACK <number> <jws>`` after each commit), kills it with
+Each round starts ``tests/crash/child.py`` (a process that opens the till database,
+migrates it, stores the unit, initializes register CRASH-1 if needed and then issues
+receipts forever, printing ``ACK <number> <jws>`` after each commit), kills it with
 SIGKILL at a random moment and then, before the next round, opens the database the way a
 restarted agent would and checks DESIGN.md invariants 1, 2 and 7:
 
@@ -21,9 +21,10 @@ lands mid-stream; about one in ten kills 0-60 ms after the child announced ``STA
 migration, unit storage, register initialization and the first receipt. After the last
 round the register's DEP export must pass our verifier (agent.at_rksv.verify).
 
-The next children are started ahead of time with ``--wait``: their interpreters import
-while the test kills and checks, and each one opens the database only when its round
-begins. ``CRASH_SEED`` replaces the seed of the kill schedule (it is in every message).
+Children are forked from one interpreter that imported the till code once
+(tests/zygote.py): real processes with their own pids and pipes, started ahead of time
+with ``--wait`` so that each opens the database only when its round begins.
+``CRASH_SEED`` replaces the seed of the kill schedule (it is in every message).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import random
 import select
 import signal
 import subprocess
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -61,6 +61,7 @@ from agent.signing.base import Identity
 from storage.db import open_till_db
 from storage.journal import verify_journal
 from storage.models import JOURNAL, RECEIPTS, REGISTERS, UNITS
+from zygote import Forked, Zygote
 
 CHILD = Path(__file__).resolve().parent / "child.py"
 REGISTER = "CRASH-1"
@@ -81,8 +82,7 @@ class ChildOutput:
     written completely was not acknowledged.
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
+    def __init__(self, proc: Forked) -> None:
         self.fd = proc.stdout.fileno()
         self.buffer = b""
         self.lines: list[str] = []
@@ -233,35 +233,31 @@ def verify_final_dep(data_dir: Path, receipts: int, where: str) -> None:
 class Children:
     """Child processes started ahead of time (``--wait``), ``PRESTART`` at a time.
 
-    A child's interpreter needs about half a second for its imports; they run while the
-    test kills its predecessor and checks the database, and the child touches the database
-    only once :meth:`next` sends it the go-ahead.
+    Each is forked from one interpreter that imported the till code once
+    (tests/zygote.py): a real process with its own pid and pipes, which touches the
+    database only once :meth:`next` sends it the go-ahead.
     """
 
     def __init__(self, data_dir: Path, key_dir: Path, total: int) -> None:
         self.data_dir, self.key_dir, self.total = data_dir, key_dir, total
-        self.waiting: deque[subprocess.Popen[bytes]] = deque()
+        self.waiting: deque[Forked] = deque()
         self.spawned = 0
+        self.zygote = Zygote(CHILD)
 
     def _spawn(self) -> None:
-        command = [sys.executable, str(CHILD), str(self.data_dir), str(self.key_dir)]
         self.waiting.append(
-            subprocess.Popen(
-                [*command, f"{SEED}-{self.spawned}", "--wait"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+            self.zygote.spawn(
+                [str(self.data_dir), str(self.key_dir), f"{SEED}-{self.spawned}", "--wait"],
                 cwd=self.data_dir.parent,
             )
         )
         self.spawned += 1
 
-    def next(self) -> subprocess.Popen[bytes]:
+    def next(self) -> Forked:
         """The next child, told to go: from now on it opens the database and issues."""
         while self.spawned < self.total and len(self.waiting) <= PRESTART:
             self._spawn()
         proc = self.waiting.popleft()
-        assert proc.stdin is not None
         proc.stdin.write(b"go\n")
         proc.stdin.close()
         return proc
@@ -271,17 +267,17 @@ class Children:
         while self.waiting:
             proc = self.waiting.popleft()
             for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                assert pipe is not None
                 pipe.close()
             try:
                 proc.wait(timeout=LINE_TIMEOUT)
             except subprocess.TimeoutExpired:  # pragma: no cover - a hung child
                 proc.kill()
                 proc.wait()
+        self.zygote.close()
 
 
 def kill_child(
-    proc: subprocess.Popen[bytes], rng: random.Random, round_no: int, registered: bool
+    proc: Forked, rng: random.Random, round_no: int, registered: bool
 ) -> tuple[list[tuple[int, str]], str]:
     """Kill a started child at a random moment; return its ACKs and how it was killed."""
     # until the Startbeleg is committed, half of the rounds aim at the first open and init
@@ -302,8 +298,6 @@ def kill_child(
         if proc.poll() is None:  # pragma: no cover - only when the checks above failed
             proc.kill()
             proc.wait()
-        assert proc.stdout is not None
-        assert proc.stderr is not None
         stderr = proc.stderr.read().decode(errors="replace")
         proc.stdout.close()
         proc.stderr.close()

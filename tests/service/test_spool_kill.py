@@ -1,7 +1,8 @@
 """SIGKILL the spool ingestor mid-stream, again and again: no sale lost or answered twice.
 
 Each round drops a batch of sale files into ``in/`` (good ones, bad ones and repeats of
-earlier request_ids), starts ``spool_child.py`` and kills it with SIGKILL at a random
+earlier request_ids), starts ``spool_child.py`` (forked from one interpreter that imported it once,
+tests/zygote.py) and kills it with SIGKILL at a random
 moment: before it is ready, while it claims, issues or answers. A last child runs until
 the spool is empty. Then every sale file must have exactly one answer, every result must
 be the receipt stored for its request_id, and the receipt numbers must have no gap.
@@ -14,9 +15,8 @@ import os
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,13 @@ import pytest
 
 from agent.signing import create_software_unit
 from agent.spool import Spool
+from zygote import Forked, Zygote
 
 CHILD = Path(__file__).resolve().parent / "spool_child.py"
 ROUNDS = 30
 BATCH = 20
 EARLY_SHARE = 0.1  # rounds killed before the child is ready
+MAX_DELAY_WHILE_STARTING = 0.15  # a forked child is ready about 0.1 s after its fork
 MAX_DELAY_AFTER_READY = 0.08  # a batch takes longer: most kills land mid-stream
 SEED = int(os.environ.get("CRASH_SEED", "20261121"))
 
@@ -59,30 +61,48 @@ def a_sale(rng: random.Random, n: int) -> dict[str, Any]:
     return sale
 
 
-def run_child(args: list[str], rng: random.Random) -> None:
-    """Start a child and SIGKILL it: mostly just after READY, sometimes while it starts."""
-    proc = subprocess.Popen(
-        [sys.executable, str(CHILD), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+def run_child(zygote: Zygote, args: list[str], rng: random.Random) -> None:
+    """Start a child and SIGKILL it: mostly just after READY, sometimes while it starts
+    (opening the database, recovering what a killed predecessor left in ``work/``)."""
+    proc = zygote.spawn(args)
     try:
         if rng.random() < EARLY_SHARE:
-            time.sleep(rng.uniform(0.0, 1.0))
+            time.sleep(rng.uniform(0.0, MAX_DELAY_WHILE_STARTING))
         else:
             wait_ready(proc)
             time.sleep(rng.uniform(0.0, MAX_DELAY_AFTER_READY))
     finally:
-        proc.send_signal(signal.SIGKILL)
-        _, stderr = proc.communicate(timeout=30)
+        proc.kill()
+        stderr = finish(proc)
     assert proc.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
 
 
-def wait_ready(proc: subprocess.Popen[bytes]) -> None:
-    assert proc.stdout is not None
+def finish(proc: Forked) -> bytes:
+    """Wait for a killed child and close its pipes; its stderr."""
+    proc.stdin.close()
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    proc.stderr.close()
+    proc.wait(timeout=30)
+    return stderr
+
+
+def wait_ready(proc: Forked) -> None:
     assert proc.stdout.readline() == b"READY\n"
 
 
+@pytest.fixture(name="zygote")
+def _zygote() -> Iterator[Zygote]:
+    """Children forked from one interpreter that imported the till code once."""
+    zygote = Zygote(CHILD)
+    yield zygote
+    zygote.close()
+
+
 @pytest.mark.slow
-def test_every_sale_gets_exactly_one_answer_through_kills(tmp_path: Path) -> None:
+def test_every_sale_gets_exactly_one_answer_through_kills(
+    tmp_path: Path, zygote: Zygote
+) -> None:
     """30 SIGKILLs over 600 sale files; ``CRASH_SEED`` replaces the seed of the schedule."""
     rng = random.Random(SEED)
     key_dir = tmp_path / "keys"
@@ -98,10 +118,10 @@ def test_every_sale_gets_exactly_one_answer_through_kills(tmp_path: Path) -> Non
             name = f"{n:05d}.json"
             dropped[name] = a_sale(rng, n)
             drop(spool, name, dropped[name])
-        run_child(args, rng)
+        run_child(zygote, args, rng)
         mid_stream += any(spool.inbox.glob("*.json")) or any(spool.work.glob("*.json"))
     # the last run: until the spool is empty
-    proc = subprocess.Popen([sys.executable, str(CHILD), *args], stdout=subprocess.PIPE)
+    proc = zygote.spawn(args)
     try:
         wait_ready(proc)
         deadline = time.monotonic() + 60
@@ -109,8 +129,8 @@ def test_every_sale_gets_exactly_one_answer_through_kills(tmp_path: Path) -> Non
             assert time.monotonic() < deadline, "the spool was not emptied"
             time.sleep(0.05)
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=30)
+        proc.kill()
+        finish(proc)
     assert mid_stream >= ROUNDS // 4, f"only {mid_stream} kills landed mid-stream (seed {SEED})"
     check(spool, dropped, data_dir)
 
