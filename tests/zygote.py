@@ -63,23 +63,47 @@ class Zygote:
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
     ) -> Forked:
-        """Fork a child that runs ``main(argv)`` with fresh pipes for stdin/out/err."""
+        """Fork a child that runs ``main(argv)`` with fresh pipes for stdin/out/err;
+        ``env`` is added to the zygote's environment."""
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
-        request = {"argv": list(argv), "cwd": str(cwd) if cwd else None, "env": dict(env or {})}
         try:
-            answer = self._ask(request, [stdin_r, stdout_w, stderr_w])
+            pid = self._fork(argv, cwd, env, False, [stdin_r, stdout_w, stderr_w])
         finally:
             for fd in (stdin_r, stdout_w, stderr_w):
                 os.close(fd)
-        return Forked(
-            self,
-            int(answer["pid"]),
-            os.fdopen(stdin_w, "wb"),
-            os.fdopen(stdout_r, "rb"),
-            os.fdopen(stderr_r, "rb"),
-        )
+        stdin, stdout = os.fdopen(stdin_w, "wb"), os.fdopen(stdout_r, "rb")
+        return Forked(self, pid, stdin, stdout, os.fdopen(stderr_r, "rb"))
+
+    def spawn_logged(
+        self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: int
+    ) -> Forked:
+        """Fork a child with ``env`` as its whole environment, no stdin and both output
+        streams appended to the open file ``log`` (as ``subprocess.Popen`` with
+        ``stdout=log, stderr=STDOUT`` would): it has no pipes."""
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        try:
+            pid = self._fork(argv, cwd, env, True, [devnull, log, log])
+        finally:
+            os.close(devnull)
+        return Forked(self, pid, None, None, None)
+
+    def _fork(
+        self,
+        argv: Sequence[str],
+        cwd: Path | None,
+        env: Mapping[str, str] | None,
+        replace_env: bool,
+        fds: list[int],
+    ) -> int:
+        request = {
+            "argv": list(argv),
+            "cwd": str(cwd) if cwd else None,
+            "env": dict(env or {}),
+            "replace_env": replace_env,
+        }
+        return int(self._ask(request, fds)["pid"])
 
     def status(self, pid: int, *, block: bool) -> int | None:
         """The exit code of a child (negative: the signal), or None while it runs."""
@@ -99,7 +123,12 @@ class Forked:
     """A forked child, with the parts of ``subprocess.Popen`` the kill tests use."""
 
     def __init__(
-        self, zygote: Zygote, pid: int, stdin: IO[bytes], stdout: IO[bytes], stderr: IO[bytes]
+        self,
+        zygote: Zygote,
+        pid: int,
+        stdin: IO[bytes] | None,
+        stdout: IO[bytes] | None,
+        stderr: IO[bytes] | None,
     ) -> None:
         self.zygote, self.pid = zygote, pid
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
@@ -129,7 +158,8 @@ class Forked:
     def close(self) -> None:
         """Close the test's ends of the child's pipes."""
         for pipe in (self.stdin, self.stdout, self.stderr):
-            pipe.close()
+            if pipe is not None:
+                pipe.close()
 
     def __enter__(self) -> Forked:
         return self
@@ -161,9 +191,12 @@ def _child(main: Main, request: Mapping[str, Any], fds: list[int]) -> None:
     try:
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
+        for fd in set(fds) - {0, 1, 2}:
             os.close(fd)
         if request["cwd"]:
             os.chdir(request["cwd"])
+        if request["replace_env"]:
+            os.environ.clear()
         os.environ.update(request["env"])
         code = main(["child", *request["argv"]])
     except SystemExit as exc:

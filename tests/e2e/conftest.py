@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from e2e.harness import TILL_AGENT, Agent, Launch, TcpPrinter, agent_env
+from e2e.harness import Agent, Launch, TcpPrinter, launcher
 
 
 @pytest.fixture(name="printer")
@@ -25,21 +25,6 @@ def _launch(tmp_path: Path) -> Iterator[Launch]:
     ``cwd`` (default ``tmp_path``) and ``env`` (extra variables).
     """
     started: list[Agent] = []
-
-    def launch(
-        config: Path | None = None,
-        *,
-        home: Path | None = None,
-        cwd: Path | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> Agent:
-        args = [str(TILL_AGENT), "run"] + ([] if config is None else ["--config", str(config)])
-        environment = agent_env(home or tmp_path / "home", env)
-        log = tmp_path / f"agent-{len(started)}.log"
-        agent = Agent(args, environment, cwd or tmp_path, log)
-        started.append(agent)
-        return agent
-
-    yield launch
+    yield launcher(tmp_path, started)
     for agent in started:
         agent.close()

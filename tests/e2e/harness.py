@@ -209,27 +209,47 @@ def agent_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, s
     return env
 
 
+class Process(Protocol):
+    """What :class:`Agent` needs of its process (``subprocess.Popen`` or a forked child)."""
+
+    pid: int
+    returncode: int | Any
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+
+Spawn = Callable[[list[str], dict[str, str], Path, int], Process]
+
+
+def popen(args: list[str], env: dict[str, str], cwd: Path, log: int) -> Process:
+    """Start ``args`` as a new interpreter, no stdin, stdout and stderr to ``log``."""
+    return subprocess.Popen(
+        args, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
 class Agent:
     """One ``till-agent run`` process: started, told apart by its notify socket, stopped.
 
     Its stdout and stderr go to ``log`` (a file: a pipe nobody reads would block it);
-    :meth:`output` reads what this process appended to it.
+    :meth:`output` reads what this process appended to it. ``spawn`` starts the process
+    (a new interpreter unless a test forks it from a zygote, tests/zygote.py).
     """
 
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], cwd: Path, log: Path, spawn: Spawn = popen
+    ) -> None:
         self.notify = NotifySocket()
         self.log = log
         with log.open("ab") as out:
             out.write(f"---- {' '.join(args)}\n".encode())
             out.flush()
-            self.proc = subprocess.Popen(
-                args,
-                env={**env, "NOTIFY_SOCKET": self.notify.address},
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+            env = {**env, "NOTIFY_SOCKET": self.notify.address}
+            self.proc = spawn(args, env, cwd, out.fileno())
         self._log_start = log.stat().st_size
 
     @property
@@ -294,6 +314,26 @@ class Launch(Protocol):
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
     ) -> Agent: ...
+
+
+def launcher(tmp_path: Path, started: list[Agent], spawn: Spawn = popen) -> Launch:
+    """The ``launch`` factory; the agents it starts are appended to ``started``."""
+
+    def launch(
+        config: Path | None = None,
+        *,
+        home: Path | None = None,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Agent:
+        args = [str(TILL_AGENT), "run"] + ([] if config is None else ["--config", str(config)])
+        environment = agent_env(home or tmp_path / "home", env)
+        log = tmp_path / f"agent-{len(started)}.log"
+        agent = Agent(args, environment, cwd or tmp_path, log, spawn)
+        started.append(agent)
+        return agent
+
+    return launch
 
 
 # -- configuration and the database -------------------------------------------------------

@@ -5,8 +5,11 @@ drops sale files into ``spool/in/`` (a temporary name, then a rename), two post 
 the local API and repeat a request with the same request_id until it gets an answer (a
 transport error or a 503 is retried, as the API asks). A few sales of each are invalid.
 Each round starts the agent, waits until it answered a sale, lets it work for a random
-while and kills it with SIGKILL; about one round in ten kills it while it starts. A last,
-clean run drains the spool and prints the backlog, then SIGTERM stops it. Then:
+while and kills it with SIGKILL; about one round in ten kills it while it starts. Each
+agent is forked from one interpreter that imported ``till-agent`` once (tests/zygote.py):
+a real process that starts the whole service from scratch; the other end-to-end tests
+start the installed console script. A last, clean run drains the spool and prints the
+backlog, then SIGTERM stops it. Then:
 
 * every sale file has exactly one answer (``out/NAME.result.json`` or
   ``failed/NAME.error.json``), valid sales a result naming their receipt, invalid ones an
@@ -34,6 +37,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -43,21 +47,26 @@ import pytest
 
 from e2e.harness import (
     TILL_AGENT,
+    Agent,
     Launch,
     Stored,
     TcpPrinter,
     agent_config,
     agent_env,
     free_port,
+    launcher,
     read_receipts,
 )
 from factories import sale
 from storage.db import open_till_db
 from storage.journal import verify_journal
+from zygote import Forked, Zygote
 
+RUN_CHILD = Path(__file__).resolve().parent / "run_child.py"
 ROUNDS = 50
 SEED = int(os.environ.get("CRASH_SEED", "20261121"))
 EARLY_SHARE = 0.1  # rounds killed while the agent starts (before READY or just after)
+MAX_START_S = 0.4  # a forked agent is READY about 0.35 s after its fork (measured)
 MAX_WORK_S = 0.8  # a round is killed this long at most after its first answered sale
 SPOOL_EVERY_S = 0.06
 API_PAUSE_S = 0.04
@@ -191,7 +200,7 @@ def run_round(
     agent = launch(config)
     try:
         if rng.random() < EARLY_SHARE:
-            delay = rng.uniform(0.0, 1.5)
+            delay = rng.uniform(0.0, MAX_START_S)
             how = f"{delay * 1000:.0f} ms after the start"
             time.sleep(delay)
         else:
@@ -299,6 +308,23 @@ def verify_with_the_cli(data_dir: Path, tmp_path: Path) -> str:
     done = till_agent("verify", str(dep), str(container), home=tmp_path / "home")
     assert done.returncode == 0, f"the DEP does not verify:\n{done.stdout[-3000:]}{done.stderr}"
     return done.stdout
+
+
+@pytest.fixture(name="launch")
+def _forked_launch(tmp_path: Path) -> Iterator[Launch]:
+    """``till-agent run`` forked from one interpreter that imported it once
+    (tests/zygote.py, e2e/run_child.py): each of the 51 starts costs a fork instead of a
+    new interpreter's imports. Every agent is killed at teardown."""
+    zygote = Zygote(RUN_CHILD)
+    started: list[Agent] = []
+
+    def spawn(args: list[str], env: dict[str, str], cwd: Path, log: int) -> Forked:
+        return zygote.spawn_logged(args[1:], cwd=cwd, env=env, log=log)
+
+    yield launcher(tmp_path, started, spawn)
+    for agent in started:
+        agent.close()
+    zygote.close()
 
 
 @pytest.mark.slow
