@@ -33,9 +33,9 @@ from agent.at_rksv import (
     cents_to_amount,
     chain_value,
     encrypt_counter,
+    jws_compact,
     signing_input,
 )
-from agent.at_rksv.encoding import b64url
 from agent.clock import Clock, SystemClock
 from agent.contract import (
     ReceiptResult,
@@ -218,7 +218,7 @@ class ReceiptService:
                 (parsed.register_id, parsed.request_id),
             ).fetchone()
             if stored is not None:
-                if stored["sale_hash"] != sale_hash and not same_sale(stored["sale_hash"], parsed):
+                if not same_sale(stored["sale_hash"], parsed):
                     raise InvalidSale(
                         "request_id",
                         "request-id-reused",
@@ -413,7 +413,7 @@ class ReceiptService:
         )
         data = signing_input(payload)
         signature, state = self._sign(conn, unit, data, draft, number, now)
-        jws = f"{data.decode('ascii')}.{b64url(signature)}"
+        jws = jws_compact(data, signature)
         document = _document(register_id, draft, payload, state)
         document_json = canonical_json(document)
         voids = None if draft.voids is None else draft.voids["number"]
@@ -723,7 +723,7 @@ class ReceiptService:
             if signature is None or not verify_rs(unit.identity.public_key(), data, signature):
                 missing.append(row)
                 continue
-            signed = f"{data.decode()}.{b64url(signature)}"
+            signed = jws_compact(data, signature)
             with self._transaction() as conn:
                 self._resolve(conn, row, "adopted", signed_jws=signed)
         return missing

@@ -31,9 +31,8 @@ def main(argv):
 def _zygote(tmp_path: Path) -> Iterator[Zygote]:
     script = tmp_path / "script.py"
     script.write_text(SCRIPT, encoding="utf-8")
-    zygote = Zygote(script)
-    yield zygote
-    zygote.close()
+    with Zygote(script) as zygote:
+        yield zygote
 
 
 def test_each_child_is_its_own_process_with_the_pipes_it_was_given(

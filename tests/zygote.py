@@ -110,6 +110,12 @@ class Zygote:
         answer = self._ask({"wait": pid, "block": block})
         return None if answer["status"] is None else int(answer["status"])
 
+    def __enter__(self) -> Zygote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self.sock.close()  # the zygote sees EOF and exits
         try:

@@ -60,10 +60,7 @@ class Payload:
 
     def text(self) -> str:
         """The exact string that is signed: ``_`` + the fields joined by ``_``."""
-        return (
-            f"_{self.suite}_{self.register_id}_{self.receipt_id}_{self.issued_at}_"
-            f"{'_'.join(self.amounts)}_{self.counter}_{self.cert_serial}_{self.chain}"
-        )
+        return "_" + "_".join(self.fields())
 
     @classmethod
     def parse(cls, text: str) -> Payload:
@@ -84,9 +81,11 @@ def signing_input(payload: Payload) -> bytes:
     return f"{JWS_HEADER_B64}.{b64url(payload.text().encode('utf-8'))}".encode("ascii")
 
 
-def jws_compact(payload: Payload, signature: bytes) -> str:
-    """The compact JWS; ``signature`` is R||S (64 bytes) or the fallback text."""
-    return f"{signing_input(payload).decode('ascii')}.{b64url(signature)}"
+def jws_compact(signed: Payload | bytes, signature: bytes) -> str:
+    """The compact JWS of a payload, or of its signing input when the caller has it;
+    ``signature`` is R||S (64 bytes) or the fallback text."""
+    data = signing_input(signed) if isinstance(signed, Payload) else signed
+    return f"{data.decode('ascii')}.{b64url(signature)}"
 
 
 def split_jws(jws: str) -> tuple[Payload, bytes, bytes]:
@@ -114,11 +113,10 @@ def qr_code(payload: Payload, signature: bytes) -> str:
 
 def ocr_code(payload: Payload, signature: bytes) -> str:
     """The OCR form: counter, chain and signature re-encoded in base32."""
-    p = payload
-    return (
-        f"_{p.suite}_{p.register_id}_{p.receipt_id}_{p.issued_at}_{'_'.join(p.amounts)}_"
-        f"{_b64_to_b32(p.counter)}_{p.cert_serial}_{_b64_to_b32(p.chain)}_{b32(signature)}"
-    )
+    fields = payload.fields()
+    fields[9] = _b64_to_b32(payload.counter)
+    fields[11] = _b64_to_b32(payload.chain)
+    return "_" + "_".join(fields) + "_" + b32(signature)
 
 
 def _b64_to_b32(value: str) -> str:

@@ -92,9 +92,8 @@ def _check(data: Path) -> None:
 @pytest.fixture(name="zygote")
 def _zygote() -> Iterator[Zygote]:
     """Children forked from one interpreter that imported the till code once."""
-    zygote = Zygote(CHILD)
-    yield zygote
-    zygote.close()
+    with Zygote(CHILD) as zygote:
+        yield zygote
 
 
 def test_sigkill_between_probe_and_sammelbeleg_never_doubles_it(

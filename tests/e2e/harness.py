@@ -213,7 +213,7 @@ class Process(Protocol):
     """What :class:`Agent` needs of its process (``subprocess.Popen`` or a forked child)."""
 
     pid: int
-    returncode: int | Any
+    returncode: int | None
 
     def poll(self) -> int | None: ...
 

@@ -315,16 +315,15 @@ def _forked_launch(tmp_path: Path) -> Iterator[Launch]:
     """``till-agent run`` forked from one interpreter that imported it once
     (tests/zygote.py, e2e/run_child.py): each of the 51 starts costs a fork instead of a
     new interpreter's imports. Every agent is killed at teardown."""
-    zygote = Zygote(RUN_CHILD)
     started: list[Agent] = []
+    with Zygote(RUN_CHILD) as zygote:
 
-    def spawn(args: list[str], env: dict[str, str], cwd: Path, log: int) -> Forked:
-        return zygote.spawn_logged(args[1:], cwd=cwd, env=env, log=log)
+        def spawn(args: list[str], env: dict[str, str], cwd: Path, log: int) -> Forked:
+            return zygote.spawn_logged(args[1:], cwd=cwd, env=env, log=log)
 
-    yield launcher(tmp_path, started, spawn)
-    for agent in started:
-        agent.close()
-    zygote.close()
+        yield launcher(tmp_path, started, spawn)
+        for agent in started:
+            agent.close()
 
 
 @pytest.mark.slow

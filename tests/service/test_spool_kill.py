@@ -94,9 +94,8 @@ def wait_ready(proc: Forked) -> None:
 @pytest.fixture(name="zygote")
 def _zygote() -> Iterator[Zygote]:
     """Children forked from one interpreter that imported the till code once."""
-    zygote = Zygote(CHILD)
-    yield zygote
-    zygote.close()
+    with Zygote(CHILD) as zygote:
+        yield zygote
 
 
 @pytest.mark.slow
