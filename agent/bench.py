@@ -32,6 +32,7 @@ from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing import UnitConfig, create_software_unit, der_to_rs, open_unit
 from agent.signing.registry import UnitRegistry, store_unit
 from storage.db import open_till_db
+from storage.writer import WriteConnection
 
 __all__ = ["OutageBench", "ReceiptBench", "bench_outage", "bench_receipts"]
 
@@ -54,6 +55,9 @@ class ReceiptBench:
     p50_ms: float
     p99_ms: float
     baseline_p99_ms: float
+    # where the time goes: the fsync'd COMMIT of each path, per receipt
+    baseline_commit_ms: float
+    agent_commit_ms: float
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,8 +68,10 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def _baseline(tmp: Path) -> Callable[[int], float]:
-    """ECDSA sign + one INSERT + COMMIT with WAL and synchronous=FULL, per receipt."""
+def _baseline(tmp: Path, commits: list[float] | None = None) -> Callable[[int], float]:
+    """ECDSA sign + one INSERT + COMMIT with WAL and synchronous=FULL, per receipt.
+
+    The time of each COMMIT is appended to ``commits`` when given."""
     conn = sqlite3.connect(tmp / "baseline.sqlite3", isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
@@ -79,8 +85,12 @@ def _baseline(tmp: Path) -> Callable[[int], float]:
         signature = der_to_rs(key.sign(data, algorithm))
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("INSERT INTO r VALUES (?, ?)", (n, data.decode() + signature.hex()))
+        committing = time.perf_counter()
         conn.execute("COMMIT")
-        return time.perf_counter() - start
+        end = time.perf_counter()
+        if commits is not None:
+            commits.append(end - committing)
+        return end - start
 
     return one
 
@@ -189,8 +199,9 @@ def _floor(
     return one
 
 
-def _agent(tmp: Path) -> Callable[[range, int], tuple[float, list[float]]]:
-    """The full receipt path: parse, validate, sign, verify, journal, commit, per sale."""
+def _agent(tmp: Path) -> tuple[Callable[[range, int], tuple[float, list[float]]], WriteConnection]:
+    """The full receipt path: parse, validate, sign, verify, journal, commit, per sale;
+    and the write connection, which times its commits."""
     db = open_till_db(tmp / "data")
     key_file, cert_file = create_software_unit(tmp / "keys", name="bench")
     config = UnitConfig(
@@ -220,7 +231,7 @@ def _agent(tmp: Path) -> Callable[[range, int], tuple[float, list[float]]]:
                 samples = list(pool.map(one, numbers))
         return time.perf_counter() - start, samples
 
-    return chunk
+    return chunk, db.write_connection()
 
 
 def bench_receipts(
@@ -241,7 +252,10 @@ def bench_receipts(
     between waiting sales (group commit) and acknowledges none before its commit.
     """
     with tempfile.TemporaryDirectory(prefix="till-bench-", dir=directory) as tmp:
-        baseline, floor, agent = _baseline(Path(tmp)), _floor(Path(tmp)), _agent(Path(tmp))
+        base_commits: list[float] = []
+        baseline, floor = _baseline(Path(tmp), base_commits), _floor(Path(tmp))
+        agent, writer = _agent(Path(tmp))
+        commits_before, commit_seconds_before = writer.commits, writer.commit_seconds
         base_samples: list[float] = []
         floor_samples: list[float] = []
         agent_samples: list[float] = []
@@ -258,6 +272,9 @@ def bench_receipts(
             done += size
             if progress is not None:
                 progress(size)
+        agent_commit_s = (writer.commit_seconds - commit_seconds_before) / n
+        if writer.commits - commits_before < (n if clients == 1 else 1):  # pragma: no cover
+            raise RuntimeError("the agent committed fewer transactions than it issued receipts")
     base_rate = len(base_samples) / sum(base_samples)
     floor_rate = len(floor_samples) / sum(floor_samples)
     agent_rate = len(agent_samples) / agent_wall
@@ -273,6 +290,8 @@ def bench_receipts(
         p50_ms=round(statistics.median(agent_samples) * 1000, 3),
         p99_ms=round(_percentile(agent_samples, 0.99), 3),
         baseline_p99_ms=round(_percentile(base_samples, 0.99), 3),
+        baseline_commit_ms=round(statistics.mean(base_commits) * 1000, 3),
+        agent_commit_ms=round(agent_commit_s * 1000, 3),
     )
 
 

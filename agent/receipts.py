@@ -1019,8 +1019,6 @@ def _check_id(field_name: str, value: str) -> None:
         )
 
 
-
-
 def _sum_by_vat(lines: Sequence[Line]) -> Amounts:
     sums = dict.fromkeys(_VATS, 0)
     for *_, vat, total in lines:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -32,6 +33,9 @@ class WriteConnection:
         self._conn = raw
         self._lock = threading.RLock()
         self._depth = 0
+        # what the commits cost (each an fsync with synchronous=FULL): benchmarks read it
+        self.commits = 0
+        self.commit_seconds = 0.0
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -65,11 +69,14 @@ class WriteConnection:
             raise StorageError(f"cannot start a write transaction: {exc}") from exc
 
     def _commit(self) -> None:
+        start = time.perf_counter()
         try:
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._conn.execute("ROLLBACK")
             raise StorageError(f"the commit failed: {exc}") from exc
+        self.commit_seconds += time.perf_counter() - start
+        self.commits += 1
 
     def close(self) -> None:
         with self._lock:

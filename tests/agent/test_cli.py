@@ -583,6 +583,9 @@ class TestBench:
             assert key in body, key
             assert isinstance(body[key], int | float), key
             assert not isinstance(body[key], bool), key
+        # the fsync'd commit is part of each receipt's time, for both paths
+        assert 0 < body["baseline_commit_ms"] < 1000 / body["baseline_per_s"]
+        assert 0 < body["agent_commit_ms"] < 1000 / body["agent_per_s"]
 
     def test_bench_receipts_runs_in_the_given_directory_and_cleans_up(
         self, run: Run, tmp_path: Path

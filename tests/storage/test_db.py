@@ -107,6 +107,20 @@ class TestBegin:
             assert "locked" in _try_begin_immediate(db.path)
         assert _try_begin_immediate(db.path) == "ok"
 
+    def test_the_write_connection_counts_and_times_its_commits(self, db: TillDB) -> None:
+        """Committed transactions are counted and timed (the benchmark reads it); a rolled
+        back one is not a commit."""
+        writer = db.write_connection()
+        before = writer.commits
+        for _ in range(3):
+            with writer.transaction() as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER)")
+                conn.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(sqlite3.OperationalError), writer.transaction() as conn:
+            conn.execute("INSERT INTO no_such_table VALUES (2)")  # rolled back
+        assert writer.commits == before + 3
+        assert writer.commit_seconds > 0
+
     def test_read_modify_write_through_the_writer_loses_no_update(self, db: TillDB) -> None:
         """Four threads incrementing one row through ``db.writer`` never collide or lose a step."""
         with db.writer.begin() as conn:
