@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any, Literal
 from agent.api_backend import QUEUED_PRINTS, PrinterOut
 from agent.errors import PrinterError
 from agent.loop import BackgroundLoop
-from agent.printing import EscposOptions, Printer, render_escpos, render_png
+from agent.printing import EscposOptions, NullPrinter, Printer, render_escpos, render_png
 from agent.printing.transport import FilePrinter
 from agent.receipt_view import result_from_row
 from agent.receipts import ReceiptService
@@ -103,8 +104,10 @@ class PrintWorker:
         self._cursor.setdefault(register_id, 0)
 
     def notify(self) -> None:
-        """A receipt was committed: look for work now."""
-        self._loop.wake()
+        """A receipt was committed: look for work now (without a printer, the next regular
+        pass records it as skipped: no work per receipt)."""
+        if not isinstance(self.printer, NullPrinter):
+            self._loop.wake()
 
     def status(self) -> PrinterOut:
         with self.service.db.read_connection() as conn:
@@ -124,25 +127,50 @@ class PrintWorker:
         return printed
 
     def _create_jobs(self) -> None:
+        """One job per new receipt, rendered first, then stored in one transaction.
+
+        Jobs are bookkeeping: rendered again from the receipt if a power cut loses them,
+        so their commit does not wait for an fsync of its own. Without a printer (kind
+        ``none``) a receipt gets a ``skipped`` job and nothing is rendered.
+        """
         with self.service.db.read_connection() as conn:
             registers = [str(r[0]) for r in conn.execute("SELECT id FROM registers")]
             missing = {
                 reg: conn.execute(_MISSING, (self._cursor.setdefault(reg, 0), reg)).fetchall()
                 for reg in registers
             }
-        for reg, rows in missing.items():
-            for row in rows:
-                data = render_escpos(result_from_row(row), options=self.escpos)
-                self._insert_job(reg, int(row["number"]), 0, data)
-                self._cursor[reg] = int(row["number"])
+        drop = isinstance(self.printer, NullPrinter)
+        jobs = [
+            (reg, int(row["number"]), b"" if drop else self._render(row))
+            for reg, rows in missing.items()
+            for row in rows
+        ]
+        if not jobs:
+            return
+        state = "skipped" if drop else "queued"
+        with self.service.db.write_connection().transaction(durable=False) as conn:
+            for reg, number, data in jobs:
+                self._insert_job(conn, reg, number, 0, data, state)
+        for reg, number, _ in jobs:
+            self._cursor[reg] = number
 
-    def _insert_job(self, register_id: str, number: int, copy: int, data: bytes) -> None:
-        with self.service.db.write_connection().transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO print_jobs (register_id, number, copy, data, state,"
-                " attempts, created_at) VALUES (?, ?, ?, ?, 'queued', 0, ?)",
-                (register_id, number, copy, data, _now()),
-            )
+    def _render(self, row: Any) -> bytes:
+        return render_escpos(result_from_row(row), options=self.escpos)
+
+    @staticmethod
+    def _insert_job(  # noqa: PLR0917 - one print_jobs row
+        conn: sqlite3.Connection,
+        register_id: str,
+        number: int,
+        copy: int,
+        data: bytes,
+        state: str = "queued",
+    ) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO print_jobs (register_id, number, copy, data, state,"
+            " attempts, created_at) VALUES (?, ?, ?, ?, ?, 0, ?)",
+            (register_id, number, copy, data, state, _now()),
+        )
 
     def _send_queued(self) -> int:
         if time.monotonic() < self._next_try:
@@ -160,7 +188,8 @@ class PrintWorker:
             except PrinterError as exc:
                 self._failed(job, str(exc))
                 return printed
-            with writer.transaction() as conn:
+            # a lost mark prints the receipt again (at least once); a journal event is durable
+            with writer.transaction(durable=self.state != "ready") as conn:
                 conn.execute(
                     "UPDATE print_jobs SET state = 'printed', attempts = attempts + 1,"
                     " done_at = ?, last_error = NULL WHERE id = ?",
@@ -219,7 +248,7 @@ class PrintWorker:
                 " WHERE register_id = ? AND number = ?",
                 (register_id, number),
             ).fetchone()[0]
-            self._insert_job(register_id, number, int(copy), data)  # joins this transaction
+            self._insert_job(conn, register_id, number, int(copy), data)
         self._next_try = 0.0
         self.notify()
         return int(copy)

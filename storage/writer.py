@@ -33,34 +33,51 @@ class WriteConnection:
         self._conn = raw
         self._lock = threading.RLock()
         self._depth = 0
+        self._durable = True
+        self._synchronous = int(raw.execute("PRAGMA synchronous").fetchone()[0])
         # what the commits cost (each an fsync with synchronous=FULL): benchmarks read it
         self.commits = 0
         self.commit_seconds = 0.0
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction; commits (fsync with synchronous=FULL) or rolls back.
 
-        Nested use from the same thread joins the outer transaction.
+        ``durable=False`` is for bookkeeping that may be lost with power (never a receipt
+        or a journal event): it commits with ``synchronous=NORMAL``, without an fsync of its
+        own. WAL keeps the order, so the next durable commit makes it durable too; a power
+        cut before that loses it whole, never a part of it.
+
+        Nested use from the same thread joins the outer transaction; a durable one cannot
+        join a transaction that is not.
         """
         with self._lock:
             if self._depth:
+                if durable and not self._durable:
+                    raise StorageError("a durable write cannot join a non-durable transaction")
                 self._depth += 1
                 try:
                     yield self._conn
                 finally:
                     self._depth -= 1
                 return
-            self._begin()
-            self._depth = 1
+            if not durable:  # the level cannot change inside a transaction
+                self._conn.execute(f"PRAGMA synchronous={min(1, self._synchronous)}")
             try:
-                yield self._conn
-            except BaseException:
+                self._begin()
+                self._depth, self._durable = 1, durable
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._depth = 0
+                    self._conn.execute("ROLLBACK")
+                    raise
                 self._depth = 0
-                self._conn.execute("ROLLBACK")
-                raise
-            self._depth = 0
-            self._commit()
+                self._commit()
+            finally:
+                if not durable:
+                    self._conn.execute(f"PRAGMA synchronous={self._synchronous}")
+                self._durable = True
 
     def _begin(self) -> None:
         try:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from agent.cli import app
 from agent.print_worker import PrintWorker
-from agent.printing import EscposOptions, NetworkPrinter, render_escpos
+from agent.printing import EscposOptions, NetworkPrinter, NullPrinter, render_escpos
 from agent.receipts import ReceiptService
 from factories import qr_codes, sale
 
@@ -137,3 +137,49 @@ def test_reprint_and_png_preview_from_the_command_line(
     png = tmp_path / "receipt.png"
     run("receipts", "show", REGISTER, "2", "--png", str(png), "--data-dir", str(data))
     assert qr_codes(png) == [issued["qr"]]
+
+
+def test_without_a_printer_receipts_are_recorded_as_skipped_and_nothing_is_rendered(
+    service: ReceiptService,
+) -> None:
+    """Kind ``none``: each receipt gets an empty ``skipped`` job (so a printer configured
+    later starts after them), none is queued, and a receipt does not wake the worker."""
+    worker = PrintWorker(service, NullPrinter())
+    for i in range(3):
+        service.issue(sale(request_id=f"n{i}"))
+        worker.notify()
+    assert not worker._loop._wake.is_set()  # no pass per receipt
+    assert worker.run_once() == 0
+    with sqlite3.connect(service.db.path) as conn:
+        jobs = conn.execute("SELECT number, state, data FROM print_jobs ORDER BY number")
+        # the Startbeleg (1) was there before the worker; the sales are 2-4
+        assert [tuple(j) for j in jobs] == [(n, "skipped", b"") for n in (1, 2, 3, 4)]
+    assert worker.status().queued == 0
+
+
+def test_print_bookkeeping_never_weakens_a_receipts_commit(
+    service: ReceiptService, fake_printer: FakePrinter
+) -> None:
+    """Print jobs commit without an fsync of their own; every statement that writes a
+    receipt or a journal event still runs under ``synchronous=FULL``."""
+    worker = PrintWorker(service, NetworkPrinter("127.0.0.1", fake_printer.port, timeout=2.0))
+    conn = service.db.write_connection()._conn
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    try:
+        for i in range(3):
+            service.issue(sale(request_id=f"d{i}"))
+            assert worker.run_once() == 1
+    finally:
+        conn.set_trace_callback(None)
+    level, fiscal, bookkeeping = "FULL", [], []
+    for sql in statements:
+        if sql.startswith("PRAGMA synchronous="):
+            level = {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}[sql.split("=")[1]]
+        elif sql.startswith(("INSERT INTO receipts", "INSERT INTO journal")):
+            fiscal.append(level)
+        elif sql.startswith(("INSERT OR IGNORE INTO print_jobs", "UPDATE print_jobs")):
+            bookkeeping.append(level)
+    assert fiscal == ["FULL"] * 6  # three receipts, each with its journal event
+    assert bookkeeping == ["NORMAL"] * 6  # three jobs created, three marked printed
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2

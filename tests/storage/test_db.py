@@ -121,6 +121,33 @@ class TestBegin:
         assert writer.commits == before + 3
         assert writer.commit_seconds > 0
 
+    def test_a_non_durable_write_skips_only_its_own_fsync(self, db: TillDB) -> None:
+        """``durable=False`` commits with synchronous=NORMAL and puts FULL back, also when
+        it fails; a durable write cannot join it, while it may join a durable one."""
+        writer = db.write_connection()
+
+        def level(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+        with writer.transaction(durable=False) as conn:
+            assert level(conn) == 1
+            conn.execute("CREATE TABLE t (v INTEGER)")
+        assert level(conn) == 2
+        with pytest.raises(sqlite3.OperationalError), writer.transaction(durable=False) as conn:
+            conn.execute("INSERT INTO no_such_table VALUES (1)")
+        assert level(conn) == 2
+        with (
+            pytest.raises(StorageError, match="durable"),
+            writer.transaction(durable=False),
+            writer.transaction(),
+        ):
+            pass  # pragma: no cover - refused on entry
+        with writer.transaction() as conn, writer.transaction(durable=False) as inner:
+            assert level(inner) == 2  # joins the durable transaction
+            inner.execute("INSERT INTO t VALUES (1)")
+        with db.engine.connect() as reader:
+            assert reader.execute(text("SELECT count(*) FROM t")).scalar() == 1
+
     def test_read_modify_write_through_the_writer_loses_no_update(self, db: TillDB) -> None:
         """Four threads incrementing one row through ``db.writer`` never collide or lose a step."""
         with db.writer.begin() as conn:
