@@ -12,20 +12,18 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sqlite3
-import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent import __version__
-from agent.contract import ReceiptResult, Sale, parse_sale
+from agent.contract import ReceiptResult, parse_sale
 from agent.errors import FiscalError, InvalidSale, NotFound
 from agent.outage_watch import HOUR, Thresholds, acknowledge_report
 from agent.outages import OutageRecord, load_outages
-from agent.receipts import ReceiptService
+from agent.receipts import Issued, ReceiptService
 
 __all__ = [
     "QUEUED_PRINTS",
@@ -133,14 +131,6 @@ class ReprintOut(_Out):
     copy_number: int = Field(alias="copy")
 
 
-@dataclass(frozen=True, slots=True)
-class Issued:
-    """A receipt for a sale, and whether this call created it (``False``: a repeat)."""
-
-    result: ReceiptResult
-    created: bool
-
-
 class ApiBackend(Protocol):
     """What the API needs from the till. Errors are the agent's own (agent.errors)."""
 
@@ -215,20 +205,13 @@ class ServiceBackend:
         self.service = service
         self.thresholds = thresholds or Thresholds()
         self.printer = printer
-        self._issue_lock = threading.Lock()
 
     def issue_sale(self, raw: bytes) -> ReceiptResult:
         """Issue the receipt of a raw sale (the spool handler)."""
         return self.service.issue(parse_sale(raw))
 
     def issue(self, raw: bytes) -> Issued:
-        sale = parse_sale(raw)
-        # the lock makes "did it exist?" exact among API calls; a spool file with the
-        # same request_id at the same instant could still make both say "created"
-        with self._issue_lock:
-            known = self._has_request(sale)
-            result = self.service.issue(sale)
-        return Issued(result, created=not known)
+        return self.service.issue_once(parse_sale(raw))
 
     def get(self, register: str, number: int) -> ReceiptResult:
         return self.service.get(register, number)
@@ -283,14 +266,6 @@ class ServiceBackend:
 
     def _read(self) -> AbstractContextManager[sqlite3.Connection]:
         return self.service.db.read_connection()
-
-    def _has_request(self, sale: Sale) -> bool:
-        with self._read() as conn:
-            row = conn.execute(
-                "SELECT 1 FROM receipts WHERE register_id = ? AND request_id = ?",
-                (sale.register_id, sale.request_id),
-            ).fetchone()
-        return row is not None
 
     def _register(
         self,

@@ -63,7 +63,7 @@ from storage.db import TillDB
 from storage.group_commit import GroupCommit
 from storage.journal import append_event, canonical_json
 
-__all__ = ["KINDS", "MUST_SIGN", "ReceiptService", "RegisterSetup"]
+__all__ = ["KINDS", "MUST_SIGN", "Issued", "ReceiptService", "RegisterSetup"]
 
 KINDS = (
     "start",
@@ -102,6 +102,14 @@ class RegisterSetup:
     aes_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     timezone: str = "Europe/Vienna"
     receipt_id_format: str = "{number}"
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A receipt for a sale, and whether this call created it (``False``: a repeat)."""
+
+    result: ReceiptResult
+    created: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +159,7 @@ class ReceiptService:
         self._lock = threading.RLock()
         # refusals are contained to their sale: they are raised before anything in memory
         # (the outage book) changes; anything else fails the whole group
-        self._group: GroupCommit[ReceiptResult] = GroupCommit(
+        self._group: GroupCommit[Issued] = GroupCommit(
             self._lock, self._transaction, (FiscalError, InvalidSale)
         )
         with self._writer.transaction() as conn:
@@ -207,12 +215,17 @@ class ReceiptService:
         Raises:
             InvalidSale: the sale breaks a rule (nothing was consumed).
         """
+        return self.issue_once(sale).result
+
+    def issue_once(self, sale: Sale | bytes | str | dict[str, Any]) -> Issued:
+        """:meth:`issue`, telling whether this call created the receipt. Exact between
+        concurrent callers: the lookup and the insert are in one write transaction."""
         if not isinstance(sale, Sale):
             sale = parse_sale(sale)
         sale_hash = sale_fingerprint(sale)
         parsed = sale
 
-        def work(conn: sqlite3.Connection) -> ReceiptResult:
+        def work(conn: sqlite3.Connection) -> Issued:
             stored = conn.execute(
                 "SELECT * FROM receipts WHERE register_id = ? AND request_id = ?",
                 (parsed.register_id, parsed.request_id),
@@ -224,9 +237,10 @@ class ReceiptService:
                         "request-id-reused",
                         "this request_id was already used for a different sale",
                     )
-                return result_from_row(_current_version(conn, stored))
+                return Issued(result_from_row(_current_version(conn, stored)), created=False)
             reg = self._open_register(conn, parsed.register_id)
-            return self._issue_in(conn, reg, self._draft_for_sale(conn, reg, parsed, sale_hash))
+            draft = self._draft_for_sale(conn, reg, parsed, sale_hash)
+            return Issued(self._issue_in(conn, reg, draft), created=True)
 
         return self._group.run(work)
 

@@ -8,7 +8,9 @@ import hashlib
 import itertools
 import json
 import sqlite3
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -26,7 +28,7 @@ from agent.at_rksv.encoding import b64url
 from agent.clock import FrozenClock
 from agent.contract import ReceiptResult
 from agent.errors import FiscalError, InvalidSale, NotFound, TillAgentError
-from agent.receipts import ReceiptService, RegisterSetup
+from agent.receipts import Issued, ReceiptService, RegisterSetup
 from agent.signing import UnitConfig, open_unit, verify_rs
 from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
@@ -575,6 +577,25 @@ class TestIdempotency:
         with pytest.raises(InvalidSale) as refused:
             service.issue(sale(cashier="Eva"))
         assert refused.value.rule == "request-id-reused"
+
+    def test_exactly_one_of_concurrent_identical_requests_creates_the_receipt(
+        self, service: ReceiptService, query: Query
+    ) -> None:
+        """Eight threads send the same sale at once (a POS retrying over the spool and the
+        API): one call creates the receipt, seven get it back as a repeat, one number is
+        used. The answer comes from the transaction that inserts, not from a lookup
+        before it."""
+        barrier = threading.Barrier(8)
+
+        def send(_: int) -> Issued:
+            barrier.wait()
+            return service.issue_once(sale())
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(send, range(8)))
+        assert sorted(a.created for a in answers) == [False] * 7 + [True]
+        assert {a.result.number for a in answers} == {2}
+        assert _register(query)["last_number"] == 2
 
     def test_request_ids_are_per_register(self, service: ReceiptService) -> None:
         """Another register may use the same request_id for its own sale."""
