@@ -49,6 +49,7 @@ from agent.errors import (
     FiscalError,
     InvalidSale,
     RegisterStateError,
+    StorageError,
     WaitsForUnit,
 )
 from agent.probe import Backoff
@@ -297,10 +298,13 @@ class SpoolIngestor:
             else:
                 self._answer(claimed)
         except WaitsForUnit as exc:  # a valid sale for a register still waiting
-            self._retry_later(claimed.name, exc, expected=True)
+            self._retry_later(claimed.name, exc, level=logging.WARNING)
+            return 0
+        except StorageError as exc:  # the till's disk or database failed, not the sale
+            self._retry_later(claimed.name, exc)
             return 0
         except Exception as exc:  # the file stays claimed: ingestion goes on
-            self._retry_later(claimed.name, exc)
+            self._retry_later(claimed.name, exc, trace=True)
             return 0
         self._retries.pop(claimed.name, None)
         self._beat()
@@ -318,15 +322,16 @@ class SpoolIngestor:
         self.spool.succeed(claimed, result)
         log.debug("spool: %s -> receipt %s", claimed.name, result.number)
 
-    def _retry_later(self, name: str, exc: Exception, *, expected: bool = False) -> None:
+    def _retry_later(
+        self, name: str, exc: Exception, *, level: int = logging.ERROR, trace: bool = False
+    ) -> None:
+        """Keep the file claimed and try it again after the backoff; ``trace`` logs the
+        traceback of an error nobody expected."""
         failures = self._retries.get(name, (0, 0.0))[0] + 1
         delay = self.backoff.delay(failures - 1)
         self._retries[name] = (failures, self.clock.monotonic() + delay)
         message = "spool: %s not answered yet (attempt %d), retrying in %.1f s: %s"
-        if expected:
-            log.warning(message, name, failures, delay, exc)
-        else:
-            log.error(message, name, failures, delay, exc, exc_info=exc)
+        log.log(level, message, name, failures, delay, exc, exc_info=exc if trace else None)
 
     def _next_wait(self) -> float:
         dues = [due for _, due in self._retries.copy().values()]

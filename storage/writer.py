@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from storage.errors import StorageError
 
-__all__ = ["WriteConnection"]
+__all__ = ["WriteConnection", "storage_failure"]
 
 
 class WriteConnection:
@@ -68,9 +68,11 @@ class WriteConnection:
                 self._depth, self._durable = 1, durable
                 try:
                     yield self._conn
-                except BaseException:
+                except BaseException as exc:
                     self._depth = 0
-                    self._conn.execute("ROLLBACK")
+                    self._rollback()
+                    if isinstance(exc, sqlite3.Error) and (failure := storage_failure(exc)):
+                        raise StorageError(f"{failure}; nothing of it was stored") from exc
                     raise
                 self._depth = 0
                 self._commit()
@@ -90,11 +92,41 @@ class WriteConnection:
         try:
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._conn.execute("ROLLBACK")
-            raise StorageError(f"the commit failed: {exc}") from exc
+            self._rollback()
+            failure = storage_failure(exc) or f"the commit failed: {exc}"
+            raise StorageError(f"{failure}; nothing of it was stored") from exc
         self.commit_seconds += time.perf_counter() - start
         self.commits += 1
+
+    def _rollback(self) -> None:
+        """Undo the open transaction; SQLite has already undone it after some errors
+        (a full disk, an I/O error), and a second ROLLBACK would hide the real one."""
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
 
     def close(self) -> None:
         with self._lock:
             self._pooled.close()
+
+
+# primary result codes where the database failed, not the statement (sqlite.org/rescode.html)
+_FAILURES = {
+    sqlite3.SQLITE_BUSY: "the till database is busy",
+    sqlite3.SQLITE_LOCKED: "the till database is locked",
+    sqlite3.SQLITE_NOMEM: "SQLite ran out of memory",
+    sqlite3.SQLITE_READONLY: "the till database is read-only",
+    sqlite3.SQLITE_IOERR: "the till database's disk failed (I/O error)",
+    sqlite3.SQLITE_CORRUPT: "the till database is damaged",
+    sqlite3.SQLITE_FULL: "the till database cannot grow: the disk is full",
+    sqlite3.SQLITE_CANTOPEN: "the till database cannot be opened",
+    sqlite3.SQLITE_NOTADB: "the till database file is not a database",
+}
+
+
+def storage_failure(exc: sqlite3.Error) -> str | None:
+    """What failed, when ``exc`` is the database's failure rather than a statement's."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return None
+    cause = _FAILURES.get(code & 0xFF)
+    return None if cause is None else f"{cause} ({exc})"

@@ -107,3 +107,13 @@ def qr_codes(image: Image.Image | bytes | Path) -> list[str]:
     return [
         found.text for found in zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
     ]
+
+
+def disk_full(service: ReceiptService, full: bool = True) -> None:
+    """Make the till database full (no page more than it has) or give it room again.
+
+    SQLite's own page limit fails a write with SQLITE_FULL, the error a full disk gives.
+    """
+    conn = service.db.write_connection()._conn
+    pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+    conn.execute(f"PRAGMA max_page_count = {pages if full else 1 << 30}")

@@ -27,13 +27,13 @@ from agent.at_rksv import (
 from agent.at_rksv.encoding import b64url
 from agent.clock import FrozenClock
 from agent.contract import ReceiptResult
-from agent.errors import FiscalError, InvalidSale, NotFound, TillAgentError
+from agent.errors import FiscalError, InvalidSale, NotFound, StorageError, TillAgentError
 from agent.receipts import Issued, ReceiptService, RegisterSetup
 from agent.signing import UnitConfig, open_unit, verify_rs
 from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
 from agent.signing.software import load_certificate
-from factories import sale
+from factories import disk_full, sale
 from storage import TillDB
 
 Query = Callable[..., list[sqlite3.Row]]
@@ -604,6 +604,34 @@ class TestIdempotency:
         other = service.issue(sale(register="KASSE-2"))
         assert (first.register_id, first.number) == (REGISTER, 2)
         assert (other.register_id, other.number) == ("KASSE-2", 2)
+
+
+class TestFullDisk:
+    def test_a_full_disk_refuses_the_sale_consumes_nothing_and_recovers(
+        self, service: ReceiptService, query: Query
+    ) -> None:
+        """A write that finds the disk full is a storage error that says so (not SQLite's
+        own error, and not a failed ROLLBACK hiding it); no number, counter or journal
+        event is used, and with room again the same sale gets the next number, chained to
+        the last receipt."""
+        disk_full(service)
+        issued: list[ReceiptResult] = []
+        with pytest.raises(StorageError, match="disk is full"):  # noqa: PT012 - until full
+            for i in range(500):
+                issued.append(service.issue(sale(request_id=f"f{i}")))
+        refused = sale(request_id=f"f{len(issued)}")
+        before = (_register(query)["last_number"], _register(query)["turnover_cents"])
+        journal = _journal_size(query)
+        assert before == (1 + len(issued), SALE_CENTS * len(issued))
+        with pytest.raises(StorageError, match="nothing of it was stored"):
+            service.issue(refused)
+        assert (_register(query)["last_number"], _register(query)["turnover_cents"]) == before
+        assert _journal_size(query) == journal
+        disk_full(service, full=False)
+        again = service.issue(refused)
+        assert again.number == before[0] + 1
+        last_jws = issued[-1].jws if issued else query("SELECT jws FROM receipts")[0]["jws"]
+        assert _payload(again).chain == _chain_over(last_jws)
 
 
 class TestFallback:

@@ -25,7 +25,7 @@ from agent.errors import ConfigurationError, NotFound
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
-from factories import sale
+from factories import disk_full, sale
 
 Query = Callable[..., list[sqlite3.Row]]
 TOKEN = "test-token-0123456789abcdef"
@@ -265,6 +265,26 @@ class TestZeroReceipt:
         )
         assert waiting["unit"] == {"id": "dev", "state": "down", "certified": True}
         assert waiting["waiting_special"] == ["start"]
+
+    def test_a_full_disk_is_503_storage_and_the_retry_succeeds(
+        self, client: httpx.Client, service: ReceiptService
+    ) -> None:
+        """The POS learns that the till, not the sale, failed, and when to retry; the same
+        request then creates the receipt (201), with the number the refusal did not use."""
+        disk_full(service)
+        for i in range(500):
+            response = client.post("/v1/receipts", content=body(sale(request_id=f"d{i}")))
+            if response.status_code != 201:
+                break
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"].isdigit()
+        problem = response.json()
+        assert (problem["field"], problem["rule"]) == ("(till)", "storage")
+        assert "disk is full" in problem["message"]
+        disk_full(service, full=False)
+        again = client.post("/v1/receipts", content=body(sale(request_id=f"d{i}")))
+        assert again.status_code == 201, again.text
+        assert again.json()["number"] == i + 2  # the Startbeleg is 1
 
 
 class TestStatus:

@@ -20,7 +20,7 @@ from agent.errors import ConflictError, WaitsForUnit
 from agent.probe import Backoff
 from agent.receipts import ReceiptService
 from agent.spool import Spool, SpoolIngestor
-from factories import sale
+from factories import disk_full, sale
 
 Handler = Callable[[bytes], ReceiptResult]
 Query = Callable[..., list[sqlite3.Row]]
@@ -285,6 +285,38 @@ class TestFailures:
         assert result_of(spool, "a.json")["number"] == 3
         assert files(spool.work) == []
         assert ingestor.retrying == []
+
+    def test_a_full_disk_keeps_the_sale_until_there_is_room(
+        self,
+        spool: Spool,
+        handler: Handler,
+        clock: FrozenClock,
+        service: ReceiptService,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A sale the till cannot store is not the sale's fault: no error answer, the file
+        stays claimed (logged as an error that says why, without a traceback) and is
+        issued once the disk has room again."""
+        ingestor = SpoolIngestor(
+            spool, handler, clock=clock, backoff=Backoff(1.0, 60.0, jitter=0.0)
+        )
+        disk_full(service)
+        for i in range(500):  # the first sales still fit in the free space of the pages
+            name = f"s{i:03d}.json"
+            drop(spool, name, sale(request_id=f"r{i}"))
+            if ingestor.run_once() == 0:
+                break
+        assert files(spool.work) == [name]
+        assert files(spool.failed) == []
+        assert ingestor.retrying == [name]
+        [logged] = [r for r in caplog.records if r.name == "agent.spool" and name in r.message]
+        assert (logged.levelname, logged.exc_info) == ("ERROR", None)
+        assert "disk is full" in logged.message
+        disk_full(service, full=False)
+        clock.advance(1.0)
+        assert ingestor.run_once() == 1
+        assert result_of(spool, name)["number"] == i + 2  # the Startbeleg is 1
+        assert files(spool.work) == []
 
     def test_a_sale_for_a_register_waiting_for_the_unit_waits_too(
         self, spool: Spool, clock: FrozenClock
