@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
-__all__ = ["alembic_config", "current_revision", "head_revision", "upgrade_to_head"]
+from storage.errors import StorageError
+
+__all__ = [
+    "alembic_config",
+    "current_revision",
+    "downgrade_to",
+    "head_revision",
+    "migration",
+    "upgrade_to_head",
+]
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -24,9 +36,40 @@ def alembic_config() -> Config:
 def upgrade_to_head(engine: Engine, revision: str = "head") -> None:
     """Run every pending migration in one ``BEGIN IMMEDIATE`` transaction."""
     config = alembic_config()
-    with engine.execution_options(sqlite_begin="IMMEDIATE").begin() as conn:
+    with migration(engine) as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+
+
+def downgrade_to(engine: Engine, revision: str) -> None:
+    """Undo migrations down to ``revision`` (``base``: no schema), in one transaction."""
+    config = alembic_config()
+    with migration(engine) as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)
+
+
+@contextmanager
+def migration(engine: Engine) -> Iterator[Connection]:
+    """One ``BEGIN IMMEDIATE`` transaction with foreign keys off, checked before it commits.
+
+    SQLite's procedure for schema changes (sqlite.org/lang_altertable.html): a table that
+    batch mode rebuilds (copy, drop, rename) must not trip the foreign keys of the rows
+    that point at it. ``PRAGMA foreign_keys`` only changes outside a transaction.
+    """
+    with engine.execution_options(sqlite_begin="IMMEDIATE").connect() as conn:
+        raw = conn.connection.driver_connection
+        if not isinstance(raw, sqlite3.Connection):  # pragma: no cover - SQLite only
+            raise StorageError("the till database must be SQLite")
+        raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                yield conn
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise StorageError(f"a migration broke foreign keys: {broken[:5]}")
+        finally:
+            raw.execute("PRAGMA foreign_keys=ON")
 
 
 def current_revision(engine: Engine) -> str | None:

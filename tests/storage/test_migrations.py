@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
+from agent.at_rksv.verify import verify_dep
+from agent.clock import FrozenClock
+from agent.errors import StorageError
+from agent.export import export_container, export_dep
+from agent.receipts import ReceiptService
+from agent.signing.registry import UnitRegistry
+from factories import sale
 from storage import DB_FILE, TillDB, make_engine
 from storage.db import table_names
-from storage.migrate import alembic_config, current_revision, head_revision, upgrade_to_head
+from storage.journal import verify_journal
+from storage.migrate import (
+    alembic_config,
+    current_revision,
+    downgrade_to,
+    head_revision,
+    migration,
+    upgrade_to_head,
+)
 from storage.models import APPEND_ONLY_TABLES, Base
 
 TABLES = sorted(["alembic_version", *Base.metadata.tables])
@@ -23,10 +40,7 @@ TRIGGERS = sorted(f"{t}_no_{a}" for t in APPEND_ONLY_TABLES for a in ("update", 
 
 
 def _downgrade(engine: Engine, revision: str) -> None:
-    config = alembic_config()
-    with engine.execution_options(sqlite_begin="IMMEDIATE").begin() as conn:
-        config.attributes["connection"] = conn
-        command.downgrade(config, revision)
+    downgrade_to(engine, revision)
 
 
 def _drift(engine: Engine) -> list[object]:
@@ -147,3 +161,68 @@ class TestOpenTillDb:
         sqlite3.connect(data_dir / DB_FILE).close()
         reader = open_db(data_dir, writer=False)
         assert current_revision(reader.engine) is None
+
+
+def _earlier_revisions() -> list[str]:
+    scripts = ScriptDirectory.from_config(alembic_config())
+    head = head_revision()
+    return sorted(str(s.revision) for s in scripts.walk_revisions() if s.revision != head)
+
+
+class TestUpgradeWithData:
+    @pytest.mark.parametrize("revision", _earlier_revisions())
+    def test_a_till_of_an_earlier_revision_upgrades_and_goes_on(
+        self,
+        revision: str,
+        service: ReceiptService,
+        data_dir: Path,
+        registry: UnitRegistry,
+        clock: FrozenClock,
+        open_db: Callable[..., TillDB],
+    ) -> None:
+        """A till database with receipts, brought back to an earlier schema, is upgraded
+        on open: every receipt and journal event is kept, the journal chain holds, the
+        register goes on with the next number, and its DEP export verifies."""
+        first = service.issue(sale(request_id="u1"))
+        service.issue(sale(request_id="u2", kind="training"))
+        service.issue({"request_id": "u3", "register": "KASSE-1", "kind": "storno", "voids": 2})
+        service.db.close()
+
+        def contents(db: TillDB) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+            with db.engine.connect() as conn:
+                receipts = conn.execute(text("SELECT number, jws, document FROM receipts"))
+                journal = conn.execute(text("SELECT seq, hash FROM journal ORDER BY seq"))
+                return [tuple(r) for r in receipts], [tuple(j) for j in journal]
+
+        before = contents(open_db(data_dir, writer=False))
+        engine = make_engine(data_dir / DB_FILE)
+        _downgrade(engine, revision)
+        assert current_revision(engine) == revision
+        engine.dispose()
+
+        db = open_db(data_dir)
+        assert current_revision(db.engine) == head_revision()
+        assert contents(db) == before
+        with db.engine.connect() as conn:
+            assert verify_journal(conn) == []
+        again = ReceiptService(db, registry, clock=clock)
+        after = again.issue(sale(request_id="after"))
+        assert (first.number, after.number) == (2, 5)
+        dep = io.StringIO()
+        assert export_dep(db, "KASSE-1", dep) == 5
+        container = json.loads(export_container(db, "KASSE-1"))
+        report = verify_dep(json.loads(dep.getvalue()), container)
+        assert report.ok, report.findings
+
+    def test_a_migration_that_breaks_a_foreign_key_is_rolled_back(self, engine: Engine) -> None:
+        """Foreign keys are off while migrations run (so batch mode can rebuild a table
+        others point at) and checked before the commit: a dangling reference undoes it."""
+        upgrade_to_head(engine)
+        with pytest.raises(StorageError, match="foreign keys"), migration(engine) as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO register_units (register_id, position, unit_id)"
+                " VALUES ('NOWHERE', 0, 'none')"
+            )
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM register_units").scalar() == 0
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
