@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -28,6 +29,7 @@ from agent.receipts import Issued, ReceiptService
 __all__ = [
     "QUEUED_PRINTS",
     "ApiBackend",
+    "DiskOut",
     "Issued",
     "OpenOutageOut",
     "OutageOut",
@@ -91,11 +93,19 @@ class PrinterOut(_Out):
     last_error: str | None
 
 
+class DiskOut(_Out):
+    """The disk of the data directory: a full one stops every sale (503 storage)."""
+
+    free_bytes: int
+    total_bytes: int
+
+
 class StatusOut(_Out):
     version: str
     time: dt.datetime
     registers: list[RegisterStatusOut]
     printer: PrinterOut
+    disk: DiskOut
 
 
 class OutageOut(_Out):
@@ -243,11 +253,13 @@ class ServiceBackend:
             for row in rows
         ]
         printer = self.printer() if self.printer is not None else None
+        usage = shutil.disk_usage(self.service.db.path.parent)
         return StatusOut(
             version=__version__,
             time=now,
             registers=registers,
             printer=printer or PrinterOut(state="disabled", queued=queued, last_error=None),
+            disk=DiskOut(free_bytes=usage.free, total_bytes=usage.total),
         )
 
     def reprint(self, register: str, number: int) -> int:

@@ -306,6 +306,7 @@ class TestStatus:
             }
         ]
         assert status["printer"] == {"state": "disabled", "queued": 0, "last_error": None}
+        assert 0 < status["disk"]["free_bytes"] <= status["disk"]["total_bytes"]
 
     def test_an_open_outage_shows_its_age_and_deadlines(
         self, client: httpx.Client, flaky: FlakyUnit, clock: Any
