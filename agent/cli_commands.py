@@ -377,12 +377,19 @@ def export_dep_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """Export the DEP7 (Datenerfassungsprotokoll) of a register; streams, bounded memory."""
-    from agent.export import export_dep
+    from agent.export import count_receipts, export_dep
 
     tmp = output.with_name(output.name + ".partial")
-    with _reader(data_dir, as_json) as db, tmp.open("w", encoding="utf-8") as handle:
+    first, last = start and start.date(), end and end.date()
+    with (
+        _reader(data_dir, as_json) as db,
+        tmp.open("w", encoding="utf-8") as handle,
+        Progress(console=err, transient=True, disable=as_json) as progress,
+    ):
+        total = count_receipts(db, register, start=first, end=last)
+        task = progress.add_task("exporting", total=total)
         count = export_dep(
-            db, register, handle, start=start and start.date(), end=end and end.date()
+            db, register, handle, start=first, end=last, on_receipt=lambda: progress.advance(task)
         )
     tmp.replace(output)
     if as_json:
@@ -423,7 +430,9 @@ def verify(
     """
     from agent.at_rksv.verify import verify_files
 
-    report = verify_files(dep, container)
+    with Progress(console=err, transient=True, disable=as_json) as progress:
+        task = progress.add_task("verifying", total=dep.stat().st_size)
+        report = verify_files(dep, container, on_read=lambda n: progress.advance(task, n))
     if as_json:
         findings = [
             {"receipt": f.receipt, "rule": f.rule, "message": f.message} for f in report.findings

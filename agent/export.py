@@ -10,10 +10,10 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Select, func, select
 
 from agent.at_rksv.dep import DepGroup, container_json, write_dep
 from agent.errors import NotFound
@@ -21,7 +21,7 @@ from agent.signing import Identity
 from storage.db import TillDB
 from storage.models import RECEIPTS, REGISTER_UNITS, REGISTERS, UNITS
 
-__all__ = ["export_container", "export_dep"]
+__all__ = ["count_receipts", "export_container", "export_dep"]
 
 _R = RECEIPTS
 
@@ -45,15 +45,30 @@ def _identities(conn: Connection, register_id: str) -> dict[str, Identity]:
     }
 
 
-def _rows(
-    conn: Connection, register_id: str, start: dt.date | None, end: dt.date | None
-) -> Iterator[Any]:
-    query = select(_R.c.unit_id, _R.c.jws).where(_R.c.register_id == register_id)
+def _in_range(query: Select[Any], start: dt.date | None, end: dt.date | None) -> Select[Any]:
     if start is not None:
         query = query.where(_R.c.issued_at >= start.isoformat())
     if end is not None:
         query = query.where(_R.c.issued_at < (end + dt.timedelta(days=1)).isoformat())
-    yield from conn.execution_options(yield_per=2000).execute(query.order_by(_R.c.number))
+    return query
+
+
+def _rows(
+    conn: Connection, register_id: str, start: dt.date | None, end: dt.date | None
+) -> Iterator[Any]:
+    query = select(_R.c.unit_id, _R.c.jws).where(_R.c.register_id == register_id)
+    query = _in_range(query, start, end).order_by(_R.c.number)
+    yield from conn.execution_options(yield_per=2000).execute(query)
+
+
+def count_receipts(
+    db: TillDB, register_id: str, *, start: dt.date | None = None, end: dt.date | None = None
+) -> int:
+    """How many receipts :func:`export_dep` will write (for progress)."""
+    query = select(func.count()).select_from(_R).where(_R.c.register_id == register_id)
+    with db.engine.connect() as conn:
+        _register(conn, register_id)
+        return int(conn.execute(_in_range(query, start, end)).scalar_one())
 
 
 def export_dep(
@@ -63,11 +78,13 @@ def export_dep(
     *,
     start: dt.date | None = None,
     end: dt.date | None = None,
+    on_receipt: Callable[[], None] | None = None,
 ) -> int:
     """Write the DEP7 export of one register to ``out``; return the number of receipts.
 
     Args:
         start, end: optional inclusive range of receipt dates (local dates of the register).
+        on_receipt: called after each receipt written (progress).
     """
     count = 0
     with db.engine.connect() as conn:
@@ -88,6 +105,8 @@ def export_dep(
             for item in items:
                 count += 1
                 yield item
+                if on_receipt is not None:
+                    on_receipt()
 
         write_dep(out, groups())
     return count

@@ -19,6 +19,7 @@ from agent.at_rksv.dep import (
     load_container,
     load_dep,
     read_container,
+    stream_dep,
     write_dep,
 )
 from agent.at_rksv.encoding import amount_to_cents, cents_to_amount
@@ -62,5 +63,6 @@ __all__ = [
     "read_container",
     "signing_input",
     "split_jws",
+    "stream_dep",
     "write_dep",
 ]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import IO, Any, cast
 
 from agent.at_rksv.encoding import b64, b64_decode
+from agent.at_rksv.jsonstream import JsonReader, JsonStreamError
 from agent.errors import TillAgentError
 from agent.signing.base import Identity
 
@@ -34,6 +35,7 @@ __all__ = [
     "load_container",
     "load_dep",
     "read_container",
+    "stream_dep",
     "write_dep",
 ]
 
@@ -172,6 +174,68 @@ def _container_entry(unit: Identity) -> dict[str, str]:
 def load_dep(fp: IO[str] | IO[bytes]) -> Iterator[tuple[DepGroup, str]]:
     """Parse a DEP export from ``fp`` and iterate over it; see :func:`iter_dep`."""
     return iter_dep(_load_json(fp, "DEP export"))
+
+
+def stream_dep(
+    fp: IO[str] | IO[bytes], *, on_read: Callable[[int], None] | None = None
+) -> Iterator[tuple[DepGroup, str]]:
+    """:func:`load_dep` without holding the document: one chunk and one receipt at a time.
+
+    A group's receipts are streamed when its certificate and certification authorities
+    come before them (as in every export we and the BMF tools write); otherwise that one
+    group is held until its end. Receipts of a streamed group come before a structural
+    error later in the group is found, and its :class:`DepGroup` has no ``receipts``.
+
+    Args:
+        on_read: called with the size of every chunk read from ``fp`` (progress).
+
+    Raises:
+        DepFormatError: as :func:`iter_dep`, or the file is not valid JSON (lazily).
+    """
+    reader = JsonReader(fp, on_read=on_read)
+    try:
+        if not reader.start_object():
+            raise DepFormatError("DEP export: expected a JSON object")
+        found = False
+        for key in reader.members():
+            if key != GROUPS:
+                reader.value()
+                continue
+            if found:
+                raise DepFormatError(f"DEP export: {GROUPS!r} appears twice")
+            found = True
+            if not reader.start_array():
+                raise DepFormatError(f"DEP export.{GROUPS}: expected list")
+            for index in reader.elements():
+                yield from _stream_group(reader, f"{GROUPS}[{index}]")
+        if not found:
+            raise DepFormatError(f"DEP export: missing key {GROUPS!r}")
+        reader.end()
+    except JsonStreamError as exc:
+        raise DepFormatError(f"DEP export is {exc}") from exc
+
+
+def _stream_group(reader: JsonReader, where: str) -> Iterator[tuple[DepGroup, str]]:
+    if not reader.start_object():
+        raise DepFormatError(f"{where}: expected a JSON object")
+    fields: dict[str, object] = {}
+    streamed = False
+    for key in reader.members():
+        if streamed and key in (RECEIPTS, CERT, CERT_LEGACY, CHAIN):
+            raise DepFormatError(f"{where}: {key!r} after {RECEIPTS!r}")
+        if key == RECEIPTS and CHAIN in fields and (CERT in fields or CERT_LEGACY in fields):
+            group = _read_group(fields | {RECEIPTS: []}, where)
+            if not reader.start_array():
+                raise DepFormatError(f"{where}.{RECEIPTS}: expected list")
+            for index in reader.elements():
+                yield group, _string(reader.value(), f"{where}.{RECEIPTS}[{index}]")
+            streamed = True
+        else:
+            fields[key] = reader.value()
+    if not streamed:
+        group = _read_group(fields, where)
+        for receipt in group.receipts:
+            yield group, receipt
 
 
 def iter_dep(document: object) -> Iterator[tuple[DepGroup, str]]:

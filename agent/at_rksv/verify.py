@@ -42,7 +42,7 @@ A failed outage run at the very end of a DEP is accepted: the export may be cut 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -69,8 +69,8 @@ from agent.at_rksv.dep import (
     DepGroup,
     iter_dep,
     load_container,
-    load_dep,
     read_container,
+    stream_dep,
 )
 from agent.at_rksv.payload import chain_value
 from agent.signing.base import verify_rs
@@ -120,8 +120,13 @@ def verify_dep(
     return Report(walk.findings, walk.count)
 
 
-def verify_files(dep_path: Path, container_path: Path) -> Report:
+def verify_files(
+    dep_path: Path, container_path: Path, *, on_read: Callable[[int], None] | None = None
+) -> Report:
     """Verify the DEP export and crypto container stored in two JSON files.
+
+    The DEP is read as a stream (:func:`~agent.at_rksv.dep.stream_dep`): memory stays
+    bounded however many receipts it holds; ``on_read`` gets the size of each chunk read.
 
     Raises:
         OSError: a file cannot be read.
@@ -130,7 +135,7 @@ def verify_files(dep_path: Path, container_path: Path) -> Report:
         with container_path.open("rb") as container_file:
             container = load_container(container_file)
         with dep_path.open("rb") as dep_file:
-            return verify_dep(load_dep(dep_file), container)
+            return verify_dep(stream_dep(dep_file, on_read=on_read), container)
     except DepFormatError as exc:
         return Report([Finding(None, "malformed-dep", str(exc))])
 

@@ -10,7 +10,7 @@ import pytest
 
 from agent.at_rksv import amount_to_cents, split_jws
 from agent.at_rksv.verify import verify_files
-from agent.export import export_container, export_dep
+from agent.export import count_receipts, export_container, export_dep
 from agent.receipts import RegisterSetup
 from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
@@ -101,14 +101,24 @@ class TestEndToEndVectors:
         import datetime as dt
 
         db = _replay_e2e("e2e_open", tmp_path)
+        day = dt.date(2026, 1, 31)
+        written: list[None] = []
         try:
             buffer = io.StringIO()
             count = export_dep(
-                db, "DEMO-KASSE-1", buffer, start=dt.date(2026, 1, 31), end=dt.date(2026, 1, 31)
+                db,
+                "DEMO-KASSE-1",
+                buffer,
+                start=day,
+                end=day,
+                on_receipt=lambda: written.append(None),
             )
+            counted = count_receipts(db, "DEMO-KASSE-1", start=day, end=day)
+            everything = count_receipts(db, "DEMO-KASSE-1")
         finally:
             db.close()
-        assert count == 1
+        assert count == counted == len(written) == 1  # the progress total and ticks agree
+        assert everything > 1
         assert "2026-01-31" in split_jws(load_json_text(buffer.getvalue()))[0].issued_at
 
 

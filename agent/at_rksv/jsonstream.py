@@ -1,0 +1,147 @@
+"""A pull reader for one large JSON document: values are decoded one at a time.
+
+The standard library decodes each value (``JSONDecoder.raw_decode``); this module only
+walks the punctuation between them, reading the file in chunks, so that an array of a
+million strings is read holding one chunk and one string. The encoding is detected as
+``json.loads`` does for bytes (UTF-8 with or without BOM, UTF-16, UTF-32).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from collections.abc import Callable, Iterator
+from typing import IO
+
+__all__ = ["JsonReader", "JsonStreamError"]
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+class JsonStreamError(ValueError):
+    """The document is not valid JSON, or not the structure the caller expects."""
+
+
+class JsonReader:
+    """Walks one JSON document in ``fp``: :meth:`start_object` / :meth:`members`,
+    :meth:`start_array` / :meth:`elements`, and :meth:`value` for anything else.
+
+    Args:
+        fp: the document, binary or text.
+        chunk: how much to read at a time.
+        on_read: called with the size of every chunk read (progress).
+    """
+
+    def __init__(
+        self,
+        fp: IO[bytes] | IO[str],
+        *,
+        chunk: int = 1 << 18,
+        on_read: Callable[[int], None] | None = None,
+    ) -> None:
+        self._fp = fp
+        self._chunk = chunk
+        self._on_read = on_read
+        self._decode: Callable[[bytes, bool], str] | None = None
+        self._buf = ""
+        self._pos = 0
+        self._eof = False
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _more(self) -> bool:
+        """Append the next chunk to the buffer (dropping what was consumed)."""
+        if self._eof:
+            return False
+        data = self._fp.read(self._chunk)
+        if self._on_read is not None:
+            self._on_read(len(data))
+        text = data if isinstance(data, str) else self._text(data)
+        if not data:
+            self._eof = True
+        self._buf = self._buf[self._pos :] + text
+        self._pos = 0
+        return bool(data)
+
+    def _text(self, data: bytes) -> str:
+        if self._decode is None:
+            decoder = codecs.getincrementaldecoder(json.detect_encoding(data))("surrogatepass")
+            self._decode = decoder.decode
+        try:
+            return self._decode(data, not data)
+        except UnicodeDecodeError as exc:
+            raise JsonStreamError(f"not valid JSON: {exc}") from exc
+
+    def _peek(self) -> str:
+        """The next character that is not white space ("" at the end)."""
+        while True:
+            self._pos = _SPACE.match(self._buf, self._pos).end()  # type: ignore[union-attr]
+            if self._pos < len(self._buf):
+                return self._buf[self._pos]
+            if not self._more():
+                return ""
+
+    def _take(self, char: str) -> bool:
+        if self._peek() != char:
+            return False
+        self._pos += 1
+        return True
+
+    # -- the document -------------------------------------------------------------------
+
+    def value(self) -> object:
+        """Decode the next complete value."""
+        self._peek()
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self._buf, self._pos)
+            except json.JSONDecodeError as exc:
+                if self._more():
+                    continue  # cut off by the chunk boundary, most likely
+                raise JsonStreamError(f"not valid JSON: {exc}") from exc
+            if end == len(self._buf) and self._more():
+                continue  # a number or literal may go on in the next chunk
+            self._pos = end
+            return value
+
+    def start_object(self) -> bool:
+        """Enter an object if one comes next; ``False`` (nothing consumed) if not."""
+        return self._take("{")
+
+    def start_array(self) -> bool:
+        """Enter an array if one comes next; ``False`` (nothing consumed) if not."""
+        return self._take("[")
+
+    def members(self) -> Iterator[str]:
+        """The keys of the object just entered; consume each key's value before the next."""
+        if self._take("}"):
+            return
+        while True:
+            key = self.value()
+            if not isinstance(key, str) or not self._take(":"):
+                raise JsonStreamError("not valid JSON: expected a key and ':' in an object")
+            yield key
+            if self._take("}"):
+                return
+            if not self._take(","):
+                raise JsonStreamError("not valid JSON: expected ',' or '}' in an object")
+
+    def elements(self) -> Iterator[int]:
+        """Indexes of the array just entered; consume each item before the next."""
+        if self._take("]"):
+            return
+        index = 0
+        while True:
+            yield index
+            if self._take("]"):
+                return
+            if not self._take(","):
+                raise JsonStreamError("not valid JSON: expected ',' or ']' in an array")
+            index += 1
+
+    def end(self) -> None:
+        """Only white space may follow the document."""
+        if self._peek():
+            raise JsonStreamError("not valid JSON: extra data after the document")
