@@ -8,6 +8,11 @@ process); 6 not found.
 
 from __future__ import annotations
 
+import inspect
+import re
+
+import typer
+
 from agent import cli_commands as _commands  # noqa: F401 - registers the commands
 from agent import cli_demo as _demo  # noqa: F401 - registers demo and bench ingest
 from agent.cli_base import app
@@ -19,6 +24,27 @@ __all__ = ["app", "main"]
 
 app.add_typer(outage_app, name="outage")
 app.add_typer(config_app, name="config")
+
+_SOFT_BREAK = re.compile(r"(?<=\S)\n(?![\s*-]|\d+\.)")  # not before a list item
+
+
+def unwrap_help(text: str) -> str:
+    """Join the lines of each paragraph: Rich help keeps a docstring's line breaks, which
+    were only made to keep the source narrow. Blank lines still separate paragraphs, and
+    list items keep their lines."""
+    return _SOFT_BREAK.sub(" ", inspect.cleandoc(text))
+
+
+def _unwrap_commands(group: typer.Typer) -> None:
+    for command in group.registered_commands:
+        if command.help is None and command.callback is not None and command.callback.__doc__:
+            command.help = unwrap_help(command.callback.__doc__)
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _unwrap_commands(sub.typer_instance)
+
+
+_unwrap_commands(app)
 
 
 def main() -> None:

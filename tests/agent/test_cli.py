@@ -4,6 +4,7 @@ simulation, benchmarks, the data directory lock and the documented exit codes.""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from typer.testing import CliRunner, Result
 
 from agent import __version__
 from agent.at_rksv import aes_key_check_value, split_jws
-from agent.cli import app
+from agent.cli import app, unwrap_help
 from factories import VECTORS, load_json, sale
 from storage import TillDB
 
@@ -178,6 +179,23 @@ class TestHelp:
         """``--help`` of every command exits 0 and shows its usage line."""
         result = _expect(run(*command, "--help"), 0)
         assert f"Usage: till-agent {' '.join(command)}" in _flat(result.stdout)
+
+    @pytest.mark.parametrize("command", LEAVES, ids=" ".join)
+    def test_help_paragraphs_flow_at_the_terminal_width(self, run: Run, command: list[str]) -> None:
+        """A docstring's line breaks (kept narrow for the source) do not reach the help:
+        each paragraph is wrapped by the terminal width only, in 80 columns here."""
+        result = _expect(run(*command, "--help"), 0)
+        text = result.stdout.split("╭", 1)[0]  # the prose above the option panels
+        lines = [line.strip() for line in text.splitlines()][3:]  # after the usage line
+        for line, following in itertools.pairwise(lines):
+            if line and following:  # a wrapped line fills the width before it breaks
+                assert len(line) + 1 + len(following.split()[0]) > 78, (line, following)
+
+    def test_unwrap_help_joins_lines_not_paragraphs_or_list_items(self) -> None:
+        text = "First line\nand more.\n\nSecond\nparagraph:\n- one\n- two\n1. three"
+        assert (
+            unwrap_help(text) == "First line and more.\n\nSecond paragraph:\n- one\n- two\n1. three"
+        )
 
     def test_version_prints_the_package_version(self, run: Run) -> None:
         """``--version`` prints ``till-agent VERSION`` and exits 0."""
