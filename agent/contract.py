@@ -269,14 +269,16 @@ def _check_sale_lines(sale: Sale) -> None:
         raise InvalidSale("voids", "storno-only", "only a storno may name a receipt in voids")
     if not sale.lines:
         raise InvalidSale("lines", "min-items", f"a {sale.kind} sale needs at least one line")
+    total = 0
     for i, line in enumerate(sale.lines):
         if scaled(line.qty, 3) == 0:
             raise InvalidSale(f"lines.{i}.qty", "non-zero", "a line quantity must not be zero")
-        if abs(line_total_cents(line)) > MAX_CENTS:
+        cents = line_total_cents(line)
+        if abs(cents) > MAX_CENTS:
             raise InvalidSale(
                 f"lines.{i}", "max-amount", f"a line total is at most {_MAX_EUROS} euros"
             )
-    total = sum(line_total_cents(line) for line in sale.lines)
+        total += cents
     if abs(total) > MAX_CENTS:
         raise InvalidSale("lines", "max-amount", f"a receipt total is at most {_MAX_EUROS} euros")
     if not sale.payments:
