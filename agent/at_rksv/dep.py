@@ -177,22 +177,27 @@ def load_dep(fp: IO[str] | IO[bytes]) -> Iterator[tuple[DepGroup, str]]:
 
 
 def stream_dep(
-    fp: IO[str] | IO[bytes], *, on_read: Callable[[int], None] | None = None
+    fp: IO[str] | IO[bytes],
+    *,
+    chunk: int = 1 << 18,
+    on_read: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[DepGroup, str]]:
     """:func:`load_dep` without holding the document: one chunk and one receipt at a time.
 
     A group's receipts are streamed when its certificate and certification authorities
     come before them (as in every export we and the BMF tools write); otherwise that one
-    group is held until its end. Receipts of a streamed group come before a structural
-    error later in the group is found, and its :class:`DepGroup` has no ``receipts``.
+    group's receipts are held until its end. Receipts of a streamed group come before a
+    structural error later in the group is found, and its :class:`DepGroup` has no
+    ``receipts``.
 
     Args:
+        chunk: how much of ``fp`` to read at a time.
         on_read: called with the size of every chunk read from ``fp`` (progress).
 
     Raises:
         DepFormatError: as :func:`iter_dep`, or the file is not valid JSON (lazily).
     """
-    reader = JsonReader(fp, on_read=on_read)
+    reader = JsonReader(fp, chunk=chunk, on_read=on_read)
     try:
         if not reader.start_object():
             raise DepFormatError("DEP export: expected a JSON object")
@@ -223,15 +228,21 @@ def _stream_group(reader: JsonReader, where: str) -> Iterator[tuple[DepGroup, st
     for key in reader.members():
         if streamed and key in (RECEIPTS, CERT, CERT_LEGACY, CHAIN):
             raise DepFormatError(f"{where}: {key!r} after {RECEIPTS!r}")
-        if key == RECEIPTS and CHAIN in fields and (CERT in fields or CERT_LEGACY in fields):
-            group = _read_group(fields | {RECEIPTS: []}, where)
-            if not reader.start_array():
-                raise DepFormatError(f"{where}.{RECEIPTS}: expected list")
-            for index in reader.elements():
-                yield group, _string(reader.value(), f"{where}.{RECEIPTS}[{index}]")
-            streamed = True
-        else:
+        if key != RECEIPTS:
             fields[key] = reader.value()
+            continue
+        if not reader.start_array():
+            raise DepFormatError(f"{where}.{RECEIPTS}: expected list")
+        receipts = (
+            _string(reader.value(), f"{where}.{RECEIPTS}[{index}]") for index in reader.elements()
+        )
+        if CHAIN in fields and (CERT in fields or CERT_LEGACY in fields):
+            group = _read_group(fields | {RECEIPTS: []}, where)
+            for receipt in receipts:
+                yield group, receipt
+            streamed = True
+        else:  # the group's certificate comes later: hold its receipts, one by one
+            fields[RECEIPTS] = list(receipts)
     if not streamed:
         group = _read_group(fields, where)
         for receipt in group.receipts:

@@ -18,6 +18,7 @@ __all__ = ["JsonReader", "JsonStreamError"]
 
 _SPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
+MAX_VALUE = 1 << 24  # characters: no single value of a DEP comes near (a receipt: ~400)
 
 
 class JsonStreamError(ValueError):
@@ -92,13 +93,14 @@ class JsonReader:
     # -- the document -------------------------------------------------------------------
 
     def value(self) -> object:
-        """Decode the next complete value."""
+        """Decode the next complete value (at most :data:`MAX_VALUE` characters, so that
+        memory stays bounded also when the document is broken)."""
         self._peek()
         while True:
             try:
                 value, end = _DECODER.raw_decode(self._buf, self._pos)
             except json.JSONDecodeError as exc:
-                if self._more():
+                if len(self._buf) - self._pos <= MAX_VALUE and self._more():
                     continue  # cut off by the chunk boundary, most likely
                 raise JsonStreamError(f"not valid JSON: {exc}") from exc
             if end == len(self._buf) and self._more():

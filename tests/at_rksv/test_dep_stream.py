@@ -41,10 +41,7 @@ def _stream(document: Any, chunk: int = 1 << 20) -> list[tuple[bytes | None, str
 
 
 def _streamed(fp: io.BytesIO, chunk: int) -> Iterator[tuple[DepGroup, str]]:
-    with pytest.MonkeyPatch.context() as patch:
-        defaults = {**jsonstream.JsonReader.__init__.__kwdefaults__, "chunk": chunk}
-        patch.setattr(jsonstream.JsonReader.__init__, "__kwdefaults__", defaults)
-        yield from stream_dep(fp)
+    return stream_dep(fp, chunk=chunk)
 
 
 def _group(*receipts: str, first: str = CERT) -> dict[str, Any]:
@@ -117,6 +114,18 @@ class TestStructure:
         assert next(items)[1] == "a"
         with pytest.raises(DepFormatError, match=r"Belege-kompakt\[1\]: expected a string"):
             next(items)
+
+    def test_a_broken_document_is_not_read_to_its_end(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A value that never ends is an error once it passes the longest value a DEP
+        may hold, not after the whole rest of the file is in memory."""
+        monkeypatch.setattr(jsonstream, "MAX_VALUE", 1000)
+        data = b'{"Belege-Gruppe": [{"Signaturzertifikat": "' + b"A" * 100_000
+        read: list[int] = []
+        with pytest.raises(DepFormatError, match="not valid JSON"):
+            list(stream_dep(io.BytesIO(data), chunk=256, on_read=read.append))
+        assert sum(read) < 2000
 
     def test_a_certificate_after_the_streamed_receipts_is_refused(self) -> None:
         document = {GROUPS: [{CERT: "", CHAIN: [], RECEIPTS: ["a"], CERT + " ": 1}]}
