@@ -381,16 +381,25 @@ def export_dep_cmd(
 
     tmp = output.with_name(output.name + ".partial")
     first, last = start and start.date(), end and end.date()
-    with (
-        _reader(data_dir, as_json) as db,
-        tmp.open("w", encoding="utf-8") as handle,
-        Progress(console=err, transient=True, disable=as_json) as progress,
-    ):
-        total = count_receipts(db, register, start=first, end=last)
-        task = progress.add_task("exporting", total=total)
-        count = export_dep(
-            db, register, handle, start=first, end=last, on_receipt=lambda: progress.advance(task)
-        )
+    with _reader(data_dir, as_json) as db:
+        total = count_receipts(db, register, start=first, end=last)  # NotFound: no file yet
+        try:
+            with (
+                tmp.open("w", encoding="utf-8") as handle,
+                Progress(console=err, transient=True, disable=as_json) as progress,
+            ):
+                task = progress.add_task("exporting", total=total)
+                count = export_dep(
+                    db,
+                    register,
+                    handle,
+                    start=first,
+                    end=last,
+                    on_receipt=lambda: progress.advance(task),
+                )
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a half-written export is never left behind
+            raise
     tmp.replace(output)
     if as_json:
         _emit({"file": str(output), "receipts": count}, True)

@@ -505,6 +505,16 @@ class TestExportAndVerify:
         assert body == {"file": str(dep), "receipts": 2}
         assert not dep.with_name(dep.name + ".partial").exists()
 
+    def test_export_of_an_unknown_register_leaves_no_file(
+        self, run_in: Run, with_sale: Path, tmp_path: Path
+    ) -> None:
+        """An export that fails (here: no such register) exits 6 and writes nothing, not
+        even the partial file."""
+        dep = tmp_path / "out.json"
+        result = _expect(run_in("export", "dep", "--register", "NOPE", "-o", dep), 6)
+        assert "NOPE" in result.stderr
+        assert list(tmp_path.glob("out.json*")) == []
+
     def test_crypto_container_is_private(self, exported: tuple[Path, Path]) -> None:
         """The crypto material container (it holds the AES key) is written with mode 0600."""
         _, container = exported
