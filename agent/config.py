@@ -242,10 +242,30 @@ class PrinterConfig(_Section):
     def _kind_needs(self) -> PrinterConfig:
         needs = {"network": ("host",), "usb": ("usb_vendor", "usb_product")}
         needs["serial"] = ("serial_device",)
+        if "kind" not in self.model_fields_set:
+            # a printer's address without its kind would print into preview files, silently
+            for key in sorted(self.model_fields_set & _KIND_OF_KEY.keys()):
+                kind = _KIND_OF_KEY[key]
+                raise _needs(
+                    "kind-missing",
+                    "kind",
+                    f'{key} is for a {kind} printer: set kind = "{kind}" (the default is file)',
+                )
         for key in needs.get(self.kind, ()):
             if getattr(self, key) is None:
                 raise _needs("kind-needs", key, f"a {self.kind} printer needs {key}")
         return self
+
+
+# the keys that only one kind of printer reads
+_KIND_OF_KEY = {
+    "host": "network",
+    "port": "network",
+    "usb_vendor": "usb",
+    "usb_product": "usb",
+    "serial_device": "serial",
+    "baudrate": "serial",
+}
 
 
 class HubConfig(_Section):

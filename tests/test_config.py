@@ -242,6 +242,8 @@ ERRORS = [
     ('[printer]\nkind = "network"\n', "printer.host", "kind-needs"),
     ('[printer]\nkind = "usb"\nusb_vendor = 1\n', "printer.usb_product", "kind-needs"),
     ('[printer]\nkind = "carrier-pigeon"\n', "printer.kind", "literal_error"),
+    ('[printer]\nhost = "192.0.2.7"\n', "printer.kind", "kind-missing"),
+    ("[printer]\nbaudrate = 19200\n", "printer.kind", "kind-missing"),
     ("[probe]\ninitial_s = 90\n", "probe.max_s", "order"),
     ("[outage]\nexceeded_hours = 72\n", "outage.exceeded_hours", "less_than_equal"),
     ("[outage]\nwarn_hours = 45\n", "outage.approaching_hours", "order"),
@@ -281,6 +283,22 @@ class TestErrors:
         assert message.startswith("printer.host: a network printer needs host")
         assert str(path) in message
         assert "TILL_AGENT_PRINTER__KIND" in message
+
+    def test_a_printer_address_without_its_kind_is_refused(
+        self, write_config: WriteConfig
+    ) -> None:
+        """A host but no kind would print into preview files: the message says what to set."""
+        message = _error(write_config('[printer]\nhost = "192.0.2.7"\n'))
+        assert message.startswith(
+            'printer.kind: host is for a network printer: set kind = "network" (the default'
+        )
+
+    def test_a_chosen_kind_keeps_the_keys_of_another(self, write_config: WriteConfig) -> None:
+        """Switching a network printer to none (or to file previews) keeps its address for
+        later: the kind was chosen, nothing is silently ignored."""
+        for kind in ("none", "file"):
+            path = write_config(f'[printer]\nkind = "{kind}"\nhost = "192.0.2.7"\n')
+            assert load_config(path, env={}).printer.kind == kind
 
     def test_every_problem_is_reported_at_once(self, write_config: WriteConfig) -> None:
         """One line per problem, so one run fixes them all."""
