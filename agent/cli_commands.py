@@ -8,13 +8,12 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from agent.at_rksv import aes_key_check_value
 from agent.cli_base import (
     DEFAULT_DATA,
     DataDir,
@@ -31,16 +30,21 @@ from agent.cli_base import (
     simulate_app,
     unit_app,
 )
-from agent.contract import ReceiptResult
 from agent.errors import ConfigurationError, InvalidSale, TillAgentError
-from agent.receipts import ReceiptService, RegisterSetup
-from agent.signing import UnitConfig, create_software_unit, open_unit
-from agent.signing.registry import UnitRegistry, store_unit
-from storage.db import TillDB, open_till_db
+
+if TYPE_CHECKING:  # the commands import what they use: every command starts faster
+    from agent.contract import ReceiptResult
+    from agent.receipts import ReceiptService
+    from agent.signing import UnitConfig
+    from storage.db import TillDB
 
 
 @contextmanager
 def _service(data_dir: Path, as_json: bool = False) -> Iterator[ReceiptService]:
+    from agent.receipts import ReceiptService
+    from agent.signing.registry import UnitRegistry
+    from storage.db import open_till_db
+
     try:
         db = open_till_db(data_dir)
     except TillAgentError as exc:
@@ -57,6 +61,8 @@ def _service(data_dir: Path, as_json: bool = False) -> Iterator[ReceiptService]:
 
 @contextmanager
 def _reader(data_dir: Path, as_json: bool = False) -> Iterator[TillDB]:
+    from storage.db import open_till_db
+
     try:
         db = open_till_db(data_dir, writer=False)
     except TillAgentError as exc:
@@ -115,6 +121,8 @@ def unit_create_software(
             ),
             as_json,
         )
+    from agent.signing import UnitConfig, create_software_unit
+
     key_file, cert_file = create_software_unit(data_dir / "keys", name=unit_id, key_id=key_id)
     _add_unit(
         data_dir,
@@ -150,6 +158,8 @@ def unit_add_pkcs11(
     except OSError as exc:
         err.print(f"[red]error:[/red] cannot read the PIN file: {exc}")
         raise typer.Exit(2) from exc
+    from agent.signing import UnitConfig
+
     config = UnitConfig(
         id=unit_id,
         kind="pkcs11",
@@ -165,6 +175,10 @@ def unit_add_pkcs11(
 
 
 def _add_unit(data_dir: Path, config: UnitConfig, as_json: bool) -> None:
+    from agent.signing import open_unit
+    from agent.signing.registry import store_unit
+    from storage.db import open_till_db
+
     try:
         unit = open_unit(config)
         db = open_till_db(data_dir)
@@ -222,6 +236,9 @@ def init(
 
     Prints the AES key and its check value: both are needed for the FinanzOnline registration.
     """
+    from agent.at_rksv import aes_key_check_value
+    from agent.receipts import RegisterSetup
+
     setup = RegisterSetup(
         register,
         unit,

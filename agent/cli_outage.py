@@ -13,14 +13,7 @@ from rich.table import Table
 
 from agent.cli_base import DEFAULT_DATA, DataDir, JsonFlag, _emit, _fail, out, simulate_app
 from agent.cli_commands import _reader, _service
-from agent.clock import SystemClock
 from agent.errors import DataDirLocked, FiscalError, InvalidSale, NotFound, TillAgentError
-from agent.evidence import outage_evidence, render_evidence
-from agent.local_api import post_to_service
-from agent.outage_watch import acknowledge_report
-from agent.outages import load_outages
-from agent.signing.flaky import write_mode
-from storage.db import open_till_db
 
 __all__ = ["outage_app"]
 
@@ -36,6 +29,8 @@ def outage_list(
     as_json: JsonFlag = False,
 ) -> None:
     """All outages, newest first: state, age, affected receipts, escalation, report."""
+    from agent.outages import load_outages
+
     with _reader(data_dir, as_json) as db, db.read_connection() as conn:
         records = load_outages(conn, register)
     if as_json:
@@ -59,6 +54,8 @@ def outage_list(
 
 
 def _pack(data_dir: Path, outage_id: int, as_json: bool) -> dict[str, object]:
+    from agent.evidence import outage_evidence
+
     with _reader(data_dir, as_json) as db, db.read_connection() as conn:
         return outage_evidence(conn, outage_id)
 
@@ -70,6 +67,8 @@ def outage_show(
     as_json: JsonFlag = False,
 ) -> None:
     """One outage with its affected receipts, Sammelbeleg, escalations and reports."""
+    from agent.evidence import render_evidence
+
     pack = _pack(data_dir, outage_id, as_json)
     if as_json:
         _emit(pack, True)
@@ -87,6 +86,8 @@ def outage_export(
     as_json: JsonFlag = False,
 ) -> None:
     """Write the evidence pack as JSON and as readable text (for the tax advisor)."""
+    from agent.evidence import render_evidence
+
     pack = _pack(data_dir, outage_id, as_json)
     output.mkdir(parents=True, exist_ok=True)
     json_file = output / f"outage-{outage_id}.json"
@@ -111,6 +112,10 @@ def outage_report(
 
     Escalation of this outage stops once the report is recorded.
     """
+    from agent.clock import SystemClock
+    from agent.outage_watch import acknowledge_report
+    from storage.db import open_till_db
+
     try:
         db = open_till_db(data_dir)
     except DataDirLocked:  # the service holds the data directory: ask it over its API
@@ -162,6 +167,7 @@ def outage_recover(
 
 def _report_via_api(outage_id: int, reference: str, end: bool, as_json: bool) -> None:
     from agent.config import CONFIG_ENV, load_config
+    from agent.local_api import post_to_service
 
     configured = os.environ.get(CONFIG_ENV)  # the file `run --config` was given, if any
     try:
@@ -194,6 +200,8 @@ def simulate_unit(
 
     Only units created with simulate = true (the development unit) listen to this.
     """
+    from agent.signing.flaky import write_mode
+
     with _reader(data_dir, as_json) as db, db.read_connection() as conn:
         rows = conn.execute("SELECT id, config FROM units ORDER BY id").fetchall()
     simulated = [r["id"] for r in rows if json.loads(r["config"]).get("simulate")]

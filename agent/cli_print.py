@@ -10,7 +10,6 @@ import typer
 from agent.cli_base import JsonFlag, _emit, _fail, app, out
 from agent.config import AgentConfig, load_config
 from agent.errors import DataDirLocked, NotFound, PrinterError, TillAgentError
-from agent.local_api import post_to_service
 
 __all__ = ["reprint"]
 
@@ -70,6 +69,8 @@ def _reprint_local(config: AgentConfig, register: str, number: int) -> int:
 
 def _reprint_via_api(config: AgentConfig, register: str, number: int, as_json: bool) -> int:
     """The service holds the data directory: ask it over the local API."""
+    from agent.local_api import post_to_service
+
     response = post_to_service(config, f"receipts/{register}/{number}/reprint")
     if response.status_code == 404:
         _fail(NotFound(f"register {register} has no receipt {number}"), as_json)

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from agent.errors import InvalidSale
-from storage.journal import canonical_json
+from storage.canonical import canonical_json
 
 __all__ = [
     "VAT_CLASSES",

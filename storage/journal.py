@@ -7,7 +7,6 @@ change it records commit together or not at all.
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from storage.canonical import canonical_json
 from storage.models import JOURNAL
 
 __all__ = [
@@ -28,8 +28,6 @@ __all__ = [
 ]
 
 GENESIS = "0" * 64
-# one encoder for every call: json.dumps with options builds a new one each time
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 _J = JOURNAL
 
 
@@ -42,11 +40,6 @@ class Event:
     data: str
     prev_hash: str
     hash: str
-
-
-def canonical_json(data: Mapping[str, Any]) -> str:
-    """The one JSON form that is stored and hashed: sorted keys, no spaces, UTF-8."""
-    return _CANONICAL.encode(data)
 
 
 def event_hash(  # noqa: PLR0917 - the fields of one event, in their hashed order

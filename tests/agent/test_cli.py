@@ -191,6 +191,19 @@ class TestHelp:
             if line and following:  # a wrapped line fills the width before it breaks
                 assert len(line) + 1 + len(following.split()[0]) > 78, (line, following)
 
+    def test_the_command_line_loads_no_database_or_http_library_before_a_command_runs(
+        self,
+    ) -> None:
+        """``--help``, ``--version`` and the table of commands load without SQLAlchemy,
+        Alembic, httpx or the web server: each command imports what it uses when it runs
+        (a fresh interpreter, since this test process has loaded them all)."""
+        heavy = ("sqlalchemy", "alembic", "httpx", "fastapi", "uvicorn", "PIL", "escpos")
+        code = f"import sys, agent.cli; print([m for m in {heavy!r} if m in sys.modules])"
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        assert done.stdout.strip() == "[]"
+
     def test_unwrap_help_joins_lines_not_paragraphs_or_list_items(self) -> None:
         text = "First line\nand more.\n\nSecond\nparagraph:\n- one\n- two\n1. three"
         assert (
