@@ -37,13 +37,16 @@ _MESSAGE = 1 << 16
 class Zygote:
     """The test's side: spawn children of ``script`` and wait for them."""
 
-    def __init__(self, script: Path) -> None:
+    def __init__(self, script: Path, *, env: Mapping[str, str] | None = None) -> None:
+        """Start the zygote; ``env`` is added to its environment when it starts (what only
+        takes effect at exec, such as ``LD_PRELOAD``, goes here rather than to a spawn)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
         self.proc = subprocess.Popen(
             [sys.executable, __file__, str(script), str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
+            env=None if env is None else {**os.environ, **env},
         )
         theirs.close()
         ready = self._ask(None)
