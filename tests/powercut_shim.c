@@ -1,12 +1,12 @@
-/* The power-cut model of tests/crash/test_powercut.py, preloaded (LD_PRELOAD) into a till
- * process: after every successful fsync() or fdatasync() of a watched file, the whole
- * file is copied into the directory POWERCUT_SHADOW. The copies are what a power cut at
+/* The power-cut model of tests/powercut.py, preloaded (LD_PRELOAD) into a till process:
+ * after every successful fsync() or fdatasync() of a watched file, the whole file is
+ * copied into the directory POWERCUT_SHADOW. The copies are what a power cut at
  * any later moment leaves on disk: everything a file held at its last sync and nothing
  * written after it (the page cache is lost). The copy is made before the sync returns to
  * SQLite, so whatever the process did after a sync (answer a POS) finds it in the copy.
  *
- * Watched: the files whose name starts with POWERCUT_WATCH (the till database and its
- * WAL), never the -shm index (SQLite rebuilds it from the WAL).
+ * Watched: the files whose name starts with POWERCUT_WATCH (the till database, its WAL and
+ * its rollback journal), never the -shm index (SQLite rebuilds it from the WAL).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
