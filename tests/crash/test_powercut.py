@@ -1,5 +1,7 @@
 """Cut the power of a real till process at 200 random moments while it issues receipts.
 
+(``CRASH_CUTS=N`` runs N cuts instead, ``CRASH_SEED`` changes the seed.)
+
 Each round starts ``tests/crash/child.py`` with the power-cut shim preloaded
 (tests/powercut.py: the database files keep only what was synced), SIGKILLs it at a
 random moment like the SIGKILL test does, and leaves the files as a power cut would: half
@@ -37,7 +39,7 @@ from storage.db import open_till_db
 from zygote import Forked, Zygote
 
 CHILD = Path(__file__).resolve().parent / "child.py"
-CUTS = 200
+CUTS = int(os.environ.get("CRASH_CUTS", "200"))  # more for a soak run
 SEED = int(os.environ.get("CRASH_SEED", "20261202"))
 TORN_SHARE = 0.5  # cuts where some unsynced writes reach the disk anyway
 

@@ -24,7 +24,8 @@ round the register's DEP export must pass our verifier (agent.at_rksv.verify).
 Children are forked from one interpreter that imported the till code once
 (tests/zygote.py): real processes with their own pids and pipes, started ahead of time
 with ``--wait`` so that each opens the database only when its round begins.
-``CRASH_SEED`` replaces the seed of the kill schedule (it is in every message).
+``CRASH_SEED`` replaces the seed of the kill schedule (it is in every message);
+``CRASH_KILLS=N`` runs N kills instead of 220 (a soak run).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ from zygote import Forked, Zygote
 
 CHILD = Path(__file__).resolve().parent / "child.py"
 REGISTER = "CRASH-1"
-KILLS = 220
+KILLS = int(os.environ.get("CRASH_KILLS", "220"))  # more for a soak run
 SEED = int(os.environ.get("CRASH_SEED", "20261121"))
 EARLY_SHARE = 0.10  # rounds killed without waiting for an ACK
 MAX_DELAY_AFTER_ACK = 0.040
