@@ -41,7 +41,8 @@ def build_shim(directory: Path) -> Path:
         pytest.skip("the power-cut tests build a small C library: apt-get install gcc")
     library = directory / "powercut.so"
     flags = ["-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC"]
-    subprocess.run([compiler, *flags, "-o", str(library), str(SHIM_SOURCE), "-ldl"], check=True)
+    libraries = ["-ldl", "-lpthread"]
+    subprocess.run([compiler, *flags, "-o", str(library), str(SHIM_SOURCE), *libraries], check=True)
     return library
 
 

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,8 +53,11 @@ static void snapshot(int fd) {
     char tmp[2 * PATH_MAX], dst[2 * PATH_MAX];
     snprintf(dst, sizeof dst, "%s/%s", shadow, base);
     snprintf(tmp, sizeof tmp, "%s/.%s.%d.tmp", shadow, base, (int)getpid());
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;  /* one copy at a time */
     int saved = errno;
+    pthread_mutex_lock(&lock);
     copy_out(fd, tmp, dst);
+    pthread_mutex_unlock(&lock);
     errno = saved;
 }
 
