@@ -398,6 +398,10 @@ def export_dep_cmd(
 
     tmp = output.with_name(output.name + ".partial")
     first, last = start and start.date(), end and end.date()
+    if first is not None and last is not None and first > last:
+        raise typer.BadParameter(
+            f"the range is empty: --from {first} is after --to {last}", param_hint="'--from'"
+        )
     with _reader(data_dir, as_json) as db:
         total = count_receipts(db, register, start=first, end=last)  # NotFound: no file yet
         try:

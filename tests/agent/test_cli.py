@@ -528,6 +528,19 @@ class TestExportAndVerify:
         assert "NOPE" in result.stderr
         assert list(tmp_path.glob("out.json*")) == []
 
+    def test_export_of_a_reversed_date_range_is_a_usage_error(
+        self, run_in: Run, with_sale: Path, tmp_path: Path
+    ) -> None:
+        """``--from`` after ``--to`` selects nothing: exit 2 naming both, no file, rather
+        than an empty DEP that looks like a quiet period."""
+        dep = tmp_path / "out.json"
+        dates = ("--from", "2026-12-05", "--to", "2026-12-01")
+        result = _expect(run_in("export", "dep", "--register", REGISTER, "-o", dep, *dates), 2)
+        message = _flat(result.stderr)  # in a box: the message may break anywhere
+        assert "the range is empty: --from 2026-12-05 is after" in message
+        assert "--to 2026-12-01" in message
+        assert list(tmp_path.glob("out.json*")) == []
+
     def test_crypto_container_is_private(self, exported: tuple[Path, Path]) -> None:
         """The crypto material container (it holds the AES key) is written with mode 0600."""
         _, container = exported
