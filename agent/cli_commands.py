@@ -313,6 +313,8 @@ def receipts_list(
     as_json: JsonFlag = False,
 ) -> None:
     """List the latest receipts of a register."""
+    from agent.errors import NotFound
+
     query = (
         "SELECT number, receipt_id, kind, signature_state, issued_at, amount_normal"
         " + amount_reduced1 + amount_reduced2 + amount_zero + amount_special FROM receipts"
@@ -320,6 +322,9 @@ def receipts_list(
     )
     with _reader(data_dir, as_json) as db, db.engine.connect() as conn:
         rows = conn.exec_driver_sql(query, (register, limit)).all()
+        known = "SELECT 1 FROM registers WHERE id = ?"
+        if not rows and conn.exec_driver_sql(known, (register,)).first() is None:
+            _fail(NotFound(f"no register {register} in this database"), as_json)
     items = [
         dict(
             zip(

@@ -473,6 +473,11 @@ class TestReceipts:
         )
         assert [i["number"] for i in items] == [2]
 
+    def test_list_of_an_unknown_register_is_not_found(self, run_in: Run, with_sale: Path) -> None:
+        """A mistyped Kassen-ID is not an empty register: exit 6 naming it."""
+        result = _expect(run_in("receipts", "list", "--register", "KASSE-9"), 6)
+        assert "no register KASSE-9" in _flat(result.stderr)
+
     def test_show_text(self, run_in: Run, with_sale: Path) -> None:
         """``receipts show`` prints the receipt header, its lines and its QR code."""
         text = _expect(run_in("receipts", "show", REGISTER, "2"), 0).stdout
