@@ -33,6 +33,9 @@ def outage_list(
 
     with _reader(data_dir, as_json) as db, db.read_connection() as conn:
         records = load_outages(conn, register)
+        known = "SELECT 1 FROM registers WHERE id = ?"
+        if register is not None and conn.execute(known, (register,)).fetchone() is None:
+            _fail(NotFound(f"no register {register} in this database"), as_json)
     if as_json:
         _emit([r.as_dict() for r in records], True)
         return
@@ -147,8 +150,8 @@ def outage_recover(
     `till-agent run` does this by itself.
     """
     with _service(data_dir, as_json) as service:
+        unit = service.unit_of(register)  # NotFound: no such register (exit 6)
         try:
-            unit = service.unit_of(register)
             unit.probe(deadline=time.monotonic() + service.sign_timeout)
         except (TillAgentError, OSError) as exc:
             service.record_probe(register, False, str(exc))
