@@ -113,10 +113,15 @@ def create_software_unit(
     """Write ``NAME.key.pem`` (mode 0600) and, for open systems, a self-signed ``NAME.cert.pem``.
 
     The certificate is plainly a development certificate: it is not issued by a trust
-    service provider and is not valid for a registered cash register.
+    service provider and is not valid for a registered cash register. Both files are on
+    disk when this returns (a closed system's key is its signature unit: a power cut after
+    its Startbeleg must not take it), and neither is ever overwritten.
 
     Returns:
         The key file and the certificate file (``None`` for a closed system).
+
+    Raises:
+        FileExistsError: the key (or certificate) file exists already.
     """
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -124,9 +129,7 @@ def create_software_unit(
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
+    _create_file(key_path, pem, 0o600)
     if key_id is not None:
         return key_path, None
     common_name = f"till-agent DEVELOPMENT unit {name} (NOT CERTIFIED)"
@@ -143,5 +146,26 @@ def create_software_unit(
         .sign(key, hashes.SHA256())
     )
     cert_path = directory / f"{name}.cert.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _create_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return key_path, cert_path
+
+
+def _create_file(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` holding ``data``, durably and whole: written under a temporary
+    name, fsynced, hard-linked to its name (``FileExistsError`` if taken), and the
+    directory fsynced. A crash leaves the file complete or absent."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
