@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -423,6 +424,8 @@ def export_dep_cmd(
                     end=last,
                     on_receipt=lambda: progress.advance(task),
                 )
+                handle.flush()
+                os.fsync(handle.fileno())  # on disk before it takes the name
         except BaseException:
             tmp.unlink(missing_ok=True)  # a half-written export is never left behind
             raise
@@ -443,8 +446,19 @@ def export_container_cmd(
     from agent.export import export_container
 
     with _reader(data_dir) as db:
-        output.write_text(export_container(db, register), encoding="utf-8")
-    output.chmod(0o600)
+        text = export_container(db, register)
+    # it holds the AES key: private from its first byte, and never left half written
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(output)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     out.print(f"crypto material container written to {output}")
 
 

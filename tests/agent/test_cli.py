@@ -552,6 +552,21 @@ class TestExportAndVerify:
         assert container.stat().st_mode & 0o777 == 0o600
         assert "base64AESKey" in load_json(container)
 
+    def test_crypto_container_replaces_an_old_file_privately(
+        self, run_in: Run, with_sale: Path, tmp_path: Path
+    ) -> None:
+        """Over a world-readable older file: the new one is 0600 from its first byte (it
+        is written under a private temporary name and renamed), nothing else is left."""
+        container = tmp_path / "out" / "c.json"
+        container.parent.mkdir()
+        container.write_text("old")
+        container.chmod(0o644)
+        export = ("export", "crypto-container", "--register", REGISTER, "-o", container)
+        _expect(run_in(*export), 0)
+        assert container.stat().st_mode & 0o777 == 0o600
+        assert "base64AESKey" in load_json(container)
+        assert [p.name for p in container.parent.iterdir()] == ["c.json"]
+
     def test_verify_json_of_a_valid_export(self, run: Run, exported: tuple[Path, Path]) -> None:
         """``verify --json`` of a valid export has ok true and no findings."""
         body = _json(_expect(run("verify", *exported, "--json"), 0))
