@@ -561,8 +561,11 @@ class TestExportAndVerify:
         container.parent.mkdir()
         container.write_text("old")
         container.chmod(0o644)
+        old_inode = container.stat().st_ino
         export = ("export", "crypto-container", "--register", REGISTER, "-o", container)
         _expect(run_in(*export), 0)
+        # renamed over the old file, not written into it (readable by others meanwhile)
+        assert container.stat().st_ino != old_inode
         assert container.stat().st_mode & 0o777 == 0o600
         assert "base64AESKey" in load_json(container)
         assert [p.name for p in container.parent.iterdir()] == ["c.json"]
