@@ -441,11 +441,12 @@ def export_container_cmd(
     register: Annotated[str, typer.Option(help="Kassen-ID.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")],
     data_dir: DataDir = DEFAULT_DATA,
+    as_json: JsonFlag = False,
 ) -> None:
     """Write cryptographicMaterialContainer.json (AES key + certificates): keep it secret."""
     from agent.export import export_container
 
-    with _reader(data_dir) as db:
+    with _reader(data_dir, as_json) as db:
         text = export_container(db, register)
     # it holds the AES key: private from its first byte, and never left half written
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
@@ -459,7 +460,10 @@ def export_container_cmd(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    out.print(f"crypto material container written to {output}")
+    if as_json:
+        _emit({"file": str(output)}, True)
+    else:
+        out.print(f"crypto material container written to {output}")
 
 
 @app.command()

@@ -67,9 +67,15 @@ def _origin(path: Path | None) -> str:
 
 
 @config_app.command("check")
-def config_check(config: ConfigOption = None) -> None:
+def config_check(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
     """Validate the configuration; exit 0 if it is usable, 3 (with the reasons) if not."""
-    _load(config)
+    _load(config, as_json)
+    if as_json:
+        print(json.dumps({"ok": True, "source": _origin(config)}, ensure_ascii=False))
+        return
     _out.print(
         f"[green]configuration OK[/green]: {escape(_origin(config))}",
         highlight=False,

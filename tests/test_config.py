@@ -463,6 +463,17 @@ class TestCli:
         assert "api.port: " in result.stderr
         assert "[greater_than_equal] (from TILL_AGENT_API__PORT)" in _flat(result.stderr)
 
+    def test_check_json_for_scripts(self, run: Callable[..., Result]) -> None:
+        """``--json``: one object on stdout, also for a refusal (with exit 3)."""
+        result = run("check", "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == {"ok": True, "source": "built-in defaults (no file)"}
+        refused = run("check", "--json", TILL_AGENT_API__PORT="0")
+        assert refused.exit_code == 3
+        body = json.loads(refused.stdout)
+        assert body["error"] == "ConfigurationError"
+        assert body["message"].startswith("api.port: ")
+
     def test_check_a_missing_file(self, run: Callable[..., Result], tmp_path: Path) -> None:
         """--config naming a missing file: exit 3."""
         result = run("check", "--config", tmp_path / "nope.toml")

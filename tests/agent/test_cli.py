@@ -569,6 +569,9 @@ class TestExportAndVerify:
         assert container.stat().st_mode & 0o777 == 0o600
         assert "base64AESKey" in load_json(container)
         assert [p.name for p in container.parent.iterdir()] == ["c.json"]
+        assert _json(_expect(run_in(*export, "--json"), 0)) == {"file": str(container)}
+        missing = _json(_expect(run_in(*export[:3], "NOPE", *export[4:], "--json"), 6))
+        assert "NOPE" in missing["message"]
 
     def test_verify_json_of_a_valid_export(self, run: Run, exported: tuple[Path, Path]) -> None:
         """``verify --json`` of a valid export has ok true and no findings."""
