@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
+import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from agent.cli_base import (
     simulate_app,
     unit_app,
 )
-from agent.errors import ConfigurationError, InvalidSale, TillAgentError
+from agent.errors import ConfigurationError, InvalidSale, NotFound, TillAgentError
 
 if TYPE_CHECKING:  # the commands import what they use: every command starts faster
     from agent.contract import ReceiptResult
@@ -74,6 +75,12 @@ def _reader(data_dir: Path, as_json: bool = False) -> Iterator[TillDB]:
         _fail(exc, as_json)
     finally:
         db.close()
+
+
+def _require_register(conn: sqlite3.Connection, register: str, as_json: bool) -> None:
+    """A mistyped Kassen-ID is not an empty register: exit 6 naming it."""
+    if conn.execute("SELECT 1 FROM registers WHERE id = ?", (register,)).fetchone() is None:
+        _fail(NotFound(f"register {register!r} is not initialized in this till database"), as_json)
 
 
 def _show_receipt(result: ReceiptResult, as_json: bool) -> None:
@@ -314,18 +321,15 @@ def receipts_list(
     as_json: JsonFlag = False,
 ) -> None:
     """List the latest receipts of a register."""
-    from agent.errors import NotFound
-
     query = (
         "SELECT number, receipt_id, kind, signature_state, issued_at, amount_normal"
         " + amount_reduced1 + amount_reduced2 + amount_zero + amount_special FROM receipts"
         " WHERE register_id = ? ORDER BY number DESC LIMIT ?"
     )
-    with _reader(data_dir, as_json) as db, db.engine.connect() as conn:
-        rows = conn.exec_driver_sql(query, (register, limit)).all()
-        known = "SELECT 1 FROM registers WHERE id = ?"
-        if not rows and conn.exec_driver_sql(known, (register,)).first() is None:
-            _fail(NotFound(f"no register {register} in this database"), as_json)
+    with _reader(data_dir, as_json) as db, db.read_connection() as conn:
+        rows = conn.execute(query, (register, limit)).fetchall()
+        if not rows:
+            _require_register(conn, register, as_json)
     items = [
         dict(
             zip(
@@ -363,7 +367,6 @@ def receipts_show(
     as_json: JsonFlag = False,
 ) -> None:
     """Show one receipt: text lines, QR and OCR codes, JWS; --png renders a preview."""
-    from agent.errors import NotFound
     from agent.receipt_view import result_from_row
 
     with _reader(data_dir, as_json) as db, db.engine.connect() as conn:
@@ -400,6 +403,7 @@ def export_dep_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """Export the DEP7 (Datenerfassungsprotokoll) of a register; streams, bounded memory."""
+    from agent.durable import fsync_directory
     from agent.export import count_receipts, export_dep
 
     tmp = output.with_name(output.name + ".partial")
@@ -430,6 +434,7 @@ def export_dep_cmd(
             tmp.unlink(missing_ok=True)  # a half-written export is never left behind
             raise
     tmp.replace(output)
+    fsync_directory(output.parent)
     if as_json:
         _emit({"file": str(output), "receipts": count}, True)
     else:
@@ -444,22 +449,13 @@ def export_container_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """Write cryptographicMaterialContainer.json (AES key + certificates): keep it secret."""
+    from agent.durable import replace_file
     from agent.export import export_container
 
     with _reader(data_dir, as_json) as db:
         text = export_container(db, register)
     # it holds the AES key: private from its first byte, and never left half written
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    replace_file(output, text.encode("utf-8"), mode=0o600)
     if as_json:
         _emit({"file": str(output)}, True)
     else:

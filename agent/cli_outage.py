@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from agent.cli_base import DEFAULT_DATA, DataDir, JsonFlag, _emit, _fail, out, simulate_app
-from agent.cli_commands import _reader, _service
+from agent.cli_commands import _reader, _require_register, _service
 from agent.errors import DataDirLocked, FiscalError, InvalidSale, NotFound, TillAgentError
 
 __all__ = ["outage_app"]
@@ -33,9 +33,8 @@ def outage_list(
 
     with _reader(data_dir, as_json) as db, db.read_connection() as conn:
         records = load_outages(conn, register)
-        known = "SELECT 1 FROM registers WHERE id = ?"
-        if register is not None and conn.execute(known, (register,)).fetchone() is None:
-            _fail(NotFound(f"no register {register} in this database"), as_json)
+        if register is not None and not records:
+            _require_register(conn, register, as_json)
     if as_json:
         _emit([r.as_dict() for r in records], True)
         return

@@ -47,6 +47,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from agent.durable import create_file
 from agent.errors import ConfigurationError
 from agent.printing.render import EscposOptions
 from agent.signing.config import UnitConfig
@@ -504,24 +505,13 @@ def ensure_api_token(path: Path) -> str:
     except FileNotFoundError:
         pass
     token = secrets.token_urlsafe(32)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            handle.write(token + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(tmp, path)
+        create_file(path, f"{token}\n".encode("ascii"), mode=0o600)
     except FileExistsError:
         return _read_token(path)  # another process won the race: its token stands
     except OSError as exc:
         raise ConfigurationError(f"{path}: cannot create the API token file: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return token
 
 

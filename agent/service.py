@@ -25,6 +25,7 @@ from agent.api_backend import Issued, ServiceBackend
 from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig, ensure_api_token
 from agent.contract import ReceiptResult
+from agent.durable import fsync_directory
 from agent.errors import ConfigurationError
 from agent.outage_watch import OutageWatch
 from agent.print_worker import PrintWorker
@@ -180,14 +181,8 @@ class TillService:
             made_key, made_cert = create_software_unit(Path(tmp), name=DEV_UNIT)
             assert made_cert is not None
             for made, target in ((made_cert, cert_file), (made_key, key_file)):
-                with open(made, "rb") as handle:
-                    os.fsync(handle.fileno())
-                os.replace(made, target)
-        fd = os.open(keys, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+                os.replace(made, target)  # made durable by create_software_unit
+        fsync_directory(keys)
 
     def _ensure_register(self, unit_ids: list[str]) -> None:
         reg = self.config.register_

@@ -44,6 +44,7 @@ from watchdog.observers.api import BaseObserver
 
 from agent.clock import Clock, SystemClock
 from agent.contract import ReceiptResult
+from agent.durable import fsync_directory, replace_file
 from agent.errors import (
     ConflictError,
     FiscalError,
@@ -69,28 +70,6 @@ def _is_sale_name(name: str) -> bool:
     return not name.startswith(".") and name.endswith(_SUFFIX) and len(name) > len(_SUFFIX)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` so that it either does not exist or is complete, even after a crash."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
 
 
 def _unlink(path: Path) -> bool:
@@ -165,7 +144,7 @@ class Spool:
             os.rename(incoming, target)
         except FileNotFoundError:
             return None
-        _fsync_dir(self.work)
+        fsync_directory(self.work)
         return target
 
     def read(self, claimed: Path) -> bytes:
@@ -184,13 +163,13 @@ class Spool:
     def succeed(self, claimed: Path, result: ReceiptResult) -> None:
         """Write the result, then release the sale."""
         data = result.model_dump_json(by_alias=True).encode() + b"\n"
-        _write_atomic(self.result_path(claimed.name), data)
+        replace_file(self.result_path(claimed.name), data)
         self.release(claimed)
 
     def fail(self, claimed: Path, error: dict[str, str]) -> None:
         """Write the error, then move the sale beside it."""
         data = json.dumps(error, ensure_ascii=False).encode() + b"\n"
-        _write_atomic(self.error_path(claimed.name), data)
+        replace_file(self.error_path(claimed.name), data)
         self.release(claimed)
 
     def release(self, claimed: Path) -> None:
@@ -199,7 +178,7 @@ class Spool:
             _unlink(claimed)
             return
         os.replace(claimed, self.failed / claimed.name)
-        _fsync_dir(self.failed)
+        fsync_directory(self.failed)
 
 
 def _error_of(exc: InvalidSale | FiscalError) -> dict[str, str]:

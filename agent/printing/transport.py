@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.durable import fsync_directory
 from agent.errors import ConfigurationError, PrinterError
 from agent.printing._escpos import escpos_module, quiet_root
 
@@ -120,7 +121,7 @@ class FilePrinter:
             if png is not None:
                 preview = self._temp_file(png)
                 os.replace(preview, path.with_suffix(".png"))
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         return path
 
     def close(self) -> None:
@@ -145,14 +146,6 @@ class FilePrinter:
                 number += 1
             else:
                 return path
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _EscposDevice(abc.ABC):

@@ -9,7 +9,6 @@ system) or a key id (closed system).
 from __future__ import annotations
 
 import datetime as dt
-import os
 import secrets
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from agent.durable import create_file
 from agent.errors import ConfigurationError, UnitUnavailable
 from agent.signing.base import Capabilities, Identity, der_to_rs, identity_from_certificate
 
@@ -129,7 +129,7 @@ def create_software_unit(
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _create_file(key_path, pem, 0o600)
+    create_file(key_path, pem, mode=0o600)
     if key_id is not None:
         return key_path, None
     common_name = f"till-agent DEVELOPMENT unit {name} (NOT CERTIFIED)"
@@ -146,26 +146,6 @@ def create_software_unit(
         .sign(key, hashes.SHA256())
     )
     cert_path = directory / f"{name}.cert.pem"
-    _create_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    create_file(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path
 
-
-def _create_file(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` holding ``data``, durably and whole: written under a temporary
-    name, fsynced, hard-linked to its name (``FileExistsError`` if taken), and the
-    directory fsynced. A crash leaves the file complete or absent."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

@@ -476,7 +476,7 @@ class TestReceipts:
     def test_list_of_an_unknown_register_is_not_found(self, run_in: Run, with_sale: Path) -> None:
         """A mistyped Kassen-ID is not an empty register: exit 6 naming it."""
         result = _expect(run_in("receipts", "list", "--register", "KASSE-9"), 6)
-        assert "no register KASSE-9" in _flat(result.stderr)
+        assert "register 'KASSE-9' is not initialized" in _flat(result.stderr)
 
     def test_show_text(self, run_in: Run, with_sale: Path) -> None:
         """``receipts show`` prints the receipt header, its lines and its QR code."""

@@ -83,7 +83,8 @@ def test_unknown_outage_and_bad_mode(run: Any) -> None:
     run("simulate", "unit", "sideways", code=2)
     run("outage", "report", "7", "--reference", "x", code=6)
     # a mistyped Kassen-ID is not found, not an empty list or a unit that does not answer
-    assert "no register KASSE-9" in run("outage", "list", "--register", "KASSE-9", code=6).stderr
+    listed = run("outage", "list", "--register", "KASSE-9", code=6)
+    assert "register 'KASSE-9' is not initialized" in listed.stderr
     assert "KASSE-9 is not initialized" in run("outage", "recover", "KASSE-9", code=6).stderr
 
 
