@@ -10,7 +10,8 @@ no or a wrong token, 404 no such receipt or register, 409 the register's state f
 or the ``request_id`` was used for another sale, 413 a body over 1 MiB, 422 a bad request
 naming the field and rule, 503 the receipt must be signed and the unit is down (or the
 database is busy): retry after ``Retry-After`` seconds. Errors are ``{field, rule,
-message}`` throughout.
+message}`` throughout. Request bodies are JSON whatever their ``Content-Type`` says
+(``curl -d`` sends a form type), on every route that takes one.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -35,7 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent import __version__
@@ -191,7 +192,6 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
-        400: "the body is not valid JSON",
         401: "no or a wrong bearer token",
         404: "no such receipt or register",
         409: "the register's state or an earlier request conflicts",
@@ -211,7 +211,7 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
-# -- authentication and the sale body -----------------------------------------------------
+# -- authentication and the request bodies -------------------------------------------------
 
 
 _SCHEME = HTTPBearer(auto_error=False, description="the token from the agent's token file")
@@ -235,8 +235,8 @@ def _bearer(token: str) -> Callable[[HTTPAuthorizationCredentials | None], None]
     return check
 
 
-async def _sale_body(request: Request) -> bytes:
-    """The raw body, refused early when too large; parse_sale does all the checking."""
+async def _raw_body(request: Request) -> bytes:
+    """The raw body, refused early when too large; the route's parser does the checking."""
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > MAX_BODY_BYTES:
         raise _too_large()
@@ -251,20 +251,49 @@ async def _sale_body(request: Request) -> bytes:
 
 
 def _too_large() -> _Problem:
-    return _problem(413, "(document)", "max-size", f"a sale is at most {MAX_BODY_BYTES} bytes")
+    return _problem(
+        413, "(document)", "max-size", f"a request body is at most {MAX_BODY_BYTES} bytes"
+    )
 
 
-_SALE_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": "the sale contract (agent.contract.Sale); checked strictly",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Sale"}}},
+_Model = TypeVar("_Model", bound=BaseModel)
+_JSON_RULES = {"json_invalid": "json", "model_type": "type-object"}  # as parse_sale names them
+
+
+def _json_body(model: type[_Model]) -> Callable[[bytes], _Model]:
+    """A dependency parsing the raw body into ``model`` as JSON whatever its Content-Type,
+    as POST /v1/receipts does (``curl -d`` sends application/x-www-form-urlencoded, and
+    FastAPI would then validate the bytes, not the JSON). Errors are InvalidSale: 422."""
+
+    def parse(raw: Annotated[bytes, Depends(_raw_body)]) -> _Model:
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or "(document)"
+            rule = _JSON_RULES.get(first["type"], first["type"].replace("_", "-"))
+            raise InvalidSale(field, rule, first["msg"]) from None
+
+    return parse
+
+
+def _json_request(name: str, description: str) -> dict[str, Any]:
+    """The ``openapi_extra`` of a route whose body is parsed by hand into model ``name``."""
+    schema = {"schema": {"$ref": f"#/components/schemas/{name}"}}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {"application/json": schema},
+        }
     }
-}
 
 
-def _with_sale_schema(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """``app.openapi`` that also publishes the Sale model the raw body is parsed into."""
+_BODY_MODELS: dict[str, type[BaseModel]] = {"Sale": Sale, "ReportIn": ReportIn}
+
+
+def _with_body_schemas(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` that also publishes the models the raw bodies are parsed into."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -274,12 +303,13 @@ def _with_sale_schema(app: FastAPI) -> Callable[[], dict[str, Any]]:
                 description=app.description,
                 routes=app.routes,
             )
-            sale = Sale.model_json_schema(
-                by_alias=True, ref_template="#/components/schemas/{model}"
-            )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(sale.pop("$defs", {}))
-            components["Sale"] = sale
+            for name, model in _BODY_MODELS.items():
+                published = model.model_json_schema(
+                    by_alias=True, ref_template="#/components/schemas/{model}"
+                )
+                components.update(published.pop("$defs", {}))
+                components[name] = published
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -311,7 +341,7 @@ def create_app(backend: ApiBackend, *, token: str) -> FastAPI:
     _add_till_routes(router, backend)
     app.include_router(router)
     _install_error_handlers(app)
-    app.openapi = _with_sale_schema(app)  # type: ignore[method-assign]
+    app.openapi = _with_body_schemas(app)  # type: ignore[method-assign]
     return app
 
 
@@ -327,11 +357,13 @@ def _add_receipt_routes(router: APIRouter, backend: ApiBackend) -> None:
             200: {"model": ReceiptResult, "description": "a repeat: the stored receipt"},
             **_responses(409, 413, 422, 503),
         },
-        openapi_extra=_SALE_BODY,
+        openapi_extra=_json_request(
+            "Sale", "the sale contract (agent.contract.Sale); checked strictly"
+        ),
         summary="Issue the receipt for a sale (idempotent on request_id)",
     )
     def create_receipt(
-        raw: Annotated[bytes, Depends(_sale_body)], response: Response
+        raw: Annotated[bytes, Depends(_raw_body)], response: Response
     ) -> ReceiptResult:
         issued = backend.issue(raw)
         if not issued.created:
@@ -396,11 +428,13 @@ def _add_till_routes(router: APIRouter, backend: ApiBackend) -> None:
     @router.post(
         "/outages/{outage_id}/report",
         response_model=OutageOut,
-        responses=_responses(400, 404, 422, 503),
+        responses=_responses(404, 413, 422, 503),
+        openapi_extra=_json_request("ReportIn", "the FinanzOnline reference (JSON)"),
         summary="Record the FinanzOnline outage report (or, with end, the end report)",
     )
     def report_outage(
-        outage_id: Annotated[int, PathParam(ge=1, le=_MAX_NUMBER)], body: ReportIn
+        outage_id: Annotated[int, PathParam(ge=1, le=_MAX_NUMBER)],
+        body: Annotated[ReportIn, Depends(_json_body(ReportIn))],
     ) -> OutageOut:
         return backend.report_outage(outage_id, body.reference, end=body.end)
 

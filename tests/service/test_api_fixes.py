@@ -1,0 +1,110 @@
+"""Fixes from the user audit of the local API, against a real uvicorn server on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from agent.api import ApiServer, create_app, serve
+from agent.api_backend import ServiceBackend
+from agent.receipts import ReceiptService
+from agent.signing.flaky import FlakyUnit
+from agent.signing.registry import UnitRegistry
+from factories import sale
+
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}  # what `curl -d` sends
+
+
+def body(document: Any) -> bytes:
+    return json.dumps(document).encode()
+
+
+@pytest.fixture(name="server")
+def _server(service: ReceiptService) -> Iterator[ApiServer]:
+    with serve(create_app(ServiceBackend(service), token=TOKEN), port=0) as server:
+        yield server
+
+
+@pytest.fixture(name="client")
+def _client(server: ApiServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=10.0) as client:
+        yield client
+
+
+@pytest.fixture(name="outage")
+def _outage(service: ReceiptService, registry: UnitRegistry, client: httpx.Client) -> int:
+    """An outage opened by a fallback sale; its id."""
+    with service.db.write_connection().transaction() as conn:
+        flaky = FlakyUnit(registry.get(conn, "dev"))
+    registry.put(flaky)
+    flaky.mode = "down"
+    assert client.post("/v1/receipts", content=body(sale())).json()["signature_state"] == "fallback"
+    outage_id: int = client.get("/v1/outages").json()[0]["id"]
+    return outage_id
+
+
+class TestJsonBodies:
+    @pytest.mark.parametrize(
+        "headers",
+        [FORM, {"Content-Type": "text/plain"}, {"Content-Type": "application/json"}, {}],
+        ids=["form", "text", "json", "none"],
+    )
+    def test_a_report_is_json_whatever_the_content_type(
+        self, client: httpx.Client, outage: int, headers: dict[str, str]
+    ) -> None:
+        """The README's `curl -d '{"reference": ...}'` (a form content type) records the
+        report, as POST /v1/receipts takes a sale whatever its content type."""
+        response = client.post(
+            f"/v1/outages/{outage}/report", content=body({"reference": "FON-123"}), headers=headers
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["report_reference"] == "FON-123"
+
+    def test_a_sale_is_json_whatever_the_content_type(self, client: httpx.Client) -> None:
+        """The receipts endpoint keeps taking a form-typed body as JSON."""
+        response = client.post("/v1/receipts", content=body(sale()), headers=FORM)
+        assert response.status_code == 201, response.text
+
+    @pytest.mark.parametrize(
+        ("raw", "field", "rule"),
+        [
+            (b"", "(document)", "json"),
+            (b"{", "(document)", "json"),
+            (b"[1]", "(document)", "type-object"),
+            (b'{"reference": ""}', "reference", "string-too-short"),
+            (b'{"reference": "x", "extra": 1}', "extra", "extra-forbidden"),
+            (b'{"end": true}', "reference", "missing"),
+        ],
+        ids=["empty", "cut", "list", "short", "extra", "missing"],
+    )
+    def test_a_bad_report_body_is_422_naming_the_field(
+        self, client: httpx.Client, outage: int, raw: bytes, field: str, rule: str
+    ) -> None:
+        """Errors name the field and rule as for a sale, with any content type."""
+        response = client.post(f"/v1/outages/{outage}/report", content=raw, headers=FORM)
+        assert response.status_code == 422, response.text
+        assert (response.json()["field"], response.json()["rule"]) == (field, rule)
+
+    def test_a_report_body_over_one_mebibyte_is_413(
+        self, client: httpx.Client, outage: int
+    ) -> None:
+        """Refused before parsing, as a sale is."""
+        huge = b'{"reference": "' + b"x" * (1024 * 1024) + b'"}'
+        response = client.post(f"/v1/outages/{outage}/report", content=huge)
+        assert response.status_code == 413
+
+    def test_the_openapi_document_still_declares_the_report_body(self, server: ApiServer) -> None:
+        """The body is parsed by hand, but the document still names ReportIn as JSON."""
+        document = httpx.get(f"{server.url}/openapi.json").json()
+        post = document["paths"]["/v1/outages/{outage_id}/report"]["post"]
+        assert post["requestBody"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ReportIn"
+        }
+        assert document["components"]["schemas"]["ReportIn"]["required"] == ["reference"]
+        assert {"413", "422"} <= set(post["responses"])
