@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -20,6 +21,11 @@ from agent.errors import (
     StorageError,
     TillAgentError,
 )
+
+if TYPE_CHECKING:
+    import httpx
+
+    from agent.config import AgentConfig
 
 __all__ = ["DEFAULT_DATA", "DataDir", "JsonFlag", "app", "err", "out"]
 
@@ -49,6 +55,20 @@ app.add_typer(bench_app, name="bench")
 out = Console()
 err = Console(stderr=True)
 
+
+def _data_dir(ctx: typer.Context, param: typer.CallbackParam, value: Path) -> Path:
+    """The default is the data directory of `run`'s configuration: if that configuration
+    does not load, the default would be a guess, and a guess may be another till's data."""
+    source = ctx.get_parameter_source(param.name or "")
+    from_default = source is not None and source.name == "DEFAULT"  # typer vendors click
+    if from_default and _CONFIG_PROBLEM is not None:
+        raise typer.BadParameter(
+            f"the configuration does not load, so its data directory is unknown: "
+            f"{_CONFIG_PROBLEM} (see `till-agent config check`); or pass --data-dir"
+        )
+    return value
+
+
 DataDir = Annotated[
     Path,
     typer.Option(
@@ -56,6 +76,7 @@ DataDir = Annotated[
         envvar="TILL_AGENT_DATA_DIR",
         help="Data directory holding the till database (default: the one `run` uses).",
         show_default=True,
+        callback=_data_dir,
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
@@ -64,12 +85,18 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable J
 def _default_data() -> Path:
     """The data directory `till-agent run` uses: from the configuration (file and
     environment) if it loads, else the built-in default (see agent.config)."""
-    from agent.config import default_data_dir, load_config
+    from agent.config import CONFIG_ENV, default_data_dir, load_config
 
+    global _CONFIG_PROBLEM  # noqa: PLW0603 - found once, when the CLI is loaded
+    named = os.environ.get(CONFIG_ENV)  # `run` reads the file it names: so do the others
     try:
-        return load_config().data_dir
-    except TillAgentError:
+        return load_config(Path(named) if named else None).data_dir
+    except TillAgentError as exc:
+        _CONFIG_PROBLEM = str(exc)
         return default_data_dir()
+
+
+_CONFIG_PROBLEM: str | None = None
 
 
 DEFAULT_DATA = _default_data()
@@ -94,6 +121,36 @@ def _fail(exc: TillAgentError, as_json: bool = False) -> NoReturn:
     else:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
     raise typer.Exit(code)
+
+
+def _ask_service(
+    config: AgentConfig, path: str, body: Any, as_json: bool, *, pointer: str
+) -> httpx.Response:
+    """POST to the running service's local API; a service that cannot be reached is a
+    clean error (exit 2) naming the address tried and ``pointer``, the way to name the
+    service's configuration to this command."""
+    import httpx
+
+    from agent.local_api import post_to_service
+
+    api = config.api
+    address = str(api.unix_socket) if api.unix_socket else f"http://{api.host}:{api.port}"
+    where = (
+        f"{pointer} naming the service's configuration, or TILL_AGENT_API__HOST and"
+        " TILL_AGENT_API__PORT (TILL_AGENT_API__UNIX_SOCKET)"
+    )
+    try:
+        return post_to_service(config, path, body)
+    except httpx.RequestError as exc:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        message = (
+            f"another process (the till service?) holds the data directory and its local"
+            f" API at {address} did not answer ({reason}); point this command at the"
+            f" service with {where}"
+        )
+    except OSError as exc:
+        message = f"cannot read the local API token {api.token_file}: {exc.strerror or exc}"
+    _fail(ConfigurationError(message), as_json)
 
 
 def _emit(data: Any, as_json: bool) -> None:

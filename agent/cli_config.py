@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from agent.config import CONFIG_ENV, ENV_PREFIX, AgentConfig, find_config_file, load_config
 from agent.errors import ConfigurationError
+from agent.signing.config import UnitConfig
 
 __all__ = ["ConfigOption", "config_app"]
 
@@ -71,8 +72,16 @@ def config_check(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """Validate the configuration; exit 0 if it is usable, 3 (with the reasons) if not."""
-    _load(config, as_json)
+    """Validate the configuration; exit 0 if it is usable, 3 (with the reasons) if not.
+
+    Beyond the values, it opens what `run` opens at start without side effects: the key
+    and certificate files of software units, the certificate and module file of PKCS#11
+    units, and the optional packages a unit or printer kind needs. It never logs in to a
+    token (a wrong PIN could lock it) and never connects to a printer or a service.
+    """
+    problems = check_resources(_load(config, as_json))
+    if problems:
+        _invalid(ConfigurationError("\n".join(problems)), as_json)
     if as_json:
         print(json.dumps({"ok": True, "source": _origin(config)}, ensure_ascii=False))
         return
@@ -100,19 +109,68 @@ def config_show(
     print(to_toml(data), end="")
 
 
+def check_resources(config: AgentConfig) -> list[str]:
+    """What `run` would refuse at start beyond the values: one line per problem."""
+    problems = [
+        f"units.{unit.id}: {problem}" for unit in config.units for problem in _unit_problems(unit)
+    ]
+    if config.printer.kind in ("usb", "serial"):
+        from agent.printing.config import open_printer
+
+        try:
+            open_printer(config.printer)  # checks the extra; the device opens on a job
+        except ConfigurationError as exc:
+            problems.append(f"printer.kind: {exc}")
+    return problems
+
+
+def _unit_problems(unit: UnitConfig) -> list[str]:
+    from agent.signing import open_unit
+    from agent.signing.software import load_certificate
+
+    if unit.kind == "software":
+        try:
+            open_unit(unit).close()  # reads the key and the certificate, nothing more
+        except ConfigurationError as exc:
+            return [str(exc)]
+        return []
+    if unit.kind != "pkcs11":
+        return []  # a chain service is only reachable at run time
+    problems = []
+    try:
+        import agent.signing.pkcs11  # noqa: F401 - only: is the extra installed?
+    except ImportError:
+        problems.append("PKCS#11 units need: pip install 'till-agent[pkcs11]'")
+    module = unit.module
+    if module is not None and module.is_absolute() and not module.is_file():
+        problems.append(f"module: the PKCS#11 module {module} does not exist")
+    if unit.certificate_file is not None and unit.zda != "AT0":
+        try:
+            load_certificate(unit.certificate_file)
+        except ConfigurationError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def to_toml(data: dict[str, Any]) -> str:
     """Render the configuration's JSON form as TOML that ``load_config`` reads back.
 
-    Keys whose value is unset (None) are written as comments, since TOML has no null.
+    Keys whose value is unset (None) are written as comments, since TOML has no null;
+    nested tables (``[printer.escpos]``) follow their parent's keys.
     """
-    lines = _toml_pairs(data)
-    for name, value in data.items():
+    return "\n".join(_toml_table(data, "")) + "\n"
+
+
+def _toml_table(table: dict[str, Any], prefix: str) -> list[str]:
+    lines = _toml_pairs(table)
+    for name, value in table.items():
+        dotted = f"{prefix}{name}"
         if isinstance(value, dict):
-            lines += ["", f"[{name}]", *_toml_pairs(value)]
-        elif isinstance(value, list) and all(isinstance(item, dict) for item in value):
-            for item in value:
-                lines += ["", f"[[{name}]]", *_toml_pairs(item)]
-    return "\n".join(lines) + "\n"
+            lines += ["", f"[{dotted}]", *_toml_table(value, dotted + ".")]
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for item in value:  # a sub-table after [[name]] belongs to that item
+                lines += ["", f"[[{dotted}]]", *_toml_table(item, dotted + ".")]
+    return lines
 
 
 def _toml_pairs(table: dict[str, Any]) -> list[str]:

@@ -367,8 +367,10 @@ def find_config_file(path: Path | None = None) -> Path | None:
         ConfigurationError: ``path`` was given and is not a file.
     """
     if path is not None:
-        if not path.is_file():
+        if not path.exists():
             raise ConfigurationError(f"{path}: the configuration file does not exist")
+        if not path.is_file():
+            raise ConfigurationError(f"{path}: not a regular file; --config names a TOML file")
         return path
     return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
 

@@ -7,6 +7,8 @@ import json
 import os
 import re
 import stat
+import subprocess
+import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +30,7 @@ from agent.config import (
 )
 from agent.errors import ConfigurationError
 from agent.outage_watch import Thresholds
+from agent.signing import create_software_unit
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "config.example.toml"
 
@@ -284,9 +287,7 @@ class TestErrors:
         assert str(path) in message
         assert "TILL_AGENT_PRINTER__KIND" in message
 
-    def test_a_printer_address_without_its_kind_is_refused(
-        self, write_config: WriteConfig
-    ) -> None:
+    def test_a_printer_address_without_its_kind_is_refused(self, write_config: WriteConfig) -> None:
         """A host but no kind would print into preview files: the message says what to set."""
         message = _error(write_config('[printer]\nhost = "192.0.2.7"\n'))
         assert message.startswith(
@@ -527,3 +528,114 @@ class TestCli:
         assert "# hub.url" not in result.stdout
         assert "# url = (unset)" in result.stdout
         assert tomllib.loads(result.stdout)["api"]["port"] == 8765
+
+    def test_show_prints_nested_tables(self, run: Callable[..., Result], tmp_path: Path) -> None:
+        """``[printer.escpos]`` is shown (the README's own override example), and loads back."""
+        result = run("show", TILL_AGENT_PRINTER__ESCPOS__CODE_TABLE="16")
+        assert result.exit_code == 0, result.output
+        assert "\n[printer.escpos]\ncode_table = 16\n" in result.stdout
+        shown = tmp_path / "shown.toml"
+        shown.write_text(result.stdout)
+        assert load_config(shown, env={}).printer.escpos.code_table == 16
+
+    def test_check_opens_the_software_unit_files(
+        self, run: Callable[..., Result], write_config: WriteConfig, tmp_path: Path
+    ) -> None:
+        """A key or certificate `run` could not load fails the check, naming the unit."""
+        key_file, cert_file = create_software_unit(tmp_path / "keys", name="good")
+        good = write_config(
+            f'[[units]]\nid = "good"\nkind = "software"\nkey_file = "{key_file}"\n'
+            f'certificate_file = "{cert_file}"\n'
+        )
+        assert run("check", "--config", good).exit_code == 0
+        cert_file.write_text("not a certificate")
+        result = run("check", "--config", good, "--json")
+        assert result.exit_code == 3, result.output
+        assert json.loads(result.stdout)["message"].startswith("units.good: ")
+        missing = write_config(
+            '[[units]]\nid = "gone"\nkind = "software"\nkey_file = "/nonexistent/k.pem"\n'
+            'certificate_file = "/nonexistent/c.pem"\n'
+        )
+        result = run("check", "--config", missing)
+        assert result.exit_code == 3
+        assert "units.gone: " in _flat(result.stderr)
+        assert "/nonexistent/k.pem" in _flat(result.stderr)
+
+    def test_check_a_pkcs11_unit_without_logging_in(
+        self, run: Callable[..., Result], write_config: WriteConfig, tmp_path: Path
+    ) -> None:
+        """A missing module or certificate fails the check; the token is never asked."""
+        path = write_config(
+            '[[units]]\nid = "h"\nkind = "pkcs11"\nmodule = "/nonexistent/p11.so"\n'
+            'token_label = "t"\nkey_label = "k"\npin = "1234"\n'
+            f'certificate_file = "{tmp_path / "missing.crt"}"\n'
+        )
+        result = run("check", "--config", path)
+        assert result.exit_code == 3
+        message = _flat(result.stderr)
+        assert "units.h: module: the PKCS#11 module /nonexistent/p11.so does not exist" in message
+        assert "missing.crt" in message
+
+    def test_check_a_usb_printer_without_its_extra(
+        self, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`run` would refuse a USB printer without pyusb: so does the check."""
+        from agent.printing._escpos import escpos_module
+
+        usb = escpos_module("printer").Usb
+        monkeypatch.setattr(usb, "is_usable", staticmethod(lambda: False))
+        result = run(
+            "check",
+            TILL_AGENT_PRINTER__KIND="usb",
+            TILL_AGENT_PRINTER__USB_VENDOR="04b8",
+            TILL_AGENT_PRINTER__USB_PRODUCT="0202",
+        )
+        assert result.exit_code == 3
+        assert "printer.kind: Usb printing needs pyusb" in _flat(result.stderr)
+
+    def test_check_a_config_that_is_not_a_file(self, tmp_path: Path) -> None:
+        """--config /dev/null exists but is no TOML file: say so, not "does not exist"."""
+        message = _error(Path("/dev/null"))
+        assert "not a regular file" in message
+
+
+def test_commands_use_the_data_dir_of_till_agent_config(tmp_path: Path) -> None:
+    """`receipts list` (like `run`) reads TILL_AGENT_CONFIG for its data directory."""
+    data = tmp_path / "elsewhere"
+    config = tmp_path / "c.toml"
+    config.write_text(f'data_dir = "{data}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILL_AGENT_")}
+    env |= {"TILL_AGENT_CONFIG": str(config), "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "receipts", "list", "--register", "K-1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert f"no till database in {data}" in " ".join(done.stderr.split()), done.stderr
+
+
+def test_a_broken_configuration_is_not_replaced_by_a_guess(tmp_path: Path) -> None:
+    """When the configuration does not load, commands do not fall back to the built-in
+    data directory (another till's data, or a new empty database): they say why."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'data_dir = "{tmp_path / "d"}"\n[api]\nport = "x"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILL_AGENT_")}
+    env |= {"TILL_AGENT_CONFIG": str(config), "HOME": str(tmp_path), "COLUMNS": "200"}
+    command = [sys.executable, "-m", "agent", "receipts", "list", "--register", "K-1"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    message = " ".join(done.stderr.split())
+    assert "the configuration does not load" in message, message
+    assert "api.port" in message
+    given = subprocess.run(
+        [*command, "--data-dir", str(tmp_path / "d")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "no till database in" in " ".join(given.stderr.split()), given.stderr
