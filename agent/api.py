@@ -5,9 +5,10 @@ with uvicorn on a thread, on 127.0.0.1 or a unix socket. Every route under ``/v1
 ``Authorization: Bearer <token>``; ``/openapi.json`` is public and tells the truth about
 every body and status code (the tests run schemathesis against it).
 
-Statuses: 201 a new receipt, 200 an idempotent repeat (same ``request_id``, same sale), 401
-no or a wrong token, 404 no such receipt or register, 409 the register's state forbids it
-or the ``request_id`` was used for another sale, 413 a body over 1 MiB, 422 a bad request
+Statuses: 201 a new receipt, 200 an idempotent repeat (same ``request_id``, same sale, or
+the same report reference), 401 no or a wrong token, 404 no such receipt or register, 409
+the register's state forbids it, the ``request_id`` was used for another sale or the
+outage report has another reference already, 413 a body over 1 MiB, 422 a bad request
 naming the field and rule, 503 the receipt must be signed and the unit is down (or the
 database is busy): retry after ``Retry-After`` seconds. Errors are ``{field, rule,
 message}`` throughout. Request bodies are JSON whatever their ``Content-Type`` says
@@ -96,7 +97,7 @@ _DESCRIPTION = (
     " POST /v1/receipts answers 201 for a new receipt and 200 for a repeat of the same sale"
     " (same request_id). Errors are {field, rule, message}; 503 carries Retry-After."
 )
-_CONFLICT_RULES = frozenset({"register-closed", "request-id-reused"})
+_CONFLICT_RULES = frozenset({"register-closed", "request-id-reused", "already-reported"})
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -428,7 +429,7 @@ def _add_till_routes(router: APIRouter, backend: ApiBackend) -> None:
     @router.post(
         "/outages/{outage_id}/report",
         response_model=OutageOut,
-        responses=_responses(404, 413, 422, 503),
+        responses=_responses(404, 409, 413, 422, 503),
         openapi_extra=_json_request("ReportIn", "the FinanzOnline reference (JSON)"),
         summary="Record the FinanzOnline outage report (or, with end, the end report)",
     )

@@ -143,20 +143,36 @@ def acknowledge_report(
 ) -> None:
     """Record that the FinanzOnline outage report (or, with ``end``, the end report) was made.
 
+    Each report is recorded once: a FinanzOnline reference is evidence and the journal is
+    append-only. The same reference again is a harmless repeat (nothing is journaled).
+
     Raises:
         NotFound: no such outage.
-        InvalidSale: an empty reference, or an end report before the first report.
+        InvalidSale: an empty reference, an end report before the first report, or
+            (rule ``already-reported``) another reference for a report already recorded.
     """
     if not reference.strip():
         raise InvalidSale("reference", "required", "give the FinanzOnline reference text")
     with writer.transaction() as conn:
         row = conn.execute(
-            "SELECT register_id, report_reference FROM outages WHERE id = ?", (outage_id,)
+            "SELECT register_id, report_reference, end_report_reference FROM outages WHERE id = ?",
+            (outage_id,),
         ).fetchone()
         if row is None:
             raise NotFound(f"no outage {outage_id}")
         if end and row[1] is None:
             raise InvalidSale("--end", "report-first", "record the outage report before its end")
+        recorded = row[2] if end else row[1]
+        if recorded == reference:
+            return
+        if recorded is not None:
+            what = "end report" if end else "report"
+            raise InvalidSale(
+                "reference",
+                "already-reported",
+                f"outage {outage_id} already has the {what} reference {recorded!r}; a"
+                " FinanzOnline reference is evidence and is recorded once",
+            )
         column = "end_report_reference" if end else "report_reference"
         conn.execute(f"UPDATE outages SET {column} = ? WHERE id = ?", (reference, outage_id))  # noqa: S608
         append_event(

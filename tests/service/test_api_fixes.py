@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
 from factories import sale
 
+Query = Callable[..., list[sqlite3.Row]]
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}  # what `curl -d` sends
@@ -107,4 +109,45 @@ class TestJsonBodies:
             "$ref": "#/components/schemas/ReportIn"
         }
         assert document["components"]["schemas"]["ReportIn"]["required"] == ["reference"]
-        assert {"413", "422"} <= set(post["responses"])
+        assert {"409", "413", "422"} <= set(post["responses"])
+
+
+class TestReportOnce:
+    @pytest.mark.parametrize("end", [False, True], ids=["report", "end-report"])
+    def test_a_second_reference_is_refused_naming_the_first(
+        self, client: httpx.Client, outage: int, query: Query, end: bool
+    ) -> None:
+        """A FinanzOnline reference is evidence: another one for the same report is 409
+        `already-reported` naming the recorded one, which stays; the journal has one event."""
+        url = f"/v1/outages/{outage}/report"
+        if end:
+            assert client.post(url, json={"reference": "FON-1"}).status_code == 200
+        first = client.post(url, json={"reference": "FON-A", "end": end})
+        assert first.status_code == 200, first.text
+        second = client.post(url, json={"reference": "FON-B", "end": end})
+        assert second.status_code == 409, second.text
+        problem = second.json()
+        assert (problem["field"], problem["rule"]) == ("reference", "already-reported")
+        assert "FON-A" in problem["message"]
+        stored = client.get("/v1/outages").json()[0]
+        assert stored["end_report_reference" if end else "report_reference"] == "FON-A"
+        reports = query("SELECT data FROM journal WHERE kind = 'outage.reported'")
+        assert [json.loads(r[0])["reference"] for r in reports] == [
+            *(["FON-1"] if end else []),
+            "FON-A",
+        ]
+
+    @pytest.mark.parametrize("end", [False, True], ids=["report", "end-report"])
+    def test_the_same_reference_again_is_a_harmless_repeat(
+        self, client: httpx.Client, outage: int, query: Query, end: bool
+    ) -> None:
+        """Sending the recorded reference again (a retry) answers 200 and journals nothing."""
+        url = f"/v1/outages/{outage}/report"
+        if end:
+            client.post(url, json={"reference": "FON-1"})
+        first = client.post(url, json={"reference": "FON-A", "end": end})
+        again = client.post(url, json={"reference": "FON-A", "end": end})
+        assert (first.status_code, again.status_code) == (200, 200)
+        assert again.json() == first.json()
+        reports = query("SELECT count(*) FROM journal WHERE kind = 'outage.reported'")
+        assert reports[0][0] == (2 if end else 1)
