@@ -3,12 +3,15 @@
 :func:`verify_dep` walks the receipts of a DEP in order, keeping only the running
 state (previous JWS, date, turnover counter, outage state, used Belegnummern), and
 returns a :class:`Report`. Every :class:`Finding` names the receipt (its Belegnummer,
-or the start of the JWS when that cannot be read) and one of these rules:
+or the start of the JWS when that cannot be read; ``None`` for the DEP as a whole,
+:data:`CONTAINER` for the crypto container) and one of these rules:
 
 ==============================  ==========================================================
 rule                            broken when
 ==============================  ==========================================================
-``malformed-dep``               the DEP or crypto container lacks a key or is not base64
+``malformed-dep``               the DEP is not JSON, lacks a key or is not base64
+``malformed-container``         the crypto container is not JSON, lacks a key, or an entry
+                                is not base64, DER or an EC key (at :data:`CONTAINER`)
 ``malformed-receipt``           JWS segments, padding, base64url, payload fields, amount,
                                 date, counter or chaining value formats
 ``algorithm-mismatch``          the JWS header is not exactly ``{"alg":"ES256"}``
@@ -75,12 +78,17 @@ from agent.at_rksv.dep import (
 from agent.at_rksv.payload import chain_value
 from agent.signing.base import verify_rs
 
-__all__ = ["Finding", "Report", "verify_dep", "verify_files"]
+__all__ = ["CONTAINER", "Finding", "Report", "verify_dep", "verify_files"]
+
+MALFORMED_DEP = "malformed-dep"
+MALFORMED_CONTAINER = "malformed-container"
+CONTAINER = "(container)"  # where a container finding is: it concerns no receipt
 
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """One broken rule: the receipt (Belegnummer or JWS start), rule name and message."""
+    """One broken rule: where (Belegnummer, JWS start, ``None`` for the DEP as a whole,
+    :data:`CONTAINER` for the crypto container), rule name and message."""
 
     receipt: str | None
     rule: str
@@ -115,7 +123,7 @@ def verify_dep(
             container = read_container(container)
         walk = _Walk(KeyStore(container), container.aes_key)
     except DepFormatError as exc:
-        return Report([Finding(None, "malformed-dep", str(exc))])
+        return _broken_container(exc)
     walk.run(iter_dep(dep) if isinstance(dep, Mapping) else iter(dep))
     return Report(walk.findings, walk.count)
 
@@ -134,10 +142,14 @@ def verify_files(
     try:
         with container_path.open("rb") as container_file:
             container = load_container(container_file)
-        with dep_path.open("rb") as dep_file:
-            return verify_dep(stream_dep(dep_file, on_read=on_read), container)
     except DepFormatError as exc:
-        return Report([Finding(None, "malformed-dep", str(exc))])
+        return _broken_container(exc)
+    with dep_path.open("rb") as dep_file:
+        return verify_dep(stream_dep(dep_file, on_read=on_read), container)
+
+
+def _broken_container(exc: Exception) -> Report:
+    return Report([Finding(CONTAINER, MALFORMED_CONTAINER, str(exc))])
 
 
 class _Outage(enum.Enum):
@@ -186,7 +198,7 @@ class _Walk:
             for group, jws in items:
                 self.visit(group, jws)
         except DepFormatError as exc:
-            self.fail(None, "malformed-dep", str(exc))
+            self.fail(None, MALFORMED_DEP, str(exc))
 
     def visit(self, group: DepGroup, jws: str) -> None:
         if group is not self.group.source:
@@ -232,7 +244,7 @@ class _Walk:
             chain = [load_certificate(der, f"{where} CA") for der in group.ca_certificates]
             key = certificate_key(cert, f"{where} certificate")
         except DepFormatError as exc:
-            self.fail(label, "malformed-dep", str(exc))
+            self.fail(label, MALFORMED_DEP, str(exc))
             return
         self.group.certificate, self.group.key = cert, key
         for rule, message in check_certificates(cert, chain, self.store):

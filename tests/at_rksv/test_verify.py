@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.at_rksv.dep import load_container, load_dep
 from agent.at_rksv.encoding import b64url, b64url_decode
-from agent.at_rksv.verify import Finding, Report, verify_dep, verify_files
+from agent.at_rksv.verify import CONTAINER, Finding, Report, verify_dep, verify_files
 
 VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "rksv"
 CASES = VECTORS / "ztp" / "cases"
@@ -165,16 +165,19 @@ class TestEndToEnd:
         assert "Zertifizierungsstellen" in report.findings[0].message
 
     def test_broken_container_is_a_finding(self) -> None:
+        """A container problem is reported at the container, not at the DEP."""
         dep, container = _e2e("e2e_open")
         container["base64AESKey"] = "AAAA"
         report = verify_dep(dep, container)
-        assert [f.rule for f in report.findings] == ["malformed-dep"]
+        assert [(f.receipt, f.rule) for f in report.findings] == [
+            (CONTAINER, "malformed-container")
+        ]
 
     def test_invalid_json_file_is_a_finding(self, tmp_path: Path) -> None:
         (tmp_path / "dep.json").write_text("{", encoding="utf-8")
-        report = verify_files(tmp_path / "dep.json", VECTORS / "e2e_open" / "dep-export.json")
-        assert not report.ok
-        assert report.findings[0].rule == "malformed-dep"
+        container = VECTORS / "e2e_open" / "cryptographicMaterialContainer.json"
+        report = verify_files(tmp_path / "dep.json", container)
+        assert [(f.receipt, f.rule) for f in report.findings] == [(None, "malformed-dep")]
 
 
 def _e2e(mode: str) -> tuple[dict[str, Any], dict[str, Any]]:
