@@ -17,6 +17,7 @@ from agent.errors import (
     ConfigurationError,
     FiscalError,
     InvalidSale,
+    NoDatabase,
     NotFound,
     StorageError,
     TillAgentError,
@@ -102,6 +103,7 @@ _CONFIG_PROBLEM: str | None = None
 DEFAULT_DATA = _default_data()
 
 _EXIT = (
+    (NoDatabase, 6),  # not found, though a StorageError for the code that opens it
     (InvalidSale, 3),
     (FiscalError, 4),
     (StorageError, 5),

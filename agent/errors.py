@@ -28,6 +28,7 @@ __all__ = [
     "FiscalError",
     "InvalidSale",
     "InvalidSignature",
+    "NoDatabase",
     "NotFound",
     "OutcomeUnknown",
     "PrinterError",
@@ -114,6 +115,10 @@ class DataDirLocked(StorageError):
 
 class NotFound(TillAgentError):
     """The requested object does not exist."""
+
+
+class NoDatabase(StorageError, NotFound):
+    """The data directory holds no till database (nothing is damaged: it is not there)."""
 
 
 class PrinterError(TillAgentError):

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from storage.errors import DataDirLocked, StorageError
+from storage.errors import DataDirLocked, NoDatabase, StorageError
 from storage.writer import WriteConnection
 
 __all__ = ["DB_FILE", "TillDB", "make_engine", "open_till_db"]
@@ -124,40 +124,81 @@ def _quick_check(engine: Engine) -> None:
         raise StorageError(f"the till database failed PRAGMA quick_check: {rows[:5]}")
 
 
-def open_till_db(data_dir: Path, *, writer: bool = True, migrate: bool = True) -> TillDB:
+def open_till_db(
+    data_dir: Path, *, writer: bool = True, migrate: bool = True, create: bool = True
+) -> TillDB:
     """Open (and create or migrate) the till database in ``data_dir``.
+
+    A new data directory is private (0700) and so is a new database file (0600): it
+    holds the registers' AES keys.
 
     Args:
         data_dir: the data directory; a writer creates it if missing.
         writer: take the one-writer lock; read-only tools pass ``False``.
         migrate: run Alembic ``upgrade head`` (only done by a writer).
+        create: a writer may create the database; commands that only make sense on an
+            existing till pass ``False`` (a mistyped directory is not a new till).
 
     Raises:
+        NoDatabase: there is no database and this call may not create one.
         DataDirLocked: another process holds the writer lock.
-        StorageError: the database is damaged or cannot be opened.
+        StorageError: the database is damaged or cannot be opened, or the data
+            directory cannot be used (not a directory, read-only, no permission).
     """
+    if "\x00" in str(data_dir):
+        raise StorageError(f"the data directory {str(data_dir)!r} contains a NUL byte")
     path = data_dir / DB_FILE
-    if not writer and not path.exists():
-        raise StorageError(f"no till database in {data_dir}: run `till-agent init` first")
-    if writer:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    lock_fd = _acquire_lock(data_dir) if writer else None
+    if (not writer or not create) and not path.exists():
+        raise NoDatabase(f"no till database in {data_dir}: run `till-agent init` first")
+    if data_dir.exists() and not data_dir.is_dir():
+        raise StorageError(f"the data directory {data_dir} is not a directory")
     try:
+        if writer:
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock_fd = _acquire_lock(data_dir) if writer else None
+    except OSError as exc:
+        raise StorageError(f"cannot use the data directory {data_dir}: {_reason(exc)}") from exc
+    try:
+        if writer:
+            _create_private(path)
         engine = make_engine(path)
         _quick_check(engine)
         if writer and migrate:
             from storage.migrate import upgrade_to_head
 
             upgrade_to_head(engine)
-    except (sqlite3.DatabaseError, sqlalchemy.exc.DatabaseError) as exc:
+    except (sqlite3.DatabaseError, sqlalchemy.exc.DatabaseError, OSError) as exc:
         if lock_fd is not None:
             os.close(lock_fd)
-        raise StorageError(f"cannot open the till database {path}: {exc}") from exc
+        raise StorageError(f"cannot open the till database {path}: {_reason(exc)}") from exc
     except Exception:
         if lock_fd is not None:
             os.close(lock_fd)
         raise
     return TillDB(path, engine, engine.execution_options(sqlite_begin="IMMEDIATE"), lock_fd)
+
+
+def _create_private(path: Path) -> None:
+    """Create an empty database file with mode 0600 (SQLite would make it 0644 and give
+    its WAL the same mode); an existing file keeps its mode. Under the writer lock."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+    from agent.durable import fsync_directory
+
+    fsync_directory(path.parent)
+
+
+def _reason(exc: BaseException) -> str:
+    """The cause without SQLAlchemy's wrapping ("(sqlite3.DatabaseError) ...", a link)."""
+    original = getattr(exc, "orig", None)
+    if isinstance(original, BaseException):
+        exc = original
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return str(exc)
 
 
 def table_names(engine: Engine) -> list[str]:

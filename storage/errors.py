@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from agent.errors import DataDirLocked, StorageError
+from agent.errors import DataDirLocked, NoDatabase, StorageError
 
-__all__ = ["DataDirLocked", "StorageError"]
+__all__ = ["DataDirLocked", "NoDatabase", "StorageError"]

@@ -615,6 +615,7 @@ def test_commands_use_the_data_dir_of_till_agent_config(tmp_path: Path) -> None:
         timeout=60,
     )
     assert f"no till database in {data}" in " ".join(done.stderr.split()), done.stderr
+    assert done.returncode == 6  # not found: nothing is damaged or locked
 
 
 def test_a_broken_configuration_is_not_replaced_by_a_guess(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from agent.errors import DataDirLocked, StorageError
+from agent.errors import DataDirLocked, NoDatabase, NotFound, StorageError
 from agent.receipts import ReceiptService
 from factories import run_threads, sale
 from storage import DB_FILE, TillDB, open_till_db
@@ -248,6 +249,59 @@ class TestWriterLock:
         with pytest.raises(StorageError, match="till-agent init"):
             open_till_db(tmp_path / "empty", writer=False)
         assert not (tmp_path / "empty").exists()
+
+
+class TestDataDirectory:
+    def test_a_new_till_is_private(self, tmp_path: Path) -> None:
+        """The database holds the AES keys: a new data directory is 0700, the database
+        and its WAL 0600 whatever the umask allows."""
+        data_dir = tmp_path / "new" / "data"
+        db = open_till_db(data_dir)
+        try:
+            with db.write_connection().transaction() as conn:
+                conn.execute("INSERT INTO journal VALUES (1, 'at', NULL, 'k', 'd', 'p', 'h')")
+            assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+            for name in (DB_FILE, DB_FILE + "-wal"):
+                assert stat.S_IMODE((data_dir / name).stat().st_mode) == 0o600, name
+        finally:
+            db.close()
+
+    def test_an_existing_database_keeps_its_mode(self, tmp_path: Path) -> None:
+        """Only new files are made private: a backup job may read an existing one."""
+        open_till_db(tmp_path).close()
+        (tmp_path / DB_FILE).chmod(0o640)
+        open_till_db(tmp_path).close()
+        assert stat.S_IMODE((tmp_path / DB_FILE).stat().st_mode) == 0o640
+
+    def test_create_false_refuses_a_missing_database_and_creates_nothing(
+        self, tmp_path: Path
+    ) -> None:
+        """A mistyped --data-dir is not a new till: nothing is created, and it is NotFound."""
+        with pytest.raises(NoDatabase, match="till-agent init") as caught:
+            open_till_db(tmp_path / "typo", create=False)
+        assert isinstance(caught.value, NotFound)
+        assert not (tmp_path / "typo").exists()
+
+    def test_a_data_dir_that_is_a_file(self, tmp_path: Path) -> None:
+        """A StorageError naming the path, not FileExistsError."""
+        (tmp_path / "file").write_text("x")
+        with pytest.raises(StorageError, match="is not a directory"):
+            open_till_db(tmp_path / "file")
+
+    def test_a_nul_byte_in_the_data_dir(self, tmp_path: Path) -> None:
+        """A StorageError, not ValueError (a NUL can come from the configuration)."""
+        with pytest.raises(StorageError, match="NUL"):
+            open_till_db(Path(f"{tmp_path}/a\x00b"))
+
+    def test_a_file_that_is_not_a_database_reads_as_sqlite_says(self, tmp_path: Path) -> None:
+        """The message is SQLite's, without SQLAlchemy's wrapping or its web link."""
+        (tmp_path / DB_FILE).write_bytes(b"this is not a database" * 500)
+        with pytest.raises(StorageError) as caught:
+            open_till_db(tmp_path)
+        message = str(caught.value)
+        assert "file is not a database" in message
+        assert "sqlalche" not in message
+        assert "(sqlite3." not in message
 
 
 def _corrupt(source: TillDB, target_dir: Path, offset_of: Callable[[int, int], int]) -> Path:
