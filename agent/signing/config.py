@@ -8,8 +8,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["UnitConfig"]
+__all__ = ["UNIT_ID_PATTERN", "UnitConfig"]
 
+# a unit id names files (keys/<id>.key.pem) and appears in logs: no '/', no '_', no spaces
+UNIT_ID_PATTERN = r"^[A-Za-z0-9.:-]{1,64}$"
 _ZDA_RE = re.compile(r"^(AT0|[A-Z]{2}[1-9]\d*)$")
 
 
@@ -26,7 +28,7 @@ class UnitConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9.:-]+$")
+    id: str = Field(min_length=1, max_length=64, pattern=UNIT_ID_PATTERN)
     kind: Literal["software", "pkcs11", "chain"]
     zda: str = "AT100"
     key_file: Path | None = None

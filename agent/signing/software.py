@@ -9,6 +9,7 @@ system) or a key id (closed system).
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from agent.durable import create_file
 from agent.errors import ConfigurationError, UnitUnavailable
 from agent.signing.base import Capabilities, Identity, der_to_rs, identity_from_certificate
+from agent.signing.config import UNIT_ID_PATTERN
 
 __all__ = ["SoftwareUnit", "create_software_unit", "load_certificate"]
 
@@ -121,8 +123,13 @@ def create_software_unit(
         The key file and the certificate file (``None`` for a closed system).
 
     Raises:
+        ValueError: ``name`` is not a unit id (it names files: no path may hide in it).
         FileExistsError: the key (or certificate) file exists already.
     """
+    if not re.fullmatch(UNIT_ID_PATTERN, name) or name in (".", ".."):
+        raise ValueError(
+            f"unit id {name!r}: 1-64 letters, digits, '.', ':' or '-' (it names the key file)"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     key_path = directory / f"{name}.key.pem"

@@ -50,3 +50,12 @@ def test_an_existing_key_is_never_overwritten(tmp_path: Path) -> None:
         create_software_unit(tmp_path, name="u")
     assert key.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["u.cert.pem", "u.key.pem"]
+
+
+@pytest.mark.parametrize("name", ["../../evil", "a/b", "", ".", "..", "x_y", "a" * 65, "a\x00b"])
+def test_a_unit_name_cannot_leave_its_directory(tmp_path: Path, name: str) -> None:
+    """The unit id names the key file: a path in it would write keys anywhere."""
+    keys = tmp_path / "data" / "keys"
+    with pytest.raises(ValueError, match="unit id"):
+        create_software_unit(keys, name=name)
+    assert list(tmp_path.rglob("*.pem")) == []
