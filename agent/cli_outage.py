@@ -11,7 +11,16 @@ from typing import Annotated, Literal
 import typer
 from rich.table import Table
 
-from agent.cli_base import DEFAULT_DATA, DataDir, JsonFlag, _emit, _fail, out, simulate_app
+from agent.cli_base import (
+    DEFAULT_DATA,
+    DataDir,
+    JsonFlag,
+    _ask_service,
+    _emit,
+    _fail,
+    out,
+    simulate_app,
+)
 from agent.cli_commands import _reader, _require_register, _service
 from agent.errors import DataDirLocked, FiscalError, InvalidSale, NotFound, TillAgentError
 
@@ -169,16 +178,16 @@ def outage_recover(
 
 def _report_via_api(outage_id: int, reference: str, end: bool, as_json: bool) -> None:
     from agent.config import CONFIG_ENV, load_config
-    from agent.local_api import post_to_service
 
     configured = os.environ.get(CONFIG_ENV)  # the file `run --config` was given, if any
     try:
         config = load_config(Path(configured) if configured else None)
-        response = post_to_service(
-            config, f"outages/{outage_id}/report", {"reference": reference, "end": end}
-        )
     except TillAgentError as exc:
         _fail(exc, as_json)
+    body = {"reference": reference, "end": end}
+    response = _ask_service(
+        config, f"outages/{outage_id}/report", body, as_json, pointer=CONFIG_ENV
+    )
     if response.status_code == 404:
         _fail(NotFound(f"no outage {outage_id}"), as_json)
     if response.status_code >= 400:

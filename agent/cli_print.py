@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from agent.cli_base import JsonFlag, _emit, _fail, app, out
+from agent.cli_base import JsonFlag, _ask_service, _emit, _fail, app, out
 from agent.config import AgentConfig, load_config
 from agent.errors import DataDirLocked, NotFound, PrinterError, TillAgentError
 
@@ -69,9 +69,10 @@ def _reprint_local(config: AgentConfig, register: str, number: int) -> int:
 
 def _reprint_via_api(config: AgentConfig, register: str, number: int, as_json: bool) -> int:
     """The service holds the data directory: ask it over the local API."""
-    from agent.local_api import post_to_service
-
-    response = post_to_service(config, f"receipts/{register}/{number}/reprint")
+    path = f"receipts/{register}/{number}/reprint"
+    response = _ask_service(
+        config, path, None, as_json, pointer="--config FILE (or TILL_AGENT_CONFIG)"
+    )
     if response.status_code == 404:
         _fail(NotFound(f"register {register} has no receipt {number}"), as_json)
     if response.status_code >= 400:

@@ -1,0 +1,179 @@
+"""Defects of the command line found by a user audit, each pinned by the test that found it:
+a service whose local API cannot be reached, exports into missing directories, exit codes,
+``export dep`` dates, output into pipes and files, and the flags in ``--help``."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from agent.cli import app
+from storage import TillDB
+
+Run = Callable[..., Result]
+
+
+def _expect(result: Result, code: int) -> Result:
+    assert result.exit_code == code, (
+        f"exit {result.exit_code} != {code}\nstdout:\n{result.stdout}\n"
+        f"stderr:\n{result.stderr}\nexception: {result.exception!r}"
+    )
+    return result
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.fixture(name="run")
+def _run(monkeypatch: pytest.MonkeyPatch) -> Run:
+    """Invoke the Typer app in-process, with no data directory or configuration from the
+    environment of this machine."""
+    for name in ("TILL_AGENT_DATA_DIR", "TILL_AGENT_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    runner = CliRunner()
+
+    def run(*args: str | Path, input: str | None = None) -> Result:
+        return runner.invoke(app, [str(a) for a in args], input=input, prog_name="till-agent")
+
+    return run
+
+
+# -- 1. the service's local API cannot be reached -------------------------------------------
+
+
+@pytest.fixture(name="locked")
+def _locked(data_dir: Path, open_db: Callable[..., TillDB]) -> Path:
+    """A data directory whose writer lock another holder (standing in for `till-agent run`)
+    has, with the API token the service would have written."""
+    open_db(data_dir)
+    (data_dir / "api-token").write_text("token\n", encoding="utf-8")
+    return data_dir
+
+
+@pytest.fixture(name="refusing_port")
+def _refusing_port() -> Iterator[int]:
+    """A loopback port that is bound but not listening: a connection is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
+def _serve(handle: Callable[[socket.socket, threading.Event], None]) -> Iterator[int]:
+    """A loopback TCP server that hands each connection to ``handle`` (with the event set
+    when the server stops); yields its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.05)  # accept() looks at ``stop`` this often
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                handle(conn, stop)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield int(server.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+
+
+@pytest.fixture(name="hanging_port")
+def _hanging_port() -> Iterator[int]:
+    """A server that reads the request and never answers (the client times out)."""
+
+    def hang(conn: socket.socket, stop: threading.Event) -> None:
+        conn.recv(65536)
+        stop.wait(30)
+
+    yield from _serve(hang)
+
+
+@pytest.fixture(name="closing_port")
+def _closing_port() -> Iterator[int]:
+    """A server that closes every connection without a word (a protocol error)."""
+    yield from _serve(lambda conn, _: conn.recv(65536) and None)
+
+
+def _config(tmp_path: Path, data_dir: Path, api: str) -> Path:
+    path = tmp_path / "till.toml"
+    path.write_text(f'data_dir = "{data_dir}"\n[api]\n{api}\n', encoding="utf-8")
+    return path
+
+
+def test_reprint_names_the_unreachable_api_and_how_to_point_at_it(
+    run: Run, locked: Path, refusing_port: int, tmp_path: Path
+) -> None:
+    """Nothing listens where the configuration says: exit 2 naming the address and the
+    ways to name the service's configuration, not a traceback."""
+    config = _config(tmp_path, locked, f"port = {refusing_port}")
+    result = _expect(run("reprint", "KASSE-1", "2", "--config", config), 2)
+    message = _flat(result.stderr)
+    assert f"http://127.0.0.1:{refusing_port}" in message
+    assert "ConnectError" in message
+    assert "--config FILE (or TILL_AGENT_CONFIG)" in message
+    assert "TILL_AGENT_API__PORT" in message
+    body = json.loads(
+        _expect(run("reprint", "KASSE-1", "2", "--config", config, "--json"), 2).stdout
+    )
+    assert body["error"] == "ConfigurationError"
+    assert f"http://127.0.0.1:{refusing_port}" in body["message"]
+
+
+# httpcore 1.0.9 leaves the socket of a failed unix-socket connect to the garbage collector
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_outage_report_names_the_unreachable_unix_socket(
+    run: Run, locked: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``outage report`` finds the service through TILL_AGENT_CONFIG and says so."""
+    socket_path = tmp_path / "nobody.sock"
+    monkeypatch.setenv(
+        "TILL_AGENT_CONFIG", str(_config(tmp_path, locked, f'unix_socket = "{socket_path}"'))
+    )
+    args = ("outage", "report", "1", "--reference", "X", "--data-dir", locked)
+    message = _flat(_expect(run(*args), 2).stderr)
+    assert str(socket_path) in message
+    assert "TILL_AGENT_CONFIG naming the service's configuration" in message
+    body = json.loads(_expect(run(*args, "--json"), 2).stdout)
+    assert str(socket_path) in body["message"]
+
+
+def test_a_service_that_hangs_up_or_never_answers_is_a_clean_error(
+    run: Run, locked: Path, closing_port: int, hanging_port: int, tmp_path: Path
+) -> None:
+    """Any transport error (here a closed connection, then the client's timeout) is the
+    same clean exit 2 naming the address."""
+    config = _config(tmp_path, locked, f"port = {closing_port}")
+    message = _flat(_expect(run("reprint", "KASSE-1", "2", "--config", config), 2).stderr)
+    assert f"http://127.0.0.1:{closing_port}" in message
+    assert "RemoteProtocolError" in message
+
+    config = _config(tmp_path, locked, f"port = {hanging_port}")
+    body = json.loads(
+        _expect(run("reprint", "KASSE-1", "2", "--config", config, "--json"), 2).stdout
+    )
+    assert f"http://127.0.0.1:{hanging_port}" in body["message"]
+    assert "ReadTimeout" in body["message"]
+
+
+def test_an_unreadable_api_token_is_a_clean_error(
+    run: Run, locked: Path, refusing_port: int, tmp_path: Path
+) -> None:
+    """The token file of the service cannot be read: exit 2 naming it."""
+    (locked / "api-token").unlink()
+    config = _config(tmp_path, locked, f"port = {refusing_port}")
+    message = _flat(_expect(run("reprint", "KASSE-1", "2", "--config", config), 2).stderr)
+    assert f"cannot read the local API token {locked / 'api-token'}" in message
