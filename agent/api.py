@@ -484,6 +484,11 @@ class ApiServer:
         """The base URL (for a unix socket, the host part is only a placeholder)."""
         return "http://localhost" if self.uds is not None else f"http://{self.host}:{self.port}"
 
+    @property
+    def location(self) -> str:
+        """Where clients connect, for a log line: the base URL, or ``unix socket PATH``."""
+        return f"unix socket {self.uds}" if self.uds is not None else self.url
+
     def start(self, timeout: float = 10.0) -> None:
         """Bind, start serving and return once the server accepts connections.
 

@@ -214,7 +214,7 @@ class TillService:
         else:
             server = serve(app, host=api.host, port=api.port)
         server.start()
-        log.info("local API on %s", server.url)
+        log.info("local API on %s", server.location)
         return server
 
     # -- timers (monotonic intervals: outage watch, closings, waiting work) ----------------
