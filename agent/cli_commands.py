@@ -8,9 +8,9 @@ import os
 import sqlite3
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.progress import Progress
@@ -393,6 +393,18 @@ def receipts_show(
 # -- export and verification ----------------------------------------------------------------
 
 
+def _fail_to_write(output: Path, exc: OSError, as_json: bool) -> NoReturn:
+    """An export that could not be written (its directory, its name, the disk): exit 2
+    naming the file the user asked for (and the directory on its way that failed), not the
+    temporary one."""
+    detail = exc.strerror or str(exc)
+    if exc.filename is not None and Path(exc.filename) in output.parents:
+        # mkdir met a file where a directory should be: "File exists" would mislead
+        why = "not a directory" if isinstance(exc, FileExistsError) else detail
+        detail = f"{exc.filename}: {why}"
+    _fail(ConfigurationError(f"cannot write {output}: {detail}"), as_json)
+
+
 @export_app.command("dep")
 def export_dep_cmd(
     register: Annotated[str, typer.Option(help="Kassen-ID.")],
@@ -415,6 +427,7 @@ def export_dep_cmd(
     with _reader(data_dir, as_json) as db:
         total = count_receipts(db, register, start=first, end=last)  # NotFound: no file yet
         try:
+            output.parent.mkdir(parents=True, exist_ok=True)
             with (
                 tmp.open("w", encoding="utf-8") as handle,
                 Progress(console=err, transient=True, disable=as_json) as progress,
@@ -430,11 +443,14 @@ def export_dep_cmd(
                 )
                 handle.flush()
                 os.fsync(handle.fileno())  # on disk before it takes the name
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a half-written export is never left behind
+            tmp.replace(output)
+            fsync_directory(output.parent)
+        except BaseException as exc:
+            with suppress(OSError):  # (there may be no such directory)
+                tmp.unlink()  # a half-written export is never left behind
+            if isinstance(exc, OSError):
+                _fail_to_write(output, exc, as_json)
             raise
-    tmp.replace(output)
-    fsync_directory(output.parent)
     if as_json:
         _emit({"file": str(output), "receipts": count}, True)
     else:
@@ -454,8 +470,12 @@ def export_container_cmd(
 
     with _reader(data_dir, as_json) as db:
         text = export_container(db, register)
-    # it holds the AES key: private from its first byte, and never left half written
-    replace_file(output, text.encode("utf-8"), mode=0o600)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        # it holds the AES key: private from its first byte, and never left half written
+        replace_file(output, text.encode("utf-8"), mode=0o600)
+    except OSError as exc:
+        _fail_to_write(output, exc, as_json)
     if as_json:
         _emit({"file": str(output)}, True)
     else:

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from agent.cli import app
+from factories import sale
 from storage import TillDB
 
 Run = Callable[..., Result]
@@ -177,3 +178,55 @@ def test_an_unreadable_api_token_is_a_clean_error(
     config = _config(tmp_path, locked, f"port = {refusing_port}")
     message = _flat(_expect(run("reprint", "KASSE-1", "2", "--config", config), 2).stderr)
     assert f"cannot read the local API token {locked / 'api-token'}" in message
+
+
+# -- 2. export files: missing directories and paths that cannot be written ------------------
+
+
+@pytest.fixture(name="till")
+def _till(run: Run, data_dir: Path) -> Path:
+    """Register KASSE-1 with its Startbeleg (1) and one sale (2), made on the command line."""
+    _expect(run("unit", "create-software", "--id", "dev", "--data-dir", data_dir), 0)
+    _expect(run("init", "KASSE-1", "--unit", "dev", "--data-dir", data_dir), 0)
+    _expect(run("issue", "-", "--data-dir", data_dir, input=json.dumps(sale())), 0)
+    return data_dir
+
+
+def _export(run: Run, till: Path, what: str, output: Path, *extra: str) -> Result:
+    return run("export", what, "--register", "KASSE-1", "-o", output, "--data-dir", till, *extra)
+
+
+def test_exports_create_their_directories(run: Run, till: Path, tmp_path: Path) -> None:
+    """``-o`` into directories that do not exist yet creates them, as ``outage export`` and
+    ``simulate scenario`` do, and the export verifies."""
+    dep = tmp_path / "new" / "deeper" / "dep.json"
+    container = tmp_path / "other" / "c.json"
+    assert "2 receipts written" in _export(run, till, "dep", dep).stdout
+    _expect(_export(run, till, "crypto-container", container), 0)
+    assert container.stat().st_mode & 0o777 == 0o600
+    _expect(run("verify", dep, container), 0)
+    assert sorted(p.name for p in dep.parent.iterdir()) == ["dep.json"]
+
+
+@pytest.mark.parametrize("what", ["dep", "crypto-container"])
+def test_an_output_that_cannot_be_written_is_a_clean_error(
+    run: Run, till: Path, tmp_path: Path, what: str
+) -> None:
+    """``-o`` naming a directory, or a path under a file: exit 2 naming the path, and no
+    partial or temporary file is left behind."""
+    target = tmp_path / "target"
+    target.mkdir()
+    message = _flat(_expect(_export(run, till, what, target), 2).stderr)
+    assert f"cannot write {target}: Is a directory" in message
+    assert list(target.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "target"]
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    under = blocker / "dep.json"
+    body = json.loads(_expect(_export(run, till, what, under, "--json"), 2).stdout)
+    assert body["message"] == f"cannot write {under}: {blocker}: not a directory"
+    deeper = blocker / "sub" / "dep.json"
+    message = _flat(_expect(_export(run, till, what, deeper), 2).stderr)
+    assert f"cannot write {deeper}: {blocker / 'sub'}: Not a directory" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "file", "target"]
