@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, cast
 
+from agent.at_rksv import jsonstream
 from agent.at_rksv.encoding import b64, b64_decode
-from agent.at_rksv.jsonstream import JsonReader, JsonStreamError
+from agent.at_rksv.jsonstream import JsonReader, JsonStreamError, json_error
 from agent.errors import TillAgentError
 from agent.signing.base import Identity
 
@@ -173,7 +174,11 @@ def _container_entry(unit: Identity) -> dict[str, str]:
 
 def load_dep(fp: IO[str] | IO[bytes]) -> Iterator[tuple[DepGroup, str]]:
     """Parse a DEP export from ``fp`` and iterate over it; see :func:`iter_dep`."""
-    return iter_dep(_load_json(fp, "DEP export"))
+    try:
+        document = json.load(fp)  # whole, as it may exceed jsonstream.MAX_VALUE
+    except (ValueError, RecursionError) as exc:
+        raise DepFormatError(f"DEP export is {json_error(exc)}") from exc
+    return iter_dep(document)
 
 
 def stream_dep(
@@ -279,8 +284,16 @@ def _read_group(raw: object, where: str) -> DepGroup:
 
 
 def load_container(fp: IO[str] | IO[bytes]) -> CryptoContainer:
-    """Parse a crypto material container from ``fp``; see :func:`read_container`."""
-    return read_container(_load_json(fp, "crypto container"))
+    """Parse a crypto material container from ``fp``; see :func:`read_container`.
+
+    At most :data:`~agent.at_rksv.jsonstream.MAX_VALUE` characters are read, so that a
+    wrong file (a DEP, ``/dev/zero``) cannot take all memory.
+    """
+    try:
+        document = jsonstream.load(fp)
+    except JsonStreamError as exc:
+        raise DepFormatError(f"crypto container is {exc}") from exc
+    return read_container(document)
 
 
 def read_container(document: object) -> CryptoContainer:
@@ -311,13 +324,6 @@ def _read_entry(key: str, raw: object) -> ContainerEntry:
         raise DepFormatError(f"{where}: unknown signatureDeviceType {kind!r}")
     der = _der(_require(entry, "signatureCertificateOrPublicKey", str, where), where)
     return ContainerEntry(id=entry_id, device_type=kind, der=der)
-
-
-def _load_json(fp: IO[str] | IO[bytes], what: str) -> object:
-    try:
-        return json.load(fp)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DepFormatError(f"{what} is not valid JSON: {exc}") from exc
 
 
 def _mapping(value: object, where: str) -> dict[str, object]:

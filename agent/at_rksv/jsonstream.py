@@ -4,6 +4,10 @@ The standard library decodes each value (``JSONDecoder.raw_decode``); this modul
 walks the punctuation between them, reading the file in chunks, so that an array of a
 million strings is read holding one chunk and one string. The encoding is detected as
 ``json.loads`` does for bytes (UTF-8 with or without BOM, UTF-16, UTF-32).
+
+Every way a document can be broken, including nesting deeper than the decoder can
+recurse, raises :class:`JsonStreamError` (:func:`json_error`); :func:`load` reads a
+small document whole the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import IO
 
-__all__ = ["JsonReader", "JsonStreamError"]
+__all__ = ["JsonReader", "JsonStreamError", "json_error", "load"]
 
 _SPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
@@ -23,6 +27,26 @@ MAX_VALUE = 1 << 24  # characters: no single value of a DEP comes near (a receip
 
 class JsonStreamError(ValueError):
     """The document is not valid JSON, or not the structure the caller expects."""
+
+
+def json_error(exc: ValueError | RecursionError) -> JsonStreamError:
+    """The :class:`JsonStreamError` for what ``json`` raised while decoding a document."""
+    if isinstance(exc, RecursionError):
+        return JsonStreamError("not valid JSON: nested too deeply")
+    return JsonStreamError(f"not valid JSON: {exc}")
+
+
+def load(fp: IO[bytes] | IO[str]) -> object:
+    """Decode the one JSON document in ``fp`` as :meth:`JsonReader.value` decodes a value:
+    at most :data:`MAX_VALUE` characters are held, whatever the file holds.
+
+    Raises:
+        JsonStreamError: ``fp`` is not one JSON document.
+    """
+    reader = JsonReader(fp)
+    document = reader.value()
+    reader.end()
+    return document
 
 
 class JsonReader:
@@ -102,7 +126,9 @@ class JsonReader:
             except json.JSONDecodeError as exc:
                 if len(self._buf) - self._pos <= MAX_VALUE and self._more():
                     continue  # cut off by the chunk boundary, most likely
-                raise JsonStreamError(f"not valid JSON: {exc}") from exc
+                raise json_error(exc) from exc
+            except RecursionError as exc:  # more text will not help
+                raise json_error(exc) from exc
             if end == len(self._buf) and self._more():
                 continue  # a number or literal may go on in the next chunk
             self._pos = end

@@ -287,3 +287,22 @@ class TestReadDep:
     def test_invalid_json(self) -> None:
         with pytest.raises(DepFormatError, match="not valid JSON"):
             list(load_dep(io.StringIO("{")))
+
+
+class TestBrokenJson:
+    """Both whole-document readers raise DepFormatError for any broken JSON."""
+
+    DEEP = "[" * 100_000 + "]" * 100_000
+
+    def test_deep_nesting_in_a_dep(self) -> None:
+        with pytest.raises(DepFormatError, match="DEP export is not valid JSON: nested too"):
+            load_dep(io.StringIO(self.DEEP))
+
+    def test_deep_nesting_in_a_container(self) -> None:
+        with pytest.raises(DepFormatError, match="container is not valid JSON: nested too"):
+            load_container(io.BytesIO(self.DEEP.encode()))
+
+    @pytest.mark.parametrize("text", ["", "{} {}", '{"certificateOrPublicKeyMap": {}'])
+    def test_container_that_is_not_one_document(self, text: str) -> None:
+        with pytest.raises(DepFormatError, match="crypto container is not valid JSON"):
+            load_container(io.StringIO(text))

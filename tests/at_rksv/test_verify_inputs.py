@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner, Result
 
 from agent.at_rksv.verify import CONTAINER, Report, verify_files
@@ -15,10 +16,26 @@ from agent.cli import app
 
 VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "rksv"
 DEP = VECTORS / "e2e_open" / "dep-export.json"
+CONTAINER_FILE = VECTORS / "e2e_open" / "cryptographicMaterialContainer.json"
+DEPTH = 100_000
+DEEP = "[" * DEPTH + "]" * DEPTH
+
+# container text -> what the finding says
+BROKEN_CONTAINERS = {
+    "not-json": ("# not a container\n", "crypto container is not valid JSON"),
+    "deep": (DEEP, "nested too deeply"),
+    "deep-value": (f'{{"certificateOrPublicKeyMap": {DEEP}}}', "nested too deeply"),
+}
 
 
 def _places(report: Report) -> list[tuple[str | None, str]]:
     return [(f.receipt, f.rule) for f in report.findings]
+
+
+def _file(tmp_path: Path, text: str, name: str = "input.json") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def _verify(*args: str | Path) -> Result:
@@ -32,19 +49,34 @@ def _flat(text: str) -> str:
 
 
 class TestContainerFindings:
-    def test_container_problem_is_at_the_container(self, tmp_path: Path) -> None:
-        """A container that is not JSON is a malformed-container finding, not the DEP's."""
-        text = tmp_path / "notes.md"
-        text.write_text("# not a container\n", encoding="utf-8")
-        assert _places(verify_files(DEP, text)) == [(CONTAINER, "malformed-container")]
+    @pytest.mark.parametrize("name", BROKEN_CONTAINERS)
+    def test_broken_container_is_a_finding_at_the_container(
+        self, tmp_path: Path, name: str
+    ) -> None:
+        """One malformed-container finding, at the container, saying what is wrong."""
+        text, message = BROKEN_CONTAINERS[name]
+        report = verify_files(DEP, _file(tmp_path, text))
+        assert _places(report) == [(CONTAINER, "malformed-container")]
+        assert message in report.findings[0].message
 
-    def test_cli_names_the_container(self, tmp_path: Path) -> None:
-        """``verify dep.json notes.md`` exits 1 pointing at the container."""
-        text = tmp_path / "notes.md"
-        text.write_text("# not a container\n", encoding="utf-8")
-        result = _verify(DEP, text)
+    @pytest.mark.parametrize("name", BROKEN_CONTAINERS)
+    def test_cli_names_the_container(self, tmp_path: Path, name: str) -> None:
+        """``verify dep.json broken.json`` exits 1 pointing at the container, no traceback."""
+        text, message = BROKEN_CONTAINERS[name]
+        result = _verify(DEP, _file(tmp_path, text))
         assert result.exit_code == 1, result.output
+        assert isinstance(result.exception, SystemExit), repr(result.exception)
         out = _flat(result.stdout)
-        assert "malformed-container at (container): crypto container is not valid JSON" in out
+        assert "malformed-container at (container): " in out
+        assert message in out
         assert "(DEP)" not in out
         assert "INVALID" in out
+
+
+class TestDepFindings:
+    def test_deeply_nested_dep_value_is_a_finding(self, tmp_path: Path) -> None:
+        """Nesting deeper than the decoder recurses, inside a value the stream decodes."""
+        dep = _file(tmp_path, f'{{"x": {DEEP}, "Belege-Gruppe": []}}')
+        report = verify_files(dep, CONTAINER_FILE)
+        assert _places(report) == [(None, "malformed-dep")]
+        assert "nested too deeply" in report.findings[0].message
