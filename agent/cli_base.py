@@ -113,8 +113,19 @@ _EXIT = (
 )
 
 
+# The register's state forbids the request (the local API answers 409): a fiscal refusal,
+# though the receipt service raises it as an InvalidSale (nothing was consumed).
+_REFUSAL_RULES = frozenset({"register-closed"})
+
+
+def _exit_code(exc: TillAgentError) -> int:
+    if isinstance(exc, InvalidSale) and exc.rule in _REFUSAL_RULES:
+        return 4
+    return next(c for kind, c in _EXIT if isinstance(exc, kind))
+
+
 def _fail(exc: TillAgentError, as_json: bool = False) -> NoReturn:
-    code = next(c for kind, c in _EXIT if isinstance(exc, kind))
+    code = _exit_code(exc)
     if as_json:
         body: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
         if isinstance(exc, InvalidSale):

@@ -122,13 +122,9 @@ def unit_create_software(
     and is not valid for a registered cash register. With --key-id the unit is for a closed
     system (R1-AT0) and has no certificate.
     """
-    if (data_dir / "keys" / f"{unit_id}.key.pem").exists():
-        _fail(
-            ConfigurationError(
-                f"unit {unit_id!r} already has a key in {data_dir / 'keys'}: choose another --id"
-            ),
-            as_json,
-        )
+    if (data_dir / "keys" / f"{unit_id}.key.pem").exists():  # the input collides: as init's
+        message = f"unit {unit_id!r} already exists (its key is in {data_dir / 'keys'})"
+        _fail(InvalidSale("--id", "unit-exists", f"{message}: choose another --id"), as_json)
     from agent.signing import UnitConfig, create_software_unit
 
     key_file, cert_file = create_software_unit(data_dir / "keys", name=unit_id, key_id=key_id)

@@ -230,3 +230,32 @@ def test_an_output_that_cannot_be_written_is_a_clean_error(
     message = _flat(_expect(_export(run, till, what, deeper), 2).stderr)
     assert f"cannot write {deeper}: {blocker / 'sub'}: Not a directory" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "file", "target"]
+
+
+# -- 3. exit codes as the README's table and the local API have them -------------------------
+
+
+def test_a_register_closed_by_its_schlussbeleg_refuses_with_exit_4(run: Run, till: Path) -> None:
+    """The local API answers 409 (the register's state forbids it): a fiscal refusal, exit
+    4, for a zero receipt and for a sale alike; the rule still says why."""
+    _expect(run("special", "KASSE-1", "closing", "--yes", "--data-dir", till), 0)
+    body = json.loads(
+        _expect(run("special", "KASSE-1", "null", "--json", "--data-dir", till), 4).stdout
+    )
+    assert (body["field"], body["rule"]) == ("register", "register-closed")
+    result = _expect(
+        run("issue", "-", "--data-dir", till, input=json.dumps(sale(request_id="req-2"))), 4
+    )
+    assert "closed by its Schlussbeleg" in _flat(result.stderr)
+
+
+def test_a_duplicate_unit_id_is_invalid_input_like_a_duplicate_register(
+    run: Run, data_dir: Path
+) -> None:
+    """The user's input collides: exit 3 naming the id, as ``init`` of an existing register."""
+    create = ("unit", "create-software", "--id", "dev", "--data-dir", data_dir)
+    _expect(run(*create), 0)
+    assert "unit 'dev' already exists" in _flat(_expect(run(*create), 3).stderr)
+    body = json.loads(_expect(run(*create, "--json"), 3).stdout)
+    assert (body["field"], body["rule"]) == ("--id", "unit-exists")
+    assert "'dev'" in body["message"]
