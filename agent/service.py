@@ -134,9 +134,10 @@ class TillService:
         log.info("till-agent running; data in %s", data_dir)
 
     def _ensure_units(self, data_dir: Path) -> list[str]:
-        """Store the configured units, or create the development unit on first start."""
+        """Store the configured units; without any, the development unit on a first start
+        (a data directory set up with ``unit create-software`` and ``init`` keeps its own)."""
         configs = list(self.config.units)
-        if not configs and self.config.wants_development_unit:
+        if not configs and self.config.wants_development_unit and self._only_development():
             configs = [self._development_unit(data_dir)]
         with self.db.write_connection().transaction() as conn:
             for config in configs:
@@ -144,6 +145,14 @@ class TillService:
                 if row is None or UnitConfig.model_validate_json(row[0]) != config:
                     store_unit(conn, config, open_unit(config), self.clock.now().isoformat())
         return [c.id for c in configs]
+
+    def _only_development(self) -> bool:
+        """True when the database knows no unit but the development unit (a first start,
+        or one stopped before its register existed); registers need units, so no register
+        either."""
+        with self.db.read_connection() as conn:
+            units = {str(row[0]) for row in conn.execute("SELECT id FROM units")}
+        return units <= {DEV_UNIT}
 
     def _development_unit(self, data_dir: Path) -> UnitConfig:
         keys = data_dir / "keys"
@@ -190,6 +199,9 @@ class TillService:
             known = conn.execute("SELECT 1 FROM registers WHERE id = ?", (reg.id,)).fetchone()
         if known is not None or any(w["kind"] == "start" for w in self.receipts.waiting(reg.id)):
             return
+        if not unit_ids and self.config.wants_development_unit:
+            self._uninitialized(reg.id)  # the database has units of its own: the operator's
+            return
         setup = RegisterSetup(
             reg.id,
             unit_ids,
@@ -204,6 +216,18 @@ class TillService:
         else:
             log.info("register %s initialized (Startbeleg %s)", reg.id, result.receipt_id)
             self.printer.notify()
+
+    def _uninitialized(self, register_id: str) -> None:
+        with self.db.read_connection() as conn:
+            units = [str(row[0]) for row in conn.execute("SELECT id FROM units ORDER BY id")]
+        log.warning(
+            "register %s is not initialized and no [[units]] are configured: initialize it"
+            " with `till-agent init %s --unit ID` (units here: %s); until then its sales"
+            " are refused",
+            register_id,
+            register_id,
+            ", ".join(units),
+        )
 
     def _start_api(self) -> ApiServer:
         api = self.config.api

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from agent.cli import app
 from agent.config import AgentConfig
-from agent.service import TillService
+from agent.service import DEV_UNIT, TillService
 from e2e.harness import free_port
+from factories import sale
 
 Start = Callable[..., TillService]
 
 
 @pytest.fixture(name="start")
 def _start(data_dir: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Start]:
-    """Start a service on ``data_dir`` (no spool, no printer, API as given); stopped at teardown."""
+    """Start a service on ``data_dir`` (no spool, no printer, API as given); stopped at
+    teardown (or at once if it fails to start)."""
     started: list[TillService] = []
     caplog.set_level(logging.INFO)
 
@@ -34,8 +40,12 @@ def _start(data_dir: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Start]:
             }
         )
         service = TillService(config)
+        try:
+            service.start()
+        except BaseException:
+            service.stop()  # as run_until_signal does
+            raise
         started.append(service)
-        service.start()
         return service
 
     yield start
@@ -64,3 +74,83 @@ class TestStartLog:
         start(api={"port": port})
         lines = [r.getMessage() for r in caplog.records if "local API on" in r.getMessage()]
         assert lines == [f"local API on http://127.0.0.1:{port}"]
+
+
+def _units_and_registers(data_dir: Path) -> tuple[list[str], list[str]]:
+    conn = sqlite3.connect(f"file:{data_dir / 'till.sqlite3'}?mode=ro", uri=True)
+    try:
+        units = [r[0] for r in conn.execute("SELECT id FROM units ORDER BY id")]
+        registers = [r[0] for r in conn.execute("SELECT id FROM registers ORDER BY id")]
+    finally:
+        conn.close()
+    return units, registers
+
+
+def _cli(data_dir: Path, *args: str) -> None:
+    result = CliRunner().invoke(app, [*args, "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+class TestDevelopmentUnit:
+    """`run` without units configured: the development unit only where nothing else is."""
+
+    def test_a_fresh_data_directory_gets_the_development_unit_and_kasse_1(
+        self, start: Start, data_dir: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The README's first command: the development unit (with its warning) and
+        KASSE-1 initialized with it, ready to sell."""
+        till = start()
+        assert _units_and_registers(data_dir) == ([DEV_UNIT], ["KASSE-1"])
+        assert any("DEVELOPMENT signature unit" in w for w in _warnings(caplog))
+        assert till.backend.issue_sale(json.dumps(sale()).encode()).signature_state == "signed"
+
+    def test_a_data_directory_set_up_with_init_gets_no_development_unit(
+        self, start: Start, data_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+    ) -> None:
+        """After `unit create-software` and `init KASSE-1`, run uses what is there: no
+        unused development unit, no key files for it, no warning about it."""
+        monkeypatch.delenv("TILL_AGENT_DATA_DIR", raising=False)
+        _cli(data_dir, "unit", "create-software", "--id", "dev")
+        _cli(data_dir, "init", "KASSE-1", "--unit", "dev")
+        caplog.clear()
+        till = start()
+        assert _units_and_registers(data_dir) == (["dev"], ["KASSE-1"])
+        assert not list((data_dir / "keys").glob(f"{DEV_UNIT}.*"))
+        assert _warnings(caplog) == []
+        assert till.backend.issue_sale(json.dumps(sale()).encode()).number == 2
+
+    def test_units_without_the_register_are_not_replaced_by_the_development_unit(
+        self, start: Start, data_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+    ) -> None:
+        """A unit of its own but no register yet: no development unit, no register made
+        with it; the log says how to initialize the register."""
+        monkeypatch.delenv("TILL_AGENT_DATA_DIR", raising=False)
+        _cli(data_dir, "unit", "create-software", "--id", "dev")
+        caplog.clear()
+        start()
+        assert _units_and_registers(data_dir) == (["dev"], [])
+        [warning] = _warnings(caplog)
+        assert "KASSE-1" in warning
+        assert "till-agent init KASSE-1 --unit" in warning
+        assert "dev" in warning
+
+    def test_a_first_start_stopped_before_the_startbeleg_goes_on_with_its_unit(
+        self, start: Start, data_dir: Path, monkeypatch: Any
+    ) -> None:
+        """The development unit stored, then the process died before KASSE-1 existed:
+        the next start initializes KASSE-1 with that unit, as the first start would have."""
+
+        def crash(*_: object) -> None:
+            raise RuntimeError("killed")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(TillService, "_ensure_register", crash)
+            with pytest.raises(RuntimeError, match="killed"):
+                start()
+        assert _units_and_registers(data_dir) == ([DEV_UNIT], [])
+        start()
+        assert _units_and_registers(data_dir) == ([DEV_UNIT], ["KASSE-1"])
