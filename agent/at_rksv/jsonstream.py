@@ -6,8 +6,8 @@ million strings is read holding one chunk and one string. The encoding is detect
 ``json.loads`` does for bytes (UTF-8 with or without BOM, UTF-16, UTF-32).
 
 Every way a document can be broken, including nesting deeper than the decoder can
-recurse, raises :class:`JsonStreamError` (:func:`json_error`); :func:`load` reads a
-small document whole the same way.
+recurse and integers longer than ``int()`` converts, raises :class:`JsonStreamError`
+(:func:`json_error`); :func:`load` reads a small document whole the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
+import sys
 from collections.abc import Callable, Iterator
 from typing import IO
 
@@ -33,7 +34,11 @@ def json_error(exc: ValueError | RecursionError) -> JsonStreamError:
     """The :class:`JsonStreamError` for what ``json`` raised while decoding a document."""
     if isinstance(exc, RecursionError):
         return JsonStreamError("not valid JSON: nested too deeply")
-    return JsonStreamError(f"not valid JSON: {exc}")
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+        return JsonStreamError(f"not valid JSON: {exc}")
+    # the one other ValueError of decoding: int() refuses a longer number (CVE-2020-10735)
+    limit = sys.get_int_max_str_digits()
+    return JsonStreamError(f"not valid JSON: a number has more than {limit} digits")
 
 
 def load(fp: IO[bytes] | IO[str]) -> object:
@@ -127,7 +132,7 @@ class JsonReader:
                 if len(self._buf) - self._pos <= MAX_VALUE and self._more():
                     continue  # cut off by the chunk boundary, most likely
                 raise json_error(exc) from exc
-            except RecursionError as exc:  # more text will not help
+            except (ValueError, RecursionError) as exc:  # more text will not help
                 raise json_error(exc) from exc
             if end == len(self._buf) and self._more():
                 continue  # a number or literal may go on in the next chunk

@@ -24,6 +24,7 @@ from agent.at_rksv.dep import (
     load_container,
     load_dep,
     read_container,
+    stream_dep,
     write_dep,
 )
 from agent.signing.base import Identity
@@ -301,6 +302,20 @@ class TestBrokenJson:
     def test_deep_nesting_in_a_container(self) -> None:
         with pytest.raises(DepFormatError, match="container is not valid JSON: nested too"):
             load_container(io.BytesIO(self.DEEP.encode()))
+
+    def test_long_number_in_a_dep(self) -> None:
+        with pytest.raises(DepFormatError, match="a number has more than 4300 digits"):
+            load_dep(io.StringIO("1" * 5000))
+
+    def test_long_number_across_chunks_of_a_streamed_dep(self) -> None:
+        """The number is cut by chunk boundaries before it is too long: still an error."""
+        document = '{"x": ' + "1" * 5000 + ', "Belege-Gruppe": []}'
+        with pytest.raises(DepFormatError, match="a number has more than 4300 digits"):
+            list(stream_dep(io.StringIO(document), chunk=1000))
+
+    def test_long_number_in_a_container(self) -> None:
+        with pytest.raises(DepFormatError, match="a number has more than 4300 digits"):
+            load_container(io.StringIO('{"base64AESKey": ' + "1" * 5000 + "}"))
 
     @pytest.mark.parametrize("text", ["", "{} {}", '{"certificateOrPublicKeyMap": {}'])
     def test_container_that_is_not_one_document(self, text: str) -> None:

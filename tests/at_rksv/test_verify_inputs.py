@@ -19,12 +19,14 @@ DEP = VECTORS / "e2e_open" / "dep-export.json"
 CONTAINER_FILE = VECTORS / "e2e_open" / "cryptographicMaterialContainer.json"
 DEPTH = 100_000
 DEEP = "[" * DEPTH + "]" * DEPTH
+LONG_NUMBER = "1" * 5000  # int() takes 4300 digits
 
 # container text -> what the finding says
 BROKEN_CONTAINERS = {
     "not-json": ("# not a container\n", "crypto container is not valid JSON"),
     "deep": (DEEP, "nested too deeply"),
     "deep-value": (f'{{"certificateOrPublicKeyMap": {DEEP}}}', "nested too deeply"),
+    "long-number": (f'{{"base64AESKey": {LONG_NUMBER}}}', "a number has more than 4300 digits"),
 }
 
 
@@ -80,3 +82,9 @@ class TestDepFindings:
         report = verify_files(dep, CONTAINER_FILE)
         assert _places(report) == [(None, "malformed-dep")]
         assert "nested too deeply" in report.findings[0].message
+
+    def test_long_number_in_the_dep_is_a_finding(self, tmp_path: Path) -> None:
+        dep = _file(tmp_path, f'{{"x": {LONG_NUMBER}, "Belege-Gruppe": []}}')
+        report = verify_files(dep, CONTAINER_FILE)
+        assert _places(report) == [(None, "malformed-dep")]
+        assert "a number has more than 4300 digits" in report.findings[0].message
