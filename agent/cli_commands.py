@@ -405,8 +405,27 @@ def _fail_to_write(output: Path, exc: OSError, as_json: bool) -> NoReturn:
 def export_dep_cmd(
     register: Annotated[str, typer.Option(help="Kassen-ID.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="DEP file to write.")],
-    start: Annotated[dt.datetime | None, typer.Option("--from", formats=["%Y-%m-%d"])] = None,
-    end: Annotated[dt.datetime | None, typer.Option("--to", formats=["%Y-%m-%d"])] = None,
+    start: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            "--from",
+            formats=["%Y-%m-%d"],
+            metavar="YYYY-MM-DD",
+            help="First day to export (inclusive), a date as 2026-01-31. Receipts count by"
+            " the date printed on them: the local date in the register's time zone"
+            " (init --timezone, default Europe/Vienna).",
+        ),
+    ] = None,
+    end: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            "--to",
+            formats=["%Y-%m-%d"],
+            metavar="YYYY-MM-DD",
+            help="Last day to export (inclusive), a date as --from is, in the register's"
+            " time zone.",
+        ),
+    ] = None,
     data_dir: DataDir = DEFAULT_DATA,
     as_json: JsonFlag = False,
 ) -> None:
@@ -447,6 +466,12 @@ def export_dep_cmd(
             if isinstance(exc, OSError):
                 _fail_to_write(output, exc, as_json)
             raise
+    if count == 0:  # a range that missed (a typo, the wrong year) is not a quiet period
+        dated = f" dated {first or '...'} to {last or '...'}" if first or last else ""
+        err.print(
+            f"[yellow]warning:[/yellow] the export holds no receipt: {register} has none{dated}",
+            highlight=False,
+        )
     if as_json:
         _emit({"file": str(output), "receipts": count}, True)
     else:

@@ -5,6 +5,7 @@ a service whose local API cannot be reached, exports into missing directories, e
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -30,6 +31,11 @@ def _expect(result: Result, code: int) -> Result:
 
 def _flat(text: str) -> str:
     return " ".join(text.split())
+
+
+def _help(result: Result) -> str:
+    """The words of a Rich help screen, without its box (its lines may break anywhere)."""
+    return _flat(re.sub("[\u2500-\u257f]", " ", _expect(result, 0).stdout))
 
 
 @pytest.fixture(name="run")
@@ -259,3 +265,38 @@ def test_a_duplicate_unit_id_is_invalid_input_like_a_duplicate_register(
     body = json.loads(_expect(run(*create, "--json"), 3).stdout)
     assert (body["field"], body["rule"]) == ("--id", "unit-exists")
     assert "'dev'" in body["message"]
+
+
+# -- 4. export dep --from/--to: documented, and an empty export is pointed out ----------------
+
+
+def test_export_dates_are_documented(run: Run) -> None:
+    """``--from``/``--to`` say they are dates, their format, inclusive, and the time zone."""
+    text = _help(run("export", "dep", "--help"))
+    assert "--from YYYY-MM-DD First day to export (inclusive), a date as 2026-01-31." in text
+    assert "the local date in the register's time zone" in text
+    assert "--to YYYY-MM-DD Last day to export (inclusive)" in text
+
+
+def test_export_dates_are_inclusive_local_dates(run: Run, till: Path, tmp_path: Path) -> None:
+    """A range from the first receipt's printed date to the last one's holds both."""
+    listed = run("receipts", "list", "--register", "KASSE-1", "--json", "--data-dir", till)
+    days = sorted(r["issued_at"][:10] for r in json.loads(_expect(listed, 0).stdout))
+    dep = tmp_path / "dep.json"
+    result = _export(run, till, "dep", dep, "--from", days[0], "--to", days[-1], "--json")
+    assert json.loads(_expect(result, 0).stdout)["receipts"] == 2
+    assert result.stderr == ""
+
+
+def test_an_export_without_receipts_warns(run: Run, till: Path, tmp_path: Path) -> None:
+    """A range holding no receipt exports 0 receipts (exit 0) with a warning on stderr."""
+    dep = tmp_path / "dep.json"
+    dates = ("--from", "2030-01-01", "--to", "2030-01-31")
+    result = _expect(_export(run, till, "dep", dep, *dates), 0)
+    assert "0 receipts written" in result.stdout
+    warning = (
+        "warning: the export holds no receipt: KASSE-1 has none dated 2030-01-01 to 2030-01-31"
+    )
+    assert warning in _flat(result.stderr)
+    body = json.loads(_expect(_export(run, till, "dep", dep, *dates, "--json"), 0).stdout)
+    assert body["receipts"] == 0
