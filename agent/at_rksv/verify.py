@@ -9,9 +9,11 @@ or the start of the JWS when that cannot be read; ``None`` for the DEP as a whol
 ==============================  ==========================================================
 rule                            broken when
 ==============================  ==========================================================
-``malformed-dep``               the DEP is not JSON, lacks a key or is not base64
-``malformed-container``         the crypto container is not JSON, lacks a key, or an entry
-                                is not base64, DER or an EC key (at :data:`CONTAINER`)
+``malformed-dep``               the DEP cannot be read, is not JSON, lacks a key or is not
+                                base64
+``malformed-container``         the crypto container cannot be read, is not JSON, lacks a
+                                key, or an entry is not base64, DER or an EC key (at
+                                :data:`CONTAINER`)
 ``malformed-receipt``           JWS segments, padding, base64url, payload fields, amount,
                                 date, counter or chaining value formats
 ``algorithm-mismatch``          the JWS header is not exactly ``{"alg":"ES256"}``
@@ -135,21 +137,29 @@ def verify_files(
 
     The DEP is read as a stream (:func:`~agent.at_rksv.dep.stream_dep`): memory stays
     bounded however many receipts it holds; ``on_read`` gets the size of each chunk read.
-
-    Raises:
-        OSError: a file cannot be read.
+    A file that cannot be read (missing, a directory, an I/O error) is a finding, as a
+    malformed one is.
     """
     try:
         with container_path.open("rb") as container_file:
             container = load_container(container_file)
-    except DepFormatError as exc:
+    except (OSError, DepFormatError) as exc:
         return _broken_container(exc)
-    with dep_path.open("rb") as dep_file:
+    try:
+        dep_file = dep_path.open("rb")
+    except OSError as exc:
+        return Report([Finding(None, MALFORMED_DEP, _unreadable("DEP export", exc))])
+    with dep_file:
         return verify_dep(stream_dep(dep_file, on_read=on_read), container)
 
 
 def _broken_container(exc: Exception) -> Report:
-    return Report([Finding(CONTAINER, MALFORMED_CONTAINER, str(exc))])
+    message = _unreadable("crypto container", exc) if isinstance(exc, OSError) else str(exc)
+    return Report([Finding(CONTAINER, MALFORMED_CONTAINER, message)])
+
+
+def _unreadable(what: str, exc: OSError) -> str:
+    return f"{what} cannot be read: {exc}"
 
 
 class _Outage(enum.Enum):
@@ -199,6 +209,8 @@ class _Walk:
                 self.visit(group, jws)
         except DepFormatError as exc:
             self.fail(None, MALFORMED_DEP, str(exc))
+        except OSError as exc:  # reading a streamed DEP: the findings so far stand
+            self.fail(None, MALFORMED_DEP, _unreadable("DEP export", exc))
 
     def visit(self, group: DepGroup, jws: str) -> None:
         if group is not self.group.source:

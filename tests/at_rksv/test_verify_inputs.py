@@ -6,12 +6,17 @@ Whatever the DEP or the crypto container hold, ``verify`` ends in findings (exit
 
 from __future__ import annotations
 
+import errno
+import io
+import json
+import os
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner, Result
 
-from agent.at_rksv.verify import CONTAINER, Report, verify_files
+from agent.at_rksv.dep import load_container, stream_dep
+from agent.at_rksv.verify import CONTAINER, Report, verify_dep, verify_files
 from agent.cli import app
 
 VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "rksv"
@@ -28,6 +33,50 @@ BROKEN_CONTAINERS = {
     "deep-value": (f'{{"certificateOrPublicKeyMap": {DEEP}}}', "nested too deeply"),
     "long-number": (f'{{"base64AESKey": {LONG_NUMBER}}}', "a number has more than 4300 digits"),
 }
+
+
+MEMORY = Path("/proc/self/mem")  # opens, but reading at offset 0 fails (EIO)
+NOT_UTF8 = '{"Belege-Gruppe": "\u00e9"}'.encode("latin-1")
+needs_proc = pytest.mark.skipif(not MEMORY.exists(), reason="needs /proc/self/mem")
+
+
+def _unreadable(tmp_path: Path, kind: str) -> Path:
+    """A path that cannot be read: a directory, a missing file, or an I/O error."""
+    if kind == "directory":
+        return tmp_path
+    if kind == "missing":
+        return tmp_path / "missing.json"
+    if kind == "io-error":
+        if not MEMORY.exists():
+            pytest.skip("needs /proc/self/mem")
+        return MEMORY
+    assert kind == "no-permission"
+    if os.geteuid() == 0:
+        pytest.skip("root reads files without permission")
+    path = _file(tmp_path, "{}")
+    path.chmod(0)
+    return path
+
+
+UNREADABLE = ["directory", "missing", "io-error", "no-permission"]
+
+
+class _FailingFile(io.RawIOBase):
+    """Gives ``data`` up to ``size`` bytes, then fails as a bad disk does."""
+
+    def __init__(self, data: bytes, size: int) -> None:
+        self._data, self._size, self._pos = data, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._pos >= self._size:
+            raise OSError(errno.EIO, "Input/output error")
+        count = min(len(buffer), self._size - self._pos)
+        buffer[:count] = self._data[self._pos : self._pos + count]
+        self._pos += count
+        return count
 
 
 def _places(report: Report) -> list[tuple[str | None, str]]:
@@ -73,6 +122,67 @@ class TestContainerFindings:
         assert message in out
         assert "(DEP)" not in out
         assert "INVALID" in out
+
+
+class TestUnreadableFiles:
+    @pytest.mark.parametrize("kind", UNREADABLE)
+    def test_unreadable_container_is_a_finding(self, tmp_path: Path, kind: str) -> None:
+        report = verify_files(DEP, _unreadable(tmp_path, kind))
+        assert _places(report) == [(CONTAINER, "malformed-container")]
+        assert "crypto container cannot be read" in report.findings[0].message
+
+    @pytest.mark.parametrize("kind", UNREADABLE)
+    def test_unreadable_dep_is_a_finding(self, tmp_path: Path, kind: str) -> None:
+        report = verify_files(_unreadable(tmp_path, kind), CONTAINER_FILE)
+        assert _places(report) == [(None, "malformed-dep")]
+        assert "DEP export cannot be read" in report.findings[0].message
+
+    def test_read_error_in_the_middle_of_the_dep_keeps_what_was_checked(self) -> None:
+        """The receipts read before the error are counted and checked."""
+        data = DEP.read_bytes()
+        with CONTAINER_FILE.open("rb") as fp:
+            container = load_container(fp)
+        failing = _FailingFile(data, len(data) * 2 // 3)
+        report = verify_dep(stream_dep(io.BufferedReader(failing), chunk=256), container)
+        assert _places(report) == [(None, "malformed-dep")]
+        assert "DEP export cannot be read: [Errno 5]" in report.findings[0].message
+        assert 0 < report.receipts < 11
+
+    def test_container_not_in_utf8_is_a_finding(self, tmp_path: Path) -> None:
+        path = tmp_path / "latin1.json"
+        path.write_bytes(NOT_UTF8)
+        report = verify_files(DEP, path)
+        assert _places(report) == [(CONTAINER, "malformed-container")]
+        assert "not valid JSON" in report.findings[0].message
+
+    def test_dep_not_in_utf8_is_a_finding(self, tmp_path: Path) -> None:
+        path = tmp_path / "latin1.json"
+        path.write_bytes(NOT_UTF8)
+        report = verify_files(path, CONTAINER_FILE)
+        assert _places(report) == [(None, "malformed-dep")]
+        assert "not valid JSON" in report.findings[0].message
+
+    @needs_proc
+    @pytest.mark.parametrize("faulty", ["dep", "container"])
+    def test_cli_read_error_is_a_finding(self, faulty: str) -> None:
+        """``verify /proc/self/mem container.json`` (and the other way round): exit 1."""
+        dep, container = (MEMORY, CONTAINER_FILE) if faulty == "dep" else (DEP, MEMORY)
+        result = _verify(dep, container)
+        assert result.exit_code == 1, result.output
+        assert isinstance(result.exception, SystemExit), repr(result.exception)
+        where = "(DEP): DEP export" if faulty == "dep" else "(container): crypto container"
+        assert f"at {where} cannot be read: [Errno 5]" in _flat(result.stdout)
+
+    @needs_proc
+    def test_cli_json_names_the_container(self) -> None:
+        """``--json`` carries the same finding: receipt "(container)"."""
+        result = _verify(DEP, MEMORY, "--json")
+        assert result.exit_code == 1, result.output
+        body = json.loads(result.stdout)
+        assert body["ok"] is False
+        assert [(f["receipt"], f["rule"]) for f in body["findings"]] == [
+            ("(container)", "malformed-container")
+        ]
 
 
 class TestDepFindings:
