@@ -1,17 +1,21 @@
 """The printable text of a receipt: a pure function of the receipt's facts.
 
-The lines are stored with the receipt, so a reprint shows exactly what was printed.
+The lines are stored with the receipt, so a reprint shows exactly what was printed. No
+line is wider than the paper (:data:`WIDTH` columns) and nothing the POS sent is cut: a
+long text continues on the next lines (the customary designation of the goods must be
+on the receipt, § 132a BAO), and an item's amount stands beside its last line.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent.at_rksv import FALLBACK_TEXT
 from agent.contract import scaled
 
-__all__ = ["TextFacts", "render_lines"]
+__all__ = ["HEADINGS", "WIDTH", "TextFacts", "columns", "render_lines", "wrap", "zero_width"]
 
 WIDTH = 42
 _VAT_LETTER = {"normal": "A", "reduced1": "B", "reduced2": "C", "zero": "D", "special": "E"}
@@ -33,6 +37,8 @@ _TITLES = {
     "closing": "SCHLUSSBELEG",
     "sammelbeleg": "SAMMELBELEG",
 }
+# the lines printed bold: exactly these, so no text of the POS can pass for one
+HEADINGS = frozenset({*(f"*** {title} ***" for title in _TITLES.values()), FALLBACK_TEXT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +61,59 @@ def _money(cents: int) -> str:
     return f"{sign}{abs(cents) // 100},{abs(cents) % 100:02d}"
 
 
-def _pair(left: str, right: str) -> str:
+def zero_width(char: str) -> bool:
+    """True for a mark printed on the character before it (an accent sent apart)."""
+    return unicodedata.category(char) in ("Mn", "Me")
+
+
+def columns(text: str) -> int:
+    """The columns ``text`` takes on paper, one per character but for :func:`zero_width`."""
+    return sum(1 for char in text if not zero_width(char))
+
+
+def _cut(text: str, width: int) -> int:
+    """The index after the first ``width`` columns of ``text`` (with their marks)."""
+    seen = 0
+    for i, char in enumerate(text):
+        if not zero_width(char):
+            if seen == width:
+                return i
+            seen += 1
+    return len(text)
+
+
+def wrap(text: str, width: int = WIDTH) -> list[str]:
+    """``text`` as lines of at most ``width`` columns, broken after the last space that
+    fits (the space itself becomes the line break), or inside a word longer than a line.
+    Every other character is kept, in order."""
+    lines: list[str] = []
+    while columns(text) > width:
+        cut = _cut(text, width)
+        space = text.rfind(" ", 0, cut + 1)
+        if space > 0 and text[:space].strip():
+            lines.append(text[:space])
+            text = text[space + 1 :]
+        else:  # no space to break at (or only the indentation): break inside the word
+            lines.append(text[:cut])
+            text = text[cut:]
+    return [*lines, text]
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - columns(text))
+
+
+def _pair(left: str, right: str) -> list[str]:
+    """``left`` with ``right`` flush right beside its last line; a left part too long
+    for one line is wrapped, and when its last line leaves no room, ``right`` gets a line
+    of its own."""
     room = WIDTH - len(right) - 1
-    return f"{left[:room]:<{room}} {right}"
+    if columns(left) <= room:
+        return [f"{_pad(left, room)} {right}"]
+    lines = wrap(left)
+    if columns(lines[-1]) > room:
+        lines.append("")
+    return [*lines[:-1], f"{_pad(lines[-1], room)} {right}"]
 
 
 def _item_lines(facts: TextFacts) -> list[str]:
@@ -65,12 +121,11 @@ def _item_lines(facts: TextFacts) -> list[str]:
     for text, qty, price, vat, total in facts.lines:
         if scaled(qty, 3) != 1000:
             out.append(f"  {qty} x {price.replace('.', ',')}")
-        out.append(_pair(text, f"{_money(total)} {_VAT_LETTER[vat]}"))
+        out += _pair(text, f"{_money(total)} {_VAT_LETTER[vat]}")
     return out
 
 
-def render_lines(facts: TextFacts) -> list[str]:
-    """The receipt as lines of at most 42 characters (80 mm paper, font A)."""
+def _head(facts: TextFacts) -> list[str]:
     out = [f"Kasse {facts.register_id}", f"Beleg {facts.receipt_id}"]
     out.append(facts.issued_at.replace("T", " "))
     if facts.cashier:
@@ -81,15 +136,22 @@ def render_lines(facts: TextFacts) -> list[str]:
         out.append(f"Storno zu Beleg {facts.voids_receipt_id}")
     if facts.replaces_receipt_id is not None:
         out.append(f"Ersatz für unsignierten Beleg {facts.replaces_receipt_id}")
+    return [part for line in out for part in wrap(line)]
+
+
+def render_lines(facts: TextFacts) -> list[str]:
+    """The receipt as lines of at most 42 columns (80 mm paper, font A), every text whole."""
+    out = _head(facts)
     out.append("-" * WIDTH)
     out.extend(_item_lines(facts))
     out.append("-" * WIDTH)
-    out.append(_pair("SUMME EUR", _money(facts.total_cents)))
-    out.extend(_pair(f"  {method}", _money(amount)) for method, amount in facts.payments)
+    out += _pair("SUMME EUR", _money(facts.total_cents))
+    for method, amount in facts.payments:
+        out += _pair(f"  {method}", _money(amount))
     used = {line[3] for line in facts.lines}
     out.extend(label for vat, label in _VAT_LINES if vat in used)
     if facts.signature_state == "fallback":
         out.append(FALLBACK_TEXT)
     if facts.signature_state == "unsigned":
-        out.append("Signatur ungewiss: wird nachsigniert oder ersetzt")
+        out += ["Signatur ungewiss:", "wird nachsigniert oder ersetzt"]
     return out

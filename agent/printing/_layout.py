@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from agent.at_rksv import FALLBACK_TEXT
 from agent.contract import ReceiptResult
+from agent.receipt_text import HEADINGS, WIDTH, wrap
 
 __all__ = ["COPY_NOTICE", "UNSIGNED_NOTICE", "Block", "Qr", "Text", "layout", "printable"]
 
@@ -53,10 +54,6 @@ def printable(text: str) -> str:
     return text.translate(_TYPOGRAPHY).encode("cp858", "replace").decode("cp858")
 
 
-def _is_heading(line: str) -> bool:
-    return line.startswith("***") or line == FALLBACK_TEXT
-
-
 def _guards(receipt: ReceiptResult) -> list[Text]:
     """Notices the stored lines lack but this receipt must show."""
     text = "\n".join(receipt.lines)
@@ -79,7 +76,9 @@ def layout(receipt: ReceiptResult, *, copy: bool = False) -> list[Block]:
     if copy:
         blocks += [Text("KOPIE", bold=True, big=True, center=True), Text(COPY_NOTICE, center=True)]
         blocks.append(Text(""))
-    blocks += [Text(printable(line), bold=_is_heading(line)) for line in receipt.lines]
+    for line in receipt.lines:  # wrapped: a receipt stored before lines were kept narrow
+        bold = line in HEADINGS
+        blocks += [Text(part, bold=bold) for part in wrap(printable(line), WIDTH)]
     blocks += _guards(receipt)
     if receipt.qr:
         blocks += [Text(""), Qr(receipt.qr)]

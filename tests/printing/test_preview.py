@@ -42,3 +42,9 @@ class TestPreview:
     ) -> None:
         png = render_png(standard.model_copy(update={"qr": ""}))
         assert qr_codes(png) == []
+
+    def test_a_line_wider_than_the_paper_is_drawn_wrapped(self, standard: ReceiptResult) -> None:
+        """A stored line of 90 columns is drawn on three rows, not cut at the edge."""
+        wide = standard.model_copy(update={"lines": ["x" * 90]})
+        wrapped = standard.model_copy(update={"lines": ["x" * 42, "x" * 42, "x" * 6]})
+        assert render_png(wide) == render_png(wrapped)

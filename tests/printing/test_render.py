@@ -8,7 +8,7 @@ from PIL import Image, ImageOps
 from agent.contract import ReceiptResult
 from agent.printing import EscposOptions, render_escpos
 from agent.receipts import ReceiptService
-from factories import qr_codes
+from factories import qr_codes, sale
 
 INIT_CP858 = b"\x1b@\x1bt\x13"  # ESC @, then ESC t 19 (PC858 in Epson's numbering)
 CUT = b"\x1bd\x06\x1dV\x00"  # feed 6 lines, full cut
@@ -185,3 +185,34 @@ class TestHostileText:
     ) -> None:
         job = render_escpos(standard.model_copy(update={"lines": [text]}))
         assert printed + b"\n" in job
+
+
+class TestWidth:
+    def test_a_stored_line_wider_than_the_paper_is_wrapped(self, standard: ReceiptResult) -> None:
+        """A receipt stored before lines were kept to 42 columns still prints within them."""
+        cashier = "Bediener: " + "Maria-Theresia von Habsburg " * 3
+        old = standard.model_copy(update={"lines": [cashier.strip(), "x" * 90]})
+        job = render_escpos(old)
+        assert b"Bediener: Maria-Theresia von Habsburg\nMaria-Theresia von Habsburg" in job
+        assert b"\n" + b"x" * 42 + b"\n" + b"x" * 42 + b"\n" + b"x" * 6 + b"\n" in job
+
+    def test_every_printed_line_of_long_texts_fits_the_paper(self, service: ReceiptService) -> None:
+        """An 80-character item and cashier: no text line of the job is wider than 42."""
+        text = "Bio-Vollkornbrot mit Sonnenblumenkernen, Kürbiskernen und Leinsamen, 1000 g Laib"
+        doc = sale(
+            request_id="long",
+            cashier="C" * 80,
+            lines=[{"text": text, "qty": "1", "unit_price": "1.00", "vat": "normal"}],
+            payments=[{"method": "cash", "amount": "1.00"}],
+        )
+        job = render_escpos(service.issue(doc))
+        body = job[len(INIT_CP858) : job.index(b"\x1ba\x01")]  # the text before the QR code
+        assert max(len(line) for line in body.split(b"\n")) <= 42
+        assert b"K\x81rbiskernen und Leinsamen, 1000 g Laib\n" in job
+
+    def test_only_the_receipts_own_headings_are_bold(self, standard: ReceiptResult) -> None:
+        """A POS text that wraps onto a line looking like a label is not printed as one."""
+        cashier = "Bediener: " + "x" * 31 + " *** STORNOBUCHUNG ***"
+        job = render_escpos(standard.model_copy(update={"lines": [cashier]}))
+        assert b"\n*** STORNOBUCHUNG ***\n" in job
+        assert b"\x1bE\x01" not in job

@@ -1,0 +1,204 @@
+"""The receipt text (agent/receipt_text.py): 42 columns, and nothing the POS sent is cut."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.printing import render_escpos
+from agent.receipt_text import WIDTH, TextFacts, columns, render_lines, wrap
+from agent.receipts import ReceiptService
+from factories import sale
+
+# the example database would be written to the working directory (the repository)
+PROPERTY = settings(database=None, max_examples=300)
+BREAD = "Bio-Vollkornbrot mit Sonnenblumenkernen, Kürbiskernen und Leinsamen, 1000 g Laib"
+assert len(BREAD) == 80
+
+
+def _facts(**overrides: Any) -> TextFacts:
+    fields: dict[str, Any] = {
+        "register_id": "KASSE-1",
+        "receipt_id": "2",
+        "kind": "standard",
+        "issued_at": "2026-03-02T11:00:00",
+        "signature_state": "signed",
+        "total_cents": 1670,
+        "lines": [
+            ("Schnitzel", "1", "12.50", "normal", 1250),
+            ("Apfelsaft", "2", "2.10", "reduced1", 420),
+        ],
+        "payments": [("cash", 1670)],
+    }
+    return TextFacts(**(fields | overrides))
+
+
+def _one_item(text: str, total: int = 100) -> TextFacts:
+    return _facts(lines=[(text, "1", "1.00", "normal", total)], total_cents=total)
+
+
+def _items(lines: list[str]) -> list[str]:
+    """The lines between the two rulers."""
+    first = lines.index("-" * WIDTH)
+    return lines[first + 1 : lines.index("-" * WIDTH, first + 1)]
+
+
+def _without_spaces(text: str) -> str:
+    return text.replace(" ", "")
+
+
+class TestShortTexts:
+    def test_a_receipt_of_short_texts_keeps_its_layout(self) -> None:
+        """The layout of texts that fit is byte for byte what it always was."""
+        assert render_lines(_facts(cashier="Anna")) == [
+            "Kasse KASSE-1",
+            "Beleg 2",
+            "2026-03-02 11:00:00",
+            "Bediener: Anna",
+            "-" * 42,
+            "Schnitzel                          12,50 A",
+            "  2 x 2,10",
+            "Apfelsaft                           4,20 B",
+            "-" * 42,
+            "SUMME EUR                            16,70",
+            "  cash                               16,70",
+            "  A 20%",
+            "  B 10%",
+        ]
+
+    def test_a_text_that_just_fits_stays_on_one_line(self) -> None:
+        """35 characters beside "1,00 A" fill the 42 columns exactly."""
+        text = "x" * 35
+        assert _items(render_lines(_one_item(text))) == [f"{text} 1,00 A"]
+
+
+class TestLongTexts:
+    def test_an_80_character_item_text_is_printed_whole(self) -> None:
+        """The text wraps at spaces; the amount closes the item on its last line."""
+        items = _items(render_lines(_one_item(BREAD)))
+        assert items == [
+            "Bio-Vollkornbrot mit Sonnenblumenkernen,",
+            "Kürbiskernen und Leinsamen, 1000 g Laib",
+            f"{'':<35} 1,00 A",
+        ]
+
+    def test_the_amount_stands_beside_a_last_line_with_room(self) -> None:
+        text = BREAD.removesuffix(" 1000 g Laib")
+        items = _items(render_lines(_one_item(text)))
+        assert items == [
+            "Bio-Vollkornbrot mit Sonnenblumenkernen,",
+            f"{'Kürbiskernen und Leinsamen,':<35} 1,00 A",
+        ]
+
+    def test_a_text_without_spaces_is_broken_inside_the_word(self) -> None:
+        text = "Donaudampfschifffahrtsgesellschaftskapitänsmützenabzeichenhalterungsschraube"
+        items = _items(render_lines(_one_item(text)))
+        assert items == [text[:42], f"{text[42:]:<35} 1,00 A"]
+
+    def test_the_amount_gets_a_line_of_its_own_when_the_text_leaves_no_room(self) -> None:
+        """A last text line of 40 columns leaves no room for " 1,00 A": the amount follows."""
+        text = "a" * 40 + " " + "b" * 39
+        items = _items(render_lines(_one_item(text)))
+        assert items == ["a" * 40, "b" * 39, f"{'':<35} 1,00 A"]
+
+    def test_a_quantity_line_still_comes_first(self) -> None:
+        facts = _facts(lines=[(BREAD, "2", "1.00", "normal", 200)], total_cents=200)
+        items = _items(render_lines(facts))
+        assert items[0] == "  2 x 1,00"
+        assert items[-1].endswith(" 2,00 A")
+
+    def test_an_80_character_cashier_is_wrapped(self) -> None:
+        cashier = "Maria-Theresia Walburga Amalia Christina von Habsburg-Lothringen, Schichtleitung"
+        assert len(cashier) == 80
+        lines = render_lines(_facts(cashier=cashier))
+        head = lines[3 : lines.index("-" * WIDTH)]
+        assert head == [
+            "Bediener: Maria-Theresia Walburga Amalia",
+            "Christina von Habsburg-Lothringen,",
+            "Schichtleitung",
+        ]
+
+    def test_long_ids_are_wrapped(self) -> None:
+        """Register and receipt ids of 64 characters (the most there is) fit the paper."""
+        register, receipt = "K" * 64, "B" * 64
+        facts = _facts(
+            register_id=register,
+            receipt_id=receipt,
+            kind="storno",
+            voids_receipt_id=receipt,
+            replaces_receipt_id=receipt,
+        )
+        lines = render_lines(facts)
+        assert all(len(line) <= WIDTH for line in lines)
+        head = "".join(lines[: lines.index("-" * WIDTH)])
+        assert head.count("K" * 64) == 1
+        assert head.count("B" * 64) == 3
+
+    def test_a_long_payment_method_with_a_large_amount(self) -> None:
+        """A 32-character method beside a billion euros: the amount goes below it."""
+        method = "gutschein-der-einkaufsstrasse-12"
+        facts = _facts(payments=[(method, 99_999_999_999)], total_cents=99_999_999_999)
+        lines = render_lines(facts)
+        at = lines.index(f"  {method}")
+        assert lines[at + 1] == f"{'999999999,99':>42}"
+
+    def test_an_unsigned_receipt_explains_itself_within_the_paper(self) -> None:
+        lines = render_lines(_facts(signature_state="unsigned"))
+        assert lines[-2:] == ["Signatur ungewiss:", "wird nachsigniert oder ersetzt"]
+
+    @PROPERTY
+    @given(
+        text=st.text(st.characters(codec="utf-8", exclude_categories=["Cc", "Cs"]), max_size=80),
+        cashier=st.text(st.sampled_from("ab c-"), min_size=1, max_size=80),
+        total=st.integers(-(10**11), 10**11),
+    )
+    def test_no_line_is_wider_than_the_paper(self, text: str, cashier: str, total: int) -> None:
+        """Whatever the texts and amounts, every line fits 42 columns."""
+        facts = _facts(
+            lines=[(text or "x", "1.005", "1.00", "special", total)],
+            total_cents=total,
+            cashier=cashier,
+            payments=[("a" * 32, total)],
+        )
+        assert all(columns(line) <= WIDTH for line in render_lines(facts))
+
+
+class TestWrap:
+    @PROPERTY
+    @given(text=st.text(st.sampled_from("ab c\u0301"), max_size=200), width=st.integers(1, 50))
+    def test_wrapping_keeps_every_character_but_one_space_per_break(
+        self, text: str, width: int
+    ) -> None:
+        """Lines fit the width; only a space at a break may go (it is the break)."""
+        lines = wrap(text, width)
+        assert all(columns(line) <= width for line in lines)
+        assert _without_spaces("".join(lines)) == _without_spaces(text)
+        assert len("".join(lines)) >= len(text) - (len(lines) - 1)
+
+    def test_a_combining_accent_takes_no_column(self) -> None:
+        """e + U+0301 prints as é: one column, and it is not split from its letter."""
+        text = "Cafe\u0301 " * 10
+        lines = wrap(text.strip(), 10)
+        assert lines[0] == "Cafe\u0301 Cafe\u0301"
+        assert columns(lines[0]) == 9
+
+
+class TestIssued:
+    def test_the_receipt_of_long_texts_carries_them_whole(self, service: ReceiptService) -> None:
+        """Through the service and the ESC/POS renderer: nothing cut, nothing too wide."""
+        cashier = "Maria-Theresia Walburga Amalia Christina von Habsburg-Lothringen, Schichtleitung"
+        doc = sale(
+            cashier=cashier,
+            lines=[{"text": BREAD, "qty": "1", "unit_price": "4.20", "vat": "reduced1"}],
+            payments=[{"method": "card", "amount": "4.20"}],
+        )
+        result = service.issue(doc)
+        assert all(len(line) <= WIDTH for line in result.lines)
+        text = " ".join(result.lines)
+        assert _without_spaces(BREAD) in _without_spaces(text)
+        assert _without_spaces(cashier) in _without_spaces(text)
+        job = render_escpos(result)
+        for line in result.lines:
+            assert line.encode("cp858") + b"\n" in job
