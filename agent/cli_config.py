@@ -34,7 +34,6 @@ ConfigOption = Annotated[
         "--config",
         envvar=CONFIG_ENV,
         help="Configuration file (default: /etc/till-agent/config.toml if it exists).",
-        dir_okay=False,
     ),
 ]
 
@@ -111,7 +110,10 @@ def config_show(
 
 def check_resources(config: AgentConfig) -> list[str]:
     """What `run` would refuse at start beyond the values: one line per problem."""
-    problems = [
+    problems = []
+    if config.data_dir.exists() and not config.data_dir.is_dir():
+        problems.append(f"data_dir: {config.data_dir} is not a directory")
+    problems += [
         f"units.{unit.id}: {problem}" for unit in config.units for problem in _unit_problems(unit)
     ]
     if config.printer.kind in ("usb", "serial"):

@@ -51,6 +51,7 @@ from agent.durable import create_file
 from agent.errors import ConfigurationError
 from agent.printing.render import EscposOptions
 from agent.signing.config import UnitConfig
+from agent.strict_values import refuse_coercion
 
 if TYPE_CHECKING:
     from agent.outage_watch import Thresholds
@@ -92,6 +93,11 @@ _UNDER_DATA_DIR: dict[tuple[str, str], str | None] = {
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _as_written(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_coercion(cls, value, info)
 
 
 def _needs(rule: str, key: str, message: str) -> PydanticCustomError:
@@ -313,7 +319,7 @@ class AgentConfig(_Section):
         env = (info.context or {}).get("env", os.environ)
         raw = data.get("data_dir")
         raw = default_data_dir(env) if raw is None else raw
-        if not isinstance(raw, str | Path):
+        if not isinstance(raw, str | Path) or not _placeable(raw):
             return data  # the field's own validation names the problem
         base = Path(raw).expanduser().absolute()
         placed = dict(data, data_dir=base)
@@ -321,8 +327,9 @@ class AgentConfig(_Section):
             section = placed.get(name, {})
             section = section.model_dump() if isinstance(section, BaseModel) else section
             if isinstance(section, dict):
-                value = section.get(key) or default
-                if isinstance(value, str | Path):
+                value = section.get(key)
+                value = default if value is None else value
+                if isinstance(value, str | Path) and _placeable(value):
                     placed[name] = dict(section, **{key: base / Path(value).expanduser()})
         if isinstance(units := placed.get("units"), list | tuple):
             placed["units"] = [_place_unit(unit, base) for unit in units]
@@ -355,9 +362,19 @@ def _place_unit(unit: Any, base: Path) -> Any:
         paths = {k: base / v for k in keys if (v := getattr(unit, k, None)) is not None}
         return unit.model_copy(update=paths)
     if isinstance(unit, dict):
-        paths = {k: base / Path(v).expanduser() for k in keys if isinstance(v := unit.get(k), str)}
+        paths = {
+            k: base / Path(v).expanduser()
+            for k in keys
+            if isinstance(v := unit.get(k), str) and _placeable(v)
+        }
         return dict(unit, **paths)
     return unit
+
+
+def _placeable(value: str | Path) -> bool:
+    """A path that can be placed under data_dir; an empty one or one with a NUL byte is
+    left as written, for the field's validation to refuse (an empty one is not ".")."""
+    return not isinstance(value, str) or (bool(value.strip()) and "\x00" not in value)
 
 
 def find_config_file(path: Path | None = None) -> Path | None:
@@ -399,8 +416,9 @@ def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = Non
 
 def _read_toml(file: Path) -> dict[str, Any]:
     try:
-        with file.open("rb") as handle:
-            return tomllib.load(handle)
+        raw = file.read_bytes()
+        # Windows editors start UTF-8 files with a byte order mark, which TOML does not allow
+        return tomllib.loads(raw.decode("utf-8-sig"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{file}: not valid TOML: {exc}") from exc
     except UnicodeDecodeError as exc:

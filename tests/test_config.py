@@ -640,3 +640,56 @@ def test_a_broken_configuration_is_not_replaced_by_a_guess(tmp_path: Path) -> No
         check=False,
     )
     assert "no till database in" in " ".join(given.stderr.split()), given.stderr
+
+
+class TestNoSilentCoercion:
+    @pytest.mark.parametrize(
+        ("text", "key", "rule"),
+        [
+            ("[api]\nport = true\n", "api.port", "number_type"),
+            ('development_unit = "yes"\n', "development_unit", "bool_type"),
+            (
+                '[printer]\nkind = "network"\nhost = "p"\nport = false\n',
+                "printer.port",
+                "number_type",
+            ),
+            ('data_dir = ""\n', "data_dir", "path_empty"),
+            ('data_dir = "a\\u0000b"\n', "data_dir", "path_nul"),
+            ('[spool]\ndir = ""\n', "spool.dir", "path_empty"),
+            (
+                '[[units]]\nid = "u"\nkind = "software"\nkey_file = "k"\nkey_id = "K1"\n'
+                'zda = "AT0"\nsimulate = 1\n',
+                "units.0.simulate",
+                "bool_type",
+            ),
+        ],
+    )
+    def test_a_value_of_the_wrong_type_is_refused(
+        self, write_config: WriteConfig, text: str, key: str, rule: str
+    ) -> None:
+        """``port = true`` would be port 1, ``"yes"`` true, ``""`` the current directory."""
+        message = _error(write_config(text))
+        assert message.startswith(f"{key}: "), message
+        assert f"[{rule}]" in message
+
+    def test_a_byte_order_mark_is_accepted(self, write_config: WriteConfig) -> None:
+        """Files saved by Windows editors start with a BOM, which tomllib refuses."""
+        path = write_config("")
+        path.write_bytes(b"\xef\xbb\xbf[api]\nport = 8766\n")
+        assert load_config(path, env={}).api.port == 8766
+
+    def test_check_a_directory_as_config(self, run: Callable[..., Result], tmp_path: Path) -> None:
+        """Exit 3 and JSON like any refused configuration (not Typer's usage box)."""
+        result = run("check", "--config", tmp_path, "--json")
+        assert result.exit_code == 3, result.output
+        assert "not a regular file" in json.loads(result.stdout)["message"]
+
+    def test_check_a_data_dir_that_is_a_file(
+        self, run: Callable[..., Result], write_config: WriteConfig, tmp_path: Path
+    ) -> None:
+        """`run` could not use it: the check says so."""
+        (tmp_path / "afile").write_text("x")
+        result = run("check", "--config", write_config(f'data_dir = "{tmp_path / "afile"}"\n'))
+        assert result.exit_code == 3
+        assert "data_dir: " in _flat(result.stderr)
+        assert "is not a directory" in _flat(result.stderr)

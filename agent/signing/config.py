@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from agent.strict_values import refuse_coercion
 
 __all__ = ["UNIT_ID_PATTERN", "UnitConfig"]
 
@@ -42,6 +44,11 @@ class UnitConfig(BaseModel):
     token_file: Path | None = None
     # a development unit that `till-agent simulate unit` may switch down/up at run time
     simulate: bool = False
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _as_written(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_coercion(cls, value, info)
 
     @field_validator("zda")
     @classmethod
