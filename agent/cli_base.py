@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
+from rich.progress import Progress
 from rich.table import Table
 
 from agent import __version__
@@ -53,8 +55,19 @@ app.add_typer(export_app, name="export")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(bench_app, name="bench")
 
-out = Console()
-err = Console(stderr=True)
+
+class _WholeLines(Console):
+    """Into a pipe or a file a line of text is printed whole, as ``print`` would print it
+    (Rich wraps text at the width of a terminal, and without one at 80 columns)."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        if not self.is_terminal and all(isinstance(o, str) for o in objects):
+            kwargs.setdefault("soft_wrap", True)
+        super().print(*objects, **kwargs)
+
+
+out = _WholeLines()
+err = _WholeLines(stderr=True)
 
 
 def _data_dir(ctx: typer.Context, param: typer.CallbackParam, value: Path) -> Path:
@@ -179,7 +192,26 @@ def _print_metrics(data: dict[str, Any], as_json: bool) -> None:
     table = Table("metric", "value")
     for key, value in data.items():
         table.add_row(key, str(value))
-    out.print(table)
+    _print_table(table)
+
+
+_UNBOUNDED = 1 << 20  # columns: as wide as a table needs
+
+
+def _print_table(table: Table) -> None:
+    """A table on stdout. Into a pipe or a file it is as wide as its rows, so scripts and
+    logs get every value whole; a terminal gets it fitted to its width."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    table.width = Measurement.get(out, out.options.update_width(_UNBOUNDED), table).maximum
+    out.print(table, crop=False)
+
+
+def _progress(as_json: bool) -> Progress:
+    """A progress bar on stderr, shown only on a terminal: not with --json, and not into a
+    pipe or a file, where it could not be erased and would leave a blank line."""
+    return Progress(console=err, transient=True, disable=as_json or not err.is_terminal)
 
 
 @app.callback(invoke_without_command=True)

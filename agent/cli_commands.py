@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
-from rich.progress import Progress
 from rich.table import Table
 
 from agent.cli_base import (
@@ -23,6 +22,8 @@ from agent.cli_base import (
     _emit,
     _fail,
     _print_metrics,
+    _print_table,
+    _progress,
     app,
     bench_app,
     err,
@@ -218,7 +219,7 @@ def unit_list(data_dir: DataDir = DEFAULT_DATA, as_json: JsonFlag = False) -> No
     table = Table("id", "kind", "suite", "serial")
     for u in units:
         table.add_row(u["id"], u["kind"], u["suite"], u["serial"])
-    out.print(table)
+    _print_table(table)
 
 
 # -- registers and receipts -----------------------------------------------------------------
@@ -349,7 +350,7 @@ def receipts_list(
             i["issued_at"],
             f"{i['total_cents'] / 100:.2f}",
         )
-    out.print(table)
+    _print_table(table)
 
 
 @receipts_app.command("show")
@@ -445,7 +446,7 @@ def export_dep_cmd(
             output.parent.mkdir(parents=True, exist_ok=True)
             with (
                 tmp.open("w", encoding="utf-8") as handle,
-                Progress(console=err, transient=True, disable=as_json) as progress,
+                _progress(as_json) as progress,
             ):
                 task = progress.add_task("exporting", total=total)
                 count = export_dep(
@@ -520,7 +521,7 @@ def verify(
     """
     from agent.at_rksv.verify import verify_files
 
-    with Progress(console=err, transient=True, disable=as_json) as progress:
+    with _progress(as_json) as progress:
         task = progress.add_task("verifying", total=dep.stat().st_size)
         report = verify_files(dep, container, on_read=lambda n: progress.advance(task, n))
     if as_json:
@@ -533,6 +534,7 @@ def verify(
             out.print(
                 f"[red]{finding.rule}[/red] at {finding.receipt or '(DEP)'}: {finding.message}",
                 highlight=False,
+                soft_wrap=True,  # one finding, one line (a terminal wraps it by itself)
             )
         verdict = "[green]valid[/green]" if report.ok else "[red]INVALID[/red]"
         out.print(f"{verdict}: {report.receipts} receipts checked")
@@ -600,7 +602,7 @@ def bench_receipts_cmd(
     """
     from agent.bench import bench_receipts
 
-    with Progress(console=err, transient=True, disable=as_json) as progress:
+    with _progress(as_json) as progress:
         task = progress.add_task("issuing receipts", total=n)
         result = bench_receipts(
             n,
@@ -625,7 +627,7 @@ def bench_outage_cmd(
     """An outage, measured: first receipt, receipts with the breaker open, recovery."""
     from agent.bench import bench_outage
 
-    with Progress(console=err, transient=True, disable=as_json) as progress:
+    with _progress(as_json) as progress:
         task = progress.add_task("outage", total=n)
         result = bench_outage(
             n, deadline, probe_interval, progress=lambda k: progress.advance(task, k)

@@ -11,11 +11,19 @@ import typer
 from rich.console import Console, Group
 from rich.markup import escape
 from rich.panel import Panel
-from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from agent.cli_base import JsonFlag, _fail, _print_metrics, app, bench_app, err, out
+from agent.cli_base import (
+    JsonFlag,
+    _fail,
+    _print_metrics,
+    _print_table,
+    _progress,
+    app,
+    bench_app,
+    out,
+)
 from agent.contract import ReceiptResult
 from agent.errors import ConfigurationError, TillAgentError
 
@@ -104,9 +112,12 @@ def demo(
     if as_json:
         print(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))
         raise typer.Exit(0 if result.ok else 1)
-    out.print(_summary_table(result.rows))
+    _print_table(_summary_table(result.rows))
     for finding in result.findings:
-        out.print(f"[red]{finding.rule}[/red] at {finding.receipt or '(DEP)'}: {finding.message}")
+        out.print(
+            f"[red]{finding.rule}[/red] at {finding.receipt or '(DEP)'}: {finding.message}",
+            soft_wrap=True,
+        )
     count, found = result.verified_receipts, len(result.findings)
     verdict = "[green]DEP verified[/green]" if result.ok else "[red]DEP NOT verified[/red]"
     out.print(f"{verdict}: {count} receipts, {found} findings", highlight=False)
@@ -132,7 +143,7 @@ def bench_ingest_cmd(
     """Sales through the spool and the local API of a real `till-agent run` process."""
     from agent.bench_ingest import bench_ingest
 
-    with Progress(console=err, transient=True, disable=as_json) as progress:
+    with _progress(as_json) as progress:
         tasks: dict[str, Any] = {}
 
         def advance(phase: str, k: int) -> None:

@@ -18,6 +18,7 @@ from agent.cli_base import (
     _ask_service,
     _emit,
     _fail,
+    _print_table,
     out,
     simulate_app,
 )
@@ -61,7 +62,7 @@ def outage_list(
             r.escalations[-1] if r.escalations else "-",
             r.report_reference or ("due " + r.report_due[:10] if r.report_due else "-"),
         )
-    out.print(table)
+    _print_table(table)
 
 
 def _pack(data_dir: Path, outage_id: int, as_json: bool) -> dict[str, object]:

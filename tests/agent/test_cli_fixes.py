@@ -300,3 +300,48 @@ def test_an_export_without_receipts_warns(run: Run, till: Path, tmp_path: Path) 
     assert warning in _flat(result.stderr)
     body = json.loads(_expect(_export(run, till, "dep", dep, *dates, "--json"), 0).stdout)
     assert body["receipts"] == 0
+
+
+# -- 5. into a pipe or a file: no blank line from the progress bar, no cut or wrapped table ---
+
+
+@pytest.fixture(name="narrow")
+def _narrow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the terminal that runs the tests, Rich would lay out for 80 columns."""
+    monkeypatch.setenv("COLUMNS", "80")
+
+
+def test_export_and_verify_print_only_their_line(
+    run: Run, till: Path, tmp_path: Path, narrow: None
+) -> None:
+    """The progress bar is for a terminal: into a pipe it printed a blank line on stderr."""
+    dep, container = tmp_path / "dep.json", tmp_path / "c.json"
+    exported = _expect(_export(run, till, "dep", dep), 0)
+    assert (exported.stdout, exported.stderr) == (f"2 receipts written to {dep}\n", "")
+    _expect(_export(run, till, "crypto-container", container), 0)
+    verified = _expect(run("verify", dep, container), 0)
+    assert (verified.stdout, verified.stderr) == ("valid: 2 receipts checked\n", "")
+
+
+def test_tables_into_a_pipe_are_whole(
+    run: Run, data_dir: Path, narrow: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``outage list`` (eight columns) cut its dates to ``2026-12-0…`` at 80 columns; into a
+    pipe every value is whole, one row a line."""
+    _expect(run("unit", "create-software", "--id", "dev", "--simulate", "--data-dir", data_dir), 0)
+    _expect(run("init", "KASSE-1", "--unit", "dev", "--data-dir", data_dir), 0)
+    _expect(run("simulate", "unit", "down", "--data-dir", data_dir), 0)
+    issued = run("issue", "-", "--data-dir", data_dir, input=json.dumps(sale()))
+    assert "fallback" in _expect(issued, 0).stdout
+    reference = "FON-2026-12-02-0001-outage-report-of-the-till-in-the-back-office"
+    report = ("outage", "report", "1", "--reference", reference, "--data-dir", data_dir)
+    _expect(run(*report), 0)
+    [outage] = json.loads(
+        _expect(run("outage", "list", "--json", "--data-dir", data_dir), 0).stdout
+    )
+    lines = _expect(run("outage", "list", "--data-dir", data_dir), 0).stdout.splitlines()
+    [row] = [line for line in lines if "KASSE-1" in line]
+    assert outage["started_at"][:19] in row
+    assert reference in row
+    assert "…" not in row
+    assert len(lines) == 5  # top border, header, rule, the row, bottom border
