@@ -7,11 +7,13 @@ what depends on the print job (the copy marking) or guards what must never be mi
 
 from __future__ import annotations
 
+import functools
+import unicodedata
 from dataclasses import dataclass
 
 from agent.at_rksv import FALLBACK_TEXT
 from agent.contract import ReceiptResult
-from agent.receipt_text import HEADINGS, WIDTH, wrap
+from agent.receipt_text import HEADINGS, WIDTH, wrap, zero_width
 
 __all__ = ["COPY_NOTICE", "UNSIGNED_NOTICE", "Block", "Qr", "Text", "layout", "printable"]
 
@@ -27,6 +29,17 @@ _TYPOGRAPHY = str.maketrans(
     | {"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2026": "."}
     | {chr(c): "?" for c in (*range(0x20), 0x7F)}
 )
+# letters with a stroke (and the dotless i, U+0131), which Unicode does not decompose
+_BASE_LETTERS = {
+    "ł": "l",
+    "Ł": "L",
+    "đ": "d",
+    "Đ": "D",
+    "ħ": "h",
+    "Ħ": "H",
+    "\u0131": "i",
+    "ŧ": "t",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +63,35 @@ Block = Text | Qr
 
 
 def printable(text: str) -> str:
-    """``text`` as the printer prints it: CP858 only, anything else as ``?``."""
-    return text.translate(_TYPOGRAPHY).encode("cp858", "replace").decode("cp858")
+    """``text`` as the printer prints it: CP858 only, one character per column.
+
+    A letter outside CP858 prints as its base letter (č, ő as c, o; ł as l), an accent
+    sent apart from its letter is joined to it (e + U+0301 as é) or left out, and anything
+    else (an emoji, CJK) prints as ``?``.
+    """
+    composed = unicodedata.normalize("NFC", text.translate(_TYPOGRAPHY))
+    return "".join(_fallback(char) for char in composed)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fallback(char: str) -> str:
+    if _in_cp858(char):
+        return char
+    if zero_width(char):
+        return ""  # a mark no CP858 letter carries (or a variation selector): the letter alone
+    base = _BASE_LETTERS.get(char) or "".join(
+        c for c in unicodedata.normalize("NFKD", char) if not zero_width(c)
+    )
+    printable_base = len(base) == 1 and _in_cp858(base) and unicodedata.category(base) != "Cc"
+    return base if printable_base else "?"
+
+
+def _in_cp858(char: str) -> bool:
+    try:
+        char.encode("cp858")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _guards(receipt: ReceiptResult) -> list[Text]:

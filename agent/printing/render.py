@@ -5,7 +5,8 @@ per object that ``ESC @`` does not reset (libraries.md A1). The job is::
 
     ESC @                      initialise (the printer forgets any earlier job's state)
     ESC t n                    code table n = PC858 (Epson numbering: 19), sent explicitly
-    text ... LF                CP858 bytes only: umlauts 0x84 0x94 0x81 0xE1, euro 0xD5
+    text ... LF                CP858 bytes only: umlauts 0x84 0x94 0x81 0xE1, euro 0xD5;
+                               other letters as their base letter (č as c), the rest "?"
     ESC a 1, GS ( k ..., ESC a 0   the QR code, centred (native) or GS v 0 (raster image)
     ESC d 6, GS V 0            feed past the cutter and cut
 """

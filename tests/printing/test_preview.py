@@ -48,3 +48,9 @@ class TestPreview:
         wide = standard.model_copy(update={"lines": ["x" * 90]})
         wrapped = standard.model_copy(update={"lines": ["x" * 42, "x" * 42, "x" * 6]})
         assert render_png(wide) == render_png(wrapped)
+
+    def test_letters_outside_cp858_are_drawn_as_on_paper(self, standard: ReceiptResult) -> None:
+        """The preview shows what the printer prints: base letters, "?" for an emoji."""
+        names = standard.model_copy(update={"lines": ["Dvořák Łukasz Erdős 😀"]})
+        paper = standard.model_copy(update={"lines": ["Dvorák Lukasz Erdos ?"]})
+        assert render_png(names) == render_png(paper)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
+from collections.abc import Callable
+
 import pytest
 from PIL import Image, ImageOps
 
@@ -9,6 +13,8 @@ from agent.contract import ReceiptResult
 from agent.printing import EscposOptions, render_escpos
 from agent.receipts import ReceiptService
 from factories import qr_codes, sale
+
+Query = Callable[..., list[sqlite3.Row]]
 
 INIT_CP858 = b"\x1b@\x1bt\x13"  # ESC @, then ESC t 19 (PC858 in Epson's numbering)
 CUT = b"\x1bd\x06\x1dV\x00"  # feed 6 lines, full cut
@@ -178,6 +184,9 @@ class TestHostileText:
         [
             ("Bäckerei \u2013 \u201eMüller\u201c", b'B\x84ckerei - "M\x81ller"'),
             ("Tee ✓ 日本", b"Tee ? ??"),
+            ("Dvořák, Čapek, Łukasz, Erdős", b"Dvor\xa0k, Capek, Lukasz, Erdos"),
+            ("Cafe\u0301 q\u0301", b"Caf\x82 q"),  # an accent sent apart: joined, or left out
+            ("Kaffee ☕ 😀 ❤\ufe0f", b"Kaffee ? ? ?"),
         ],
     )
     def test_characters_outside_cp858_become_look_alikes_or_question_marks(
@@ -185,6 +194,25 @@ class TestHostileText:
     ) -> None:
         job = render_escpos(standard.model_copy(update={"lines": [text]}))
         assert printed + b"\n" in job
+
+    def test_the_printer_gets_base_letters_and_the_receipt_keeps_the_original(
+        self, service: ReceiptService, query: Query
+    ) -> None:
+        """Only the bytes for the printer change: the result, the stored receipt and the
+        journal keep what the POS sent."""
+        text, cashier = "Schnitzel für Dvořák 😀", "Łucja Wałęsa"
+        doc = sale(request_id="names", cashier=cashier)
+        doc["lines"][0]["text"] = text
+        result = service.issue(doc)
+        job = render_escpos(result)
+        assert b"Schnitzel f\x81r Dvor\xa0k ?" in job
+        assert b"Bediener: Lucja Walesa\n" in job
+        for kept in (result, service.get(result.register_id, result.number)):
+            assert any(line.startswith(text) for line in kept.lines)
+            assert f"Bediener: {cashier}" in kept.lines
+        last = "SELECT data FROM journal WHERE kind = 'receipt.issued' ORDER BY seq DESC LIMIT 1"
+        (event,) = query(last)
+        assert json.loads(event["data"])["lines"][0][0] == text
 
 
 class TestWidth:
