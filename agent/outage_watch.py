@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import sqlite3
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from storage.writer import WriteConnection
 __all__ = ["OutageWatch", "Thresholds", "acknowledge_report"]
 
 HOUR = 3600.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +63,27 @@ class OutageWatch:
         self._seen: dict[int, tuple[float, dt.datetime]] = {}  # outage -> (monotonic, wall)
 
     def tick(self) -> list[tuple[int, str]]:
-        """Update every open outage; return the (outage, level) escalations fired now."""
-        fired: list[tuple[int, str]] = []
+        """Update every open outage; return the (outage, level) escalations fired now.
+
+        Each escalation past the opening is logged once its transaction has committed.
+        """
+        fired: list[tuple[int, str, str, float, str | None]] = []
         with self.writer.transaction() as conn:
             rows = conn.execute(
                 "SELECT id, register_id, age_seconds, checked_at, escalations, report_due,"
                 " report_reference FROM outages WHERE ended_at IS NULL"
             ).fetchall()
             for row in rows:
-                fired.extend((row[0], level) for level in self._age(conn, row))
-        return fired
+                levels, age, due = self._age(conn, row)
+                fired.extend((int(row[0]), str(row[1]), level, age, due) for level in levels)
+        for escalation in fired:
+            _log_escalation(*escalation)
+        return [(outage_id, level) for outage_id, _, level, _, _ in fired]
 
-    def _age(self, conn: sqlite3.Connection, row: sqlite3.Row) -> list[str]:
+    def _age(
+        self, conn: sqlite3.Connection, row: sqlite3.Row
+    ) -> tuple[list[str], float, str | None]:
+        """Age one open outage and journal its new levels; (levels, age in s, report due)."""
         outage_id, register_id = int(row[0]), str(row[1])
         mono, wall = self.clock.monotonic(), self.clock.now()
         elapsed = self._elapsed(conn, outage_id, register_id, row[3], mono=mono, wall=wall)
@@ -104,7 +116,7 @@ class OutageWatch:
             " WHERE id = ?",
             (age, wall.isoformat(), json.dumps(sent + new), due, outage_id),
         )
-        return new
+        return new, age, due
 
     def _elapsed(
         self,
@@ -135,6 +147,43 @@ class OutageWatch:
             register_id=register_id,
             at=self.clock.now().isoformat(),
             data={"delta_seconds": round(delta, 3), "when": when},
+        )
+
+
+# the log line of each escalation ("opened" is logged by the outage book at its commit)
+_ESCALATIONS = {
+    "24h": (logging.WARNING, "the signature unit still fails"),
+    "approaching": (
+        logging.WARNING,
+        "the 48-hour window is about to close (the Sammelbeleg closes the outage once the"
+        " unit signs again)",
+    ),
+    "exceeded": (
+        logging.ERROR,
+        "that is past the 48-hour window, report it in FinanzOnline by {due}"
+        " (then: till-agent outage report {id} --reference ...)",
+    ),
+    "overdue": (
+        logging.ERROR,
+        "its FinanzOnline report was due by {due} and none is recorded, it is overdue"
+        " (till-agent outage report {id} --reference ...)",
+    ),
+}
+
+
+def _log_escalation(
+    outage_id: int, register_id: str, level: str, age: float, due: str | None
+) -> None:
+    if level in _ESCALATIONS:
+        severity, what = _ESCALATIONS[level]
+        text = what.format(due=(due or "?")[:10], id=outage_id)
+        log.log(
+            severity,
+            "outage %d of register %s has lasted %.1f h: %s",
+            outage_id,
+            register_id,
+            age / HOUR,
+            text,
         )
 
 

@@ -5,12 +5,17 @@ receipt that met the failure) and closes only with the signed Sammelbeleg (in th
 transaction as that receipt), so a crash can neither lose an outage nor issue a second
 Sammelbeleg. While it is open the receipt path does not call the unit at all (a circuit
 breaker). Every change to the record is also a journal event.
+
+Opening and closing are logged (WARNING, INFO) once the transaction that records them has
+committed (:meth:`OutageBook.settle`), so the log never tells of an outage that a rollback
+undid.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -19,6 +24,10 @@ from typing import Any
 from storage.journal import append_event
 
 __all__ = ["OutageBook", "OutageRecord", "load_outage", "load_outages"]
+
+log = logging.getLogger(__name__)
+
+_LogLine = tuple[int, str, tuple[object, ...]]  # level, message, arguments
 
 _COLUMNS = (
     "id, register_id, unit_id, started_at, cause, first_number, last_number, affected,"
@@ -73,18 +82,23 @@ class OutageBook:
         ).fetchall()
         self._open = {row[1]: int(row[0]) for row in rows}
         self._pending: list[tuple[str, str, int]] = []  # (action, register, outage) until commit
+        self._news: list[_LogLine] = []  # what to log once the transaction has committed
 
     def settle(self, committed: bool) -> None:
-        """Keep (after COMMIT) or undo (after ROLLBACK) the in-memory changes of a txn."""
+        """Keep (after COMMIT) or undo (after ROLLBACK) the in-memory changes of a txn;
+        log the outages it opened and closed only if it committed."""
         with self._lock:
             pending, self._pending = self._pending, []
-            if committed:
+            news, self._news = self._news, []
+            if not committed:
+                for action, register_id, outage_id in reversed(pending):
+                    if action == "close":
+                        self._open[register_id] = outage_id
+                    elif self._open.get(register_id) == outage_id:
+                        del self._open[register_id]
                 return
-            for action, register_id, outage_id in reversed(pending):
-                if action == "close":
-                    self._open[register_id] = outage_id
-                elif self._open.get(register_id) == outage_id:
-                    del self._open[register_id]
+        for level, message, args in news:
+            log.log(level, message, *args)
 
     def open_registers(self) -> list[str]:
         with self._lock:
@@ -123,6 +137,14 @@ class OutageBook:
         with self._lock:
             self._open[register_id] = outage_id
             self._pending.append(("open", register_id, outage_id))
+            self._news.append(
+                (
+                    logging.WARNING,
+                    "outage %d opened: register %s, unit %s, cause: %s; first affected receipt"
+                    " %s (receipts skip the unit until it signs again)",
+                    (outage_id, register_id, unit_id, cause, "-" if number is None else number),
+                )
+            )
         return outage_id
 
     def affected(
@@ -176,6 +198,7 @@ class OutageBook:
             "UPDATE outages SET ended_at = ?, sammelbeleg_number = ? WHERE id = ?",
             (at.isoformat(), sammelbeleg_number, outage_id),
         )
+        closed = _closed_line(conn, outage_id, register_id, sammelbeleg_number, at)
         append_event(
             conn,
             kind="outage.closed",
@@ -186,11 +209,45 @@ class OutageBook:
         with self._lock:
             del self._open[register_id]
             self._pending.append(("close", register_id, outage_id))
+            self._news.append(closed)
         return outage_id
 
     def _id(self, register_id: str) -> int:
         with self._lock:
             return self._open[register_id]
+
+
+def _closed_line(
+    conn: sqlite3.Connection, outage_id: int, register_id: str, number: int, at: dt.datetime
+) -> _LogLine:
+    """The log line of a closed outage: its Sammelbeleg, duration and affected receipts
+    (WARNING past the 48-hour window: its end must be reported too)."""
+    unit_id, started_at, affected, escalations = conn.execute(
+        "SELECT unit_id, started_at, affected, escalations FROM outages WHERE id = ?",
+        (outage_id,),
+    ).fetchone()
+    lasted = dt.timedelta(
+        seconds=round((at - dt.datetime.fromisoformat(started_at)).total_seconds())
+    )
+    message = (
+        "outage %d closed: register %s, unit %s signs again; Sammelbeleg %d after %s (h:mm:ss),"
+        " %d receipt%s affected"
+    )
+    args: tuple[object, ...] = (
+        outage_id,
+        register_id,
+        unit_id,
+        number,
+        lasted,
+        affected,
+        "" if affected == 1 else "s",
+    )
+    if "exceeded" not in json.loads(escalations):
+        return logging.INFO, message, args
+    message += (
+        "; it lasted past 48 h: report its end (till-agent outage report %d --end --reference ...)"
+    )
+    return logging.WARNING, message, (*args, outage_id)
 
 
 def load_outages(conn: sqlite3.Connection, register_id: str | None = None) -> list[OutageRecord]:
