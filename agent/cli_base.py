@@ -56,6 +56,29 @@ app.add_typer(simulate_app, name="simulate")
 app.add_typer(bench_app, name="bench")
 
 
+def _bare_flags() -> None:
+    """Show flags bare in the help (``--json``, not ``--json <bool>``).
+
+    typer 0.29 prints the type of every option in the Rich help, a flag's too (even
+    ``--help <bool>``), as if it took a value; up to 0.28 it left flags bare, and so does
+    its plain-text help still. Typer makes the options itself (the help option too), so
+    the one place to say it is the option class.
+    """
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None:  # typer < 0.29
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_bare_flags()
+
+
 class _WholeLines(Console):
     """Into a pipe or a file a line of text is printed whole, as ``print`` would print it
     (Rich wraps text at the width of a terminal, and without one at 80 columns)."""

@@ -345,3 +345,29 @@ def test_tables_into_a_pipe_are_whole(
     assert reference in row
     assert "…" not in row
     assert len(lines) == 5  # top border, header, rule, the row, bottom border
+
+
+# -- 6. flags in --help take no value ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        ((), ["--version", "--help"]),
+        (("export", "dep"), ["--json", "--help"]),
+        (("receipts", "list"), ["--json", "--help"]),
+        (("special",), ["--yes", "--json"]),
+        (("outage", "report"), ["--end", "--json"]),
+        (("simulate", "scenario"), ["--closed --no-closed", "--json"]),
+        (("unit", "create-software"), ["--simulate", "--json"]),
+    ],
+)
+def test_flags_show_no_value_placeholder(
+    run: Run, command: tuple[str, ...], flags: list[str]
+) -> None:
+    """typer 0.29 showed every flag as ``--json <bool>``, as if it took a value."""
+    text = _help(run(*command, "--help"))
+    assert "<bool>" not in text
+    for flag in flags:
+        assert re.search(rf"{flag} (?!<)", text), (flag, text)
+    assert "<path>" in text or not command  # options that take a value still show its type
