@@ -96,10 +96,13 @@ class ReceiptResult(BaseModel):
     lines: list[str]
 
 
+# every error type the Sale model can raise, as the project's rule name (pydantic's own
+# names never reach the POS; tests/agent/test_contract.py walks the model to check this)
 _RULES = {
     "missing": "required",
     "extra_forbidden": "unknown-field",
     "string_type": "type-string",
+    "string_unicode": "format",  # a lone surrogate ("\ud800" in the JSON)
     "int_type": "type-integer",
     "list_type": "type-list",
     "model_type": "type-object",
@@ -109,6 +112,7 @@ _RULES = {
     "string_too_long": "max-length",
     "too_long": "max-items",
     "greater_than_equal": "minimum",
+    "less_than_equal": "maximum",
 }
 
 _MONEY = 'money is a decimal string with at most 2 decimals, e.g. "12.50" (never a number)'
@@ -131,12 +135,12 @@ def _first_error(exc: ValidationError) -> InvalidSale:
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
     field = ".".join(loc) or "(sale)"
-    rule = _RULES.get(err["type"], err["type"].replace("_", "-"))
+    rule = _RULES.get(err["type"], "invalid")  # "invalid": a constraint added but not mapped
     if rule == "unknown-field":
         return InvalidSale(field, rule, f"unknown field {loc[-1]!r}: the sale has no such field")
     if rule == "required":
         message = f"the field {field!r} is required"
-    elif rule == "format":
+    elif err["type"] == "string_pattern_mismatch":
         message = "the value does not have the required form"  # the regex helps nobody
     elif rule == "allowed-values":
         message = f"{repr(err['input'])[:40]} is not allowed: {err['msg']}"

@@ -221,6 +221,7 @@ BAD_SALES = [
     Bad("storno-voids-string", _storno(voids="2"), "voids", "type-integer", "JSON integer"),
     Bad("storno-voids-bool", _storno(voids=True), "voids", "type-integer", "integer"),
     Bad("storno-voids-zero", _storno(voids=0), "voids", "minimum", "1"),
+    Bad("storno-voids-too-large", _storno(voids=2**63), "voids", "maximum", "JSON integer"),
     Bad(
         "storno-with-lines",
         _storno(voids=2, lines=[_line()]),

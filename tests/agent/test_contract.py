@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+import typing
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import pydantic_core
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agent.contract import MAX_CENTS, Line, ReceiptResult, Sale, line_total_cents, parse_sale
+from agent.contract import (
+    _RULES,
+    MAX_CENTS,
+    Line,
+    ReceiptResult,
+    Sale,
+    line_total_cents,
+    parse_sale,
+)
 from agent.errors import InvalidSale
 from factories import sale
 
@@ -254,6 +265,124 @@ class TestParseSale:
         with pytest.raises(InvalidSale) as refused:
             parse_sale({"register": "K_1", "kind": "nope"})
         assert refused.value.field in {"request_id", "register", "kind"}
+
+
+# What a node of pydantic's core schema can raise: by its type, then by each constraint.
+_ERRORS_OF_NODE = {
+    "model": {"model_type"},
+    "model-fields": {"missing", "extra_forbidden"},
+    "model-field": set(),
+    "default": set(),
+    "nullable": set(),
+    "str": {"string_type", "string_unicode"},
+    "int": {"int_type"},
+    "list": {"list_type"},
+    "literal": {"literal_error"},
+}
+_ERRORS_OF_CONSTRAINT = {
+    ("str", "min_length"): "string_too_short",
+    ("str", "max_length"): "string_too_long",
+    ("str", "pattern"): "string_pattern_mismatch",
+    ("int", "ge"): "greater_than_equal",
+    ("int", "gt"): "greater_than",
+    ("int", "le"): "less_than_equal",
+    ("int", "lt"): "less_than",
+    ("int", "multiple_of"): "multiple_of",
+    ("list", "min_length"): "too_short",
+    ("list", "max_length"): "too_long",
+}
+_CHILDREN = ("schema", "items_schema")  # keys holding one nested node
+_NOT_CONSTRAINTS = {
+    *_CHILDREN,
+    *("type", "fields", "cls", "config", "custom_init", "metadata", "ref", "root_model"),
+    *("computed_fields", "model_name", "default", "expected", "strict"),
+    *("serialization_alias", "validation_alias"),
+}
+_PYDANTIC_TYPES = set(typing.get_args(pydantic_core.core_schema.ErrorType))
+
+
+def _errors_of(node: Mapping[str, Any]) -> Iterator[str]:
+    """Every error type ``node`` and the nodes below it can raise; fails on a node type or
+    constraint this walker does not know, so a new kind of constraint cannot slip by."""
+    kind = node["type"]
+    assert kind in _ERRORS_OF_NODE, f"a {kind!r} node: teach _ERRORS_OF_NODE its errors"
+    yield from _ERRORS_OF_NODE[kind]
+    for key, value in node.items():
+        if key in _CHILDREN:
+            yield from _errors_of(value)
+        elif key == "fields":
+            for field in value.values():
+                yield from _errors_of(field)
+        else:
+            assert key in _NOT_CONSTRAINTS or (kind, key) in _ERRORS_OF_CONSTRAINT, (
+                f"the {kind!r} constraint {key!r}: teach _ERRORS_OF_CONSTRAINT its error"
+            )
+            if (kind, key) in _ERRORS_OF_CONSTRAINT:
+                yield _ERRORS_OF_CONSTRAINT[kind, key]
+
+
+def _rule_of(doc: Any) -> str:
+    """The rule of the refusal of ``doc``, or "" when it is a valid sale."""
+    try:
+        parse_sale(doc)
+    except InvalidSale as refused:
+        return refused.rule
+    return ""
+
+
+class TestRuleNames:
+    def test_every_error_the_sale_model_can_raise_has_a_rule_name(self) -> None:
+        """Walking the model's constraints finds no pydantic error type without a rule."""
+        raised = set(_errors_of(Sale.__pydantic_core_schema__))
+        assert {"less_than_equal", "greater_than_equal", "string_unicode"} <= raised
+        assert raised <= _PYDANTIC_TYPES  # the walker names real pydantic error types
+        assert sorted(raised - set(_RULES)) == []
+
+    def test_no_rule_name_is_a_pydantic_error_type(self) -> None:
+        """The POS only ever sees the project's names ("maximum", not "less_than_equal")."""
+        for rule in set(_RULES.values()):
+            assert rule.replace("-", "_") not in _PYDANTIC_TYPES, rule
+
+    @pytest.mark.parametrize(
+        ("voids", "rule"), [(0, "minimum"), (2**63, "maximum"), (2**70, "maximum")]
+    )
+    def test_voids_out_of_range_names_the_bound(self, voids: int, rule: str) -> None:
+        doc = {"request_id": "s", "register": "KASSE-1", "kind": "storno", "voids": voids}
+        with pytest.raises(InvalidSale) as refused:
+            parse_sale(doc)
+        assert (refused.value.field, refused.value.rule) == ("voids", rule)
+        assert "JSON integer" in refused.value.message
+
+    @PROPERTY
+    @given(
+        path=st.sampled_from(
+            [("request_id",), ("register",), ("kind",), ("voids",), ("cashier",), ("lines",)]
+            + [("payments",), ("lines", 0), ("payments", 0), ("extra",)]
+            + [("lines", 0, key) for key in ("text", "qty", "unit_price", "vat", "x")]
+            + [("payments", 0, key) for key in ("method", "amount", "x")]
+        ),
+        value=st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers(-(2**80), 2**80)
+            | st.floats()
+            | st.text(max_size=200),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner),
+            max_leaves=5,
+        ),
+    )
+    def test_any_bad_value_anywhere_gets_a_project_rule(
+        self, path: tuple[Any, ...], value: Any
+    ) -> None:
+        """Whatever a field holds, a refusal never carries a raw pydantic error type."""
+        doc: Any = sale()
+        target = doc
+        for part in path[:-1]:
+            target = target[part]
+        target[path[-1]] = value
+        rule = _rule_of(doc)
+        assert rule.replace("-", "_") not in _PYDANTIC_TYPES
+        assert rule != "invalid"
 
 
 class TestReceiptResult:

@@ -193,7 +193,7 @@ class TestBadSales:
             (
                 json.dumps(sale(kind="storno", voids=2**70, lines=[])).encode(),
                 "voids",
-                "less-than-equal",
+                "maximum",
             ),
         ],
     )
