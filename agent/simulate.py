@@ -94,10 +94,14 @@ def run_scenario(
     """Replay ``scenario_file`` and write the DEP and the crypto container into ``out_dir``.
 
     Raises:
-        ConfigurationError: the scenario file is unreadable or incomplete.
+        ConfigurationError: the scenario file is unreadable or incomplete, or the results
+            cannot be written.
     """
     scenario = _load(scenario_file)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(out_dir, exc) from exc
     with tempfile.TemporaryDirectory(prefix="till-sim-") as tmp:
         db = open_till_db(Path(tmp) / "data")
         try:
@@ -161,8 +165,15 @@ def _replay(
             result = service.issue_special(register_id, kind, amounts=amounts, **args)  # type: ignore[arg-type]
         fallback += result.signature_state == "fallback"
     dep_file = out_dir / "dep-export.json"
-    with dep_file.open("w", encoding="utf-8") as handle:
-        export_dep(db, register_id, handle)
     container_file = out_dir / "cryptographicMaterialContainer.json"
-    container_file.write_text(export_container(db, register_id), encoding="utf-8")
+    try:
+        with dep_file.open("w", encoding="utf-8") as handle:
+            export_dep(db, register_id, handle)
+        container_file.write_text(export_container(db, register_id), encoding="utf-8")
+    except OSError as exc:  # (a full disk names no file)
+        raise _unwritable(Path(exc.filename) if exc.filename else out_dir, exc) from exc
     return SimulationResult(len(instructions), fallback, dep_file, container_file)
+
+
+def _unwritable(path: Path, exc: OSError) -> ConfigurationError:
+    return ConfigurationError(f"cannot write {path}: {exc.strerror or exc}")

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from agent.cli import app
-from factories import sale
+from factories import VECTORS, sale
 from storage import TillDB
 
 Run = Callable[..., Result]
@@ -236,6 +236,24 @@ def test_an_output_that_cannot_be_written_is_a_clean_error(
     message = _flat(_expect(_export(run, till, what, deeper), 2).stderr)
     assert f"cannot write {deeper}: {blocker / 'sub'}: Not a directory" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "file", "target"]
+
+
+def test_simulate_scenario_that_cannot_write_its_results(run: Run, tmp_path: Path) -> None:
+    """``simulate scenario`` creates --out as the exports do; one that cannot be written is
+    exit 2 naming the path, not a traceback."""
+    scenario = VECTORS / "official" / "TESTSUITE_TEST_SZENARIO_1.json"
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    message = _flat(
+        _expect(run("simulate", "scenario", scenario, "--out", blocker / "x"), 2).stderr
+    )
+    assert f"cannot write {blocker / 'x'}: Not a directory" in message
+    taken = tmp_path / "out" / "dep-export.json"
+    taken.mkdir(parents=True)
+    body = json.loads(
+        _expect(run("simulate", "scenario", scenario, "--out", taken.parent, "--json"), 2).stdout
+    )
+    assert body["message"] == f"cannot write {taken}: Is a directory"
 
 
 # -- 3. exit codes as the README's table and the local API have them -------------------------
