@@ -23,7 +23,14 @@ from agent.cli_base import (
     simulate_app,
 )
 from agent.cli_commands import _reader, _require_register, _service
-from agent.errors import DataDirLocked, FiscalError, InvalidSale, NotFound, TillAgentError
+from agent.errors import (
+    ConfigurationError,
+    DataDirLocked,
+    FiscalError,
+    InvalidSale,
+    NotFound,
+    TillAgentError,
+)
 
 __all__ = ["outage_app"]
 
@@ -101,11 +108,16 @@ def outage_export(
     from agent.evidence import render_evidence
 
     pack = _pack(data_dir, outage_id, as_json)
-    output.mkdir(parents=True, exist_ok=True)
     json_file = output / f"outage-{outage_id}.json"
     text_file = output / f"outage-{outage_id}.txt"
-    json_file.write_text(json.dumps(pack, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    text_file.write_text(render_evidence(pack), encoding="utf-8")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(pack, ensure_ascii=False, indent=2) + "\n"
+        json_file.write_text(text, encoding="utf-8")
+        text_file.write_text(render_evidence(pack), encoding="utf-8")
+    except OSError as exc:
+        where = exc.filename or output
+        _fail(ConfigurationError(f"cannot write {where}: {exc.strerror or exc}"), as_json)
     if as_json:
         _emit({"json": str(json_file), "text": str(text_file)}, True)
     else:

@@ -198,6 +198,17 @@ def _till(run: Run, data_dir: Path) -> Path:
     return data_dir
 
 
+@pytest.fixture(name="with_outage")
+def _with_outage(run: Run, data_dir: Path) -> Path:
+    """A data directory with outage 1: its unit switched down, one fallback receipt."""
+    _expect(run("unit", "create-software", "--id", "dev", "--simulate", "--data-dir", data_dir), 0)
+    _expect(run("init", "KASSE-1", "--unit", "dev", "--data-dir", data_dir), 0)
+    _expect(run("simulate", "unit", "down", "--data-dir", data_dir), 0)
+    issued = run("issue", "-", "--data-dir", data_dir, input=json.dumps(sale()))
+    assert "fallback" in _expect(issued, 0).stdout
+    return data_dir
+
+
 def _export(run: Run, till: Path, what: str, output: Path, *extra: str) -> Result:
     return run("export", what, "--register", "KASSE-1", "-o", output, "--data-dir", till, *extra)
 
@@ -253,6 +264,22 @@ def test_simulate_scenario_that_cannot_write_its_results(run: Run, tmp_path: Pat
     body = json.loads(
         _expect(run("simulate", "scenario", scenario, "--out", taken.parent, "--json"), 2).stdout
     )
+    assert body["message"] == f"cannot write {taken}: Is a directory"
+
+
+def test_outage_export_that_cannot_write_its_pack(
+    run: Run, with_outage: Path, tmp_path: Path
+) -> None:
+    """``outage export -o`` under a file, or onto a name taken by a directory: exit 2 naming
+    the path, not a traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    export = ("outage", "export", "1", "--data-dir", with_outage, "-o")
+    message = _flat(_expect(run(*export, blocker / "pack"), 2).stderr)
+    assert f"cannot write {blocker / 'pack'}: Not a directory" in message
+    taken = tmp_path / "pack" / "outage-1.json"
+    taken.mkdir(parents=True)
+    body = json.loads(_expect(run(*export, taken.parent, "--json"), 2).stdout)
     assert body["message"] == f"cannot write {taken}: Is a directory"
 
 
@@ -341,16 +368,10 @@ def test_export_and_verify_print_only_their_line(
     assert (verified.stdout, verified.stderr) == ("valid: 2 receipts checked\n", "")
 
 
-def test_tables_into_a_pipe_are_whole(
-    run: Run, data_dir: Path, narrow: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_tables_into_a_pipe_are_whole(run: Run, with_outage: Path, narrow: None) -> None:
     """``outage list`` (eight columns) cut its dates to ``2026-12-0…`` at 80 columns; into a
     pipe every value is whole, one row a line."""
-    _expect(run("unit", "create-software", "--id", "dev", "--simulate", "--data-dir", data_dir), 0)
-    _expect(run("init", "KASSE-1", "--unit", "dev", "--data-dir", data_dir), 0)
-    _expect(run("simulate", "unit", "down", "--data-dir", data_dir), 0)
-    issued = run("issue", "-", "--data-dir", data_dir, input=json.dumps(sale()))
-    assert "fallback" in _expect(issued, 0).stdout
+    data_dir = with_outage
     reference = "FON-2026-12-02-0001-outage-report-of-the-till-in-the-back-office"
     report = ("outage", "report", "1", "--reference", reference, "--data-dir", data_dir)
     _expect(run(*report), 0)
