@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -278,8 +278,17 @@ def _ec_key(key: object, where: str) -> ec.EllipticCurvePublicKey:
 
 
 def certificate_key(cert: x509.Certificate, where: str) -> ec.EllipticCurvePublicKey:
-    """The EC public key of ``cert``; raises :class:`DepFormatError` for other keys."""
-    return _ec_key(cert.public_key(), where)
+    """The EC public key of ``cert``.
+
+    Raises:
+        DepFormatError: another kind of key, a curve we do not know, or a broken key
+            (the certificate parses without its key being read).
+    """
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise DepFormatError(f"{where}: public key unreadable: {exc}") from exc
+    return _ec_key(key, where)
 
 
 class KeyStore:
@@ -304,6 +313,8 @@ class KeyStore:
                 key = _ec_key(serialization.load_der_public_key(der), where)
             except ValueError as exc:
                 raise DepFormatError(f"{where}: not a DER public key") from exc
+            except UnsupportedAlgorithm as exc:
+                raise DepFormatError(f"{where}: public key unreadable: {exc}") from exc
         self._by_id[entry_id] = key
         if _HEX_RE.fullmatch(entry_id):
             self._index(int(entry_id.lstrip("-"), 16), key)
@@ -350,6 +361,6 @@ def check_certificates(
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True

@@ -6,13 +6,20 @@ Whatever the DEP or the crypto container hold, ``verify`` ends in findings (exit
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import errno
 import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner, Result
 
 from agent.at_rksv.dep import load_container, stream_dep
@@ -59,6 +66,43 @@ def _unreadable(tmp_path: Path, kind: str) -> Path:
 
 
 UNREADABLE = ["directory", "missing", "io-error", "no-permission"]
+
+P256 = bytes.fromhex("06082a8648ce3d030107")  # the OID 1.2.840.10045.3.1.7 in DER
+# same length, so the DER stays well formed: a curve cryptography does not support, and
+# P-192, on which the P-256 point is not
+OTHER_CURVES = {
+    "unsupported-curve": (P256[:-1] + b"\x02", "Curve 1.2.840.10045.3.1.2 is not supported"),
+    "point-not-on-curve": (P256[:-1] + b"\x01", "Invalid key"),
+}
+
+
+def _on_curve(der: bytes, curve: bytes) -> bytes:
+    assert der.count(P256) == 1
+    return der.replace(P256, curve)
+
+
+def _b64(der: bytes) -> str:
+    return base64.b64encode(der).decode()
+
+
+def _json_file(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, serial: int) -> bytes:
+    """A self-signed certificate."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    start = dt.datetime(2016, 1, 1, tzinfo=dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=365 * 30))
+    )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
 class _FailingFile(io.RawIOBase):
@@ -183,6 +227,62 @@ class TestUnreadableFiles:
         assert [(f["receipt"], f["rule"]) for f in body["findings"]] == [
             ("(container)", "malformed-container")
         ]
+
+
+class TestCertificateKeys:
+    """Certificates and keys that parse, but whose EC key cannot be used."""
+
+    @pytest.mark.parametrize("curve", OTHER_CURVES)
+    def test_container_certificate(self, curve: str) -> None:
+        """The certificate parses; reading its key fails only later."""
+        oid, message = OTHER_CURVES[curve]
+        container = _json_file(CONTAINER_FILE)
+        (entry,) = container["certificateOrPublicKeyMap"].values()
+        der = base64.b64decode(entry["signatureCertificateOrPublicKey"])
+        entry["signatureCertificateOrPublicKey"] = _b64(_on_curve(der, oid))
+        report = verify_dep(_json_file(DEP), container)
+        assert _places(report) == [(CONTAINER, "malformed-container")]
+        assert f"public key unreadable: {message}" in report.findings[0].message
+
+    def test_container_public_key_on_an_unsupported_curve(self) -> None:
+        container = _json_file(VECTORS / "e2e_closed" / "cryptographicMaterialContainer.json")
+        (entry,) = container["certificateOrPublicKeyMap"].values()
+        der = base64.b64decode(entry["signatureCertificateOrPublicKey"])
+        oid, message = OTHER_CURVES["unsupported-curve"]
+        entry["signatureCertificateOrPublicKey"] = _b64(_on_curve(der, oid))
+        report = verify_dep(_json_file(VECTORS / "e2e_closed" / "dep-export.json"), container)
+        assert _places(report) == [(CONTAINER, "malformed-container")]
+        assert f"public key unreadable: {message}" in report.findings[0].message
+
+    @pytest.mark.parametrize("curve", OTHER_CURVES)
+    def test_group_certificate(self, curve: str) -> None:
+        """The DEP side shares the code: a malformed-dep finding at the first receipt."""
+        oid, message = OTHER_CURVES[curve]
+        dep = _json_file(DEP)
+        group = dep["Belege-Gruppe"][0]
+        der = base64.b64decode(group["Signaturzertifikat"])
+        group["Signaturzertifikat"] = _b64(_on_curve(der, oid))
+        report = verify_dep(dep, _json_file(CONTAINER_FILE))
+        assert ("B0001", "malformed-dep") in _places(report)
+        assert any(f"public key unreadable: {message}" in f.message for f in report.findings)
+
+    @pytest.mark.parametrize("curve", OTHER_CURVES)
+    def test_group_ca_whose_key_cannot_be_read_breaks_the_chain(self, curve: str) -> None:
+        """The group certificate is not trusted itself, and its named CA has an unusable
+        key: the chain is broken there."""
+        oid, _ = OTHER_CURVES[curve]
+        dep, container = _json_file(DEP), _json_file(CONTAINER_FILE)
+        subject = x509.load_der_x509_certificate(
+            base64.b64decode(dep["Belege-Gruppe"][0]["Signaturzertifikat"])
+        ).issuer.rfc4514_string()
+        ca = _certificate(subject.removeprefix("CN="), ec.generate_private_key(ec.SECP256R1()), 99)
+        dep["Belege-Gruppe"][0]["Zertifizierungsstellen"] = [_b64(_on_curve(ca, oid))]
+        trusted = {"id": "63", "signatureDeviceType": "CERTIFICATE"}
+        container["certificateOrPublicKeyMap"] = {
+            "63": {**trusted, "signatureCertificateOrPublicKey": _b64(ca)}
+        }
+        report = verify_dep(dep, container)
+        assert ("B0001", "certificate-chain-broken") in _places(report)
 
 
 class TestDepFindings:
