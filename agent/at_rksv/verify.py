@@ -118,10 +118,11 @@ def verify_dep(
     Args:
         dep: the parsed DEP JSON, or ``(group, jws)`` pairs as from
             :func:`~agent.at_rksv.dep.iter_dep` (streamed, never held in memory).
-        container: the parsed container JSON, or a :class:`CryptoContainer`.
+        container: the parsed container JSON (any JSON value: one that is not a
+            container is a finding), or a :class:`CryptoContainer`.
     """
     try:
-        if isinstance(container, Mapping):
+        if not isinstance(container, CryptoContainer):
             container = read_container(container)
         walk = _Walk(KeyStore(container), container.aes_key)
     except DepFormatError as exc:

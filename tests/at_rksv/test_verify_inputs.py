@@ -167,6 +167,13 @@ class TestContainerFindings:
         assert "(DEP)" not in out
         assert "INVALID" in out
 
+    @pytest.mark.parametrize("document", [[], "x", 1, None], ids=repr)
+    def test_parsed_container_that_is_no_object(self, document: object) -> None:
+        """verify_dep takes parsed JSON: any JSON value, not only an object."""
+        report = verify_dep(_json_file(DEP), document)  # type: ignore[arg-type]
+        assert _places(report) == [(CONTAINER, "malformed-container")]
+        assert "expected a JSON object" in report.findings[0].message
+
 
 class TestUnreadableFiles:
     @pytest.mark.parametrize("kind", UNREADABLE)
