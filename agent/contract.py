@@ -10,9 +10,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import unicodedata
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
 
 from agent.errors import InvalidSale
 from storage.canonical import canonical_json
@@ -38,7 +47,42 @@ _MAX_EUROS = f"{MAX_CENTS // 100:,}"
 Money = Annotated[str, StringConstraints(pattern=r"^-?[0-9]{1,10}(\.[0-9]{1,2})?$")]
 Quantity = Annotated[str, StringConstraints(pattern=r"^-?[0-9]{1,7}(\.[0-9]{1,3})?$")]
 _PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]+$"  # no C0, DEL or C1 control characters
-Text = Annotated[str, StringConstraints(min_length=1, max_length=80, pattern=_PRINTABLE)]
+# characters by Unicode category that would make a printed text differ from what it seems
+_HIDDEN = {
+    "Cf": "an invisible format character (it can reorder or hide text without being seen)",
+    "Cn": "an unassigned code point, not a character",
+    "Co": "a private-use character (no agreed meaning or glyph)",
+    "Cs": "half of a surrogate pair, not a character",
+    "Zl": "a line break",
+    "Zp": "a paragraph break",
+}
+
+
+def _hidden_character(text: str) -> str | None:
+    """Why ``text`` is refused for its first :data:`_HIDDEN` character; None if it has none."""
+    if text.isascii():  # the pattern has refused ASCII's control characters already
+        return None
+    for char in text:
+        reason = _HIDDEN.get(unicodedata.category(char))
+        if reason is not None:
+            name = unicodedata.name(char, "")
+            named = f"U+{ord(char):04X} ({name})" if name else f"U+{ord(char):04X}"
+            return f"the character {named} is not allowed: {reason}"
+    return None
+
+
+def _visible(text: str) -> str:
+    problem = _hidden_character(text)
+    if problem is not None:
+        raise PydanticCustomError("hidden_character", "{problem}", {"problem": problem})
+    return text
+
+
+Text = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=80, pattern=_PRINTABLE),
+    AfterValidator(_visible),
+]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9.:-]+$")]
 RequestId = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
@@ -103,6 +147,7 @@ _RULES = {
     "extra_forbidden": "unknown-field",
     "string_type": "type-string",
     "string_unicode": "format",  # a lone surrogate ("\ud800" in the JSON)
+    "hidden_character": "format",  # Text: invisible, unassigned or private-use characters
     "int_type": "type-integer",
     "list_type": "type-list",
     "model_type": "type-object",
@@ -116,7 +161,10 @@ _RULES = {
 }
 
 _MONEY = 'money is a decimal string with at most 2 decimals, e.g. "12.50" (never a number)'
-_TEXT = "a text is 1-80 printable characters (no control characters such as tab or newline)"
+_TEXT = (
+    "a text is 1-80 printable characters (no control characters such as tab or newline,"
+    " no invisible or unassigned ones)"
+)
 _HINTS = {  # by the last part of the field path
     "unit_price": _MONEY,
     "amount": _MONEY,
@@ -142,6 +190,8 @@ def _first_error(exc: ValidationError) -> InvalidSale:
         message = f"the field {field!r} is required"
     elif err["type"] == "string_pattern_mismatch":
         message = "the value does not have the required form"  # the regex helps nobody
+    elif err["type"] == "string_unicode" and isinstance(err["input"], str):
+        message = _hidden_character(err["input"]) or err["msg"]
     elif rule == "allowed-values":
         message = f"{repr(err['input'])[:40]} is not allowed: {err['msg']}"
     else:

@@ -19,6 +19,7 @@ from agent.contract import (
     Line,
     ReceiptResult,
     Sale,
+    _visible,
     line_total_cents,
     parse_sale,
 )
@@ -278,7 +279,9 @@ _ERRORS_OF_NODE = {
     "int": {"int_type"},
     "list": {"list_type"},
     "literal": {"literal_error"},
+    "function-after": set(),  # its function's errors: _ERRORS_OF_FUNCTION
 }
+_ERRORS_OF_FUNCTION = {_visible: {"hidden_character"}}
 _ERRORS_OF_CONSTRAINT = {
     ("str", "min_length"): "string_too_short",
     ("str", "max_length"): "string_too_long",
@@ -313,6 +316,10 @@ def _errors_of(node: Mapping[str, Any]) -> Iterator[str]:
         elif key == "fields":
             for field in value.values():
                 yield from _errors_of(field)
+        elif key == "function":
+            function = value["function"]
+            assert function in _ERRORS_OF_FUNCTION, f"{function}: teach _ERRORS_OF_FUNCTION"
+            yield from _ERRORS_OF_FUNCTION[function]
         else:
             assert key in _NOT_CONSTRAINTS or (kind, key) in _ERRORS_OF_CONSTRAINT, (
                 f"the {kind!r} constraint {key!r}: teach _ERRORS_OF_CONSTRAINT its error"
@@ -335,7 +342,8 @@ class TestRuleNames:
         """Walking the model's constraints finds no pydantic error type without a rule."""
         raised = set(_errors_of(Sale.__pydantic_core_schema__))
         assert {"less_than_equal", "greater_than_equal", "string_unicode"} <= raised
-        assert raised <= _PYDANTIC_TYPES  # the walker names real pydantic error types
+        custom = {error for errors in _ERRORS_OF_FUNCTION.values() for error in errors}
+        assert raised <= _PYDANTIC_TYPES | custom  # the walker names real error types
         assert sorted(raised - set(_RULES)) == []
 
     def test_no_rule_name_is_a_pydantic_error_type(self) -> None:
@@ -383,6 +391,46 @@ class TestRuleNames:
         rule = _rule_of(doc)
         assert rule.replace("-", "_") not in _PYDANTIC_TYPES
         assert rule != "invalid"
+
+
+class TestHiddenCharacters:
+    @pytest.mark.parametrize(
+        ("char", "named", "why"),
+        [
+            ("\u202e", "U+202E (RIGHT-TO-LEFT OVERRIDE)", "invisible format character"),
+            ("\u200b", "U+200B (ZERO WIDTH SPACE)", "invisible format character"),
+            ("\u2066", "U+2066 (LEFT-TO-RIGHT ISOLATE)", "invisible format character"),
+            ("\u00ad", "U+00AD (SOFT HYPHEN)", "invisible format character"),
+            ("\ufeff", "U+FEFF (ZERO WIDTH NO-BREAK SPACE)", "invisible format character"),
+            ("\U000e0041", "U+E0041 (TAG LATIN CAPITAL LETTER A)", "invisible format character"),
+            ("\ue000", "U+E000", "private-use"),
+            ("\U000f0000", "U+F0000", "private-use"),
+            ("\u0378", "U+0378", "unassigned"),
+            ("\ud800", "U+D800", "surrogate"),
+            ("\u2028", "U+2028 (LINE SEPARATOR)", "line break"),
+        ],
+    )
+    @pytest.mark.parametrize("field", ["lines.0.text", "cashier"])
+    def test_a_text_with_a_hidden_character_is_refused(
+        self, field: str, char: str, named: str, why: str
+    ) -> None:
+        """The refusal names the field, the rule and the character with the reason."""
+        doc = sale(cashier="Anna")
+        if field == "cashier":
+            doc["cashier"] = f"Anna{char}Berg"
+        else:
+            doc["lines"][0]["text"] = f"Schnitzel{char}Wiener Art"
+        with pytest.raises(InvalidSale) as refused:
+            parse_sale(json.dumps(doc).encode())  # as the POS sends it (surrogates escaped)
+        assert (refused.value.field, refused.value.rule) == (field, "format")
+        assert f"the character {named} is not allowed" in refused.value.message
+        assert why in refused.value.message
+
+    def test_names_emoji_and_letters_of_every_script_are_text(self) -> None:
+        """Visible characters pass, even those the printer cannot print (they print as ?)."""
+        texts = ["Dvořák Łukasz Erdős", "Kaffee ☕ 😀 ❤\ufe0f", "Café", "Cafe\u0301", "日本茶"]
+        for text in texts:
+            assert parse_sale(sale(cashier=text)).cashier == text
 
 
 class TestReceiptResult:
