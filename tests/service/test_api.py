@@ -147,7 +147,7 @@ class TestReceipts:
             ),
             (sale(register="KASSE-9"), "register", "register-unknown"),
             (sale(extra=1), "extra", "unknown-field"),
-            (sale(kind="storno", voids=2**64, lines=[], payments=[]), "voids", "less-than-equal"),
+            (sale(kind="storno", voids=2**64, lines=[], payments=[]), "voids", "maximum"),
         ],
         ids=["float-price", "sum", "register", "extra", "voids-overflow"],
     )
