@@ -9,6 +9,7 @@ id, hex or decimal certificate serial) and the trusted certificates for
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -255,7 +256,8 @@ def serial_numbers(serial: str) -> set[int]:
     if _HEX_RE.fullmatch(digits):
         numbers.add(int(digits, 16))
     if _DECIMAL_RE.fullmatch(digits):
-        numbers.add(int(digits, 10))
+        with contextlib.suppress(ValueError):  # more digits than int() takes: no serial
+            numbers.add(int(digits, 10))
     return numbers
 
 

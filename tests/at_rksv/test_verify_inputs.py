@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner, Result
 
 from agent.at_rksv.dep import load_container, stream_dep
+from agent.at_rksv.encoding import b64url, b64url_decode
 from agent.at_rksv.verify import CONTAINER, Report, verify_dep, verify_files
 from agent.cli import app
 
@@ -305,3 +306,14 @@ class TestDepFindings:
         report = verify_files(dep, CONTAINER_FILE)
         assert _places(report) == [(None, "malformed-dep")]
         assert "a number has more than 4300 digits" in report.findings[0].message
+
+    def test_long_decimal_serial_in_a_receipt_is_a_finding(self) -> None:
+        """Field 11 of 5000 digits is no certificate's serial, hex or decimal."""
+        dep = _json_file(DEP)
+        receipts = dep["Belege-Gruppe"][0]["Belege-kompakt"]
+        header, payload, signature = receipts[1].split(".")
+        fields = b64url_decode(payload).decode().split("_")
+        fields[11] = LONG_NUMBER
+        receipts[1] = ".".join([header, b64url("_".join(fields).encode()), signature])
+        report = verify_dep(dep, _json_file(CONTAINER_FILE))
+        assert ("B0002", "certificate-serial-mismatch") in _places(report)
