@@ -5,7 +5,9 @@ same filesystem (a dotfile or ``*.tmp``), fsyncs it and renames it to ``in/NAME.
 The agent answers with ``out/NAME.result.json`` (the :class:`ReceiptResult`) or
 ``failed/NAME.error.json`` (``field``, ``rule``, ``message``; the sale itself is moved to
 ``failed/NAME.json``). NAME should be unique, e.g. the request_id: a sale arriving under
-the name of an earlier one replaces that one's answer.
+the name of an earlier one replaces that one's answer. Whatever else appears as
+``in/NAME.json`` (a symbolic link, a directory, a pipe) is answered the same way, with the
+rule ``regular-file``, and moved to ``failed/`` without being followed or read.
 
 Each step is atomic and the whole sequence is restartable, so a crash (even SIGKILL or a
 power cut) between any two steps leaves exactly one answer per sale in the end:
@@ -28,11 +30,15 @@ import contextlib
 import json
 import logging
 import os
+import shutil
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileMovedEvent,
@@ -64,12 +70,21 @@ Handler = Callable[[bytes], ReceiptResult]
 _SUFFIX = ".json"
 _RESULT = ".result.json"
 _ERROR = ".error.json"
+_NOT_FILES = {
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a device",
+    stat.S_IFBLK: "a device",
+}
+# never follow a link in in/ (it could name any file the agent may read), never wait for
+# a writer of a pipe
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 def _is_sale_name(name: str) -> bool:
     return not name.startswith(".") and name.endswith(_SUFFIX) and len(name) > len(_SUFFIX)
-
-
 
 
 def _unlink(path: Path) -> bool:
@@ -78,6 +93,27 @@ def _unlink(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def _remove(path: Path) -> bool:
+    """Remove a file, link or (a directory a POS dropped as a sale) a whole directory."""
+    try:
+        if stat.S_ISDIR(path.lstat().st_mode):
+            shutil.rmtree(path)
+            return True
+    except FileNotFoundError:
+        return False
+    return _unlink(path)
+
+
+def _refuse_unless_file(mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = _NOT_FILES.get(stat.S_IFMT(mode), "not a regular file")
+        raise InvalidSale(
+            "(document)",
+            "regular-file",
+            f"a sale is a regular file; this is {kind}, which is never followed or read",
+        )
 
 
 class Spool:
@@ -113,14 +149,14 @@ class Spool:
         return self._sales(self.work)
 
     def _sales(self, directory: Path) -> list[Path]:
+        """Everything named like a sale, files or not: whatever is no file is refused."""
         found: list[tuple[int, str]] = []
         with os.scandir(directory) as entries:
             for entry in entries:
                 if not _is_sale_name(entry.name):
                     continue
                 with contextlib.suppress(FileNotFoundError):  # claimed or removed meanwhile
-                    if entry.is_file(follow_symlinks=False):
-                        found.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name))
+                    found.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name))
         return [directory / name for _, name in sorted(found)]
 
     def result_path(self, name: str) -> Path:
@@ -132,24 +168,36 @@ class Spool:
     def claim(self, incoming: Path) -> Path | None:
         """Move a sale from ``in/`` to ``work/``; ``None`` if it is gone or its name is busy."""
         target = self.work / incoming.name
-        if target.exists():  # the same name is still being retried: take it after that one
+        if os.path.lexists(target):  # the same name is still being retried: take it after
             return None
         for stale in (self.result_path(incoming.name), self.error_path(incoming.name)):
             # removed before the claim: a crash in between must not pair the new sale
             # with the old answer
             if _unlink(stale):
                 log.warning("spool: %s arrived again; its earlier answer was removed", stale.name)
-        _unlink(self.failed / incoming.name)
+        _remove(self.failed / incoming.name)
         try:
-            os.rename(incoming, target)
+            os.rename(incoming, target)  # a link is moved itself, never what it points to
         except FileNotFoundError:
             return None
         fsync_directory(self.work)
         return target
 
     def read(self, claimed: Path) -> bytes:
-        """The sale's bytes. Raises InvalidSale when the file is larger than ``max_bytes``."""
-        with open(claimed, "rb") as file:
+        """The sale's bytes.
+
+        Raises:
+            InvalidSale: it is no regular file (a link is not followed) or it is larger
+                than ``max_bytes``.
+        """
+        _refuse_unless_file(claimed.lstat().st_mode)
+        try:
+            fd = os.open(claimed, _OPEN_FLAGS)
+        except OSError:
+            _refuse_unless_file(claimed.lstat().st_mode)  # ELOOP: a link since the check
+            raise
+        with os.fdopen(fd, "rb") as file:
+            _refuse_unless_file(os.fstat(fd).st_mode)
             raw = file.read(self.max_bytes + 1)
         if len(raw) > self.max_bytes:
             raise InvalidSale(
@@ -291,7 +339,13 @@ class SpoolIngestor:
 
     def _answer(self, claimed: Path) -> None:
         try:
-            result = self.handler(self.spool.read(claimed))
+            raw = self.spool.read(claimed)
+        except InvalidSale as exc:  # no regular file, or too large: never parsed
+            log.warning("spool: %s refused unread: %s", claimed.name, exc)
+            self.spool.fail(claimed, exc.as_dict())
+            return
+        try:
+            result = self.handler(raw)
         except WaitsForUnit:
             raise
         except (InvalidSale, FiscalError) as exc:
@@ -385,7 +439,10 @@ class SpoolIngestor:
             observer.schedule(
                 _Wake(self._wake),
                 str(self.spool.inbox),
-                event_filter=[FileCreatedEvent, FileMovedEvent, FileClosedEvent],
+                event_filter=[
+                    *(FileCreatedEvent, FileMovedEvent, FileClosedEvent),
+                    *(DirCreatedEvent, DirMovedEvent),  # answered as not being a sale file
+                ],
             )
             observer.start()
         except OSError as exc:  # inotify limits (A4): poll until a watch is possible

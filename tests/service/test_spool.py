@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -133,12 +134,11 @@ class TestIngestion:
     def test_temp_and_foreign_files_are_ignored_until_renamed(
         self, spool: Spool, ingestor: SpoolIngestor
     ) -> None:
-        """Dotfiles, *.tmp, other suffixes, directories and symlinks are never claimed."""
+        """Dotfiles, *.tmp and other suffixes are never claimed (the POS is still writing)."""
         payload = json.dumps(sale()).encode()
         for name in (".hidden.json", "half.json.tmp", "half.tmp", "notes.txt", ".json"):
             (spool.inbox / name).write_bytes(payload)
-        (spool.inbox / "dir.json").mkdir()
-        (spool.inbox / "link.json").symlink_to(spool.inbox / "notes.txt")
+        (spool.inbox / ".link.json").symlink_to(spool.inbox / "notes.txt")
         before = files(spool.inbox)
         assert ingestor.run_once() == 0
         assert files(spool.inbox) == before
@@ -226,6 +226,86 @@ class TestBadSales:
         drop(spool, "c.json", sale())
         assert SpoolIngestor(spool, conflicting).run_once() == 1
         assert error_of(spool, "c.json")["rule"] == "conflict"
+
+
+class TestNotAFile:
+    """Whatever is named like a sale but is no regular file gets an answer, unread."""
+
+    def refused(self, spool: Spool, name: str, kind: str) -> None:
+        error = error_of(spool, name)
+        assert (error["field"], error["rule"]) == ("(document)", "regular-file")
+        assert f"this is {kind}, which is never followed or read" in error["message"]
+        assert files(spool.inbox) == files(spool.work) == []
+
+    def test_a_symlink_is_answered_and_never_followed(
+        self,
+        spool: Spool,
+        ingestor: SpoolIngestor,
+        query: Query,
+        tmp_path: Path,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A link to a valid sale elsewhere issues nothing: the link itself goes to failed/."""
+        elsewhere = tmp_path / "secret.json"
+        elsewhere.write_text(json.dumps(sale()))
+        (spool.inbox / "link.json").symlink_to(elsewhere)
+        with caplog.at_level(logging.WARNING, logger="agent.spool"):
+            assert ingestor.run_once() == 1
+        self.refused(spool, "link.json", "a symbolic link")
+        assert os.readlink(spool.failed / "link.json") == str(elsewhere)
+        assert json.loads(elsewhere.read_text()) == sale()
+        assert len(query("SELECT * FROM receipts")) == 1  # the Startbeleg only
+        assert "link.json refused unread" in caplog.text
+
+    def test_a_dangling_symlink_is_answered(self, spool: Spool, ingestor: SpoolIngestor) -> None:
+        (spool.inbox / "gone.json").symlink_to(spool.root / "nowhere.json")
+        assert ingestor.run_once() == 1
+        self.refused(spool, "gone.json", "a symbolic link")
+
+    def test_a_directory_is_answered_and_moved_to_failed(
+        self, spool: Spool, ingestor: SpoolIngestor, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        (spool.inbox / "dir.json").mkdir()
+        (spool.inbox / "dir.json" / "sale.json").write_text(json.dumps(sale()))
+        with caplog.at_level(logging.WARNING, logger="agent.spool"):
+            assert ingestor.run_once() == 1
+        self.refused(spool, "dir.json", "a directory")
+        assert files(spool.failed / "dir.json") == ["sale.json"]
+        assert "dir.json refused unread" in caplog.text
+
+    def test_a_named_pipe_is_answered_without_waiting_for_a_writer(
+        self, spool: Spool, ingestor: SpoolIngestor
+    ) -> None:
+        os.mkfifo(spool.inbox / "pipe.json")
+        assert ingestor.run_once() == 1
+        self.refused(spool, "pipe.json", "a named pipe")
+
+    def test_a_link_claimed_before_a_crash_is_answered_at_restart(
+        self, spool: Spool, ingestor: SpoolIngestor
+    ) -> None:
+        (spool.work / "link.json").symlink_to(spool.root / "nowhere.json")
+        assert ingestor.run_once() == 1
+        self.refused(spool, "link.json", "a symbolic link")
+
+    def test_a_sale_under_the_name_of_a_refused_directory_is_issued(
+        self, spool: Spool, ingestor: SpoolIngestor
+    ) -> None:
+        """The refused directory in failed/ makes way, as an earlier failed sale would."""
+        (spool.inbox / "dir.json").mkdir()
+        ingestor.run_once()
+        drop(spool, "dir.json", sale())
+        assert ingestor.run_once() == 1
+        assert result_of(spool, "dir.json")["number"] == 2
+        assert files(spool.failed) == []
+
+    def test_a_directory_wakes_the_worker(
+        self, spool: Spool, running: Callable[..., SpoolIngestor]
+    ) -> None:
+        """With a one-minute rescan, only the directory's watchdog event explains an answer."""
+        running(rescan_s=60.0)
+        time.sleep(0.2)  # let the first (empty) scan pass
+        (spool.inbox / "dir.json").mkdir()
+        assert wait_for(spool.error_path("dir.json"), timeout=5.0) < 1.0
 
 
 class TestIdempotence:
