@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from agent.at_rksv import FALLBACK_TEXT
 from agent.contract import scaled
 
-__all__ = ["HEADINGS", "WIDTH", "TextFacts", "columns", "render_lines", "wrap", "zero_width"]
+__all__ = ["WIDTH", "TextFacts", "columns", "headings", "render_lines", "wrap", "zero_width"]
 
 WIDTH = 42
 _VAT_LETTER = {"normal": "A", "reduced1": "B", "reduced2": "C", "zero": "D", "special": "E"}
@@ -37,8 +37,6 @@ _TITLES = {
     "closing": "SCHLUSSBELEG",
     "sammelbeleg": "SAMMELBELEG",
 }
-# the lines printed bold: exactly these, so no text of the POS can pass for one
-HEADINGS = frozenset({*(f"*** {title} ***" for title in _TITLES.values()), FALLBACK_TEXT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +52,16 @@ class TextFacts:
     cashier: str | None = None
     voids_receipt_id: str | None = None
     replaces_receipt_id: str | None = None  # a reissue of an unsigned receipt
+
+
+def headings(kind: str, signature_state: str) -> frozenset[str]:
+    """The lines of a receipt of this kind and state that are printed bold: its title and
+    the fallback notice, exactly, so no text of the POS can pass for one elsewhere."""
+    title = _TITLES.get(kind)
+    lines = {f"*** {title} ***"} if title is not None else set()
+    if signature_state == "fallback":
+        lines.add(FALLBACK_TEXT)
+    return frozenset(lines)
 
 
 def _money(cents: int) -> str:

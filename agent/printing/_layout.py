@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from agent.at_rksv import FALLBACK_TEXT
 from agent.contract import ReceiptResult
-from agent.receipt_text import HEADINGS, WIDTH, wrap, zero_width
+from agent.receipt_text import WIDTH, headings, wrap, zero_width
 
 __all__ = ["COPY_NOTICE", "UNSIGNED_NOTICE", "Block", "Qr", "Text", "layout", "printable"]
 
@@ -116,9 +116,9 @@ def layout(receipt: ReceiptResult, *, copy: bool = False) -> list[Block]:
     if copy:
         blocks += [Text("KOPIE", bold=True, big=True, center=True), Text(COPY_NOTICE, center=True)]
         blocks.append(Text(""))
+    bold = headings(receipt.kind, receipt.signature_state)
     for line in receipt.lines:  # wrapped: a receipt stored before lines were kept narrow
-        bold = line in HEADINGS
-        blocks += [Text(part, bold=bold) for part in wrap(printable(line), WIDTH)]
+        blocks += [Text(part, bold=line in bold) for part in wrap(printable(line), WIDTH)]
     blocks += _guards(receipt)
     if receipt.qr:
         blocks += [Text(""), Qr(receipt.qr)]

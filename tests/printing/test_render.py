@@ -244,3 +244,11 @@ class TestWidth:
         job = render_escpos(standard.model_copy(update={"lines": [cashier]}))
         assert b"\n*** STORNOBUCHUNG ***\n" in job
         assert b"\x1bE\x01" not in job
+
+    def test_a_wrapped_text_equal_to_a_label_is_not_bold(self, service: ReceiptService) -> None:
+        """Issued on a standard receipt, a cashier line reading like the Storno or fallback
+        label prints plain: only a Storno's title and a fallback's notice are bold."""
+        for n, label in enumerate(("*** STORNOBUCHUNG ***", "Sicherheitseinrichtung ausgefallen")):
+            result = service.issue(sale(request_id=f"x{n}", cashier="x" * 31 + " " + label))
+            assert label in result.lines
+            assert b"\x1bE\x01" not in render_escpos(result)
