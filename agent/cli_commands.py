@@ -378,12 +378,13 @@ def receipts_show(
             _fail(NotFound(f"register {register} has no receipt {number}"), as_json)
         result = result_from_row(dict(row))
     if png is not None:
+        from agent.durable import replace_file
         from agent.printing import render_png
 
         try:
-            png.write_bytes(render_png(result))
+            replace_file(png, render_png(result))
         except OSError as exc:
-            _fail(ConfigurationError(f"cannot write {png}: {exc}"), as_json)
+            _fail_to_write(png, exc, as_json)
     _show_receipt(result, as_json)
 
 
@@ -400,6 +401,23 @@ def _fail_to_write(output: Path, exc: OSError, as_json: bool) -> NoReturn:
         why = "not a directory" if isinstance(exc, FileExistsError) else detail
         detail = f"{exc.filename}: {why}"
     _fail(ConfigurationError(f"cannot write {output}: {detail}"), as_json)
+
+
+def _refuse_non_regular(output: Path, as_json: bool, *also: Path) -> None:
+    """An output that exists and is no regular file (a device, a fifo, a socket, a
+    directory) is refused before anything is written: renamed over, /dev/null would become
+    a file holding the export. ``also``: names the command writes on the way (exit 2
+    naming them too)."""
+    from agent.durable import refuse_non_regular
+
+    for path in (output, *also):
+        try:
+            refuse_non_regular(path)
+        except OSError as exc:
+            if path == output:
+                _fail_to_write(output, exc, as_json)
+            detail = f"{path}: {exc.strerror or exc}"
+            _fail(ConfigurationError(f"cannot write {output}: {detail}"), as_json)
 
 
 @export_app.command("dep")
@@ -440,12 +458,14 @@ def export_dep_cmd(
         raise typer.BadParameter(
             f"the range is empty: --from {first} is after --to {last}", param_hint="'--from'"
         )
+    _refuse_non_regular(output, as_json, tmp)
     with _reader(data_dir, as_json) as db:
         total = count_receipts(db, register, start=first, end=last)  # NotFound: no file yet
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
+            tmp.unlink(missing_ok=True)  # a partial export left by a crash (or a link)
             with (
-                tmp.open("w", encoding="utf-8") as handle,
+                tmp.open("x", encoding="utf-8") as handle,  # never through a link
                 _progress(as_json) as progress,
             ):
                 task = progress.add_task("exporting", total=total)
@@ -490,6 +510,7 @@ def export_container_cmd(
     from agent.durable import replace_file
     from agent.export import export_container
 
+    _refuse_non_regular(output, as_json)
     with _reader(data_dir, as_json) as db:
         text = export_container(db, register)
     try:

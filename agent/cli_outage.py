@@ -22,7 +22,13 @@ from agent.cli_base import (
     out,
     simulate_app,
 )
-from agent.cli_commands import _reader, _require_register, _service
+from agent.cli_commands import (
+    _fail_to_write,
+    _reader,
+    _refuse_non_regular,
+    _require_register,
+    _service,
+)
 from agent.errors import (
     ConfigurationError,
     DataDirLocked,
@@ -105,19 +111,25 @@ def outage_export(
     as_json: JsonFlag = False,
 ) -> None:
     """Write the evidence pack as JSON and as readable text (for the tax advisor)."""
+    from agent.durable import replace_file
     from agent.evidence import render_evidence
 
-    pack = _pack(data_dir, outage_id, as_json)
     json_file = output / f"outage-{outage_id}.json"
     text_file = output / f"outage-{outage_id}.txt"
+    for path in (json_file, text_file):  # a device or a fifo there: refused before we write
+        _refuse_non_regular(path, as_json)
+    pack = _pack(data_dir, outage_id, as_json)
     try:
         output.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(pack, ensure_ascii=False, indent=2) + "\n"
-        json_file.write_text(text, encoding="utf-8")
-        text_file.write_text(render_evidence(pack), encoding="utf-8")
     except OSError as exc:
         where = exc.filename or output
         _fail(ConfigurationError(f"cannot write {where}: {exc.strerror or exc}"), as_json)
+    text = json.dumps(pack, ensure_ascii=False, indent=2) + "\n"
+    for path, data in ((json_file, text), (text_file, render_evidence(pack))):
+        try:
+            replace_file(path, data.encode("utf-8"))
+        except OSError as exc:
+            _fail_to_write(path, exc, as_json)
     if as_json:
         _emit({"json": str(json_file), "text": str(text_file)}, True)
     else:

@@ -5,15 +5,48 @@ A reader (or the till after a power cut) sees the old file or the new one, never
 the temporary file is created exclusively with its final mode, so a private file is never
 readable by others, not even while it is written. Temporary names start with a dot and
 end in ``.tmp``: the spool and every other reader of these directories ignore them.
+
+A name is only ever given to a regular file in place of a regular file: a device, a fifo, a
+socket or a directory of that name is refused (``NotRegularFile``, ``IsADirectoryError``)
+before anything is written, never renamed over (``-o /dev/null`` must not become a file).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
-__all__ = ["create_file", "fsync_directory", "replace_file"]
+__all__ = ["NotRegularFile", "create_file", "fsync_directory", "refuse_non_regular", "replace_file"]
+
+_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a fifo (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+class NotRegularFile(OSError):
+    """The name is taken by something that is not a regular file (a device, a fifo...)."""
+
+
+def refuse_non_regular(path: Path) -> None:
+    """Raise if ``path`` exists (after symbolic links) and is not a regular file: a
+    directory is ``IsADirectoryError``, anything else ``NotRegularFile`` saying what it is
+    (its ``strerror``, e.g. "it is a fifo (named pipe), not a regular file")."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return  # a new name (or one under a file: creating it will say so)
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    what = next((name for test, name in _KINDS if test(mode)), "a special file")
+    raise NotRegularFile(errno.EEXIST, f"it is {what}, not a regular file", str(path))
 
 
 def fsync_directory(directory: Path) -> None:
@@ -37,7 +70,13 @@ def create_file(path: Path, data: bytes, *, mode: int = 0o666) -> None:
 
 
 def replace_file(path: Path, data: bytes, *, mode: int = 0o666) -> None:
-    """Write ``path`` holding ``data``, replacing what was there in one step."""
+    """Write ``path`` holding ``data``, replacing what was there in one step.
+
+    Raises:
+        NotRegularFile, IsADirectoryError: ``path`` names something else than a regular
+            file; nothing was written.
+    """
+    refuse_non_regular(path)
     tmp = _written(path, data, mode)
     try:
         os.replace(tmp, path)

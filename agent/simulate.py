@@ -17,6 +17,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+from agent.durable import refuse_non_regular, replace_file
 from agent.errors import ConfigurationError
 from agent.export import export_container, export_dep
 from agent.receipts import ReceiptService, RegisterSetup
@@ -33,6 +34,8 @@ _TYPES = {
     "TRAINING_BELEG": "training",
     "NULL_BELEG": "null",
 }
+DEP_FILE = "dep-export.json"
+CONTAINER_FILE = "cryptographicMaterialContainer.json"
 _TAX_KEYS = (
     "taxSetNormal",
     "taxSetErmaessigt1",
@@ -98,6 +101,11 @@ def run_scenario(
             cannot be written.
     """
     scenario = _load(scenario_file)
+    for name in (DEP_FILE, CONTAINER_FILE):  # a device or a fifo there: refused unwritten
+        try:
+            refuse_non_regular(out_dir / name)
+        except OSError as exc:
+            raise _unwritable(out_dir / name, exc) from exc
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -164,14 +172,18 @@ def _replay(
             amounts = tuple(_cents(item["simplifiedReceipt"][k]) for k in _TAX_KEYS)
             result = service.issue_special(register_id, kind, amounts=amounts, **args)  # type: ignore[arg-type]
         fallback += result.signature_state == "fallback"
-    dep_file = out_dir / "dep-export.json"
-    container_file = out_dir / "cryptographicMaterialContainer.json"
+    dep_file = out_dir / DEP_FILE
+    container_file = out_dir / CONTAINER_FILE
     try:
+        refuse_non_regular(dep_file)  # (it was not one before the replay either)
         with dep_file.open("w", encoding="utf-8") as handle:
             export_dep(db, register_id, handle)
-        container_file.write_text(export_container(db, register_id), encoding="utf-8")
     except OSError as exc:  # (a full disk names no file)
         raise _unwritable(Path(exc.filename) if exc.filename else out_dir, exc) from exc
+    try:
+        replace_file(container_file, export_container(db, register_id).encode("utf-8"))
+    except OSError as exc:  # (its temporary file is no name to show)
+        raise _unwritable(container_file, exc) from exc
     return SimulationResult(len(instructions), fallback, dep_file, container_file)
 
 

@@ -1,0 +1,189 @@
+"""More defects of the command line found by a user audit, each pinned by the test that
+found it: outputs that are no regular file, unit ids and unit options, numbers SQLite
+cannot hold, a sale too large to read, mistyped data directories, consoles."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from agent.cli import app
+from factories import VECTORS, sale
+
+Run = Callable[..., Result]
+
+
+def _expect(result: Result, code: int) -> Result:
+    assert result.exit_code == code, (
+        f"exit {result.exit_code} != {code}\nstdout:\n{result.stdout}\n"
+        f"stderr:\n{result.stderr}\nexception: {result.exception!r}"
+    )
+    return result
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.fixture(name="run")
+def _run(monkeypatch: pytest.MonkeyPatch) -> Run:
+    """Invoke the Typer app in-process, with no data directory or configuration from the
+    environment of this machine."""
+    for name in ("TILL_AGENT_DATA_DIR", "TILL_AGENT_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    runner = CliRunner()
+
+    def run(*args: str | Path, input: str | bytes | None = None) -> Result:
+        return runner.invoke(app, [str(a) for a in args], input=input, prog_name="till-agent")
+
+    return run
+
+
+@pytest.fixture(name="till")
+def _till(run: Run, data_dir: Path) -> Path:
+    """Register KASSE-1 with its Startbeleg (1) and one sale (2), made on the command line."""
+    _expect(run("unit", "create-software", "--id", "dev", "--data-dir", data_dir), 0)
+    _expect(run("init", "KASSE-1", "--unit", "dev", "--data-dir", data_dir), 0)
+    _expect(run("issue", "-", "--data-dir", data_dir, input=json.dumps(sale())), 0)
+    return data_dir
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+# -- 1. an output that exists and is no regular file is refused, never renamed over ----------
+
+
+@pytest.fixture(name="fifo")
+def _fifo(tmp_path: Path) -> Iterator[Path]:
+    """A fifo with a reader that never reads: a writer that opened it would not wait (the
+    test fails on what it finds, it does not hang), the name stays a fifo unless renamed."""
+    path = tmp_path / "out" / "pipe.json"
+    path.parent.mkdir()
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        yield path
+    finally:
+        os.close(reader)
+
+
+@pytest.fixture(name="unix_socket")
+def _unix_socket(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+        yield path
+
+
+def _export(run: Run, till: Path, what: str, output: Path, *extra: str) -> Result:
+    return run("export", what, "--register", "KASSE-1", "-o", output, "--data-dir", till, *extra)
+
+
+@pytest.mark.parametrize("what", ["dep", "crypto-container"])
+def test_an_export_onto_a_fifo_is_refused(run: Run, till: Path, fifo: Path, what: str) -> None:
+    """``-o /dev/null`` became a regular 0600 file holding the AES key: an output naming a
+    device, a fifo or a socket is exit 2 naming it and what it is, and stays what it was."""
+    message = _flat(_expect(_export(run, till, what, fifo), 2).stderr)
+    assert f"cannot write {fifo}: it is a fifo (named pipe), not a regular file" in message
+    body = json.loads(_expect(_export(run, till, what, fifo, "--json"), 2).stdout)
+    assert body["message"] == f"cannot write {fifo}: it is a fifo (named pipe), not a regular file"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert _files(fifo.parent) == ["pipe.json"]
+
+
+def test_an_export_onto_a_socket_is_refused(run: Run, till: Path, unix_socket: Path) -> None:
+    message = _flat(_expect(_export(run, till, "crypto-container", unix_socket), 2).stderr)
+    assert f"cannot write {unix_socket}: it is a socket, not a regular file" in message
+    assert stat.S_ISSOCK(unix_socket.lstat().st_mode)
+
+
+def test_export_dep_refuses_a_fifo_as_its_partial_file(
+    run: Run, till: Path, tmp_path: Path
+) -> None:
+    """``export dep`` streams into ``NAME.partial`` and renames it: a fifo of that name was
+    written into and then renamed to the export's name."""
+    dep = tmp_path / "dep.json"
+    partial = tmp_path / "dep.json.partial"
+    os.mkfifo(partial)
+    reader = os.open(partial, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        message = _flat(_expect(_export(run, till, "dep", dep), 2).stderr)
+    finally:
+        os.close(reader)
+    assert f"cannot write {dep}: {partial}: it is a fifo (named pipe)" in message
+    assert stat.S_ISFIFO(partial.lstat().st_mode)
+    assert not dep.exists()
+
+
+def test_export_dep_replaces_a_stale_partial_file(run: Run, till: Path, tmp_path: Path) -> None:
+    """A partial export left by a crash is no obstacle; a link of that name is replaced,
+    its target never written through."""
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    dep = tmp_path / "dep.json"
+    (tmp_path / "dep.json.partial").symlink_to(target)
+    _expect(_export(run, till, "dep", dep), 0)
+    assert target.read_text() == "keep me"
+    assert not (tmp_path / "dep.json.partial").exists()
+    assert len(json.loads(dep.read_text())["Belege-Gruppe"][0]["Belege-kompakt"]) == 2
+
+
+@pytest.fixture(name="with_outage")
+def _with_outage(run: Run, data_dir: Path) -> Path:
+    """A data directory with outage 1: its unit switched down, one fallback receipt."""
+    _expect(run("unit", "create-software", "--id", "dev", "--simulate", "--data-dir", data_dir), 0)
+    _expect(run("init", "KASSE-1", "--unit", "dev", "--data-dir", data_dir), 0)
+    _expect(run("simulate", "unit", "down", "--data-dir", data_dir), 0)
+    issued = run("issue", "-", "--data-dir", data_dir, input=json.dumps(sale()))
+    assert "fallback" in _expect(issued, 0).stdout
+    return data_dir
+
+
+def test_outage_export_refuses_a_fifo(run: Run, with_outage: Path, tmp_path: Path) -> None:
+    """The pack's text file is a fifo: nothing is written, not even the JSON file."""
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    text = pack / "outage-1.txt"
+    os.mkfifo(text)
+    reader = os.open(text, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        result = run("outage", "export", "1", "-o", pack, "--json", "--data-dir", with_outage)
+    finally:
+        os.close(reader)
+    body = json.loads(_expect(result, 2).stdout)
+    assert body["message"] == f"cannot write {text}: it is a fifo (named pipe), not a regular file"
+    assert _files(pack) == ["outage-1.txt"]
+    assert stat.S_ISFIFO(text.lstat().st_mode)
+
+
+def test_simulate_scenario_refuses_a_fifo(run: Run, tmp_path: Path) -> None:
+    scenario = VECTORS / "official" / "TESTSUITE_TEST_SZENARIO_1.json"
+    out = tmp_path / "out"
+    out.mkdir()
+    container = out / "cryptographicMaterialContainer.json"
+    os.mkfifo(container)
+    reader = os.open(container, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        result = run("simulate", "scenario", scenario, "--out", out)
+    finally:
+        os.close(reader)
+    message = _flat(_expect(result, 2).stderr)
+    assert f"cannot write {container}: it is a fifo (named pipe), not a regular file" in message
+    assert _files(out) == ["cryptographicMaterialContainer.json"]
+    assert stat.S_ISFIFO(container.lstat().st_mode)
+
+
+def test_receipt_preview_refuses_a_socket(run: Run, till: Path, unix_socket: Path) -> None:
+    show = ("receipts", "show", "KASSE-1", "2", "--data-dir", till, "--png", unix_socket)
+    message = _flat(_expect(run(*show), 2).stderr)
+    assert f"cannot write {unix_socket}: it is a socket, not a regular file" in message
+    assert stat.S_ISSOCK(unix_socket.lstat().st_mode)
