@@ -53,7 +53,7 @@ from agent.api_backend import (
     StatusOut,
     UnitOut,
 )
-from agent.contract import ReceiptResult, Sale
+from agent.contract import ReceiptResult, Sale, rule_name
 from agent.errors import (
     ConfigurationError,
     ConflictError,
@@ -174,7 +174,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0] if exc.errors() else {}
         loc = [str(p) for p in first.get("loc", ())[1:]]
-        rule = str(first.get("type", "invalid")).replace("_", "-")
+        rule = rule_name(str(first.get("type", "invalid")))
         message = str(first.get("msg", "invalid request"))
         return _render(_problem(422, ".".join(loc) or "(request)", rule, message))
 
@@ -258,7 +258,6 @@ def _too_large() -> _Problem:
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
-_JSON_RULES = {"json_invalid": "json", "model_type": "type-object"}  # as parse_sale names them
 
 
 def _json_body(model: type[_Model]) -> Callable[[bytes], _Model]:
@@ -272,7 +271,7 @@ def _json_body(model: type[_Model]) -> Callable[[bytes], _Model]:
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(part) for part in first["loc"]) or "(document)"
-            rule = _JSON_RULES.get(first["type"], first["type"].replace("_", "-"))
+            rule = rule_name(first["type"])
             raise InvalidSale(field, rule, first["msg"]) from None
 
     return parse

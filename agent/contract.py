@@ -34,6 +34,7 @@ __all__ = [
     "Sale",
     "line_total_cents",
     "parse_sale",
+    "rule_name",
     "sale_fingerprint",
     "same_sale",
     "scaled",
@@ -160,6 +161,21 @@ _RULES = {
     "less_than_equal": "maximum",
 }
 
+# the other requests of the local API (an outage report, a path parameter) may also raise
+_OTHER_RULES = {
+    "json_invalid": "json",
+    "int_parsing": "type-integer",
+    "bool_type": "type-boolean",
+    "bool_parsing": "type-boolean",
+}
+
+
+def rule_name(error_type: str) -> str:
+    """The project's rule name for a pydantic error type: what a sale's errors say, for
+    every request (pydantic's own names never reach a client)."""
+    return _RULES.get(error_type) or _OTHER_RULES.get(error_type, "invalid")
+
+
 _MONEY = 'money is a decimal string with at most 2 decimals, e.g. "12.50" (never a number)'
 _TEXT = (
     "a text is 1-80 printable characters (no control characters such as tab or newline,"
@@ -183,7 +199,7 @@ def _first_error(exc: ValidationError) -> InvalidSale:
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
     field = ".".join(loc) or "(sale)"
-    rule = _RULES.get(err["type"], "invalid")  # "invalid": a constraint added but not mapped
+    rule = rule_name(err["type"])  # "invalid": a constraint added but not mapped
     if rule == "unknown-field":
         return InvalidSale(field, rule, f"unknown field {loc[-1]!r}: the sale has no such field")
     if rule == "required":

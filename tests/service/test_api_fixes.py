@@ -79,9 +79,9 @@ class TestJsonBodies:
             (b"", "(document)", "json"),
             (b"{", "(document)", "json"),
             (b"[1]", "(document)", "type-object"),
-            (b'{"reference": ""}', "reference", "string-too-short"),
-            (b'{"reference": "x", "extra": 1}', "extra", "extra-forbidden"),
-            (b'{"end": true}', "reference", "missing"),
+            (b'{"reference": ""}', "reference", "min-length"),
+            (b'{"reference": "x", "extra": 1}', "extra", "unknown-field"),
+            (b'{"end": true}', "reference", "required"),
         ],
         ids=["empty", "cut", "list", "short", "extra", "missing"],
     )
@@ -92,6 +92,14 @@ class TestJsonBodies:
         response = client.post(f"/v1/outages/{outage}/report", content=raw, headers=FORM)
         assert response.status_code == 422, response.text
         assert (response.json()["field"], response.json()["rule"]) == (field, rule)
+
+    def test_a_bad_path_parameter_names_its_rule_as_a_sale_would(
+        self, client: httpx.Client
+    ) -> None:
+        """Every 422 speaks the contract's rule names, never pydantic's (int-parsing)."""
+        response = client.get("/v1/receipts/KASSE-1/abc")
+        assert response.status_code == 422
+        assert response.json()["rule"] == "type-integer"
 
     def test_a_report_body_over_one_mebibyte_is_413(
         self, client: httpx.Client, outage: int
