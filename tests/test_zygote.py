@@ -11,7 +11,7 @@ import pytest
 
 from zygote import Forked, Zygote
 
-SCRIPT = '''
+SCRIPT = """
 import os, sys, time
 
 def main(argv):
@@ -24,7 +24,7 @@ def main(argv):
         os.write(1, b"HANGING\\n")
         time.sleep(600)
     raise RuntimeError("boom")
-'''
+"""
 
 
 @pytest.fixture(name="zygote")

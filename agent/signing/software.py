@@ -155,4 +155,3 @@ def create_software_unit(
     cert_path = directory / f"{name}.cert.pem"
     create_file(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path
-

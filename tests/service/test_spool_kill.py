@@ -99,9 +99,7 @@ def _zygote() -> Iterator[Zygote]:
 
 
 @pytest.mark.slow
-def test_every_sale_gets_exactly_one_answer_through_kills(
-    tmp_path: Path, zygote: Zygote
-) -> None:
+def test_every_sale_gets_exactly_one_answer_through_kills(tmp_path: Path, zygote: Zygote) -> None:
     """30 SIGKILLs over 600 sale files; ``CRASH_SEED`` replaces the seed of the schedule."""
     rng = random.Random(SEED)
     key_dir = tmp_path / "keys"
