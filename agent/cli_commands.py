@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import Iterator
@@ -33,7 +34,13 @@ from agent.cli_base import (
     simulate_app,
     unit_app,
 )
-from agent.errors import ConfigurationError, InvalidSale, NotFound, TillAgentError
+from agent.errors import (
+    ConfigurationError,
+    InvalidSale,
+    NotFound,
+    StorageError,
+    TillAgentError,
+)
 
 if TYPE_CHECKING:  # the commands import what they use: every command starts faster
     from agent.contract import ReceiptResult
@@ -100,10 +107,95 @@ def _show_receipt(result: ReceiptResult, as_json: bool) -> None:
 
 # -- units ----------------------------------------------------------------------------------
 
+# the UnitConfig fields the unit commands set, and the option that sets each (longest first:
+# a message names a field, and the option is named instead)
+_UNIT_OPTIONS = {
+    "certificate_file": "--certificate",
+    "token_label": "--token-label",
+    "key_label": "--key-label",
+    "key_file": "--id",
+    "key_id": "--key-id",
+    "module": "--module",
+    "pin": "--pin-file",
+    "zda": "--zda",
+    "id": "--id",
+}
+_UNIT_RULES = {
+    "string_pattern_mismatch": "format",
+    "string_too_short": "min-length",
+    "string_too_long": "max-length",
+    "missing": "required",
+    "value_error": "format",
+}
+
+
+def _check_unit_id(unit_id: str, as_json: bool) -> None:
+    """A unit id names the unit's key files: one that is not an id is refused (exit 3)
+    before anything is created."""
+    from agent.signing.config import UNIT_ID_PATTERN
+
+    if re.fullmatch(UNIT_ID_PATTERN, unit_id) and unit_id not in (".", ".."):
+        return
+    message = (
+        f"{unit_id!r} is not a unit id: 1-64 letters, digits, '.', ':' or '-' (not '.' or"
+        " '..' alone; it names the unit's key files)"
+    )
+    _fail(InvalidSale("--id", "format", message), as_json)
+
+
+def _unit_config(as_json: bool, **fields: object) -> UnitConfig:
+    """The unit the options describe; options that do not describe one are exit 3 naming
+    the option (not the configuration field, and no pydantic traceback)."""
+    from pydantic import ValidationError
+
+    from agent.signing import UnitConfig
+
+    try:
+        return UnitConfig.model_validate(fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        message = str(error["msg"]).removeprefix("Value error, ")
+        named = [str(error["loc"][0])] if error["loc"] else []
+        named += [f for f in _UNIT_OPTIONS if f != "id" and re.search(rf"\b{f}\b", message)]
+        for field, option in _UNIT_OPTIONS.items():
+            if field != "id":  # ("provider id" is no option)
+                message = re.sub(rf"\b{field}\b", option, message)
+        rule = _UNIT_RULES.get(error["type"], "invalid")
+        if not error["loc"]:  # the options together: "an open system unit needs ..."
+            rule = "required" if "need" in message or "required" in message else "invalid"
+        option = _UNIT_OPTIONS.get(named[0], "(unit)") if named else "(unit)"
+        _fail(InvalidSale(option, rule, message), as_json)
+
+
+@contextmanager
+def _unit_writer(data_dir: Path, unit_id: str, as_json: bool) -> Iterator[TillDB]:
+    """The till database, its writer lock held, for adding unit ``unit_id``: taken before
+    anything is written (a refused command leaves nothing behind), and an id that is taken
+    is refused (exit 3: the stored unit would be replaced)."""
+    from storage.db import open_till_db
+
+    try:
+        db = open_till_db(data_dir)
+    except TillAgentError as exc:
+        _fail(exc, as_json)
+    try:
+        with db.read_connection() as conn:
+            taken = conn.execute("SELECT 1 FROM units WHERE id = ?", (unit_id,)).fetchone()
+        if taken is not None:  # the input collides: as init's
+            message = f"unit {unit_id!r} already exists in the till database"
+            _fail(InvalidSale("--id", "unit-exists", f"{message}: choose another --id"), as_json)
+        yield db
+    except TillAgentError as exc:
+        _fail(exc, as_json)
+    finally:
+        db.close()
+
 
 @unit_app.command("create-software")
 def unit_create_software(
-    unit_id: Annotated[str, typer.Option("--id", help="Name of the unit.")] = "dev",
+    unit_id: Annotated[
+        str, typer.Option("--id", help="Name of the unit: letters, digits, '.', ':', '-'.")
+    ] = "dev",
     zda: Annotated[
         str, typer.Option(help="Provider id for open systems (AT1, AT2, ...).")
     ] = "AT100",
@@ -123,49 +215,67 @@ def unit_create_software(
     and is not valid for a registered cash register. With --key-id the unit is for a closed
     system (R1-AT0) and has no certificate.
     """
-    if (data_dir / "keys" / f"{unit_id}.key.pem").exists():  # the input collides: as init's
-        message = f"unit {unit_id!r} already exists (its key is in {data_dir / 'keys'})"
-        _fail(InvalidSale("--id", "unit-exists", f"{message}: choose another --id"), as_json)
-    from agent.signing import UnitConfig, create_software_unit
+    from agent.signing import create_software_unit
 
-    key_file, cert_file = create_software_unit(data_dir / "keys", name=unit_id, key_id=key_id)
-    _add_unit(
-        data_dir,
-        UnitConfig(
-            id=unit_id,
-            kind="software",
-            zda="AT0" if key_id else zda,
-            key_file=key_file.resolve(),
-            certificate_file=None if cert_file is None else cert_file.resolve(),
-            key_id=key_id,
-            simulate=simulate,
-        ),
+    _check_unit_id(unit_id, as_json)
+    keys = data_dir / "keys"
+    key_file = keys / f"{unit_id}.key.pem"
+    cert_file = None if key_id else keys / f"{unit_id}.cert.pem"
+    config = _unit_config(
         as_json,
+        id=unit_id,
+        kind="software",
+        zda="AT0" if key_id else zda,
+        key_file=key_file.resolve(),
+        certificate_file=None if cert_file is None else cert_file.resolve(),
+        key_id=key_id,
+        simulate=simulate,
     )
+    files = [f for f in (key_file, cert_file) if f is not None]
+    with _unit_writer(data_dir, unit_id, as_json) as db:
+        if any(os.path.lexists(f) for f in files):  # left by an earlier till, say
+            message = f"unit {unit_id!r} already exists (its key is in {keys})"
+            _fail(InvalidSale("--id", "unit-exists", f"{message}: choose another --id"), as_json)
+        try:  # from here on the files are ours (the names were free, under the lock)
+            try:
+                create_software_unit(keys, name=unit_id, key_id=key_id)
+            except OSError as exc:
+                why = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+                message = f"cannot write the key files of unit {unit_id!r}: {why}"
+                _fail(StorageError(message), as_json)
+            _add_unit(db, config, as_json)
+        except BaseException:
+            for f in files:  # a refused unit leaves no key behind to block a retry
+                f.unlink(missing_ok=True)
+            raise
 
 
 @unit_app.command("add-pkcs11")
 def unit_add_pkcs11(
-    unit_id: Annotated[str, typer.Option("--id", help="Name of the unit.")],
+    unit_id: Annotated[
+        str, typer.Option("--id", help="Name of the unit: letters, digits, '.', ':', '-'.")
+    ],
     module: Annotated[Path, typer.Option(help="Path of the PKCS#11 module (.so).")],
     token_label: Annotated[str, typer.Option(help="Label of the token.")],
     key_label: Annotated[str, typer.Option(help="Label of the signing key on the token.")],
     pin_file: Annotated[Path, typer.Option(help="File holding the user PIN (mode 0600).")],
-    certificate: Annotated[Path | None, typer.Option(help="Certificate (open system).")] = None,
+    certificate: Annotated[
+        Path | None, typer.Option(help="Certificate (open system; needed without --key-id).")
+    ] = None,
     zda: Annotated[str, typer.Option(help="Provider id of the certificate (AT1, ...).")] = "AT1",
     key_id: Annotated[str | None, typer.Option(help="Closed system key id.")] = None,
     data_dir: DataDir = DEFAULT_DATA,
     as_json: JsonFlag = False,
 ) -> None:
     """Add a PKCS#11 token or HSM key as a signature unit (checked by a test signature)."""
+    _check_unit_id(unit_id, as_json)
     try:
-        pin = pin_file.read_text().strip()
-    except OSError as exc:
-        err.print(f"[red]error:[/red] cannot read the PIN file: {exc}")
-        raise typer.Exit(2) from exc
-    from agent.signing import UnitConfig
-
-    config = UnitConfig(
+        pin = pin_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        _fail(ConfigurationError(f"cannot read the PIN file {pin_file}: {why}"), as_json)
+    config = _unit_config(
+        as_json,
         id=unit_id,
         kind="pkcs11",
         zda="AT0" if key_id else zda,
@@ -176,26 +286,22 @@ def unit_add_pkcs11(
         certificate_file=certificate,
         key_id=key_id,
     )
-    _add_unit(data_dir, config, as_json)
+    with _unit_writer(data_dir, unit_id, as_json) as db:
+        _add_unit(db, config, as_json)
 
 
-def _add_unit(data_dir: Path, config: UnitConfig, as_json: bool) -> None:
+def _add_unit(db: TillDB, config: UnitConfig, as_json: bool) -> None:
+    """Open the unit (a test signature) and store it; the caller holds the writer lock."""
     from agent.signing import open_unit
     from agent.signing.registry import store_unit
-    from storage.db import open_till_db
 
-    try:
-        unit = open_unit(config)
-        db = open_till_db(data_dir)
-    except TillAgentError as exc:
-        _fail(exc, as_json)
+    unit = open_unit(config)
     try:
         now = dt.datetime.now(dt.UTC).isoformat()
         with db.write_connection().transaction() as conn:
             store_unit(conn, config, unit, now)
     finally:
         unit.close()
-        db.close()
     ident = unit.identity
     info = {"id": config.id, "kind": config.kind, "suite": ident.suite, "serial": ident.serial}
     if as_json:

@@ -16,6 +16,7 @@ from typer.testing import CliRunner, Result
 
 from agent.cli import app
 from factories import VECTORS, sale
+from storage import TillDB
 
 Run = Callable[..., Result]
 
@@ -187,3 +188,113 @@ def test_receipt_preview_refuses_a_socket(run: Run, till: Path, unix_socket: Pat
     message = _flat(_expect(run(*show), 2).stderr)
     assert f"cannot write {unix_socket}: it is a socket, not a regular file" in message
     assert stat.S_ISSOCK(unix_socket.lstat().st_mode)
+
+
+# -- 2. unit create-software: an id that is no unit id; nothing left behind when refused -----
+
+
+@pytest.mark.parametrize("unit_id", ["../../evil", "", "a/b", "x_y", "..", "."])
+def test_a_unit_id_that_names_no_file_is_refused(run: Run, tmp_path: Path, unit_id: str) -> None:
+    """``--id ../../evil`` wrote keys outside the data directory: exit 3 naming --id and
+    the allowed form, no traceback, nothing created anywhere."""
+    data_dir = tmp_path / "data"
+    create = ("unit", "create-software", "--id", unit_id, "--data-dir", data_dir)
+    message = _flat(_expect(run(*create), 3).stderr)
+    assert f"--id: {unit_id!r} is not a unit id: 1-64 letters, digits, '.', ':' or '-'" in message
+    body = json.loads(_expect(run(*create, "--json"), 3).stdout)
+    assert (body["field"], body["rule"]) == ("--id", "format")
+    assert _files(tmp_path) == []
+
+
+def test_a_refused_unit_leaves_no_key_behind(
+    run: Run, data_dir: Path, open_db: Callable[..., TillDB]
+) -> None:
+    """Refused because another process holds the data directory (exit 5), the unit's key
+    files stayed, and a retry said the id was taken."""
+    db = open_db(data_dir)  # stands in for a running `till-agent run`
+    create = ("unit", "create-software", "--id", "dev2", "--data-dir", data_dir)
+    assert "another till-agent process is writing" in _flat(_expect(run(*create), 5).stderr)
+    assert not (data_dir / "keys").exists() or _files(data_dir / "keys") == []
+    db.close()
+    _expect(run(*create), 0)
+    assert _files(data_dir / "keys") == ["dev2.cert.pem", "dev2.key.pem"]
+
+
+def test_a_key_file_in_the_way_is_refused_and_kept(run: Run, data_dir: Path) -> None:
+    """A certificate left under the unit's name (by an earlier till, say): exit 3, and it
+    is kept; no key is written beside it."""
+    keys = data_dir / "keys"
+    keys.mkdir(parents=True)
+    (keys / "dev.cert.pem").write_text("old")
+    create = ("unit", "create-software", "--id", "dev", "--json", "--data-dir", data_dir)
+    body = json.loads(_expect(run(*create), 3).stdout)
+    assert (body["field"], body["rule"]) == ("--id", "unit-exists")
+    assert _files(keys) == ["dev.cert.pem"]
+    assert (keys / "dev.cert.pem").read_text() == "old"
+
+
+def test_create_software_options_that_describe_no_unit(run: Run, tmp_path: Path) -> None:
+    """``--zda XX`` was a pydantic traceback after the key files were written."""
+    data_dir = tmp_path / "data"
+    create = ("unit", "create-software", "--zda", "XX", "--json", "--data-dir", data_dir)
+    body = json.loads(_expect(run(*create), 3).stdout)
+    assert (body["field"], body["rule"]) == ("--zda", "format")
+    assert body["message"].startswith("--zda must be AT0 (closed system)")
+    assert _files(tmp_path) == []
+
+
+# -- 3. unit add-pkcs11: options as clean errors, a PIN file, an id that is taken ------------
+
+
+@pytest.fixture(name="pkcs11")
+def _pkcs11(tmp_path: Path, data_dir: Path) -> tuple[str, ...]:
+    """add-pkcs11 options naming a module that does not exist (nothing gets that far)."""
+    pin = tmp_path / "pin"
+    pin.write_text("1234\n")
+    return (
+        "unit", "add-pkcs11", "--module", "/x.so", "--token-label", "t", "--key-label", "k",
+        "--pin-file", str(pin), "--data-dir", str(data_dir),
+    )  # fmt: skip
+
+
+def test_add_pkcs11_without_a_certificate_names_the_option(
+    run: Run, pkcs11: tuple[str, ...], data_dir: Path
+) -> None:
+    """An open system needs --certificate: exit 3 naming it, not a ValidationError."""
+    body = json.loads(_expect(run(*pkcs11, "--id", "h", "--json"), 3).stdout)
+    assert body == {
+        "error": "InvalidSale",
+        "message": "an open system unit needs --certificate",
+        "field": "--certificate",
+        "rule": "required",
+    }
+    message = _flat(_expect(run(*pkcs11, "--id", "h", "--key-id", "a_b"), 3).stderr)
+    assert "--key-id: --key-id must be non-empty and must not contain '_'" in message
+    assert "Traceback" not in message
+    assert not data_dir.exists()
+
+
+def test_add_pkcs11_with_a_missing_pin_file_answers_json(
+    run: Run, pkcs11: tuple[str, ...], tmp_path: Path
+) -> None:
+    options = list(pkcs11)
+    options[options.index("--pin-file") + 1] = str(tmp_path / "nopin")
+    body = json.loads(_expect(run(*options, "--id", "h", "--json"), 2).stdout)
+    assert body == {
+        "error": "ConfigurationError",
+        "message": f"cannot read the PIN file {tmp_path / 'nopin'}: No such file or directory",
+    }
+
+
+def test_add_pkcs11_refuses_an_id_that_exists(
+    run: Run, pkcs11: tuple[str, ...], data_dir: Path
+) -> None:
+    """The stored unit was silently replaced (INSERT OR REPLACE): exit 3, unit-exists,
+    before the module is even loaded; the stored unit is still the software one."""
+    _expect(run("unit", "create-software", "--id", "dev", "--data-dir", data_dir), 0)
+    options = (*pkcs11, "--id", "dev", "--certificate", data_dir / "keys" / "dev.cert.pem")
+    body = json.loads(_expect(run(*options, "--json"), 3).stdout)
+    assert (body["field"], body["rule"]) == ("--id", "unit-exists")
+    assert "unit 'dev' already exists" in body["message"]
+    listed = json.loads(_expect(run("unit", "list", "--json", "--data-dir", data_dir), 0).stdout)
+    assert [(u["id"], u["kind"]) for u in listed] == [("dev", "software")]
