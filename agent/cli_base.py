@@ -30,7 +30,17 @@ if TYPE_CHECKING:
 
     from agent.config import AgentConfig
 
-__all__ = ["DEFAULT_DATA", "DataDir", "JsonFlag", "app", "err", "out"]
+__all__ = [
+    "DEFAULT_DATA",
+    "SQLITE_MAX",
+    "DataDir",
+    "JsonFlag",
+    "OutageId",
+    "ReceiptNumber",
+    "app",
+    "err",
+    "out",
+]
 
 app = typer.Typer(
     name="till-agent",
@@ -117,6 +127,14 @@ DataDir = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+# the largest INTEGER SQLite holds: a number beyond it names nothing, and binding it to a
+# query raises OverflowError, so it is a usage error
+SQLITE_MAX = 2**63 - 1
+ReceiptNumber = Annotated[int, typer.Argument(help="Receipt number.", min=1, max=SQLITE_MAX)]
+OutageId = Annotated[
+    int, typer.Argument(help="Outage id (see `outage list`).", min=1, max=SQLITE_MAX)
+]
 
 
 def _default_data() -> Path:

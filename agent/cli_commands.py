@@ -20,6 +20,7 @@ from agent.cli_base import (
     DEFAULT_DATA,
     DataDir,
     JsonFlag,
+    ReceiptNumber,
     _emit,
     _fail,
     _print_metrics,
@@ -462,7 +463,7 @@ def receipts_list(
 @receipts_app.command("show")
 def receipts_show(
     register: Annotated[str, typer.Argument(help="Kassen-ID.")],
-    number: Annotated[int, typer.Argument(help="Receipt number.")],
+    number: ReceiptNumber,
     png: Annotated[
         Path | None, typer.Option("--png", help="Also write a preview image (PNG) here.")
     ] = None,

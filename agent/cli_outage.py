@@ -15,6 +15,7 @@ from agent.cli_base import (
     DEFAULT_DATA,
     DataDir,
     JsonFlag,
+    OutageId,
     _ask_service,
     _emit,
     _fail,
@@ -87,7 +88,7 @@ def _pack(data_dir: Path, outage_id: int, as_json: bool) -> dict[str, object]:
 
 @outage_app.command("show")
 def outage_show(
-    outage_id: Annotated[int, typer.Argument(help="Outage id (see `outage list`).")],
+    outage_id: OutageId,
     data_dir: DataDir = DEFAULT_DATA,
     as_json: JsonFlag = False,
 ) -> None:
@@ -103,7 +104,7 @@ def outage_show(
 
 @outage_app.command("export")
 def outage_export(
-    outage_id: Annotated[int, typer.Argument(help="Outage id (see `outage list`).")],
+    outage_id: OutageId,
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Directory for outage-ID.json and .txt.")
     ] = Path(),
@@ -138,7 +139,7 @@ def outage_export(
 
 @outage_app.command("report")
 def outage_report(
-    outage_id: Annotated[int, typer.Argument(help="Outage id (see `outage list`).")],
+    outage_id: OutageId,
     reference: Annotated[str, typer.Option(help="FinanzOnline reference of the report.")],
     end: Annotated[bool, typer.Option("--end", help="This is the end-of-outage report.")] = False,
     data_dir: DataDir = DEFAULT_DATA,

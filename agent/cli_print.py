@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from agent.cli_base import JsonFlag, _ask_service, _emit, _fail, app, out
+from agent.cli_base import JsonFlag, ReceiptNumber, _ask_service, _emit, _fail, app, out
 from agent.config import AgentConfig, load_config
 from agent.errors import DataDirLocked, NotFound, PrinterError, TillAgentError
 
@@ -17,7 +17,7 @@ __all__ = ["reprint"]
 @app.command()
 def reprint(
     register: Annotated[str, typer.Argument(help="Kassen-ID.")],
-    number: Annotated[int, typer.Argument(help="Receipt number.")],
+    number: ReceiptNumber,
     config_file: Annotated[
         Path | None,
         typer.Option("--config", envvar="TILL_AGENT_CONFIG", help="TOML configuration."),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import stat
 from collections.abc import Callable, Iterator
@@ -31,6 +32,11 @@ def _expect(result: Result, code: int) -> Result:
 
 def _flat(text: str) -> str:
     return " ".join(text.split())
+
+
+def _words(text: str) -> str:
+    """The words of a Rich error box, without its box (its lines may break anywhere)."""
+    return _flat(re.sub("[\u2500-\u257f]", " ", text))
 
 
 @pytest.fixture(name="run")
@@ -298,3 +304,37 @@ def test_add_pkcs11_refuses_an_id_that_exists(
     assert "unit 'dev' already exists" in body["message"]
     listed = json.loads(_expect(run("unit", "list", "--json", "--data-dir", data_dir), 0).stdout)
     assert [(u["id"], u["kind"]) for u in listed] == [("dev", "software")]
+
+
+# -- 4. numbers beyond SQLite's INTEGER are a usage error, not an OverflowError --------------
+
+_HUGE = "99999999999999999999"
+_MAX = str(2**63 - 1)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("receipts", "show", "KASSE-1", _HUGE),
+        ("outage", "show", _HUGE),
+        ("outage", "export", _HUGE),
+        ("outage", "report", _HUGE, "--reference", "FON-1"),
+        ("reprint", "KASSE-1", _HUGE),
+    ],
+)
+def test_a_number_sqlite_cannot_hold_is_a_usage_error(
+    run: Run, till: Path, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """``receipts show KASSE-1 99999999999999999999`` was an OverflowError traceback."""
+    config = tmp_path / "till.toml"
+    config.write_text(f'data_dir = "{till}"\n', encoding="utf-8")
+    where = ("--config", config) if command[0] == "reprint" else ("--data-dir", till)
+    result = _expect(run(*command, *where), 2)
+    assert f"less than or equal to {_MAX}" in _words(result.stderr)
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_the_largest_number_is_not_found(run: Run, till: Path) -> None:
+    show = _expect(run("receipts", "show", "KASSE-1", _MAX, "--data-dir", till), 6)
+    assert f"register KASSE-1 has no receipt {_MAX}" in _flat(show.stderr)
+    _expect(run("outage", "show", _MAX, "--data-dir", till), 6)
