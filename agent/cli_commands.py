@@ -382,11 +382,23 @@ def issue(
     data_dir: DataDir = DEFAULT_DATA,
     as_json: JsonFlag = False,
 ) -> None:
-    """Issue a receipt for one sale (the POS contract, see README). Exit 3 on a bad sale."""
-    try:
-        raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    """Issue a receipt for one sale (the POS contract, see README). Exit 3 on a bad sale.
+
+    A sale is at most 1 MiB, as in the spool and the local API.
+    """
+    from agent.spool import MAX_SALE_BYTES
+
+    try:  # one byte more than a sale may have tells a larger one, without reading it all
+        if source == "-":
+            raw = sys.stdin.buffer.read(MAX_SALE_BYTES + 1)
+        else:
+            with Path(source).open("rb") as handle:
+                raw = handle.read(MAX_SALE_BYTES + 1)
     except OSError as exc:
         _fail(InvalidSale("(document)", "readable", f"cannot read {source}: {exc}"), as_json)
+    if len(raw) > MAX_SALE_BYTES:
+        message = f"a sale is at most {MAX_SALE_BYTES} bytes (1 MiB)"
+        _fail(InvalidSale("(document)", "max-size", message), as_json)
     with _service(data_dir, as_json) as service:
         result = service.issue(raw)
     _show_receipt(result, as_json)

@@ -9,6 +9,8 @@ import os
 import re
 import socket
 import stat
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -338,3 +340,55 @@ def test_the_largest_number_is_not_found(run: Run, till: Path) -> None:
     show = _expect(run("receipts", "show", "KASSE-1", _MAX, "--data-dir", till), 6)
     assert f"register KASSE-1 has no receipt {_MAX}" in _flat(show.stderr)
     _expect(run("outage", "show", _MAX, "--data-dir", till), 6)
+
+
+# -- 5. issue reads at most 1 MiB (+1 byte) of a sale, as the spool and the API take ---------
+
+_MIB = 1024 * 1024
+
+
+def test_issue_refuses_a_sale_over_1_mib_without_reading_it_all(till: Path, tmp_path: Path) -> None:
+    """``yes | till-agent issue -`` read stdin until memory ran out: one byte more than
+    1 MiB is refused (exit 3, max-size) and the rest is never read (here 16 MiB are
+    offered; what the pipe took is counted)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILL_AGENT_")}
+    env["HOME"] = str(tmp_path)
+    command = [sys.executable, "-m", "agent", "issue", "-", "--json", "--data-dir", str(till)]
+    with subprocess.Popen(
+        command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as process:
+        assert process.stdin is not None
+        written = 0
+        chunk = json.dumps(sale(request_id="big")).encode() + b" " * (64 * 1024)
+        try:
+            while written < 16 * _MIB:
+                written += process.stdin.write(chunk)
+                chunk = b" " * (64 * 1024)
+        except BrokenPipeError:
+            pass  # the command stopped reading and left
+        try:
+            stdout, stderr = process.communicate(timeout=60)  # (it closes stdin)
+        finally:
+            process.kill()  # (once it has exited this does nothing)
+    assert process.returncode == 3, stderr
+    body = json.loads(stdout)
+    assert body == {
+        "error": "InvalidSale",
+        "message": "a sale is at most 1048576 bytes (1 MiB)",
+        "field": "(document)",
+        "rule": "max-size",
+    }
+    assert written < 2 * _MIB
+
+
+def test_issue_takes_a_sale_of_1_mib_and_refuses_one_byte_more(
+    run: Run, till: Path, tmp_path: Path
+) -> None:
+    head = json.dumps(sale(request_id="edge")).encode()
+    exact = tmp_path / "exact.json"
+    exact.write_bytes(head + b" " * (_MIB - len(head)))
+    larger = tmp_path / "larger.json"
+    larger.write_bytes(head + b" " * (_MIB + 1 - len(head)))
+    message = _flat(_expect(run("issue", larger, "--data-dir", till), 3).stderr)
+    assert "a sale is at most 1048576 bytes (1 MiB) [max-size]" in message
+    _expect(run("issue", exact, "--data-dir", till), 0)
