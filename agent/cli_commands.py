@@ -51,13 +51,18 @@ if TYPE_CHECKING:  # the commands import what they use: every command starts fas
 
 
 @contextmanager
-def _service(data_dir: Path, as_json: bool = False) -> Iterator[ReceiptService]:
+def _service(
+    data_dir: Path, as_json: bool = False, *, create: bool = False
+) -> Iterator[ReceiptService]:
+    """The receipt service on the till database, its writer lock held. Only ``init`` may
+    create the database (``create``): elsewhere a mistyped directory is exit 6, and is
+    left as it was (no database, no lock file, no directory)."""
     from agent.receipts import ReceiptService
     from agent.signing.registry import UnitRegistry
     from storage.db import open_till_db
 
     try:
-        db = open_till_db(data_dir)
+        db = open_till_db(data_dir, create=create)
     except TillAgentError as exc:
         _fail(exc, as_json)
     registry = UnitRegistry(simulate_dir=data_dir / "simulate")
@@ -358,7 +363,7 @@ def init(
         timezone=timezone,
         receipt_id_format=receipt_id_format,
     )
-    with _service(data_dir, as_json) as service:
+    with _service(data_dir, as_json, create=True) as service:
         result = service.init_register(setup)
     key = base64.b64encode(setup.aes_key).decode()
     if as_json:

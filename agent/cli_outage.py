@@ -154,7 +154,7 @@ def outage_report(
     from storage.db import open_till_db
 
     try:
-        db = open_till_db(data_dir)
+        db = open_till_db(data_dir, create=False)  # a mistyped directory stays as it is
     except DataDirLocked:  # the service holds the data directory: ask it over its API
         _report_via_api(outage_id, reference, end, as_json)
     except TillAgentError as exc:

@@ -48,7 +48,7 @@ def _reprint_local(config: AgentConfig, register: str, number: int) -> int:
     from agent.signing.registry import UnitRegistry
     from storage.db import open_till_db
 
-    db = open_till_db(config.data_dir)
+    db = open_till_db(config.data_dir, create=False)
     registry = UnitRegistry()
     try:
         worker = PrintWorker(

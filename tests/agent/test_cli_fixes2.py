@@ -392,3 +392,49 @@ def test_issue_takes_a_sale_of_1_mib_and_refuses_one_byte_more(
     message = _flat(_expect(run("issue", larger, "--data-dir", till), 3).stderr)
     assert "a sale is at most 1048576 bytes (1 MiB) [max-size]" in message
     _expect(run("issue", exact, "--data-dir", till), 0)
+
+
+# -- 6. a mistyped data directory is not a new till ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("issue", "{sale}"),
+        ("special", "KASSE-1", "null"),
+        ("outage", "recover", "KASSE-1"),
+        ("outage", "report", "1", "--reference", "FON-1"),
+        ("outage", "show", "1"),
+        ("outage", "export", "1", "-o", "{out}"),
+        ("receipts", "list", "--register", "KASSE-1"),
+        ("receipts", "show", "KASSE-1", "1"),
+        ("export", "dep", "--register", "KASSE-1", "-o", "{out}/dep.json"),
+        ("export", "crypto-container", "--register", "KASSE-1", "-o", "{out}/c.json"),
+        ("unit", "list"),
+        ("simulate", "unit", "down"),
+        ("reprint", "KASSE-1", "1"),
+    ],
+)
+@pytest.mark.parametrize("exists", [False, True], ids=["missing", "empty"])
+def test_commands_on_a_till_create_no_database(
+    run: Run, tmp_path: Path, command: tuple[str, ...], exists: bool
+) -> None:
+    """``issue sale.json --data-dir /tmp/typo`` created till.sqlite3 and agent.lock there
+    and then said register-unknown: exit 6 naming the directory, and it stays as it was."""
+    typo = tmp_path / "typo"
+    if exists:
+        typo.mkdir()
+    sale_file = tmp_path / "sale.json"
+    sale_file.write_text(json.dumps(sale()))
+    args = [a.format(sale=sale_file, out=tmp_path / "out") for a in command]
+    if args[0] == "reprint":
+        config = tmp_path / "till.toml"
+        config.write_text(f'data_dir = "{typo}"\n', encoding="utf-8")
+        args += ["--config", str(config)]
+    else:
+        args += ["--data-dir", str(typo)]
+    result = _expect(run(*args), 6)
+    assert f"no till database in {typo}" in _flat(result.stderr)
+    made = {"sale.json", "till.toml", "typo"} if exists else {"sale.json", "till.toml"}
+    assert {p.name for p in tmp_path.iterdir()} <= made  # (no out/, no typo/ made)
+    assert not exists or _files(typo) == []
