@@ -1,9 +1,15 @@
 """The ``till-agent`` command line (Typer + Rich).
 
-Exit codes: 0 success; 1 verification failed or an unexpected error; 2 usage error;
-3 invalid input (a bad sale: nothing was consumed); 4 fiscal refusal (for example a unit
-that cannot sign a Startbeleg); 5 storage problem (database damaged or locked by another
-process); 6 not found.
+Exit codes: 0 ok, 1 invalid DEP or unexpected error, 2 usage or configuration (also an
+output file that cannot be written, or a service that cannot be reached), 3 invalid input
+(nothing consumed; also a unit id or register that exists already), 4 fiscal refusal (a
+register closed by its Schlussbeleg, or a receipt that must wait for the unit), 5 storage
+(damaged, read-only, or another process owns the data directory), 6 not found (also a
+data directory without a till database).
+`config check` answers 3 for a configuration it refuses (there the configuration is the
+input it checks).
+
+(As README.md's "Command line" says them, word for word: a test compares the two.)
 """
 
 from __future__ import annotations

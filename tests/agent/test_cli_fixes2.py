@@ -438,3 +438,18 @@ def test_commands_on_a_till_create_no_database(
     made = {"sale.json", "till.toml", "typo"} if exists else {"sale.json", "till.toml"}
     assert {p.name for p in tmp_path.iterdir()} <= made  # (no out/, no typo/ made)
     assert not exists or _files(typo) == []
+
+
+# -- 7. the exit codes in agent/cli.py are the README's ---------------------------------------
+
+
+def test_the_exit_codes_in_the_cli_docstring_are_the_readmes() -> None:
+    """The module docstring listed other codes (2 only usage, 5 only damaged or locked, no
+    word of a register that exists or a data directory without a database)."""
+    import agent.cli
+
+    readme = _flat((Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8"))
+    start = readme.index("Exit codes: 0 ok")
+    end = readme.index("(there the configuration is the input it checks).", start)
+    paragraph = readme[start:end] + "(there the configuration is the input it checks)."
+    assert paragraph in _flat(agent.cli.__doc__ or "")
