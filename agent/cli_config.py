@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from agent.cli_base import err, out
 from agent.config import CONFIG_ENV, ENV_PREFIX, AgentConfig, find_config_file, load_config
 from agent.errors import ConfigurationError
 from agent.signing.config import UnitConfig
@@ -25,8 +25,6 @@ __all__ = ["ConfigOption", "config_app"]
 INVALID = 3
 
 config_app = typer.Typer(help="Check or show the configuration (TOML file + environment).")
-_out = Console()
-_err = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
@@ -50,11 +48,7 @@ def _invalid(exc: ConfigurationError, as_json: bool) -> NoReturn:
         print(json.dumps({"error": type(exc).__name__, "message": str(exc)}, ensure_ascii=False))
     else:
         # escape: "[rule]" in the message would otherwise be eaten as Rich markup
-        _err.print(
-            f"[red]invalid configuration:[/red]\n{escape(str(exc))}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        err.print(f"[red]invalid configuration:[/red]\n{escape(str(exc))}", highlight=False)
     raise typer.Exit(INVALID)
 
 
@@ -84,11 +78,7 @@ def config_check(
     if as_json:
         print(json.dumps({"ok": True, "source": _origin(config)}, ensure_ascii=False))
         return
-    _out.print(
-        f"[green]configuration OK[/green]: {escape(_origin(config))}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    out.print(f"[green]configuration OK[/green]: {escape(_origin(config))}", highlight=False)
 
 
 @config_app.command("show")

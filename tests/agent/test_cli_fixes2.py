@@ -453,3 +453,40 @@ def test_the_exit_codes_in_the_cli_docstring_are_the_readmes() -> None:
     end = readme.index("(there the configuration is the input it checks).", start)
     paragraph = readme[start:end] + "(there the configuration is the input it checks)."
     assert paragraph in _flat(agent.cli.__doc__ or "")
+
+
+# -- 8. config check prints through the CLI's own consoles -----------------------------------
+
+
+def test_every_command_module_prints_through_the_shared_consoles() -> None:
+    """``cli_config`` had Rich consoles of its own, outside what makes output into a pipe
+    whole lines (and whatever the shared consoles learn next)."""
+    import importlib
+    import pkgutil
+
+    from rich.console import Console
+
+    import agent
+    from agent.cli_base import err, out
+
+    modules = [m.name for m in pkgutil.iter_modules(agent.__path__) if m.name.startswith("cli")]
+    assert "cli_config" in modules
+    for name in modules:
+        module = importlib.import_module(f"agent.{name}")
+        own = [k for k, v in vars(module).items() if isinstance(v, Console) and v not in (out, err)]
+        assert own == [], f"agent.{name} has consoles of its own: {own}"
+
+
+def test_config_check_lines_are_whole_in_a_pipe(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    blocker = tmp_path / ("x" * 120)
+    blocker.write_text("a file, not a directory")
+    config = tmp_path / "c.toml"
+    config.write_text(f'data_dir = "{blocker}"\n', encoding="utf-8")
+    result = _expect(run("config", "check", "--config", config), 3)
+    assert result.stderr == f"invalid configuration:\ndata_dir: {blocker} is not a directory\n"
+    config.write_text(f'data_dir = "{tmp_path / ("y" * 120)}"\n', encoding="utf-8")
+    result = _expect(run("config", "check", "--config", config), 0)
+    assert result.stdout == f"configuration OK: file {config}\n"
