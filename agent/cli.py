@@ -1,7 +1,8 @@
 """The ``till-agent`` command line (Typer + Rich).
 
 Exit codes: 0 ok, 1 invalid DEP or unexpected error, 2 usage or configuration (also an
-output file that cannot be written, or a service that cannot be reached), 3 invalid input
+output that cannot be written or is no regular file, such as a device or a fifo, or a
+service that cannot be reached), 3 invalid input
 (nothing consumed; also a unit id or register that exists already), 4 fiscal refusal (a
 register closed by its Schlussbeleg, or a receipt that must wait for the unit), 5 storage
 (damaged, read-only, or another process owns the data directory), 6 not found (also a
