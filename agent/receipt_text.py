@@ -15,9 +15,22 @@ from dataclasses import dataclass
 from agent.at_rksv import FALLBACK_TEXT
 from agent.contract import scaled
 
-__all__ = ["WIDTH", "TextFacts", "columns", "headings", "render_lines", "wrap", "zero_width"]
+__all__ = [
+    "MARKED_STATES",
+    "WIDTH",
+    "TextFacts",
+    "columns",
+    "headings",
+    "render_lines",
+    "wrap",
+    "zero_width",
+]
 
 WIDTH = 42
+# the states whose JWS carries the failure marker: an `unsigned` receipt (a chain service's
+# unknown outcome) chains like a fallback one, so its paper says the unit failed too
+# (§ 17 Abs 4 RKSV), with the note that it will be remedied
+MARKED_STATES = frozenset({"fallback", "unsigned"})
 _VAT_LETTER = {"normal": "A", "reduced1": "B", "reduced2": "C", "zero": "D", "special": "E"}
 _VAT_LABEL = {
     "normal": "A 20%",
@@ -56,10 +69,10 @@ class TextFacts:
 
 def headings(kind: str, signature_state: str) -> frozenset[str]:
     """The lines of a receipt of this kind and state that are printed bold: its title and
-    the fallback notice, exactly, so no text of the POS can pass for one elsewhere."""
+    the failure notice, exactly, so no text of the POS can pass for one elsewhere."""
     title = _TITLES.get(kind)
     lines = {f"*** {title} ***"} if title is not None else set()
-    if signature_state == "fallback":
+    if signature_state in MARKED_STATES:
         lines.add(FALLBACK_TEXT)
     return frozenset(lines)
 
@@ -160,7 +173,7 @@ def render_lines(facts: TextFacts) -> list[str]:
         out += _pair(f"  {method}", _money(amount))
     used = {line[3] for line in facts.lines}
     out.extend(label for vat, label in _VAT_LINES if vat in used)
-    if facts.signature_state == "fallback":
+    if facts.signature_state in MARKED_STATES:
         out.append(FALLBACK_TEXT)
     if facts.signature_state == "unsigned":
         out += ["Signatur ungewiss:", "wird nachsigniert oder ersetzt"]

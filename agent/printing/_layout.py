@@ -2,7 +2,8 @@
 
 The text lines come from the receipt (:mod:`agent.receipt_text`); this module adds only
 what depends on the print job (the copy marking) or guards what must never be missing
-(the labels of Storno, Training and fallback receipts, the notice of an unsigned one).
+(the labels of Storno and Training receipts, "Sicherheitseinrichtung ausgefallen" on every
+receipt whose code carries the failure marker, the notice of an unsigned one).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from agent.at_rksv import FALLBACK_TEXT
 from agent.contract import ReceiptResult
-from agent.receipt_text import WIDTH, headings, wrap, zero_width
+from agent.receipt_text import MARKED_STATES, WIDTH, headings, wrap, zero_width
 
 __all__ = ["COPY_NOTICE", "UNSIGNED_NOTICE", "Block", "Qr", "Text", "layout", "printable"]
 
@@ -101,7 +102,9 @@ def _guards(receipt: ReceiptResult) -> list[Text]:
     label = _KIND_LABELS.get(receipt.kind)
     if label is not None and label not in text:
         out.append(Text(f"*** {label} ***", bold=True))
-    if receipt.signature_state == "fallback" and FALLBACK_TEXT not in text:
+    # an unsigned receipt carries the marker as a fallback one does; stored texts of
+    # unsigned receipts from before it was printed lack it
+    if receipt.signature_state in MARKED_STATES and FALLBACK_TEXT not in receipt.lines:
         out.append(Text(FALLBACK_TEXT, bold=True))
     if receipt.signature_state == "unsigned":
         out.append(Text(UNSIGNED_NOTICE[0], bold=True))

@@ -7,8 +7,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.at_rksv import FALLBACK_TEXT
 from agent.printing import render_escpos
-from agent.receipt_text import WIDTH, TextFacts, columns, render_lines, wrap
+from agent.receipt_text import WIDTH, TextFacts, columns, headings, render_lines, wrap
 from agent.receipts import ReceiptService
 from factories import sale
 
@@ -147,6 +148,17 @@ class TestLongTexts:
     def test_an_unsigned_receipt_explains_itself_within_the_paper(self) -> None:
         lines = render_lines(_facts(signature_state="unsigned"))
         assert lines[-2:] == ["Signatur ungewiss:", "wird nachsigniert oder ersetzt"]
+
+    def test_an_unsigned_receipt_says_the_unit_failed(self) -> None:
+        """Its code carries the failure marker, so its paper shows it (§ 17 Abs 4 RKSV),
+        in bold like a fallback receipt's, before the note that it will be remedied."""
+        lines = render_lines(_facts(signature_state="unsigned"))
+        assert lines[-3:] == [FALLBACK_TEXT, "Signatur ungewiss:", "wird nachsigniert oder ersetzt"]
+        assert lines.count(FALLBACK_TEXT) == 1
+        assert FALLBACK_TEXT in headings("standard", "unsigned")
+        assert FALLBACK_TEXT in headings("standard", "fallback")
+        assert FALLBACK_TEXT not in headings("standard", "signed")
+        assert FALLBACK_TEXT not in render_lines(_facts())
 
     @PROPERTY
     @given(

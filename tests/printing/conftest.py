@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from agent.contract import ReceiptResult
+from agent.errors import OutcomeUnknown
 from agent.receipts import ReceiptService
 from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
@@ -144,6 +145,23 @@ def _sammelbeleg(
     service.recover(REGISTER)
     receipt = service.get(REGISTER, fallback.number + 1)  # right after the last fallback
     assert (receipt.kind, receipt.signature_state) == ("sammelbeleg", "signed")
+    return receipt
+
+
+class _LostAnswer(FlakyUnit):
+    """A chain service whose answer never comes: the outcome of every call is unknown."""
+
+    def sign(self, data: bytes, *, deadline: float) -> bytes:
+        raise OutcomeUnknown("the request was sent, no answer came (simulated)")
+
+
+@pytest.fixture(name="issued_unsigned")
+def _issued_unsigned(service: ReceiptService, registry: UnitRegistry) -> ReceiptResult:
+    """A sale issued while the chain service loses its answers: stored text and all."""
+    with service.db.write_connection().transaction() as conn:
+        registry.put(_LostAnswer(registry.get(conn, "dev")))
+    receipt = service.issue(sale(request_id="lost"))
+    assert receipt.signature_state == "unsigned"
     return receipt
 
 

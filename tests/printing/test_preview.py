@@ -54,3 +54,13 @@ class TestPreview:
         names = standard.model_copy(update={"lines": ["Dvořák Łukasz Erdős 😀"]})
         paper = standard.model_copy(update={"lines": ["Dvorák Lukasz Erdos ?"]})
         assert render_png(names) == render_png(paper)
+
+    def test_an_unsigned_preview_says_the_unit_failed(self, unsigned: ReceiptResult) -> None:
+        """Stored with or without the notice, an unsigned receipt's preview shows it, bold
+        (the same picture as its text with the notice as the last stored line)."""
+        notice = "Sicherheitseinrichtung ausgefallen"
+        assert notice not in unsigned.lines
+        marked = unsigned.model_copy(update={"lines": [*unsigned.lines, notice]})
+        signed = marked.model_copy(update={"signature_state": "signed"})
+        assert render_png(unsigned) == render_png(marked)
+        assert render_png(marked) != render_png(signed)

@@ -149,6 +149,28 @@ class TestLabels:
         assert b"*** NOCH NICHT SIGNIERT ***" in job
         assert b"nachgeholt" not in job
 
+    def test_an_unsigned_receipt_says_the_unit_failed(
+        self, service: ReceiptService, issued_unsigned: ReceiptResult
+    ) -> None:
+        """Its code carries the failure marker like a fallback's: the paper says so, bold,
+        once, and still says the receipt will be remedied; a reprint prints the same."""
+        job = render_escpos(issued_unsigned)
+        assert job.count(b"Sicherheitseinrichtung ausgefallen") == 1
+        assert b"\x1bE\x01Sicherheitseinrichtung ausgefallen\n\x1bE\x00" in job
+        assert b"Signatur ungewiss:\nwird nachsigniert oder ersetzt\n" in job
+        assert b"*** NOCH NICHT SIGNIERT ***" in job
+        stored = service.get(issued_unsigned.register_id, issued_unsigned.number)
+        assert render_escpos(stored) == job
+
+    def test_an_unsigned_receipt_stored_without_the_notice_gets_it(
+        self, unsigned: ReceiptResult
+    ) -> None:
+        """A text stored before unsigned receipts printed it: the guard adds it, bold."""
+        assert "Sicherheitseinrichtung ausgefallen" not in unsigned.lines
+        job = render_escpos(unsigned)
+        assert b"\x1bE\x01Sicherheitseinrichtung ausgefallen\n\x1bE\x00" in job
+        assert job.count(b"Sicherheitseinrichtung ausgefallen") == 1
+
     def test_a_label_missing_from_the_stored_lines_is_added(self, storno: ReceiptResult) -> None:
         """The labels are guarded: lines without them still print them."""
         bare = storno.model_copy(update={"lines": [storno.lines[0]], "signature_state": "fallback"})
