@@ -657,8 +657,8 @@ class TestNoSilentCoercion:
             ('data_dir = "a\\u0000b"\n', "data_dir", "path_nul"),
             ('[spool]\ndir = ""\n', "spool.dir", "path_empty"),
             (
-                '[[units]]\nid = "u"\nkind = "software"\nkey_file = "k"\nkey_id = "K1"\n'
-                'zda = "AT0"\nsimulate = 1\n',
+                '[[units]]\nid = "u"\nkind = "software"\nkey_file = "k"\n'
+                'key_id = "U:ATU12345678-K1"\nzda = "AT0"\nsimulate = 1\n',
                 "units.0.simulate",
                 "bool_type",
             ),

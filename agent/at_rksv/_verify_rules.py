@@ -29,6 +29,7 @@ from agent.at_rksv.counter import (
 from agent.at_rksv.dep import CERTIFICATE, CryptoContainer, DepFormatError
 from agent.at_rksv.encoding import AMOUNT_RE, amount_to_cents, b64_decode, b64url_decode
 from agent.at_rksv.payload import JWS_HEADER, Payload, is_fallback
+from agent.signing.config import ORDNUNGSBEGRIFF
 
 __all__ = [
     "KeyStore",
@@ -46,7 +47,9 @@ MALFORMED = "malformed-receipt"
 _ALGORITHM_RE = re.compile(r"R[1-9]\d*")
 _ZDA_RE = re.compile(r"(AT0|[A-Z]{2}[1-9]\d*)")
 _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}")
-_CLOSED_SERIAL_RE = re.compile(r"(S:\d{9}|U:ATU\d{8}|G:\d{13})(-[^_]+)?")
+# closed system field 11 (reference/rksv.md 1.3): Steuernummer, UID or GLN, then "-Key-ID";
+# the key id is optional here as in ztp (its corpus expects no-public-key, not a bad serial)
+_CLOSED_SERIAL_RE = re.compile(rf"({ORDNUNGSBEGRIFF})(-[^_]+)?")
 _HEX_RE = re.compile(r"-?[0-9a-fA-F]+")
 _DECIMAL_RE = re.compile(r"[0-9]+")
 _B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")

@@ -10,11 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from agent.strict_values import refuse_coercion
 
-__all__ = ["UNIT_ID_PATTERN", "UnitConfig"]
+__all__ = ["ORDNUNGSBEGRIFF", "UNIT_ID_PATTERN", "UnitConfig"]
 
 # a unit id names files (keys/<id>.key.pem) and appears in logs: no '/', no '_', no spaces
 UNIT_ID_PATTERN = r"^[A-Za-z0-9.:-]{1,64}$"
 _ZDA_RE = re.compile(r"^(AT0|[A-Z]{2}[1-9]\d*)$")
+# the Ordnungsbegriff of a closed system (reference/rksv.md 1.3): Steuernummer, UID or GLN
+ORDNUNGSBEGRIFF = r"S:\d{9}|U:ATU\d{8}|G:\d{13}"
+# field 11 of a closed system as the verifier reads it, the key id required and plain
+# letters and digits (ztp refuses a second '-' or other signs in it)
+_KEY_ID_RE = re.compile(rf"(?:{ORDNUNGSBEGRIFF})-[A-Za-z0-9]{{1,32}}")
 
 
 class UnitConfig(BaseModel):
@@ -60,8 +65,16 @@ class UnitConfig(BaseModel):
     @field_validator("key_id")
     @classmethod
     def _key_id_form(cls, value: str | None) -> str | None:
-        if value is not None and ("_" in value or not value):
+        if value is None:
+            return value
+        if "_" in value or not value:
             raise ValueError("key_id must be non-empty and must not contain '_'")
+        if not _KEY_ID_RE.fullmatch(value):
+            raise ValueError(
+                "key_id must be Ordnungsbegriff-KeyID (RKSV field 11 of a closed system,"
+                " reference/rksv.md 1.3): S:<9-digit tax number>, U:ATU<8 digits> or"
+                " G:<13-digit GLN>, '-', then letters and digits, e.g. U:ATU12345678-K1"
+            )
         return value
 
     @field_validator("url")

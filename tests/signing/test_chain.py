@@ -367,7 +367,7 @@ class TestOpen:
             ({"url": None}, "needs url"),
             ({"token_file": None}, "needs token_file"),
             ({"url": "ftp://example"}, "url must be"),
-            ({"zda": "AT0", "key_id": "k1"}, "open system"),
+            ({"zda": "AT0", "key_id": "U:ATU12345678-K1"}, "open system"),
         ],
     )
     def test_a_chain_config_names_what_is_wrong(

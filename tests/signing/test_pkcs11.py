@@ -88,7 +88,7 @@ def pkcs11_config(softhsm: Any, key_label: str, **overrides: Any) -> UnitConfig:
         "pin": softhsm.pin,
         "key_label": key_label,
         "zda": "AT0",
-        "key_id": "hsm-key-1",
+        "key_id": "U:ATU12345678-HSM1",
     }
     fields.update(overrides)
     return UnitConfig(**fields)
@@ -188,7 +188,7 @@ class TestOpen:
         """A closed system (AT0) prints the key id and has no certificate."""
         unit = open_unit(pkcs11_config(softhsm, token_key.label))
         try:
-            assert unit.identity.serial == "hsm-key-1"
+            assert unit.identity.serial == "U:ATU12345678-HSM1"
             assert unit.identity.closed
             assert unit.identity.certificate_der is None
             assert unit.identity.public_key_der == token_key.public_der

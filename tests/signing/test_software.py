@@ -26,7 +26,7 @@ def _synced(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
     return calls
 
 
-@pytest.mark.parametrize("key_id", [None, "K1"], ids=["open", "closed"])
+@pytest.mark.parametrize("key_id", [None, "U:ATU12345678-K1"], ids=["open", "closed"])
 def test_a_new_unit_is_on_disk_when_it_is_returned(
     tmp_path: Path, synced: list[tuple[int, bool]], key_id: str | None
 ) -> None:
