@@ -408,6 +408,8 @@ class ReceiptService:
 
     def _issue_in(self, conn: sqlite3.Connection, reg: sqlite3.Row, draft: _Draft) -> ReceiptResult:
         register_id, number = reg["id"], reg["last_number"] + 1  # allocated inside the txn
+        if draft.kind == "closing":
+            self._check_closable(conn, register_id)
         receipt_id = draft.receipt_id or reg["receipt_id_format"].format(number=number)
         _check_id("receipt_id", receipt_id)
         unit = self._unit_for(conn, reg, draft.unit_position)
@@ -486,6 +488,26 @@ class ReceiptService:
             register_id, number, draft.kind, state, payload, signature, jws, document
         )
 
+    def _check_closable(self, conn: sqlite3.Connection, register_id: str) -> None:
+        """Refuse a Schlussbeleg while the register waits for its unit: after it the
+        register issues nothing, so an open outage could never get its Sammelbeleg (nor an
+        unsigned receipt its remedy, nor a waiting Jahresbeleg its turn)."""
+        if self.outages.is_open(register_id):
+            why = "has an open outage that only its signed Sammelbeleg closes"
+        elif _unresolved(conn, register_id):
+            why = "has unsigned receipts waiting for their remedy"
+        elif conn.execute(
+            "SELECT 1 FROM waiting_specials WHERE register_id = ? AND done_at IS NULL",
+            (register_id,),
+        ).fetchone():
+            why = "has a special receipt waiting for the unit"
+        else:
+            return
+        raise WaitsForUnit(
+            f"register {register_id} {why}: the Schlussbeleg waits until the unit answers"
+            " and recovery is done (till-agent outage recover); nothing was issued"
+        )
+
     def _unit_for(
         self, conn: sqlite3.Connection, reg: sqlite3.Row, position: int | None
     ) -> SignatureUnit:
@@ -535,6 +557,11 @@ class ReceiptService:
         try:
             return sign_verified(unit, data, timeout=self.sign_timeout), "signed"
         except SigningError as exc:
+            if kind == "closing":  # its outage could never be closed: the register ends
+                raise WaitsForUnit(
+                    f"the unit failed ({exc}): a Schlussbeleg is issued only when it signs,"
+                    " since no Sammelbeleg could follow it; nothing was issued"
+                ) from exc
             if must_sign:
                 raise WaitsForUnit(
                     f"a {kind} receipt must be validly signed and the unit failed: {exc}"
