@@ -8,8 +8,11 @@ only for the time the agent was not running. Levels, each journaled once per out
 * ``24h``: a day has passed;
 * ``approaching``: 44 h, the 48-hour window is about to close;
 * ``exceeded``: 48 h, not a temporary outage any more: the FinanzOnline report is due
-  within one week (the date is recorded);
+  within one week of that moment (the date is recorded);
 * ``overdue``: the week is over and no report was acknowledged (``outage report``).
+
+An outage is aged once more as its Sammelbeleg closes it (:meth:`OutageWatch.age_for_close`),
+so one that lasted past 48 h is flagged even if no tick saw it.
 """
 
 from __future__ import annotations
@@ -25,9 +28,15 @@ from agent.errors import InvalidSale, NotFound
 from storage.journal import append_event
 from storage.writer import WriteConnection
 
-__all__ = ["OutageWatch", "Thresholds", "acknowledge_report"]
+__all__ = ["Escalation", "OutageWatch", "Thresholds", "acknowledge_report", "log_escalation"]
 
 HOUR = 3600.0
+_OPEN_OUTAGES = (
+    "SELECT id, register_id, age_seconds, checked_at, escalations, report_due,"
+    " report_reference FROM outages WHERE ended_at IS NULL"
+)
+
+Escalation = tuple[int, str, str, float, str | None]  # outage, register, level, age s, due
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +64,7 @@ class OutageWatch:
     """Ages open outages and journals escalations; call :meth:`tick` on a monotonic timer."""
 
     def __init__(
-        self, writer: WriteConnection, clock: Clock, thresholds: Thresholds | None = None
+        self, writer: WriteConnection | None, clock: Clock, thresholds: Thresholds | None = None
     ) -> None:
         self.writer = writer
         self.clock = clock
@@ -67,33 +76,42 @@ class OutageWatch:
 
         Each escalation past the opening is logged once its transaction has committed.
         """
-        fired: list[tuple[int, str, str, float, str | None]] = []
+        if self.writer is None:
+            raise RuntimeError("this OutageWatch has no writer: it only ages closing outages")
+        fired: list[Escalation] = []
         with self.writer.transaction() as conn:
-            rows = conn.execute(
-                "SELECT id, register_id, age_seconds, checked_at, escalations, report_due,"
-                " report_reference FROM outages WHERE ended_at IS NULL"
-            ).fetchall()
+            rows = conn.execute(_OPEN_OUTAGES).fetchall()
             for row in rows:
-                levels, age, due = self._age(conn, row)
-                fired.extend((int(row[0]), str(row[1]), level, age, due) for level in levels)
+                fired.extend(self._age(conn, row, self.clock.now()))
         for escalation in fired:
-            _log_escalation(*escalation)
+            log_escalation(*escalation)
         return [(outage_id, level) for outage_id, _, level, _, _ in fired]
 
+    def age_for_close(
+        self, conn: sqlite3.Connection, outage_id: int, at: dt.datetime
+    ) -> list[Escalation]:
+        """Age the open outage ``outage_id`` at ``at`` in the caller's transaction (the one of
+        its Sammelbeleg), journaling what a tick would: an outage past 48 h that closes before
+        the timer saw it is still flagged and gets its report date. Log the returned
+        escalations (:func:`log_escalation`) once that transaction has committed."""
+        row = conn.execute(f"{_OPEN_OUTAGES} AND id = ?", (outage_id,)).fetchone()
+        return [] if row is None else self._age(conn, row, at)
+
     def _age(
-        self, conn: sqlite3.Connection, row: sqlite3.Row
-    ) -> tuple[list[str], float, str | None]:
-        """Age one open outage and journal its new levels; (levels, age in s, report due)."""
+        self, conn: sqlite3.Connection, row: sqlite3.Row, wall: dt.datetime
+    ) -> list[Escalation]:
+        """Age one open outage and journal its new levels."""
         outage_id, register_id = int(row[0]), str(row[1])
-        mono, wall = self.clock.monotonic(), self.clock.now()
+        mono = self.clock.monotonic()
         elapsed = self._elapsed(conn, outage_id, register_id, row[3], mono=mono, wall=wall)
         self._seen[outage_id] = (mono, wall)
         age = float(row[2]) + elapsed
         sent = list(json.loads(row[4]))
         due = row[5]
         new = [lvl for lvl, at in self.thresholds.levels() if age >= at and lvl not in sent]
-        if "exceeded" in new:
-            due = (wall + dt.timedelta(days=self.thresholds.report_days)).isoformat()
+        if "exceeded" in new:  # a week from the moment it was past the window, not from now
+            past = wall - dt.timedelta(seconds=age - self.thresholds.exceeded_hours * HOUR)
+            due = (past + dt.timedelta(days=self.thresholds.report_days)).isoformat()
         if due is not None and row[6] is None and "overdue" not in sent:
             overdue_at = (self.thresholds.exceeded_hours + self.thresholds.report_days * 24) * HOUR
             if age >= overdue_at:
@@ -116,7 +134,7 @@ class OutageWatch:
             " WHERE id = ?",
             (age, wall.isoformat(), json.dumps(sent + new), due, outage_id),
         )
-        return new, age, due
+        return [(outage_id, register_id, level, age, due) for level in new]
 
     def _elapsed(
         self,
@@ -133,19 +151,26 @@ class OutageWatch:
             # first look in this process: the time we were not running, by the wall clock
             gap = (wall - dt.datetime.fromisoformat(checked_at)).total_seconds()
             if gap < 0:
-                self._jump(conn, register_id, gap, "since the last check (before a restart)")
+                self._jump(conn, register_id, gap, "since the last check (before a restart)", wall)
             return max(0.0, gap)
         d_mono, d_wall = mono - previous[0], (wall - previous[1]).total_seconds()
         if abs(d_wall - d_mono) > self.thresholds.jump_tolerance_s:
-            self._jump(conn, register_id, d_wall - d_mono, "while running")
+            self._jump(conn, register_id, d_wall - d_mono, "while running", wall)
         return d_mono
 
-    def _jump(self, conn: sqlite3.Connection, register_id: str, delta: float, when: str) -> None:
+    def _jump(
+        self,
+        conn: sqlite3.Connection,
+        register_id: str,
+        delta: float,
+        when: str,
+        wall: dt.datetime,
+    ) -> None:
         append_event(
             conn,
             kind="clock.jump",
             register_id=register_id,
-            at=self.clock.now().isoformat(),
+            at=wall.isoformat(),
             data={"delta_seconds": round(delta, 3), "when": when},
         )
 
@@ -171,9 +196,10 @@ _ESCALATIONS = {
 }
 
 
-def _log_escalation(
+def log_escalation(
     outage_id: int, register_id: str, level: str, age: float, due: str | None
 ) -> None:
+    """Log one escalation (call it once its transaction has committed)."""
     if level in _ESCALATIONS:
         severity, what = _ESCALATIONS[level]
         text = what.format(due=(due or "?")[:10], id=outage_id)

@@ -6,6 +6,10 @@ transaction as that receipt), so a crash can neither lose an outage nor issue a 
 Sammelbeleg. While it is open the receipt path does not call the unit at all (a circuit
 breaker). Every change to the record is also a journal event.
 
+An outage that closes is aged first, by the watch's own rules (:meth:`OutageWatch.age_for_close`):
+one past 48 hours is flagged and given its report date even if the timer never saw it
+(``till-agent outage recover`` after days with the agent stopped).
+
 Opening and closing are logged (WARNING, INFO) once the transaction that records them has
 committed (:meth:`OutageBook.settle`), so the log never tells of an outage that a rollback
 undid.
@@ -21,6 +25,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from agent.clock import SystemClock
+from agent.outage_watch import Escalation, OutageWatch, log_escalation
 from storage.journal import append_event
 
 __all__ = ["OutageBook", "OutageRecord", "load_outage", "load_outages"]
@@ -73,16 +79,23 @@ class OutageBook:
 
     The in-memory set answers "is the breaker open?" without touching the database; it is
     loaded from the table at start, so an outage survives restarts.
+
+    ``watch`` ages an outage as it closes: the running agent's :class:`OutageWatch` should
+    be put here (it knows its thresholds and the time it has seen); the default one has the
+    legal limits (48 h, a week) and counts the time since the last check by the wall clock,
+    as the watch does for time it did not see.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._lock = threading.Lock()
+        self.watch = OutageWatch(None, SystemClock())
         rows = conn.execute(
             f"SELECT {_COLUMNS} FROM outages WHERE ended_at IS NULL"  # noqa: S608 - constant
         ).fetchall()
         self._open = {row[1]: int(row[0]) for row in rows}
         self._pending: list[tuple[str, str, int]] = []  # (action, register, outage) until commit
         self._news: list[_LogLine] = []  # what to log once the transaction has committed
+        self._escalations: list[Escalation] = []  # the same, of closing outages (first)
 
     def settle(self, committed: bool) -> None:
         """Keep (after COMMIT) or undo (after ROLLBACK) the in-memory changes of a txn;
@@ -90,6 +103,7 @@ class OutageBook:
         with self._lock:
             pending, self._pending = self._pending, []
             news, self._news = self._news, []
+            escalations, self._escalations = self._escalations, []
             if not committed:
                 for action, register_id, outage_id in reversed(pending):
                     if action == "close":
@@ -97,6 +111,8 @@ class OutageBook:
                     elif self._open.get(register_id) == outage_id:
                         del self._open[register_id]
                 return
+        for escalation in escalations:
+            log_escalation(*escalation)
         for level, message, args in news:
             log.log(level, message, *args)
 
@@ -194,6 +210,7 @@ class OutageBook:
     ) -> int:
         """Close the open outage with its Sammelbeleg, in the Sammelbeleg's transaction."""
         outage_id = self._id(register_id)
+        escalations = self.watch.age_for_close(conn, outage_id, at)
         conn.execute(
             "UPDATE outages SET ended_at = ?, sammelbeleg_number = ? WHERE id = ?",
             (at.isoformat(), sammelbeleg_number, outage_id),
@@ -209,6 +226,7 @@ class OutageBook:
         with self._lock:
             del self._open[register_id]
             self._pending.append(("close", register_id, outage_id))
+            self._escalations.extend(escalations)
             self._news.append(closed)
         return outage_id
 
