@@ -419,7 +419,9 @@ def special(
 ) -> None:
     """Issue a zero receipt: Nullbeleg, Monatsbeleg, Jahresbeleg or Schlussbeleg.
 
-    A Schlussbeleg (closing) decommissions the register for good and needs --yes.
+    A Monats-/Jahresbeleg closes the current month (register time zone), as the agent's
+    closing job would: a month closed already is refused (exit 4). A Schlussbeleg (closing)
+    decommissions the register for good, needs --yes and waits while an outage is open.
     """
     if kind not in ("null", "monthly", "yearly", "closing"):
         _fail(

@@ -51,6 +51,7 @@ from agent.errors import (
     InvalidSale,
     NotFound,
     OutcomeUnknown,
+    RegisterStateError,
     SigningError,
     WaitsForUnit,
 )
@@ -257,12 +258,19 @@ class ReceiptService:
     ) -> ReceiptResult:
         """Issue a receipt the agent makes itself: null, monthly, yearly, closing, Sammelbeleg.
 
+        A Monats- or Jahresbeleg closes the current month in the register's time zone, as
+        if :meth:`run_closings` had issued it: it records the period (so the job does not
+        issue a second one) and fulfils a Jahresbeleg waiting for that month.
         ``amounts`` and the kinds standard/storno/training serve the scenario replay.
+
+        Raises:
+            RegisterStateError: that month is closed already, or an earlier one is not.
         """
         if kind not in KINDS or kind == "start":
             raise InvalidSale("kind", "allowed-values", f"cannot issue a {kind!r} receipt here")
         with self._transaction() as conn:
             reg = self._open_register(conn, register_id)
+            period = self._period_to_close(reg) if kind in ("monthly", "yearly") else None
             draft = _Draft(
                 register_id,
                 kind,
@@ -271,8 +279,32 @@ class ReceiptService:
                 issued_at=issued_at,
                 unit_position=unit_position,
                 request_id=request_id,
+                period=period,
             )
-            return self._issue_in(conn, reg, draft)
+            result = self._issue_in(conn, reg, draft)
+            if period is not None:
+                waiting = _open_waiting(conn, register_id, "yearly", period)
+                if waiting is not None:
+                    self._waiting_done(conn, waiting, result.number)
+            return result
+
+    def _period_to_close(self, reg: sqlite3.Row) -> str:
+        """The month a Monats-/Jahresbeleg issued now closes; refuse a closed or a skipped one."""
+        period = self.clock.now().astimezone(_zone(reg["timezone"])).strftime("%Y-%m")
+        last = reg["last_closing"]
+        if last is not None and period <= last:
+            raise RegisterStateError(
+                f"register {reg['id']}: the month {period} is closed already (last closing"
+                f" {last}); a second Monats-/Jahresbeleg for it is not issued"
+            )
+        expected = _period_of(reg["created_at"], reg["timezone"]) if last is None else None
+        expected = expected or _next_period(last)
+        if period > expected:
+            raise RegisterStateError(
+                f"register {reg['id']}: the closings from {expected} on are not issued yet;"
+                f" they come first, in order (the agent's closing job catches them up)"
+            )
+        return period
 
     def get(self, register_id: str, number: int) -> ReceiptResult:
         """The stored receipt ``number`` of ``register_id``; raises ``NotFound``."""
