@@ -22,6 +22,7 @@ __all__ = [
     "columns",
     "headings",
     "render_lines",
+    "vat_split",
     "wrap",
     "zero_width",
 ]
@@ -39,7 +40,10 @@ _VAT_LABEL = {
     "zero": "D 0%",
     "special": "E 19%/4,9%",
 }
-_VAT_LINES = tuple((vat, f"  {label}") for vat, label in _VAT_LABEL.items())  # in print order
+# percent of each class; `special` stands for two rates (19 %, 4,9 %): no net or tax for it
+_VAT_RATE = {"normal": 20, "reduced1": 10, "reduced2": 13, "zero": 0}
+_AMOUNT_WIDTH = 10  # a column of the rate table: 9 characters of amount and a space before
+_RATE_HEAD = f"{'MwSt':<12}{'Netto':>10}{'Steuer':>10}{'Brutto':>10}"
 _TITLES = {
     "start": "STARTBELEG",
     "storno": "STORNOBUCHUNG",
@@ -148,6 +152,45 @@ def _item_lines(facts: TextFacts) -> list[str]:
     return out
 
 
+def vat_split(gross: int, rate: int) -> tuple[int, int]:
+    """Net and tax of ``gross`` cents at ``rate`` percent: the tax is
+    gross * rate / (100 + rate), rounded half up to the cent (away from zero for a
+    negative gross, so a Storno mirrors its receipt), and net is the rest."""
+    magnitude = (2 * abs(gross) * rate + 100 + rate) // (200 + 2 * rate)
+    tax = -magnitude if gross < 0 else magnitude
+    return gross - tax, tax
+
+
+def _rate_lines(facts: TextFacts) -> list[str]:
+    """Per VAT class used, in the order A to E: its gross amount (§ 132a Abs 3 BAO) and,
+    where the rate is one, the net amount and the tax. A table while the amounts fit its
+    columns; otherwise each amount on a line of its own."""
+    gross: dict[str, int] = {}
+    for *_, vat, total in facts.lines:
+        gross[vat] = gross.get(vat, 0) + total
+    rows = []
+    for vat, label in _VAT_LABEL.items():
+        if vat in gross:
+            rate = _VAT_RATE.get(vat)
+            split = None if rate is None else vat_split(gross[vat], rate)
+            rows.append((f"  {label}", gross[vat], split))
+    if not rows:
+        return []
+    cells = [_money(amount) for _, g, split in rows for amount in (g, *(split or ()))]
+    if all(len(cell) < _AMOUNT_WIDTH for cell in cells):
+        out = [_RATE_HEAD]
+        for label, g, split in rows:
+            net, tax = ("", "") if split is None else (_money(split[0]), _money(split[1]))
+            out.append(f"{label:<12}{net:>10}{tax:>10}{_money(g):>10}")
+        return out
+    out = []
+    for label, g, split in rows:
+        out += _pair(f"{label} Brutto", _money(g))
+        if split is not None:
+            out += _pair("    Netto", _money(split[0])) + _pair("    Steuer", _money(split[1]))
+    return out
+
+
 def _head(facts: TextFacts) -> list[str]:
     out = [f"Kasse {facts.register_id}", f"Beleg {facts.receipt_id}"]
     out.append(facts.issued_at.replace("T", " "))
@@ -171,8 +214,7 @@ def render_lines(facts: TextFacts) -> list[str]:
     out += _pair("SUMME EUR", _money(facts.total_cents))
     for method, amount in facts.payments:
         out += _pair(f"  {method}", _money(amount))
-    used = {line[3] for line in facts.lines}
-    out.extend(label for vat, label in _VAT_LINES if vat in used)
+    out += _rate_lines(facts)
     if facts.signature_state in MARKED_STATES:
         out.append(FALLBACK_TEXT)
     if facts.signature_state == "unsigned":

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.at_rksv import FALLBACK_TEXT
 from agent.printing import render_escpos
-from agent.receipt_text import WIDTH, TextFacts, columns, headings, render_lines, wrap
+from agent.receipt_text import (
+    WIDTH,
+    TextFacts,
+    columns,
+    headings,
+    render_lines,
+    vat_split,
+    wrap,
+)
 from agent.receipts import ReceiptService
 from factories import sale
 
@@ -65,14 +74,121 @@ class TestShortTexts:
             "-" * 42,
             "SUMME EUR                            16,70",
             "  cash                               16,70",
-            "  A 20%",
-            "  B 10%",
+            "MwSt             Netto    Steuer    Brutto",
+            "  A 20%          10,42      2,08     12,50",
+            "  B 10%           3,82      0,38      4,20",
         ]
 
     def test_a_text_that_just_fits_stays_on_one_line(self) -> None:
         """35 characters beside "1,00 A" fill the 42 columns exactly."""
         text = "x" * 35
         assert _items(render_lines(_one_item(text))) == [f"{text} 1,00 A"]
+
+
+def _rates(lines: list[str]) -> list[str]:
+    """The VAT table: the lines after the payments, up to a notice."""
+    return lines[lines.index("MwSt             Netto    Steuer    Brutto") :]
+
+
+class TestAmountsPerRate:
+    """§ 132a Abs 3 BAO, § 11 UStG: the amounts split by tax rate, gross always, net and
+    tax where the class has one rate; the tax is computed on each rate's gross sum."""
+
+    def test_each_rate_used_gets_its_gross_net_and_tax(self) -> None:
+        """12,50 at 20 %: tax 12,50 * 20 / 120 = 2,083 -> 2,08; two lines of one rate are
+        summed before the tax is computed (1,05 + 1,05 at 10 % = 0,1909 -> 0,19, where
+        rounding each line would give 0,10 + 0,10)."""
+        lines = [
+            ("Schnitzel", "1", "12.50", "normal", 1250),
+            ("Semmel", "1", "1.05", "reduced1", 105),
+            ("Semmel", "1", "1.05", "reduced1", 105),
+        ]
+        assert _rates(render_lines(_facts(lines=lines, total_cents=1460))) == [
+            "MwSt             Netto    Steuer    Brutto",
+            "  A 20%          10,42      2,08     12,50",
+            "  B 10%           1,91      0,19      2,10",
+        ]
+
+    def test_every_class_in_order_and_special_with_its_gross_only(self) -> None:
+        """'special' is 19 % or 4,9 %: which one is not known, so only its gross prints."""
+        lines = [
+            ("Tabak", "1", "7.00", "special", 700),
+            ("Zeitung", "1", "2.00", "zero", 200),
+            ("Blumen", "1", "11.30", "reduced2", 1130),
+            ("Bier", "1", "4.40", "reduced1", 440),
+            ("Wein", "1", "6.00", "normal", 600),
+        ]
+        assert _rates(render_lines(_facts(lines=lines, total_cents=3270))) == [
+            "MwSt             Netto    Steuer    Brutto",
+            "  A 20%           5,00      1,00      6,00",
+            "  B 10%           4,00      0,40      4,40",
+            "  C 13%          10,00      1,30     11,30",
+            "  D 0%            2,00      0,00      2,00",
+            "  E 19%/4,9%                          7,00",
+        ]
+
+    def test_a_storno_prints_the_amounts_negative(self) -> None:
+        """The tax of a negative gross mirrors the positive one (half away from zero)."""
+        lines = [("Schnitzel", "1", "12.50", "normal", -1250), ("Tabak", "1", "7", "special", -700)]
+        facts = _facts(kind="storno", lines=lines, total_cents=-1950, payments=[])
+        assert _rates(render_lines(facts)) == [
+            "MwSt             Netto    Steuer    Brutto",
+            "  A 20%         -10,42     -2,08    -12,50",
+            "  E 19%/4,9%                         -7,00",
+        ]
+
+    def test_the_notices_follow_the_rates(self) -> None:
+        lines = render_lines(_facts(signature_state="fallback"))
+        assert lines[-4:] == [
+            "MwSt             Netto    Steuer    Brutto",
+            "  A 20%          10,42      2,08     12,50",
+            "  B 10%           3,82      0,38      4,20",
+            "Sicherheitseinrichtung ausgefallen",
+        ]
+
+    def test_a_receipt_without_lines_prints_no_rates(self) -> None:
+        """A Nullbeleg and the special receipts have no items and no rate lines."""
+        for kind in ("null", "start", "monthly", "sammelbeleg"):
+            lines = render_lines(_facts(kind=kind, lines=[], payments=[], total_cents=0))
+            assert lines[-2:] == ["-" * WIDTH, "SUMME EUR                             0,00"]
+
+    def test_amounts_too_wide_for_the_table_get_lines_of_their_own(self) -> None:
+        """A billion euros does not fit a column of 9: each amount stands on its own line."""
+        lines = [("Haus", "1", "1", "normal", -(10**11)), ("Tabak", "1", "1", "special", 10**11)]
+        rates = render_lines(_facts(lines=lines, total_cents=0))[-4:]
+        assert rates == [
+            "  A 20% Brutto              -1000000000,00",
+            "    Netto                    -833333333,33",
+            "    Steuer                   -166666666,67",
+            "  E 19%/4,9% Brutto          1000000000,00",
+        ]
+        assert all(len(line) <= WIDTH for line in rates)
+
+    @pytest.mark.parametrize(
+        ("gross", "rate", "split"),
+        [
+            (1250, 20, (1042, 208)),  # 208,33
+            (3, 20, (2, 1)),  # 0,5: half up
+            (-3, 20, (-2, -1)),
+            (11, 10, (10, 1)),  # 1,0 exactly
+            (113, 13, (100, 13)),
+            (999, 0, (999, 0)),
+            (0, 20, (0, 0)),
+        ],
+    )
+    def test_the_tax_is_rounded_half_up_on_the_gross(
+        self, gross: int, rate: int, split: tuple[int, int]
+    ) -> None:
+        assert vat_split(gross, rate) == split
+
+    @PROPERTY
+    @given(gross=st.integers(-(10**11), 10**11), rate=st.sampled_from([0, 10, 13, 20]))
+    def test_net_and_tax_add_up_to_the_gross(self, gross: int, rate: int) -> None:
+        """Net + tax is the gross, and the tax is within half a cent of the exact one."""
+        net, tax = vat_split(gross, rate)
+        assert net + tax == gross
+        assert abs(tax * (100 + rate) - gross * rate) * 2 <= 100 + rate
+        assert vat_split(-gross, rate) == (-net, -tax)
 
 
 class TestLongTexts:

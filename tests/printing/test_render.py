@@ -179,6 +179,28 @@ class TestLabels:
         assert b"Sicherheitseinrichtung ausgefallen" in job
 
 
+class TestAmountsPerRate:
+    def test_the_job_prints_each_rates_net_tax_and_gross(self, standard: ReceiptResult) -> None:
+        """2 x 3,10 at 20 % (tax 1,033 -> 1,03) and 5,00 at 0 %, as a table after the sum."""
+        job = render_escpos(standard)
+        table = (
+            b"MwSt             Netto    Steuer    Brutto\n"
+            b"  A 20%           5,17      1,03      6,20\n"
+            b"  D 0%            5,00      0,00      5,00\n"
+        )
+        assert b"SUMME EUR                            11,20\n  cash" in job
+        assert table in job
+
+    def test_a_storno_prints_them_negative(self, storno: ReceiptResult) -> None:
+        job = render_escpos(storno)
+        assert b"  A 20%          -5,17     -1,03     -6,20\n" in job
+        assert b"  D 0%           -5,00      0,00     -5,00\n" in job
+
+    def test_a_sammelbeleg_prints_no_rates(self, sammelbeleg: ReceiptResult) -> None:
+        assert b"MwSt" not in render_escpos(sammelbeleg)
+        assert not any("%" in line for line in sammelbeleg.lines)
+
+
 class TestCopy:
     def test_a_copy_is_marked_and_keeps_the_original_content(self, standard: ReceiptResult) -> None:
         original, copy = render_escpos(standard), render_escpos(standard, copy=True)
