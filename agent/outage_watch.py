@@ -1,8 +1,9 @@
 """The 48-hour window: a timer that ages every open outage even when no receipt arrives.
 
-Age is measured on the monotonic clock while the agent runs (a wall-clock jump is
-detected, journaled, and neither fakes nor swallows an escalation) and on the wall clock
-only for the time the agent was not running. Levels, each journaled once per outage:
+Age is measured on the boot clock while the agent runs (:meth:`Clock.boottime`: it counts
+the time the machine was suspended, and a wall-clock jump is detected, journaled, and
+neither fakes nor swallows an escalation) and on the wall clock only for the time the
+agent was not running. Levels, each journaled once per outage:
 
 * ``opened``: the outage exists (operators are told at once);
 * ``24h``: a day has passed;
@@ -61,7 +62,7 @@ class Thresholds:
 
 
 class OutageWatch:
-    """Ages open outages and journals escalations; call :meth:`tick` on a monotonic timer."""
+    """Ages open outages and journals escalations; call :meth:`tick` on a timer."""
 
     def __init__(
         self, writer: WriteConnection | None, clock: Clock, thresholds: Thresholds | None = None
@@ -69,7 +70,7 @@ class OutageWatch:
         self.writer = writer
         self.clock = clock
         self.thresholds = thresholds or Thresholds()
-        self._seen: dict[int, tuple[float, dt.datetime]] = {}  # outage -> (monotonic, wall)
+        self._seen: dict[int, tuple[float, dt.datetime]] = {}  # outage -> (boot, wall)
 
     def tick(self) -> list[tuple[int, str]]:
         """Update every open outage; return the (outage, level) escalations fired now.
@@ -102,9 +103,9 @@ class OutageWatch:
     ) -> list[Escalation]:
         """Age one open outage and journal its new levels."""
         outage_id, register_id = int(row[0]), str(row[1])
-        mono = self.clock.monotonic()
-        elapsed = self._elapsed(conn, outage_id, register_id, row[3], mono=mono, wall=wall)
-        self._seen[outage_id] = (mono, wall)
+        boot = self.clock.boottime()
+        elapsed = self._elapsed(conn, outage_id, register_id, row[3], boot=boot, wall=wall)
+        self._seen[outage_id] = (boot, wall)
         age = float(row[2]) + elapsed
         sent = list(json.loads(row[4]))
         due = row[5]
@@ -143,7 +144,7 @@ class OutageWatch:
         register_id: str,
         checked_at: str,
         *,
-        mono: float,
+        boot: float,
         wall: dt.datetime,
     ) -> float:
         previous = self._seen.get(outage_id)
@@ -153,10 +154,12 @@ class OutageWatch:
             if gap < 0:
                 self._jump(conn, register_id, gap, "since the last check (before a restart)", wall)
             return max(0.0, gap)
-        d_mono, d_wall = mono - previous[0], (wall - previous[1]).total_seconds()
-        if abs(d_wall - d_mono) > self.thresholds.jump_tolerance_s:
-            self._jump(conn, register_id, d_wall - d_mono, "while running", wall)
-        return d_mono
+        # suspend moves the wall and the boot clock alike: only a change of the wall clock
+        # itself (NTP, a wrong RTC, an operator) is a jump
+        d_boot, d_wall = boot - previous[0], (wall - previous[1]).total_seconds()
+        if abs(d_wall - d_boot) > self.thresholds.jump_tolerance_s:
+            self._jump(conn, register_id, d_wall - d_boot, "while running", wall)
+        return d_boot
 
     def _jump(
         self,
