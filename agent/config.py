@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from agent.probe import Backoff
 
 __all__ = [
+    "AUSTRIAN_ZONES",
     "CONFIG_ENV",
     "ENV_PREFIX",
     "HIDDEN",
@@ -117,6 +118,11 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path("till-data").absolute()
 
 
+# The zone of a register's receipt dates: Austrian local time. tzdata links no other name to
+# Europe/Vienna ("Z Europe/Vienna", no "L Europe/Vienna ..." in tzdata.zi), so it is the only one.
+AUSTRIAN_ZONES = frozenset({"Europe/Vienna"})
+
+
 class RegisterConfig(_Section):
     """The register created on first start (later changes need a new register)."""
 
@@ -127,12 +133,19 @@ class RegisterConfig(_Section):
 
     @field_validator("timezone")
     @classmethod
-    def _known_zone(cls, value: str) -> str:
+    def _austrian_zone(cls, value: str) -> str:
+        if value not in AUSTRIAN_ZONES:
+            raise PydanticCustomError(
+                "time-zone",
+                "receipts carry Austrian local time (RKSV Anlage Z 4, Beleg-Datum-Uhrzeit;"
+                " reference/rksv.md 1.1): the time zone must be Europe/Vienna, not {zone}",
+                {"zone": value},
+            )
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise PydanticCustomError(
-                "time-zone", "unknown time zone {zone}", {"zone": value}
+                "time-zone", "unknown time zone {zone} (is tzdata installed?)", {"zone": value}
             ) from exc
         return value
 

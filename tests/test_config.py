@@ -267,6 +267,24 @@ class TestErrors:
         assert f"[{rule}]" in message
         assert f"(from {path})" in message
 
+    @pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin", "Etc/GMT-1", "CET", "Mars/Olympus"])
+    def test_a_register_stamps_austrian_local_time_only(
+        self, write_config: WriteConfig, zone: str
+    ) -> None:
+        """Beleg-Datum-Uhrzeit is Austrian local time (reference/rksv.md 1.1): a zone that
+        is not Europe/Vienna, even one with the same offset today, is refused by name."""
+        path = write_config(f'[register]\ntimezone = "{zone}"\n')
+        message = _error(path)
+        assert message.startswith("register.timezone: receipts carry Austrian local time")
+        assert "the time zone must be Europe/Vienna, not " + zone in message
+        assert "[time-zone]" in message
+
+    def test_the_register_zone_from_the_environment_is_checked_too(self) -> None:
+        """TILL_AGENT_REGISTER__TIMEZONE=UTC is named as the source."""
+        message = _error(env={"TILL_AGENT_REGISTER__TIMEZONE": "UTC"})
+        assert message.startswith("register.timezone: ")
+        assert "(from TILL_AGENT_REGISTER__TIMEZONE)" in message
+
     def test_an_environment_error_names_the_variable(self) -> None:
         """The source of a bad override is the variable, not the file."""
         message = _error(env={"TILL_AGENT_API__PORT": "seventy"})
