@@ -112,6 +112,8 @@ class TillService:
         self.watch = OutageWatch(
             self.db.write_connection(), self.clock, self.config.outage.thresholds()
         )
+        # an outage that closes is aged by this watch: its thresholds, the time it has seen
+        self.receipts.outages.watch = self.watch
         self.watchdog.register("printer", 30.0)
         self.watchdog.register("timers", 30.0)
         self.printer.start()

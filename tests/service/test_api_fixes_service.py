@@ -154,3 +154,11 @@ class TestDevelopmentUnit:
         assert _units_and_registers(data_dir) == ([DEV_UNIT], [])
         start()
         assert _units_and_registers(data_dir) == ([DEV_UNIT], ["KASSE-1"])
+
+
+def test_outages_close_by_the_running_watch(start: Start) -> None:
+    """An outage that closes is aged by the service's watch (its configured thresholds and
+    the time it has seen), not by a default one with the legal limits."""
+    till = start(outage={"warn_hours": 1, "approaching_hours": 2, "exceeded_hours": 3})
+    assert till.receipts.outages.watch is till.watch
+    assert till.watch.thresholds.exceeded_hours == 3
