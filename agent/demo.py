@@ -3,7 +3,7 @@
 The day runs on a temporary till database with a chain-service unit: the fake chain
 service (:mod:`agent.fakes.chain_service`) on 127.0.0.1. It goes down (fallback receipts,
 an outage, the Sammelbeleg that closes it), later loses a request (an ``unsigned``
-receipt, remedied by Nullbeleg, Sammelbeleg and reissue), and at closing time the DEP
+receipt, remedied by Nullbeleg, Sammelbeleg, a Storno and reissue), and at closing time the DEP
 and the crypto material container are exported and checked by our verifier.
 
 Wall time is a frozen clock stepped through the day, so the receipts (numbers, dates,
@@ -239,15 +239,16 @@ def _lost_request(day: _Day) -> None:
     day.sell("s-1330", [("Kaiserschmarrn", "1", "8.60", "reduced1")])  # 9: fallback
     day.chain.mode = "up"
     say(at(14, 0), "the chain service answers again; it does not hold receipt 8")
-    day.recover("14:00")  # 10 Nullbeleg, 11 Sammelbeleg, 12 reissue of 8 (8 is superseded)
-    say("14:00", "receipt 8 is superseded by its reissue, receipt 12")
+    day.recover("14:00")  # 10 Nullbeleg, 11 Sammelbeleg, 12 Storno of 8, 13 reissue of 8
+    say("14:00", "receipt 12 voids receipt 8 (it counted), receipt 13 reissues its sale")
+    say("14:00", "receipt 8 is superseded by its reissue: the sale counts once")
 
 
 def _evening(day: _Day) -> None:
     at, say = day.at, day.say.step
     say(at(16, 45), "a guest returns the breakfast of receipt 3: Storno")
     storno = {**_sale("s-1645", []), "kind": "storno", "voids": 3, "payments": []}
-    day.show(day.service.issue(storno))  # 13
+    day.show(day.service.issue(storno))  # 14
     say(at(18, 0), "closing time: export the DEP and the crypto container, verify")
 
 

@@ -78,6 +78,7 @@ KINDS = (
     "sammelbeleg",
 )
 MUST_SIGN = frozenset({"start", "yearly", "sammelbeleg"})
+COUNTED = frozenset({"standard", "storno"})  # the kinds whose amounts the counter adds
 ZERO: Amounts = (0, 0, 0, 0, 0)
 _VATS = ("normal", "reduced1", "reduced2", "zero", "special")
 _INSERT_RECEIPT = (
@@ -445,7 +446,7 @@ class ReceiptService:
         receipt_id = draft.receipt_id or reg["receipt_id_format"].format(number=number)
         _check_id("receipt_id", receipt_id)
         unit = self._unit_for(conn, reg, draft.unit_position)
-        counted = draft.kind in ("standard", "storno")
+        counted = draft.kind in COUNTED
         turnover = reg["turnover_cents"] + (sum(draft.amounts) if counted else 0)
         now = self.clock.now()
         identity = unit.identity
@@ -813,9 +814,15 @@ class ReceiptService:
                 reg = self._open_register(conn, register_id)
                 issued.append(self._issue_in(conn, reg, _Draft(register_id, "sammelbeleg")))
             for old in remedy:
+                voided_by = None
+                if old["kind"] in COUNTED:  # it counted: a Storno takes it back (rksv.md 3)
+                    reg = self._open_register(conn, register_id)
+                    storno = self._issue_in(conn, reg, _void_draft(old))
+                    issued.append(storno)
+                    voided_by = storno.number
                 reg = self._open_register(conn, register_id)
                 new = self._issue_in(conn, reg, self._reissue_draft(conn, old))
-                self._resolve(conn, old, "superseded", replacement=new.number)
+                self._resolve(conn, old, "superseded", replacement=new.number, voided_by=voided_by)
                 issued.append(new)
         return issued
 
@@ -847,6 +854,7 @@ class ReceiptService:
         *,
         signed_jws: str | None = None,
         replacement: int | None = None,
+        voided_by: int | None = None,
     ) -> None:
         now = self.clock.now().isoformat()
         conn.execute(
@@ -854,12 +862,15 @@ class ReceiptService:
             " replacement_number, at) VALUES (?, ?, ?, ?, ?, ?)",
             (row["register_id"], row["number"], resolution, signed_jws, replacement, now),
         )
+        data: dict[str, Any] = {
+            "number": row["number"],
+            "jws": signed_jws,
+            "replacement": replacement,
+        }
+        if voided_by is not None:
+            data["voided_by"] = voided_by
         append_event(
-            conn,
-            kind=f"receipt.{resolution}",
-            register_id=row["register_id"],
-            at=now,
-            data={"number": row["number"], "jws": signed_jws, "replacement": replacement},
+            conn, kind=f"receipt.{resolution}", register_id=row["register_id"], at=now, data=data
         )
 
     # -- month and year closings ----------------------------------------------------------
@@ -1031,6 +1042,26 @@ def _voidable(conn: sqlite3.Connection, register_id: str, number: int | None) ->
     ).fetchone():
         raise InvalidSale("voids", "already-voided", f"receipt {number} is already voided")
     return row
+
+
+def _void_draft(old: sqlite3.Row) -> _Draft:
+    """The signed Storno that takes back a counted receipt the remedy supersedes.
+
+    The unsigned original stays in the DEP and in the counter (a marker receipt counts);
+    without this Storno its replacement would count the sale a second time. A superseded
+    Storno is reversed the same way (positive amounts), then reissued itself.
+    """
+    document = json.loads(old["document"])
+    return _Draft(
+        old["register_id"],
+        "storno",
+        tuple(-old[c] for c in AMOUNT_COLUMNS),
+        voids=old,
+        lines=tuple((t, q, p, v, -c) for t, q, p, v, c in _stored_lines(old)),
+        payments=tuple((m, -a) for m, a in document["payments"]),
+        cashier=document.get("cashier"),
+        force_sign=True,
+    )
 
 
 def _counter_field(reg: sqlite3.Row, kind: str, receipt_id: str, turnover: int) -> str:

@@ -24,12 +24,13 @@ DAY = [  # number, kind, state, note
     (5, "standard", "fallback", "in outage 1"),
     (6, "sammelbeleg", "signed", "Sammelbeleg closes outage 1"),
     (7, "standard", "signed", ""),
-    (8, "standard", "unsigned", "opens outage 2; superseded by 12"),
+    (8, "standard", "unsigned", "opens outage 2; superseded by 13"),
     (9, "standard", "fallback", "in outage 2"),
     (10, "null", "signed", "Nullbeleg: the unit signs again"),
     (11, "sammelbeleg", "signed", "Sammelbeleg closes outage 2"),
-    (12, "standard", "signed", "reissue of 8"),
-    (13, "storno", "signed", "Storno of 3"),
+    (12, "storno", "signed", "Storno of 8"),  # takes the unsigned 8 back: it counted
+    (13, "standard", "signed", "reissue of 8"),
+    (14, "storno", "signed", "Storno of 3"),
 ]
 
 
@@ -61,23 +62,29 @@ class TestTheDay:
     def test_the_day_has_every_kind_of_trouble_and_its_remedy(
         self, played: tuple[DemoResult, _Recorder, Path]
     ) -> None:
-        """Fallback receipts and their Sammelbeleg, an unsigned receipt superseded by its
-        reissue after a Nullbeleg: the receipts and their notes are always the same."""
+        """Fallback receipts and their Sammelbeleg, an unsigned receipt voided by a Storno and
+        superseded by its reissue after a Nullbeleg: receipts and notes are always the same."""
         result, _, _ = played
         assert [(r.number, r.kind, r.state, r.note) for r in result.rows] == DAY
-        assert result.rows[7].amount_cents == result.rows[11].amount_cents == 1090
-        assert result.rows[12].amount_cents == -result.rows[2].amount_cents
+        assert result.rows[7].amount_cents == result.rows[12].amount_cents == 1090
+        assert result.rows[11].amount_cents == -1090
+        assert result.rows[13].amount_cents == -result.rows[2].amount_cents
+        # the turnover counts every sale once: the reissue does not add receipt 8 again
+        counted = [r.amount_cents for r in result.rows if r.kind in ("standard", "storno")]
+        sales_once = sum(r.amount_cents for r in result.rows if r.number in (2, 3, 4, 5, 7, 8, 9))
+        assert sum(counted) == sales_once - result.rows[2].amount_cents
 
     def test_the_dep_verifies(self, played: tuple[DemoResult, _Recorder, Path]) -> None:
         result, _, _ = played
-        assert (result.ok, result.verified_receipts, result.findings) == (True, 13, ())
+        assert (result.ok, result.verified_receipts, result.findings) == (True, 14, ())
 
     def test_every_receipt_is_previewed_once_in_order(
         self, played: tuple[DemoResult, _Recorder, Path]
     ) -> None:
         result, recorder, _ = played
         assert [r.number for r in recorder.receipts] == [row.number for row in result.rows]
-        assert "Ersatz für unsignierten Beleg 8" in recorder.receipts[11].lines
+        assert "Storno zu Beleg 8" in recorder.receipts[11].lines
+        assert "Ersatz für unsignierten Beleg 8" in recorder.receipts[12].lines
         times = [at for at, _ in recorder.steps]
         assert times == sorted(times)  # the narration walks forward through the day
 
@@ -86,7 +93,7 @@ class TestTheDay:
     ) -> None:
         """DIR/previews/ holds one PNG per receipt; its QR code is the receipt's."""
         result, recorder, out_dir = played
-        assert [p.name for p in result.previews] == [f"receipt-{n:03d}.png" for n in range(1, 14)]
+        assert [p.name for p in result.previews] == [f"receipt-{n:03d}.png" for n in range(1, 15)]
         assert all(p.parent == out_dir / "previews" for p in result.previews)
         assert qr_codes(result.previews[11]) == [recorder.receipts[11].qr]
 
@@ -104,7 +111,7 @@ class TestDemoCommand:
         result = _invoke("demo", "--out", out_dir)
         assert result.exit_code == 0, result.output
         text = result.stdout
-        assert "DEP verified: 13 receipts, 0 findings" in text
+        assert "DEP verified: 14 receipts, 0 findings" in text
         for word in ("fallback", "sammelbeleg", "unsigned", "superseded", "reissue of 8"):
             assert word in text
         assert "SAMMELBELEG" in text  # the receipt preview
@@ -112,7 +119,7 @@ class TestDemoCommand:
         assert "_R1-AT1_DEMO-1_1_2026-03-13T08:00:00_" in text
         verified = _invoke("verify", out_dir / DEP_FILE, out_dir / CONTAINER_FILE, "--json")
         assert verified.exit_code == 0, verified.output
-        assert json.loads(verified.stdout)["receipts"] == 13
+        assert json.loads(verified.stdout)["receipts"] == 14
         assert (out_dir / CONTAINER_FILE).stat().st_mode & 0o077 == 0
 
     def test_json_is_a_machine_summary(self) -> None:
@@ -121,7 +128,7 @@ class TestDemoCommand:
         assert result.exit_code == 0, result.output
         data = json.loads(result.stdout)
         assert data["ok"] is True
-        assert data["dep"] == {"receipts": 13, "findings": []}
+        assert data["dep"] == {"receipts": 14, "findings": []}
         receipts = data["receipts"]
         assert [(r["number"], r["kind"], r["state"], r["note"]) for r in receipts] == DAY
 
@@ -136,7 +143,7 @@ class TestDemoCommand:
             check=False,
         )
         assert done.returncode == 0, done.stdout + done.stderr
-        assert "DEP verified: 13 receipts, 0 findings" in done.stdout
+        assert "DEP verified: 14 receipts, 0 findings" in done.stdout
         check = subprocess.run(
             [
                 sys.executable,
@@ -152,4 +159,4 @@ class TestDemoCommand:
             check=False,
         )
         assert check.returncode == 0, check.stdout + check.stderr
-        assert "valid: 13 receipts checked" in check.stdout
+        assert "valid: 14 receipts checked" in check.stdout

@@ -104,13 +104,15 @@ class TestChainServiceLosesARequest:
         assert [(r.kind, r.signature_state) for r in issued] == [
             ("null", "signed"),
             ("sammelbeleg", "signed"),
+            ("storno", "signed"),  # takes back the unsigned receipt 3, which counted
             ("standard", "signed"),
         ]
-        replacement = issued[2]
+        storno, replacement = issued[2:]
+        assert "Storno zu Beleg 3" in storno.lines
         assert "Ersatz für unsignierten Beleg 3" in replacement.lines
         assert service.unsigned(REGISTER) == []
         assert _events(service.db, "receipt.superseded") == [
-            {"number": 3, "jws": None, "replacement": replacement.number}
+            {"number": 3, "jws": None, "replacement": replacement.number, "voided_by": 7}
         ]
         # the POS asking again for its sale gets the receipt that now stands for it
         assert service.issue(sale(request_id="b")).number == replacement.number
@@ -163,6 +165,7 @@ class TestChainServiceLosesARequest:
             "standard",
             "null",
             "sammelbeleg",
+            "storno",
             "standard",
         ]
         assert chain_service.probe_targets() == []

@@ -1,0 +1,234 @@
+"""The remedy of an unsigned receipt counts each sale once (agent/receipts.py).
+
+An unsigned receipt stays in the DEP with the failure marker and counts (rksv.md 5). Its
+remedy reissues the sale; before the replacement a signed Storno (STO, negative amounts,
+counted, rksv.md 3) takes the unsigned original back, so the counter holds the sale once.
+The chain service is the real fake on loopback, losing a request after it was sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.at_rksv import STORNO_MARKER, decrypt_counter, split_jws
+from agent.at_rksv.verify import verify_dep
+from agent.clock import FrozenClock
+from agent.contract import ReceiptResult
+from agent.errors import InvalidSale
+from agent.export import export_container, export_dep
+from agent.fakes.chain_service import ChainServiceFake
+from agent.receipts import ReceiptService, RegisterSetup
+from agent.signing import UnitConfig
+from agent.signing.registry import UnitRegistry
+from factories import add_unit, sale
+from storage import TillDB
+
+REGISTER = "KASSE-1"
+TOKEN = "test-token"
+SALE_CENTS = 1670  # factories.sale()
+
+
+@pytest.fixture(name="chain")
+def _chain(tmp_path: Path) -> Iterator[ChainServiceFake]:
+    with ChainServiceFake(TOKEN, key_dir=tmp_path / "chain-key", hold=2.0) as fake:
+        yield fake
+
+
+@pytest.fixture(name="service")
+def _service(
+    db: TillDB, registry: UnitRegistry, clock: FrozenClock, chain: ChainServiceFake, tmp_path: Path
+) -> ReceiptService:
+    token_file = tmp_path / "chain-token"
+    token_file.write_text(TOKEN)
+    config = UnitConfig(id="chain", kind="chain", zda="AT1", url=chain.url, token_file=token_file)
+    add_unit(db, registry, config)
+    service = ReceiptService(db, registry, clock=clock, sign_timeout=1.5)
+    service.init_register(RegisterSetup(REGISTER, ["chain"]))
+    return service
+
+
+def _rows(db: TillDB, sql: str, *params: Any) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(db.path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def _counter(db: TillDB, result: ReceiptResult) -> int:
+    """The decrypted turnover counter of a receipt that carries one."""
+    [reg] = _rows(db, "SELECT aes_key FROM registers WHERE id = ?", REGISTER)
+    payload = split_jws(result.jws)[0]
+    key = base64.b64decode(reg["aes_key"])
+    return decrypt_counter(key, REGISTER, result.receipt_id, payload.counter)
+
+
+def _register_turnover(db: TillDB) -> int:
+    [reg] = _rows(db, "SELECT turnover_cents FROM registers WHERE id = ?", REGISTER)
+    return int(reg["turnover_cents"])
+
+
+def _findings(db: TillDB) -> list[str]:
+    buffer = io.StringIO()
+    export_dep(db, REGISTER, buffer)
+    report = verify_dep(json.loads(buffer.getvalue()), json.loads(export_container(db, REGISTER)))
+    return [f"{f.receipt}: {f.rule}: {f.message}" for f in report.findings]
+
+
+def _lose_one(service: ReceiptService, chain: ChainServiceFake, body: dict[str, Any]) -> int:
+    """Issue ``body`` while the service loses the request: an unsigned receipt."""
+    chain.mode = "lose_request"
+    result = service.issue(body)
+    assert result.signature_state == "unsigned"
+    chain.mode = "up"
+    return result.number
+
+
+class TestTheRemedyCountsEachSaleOnce:
+    def test_three_sales_count_once_after_the_remedy(
+        self, service: ReceiptService, chain: ChainServiceFake
+    ) -> None:
+        """Sale, unsigned sale, remedy, sale: the counter is three sales, not four."""
+        service.issue(sale(request_id="a"))
+        lost = _lose_one(service, chain, sale(request_id="b"))
+        issued = service.recover(REGISTER)
+        assert issued is not None
+        assert [(r.kind, r.signature_state) for r in issued] == [
+            ("null", "signed"),
+            ("sammelbeleg", "signed"),
+            ("storno", "signed"),
+            ("standard", "signed"),
+        ]
+        storno, replacement = issued[2:]
+        assert _counter(service.db, replacement) == 2 * SALE_CENTS
+        last = service.issue(sale(request_id="c"))
+        assert _counter(service.db, last) == 3 * SALE_CENTS
+        assert _register_turnover(service.db) == 3 * SALE_CENTS
+        # the Storno refers to the unsigned receipt, like a POS storno, and is a real one
+        assert split_jws(storno.jws)[0].counter == STORNO_MARKER
+        [row] = _rows(
+            service.db,
+            "SELECT * FROM receipts WHERE register_id = ? AND number = ?",
+            REGISTER,
+            storno.number,
+        )
+        assert row["voids_number"] == lost
+        assert row["amount_normal"] == -1250
+        assert row["amount_reduced1"] == -420
+        assert f"Storno zu Beleg {lost}" in storno.lines
+        assert _findings(service.db) == []
+
+    def test_the_pos_asking_again_gets_the_replacement(
+        self, service: ReceiptService, chain: ChainServiceFake
+    ) -> None:
+        """The repeated request_id returns the replacement, not the Storno or the original."""
+        _lose_one(service, chain, sale(request_id="b"))
+        issued = service.recover(REGISTER)
+        assert issued is not None
+        assert service.issue(sale(request_id="b")).number == issued[-1].number
+        assert issued[-1].kind == "standard"
+
+    def test_the_journal_shows_storno_and_supersession(
+        self, service: ReceiptService, chain: ChainServiceFake
+    ) -> None:
+        lost = _lose_one(service, chain, sale(request_id="b"))
+        issued = service.recover(REGISTER)
+        assert issued is not None
+        storno, replacement = issued[2:]
+        events = [
+            (r["kind"], json.loads(r["data"]))
+            for r in _rows(service.db, "SELECT kind, data FROM journal ORDER BY seq")
+        ]
+        stornos = [d for k, d in events if k == "receipt.issued" and d["kind"] == "storno"]
+        assert [(d["number"], d["voids_number"]) for d in stornos] == [(storno.number, lost)]
+        assert [d for k, d in events if k == "receipt.superseded"] == [
+            {"number": lost, "jws": None, "replacement": replacement.number,
+             "voided_by": storno.number}
+        ]  # fmt: skip
+        # a POS storno of the superseded receipt is refused: it is voided already
+        with pytest.raises(InvalidSale, match="already voided"):
+            service.issue(
+                {"request_id": "s", "register": REGISTER, "kind": "storno", "voids": lost}
+            )
+
+    def test_a_superseded_storno_is_reversed_and_reissued(
+        self, service: ReceiptService, chain: ChainServiceFake
+    ) -> None:
+        """A POS storno that became unsigned: a Storno with positive amounts takes it back,
+        then the storno is reissued; sale and storno count once each (net zero)."""
+        first = service.issue(sale(request_id="a"))
+        body = {"request_id": "s", "register": REGISTER, "kind": "storno", "voids": first.number}
+        lost = _lose_one(service, chain, body)
+        issued = service.recover(REGISTER)
+        assert issued is not None
+        assert [r.kind for r in issued] == ["null", "sammelbeleg", "storno", "storno"]
+        reversal, replacement = issued[2:]
+        rows = {
+            r["number"]: r
+            for r in _rows(service.db, "SELECT * FROM receipts WHERE register_id = ?", REGISTER)
+        }
+        assert rows[reversal.number]["voids_number"] == lost
+        assert rows[reversal.number]["amount_normal"] == 1250  # it takes a negative one back
+        assert rows[replacement.number]["voids_number"] == first.number
+        assert rows[replacement.number]["amount_normal"] == -1250
+        assert _register_turnover(service.db) == 0
+        assert _counter(service.db, service.issue(sale(request_id="c"))) == SALE_CENTS
+        assert service.issue(body).number == replacement.number
+        assert _findings(service.db) == []
+
+    def test_a_training_receipt_is_reissued_without_a_storno(
+        self, service: ReceiptService, chain: ChainServiceFake
+    ) -> None:
+        """Training receipts do not count, so there is nothing to take back."""
+        _lose_one(service, chain, sale(request_id="t", kind="training"))
+        issued = service.recover(REGISTER)
+        assert issued is not None
+        assert [r.kind for r in issued] == ["null", "sammelbeleg", "training"]
+        assert _register_turnover(service.db) == 0
+        assert _findings(service.db) == []
+
+
+class TestTheRemedyIsExactlyOnce:
+    def test_a_failure_between_storno_and_replacement_leaves_nothing(
+        self, service: ReceiptService, chain: ChainServiceFake, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Nullbeleg, Sammelbeleg, Storno and replacement commit together: a crash after
+        the Storno undoes it all, and the retry issues each exactly once."""
+        service.issue(sale(request_id="a"))
+        _lose_one(service, chain, sale(request_id="b"))
+        before = _rows(service.db, "SELECT count(*) FROM receipts")[0][0]
+
+        def crash(*_: object) -> None:
+            raise RuntimeError("power cut after the Storno")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(ReceiptService, "_reissue_draft", crash)
+            with pytest.raises(RuntimeError):
+                service.recover(REGISTER)
+        assert _rows(service.db, "SELECT count(*) FROM receipts")[0][0] == before
+        assert service.unsigned(REGISTER) != []
+        issued = service.recover(REGISTER)
+        assert issued is not None
+        assert [r.kind for r in issued] == ["null", "sammelbeleg", "storno", "standard"]
+        assert service.recover(REGISTER) == []
+        kinds = [r["kind"] for r in _rows(service.db, "SELECT kind FROM receipts ORDER BY number")]
+        assert kinds == [
+            "start",
+            "standard",
+            "standard",
+            "null",
+            "sammelbeleg",
+            "storno",
+            "standard",
+        ]
+        assert _register_turnover(service.db) == 2 * SALE_CENTS
+        assert _findings(service.db) == []
