@@ -96,12 +96,14 @@ class OutageWatch:
         the timer saw it is still flagged and gets its report date. Log the returned
         escalations (:func:`log_escalation`) once that transaction has committed."""
         row = conn.execute(f"{_OPEN_OUTAGES} AND id = ?", (outage_id,)).fetchone()
-        return [] if row is None else self._age(conn, row, at)
+        return [] if row is None else self._age(conn, row, at, closing=True)
 
     def _age(
-        self, conn: sqlite3.Connection, row: sqlite3.Row, wall: dt.datetime
+        self, conn: sqlite3.Connection, row: sqlite3.Row, wall: dt.datetime, closing: bool = False
     ) -> list[Escalation]:
-        """Age one open outage and journal its new levels."""
+        """Age one open outage and journal its new levels; at its close only the ones with
+        a legal consequence (exceeded, overdue): a warning about an outage that is over
+        warns nobody."""
         outage_id, register_id = int(row[0]), str(row[1])
         boot = self.clock.boottime()
         elapsed = self._elapsed(conn, outage_id, register_id, row[3], boot=boot, wall=wall)
@@ -110,6 +112,8 @@ class OutageWatch:
         sent = list(json.loads(row[4]))
         due = row[5]
         new = [lvl for lvl, at in self.thresholds.levels() if age >= at and lvl not in sent]
+        if closing:
+            new = [lvl for lvl in new if lvl == "exceeded"]
         if "exceeded" in new:  # a week from the moment it was past the window, not from now
             past = wall - dt.timedelta(seconds=age - self.thresholds.exceeded_hours * HOUR)
             due = (past + dt.timedelta(days=self.thresholds.report_days)).isoformat()

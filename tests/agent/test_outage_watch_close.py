@@ -72,10 +72,11 @@ class TestClosingAgesTheOutage:
         start = _outage_for(service, flaky, clock, 72)
         outage = _outage(service)
         assert outage.ended_at is not None
-        assert outage.escalations == ("opened", "24h", "approaching", "exceeded")
+        # only what has a legal consequence: warnings about an outage that is over warn nobody
+        assert outage.escalations == ("exceeded",)
         assert outage.report_due == (start + dt.timedelta(days=9)).isoformat()
         assert outage.age_seconds == pytest.approx(72 * HOUR)
-        assert _levels(service) == ["opened", "24h", "approaching", "exceeded"]
+        assert _levels(service) == ["exceeded"]
 
     def test_the_close_asks_for_the_end_report_in_the_log(
         self,
