@@ -47,6 +47,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from agent.at_rksv.payload import AUSTRIAN_ZONES
 from agent.durable import create_file
 from agent.errors import ConfigurationError
 from agent.printing.render import EscposOptions
@@ -116,11 +117,6 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     if (home := env.get("HOME")) and Path(home).is_dir():
         return Path(home) / ".local" / "share" / "till-agent"
     return Path("till-data").absolute()
-
-
-# The zone of a register's receipt dates: Austrian local time. tzdata links no other name to
-# Europe/Vienna ("Z Europe/Vienna", no "L Europe/Vienna ..." in tzdata.zi), so it is the only one.
-AUSTRIAN_ZONES = frozenset({"Europe/Vienna"})
 
 
 class RegisterConfig(_Section):

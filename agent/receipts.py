@@ -26,6 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent.at_rksv import (
+    AUSTRIAN_ZONES,
     FALLBACK_SIGNATURE,
     STORNO_MARKER,
     TRAINING_MARKER,
@@ -1007,6 +1008,13 @@ def _check_setup(setup: RegisterSetup) -> None:
     _check_id("receipt_id_format", first)
     if not 5 <= setup.counter_bytes <= 16:
         raise InvalidSale("counter_bytes", "range", "the turnover counter has 5 to 16 bytes")
+    if setup.timezone not in AUSTRIAN_ZONES:
+        raise InvalidSale(
+            "timezone",
+            "time-zone",
+            f"receipts carry Austrian local time (reference/rksv.md 1.1): the time zone must"
+            f" be Europe/Vienna, not {setup.timezone!r}",
+        )
     try:
         ZoneInfo(setup.timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:

@@ -24,6 +24,7 @@ from agent.at_rksv.dep import (
 )
 from agent.at_rksv.encoding import amount_to_cents, cents_to_amount
 from agent.at_rksv.payload import (
+    AUSTRIAN_ZONES,
     FALLBACK_SIGNATURE,
     FALLBACK_TEXT,
     Payload,
@@ -37,6 +38,7 @@ from agent.at_rksv.payload import (
 )
 
 __all__ = [
+    "AUSTRIAN_ZONES",
     "FALLBACK_SIGNATURE",
     "FALLBACK_TEXT",
     "STORNO_MARKER",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from agent.at_rksv.encoding import b32, b64, b64_decode, b64url, b64url_decode
 
 __all__ = [
+    "AUSTRIAN_ZONES",
     "FALLBACK_SIGNATURE",
     "FALLBACK_TEXT",
     "JWS_HEADER",
@@ -30,6 +31,9 @@ __all__ = [
 JWS_HEADER = b'{"alg":"ES256"}'
 JWS_HEADER_B64 = b64url(JWS_HEADER)
 FALLBACK_TEXT = "Sicherheitseinrichtung ausgefallen"
+# field 4 (Beleg-Datum-Uhrzeit) is Austrian local time (reference/rksv.md 1.1); tzdata links
+# no other name to Europe/Vienna (no "L Europe/Vienna ..." in tzdata.zi), so it is the only one
+AUSTRIAN_ZONES = frozenset({"Europe/Vienna"})
 FALLBACK_SIGNATURE = FALLBACK_TEXT.encode("utf-8")
 
 

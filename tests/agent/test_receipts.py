@@ -206,6 +206,11 @@ class TestStartbeleg:
                 "timezone",
                 id="timezone",
             ),
+            pytest.param(
+                RegisterSetup("K-2", ["dev"], timezone="UTC"),
+                "timezone",
+                id="timezone-not-austrian",
+            ),
         ],
     )
     def test_bad_setups_are_refused_by_field(
