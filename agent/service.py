@@ -89,8 +89,9 @@ class TillService:
 
     def start(self) -> None:
         data_dir = self.config.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.db: TillDB = open_till_db(data_dir)  # lock, quick_check, migrations
+        # creates a missing data directory 0700 (it holds the AES keys), takes the lock,
+        # runs quick_check and the migrations
+        self.db: TillDB = open_till_db(data_dir)
         self.registry = UnitRegistry(simulate_dir=data_dir / "simulate")
         unit_ids = self._ensure_units(data_dir)
         self.receipts = ReceiptService(
@@ -185,7 +186,7 @@ class TillService:
                     f"{key_file} or {cert_file} is missing, but the till database knows"
                     f" unit {DEV_UNIT}: restore the files from a backup"
                 )
-        keys.mkdir(parents=True, exist_ok=True)
+        keys.mkdir(mode=0o700, parents=True, exist_ok=True)  # private keys: owner only
         for stale in keys.glob(".new-unit-*"):  # a crash during an earlier attempt
             shutil.rmtree(stale, ignore_errors=True)
         with tempfile.TemporaryDirectory(prefix=".new-unit-", dir=keys) as tmp:
