@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import sqlite3
@@ -30,6 +31,9 @@ __all__ = ["DB_FILE", "TillDB", "make_engine", "open_till_db"]
 
 DB_FILE = "till.sqlite3"
 LOCK_FILE = "agent.lock"
+# below this much free space an I/O error while opening is the full disk: SQLite reports a
+# -shm it cannot grow to 32 KiB as SQLITE_IOERR_SHMSIZE ("disk I/O error"), not SQLITE_FULL
+DISK_FULL_BYTES = 1 << 20
 
 
 def make_engine(path: Path, *, synchronous: str = "FULL") -> Engine:
@@ -157,7 +161,9 @@ def open_till_db(
             data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock_fd = _acquire_lock(data_dir) if writer else None
     except OSError as exc:
-        raise StorageError(f"cannot use the data directory {data_dir}: {_reason(exc)}") from exc
+        raise StorageError(
+            f"cannot use the data directory {data_dir}: {_reason(exc, data_dir)}"
+        ) from exc
     try:
         if writer:
             _create_private(path)
@@ -170,7 +176,9 @@ def open_till_db(
     except (sqlite3.DatabaseError, sqlalchemy.exc.DatabaseError, OSError) as exc:
         if lock_fd is not None:
             os.close(lock_fd)
-        raise StorageError(f"cannot open the till database {path}: {_reason(exc)}") from exc
+        raise StorageError(
+            f"cannot open the till database {path}: {_reason(exc, data_dir)}"
+        ) from exc
     except Exception:
         if lock_fd is not None:
             os.close(lock_fd)
@@ -191,14 +199,47 @@ def _create_private(path: Path) -> None:
     fsync_directory(path.parent)
 
 
-def _reason(exc: BaseException) -> str:
-    """The cause without SQLAlchemy's wrapping ("(sqlite3.DatabaseError) ...", a link)."""
+def _reason(exc: BaseException, data_dir: Path) -> str:
+    """The cause without SQLAlchemy's wrapping ("(sqlite3.DatabaseError) ...", a link);
+    a full disk is called that, with the free space of the data directory's file system."""
     original = getattr(exc, "orig", None)
     if isinstance(original, BaseException):
         exc = original
     if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror[:1].lower() + exc.strerror[1:]
-    return str(exc)
+        reason = exc.strerror[:1].lower() + exc.strerror[1:]
+    else:
+        reason = str(exc)
+    free = _free_bytes(data_dir)
+    if _is_disk_full(exc, free):
+        shown = "unknown" if free is None else f"{free // 1024} KiB"
+        return f"the disk is full ({shown} free in {data_dir}; {reason})"
+    return reason
+
+
+def _is_disk_full(exc: BaseException, free: int | None) -> bool:
+    """ENOSPC/EDQUOT or SQLITE_FULL; or an I/O error with less than DISK_FULL_BYTES free."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL:
+        return True
+    io_error = (isinstance(exc, OSError) and exc.errno == errno.EIO) or (
+        isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_IOERR
+    )
+    return io_error and free is not None and free < DISK_FULL_BYTES
+
+
+def _free_bytes(data_dir: Path) -> int | None:
+    """The space an unprivileged writer has left where ``data_dir`` is (or would be)."""
+    for where in (data_dir, *data_dir.parents):
+        try:
+            usage = os.statvfs(where)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+        return usage.f_bavail * usage.f_frsize
+    return None
 
 
 def table_names(engine: Engine) -> list[str]:

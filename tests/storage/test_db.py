@@ -377,3 +377,73 @@ class TestQuickCheck:
         with pytest.raises(StorageError):
             open_till_db(tmp_path / "bad")
         assert not _open_in_subprocess(tmp_path / "bad").startswith(DataDirLocked.__name__)
+
+
+@pytest.fixture(name="small_fs")
+def _small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB tmpfs, unmounted at teardown; skipped where mounting is not permitted."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(mount: Path) -> None:
+    """Write zeros until the file system has no byte left."""
+    with (mount / "fill").open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError:
+            pass
+    assert os.statvfs(mount).f_bavail == 0
+
+
+class TestFullDisk:
+    def test_an_existing_till_on_a_full_disk_says_the_disk_is_full(self, small_fs: Path) -> None:
+        """SQLite reports a -shm it cannot grow as "disk I/O error": the message names the
+        full disk, the data directory and its free space instead."""
+        data_dir = small_fs / "data"
+        open_till_db(data_dir).close()
+        _fill(small_fs)
+        with pytest.raises(StorageError) as raised:
+            open_till_db(data_dir)
+        message = str(raised.value)
+        assert f"the disk is full (0 KiB free in {data_dir}" in message, message
+        with pytest.raises(StorageError, match="the disk is full"):
+            open_till_db(data_dir, writer=False)  # `receipts list` and the like
+
+    def test_a_new_till_on_a_full_disk_says_the_disk_is_full(self, small_fs: Path) -> None:
+        data_dir = small_fs / "data"
+        _fill(small_fs)
+        with pytest.raises(StorageError, match=r"the disk is full \(0 KiB free in "):
+            open_till_db(data_dir)
+
+    def test_an_io_error_with_room_to_spare_is_not_a_full_disk(
+        self, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Only a nearly full file system turns SQLite's I/O error into "the disk is full"."""
+        open_till_db(data_dir).close()
+
+        def failing_check(_engine: object) -> None:
+            error = sqlite3.OperationalError("disk I/O error")
+            error.sqlite_errorcode = sqlite3.SQLITE_IOERR  # type: ignore[attr-defined]
+            raise error
+
+        monkeypatch.setattr("storage.db._quick_check", failing_check)
+        if os.statvfs(data_dir).f_bavail * os.statvfs(data_dir).f_frsize < (1 << 20):
+            pytest.skip("the test file system itself is nearly full")
+        with pytest.raises(StorageError) as raised:
+            open_till_db(data_dir)
+        assert str(raised.value).endswith(": disk I/O error")
