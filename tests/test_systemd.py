@@ -82,6 +82,15 @@ class TestUnitFile:
             "char-ttyACM rw",
         ]
 
+    def test_restarts_forever(self) -> None:
+        """A till comes back by itself: no start rate limit (systemd would give up for good
+        after StartLimitBurst= failures, e.g. a full disk), restarts spaced 5 s apart."""
+        settings = _settings(UNIT.read_text(encoding="utf-8"))
+        single = {key: values[-1] for key, values in settings.items()}
+        assert single["StartLimitIntervalSec"] == "0"
+        assert "StartLimitBurst" not in single
+        assert single["RestartSec"] == "5s"
+
     def test_no_inline_comments(self) -> None:
         """systemd would read ``value  # text`` as the value (A6): comments get own lines."""
         for number, line in enumerate(UNIT.read_text(encoding="utf-8").splitlines(), 1):
