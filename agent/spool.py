@@ -9,6 +9,13 @@ the name of an earlier one replaces that one's answer. Whatever else appears as
 ``in/NAME.json`` (a symbolic link, a directory, a pipe) is answered the same way, with the
 rule ``regular-file``, and moved to ``failed/`` without being followed or read.
 
+A name is at most 255 bytes (UTF-8) on the filesystem, and the answer's temporary name is
+30 bytes longer than NAME: a NAME of more than ``MAX_NAME_BYTES`` bytes cannot have its own
+answer. Such a sale is answered under a shortened NAME (its first bytes, ``~`` and a hash
+of the whole name) in ``failed/`` with the rule ``name-too-long``, and moved there under
+that name. A file that cannot be claimed (whatever the reason) is logged once and skipped:
+one file never stops the others.
+
 Each step is atomic and the whole sequence is restartable, so a crash (even SIGKILL or a
 power cut) between any two steps leaves exactly one answer per sale in the end:
 
@@ -27,6 +34,7 @@ every ``rescan_s`` seconds.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -61,7 +69,7 @@ from agent.errors import (
 )
 from agent.probe import Backoff
 
-__all__ = ["MAX_SALE_BYTES", "Handler", "Spool", "SpoolIngestor"]
+__all__ = ["MAX_NAME_BYTES", "MAX_SALE_BYTES", "Handler", "Spool", "SpoolIngestor"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +78,10 @@ Handler = Callable[[bytes], ReceiptResult]
 _SUFFIX = ".json"
 _RESULT = ".result.json"
 _ERROR = ".error.json"
+# the longest name written for NAME is out/.NAME.result.json.<12 hex>.tmp (durable.py)
+_LONGEST_EXTRA = len(".") + len(_RESULT) + len(".0123456789ab.tmp")
+MAX_NAME_BYTES = 255 - _LONGEST_EXTRA  # of NAME, without .json
+_SHORT_PREFIX_BYTES = 64
 _NOT_FILES = {
     stat.S_IFLNK: "a symbolic link",
     stat.S_IFDIR: "a directory",
@@ -85,6 +97,25 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 
 def _is_sale_name(name: str) -> bool:
     return not name.startswith(".") and name.endswith(_SUFFIX) and len(name) > len(_SUFFIX)
+
+
+def _name_bytes(name: str) -> bytes:
+    return os.fsencode(name)  # the bytes on disk, even for a name that is no valid UTF-8
+
+
+def _too_long(name: str) -> bool:
+    return len(_name_bytes(name.removesuffix(_SUFFIX))) > MAX_NAME_BYTES
+
+
+def _answer_stem(name: str) -> str:
+    """NAME of ``NAME.json``, or a shortened one (prefix ``~`` hash) if NAME is too long."""
+    stem = name.removesuffix(_SUFFIX)
+    raw = _name_bytes(stem)
+    if len(raw) <= MAX_NAME_BYTES:
+        return stem
+    prefix = raw[:_SHORT_PREFIX_BYTES].decode("utf-8", "ignore")  # never half a character
+    digest = hashlib.sha256(_name_bytes(name)).hexdigest()[:16]
+    return f"{prefix}~{digest}"
 
 
 def _unlink(path: Path) -> bool:
@@ -160,10 +191,14 @@ class Spool:
         return [directory / name for _, name in sorted(found)]
 
     def result_path(self, name: str) -> Path:
-        return self.out / (name.removesuffix(_SUFFIX) + _RESULT)
+        return self.out / (_answer_stem(name) + _RESULT)
 
     def error_path(self, name: str) -> Path:
-        return self.failed / (name.removesuffix(_SUFFIX) + _ERROR)
+        return self.failed / (_answer_stem(name) + _ERROR)
+
+    def failed_path(self, name: str) -> Path:
+        """Where a sale answered with an error is kept (shortened like its answer)."""
+        return self.failed / (_answer_stem(name) + _SUFFIX)
 
     def claim(self, incoming: Path) -> Path | None:
         """Move a sale from ``in/`` to ``work/``; ``None`` if it is gone or its name is busy."""
@@ -175,7 +210,7 @@ class Spool:
             # with the old answer
             if _unlink(stale):
                 log.warning("spool: %s arrived again; its earlier answer was removed", stale.name)
-        _remove(self.failed / incoming.name)
+        _remove(self.failed_path(incoming.name))
         try:
             os.rename(incoming, target)  # a link is moved itself, never what it points to
         except FileNotFoundError:
@@ -187,9 +222,16 @@ class Spool:
         """The sale's bytes.
 
         Raises:
-            InvalidSale: it is no regular file (a link is not followed) or it is larger
-                than ``max_bytes``.
+            InvalidSale: its name is too long for its answer, it is no regular file (a link
+                is not followed) or it is larger than ``max_bytes``.
         """
+        if _too_long(claimed.name):
+            raise InvalidSale(
+                "(file name)",
+                "name-too-long",
+                f"a spool file name is at most {MAX_NAME_BYTES} bytes (UTF-8) before .json; "
+                f"this one is answered as {self.error_path(claimed.name).name}",
+            )
         _refuse_unless_file(claimed.lstat().st_mode)
         try:
             fd = os.open(claimed, _OPEN_FLAGS)
@@ -225,7 +267,7 @@ class Spool:
         if self.result_path(claimed.name).exists():
             _unlink(claimed)
             return
-        os.replace(claimed, self.failed / claimed.name)
+        os.replace(claimed, self.failed_path(claimed.name))
         fsync_directory(self.failed)
 
 
@@ -281,6 +323,7 @@ class SpoolIngestor:
         self.clock: Clock = clock or SystemClock()
         self.heartbeat = self.clock.monotonic()
         self._retries: dict[str, tuple[int, float]] = {}  # name -> (failures, due)
+        self._unclaimable: set[str] = set()  # names in in/ whose claim failed (logged once)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -294,14 +337,29 @@ class SpoolIngestor:
         """Scan once: finish claimed files, then claim new ones; return the files answered."""
         with self._lock:
             handled = sum(self._process(path) for path in self._due(self.spool.claimed()))
-            for incoming in self.spool.incoming():
+            incoming = self.spool.incoming()
+            self._unclaimable &= {path.name for path in incoming}
+            for path in incoming:
                 if self._stop.is_set():
                     break
-                claimed = self.spool.claim(incoming)
+                claimed = self._claim(path)
                 if claimed is not None:
                     handled += self._process(claimed)
             self._beat()
             return handled
+
+    def _claim(self, incoming: Path) -> Path | None:
+        """Claim one file; a failure skips it (logged once, tried again every scan)."""
+        try:
+            claimed = self.spool.claim(incoming)
+        except Exception as exc:
+            if incoming.name not in self._unclaimable:
+                self._unclaimable.add(incoming.name)
+                log.error("spool: cannot claim %s; skipped: %s", incoming.name, exc, exc_info=exc)
+            return None
+        if self._unclaimable:
+            self._unclaimable.discard(incoming.name)
+        return claimed
 
     @property
     def retrying(self) -> list[str]:

@@ -552,3 +552,82 @@ class TestWorker:
         wait_for(spool.result_path("b.json"), timeout=5.0)
         wait_for(spool.result_path("a.json"), timeout=5.0)
         assert ingestor.alive
+
+
+class TestNames:
+    """A name the filesystem cannot give an answer never stops the other files."""
+
+    LONG = "n" * 245 + ".json"  # 250 bytes: its answer NAME.result.json would be 257
+
+    def test_a_name_too_long_for_its_answer_is_answered_shortened_and_the_rest_go_on(
+        self, spool: Spool, ingestor: SpoolIngestor
+    ) -> None:
+        drop(spool, "a.json", sale(request_id="r-a"))
+        drop(spool, self.LONG, sale(request_id="r-long"))
+        drop(spool, "sp ace ü.json", sale(request_id="r-u"))
+        assert ingestor.run_once() == 3
+        assert result_of(spool, "a.json")["number"] == 2
+        assert result_of(spool, "sp ace ü.json")["number"] == 3  # the long name took none
+        short = spool.error_path(self.LONG).name
+        assert short.startswith("n" * 64 + "~")
+        assert len(short) < 100
+        assert error_of(spool, self.LONG)["rule"] == "name-too-long"
+        assert "bytes" in error_of(spool, self.LONG)["message"]
+        assert short in error_of(spool, self.LONG)["message"]
+        assert files(spool.failed) == sorted([short, short.replace(".error.json", ".json")])
+        assert files(spool.inbox) == files(spool.work) == []
+
+    def test_the_limit_is_in_bytes_not_characters(
+        self, spool: Spool, ingestor: SpoolIngestor
+    ) -> None:
+        """225 bytes of NAME fit (the answer's temp name is then 255 bytes); one more, in
+        a two-byte character, does not, although it is far fewer characters."""
+        fits = "é" * 112 + "x.json"  # 225 bytes, 113 characters
+        too_long = "é" * 113 + ".json"  # 226 bytes, 113 characters
+        drop(spool, fits, sale(request_id="r-fits"))
+        drop(spool, too_long, sale(request_id="r-long"))
+        assert ingestor.run_once() == 2
+        assert result_of(spool, fits)["number"] == 2
+        assert error_of(spool, too_long)["rule"] == "name-too-long"
+        assert spool.error_path(too_long).name.startswith("é" * 32 + "~")
+        assert (spool.failed / fits).exists() is False
+
+    def test_a_long_name_claimed_before_a_crash_is_answered_at_restart(
+        self, spool: Spool, ingestor: SpoolIngestor
+    ) -> None:
+        drop(spool, self.LONG, sale())
+        os.rename(spool.inbox / self.LONG, spool.work / self.LONG)
+        assert ingestor.run_once() == 1
+        assert error_of(spool, self.LONG)["rule"] == "name-too-long"
+        assert files(spool.work) == []
+
+    def test_a_file_that_cannot_be_claimed_is_skipped_and_logged_once(
+        self, spool: Spool, ingestor: SpoolIngestor, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Its stale answer cannot be removed (a directory stands there): the other files
+        are answered, the scan does not fail, the ERROR names the file once."""
+        spool.error_path("stuck.json").mkdir()
+        drop(spool, "stuck.json", sale(request_id="r-stuck"))
+        drop(spool, "b.json", sale(request_id="r-b"))
+        assert ingestor.run_once() == 1
+        drop(spool, "c.json", sale(request_id="r-c"))
+        assert ingestor.run_once() == 1
+        assert result_of(spool, "c.json")["number"] == 3
+        assert files(spool.inbox) == ["stuck.json"]
+        logged = [r for r in caplog.records if "stuck.json" in r.getMessage()]
+        assert [r.levelname for r in logged] == ["ERROR"]
+        spool.error_path("stuck.json").rmdir()
+        assert ingestor.run_once() == 1
+        assert result_of(spool, "stuck.json")["number"] == 4
+
+    def test_the_worker_answers_every_file_around_a_long_name(
+        self, spool: Spool, running: Callable[..., SpoolIngestor]
+    ) -> None:
+        drop(spool, self.LONG, sale(request_id="r-long"))
+        for i in range(3):
+            drop(spool, f"w{i}.json", sale(request_id=f"r-w{i}"))
+        ingestor = running(rescan_s=0.2)
+        wait_for(spool.result_path("w2.json"), 10.0)
+        wait_for(spool.error_path(self.LONG), 10.0)
+        ingestor.stop()
+        assert files(spool.inbox) == files(spool.work) == []
