@@ -11,8 +11,11 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
+import select
 import socket
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +23,18 @@ from typing import Any, Protocol
 from agent.durable import fsync_directory
 from agent.errors import ConfigurationError, PrinterError
 from agent.printing._escpos import escpos_module, quiet_root
+
+if sys.platform == "linux":
+    import fcntl
+    import termios
+
+    _SIOCOUTQ: int | None = termios.TIOCOUTQ  # = SIOCOUTQ: bytes sent but not yet ACKed
+else:  # pragma: no cover - other platforms
+    _SIOCOUTQ = None
+
+# how long a printer that has acknowledged every byte may take to close the connection
+# before the job counts as printed anyway (a printer that closes ends the wait at once)
+CLOSE_WAIT = 0.5
 
 __all__ = [
     "FilePrinter",
@@ -63,11 +78,26 @@ def printer_errors(printer: str) -> Iterator[None]:
 class NetworkPrinter:
     """A printer listening on raw TCP (port 9100, "JetDirect"); one connection per job.
 
+    A job counts as sent only once the printer's side has taken every byte: after
+    sending it and closing our side, :meth:`send` waits (within the timeout) until the
+    printer's TCP has acknowledged every byte and our end-of-job, and then briefly
+    (:data:`CLOSE_WAIT`) for the printer to close the connection, which ends the wait at
+    once. A reset or an error at any point, bytes still unacknowledged at the timeout, or
+    the printer closing before it acknowledged everything fail the job, which stays queued.
+
+    What cannot be detected: a printer whose TCP stack acknowledges the bytes and then
+    loses them (a crash or power cut before the paper), and a printer that never reads
+    but whose kernel buffers the whole job and keeps the connection open: both count as
+    printed. Only Linux reports unacknowledged bytes (``SIOCOUTQ``); elsewhere the job
+    counts as sent once the kernel has buffered it, unless the printer resets the
+    connection within :data:`CLOSE_WAIT`.
+
     Args:
         host: the printer's address (an IP address avoids a DNS lookup, which the
             timeout does not bound).
         port: the raw printing port.
-        timeout: seconds for connecting and, separately, for sending the whole job.
+        timeout: seconds for connecting, separately for sending the whole job, and
+            separately for the printer to acknowledge it.
     """
 
     def __init__(self, host: str, port: int = 9100, *, timeout: float = 5.0) -> None:
@@ -81,18 +111,47 @@ class NetworkPrinter:
         ):
             sock.sendall(data)  # since Python 3.5 the timeout bounds the whole sendall
             sock.shutdown(socket.SHUT_WR)
-            _drain(sock)
+            _await_acknowledgement(sock, self.name, self.timeout)
 
     def close(self) -> None:
         """Nothing stays open between jobs."""
 
 
-def _drain(sock: socket.socket) -> None:
-    """Read what the printer said (status bytes), so closing sends no reset."""
-    sock.setblocking(False)
-    with contextlib.suppress(BlockingIOError, ConnectionError):
-        while sock.recv(4096):
-            pass
+def _await_acknowledgement(sock: socket.socket, name: str, timeout: float) -> None:
+    """Return once the peer has acknowledged every byte and our FIN and has closed (or
+    not reset the connection within :data:`CLOSE_WAIT`); raise :class:`OSError` on a
+    reset or error, :class:`PrinterError` when bytes stay unacknowledged past ``timeout``.
+
+    Status bytes the printer sends are read and dropped, so closing sends no reset.
+    """
+    now = time.monotonic()
+    deadline, acked_at, closed, pause = now + timeout, None, False, 0.0002
+    while True:
+        if error := sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            raise OSError(error, os.strerror(error))
+        unacked = _unacknowledged(sock)
+        now = time.monotonic()
+        if not unacked:  # 0, or None without SIOCOUTQ: as if acknowledged
+            acked_at = now if acked_at is None else acked_at
+            if closed or now >= min(deadline, acked_at + CLOSE_WAIT):
+                return
+        elif now >= deadline:
+            raise PrinterError(
+                f"printer {name}: {unacked} bytes not acknowledged within {timeout:g} s"
+            )
+        if closed:  # the socket stays readable at EOF: only the clock can wait
+            time.sleep(pause)
+        elif select.select([sock], [], [], pause)[0] and not sock.recv(4096):
+            closed = True  # EOF (recv raises ConnectionResetError on a reset)
+        pause = min(pause * 2, 0.01)
+
+
+def _unacknowledged(sock: socket.socket) -> int | None:
+    """Bytes (and FIN) sent but not acknowledged by the peer; None where unknown."""
+    if _SIOCOUTQ is None:
+        return None
+    buffer = fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
+    return int.from_bytes(buffer, sys.byteorder, signed=True)
 
 
 class FilePrinter:
