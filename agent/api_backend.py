@@ -66,7 +66,9 @@ class UnitOut(_Out):
 
 
 class OpenOutageOut(_Out):
-    """The open outage of a register: its age and the deadlines that follow from it."""
+    """The open outage of a register: its age and the deadlines that follow from it.
+    ``recovery_failed``: why the last recovery failed although the unit answered its probe
+    (e.g. its signatures do not verify), ``None`` if that has not happened."""
 
     id: int
     started_at: dt.datetime
@@ -75,6 +77,7 @@ class OpenOutageOut(_Out):
     affected: int
     deadline_48h_at: dt.datetime
     report_due_at: dt.datetime | None
+    recovery_failed: str | None = None
 
 
 class RegisterStatusOut(_Out):
@@ -246,10 +249,13 @@ class ServiceBackend:
         with self._read() as conn:
             rows = conn.execute(_REGISTERS).fetchall()
             outages = {o.register_id: o for o in load_outages(conn) if o.ended_at is None}
+            failed = {
+                o.id: self.service.outages.last_recovery_failure(conn, o) for o in outages.values()
+            }
             waiting = _waiting(conn.execute(_WAITING).fetchall())
             queued = int(conn.execute(QUEUED_PRINTS).fetchone()[0])
         registers = [
-            self._register(tuple(row), outages.get(row[0]), waiting.get(row[0], []), now)
+            self._register(tuple(row), outages.get(row[0]), waiting.get(row[0], []), now, failed)
             for row in rows
         ]
         printer = self.printer() if self.printer is not None else None
@@ -285,6 +291,7 @@ class ServiceBackend:
         outage: OutageRecord | None,
         waiting: list[SpecialKind],
         now: dt.datetime,
+        failed: dict[int, str | None],
     ) -> RegisterStatusOut:
         register_id, state, last_number, unit_id, certified, last_state, unsigned = row
         unit_state: UnitState = "unknown"
@@ -297,12 +304,16 @@ class ServiceBackend:
             state=state,
             last_number=last_number,
             unit=UnitOut(id=str(unit_id), state=unit_state, certified=bool(certified)),
-            open_outage=None if outage is None else self._open_outage(outage, now),
+            open_outage=None
+            if outage is None
+            else self._open_outage(outage, now, failed.get(outage.id)),
             waiting_special=_with_sammelbeleg(waiting) if outage is not None else waiting,
             unsigned_count=unsigned,
         )
 
-    def _open_outage(self, outage: OutageRecord, now: dt.datetime) -> OpenOutageOut:
+    def _open_outage(
+        self, outage: OutageRecord, now: dt.datetime, failed: str | None
+    ) -> OpenOutageOut:
         started = dt.datetime.fromisoformat(outage.started_at)
         # the watch stores the age at its last tick; add the time since (never less)
         since_check = (now - dt.datetime.fromisoformat(outage.checked_at)).total_seconds()
@@ -314,6 +325,7 @@ class ServiceBackend:
             affected=outage.affected,
             deadline_48h_at=started + dt.timedelta(seconds=self.thresholds.exceeded_hours * HOUR),
             report_due_at=_stamp(outage.report_due),
+            recovery_failed=failed,
         )
 
 

@@ -34,6 +34,7 @@ __all__ = ["OutageBook", "OutageRecord", "load_outage", "load_outages"]
 log = logging.getLogger(__name__)
 
 _LogLine = tuple[int, str, tuple[object, ...]]  # level, message, arguments
+_Key = tuple[str, int | None]  # register, its open outage (None: no outage open)
 
 _COLUMNS = (
     "id, register_id, unit_id, started_at, cause, first_number, last_number, affected,"
@@ -96,6 +97,11 @@ class OutageBook:
         self._pending: list[tuple[str, str, int]] = []  # (action, register, outage) until commit
         self._news: list[_LogLine] = []  # what to log once the transaction has committed
         self._escalations: list[Escalation] = []  # the same, of closing outages (first)
+        # why recovery failed after the unit answered: (register, outage) -> distinct reasons
+        # journaled (in order), and the last reason seen (which may repeat an earlier one)
+        self._reasons: dict[_Key, list[str]] = {}
+        self._last_reason: dict[_Key, str] = {}
+        self._pending_reasons: list[_Key] = []  # dropped from memory if the txn rolls back
 
     def settle(self, committed: bool) -> None:
         """Keep (after COMMIT) or undo (after ROLLBACK) the in-memory changes of a txn;
@@ -104,7 +110,11 @@ class OutageBook:
             pending, self._pending = self._pending, []
             news, self._news = self._news, []
             escalations, self._escalations = self._escalations, []
+            reasons, self._pending_reasons = self._pending_reasons, []
             if not committed:
+                for key in reasons:  # reloaded from the journal when next needed
+                    self._reasons.pop(key, None)
+                    self._last_reason.pop(key, None)
                 for action, register_id, outage_id in reversed(pending):
                     if action == "close":
                         self._open[register_id] = outage_id
@@ -201,6 +211,62 @@ class OutageBook:
             data={"outage": outage_id, "ok": ok, "detail": detail},
         )
 
+    def recovery_failed(
+        self, conn: sqlite3.Connection, register_id: str, reason: str, at: dt.datetime
+    ) -> None:
+        """Record why recovery failed although the unit answered its probe (it cannot sign,
+        e.g. invalid signatures), in the caller's transaction.
+
+        Each distinct reason is journaled (``outage.recovery_failed``) and logged (WARNING)
+        once per outage, so a unit that answers every probe does not grow the journal per
+        probe; the last reason is kept for the status (:meth:`last_recovery_failure`).
+        """
+        with self._lock:
+            key = (register_id, self._open.get(register_id))
+        known = self._known_reasons(conn, key)
+        with self._lock:
+            self._last_reason[key] = reason
+            self._pending_reasons.append(key)
+            if reason in known:
+                return
+            known.append(reason)
+        append_event(
+            conn,
+            kind="outage.recovery_failed",
+            register_id=register_id,
+            at=at.isoformat(),
+            data={"outage": key[1], "reason": reason},
+        )
+        with self._lock:
+            self._news.append(
+                (
+                    logging.WARNING,
+                    "register %s: the unit answered its probe but recovery failed (outage %s):"
+                    " %s; everything keeps waiting for the unit",
+                    (register_id, "-" if key[1] is None else key[1], reason),
+                )
+            )
+
+    def last_recovery_failure(self, conn: sqlite3.Connection, outage: OutageRecord) -> str | None:
+        """Why the last recovery of the open ``outage`` failed after its unit answered."""
+        key = (outage.register_id, outage.id)
+        self._known_reasons(conn, key)
+        with self._lock:
+            return self._last_reason.get(key)
+
+    def _known_reasons(self, conn: sqlite3.Connection, key: _Key) -> list[str]:
+        """The reasons journaled for ``key``, loaded from the journal once per process."""
+        with self._lock:
+            known = self._reasons.get(key)
+        if known is not None:
+            return known
+        loaded = [] if key[1] is None else _journaled_reasons(conn, key[0], key[1])
+        with self._lock:
+            known = self._reasons.setdefault(key, loaded)
+            if loaded:
+                self._last_reason.setdefault(key, loaded[-1])
+            return known
+
     def close(
         self,
         conn: sqlite3.Connection,
@@ -233,6 +299,27 @@ class OutageBook:
     def _id(self, register_id: str) -> int:
         with self._lock:
             return self._open[register_id]
+
+
+def _journaled_reasons(conn: sqlite3.Connection, register_id: str, outage_id: int) -> list[str]:
+    """The distinct recovery failures journaled for an outage, oldest first; the journal is
+    read only from the event of the receipt that opened it (seq is the primary key)."""
+    row = conn.execute(
+        "SELECT r.journal_seq FROM outages o JOIN receipts r ON r.register_id = o.register_id"
+        " AND r.number = o.first_number WHERE o.id = ?",
+        (outage_id,),
+    ).fetchone()
+    rows = conn.execute(
+        "SELECT data FROM journal WHERE seq >= ? AND kind = 'outage.recovery_failed'"
+        " AND register_id = ? ORDER BY seq",
+        (0 if row is None else row[0], register_id),
+    )
+    reasons: list[str] = []
+    for (data,) in rows:
+        event = json.loads(data)
+        if event.get("outage") == outage_id and event["reason"] not in reasons:
+            reasons.append(str(event["reason"]))
+    return reasons
 
 
 def _closed_line(

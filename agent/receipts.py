@@ -742,9 +742,16 @@ class ReceiptService:
             for row in self.waiting(register_id):
                 if row["kind"] != "start":
                     issued.append(self._issue_waiting(row))
-        except (FiscalError, SigningError):
+        except (FiscalError, SigningError) as exc:
+            self._recovery_failed(register_id, exc)
             return None
         return issued
+
+    def _recovery_failed(self, register_id: str, exc: Exception) -> None:
+        """Journal and log why the unit answered but recovery failed (once per reason per
+        outage, see :meth:`OutageBook.recovery_failed`); the status shows the last one."""
+        with self._transaction() as conn:
+            self.outages.recovery_failed(conn, register_id, str(exc), self.clock.now())
 
     def _waiting_row(self, register_id: str, kind: str) -> sqlite3.Row | None:
         with self.db.read_connection() as conn:
