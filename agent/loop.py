@@ -12,8 +12,9 @@ log = logging.getLogger(__name__)
 
 
 class BackgroundLoop:
-    """Calls ``step`` on a daemon thread until stopped; a step that raises is logged and
-    retried after ``error_wait`` seconds, so the loop never dies.
+    """Calls ``step`` on a daemon thread until stopped; a step that raises is retried after
+    ``error_wait`` seconds, so the loop never dies. A run of failures is logged once, at
+    ERROR with its traceback (the retries at DEBUG), and its end at INFO.
 
     ``step`` returns how long to wait before the next step (at most ``max_wait``);
     :meth:`wake` ends the wait early.
@@ -49,11 +50,23 @@ class BackgroundLoop:
             self._thread.join(timeout=timeout)
 
     def _run(self) -> None:
+        failing = False
         while not self._stop.is_set():
             try:
                 wait = self._step()
             except Exception:
-                log.exception("%s loop failed; retrying", self.name)
-                wait = self.error_wait
+                if failing:
+                    log.debug("%s loop failed again", self.name, exc_info=True)
+                else:
+                    log.exception(
+                        "%s loop failed; retrying every %g s (logged again once it has recovered)",
+                        self.name,
+                        self.error_wait,
+                    )
+                failing, wait = True, self.error_wait
+            else:
+                if failing:
+                    log.info("%s loop recovered", self.name)
+                failing = False
             self._wake.wait(timeout=max(0.01, min(wait, self.max_wait)))
             self._wake.clear()

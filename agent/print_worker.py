@@ -3,8 +3,10 @@
 Each committed receipt gets one ``print_jobs`` row holding its ESC/POS bytes (rendered
 once, so a reprint sends the same receipt), then the bytes go to the printer. A printer
 that fails is journaled (once per failure streak), retried every ``retry_s`` seconds and
-shown in the status; the receipts keep coming meanwhile. After a crash, receipts that
-have no job yet are found by a scan and printed then.
+shown in the status (logged at WARNING once per failure streak, its recovery at INFO);
+the receipts keep coming meanwhile. Without a printer (kind ``none``) the status says
+``disabled``. After a crash, receipts that have no job yet are found by a scan and
+printed then.
 """
 
 from __future__ import annotations
@@ -112,7 +114,11 @@ class PrintWorker:
     def status(self) -> PrinterOut:
         with self.service.db.read_connection() as conn:
             queued = int(conn.execute(QUEUED_PRINTS).fetchone()[0])
-        state: Literal["ready", "offline"] = "ready" if self.state == "ready" else "offline"
+        state: Literal["ready", "offline", "disabled"]
+        if isinstance(self.printer, NullPrinter):
+            state = "disabled"
+        else:
+            state = "ready" if self.state == "ready" else "offline"
         return PrinterOut(state=state, queued=queued, last_error=self.last_error)
 
     # -- one pass -------------------------------------------------------------------------
@@ -203,6 +209,8 @@ class PrintWorker:
                         at=_now(),
                         data={"number": job["number"]},
                     )
+            if self.state != "ready":
+                log.info("printer recovered, printing again (it failed with: %s)", self.last_error)
             self.state, self.last_error = "ready", None
             printed += 1
         return printed
