@@ -34,6 +34,7 @@ every ``rescan_s`` seconds.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -69,7 +70,14 @@ from agent.errors import (
 )
 from agent.probe import Backoff
 
-__all__ = ["MAX_NAME_BYTES", "MAX_SALE_BYTES", "Handler", "Spool", "SpoolIngestor"]
+__all__ = [
+    "MAX_NAME_BYTES",
+    "MAX_SALE_BYTES",
+    "STORAGE_RETRY_S",
+    "Handler",
+    "Spool",
+    "SpoolIngestor",
+]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +90,11 @@ _ERROR = ".error.json"
 _LONGEST_EXTRA = len(".") + len(_RESULT) + len(".0123456789ab.tmp")
 MAX_NAME_BYTES = 255 - _LONGEST_EXTRA  # of NAME, without .json
 _SHORT_PREFIX_BYTES = 64
+# a full disk (or database) heals without the sale: its files are retried every few
+# seconds, not after the growing backoff, and first when new files come
+STORAGE_RETRY_S = 2.0
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_STORAGE_LOG_EVERY = 30  # a storage retry is logged at its level at attempt 1, 31, 61...
 _NOT_FILES = {
     stat.S_IFLNK: "a symbolic link",
     stat.S_IFDIR: "a directory",
@@ -301,7 +314,9 @@ class SpoolIngestor:
             it is retried with ``backoff``.
         rescan_s: the longest time between two scans when no event arrives.
         on_progress: called after every scan and every answered file (feed a watchdog).
-        backoff: the delays between retries of a file whose handler failed unexpectedly.
+        backoff: the delays between retries of a file whose handler failed unexpectedly;
+            a storage failure (the database or a full disk) is retried after at most
+            ``STORAGE_RETRY_S``, and at once when new files arrive, before them.
         clock: monotonic time for the retry schedule.
     """
 
@@ -322,7 +337,7 @@ class SpoolIngestor:
         self.backoff = backoff or Backoff(initial=1.0, cap=60.0)
         self.clock: Clock = clock or SystemClock()
         self.heartbeat = self.clock.monotonic()
-        self._retries: dict[str, tuple[int, float]] = {}  # name -> (failures, due)
+        self._retries: dict[str, tuple[int, float, bool]] = {}  # name -> failures, due, storage
         self._unclaimable: set[str] = set()  # names in in/ whose claim failed (logged once)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -336,8 +351,9 @@ class SpoolIngestor:
     def run_once(self) -> int:
         """Scan once: finish claimed files, then claim new ones; return the files answered."""
         with self._lock:
-            handled = sum(self._process(path) for path in self._due(self.spool.claimed()))
             incoming = self.spool.incoming()
+            due = self._due(self.spool.claimed(), storage_now=bool(incoming))
+            handled = sum(self._process(path) for path in due)
             self._unclaimable &= {path.name for path in incoming}
             for path in incoming:
                 if self._stop.is_set():
@@ -366,12 +382,19 @@ class SpoolIngestor:
         """Names of the claimed files waiting for a retry."""
         return sorted(self._retries.copy())  # no lock: a scan may hold it for long
 
-    def _due(self, claimed: list[Path]) -> list[Path]:
+    def _due(self, claimed: list[Path], *, storage_now: bool) -> list[Path]:
+        """The claimed files to try now; ``storage_now``: also those waiting for storage
+        (new files came: they go first, keeping their order in the numbering)."""
         names = {path.name for path in claimed}
         for gone in set(self._retries) - names:
             del self._retries[gone]
         now = self.clock.monotonic()
-        return [p for p in claimed if self._retries.get(p.name, (0, now))[1] <= now]
+        due: list[Path] = []
+        for path in claimed:
+            _, at, storage = self._retries.get(path.name, (0, now, False))
+            if at <= now or (storage and storage_now):
+                due.append(path)
+        return due
 
     def _process(self, claimed: Path) -> int:
         """Answer one claimed file; 1 if it left ``work/``, 0 if it waits for a retry."""
@@ -386,12 +409,15 @@ class SpoolIngestor:
             self._retry_later(claimed.name, exc, level=logging.WARNING)
             return 0
         except StorageError as exc:  # the till's disk or database failed, not the sale
-            self._retry_later(claimed.name, exc)
+            self._retry_later(claimed.name, exc, storage=True)
             return 0
         except Exception as exc:  # the file stays claimed: ingestion goes on
-            self._retry_later(claimed.name, exc, trace=True)
+            full = isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS  # no room
+            self._retry_later(claimed.name, exc, trace=not full, storage=full)
             return 0
-        self._retries.pop(claimed.name, None)
+        retried = self._retries.pop(claimed.name, None)
+        if retried is not None:
+            log.info("spool: %s answered after %d failed attempts", claimed.name, retried[0])
         self._beat()
         return 1
 
@@ -414,18 +440,29 @@ class SpoolIngestor:
         log.debug("spool: %s -> receipt %s", claimed.name, result.number)
 
     def _retry_later(
-        self, name: str, exc: Exception, *, level: int = logging.ERROR, trace: bool = False
+        self,
+        name: str,
+        exc: Exception,
+        *,
+        level: int = logging.ERROR,
+        trace: bool = False,
+        storage: bool = False,
     ) -> None:
         """Keep the file claimed and try it again after the backoff; ``trace`` logs the
-        traceback of an error nobody expected."""
-        failures = self._retries.get(name, (0, 0.0))[0] + 1
+        traceback of an error nobody expected; ``storage``: the till's storage failed, the
+        retry comes after at most ``STORAGE_RETRY_S`` (logged at ``level`` now and then)."""
+        failures = self._retries.get(name, (0, 0.0, False))[0] + 1
         delay = self.backoff.delay(failures - 1)
-        self._retries[name] = (failures, self.clock.monotonic() + delay)
+        if storage:
+            delay = min(delay, STORAGE_RETRY_S)
+            if failures % _STORAGE_LOG_EVERY != 1:
+                level = logging.DEBUG
+        self._retries[name] = (failures, self.clock.monotonic() + delay, storage)
         message = "spool: %s not answered yet (attempt %d), retrying in %.1f s: %s"
         log.log(level, message, name, failures, delay, exc, exc_info=exc if trace else None)
 
     def _next_wait(self) -> float:
-        dues = [due for _, due in self._retries.copy().values()]
+        dues = [due for _, due, _ in self._retries.copy().values()]
         if not dues:
             return self.rescan_s
         return max(0.01, min(self.rescan_s, min(dues) - self.clock.monotonic()))

@@ -20,7 +20,7 @@ from agent.contract import ReceiptResult
 from agent.errors import ConflictError, WaitsForUnit
 from agent.probe import Backoff
 from agent.receipts import ReceiptService
-from agent.spool import Spool, SpoolIngestor
+from agent.spool import STORAGE_RETRY_S, Spool, SpoolIngestor
 from factories import disk_full, sale
 
 Handler = Callable[[bytes], ReceiptResult]
@@ -397,6 +397,62 @@ class TestFailures:
         assert ingestor.run_once() == 1
         assert result_of(spool, name)["number"] == i + 2  # the Startbeleg is 1
         assert files(spool.work) == []
+
+    def fill_until_one_waits(
+        self, spool: Spool, ingestor: SpoolIngestor, service: ReceiptService
+    ) -> str:
+        """Fill the database; the first sale that finds no room stays claimed."""
+        disk_full(service)
+        for i in range(500):  # the first sales still fit in the free space of the pages
+            name = f"s{i:03d}.json"
+            drop(spool, name, sale(request_id=f"r{i}"))
+            if ingestor.run_once() == 0:
+                return name
+        raise AssertionError("the database never filled")
+
+    def test_after_a_full_disk_the_waiting_sale_goes_before_later_ones(
+        self,
+        spool: Spool,
+        handler: Handler,
+        clock: FrozenClock,
+        service: ReceiptService,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """The full disk lasted long (the backoff would have grown to 60 s): once there is
+        room, the sale that waited is retried at the next file and gets the earlier
+        number, and its answer is logged at INFO."""
+        caplog.set_level(logging.DEBUG, "agent.spool")
+        ingestor = SpoolIngestor(spool, handler, clock=clock, backoff=Backoff(1.0, 60.0, 0.0))
+        waiting = self.fill_until_one_waits(spool, ingestor, service)
+        for _ in range(10):
+            clock.advance(60.0)
+            assert ingestor.run_once() == 0
+        logged = [r for r in caplog.records if r.name == "agent.spool" and waiting in r.message]
+        assert [r.levelname for r in logged] == ["ERROR"] + ["DEBUG"] * 10
+        disk_full(service, full=False)
+        drop(spool, "later.json", sale(request_id="r-later"))
+        assert ingestor.run_once() == 2
+        assert result_of(spool, waiting)["number"] < result_of(spool, "later.json")["number"]
+        [answered] = [r for r in caplog.records if "answered after" in r.message]
+        assert answered.levelname == "INFO"
+        assert waiting in answered.message
+
+    def test_after_a_full_disk_the_waiting_sale_is_retried_within_seconds(
+        self, spool: Spool, handler: Handler, clock: FrozenClock, service: ReceiptService
+    ) -> None:
+        """No new file comes: the storage retry still comes after STORAGE_RETRY_S, not
+        after the grown backoff."""
+        ingestor = SpoolIngestor(spool, handler, clock=clock, backoff=Backoff(1.0, 60.0, 0.0))
+        waiting = self.fill_until_one_waits(spool, ingestor, service)
+        for _ in range(6):
+            clock.advance(STORAGE_RETRY_S)
+            assert ingestor.run_once() == 0
+        disk_full(service, full=False)
+        assert ingestor.run_once() == 0  # not due yet
+        clock.advance(STORAGE_RETRY_S)
+        assert ingestor.run_once() == 1
+        assert files(spool.work) == []
+        assert result_of(spool, waiting)["number"] > 1
 
     def test_a_sale_for_a_register_waiting_for_the_unit_waits_too(
         self, spool: Spool, clock: FrozenClock
