@@ -17,6 +17,7 @@ message}`` throughout. Request bodies are JSON whatever their ``Content-Type`` s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import h11
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi import Path as PathParam
@@ -39,6 +41,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from agent import __version__
 from agent.api_backend import (
@@ -442,6 +445,54 @@ def _add_till_routes(router: APIRouter, backend: ApiBackend) -> None:
 # -- the server -------------------------------------------------------------------------
 
 
+# at most this many API connections are served at once (uvicorn answers 503 beyond): a till
+# has a few POS clients, and each connection is a file descriptor
+MAX_CONNECTIONS = 200
+# a connection that has not sent a complete request head this long after it opened (or
+# after its last response) is closed: idle or half-sent connections must not pile up
+REQUEST_HEAD_TIMEOUT_S = 5.0
+
+
+class _H11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, closing a connection whose request head does not arrive
+    within :data:`REQUEST_HEAD_TIMEOUT_S` (uvicorn's ``timeout_keep_alive`` only runs
+    between requests and any byte received cancels it)."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:  # the request head is in
+            self._cancel_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(REQUEST_HEAD_TIMEOUT_S, self._head_timeout)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
 class ApiServer:
     """uvicorn serving one app on a thread, on a TCP socket or a unix socket.
 
@@ -470,8 +521,9 @@ class ApiServer:
             access_log=access_log,
             lifespan="off",
             ws="none",
-            http="h11",
+            http=_H11Protocol,
             loop="asyncio",
+            limit_concurrency=MAX_CONNECTIONS,
             timeout_graceful_shutdown=5,
             server_header=False,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import shutil
 import signal
 import tempfile
@@ -43,6 +44,56 @@ log = logging.getLogger(__name__)
 
 DEV_UNIT = "dev-uncertified"
 CLOSINGS_EVERY_S = 60.0
+
+
+# below this soft limit on open files the service does not rely on: sockets, database,
+# spool and printer all take descriptors (systemd's default soft limit is 1024)
+FD_LIMIT_CAP = 65536
+ACCEPT_ERROR = "socket.accept() out of system resource"
+
+
+class _RateLimitedAcceptErrors(logging.Filter):
+    """Let asyncio's "socket.accept() out of system resource" through once per
+    ``every_s`` (with the count of the ones left out): out of descriptors, asyncio logs
+    it for every retry, and a flood of log lines makes things worse (reported 162 MB in
+    8 s)."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._next = 0.0
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(ACCEPT_ERROR):
+            return True
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return False
+        if self._suppressed:
+            record.msg = f"{record.msg} ({self._suppressed} more since the last report)"
+        self._next, self._suppressed = now + self.every_s, 0
+        record.exc_info = record.exc_text = None  # the same OSError every time
+        return True
+
+
+ACCEPT_ERROR_FILTER = _RateLimitedAcceptErrors()
+
+
+def _raise_open_files_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (at most FD_LIMIT_CAP), logged."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = FD_LIMIT_CAP if hard == resource.RLIM_INFINITY else min(hard, FD_LIMIT_CAP)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("open files limit stays %d (cannot raise it to %d: %s)", soft, target, exc)
+            return
+        log.info("open files limit raised from %d to %d", soft, target)
+    else:
+        log.info("open files limit %d", soft)
 
 
 class _Backend(ServiceBackend):
@@ -89,6 +140,10 @@ class TillService:
 
     def start(self) -> None:
         data_dir = self.config.data_dir
+        _raise_open_files_limit()
+        asyncio_log = logging.getLogger("asyncio")
+        if ACCEPT_ERROR_FILTER not in asyncio_log.filters:
+            asyncio_log.addFilter(ACCEPT_ERROR_FILTER)
         # creates a missing data directory 0700 (it holds the AES keys), takes the lock,
         # runs quick_check and the migrations
         self.db: TillDB = open_till_db(data_dir)
