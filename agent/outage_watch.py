@@ -14,6 +14,12 @@ agent was not running. Levels, each journaled once per outage:
 
 An outage is aged once more as its Sammelbeleg closes it (:meth:`OutageWatch.age_for_close`),
 so one that lasted past 48 h is flagged even if no tick saw it.
+
+Every tick also watches the wall clock, whether or not an outage is open: a jump beyond
+the tolerance is journaled (``clock.jump``, one event per register) and logged (WARNING),
+and a register whose last receipt date is ahead of the clock (receipts keep that date
+until the clock catches up, rksv.md 7.1) is logged once (WARNING) and again (INFO) when
+the clock has caught up. That costs one query per tick, nothing on the receipt path.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import json
 import logging
 import sqlite3
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 from agent.clock import Clock
 from agent.errors import InvalidSale, NotFound
@@ -38,6 +45,7 @@ _OPEN_OUTAGES = (
 )
 
 Escalation = tuple[int, str, str, float, str | None]  # outage, register, level, age s, due
+_LogLine = tuple[int, str, tuple[object, ...]]  # level, message, arguments
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,9 @@ class OutageWatch:
         self.clock = clock
         self.thresholds = thresholds or Thresholds()
         self._seen: dict[int, tuple[float, dt.datetime]] = {}  # outage -> (boot, wall)
+        self._last: tuple[float, dt.datetime] | None = None  # (boot, wall) of the last tick
+        self._clamped: set[str] = set()  # registers whose dates are ahead of the clock
+        self._jumped = False  # this tick journaled a jump (an outage's gap need not again)
 
     def tick(self) -> list[tuple[int, str]]:
         """Update every open outage; return the (outage, level) escalations fired now.
@@ -81,12 +92,79 @@ class OutageWatch:
             raise RuntimeError("this OutageWatch has no writer: it only ages closing outages")
         fired: list[Escalation] = []
         with self.writer.transaction() as conn:
+            wall = self.clock.now()
+            registers = conn.execute(
+                "SELECT id, last_issued_at, timezone FROM registers ORDER BY id"
+            ).fetchall()
+            lines = self._watch_clock(conn, [str(r[0]) for r in registers], wall)
             rows = conn.execute(_OPEN_OUTAGES).fetchall()
             for row in rows:
-                fired.extend(self._age(conn, row, self.clock.now()))
+                fired.extend(self._age(conn, row, wall))
+        lines.extend(self._clamping(registers, wall))
+        for level, message, args in lines:
+            log.log(level, message, *args)
         for escalation in fired:
             log_escalation(*escalation)
         return [(outage_id, level) for outage_id, _, level, _, _ in fired]
+
+    def _watch_clock(
+        self, conn: sqlite3.Connection, registers: list[str], wall: dt.datetime
+    ) -> list[_LogLine]:
+        """Journal a jump of the wall clock since the last tick (not suspend: that moves the
+        boot clock alike), one event per register; return its log line."""
+        boot, last = self.clock.boottime(), self._last
+        self._last = (boot, wall)
+        self._jumped = False
+        if last is None:
+            return []
+        delta = (wall - last[1]).total_seconds() - (boot - last[0])
+        if abs(delta) <= self.thresholds.jump_tolerance_s:
+            return []
+        self._jumped = True
+        targets: list[str | None] = [*registers] or [None]  # a till without registers yet
+        for register_id in targets:
+            self._jump(conn, register_id, delta, "while running", wall)
+        return [
+            (
+                logging.WARNING,
+                "the wall clock jumped %+.0f s (%s to %s); outage ages follow the boot clock,"
+                " receipt dates the wall clock (never going back within a register)",
+                (delta, last[1].isoformat(), wall.isoformat()),
+            )
+        ]
+
+    def _clamping(self, registers: list[sqlite3.Row], wall: dt.datetime) -> list[_LogLine]:
+        """Log once when a register's last receipt date is ahead of the clock (its receipts
+        keep that date), and once when the clock has caught up."""
+        lines: list[_LogLine] = []
+        for register_id, last_issued_at, timezone in registers:
+            local = wall.astimezone(ZoneInfo(timezone)).replace(tzinfo=None, microsecond=0)
+            ahead = (
+                last_issued_at is not None
+                and (dt.datetime.fromisoformat(last_issued_at) - local).total_seconds()
+                > self.thresholds.jump_tolerance_s
+            )
+            if ahead and register_id not in self._clamped:
+                self._clamped.add(register_id)
+                lines.append(
+                    (
+                        logging.WARNING,
+                        "register %s: the clock (%s) is behind its last receipt date (%s):"
+                        " receipts keep that date until the clock catches up (dates never go"
+                        " back within a register)",
+                        (register_id, local.isoformat(), last_issued_at),
+                    )
+                )
+            elif not ahead and register_id in self._clamped:
+                self._clamped.discard(register_id)
+                lines.append(
+                    (
+                        logging.INFO,
+                        "register %s: the clock (%s) has caught up with its receipt dates",
+                        (register_id, local.isoformat()),
+                    )
+                )
+        return lines
 
     def age_for_close(
         self, conn: sqlite3.Connection, outage_id: int, at: dt.datetime
@@ -155,20 +233,16 @@ class OutageWatch:
         if previous is None:
             # first look in this process: the time we were not running, by the wall clock
             gap = (wall - dt.datetime.fromisoformat(checked_at)).total_seconds()
-            if gap < 0:
+            if gap < 0 and not self._jumped:
                 self._jump(conn, register_id, gap, "since the last check (before a restart)", wall)
             return max(0.0, gap)
-        # suspend moves the wall and the boot clock alike: only a change of the wall clock
-        # itself (NTP, a wrong RTC, an operator) is a jump
-        d_boot, d_wall = boot - previous[0], (wall - previous[1]).total_seconds()
-        if abs(d_wall - d_boot) > self.thresholds.jump_tolerance_s:
-            self._jump(conn, register_id, d_wall - d_boot, "while running", wall)
-        return d_boot
+        # a jump of the wall clock while running is journaled by the tick (_watch_clock)
+        return boot - previous[0]
 
     def _jump(
         self,
         conn: sqlite3.Connection,
-        register_id: str,
+        register_id: str | None,
         delta: float,
         when: str,
         wall: dt.datetime,
