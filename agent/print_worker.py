@@ -114,12 +114,14 @@ class PrintWorker:
     def status(self) -> PrinterOut:
         with self.service.db.read_connection() as conn:
             queued = int(conn.execute(QUEUED_PRINTS).fetchone()[0])
-        state: Literal["ready", "offline", "disabled"]
+        return PrinterOut(state=self.shown_state, queued=queued, last_error=self.last_error)
+
+    @property
+    def shown_state(self) -> Literal["ready", "offline", "disabled"]:
+        """The state as status pages show it (``kind = "none"`` is disabled, not ready)."""
         if isinstance(self.printer, NullPrinter):
-            state = "disabled"
-        else:
-            state = "ready" if self.state == "ready" else "offline"
-        return PrinterOut(state=state, queued=queued, last_error=self.last_error)
+            return "disabled"
+        return "ready" if self.state == "ready" else "offline"
 
     # -- one pass -------------------------------------------------------------------------
 

@@ -303,6 +303,7 @@ class TillService:
 
     def _timers(self) -> None:
         next_watch = next_closings = 0.0
+        failing = False
         while not self._stop.is_set():
             now = time.monotonic()
             try:
@@ -315,13 +316,24 @@ class TillService:
                     next_closings = now + CLOSINGS_EVERY_S
                 sdnotify.status(self._status_line())
             except Exception:  # a timer loop must never die
-                log.exception("timer loop failed; retrying")
+                # the first failure of a run with its traceback, not one a second (a full
+                # disk would fill the log with them)
+                log.log(
+                    logging.DEBUG if failing else logging.ERROR,
+                    "timer loop failed; retrying",
+                    exc_info=not failing,
+                )
+                failing = True
+            else:
+                if failing:
+                    log.info("timer loop recovered")
+                failing = False
             self.watchdog.beat("timers")
             self._stop.wait(1.0)
 
     def _status_line(self) -> str:
         open_ = self.receipts.outages.open_registers()
-        return f"outages open: {', '.join(open_) or 'none'}; printer: {self.printer.state}"
+        return f"outages open: {', '.join(open_) or 'none'}; printer: {self.printer.shown_state}"
 
     def _spawn(self, name: str, target: object) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]

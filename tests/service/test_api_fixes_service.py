@@ -162,3 +162,39 @@ def test_outages_close_by_the_running_watch(start: Start) -> None:
     till = start(outage={"warn_hours": 1, "approaching_hours": 2, "exceeded_hours": 3})
     assert till.receipts.outages.watch is till.watch
     assert till.watch.thresholds.exceeded_hours == 3
+
+
+def test_the_systemd_status_line_says_a_disabled_printer_is_disabled(start: Start) -> None:
+    """``kind = "none"``: STATUS= says disabled, as /v1/status does, not ready."""
+    till = start()
+    assert till._status_line().endswith("printer: disabled")
+
+
+def test_a_failing_timer_loop_logs_once_per_failure_run(
+    start: Start, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk fails the timers every second: one ERROR with its traceback, not one a
+    second, and a line when they work again."""
+    import time
+
+    till = start(outage={"check_interval_s": 0.05})
+    failures = 0
+
+    def tick() -> None:
+        nonlocal failures
+        failures += 1
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(till.watch, "tick", tick)
+    deadline = time.monotonic() + 10
+    while failures < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    monkeypatch.undo()
+    while time.monotonic() < deadline and not any(
+        "timer loop recovered" in r.getMessage() for r in caplog.records
+    ):
+        time.sleep(0.1)
+    errors = [r for r in caplog.records if r.getMessage().startswith("timer loop failed")]
+    assert failures >= 3
+    assert [r.levelno for r in errors if r.levelno >= logging.ERROR] == [logging.ERROR]
+    assert any("timer loop recovered" in r.getMessage() for r in caplog.records)
