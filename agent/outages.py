@@ -149,7 +149,7 @@ class OutageBook:
         cursor = conn.execute(
             "INSERT INTO outages (register_id, unit_id, started_at, cause, first_number,"
             " last_number, affected, probe_attempts, age_seconds, checked_at, escalations)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, '[]')",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, '[\"opened\"]')",
             (register_id, unit_id, stamp, cause, number, number, 0 if number is None else 1, stamp),
         )
         outage_id = int(cursor.lastrowid or 0)
@@ -159,6 +159,15 @@ class OutageBook:
             register_id=register_id,
             at=stamp,
             data={"outage": outage_id, "unit": unit_id, "cause": cause, "first_number": number},
+        )
+        # its first escalation level, here and not at the watch's next tick: an outage
+        # shorter than the tick interval would otherwise never show it was announced
+        append_event(
+            conn,
+            kind="outage.escalation",
+            register_id=register_id,
+            at=stamp,
+            data={"outage": outage_id, "level": "opened", "age_hours": 0.0, "report_due": None},
         )
         with self._lock:
             self._open[register_id] = outage_id

@@ -73,10 +73,10 @@ class TestClosingAgesTheOutage:
         outage = _outage(service)
         assert outage.ended_at is not None
         # only what has a legal consequence: warnings about an outage that is over warn nobody
-        assert outage.escalations == ("exceeded",)
+        assert outage.escalations == ("opened", "exceeded")
         assert outage.report_due == (start + dt.timedelta(days=9)).isoformat()
         assert outage.age_seconds == pytest.approx(72 * HOUR)
-        assert _levels(service) == ["exceeded"]
+        assert _levels(service) == ["opened", "exceeded"]
 
     def test_the_close_asks_for_the_end_report_in_the_log(
         self,

@@ -340,7 +340,7 @@ class TestStatus:
         closed = outages[1]
         assert (closed["register"], closed["unit"], closed["first_number"]) == ("KASSE-1", "dev", 2)
         assert (closed["affected"], closed["sammelbeleg_number"]) == (1, 3)
-        assert closed["escalations"] == []
+        assert closed["escalations"] == ["opened"]  # recorded as it opened
 
 
 class TestServer:
