@@ -52,7 +52,12 @@ def outage_list(
     data_dir: DataDir = DEFAULT_DATA,
     as_json: JsonFlag = False,
 ) -> None:
-    """All outages, newest first: state, age, affected receipts, escalation, report."""
+    """All outages, newest first: state, age, affected receipts, escalation, report.
+
+    With --json each outage has the fields of the local API's GET /v1/outages (same names,
+    UTC times ending in Z), then probe_attempts, age_seconds and checked_at.
+    """
+    from agent.evidence import outage_json
     from agent.outages import load_outages
 
     with _reader(data_dir, as_json) as db, db.read_connection() as conn:
@@ -60,7 +65,7 @@ def outage_list(
         if register is not None and not records:
             _require_register(conn, register, as_json)
     if as_json:
-        _emit([r.as_dict() for r in records], True)
+        _emit([outage_json(r) for r in records], True)
         return
     table = Table(
         "id", "register", "started (UTC)", "ended", "hours", "affected", "level", "report"

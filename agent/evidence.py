@@ -7,14 +7,17 @@ references, as JSON (for tools) and as readable text (for people).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sqlite3
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from agent.errors import NotFound
 from agent.outages import OutageRecord, load_outage
 
-__all__ = ["outage_evidence", "render_evidence"]
+__all__ = ["outage_evidence", "outage_json", "render_evidence"]
 
 _AFFECTED = (
     "SELECT number, receipt_id, kind, signature_state, issued_at, amount_normal"
@@ -22,6 +25,23 @@ _AFFECTED = (
     " FROM receipts WHERE register_id = ? AND number BETWEEN ? AND ?"
     " AND signature_state != 'signed' ORDER BY number"
 )
+
+
+_STAMP = TypeAdapter(dt.datetime)  # a time as the API writes it (UTC: ``Z``)
+
+
+def outage_json(record: OutageRecord) -> dict[str, Any]:
+    """One outage as ``GET /v1/outages`` has it (its names, UTC times ending in ``Z``),
+    and after that what only the command line shows: probe attempts, age, last check."""
+    from agent.api_backend import _outage_out
+
+    data: dict[str, Any] = _outage_out(record).model_dump(mode="json")
+    data |= {
+        "probe_attempts": record.probe_attempts,
+        "age_seconds": record.age_seconds,
+        "checked_at": _STAMP.dump_python(dt.datetime.fromisoformat(record.checked_at), mode="json"),
+    }
+    return data
 
 
 def outage_evidence(conn: sqlite3.Connection, outage_id: int) -> dict[str, Any]:
@@ -37,7 +57,7 @@ def outage_evidence(conn: sqlite3.Connection, outage_id: int) -> dict[str, Any]:
         affected = [dict(r) for r in rows]
     events = _events(conn, record)
     return {
-        "outage": record.as_dict(),
+        "outage": outage_json(record),
         "duration_hours": round(record.age_seconds / 3600, 2),
         "affected_receipts": affected,
         "sammelbeleg": _sammelbeleg(conn, record),
@@ -85,14 +105,14 @@ def render_evidence(pack: dict[str, Any]) -> str:
     o = pack["outage"]
     lines = [
         f"Ausfall der Signaturerstellungseinheit / signature unit outage #{o['id']}",
-        f"Kasse (register):        {o['register_id']}",
-        f"Einheit (unit):          {o['unit_id']}",
+        f"Kasse (register):        {o['register']}",
+        f"Einheit (unit):          {o['unit']}",
         f"Beginn (start, UTC):     {o['started_at']}",
         f"Ende (end, UTC):         {o['ended_at'] or 'still open'}",
         f"Dauer (hours):           {pack['duration_hours']}",
         f"Ursache (cause):         {o['cause']}",
         f"Sonden (probes):         {pack['probes']}",
-        f"Meldung fällig bis:      {o['report_due'] or '-'}",
+        f"Meldung fällig bis:      {o['report_due_at'] or '-'}",
         f"Meldung (report ref):    {o['report_reference'] or '-'}",
         f"Endemeldung (end ref):   {o['end_report_reference'] or '-'}",
         "",
