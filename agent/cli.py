@@ -16,7 +16,9 @@ input it checks).
 from __future__ import annotations
 
 import inspect
+import json
 import re
+import sys
 
 import typer
 
@@ -55,8 +57,34 @@ _unwrap_commands(app)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    With ``--json`` among the arguments a usage error (an unknown option, a bad or missing
+    value) is one JSON object on stdout, ``{"error": "UsageError", "message": ...}``, exit
+    2, as every other error of a command then is; without it Typer shows its usage box.
+    """
+    if "--json" not in sys.argv[1:]:
+        app()  # Typer's own handling, untouched
+        return
+    try:
+        result = app(standalone_mode=False)  # --help, --version and Ctrl-C: an exit code
+    except typer.TyperException as exc:  # click's errors (typer 0.29 vendors click)
+        _json_usage_error(exc)
+    except typer.Abort:  # e.g. end of input at a prompt: as Typer says it
+        from typer import rich_utils
+
+        rich_utils.rich_abort_error()
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)  # standalone mode ignores a result
+
+
+def _json_usage_error(exc: typer.TyperException) -> None:
+    kinds = {kind.__name__ for kind in type(exc).__mro__}
+    if "NoArgsIsHelpError" in kinds:  # the help was shown: nothing to add (as Typer does)
+        sys.exit(exc.exit_code)
+    name = "UsageError" if "UsageError" in kinds else type(exc).__name__
+    print(json.dumps({"error": name, "message": exc.format_message()}, ensure_ascii=False))
+    sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover
