@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from agent.cli_base import JsonFlag, ReceiptNumber, _ask_service, _emit, _fail, app, out
-from agent.config import AgentConfig, load_config
+from agent.config import CONFIG_ENV, AgentConfig, load_config
 from agent.errors import DataDirLocked, NotFound, PrinterError, TillAgentError
 
-__all__ = ["reprint"]
+__all__ = ["configured_header", "reprint"]
 
 
 @app.command()
@@ -56,6 +57,7 @@ def _reprint_local(config: AgentConfig, register: str, number: int) -> int:
             open_printer(config.printer),
             retry_s=0.0,
             escpos=config.printer.escpos,
+            header=config.printer.header,
         )
         copy = worker.reprint(register, number)
         worker.run_once()
@@ -78,3 +80,13 @@ def _reprint_via_api(config: AgentConfig, register: str, number: int, as_json: b
     if response.status_code >= 400:
         _fail(PrinterError(f"the service refused the reprint: {response.text}"), as_json)
     return int(response.json()["copy"])
+
+
+def configured_header() -> tuple[str, ...]:
+    """``[printer] header`` of the configuration `run` uses (``TILL_AGENT_CONFIG``, else the
+    system file, and the environment), for previews; none when it does not load."""
+    named = os.environ.get(CONFIG_ENV)
+    try:
+        return load_config(Path(named) if named else None).printer.header
+    except TillAgentError:
+        return ()

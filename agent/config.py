@@ -51,6 +51,7 @@ from agent.at_rksv.payload import AUSTRIAN_ZONES
 from agent.durable import create_file
 from agent.errors import ConfigurationError
 from agent.printing.render import EscposOptions
+from agent.receipt_text import WIDTH
 from agent.signing.config import UnitConfig
 from agent.strict_values import refuse_coercion
 
@@ -63,6 +64,7 @@ __all__ = [
     "CONFIG_ENV",
     "ENV_PREFIX",
     "HIDDEN",
+    "MISSING_HEADER",
     "SYSTEM_CONFIG",
     "AgentConfig",
     "ApiConfig",
@@ -228,12 +230,24 @@ class SpoolConfig(_Section):
     rescan_s: float = Field(5.0, gt=0)
 
 
+HEADER_LINES = 6
+MISSING_HEADER = (
+    "printer.header is not set: printed receipts carry no business name"
+    " (§ 132a Abs 3 BAO asks for the seller's name); set e.g."
+    ' header = ["Gasthaus Zur Post", "Hauptstraße 1, 1010 Wien"] in [printer]'
+)
+
+
 class PrinterConfig(_Section):
     """The receipt printer; ``file`` writes previews into ``dir``, ``none`` prints nothing.
 
     ``escpos`` describes the printer model (reference/libraries.md A1): ``code_table`` is
     the ``ESC t`` number of PC858 (with the euro sign) in its list, which its self-test
     page prints; ``qr = "image"`` for printers without native QR codes.
+
+    ``header``: the lines printed centred at the top of every receipt and copy, the
+    business's name and address (§ 132a Abs 3 BAO: a receipt names the seller). Only the
+    paper and the PNG preview carry them, not the stored receipt or its JSON.
     """
 
     kind: Literal["file", "network", "usb", "serial", "none"] = "file"
@@ -247,6 +261,45 @@ class PrinterConfig(_Section):
     timeout_s: float = Field(5.0, gt=0)
     retry_s: float = Field(30.0, gt=0)
     escpos: EscposOptions = Field(default_factory=EscposOptions)
+    header: tuple[str, ...] = ()
+
+    @field_validator("header", mode="before")
+    @classmethod
+    def _header_list(cls, value: Any) -> Any:
+        """A list of strings, nothing else: one string would otherwise be read as its letters."""
+        if not isinstance(value, list | tuple):
+            raise PydanticCustomError(
+                "header-list",
+                'a list of 0-{lines} strings, e.g. ["Gasthaus Zur Post", "Hauptstraße 1"]',
+                {"lines": HEADER_LINES},
+            )
+        return value
+
+    @field_validator("header")
+    @classmethod
+    def _header_lines(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) > HEADER_LINES:
+            raise PydanticCustomError(
+                "header-lines",
+                "at most {lines} lines, not {count}",
+                {"lines": HEADER_LINES, "count": len(value)},
+            )
+        for number, line in enumerate(value, start=1):
+            if not 1 <= len(line) <= WIDTH or not line.isprintable() or not line.strip():
+                raise PydanticCustomError(
+                    "header-line",
+                    "line {number} must be 1-{width} printable characters, not only spaces"
+                    " (no tabs, line breaks or invisible format characters): {line}",
+                    {"number": number, "width": WIDTH, "line": repr(line)},
+                )
+        return value
+
+    @property
+    def header_warning(self) -> str | None:
+        """Why the configured receipts are incomplete, or None: no header, no business name."""
+        if self.header or self.kind == "none":
+            return None
+        return MISSING_HEADER
 
     @field_validator("usb_vendor", "usb_product", mode="before")
     @classmethod

@@ -6,7 +6,8 @@ that fails is journaled (once per failure streak), retried every ``retry_s`` sec
 shown in the status (logged at WARNING once per failure streak, its recovery at INFO);
 the receipts keep coming meanwhile. Without a printer (kind ``none``) the status says
 ``disabled``. After a crash, receipts that have no job yet are found by a scan and
-printed then.
+printed then. Every job, original or copy, starts with the configured header (the
+business's name, ``[printer] header``); the stored receipt does not carry it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from agent.api_backend import QUEUED_PRINTS, PrinterOut
+from agent.config import MISSING_HEADER
 from agent.errors import PrinterError
 from agent.loop import BackgroundLoop
 from agent.printing import EscposOptions, NullPrinter, Printer, render_escpos, render_png
@@ -47,6 +49,8 @@ class PrintWorker:
         printer: where the bytes go.
         retry_s: seconds between attempts while the printer fails.
         escpos: the printer model's code table and QR settings (``[printer.escpos]``).
+        header: the lines printed centred above every receipt and copy, the business's
+            name and address (``[printer] header``; § 132a Abs 3 BAO).
         on_progress: called after each pass (feeds the service watchdog).
     """
 
@@ -57,12 +61,14 @@ class PrintWorker:
         *,
         retry_s: float = 30.0,
         escpos: EscposOptions | None = None,
+        header: Sequence[str] = (),
         on_progress: Callable[[], None] | None = None,
     ) -> None:
         self.service = service
         self.printer = printer
         self.retry_s = retry_s
         self.escpos = escpos or EscposOptions()
+        self.header = tuple(header)
         self.on_progress = on_progress
         self.state: str = "ready"
         self.last_error: str | None = None
@@ -163,7 +169,7 @@ class PrintWorker:
             self._cursor[reg] = number
 
     def _render(self, row: Any) -> bytes:
-        return render_escpos(result_from_row(row), options=self.escpos)
+        return render_escpos(result_from_row(row), options=self.escpos, header=self.header)
 
     @staticmethod
     def _insert_job(  # noqa: PLR0917 - one print_jobs row
@@ -221,7 +227,8 @@ class PrintWorker:
         data = job["data"]
         if isinstance(self.printer, FilePrinter):  # the development printer: with a preview
             row = self.service.row(job["register_id"], job["number"])
-            preview = render_png(result_from_row(row), copy=job["copy"] > 0)
+            result = result_from_row(row)
+            preview = render_png(result, copy=job["copy"] > 0, header=self.header)
             self.printer.write(data, png=preview)
         else:
             self.printer.send(data)
@@ -251,7 +258,8 @@ class PrintWorker:
     def reprint(self, register_id: str, number: int) -> int:
         """Queue a copy (marked as such) of a printed or unprinted receipt; its copy number."""
         row = self.service.row(register_id, number)
-        data = render_escpos(result_from_row(row), copy=True, options=self.escpos)
+        result = result_from_row(row)
+        data = render_escpos(result, copy=True, options=self.escpos, header=self.header)
         with self.service.db.write_connection().transaction() as conn:
             copy = conn.execute(
                 "SELECT coalesce(max(copy), 0) + 1 FROM print_jobs"
@@ -270,6 +278,9 @@ class PrintWorker:
         return self.retry_s
 
     def start(self) -> None:
+        """Print in the background (``till-agent run``); says once if receipts lack a name."""
+        if not self.header and not isinstance(self.printer, NullPrinter):
+            log.warning("%s", MISSING_HEADER)
         self._loop.start()
 
     def stop(self) -> None:

@@ -1,7 +1,8 @@
 """What a printed receipt shows, as blocks both renderers draw: ESC/POS and the PNG preview.
 
 The text lines come from the receipt (:mod:`agent.receipt_text`); this module adds only
-what depends on the print job (the copy marking) or guards what must never be missing
+what depends on the print job (the configured header with the business's name, the copy
+marking) or guards what must never be missing
 (the labels of Storno and Training receipts, "Sicherheitseinrichtung ausgefallen" on every
 receipt whose code carries the failure marker, the notice of an unsigned one).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent.at_rksv import FALLBACK_TEXT
@@ -113,9 +115,19 @@ def _guards(receipt: ReceiptResult) -> list[Text]:
     return out
 
 
-def layout(receipt: ReceiptResult, *, copy: bool = False) -> list[Block]:
-    """The blocks of one print job of ``receipt``, top to bottom."""
+def layout(
+    receipt: ReceiptResult, *, copy: bool = False, header: Sequence[str] = ()
+) -> list[Block]:
+    """The blocks of one print job of ``receipt``, top to bottom.
+
+    ``header`` (``[printer] header``: the business's name and address) comes first,
+    centred, on the original and on every copy; the stored receipt does not carry it.
+    """
     blocks: list[Block] = []
+    if header:
+        for line in header:  # at most 42 columns, but a long line wraps rather than run off
+            blocks += [Text(part, center=True) for part in wrap(printable(line), WIDTH)]
+        blocks.append(Text(""))
     if copy:
         blocks += [Text("KOPIE", bold=True, big=True, center=True), Text(COPY_NOTICE, center=True)]
         blocks.append(Text(""))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Sequence
 
 import qrcode  # type: ignore[import-untyped]  # qrcode 8 ships no type hints
 from PIL import Image, ImageDraw, ImageFont
@@ -73,14 +74,15 @@ def _height(blocks: list[Text | Qr], qr_images: dict[str, Image.Image]) -> int:
     return total
 
 
-def render_png(receipt: ReceiptResult, *, copy: bool = False) -> bytes:
-    """A PNG of the print job of ``receipt``: same receipt, same bytes.
+def render_png(receipt: ReceiptResult, *, copy: bool = False, header: Sequence[str] = ()) -> bytes:
+    """A PNG of the print job of ``receipt``: same receipt and header, same bytes.
 
     Args:
         receipt: the stored receipt.
         copy: show the copy marking of a reprint.
+        header: the lines above the receipt, centred (``[printer] header``).
     """
-    blocks = layout(receipt, copy=copy)
+    blocks = layout(receipt, copy=copy, header=header)
     qr_images = {b.content: _qr_image(b.content) for b in blocks if isinstance(b, Qr)}
     width = 2 * _MARGIN + _COLUMNS * _CELL_W
     image = Image.new("L", (width, _height(blocks, qr_images)), 255)

@@ -5,6 +5,7 @@ per object that ``ESC @`` does not reset (libraries.md A1). The job is::
 
     ESC @                      initialise (the printer forgets any earlier job's state)
     ESC t n                    code table n = PC858 (Epson numbering: 19), sent explicitly
+    ESC a 1, header ..., ESC a 0   the configured header (business name), centred
     text ... LF                CP858 bytes only: umlauts 0x84 0x94 0x81 0xE1, euro 0xD5;
                                other letters as their base letter (č as c), the rest "?"
     ESC a 1, GS ( k ..., ESC a 0   the QR code, centred (native) or GS v 0 (raster image)
@@ -13,6 +14,7 @@ per object that ``ESC @`` does not reset (libraries.md A1). The job is::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -83,18 +85,23 @@ def _qr(printer: Any, block: Qr, options: EscposOptions) -> None:
 
 
 def render_escpos(
-    receipt: ReceiptResult, *, copy: bool = False, options: EscposOptions | None = None
+    receipt: ReceiptResult,
+    *,
+    copy: bool = False,
+    options: EscposOptions | None = None,
+    header: Sequence[str] = (),
 ) -> bytes:
-    """The print job of ``receipt``: same receipt and options, same bytes.
+    """The print job of ``receipt``: same receipt, options and header, same bytes.
 
     Args:
         receipt: the stored receipt (its text lines and QR code are printed).
         copy: mark the job as a copy ("KOPIE", for reprints), not an original.
         options: the printer model's code table and QR settings.
+        header: the lines above the receipt, centred (``[printer] header``).
     """
     options = options or EscposOptions()
     printer = _dummy(options)
-    for block in layout(receipt, copy=copy):
+    for block in layout(receipt, copy=copy, header=header):
         if isinstance(block, Qr):
             _qr(printer, block, options)
         else:
