@@ -197,17 +197,67 @@ class ReceiptService:
             FiscalError: the unit cannot sign (the register is not created).
         """
         _check_setup(setup)
+        replay = receipt_id is not None or issued_at is not None or unit_position is not None
         with self._transaction() as conn:
+            if not replay:
+                self._refuse_pending_start(conn, setup.register_id)
+                result = self._start_in(conn, setup, self._stamp_now(setup.timezone), None)
+            else:  # a scenario replay decides the receipt; no answer is lost there
+                self._create_register(conn, setup)
+                reg = self._register_row(conn, setup.register_id)
+                draft = _Draft(
+                    setup.register_id,
+                    "start",
+                    receipt_id=receipt_id,
+                    issued_at=issued_at,
+                    unit_position=unit_position,
+                )
+                result = self._issue_in(conn, reg, draft)
+        if result is None:
+            raise WaitsForUnit(_START_SENT.format(register=setup.register_id))
+        return result
+
+    def _stamp_now(self, timezone: str) -> str:
+        local = self.clock.now().astimezone(_zone(timezone))
+        return local.replace(tzinfo=None, microsecond=0).isoformat()
+
+    def _start_in(
+        self, conn: sqlite3.Connection, setup: RegisterSetup, stamp: str, waiting: Any
+    ) -> ReceiptResult | None:
+        """Create the register and issue its Startbeleg dated ``stamp``.
+
+        A chain service whose answer is lost (``OutcomeUnknown``) may hold the Startbeleg
+        signed: then nothing is created, and the waiting Startbeleg (``waiting``, or a new
+        one) keeps ``stamp``, so recovery sends the very same signing input again (the
+        service's PUT is idempotent) and number 1 is never signed twice. ``None`` then.
+        The Startbeleg is never committed with the failure marker (rksv.md 5).
+        """
+        conn.execute("SAVEPOINT startbeleg")
+        try:
             self._create_register(conn, setup)
             reg = self._register_row(conn, setup.register_id)
-            draft = _Draft(
-                setup.register_id,
-                "start",
-                receipt_id=receipt_id,
-                issued_at=issued_at,
-                unit_position=unit_position,
-            )
-            return self._issue_in(conn, reg, draft)
+            result = self._issue_in(conn, reg, _Draft(setup.register_id, "start", issued_at=stamp))
+        except WaitsForUnit as exc:
+            if not isinstance(exc.__cause__, OutcomeUnknown):
+                raise
+            conn.execute("ROLLBACK TO startbeleg")
+            conn.execute("RELEASE startbeleg")
+            pending = _setup_json(setup, stamp)
+            if waiting is None:
+                self._record_waiting_in(conn, setup.register_id, "start", None, str(exc), pending)
+            elif waiting["setup"] != pending:
+                conn.execute(
+                    "UPDATE waiting_specials SET setup = ? WHERE id = ?", (pending, waiting["id"])
+                )
+            return None
+        conn.execute("RELEASE startbeleg")
+        return result
+
+    def _refuse_pending_start(self, conn: sqlite3.Connection, register_id: str) -> None:
+        """A Startbeleg the chain service may hold is completed by recovery, never anew."""
+        waiting = _open_waiting(conn, register_id, "start", None)
+        if waiting is not None and "issued_at" in json.loads(waiting["setup"]):
+            raise WaitsForUnit(_START_SENT.format(register=register_id))
 
     def issue(self, sale: Sale | bytes | str | dict[str, Any]) -> ReceiptResult:
         """Issue the receipt for a POS sale; a repeated ``request_id`` returns the stored one.
@@ -284,11 +334,12 @@ class ReceiptService:
                 period=period,
             )
             result = self._issue_in(conn, reg, draft)
-            if period is not None:
+            if period is not None and result.signature_state == "signed":
                 waiting = _open_waiting(conn, register_id, "yearly", period)
                 if waiting is not None:
                     self._waiting_done(conn, waiting, result.number)
-            return result
+        _raise_if_lost(result)
+        return result
 
     def _period_to_close(self, reg: sqlite3.Row) -> str:
         """The month a Monats-/Jahresbeleg issued now closes; refuse a closed or a skipped one."""
@@ -512,15 +563,32 @@ class ReceiptService:
         conn.execute(
             _UPDATE_REGISTER, (number, turnover, jws, payload.issued_at, closed, register_id)
         )
-        if draft.period is not None:
+        lost = state != "signed" and draft.kind in MUST_SIGN
+        if draft.period is not None and not lost:  # a lost Jahresbeleg leaves its month open
             conn.execute(
                 "UPDATE registers SET last_closing = ? WHERE id = ?", (draft.period, register_id)
             )
-        if draft.kind == "sammelbeleg" and self.outages.is_open(register_id):
+        if lost and draft.kind == "yearly":  # it waits (an unsigned Sammelbeleg: the outage)
+            reason = f"Jahresbeleg {number} was sent, but no answer came; it is issued again"
+            self._record_waiting_in(conn, register_id, "yearly", draft.period, reason)
+        if state == "signed" and draft.kind in MUST_SIGN:
+            self._supersede_lost(conn, register_id, draft, number)
+        if draft.kind == "sammelbeleg" and state == "signed" and self.outages.is_open(register_id):
             self.outages.close(conn, register_id, number, at)
         return result_from_parts(
             register_id, number, draft.kind, state, payload, signature, jws, document
         )
+
+    def _supersede_lost(
+        self, conn: sqlite3.Connection, register_id: str, draft: _Draft, number: int
+    ) -> None:
+        """A signed Sammel-/Jahresbeleg supersedes the unresolved unsigned ones of its kind
+        (and month): their obligation is met now. Their numbers stay theirs (the chain
+        service may hold them signed); zero receipts need no Storno."""
+        for row in _unresolved(conn, register_id):
+            period = json.loads(row["document"]).get("period")
+            if row["kind"] == draft.kind and period == draft.period:
+                self._resolve(conn, row, "superseded", replacement=number)
 
     def _check_closable(self, conn: sqlite3.Connection, register_id: str) -> None:
         """Refuse a Schlussbeleg while the register waits for its unit: after it the
@@ -596,13 +664,17 @@ class ReceiptService:
                     f"the unit failed ({exc}): a Schlussbeleg is issued only when it signs,"
                     " since no Sammelbeleg could follow it; nothing was issued"
                 ) from exc
-            if must_sign:
+            unknown = isinstance(exc, OutcomeUnknown)
+            if must_sign and (kind == "start" or not unknown):
                 raise WaitsForUnit(
                     f"a {kind} receipt must be validly signed and the unit failed: {exc}"
                 ) from exc
             # an unknown outcome (a chain service that may hold a signature) is `unsigned`:
-            # it chains like a fallback receipt and is remedied when the service answers
-            state = "unsigned" if isinstance(exc, OutcomeUnknown) else "fallback"
+            # it chains like a fallback receipt and is remedied when the service answers.
+            # A receipt that must be signed, too: rolling it back would give its number,
+            # which the service may hold signed, to the next receipt. Its obligation stays
+            # open (the outage, a waiting Jahresbeleg, the rest of a remedy).
+            state = "unsigned" if unknown else "fallback"
             if is_open:
                 self.outages.affected(conn, register_id, number, self.clock.now())
             else:
@@ -639,10 +711,11 @@ class ReceiptService:
         try:
             with self._transaction() as conn:
                 reg = self._open_register(conn, register_id)
-                return self._issue_in(conn, reg, _Draft(register_id, kind, period=period))
+                result = self._issue_in(conn, reg, _Draft(register_id, kind, period=period))
         except WaitsForUnit as exc:
             self._record_waiting(register_id, kind, period, str(exc))
             return None
+        return None if _lost(result) else result  # a lost one waits (recorded with it)
 
     def _record_waiting(
         self,
@@ -652,19 +725,30 @@ class ReceiptService:
         reason: str,
         setup: str | None = None,
     ) -> None:
-        now = self.clock.now().isoformat()
         with self._transaction() as conn:
-            if _open_waiting(conn, register_id, kind, period) is not None:
-                return
-            conn.execute(
-                "INSERT INTO waiting_specials (register_id, kind, period, reason, setup,"
-                " requested_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (register_id, kind, period, reason, setup, now),
-            )
-            facts = {"kind": kind, "period": period, "reason": reason}
-            append_event(conn, kind="special.waiting", register_id=register_id, at=now, data=facts)
-            alert = {"level": "warning", "alert": "special-receipt-waiting", **facts}
-            append_event(conn, kind="alert.raised", register_id=register_id, at=now, data=alert)
+            self._record_waiting_in(conn, register_id, kind, period, reason, setup)
+
+    def _record_waiting_in(  # noqa: PLR0917 - the columns of the waiting row, in order
+        self,
+        conn: sqlite3.Connection,
+        register_id: str,
+        kind: str,
+        period: str | None,
+        reason: str,
+        setup: str | None = None,
+    ) -> None:
+        now = self.clock.now().isoformat()
+        if _open_waiting(conn, register_id, kind, period) is not None:
+            return
+        conn.execute(
+            "INSERT INTO waiting_specials (register_id, kind, period, reason, setup,"
+            " requested_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (register_id, kind, period, reason, setup, now),
+        )
+        facts = {"kind": kind, "period": period, "reason": reason}
+        append_event(conn, kind="special.waiting", register_id=register_id, at=now, data=facts)
+        alert = {"level": "warning", "alert": "special-receipt-waiting", **facts}
+        append_event(conn, kind="alert.raised", register_id=register_id, at=now, data=alert)
 
     def waiting(self, register_id: str | None = None) -> list[dict[str, Any]]:
         """Special receipts waiting for their unit (oldest first)."""
@@ -758,21 +842,26 @@ class ReceiptService:
             return _open_waiting(conn, register_id, kind, None)
 
     def _issue_waiting_start(self, row: sqlite3.Row) -> ReceiptResult:
+        """The waiting Startbeleg; one whose answer was lost is sent again unchanged."""
         setup = _setup_from_json(row["setup"])
+        stamp = json.loads(row["setup"]).get("issued_at") or self._stamp_now(setup.timezone)
         with self._transaction() as conn:
-            self._create_register(conn, setup)
-            reg = self._register_row(conn, setup.register_id)
-            result = self._issue_in(conn, reg, _Draft(setup.register_id, "start"))
-            self._waiting_done(conn, row, result.number)
-            return result
+            result = self._start_in(conn, setup, stamp, row)
+            if result is not None:
+                self._waiting_done(conn, row, result.number)
+        if result is None:
+            raise WaitsForUnit(_START_SENT.format(register=setup.register_id))
+        return result
 
     def _issue_waiting(self, row: dict[str, Any]) -> ReceiptResult:
         with self._transaction() as conn:
             reg = self._open_register(conn, row["register_id"])
             draft = _Draft(row["register_id"], row["kind"], period=row["period"])
             result = self._issue_in(conn, reg, draft)
-            self._waiting_done(conn, row, result.number)
-            return result
+            if result.signature_state == "signed":
+                self._waiting_done(conn, row, result.number)
+        _raise_if_lost(result)
+        return result
 
     def _waiting_done(self, conn: sqlite3.Connection, row: Any, number: int) -> None:
         now = self.clock.now().isoformat()
@@ -811,27 +900,37 @@ class ReceiptService:
         return missing
 
     def _close_outage(self, register_id: str, remedy: list[sqlite3.Row]) -> list[ReceiptResult]:
-        issued = []
+        """Nullbeleg, Sammelbeleg and reissued sales in one transaction.
+
+        A lost Sammel-/Jahresbeleg in ``remedy`` is not reissued here: the Sammelbeleg
+        issued now (the outage is still open) or the waiting Jahresbeleg supersedes it.
+        When an answer is lost on the way (a receipt comes back ``unsigned``), what was
+        issued is committed (each number stays with its receipt, the reissued sale it
+        belongs to included) and the rest waits: :class:`WaitsForUnit` after the commit.
+        """
+        issued: list[ReceiptResult] = []
+        sales = [row for row in remedy if row["kind"] not in MUST_SIGN]
         with self._transaction() as conn:
-            if remedy:  # the Nullbeleg first: proof the unit signs again
+
+            def add(draft: _Draft) -> ReceiptResult:
                 reg = self._open_register(conn, register_id)
-                issued.append(
-                    self._issue_in(conn, reg, _Draft(register_id, "null", force_sign=True))
-                )
-            if self.outages.is_open(register_id):
-                reg = self._open_register(conn, register_id)
-                issued.append(self._issue_in(conn, reg, _Draft(register_id, "sammelbeleg")))
-            for old in remedy:
+                issued.append(self._issue_in(conn, reg, draft))
+                return issued[-1]
+
+            if sales:  # the Nullbeleg first: proof the unit signs again
+                add(_Draft(register_id, "null", force_sign=True))
+            if not _any_lost(issued) and self.outages.is_open(register_id):
+                add(_Draft(register_id, "sammelbeleg"))
+            for old in sales:
+                if _any_lost(issued):
+                    break
                 voided_by = None
                 if old["kind"] in COUNTED:  # it counted: a Storno takes it back (rksv.md 3)
-                    reg = self._open_register(conn, register_id)
-                    storno = self._issue_in(conn, reg, _void_draft(old))
-                    issued.append(storno)
-                    voided_by = storno.number
-                reg = self._open_register(conn, register_id)
-                new = self._issue_in(conn, reg, self._reissue_draft(conn, old))
+                    voided_by = add(_void_draft(old)).number
+                new = add(self._reissue_draft(conn, old))
                 self._resolve(conn, old, "superseded", replacement=new.number, voided_by=voided_by)
-                issued.append(new)
+        for result in issued:
+            _raise_if_lost(result, always=True)
         return issued
 
     def _reissue_draft(self, conn: sqlite3.Connection, old: sqlite3.Row) -> _Draft:
@@ -910,6 +1009,32 @@ class ReceiptService:
         return issued
 
 
+_START_SENT = (
+    "register {register}: its Startbeleg was sent to the chain service, but no answer came;"
+    " it waits and is sent again unchanged as soon as the service answers (till-agent"
+    " outage recover)"
+)
+
+
+def _lost(result: ReceiptResult) -> bool:
+    """A receipt that had to be signed came back ``unsigned``: its answer was lost."""
+    return result.signature_state != "signed" and result.kind in MUST_SIGN
+
+
+def _any_lost(results: Sequence[ReceiptResult]) -> bool:
+    return any(r.signature_state == "unsigned" for r in results)
+
+
+def _raise_if_lost(result: ReceiptResult, *, always: bool = False) -> None:
+    """After the commit: a lost answer leaves the obligation open (it waits)."""
+    if _lost(result) or (always and result.signature_state == "unsigned"):
+        raise WaitsForUnit(
+            f"the {result.kind} receipt {result.receipt_id} was sent to the chain service,"
+            " but no answer came: it keeps its number as an unsigned receipt, and what it"
+            " was for waits until the service answers"
+        )
+
+
 def due_periods(last_closing: str | None, first: str, now_local: dt.datetime) -> list[str]:
     """The months ("YYYY-MM") whose closing is due at ``now_local``, oldest first."""
     period = _next_period(last_closing) if last_closing is not None else first
@@ -968,17 +1093,19 @@ def _unresolved(conn: sqlite3.Connection, register_id: str | None) -> list[sqlit
     ).fetchall()
 
 
-def _setup_json(setup: RegisterSetup) -> str:
-    return canonical_json(
-        {
-            "register_id": setup.register_id,
-            "units": list(setup.unit_ids),
-            "counter_bytes": setup.counter_bytes,
-            "aes_key": base64.b64encode(setup.aes_key).decode(),
-            "timezone": setup.timezone,
-            "receipt_id_format": setup.receipt_id_format,
-        }
-    )
+def _setup_json(setup: RegisterSetup, issued_at: str | None = None) -> str:
+    """The waiting Startbeleg's register; ``issued_at``: the date of one that was sent."""
+    data: dict[str, Any] = {
+        "register_id": setup.register_id,
+        "units": list(setup.unit_ids),
+        "counter_bytes": setup.counter_bytes,
+        "aes_key": base64.b64encode(setup.aes_key).decode(),
+        "timezone": setup.timezone,
+        "receipt_id_format": setup.receipt_id_format,
+    }
+    if issued_at is not None:
+        data["issued_at"] = issued_at
+    return canonical_json(data)
 
 
 def _setup_from_json(text: str) -> RegisterSetup:

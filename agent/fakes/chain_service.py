@@ -33,6 +33,8 @@ misbehaving modes apply to every request, GET included:
 * ``lose_response``: handles the request (a PUT is stored and signed), then sends nothing:
   it holds the connection for :attr:`~ChainServiceFake.hold` seconds and closes it.
 * ``lose_request``: reads the request, stores nothing, then behaves as ``lose_response``.
+* ``lose_put_response``: a PUT as in ``lose_response``; every other request as in ``up``
+  (the service answers lookups, but the answer to a new receipt is lost on the way).
 * ``slow``: handles the request (a PUT is stored at once) and answers after
   :attr:`~ChainServiceFake.delay` seconds.
 
@@ -69,7 +71,9 @@ from agent.signing.software import SoftwareUnit, create_software_unit
 
 __all__ = ["MODES", "ChainServiceFake", "Mode", "main"]
 
-Mode = Literal["up", "down", "unreachable", "lose_response", "lose_request", "slow"]
+Mode = Literal[
+    "up", "down", "unreachable", "lose_response", "lose_request", "lose_put_response", "slow"
+]
 MODES: tuple[Mode, ...] = get_args(Mode)
 
 _log = logging.getLogger(__name__)
@@ -168,7 +172,8 @@ class _Handler(BaseHTTPRequestHandler):
         if refused is not None or mode == "lose_request":
             return refused
         answer = fake._route(method, self.path, body)
-        if mode == "lose_response" or (mode == "slow" and self.server.closing.wait(fake.delay)):
+        lost = mode == "lose_response" or (mode == "lose_put_response" and method == "PUT")
+        if lost or (mode == "slow" and self.server.closing.wait(fake.delay)):
             return None  # (a slow answer is lost too when the fake stops meanwhile)
         return answer
 
@@ -307,6 +312,16 @@ class ChainServiceFake:
     def receipts_stored(self) -> int:
         with self._lock:
             return len(self._receipts)
+
+    def signing_inputs(self, register: str) -> list[str]:
+        """The signing inputs the service holds for ``register``, in its own sequence."""
+        with self._lock:
+            held = [
+                (json.loads(r.answer.body)["sequence"], r.signing_input)
+                for (reg, _), r in self._receipts.items()
+                if reg == register
+            ]
+        return [signing_input for _, signing_input in sorted(held)]
 
     def _listen(self) -> None:
         if self._server is not None:
