@@ -504,11 +504,12 @@ def receipts_show(
             _fail(NotFound(f"register {register} has no receipt {number}"), as_json)
         result = result_from_row(dict(row))
     if png is not None:
+        from agent.cli_print import configured_header
         from agent.durable import replace_file
         from agent.printing import render_png
 
         try:
-            replace_file(png, render_png(result))
+            replace_file(png, render_png(result, header=configured_header()))
         except OSError as exc:
             _fail_to_write(png, exc, as_json)
     _show_receipt(result, as_json)

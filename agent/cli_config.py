@@ -72,9 +72,12 @@ def config_check(
     units, and the optional packages a unit or printer kind needs. It never logs in to a
     token (a wrong PIN could lock it) and never connects to a printer or a service.
     """
-    problems = check_resources(_load(config, as_json))
+    loaded = _load(config, as_json)
+    problems = check_resources(loaded)
     if problems:
         _invalid(ConfigurationError("\n".join(problems)), as_json)
+    if warning := loaded.printer.header_warning:  # stderr: --json output stays one object
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     if as_json:
         print(json.dumps({"ok": True, "source": _origin(config)}, ensure_ascii=False))
         return

@@ -158,6 +158,7 @@ class TillService:
             open_printer(self.config.printer),
             retry_s=self.config.printer.retry_s,
             escpos=self.config.printer.escpos,
+            header=self.config.printer.header,
             on_progress=lambda: self.watchdog.beat("printer"),
         )
         self._ensure_register(unit_ids)

@@ -711,3 +711,16 @@ class TestNoSilentCoercion:
         assert result.exit_code == 3
         assert "data_dir: " in _flat(result.stderr)
         assert "is not a directory" in _flat(result.stderr)
+
+
+def test_check_warns_when_printed_receipts_carry_no_business_name(
+    run: Callable[..., Result], write_config: WriteConfig
+) -> None:
+    """§ 132a Abs 3 BAO: a warning on stderr (exit 0, --json stays one object on stdout)."""
+    bare = run("check", "--json")
+    assert bare.exit_code == 0
+    assert json.loads(bare.stdout)["ok"] is True
+    assert "business name" in _flat(bare.stderr)
+    named = run("check", "--config", write_config('[printer]\nheader = ["Gasthaus Zur Post"]\n'))
+    assert named.exit_code == 0
+    assert "business name" not in _flat(named.stderr)

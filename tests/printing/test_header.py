@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,33 @@ def test_reprint_from_the_command_line_and_the_preview_header(
     assert configured_header() == ("Gasthaus Zur Post",)
     monkeypatch.setenv("TILL_AGENT_CONFIG", str(tmp_path / "missing.toml"))
     assert configured_header() == ()
+
+
+def test_the_png_of_receipts_show_carries_the_configured_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`receipts show --png` draws what the printer prints: the header included."""
+    from agent.printing import render_png
+    from agent.receipt_view import result_from_row
+
+    data = tmp_path / "data"
+    runner = CliRunner()
+    for args in (
+        ["unit", "create-software", "--id", "dev", "--data-dir", str(data)],
+        ["init", REGISTER, "--unit", "dev", "--data-dir", str(data)],
+    ):
+        assert runner.invoke(app, args).exit_code == 0
+    config = tmp_path / "till.toml"
+    config.write_text('[printer]\nheader = ["Gasthaus Zur Post"]\n', encoding="utf-8")
+    monkeypatch.setenv("TILL_AGENT_CONFIG", str(config))
+    png = tmp_path / "r.png"
+    args = ["receipts", "show", REGISTER, "1", "--png", str(png), "--data-dir", str(data)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    conn = sqlite3.connect(data / "till.sqlite3")
+    conn.row_factory = sqlite3.Row
+    row = conn.execute("SELECT * FROM receipts WHERE number = 1").fetchone()
+    conn.close()
+    receipt = result_from_row(dict(row))
+    assert png.read_bytes() == render_png(receipt, header=("Gasthaus Zur Post",))
+    assert png.read_bytes() != render_png(receipt)

@@ -198,3 +198,18 @@ def test_a_failing_timer_loop_logs_once_per_failure_run(
     assert failures >= 3
     assert [r.levelno for r in errors if r.levelno >= logging.ERROR] == [logging.ERROR]
     assert any("timer loop recovered" in r.getMessage() for r in caplog.records)
+
+
+def test_run_prints_the_configured_header(start: Start) -> None:
+    """`run` hands `[printer] header` to its print worker: the Startbeleg's print job
+    starts with the business name (§ 132a Abs 3 BAO)."""
+    import time
+
+    till = start(printer={"kind": "file", "header": ["Gasthaus Zur Post"]})
+    prints = till.config.data_dir / "prints"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(prints.glob("*")):
+        time.sleep(0.05)
+    jobs = [p.read_bytes() for p in prints.glob("*") if p.is_file()]
+    assert jobs, "no print job was written"
+    assert any(b"Gasthaus Zur Post" in job for job in jobs)
