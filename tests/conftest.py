@@ -19,6 +19,7 @@ from agent import config as config_module
 from agent.clock import FrozenClock
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing import UnitConfig, create_software_unit
+from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
 from factories import add_unit
 from storage import TillDB, open_till_db
@@ -112,6 +113,15 @@ def _service(bare_service: ReceiptService) -> ReceiptService:
     """A receipt service with register KASSE-1 initialized (its Startbeleg is number 1)."""
     bare_service.init_register(RegisterSetup(REGISTER, [UNIT]))
     return bare_service
+
+
+@pytest.fixture(name="flaky")
+def _flaky(service: ReceiptService, registry: UnitRegistry) -> FlakyUnit:
+    """The register's unit wrapped so the test can switch it down, up or to garbage."""
+    with service.db.write_connection().transaction() as conn:
+        flaky = FlakyUnit(registry.get(conn, UNIT))
+    registry.put(flaky)
+    return flaky
 
 
 @pytest.fixture(name="no_system_config")

@@ -1,10 +1,13 @@
-"""Plain factory functions for tests: databases, units, services and sales, and a QR reader."""
+"""Plain factory functions for tests: databases, units, services and sales, the journal,
+the command line in-process, and a QR reader."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import re
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +15,7 @@ from typing import Any
 
 import zxingcpp
 from PIL import Image
+from typer.testing import CliRunner, Result
 
 from agent.receipts import ReceiptService
 from agent.signing import UnitConfig, open_unit
@@ -19,6 +23,8 @@ from agent.signing.registry import UnitRegistry, store_unit
 from storage import TillDB, open_till_db
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "rksv"
+
+Run = Callable[..., Result]
 
 
 def load_json(path: Path) -> Any:
@@ -117,3 +123,55 @@ def disk_full(service: ReceiptService, full: bool = True) -> None:
     conn = service.db.write_connection()._conn
     pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
     conn.execute(f"PRAGMA max_page_count = {pages if full else 1 << 30}")
+
+
+def journal_events(db: TillDB, kind: str) -> list[dict[str, object]]:
+    """The data of every journal event of ``kind``, oldest first (own read connection)."""
+    conn = sqlite3.connect(db.path)
+    try:
+        rows = conn.execute("SELECT data FROM journal WHERE kind = ? ORDER BY seq", (kind,))
+        return [json.loads(r[0]) for r in rows]
+    finally:
+        conn.close()
+
+
+def cli_run() -> Run:
+    """Invoke the Typer app in-process: ``run(*args, input=...)``."""
+    from agent.cli import app  # the command line only for the tests that run it
+
+    runner = CliRunner()
+
+    def run(*args: str | Path, input: str | bytes | None = None) -> Result:
+        return runner.invoke(app, [str(a) for a in args], input=input, prog_name="till-agent")
+
+    return run
+
+
+def expect(result: Result, code: int) -> Result:
+    """Assert the exit code, showing everything the command printed when it differs."""
+    assert result.exit_code == code, (
+        f"exit {result.exit_code} != {code}\nstdout:\n{result.stdout}\n"
+        f"stderr:\n{result.stderr}\nexception: {result.exception!r}"
+    )
+    return result
+
+
+def flat(text: str) -> str:
+    """The text with every run of whitespace made one space (Rich wraps at 80 columns)."""
+    return " ".join(text.split())
+
+
+def box_words(text: str) -> str:
+    """The words of a Rich box (help screen, error), without the box: its lines may break
+    anywhere."""
+    return flat(re.sub("[\u2500-\u257f]", " ", text))
+
+
+def db_rows(db: TillDB, sql: str, *params: Any) -> list[sqlite3.Row]:
+    """Run one SQL statement on a connection of its own and return the rows."""
+    conn = sqlite3.connect(db.path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()

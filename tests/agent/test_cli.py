@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from agent import __version__
 from agent.at_rksv import aes_key_check_value, split_jws
-from agent.cli import app, unwrap_help
-from factories import VECTORS, load_json, sale
+from agent.cli import unwrap_help
+from factories import VECTORS, Run, cli_run, expect, flat, load_json, sale
 from storage import TillDB
 
 REGISTER = "KASSE-1"
@@ -61,22 +61,6 @@ LEAVES = [
     *([group, command] for group, commands in GROUPS.items() for command in commands),
 ]
 
-Run = Callable[..., Result]
-
-
-def _expect(result: Result, code: int) -> Result:
-    """Assert the exit code, showing everything the command printed when it differs."""
-    assert result.exit_code == code, (
-        f"exit {result.exit_code} != {code}\nstdout:\n{result.stdout}\n"
-        f"stderr:\n{result.stderr}\nexception: {result.exception!r}"
-    )
-    return result
-
-
-def _flat(text: str) -> str:
-    """The text with every run of whitespace made one space (Rich wraps at 80 columns)."""
-    return " ".join(text.split())
-
 
 def _json(result: Result) -> Any:
     return json.loads(result.stdout)
@@ -96,12 +80,7 @@ def _no_env_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(name="run")
 def _run() -> Run:
     """Invoke the Typer app in-process: ``run(*args, input=...)``."""
-    runner = CliRunner()
-
-    def run(*args: str | Path, input: str | bytes | None = None) -> Result:
-        return runner.invoke(app, [str(a) for a in args], input=input, prog_name="till-agent")
-
-    return run
+    return cli_run()
 
 
 @pytest.fixture(name="run_in")
@@ -117,14 +96,14 @@ def _run_in(run: Run, data_dir: Path) -> Run:
 @pytest.fixture(name="with_unit")
 def _with_unit(run_in: Run, data_dir: Path) -> Path:
     """A data directory holding the development software unit ``dev`` (open system)."""
-    _expect(run_in("unit", "create-software", "--id", UNIT), 0)
+    expect(run_in("unit", "create-software", "--id", UNIT), 0)
     return data_dir
 
 
 @pytest.fixture(name="init_json")
 def _init_json(run_in: Run, with_unit: Path) -> dict[str, Any]:
     """The JSON printed by ``init --json`` for register KASSE-1 on unit ``dev``."""
-    return dict(_json(_expect(run_in("init", REGISTER, "--unit", UNIT, "--json"), 0)))
+    return dict(_json(expect(run_in("init", REGISTER, "--unit", UNIT, "--json"), 0)))
 
 
 @pytest.fixture(name="till")
@@ -144,7 +123,7 @@ def _sale_file(tmp_path: Path) -> Path:
 @pytest.fixture(name="with_sale")
 def _with_sale(run_in: Run, till: Path, sale_file: Path) -> Path:
     """Register KASSE-1 with its Startbeleg (1) and one sale (2)."""
-    _expect(run_in("issue", sale_file), 0)
+    expect(run_in("issue", sale_file), 0)
     return till
 
 
@@ -153,15 +132,15 @@ def _exported(run_in: Run, with_sale: Path, tmp_path: Path) -> tuple[Path, Path]
     """The DEP export and the crypto material container of KASSE-1 (two receipts)."""
     dep = tmp_path / "dep-export.json"
     container = tmp_path / "cryptographicMaterialContainer.json"
-    _expect(run_in("export", "dep", "--register", REGISTER, "-o", dep), 0)
-    _expect(run_in("export", "crypto-container", "--register", REGISTER, "-o", container), 0)
+    expect(run_in("export", "dep", "--register", REGISTER, "-o", dep), 0)
+    expect(run_in("export", "crypto-container", "--register", REGISTER, "-o", container), 0)
     return dep, container
 
 
 class TestHelp:
     def test_root_help_lists_every_command(self, run: Run) -> None:
         """``--help`` exits 0 and lists every top-level command and group."""
-        result = _expect(run("--help"), 0)
+        result = expect(run("--help"), 0)
         assert "Usage:" in result.stdout
         for command in ROOT_COMMANDS:
             assert re.search(rf"\b{command}\b", result.stdout), command
@@ -169,7 +148,7 @@ class TestHelp:
     @pytest.mark.parametrize("group", sorted(GROUPS))
     def test_group_help_lists_its_commands(self, run: Run, group: str) -> None:
         """``GROUP --help`` exits 0 and lists the group's sub-commands."""
-        result = _expect(run(group, "--help"), 0)
+        result = expect(run(group, "--help"), 0)
         assert "Usage:" in result.stdout
         for command in GROUPS[group]:
             assert command in result.stdout, command
@@ -177,14 +156,14 @@ class TestHelp:
     @pytest.mark.parametrize("command", LEAVES, ids=" ".join)
     def test_command_help_exits_zero(self, run: Run, command: list[str]) -> None:
         """``--help`` of every command exits 0 and shows its usage line."""
-        result = _expect(run(*command, "--help"), 0)
-        assert f"Usage: till-agent {' '.join(command)}" in _flat(result.stdout)
+        result = expect(run(*command, "--help"), 0)
+        assert f"Usage: till-agent {' '.join(command)}" in flat(result.stdout)
 
     @pytest.mark.parametrize("command", LEAVES, ids=" ".join)
     def test_help_paragraphs_flow_at_the_terminal_width(self, run: Run, command: list[str]) -> None:
         """A docstring's line breaks (kept narrow for the source) do not reach the help:
         each paragraph is wrapped by the terminal width only, in 80 columns here."""
-        result = _expect(run(*command, "--help"), 0)
+        result = expect(run(*command, "--help"), 0)
         text = result.stdout.split("╭", 1)[0]  # the prose above the option panels
         lines = [line.strip() for line in text.splitlines()][3:]  # after the usage line
         for line, following in itertools.pairwise(lines):
@@ -212,7 +191,7 @@ class TestHelp:
 
     def test_version_prints_the_package_version(self, run: Run) -> None:
         """``--version`` prints ``till-agent VERSION`` and exits 0."""
-        result = _expect(run("--version"), 0)
+        result = expect(run("--version"), 0)
         assert result.stdout.strip() == f"till-agent {__version__}"
 
 
@@ -252,14 +231,14 @@ class TestConsoleScript:
 class TestUnits:
     def test_create_software_prints_the_open_suite(self, run_in: Run) -> None:
         """An open-system development unit is reported with its id and an R1-AT suite."""
-        result = _expect(run_in("unit", "create-software", "--id", UNIT), 0)
-        text = _flat(result.stdout)
+        result = expect(run_in("unit", "create-software", "--id", UNIT), 0)
+        text = flat(result.stdout)
         assert f"unit {UNIT} (software)" in text
         assert re.search(r"suite R1-AT[1-9]\d* serial [0-9a-f]+", text), text
 
     def test_closed_key_id_gives_suite_r1_at0(self, run_in: Run) -> None:
         """``--key-id`` creates a closed-system unit: suite R1-AT0, the key id as serial."""
-        result = _expect(
+        result = expect(
             run_in(
                 "unit", "create-software", "--id", "closed", "--key-id", CLOSED_KEY_ID, "--json"
             ),
@@ -274,26 +253,26 @@ class TestUnits:
 
     def test_closed_unit_signs_a_r1_at0_startbeleg(self, run_in: Run) -> None:
         """A register on a closed-system unit issues an R1-AT0 Startbeleg."""
-        _expect(run_in("unit", "create-software", "--id", "closed", "--key-id", CLOSED_KEY_ID), 0)
-        body = _json(_expect(run_in("init", REGISTER, "--unit", "closed", "--json"), 0))
+        expect(run_in("unit", "create-software", "--id", "closed", "--key-id", CLOSED_KEY_ID), 0)
+        body = _json(expect(run_in("init", REGISTER, "--unit", "closed", "--json"), 0))
         assert body["start_receipt"]["qr"].startswith(f"_R1-AT0_{REGISTER}_1_")
         assert body["start_receipt"]["signature_state"] == "signed"
 
     def test_list_shows_the_stored_units(self, run_in: Run) -> None:
         """``unit list`` shows every stored unit, as a table and as JSON."""
-        _expect(run_in("unit", "create-software", "--id", UNIT), 0)
-        _expect(run_in("unit", "create-software", "--id", "closed", "--key-id", CLOSED_KEY_ID), 0)
-        units = _json(_expect(run_in("unit", "list", "--json"), 0))
+        expect(run_in("unit", "create-software", "--id", UNIT), 0)
+        expect(run_in("unit", "create-software", "--id", "closed", "--key-id", CLOSED_KEY_ID), 0)
+        units = _json(expect(run_in("unit", "list", "--json"), 0))
         assert [(u["id"], u["kind"]) for u in units] == [("closed", "software"), (UNIT, "software")]
         assert units[0]["suite"] == "R1-AT0"
         assert units[0]["serial"] == CLOSED_KEY_ID
-        table = _expect(run_in("unit", "list"), 0).stdout
+        table = expect(run_in("unit", "list"), 0).stdout
         assert UNIT in table
         assert CLOSED_KEY_ID in table
 
     def test_create_software_twice_is_refused_cleanly(self, run_in: Run) -> None:
         """Creating a unit whose id already exists fails with an error message, not a crash."""
-        _expect(run_in("unit", "create-software", "--id", UNIT), 0)
+        expect(run_in("unit", "create-software", "--id", UNIT), 0)
         result = run_in("unit", "create-software", "--id", UNIT)
         assert isinstance(result.exception, SystemExit), repr(result.exception)
         assert result.exit_code == 3  # the input collides, as init of an existing register
@@ -305,8 +284,8 @@ class TestInit:
         self, run_in: Run, with_unit: Path
     ) -> None:
         """``init`` prints the Startbeleg, the base64 AES-256 key and the key's check value."""
-        result = _expect(run_in("init", REGISTER, "--unit", UNIT), 0)
-        text = _flat(result.stdout)
+        result = expect(run_in("init", REGISTER, "--unit", UNIT), 0)
+        text = flat(result.stdout)
         assert f"{REGISTER} #1" in text
         assert "start" in text
         assert "signed" in text
@@ -330,15 +309,15 @@ class TestInit:
 
     def test_init_with_an_unknown_unit_exits_3(self, run_in: Run, with_unit: Path) -> None:
         """``init`` naming a unit that is not stored is invalid input (exit 3)."""
-        result = _expect(run_in("init", REGISTER, "--unit", "nope"), 3)
+        result = expect(run_in("init", REGISTER, "--unit", "nope"), 3)
         assert "nope" in result.stderr
-        body = _json(_expect(run_in("init", REGISTER, "--unit", "nope", "--json"), 3))
+        body = _json(expect(run_in("init", REGISTER, "--unit", "nope", "--json"), 3))
         assert body["field"] == "units"
         assert body["rule"] == "unit-unknown"
 
     def test_init_twice_exits_3(self, run_in: Run, till: Path) -> None:
         """Initializing a register that already exists is refused with rule register-exists."""
-        body = _json(_expect(run_in("init", REGISTER, "--unit", UNIT, "--json"), 3))
+        body = _json(expect(run_in("init", REGISTER, "--unit", UNIT, "--json"), 3))
         assert body["rule"] == "register-exists"
 
 
@@ -347,9 +326,9 @@ class TestIssue:
         self, run_in: Run, till: Path, sale_file: Path
     ) -> None:
         """A sale from a file gets number 2 and the next one from stdin gets number 3."""
-        first = _json(_expect(run_in("issue", sale_file, "--json"), 0))
+        first = _json(expect(run_in("issue", sale_file, "--json"), 0))
         second = _json(
-            _expect(run_in("issue", "-", "--json", input=json.dumps(sale(request_id="req-2"))), 0)
+            expect(run_in("issue", "-", "--json", input=json.dumps(sale(request_id="req-2"))), 0)
         )
         assert (first["number"], second["number"]) == (2, 3)
         assert first["kind"] == second["kind"] == "standard"
@@ -358,22 +337,22 @@ class TestIssue:
 
     def test_issue_reads_stdin_by_default(self, run_in: Run, till: Path) -> None:
         """Without a source argument ``issue`` reads the sale from stdin."""
-        body = _json(_expect(run_in("issue", "--json", input=json.dumps(sale())), 0))
+        body = _json(expect(run_in("issue", "--json", input=json.dumps(sale())), 0))
         assert body["number"] == 2
 
     def test_issue_text_output_shows_the_receipt(
         self, run_in: Run, till: Path, sale_file: Path
     ) -> None:
         """The text output names register, number, kind and state, the lines and the QR code."""
-        text = _expect(run_in("issue", sale_file), 0).stdout
-        assert f"{REGISTER} #2 (2) standard signed" in _flat(text)
+        text = expect(run_in("issue", sale_file), 0).stdout
+        assert f"{REGISTER} #2 (2) standard signed" in flat(text)
         assert "Schnitzel" in text
         assert f"QR: _R1-AT100_{REGISTER}_2_" in text
 
     def test_float_money_exits_3_and_names_the_field(self, run_in: Run, till: Path) -> None:
         """A sale with a JSON number as money is invalid input (exit 3) naming the field."""
         bad = sale(payments=[{"method": "cash", "amount": 16.7}])
-        result = _expect(run_in("issue", "-", input=json.dumps(bad)), 3)
+        result = expect(run_in("issue", "-", input=json.dumps(bad)), 3)
         assert "payments.0.amount" in result.stderr
         assert result.stdout == ""
 
@@ -383,35 +362,35 @@ class TestIssue:
         """``--json`` of a bad sale prints the error, field and rule; no number was consumed."""
         bad = sale()
         bad["lines"][0]["unit_price"] = 12.5
-        body = _json(_expect(run_in("issue", "-", "--json", input=json.dumps(bad)), 3))
+        body = _json(expect(run_in("issue", "-", "--json", input=json.dumps(bad)), 3))
         assert body["error"] == "InvalidSale"
         assert body["field"] == "lines.0.unit_price"
         assert isinstance(body["rule"], str)
         assert body["rule"]
         assert body["message"]
-        good = _json(_expect(run_in("issue", sale_file, "--json"), 0))
+        good = _json(expect(run_in("issue", sale_file, "--json"), 0))
         assert good["number"] == 2
 
     def test_repeated_request_id_gives_the_same_receipt(
         self, run_in: Run, till: Path, sale_file: Path
     ) -> None:
         """Issuing the same request_id twice returns the first receipt and stores no second."""
-        first = _json(_expect(run_in("issue", sale_file, "--json"), 0))
-        again = _json(_expect(run_in("issue", "-", "--json", input=sale_file.read_bytes()), 0))
+        first = _json(expect(run_in("issue", sale_file, "--json"), 0))
+        again = _json(expect(run_in("issue", "-", "--json", input=sale_file.read_bytes()), 0))
         assert again["number"] == first["number"] == 2
         assert again["jws"] == first["jws"]
-        listed = _json(_expect(run_in("receipts", "list", "--register", REGISTER, "--json"), 0))
+        listed = _json(expect(run_in("receipts", "list", "--register", REGISTER, "--json"), 0))
         assert [r["number"] for r in listed] == [2, 1]
 
     def test_unreadable_source_exits_3(self, run_in: Run, till: Path, tmp_path: Path) -> None:
         """A sale file that cannot be read is invalid input with rule readable."""
-        body = _json(_expect(run_in("issue", tmp_path / "missing.json", "--json"), 3))
+        body = _json(expect(run_in("issue", tmp_path / "missing.json", "--json"), 3))
         assert body["field"] == "(document)"
         assert body["rule"] == "readable"
 
     def test_invalid_json_exits_3(self, run_in: Run, till: Path) -> None:
         """A document that is not JSON is invalid input with rule json."""
-        body = _json(_expect(run_in("issue", "-", "--json", input=b"{not json"), 3))
+        body = _json(expect(run_in("issue", "-", "--json", input=b"{not json"), 3))
         assert body["field"] == "(document)"
         assert body["rule"] == "json"
 
@@ -419,48 +398,48 @@ class TestIssue:
 class TestSpecial:
     def test_closing_without_yes_is_refused(self, run_in: Run, till: Path, sale_file: Path) -> None:
         """A Schlussbeleg without --yes exits 3 and leaves the register open."""
-        result = _expect(run_in("special", REGISTER, "closing"), 3)
+        result = expect(run_in("special", REGISTER, "closing"), 3)
         assert "--yes" in result.stderr
-        body = _json(_expect(run_in("special", REGISTER, "closing", "--json"), 3))
+        body = _json(expect(run_in("special", REGISTER, "closing", "--json"), 3))
         assert (body["field"], body["rule"]) == ("--yes", "confirm")
-        assert _json(_expect(run_in("issue", sale_file, "--json"), 0))["number"] == 2
+        assert _json(expect(run_in("issue", sale_file, "--json"), 0))["number"] == 2
 
     def test_closing_with_yes_closes_the_register(
         self, run_in: Run, till: Path, sale_file: Path
     ) -> None:
         """A confirmed Schlussbeleg is issued, after which ``issue`` is refused: exit 4 (a
         fiscal refusal, as the local API's 409), rule register-closed."""
-        closing = _json(_expect(run_in("special", REGISTER, "closing", "--yes", "--json"), 0))
+        closing = _json(expect(run_in("special", REGISTER, "closing", "--yes", "--json"), 0))
         assert closing["number"] == 2
         assert closing["kind"] == "closing"
         assert closing["signature_state"] == "signed"
-        result = _expect(run_in("issue", sale_file), 4)
+        result = expect(run_in("issue", sale_file), 4)
         assert "closed" in result.stderr
-        body = _json(_expect(run_in("issue", sale_file, "--json"), 4))
+        body = _json(expect(run_in("issue", sale_file, "--json"), 4))
         assert body["rule"] == "register-closed"
 
     def test_null_receipt_is_issued(self, run_in: Run, till: Path) -> None:
         """``special REGISTER null`` issues a signed Nullbeleg with the next number."""
-        body = _json(_expect(run_in("special", REGISTER, "null", "--json"), 0))
+        body = _json(expect(run_in("special", REGISTER, "null", "--json"), 0))
         assert (body["number"], body["kind"], body["signature_state"]) == (2, "null", "signed")
 
     def test_unknown_kind_exits_3(self, run_in: Run, till: Path) -> None:
         """An unknown special receipt kind is invalid input with rule allowed-values."""
-        body = _json(_expect(run_in("special", REGISTER, "weekly", "--json"), 3))
+        body = _json(expect(run_in("special", REGISTER, "weekly", "--json"), 3))
         assert (body["field"], body["rule"]) == ("kind", "allowed-values")
 
 
 class TestReceipts:
     def test_list_text_shows_a_table(self, run_in: Run, with_sale: Path) -> None:
         """``receipts list`` prints a table with both receipts and the sale total."""
-        text = _expect(run_in("receipts", "list", "--register", REGISTER), 0).stdout
+        text = expect(run_in("receipts", "list", "--register", REGISTER), 0).stdout
         assert "start" in text
         assert "standard" in text
         assert "16.70" in text
 
     def test_list_json_is_newest_first(self, run_in: Run, with_sale: Path) -> None:
         """``receipts list --json`` gives the receipts newest first with their totals in cents."""
-        items = _json(_expect(run_in("receipts", "list", "--register", REGISTER, "--json"), 0))
+        items = _json(expect(run_in("receipts", "list", "--register", REGISTER, "--json"), 0))
         assert [(i["number"], i["kind"], i["total_cents"]) for i in items] == [
             (2, "standard", 1670),
             (1, "start", 0),
@@ -470,19 +449,19 @@ class TestReceipts:
     def test_list_limit(self, run_in: Run, with_sale: Path) -> None:
         """``--limit 1`` lists only the newest receipt."""
         items = _json(
-            _expect(run_in("receipts", "list", "--register", REGISTER, "--limit", "1", "--json"), 0)
+            expect(run_in("receipts", "list", "--register", REGISTER, "--limit", "1", "--json"), 0)
         )
         assert [i["number"] for i in items] == [2]
 
     def test_list_of_an_unknown_register_is_not_found(self, run_in: Run, with_sale: Path) -> None:
         """A mistyped Kassen-ID is not an empty register: exit 6 naming it."""
-        result = _expect(run_in("receipts", "list", "--register", "KASSE-9"), 6)
-        assert "register 'KASSE-9' is not initialized" in _flat(result.stderr)
+        result = expect(run_in("receipts", "list", "--register", "KASSE-9"), 6)
+        assert "register 'KASSE-9' is not initialized" in flat(result.stderr)
 
     def test_show_text(self, run_in: Run, with_sale: Path) -> None:
         """``receipts show`` prints the receipt header, its lines and its QR code."""
-        text = _expect(run_in("receipts", "show", REGISTER, "2"), 0).stdout
-        assert f"{REGISTER} #2 (2) standard signed" in _flat(text)
+        text = expect(run_in("receipts", "show", REGISTER, "2"), 0).stdout
+        assert f"{REGISTER} #2 (2) standard signed" in flat(text)
         assert "Apfelsaft" in text
         assert f"QR: _R1-AT100_{REGISTER}_2_" in text
 
@@ -490,16 +469,16 @@ class TestReceipts:
         self, run_in: Run, till: Path, sale_file: Path
     ) -> None:
         """``receipts show --json`` returns what ``issue --json`` returned."""
-        issued = _json(_expect(run_in("issue", sale_file, "--json"), 0))
-        shown = _json(_expect(run_in("receipts", "show", REGISTER, "2", "--json"), 0))
+        issued = _json(expect(run_in("issue", sale_file, "--json"), 0))
+        shown = _json(expect(run_in("receipts", "show", REGISTER, "2", "--json"), 0))
         for key in ("register", "number", "receipt_id", "kind", "signature_state", "qr", "jws"):
             assert shown[key] == issued[key], key
 
     def test_show_missing_receipt_exits_6(self, run_in: Run, with_sale: Path) -> None:
         """Showing a receipt number that does not exist exits 6 (not found)."""
-        result = _expect(run_in("receipts", "show", REGISTER, "99"), 6)
+        result = expect(run_in("receipts", "show", REGISTER, "99"), 6)
         assert "99" in result.stderr
-        body = _json(_expect(run_in("receipts", "show", REGISTER, "99", "--json"), 6))
+        body = _json(expect(run_in("receipts", "show", REGISTER, "99", "--json"), 6))
         assert body["error"] == "NotFound"
 
 
@@ -508,8 +487,8 @@ class TestExportAndVerify:
         """An exported DEP and crypto container verify: exit 0 and the verdict valid."""
         dep, container = exported
         assert len(_jws_list(dep)) == 2
-        result = _expect(run("verify", dep, container), 0)
-        text = _flat(result.stdout)
+        result = expect(run("verify", dep, container), 0)
+        text = flat(result.stdout)
         assert text.startswith("valid: 2 receipts checked")
         assert "INVALID" not in text
 
@@ -519,7 +498,7 @@ class TestExportAndVerify:
         """``export dep --json`` reports the file and the number of receipts written."""
         dep = tmp_path / "out.json"
         body = _json(
-            _expect(run_in("export", "dep", "--register", REGISTER, "-o", dep, "--json"), 0)
+            expect(run_in("export", "dep", "--register", REGISTER, "-o", dep, "--json"), 0)
         )
         assert body == {"file": str(dep), "receipts": 2}
         assert not dep.with_name(dep.name + ".partial").exists()
@@ -530,7 +509,7 @@ class TestExportAndVerify:
         """An export that fails (here: no such register) exits 6 and writes nothing, not
         even the partial file."""
         dep = tmp_path / "out.json"
-        result = _expect(run_in("export", "dep", "--register", "NOPE", "-o", dep), 6)
+        result = expect(run_in("export", "dep", "--register", "NOPE", "-o", dep), 6)
         assert "NOPE" in result.stderr
         assert list(tmp_path.glob("out.json*")) == []
 
@@ -541,8 +520,8 @@ class TestExportAndVerify:
         than an empty DEP that looks like a quiet period."""
         dep = tmp_path / "out.json"
         dates = ("--from", "2026-12-05", "--to", "2026-12-01")
-        result = _expect(run_in("export", "dep", "--register", REGISTER, "-o", dep, *dates), 2)
-        message = _flat(result.stderr)  # in a box: the message may break anywhere
+        result = expect(run_in("export", "dep", "--register", REGISTER, "-o", dep, *dates), 2)
+        message = flat(result.stderr)  # in a box: the message may break anywhere
         assert "the range is empty: --from 2026-12-05 is after" in message
         assert "--to 2026-12-01" in message
         assert list(tmp_path.glob("out.json*")) == []
@@ -564,19 +543,19 @@ class TestExportAndVerify:
         container.chmod(0o644)
         old_inode = container.stat().st_ino
         export = ("export", "crypto-container", "--register", REGISTER, "-o", container)
-        _expect(run_in(*export), 0)
+        expect(run_in(*export), 0)
         # renamed over the old file, not written into it (readable by others meanwhile)
         assert container.stat().st_ino != old_inode
         assert container.stat().st_mode & 0o777 == 0o600
         assert "base64AESKey" in load_json(container)
         assert [p.name for p in container.parent.iterdir()] == ["c.json"]
-        assert _json(_expect(run_in(*export, "--json"), 0)) == {"file": str(container)}
-        missing = _json(_expect(run_in(*export[:3], "NOPE", *export[4:], "--json"), 6))
+        assert _json(expect(run_in(*export, "--json"), 0)) == {"file": str(container)}
+        missing = _json(expect(run_in(*export[:3], "NOPE", *export[4:], "--json"), 6))
         assert "NOPE" in missing["message"]
 
     def test_verify_json_of_a_valid_export(self, run: Run, exported: tuple[Path, Path]) -> None:
         """``verify --json`` of a valid export has ok true and no findings."""
-        body = _json(_expect(run("verify", *exported, "--json"), 0))
+        body = _json(expect(run("verify", *exported, "--json"), 0))
         assert body == {"ok": True, "receipts": 2, "findings": []}
 
     def test_tampered_signature_fails_and_names_the_rule(
@@ -593,11 +572,11 @@ class TestExportAndVerify:
         data["Belege-Gruppe"][-1]["Belege-kompakt"][-1] = tampered
         dep.write_text(json.dumps(data), encoding="utf-8")
 
-        text = _flat(_expect(run("verify", dep, container), 1).stdout)
+        text = flat(expect(run("verify", dep, container), 1).stdout)
         assert "signature-invalid at 2" in text
         assert "INVALID" in text
 
-        body = _json(_expect(run("verify", dep, container, "--json"), 1))
+        body = _json(expect(run("verify", dep, container, "--json"), 1))
         assert body["ok"] is False
         assert body["findings"]
         for finding in body["findings"]:
@@ -624,7 +603,7 @@ class TestSimulate:
         assert SCENARIO.exists(), SCENARIO
         out_dir = tmp_path / "out"
         args = ["simulate", "scenario", SCENARIO, "--out", out_dir, "--json"]
-        body = _json(_expect(run(*args, *(["--closed"] if closed else [])), 0))
+        body = _json(expect(run(*args, *(["--closed"] if closed else [])), 0))
         dep, container = Path(body["dep"]), Path(body["container"])
         assert dep.is_file()
         assert container.is_file()
@@ -633,15 +612,15 @@ class TestSimulate:
         assert 0 <= body["fallback"] < body["receipts"]
         payload, _, _ = split_jws(_jws_list(dep)[0])
         assert payload.suite == ("R1-AT0" if closed else "R1-AT1")
-        result = _expect(run("verify", dep, container), 0)
-        assert _flat(result.stdout).startswith(f"valid: {body['receipts']} receipts checked")
+        result = expect(run("verify", dep, container), 0)
+        assert flat(result.stdout).startswith(f"valid: {body['receipts']} receipts checked")
 
     def test_scenario_text_output_names_the_files(
         self, run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Without --json the command reports the receipt count and both file names."""
         monkeypatch.chdir(tmp_path)  # short relative paths: Rich folds long words at 80 columns
-        text = _flat(_expect(run("simulate", "scenario", SCENARIO, "--out", "out"), 0).stdout)
+        text = flat(expect(run("simulate", "scenario", SCENARIO, "--out", "out"), 0).stdout)
         assert re.search(r"^\d+ receipts \(\d+ fallback\)", text), text
         assert "out/dep-export.json" in text
         assert "out/cryptographicMaterialContainer.json" in text
@@ -649,14 +628,14 @@ class TestSimulate:
 
     def test_missing_scenario_exits_2(self, run: Run, tmp_path: Path) -> None:
         """A scenario file that cannot be read is a configuration error (exit 2)."""
-        result = _expect(run("simulate", "scenario", tmp_path / "nope.json", "--out", tmp_path), 2)
-        assert "nope.json" in _flat(result.stderr)
+        result = expect(run("simulate", "scenario", tmp_path / "nope.json", "--out", tmp_path), 2)
+        assert "nope.json" in flat(result.stderr)
 
 
 class TestBench:
     def test_bench_receipts_json_prints_one_object(self, run: Run) -> None:
         """``bench receipts --n 50 --json`` prints exactly one JSON object with the metrics."""
-        result = _expect(run("bench", "receipts", "--n", "50", "--json"), 0)
+        result = expect(run("bench", "receipts", "--n", "50", "--json"), 0)
         body = json.loads(result.stdout)
         assert isinstance(body, dict)
         keys = ("baseline_per_s", "agent_per_s", "ratio", "floor_per_s", "floor_ratio")
@@ -673,13 +652,13 @@ class TestBench:
     ) -> None:
         """``--dir`` puts the bench databases on that disk and leaves nothing behind there;
         a directory that does not exist is a usage error."""
-        _expect(run("bench", "receipts", "--n", "20", "--json", "--dir", tmp_path), 0)
+        expect(run("bench", "receipts", "--n", "20", "--json", "--dir", tmp_path), 0)
         assert list(tmp_path.iterdir()) == []
-        _expect(run("bench", "receipts", "--n", "20", "--dir", tmp_path / "nope"), 2)
+        expect(run("bench", "receipts", "--n", "20", "--dir", tmp_path / "nope"), 2)
 
     def test_bench_rejects_too_few_receipts(self, run: Run) -> None:
         """``--n`` below 10 is a usage error (exit 2)."""
-        _expect(run("bench", "receipts", "--n", "5"), 2)
+        expect(run("bench", "receipts", "--n", "5"), 2)
 
 
 class TestDataDirLock:
@@ -692,9 +671,9 @@ class TestDataDirLock:
     ) -> None:
         """While another writer holds the data directory lock ``issue`` exits 5 and says so."""
         open_db(till)  # keeps the writer lock until teardown
-        result = _expect(run_in("issue", sale_file), 5)
-        assert "another till-agent process" in _flat(result.stderr)
-        body = _json(_expect(run_in("issue", sale_file, "--json"), 5))
+        result = expect(run_in("issue", sale_file), 5)
+        assert "another till-agent process" in flat(result.stderr)
+        body = _json(expect(run_in("issue", sale_file, "--json"), 5))
         assert body["error"] == "DataDirLocked"
         assert "another" in body["message"]
 
@@ -703,5 +682,5 @@ class TestDataDirLock:
     ) -> None:
         """Read-only commands do not need the writer lock."""
         open_db(till)
-        items = _json(_expect(run_in("receipts", "list", "--register", REGISTER, "--json"), 0))
+        items = _json(expect(run_in("receipts", "list", "--register", REGISTER, "--json"), 0))
         assert [i["number"] for i in items] == [1]

@@ -12,44 +12,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from agent.cli import app
-from factories import VECTORS, sale
+from factories import VECTORS, Run, box_words, expect, flat, sale
 from storage import TillDB
-
-Run = Callable[..., Result]
-
-
-def _expect(result: Result, code: int) -> Result:
-    assert result.exit_code == code, (
-        f"exit {result.exit_code} != {code}\nstdout:\n{result.stdout}\n"
-        f"stderr:\n{result.stderr}\nexception: {result.exception!r}"
-    )
-    return result
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _help(result: Result) -> str:
     """The words of a Rich help screen, without its box (its lines may break anywhere)."""
-    return _flat(re.sub("[\u2500-\u257f]", " ", _expect(result, 0).stdout))
-
-
-@pytest.fixture(name="run")
-def _run(monkeypatch: pytest.MonkeyPatch) -> Run:
-    """Invoke the Typer app in-process, with no data directory or configuration from the
-    environment of this machine."""
-    for name in ("TILL_AGENT_DATA_DIR", "TILL_AGENT_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    runner = CliRunner()
-
-    def run(*args: str | Path, input: str | None = None) -> Result:
-        return runner.invoke(app, [str(a) for a in args], input=input, prog_name="till-agent")
-
-    return run
+    return box_words(expect(result, 0).stdout)
 
 
 # -- 1. the service's local API cannot be reached -------------------------------------------
@@ -127,14 +98,14 @@ def test_reprint_names_the_unreachable_api_and_how_to_point_at_it(
     """Nothing listens where the configuration says: exit 2 naming the address and the
     ways to name the service's configuration, not a traceback."""
     config = _config(tmp_path, locked, f"port = {refusing_port}")
-    result = _expect(run("reprint", "KASSE-1", "2", "--config", config), 2)
-    message = _flat(result.stderr)
+    result = expect(run("reprint", "KASSE-1", "2", "--config", config), 2)
+    message = flat(result.stderr)
     assert f"http://127.0.0.1:{refusing_port}" in message
     assert "ConnectError" in message
     assert "--config FILE (or TILL_AGENT_CONFIG)" in message
     assert "TILL_AGENT_API__PORT" in message
     body = json.loads(
-        _expect(run("reprint", "KASSE-1", "2", "--config", config, "--json"), 2).stdout
+        expect(run("reprint", "KASSE-1", "2", "--config", config, "--json"), 2).stdout
     )
     assert body["error"] == "ConfigurationError"
     assert f"http://127.0.0.1:{refusing_port}" in body["message"]
@@ -151,10 +122,10 @@ def test_outage_report_names_the_unreachable_unix_socket(
         "TILL_AGENT_CONFIG", str(_config(tmp_path, locked, f'unix_socket = "{socket_path}"'))
     )
     args = ("outage", "report", "1", "--reference", "X", "--data-dir", locked)
-    message = _flat(_expect(run(*args), 2).stderr)
+    message = flat(expect(run(*args), 2).stderr)
     assert str(socket_path) in message
     assert "TILL_AGENT_CONFIG naming the service's configuration" in message
-    body = json.loads(_expect(run(*args, "--json"), 2).stdout)
+    body = json.loads(expect(run(*args, "--json"), 2).stdout)
     assert str(socket_path) in body["message"]
 
 
@@ -164,13 +135,13 @@ def test_a_service_that_hangs_up_or_never_answers_is_a_clean_error(
     """Any transport error (here a closed connection, then the client's timeout) is the
     same clean exit 2 naming the address."""
     config = _config(tmp_path, locked, f"port = {closing_port}")
-    message = _flat(_expect(run("reprint", "KASSE-1", "2", "--config", config), 2).stderr)
+    message = flat(expect(run("reprint", "KASSE-1", "2", "--config", config), 2).stderr)
     assert f"http://127.0.0.1:{closing_port}" in message
     assert "RemoteProtocolError" in message
 
     config = _config(tmp_path, locked, f"port = {hanging_port}")
     body = json.loads(
-        _expect(run("reprint", "KASSE-1", "2", "--config", config, "--json"), 2).stdout
+        expect(run("reprint", "KASSE-1", "2", "--config", config, "--json"), 2).stdout
     )
     assert f"http://127.0.0.1:{hanging_port}" in body["message"]
     assert "ReadTimeout" in body["message"]
@@ -182,31 +153,11 @@ def test_an_unreadable_api_token_is_a_clean_error(
     """The token file of the service cannot be read: exit 2 naming it."""
     (locked / "api-token").unlink()
     config = _config(tmp_path, locked, f"port = {refusing_port}")
-    message = _flat(_expect(run("reprint", "KASSE-1", "2", "--config", config), 2).stderr)
+    message = flat(expect(run("reprint", "KASSE-1", "2", "--config", config), 2).stderr)
     assert f"cannot read the local API token {locked / 'api-token'}" in message
 
 
 # -- 2. export files: missing directories and paths that cannot be written ------------------
-
-
-@pytest.fixture(name="till")
-def _till(run: Run, data_dir: Path) -> Path:
-    """Register KASSE-1 with its Startbeleg (1) and one sale (2), made on the command line."""
-    _expect(run("unit", "create-software", "--id", "dev", "--data-dir", data_dir), 0)
-    _expect(run("init", "KASSE-1", "--unit", "dev", "--data-dir", data_dir), 0)
-    _expect(run("issue", "-", "--data-dir", data_dir, input=json.dumps(sale())), 0)
-    return data_dir
-
-
-@pytest.fixture(name="with_outage")
-def _with_outage(run: Run, data_dir: Path) -> Path:
-    """A data directory with outage 1: its unit switched down, one fallback receipt."""
-    _expect(run("unit", "create-software", "--id", "dev", "--simulate", "--data-dir", data_dir), 0)
-    _expect(run("init", "KASSE-1", "--unit", "dev", "--data-dir", data_dir), 0)
-    _expect(run("simulate", "unit", "down", "--data-dir", data_dir), 0)
-    issued = run("issue", "-", "--data-dir", data_dir, input=json.dumps(sale()))
-    assert "fallback" in _expect(issued, 0).stdout
-    return data_dir
 
 
 def _export(run: Run, till: Path, what: str, output: Path, *extra: str) -> Result:
@@ -219,9 +170,9 @@ def test_exports_create_their_directories(run: Run, till: Path, tmp_path: Path) 
     dep = tmp_path / "new" / "deeper" / "dep.json"
     container = tmp_path / "other" / "c.json"
     assert "2 receipts written" in _export(run, till, "dep", dep).stdout
-    _expect(_export(run, till, "crypto-container", container), 0)
+    expect(_export(run, till, "crypto-container", container), 0)
     assert container.stat().st_mode & 0o777 == 0o600
-    _expect(run("verify", dep, container), 0)
+    expect(run("verify", dep, container), 0)
     assert sorted(p.name for p in dep.parent.iterdir()) == ["dep.json"]
 
 
@@ -233,7 +184,7 @@ def test_an_output_that_cannot_be_written_is_a_clean_error(
     partial or temporary file is left behind."""
     target = tmp_path / "target"
     target.mkdir()
-    message = _flat(_expect(_export(run, till, what, target), 2).stderr)
+    message = flat(expect(_export(run, till, what, target), 2).stderr)
     assert f"cannot write {target}: Is a directory" in message
     assert list(target.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "target"]
@@ -241,10 +192,10 @@ def test_an_output_that_cannot_be_written_is_a_clean_error(
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     under = blocker / "dep.json"
-    body = json.loads(_expect(_export(run, till, what, under, "--json"), 2).stdout)
+    body = json.loads(expect(_export(run, till, what, under, "--json"), 2).stdout)
     assert body["message"] == f"cannot write {under}: {blocker}: not a directory"
     deeper = blocker / "sub" / "dep.json"
-    message = _flat(_expect(_export(run, till, what, deeper), 2).stderr)
+    message = flat(expect(_export(run, till, what, deeper), 2).stderr)
     assert f"cannot write {deeper}: {blocker / 'sub'}: Not a directory" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "file", "target"]
 
@@ -255,14 +206,12 @@ def test_simulate_scenario_that_cannot_write_its_results(run: Run, tmp_path: Pat
     scenario = VECTORS / "official" / "TESTSUITE_TEST_SZENARIO_1.json"
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    message = _flat(
-        _expect(run("simulate", "scenario", scenario, "--out", blocker / "x"), 2).stderr
-    )
+    message = flat(expect(run("simulate", "scenario", scenario, "--out", blocker / "x"), 2).stderr)
     assert f"cannot write {blocker / 'x'}: Not a directory" in message
     taken = tmp_path / "out" / "dep-export.json"
     taken.mkdir(parents=True)
     body = json.loads(
-        _expect(run("simulate", "scenario", scenario, "--out", taken.parent, "--json"), 2).stdout
+        expect(run("simulate", "scenario", scenario, "--out", taken.parent, "--json"), 2).stdout
     )
     assert body["message"] == f"cannot write {taken}: Is a directory"
 
@@ -275,11 +224,11 @@ def test_outage_export_that_cannot_write_its_pack(
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     export = ("outage", "export", "1", "--data-dir", with_outage, "-o")
-    message = _flat(_expect(run(*export, blocker / "pack"), 2).stderr)
+    message = flat(expect(run(*export, blocker / "pack"), 2).stderr)
     assert f"cannot write {blocker / 'pack'}: Not a directory" in message
     taken = tmp_path / "pack" / "outage-1.json"
     taken.mkdir(parents=True)
-    body = json.loads(_expect(run(*export, taken.parent, "--json"), 2).stdout)
+    body = json.loads(expect(run(*export, taken.parent, "--json"), 2).stdout)
     assert body["message"] == f"cannot write {taken}: Is a directory"
 
 
@@ -289,15 +238,15 @@ def test_outage_export_that_cannot_write_its_pack(
 def test_a_register_closed_by_its_schlussbeleg_refuses_with_exit_4(run: Run, till: Path) -> None:
     """The local API answers 409 (the register's state forbids it): a fiscal refusal, exit
     4, for a zero receipt and for a sale alike; the rule still says why."""
-    _expect(run("special", "KASSE-1", "closing", "--yes", "--data-dir", till), 0)
+    expect(run("special", "KASSE-1", "closing", "--yes", "--data-dir", till), 0)
     body = json.loads(
-        _expect(run("special", "KASSE-1", "null", "--json", "--data-dir", till), 4).stdout
+        expect(run("special", "KASSE-1", "null", "--json", "--data-dir", till), 4).stdout
     )
     assert (body["field"], body["rule"]) == ("register", "register-closed")
-    result = _expect(
+    result = expect(
         run("issue", "-", "--data-dir", till, input=json.dumps(sale(request_id="req-2"))), 4
     )
-    assert "closed by its Schlussbeleg" in _flat(result.stderr)
+    assert "closed by its Schlussbeleg" in flat(result.stderr)
 
 
 def test_a_duplicate_unit_id_is_invalid_input_like_a_duplicate_register(
@@ -305,9 +254,9 @@ def test_a_duplicate_unit_id_is_invalid_input_like_a_duplicate_register(
 ) -> None:
     """The user's input collides: exit 3 naming the id, as ``init`` of an existing register."""
     create = ("unit", "create-software", "--id", "dev", "--data-dir", data_dir)
-    _expect(run(*create), 0)
-    assert "unit 'dev' already exists" in _flat(_expect(run(*create), 3).stderr)
-    body = json.loads(_expect(run(*create, "--json"), 3).stdout)
+    expect(run(*create), 0)
+    assert "unit 'dev' already exists" in flat(expect(run(*create), 3).stderr)
+    body = json.loads(expect(run(*create, "--json"), 3).stdout)
     assert (body["field"], body["rule"]) == ("--id", "unit-exists")
     assert "'dev'" in body["message"]
 
@@ -326,10 +275,10 @@ def test_export_dates_are_documented(run: Run) -> None:
 def test_export_dates_are_inclusive_local_dates(run: Run, till: Path, tmp_path: Path) -> None:
     """A range from the first receipt's printed date to the last one's holds both."""
     listed = run("receipts", "list", "--register", "KASSE-1", "--json", "--data-dir", till)
-    days = sorted(r["issued_at"][:10] for r in json.loads(_expect(listed, 0).stdout))
+    days = sorted(r["issued_at"][:10] for r in json.loads(expect(listed, 0).stdout))
     dep = tmp_path / "dep.json"
     result = _export(run, till, "dep", dep, "--from", days[0], "--to", days[-1], "--json")
-    assert json.loads(_expect(result, 0).stdout)["receipts"] == 2
+    assert json.loads(expect(result, 0).stdout)["receipts"] == 2
     assert result.stderr == ""
 
 
@@ -337,13 +286,13 @@ def test_an_export_without_receipts_warns(run: Run, till: Path, tmp_path: Path) 
     """A range holding no receipt exports 0 receipts (exit 0) with a warning on stderr."""
     dep = tmp_path / "dep.json"
     dates = ("--from", "2030-01-01", "--to", "2030-01-31")
-    result = _expect(_export(run, till, "dep", dep, *dates), 0)
+    result = expect(_export(run, till, "dep", dep, *dates), 0)
     assert "0 receipts written" in result.stdout
     warning = (
         "warning: the export holds no receipt: KASSE-1 has none dated 2030-01-01 to 2030-01-31"
     )
-    assert warning in _flat(result.stderr)
-    body = json.loads(_expect(_export(run, till, "dep", dep, *dates, "--json"), 0).stdout)
+    assert warning in flat(result.stderr)
+    body = json.loads(expect(_export(run, till, "dep", dep, *dates, "--json"), 0).stdout)
     assert body["receipts"] == 0
 
 
@@ -361,10 +310,10 @@ def test_export_and_verify_print_only_their_line(
 ) -> None:
     """The progress bar is for a terminal: into a pipe it printed a blank line on stderr."""
     dep, container = tmp_path / "dep.json", tmp_path / "c.json"
-    exported = _expect(_export(run, till, "dep", dep), 0)
+    exported = expect(_export(run, till, "dep", dep), 0)
     assert (exported.stdout, exported.stderr) == (f"2 receipts written to {dep}\n", "")
-    _expect(_export(run, till, "crypto-container", container), 0)
-    verified = _expect(run("verify", dep, container), 0)
+    expect(_export(run, till, "crypto-container", container), 0)
+    verified = expect(run("verify", dep, container), 0)
     assert (verified.stdout, verified.stderr) == ("valid: 2 receipts checked\n", "")
 
 
@@ -374,11 +323,9 @@ def test_tables_into_a_pipe_are_whole(run: Run, with_outage: Path, narrow: None)
     data_dir = with_outage
     reference = "FON-2026-12-02-0001-outage-report-of-the-till-in-the-back-office"
     report = ("outage", "report", "1", "--reference", reference, "--data-dir", data_dir)
-    _expect(run(*report), 0)
-    [outage] = json.loads(
-        _expect(run("outage", "list", "--json", "--data-dir", data_dir), 0).stdout
-    )
-    lines = _expect(run("outage", "list", "--data-dir", data_dir), 0).stdout.splitlines()
+    expect(run(*report), 0)
+    [outage] = json.loads(expect(run("outage", "list", "--json", "--data-dir", data_dir), 0).stdout)
+    lines = expect(run("outage", "list", "--data-dir", data_dir), 0).stdout.splitlines()
     [row] = [line for line in lines if "KASSE-1" in line]
     assert outage["started_at"][:19] in row
     assert reference in row

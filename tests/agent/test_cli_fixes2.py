@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import stat
 import subprocess
@@ -15,53 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from agent.cli import app
-from factories import VECTORS, sale
+from factories import VECTORS, Run, box_words, expect, flat, sale
 from storage import TillDB
-
-Run = Callable[..., Result]
-
-
-def _expect(result: Result, code: int) -> Result:
-    assert result.exit_code == code, (
-        f"exit {result.exit_code} != {code}\nstdout:\n{result.stdout}\n"
-        f"stderr:\n{result.stderr}\nexception: {result.exception!r}"
-    )
-    return result
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _words(text: str) -> str:
-    """The words of a Rich error box, without its box (its lines may break anywhere)."""
-    return _flat(re.sub("[\u2500-\u257f]", " ", text))
-
-
-@pytest.fixture(name="run")
-def _run(monkeypatch: pytest.MonkeyPatch) -> Run:
-    """Invoke the Typer app in-process, with no data directory or configuration from the
-    environment of this machine."""
-    for name in ("TILL_AGENT_DATA_DIR", "TILL_AGENT_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    runner = CliRunner()
-
-    def run(*args: str | Path, input: str | bytes | None = None) -> Result:
-        return runner.invoke(app, [str(a) for a in args], input=input, prog_name="till-agent")
-
-    return run
-
-
-@pytest.fixture(name="till")
-def _till(run: Run, data_dir: Path) -> Path:
-    """Register KASSE-1 with its Startbeleg (1) and one sale (2), made on the command line."""
-    _expect(run("unit", "create-software", "--id", "dev", "--data-dir", data_dir), 0)
-    _expect(run("init", "KASSE-1", "--unit", "dev", "--data-dir", data_dir), 0)
-    _expect(run("issue", "-", "--data-dir", data_dir, input=json.dumps(sale())), 0)
-    return data_dir
 
 
 def _files(directory: Path) -> list[str]:
@@ -101,16 +57,16 @@ def _export(run: Run, till: Path, what: str, output: Path, *extra: str) -> Resul
 def test_an_export_onto_a_fifo_is_refused(run: Run, till: Path, fifo: Path, what: str) -> None:
     """``-o /dev/null`` became a regular 0600 file holding the AES key: an output naming a
     device, a fifo or a socket is exit 2 naming it and what it is, and stays what it was."""
-    message = _flat(_expect(_export(run, till, what, fifo), 2).stderr)
+    message = flat(expect(_export(run, till, what, fifo), 2).stderr)
     assert f"cannot write {fifo}: it is a fifo (named pipe), not a regular file" in message
-    body = json.loads(_expect(_export(run, till, what, fifo, "--json"), 2).stdout)
+    body = json.loads(expect(_export(run, till, what, fifo, "--json"), 2).stdout)
     assert body["message"] == f"cannot write {fifo}: it is a fifo (named pipe), not a regular file"
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
     assert _files(fifo.parent) == ["pipe.json"]
 
 
 def test_an_export_onto_a_socket_is_refused(run: Run, till: Path, unix_socket: Path) -> None:
-    message = _flat(_expect(_export(run, till, "crypto-container", unix_socket), 2).stderr)
+    message = flat(expect(_export(run, till, "crypto-container", unix_socket), 2).stderr)
     assert f"cannot write {unix_socket}: it is a socket, not a regular file" in message
     assert stat.S_ISSOCK(unix_socket.lstat().st_mode)
 
@@ -125,7 +81,7 @@ def test_export_dep_refuses_a_fifo_as_its_partial_file(
     os.mkfifo(partial)
     reader = os.open(partial, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        message = _flat(_expect(_export(run, till, "dep", dep), 2).stderr)
+        message = flat(expect(_export(run, till, "dep", dep), 2).stderr)
     finally:
         os.close(reader)
     assert f"cannot write {dep}: {partial}: it is a fifo (named pipe)" in message
@@ -140,21 +96,10 @@ def test_export_dep_replaces_a_stale_partial_file(run: Run, till: Path, tmp_path
     target.write_text("keep me")
     dep = tmp_path / "dep.json"
     (tmp_path / "dep.json.partial").symlink_to(target)
-    _expect(_export(run, till, "dep", dep), 0)
+    expect(_export(run, till, "dep", dep), 0)
     assert target.read_text() == "keep me"
     assert not (tmp_path / "dep.json.partial").exists()
     assert len(json.loads(dep.read_text())["Belege-Gruppe"][0]["Belege-kompakt"]) == 2
-
-
-@pytest.fixture(name="with_outage")
-def _with_outage(run: Run, data_dir: Path) -> Path:
-    """A data directory with outage 1: its unit switched down, one fallback receipt."""
-    _expect(run("unit", "create-software", "--id", "dev", "--simulate", "--data-dir", data_dir), 0)
-    _expect(run("init", "KASSE-1", "--unit", "dev", "--data-dir", data_dir), 0)
-    _expect(run("simulate", "unit", "down", "--data-dir", data_dir), 0)
-    issued = run("issue", "-", "--data-dir", data_dir, input=json.dumps(sale()))
-    assert "fallback" in _expect(issued, 0).stdout
-    return data_dir
 
 
 def test_outage_export_refuses_a_fifo(run: Run, with_outage: Path, tmp_path: Path) -> None:
@@ -168,7 +113,7 @@ def test_outage_export_refuses_a_fifo(run: Run, with_outage: Path, tmp_path: Pat
         result = run("outage", "export", "1", "-o", pack, "--json", "--data-dir", with_outage)
     finally:
         os.close(reader)
-    body = json.loads(_expect(result, 2).stdout)
+    body = json.loads(expect(result, 2).stdout)
     assert body["message"] == f"cannot write {text}: it is a fifo (named pipe), not a regular file"
     assert _files(pack) == ["outage-1.txt"]
     assert stat.S_ISFIFO(text.lstat().st_mode)
@@ -185,7 +130,7 @@ def test_simulate_scenario_refuses_a_fifo(run: Run, tmp_path: Path) -> None:
         result = run("simulate", "scenario", scenario, "--out", out)
     finally:
         os.close(reader)
-    message = _flat(_expect(result, 2).stderr)
+    message = flat(expect(result, 2).stderr)
     assert f"cannot write {container}: it is a fifo (named pipe), not a regular file" in message
     assert _files(out) == ["cryptographicMaterialContainer.json"]
     assert stat.S_ISFIFO(container.lstat().st_mode)
@@ -193,7 +138,7 @@ def test_simulate_scenario_refuses_a_fifo(run: Run, tmp_path: Path) -> None:
 
 def test_receipt_preview_refuses_a_socket(run: Run, till: Path, unix_socket: Path) -> None:
     show = ("receipts", "show", "KASSE-1", "2", "--data-dir", till, "--png", unix_socket)
-    message = _flat(_expect(run(*show), 2).stderr)
+    message = flat(expect(run(*show), 2).stderr)
     assert f"cannot write {unix_socket}: it is a socket, not a regular file" in message
     assert stat.S_ISSOCK(unix_socket.lstat().st_mode)
 
@@ -207,9 +152,9 @@ def test_a_unit_id_that_names_no_file_is_refused(run: Run, tmp_path: Path, unit_
     the allowed form, no traceback, nothing created anywhere."""
     data_dir = tmp_path / "data"
     create = ("unit", "create-software", "--id", unit_id, "--data-dir", data_dir)
-    message = _flat(_expect(run(*create), 3).stderr)
+    message = flat(expect(run(*create), 3).stderr)
     assert f"--id: {unit_id!r} is not a unit id: 1-64 letters, digits, '.', ':' or '-'" in message
-    body = json.loads(_expect(run(*create, "--json"), 3).stdout)
+    body = json.loads(expect(run(*create, "--json"), 3).stdout)
     assert (body["field"], body["rule"]) == ("--id", "format")
     assert _files(tmp_path) == []
 
@@ -221,10 +166,10 @@ def test_a_refused_unit_leaves_no_key_behind(
     files stayed, and a retry said the id was taken."""
     db = open_db(data_dir)  # stands in for a running `till-agent run`
     create = ("unit", "create-software", "--id", "dev2", "--data-dir", data_dir)
-    assert "another till-agent process is writing" in _flat(_expect(run(*create), 5).stderr)
+    assert "another till-agent process is writing" in flat(expect(run(*create), 5).stderr)
     assert not (data_dir / "keys").exists() or _files(data_dir / "keys") == []
     db.close()
-    _expect(run(*create), 0)
+    expect(run(*create), 0)
     assert _files(data_dir / "keys") == ["dev2.cert.pem", "dev2.key.pem"]
 
 
@@ -235,7 +180,7 @@ def test_a_key_file_in_the_way_is_refused_and_kept(run: Run, data_dir: Path) -> 
     keys.mkdir(parents=True)
     (keys / "dev.cert.pem").write_text("old")
     create = ("unit", "create-software", "--id", "dev", "--json", "--data-dir", data_dir)
-    body = json.loads(_expect(run(*create), 3).stdout)
+    body = json.loads(expect(run(*create), 3).stdout)
     assert (body["field"], body["rule"]) == ("--id", "unit-exists")
     assert _files(keys) == ["dev.cert.pem"]
     assert (keys / "dev.cert.pem").read_text() == "old"
@@ -245,7 +190,7 @@ def test_create_software_options_that_describe_no_unit(run: Run, tmp_path: Path)
     """``--zda XX`` was a pydantic traceback after the key files were written."""
     data_dir = tmp_path / "data"
     create = ("unit", "create-software", "--zda", "XX", "--json", "--data-dir", data_dir)
-    body = json.loads(_expect(run(*create), 3).stdout)
+    body = json.loads(expect(run(*create), 3).stdout)
     assert (body["field"], body["rule"]) == ("--zda", "format")
     assert body["message"].startswith("--zda must be AT0 (closed system)")
     assert _files(tmp_path) == []
@@ -269,14 +214,14 @@ def test_add_pkcs11_without_a_certificate_names_the_option(
     run: Run, pkcs11: tuple[str, ...], data_dir: Path
 ) -> None:
     """An open system needs --certificate: exit 3 naming it, not a ValidationError."""
-    body = json.loads(_expect(run(*pkcs11, "--id", "h", "--json"), 3).stdout)
+    body = json.loads(expect(run(*pkcs11, "--id", "h", "--json"), 3).stdout)
     assert body == {
         "error": "InvalidSale",
         "message": "an open system unit needs --certificate",
         "field": "--certificate",
         "rule": "required",
     }
-    message = _flat(_expect(run(*pkcs11, "--id", "h", "--key-id", "a_b"), 3).stderr)
+    message = flat(expect(run(*pkcs11, "--id", "h", "--key-id", "a_b"), 3).stderr)
     assert "--key-id: --key-id must be non-empty and must not contain '_'" in message
     assert "Traceback" not in message
     assert not data_dir.exists()
@@ -287,7 +232,7 @@ def test_add_pkcs11_with_a_missing_pin_file_answers_json(
 ) -> None:
     options = list(pkcs11)
     options[options.index("--pin-file") + 1] = str(tmp_path / "nopin")
-    body = json.loads(_expect(run(*options, "--id", "h", "--json"), 2).stdout)
+    body = json.loads(expect(run(*options, "--id", "h", "--json"), 2).stdout)
     assert body == {
         "error": "ConfigurationError",
         "message": f"cannot read the PIN file {tmp_path / 'nopin'}: No such file or directory",
@@ -299,12 +244,12 @@ def test_add_pkcs11_refuses_an_id_that_exists(
 ) -> None:
     """The stored unit was silently replaced (INSERT OR REPLACE): exit 3, unit-exists,
     before the module is even loaded; the stored unit is still the software one."""
-    _expect(run("unit", "create-software", "--id", "dev", "--data-dir", data_dir), 0)
+    expect(run("unit", "create-software", "--id", "dev", "--data-dir", data_dir), 0)
     options = (*pkcs11, "--id", "dev", "--certificate", data_dir / "keys" / "dev.cert.pem")
-    body = json.loads(_expect(run(*options, "--json"), 3).stdout)
+    body = json.loads(expect(run(*options, "--json"), 3).stdout)
     assert (body["field"], body["rule"]) == ("--id", "unit-exists")
     assert "unit 'dev' already exists" in body["message"]
-    listed = json.loads(_expect(run("unit", "list", "--json", "--data-dir", data_dir), 0).stdout)
+    listed = json.loads(expect(run("unit", "list", "--json", "--data-dir", data_dir), 0).stdout)
     assert [(u["id"], u["kind"]) for u in listed] == [("dev", "software")]
 
 
@@ -331,15 +276,15 @@ def test_a_number_sqlite_cannot_hold_is_a_usage_error(
     config = tmp_path / "till.toml"
     config.write_text(f'data_dir = "{till}"\n', encoding="utf-8")
     where = ("--config", config) if command[0] == "reprint" else ("--data-dir", till)
-    result = _expect(run(*command, *where), 2)
-    assert f"less than or equal to {_MAX}" in _words(result.stderr)
+    result = expect(run(*command, *where), 2)
+    assert f"less than or equal to {_MAX}" in box_words(result.stderr)
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 def test_the_largest_number_is_not_found(run: Run, till: Path) -> None:
-    show = _expect(run("receipts", "show", "KASSE-1", _MAX, "--data-dir", till), 6)
-    assert f"register KASSE-1 has no receipt {_MAX}" in _flat(show.stderr)
-    _expect(run("outage", "show", _MAX, "--data-dir", till), 6)
+    show = expect(run("receipts", "show", "KASSE-1", _MAX, "--data-dir", till), 6)
+    assert f"register KASSE-1 has no receipt {_MAX}" in flat(show.stderr)
+    expect(run("outage", "show", _MAX, "--data-dir", till), 6)
 
 
 # -- 5. issue reads at most 1 MiB (+1 byte) of a sale, as the spool and the API take ---------
@@ -389,9 +334,9 @@ def test_issue_takes_a_sale_of_1_mib_and_refuses_one_byte_more(
     exact.write_bytes(head + b" " * (_MIB - len(head)))
     larger = tmp_path / "larger.json"
     larger.write_bytes(head + b" " * (_MIB + 1 - len(head)))
-    message = _flat(_expect(run("issue", larger, "--data-dir", till), 3).stderr)
+    message = flat(expect(run("issue", larger, "--data-dir", till), 3).stderr)
     assert "a sale is at most 1048576 bytes (1 MiB) [max-size]" in message
-    _expect(run("issue", exact, "--data-dir", till), 0)
+    expect(run("issue", exact, "--data-dir", till), 0)
 
 
 # -- 6. a mistyped data directory is not a new till ------------------------------------------
@@ -433,8 +378,8 @@ def test_commands_on_a_till_create_no_database(
         args += ["--config", str(config)]
     else:
         args += ["--data-dir", str(typo)]
-    result = _expect(run(*args), 6)
-    assert f"no till database in {typo}" in _flat(result.stderr)
+    result = expect(run(*args), 6)
+    assert f"no till database in {typo}" in flat(result.stderr)
     made = {"sale.json", "till.toml", "typo"} if exists else {"sale.json", "till.toml"}
     assert {p.name for p in tmp_path.iterdir()} <= made  # (no out/, no typo/ made)
     assert not exists or _files(typo) == []
@@ -448,11 +393,11 @@ def test_the_exit_codes_in_the_cli_docstring_are_the_readmes() -> None:
     word of a register that exists or a data directory without a database)."""
     import agent.cli
 
-    readme = _flat((Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8"))
+    readme = flat((Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8"))
     start = readme.index("Exit codes: 0 ok")
     end = readme.index("(there the configuration is the input it checks).", start)
     paragraph = readme[start:end] + "(there the configuration is the input it checks)."
-    assert paragraph in _flat(agent.cli.__doc__ or "")
+    assert paragraph in flat(agent.cli.__doc__ or "")
 
 
 # -- 8. config check prints through the CLI's own consoles -----------------------------------
@@ -485,8 +430,8 @@ def test_config_check_lines_are_whole_in_a_pipe(
     blocker.write_text("a file, not a directory")
     config = tmp_path / "c.toml"
     config.write_text(f'data_dir = "{blocker}"\n', encoding="utf-8")
-    result = _expect(run("config", "check", "--config", config), 3)
+    result = expect(run("config", "check", "--config", config), 3)
     assert result.stderr == f"invalid configuration:\ndata_dir: {blocker} is not a directory\n"
     config.write_text(f'data_dir = "{tmp_path / ("y" * 120)}"\n', encoding="utf-8")
-    result = _expect(run("config", "check", "--config", config), 0)
+    result = expect(run("config", "check", "--config", config), 0)
     assert result.stdout == f"configuration OK: file {config}\n"

@@ -3,44 +3,19 @@ journaled (once per reason per outage), logged and shown in the status."""
 
 from __future__ import annotations
 
-import json
 import logging
-import sqlite3
 
 import pytest
 
 from agent.api_backend import ServiceBackend
 from agent.clock import FrozenClock
-from agent.probe import Backoff, Prober
+from agent.probe import Prober
 from agent.receipts import ReceiptService
 from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
-from factories import sale
+from factories import journal_events, sale
 
 REGISTER = "KASSE-1"
-
-
-@pytest.fixture(name="flaky")
-def _flaky(service: ReceiptService, registry: UnitRegistry) -> FlakyUnit:
-    """The register's unit wrapped so the test can switch it down, up or to garbage."""
-    with service.db.write_connection().transaction() as conn:
-        flaky = FlakyUnit(registry.get(conn, "dev"))
-    registry.put(flaky)
-    return flaky
-
-
-@pytest.fixture(name="prober")
-def _prober(service: ReceiptService) -> Prober:
-    return Prober(service, Backoff(initial=5.0, cap=60.0, jitter=0.0))
-
-
-def _events(service: ReceiptService, kind: str) -> list[dict[str, object]]:
-    conn = sqlite3.connect(service.db.path)
-    try:
-        rows = conn.execute("SELECT data FROM journal WHERE kind = ? ORDER BY seq", (kind,))
-        return [json.loads(r[0]) for r in rows]
-    finally:
-        conn.close()
 
 
 def _probe_for(seconds: int, clock: FrozenClock, prober: Prober) -> None:
@@ -70,7 +45,7 @@ class TestRecoveryFailed:
         caplog.set_level(logging.WARNING)
         _probe_for(600, clock, prober)
         assert service.outages.is_open(REGISTER)
-        [event] = _events(service, "outage.recovery_failed")
+        [event] = journal_events(service.db, "outage.recovery_failed")
         assert event["outage"] == 1
         assert "signature" in str(event["reason"]).lower()
         [line] = _failures(caplog)
@@ -85,7 +60,7 @@ class TestRecoveryFailed:
         service.issue(sale(request_id="r-1"))
         flaky.mode = "garbage"
         _probe_for(600, clock, prober)
-        assert len(_events(service, "outage.probe")) <= 15
+        assert len(journal_events(service.db, "outage.probe")) <= 15
 
     def test_each_distinct_reason_once_also_across_a_restart(
         self,
@@ -100,12 +75,12 @@ class TestRecoveryFailed:
         for mode in ("garbage", "down", "garbage"):
             flaky.mode = mode
             assert service.recover(REGISTER) is None
-        assert len(_events(service, "outage.recovery_failed")) == 2
+        assert len(journal_events(service.db, "outage.recovery_failed")) == 2
         again = ReceiptService(service.db, registry, clock=clock)
         for mode in ("down", "garbage"):
             flaky.mode = mode
             assert again.recover(REGISTER) is None
-        assert len(_events(service, "outage.recovery_failed")) == 2
+        assert len(journal_events(service.db, "outage.recovery_failed")) == 2
 
     def test_a_new_outage_journals_its_reasons_anew(
         self, service: ReceiptService, flaky: FlakyUnit
@@ -118,7 +93,7 @@ class TestRecoveryFailed:
             assert service.recover(REGISTER) is None
             flaky.mode = "up"
             assert service.recover(REGISTER)
-        assert [e["outage"] for e in _events(service, "outage.recovery_failed")] == [1, 2]
+        assert [e["outage"] for e in journal_events(service.db, "outage.recovery_failed")] == [1, 2]
 
     def test_the_status_shows_the_last_reason(
         self, service: ReceiptService, flaky: FlakyUnit, registry: UnitRegistry, clock: FrozenClock

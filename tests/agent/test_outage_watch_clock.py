@@ -17,11 +17,6 @@ from factories import sale
 HOUR = 3600.0
 
 
-@pytest.fixture(name="watch")
-def _watch(service: ReceiptService, clock: FrozenClock) -> OutageWatch:
-    return OutageWatch(service.db.write_connection(), clock)
-
-
 def _events(service: ReceiptService, kind: str) -> list[tuple[str | None, dict[str, object]]]:
     conn = sqlite3.connect(service.db.path)
     try:

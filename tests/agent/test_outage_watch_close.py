@@ -16,20 +16,10 @@ from agent.outage_watch import OutageWatch, Thresholds
 from agent.outages import OutageRecord, load_outages
 from agent.receipts import ReceiptService
 from agent.signing.flaky import FlakyUnit
-from agent.signing.registry import UnitRegistry
 from factories import sale
 
 REGISTER = "KASSE-1"
 HOUR = 3600.0
-
-
-@pytest.fixture(name="flaky")
-def _flaky(service: ReceiptService, registry: UnitRegistry) -> FlakyUnit:
-    """The register's unit wrapped so the test can switch it down and up."""
-    with service.db.write_connection().transaction() as conn:
-        flaky = FlakyUnit(registry.get(conn, "dev"))
-    registry.put(flaky)
-    return flaky
 
 
 def _outage(service: ReceiptService) -> OutageRecord:

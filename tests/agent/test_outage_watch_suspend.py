@@ -5,8 +5,6 @@ of the wall clock still neither fakes nor swallows an escalation."""
 from __future__ import annotations
 
 import datetime as dt
-import json
-import sqlite3
 import time
 
 import pytest
@@ -15,33 +13,9 @@ from agent.clock import FrozenClock, SystemClock
 from agent.outage_watch import OutageWatch
 from agent.receipts import ReceiptService
 from agent.signing.flaky import FlakyUnit
-from agent.signing.registry import UnitRegistry
-from factories import sale
+from factories import journal_events, sale
 
 HOUR = 3600.0
-
-
-@pytest.fixture(name="flaky")
-def _flaky(service: ReceiptService, registry: UnitRegistry) -> FlakyUnit:
-    """The register's unit wrapped so the test can switch it down and up."""
-    with service.db.write_connection().transaction() as conn:
-        flaky = FlakyUnit(registry.get(conn, "dev"))
-    registry.put(flaky)
-    return flaky
-
-
-@pytest.fixture(name="watch")
-def _watch(service: ReceiptService, clock: FrozenClock) -> OutageWatch:
-    return OutageWatch(service.db.write_connection(), clock)
-
-
-def _events(service: ReceiptService, kind: str) -> list[dict[str, object]]:
-    conn = sqlite3.connect(service.db.path)
-    try:
-        rows = conn.execute("SELECT data FROM journal WHERE kind = ? ORDER BY seq", (kind,))
-        return [json.loads(r[0]) for r in rows]
-    finally:
-        conn.close()
 
 
 class TestSuspend:
@@ -56,9 +30,9 @@ class TestSuspend:
         clock.advance(60)
         fired = [level for _, level in watch.tick()]
         assert fired == ["24h", "approaching", "exceeded"]
-        assert _events(service, "clock.jump") == []
+        assert journal_events(service.db, "clock.jump") == []
         [escalation] = [
-            e for e in _events(service, "outage.escalation") if e["level"] == "exceeded"
+            e for e in journal_events(service.db, "outage.escalation") if e["level"] == "exceeded"
         ]
         assert float(str(escalation["age_hours"])) == pytest.approx(50 + 1 / 60, abs=0.01)
 
@@ -72,7 +46,7 @@ class TestSuspend:
         clock.suspend(HOUR)
         clock.jump(72 * HOUR)
         assert watch.tick() == []
-        [jump] = _events(service, "clock.jump")
+        [jump] = journal_events(service.db, "clock.jump")
         assert float(str(jump["delta_seconds"])) == pytest.approx(72 * HOUR)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -19,30 +18,11 @@ from agent.probe import Backoff, Prober
 from agent.receipts import ReceiptService
 from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
-from factories import sale
+from factories import journal_events, sale
 from storage import TillDB, open_till_db
 
 REGISTER = "KASSE-1"
 HOUR = 3600.0
-
-
-@pytest.fixture(name="flaky")
-def _flaky(service: ReceiptService, registry: UnitRegistry) -> FlakyUnit:
-    """The register's unit wrapped so the test can switch it down and up."""
-    with service.db.write_connection().transaction() as conn:
-        flaky = FlakyUnit(registry.get(conn, "dev"))
-    registry.put(flaky)
-    return flaky
-
-
-@pytest.fixture(name="prober")
-def _prober(service: ReceiptService) -> Prober:
-    return Prober(service, Backoff(initial=5.0, cap=60.0, jitter=0.0))
-
-
-@pytest.fixture(name="watch")
-def _watch(service: ReceiptService, clock: FrozenClock) -> OutageWatch:
-    return OutageWatch(service.db.write_connection(), clock)
 
 
 def _sell(service: ReceiptService, n: int) -> str:
@@ -54,15 +34,6 @@ def _verify(db: TillDB) -> list[str]:
     export_dep(db, REGISTER, buffer)
     report = verify_dep(json.loads(buffer.getvalue()), json.loads(export_container(db, REGISTER)))
     return [f"{f.receipt}: {f.rule}" for f in report.findings]
-
-
-def _events(db: TillDB, kind: str) -> list[dict[str, object]]:
-    conn = sqlite3.connect(db.path)
-    try:
-        rows = conn.execute("SELECT data FROM journal WHERE kind = ? ORDER BY seq", (kind,))
-        return [json.loads(r[0]) for r in rows]
-    finally:
-        conn.close()
 
 
 def _run_for(seconds: float, clock: FrozenClock, prober: Prober, watch: OutageWatch) -> None:
@@ -133,7 +104,7 @@ class TestRecovery:
         assert (closing.kind, closing.signature_state) == ("sammelbeleg", "signed")
         assert _sell(service, 9) == "signed"
         assert _verify(service.db) == []
-        levels = [e["level"] for e in _events(service.db, "outage.escalation")]
+        levels = [e["level"] for e in journal_events(service.db, "outage.escalation")]
         assert levels == ["opened"]
 
     def test_a_flapping_unit_gives_one_sammelbeleg_per_outage(
@@ -152,7 +123,7 @@ class TestRecovery:
             flaky.mode = "up"
             _run_for(120, clock, prober, watch)
             _sell(service, 10 * cycle + 1)
-        assert len(_events(service.db, "outage.closed")) == 2
+        assert len(journal_events(service.db, "outage.closed")) == 2
         assert _verify(service.db) == []
 
     def test_a_restart_in_the_middle_of_an_outage_continues_it(
@@ -180,7 +151,7 @@ class TestRecovery:
             clock.advance(2)
             prober.run_once()
             assert again.recover(REGISTER) == []  # already closed: no second Sammelbeleg
-            assert len(_events(db, "outage.closed")) == 1
+            assert len(journal_events(db, "outage.closed")) == 1
             assert _verify(db) == []
         finally:
             db.close()
@@ -211,7 +182,7 @@ class TestWindow:
         _sell(service, 1)
         start = clock.now()
         _run_for(hours * HOUR, clock, prober, watch)
-        escalations = _events(service.db, "outage.escalation")
+        escalations = journal_events(service.db, "outage.escalation")
         assert [e["level"] for e in escalations] == levels
         if "exceeded" in levels:
             due = next(e["report_due"] for e in escalations if e["level"] == "exceeded")
@@ -237,9 +208,9 @@ class TestWindow:
         _run_for(50 * HOUR, clock, prober, watch)
         acknowledge_report(service.db.write_connection(), clock, 1, "FON-4711")
         _run_for(8 * 24 * HOUR, clock, prober, watch)
-        levels = [e["level"] for e in _events(service.db, "outage.escalation")]
+        levels = [e["level"] for e in journal_events(service.db, "outage.escalation")]
         assert "overdue" not in levels
-        assert _events(service.db, "outage.reported")[0]["reference"] == "FON-4711"
+        assert journal_events(service.db, "outage.reported")[0]["reference"] == "FON-4711"
 
     @pytest.mark.parametrize("jump_hours", [72, -72])
     def test_a_clock_jump_is_journaled_and_neither_fakes_nor_swallows_escalations(
@@ -257,12 +228,12 @@ class TestWindow:
         clock.jump(jump_hours * HOUR)
         clock.advance(60)
         watch.tick()
-        assert [e["level"] for e in _events(service.db, "outage.escalation")] == ["opened"]
-        [jump] = _events(service.db, "clock.jump")
+        assert [e["level"] for e in journal_events(service.db, "outage.escalation")] == ["opened"]
+        [jump] = journal_events(service.db, "clock.jump")
         assert abs(float(jump["delta_seconds"]) - jump_hours * HOUR) < 1
         clock.advance(25 * HOUR)
         watch.tick()
-        assert "24h" in [e["level"] for e in _events(service.db, "outage.escalation")]
+        assert "24h" in [e["level"] for e in journal_events(service.db, "outage.escalation")]
 
     def test_thresholds_are_configurable(
         self, service: ReceiptService, flaky: FlakyUnit, clock: FrozenClock
@@ -278,5 +249,5 @@ class TestWindow:
         for _ in range(4 * 60):
             clock.advance(60)
             watch.tick()
-        levels = [e["level"] for e in _events(service.db, "outage.escalation")]
+        levels = [e["level"] for e in journal_events(service.db, "outage.escalation")]
         assert levels == ["opened", "24h", "approaching", "exceeded"]

@@ -10,8 +10,6 @@ import datetime as dt
 import io
 import json
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -23,33 +21,12 @@ from agent.fakes.chain_service import ChainServiceFake
 from agent.outages import load_outages
 from agent.probe import Backoff, Prober
 from agent.receipts import ReceiptService, RegisterSetup, due_periods
-from agent.signing import UnitConfig
 from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
-from factories import add_unit, sale
+from factories import journal_events, sale
 from storage import TillDB
 
 REGISTER = "KASSE-1"
-TOKEN = "test-token"
-
-
-@pytest.fixture(name="chain")
-def _chain(tmp_path: Path) -> Iterator[ChainServiceFake]:
-    with ChainServiceFake(TOKEN, key_dir=tmp_path / "chain-key", hold=2.0) as fake:
-        yield fake
-
-
-@pytest.fixture(name="chain_service")
-def _chain_service(
-    db: TillDB, registry: UnitRegistry, clock: FrozenClock, chain: ChainServiceFake, tmp_path: Path
-) -> ReceiptService:
-    token_file = tmp_path / "chain-token"
-    token_file.write_text(TOKEN)
-    config = UnitConfig(id="chain", kind="chain", zda="AT1", url=chain.url, token_file=token_file)
-    add_unit(db, registry, config)
-    service = ReceiptService(db, registry, clock=clock, sign_timeout=1.5)
-    service.init_register(RegisterSetup(REGISTER, ["chain"]))
-    return service
 
 
 def _findings(db: TillDB, register: str = REGISTER) -> list[str]:
@@ -69,15 +46,6 @@ def _kinds(db: TillDB, register: str = REGISTER) -> list[tuple[int, str, str]]:
             (register,),
         )
         return [(int(n), str(k), str(s)) for n, k, s in rows]
-    finally:
-        conn.close()
-
-
-def _events(db: TillDB, kind: str) -> list[dict[str, object]]:
-    conn = sqlite3.connect(db.path)
-    try:
-        rows = conn.execute("SELECT data FROM journal WHERE kind = ? ORDER BY seq", (kind,))
-        return [json.loads(r[0]) for r in rows]
     finally:
         conn.close()
 
@@ -111,7 +79,7 @@ class TestChainServiceLosesARequest:
         assert "Storno zu Beleg 3" in storno.lines
         assert "Ersatz für unsignierten Beleg 3" in replacement.lines
         assert service.unsigned(REGISTER) == []
-        assert _events(service.db, "receipt.superseded") == [
+        assert journal_events(service.db, "receipt.superseded") == [
             {"number": 3, "jws": None, "replacement": replacement.number, "voided_by": 7}
         ]
         # the POS asking again for its sale gets the receipt that now stands for it
@@ -135,7 +103,7 @@ class TestChainServiceLosesARequest:
         issued = service.recover(REGISTER)
         assert issued is not None
         assert [r.kind for r in issued] == ["sammelbeleg"]  # right after the last fallback
-        adopted = _events(service.db, "receipt.adopted")
+        adopted = journal_events(service.db, "receipt.adopted")
         assert len(adopted) == 1
         assert adopted[0]["number"] == 2
         assert str(adopted[0]["jws"]).rsplit(".", 1)[0] == lost.jws.rsplit(".", 1)[0]
@@ -201,7 +169,7 @@ class TestWaitingSpecialReceipts:
         assert bare_service.init_register_or_wait(RegisterSetup(REGISTER, ["dev"])) is None
         waiting = bare_service.waiting()
         assert [(w["register_id"], w["kind"]) for w in waiting] == [(REGISTER, "start")]
-        alerts = _events(bare_service.db, "alert.raised")
+        alerts = journal_events(bare_service.db, "alert.raised")
         assert alerts[0]["alert"] == "special-receipt-waiting"
         with pytest.raises(WaitsForUnit, match="waits for its Startbeleg"):
             bare_service.issue(sale())

@@ -18,9 +18,6 @@ import datetime as dt
 import io
 import json
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -34,31 +31,24 @@ from agent.export import export_container, export_dep
 from agent.fakes.chain_service import ChainServiceFake, Mode
 from agent.outages import load_outages
 from agent.receipts import ReceiptService, RegisterSetup
-from agent.signing import UnitConfig
 from agent.signing.registry import UnitRegistry
-from factories import add_unit, sale
+from factories import db_rows, sale
 from storage import TillDB
 
 REGISTER = "KASSE-1"
-TOKEN = "test-token"
 LOSSES: tuple[Mode, ...] = ("lose_response", "lose_request")  # the service holds it / does not
 
 
-@pytest.fixture(name="chain")
-def _chain(tmp_path: Path) -> Iterator[ChainServiceFake]:
-    with ChainServiceFake(TOKEN, key_dir=tmp_path / "chain-key", hold=1.5) as fake:
-        yield fake
+@pytest.fixture(name="chain_hold")
+def _chain_hold() -> float:
+    return 1.5
 
 
 @pytest.fixture(name="bare")
 def _bare(
-    db: TillDB, registry: UnitRegistry, clock: FrozenClock, chain: ChainServiceFake, tmp_path: Path
+    db: TillDB, registry: UnitRegistry, clock: FrozenClock, chain_unit: str
 ) -> ReceiptService:
     """A service with the chain unit and no register yet."""
-    token_file = tmp_path / "chain-token"
-    token_file.write_text(TOKEN)
-    config = UnitConfig(id="chain", kind="chain", zda="AT1", url=chain.url, token_file=token_file)
-    add_unit(db, registry, config)
     return ReceiptService(db, registry, clock=clock, sign_timeout=1.0)
 
 
@@ -68,17 +58,8 @@ def _service(bare: ReceiptService) -> ReceiptService:
     return bare
 
 
-def _rows(db: TillDB, sql: str, *params: Any) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(db.path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
-
 def _receipts(db: TillDB) -> list[tuple[int, str, str]]:
-    rows = _rows(
+    rows = db_rows(
         db,
         "SELECT number, kind, signature_state FROM receipts WHERE register_id = ? ORDER BY number",
         REGISTER,
@@ -87,7 +68,7 @@ def _receipts(db: TillDB) -> list[tuple[int, str, str]]:
 
 
 def _resolutions(db: TillDB) -> list[tuple[int, str, int | None]]:
-    rows = _rows(
+    rows = db_rows(
         db,
         "SELECT number, resolution, replacement_number FROM receipt_resolutions ORDER BY number",
     )
@@ -106,7 +87,7 @@ def _assert_numbers_unique(db: TillDB, chain: ChainServiceFake) -> None:
     holds under a number is exactly our receipt of that number (same signing input)."""
     ours = {
         r["receipt_id"]: r["jws"].rsplit(".", 1)[0]
-        for r in _rows(db, "SELECT receipt_id, jws FROM receipts WHERE register_id = ?", REGISTER)
+        for r in db_rows(db, "SELECT receipt_id, jws FROM receipts WHERE register_id = ?", REGISTER)
     }
     assert sorted(map(int, ours)) == list(range(1, len(ours) + 1))
     held = chain.signing_inputs(REGISTER)
@@ -218,7 +199,7 @@ def test_a_lost_jahresbeleg_waits_and_is_issued_anew(
     assert _resolutions(service.db) == [(2, "adopted", None) if held else (2, "superseded", 5)]
     assert service.waiting(REGISTER) == []
     assert service.unsigned(REGISTER) == []
-    [reg] = _rows(service.db, "SELECT last_closing FROM registers WHERE id = ?", REGISTER)
+    [reg] = db_rows(service.db, "SELECT last_closing FROM registers WHERE id = ?", REGISTER)
     assert reg["last_closing"] == "2026-12"
     assert service.run_closings() == []  # December is closed, once
     assert service.recover(REGISTER) == []

@@ -11,69 +11,40 @@ from __future__ import annotations
 import base64
 import io
 import json
-import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.at_rksv import STORNO_MARKER, decrypt_counter, split_jws
 from agent.at_rksv.verify import verify_dep
-from agent.clock import FrozenClock
 from agent.contract import ReceiptResult
 from agent.errors import InvalidSale
 from agent.export import export_container, export_dep
 from agent.fakes.chain_service import ChainServiceFake
-from agent.receipts import ReceiptService, RegisterSetup
-from agent.signing import UnitConfig
-from agent.signing.registry import UnitRegistry
-from factories import add_unit, sale
+from agent.receipts import ReceiptService
+from factories import db_rows, sale
 from storage import TillDB
 
 REGISTER = "KASSE-1"
-TOKEN = "test-token"
 SALE_CENTS = 1670  # factories.sale()
 
 
-@pytest.fixture(name="chain")
-def _chain(tmp_path: Path) -> Iterator[ChainServiceFake]:
-    with ChainServiceFake(TOKEN, key_dir=tmp_path / "chain-key", hold=2.0) as fake:
-        yield fake
-
-
 @pytest.fixture(name="service")
-def _service(
-    db: TillDB, registry: UnitRegistry, clock: FrozenClock, chain: ChainServiceFake, tmp_path: Path
-) -> ReceiptService:
-    token_file = tmp_path / "chain-token"
-    token_file.write_text(TOKEN)
-    config = UnitConfig(id="chain", kind="chain", zda="AT1", url=chain.url, token_file=token_file)
-    add_unit(db, registry, config)
-    service = ReceiptService(db, registry, clock=clock, sign_timeout=1.5)
-    service.init_register(RegisterSetup(REGISTER, ["chain"]))
-    return service
-
-
-def _rows(db: TillDB, sql: str, *params: Any) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(db.path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+def _service(chain_service: ReceiptService) -> ReceiptService:
+    """Register KASSE-1 on the chain unit (tests/agent/conftest.py)."""
+    return chain_service
 
 
 def _counter(db: TillDB, result: ReceiptResult) -> int:
     """The decrypted turnover counter of a receipt that carries one."""
-    [reg] = _rows(db, "SELECT aes_key FROM registers WHERE id = ?", REGISTER)
+    [reg] = db_rows(db, "SELECT aes_key FROM registers WHERE id = ?", REGISTER)
     payload = split_jws(result.jws)[0]
     key = base64.b64decode(reg["aes_key"])
     return decrypt_counter(key, REGISTER, result.receipt_id, payload.counter)
 
 
 def _register_turnover(db: TillDB) -> int:
-    [reg] = _rows(db, "SELECT turnover_cents FROM registers WHERE id = ?", REGISTER)
+    [reg] = db_rows(db, "SELECT turnover_cents FROM registers WHERE id = ?", REGISTER)
     return int(reg["turnover_cents"])
 
 
@@ -115,7 +86,7 @@ class TestTheRemedyCountsEachSaleOnce:
         assert _register_turnover(service.db) == 3 * SALE_CENTS
         # the Storno refers to the unsigned receipt, like a POS storno, and is a real one
         assert split_jws(storno.jws)[0].counter == STORNO_MARKER
-        [row] = _rows(
+        [row] = db_rows(
             service.db,
             "SELECT * FROM receipts WHERE register_id = ? AND number = ?",
             REGISTER,
@@ -146,7 +117,7 @@ class TestTheRemedyCountsEachSaleOnce:
         storno, replacement = issued[2:]
         events = [
             (r["kind"], json.loads(r["data"]))
-            for r in _rows(service.db, "SELECT kind, data FROM journal ORDER BY seq")
+            for r in db_rows(service.db, "SELECT kind, data FROM journal ORDER BY seq")
         ]
         stornos = [d for k, d in events if k == "receipt.issued" and d["kind"] == "storno"]
         assert [(d["number"], d["voids_number"]) for d in stornos] == [(storno.number, lost)]
@@ -174,7 +145,7 @@ class TestTheRemedyCountsEachSaleOnce:
         reversal, replacement = issued[2:]
         rows = {
             r["number"]: r
-            for r in _rows(service.db, "SELECT * FROM receipts WHERE register_id = ?", REGISTER)
+            for r in db_rows(service.db, "SELECT * FROM receipts WHERE register_id = ?", REGISTER)
         }
         assert rows[reversal.number]["voids_number"] == lost
         assert rows[reversal.number]["amount_normal"] == 1250  # it takes a negative one back
@@ -205,7 +176,7 @@ class TestTheRemedyIsExactlyOnce:
         the Storno undoes it all, and the retry issues each exactly once."""
         service.issue(sale(request_id="a"))
         _lose_one(service, chain, sale(request_id="b"))
-        before = _rows(service.db, "SELECT count(*) FROM receipts")[0][0]
+        before = db_rows(service.db, "SELECT count(*) FROM receipts")[0][0]
 
         def crash(*_: object) -> None:
             raise RuntimeError("power cut after the Storno")
@@ -214,13 +185,15 @@ class TestTheRemedyIsExactlyOnce:
             patch.setattr(ReceiptService, "_reissue_draft", crash)
             with pytest.raises(RuntimeError):
                 service.recover(REGISTER)
-        assert _rows(service.db, "SELECT count(*) FROM receipts")[0][0] == before
+        assert db_rows(service.db, "SELECT count(*) FROM receipts")[0][0] == before
         assert service.unsigned(REGISTER) != []
         issued = service.recover(REGISTER)
         assert issued is not None
         assert [r.kind for r in issued] == ["null", "sammelbeleg", "storno", "standard"]
         assert service.recover(REGISTER) == []
-        kinds = [r["kind"] for r in _rows(service.db, "SELECT kind FROM receipts ORDER BY number")]
+        kinds = [
+            r["kind"] for r in db_rows(service.db, "SELECT kind FROM receipts ORDER BY number")
+        ]
         assert kinds == [
             "start",
             "standard",

@@ -101,15 +101,6 @@ def _free_port() -> int:
     return port
 
 
-@pytest.fixture(name="flaky")
-def _flaky(service: ReceiptService, registry: UnitRegistry) -> FlakyUnit:
-    """The register's unit wrapped so the test can switch it down and up."""
-    with service.db.write_connection().transaction() as conn:
-        flaky = FlakyUnit(registry.get(conn, "dev"))
-    registry.put(flaky)
-    return flaky
-
-
 @pytest.fixture(name="standard")
 def _standard(service: ReceiptService) -> ReceiptResult:
     """A signed standard receipt whose items carry umlauts, sharp s and the euro sign."""

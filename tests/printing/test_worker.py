@@ -13,18 +13,9 @@ from agent.cli import app
 from agent.print_worker import PrintWorker
 from agent.printing import EscposOptions, NetworkPrinter, NullPrinter, render_escpos
 from agent.receipts import ReceiptService
-from factories import qr_codes, sale
+from factories import journal_events, qr_codes, sale
 
 REGISTER = "KASSE-1"
-
-
-def _events(service: ReceiptService, kind: str) -> list[dict[str, object]]:
-    conn = sqlite3.connect(service.db.path)
-    try:
-        rows = conn.execute("SELECT data FROM journal WHERE kind = ? ORDER BY seq", (kind,))
-        return [json.loads(r[0]) for r in rows]
-    finally:
-        conn.close()
 
 
 def test_each_committed_receipt_is_printed_once_with_its_stored_bytes(
@@ -68,13 +59,13 @@ def test_a_failing_printer_blocks_nothing_and_the_backlog_prints_later(
     assert worker.status().last_error is not None
     second = service.issue(sale(request_id="b"))  # receipts keep coming
     worker.run_once()
-    assert len(_events(service, "printer.failed")) == 1  # once per failure streak
+    assert len(journal_events(service.db, "printer.failed")) == 1  # once per failure streak
     assert worker.status().queued == 2
     worker.printer = NetworkPrinter("127.0.0.1", fake_printer.port, timeout=2.0)  # back
     assert worker.run_once() == 2
     assert fake_printer.wait_for(2) == [render_escpos(first), render_escpos(second)]
     assert worker.status().state == "ready"
-    assert len(_events(service, "printer.recovered")) == 1
+    assert len(journal_events(service.db, "printer.recovered")) == 1
 
 
 def test_a_restart_prints_receipts_committed_before_their_job(

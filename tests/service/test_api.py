@@ -24,7 +24,6 @@ from agent.contract import Line, line_total_cents
 from agent.errors import ConfigurationError, NotFound
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing.flaky import FlakyUnit
-from agent.signing.registry import UnitRegistry
 from factories import disk_full, sale
 
 Query = Callable[..., list[sqlite3.Row]]
@@ -51,15 +50,6 @@ def _server(backend: ServiceBackend) -> Iterator[ApiServer]:
 def _client(server: ApiServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=10.0) as client:
         yield client
-
-
-@pytest.fixture(name="flaky")
-def _flaky(service: ReceiptService, registry: UnitRegistry) -> FlakyUnit:
-    """The register's unit wrapped so the test can switch it down and up."""
-    with service.db.write_connection().transaction() as conn:
-        flaky = FlakyUnit(registry.get(conn, "dev"))
-    registry.put(flaky)
-    return flaky
 
 
 class TestAuth:
