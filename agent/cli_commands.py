@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import os
 import re
 import sqlite3
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from agent.cli_base import (
@@ -41,6 +43,7 @@ from agent.errors import (
     NotFound,
     StorageError,
     TillAgentError,
+    WaitsForUnit,
 )
 
 if TYPE_CHECKING:  # the commands import what they use: every command starts faster
@@ -363,9 +366,14 @@ def init(
         timezone=timezone,
         receipt_id_format=receipt_id_format,
     )
-    with _service(data_dir, as_json, create=True) as service:
-        result = service.init_register(setup)
     key = base64.b64encode(setup.aes_key).decode()
+    with _service(data_dir, as_json, create=True) as service:
+        try:
+            result = service.init_register(setup)
+        except WaitsForUnit as exc:
+            if _waiting_start_key(service, register) != key:
+                raise  # nothing was kept: a later init makes a new key
+            _kept_key(exc, key, as_json)  # the Startbeleg waits with this key
     if as_json:
         _emit(
             {
@@ -379,6 +387,36 @@ def init(
     _show_receipt(result, False)
     out.print(f"AES key (register it in FinanzOnline, keep it secret): {key}")
     out.print(f"AES key check value: {aes_key_check_value(key)}")
+
+
+def _waiting_start_key(service: ReceiptService, register: str) -> str | None:
+    """The AES key kept with the register's waiting Startbeleg, if one waits."""
+    with service.db.read_connection() as conn:
+        row = conn.execute(
+            "SELECT setup FROM waiting_specials WHERE register_id = ? AND kind = 'start'"
+            " AND done_at IS NULL",
+            (register,),
+        ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    key = json.loads(row[0]).get("aes_key")
+    return key if isinstance(key, str) else None
+
+
+def _kept_key(exc: WaitsForUnit, key: str, as_json: bool) -> NoReturn:
+    """The Startbeleg waits (its answer was lost) with this register's AES key: say the
+    key now, the only time it is shown, and exit 4 as for any receipt that must wait."""
+    from agent.at_rksv import aes_key_check_value
+
+    check = aes_key_check_value(key)
+    if as_json:
+        body = {"error": type(exc).__name__, "message": str(exc)}
+        print(json.dumps(body | {"aes_key": key, "aes_key_check_value": check}))
+    else:
+        err.print(f"[yellow]waits:[/yellow] {escape(str(exc))}", highlight=False)
+        out.print(f"AES key (register it in FinanzOnline, keep it secret): {key}")
+        out.print(f"AES key check value: {check}")
+    raise typer.Exit(4)
 
 
 @app.command()
