@@ -21,6 +21,7 @@ from agent.errors import (
     InvalidSale,
     NoDatabase,
     NotFound,
+    RegisterClosed,
     StorageError,
     TillAgentError,
 )
@@ -158,6 +159,7 @@ DEFAULT_DATA = _default_data()
 
 _EXIT = (
     (NoDatabase, 6),  # not found, though a StorageError for the code that opens it
+    (RegisterClosed, 4),  # a refusal by the register's state, though nothing was consumed
     (InvalidSale, 3),
     (FiscalError, 4),
     (StorageError, 5),
@@ -167,14 +169,7 @@ _EXIT = (
 )
 
 
-# The register's state forbids the request (the local API answers 409): a fiscal refusal,
-# though the receipt service raises it as an InvalidSale (nothing was consumed).
-_REFUSAL_RULES = frozenset({"register-closed"})
-
-
 def _exit_code(exc: TillAgentError) -> int:
-    if isinstance(exc, InvalidSale) and exc.rule in _REFUSAL_RULES:
-        return 4
     return next(c for kind, c in _EXIT if isinstance(exc, kind))
 
 

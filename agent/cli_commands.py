@@ -206,7 +206,8 @@ def unit_create_software(
         str, typer.Option("--id", help="Name of the unit: letters, digits, '.', ':', '-'.")
     ] = "dev",
     zda: Annotated[
-        str, typer.Option(help="Provider id for open systems (AT1, AT2, ...).")
+        str,
+        typer.Option(help="Provider id for open systems (AT1, AT2, ...); ignored with --key-id."),
     ] = "AT100",
     key_id: Annotated[
         str | None,
@@ -391,16 +392,11 @@ def init(
 
 def _waiting_start_key(service: ReceiptService, register: str) -> str | None:
     """The AES key kept with the register's waiting Startbeleg, if one waits."""
+    from agent.receipts import open_waiting
+
     with service.db.read_connection() as conn:
-        row = conn.execute(
-            "SELECT setup FROM waiting_specials WHERE register_id = ? AND kind = 'start'"
-            " AND done_at IS NULL",
-            (register,),
-        ).fetchone()
-    if row is None or row[0] is None:
-        return None
-    key = json.loads(row[0]).get("aes_key")
-    return key if isinstance(key, str) else None
+        row = open_waiting(conn, register, "start", None)
+    return None if row is None or row["setup"] is None else json.loads(row["setup"])["aes_key"]
 
 
 def _kept_key(exc: WaitsForUnit, key: str, as_json: bool) -> NoReturn:
@@ -606,8 +602,7 @@ def export_dep_cmd(
             "--to",
             formats=["%Y-%m-%d"],
             metavar="YYYY-MM-DD",
-            help="Last day to export (inclusive), a date as --from is, in the register's"
-            " time zone.",
+            help="Last day to export (inclusive), in the register's time zone.",
         ),
     ] = None,
     data_dir: DataDir = DEFAULT_DATA,
@@ -833,7 +828,8 @@ def run(
         ),
     ] = None,
 ) -> None:
-    """Run the till service: spool and local API in, receipts, probe, timers, printing."""
+    """Run the till service: takes sales from the spool and the local API, issues and prints
+    receipts, runs the probe and the timers."""
     import logging
 
     from agent.config import load_config

@@ -31,7 +31,6 @@ from agent.cli_commands import (
     _service,
 )
 from agent.errors import (
-    ConfigurationError,
     DataDirLocked,
     FiscalError,
     InvalidSale,
@@ -128,8 +127,7 @@ def outage_export(
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        where = exc.filename or output
-        _fail(ConfigurationError(f"cannot write {where}: {exc.strerror or exc}"), as_json)
+        _fail_to_write(output, exc, as_json)
     text = json.dumps(pack, ensure_ascii=False, indent=2) + "\n"
     for path, data in ((json_file, text), (text_file, render_evidence(pack))):
         try:

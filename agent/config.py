@@ -60,7 +60,6 @@ if TYPE_CHECKING:
     from agent.probe import Backoff
 
 __all__ = [
-    "AUSTRIAN_ZONES",
     "CONFIG_ENV",
     "ENV_PREFIX",
     "HIDDEN",

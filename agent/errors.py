@@ -32,6 +32,7 @@ __all__ = [
     "NotFound",
     "OutcomeUnknown",
     "PrinterError",
+    "RegisterClosed",
     "RegisterStateError",
     "SigningError",
     "StorageError",
@@ -62,6 +63,16 @@ class InvalidSale(TillAgentError):
 
     def as_dict(self) -> dict[str, str]:
         return {"field": self.field, "rule": self.rule, "message": self.message}
+
+
+class RegisterClosed(InvalidSale):
+    """The register was closed by its Schlussbeleg: a refusal by its state (the CLI's exit
+    4, the local API's 409), raised before anything was consumed."""
+
+    def __init__(self, register_id: str) -> None:
+        super().__init__(
+            "register", "register-closed", f"register {register_id} was closed by its Schlussbeleg"
+        )
 
 
 class ConfigurationError(TillAgentError):

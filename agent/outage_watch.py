@@ -36,7 +36,14 @@ from agent.errors import InvalidSale, NotFound
 from storage.journal import append_event
 from storage.writer import WriteConnection
 
-__all__ = ["Escalation", "OutageWatch", "Thresholds", "acknowledge_report", "log_escalation"]
+__all__ = [
+    "Escalation",
+    "LogLine",
+    "OutageWatch",
+    "Thresholds",
+    "acknowledge_report",
+    "log_escalation",
+]
 
 HOUR = 3600.0
 _OPEN_OUTAGES = (
@@ -45,7 +52,7 @@ _OPEN_OUTAGES = (
 )
 
 Escalation = tuple[int, str, str, float, str | None]  # outage, register, level, age s, due
-_LogLine = tuple[int, str, tuple[object, ...]]  # level, message, arguments
+LogLine = tuple[int, str, tuple[object, ...]]  # level, message, arguments
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +88,7 @@ class OutageWatch:
         self._seen: dict[int, tuple[float, dt.datetime]] = {}  # outage -> (boot, wall)
         self._last: tuple[float, dt.datetime] | None = None  # (boot, wall) of the last tick
         self._clamped: set[str] = set()  # registers whose dates are ahead of the clock
-        self._jumped = False  # this tick journaled a jump (an outage's gap need not again)
+        self._jumped = False  # the last tick journaled a jump (its outages' gaps need not)
 
     def tick(self) -> list[tuple[int, str]]:
         """Update every open outage; return the (outage, level) escalations fired now.
@@ -99,7 +106,7 @@ class OutageWatch:
             lines = self._watch_clock(conn, [str(r[0]) for r in registers], wall)
             rows = conn.execute(_OPEN_OUTAGES).fetchall()
             for row in rows:
-                fired.extend(self._age(conn, row, wall))
+                fired.extend(self._age(conn, row, wall, jumped=self._jumped))
         lines.extend(self._clamping(registers, wall))
         for level, message, args in lines:
             log.log(level, message, *args)
@@ -109,7 +116,7 @@ class OutageWatch:
 
     def _watch_clock(
         self, conn: sqlite3.Connection, registers: list[str], wall: dt.datetime
-    ) -> list[_LogLine]:
+    ) -> list[LogLine]:
         """Journal a jump of the wall clock since the last tick (not suspend: that moves the
         boot clock alike), one event per register; return its log line."""
         boot, last = self.clock.boottime(), self._last
@@ -133,10 +140,10 @@ class OutageWatch:
             )
         ]
 
-    def _clamping(self, registers: list[sqlite3.Row], wall: dt.datetime) -> list[_LogLine]:
+    def _clamping(self, registers: list[sqlite3.Row], wall: dt.datetime) -> list[LogLine]:
         """Log once when a register's last receipt date is ahead of the clock (its receipts
         keep that date), and once when the clock has caught up."""
-        lines: list[_LogLine] = []
+        lines: list[LogLine] = []
         for register_id, last_issued_at, timezone in registers:
             local = wall.astimezone(ZoneInfo(timezone)).replace(tzinfo=None, microsecond=0)
             ahead = (
@@ -174,17 +181,25 @@ class OutageWatch:
         the timer saw it is still flagged and gets its report date. Log the returned
         escalations (:func:`log_escalation`) once that transaction has committed."""
         row = conn.execute(f"{_OPEN_OUTAGES} AND id = ?", (outage_id,)).fetchone()
-        return [] if row is None else self._age(conn, row, at, closing=True)
+        return [] if row is None else self._age(conn, row, at, closing=True, jumped=False)
 
     def _age(
-        self, conn: sqlite3.Connection, row: sqlite3.Row, wall: dt.datetime, closing: bool = False
+        self,
+        conn: sqlite3.Connection,
+        row: sqlite3.Row,
+        wall: dt.datetime,
+        *,
+        closing: bool = False,
+        jumped: bool,
     ) -> list[Escalation]:
         """Age one open outage and journal its new levels; at its close only the ones with
         a legal consequence (exceeded, overdue): a warning about an outage that is over
         warns nobody."""
         outage_id, register_id = int(row[0]), str(row[1])
         boot = self.clock.boottime()
-        elapsed = self._elapsed(conn, outage_id, register_id, row[3], boot=boot, wall=wall)
+        elapsed = self._elapsed(
+            conn, outage_id, register_id, row[3], boot=boot, wall=wall, jumped=jumped
+        )
         self._seen[outage_id] = (boot, wall)
         age = float(row[2]) + elapsed
         sent = list(json.loads(row[4]))
@@ -228,12 +243,15 @@ class OutageWatch:
         *,
         boot: float,
         wall: dt.datetime,
+        jumped: bool,
     ) -> float:
+        """Seconds since this outage was last aged; a clock that went back since the last
+        check is journaled here unless the tick already journaled it (``jumped``)."""
         previous = self._seen.get(outage_id)
         if previous is None:
             # first look in this process: the time we were not running, by the wall clock
             gap = (wall - dt.datetime.fromisoformat(checked_at)).total_seconds()
-            if gap < 0 and not self._jumped:
+            if gap < 0 and not jumped:
                 self._jump(conn, register_id, gap, "since the last check (before a restart)", wall)
             return max(0.0, gap)
         # a jump of the wall clock while running is journaled by the tick (_watch_clock)

@@ -26,14 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.clock import SystemClock
-from agent.outage_watch import Escalation, OutageWatch, log_escalation
+from agent.outage_watch import Escalation, LogLine, OutageWatch, log_escalation
 from storage.journal import append_event
 
 __all__ = ["OutageBook", "OutageRecord", "load_outage", "load_outages"]
 
 log = logging.getLogger(__name__)
 
-_LogLine = tuple[int, str, tuple[object, ...]]  # level, message, arguments
 _Key = tuple[str, int | None]  # register, its open outage (None: no outage open)
 
 _COLUMNS = (
@@ -71,9 +70,6 @@ class OutageRecord:
         values[11] = tuple(json.loads(values[11]))
         return cls(*values)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
-
 
 class OutageBook:
     """The open outages of this till, kept in memory and in the ``outages`` table.
@@ -95,7 +91,7 @@ class OutageBook:
         ).fetchall()
         self._open = {row[1]: int(row[0]) for row in rows}
         self._pending: list[tuple[str, str, int]] = []  # (action, register, outage) until commit
-        self._news: list[_LogLine] = []  # what to log once the transaction has committed
+        self._news: list[LogLine] = []  # what to log once the transaction has committed
         self._escalations: list[Escalation] = []  # the same, of closing outages (first)
         # why recovery failed after the unit answered: (register, outage) -> distinct reasons
         # journaled (in order), and the last reason seen (which may repeat an earlier one)
@@ -333,7 +329,7 @@ def _journaled_reasons(conn: sqlite3.Connection, register_id: str, outage_id: in
 
 def _closed_line(
     conn: sqlite3.Connection, outage_id: int, register_id: str, number: int, at: dt.datetime
-) -> _LogLine:
+) -> LogLine:
     """The log line of a closed outage: its Sammelbeleg, duration and affected receipts
     (WARNING past the 48-hour window: its end must be reported too)."""
     unit_id, started_at, affected, escalations = conn.execute(

@@ -52,6 +52,7 @@ from agent.errors import (
     InvalidSale,
     NotFound,
     OutcomeUnknown,
+    RegisterClosed,
     RegisterStateError,
     SigningError,
     WaitsForUnit,
@@ -218,8 +219,7 @@ class ReceiptService:
         return result
 
     def _stamp_now(self, timezone: str) -> str:
-        local = self.clock.now().astimezone(_zone(timezone))
-        return local.replace(tzinfo=None, microsecond=0).isoformat()
+        return _local_stamp(self.clock.now(), timezone)
 
     def _start_in(
         self, conn: sqlite3.Connection, setup: RegisterSetup, stamp: str, waiting: Any
@@ -255,7 +255,7 @@ class ReceiptService:
 
     def _refuse_pending_start(self, conn: sqlite3.Connection, register_id: str) -> None:
         """A Startbeleg the chain service may hold is completed by recovery, never anew."""
-        waiting = _open_waiting(conn, register_id, "start", None)
+        waiting = open_waiting(conn, register_id, "start", None)
         if waiting is not None and "issued_at" in json.loads(waiting["setup"]):
             raise WaitsForUnit(_START_SENT.format(register=register_id))
 
@@ -335,7 +335,7 @@ class ReceiptService:
             )
             result = self._issue_in(conn, reg, draft)
             if period is not None and result.signature_state == "signed":
-                waiting = _open_waiting(conn, register_id, "yearly", period)
+                waiting = open_waiting(conn, register_id, "yearly", period)
                 if waiting is not None:
                     self._waiting_done(conn, waiting, result.number)
         _raise_if_lost(result)
@@ -425,7 +425,7 @@ class ReceiptService:
             "SELECT * FROM registers WHERE id = ?", (register_id,)
         ).fetchone()
         if row is None:
-            if _open_waiting(conn, register_id, "start", None) is not None:
+            if open_waiting(conn, register_id, "start", None) is not None:
                 raise WaitsForUnit(
                     f"register {register_id} waits for its Startbeleg: the signature unit"
                     " is down; it is issued as soon as the unit answers"
@@ -440,11 +440,7 @@ class ReceiptService:
     def _open_register(self, conn: sqlite3.Connection, register_id: str) -> sqlite3.Row:
         reg = self._register_row(conn, register_id)
         if reg["state"] != "active":
-            raise InvalidSale(
-                "register",
-                "register-closed",
-                f"register {register_id} was closed by its Schlussbeleg",
-            )
+            raise RegisterClosed(register_id)
         return reg
 
     # -- sales ----------------------------------------------------------------------------
@@ -632,8 +628,7 @@ class ReceiptService:
         if draft.issued_at is not None:
             stamp = draft.issued_at
         else:
-            local = now.astimezone(_zone(reg["timezone"]))
-            stamp = local.replace(tzinfo=None, microsecond=0).isoformat()
+            stamp = _local_stamp(now, reg["timezone"])
         # dates never go back within a register (a clock set back must not reorder the DEP)
         last = reg["last_issued_at"]
         return last if last is not None and stamp < last else stamp
@@ -738,7 +733,7 @@ class ReceiptService:
         setup: str | None = None,
     ) -> None:
         now = self.clock.now().isoformat()
-        if _open_waiting(conn, register_id, kind, period) is not None:
+        if open_waiting(conn, register_id, kind, period) is not None:
             return
         conn.execute(
             "INSERT INTO waiting_specials (register_id, kind, period, reason, setup,"
@@ -790,7 +785,7 @@ class ReceiptService:
                 "SELECT active_unit FROM registers WHERE id = ?", (register_id,)
             ).fetchone()
             if row is None:
-                start = _open_waiting(conn, register_id, "start", None)
+                start = open_waiting(conn, register_id, "start", None)
                 if start is None:
                     raise NotFound(f"register {register_id} is not initialized on this till")
                 return self.units.get(conn, json.loads(start["setup"])["units"][0])
@@ -839,7 +834,7 @@ class ReceiptService:
 
     def _waiting_row(self, register_id: str, kind: str) -> sqlite3.Row | None:
         with self.db.read_connection() as conn:
-            return _open_waiting(conn, register_id, kind, None)
+            return open_waiting(conn, register_id, kind, None)
 
     def _issue_waiting_start(self, row: sqlite3.Row) -> ReceiptResult:
         """The waiting Startbeleg; one whose answer was lost is sent again unchanged."""
@@ -1072,9 +1067,10 @@ def _current_version(conn: sqlite3.Connection, row: Any) -> Any:
     return row if replacement is None else replacement
 
 
-def _open_waiting(
+def open_waiting(
     conn: sqlite3.Connection, register_id: str, kind: str, period: str | None
 ) -> sqlite3.Row | None:
+    """The register's special receipt of ``kind`` (and ``period``) still waiting, if any."""
     row: sqlite3.Row | None = conn.execute(
         "SELECT * FROM waiting_specials WHERE register_id = ? AND kind = ?"
         " AND (period IS ? OR ? IS NULL) AND done_at IS NULL ORDER BY id LIMIT 1",
@@ -1229,6 +1225,11 @@ def _aes_key(text: str) -> bytes:
 @functools.lru_cache(maxsize=64)
 def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
+
+
+def _local_stamp(now: dt.datetime, timezone: str) -> str:
+    """Field 4 of a receipt: ``now`` as local time of ``timezone``, whole seconds."""
+    return now.astimezone(_zone(timezone)).replace(tzinfo=None, microsecond=0).isoformat()
 
 
 def _document(register_id: str, draft: _Draft, payload: Payload, state: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from agent.config import AgentConfig, ensure_api_token
 from agent.contract import ReceiptResult
 from agent.durable import fsync_directory
 from agent.errors import ConfigurationError
+from agent.loop import BackgroundLoop
 from agent.outage_watch import OutageWatch
 from agent.print_worker import PrintWorker
 from agent.printing import open_printer
@@ -130,8 +131,6 @@ class TillService:
     def __init__(self, config: AgentConfig, *, clock: Clock | None = None) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         self.api: ApiServer | None = None
         self.spool: SpoolIngestor | None = None
         self.watchdog = sdnotify.Watchdog()
@@ -175,7 +174,9 @@ class TillService:
         self.watchdog.register("timers", 30.0)
         self.printer.start()
         self.prober.start()
-        self._spawn("timers", self._timers)
+        self._next_watch = self._next_closings = 0.0
+        self.timers = BackgroundLoop("timer", self._timer_step)
+        self.timers.start()
         if self.config.spool.enabled:
             assert self.config.spool.dir is not None
             self.watchdog.register("spool", max(30.0, 3 * self.config.spool.rescan_s))
@@ -302,44 +303,23 @@ class TillService:
 
     # -- timers (monotonic intervals: outage watch, closings, waiting work) ----------------
 
-    def _timers(self) -> None:
-        next_watch = next_closings = 0.0
-        failing = False
-        while not self._stop.is_set():
-            now = time.monotonic()
-            try:
-                if now >= next_watch:
-                    self.watch.tick()
-                    next_watch = now + self.config.outage.check_interval_s
-                if now >= next_closings:
-                    if self.receipts.run_closings():
-                        self.printer.notify()
-                    next_closings = now + CLOSINGS_EVERY_S
-                sdnotify.status(self._status_line())
-            except Exception:  # a timer loop must never die
-                # the first failure of a run with its traceback, not one a second (a full
-                # disk would fill the log with them)
-                log.log(
-                    logging.DEBUG if failing else logging.ERROR,
-                    "timer loop failed; retrying",
-                    exc_info=not failing,
-                )
-                failing = True
-            else:
-                if failing:
-                    log.info("timer loop recovered")
-                failing = False
-            self.watchdog.beat("timers")
-            self._stop.wait(1.0)
+    def _timer_step(self) -> float:
+        """One pass of the timers (the loop logs a run of failures once, see BackgroundLoop)."""
+        self.watchdog.beat("timers")  # alive even while a step fails
+        now = time.monotonic()
+        if now >= self._next_watch:
+            self.watch.tick()
+            self._next_watch = now + self.config.outage.check_interval_s
+        if now >= self._next_closings:
+            if self.receipts.run_closings():
+                self.printer.notify()
+            self._next_closings = now + CLOSINGS_EVERY_S
+        sdnotify.status(self._status_line())
+        return 1.0
 
     def _status_line(self) -> str:
         open_ = self.receipts.outages.open_registers()
         return f"outages open: {', '.join(open_) or 'none'}; printer: {self.printer.shown_state}"
-
-    def _spawn(self, name: str, target: object) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
-        thread.start()
-        self._threads.append(thread)
 
     # -- stop -----------------------------------------------------------------------------
 
@@ -364,16 +344,13 @@ class TillService:
     def stop(self) -> None:
         """Stop ingesting (finishing what is in flight), then everything else."""
         sdnotify.stopping()
-        self._stop.set()
         if self.spool is not None:
             self.spool.stop()
         if self.api is not None:
             self.api.stop()
-        for part in ("prober", "printer"):
+        for part in ("prober", "printer", "timers"):
             if hasattr(self, part):
                 getattr(self, part).stop()
-        for thread in self._threads:
-            thread.join(timeout=10)
         self.watchdog.stop()
         if hasattr(self, "registry"):
             self.registry.close()

@@ -373,8 +373,7 @@ class SpoolIngestor:
                 self._unclaimable.add(incoming.name)
                 log.error("spool: cannot claim %s; skipped: %s", incoming.name, exc, exc_info=exc)
             return None
-        if self._unclaimable:
-            self._unclaimable.discard(incoming.name)
+        self._unclaimable.discard(incoming.name)
         return claimed
 
     @property
