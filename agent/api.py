@@ -41,6 +41,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from agent import __version__
@@ -69,6 +70,7 @@ from agent.errors import (
     TillAgentError,
     WaitsForUnit,
 )
+from agent.log_limit import RateLimitedFilter
 
 __all__ = [
     "DEFAULT_PORT",
@@ -246,11 +248,14 @@ async def _raw_body(request: Request) -> bytes:
         raise _too_large()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _too_large()
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise _too_large()
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or closed for a stalled body: nobody reads an answer
+        raise _problem(400, "(document)", "incomplete", "the body was not complete") from None
     return b"".join(chunks)
 
 
@@ -451,14 +456,22 @@ MAX_CONNECTIONS = 200
 # a connection that has not sent a complete request head this long after it opened (or
 # after its last response) is closed: idle or half-sent connections must not pile up
 REQUEST_HEAD_TIMEOUT_S = 5.0
+# a request body must be complete this long after its head (1 MiB at 100 KiB/s): a client
+# that stalls it is answered 408 (if no response was started) and closed
+REQUEST_BODY_TIMEOUT_S = 10.0
+SLOW_BODY = "api: closed a connection whose request body"
+# a client can stall bodies as often as it likes: its log lines are rate-limited
+SLOW_BODY_FILTER = RateLimitedFilter(SLOW_BODY)
 
 
 class _H11Protocol(H11Protocol):
     """uvicorn's h11 protocol, closing a connection whose request head does not arrive
     within :data:`REQUEST_HEAD_TIMEOUT_S` (uvicorn's ``timeout_keep_alive`` only runs
-    between requests and any byte received cancels it)."""
+    between requests and any byte received cancels it), or whose body does not arrive
+    within :data:`REQUEST_BODY_TIMEOUT_S` after the head (uvicorn has no body timeout)."""
 
     _head_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -466,12 +479,17 @@ class _H11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_body_timer()
         super().connection_lost(exc)
 
     def handle_events(self) -> None:
         super().handle_events()
         if self.conn.their_state is not h11.IDLE:  # the request head is in
             self._cancel_head_timer()
+        if self.conn.their_state is not h11.SEND_BODY:
+            self._cancel_body_timer()
+        elif self._body_timer is None and not self.transport.is_closing():
+            self._body_timer = self.loop.call_later(REQUEST_BODY_TIMEOUT_S, self._body_timeout)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -487,10 +505,46 @@ class _H11Protocol(H11Protocol):
             self._head_timer.cancel()
             self._head_timer = None
 
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
     def _head_timeout(self) -> None:
         self._head_timer = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self.transport.close()
+
+    def _body_timeout(self) -> None:
+        self._body_timer = None
+        if self.conn.their_state is not h11.SEND_BODY or self.transport.is_closing():
+            return
+        log.warning("%s did not arrive within %.0f s", SLOW_BODY, REQUEST_BODY_TIMEOUT_S)
+        cycle = self.cycle
+        answer = cycle is not None and not cycle.response_started
+        if cycle is not None:
+            # from now on the app's sends are dropped and its receive says "disconnect"
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if answer:
+            self._send_408()
+        self.transport.close()
+
+    def _send_408(self) -> None:
+        message = f"the request body did not arrive within {REQUEST_BODY_TIMEOUT_S:.0f} s"
+        data = ErrorOut(field="(request)", rule="body-timeout", message=message)
+        payload = data.model_dump_json().encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            (b"connection", b"close"),
+        ]
+        for event in (
+            h11.Response(status_code=408, headers=headers),
+            h11.Data(data=payload),
+            h11.EndOfMessage(),
+        ):
+            self.transport.write(self.conn.send(event))
 
 
 class ApiServer:
@@ -527,6 +581,8 @@ class ApiServer:
             timeout_graceful_shutdown=5,
             server_header=False,
         )
+        if SLOW_BODY_FILTER not in log.filters:
+            log.addFilter(SLOW_BODY_FILTER)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 

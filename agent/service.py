@@ -28,6 +28,7 @@ from agent.config import AgentConfig, ensure_api_token
 from agent.contract import ReceiptResult
 from agent.durable import fsync_directory
 from agent.errors import ConfigurationError
+from agent.log_limit import RateLimitedFilter
 from agent.loop import BackgroundLoop
 from agent.outage_watch import OutageWatch
 from agent.print_worker import PrintWorker
@@ -53,33 +54,8 @@ FD_LIMIT_CAP = 65536
 ACCEPT_ERROR = "socket.accept() out of system resource"
 
 
-class _RateLimitedAcceptErrors(logging.Filter):
-    """Let asyncio's "socket.accept() out of system resource" through once per
-    ``every_s`` (with the count of the ones left out): out of descriptors, asyncio logs
-    it for every retry, and a flood of log lines makes things worse (reported 162 MB in
-    8 s)."""
-
-    def __init__(self, every_s: float = 60.0) -> None:
-        super().__init__()
-        self.every_s = every_s
-        self._next = 0.0
-        self._suppressed = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not record.getMessage().startswith(ACCEPT_ERROR):
-            return True
-        now = time.monotonic()
-        if now < self._next:
-            self._suppressed += 1
-            return False
-        if self._suppressed:
-            record.msg = f"{record.msg} ({self._suppressed} more since the last report)"
-        self._next, self._suppressed = now + self.every_s, 0
-        record.exc_info = record.exc_text = None  # the same OSError every time
-        return True
-
-
-ACCEPT_ERROR_FILTER = _RateLimitedAcceptErrors()
+# asyncio logs it for every retry while the process is out of descriptors
+ACCEPT_ERROR_FILTER = RateLimitedFilter(ACCEPT_ERROR)
 
 
 def _raise_open_files_limit() -> None:

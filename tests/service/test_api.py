@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
 import sqlite3
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from pydantic import ValidationError
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from agent import api
 from agent.api import ApiServer, create_app, serve
 from agent.api_backend import ServiceBackend
 from agent.contract import Line, line_total_cents
@@ -365,6 +369,90 @@ class TestServer:
     def test_an_empty_token_is_refused(self, backend: ServiceBackend) -> None:
         with pytest.raises(ValueError, match="token"):
             create_app(backend, token="")
+
+
+class TestSlowClients:
+    """A client that sends a request head and then stalls the body is not served forever."""
+
+    @staticmethod
+    def stall(server: ApiServer, head: bytes, seconds: float) -> tuple[bytes, float]:
+        """Send ``head`` and then one body byte every 0.2 s (so no idle timeout fires):
+        what the server sent back and after how long it closed (``seconds`` if it did not)."""
+        started = time.monotonic()
+        received = b""
+        with socket.create_connection(("127.0.0.1", server.port), timeout=0.2) as conn:
+            conn.sendall(head)
+            while time.monotonic() - started < seconds:
+                try:
+                    conn.sendall(b" ")
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                if not data:
+                    break
+                received += data
+        return received, time.monotonic() - started
+
+    @staticmethod
+    def head(method: str, path: str, length: int, token: str = TOKEN) -> bytes:
+        return (
+            f"{method} {path} HTTP/1.1\r\nHost: till\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Length: {length}\r\n\r\n{{"
+        ).encode()
+
+    def test_a_stalled_sale_body_is_answered_408_and_closed(
+        self,
+        server: ApiServer,
+        client: httpx.Client,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """The body is not complete REQUEST_BODY_TIMEOUT_S after the head: 408 naming the
+        rule, the connection is closed, no receipt is issued and no error is logged."""
+        monkeypatch.setattr(api, "REQUEST_BODY_TIMEOUT_S", 1.0)
+        received, after = self.stall(server, self.head("POST", "/v1/receipts", 1000), 6.0)
+        assert received.startswith(b"HTTP/1.1 408 "), received
+        assert b'"rule":"body-timeout"' in received
+        assert after < 3.0
+        assert client.get("/v1/status").json()["registers"][0]["last_number"] == 1
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+    def test_a_stalled_body_the_app_does_not_read_is_closed(
+        self, server: ApiServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A refused request (401: the app answers without reading the body) whose body
+        then trickles in is closed at the deadline, not kept alive by each byte."""
+        monkeypatch.setattr(api, "REQUEST_BODY_TIMEOUT_S", 1.0)
+        head = self.head("POST", "/v1/receipts", 1000, token="wrong")
+        received, after = self.stall(server, head, 6.0)
+        assert received.startswith(b"HTTP/1.1 401 "), received
+        assert after < 3.0
+
+    def test_stalled_bodies_are_logged_rate_limited(
+        self, server: ApiServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Three stalled bodies in a row: one warning, a client cannot flood the log."""
+        monkeypatch.setattr(api, "REQUEST_BODY_TIMEOUT_S", 0.5)
+        api.SLOW_BODY_FILTER.reset()
+        for _ in range(3):
+            self.stall(server, self.head("POST", "/v1/receipts", 1000), 3.0)
+        lines = [r for r in caplog.records if r.getMessage().startswith(api.SLOW_BODY)]
+        assert len(lines) == 1
+
+    def test_a_one_mebibyte_sale_sent_at_a_sane_pace_is_issued(self, client: httpx.Client) -> None:
+        """1 MiB in 64 KiB pieces over about 2 s (under the real deadline): 201."""
+        document = body(sale())
+        document += b" " * (api.MAX_BODY_BYTES - len(document))
+
+        def paced() -> Iterator[bytes]:
+            for start in range(0, len(document), 65536):
+                time.sleep(0.12)
+                yield document[start : start + 65536]
+
+        response = client.post("/v1/receipts", content=paced())
+        assert response.status_code == 201, response.text
 
 
 class TestOpenApiContract:
