@@ -173,21 +173,24 @@ class ApiBackend(Protocol):
         ...
 
 
-_REGISTERS = (  # the registers, then the ones whose Startbeleg waits (not created yet)
-    "SELECT r.id, r.state, r.last_number, r.active_unit,"
+# the registers, then the ones whose Startbeleg waits (not created yet), each with its unit;
+# certified: the unit signs with a certificate and is not the development unit (simulate)
+_REGISTERS = (
+    "SELECT s.id, s.state, s.last_number, s.unit,"
     " u.certificate_der IS NOT NULL AND coalesce(json_extract(u.config, '$.simulate'), 0) = 0,"
-    " (SELECT signature_state FROM receipts WHERE register_id = r.id"
-    "  ORDER BY number DESC LIMIT 1),"
-    " (SELECT count(*) FROM receipts x WHERE x.register_id = r.id"
-    "  AND x.signature_state = 'unsigned' AND NOT EXISTS (SELECT 1 FROM receipt_resolutions z"
-    "  WHERE z.register_id = x.register_id AND z.number = x.number))"
-    " FROM registers r JOIN units u ON u.id = r.active_unit"
-    " UNION ALL"
-    " SELECT w.register_id, 'waiting', 0, json_extract(w.setup, '$.units[0]'),"
-    " u.certificate_der IS NOT NULL, NULL, 0 FROM waiting_specials w"
-    " LEFT JOIN units u ON u.id = json_extract(w.setup, '$.units[0]')"
-    " WHERE w.kind = 'start' AND w.done_at IS NULL"
-    " AND w.register_id NOT IN (SELECT id FROM registers)"
+    " s.last_state, s.unsigned FROM ("
+    "  SELECT r.id, r.state, r.last_number, r.active_unit AS unit,"
+    "  (SELECT signature_state FROM receipts WHERE register_id = r.id"
+    "   ORDER BY number DESC LIMIT 1) AS last_state,"
+    "  (SELECT count(*) FROM receipts x WHERE x.register_id = r.id"
+    "   AND x.signature_state = 'unsigned' AND NOT EXISTS (SELECT 1 FROM receipt_resolutions z"
+    "   WHERE z.register_id = x.register_id AND z.number = x.number)) AS unsigned"
+    "  FROM registers r"
+    "  UNION ALL"
+    "  SELECT w.register_id, 'waiting', 0, json_extract(w.setup, '$.units[0]'), NULL, 0"
+    "  FROM waiting_specials w WHERE w.kind = 'start' AND w.done_at IS NULL"
+    "  AND w.register_id NOT IN (SELECT id FROM registers)"
+    " ) s LEFT JOIN units u ON u.id = s.unit"
     " ORDER BY 1"
 )
 _WAITING = "SELECT register_id, kind FROM waiting_specials WHERE done_at IS NULL ORDER BY id"

@@ -27,8 +27,10 @@ from agent.api_backend import ServiceBackend
 from agent.contract import Line, line_total_cents
 from agent.errors import ConfigurationError, NotFound
 from agent.receipts import ReceiptService, RegisterSetup
+from agent.signing import UnitConfig, open_unit
 from agent.signing.flaky import FlakyUnit
-from factories import disk_full, sale
+from agent.signing.registry import UnitRegistry
+from factories import add_unit, disk_full, sale
 
 Query = Callable[..., list[sqlite3.Row]]
 TOKEN = "test-token-0123456789abcdef"
@@ -282,6 +284,28 @@ class TestZeroReceipt:
 
 
 class TestStatus:
+    def test_a_development_unit_is_uncertified_while_its_startbeleg_waits(
+        self,
+        client: httpx.Client,
+        service: ReceiptService,
+        registry: UnitRegistry,
+        unit_config: UnitConfig,
+    ) -> None:
+        """A unit configured with ``simulate`` (the development unit) is ``certified:
+        false`` for a register whose Startbeleg waits, as it is once the register exists."""
+        dev = unit_config.model_copy(update={"id": "dev-sim", "simulate": True})
+        add_unit(service.db, registry, dev)
+        flaky = FlakyUnit(open_unit(dev))
+        registry.put(flaky)
+        flaky.mode = "down"
+        assert service.init_register_or_wait(RegisterSetup("KASSE-2", ["dev-sim"])) is None
+        waiting = client.get("/v1/status").json()["registers"][1]
+        assert (waiting["state"], waiting["unit"]["certified"]) == ("waiting", False)
+        flaky.mode = "up"
+        service.init_register(RegisterSetup("KASSE-2", ["dev-sim"]))
+        active = client.get("/v1/status").json()["registers"][1]
+        assert (active["state"], active["unit"]["certified"]) == ("active", False)
+
     def test_a_healthy_till(self, client: httpx.Client) -> None:
         """Version, time, one register with its unit up, nothing waiting, no printer."""
         client.post("/v1/receipts", content=body(sale()))
