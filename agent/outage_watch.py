@@ -80,7 +80,7 @@ class OutageWatch:
     """Ages open outages and journals escalations; call :meth:`tick` on a timer."""
 
     def __init__(
-        self, writer: WriteConnection | None, clock: Clock, thresholds: Thresholds | None = None
+        self, writer: WriteConnection, clock: Clock, thresholds: Thresholds | None = None
     ) -> None:
         self.writer = writer
         self.clock = clock
@@ -95,8 +95,6 @@ class OutageWatch:
 
         Each escalation past the opening is logged once its transaction has committed.
         """
-        if self.writer is None:
-            raise RuntimeError("this OutageWatch has no writer: it only ages closing outages")
         fired: list[Escalation] = []
         with self.writer.transaction() as conn:
             wall = self.clock.now()

@@ -25,7 +25,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from agent.clock import SystemClock
 from agent.outage_watch import Escalation, LogLine, OutageWatch, log_escalation
 from storage.journal import append_event
 
@@ -77,15 +76,13 @@ class OutageBook:
     The in-memory set answers "is the breaker open?" without touching the database; it is
     loaded from the table at start, so an outage survives restarts.
 
-    ``watch`` ages an outage as it closes: the running agent's :class:`OutageWatch` should
-    be put here (it knows its thresholds and the time it has seen); the default one has the
-    legal limits (48 h, a week) and counts the time since the last check by the wall clock,
-    as the watch does for time it did not see.
+    ``watch`` ages an outage as it closes: the one that ticks in the running agent (it knows
+    its thresholds and the time it has seen), built with the receipt service's clock.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, watch: OutageWatch) -> None:
         self._lock = threading.Lock()
-        self.watch = OutageWatch(None, SystemClock())
+        self.watch = watch
         rows = conn.execute(
             f"SELECT {_COLUMNS} FROM outages WHERE ended_at IS NULL"  # noqa: S608 - constant
         ).fetchall()

@@ -57,6 +57,7 @@ from agent.errors import (
     SigningError,
     WaitsForUnit,
 )
+from agent.outage_watch import OutageWatch, Thresholds
 from agent.outages import OutageBook
 from agent.receipt_text import TextFacts, render_lines
 from agent.receipt_view import AMOUNT_COLUMNS, Amounts, result_from_parts, result_from_row
@@ -143,8 +144,9 @@ class ReceiptService:
     Args:
         db: the open till database (this process must hold the writer lock).
         units: the open signature units.
-        clock: wall time for receipt dates.
+        clock: wall time for receipt dates; the outage watch ages outages by it too.
         sign_timeout: the deadline of every signing call, in seconds.
+        thresholds: the outage watch's escalation levels (default: the legal 48 h, a week).
     """
 
     def __init__(
@@ -154,6 +156,7 @@ class ReceiptService:
         *,
         clock: Clock | None = None,
         sign_timeout: float = 3.0,
+        thresholds: Thresholds | None = None,
     ) -> None:
         self.db = db
         self.units = units
@@ -166,8 +169,10 @@ class ReceiptService:
         self._group: GroupCommit[Issued] = GroupCommit(
             self._lock, self._transaction, (FiscalError, InvalidSale)
         )
+        # ticked by the running agent, and ages an outage as its Sammelbeleg closes it
+        watch = OutageWatch(self._writer, self.clock, thresholds)
         with self._writer.transaction() as conn:
-            self.outages = OutageBook(conn)
+            self.outages = OutageBook(conn, watch)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -30,7 +30,6 @@ from agent.durable import fsync_directory
 from agent.errors import ConfigurationError
 from agent.log_limit import RateLimitedFilter
 from agent.loop import BackgroundLoop
-from agent.outage_watch import OutageWatch
 from agent.print_worker import PrintWorker
 from agent.printing import open_printer
 from agent.probe import Prober
@@ -125,7 +124,11 @@ class TillService:
         self.registry = UnitRegistry(simulate_dir=data_dir / "simulate")
         unit_ids = self._ensure_units(data_dir)
         self.receipts = ReceiptService(
-            self.db, self.registry, clock=self.clock, sign_timeout=self.config.sign_timeout_s
+            self.db,
+            self.registry,
+            clock=self.clock,
+            sign_timeout=self.config.sign_timeout_s,
+            thresholds=self.config.outage.thresholds(),
         )
         sdnotify.ready("database open and migrated")
         self.printer = PrintWorker(
@@ -141,11 +144,6 @@ class TillService:
         self.prober = Prober(
             self.receipts, self.config.probe.backoff(), deadline=self.config.sign_timeout_s
         )
-        self.watch = OutageWatch(
-            self.db.write_connection(), self.clock, self.config.outage.thresholds()
-        )
-        # an outage that closes is aged by this watch: its thresholds, the time it has seen
-        self.receipts.outages.watch = self.watch
         self.watchdog.register("printer", 30.0)
         self.watchdog.register("timers", 30.0)
         self.printer.start()
@@ -284,7 +282,7 @@ class TillService:
         self.watchdog.beat("timers")  # alive even while a step fails
         now = time.monotonic()
         if now >= self._next_watch:
-            self.watch.tick()
+            self.receipts.outages.watch.tick()
             self._next_watch = now + self.config.outage.check_interval_s
         if now >= self._next_closings:
             if self.receipts.run_closings():

@@ -58,8 +58,9 @@ def _prober(service: ReceiptService) -> Prober:
 
 
 @pytest.fixture(name="watch")
-def _watch(service: ReceiptService, clock: FrozenClock) -> OutageWatch:
-    return OutageWatch(service.db.write_connection(), clock)
+def _watch(service: ReceiptService) -> OutageWatch:
+    """The service's own watch (on its clock): the one the agent ticks and closes with."""
+    return service.outages.watch
 
 
 @pytest.fixture(name="chain_hold")

@@ -71,7 +71,6 @@ class TestClockJumps:
     ) -> None:
         """An outage opened after the last tick and a clock set back: one event, not two."""
         watch.tick()
-        service.outages.watch = watch
         with service.db.write_connection().transaction() as conn:
             service.outages.open(
                 conn,

@@ -16,7 +16,9 @@ from agent.outage_watch import OutageWatch, Thresholds
 from agent.outages import OutageRecord, load_outages
 from agent.receipts import ReceiptService
 from agent.signing.flaky import FlakyUnit
+from agent.signing.registry import UnitRegistry
 from factories import sale
+from storage import TillDB
 
 REGISTER = "KASSE-1"
 HOUR = 3600.0
@@ -97,8 +99,7 @@ class TestClosingAgesTheOutage:
         self, service: ReceiptService, flaky: FlakyUnit, clock: FrozenClock
     ) -> None:
         """The timer saw 49 h; closing at 50 h adds nothing and keeps its report date."""
-        watch = OutageWatch(service.db.write_connection(), clock)
-        service.outages.watch = watch
+        watch = service.outages.watch
         flaky.mode = "down"
         service.issue(sale(request_id="r-1"))
         for _ in range(49):
@@ -112,6 +113,15 @@ class TestClosingAgesTheOutage:
         assert after.escalations == before.escalations
         assert after.report_due == before.report_due
         assert _levels(service) == ["opened", "24h", "approaching", "exceeded"]
+
+    def test_the_watch_is_built_on_the_receipt_services_clock(
+        self, db: TillDB, registry: UnitRegistry, clock: FrozenClock
+    ) -> None:
+        """As `outage recover` builds the service (no running agent): its watch ages by the
+        service's clock and writes through the service's writer, so it can tick too."""
+        service = ReceiptService(db, registry, clock=clock)
+        assert service.outages.watch.clock is clock
+        assert service.outages.watch.tick() == []
 
     def test_the_running_watch_closes_with_its_own_thresholds(
         self, service: ReceiptService, flaky: FlakyUnit, clock: FrozenClock

@@ -160,8 +160,8 @@ def test_outages_close_by_the_running_watch(start: Start) -> None:
     """An outage that closes is aged by the service's watch (its configured thresholds and
     the time it has seen), not by a default one with the legal limits."""
     till = start(outage={"warn_hours": 1, "approaching_hours": 2, "exceeded_hours": 3})
-    assert till.receipts.outages.watch is till.watch
-    assert till.watch.thresholds.exceeded_hours == 3
+    assert till.receipts.outages.watch.thresholds.exceeded_hours == 3
+    assert till.receipts.outages.watch.clock is till.clock
 
 
 def test_the_systemd_status_line_says_a_disabled_printer_is_disabled(start: Start) -> None:
@@ -185,7 +185,7 @@ def test_a_failing_timer_loop_logs_once_per_failure_run(
         failures += 1
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(till.watch, "tick", tick)
+    monkeypatch.setattr(till.receipts.outages.watch, "tick", tick)
     deadline = time.monotonic() + 10
     while failures < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
