@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent import __version__
 from agent.contract import ReceiptResult, parse_sale
 from agent.errors import FiscalError, InvalidSale, NotFound
+from agent.outage_view import OutageOut, outage_out
 from agent.outage_watch import HOUR, Thresholds, acknowledge_report
 from agent.outages import OutageRecord, load_outages
 from agent.receipts import Issued, ReceiptService
@@ -111,25 +112,6 @@ class StatusOut(_Out):
     disk: DiskOut
 
 
-class OutageOut(_Out):
-    """One outage, open (``ended_at`` null) or closed by its Sammelbeleg."""
-
-    id: int
-    register_id: str = Field(alias="register")
-    unit: str
-    started_at: dt.datetime
-    ended_at: dt.datetime | None
-    cause: str
-    first_number: int | None
-    last_number: int | None
-    affected: int
-    sammelbeleg_number: int | None
-    escalations: list[str]
-    report_due_at: dt.datetime | None
-    report_reference: str | None
-    end_report_reference: str | None
-
-
 class ReportIn(_Out):
     """A FinanzOnline report made for an outage: its reference, and whether it is the
     report of the outage's end."""
@@ -196,10 +178,6 @@ _REGISTERS = (
 _WAITING = "SELECT register_id, kind FROM waiting_specials WHERE done_at IS NULL ORDER BY id"
 QUEUED_PRINTS = "SELECT count(*) FROM print_jobs WHERE state IN ('queued', 'failed')"
 _SPECIAL_KINDS: frozenset[str] = frozenset(get_args(SpecialKind))
-
-
-def _stamp(value: str | None) -> dt.datetime | None:
-    return None if value is None else dt.datetime.fromisoformat(value)
 
 
 class ServiceBackend:
@@ -283,7 +261,7 @@ class ServiceBackend:
     def outages(self) -> list[OutageOut]:
         with self._read() as conn:
             records = load_outages(conn)
-        return [_outage_out(r) for r in records]
+        return [outage_out(r) for r in records]
 
     def _read(self) -> AbstractContextManager[sqlite3.Connection]:
         return self.service.db.read_connection()
@@ -317,17 +295,18 @@ class ServiceBackend:
     def _open_outage(
         self, outage: OutageRecord, now: dt.datetime, failed: str | None
     ) -> OpenOutageOut:
-        started = dt.datetime.fromisoformat(outage.started_at)
+        shown = outage_out(outage)  # its times as the list of outages shows them
         # the watch stores the age at its last tick; add the time since (never less)
         since_check = (now - dt.datetime.fromisoformat(outage.checked_at)).total_seconds()
+        window = dt.timedelta(seconds=self.thresholds.exceeded_hours * HOUR)
         return OpenOutageOut(
             id=outage.id,
-            started_at=started,
+            started_at=shown.started_at,
             age_s=outage.age_seconds + max(0.0, since_check),
             cause=outage.cause,
             affected=outage.affected,
-            deadline_48h_at=started + dt.timedelta(seconds=self.thresholds.exceeded_hours * HOUR),
-            report_due_at=_stamp(outage.report_due),
+            deadline_48h_at=shown.started_at + window,
+            report_due_at=shown.report_due_at,
             recovery_failed=failed,
         )
 
@@ -345,22 +324,3 @@ def _waiting(rows: list[Any]) -> dict[str, list[SpecialKind]]:
 def _with_sammelbeleg(waiting: list[SpecialKind]) -> list[SpecialKind]:
     """An open outage waits for its Sammelbeleg, recorded as waiting or not."""
     return waiting if "sammelbeleg" in waiting else [*waiting, "sammelbeleg"]
-
-
-def _outage_out(record: OutageRecord) -> OutageOut:
-    return OutageOut(
-        id=record.id,
-        register_id=record.register_id,
-        unit=record.unit_id,
-        started_at=dt.datetime.fromisoformat(record.started_at),
-        ended_at=_stamp(record.ended_at),
-        cause=record.cause,
-        first_number=record.first_number,
-        last_number=record.last_number,
-        affected=record.affected,
-        sammelbeleg_number=record.sammelbeleg_number,
-        escalations=list(record.escalations),
-        report_due_at=_stamp(record.report_due),
-        report_reference=record.report_reference,
-        end_report_reference=record.end_report_reference,
-    )

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from agent.errors import NotFound
+from agent.outage_view import outage_out
 from agent.outages import OutageRecord, load_outage
 
 __all__ = ["outage_evidence", "outage_json", "render_evidence"]
@@ -33,9 +34,7 @@ _STAMP = TypeAdapter(dt.datetime)  # a time as the API writes it (UTC: ``Z``)
 def outage_json(record: OutageRecord) -> dict[str, Any]:
     """One outage as ``GET /v1/outages`` has it (its names, UTC times ending in ``Z``),
     and after that what only the command line shows: probe attempts, age, last check."""
-    from agent.api_backend import _outage_out
-
-    data: dict[str, Any] = _outage_out(record).model_dump(mode="json")
+    data: dict[str, Any] = outage_out(record).model_dump(mode="json")
     data |= {
         "probe_attempts": record.probe_attempts,
         "age_seconds": record.age_seconds,

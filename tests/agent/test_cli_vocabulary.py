@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from agent.api_backend import OutageOut
 from agent.cli import app
+from agent.outage_view import OutageOut
 from factories import sale
 
 API_FIELDS = [field.alias or name for name, field in OutageOut.model_fields.items()]

@@ -1,0 +1,61 @@
+"""Outages as their readers see them: the :class:`OutageOut` of an :class:`OutageRecord`,
+one vocabulary for ``GET /v1/outages`` and the command line's JSON (``outage list``,
+``outage show``, the evidence pack)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.outages import OutageRecord
+
+__all__ = ["OutageOut", "outage_out"]
+
+
+class OutageOut(BaseModel):
+    """One outage, open (``ended_at`` null) or closed by its Sammelbeleg."""
+
+    # ``register`` is a BaseModel attribute: the field takes it as an alias
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", serialize_by_alias=True, validate_by_name=True
+    )
+
+    id: int
+    register_id: str = Field(alias="register")
+    unit: str
+    started_at: dt.datetime
+    ended_at: dt.datetime | None
+    cause: str
+    first_number: int | None
+    last_number: int | None
+    affected: int
+    sammelbeleg_number: int | None
+    escalations: list[str]
+    report_due_at: dt.datetime | None
+    report_reference: str | None
+    end_report_reference: str | None
+
+
+def outage_out(record: OutageRecord) -> OutageOut:
+    """The outage ``record`` as the API and the command line show it."""
+    return OutageOut(
+        id=record.id,
+        register_id=record.register_id,
+        unit=record.unit_id,
+        started_at=dt.datetime.fromisoformat(record.started_at),
+        ended_at=_stamp(record.ended_at),
+        cause=record.cause,
+        first_number=record.first_number,
+        last_number=record.last_number,
+        affected=record.affected,
+        sammelbeleg_number=record.sammelbeleg_number,
+        escalations=list(record.escalations),
+        report_due_at=_stamp(record.report_due),
+        report_reference=record.report_reference,
+        end_report_reference=record.end_report_reference,
+    )
+
+
+def _stamp(value: str | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromisoformat(value)
