@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from agent.api_backend import QUEUED_PRINTS, PrinterOut
-from agent.config import MISSING_HEADER
 from agent.errors import PrinterError
 from agent.loop import BackgroundLoop
 from agent.printing import EscposOptions, NullPrinter, Printer, render_escpos, render_png
@@ -278,9 +277,7 @@ class PrintWorker:
         return self.retry_s
 
     def start(self) -> None:
-        """Print in the background (``till-agent run``); says once if receipts lack a name."""
-        if not self.header and not isinstance(self.printer, NullPrinter):
-            log.warning("%s", MISSING_HEADER)
+        """Print in the background (``till-agent run``)."""
         self._loop.start()
 
     def stop(self) -> None:

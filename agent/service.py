@@ -146,6 +146,8 @@ class TillService:
         )
         self.watchdog.register("printer", 30.0)
         self.watchdog.register("timers", 30.0)
+        if warning := self.config.printer.header_warning:  # once: receipts lack a name
+            log.warning("%s", warning)
         self.printer.start()
         self.prober.start()
         self._next_watch = self._next_closings = 0.0

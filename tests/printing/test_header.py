@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import sqlite3
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from agent.config import MISSING_HEADER, PrinterConfig, load_config
 from agent.contract import ReceiptResult
 from agent.errors import ConfigurationError
 from agent.print_worker import PrintWorker
-from agent.printing import NetworkPrinter, NullPrinter, render_escpos, render_png
+from agent.printing import NetworkPrinter, render_escpos, render_png
 from agent.receipts import ReceiptService
 from factories import qr_codes, sale
 
@@ -143,23 +142,6 @@ class TestWorker:
         stored = service.get(REGISTER, result.number)
         assert stored.lines == result.lines
         assert "Gasthaus" not in json.dumps(stored.model_dump(mode="json"))
-
-    def test_run_warns_once_at_start_without_a_header(
-        self, service: ReceiptService, fake_printer: FakePrinter, caplog: pytest.LogCaptureFixture
-    ) -> None:
-        printer = NetworkPrinter("127.0.0.1", fake_printer.port, timeout=2.0)
-        for header, kind_printer, warned in [
-            ((), printer, 1),
-            (HEADER, printer, 0),
-            ((), NullPrinter(), 0),
-        ]:
-            caplog.clear()
-            worker = PrintWorker(service, kind_printer, header=header)
-            with caplog.at_level(logging.WARNING, logger="agent.print_worker"):
-                worker.start()
-                worker.run_once()
-                worker.stop()
-            assert [r.getMessage() for r in caplog.records].count(MISSING_HEADER) == warned
 
 
 def test_reprint_from_the_command_line_and_the_preview_header(

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from agent.config import AgentConfig
+from agent.config import MISSING_HEADER, AgentConfig
 from agent.service import DEV_UNIT, TillService
 from e2e.harness import free_port
 from factories import sale
@@ -198,6 +198,24 @@ def test_a_failing_timer_loop_logs_once_per_failure_run(
     assert failures >= 3
     assert [r.levelno for r in errors if r.levelno >= logging.ERROR] == [logging.ERROR]
     assert any("timer loop recovered" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("printer", "warned"),
+    [
+        ({"kind": "file"}, 1),
+        ({"kind": "file", "header": ["Gasthaus Zur Post"]}, 0),
+        ({"kind": "none"}, 0),
+    ],
+    ids=["no-header", "header", "no-printer"],
+)
+def test_run_warns_once_at_start_without_a_header(
+    start: Start, caplog: pytest.LogCaptureFixture, printer: dict[str, Any], warned: int
+) -> None:
+    """A printer without `[printer] header` prints receipts without the business name:
+    said once at start (the config's header_warning); never without a printer."""
+    start(printer=printer)
+    assert [r.getMessage() for r in caplog.records].count(MISSING_HEADER) == warned
 
 
 def test_run_prints_the_configured_header(start: Start) -> None:
