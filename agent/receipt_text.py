@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from agent.at_rksv import FALLBACK_TEXT
 from agent.contract import scaled
+from agent.receipt_view import Amounts
 
 __all__ = [
     "MARKED_STATES",
@@ -33,7 +34,7 @@ WIDTH = 42
 # (§ 17 Abs 4 RKSV), with the note that it will be remedied
 MARKED_STATES = frozenset({"fallback", "unsigned"})
 _VAT_LETTER = {"normal": "A", "reduced1": "B", "reduced2": "C", "zero": "D", "special": "E"}
-_VAT_LABEL = {
+_VAT_LABEL = {  # in the order of the amounts (Amounts): A to E
     "normal": "A 20%",
     "reduced1": "B 10%",
     "reduced2": "C 13%",
@@ -63,12 +64,16 @@ class TextFacts:
     kind: str
     issued_at: str
     signature_state: str
-    total_cents: int
+    amounts: Amounts  # the gross per VAT class: what is signed, also without item lines
     lines: Sequence[tuple[str, str, str, str, int]]  # text, qty, unit price, vat, total cents
     payments: Sequence[tuple[str, int]]
     cashier: str | None = None
     voids_receipt_id: str | None = None
     replaces_receipt_id: str | None = None  # a reissue of an unsigned receipt
+
+    @property
+    def total_cents(self) -> int:
+        return sum(self.amounts)
 
 
 def headings(kind: str, signature_state: str) -> frozenset[str]:
@@ -162,18 +167,15 @@ def vat_split(gross: int, rate: int) -> tuple[int, int]:
 
 
 def _rate_lines(facts: TextFacts) -> list[str]:
-    """Per VAT class used, in the order A to E: its gross amount (§ 132a Abs 3 BAO) and,
-    where the rate is one, the net amount and the tax. A table while the amounts fit its
-    columns; otherwise each amount on a line of its own."""
-    gross: dict[str, int] = {}
-    for *_, vat, total in facts.lines:
-        gross[vat] = gross.get(vat, 0) + total
+    """Per VAT class with an amount, in the order A to E: its gross amount (§ 132a Abs 3
+    BAO) and, where the rate is one, the net amount and the tax. A table while the amounts
+    fit its columns; otherwise each amount on a line of its own."""
     rows = []
-    for vat, label in _VAT_LABEL.items():
-        if vat in gross:
+    for (vat, label), gross in zip(_VAT_LABEL.items(), facts.amounts, strict=True):
+        if gross:
             rate = _VAT_RATE.get(vat)
-            split = None if rate is None else vat_split(gross[vat], rate)
-            rows.append((f"  {label}", gross[vat], split))
+            split = None if rate is None else vat_split(gross, rate)
+            rows.append((f"  {label}", gross, split))
     if not rows:
         return []
     cells = [_money(amount) for _, g, split in rows for amount in (g, *(split or ()))]

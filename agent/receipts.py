@@ -1244,7 +1244,7 @@ def _document(register_id: str, draft: _Draft, payload: Payload, state: str) -> 
         draft.kind,
         payload.issued_at,
         state,
-        sum(draft.amounts),
+        draft.amounts,
         draft.lines,
         draft.payments,
         draft.cashier,

@@ -35,7 +35,7 @@ def _facts(**overrides: Any) -> TextFacts:
         "kind": "standard",
         "issued_at": "2026-03-02T11:00:00",
         "signature_state": "signed",
-        "total_cents": 1670,
+        "amounts": (1250, 420, 0, 0, 0),
         "lines": [
             ("Schnitzel", "1", "12.50", "normal", 1250),
             ("Apfelsaft", "2", "2.10", "reduced1", 420),
@@ -46,7 +46,7 @@ def _facts(**overrides: Any) -> TextFacts:
 
 
 def _one_item(text: str, total: int = 100) -> TextFacts:
-    return _facts(lines=[(text, "1", "1.00", "normal", total)], total_cents=total)
+    return _facts(lines=[(text, "1", "1.00", "normal", total)], amounts=(total, 0, 0, 0, 0))
 
 
 def _items(lines: list[str]) -> list[str]:
@@ -103,7 +103,7 @@ class TestAmountsPerRate:
             ("Semmel", "1", "1.05", "reduced1", 105),
             ("Semmel", "1", "1.05", "reduced1", 105),
         ]
-        assert _rates(render_lines(_facts(lines=lines, total_cents=1460))) == [
+        assert _rates(render_lines(_facts(lines=lines, amounts=(1250, 210, 0, 0, 0)))) == [
             "MwSt             Netto    Steuer    Brutto",
             "  A 20%          10,42      2,08     12,50",
             "  B 10%           1,91      0,19      2,10",
@@ -118,7 +118,7 @@ class TestAmountsPerRate:
             ("Bier", "1", "4.40", "reduced1", 440),
             ("Wein", "1", "6.00", "normal", 600),
         ]
-        assert _rates(render_lines(_facts(lines=lines, total_cents=3270))) == [
+        assert _rates(render_lines(_facts(lines=lines, amounts=(600, 440, 1130, 200, 700)))) == [
             "MwSt             Netto    Steuer    Brutto",
             "  A 20%           5,00      1,00      6,00",
             "  B 10%           4,00      0,40      4,40",
@@ -130,7 +130,7 @@ class TestAmountsPerRate:
     def test_a_storno_prints_the_amounts_negative(self) -> None:
         """The tax of a negative gross mirrors the positive one (half away from zero)."""
         lines = [("Schnitzel", "1", "12.50", "normal", -1250), ("Tabak", "1", "7", "special", -700)]
-        facts = _facts(kind="storno", lines=lines, total_cents=-1950, payments=[])
+        facts = _facts(kind="storno", lines=lines, amounts=(-1250, 0, 0, 0, -700), payments=[])
         assert _rates(render_lines(facts)) == [
             "MwSt             Netto    Steuer    Brutto",
             "  A 20%         -10,42     -2,08    -12,50",
@@ -149,13 +149,24 @@ class TestAmountsPerRate:
     def test_a_receipt_without_lines_prints_no_rates(self) -> None:
         """A Nullbeleg and the special receipts have no items and no rate lines."""
         for kind in ("null", "start", "monthly", "sammelbeleg"):
-            lines = render_lines(_facts(kind=kind, lines=[], payments=[], total_cents=0))
+            lines = render_lines(_facts(kind=kind, lines=[], payments=[], amounts=(0, 0, 0, 0, 0)))
             assert lines[-2:] == ["-" * WIDTH, "SUMME EUR                             0,00"]
+
+    def test_amounts_without_item_lines_get_their_table(self) -> None:
+        """A replayed official scenario signs amounts only: the table comes from the
+        receipt's amounts per class, not from item lines."""
+        facts = _facts(lines=[], amounts=(1250, 420, 0, 0, 700), payments=[])
+        assert _rates(render_lines(facts)) == [
+            "MwSt             Netto    Steuer    Brutto",
+            "  A 20%          10,42      2,08     12,50",
+            "  B 10%           3,82      0,38      4,20",
+            "  E 19%/4,9%                          7,00",
+        ]
 
     def test_amounts_too_wide_for_the_table_get_lines_of_their_own(self) -> None:
         """A billion euros does not fit a column of 9: each amount stands on its own line."""
         lines = [("Haus", "1", "1", "normal", -(10**11)), ("Tabak", "1", "1", "special", 10**11)]
-        rates = render_lines(_facts(lines=lines, total_cents=0))[-4:]
+        rates = render_lines(_facts(lines=lines, amounts=(-(10**11), 0, 0, 0, 10**11)))[-4:]
         assert rates == [
             "  A 20% Brutto              -1000000000,00",
             "    Netto                    -833333333,33",
@@ -221,7 +232,7 @@ class TestLongTexts:
         assert items == ["a" * 40, "b" * 39, f"{'':<35} 1,00 A"]
 
     def test_a_quantity_line_still_comes_first(self) -> None:
-        facts = _facts(lines=[(BREAD, "2", "1.00", "normal", 200)], total_cents=200)
+        facts = _facts(lines=[(BREAD, "2", "1.00", "normal", 200)], amounts=(200, 0, 0, 0, 0))
         items = _items(render_lines(facts))
         assert items[0] == "  2 x 1,00"
         assert items[-1].endswith(" 2,00 A")
@@ -256,7 +267,7 @@ class TestLongTexts:
     def test_a_long_payment_method_with_a_large_amount(self) -> None:
         """A 32-character method beside a billion euros: the amount goes below it."""
         method = "gutschein-der-einkaufsstrasse-12"
-        facts = _facts(payments=[(method, 99_999_999_999)], total_cents=99_999_999_999)
+        facts = _facts(payments=[(method, 99_999_999_999)], amounts=(99_999_999_999, 0, 0, 0, 0))
         lines = render_lines(facts)
         at = lines.index(f"  {method}")
         assert lines[at + 1] == f"{'999999999,99':>42}"
@@ -286,7 +297,7 @@ class TestLongTexts:
         """Whatever the texts and amounts, every line fits 42 columns."""
         facts = _facts(
             lines=[(text or "x", "1.005", "1.00", "special", total)],
-            total_cents=total,
+            amounts=(0, 0, 0, 0, total),
             cashier=cashier,
             payments=[("a" * 32, total)],
         )
@@ -314,6 +325,17 @@ class TestWrap:
 
 
 class TestIssued:
+    def test_a_replayed_receipt_without_item_lines_prints_its_vat_table(
+        self, service: ReceiptService
+    ) -> None:
+        """The scenario replay's receipts (amounts, no items) carry the table, and the sum."""
+        result = service.issue_special("KASSE-1", "standard", amounts=(0, 0, 1130, 0, 0))
+        assert _rates(result.lines) == [
+            "MwSt             Netto    Steuer    Brutto",
+            "  C 13%          10,00      1,30     11,30",
+        ]
+        assert "SUMME EUR                            11,30" in result.lines
+
     def test_the_receipt_of_long_texts_carries_them_whole(self, service: ReceiptService) -> None:
         """Through the service and the ESC/POS renderer: nothing cut, nothing too wide."""
         cashier = "Maria-Theresia Walburga Amalia Christina von Habsburg-Lothringen, Schichtleitung"
