@@ -54,36 +54,15 @@ if TYPE_CHECKING:  # the commands import what they use: every command starts fas
 
 
 @contextmanager
-def _service(
-    data_dir: Path, as_json: bool = False, *, create: bool = False
-) -> Iterator[ReceiptService]:
-    """The receipt service on the till database, its writer lock held. Only ``init`` may
-    create the database (``create``): elsewhere a mistyped directory is exit 6, and is
-    left as it was (no database, no lock file, no directory)."""
-    from agent.receipts import ReceiptService
-    from agent.signing.registry import UnitRegistry
+def _database(
+    data_dir: Path, as_json: bool, *, writer: bool = True, create: bool = True
+) -> Iterator[TillDB]:
+    """The till database (``writer``: its writer lock held), closed at the end; an agent
+    error in opening it or in the command's body is the command's exit code."""
     from storage.db import open_till_db
 
     try:
-        db = open_till_db(data_dir, create=create)
-    except TillAgentError as exc:
-        _fail(exc, as_json)
-    registry = UnitRegistry(simulate_dir=data_dir / "simulate")
-    try:
-        yield ReceiptService(db, registry)
-    except TillAgentError as exc:
-        _fail(exc, as_json)
-    finally:
-        registry.close()
-        db.close()
-
-
-@contextmanager
-def _reader(data_dir: Path, as_json: bool = False) -> Iterator[TillDB]:
-    from storage.db import open_till_db
-
-    try:
-        db = open_till_db(data_dir, writer=False)
+        db = open_till_db(data_dir, writer=writer, create=create)
     except TillAgentError as exc:
         _fail(exc, as_json)
     try:
@@ -92,6 +71,30 @@ def _reader(data_dir: Path, as_json: bool = False) -> Iterator[TillDB]:
         _fail(exc, as_json)
     finally:
         db.close()
+
+
+@contextmanager
+def _service(
+    data_dir: Path, as_json: bool = False, *, create: bool = False
+) -> Iterator[ReceiptService]:
+    """The receipt service on the till database, its writer lock held. Only ``init`` may
+    create the database (``create``): elsewhere a mistyped directory is exit 6, and is
+    left as it was (no database, no lock file, no directory)."""
+    from agent.receipts import ReceiptService
+    from agent.signing.registry import UnitRegistry
+
+    with _database(data_dir, as_json, create=create) as db:
+        registry = UnitRegistry(simulate_dir=data_dir / "simulate")
+        try:
+            yield ReceiptService(db, registry)
+        finally:
+            registry.close()
+
+
+@contextmanager
+def _reader(data_dir: Path, as_json: bool = False) -> Iterator[TillDB]:
+    with _database(data_dir, as_json, writer=False) as db:
+        yield db
 
 
 def _require_register(conn: sqlite3.Connection, register: str, as_json: bool) -> None:
@@ -181,23 +184,13 @@ def _unit_writer(data_dir: Path, unit_id: str, as_json: bool) -> Iterator[TillDB
     """The till database, its writer lock held, for adding unit ``unit_id``: taken before
     anything is written (a refused command leaves nothing behind), and an id that is taken
     is refused (exit 3: the stored unit would be replaced)."""
-    from storage.db import open_till_db
-
-    try:
-        db = open_till_db(data_dir)
-    except TillAgentError as exc:
-        _fail(exc, as_json)
-    try:
+    with _database(data_dir, as_json) as db:
         with db.read_connection() as conn:
             taken = conn.execute("SELECT 1 FROM units WHERE id = ?", (unit_id,)).fetchone()
         if taken is not None:  # the input collides: as init's
             message = f"unit {unit_id!r} already exists in the till database"
             _fail(InvalidSale("--id", "unit-exists", f"{message}: choose another --id"), as_json)
         yield db
-    except TillAgentError as exc:
-        _fail(exc, as_json)
-    finally:
-        db.close()
 
 
 @unit_app.command("create-software")
