@@ -144,15 +144,12 @@ _UNIT_RULES = {
 def _check_unit_id(unit_id: str, as_json: bool) -> None:
     """A unit id names the unit's key files: one that is not an id is refused (exit 3)
     before anything is created."""
-    from agent.signing.config import UNIT_ID_PATTERN
+    from agent.signing.config import UNIT_ID_RULE, is_unit_id
 
-    if re.fullmatch(UNIT_ID_PATTERN, unit_id) and unit_id not in (".", ".."):
-        return
-    message = (
-        f"{unit_id!r} is not a unit id: 1-64 letters, digits, '.', ':' or '-' (not '.' or"
-        " '..' alone; it names the unit's key files)"
-    )
-    _fail(InvalidSale("--id", "format", message), as_json)
+    if not is_unit_id(unit_id):
+        _fail(
+            InvalidSale("--id", "format", f"{unit_id!r} is not a unit id: {UNIT_ID_RULE}"), as_json
+        )
 
 
 def _unit_config(as_json: bool, **fields: object) -> UnitConfig:
@@ -218,12 +215,12 @@ def unit_create_software(
     and is not valid for a registered cash register. With --key-id the unit is for a closed
     system (R1-AT0) and has no certificate.
     """
-    from agent.signing import create_software_unit
+    from agent.signing import create_software_unit, software_unit_files
 
     _check_unit_id(unit_id, as_json)
     keys = data_dir / "keys"
-    key_file = keys / f"{unit_id}.key.pem"
-    cert_file = None if key_id else keys / f"{unit_id}.cert.pem"
+    key_file, open_cert_file = software_unit_files(keys, unit_id)
+    cert_file = None if key_id else open_cert_file
     config = _unit_config(
         as_json,
         id=unit_id,

@@ -34,7 +34,7 @@ from agent.print_worker import PrintWorker
 from agent.printing import open_printer
 from agent.probe import Prober
 from agent.receipts import ReceiptService, RegisterSetup
-from agent.signing import UnitConfig, create_software_unit, open_unit
+from agent.signing import UnitConfig, create_software_unit, open_unit, software_unit_files
 from agent.signing.registry import UnitRegistry, store_unit
 from agent.spool import Spool, SpoolIngestor
 from storage.db import TillDB, open_till_db
@@ -192,7 +192,7 @@ class TillService:
 
     def _development_unit(self, data_dir: Path) -> UnitConfig:
         keys = data_dir / "keys"
-        key_file, cert_file = keys / f"{DEV_UNIT}.key.pem", keys / f"{DEV_UNIT}.cert.pem"
+        key_file, cert_file = software_unit_files(keys, DEV_UNIT)
         if not (key_file.exists() and cert_file.exists()):
             self._create_development_unit(keys, key_file, cert_file)
             log.warning(

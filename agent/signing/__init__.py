@@ -14,7 +14,7 @@ from agent.signing.base import (
     verify_rs,
 )
 from agent.signing.config import UnitConfig
-from agent.signing.software import SoftwareUnit, create_software_unit
+from agent.signing.software import SoftwareUnit, create_software_unit, software_unit_files
 
 __all__ = [
     "Capabilities",
@@ -28,6 +28,7 @@ __all__ = [
     "open_unit",
     "rs_to_der",
     "sign_verified",
+    "software_unit_files",
     "verify_rs",
 ]
 

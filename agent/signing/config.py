@@ -10,16 +10,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from agent.strict_values import refuse_coercion
 
-__all__ = ["ORDNUNGSBEGRIFF", "UNIT_ID_PATTERN", "UnitConfig"]
+__all__ = ["ORDNUNGSBEGRIFF", "UNIT_ID_PATTERN", "UNIT_ID_RULE", "UnitConfig", "is_unit_id"]
 
 # a unit id names files (keys/<id>.key.pem) and appears in logs: no '/', no '_', no spaces
 UNIT_ID_PATTERN = r"^[A-Za-z0-9.:-]{1,64}$"
+UNIT_ID_RULE = (
+    "1-64 letters, digits, '.', ':' or '-' (not '.' or '..' alone; it names the unit's key files)"
+)
 _ZDA_RE = re.compile(r"^(AT0|[A-Z]{2}[1-9]\d*)$")
 # the Ordnungsbegriff of a closed system (reference/rksv.md 1.3): Steuernummer, UID or GLN
 ORDNUNGSBEGRIFF = r"S:\d{9}|U:ATU\d{8}|G:\d{13}"
 # field 11 of a closed system as the verifier reads it, the key id required and plain
 # letters and digits (ztp refuses a second '-' or other signs in it)
 _KEY_ID_RE = re.compile(rf"(?:{ORDNUNGSBEGRIFF})-[A-Za-z0-9]{{1,32}}")
+
+
+def is_unit_id(value: str) -> bool:
+    """True when ``value`` may name a unit and its files (:data:`UNIT_ID_RULE`)."""
+    return re.fullmatch(UNIT_ID_PATTERN, value) is not None and value not in (".", "..")
 
 
 class UnitConfig(BaseModel):

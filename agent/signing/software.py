@@ -9,7 +9,6 @@ system) or a key id (closed system).
 from __future__ import annotations
 
 import datetime as dt
-import re
 import secrets
 from pathlib import Path
 
@@ -21,9 +20,9 @@ from cryptography.x509.oid import NameOID
 from agent.durable import create_file
 from agent.errors import ConfigurationError, UnitUnavailable
 from agent.signing.base import Capabilities, Identity, der_to_rs, identity_from_certificate
-from agent.signing.config import UNIT_ID_PATTERN
+from agent.signing.config import UNIT_ID_RULE, is_unit_id
 
-__all__ = ["SoftwareUnit", "create_software_unit", "load_certificate"]
+__all__ = ["SoftwareUnit", "create_software_unit", "load_certificate", "software_unit_files"]
 
 _ECDSA = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
 
@@ -109,6 +108,11 @@ def load_certificate(path: Path) -> x509.Certificate:
         raise ConfigurationError(f"cannot load the certificate {path}: {exc}") from exc
 
 
+def software_unit_files(directory: Path, name: str) -> tuple[Path, Path]:
+    """The key file and the certificate file of software unit ``name`` in ``directory``."""
+    return directory / f"{name}.key.pem", directory / f"{name}.cert.pem"
+
+
 def create_software_unit(
     directory: Path, *, name: str = "dev", key_id: str | None = None
 ) -> tuple[Path, Path | None]:
@@ -126,13 +130,11 @@ def create_software_unit(
         ValueError: ``name`` is not a unit id (it names files: no path may hide in it).
         FileExistsError: the key (or certificate) file exists already.
     """
-    if not re.fullmatch(UNIT_ID_PATTERN, name) or name in (".", ".."):
-        raise ValueError(
-            f"unit id {name!r}: 1-64 letters, digits, '.', ':' or '-' (it names the key file)"
-        )
+    if not is_unit_id(name):
+        raise ValueError(f"unit id {name!r}: {UNIT_ID_RULE}")
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
-    key_path = directory / f"{name}.key.pem"
+    key_path, cert_path = software_unit_files(directory, name)
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -152,6 +154,5 @@ def create_software_unit(
         .not_valid_after(now + dt.timedelta(days=3650))
         .sign(key, hashes.SHA256())
     )
-    cert_path = directory / f"{name}.cert.pem"
     create_file(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path
