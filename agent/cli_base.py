@@ -138,15 +138,27 @@ OutageId = Annotated[
 ]
 
 
+def _run_config() -> AgentConfig:
+    """The configuration `run` uses: the file TILL_AGENT_CONFIG names (`run --config`
+    takes it from there too), else the system file if it exists, and the environment.
+
+    Raises:
+        ConfigurationError: it does not load.
+    """
+    from agent.config import CONFIG_ENV, load_config
+
+    named = os.environ.get(CONFIG_ENV)
+    return load_config(Path(named) if named else None)
+
+
 def _default_data() -> Path:
     """The data directory `till-agent run` uses: from the configuration (file and
     environment) if it loads, else the built-in default (see agent.config)."""
-    from agent.config import CONFIG_ENV, default_data_dir, load_config
+    from agent.config import default_data_dir
 
     global _CONFIG_PROBLEM  # noqa: PLW0603 - found once, when the CLI is loaded
-    named = os.environ.get(CONFIG_ENV)  # `run` reads the file it names: so do the others
     try:
-        return load_config(Path(named) if named else None).data_dir
+        return _run_config().data_dir
     except TillAgentError as exc:
         _CONFIG_PROBLEM = str(exc)
         return default_data_dir()

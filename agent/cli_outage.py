@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -20,6 +19,7 @@ from agent.cli_base import (
     _emit,
     _fail,
     _print_table,
+    _run_config,
     out,
     simulate_app,
 )
@@ -206,11 +206,10 @@ def outage_recover(
 
 
 def _report_via_api(outage_id: int, reference: str, end: bool, as_json: bool) -> None:
-    from agent.config import CONFIG_ENV, load_config
+    from agent.config import CONFIG_ENV
 
-    configured = os.environ.get(CONFIG_ENV)  # the file `run --config` was given, if any
     try:
-        config = load_config(Path(configured) if configured else None)
+        config = _run_config()
     except TillAgentError as exc:
         _fail(exc, as_json)
     body = {"reference": reference, "end": end}

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from agent.cli_base import JsonFlag, ReceiptNumber, _ask_service, _emit, _fail, app, out
+from agent.cli_base import (
+    JsonFlag,
+    ReceiptNumber,
+    _ask_service,
+    _emit,
+    _fail,
+    _run_config,
+    app,
+    out,
+)
+from agent.cli_config import ConfigOption
 from agent.config import CONFIG_ENV, AgentConfig, load_config
 from agent.errors import DataDirLocked, NotFound, PrinterError, TillAgentError
 
@@ -19,10 +27,7 @@ __all__ = ["configured_header", "reprint"]
 def reprint(
     register: Annotated[str, typer.Argument(help="Kassen-ID.")],
     number: ReceiptNumber,
-    config_file: Annotated[
-        Path | None,
-        typer.Option("--config", envvar="TILL_AGENT_CONFIG", help="TOML configuration."),
-    ] = None,
+    config_file: ConfigOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Print a copy of a receipt ("KOPIE"), through the running service if there is one."""
@@ -72,9 +77,7 @@ def _reprint_local(config: AgentConfig, register: str, number: int) -> int:
 def _reprint_via_api(config: AgentConfig, register: str, number: int, as_json: bool) -> int:
     """The service holds the data directory: ask it over the local API."""
     path = f"receipts/{register}/{number}/reprint"
-    response = _ask_service(
-        config, path, None, as_json, pointer="--config FILE (or TILL_AGENT_CONFIG)"
-    )
+    response = _ask_service(config, path, None, as_json, pointer=f"--config FILE (or {CONFIG_ENV})")
     if response.status_code == 404:
         _fail(NotFound(f"register {register} has no receipt {number}"), as_json)
     if response.status_code >= 400:
@@ -85,8 +88,7 @@ def _reprint_via_api(config: AgentConfig, register: str, number: int, as_json: b
 def configured_header() -> tuple[str, ...]:
     """``[printer] header`` of the configuration `run` uses (``TILL_AGENT_CONFIG``, else the
     system file, and the environment), for previews; none when it does not load."""
-    named = os.environ.get(CONFIG_ENV)
     try:
-        return load_config(Path(named) if named else None).printer.header
+        return _run_config().printer.header
     except TillAgentError:
         return ()
