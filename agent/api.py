@@ -8,7 +8,8 @@ every body and status code (the tests run schemathesis against it).
 Statuses: 201 a new receipt, 200 an idempotent repeat (same ``request_id``, same sale, or
 the same report reference), 401 no or a wrong token, 404 no such receipt or register, 409
 the register's state forbids it, the ``request_id`` was used for another sale or the
-outage report has another reference already, 413 a body over 1 MiB, 422 a bad request
+outage report has another reference already, 408 a body not complete within
+``REQUEST_BODY_TIMEOUT_S`` of its head, 413 a body over 1 MiB, 422 a bad request
 naming the field and rule, 503 the receipt must be signed and the unit is down (or the
 database is busy): retry after ``Retry-After`` seconds. Errors are ``{field, rule,
 message}`` throughout. Request bodies are JSON whatever their ``Content-Type`` says
@@ -200,6 +201,8 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
         401: "no or a wrong bearer token",
         404: "no such receipt or register",
+        408: f"the body was not complete {REQUEST_BODY_TIMEOUT_S:.0f} s after the request head"
+        " (the connection closes)",
         409: "the register's state or an earlier request conflicts",
         413: "the body is larger than 1 MiB",
         422: "the request breaks a rule (field and rule are named)",
@@ -363,7 +366,7 @@ def _add_receipt_routes(router: APIRouter, backend: ApiBackend) -> None:
         response_model=ReceiptResult,
         responses={
             200: {"model": ReceiptResult, "description": "a repeat: the stored receipt"},
-            **_responses(409, 413, 422, 503),
+            **_responses(408, 409, 413, 422, 503),
         },
         openapi_extra=_json_request(
             "Sale", "the sale contract (agent.contract.Sale); checked strictly"
@@ -436,7 +439,7 @@ def _add_till_routes(router: APIRouter, backend: ApiBackend) -> None:
     @router.post(
         "/outages/{outage_id}/report",
         response_model=OutageOut,
-        responses=_responses(404, 409, 413, 422, 503),
+        responses=_responses(404, 408, 409, 413, 422, 503),
         openapi_extra=_json_request("ReportIn", "the FinanzOnline reference (JSON)"),
         summary="Record the FinanzOnline outage report (or, with end, the end report)",
     )

@@ -99,7 +99,7 @@ class TestAuth:
         assert "register" in sale_schema["properties"]
         assert {"Line", "Payment"} <= set(document["components"]["schemas"])
         assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
-        assert set(post["responses"]) >= {"200", "201", "401", "409", "413", "422", "503"}
+        assert set(post["responses"]) >= {"200", "201", "401", "408", "409", "413", "422", "503"}
 
 
 class TestReceipts:
