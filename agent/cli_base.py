@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -17,6 +18,7 @@ from rich.table import Table
 from agent import __version__
 from agent.errors import (
     ConfigurationError,
+    DataDirLocked,
     FiscalError,
     InvalidSale,
     NoDatabase,
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     import httpx
 
     from agent.config import AgentConfig
+    from storage.writer import WriteConnection
 
 __all__ = [
     "DEFAULT_DATA",
@@ -225,6 +228,50 @@ def _ask_service(
     except OSError as exc:
         message = f"cannot read the local API token {api.token_file}: {exc.strerror or exc}"
     _fail(ConfigurationError(message), as_json)
+
+
+def _record_evidence(
+    data_dir: Path,
+    as_json: bool,
+    record: Callable[[WriteConnection], Any],
+    api: tuple[str, dict[str, Any]],
+    missing: str,
+) -> Any:
+    """Record what the operator did (a FinanzOnline or Belegcheck reference) in the till
+    database with ``record``; while the service holds the data directory, POST it to the
+    service's local API instead (``api``: the path under /v1 and the body). Returns what
+    ``record`` or the API answered; an error is the command's exit (``missing``: the
+    message of a 404)."""
+    from storage.db import open_till_db
+
+    try:
+        db = open_till_db(data_dir, create=False)  # a mistyped directory stays as it is
+    except DataDirLocked:  # the service holds the data directory: ask it over its API
+        return _record_via_service(*api, as_json, missing)
+    except TillAgentError as exc:
+        _fail(exc, as_json)
+    try:
+        return record(db.write_connection())
+    except TillAgentError as exc:
+        _fail(exc, as_json)
+    finally:
+        db.close()
+
+
+def _record_via_service(path: str, body: dict[str, Any], as_json: bool, missing: str) -> Any:
+    from agent.config import CONFIG_ENV
+
+    try:
+        config = _run_config()
+    except TillAgentError as exc:
+        _fail(exc, as_json)
+    response = _ask_service(config, path, body, as_json, pointer=CONFIG_ENV)
+    if response.status_code == 404:
+        _fail(NotFound(missing), as_json)
+    if response.status_code >= 400:
+        error = response.json()
+        _fail(InvalidSale(error["field"], error["rule"], error["message"]), as_json)
+    return response.json()
 
 
 def _emit(data: Any, as_json: bool) -> None:

@@ -15,11 +15,10 @@ from agent.cli_base import (
     DataDir,
     JsonFlag,
     OutageId,
-    _ask_service,
     _emit,
     _fail,
     _print_table,
-    _run_config,
+    _record_evidence,
     out,
     simulate_app,
 )
@@ -31,10 +30,8 @@ from agent.cli_commands import (
     _service,
 )
 from agent.errors import (
-    DataDirLocked,
     FiscalError,
     InvalidSale,
-    NotFound,
     TillAgentError,
 )
 
@@ -154,22 +151,14 @@ def outage_report(
     """
     from agent.clock import SystemClock
     from agent.outage_watch import acknowledge_report
-    from storage.db import open_till_db
 
-    try:
-        db = open_till_db(data_dir, create=False)  # a mistyped directory stays as it is
-    except DataDirLocked:  # the service holds the data directory: ask it over its API
-        _report_via_api(outage_id, reference, end, as_json)
-    except TillAgentError as exc:
-        _fail(exc, as_json)
-    else:
-        try:
-            acknowledge_report(db.write_connection(), SystemClock(), outage_id, reference, end=end)
-        except TillAgentError as exc:
-            _fail(exc, as_json)
-        finally:
-            db.close()
-
+    _record_evidence(
+        data_dir,
+        as_json,
+        lambda writer: acknowledge_report(writer, SystemClock(), outage_id, reference, end=end),
+        (f"outages/{outage_id}/report", {"reference": reference, "end": end}),
+        f"no outage {outage_id}",
+    )
     _emit({"outage": outage_id, "reference": reference, "end": end}, as_json)
     if not as_json:
         out.print(f"outage {outage_id}: {'end ' if end else ''}report {reference!r} recorded")
@@ -203,24 +192,6 @@ def outage_recover(
         out.print(
             ", ".join(f"{r.kind} {r.number}" for r in issued) or "nothing was waiting for the unit"
         )
-
-
-def _report_via_api(outage_id: int, reference: str, end: bool, as_json: bool) -> None:
-    from agent.config import CONFIG_ENV
-
-    try:
-        config = _run_config()
-    except TillAgentError as exc:
-        _fail(exc, as_json)
-    body = {"reference": reference, "end": end}
-    response = _ask_service(
-        config, f"outages/{outage_id}/report", body, as_json, pointer=CONFIG_ENV
-    )
-    if response.status_code == 404:
-        _fail(NotFound(f"no outage {outage_id}"), as_json)
-    if response.status_code >= 400:
-        error = response.json()
-        _fail(InvalidSale(error["field"], error["rule"], error["message"]), as_json)
 
 
 UnitMode = Literal["up", "down", "slow", "garbage", "flap"]
