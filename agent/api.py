@@ -8,7 +8,7 @@ every body and status code (the tests run schemathesis against it).
 Statuses: 201 a new receipt, 200 an idempotent repeat (same ``request_id``, same sale, or
 the same report reference), 401 no or a wrong token, 404 no such receipt or register, 409
 the register's state forbids it, the ``request_id`` was used for another sale or the
-outage report has another reference already, 408 a body not complete within
+outage report (or a check) has another reference already, 408 a body not complete within
 ``REQUEST_BODY_TIMEOUT_S`` of its head, 413 a body over 1 MiB, 422 a bad request
 naming the field and rule, 503 the receipt must be signed and the unit is down (or the
 database is busy): retry after ``Retry-After`` seconds. Errors are ``{field, rule,
@@ -48,6 +48,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from agent import __version__
 from agent.api_backend import (
     ApiBackend,
+    CheckDoneIn,
+    CheckKind,
+    CheckOut,
     Issued,
     OpenOutageOut,
     OutageOut,
@@ -78,6 +81,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "ApiBackend",
     "ApiServer",
+    "CheckOut",
     "ErrorOut",
     "Issued",
     "OpenOutageOut",
@@ -300,7 +304,11 @@ def _json_request(name: str, description: str) -> dict[str, Any]:
     }
 
 
-_BODY_MODELS: dict[str, type[BaseModel]] = {"Sale": Sale, "ReportIn": ReportIn}
+_BODY_MODELS: dict[str, type[BaseModel]] = {
+    "Sale": Sale,
+    "ReportIn": ReportIn,
+    "CheckDoneIn": CheckDoneIn,
+}
 
 
 def _with_body_schemas(app: FastAPI) -> Callable[[], dict[str, Any]]:
@@ -422,7 +430,7 @@ def _add_till_routes(router: APIRouter, backend: ApiBackend) -> None:
         "/status",
         response_model=StatusOut,
         responses=_responses(503),
-        summary="Registers, units, open outages, waiting receipts, printer",
+        summary="Registers, units, open outages, waiting receipts, open checks, printer",
     )
     def status() -> StatusOut:
         return backend.status()
@@ -448,6 +456,20 @@ def _add_till_routes(router: APIRouter, backend: ApiBackend) -> None:
         body: Annotated[ReportIn, Depends(_json_body(ReportIn))],
     ) -> OutageOut:
         return backend.report_outage(outage_id, body.reference, end=body.end)
+
+    @router.post(
+        "/registers/{register}/checks/{kind}",
+        response_model=CheckOut,
+        responses=_responses(404, 409, 413, 422, 503),
+        openapi_extra=_json_request("CheckDoneIn", "the Belegcheck reference (JSON)"),
+        summary="Record the Belegcheck of the Startbeleg or a Jahresbeleg (or that it failed)",
+    )
+    def record_check(
+        register: _RegisterParam,
+        kind: CheckKind,
+        body: Annotated[CheckDoneIn, Depends(_json_body(CheckDoneIn))],
+    ) -> CheckOut:
+        return backend.record_check(register, kind, body)
 
 
 # -- the server -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol, cast, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent import __version__
+from agent.checks import CheckRecord, load_checks, record_check
 from agent.contract import ReceiptResult, parse_sale
 from agent.errors import FiscalError, InvalidSale, NotFound
 from agent.outage_view import OutageOut, outage_out
@@ -30,6 +31,9 @@ from agent.receipts import Issued, ReceiptService
 __all__ = [
     "QUEUED_PRINTS",
     "ApiBackend",
+    "CheckDoneIn",
+    "CheckKind",
+    "CheckOut",
     "DiskOut",
     "Issued",
     "OpenOutageOut",
@@ -42,12 +46,14 @@ __all__ = [
     "SpecialKind",
     "StatusOut",
     "UnitOut",
+    "check_out",
 ]
 
 log = logging.getLogger(__name__)
 
 SpecialKind = Literal["start", "null", "monthly", "yearly", "closing", "sammelbeleg"]
 UnitState = Literal["up", "down", "unknown"]
+CheckKind = Literal["start", "yearly"]
 
 
 class _Out(BaseModel):
@@ -81,6 +87,23 @@ class OpenOutageOut(_Out):
     recovery_failed: str | None = None
 
 
+class CheckOut(_Out):
+    """A check the operator owes after a Startbeleg (``start``) or Jahresbeleg (``yearly``):
+    due by ``due`` (a date in the register's time zone), ``overdue`` past it while open,
+    done once its ``reference`` is recorded (``failed``: the Belegcheck failed)."""
+
+    register_id: str = Field(alias="register")
+    kind: CheckKind
+    year: int
+    number: int
+    due: dt.date
+    overdue: bool
+    alerts: list[str]
+    reference: str | None
+    failed: bool
+    done_at: dt.datetime | None
+
+
 class RegisterStatusOut(_Out):
     register_id: str = Field(alias="register")
     state: Literal["active", "closed", "waiting"]  # waiting: its Startbeleg waits
@@ -89,6 +112,7 @@ class RegisterStatusOut(_Out):
     open_outage: OpenOutageOut | None
     waiting_special: list[SpecialKind]
     unsigned_count: int
+    open_checks: list[CheckOut]
 
 
 class PrinterOut(_Out):
@@ -120,6 +144,15 @@ class ReportIn(_Out):
     end: bool = False
 
 
+class CheckDoneIn(_Out):
+    """A Belegcheck (or FinanzOnline) check made: its reference, the year of the checked
+    receipt (may be left out for the Startbeleg) and whether the check failed."""
+
+    year: int | None = Field(None, ge=1, le=9999)
+    reference: str = Field(min_length=1, max_length=200)
+    failed: bool = False
+
+
 class ReprintOut(_Out):
     """A queued copy: the first reprint of a receipt is copy 1."""
 
@@ -147,6 +180,10 @@ class ApiBackend(Protocol):
 
     def report_outage(self, outage_id: int, reference: str, *, end: bool) -> OutageOut:
         """Record a FinanzOnline report reference; NotFound or InvalidSale."""
+        ...
+
+    def record_check(self, register: str, kind: str, body: CheckDoneIn) -> CheckOut:
+        """Record a check the operator made; NotFound or InvalidSale."""
         ...
 
     def reprint(self, register: str, number: int) -> int:
@@ -234,9 +271,19 @@ class ServiceBackend:
                 o.id: self.service.outages.last_recovery_failure(conn, o) for o in outages.values()
             }
             waiting = _waiting(conn.execute(_WAITING).fetchall())
+            checks: dict[str, list[CheckOut]] = {}
+            for record in load_checks(conn):
+                checks.setdefault(record.register_id, []).append(check_out(record, now))
             queued = int(conn.execute(QUEUED_PRINTS).fetchone()[0])
         registers = [
-            self._register(tuple(row), outages.get(row[0]), waiting.get(row[0], []), now, failed)
+            self._register(
+                tuple(row),
+                outages.get(row[0]),
+                waiting.get(row[0], []),
+                now,
+                failed,
+                checks=checks.get(row[0], []),
+            )
             for row in rows
         ]
         printer = self.printer() if self.printer is not None else None
@@ -258,6 +305,19 @@ class ServiceBackend:
         )
         return next(o for o in self.outages() if o.id == outage_id)
 
+    def record_check(self, register: str, kind: str, body: CheckDoneIn) -> CheckOut:
+        service = self.service
+        record = record_check(
+            service.db.write_connection(),
+            service.clock,
+            register,
+            kind,
+            body.year,
+            body.reference,
+            failed=body.failed,
+        )
+        return check_out(record, service.clock.now())
+
     def outages(self) -> list[OutageOut]:
         with self._read() as conn:
             records = load_outages(conn)
@@ -273,6 +333,8 @@ class ServiceBackend:
         waiting: list[SpecialKind],
         now: dt.datetime,
         failed: dict[int, str | None],
+        *,
+        checks: list[CheckOut],
     ) -> RegisterStatusOut:
         register_id, state, last_number, unit_id, certified, last_state, unsigned = row
         unit_state: UnitState = "unknown"
@@ -290,6 +352,7 @@ class ServiceBackend:
             else self._open_outage(outage, now, failed.get(outage.id)),
             waiting_special=_with_sammelbeleg(waiting) if outage is not None else waiting,
             unsigned_count=unsigned,
+            open_checks=checks,
         )
 
     def _open_outage(
@@ -324,3 +387,19 @@ def _waiting(rows: list[Any]) -> dict[str, list[SpecialKind]]:
 def _with_sammelbeleg(waiting: list[SpecialKind]) -> list[SpecialKind]:
     """An open outage waits for its Sammelbeleg, recorded as waiting or not."""
     return waiting if "sammelbeleg" in waiting else [*waiting, "sammelbeleg"]
+
+
+def check_out(record: CheckRecord, now: dt.datetime) -> CheckOut:
+    """An obligation as the API (and ``checks list --json``) shows it at ``now``."""
+    return CheckOut(
+        register_id=record.register_id,
+        kind=cast(CheckKind, record.kind),
+        year=record.year,
+        number=record.receipt_number,
+        due=record.due_date,
+        overdue=record.overdue(now),
+        alerts=list(record.alerts),
+        reference=record.reference,
+        failed=record.failed,
+        done_at=None if record.done_at is None else dt.datetime.fromisoformat(record.done_at),
+    )

@@ -25,6 +25,7 @@ import typer
 from agent import cli_commands as _commands  # noqa: F401 - registers the commands
 from agent import cli_demo as _demo  # noqa: F401 - registers demo and bench ingest
 from agent.cli_base import app
+from agent.cli_checks import checks_app
 from agent.cli_config import config_app
 from agent.cli_outage import outage_app
 from agent.cli_print import reprint  # noqa: F401 - registers the command
@@ -32,6 +33,7 @@ from agent.cli_print import reprint  # noqa: F401 - registers the command
 __all__ = ["app", "main"]
 
 app.add_typer(outage_app, name="outage")
+app.add_typer(checks_app, name="checks")
 app.add_typer(config_app, name="config")
 
 _SOFT_BREAK = re.compile(r"(?<=\S)\n(?![\s*-]|\d+\.)")  # not before a list item

@@ -37,6 +37,7 @@ from agent.at_rksv import (
     jws_compact,
     signing_input,
 )
+from agent.checks import CHECK_KINDS, record_due
 from agent.clock import Clock, SystemClock
 from agent.contract import (
     ReceiptResult,
@@ -574,6 +575,8 @@ class ReceiptService:
             self._record_waiting_in(conn, register_id, "yearly", draft.period, reason)
         if state == "signed" and draft.kind in MUST_SIGN:
             self._supersede_lost(conn, register_id, draft, number)
+        if state == "signed" and draft.kind in CHECK_KINDS:  # the operator's check, rksv.md 6
+            record_due(conn, register_id, draft.kind, number, payload.issued_at, draft.period, at)
         if draft.kind == "sammelbeleg" and state == "signed" and self.outages.is_open(register_id):
             self.outages.close(conn, register_id, number, at)
         return result_from_parts(

@@ -23,6 +23,7 @@ from types import FrameType
 from agent import sdnotify
 from agent.api import ApiServer, create_app, serve
 from agent.api_backend import Issued, ServiceBackend
+from agent.checks import CheckWatch
 from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig, ensure_api_token
 from agent.contract import ReceiptResult
@@ -144,6 +145,7 @@ class TillService:
         self.prober = Prober(
             self.receipts, self.config.probe.backoff(), deadline=self.config.sign_timeout_s
         )
+        self.checks = CheckWatch(self.db.write_connection(), self.clock)
         self.watchdog.register("printer", 30.0)
         self.watchdog.register("timers", 30.0)
         if warning := self.config.printer.header_warning:  # once: receipts lack a name
@@ -277,7 +279,7 @@ class TillService:
         log.info("local API on %s", server.location)
         return server
 
-    # -- timers (monotonic intervals: outage watch, closings, waiting work) ----------------
+    # -- timers (monotonic intervals: outage watch, check reminders, closings) -------------
 
     def _timer_step(self) -> float:
         """One pass of the timers (the loop logs a run of failures once, see BackgroundLoop)."""
@@ -285,6 +287,7 @@ class TillService:
         now = time.monotonic()
         if now >= self._next_watch:
             self.receipts.outages.watch.tick()
+            self.checks.tick()  # the operator's Belegcheck reminders, on the same interval
             self._next_watch = now + self.config.outage.check_interval_s
         if now >= self._next_closings:
             if self.receipts.run_closings():

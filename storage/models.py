@@ -38,6 +38,7 @@ __all__ = [
     "UNITS",
     "WAITING_SPECIALS",
     "Base",
+    "Check",
     "JournalEvent",
     "Outage",
     "PrintJob",
@@ -250,6 +251,29 @@ class PrintJob(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[str] = mapped_column(String(32))
+    done_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class Check(Base):
+    """A check the operator owes after a signed Startbeleg or Jahresbeleg (rksv.md 6):
+    due by ``due_date`` (register time zone), done once its reference is recorded."""
+
+    __tablename__ = "checks"
+    __table_args__ = (
+        UniqueConstraint("register_id", "kind", "year"),
+        CheckConstraint("kind IN ('start', 'yearly')", name="kind"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    register_id: Mapped[str] = mapped_column(ForeignKey("registers.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    year: Mapped[int] = mapped_column(Integer)
+    receipt_number: Mapped[int] = mapped_column(Integer)  # the Start-/Jahresbeleg
+    due_date: Mapped[str] = mapped_column(String(10))  # YYYY-MM-DD, register time zone
+    created_at: Mapped[str] = mapped_column(String(32))  # UTC, ISO 8601
+    alerts: Mapped[str] = mapped_column(Text)  # JSON list of the reminders sent
+    reference: Mapped[str | None] = mapped_column(Text, nullable=True)
+    failed: Mapped[bool] = mapped_column()
     done_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 

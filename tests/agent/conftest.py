@@ -15,6 +15,7 @@ from agent.outage_watch import OutageWatch
 from agent.probe import Backoff, Prober
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing import UnitConfig
+from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
 from factories import Run, add_unit, cli_run, expect, sale
 from storage import TillDB
@@ -50,6 +51,15 @@ def _with_outage(run: Run, data_dir: Path) -> Path:
     issued = run("issue", "-", "--data-dir", data_dir, input=json.dumps(sale()))
     assert "fallback" in expect(issued, 0).stdout
     return data_dir
+
+
+@pytest.fixture(name="bare_flaky")
+def _bare_flaky(bare_service: ReceiptService, registry: UnitRegistry) -> FlakyUnit:
+    """The unit of ``bare_service`` (no register yet) wrapped so the test can switch it."""
+    with bare_service.db.write_connection().transaction() as conn:
+        flaky = FlakyUnit(registry.get(conn, "dev"))
+    registry.put(flaky)
+    return flaky
 
 
 @pytest.fixture(name="prober")

@@ -39,6 +39,7 @@ ROOT_COMMANDS = [
     "simulate",
     "bench",
     "outage",
+    "checks",
     "config",
     "run",
     "demo",
@@ -51,6 +52,7 @@ GROUPS = {
     "simulate": ["scenario", "unit"],
     "bench": ["receipts", "outage", "ingest"],
     "outage": ["list", "show", "export", "report"],
+    "checks": ["list", "done"],
     "config": ["check", "show"],
 }
 LEAVES = [

@@ -349,6 +349,8 @@ def test_issue_takes_a_sale_of_1_mib_and_refuses_one_byte_more(
         ("special", "KASSE-1", "null"),
         ("outage", "recover", "KASSE-1"),
         ("outage", "report", "1", "--reference", "FON-1"),
+        ("checks", "list"),
+        ("checks", "done", "KASSE-1", "start", "--reference", "BC-1"),
         ("outage", "show", "1"),
         ("outage", "export", "1", "-o", "{out}"),
         ("receipts", "list", "--register", "KASSE-1"),

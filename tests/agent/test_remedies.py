@@ -153,11 +153,9 @@ class TestLocalUnitsNeverLeaveUnsigned:
 
 
 @pytest.fixture(name="flaky")
-def _flaky(bare_service: ReceiptService, registry: UnitRegistry) -> FlakyUnit:
-    with bare_service.db.write_connection().transaction() as conn:
-        flaky = FlakyUnit(registry.get(conn, "dev"))
-    registry.put(flaky)
-    return flaky
+def _flaky(bare_flaky: FlakyUnit) -> FlakyUnit:
+    """Here the unit of the register each test initializes itself."""
+    return bare_flaky
 
 
 class TestWaitingSpecialReceipts:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from agent import api
 from agent.api import ApiServer, create_app, serve
 from agent.api_backend import ServiceBackend
+from agent.clock import FrozenClock
 from agent.contract import Line, line_total_cents
 from agent.errors import ConfigurationError, NotFound
 from agent.receipts import ReceiptService, RegisterSetup
@@ -307,11 +309,24 @@ class TestStatus:
         assert (active["state"], active["unit"]["certified"]) == ("active", False)
 
     def test_a_healthy_till(self, client: httpx.Client) -> None:
-        """Version, time, one register with its unit up, nothing waiting, no printer."""
+        """Version, time, one register with its unit up, nothing waiting but the check of
+        its Startbeleg (due a week after it), no printer."""
         client.post("/v1/receipts", content=body(sale()))
         status = client.get("/v1/status").json()
         assert status["version"]
         assert status["time"].startswith("2026-03-02T10:00:00")
+        start_check = {
+            "register": "KASSE-1",
+            "kind": "start",
+            "year": 2026,
+            "number": 1,
+            "due": "2026-03-09",
+            "overdue": False,
+            "alerts": [],
+            "reference": None,
+            "failed": False,
+            "done_at": None,
+        }
         assert status["registers"] == [
             {
                 "register": "KASSE-1",
@@ -321,6 +336,7 @@ class TestStatus:
                 "open_outage": None,
                 "waiting_special": [],
                 "unsigned_count": 0,
+                "open_checks": [start_check],
             }
         ]
         assert status["printer"] == {"state": "disabled", "queued": 0, "last_error": None}
@@ -359,6 +375,52 @@ class TestStatus:
         assert (closed["register"], closed["unit"], closed["first_number"]) == ("KASSE-1", "dev", 2)
         assert (closed["affected"], closed["sammelbeleg_number"]) == (1, 3)
         assert closed["escalations"] == ["opened"]  # recorded as it opened
+
+
+class TestChecks:
+    def test_the_status_shows_an_open_check_overdue_after_its_date(
+        self, client: httpx.Client, service: ReceiptService, clock: FrozenClock
+    ) -> None:
+        """The Startbeleg's check is open with its due date; from midnight after it (in
+        Vienna) it is `overdue`; once recorded it is gone from the status."""
+        [check] = client.get("/v1/status").json()["registers"][0]["open_checks"]
+        assert (check["kind"], check["due"], check["overdue"]) == ("start", "2026-03-09", False)
+        clock.set(dt.datetime(2026, 3, 9, 22, 59, tzinfo=dt.UTC))
+        [check] = client.get("/v1/status").json()["registers"][0]["open_checks"]
+        assert not check["overdue"]
+        clock.set(dt.datetime(2026, 3, 9, 23, 0, tzinfo=dt.UTC))
+        [check] = client.get("/v1/status").json()["registers"][0]["open_checks"]
+        assert check["overdue"]
+        client.post("/v1/registers/KASSE-1/checks/start", json={"reference": "BC-1"})
+        assert client.get("/v1/status").json()["registers"][0]["open_checks"] == []
+
+    def test_a_check_is_recorded_once(self, client: httpx.Client, query: Query) -> None:
+        """200 with the check; the same reference again 200 (nothing journaled), another
+        one 409 `already-reported`; an unknown check 404, a year out of range 422."""
+        url = "/v1/registers/KASSE-1/checks/start"
+        first = client.post(url, json={"reference": "BC-1", "year": 2026})
+        assert first.status_code == 200, first.text
+        assert (first.json()["reference"], first.json()["failed"]) == ("BC-1", False)
+        again = client.post(url, json={"reference": "BC-1"})
+        assert (again.status_code, again.json()) == (200, first.json())
+        other = client.post(url, json={"reference": "BC-2"})
+        assert (other.status_code, other.json()["rule"]) == (409, "already-reported")
+        assert len(query("SELECT 1 FROM journal WHERE kind = 'check.done'")) == 1
+        unknown = client.post(
+            "/v1/registers/KASSE-1/checks/yearly", json={"reference": "x", "year": 2026}
+        )
+        assert unknown.status_code == 404
+        bad = client.post(url, json={"reference": "x", "year": 0})
+        assert (bad.status_code, bad.json()["field"]) == (422, "year")
+
+    def test_a_failed_check_is_recorded_with_an_error_alert(
+        self, client: httpx.Client, query: Query
+    ) -> None:
+        url = "/v1/registers/KASSE-1/checks/start"
+        answer = client.post(url, json={"reference": "BC-9", "failed": True})
+        assert (answer.status_code, answer.json()["failed"]) == (200, True)
+        [alert] = query("SELECT data FROM journal WHERE kind = 'alert.raised'")
+        assert json.loads(alert[0])["alert"] == "check-failed"
 
 
 class TestServer:
@@ -522,7 +584,7 @@ class TestOpenApiContract:
         """Random positive and negative requests for every operation."""
         schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
         operations = [result.ok() for result in schema.get_all_operations()]
-        assert len(operations) == 7
+        assert len(operations) == 8
         for operation in operations:
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                 self.run(operation, mode, server)

@@ -1,10 +1,13 @@
-"""``TillService`` in-process: what its log says at start and which units it creates."""
+"""``TillService`` in-process: what its log says at start and which units it creates, and
+what its timer reminds of."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
+from agent.clock import Clock, FrozenClock
 from agent.config import MISSING_HEADER, AgentConfig
 from agent.service import DEV_UNIT, TillService
 from e2e.harness import free_port
-from factories import sale
+from factories import journal_events, sale
 
 Start = Callable[..., TillService]
 
@@ -29,7 +33,7 @@ def _start(data_dir: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Start]:
     started: list[TillService] = []
     caplog.set_level(logging.INFO)
 
-    def start(**settings: Any) -> TillService:
+    def start(clock: Clock | None = None, **settings: Any) -> TillService:
         config = AgentConfig.model_validate(
             {
                 "data_dir": data_dir,
@@ -39,7 +43,7 @@ def _start(data_dir: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Start]:
                 **settings,
             }
         )
-        service = TillService(config)
+        service = TillService(config, clock=clock)
         try:
             service.start()
         except BaseException:
@@ -231,3 +235,36 @@ def test_run_prints_the_configured_header(start: Start) -> None:
     jobs = [p.read_bytes() for p in prints.glob("*") if p.is_file()]
     assert jobs, "no print job was written"
     assert any(b"Gasthaus Zur Post" in job for job in jobs)
+
+
+class TestCheckReminders:
+    def test_the_timer_reminds_of_the_startbeleg_check_while_the_till_is_idle(
+        self, start: Start, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The service's own timer, with no sale at all: the Startbeleg's check is
+        announced (INFO); past its due date (in Vienna) the next tick catches up with the
+        two-day warning and the overdue ERROR, each once."""
+        clock = FrozenClock(dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.UTC))
+        till = start(clock=clock, outage={"check_interval_s": 0.1})
+
+        def alerts(count: int) -> list[tuple[object, object]]:
+            deadline = time.monotonic() + 10
+            while True:
+                raised = [
+                    (e["alert"], e["level"])
+                    for e in journal_events(till.db, "alert.raised")
+                    if str(e["alert"]).startswith("check-")
+                ]
+                if len(raised) >= count or time.monotonic() > deadline:
+                    return raised
+                time.sleep(0.05)
+
+        assert alerts(1) == [("check-created", "info")]
+        clock.set(dt.datetime(2026, 3, 9, 23, 0, tzinfo=dt.UTC))  # 10 March 00:00 in Vienna
+        assert alerts(3) == [
+            ("check-created", "info"),
+            ("check-approaching", "warning"),
+            ("check-overdue", "error"),
+        ]
+        lines = [r for r in caplog.records if r.name == "agent.checks"]
+        assert [r.levelno for r in lines] == [logging.INFO, logging.WARNING, logging.ERROR]

@@ -1,0 +1,340 @@
+"""The checks the law asks of the operator after two special receipts (rksv.md section 6).
+
+* ``start``: the signature unit and the register must be registered in FinanzOnline within
+  one week of commissioning, and the Startbeleg checked with the BMF Belegcheck app (or
+  web service) right after: due 7 days after the Startbeleg's date.
+* ``yearly``: the Jahresbeleg (December's Monatsbeleg) must be checked with the Belegcheck
+  app or web service by 15 February of the following year.
+
+An obligation is created in the transaction of the signed receipt that implies it (also
+one issued late by recovery; a Jahresbeleg that waits for its unit implies nothing yet)
+and journaled (``check.due``). Due dates are dates in the register's time zone: a check
+is overdue from midnight after its due date there, whatever the UTC offset did meanwhile.
+
+A timer (:meth:`CheckWatch.tick`, beside the outage watch) raises each reminder once per
+obligation, as an ``alert.raised`` journal event and a log line: ``created`` (INFO),
+``approaching`` two days before the due date (WARNING) and ``overdue`` (ERROR). The
+reminders are sent by the timer and not at creation, so a till that was idle or off
+catches up with every reminder it missed at its next tick; an obligation lasts days, so
+the interval of the timer does not matter. The operator records the check with
+``till-agent checks done`` (:func:`record_check`): once, with the Belegcheck or
+FinanzOnline reference, and whether it failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sqlite3
+from dataclasses import dataclass, replace
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from agent.clock import Clock
+from agent.errors import InvalidSale, NotFound
+from agent.outage_watch import LogLine
+from storage.journal import append_event
+from storage.writer import WriteConnection
+
+__all__ = [
+    "CHECK_KINDS",
+    "CheckRecord",
+    "CheckWatch",
+    "load_checks",
+    "record_check",
+    "record_due",
+]
+
+CHECK_KINDS = ("start", "yearly")
+START_DAYS = 7  # registration within one week of commissioning, the check right after
+WARN_DAYS = 2  # the WARNING reminder, this many days before the due date
+
+log = logging.getLogger(__name__)
+
+_COLUMNS = (
+    "c.id, c.register_id, c.kind, c.year, c.receipt_number, c.due_date, c.created_at,"
+    " c.alerts, c.reference, c.failed, c.done_at, r.timezone"
+)
+_FROM = " FROM checks c JOIN registers r ON r.id = c.register_id"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRecord:
+    """One obligation as stored, with its register's time zone."""
+
+    id: int
+    register_id: str
+    kind: str
+    year: int
+    receipt_number: int
+    due_date: dt.date
+    created_at: str
+    alerts: tuple[str, ...]
+    reference: str | None
+    failed: bool
+    done_at: str | None
+    timezone: str
+
+    @classmethod
+    def from_row(cls, row: Any) -> CheckRecord:
+        values = list(row)
+        values[5] = dt.date.fromisoformat(values[5])
+        values[7] = tuple(json.loads(values[7]))
+        values[9] = bool(values[9])
+        return cls(*values)
+
+    def moment(self, day: dt.date) -> dt.datetime:
+        """Midnight at the start of ``day`` in the register's time zone."""
+        return dt.datetime.combine(day, dt.time(), tzinfo=ZoneInfo(self.timezone))
+
+    def overdue(self, now: dt.datetime) -> bool:
+        """Open past its due date (from midnight after it, register time zone)."""
+        return self.done_at is None and now >= self.moment(self.due_date + dt.timedelta(days=1))
+
+    def reminders_due(self, now: dt.datetime) -> list[str]:
+        """The reminders this open obligation should have had by ``now``, in order."""
+        levels = ["created"]
+        if now >= self.moment(self.due_date - dt.timedelta(days=WARN_DAYS)):
+            levels.append("approaching")
+        if self.overdue(now):
+            levels.append("overdue")
+        return levels
+
+
+def due_date(kind: str, issued_at: str, year: int) -> dt.date:
+    """When the check of a receipt dated ``issued_at`` (register time) is due."""
+    if kind == "start":
+        return dt.date.fromisoformat(issued_at[:10]) + dt.timedelta(days=START_DAYS)
+    return dt.date(year + 1, 2, 15)
+
+
+def record_due(  # noqa: PLR0917 - the receipt that implies the check, as _issue_in has it
+    conn: sqlite3.Connection,
+    register_id: str,
+    kind: str,
+    number: int,
+    issued_at: str,
+    period: str | None,
+    at: dt.datetime,
+) -> int | None:
+    """Create the obligation a signed Startbeleg or Jahresbeleg implies, in its transaction.
+
+    ``period`` is the Jahresbeleg's month ("YYYY-MM"): its year is the checked one, also
+    when it is issued in January (caught up). Returns the new obligation's id, ``None`` if
+    that register had it already (then nothing is journaled).
+    """
+    year = int((period or issued_at)[:4])
+    due = due_date(kind, issued_at, year).isoformat()
+    cursor = conn.execute(
+        "INSERT INTO checks (register_id, kind, year, receipt_number, due_date, created_at,"
+        " alerts, failed) VALUES (?, ?, ?, ?, ?, ?, '[]', 0)"
+        " ON CONFLICT (register_id, kind, year) DO NOTHING",
+        (register_id, kind, year, number, due, at.isoformat()),
+    )
+    if cursor.rowcount == 0:
+        return None
+    check_id = int(cursor.lastrowid or 0)
+    append_event(
+        conn,
+        kind="check.due",
+        register_id=register_id,
+        at=at.isoformat(),
+        data={"check": check_id, "kind": kind, "year": year, "number": number, "due": due},
+    )
+    return check_id
+
+
+def load_checks(
+    conn: sqlite3.Connection, register_id: str | None = None, *, done: bool = False
+) -> list[CheckRecord]:
+    """The open obligations (with ``done`` also the recorded ones), by due date."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS}{_FROM} WHERE (? IS NULL OR c.register_id = ?)"
+        " AND (? OR c.done_at IS NULL) ORDER BY c.due_date, c.register_id, c.id",
+        (register_id, register_id, done),
+    )
+    return [CheckRecord.from_row(row) for row in rows]
+
+
+class CheckWatch:
+    """Raises the reminders of open obligations; call :meth:`tick` on a timer.
+
+    Its first tick also adopts the obligations of registers that existed before the
+    checks were tracked (see the 0004 migration): their signed Startbeleg and Jahresbelege,
+    unless the due date is already past.
+    """
+
+    def __init__(self, writer: WriteConnection, clock: Clock) -> None:
+        self.writer = writer
+        self.clock = clock
+        self._adopted = False
+
+    def tick(self) -> list[tuple[int, str]]:
+        """Journal every reminder due by now; return the (obligation, level) raised.
+
+        Each one is logged once its transaction has committed.
+        """
+        now = self.clock.now()
+        lines: list[LogLine] = []
+        raised: list[tuple[int, str]] = []
+        with self.writer.transaction() as conn:
+            if not self._adopted:
+                _adopt(conn, now)
+            for record in load_checks(conn):
+                new = [lvl for lvl in record.reminders_due(now) if lvl not in record.alerts]
+                if not new:
+                    continue
+                lines.extend(_remind(conn, record, level, now) for level in new)
+                conn.execute(
+                    "UPDATE checks SET alerts = ? WHERE id = ?",
+                    (json.dumps([*record.alerts, *new]), record.id),
+                )
+                raised.extend((record.id, level) for level in new)
+        self._adopted = True
+        for level, message, args in lines:
+            log.log(level, message, *args)
+        return raised
+
+
+def _adopt(conn: sqlite3.Connection, now: dt.datetime) -> None:
+    """The obligations of registers without any: their signed Start-/Jahresbelege, unless
+    the due date is before today in the register's time zone (the 0004 migration says why)."""
+    rows = conn.execute(
+        "SELECT x.register_id, x.kind, x.number, x.issued_at, x.document, r.timezone"
+        " FROM receipts x JOIN registers r ON r.id = x.register_id"
+        " WHERE x.kind IN ('start', 'yearly') AND x.signature_state = 'signed'"
+        " AND NOT EXISTS (SELECT 1 FROM checks c WHERE c.register_id = x.register_id)"
+        " ORDER BY x.register_id, x.number"
+    ).fetchall()
+    for register_id, kind, number, issued_at, document, timezone in rows:
+        period = json.loads(document).get("period")
+        today = now.astimezone(ZoneInfo(timezone)).date()
+        if due_date(kind, issued_at, int((period or issued_at)[:4])) >= today:
+            record_due(conn, register_id, kind, number, issued_at, period, now)
+
+
+# the reminders: journal level, log severity, and what the line says after the obligation
+_REMINDERS: dict[str, tuple[str, int, str]] = {
+    "created": ("info", logging.INFO, "due by {due}"),
+    "approaching": ("warning", logging.WARNING, "due by {due}, in {days} days or less"),
+    "overdue": ("error", logging.ERROR, "it was due by {due} and no check is recorded: overdue"),
+}
+_WHAT = {
+    "start": "register the signature unit and the register in FinanzOnline and check the"
+    " Startbeleg (number {number}) with the BMF Belegcheck app or web service",
+    "yearly": "check the Jahresbeleg {year} (number {number}) with the BMF Belegcheck app or"
+    " web service (printed and kept 7 years unless checked with the web service)",
+}
+
+
+def _remind(conn: sqlite3.Connection, record: CheckRecord, level: str, now: dt.datetime) -> LogLine:
+    """Journal one reminder (``alert.raised``); return its log line."""
+    journal_level, severity, when = _REMINDERS[level]
+    due = record.due_date.isoformat()
+    append_event(
+        conn,
+        kind="alert.raised",
+        register_id=record.register_id,
+        at=now.isoformat(),
+        data={
+            "level": journal_level,
+            "alert": f"check-{level}",
+            "check": record.id,
+            "kind": record.kind,
+            "year": record.year,
+            "number": record.receipt_number,
+            "due": due,
+        },
+    )
+    what = _WHAT[record.kind].format(year=record.year, number=record.receipt_number)
+    return (
+        severity,
+        "register %s: %s; %s (then: till-agent checks done %s %s --year %d --reference ...)",
+        (
+            record.register_id,
+            what,
+            when.format(due=due, days=WARN_DAYS),
+            record.register_id,
+            record.kind,
+            record.year,
+        ),
+    )
+
+
+def record_check(  # noqa: PLR0917 - the obligation, then what the operator records
+    writer: WriteConnection,
+    clock: Clock,
+    register_id: str,
+    kind: str,
+    year: int | None,
+    reference: str,
+    *,
+    failed: bool = False,
+) -> CheckRecord:
+    """Record that a check was made (``failed``: the Belegcheck found the receipt invalid).
+
+    Recorded once: the reference is evidence and the journal is append-only. The same
+    reference (and result) again is a harmless repeat (nothing is journaled). A failed
+    check also raises an ERROR alert: the register counts as "unit failed" (rksv.md 6).
+    ``year`` may be left out for the Startbeleg (a register has one).
+
+    Raises:
+        NotFound: no such obligation.
+        InvalidSale: a bad kind, a missing year or reference, or (rule
+            ``already-reported``) another reference or result recorded already.
+    """
+    _check_input(kind, year, reference)
+    now = clock.now().isoformat()
+    with writer.transaction() as conn:
+        record = _find(conn, register_id, kind, year)
+        if record.reference is not None:
+            if (record.reference, record.failed) == (reference, failed):
+                return record
+            raise InvalidSale(
+                "reference",
+                "already-reported",
+                f"the {kind} check of register {register_id} ({record.year}) has the reference"
+                f" {record.reference!r}{' (failed)' if record.failed else ''} already; a"
+                " check's reference is evidence and is recorded once",
+            )
+        conn.execute(
+            "UPDATE checks SET reference = ?, failed = ?, done_at = ? WHERE id = ?",
+            (reference, failed, now, record.id),
+        )
+        facts = {"check": record.id, "kind": kind, "year": record.year, "reference": reference}
+        append_event(conn, kind="check.done", register_id=register_id, at=now, data=facts)
+        if failed:
+            alert = {"level": "error", "alert": "check-failed", **facts}
+            append_event(conn, kind="alert.raised", register_id=register_id, at=now, data=alert)
+    if failed:
+        log.error(
+            "register %s: the Belegcheck of its %s (number %d) FAILED (reference %s):"
+            ' the register counts as "unit failed" (rksv.md section 6)',
+            register_id,
+            "Startbeleg" if kind == "start" else f"Jahresbeleg {record.year}",
+            record.receipt_number,
+            reference,
+        )
+    return replace(record, reference=reference, failed=failed, done_at=now)
+
+
+def _check_input(kind: str, year: int | None, reference: str) -> None:
+    if kind not in CHECK_KINDS:
+        raise InvalidSale("kind", "check-kind", f"a check is one of {', '.join(CHECK_KINDS)}")
+    if not reference.strip():
+        raise InvalidSale("reference", "required", "give the Belegcheck or FinanzOnline reference")
+    if year is None and kind == "yearly":
+        raise InvalidSale("year", "required", "give the year of the Jahresbeleg (--year)")
+
+
+def _find(conn: sqlite3.Connection, register_id: str, kind: str, year: int | None) -> CheckRecord:
+    row = conn.execute(
+        f"SELECT {_COLUMNS}{_FROM} WHERE c.register_id = ? AND c.kind = ?"
+        " AND (? IS NULL OR c.year = ?)",
+        (register_id, kind, year, year),
+    ).fetchone()
+    if row is None:
+        of = "" if year is None else f" for {year}"
+        raise NotFound(f"register {register_id} has no {kind} check{of}")
+    return CheckRecord.from_row(row)

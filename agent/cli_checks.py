@@ -1,0 +1,116 @@
+"""``till-agent checks ...``: the Belegcheck the operator owes after a Startbeleg or a
+Jahresbeleg (rksv.md section 6), listed and recorded."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import typer
+from rich.table import Table
+
+from agent.cli_base import (
+    DEFAULT_DATA,
+    DataDir,
+    JsonFlag,
+    _emit,
+    _print_table,
+    _record_evidence,
+    out,
+)
+from agent.cli_commands import _reader, _require_register
+
+__all__ = ["checks_app"]
+
+checks_app = typer.Typer(
+    help="Checks the operator owes (Startbeleg, Jahresbeleg): list them, record them."
+)
+
+
+@checks_app.command("list")
+def checks_list(
+    register: Annotated[str | None, typer.Option(help="Only this Kassen-ID.")] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Also the checks recorded as done.")
+    ] = False,
+    data_dir: DataDir = DEFAULT_DATA,
+    as_json: JsonFlag = False,
+) -> None:
+    """The open checks, by due date: register, kind, year, receipt, due date, overdue.
+
+    With --json each check has the fields of `open_checks` in the local API's
+    GET /v1/status.
+    """
+    from agent.api_backend import check_out
+    from agent.checks import load_checks
+    from agent.clock import SystemClock
+
+    with _reader(data_dir, as_json) as db, db.read_connection() as conn:
+        records = load_checks(conn, register, done=show_all)
+        if register is not None and not records:
+            _require_register(conn, register, as_json)
+    checks = [check_out(r, SystemClock().now()) for r in records]
+    if as_json:
+        _emit([c.model_dump(mode="json", by_alias=True) for c in checks], True)
+        return
+    table = Table("register", "check", "year", "receipt", "due", "state", "reference")
+    for c in checks:
+        state = "overdue" if c.overdue else "open"
+        if c.reference is not None:
+            state = "FAILED" if c.failed else "done"
+        table.add_row(
+            c.register_id, c.kind, str(c.year), str(c.number), str(c.due), state, c.reference or "-"
+        )
+    _print_table(table)
+
+
+@checks_app.command("done")
+def checks_done(  # noqa: PLR0917 - a Typer command: its options are its parameters
+    register: Annotated[str, typer.Argument(help="Kassen-ID.")],
+    kind: Annotated[Literal["start", "yearly"], typer.Argument(help="start | yearly")],
+    reference: Annotated[
+        str, typer.Option(help="Reference of the Belegcheck (or of the FinanzOnline entry).")
+    ],
+    year: Annotated[
+        int | None,
+        typer.Option(
+            help="Year of the checked receipt (needed for yearly; the Startbeleg's by default).",
+            min=1,
+            max=9999,
+        ),
+    ] = None,
+    failed: Annotated[
+        bool,
+        typer.Option("--failed", help='The check failed ("unit failed").'),
+    ] = False,
+    data_dir: DataDir = DEFAULT_DATA,
+    as_json: JsonFlag = False,
+) -> None:
+    """Record that the Startbeleg or the Jahresbeleg of a year was checked with the BMF
+    Belegcheck app or web service, once; its reminders stop.
+
+    Another reference for the same check is refused (exit 3), the same one again changes
+    nothing. --failed records a check that failed: an ERROR alert says the register counts
+    as "unit failed".
+    """
+    from agent.api_backend import check_out
+    from agent.checks import record_check
+    from agent.clock import SystemClock
+
+    clock = SystemClock()
+    body = {"year": year, "reference": reference, "failed": failed}
+    check = _record_evidence(
+        data_dir,
+        as_json,
+        lambda writer: check_out(
+            record_check(writer, clock, register, kind, year, reference, failed=failed),
+            clock.now(),
+        ).model_dump(mode="json", by_alias=True),
+        (f"registers/{register}/checks/{kind}", body),
+        f"register {register} has no {kind} check{'' if year is None else f' for {year}'}",
+    )
+    _emit(check, as_json)
+    if not as_json:
+        result = "FAILED" if failed else "done"
+        out.print(
+            f"{register}: {kind} check {check['year']} {result}, reference {reference!r} recorded"
+        )
