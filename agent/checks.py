@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo
 from agent.clock import Clock
 from agent.errors import InvalidSale, NotFound
 from agent.outage_watch import LogLine
+from storage.db import TillDB
 from storage.journal import append_event
 from storage.writer import WriteConnection
 
@@ -162,11 +163,12 @@ class CheckWatch:
 
     Its first tick also adopts the obligations of registers that existed before the
     checks were tracked (see the 0004 migration): their signed Startbeleg and Jahresbelege,
-    unless the due date is already past.
+    unless the due date is already past. It looks for them on a reader connection (the
+    receipts of such a register are read once per start): sales do not wait for it.
     """
 
-    def __init__(self, writer: WriteConnection, clock: Clock) -> None:
-        self.writer = writer
+    def __init__(self, db: TillDB, clock: Clock) -> None:
+        self.db = db
         self.clock = clock
         self._adopted = False
 
@@ -176,11 +178,12 @@ class CheckWatch:
         Each one is logged once its transaction has committed.
         """
         now = self.clock.now()
+        adopt = [] if self._adopted else self._to_adopt(now)
         lines: list[LogLine] = []
         raised: list[tuple[int, str]] = []
-        with self.writer.transaction() as conn:
-            if not self._adopted:
-                _adopt(conn, now)
+        with self.db.write_connection().transaction() as conn:
+            for receipt in adopt:
+                record_due(conn, *receipt, now)
             for record in load_checks(conn):
                 new = [lvl for lvl in record.reminders_due(now) if lvl not in record.alerts]
                 if not new:
@@ -196,22 +199,25 @@ class CheckWatch:
             log.log(level, message, *args)
         return raised
 
-
-def _adopt(conn: sqlite3.Connection, now: dt.datetime) -> None:
-    """The obligations of registers without any: their signed Start-/Jahresbelege, unless
-    the due date is before today in the register's time zone (the 0004 migration says why)."""
-    rows = conn.execute(
-        "SELECT x.register_id, x.kind, x.number, x.issued_at, x.document, r.timezone"
-        " FROM receipts x JOIN registers r ON r.id = x.register_id"
-        " WHERE x.kind IN ('start', 'yearly') AND x.signature_state = 'signed'"
-        " AND NOT EXISTS (SELECT 1 FROM checks c WHERE c.register_id = x.register_id)"
-        " ORDER BY x.register_id, x.number"
-    ).fetchall()
-    for register_id, kind, number, issued_at, document, timezone in rows:
-        period = json.loads(document).get("period")
-        today = now.astimezone(ZoneInfo(timezone)).date()
-        if due_date(kind, issued_at, int((period or issued_at)[:4])) >= today:
-            record_due(conn, register_id, kind, number, issued_at, period, now)
+    def _to_adopt(self, now: dt.datetime) -> list[tuple[str, str, int, str, str | None]]:
+        """The signed Start-/Jahresbelege of registers without any obligation whose due
+        date is today or later in the register's time zone (the 0004 migration says why),
+        as :func:`record_due` takes them."""
+        with self.db.read_connection() as conn:
+            rows = conn.execute(
+                "SELECT x.register_id, x.kind, x.number, x.issued_at, x.document, r.timezone"
+                " FROM receipts x JOIN registers r ON r.id = x.register_id"
+                " WHERE x.kind IN ('start', 'yearly') AND x.signature_state = 'signed'"
+                " AND NOT EXISTS (SELECT 1 FROM checks c WHERE c.register_id = x.register_id)"
+                " ORDER BY x.register_id, x.number"
+            ).fetchall()
+        adopt = []
+        for register_id, kind, number, issued_at, document, timezone in rows:
+            period = json.loads(document).get("period")
+            today = now.astimezone(ZoneInfo(timezone)).date()
+            if due_date(kind, issued_at, int((period or issued_at)[:4])) >= today:
+                adopt.append((register_id, kind, number, issued_at, period))
+        return adopt
 
 
 # the reminders: journal level, log severity, and what the line says after the obligation

@@ -145,7 +145,7 @@ class TillService:
         self.prober = Prober(
             self.receipts, self.config.probe.backoff(), deadline=self.config.sign_timeout_s
         )
-        self.checks = CheckWatch(self.db.write_connection(), self.clock)
+        self.checks = CheckWatch(self.db, self.clock)
         self.watchdog.register("printer", 30.0)
         self.watchdog.register("timers", 30.0)
         if warning := self.config.printer.header_warning:  # once: receipts lack a name

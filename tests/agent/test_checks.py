@@ -51,7 +51,7 @@ def _new_year(service: ReceiptService, clock: FrozenClock) -> None:
 
 @pytest.fixture(name="checks")
 def _checks_watch(service: ReceiptService, clock: FrozenClock) -> CheckWatch:
-    return CheckWatch(service.db.write_connection(), clock)
+    return CheckWatch(service.db, clock)
 
 
 class TestObligations:
@@ -175,7 +175,7 @@ class TestReminders:
         Startbeleg (a week of UTC hours would be an hour off across the change)."""
         clock.set(start)
         bare_service.init_register(RegisterSetup(REGISTER, [UNIT]))
-        checks = CheckWatch(bare_service.db.write_connection(), clock)
+        checks = CheckWatch(bare_service.db, clock)
         second = dt.timedelta(seconds=1)
         for moment, raised in [
             (start, ["created"]),
@@ -204,9 +204,9 @@ class TestReminders:
         """The till was off from the Startbeleg until after the due date: the first tick
         of the next start raises every reminder it missed, in order, once."""
         clock.set(_at(2026, 3, 20, 8, 0))
-        checks = CheckWatch(service.db.write_connection(), clock)
+        checks = CheckWatch(service.db, clock)
         assert [level for _, level in checks.tick()] == ["created", "approaching", "overdue"]
-        again = CheckWatch(service.db.write_connection(), clock)  # a restart
+        again = CheckWatch(service.db, clock)  # a restart
         assert again.tick() == []
         assert len(_alerts(service.db)) == 3
 
@@ -307,7 +307,7 @@ class TestAdoption:
         assert db_rows(db, "SELECT count(*) FROM checks")[0][0] == 0
         before = len(journal_events(db, "check.due"))
         clock.set(_at(2026, 3, 6, 9, 0))
-        checks = CheckWatch(db.write_connection(), clock)
+        checks = CheckWatch(db, clock)
         assert [level for _, level in checks.tick()] == ["created"]
         assert checks.tick() == []
         assert len(journal_events(db, "check.due")) == before + 1
@@ -322,7 +322,7 @@ class TestAdoption:
         selling), so no check and no ERROR about something nobody can act on."""
         db = upgraded()
         clock.set(_at(2026, 4, 2, 9, 0))
-        assert CheckWatch(db.write_connection(), clock).tick() == []
+        assert CheckWatch(db, clock).tick() == []
         assert db_rows(db, "SELECT count(*) FROM checks")[0][0] == 0
 
     @pytest.mark.parametrize(
@@ -341,7 +341,7 @@ class TestAdoption:
         _new_year(service, clock)
         db = upgraded()
         clock.set(upgrade_at)
-        CheckWatch(db.write_connection(), clock).tick()
+        CheckWatch(db, clock).tick()
         rows = db_rows(db, "SELECT kind, year FROM checks")
         assert [tuple(r) for r in rows] == adopted
 
