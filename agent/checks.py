@@ -42,6 +42,7 @@ __all__ = [
     "CHECK_KINDS",
     "CheckRecord",
     "CheckWatch",
+    "due_date",
     "load_checks",
     "record_check",
     "record_due",

@@ -348,6 +348,7 @@ def init(
     Prints the AES key and its check value: both are needed for the FinanzOnline registration.
     """
     from agent.at_rksv import aes_key_check_value
+    from agent.checks import due_date
     from agent.receipts import RegisterSetup
 
     setup = RegisterSetup(
@@ -378,6 +379,12 @@ def init(
     _show_receipt(result, False)
     out.print(f"AES key (register it in FinanzOnline, keep it secret): {key}")
     out.print(f"AES key check value: {aes_key_check_value(key)}")
+    due = due_date("start", result.issued_at, 0)
+    out.print(
+        f"by {due}: register the unit and the register in FinanzOnline, check this Startbeleg"
+        f" with the BMF Belegcheck app, then: till-agent checks done {register} start"
+        " --reference ..."
+    )
 
 
 def _waiting_start_key(service: ReceiptService, register: str) -> str | None:

@@ -17,7 +17,7 @@ from agent.clock import FrozenClock
 from agent.errors import InvalidSale, NotFound
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing.flaky import FlakyUnit
-from factories import Run, db_rows, expect, journal_events, sale
+from factories import Run, db_rows, expect, flat, journal_events, sale
 from storage import DB_FILE, TillDB, make_engine
 from storage.migrate import downgrade_to
 
@@ -378,6 +378,18 @@ class TestCommandLine:
         shown = expect(run("checks", "list", "--all", "--data-dir", till), 0).stdout
         assert "FAILED" in shown
         assert _alerts(open_db(till, writer=False)) == [("check-failed", "error")]
+
+    def test_init_says_when_the_startbeleg_check_is_due(self, run: Run, data_dir: Path) -> None:
+        """The operator learns of the week at once, not only from the service's log."""
+        expect(run("unit", "create-software", "--id", "dev", "--data-dir", data_dir), 0)
+        shown = flat(
+            expect(run("init", REGISTER, "--unit", "dev", "--data-dir", data_dir), 0).stdout
+        )
+        [check] = json.loads(
+            expect(run("checks", "list", "--data-dir", data_dir, "--json"), 0).stdout
+        )
+        assert f"by {check['due']}: register the unit and the register in FinanzOnline" in shown
+        assert "till-agent checks done KASSE-1 start --reference" in shown
 
     def test_an_unknown_register_is_exit_6(self, run: Run, till: Path) -> None:
         expect(run("checks", "list", "--register", "KASSE-9", "--data-dir", till), 6)
