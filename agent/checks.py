@@ -312,18 +312,21 @@ def record_check(  # noqa: PLR0917 - the obligation, then what the operator reco
         facts = {"check": record.id, "kind": kind, "year": record.year, "reference": reference}
         append_event(conn, kind="check.done", register_id=register_id, at=now, data=facts)
         if failed:
-            alert = {"level": "error", "alert": "check-failed", **facts}
+            alert = {"level": "error", "alert": "check-failed", **facts, "reason": _UNIT_FAILED}
             append_event(conn, kind="alert.raised", register_id=register_id, at=now, data=alert)
     if failed:
         log.error(
-            "register %s: the Belegcheck of its %s (number %d) FAILED (reference %s):"
-            ' the register counts as "unit failed" (rksv.md section 6)',
+            "register %s: the Belegcheck of its %s (number %d) FAILED (reference %s): %s",
             register_id,
             "Startbeleg" if kind == "start" else f"Jahresbeleg {record.year}",
             record.receipt_number,
             reference,
+            _UNIT_FAILED,
         )
     return replace(record, reference=reference, failed=failed, done_at=now)
+
+
+_UNIT_FAILED = 'the register counts as "unit failed" (rksv.md section 6)'
 
 
 def _check_input(kind: str, year: int | None, reference: str) -> None:

@@ -278,6 +278,8 @@ class TestRecording:
         done = record_check(writer, clock, REGISTER, "start", None, "BC-9", failed=True)
         assert done.failed
         assert _alerts(service.db) == [("check-failed", "error")]
+        [alert] = journal_events(service.db, "alert.raised")
+        assert alert["reason"] == 'the register counts as "unit failed" (rksv.md section 6)'
         [line] = [r.getMessage() for r in caplog.records]
         assert 'FAILED (reference BC-9): the register counts as "unit failed"' in line
 
