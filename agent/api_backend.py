@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol, cast, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent import __version__
+from agent.backup import BackupStatus, DepBackups, backup_statuses
 from agent.checks import CheckRecord, load_checks, record_check
 from agent.contract import ReceiptResult, parse_sale
 from agent.errors import FiscalError, InvalidSale, NotFound
@@ -31,6 +32,7 @@ from agent.receipts import Issued, ReceiptService
 __all__ = [
     "QUEUED_PRINTS",
     "ApiBackend",
+    "BackupOut",
     "CheckDoneIn",
     "CheckKind",
     "CheckOut",
@@ -104,6 +106,36 @@ class CheckOut(_Out):
     done_at: dt.datetime | None
 
 
+class LastBackupOut(_Out):
+    """The latest quarterly DEP backup written: its file and the file's SHA-256."""
+
+    quarter: str
+    path: str
+    sha256: str
+    at: dt.datetime
+
+
+class BackupFailureOut(_Out):
+    """Why the register's latest backup attempt failed (it is retried)."""
+
+    quarter: str
+    error: str
+    at: dt.datetime
+
+
+class BackupOut(_Out):
+    """The register's quarterly DEP backups (§ 7 Abs 3 RKSV). ``overdue``: a quarter ended
+    more than 7 days ago without a backup; ``failure``: the latest failure of the current
+    run of failures, ``None`` once a backup is written again."""
+
+    last: LastBackupOut | None
+    overdue: bool
+    failure: BackupFailureOut | None
+
+
+_NO_BACKUP = BackupOut(last=None, overdue=False, failure=None)
+
+
 class RegisterStatusOut(_Out):
     register_id: str = Field(alias="register")
     state: Literal["active", "closed", "waiting"]  # waiting: its Startbeleg waits
@@ -113,6 +145,7 @@ class RegisterStatusOut(_Out):
     waiting_special: list[SpecialKind]
     unsigned_count: int
     open_checks: list[CheckOut]
+    backup: BackupOut
 
 
 class PrinterOut(_Out):
@@ -224,6 +257,7 @@ class ServiceBackend:
         service: the till's receipt service.
         thresholds: the outage escalation thresholds (for the 48-hour deadline).
         printer: the printer's state; without it the printer shows as ``disabled``.
+        backups: the service's backup job, whose failures the status shows.
     """
 
     def __init__(
@@ -232,10 +266,12 @@ class ServiceBackend:
         *,
         thresholds: Thresholds | None = None,
         printer: Callable[[], PrinterOut] | None = None,
+        backups: DepBackups | None = None,
     ) -> None:
         self.service = service
         self.thresholds = thresholds or Thresholds()
         self.printer = printer
+        self.backups = backups
 
     def issue_sale(self, raw: bytes) -> ReceiptResult:
         """Issue the receipt of a raw sale (the spool handler)."""
@@ -275,6 +311,7 @@ class ServiceBackend:
             for record in load_checks(conn):
                 checks.setdefault(record.register_id, []).append(check_out(record, now))
             queued = int(conn.execute(QUEUED_PRINTS).fetchone()[0])
+            backups = backup_statuses(conn, now, self.backups.failures if self.backups else {})
         registers = [
             self._register(
                 tuple(row),
@@ -283,6 +320,7 @@ class ServiceBackend:
                 now,
                 failed,
                 checks=checks.get(row[0], []),
+                backup=_backup_out(backups.get(row[0])),
             )
             for row in rows
         ]
@@ -335,6 +373,7 @@ class ServiceBackend:
         failed: dict[int, str | None],
         *,
         checks: list[CheckOut],
+        backup: BackupOut,
     ) -> RegisterStatusOut:
         register_id, state, last_number, unit_id, certified, last_state, unsigned = row
         unit_state: UnitState = "unknown"
@@ -353,6 +392,7 @@ class ServiceBackend:
             waiting_special=_with_sammelbeleg(waiting) if outage is not None else waiting,
             unsigned_count=unsigned,
             open_checks=checks,
+            backup=backup,
         )
 
     def _open_outage(
@@ -372,6 +412,23 @@ class ServiceBackend:
             report_due_at=shown.report_due_at,
             recovery_failed=failed,
         )
+
+
+def _backup_out(status: BackupStatus | None) -> BackupOut:
+    if status is None:  # a register whose Startbeleg waits: nothing to back up yet
+        return _NO_BACKUP
+    last, failure = status.last, status.failure
+    return BackupOut(
+        last=None
+        if last is None
+        else LastBackupOut(
+            quarter=last.quarter, path=last.path, sha256=last.sha256, at=last.written_at
+        ),
+        overdue=status.overdue,
+        failure=None
+        if failure is None
+        else BackupFailureOut(quarter=failure.quarter, error=failure.error, at=failure.at),
+    )
 
 
 def _waiting(rows: list[Any]) -> dict[str, list[SpecialKind]]:

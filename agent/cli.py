@@ -24,6 +24,7 @@ import typer
 
 from agent import cli_commands as _commands  # noqa: F401 - registers the commands
 from agent import cli_demo as _demo  # noqa: F401 - registers demo and bench ingest
+from agent.cli_backup import backup_app
 from agent.cli_base import app
 from agent.cli_checks import checks_app
 from agent.cli_config import config_app
@@ -35,6 +36,7 @@ __all__ = ["app", "main"]
 app.add_typer(outage_app, name="outage")
 app.add_typer(checks_app, name="checks")
 app.add_typer(config_app, name="config")
+app.add_typer(backup_app, name="backup")
 
 _SOFT_BREAK = re.compile(r"(?<=\S)\n(?![\s*-]|\d+\.)")  # not before a list item
 

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from agent import __version__
 from agent.errors import (
+    BackupFailed,
     ConfigurationError,
     DataDirLocked,
     FiscalError,
@@ -177,6 +178,7 @@ _EXIT = (
     (RegisterClosed, 4),  # a refusal by the register's state, though nothing was consumed
     (InvalidSale, 3),
     (FiscalError, 4),
+    (BackupFailed, 2),  # an output that cannot be written
     (StorageError, 5),
     (NotFound, 6),
     (ConfigurationError, 2),

@@ -76,7 +76,8 @@ def config_check(
     problems = check_resources(loaded)
     if problems:
         _invalid(ConfigurationError("\n".join(problems)), as_json)
-    if warning := loaded.printer.header_warning:  # stderr: --json output stays one object
+    warnings = (loaded.printer.header_warning, loaded.backup.same_disk_warning(loaded.data_dir))
+    for warning in filter(None, warnings):  # stderr: --json output stays one object
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     if as_json:
         print(json.dumps({"ok": True, "source": _origin(config)}, ensure_ascii=False))

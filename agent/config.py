@@ -67,6 +67,7 @@ __all__ = [
     "SYSTEM_CONFIG",
     "AgentConfig",
     "ApiConfig",
+    "BackupConfig",
     "HubConfig",
     "OutageConfig",
     "PrinterConfig",
@@ -91,6 +92,7 @@ _UNDER_DATA_DIR: dict[tuple[str, str], str | None] = {
     ("api", "unix_socket"): None,
     ("spool", "dir"): "spool",
     ("printer", "dir"): "prints",
+    ("backup", "dir"): "dep-backups",
 }
 
 
@@ -227,6 +229,41 @@ class SpoolConfig(_Section):
     enabled: bool = True
     dir: Path | None = None  # <data_dir>/spool when loaded
     rescan_s: float = Field(5.0, gt=0)
+
+
+class BackupConfig(_Section):
+    """The quarterly DEP backups (§ 7 Abs 3 RKSV: at least quarterly, unalterably, on an
+    external electronic medium): ``dir`` should be on another disk than ``data_dir``."""
+
+    enabled: bool = True
+    dir: Path | None = None  # <data_dir>/dep-backups when loaded
+
+    def same_disk_warning(self, data_dir: Path) -> str | None:
+        """Why the backups are not on an external medium, or None: ``dir`` (or, while it
+        does not exist, the directory it would be made in) is on the data directory's
+        file system (the same ``st_dev``). A path that cannot be examined warns nothing."""
+        if not self.enabled or self.dir is None:
+            return None
+        here, there = _device(data_dir), _device(self.dir)
+        if here is None or here != there:
+            return None
+        return (
+            f"backup.dir: {self.dir} is on the same file system as data_dir {data_dir}:"
+            " a DEP backup on the till's own disk is not on an external medium"
+            " (§ 7 Abs 3 RKSV); set [backup] dir to a mounted external disk or share"
+        )
+
+
+def _device(path: Path) -> int | None:
+    """``st_dev`` of ``path`` or of its nearest existing parent (where it would be made)."""
+    for where in (path, *path.parents):
+        try:
+            return os.stat(where).st_dev
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+    return None
 
 
 HEADER_LINES = 6
@@ -371,6 +408,7 @@ class AgentConfig(_Section):
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     printer: PrinterConfig = Field(default_factory=PrinterConfig)
     hub: HubConfig = Field(default_factory=HubConfig)
+    backup: BackupConfig = Field(default_factory=BackupConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -17,9 +17,21 @@ import errno
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
-__all__ = ["NotRegularFile", "create_file", "fsync_directory", "refuse_non_regular", "replace_file"]
+__all__ = [
+    "NotRegularFile",
+    "create_file",
+    "create_streamed",
+    "fsync_directory",
+    "refuse_non_regular",
+    "replace_file",
+    "temporary_names",
+]
+
+_T = TypeVar("_T")
 
 _KINDS = (
     (stat.S_ISCHR, "a character device"),
@@ -61,12 +73,28 @@ def fsync_directory(directory: Path) -> None:
 def create_file(path: Path, data: bytes, *, mode: int = 0o666) -> None:
     """Create ``path`` holding ``data``; ``FileExistsError`` if the name is taken (it is
     never overwritten). ``mode`` is masked by the umask, as with ``open``."""
-    tmp = _written(path, data, mode)
+    create_streamed(path, lambda handle: handle.write(data), mode=mode)
+
+
+def create_streamed(path: Path, write: Callable[[BinaryIO], _T], *, mode: int = 0o666) -> _T:
+    """:func:`create_file` for content too large to hold in memory: ``write`` writes it to
+    the open temporary file; its result is returned once the file has its name.
+
+    A crash can leave the temporary file behind (never a part under ``path``): see
+    :func:`temporary_names`.
+    """
+    tmp, result = _written(path, write, mode)
     try:
         os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_directory(path.parent)
+    return result
+
+
+def temporary_names(path: Path) -> list[Path]:
+    """The temporary files of ``path`` that writers killed before their end left behind."""
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
 
 
 def replace_file(path: Path, data: bytes, *, mode: int = 0o666) -> None:
@@ -77,7 +105,7 @@ def replace_file(path: Path, data: bytes, *, mode: int = 0o666) -> None:
             file; nothing was written.
     """
     refuse_non_regular(path)
-    tmp = _written(path, data, mode)
+    tmp, _ = _written(path, lambda handle: handle.write(data), mode)
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -86,16 +114,17 @@ def replace_file(path: Path, data: bytes, *, mode: int = 0o666) -> None:
     fsync_directory(path.parent)
 
 
-def _written(path: Path, data: bytes, mode: int) -> Path:
-    """A new temporary file beside ``path`` holding ``data``, fsynced."""
+def _written(path: Path, write: Callable[[BinaryIO], _T], mode: int) -> tuple[Path, _T]:
+    """A new temporary file beside ``path`` holding what ``write`` wrote, fsynced; and
+    what ``write`` returned."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            result = write(handle)
             handle.flush()
             os.fsync(handle.fileno())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return tmp
+    return tmp, result

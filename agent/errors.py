@@ -14,6 +14,8 @@
     │   └── OutcomeUnknown         a chain service may or may not have signed: ask it later
     ├── DepFormatError         a DEP export or crypto container is not of the documented form
     │                          (defined in agent.at_rksv.dep)
+    ├── BackupFailed           a DEP backup could not be written (directory, permissions,
+    │                          full disk): the service retries it at its next run
     ├── StorageError           the till database could not do what was asked
     │   └── DataDirLocked          another process owns this data directory
     └── NotFound               a receipt, register or unit that does not exist
@@ -22,6 +24,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BackupFailed",
     "ConfigurationError",
     "ConflictError",
     "DataDirLocked",
@@ -114,6 +117,22 @@ class OutcomeUnknown(SigningError):
     The service may hold a signed receipt that the agent does not know: the receipt is
     ``unsigned`` until the service is asked whether it has it.
     """
+
+
+class BackupFailed(TillAgentError):
+    """A quarterly DEP backup could not be written; nothing of it was recorded.
+
+    Args:
+        register_id: the register whose backup failed.
+        quarter: the quarter it was for ("2026-Q3").
+        reason: what failed, naming the path.
+    """
+
+    def __init__(self, register_id: str, quarter: str, reason: str) -> None:
+        super().__init__(f"register {register_id}: the DEP backup of {quarter} failed: {reason}")
+        self.register_id = register_id
+        self.quarter = quarter
+        self.reason = reason
 
 
 class StorageError(TillAgentError):

@@ -23,6 +23,7 @@ from types import FrameType
 from agent import sdnotify
 from agent.api import ApiServer, create_app, serve
 from agent.api_backend import Issued, ServiceBackend
+from agent.backup import DepBackups
 from agent.checks import CheckWatch
 from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig, ensure_api_token
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 DEV_UNIT = "dev-uncertified"
 CLOSINGS_EVERY_S = 60.0
+BACKUPS_EVERY_S = 60.0
 
 
 # below this soft limit on open files the service does not rely on: sockets, database,
@@ -78,7 +80,10 @@ class _Backend(ServiceBackend):
 
     def __init__(self, till: TillService) -> None:
         super().__init__(
-            till.receipts, thresholds=till.config.outage.thresholds(), printer=till.printer.status
+            till.receipts,
+            thresholds=till.config.outage.thresholds(),
+            printer=till.printer.status,
+            backups=till.backups,
         )
         self.till = till
 
@@ -141,6 +146,7 @@ class TillService:
             on_progress=lambda: self.watchdog.beat("printer"),
         )
         self._ensure_register(unit_ids)
+        self.backups = self._backups()
         self.backend = _Backend(self)
         self.prober = Prober(
             self.receipts, self.config.probe.backoff(), deadline=self.config.sign_timeout_s
@@ -155,6 +161,11 @@ class TillService:
         self._next_watch = self._next_closings = 0.0
         self.timers = BackgroundLoop("timer", self._timer_step)
         self.timers.start()
+        if self.backups is not None:
+            self.backup_loop = BackgroundLoop(
+                "backup", self._backup_step, max_wait=BACKUPS_EVERY_S, error_wait=BACKUPS_EVERY_S
+            )
+            self.backup_loop.start()
         if self.config.spool.enabled:
             assert self.config.spool.dir is not None
             self.watchdog.register("spool", max(30.0, 3 * self.config.spool.rescan_s))
@@ -267,6 +278,18 @@ class TillService:
             ", ".join(units),
         )
 
+    def _backups(self) -> DepBackups | None:
+        """The quarterly DEP backup job (§ 7 Abs 3 RKSV), warning when its directory is on
+        the till's own disk; None when ``[backup] enabled = false``."""
+        backup = self.config.backup
+        if warning := backup.same_disk_warning(self.config.data_dir):
+            log.warning("%s", warning)
+        if not backup.enabled:
+            log.warning("DEP backups are disabled ([backup] enabled = false)")
+            return None
+        assert backup.dir is not None
+        return DepBackups(self.db, backup.dir, self.clock)
+
     def _start_api(self) -> ApiServer:
         api = self.config.api
         assert api.token_file is not None
@@ -295,6 +318,14 @@ class TillService:
             self._next_closings = now + CLOSINGS_EVERY_S
         sdnotify.status(self._status_line())
         return 1.0
+
+    def _backup_step(self) -> float:
+        """Write the due DEP backups, on a loop of their own: a long export never delays
+        the outage watch or the watchdog. A failure is retried a minute later (the loop
+        logs a run of failures once; the job journals it once per register)."""
+        assert self.backups is not None
+        self.backups.run_due()
+        return BACKUPS_EVERY_S
 
     def _status_line(self) -> str:
         open_ = self.receipts.outages.open_registers()
@@ -327,7 +358,10 @@ class TillService:
             self.spool.stop()
         if self.api is not None:
             self.api.stop()
-        for part in ("prober", "printer", "timers"):
+        backups: DepBackups | None = getattr(self, "backups", None)
+        if backups is not None:
+            backups.stop()  # a backup being written is abandoned, redone at next start
+        for part in ("prober", "printer", "timers", "backup_loop"):
             if hasattr(self, part):
                 getattr(self, part).stop()
         self.watchdog.stop()

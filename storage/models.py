@@ -28,6 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "APPEND_ONLY_TABLES",
+    "DEP_BACKUPS",
     "JOURNAL",
     "OUTAGES",
     "PRINT_JOBS",
@@ -39,6 +40,7 @@ __all__ = [
     "WAITING_SPECIALS",
     "Base",
     "Check",
+    "DepBackup",
     "JournalEvent",
     "Outage",
     "PrintJob",
@@ -50,7 +52,7 @@ __all__ = [
     "WaitingSpecial",
 ]
 
-APPEND_ONLY_TABLES = ("receipts", "journal", "receipt_resolutions")
+APPEND_ONLY_TABLES = ("receipts", "journal", "receipt_resolutions", "dep_backups")
 
 _NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -277,6 +279,21 @@ class Check(Base):
     done_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
+class DepBackup(Base):
+    """A quarterly DEP backup (§ 7 Abs 3 RKSV): the register's DEP from its first receipt
+    to the quarter's last day, written once to ``path`` (append-only, one per quarter)."""
+
+    __tablename__ = "dep_backups"
+
+    register_id: Mapped[str] = mapped_column(ForeignKey("registers.id"), primary_key=True)
+    quarter: Mapped[str] = mapped_column(String(7), primary_key=True)  # "2026-Q3"
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))  # of the file, hex
+    receipts: Mapped[int] = mapped_column(Integer)
+    last_number: Mapped[int] = mapped_column(Integer)
+    written_at: Mapped[str] = mapped_column(String(32))  # UTC, ISO 8601
+
+
 class JournalEvent(Base):
     """The append-only journal: a global sequence, each event hashing the previous one."""
 
@@ -301,3 +318,4 @@ OUTAGES = cast(Table, Outage.__table__)
 RESOLUTIONS = cast(Table, ReceiptResolution.__table__)
 WAITING_SPECIALS = cast(Table, WaitingSpecial.__table__)
 PRINT_JOBS = cast(Table, PrintJob.__table__)
+DEP_BACKUPS = cast(Table, DepBackup.__table__)

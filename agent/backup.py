@@ -1,0 +1,405 @@
+"""Quarterly DEP backups: § 7 Abs 3 RKSV asks for the DEP to be backed up unalterably, at
+least quarterly, on an external electronic medium (reference/rksv.md 6).
+
+A register's backup of a quarter is its whole DEP7 export from its first receipt to the
+quarter's last day (inclusive, in the register's time zone), so each file verifies on its
+own with the crypto container. It is streamed (:func:`agent.export.export_dep`) into a
+temporary file, fsynced and linked read-only to
+``<dir>/<register>/<register>_<YYYY>-Q<n>.dep.json``, never over a file of that name; then
+recorded with its SHA-256 in ``dep_backups`` and a ``dep.backup`` journal event, whose
+hash chain makes a changed file evident.
+
+The export reads a snapshot through the reader engine, so receipts are issued while a
+backup is written; only the record's commit takes the write connection.
+
+A crash after the file got its name and before its record leaves a complete file: the
+next run exports again into a digest only and records the file if it is that export byte
+for byte (the DEP of an ended quarter does not change); another file there is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import hashlib
+import io
+import logging
+import re
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, BinaryIO, cast
+from zoneinfo import ZoneInfo
+
+from agent.clock import Clock
+from agent.durable import create_streamed, fsync_directory, temporary_names
+from agent.errors import BackupFailed, InvalidSale, NotFound
+from agent.export import export_dep
+from storage.db import TillDB
+from storage.journal import append_event
+
+__all__ = [
+    "OVERDUE_DAYS",
+    "BackupFailure",
+    "BackupRecord",
+    "BackupStatus",
+    "DepBackups",
+    "Quarter",
+    "backup_statuses",
+    "list_backups",
+]
+
+log = logging.getLogger(__name__)
+
+OVERDUE_DAYS = 7  # an ended quarter without a backup for longer than this is overdue
+_QUARTER = re.compile(r"^(\d{4})-Q([1-4])$")
+_REGISTERS = (
+    "SELECT r.id, r.timezone, r.state, r.last_issued_at,"
+    " (SELECT issued_at FROM receipts WHERE register_id = r.id ORDER BY number LIMIT 1)"
+    " FROM registers r WHERE ? IS NULL OR r.id = ? ORDER BY r.id"
+)
+_RECORDS = (
+    "SELECT register_id, quarter, path, sha256, receipts, last_number, written_at"
+    " FROM dep_backups WHERE ? IS NULL OR register_id = ? ORDER BY register_id, quarter"
+)
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Quarter:
+    """A calendar quarter, written ``2026-Q3``."""
+
+    year: int
+    number: int
+
+    @classmethod
+    def parse(cls, text: str) -> Quarter:
+        """``ValueError`` unless ``text`` is of the form 2026-Q3."""
+        if (match := _QUARTER.match(text)) is None:
+            raise ValueError(f"{text!r} is not a quarter: write it as YYYY-Qn, e.g. 2026-Q3")
+        return cls(int(match[1]), int(match[2]))
+
+    @classmethod
+    def of(cls, day: dt.date) -> Quarter:
+        return cls(day.year, (day.month - 1) // 3 + 1)
+
+    def next(self) -> Quarter:
+        return Quarter(self.year + self.number // 4, self.number % 4 + 1)
+
+    def previous(self) -> Quarter:
+        return Quarter(self.year - (self.number == 1), (self.number - 2) % 4 + 1)
+
+    @property
+    def first_day(self) -> dt.date:
+        return dt.date(self.year, 3 * self.number - 2, 1)
+
+    @property
+    def last_day(self) -> dt.date:
+        return self.next().first_day - dt.timedelta(days=1)
+
+    def ends_at(self, zone: dt.tzinfo) -> dt.datetime:
+        """Midnight at the start of the next quarter, local time of ``zone``."""
+        return dt.datetime.combine(self.next().first_day, dt.time(), tzinfo=zone)
+
+    def __str__(self) -> str:
+        return f"{self.year:04d}-Q{self.number}"
+
+
+@dataclass(frozen=True, slots=True)
+class BackupRecord:
+    """A written backup, as ``dep_backups`` and its ``dep.backup`` event hold it."""
+
+    register: str
+    quarter: str
+    path: str
+    sha256: str
+    receipts: int
+    last_number: int
+    written_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackupFailure:
+    """The current run of failures of a register's backups: the latest one."""
+
+    quarter: str
+    error: str
+    at: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackupStatus:
+    """What ``GET /v1/status`` shows of a register's backups."""
+
+    last: BackupRecord | None
+    overdue: bool
+    failure: BackupFailure | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Register:
+    id: str
+    zone: ZoneInfo
+    first: dt.date  # the local date of its first receipt
+    closed_at: dt.datetime | None  # the local time of its Schlussbeleg
+
+    def last_due(self, now: dt.datetime) -> Quarter:
+        """The latest quarter that is over for this register: the one before ``now``'s, or
+        the quarter of its Schlussbeleg (its DEP is final then, and nothing comes after)."""
+        if self.closed_at is not None:
+            return Quarter.of(self.closed_at.date())
+        return Quarter.of(now.astimezone(self.zone).date()).previous()
+
+    def due_since(self, quarter: Quarter) -> dt.datetime:
+        ends = quarter.ends_at(self.zone)
+        return ends if self.closed_at is None else min(ends, self.closed_at)
+
+    def due(self, done: set[str], now: dt.datetime) -> list[Quarter]:
+        """The quarters over and not backed up yet, oldest first."""
+        quarters, quarter, last = [], Quarter.of(self.first), self.last_due(now)
+        while quarter <= last:
+            if str(quarter) not in done:
+                quarters.append(quarter)
+            quarter = quarter.next()
+        return quarters
+
+
+def _registers(conn: sqlite3.Connection, register_id: str | None = None) -> list[_Register]:
+    registers = []
+    for reg_id, timezone, state, last_issued_at, first in conn.execute(
+        _REGISTERS, (register_id, register_id)
+    ):
+        zone = ZoneInfo(timezone)
+        closed = None
+        if state == "closed" and last_issued_at is not None:
+            closed = dt.datetime.fromisoformat(last_issued_at).replace(tzinfo=zone)
+        if first is not None:  # (a register is created with its Startbeleg)
+            registers.append(_Register(reg_id, zone, dt.date.fromisoformat(first[:10]), closed))
+    return registers
+
+
+def list_backups(conn: sqlite3.Connection, register_id: str | None = None) -> list[BackupRecord]:
+    """The recorded backups, by register and quarter."""
+    return [BackupRecord(*row) for row in conn.execute(_RECORDS, (register_id, register_id))]
+
+
+def backup_statuses(
+    conn: sqlite3.Connection, now: dt.datetime, failures: dict[str, BackupFailure]
+) -> dict[str, BackupStatus]:
+    """Per register: its latest backup, whether one is overdue, its current failure."""
+    records: dict[str, list[BackupRecord]] = {}
+    for record in list_backups(conn):
+        records.setdefault(record.register, []).append(record)
+    statuses = {}
+    for reg in _registers(conn):
+        done = records.get(reg.id, [])
+        late = now - dt.timedelta(days=OVERDUE_DAYS)
+        overdue = any(reg.due_since(q) < late for q in reg.due({r.quarter for r in done}, now))
+        last = max(done, key=lambda r: r.quarter, default=None)
+        statuses[reg.id] = BackupStatus(last, overdue, failures.get(reg.id))
+    return statuses
+
+
+class _Digest(io.RawIOBase):
+    """A binary sink that hashes and counts what passes on to ``target`` (if any)."""
+
+    def __init__(self, target: BinaryIO | None, stop: threading.Event) -> None:
+        super().__init__()
+        self.target, self.stop = target, stop
+        self.sha256 = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if self.stop.is_set():
+            raise _Stopped
+        self.sha256.update(data)
+        if self.target is not None:
+            self.target.write(data)
+        return len(data)
+
+
+class _Stopped(Exception):
+    """The service stops: the backup in progress is abandoned (its temporary file too)."""
+
+
+class DepBackups:
+    """Writes the quarterly backups of the registers of one till database into ``directory``.
+
+    Args:
+        db: the open till database (this process holds the writer lock).
+        directory: ``[backup] dir``; a register's files go into a directory of its own.
+        clock: wall time: which quarters are over, and the records' times.
+    """
+
+    def __init__(self, db: TillDB, directory: Path, clock: Clock) -> None:
+        self.db = db
+        self.directory = directory
+        self.clock = clock
+        self.failures: dict[str, BackupFailure] = {}
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Abandon a backup being written (the service stops); the next start redoes it."""
+        self._stop.set()
+
+    def run_due(self, register_id: str | None = None) -> list[BackupRecord]:
+        """Write every backup that is due, per register oldest first.
+
+        A register whose backup fails waits for the next run (its later quarters behind
+        it); the other registers go on.
+
+        Raises:
+            BackupFailed: the first failure, after every register had its turn.
+        """
+        written, failed = [], []
+        now = self.clock.now()
+        with self.db.read_connection() as conn:
+            plan = [
+                (reg, reg.due(_done(conn, reg.id), now)) for reg in _registers(conn, register_id)
+            ]
+        for reg, quarters in plan:
+            try:
+                written += [self._back_up(reg, quarter) for quarter in quarters]
+            except BackupFailed as exc:
+                self._failed(exc)
+                failed.append(exc)
+            except _Stopped:
+                break
+        if failed:
+            raise failed[0]
+        return written
+
+    def run_quarter(self, register_id: str, quarter: Quarter) -> tuple[BackupRecord, bool]:
+        """The backup of one quarter that is over; written now unless it exists (False).
+
+        Raises:
+            NotFound: no such register.
+            InvalidSale: the quarter is not over, or before the register's first receipt.
+            BackupFailed: it could not be written.
+        """
+        with self.db.read_connection() as conn:
+            reg = next(iter(_registers(conn, register_id)), None)
+            if reg is None:
+                raise NotFound(f"register {register_id!r} is not initialized in this till database")
+            _check_quarter(reg, quarter, self.clock.now())
+            existing = [r for r in list_backups(conn, register_id) if r.quarter == str(quarter)]
+        if existing:
+            return existing[0], False
+        try:
+            return self._back_up(reg, quarter), True
+        except BackupFailed as exc:
+            self._failed(exc)
+            raise
+
+    def _back_up(self, reg: _Register, quarter: Quarter) -> BackupRecord:
+        path = self.directory / reg.id / f"{reg.id}_{quarter}.dep.json"
+        try:
+            self._make_directory(path.parent)
+            for stale in temporary_names(path):  # left by a writer killed before its end
+                stale.unlink()
+            if path.exists() or path.is_symlink():
+                sha256, count = self._adopt(reg, quarter, path)
+            else:
+                sha256, count = create_streamed(
+                    path, lambda handle: self._export(reg, quarter, handle), mode=0o444
+                )
+        except OSError as exc:
+            raise BackupFailed(
+                reg.id, str(quarter), f"cannot write {path}: {_reason(exc)}"
+            ) from exc
+        return self._record(reg, quarter, path, sha256, count)
+
+    def _make_directory(self, directory: Path) -> None:
+        if not directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True)
+            fsync_directory(directory.parent)
+
+    def _export(self, reg: _Register, quarter: Quarter, out: BinaryIO | None) -> tuple[str, int]:
+        sink = _Digest(out, self._stop)
+        count = export_dep(self.db, reg.id, cast("IO[bytes]", sink), end=quarter.last_day)
+        return sink.sha256.hexdigest(), count
+
+    def _adopt(self, reg: _Register, quarter: Quarter, path: Path) -> tuple[str, int]:
+        """A file of this name without a record: a run killed before its record. It is
+        recorded if it is this quarter's export; it is never overwritten."""
+        sha256, count = self._export(reg, quarter, None)
+        with path.open("rb") as handle:
+            found = hashlib.file_digest(handle, "sha256").hexdigest()
+        if found != sha256:
+            raise FileExistsError(
+                errno.EEXIST,
+                "the name is taken by a file that is not this quarter's DEP export (move it away)",
+            )
+        return sha256, count
+
+    def _record(
+        self, reg: _Register, quarter: Quarter, path: Path, sha256: str, count: int
+    ) -> BackupRecord:
+        with self.db.read_connection() as conn:
+            last = conn.execute(
+                "SELECT max(number) FROM receipts WHERE register_id = ? AND issued_at < ?",
+                (reg.id, quarter.next().first_day.isoformat()),
+            ).fetchone()[0]
+        at = self.clock.now().isoformat()
+        record = BackupRecord(reg.id, str(quarter), str(path), sha256, count, int(last), at)
+        with self.db.write_connection().transaction() as conn:
+            conn.execute(
+                "INSERT INTO dep_backups (register_id, quarter, path, sha256, receipts,"
+                " last_number, written_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                tuple(asdict(record).values()),
+            )
+            facts = {k: v for k, v in asdict(record).items() if k != "register"}
+            append_event(conn, kind="dep.backup", register_id=reg.id, data=facts, at=at)
+        self.failures.pop(reg.id, None)
+        log.info("register %s: DEP backup of %s written to %s", reg.id, quarter, path)
+        return record
+
+    def _failed(self, exc: BackupFailed) -> None:
+        """Journal the first failure of a run of failures (the log is the caller's)."""
+        at = self.clock.now().isoformat()
+        first = exc.register_id not in self.failures
+        if first:
+            facts = {"quarter": exc.quarter, "error": exc.reason}
+            with self.db.write_connection().transaction() as conn:
+                append_event(
+                    conn, kind="dep.backup_failed", register_id=exc.register_id, data=facts, at=at
+                )
+        self.failures[exc.register_id] = BackupFailure(exc.quarter, exc.reason, at)
+
+
+def _done(conn: sqlite3.Connection, register_id: str) -> set[str]:
+    rows = conn.execute("SELECT quarter FROM dep_backups WHERE register_id = ?", (register_id,))
+    return {str(row[0]) for row in rows}
+
+
+def _check_quarter(reg: _Register, quarter: Quarter, now: dt.datetime) -> None:
+    """Only a quarter that is over and in the register's life has a backup."""
+    if quarter < Quarter.of(reg.first):
+        raise InvalidSale(
+            "--quarter",
+            "quarter-before-register",
+            f"register {reg.id} has receipts from {reg.first} on: {quarter} is before it",
+        )
+    last = reg.last_due(now)
+    if quarter > last and reg.closed_at is not None:
+        raise InvalidSale(
+            "--quarter",
+            "after-schlussbeleg",
+            f"register {reg.id} was closed by its Schlussbeleg in {last}: {quarter} has no DEP",
+        )
+    if quarter > last:
+        raise InvalidSale(
+            "--quarter",
+            "quarter-not-ended",
+            f"{quarter} has not ended (a quarter ends at midnight after its last day,"
+            f" {reg.zone.key}); the latest ended quarter is {last}",
+        )
+
+
+def _reason(exc: OSError) -> str:
+    """The cause in words: "permission denied", "no space left on device"."""
+    reason = exc.strerror or str(exc)
+    reason = reason[:1].lower() + reason[1:]
+    return f"{exc.filename}: {reason}" if exc.filename else reason

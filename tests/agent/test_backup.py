@@ -1,0 +1,334 @@
+"""The quarterly DEP backups (agent/backup.py; § 7 Abs 3 RKSV): which quarters, what is
+written and recorded, failures, and what the status shows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from agent.api_backend import ServiceBackend
+from agent.at_rksv.dep import stream_dep
+from agent.at_rksv.verify import verify_dep
+from agent.backup import BackupRecord, DepBackups, Quarter
+from agent.clock import FrozenClock
+from agent.errors import BackupFailed, InvalidSale, NotFound
+from agent.export import export_container, export_dep
+from agent.receipts import ReceiptService
+from factories import db_rows, journal_events, sale
+
+REGISTER = "KASSE-1"
+VIENNA = ZoneInfo("Europe/Vienna")
+Q1_ENDS = dt.datetime(2026, 3, 31, 22, 0, tzinfo=dt.UTC)  # 1 April 00:00 in Vienna (CEST)
+
+
+@pytest.fixture(name="umask_022", autouse=True)
+def _umask_022() -> Iterator[None]:
+    """The usual umask, so a file created 0444 is 0444."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+@pytest.fixture(name="backup_dir")
+def _backup_dir(tmp_path: Path) -> Path:
+    return tmp_path / "backups"
+
+
+@pytest.fixture(name="backups")
+def _backups(service: ReceiptService, backup_dir: Path, clock: FrozenClock) -> DepBackups:
+    """The backup job of the till holding KASSE-1 (created 2026-03-02, mid-Q1)."""
+    return DepBackups(service.db, backup_dir, clock)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _numbers(service: ReceiptService, path: Path) -> list[int]:
+    """The numbers of the receipts in a DEP file, in its order."""
+    numbers = {
+        r["jws"]: r["number"] for r in db_rows(service.db, "SELECT jws, number FROM receipts")
+    }
+    with path.open("rb") as handle:
+        return [numbers[jws] for _group, jws in stream_dep(handle)]
+
+
+class TestQuarter:
+    def test_parses_and_prints_the_form_2026_q3(self) -> None:
+        """The form the option and the file names use."""
+        assert Quarter.parse("2026-Q3") == Quarter(2026, 3)
+        assert str(Quarter(2026, 3)) == "2026-Q3"
+        for bad in ("2026-Q5", "2026Q3", "26-Q1", "2026-q1", ""):
+            with pytest.raises(ValueError, match="YYYY-Qn"):
+                Quarter.parse(bad)
+
+    def test_days_neighbours_and_end_in_vienna(self) -> None:
+        """A quarter ends at local midnight after its last day: for Q1 2026 that is 22:00
+        UTC on 31 March (summer time began on 29 March)."""
+        q1 = Quarter.of(dt.date(2026, 3, 31))
+        assert (q1.first_day, q1.last_day) == (dt.date(2026, 1, 1), dt.date(2026, 3, 31))
+        assert q1.ends_at(VIENNA) == Q1_ENDS
+        assert Quarter(2026, 4).next() == Quarter(2027, 1)
+        assert Quarter(2027, 1).previous() == Quarter(2026, 4)
+        assert Quarter(2026, 4).last_day == dt.date(2026, 12, 31)
+
+
+class TestWhatIsBackedUp:
+    def test_nothing_is_due_before_the_quarter_ends_in_the_register_time_zone(
+        self, backups: DepBackups, clock: FrozenClock, backup_dir: Path
+    ) -> None:
+        """At 23:59 local on 31 March (21:59 UTC) Q1 has not ended; a register created
+        mid-quarter gets its first backup at that quarter's end, not before."""
+        clock.set(Q1_ENDS - dt.timedelta(minutes=1))
+        assert backups.run_due() == []
+        assert not backup_dir.exists()
+
+    def test_a_receipt_at_2330_local_on_31_march_is_in_q1(
+        self, service: ReceiptService, backups: DepBackups, clock: FrozenClock
+    ) -> None:
+        """Receipts count by their local date: 23:30 on 31 March (21:30 UTC) is in Q1,
+        00:30 on 1 April (22:30 UTC on 31 March) is not."""
+        clock.set(Q1_ENDS - dt.timedelta(minutes=30))
+        in_q1 = service.issue(sale(request_id="late")).number
+        clock.set(Q1_ENDS + dt.timedelta(minutes=30))
+        service.issue(sale(request_id="april"))
+        [record] = backups.run_due()
+        assert record.quarter == "2026-Q1"
+        assert (record.receipts, record.last_number) == (2, in_q1)
+        assert _numbers(service, Path(record.path)) == [1, in_q1]
+
+    def test_several_quarters_are_caught_up_oldest_first_each_from_the_first_receipt(
+        self, service: ReceiptService, backups: DepBackups, clock: FrozenClock, backup_dir: Path
+    ) -> None:
+        """A till that was off catches up every ended quarter in order; each backup is the
+        whole DEP from the Startbeleg to the quarter's last day."""
+        for day in ("2026-05-10", "2026-08-20", "2026-11-02"):
+            clock.set(dt.datetime.fromisoformat(f"{day}T10:00:00+00:00"))
+            service.issue(sale(request_id=day))
+        clock.set(dt.datetime(2027, 1, 5, 10, 0, tzinfo=dt.UTC))
+        records = backups.run_due()
+        assert [r.quarter for r in records] == ["2026-Q1", "2026-Q2", "2026-Q3", "2026-Q4"]
+        assert [(r.receipts, r.last_number) for r in records] == [(1, 1), (2, 2), (3, 3), (4, 4)]
+        assert [_numbers(service, Path(r.path)) for r in records][-1] == [1, 2, 3, 4]
+        expected = backup_dir / REGISTER / f"{REGISTER}_2026-Q2.dep.json"
+        assert records[1].path == str(expected)
+        events = journal_events(service.db, "dep.backup")
+        assert [e["quarter"] for e in events] == ["2026-Q1", "2026-Q2", "2026-Q3", "2026-Q4"]
+
+    def test_a_file_is_written_once_read_only_and_recorded_with_its_hash(
+        self, service: ReceiptService, backups: DepBackups, clock: FrozenClock
+    ) -> None:
+        """The record and its journal event name the file and its SHA-256; a second run
+        writes nothing (the file keeps its inode)."""
+        clock.set(Q1_ENDS + dt.timedelta(days=1))
+        [record] = backups.run_due()
+        path = Path(record.path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o444
+        assert record.sha256 == _sha256(path)
+        inode = path.stat().st_ino
+        assert backups.run_due() == []
+        assert path.stat().st_ino == inode
+        [row] = db_rows(service.db, "SELECT * FROM dep_backups")
+        assert BackupRecord(*row) == record
+        [event] = journal_events(service.db, "dep.backup")
+        assert event == {
+            "quarter": "2026-Q1",
+            "path": record.path,
+            "sha256": record.sha256,
+            "receipts": 1,
+            "last_number": 1,
+            "written_at": record.written_at,
+        }
+        assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp left
+
+    def test_the_backup_verifies_with_the_crypto_container(
+        self, service: ReceiptService, backups: DepBackups, clock: FrozenClock
+    ) -> None:
+        """Each backup is a complete DEP export: the verifier accepts it on its own."""
+        for n in range(3):
+            service.issue(sale(request_id=f"r{n}"))
+        clock.set(dt.datetime(2026, 4, 1, 8, 0, tzinfo=dt.UTC))
+        [record] = backups.run_due()
+        container = json.loads(export_container(service.db, REGISTER))
+        with Path(record.path).open("rb") as handle:
+            report = verify_dep(stream_dep(handle), container)
+        assert report.ok, report.findings
+        assert record.receipts == 4
+
+    def test_a_register_closed_by_its_schlussbeleg_gets_one_final_backup(
+        self, service: ReceiptService, backups: DepBackups, clock: FrozenClock
+    ) -> None:
+        """Its DEP is final with the Schlussbeleg: that quarter is backed up at once, and
+        no later quarter ever is."""
+        clock.set(dt.datetime(2026, 5, 10, 10, 0, tzinfo=dt.UTC))
+        closing = service.issue_special(REGISTER, "closing").number
+        records = backups.run_due()
+        assert [(r.quarter, r.last_number) for r in records] == [
+            ("2026-Q1", 1),
+            ("2026-Q2", closing),
+        ]
+        clock.set(dt.datetime(2027, 6, 1, tzinfo=dt.UTC))
+        assert backups.run_due() == []
+        with pytest.raises(InvalidSale, match="Schlussbeleg") as refused:
+            backups.run_quarter(REGISTER, Quarter(2026, 3))
+        assert (refused.value.field, refused.value.rule) == ("--quarter", "after-schlussbeleg")
+
+
+class TestRunQuarter:
+    def test_an_ended_quarter_is_written_once(
+        self, backups: DepBackups, clock: FrozenClock
+    ) -> None:
+        """Asked twice, the second answer is the recorded backup (written: False)."""
+        clock.set(dt.datetime(2026, 12, 1, tzinfo=dt.UTC))
+        first, written = backups.run_quarter(REGISTER, Quarter(2026, 2))
+        assert written and first.quarter == "2026-Q2"
+        again, written = backups.run_quarter(REGISTER, Quarter(2026, 2))
+        assert (again, written) == (first, False)
+
+    @pytest.mark.parametrize(
+        ("quarter", "rule", "words"),
+        [
+            (Quarter(2026, 4), "quarter-not-ended", "2026-Q4 has not ended"),
+            (Quarter(2025, 4), "quarter-before-register", "receipts from 2026-03-02 on"),
+        ],
+    )
+    def test_a_quarter_not_ended_or_before_the_register_is_refused(
+        self, backups: DepBackups, clock: FrozenClock, quarter: Quarter, rule: str, words: str
+    ) -> None:
+        """Nothing is written for a quarter that can still change or never had receipts."""
+        clock.set(dt.datetime(2026, 12, 31, 22, 59, tzinfo=dt.UTC))  # 23:59 in Vienna
+        with pytest.raises(InvalidSale, match=words) as refused:
+            backups.run_quarter(REGISTER, quarter)
+        assert (refused.value.field, refused.value.rule) == ("--quarter", rule)
+        assert not backups.directory.exists()
+
+    def test_an_unknown_register_is_not_found(self, backups: DepBackups) -> None:
+        with pytest.raises(NotFound, match="NOPE"):
+            backups.run_quarter("NOPE", Quarter(2026, 1))
+
+
+class TestCrashLeftovers:
+    def test_a_complete_file_without_its_record_is_recorded_not_rewritten(
+        self, service: ReceiptService, backups: DepBackups, clock: FrozenClock, backup_dir: Path
+    ) -> None:
+        """A run killed after the file got its name: the next run records that file (it is
+        the quarter's export byte for byte) and leaves it as it is."""
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
+        path = backup_dir / REGISTER / f"{REGISTER}_2026-Q1.dep.json"
+        path.parent.mkdir(parents=True)
+        with path.open("wb") as handle:
+            export_dep(service.db, REGISTER, handle, end=dt.date(2026, 3, 31))
+        inode = path.stat().st_ino
+        [record] = backups.run_due()
+        assert record.sha256 == _sha256(path)
+        assert path.stat().st_ino == inode
+
+    def test_another_file_under_the_name_is_refused_and_kept(
+        self, backups: DepBackups, clock: FrozenClock, backup_dir: Path
+    ) -> None:
+        """Never overwritten: a foreign file there is a failure naming it."""
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
+        path = backup_dir / REGISTER / f"{REGISTER}_2026-Q1.dep.json"
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+        with pytest.raises(BackupFailed, match="not this quarter's DEP export"):
+            backups.run_due()
+        assert path.read_text() == "{}"
+
+    def test_temporary_files_of_a_killed_writer_are_removed(
+        self, backups: DepBackups, clock: FrozenClock, backup_dir: Path
+    ) -> None:
+        """A writer killed mid-file leaves a dot-temp file; the next run removes it."""
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
+        stale = backup_dir / REGISTER / f".{REGISTER}_2026-Q1.dep.json.0123456789ab.tmp"
+        stale.parent.mkdir(parents=True)
+        stale.write_text('{\n  "Belege-Gruppe": [')
+        backups.run_due()
+        assert not stale.exists()
+
+
+class TestFailures:
+    def test_a_failure_is_journaled_once_retried_and_cleared_by_success(
+        self, service: ReceiptService, backups: DepBackups, clock: FrozenClock, backup_dir: Path
+    ) -> None:
+        """The backup directory cannot be made (a file is in its way): each run fails
+        with the path, one ``dep.backup_failed`` event for the run of failures; once the
+        way is clear the next run writes the backup and the failure is gone."""
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
+        backup_dir.write_text("not a directory")
+        for _ in range(3):
+            with pytest.raises(BackupFailed, match=f"cannot write {backup_dir}"):
+                backups.run_due()
+        [event] = journal_events(service.db, "dep.backup_failed")
+        assert event["quarter"] == "2026-Q1"
+        assert "not a directory" in str(event["error"])
+        assert backups.failures[REGISTER].quarter == "2026-Q1"
+        backup_dir.unlink()
+        [record] = backups.run_due()
+        assert record.quarter == "2026-Q1"
+        assert REGISTER not in backups.failures
+        assert len(journal_events(service.db, "dep.backup_failed")) == 1
+        assert db_rows(service.db, "SELECT count(*) FROM dep_backups")[0][0] == 1
+
+    def test_a_new_run_of_failures_is_journaled_again(
+        self, service: ReceiptService, backups: DepBackups, clock: FrozenClock, backup_dir: Path
+    ) -> None:
+        """Once per run of failures, not once ever."""
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
+        backup_dir.write_text("x")
+        with pytest.raises(BackupFailed):
+            backups.run_due()
+        backup_dir.unlink()
+        backups.run_due()
+        clock.set(dt.datetime(2026, 7, 2, tzinfo=dt.UTC))
+        backup_dir.rename(backup_dir.with_name("moved"))
+        backup_dir.write_text("x")
+        with pytest.raises(BackupFailed):
+            backups.run_due()
+        quarters = [e["quarter"] for e in journal_events(service.db, "dep.backup_failed")]
+        assert quarters == ["2026-Q1", "2026-Q2"]
+
+
+class TestStatus:
+    def _status(self, service: ReceiptService, backups: DepBackups | None = None) -> dict:  # type: ignore[type-arg]
+        status = ServiceBackend(service, backups=backups).status()
+        [register] = status.model_dump(mode="json")["registers"]
+        return register["backup"]  # type: ignore[no-any-return]
+
+    def test_overdue_after_seven_days_without_a_backup(
+        self, service: ReceiptService, clock: FrozenClock
+    ) -> None:
+        """Q1 ended: not overdue for 7 days, then overdue until it is backed up."""
+        clock.set(Q1_ENDS + dt.timedelta(days=7))
+        assert self._status(service) == {"last": None, "overdue": False, "failure": None}
+        clock.set(Q1_ENDS + dt.timedelta(days=7, seconds=1))
+        assert self._status(service)["overdue"] is True
+
+    def test_the_last_backup_and_a_failure_are_shown(
+        self, service: ReceiptService, backups: DepBackups, clock: FrozenClock, backup_dir: Path
+    ) -> None:
+        """Quarter, path, SHA-256 and time of the latest backup; the current failure."""
+        clock.set(dt.datetime(2026, 7, 20, tzinfo=dt.UTC))
+        q1, _ = backups.run_quarter(REGISTER, Quarter(2026, 1))
+        backup_dir.rename(backup_dir.with_name("moved"))
+        backup_dir.write_text("x")
+        with pytest.raises(BackupFailed):
+            backups.run_due()
+        shown = self._status(service, backups)
+        assert shown["last"] == {
+            "quarter": "2026-Q1",
+            "path": q1.path,
+            "sha256": q1.sha256,
+            "at": "2026-07-20T00:00:00Z",
+        }
+        assert shown["overdue"] is True  # Q2 ended on 30 June, more than 7 days ago
+        assert shown["failure"]["quarter"] == "2026-Q2"
+        assert "not a directory" in shown["failure"]["error"]
