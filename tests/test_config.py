@@ -151,6 +151,19 @@ class TestFile:
         assert (config.printer.usb_vendor, config.printer.usb_product) == (0x04B8, 0x0202)
         assert config.hub.url == "https://hub.example"
 
+    def test_backups_default_under_data_dir_and_a_relative_dir_is_placed_there(
+        self, write_config: WriteConfig, tmp_path: Path
+    ) -> None:
+        """[backup]: enabled by default, in <data_dir>/dep-backups; a relative dir is
+        relative to data_dir like every other path."""
+        data = tmp_path / "data"
+        config = load_config(write_config(f'data_dir = "{data}"\n'), env={})
+        assert (config.backup.enabled, config.backup.dir) == (True, data / "dep-backups")
+        path = write_config(f'data_dir = "{data}"\n[backup]\nenabled = false\ndir = "b"\n')
+        config = load_config(path, env={})
+        assert (config.backup.enabled, config.backup.dir) == (False, data / "b")
+        assert config.backup.same_disk_warning(data) is None  # disabled: nothing to warn
+
     def test_units_replace_the_development_unit(
         self, write_config: WriteConfig, tmp_path: Path
     ) -> None:
@@ -251,6 +264,9 @@ ERRORS = [
     ("[outage]\nexceeded_hours = 72\n", "outage.exceeded_hours", "less_than_equal"),
     ("[outage]\nwarn_hours = 45\n", "outage.approaching_hours", "order"),
     ('[hub]\nurl = "ftp://hub"\n', "hub.url", "url"),
+    ("[backup]\nfolder = 1\n", "backup.folder", "extra_forbidden"),
+    ('[backup]\nenabled = "yes"\n', "backup.enabled", "bool_type"),
+    ("[backup]\ndir = 3\n", "backup.dir", "path_type"),
     ('[[units]]\nid = "u"\nkind = "software"\n', "units.0", "value_error"),
 ]
 
@@ -492,6 +508,25 @@ class TestCli:
         body = json.loads(refused.stdout)
         assert body["error"] == "ConfigurationError"
         assert body["message"].startswith("api.port: ")
+
+    def test_check_warns_when_the_backups_are_on_the_data_disk(
+        self, run: Callable[..., Result], tmp_path: Path
+    ) -> None:
+        """The default backup directory is on the till's own disk, no external medium
+        (§ 7 Abs 3 RKSV): a warning on stderr, still exit 0; another file system (here
+        /proc, whose st_dev differs) is not warned about."""
+        data = tmp_path / "data"
+        result = run("check", "--json", TILL_AGENT_DATA_DIR=str(data))
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["ok"] is True
+        warning = _flat(result.stderr)
+        assert f"warning: backup.dir: {data / 'dep-backups'} is on the same file system" in warning
+        assert "not on an external medium (§ 7 Abs 3 RKSV)" in warning
+        elsewhere = run(
+            "check", TILL_AGENT_DATA_DIR=str(data), TILL_AGENT_BACKUP__DIR="/proc/till-backup"
+        )
+        assert elsewhere.exit_code == 0, elsewhere.output
+        assert "backup.dir" not in elsewhere.stderr
 
     def test_check_a_missing_file(self, run: Callable[..., Result], tmp_path: Path) -> None:
         """--config naming a missing file: exit 3."""
