@@ -201,7 +201,8 @@ def backup_statuses(
 
 
 class _Digest(io.RawIOBase):
-    """A binary sink that hashes and counts what passes on to ``target`` (if any)."""
+    """A binary sink that hashes what it passes on to ``target`` (if any), and gives up
+    when the service stops."""
 
     def __init__(self, target: BinaryIO | None, stop: threading.Event) -> None:
         super().__init__()
@@ -261,7 +262,8 @@ class DepBackups:
             ]
         for reg, quarters in plan:
             try:
-                written += [self._back_up(reg, quarter) for quarter in quarters]
+                for quarter in quarters:
+                    written.append(self._back_up(reg, quarter))
             except BackupFailed as exc:
                 self._failed(exc)
                 failed.append(exc)

@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import stat
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from agent import backup as backup_module
 from agent.api_backend import ServiceBackend
 from agent.at_rksv.dep import stream_dep
 from agent.at_rksv.verify import verify_dep
@@ -215,6 +218,55 @@ class TestRunQuarter:
     def test_an_unknown_register_is_not_found(self, backups: DepBackups) -> None:
         with pytest.raises(NotFound, match="NOPE"):
             backups.run_quarter("NOPE", Quarter(2026, 1))
+
+
+class TestAlongsideReceipts:
+    def test_receipts_are_issued_while_a_backup_is_being_written(
+        self,
+        service: ReceiptService,
+        backups: DepBackups,
+        clock: FrozenClock,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The export reads a snapshot, not through the write connection: with a backup
+        held in the middle of its file, a sale is issued and committed at once."""
+        held, release = threading.Event(), threading.Event()
+        export = backup_module.export_dep
+
+        def held_export(*args: Any, **kwargs: Any) -> int:
+            def on_receipt() -> None:
+                held.set()
+                assert release.wait(30)
+
+            return export(*args, on_receipt=on_receipt, **kwargs)
+
+        monkeypatch.setattr(backup_module, "export_dep", held_export)
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
+        worker = threading.Thread(target=backups.run_due)
+        worker.start()
+        try:
+            assert held.wait(30)
+            started = time.monotonic()
+            assert service.issue(sale(request_id="during")).number == 2
+            assert time.monotonic() - started < 1.0
+        finally:
+            release.set()
+            worker.join(30)
+        [row] = db_rows(service.db, "SELECT quarter, receipts FROM dep_backups")
+        assert tuple(row) == ("2026-Q1", 1)
+
+    def test_a_stopped_job_abandons_its_backup(
+        self, service: ReceiptService, backups: DepBackups, clock: FrozenClock, backup_dir: Path
+    ) -> None:
+        """The service stops: no file, no temporary file, no record; the next start
+        writes it."""
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
+        backups.stop()
+        assert backups.run_due() == []
+        assert list((backup_dir / REGISTER).iterdir()) == []
+        assert db_rows(service.db, "SELECT * FROM dep_backups") == []
+        [record] = DepBackups(service.db, backup_dir, clock).run_due()
+        assert record.quarter == "2026-Q1"
 
 
 class TestCrashLeftovers:

@@ -59,6 +59,22 @@ class TestBackupRun:
         table = box_words(expect(run("backup", "list", "--data-dir", data_dir), 0).stdout)
         assert f"KASSE-1 2026-Q1 1 1 {first['written_at'][:19]} {first['sha256']}" in table
         assert len(journal_events(db, "dep.backup")) == len(written)
+        container = tmp_path / "container.json"
+        expect(
+            run(
+                "export",
+                "crypto-container",
+                "--register",
+                "KASSE-1",
+                "-o",
+                container,
+                "--data-dir",
+                data_dir,
+            ),
+            0,
+        )
+        for record in written:  # each file verifies on its own
+            expect(run("verify", record["path"], container), 0)
 
     def test_one_quarter_and_again(self, run: Run, config: Path) -> None:
         """--quarter writes that quarter; asked again it shows the recorded backup."""
