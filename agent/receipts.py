@@ -10,16 +10,18 @@ leaves no trace, because the number is allocated inside the transaction.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
 import json
+import logging
 import re
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,7 +85,11 @@ KINDS = (
 )
 MUST_SIGN = frozenset({"start", "yearly", "sammelbeleg"})
 COUNTED = frozenset({"standard", "storno"})  # the kinds whose amounts the counter adds
+# a Startbeleg's intent is its register's setup (recorded by _start_in); a Schlussbeleg is
+# never stored unless signed, so none is recorded (see README, Outages)
+_OWN_INTENT = frozenset({"start", "closing"})
 ZERO: Amounts = (0, 0, 0, 0, 0)
+_log = logging.getLogger(__name__)
 _VATS = ("normal", "reduced1", "reduced2", "zero", "special")
 _INSERT_RECEIPT = (
     "INSERT INTO receipts (register_id, number, receipt_id, kind, request_id, sale_hash,"
@@ -136,7 +142,30 @@ class _Draft:
     unit_position: int | None = None  # override (scenario replay); default the active unit
     force_sign: bool = False  # remedies: sign even while the outage is open, or fail
     reissue_of: sqlite3.Row | None = None  # the unsigned receipt this one replaces
+    voided_by: int | None = None  # the Storno that took ``reissue_of`` back, if it counted
     period: str | None = None  # "YYYY-MM" of a Monats-/Jahresbeleg
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """A receipt as it is stored: its ``receipts`` row and its journal event (the register
+    moves on to its number, counter, JWS and date). JSON-able: an intent keeps one."""
+
+    register_id: str
+    number: int
+    receipt_id: str
+    kind: str
+    request_id: str | None
+    sale_hash: str | None
+    issued_at: str
+    amounts: Amounts
+    turnover: int
+    jws: str
+    state: str
+    unit_id: str
+    voids: int | None
+    document: str  # canonical JSON
+    event: dict[str, Any]
 
 
 class ReceiptService:
@@ -168,12 +197,16 @@ class ReceiptService:
         # refusals are contained to their sale: they are raised before anything in memory
         # (the outage book) changes; anything else fails the whole group
         self._group: GroupCommit[Issued] = GroupCommit(
-            self._lock, self._transaction, (FiscalError, InvalidSale)
+            self._lock, self._transaction, self._writer.savepoint, (FiscalError, InvalidSale)
         )
         # ticked by the running agent, and ages an outage as its Sammelbeleg closes it
         watch = OutageWatch(self._writer, self.clock, thresholds)
         with self._writer.transaction() as conn:
             self.outages = OutageBook(conn, watch)
+        # an intent left by a transaction that rolled back after committing it
+        self._intent_unsettled = True  # and at start: one left by a process that died
+        with self._transaction():
+            pass
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -181,11 +214,14 @@ class ReceiptService:
         with self._lock:  # settle() must see only this transaction's outage changes
             try:
                 with self._writer.transaction() as conn:
+                    if self._intent_unsettled:
+                        self._store_interrupted(conn)
                     yield conn
             except BaseException:
                 self.outages.settle(committed=False)
                 raise
             self.outages.settle(committed=True)
+            self._intent_unsettled = False
 
     # -- public API -----------------------------------------------------------------------
 
@@ -208,7 +244,7 @@ class ReceiptService:
         with self._transaction() as conn:
             if not replay:
                 self._refuse_pending_start(conn, setup.register_id)
-                result = self._start_in(conn, setup, self._stamp_now(setup.timezone), None)
+                result = self._start_in(conn, setup, self._stamp_now(setup.timezone))
             else:  # a scenario replay decides the receipt; no answer is lost there
                 self._create_register(conn, setup)
                 reg = self._register_row(conn, setup.register_id)
@@ -228,36 +264,51 @@ class ReceiptService:
         return _local_stamp(self.clock.now(), timezone)
 
     def _start_in(
-        self, conn: sqlite3.Connection, setup: RegisterSetup, stamp: str, waiting: Any
+        self, conn: sqlite3.Connection, setup: RegisterSetup, stamp: str
     ) -> ReceiptResult | None:
         """Create the register and issue its Startbeleg dated ``stamp``.
 
         A chain service whose answer is lost (``OutcomeUnknown``) may hold the Startbeleg
-        signed: then nothing is created, and the waiting Startbeleg (``waiting``, or a new
+        signed: then nothing is created, and the waiting Startbeleg (the open one, or a new
         one) keeps ``stamp``, so recovery sends the very same signing input again (the
         service's PUT is idempotent) and number 1 is never signed twice. ``None`` then.
-        The Startbeleg is never committed with the failure marker (rksv.md 5).
+        The Startbeleg is never committed with the failure marker (rksv.md 5). For a chain
+        service the register's setup and ``stamp`` are committed first (an intent), so a
+        process that dies while the service signs leaves the register waiting the same way.
         """
+        self._check_new_register(conn, setup)
+        chain = self.units.get(conn, setup.unit_ids[0]).capabilities.keeps_chain
+        if chain:
+            intent = {"setup": json.loads(_setup_json(setup, stamp))}
+            self._record_intent(conn, setup.register_id, 1, "start", intent)
         conn.execute("SAVEPOINT startbeleg")
         try:
             self._create_register(conn, setup)
             reg = self._register_row(conn, setup.register_id)
             result = self._issue_in(conn, reg, _Draft(setup.register_id, "start", issued_at=stamp))
         except WaitsForUnit as exc:
-            if not isinstance(exc.__cause__, OutcomeUnknown):
-                raise
             conn.execute("ROLLBACK TO startbeleg")
             conn.execute("RELEASE startbeleg")
-            pending = _setup_json(setup, stamp)
-            if waiting is None:
-                self._record_waiting_in(conn, setup.register_id, "start", None, str(exc), pending)
-            elif waiting["setup"] != pending:
-                conn.execute(
-                    "UPDATE waiting_specials SET setup = ? WHERE id = ?", (pending, waiting["id"])
-                )
+            if not isinstance(exc.__cause__, OutcomeUnknown):
+                if chain:
+                    self._void_intent(conn, setup.register_id, 1, exc)
+                raise
+            self._start_waits(conn, setup.register_id, _setup_json(setup, stamp), str(exc))
             return None
         conn.execute("RELEASE startbeleg")
         return result
+
+    def _start_waits(
+        self, conn: sqlite3.Connection, register_id: str, pending: str, reason: str
+    ) -> None:
+        """The register waits for its Startbeleg, sent with the setup ``pending`` (JSON)."""
+        waiting = open_waiting(conn, register_id, "start", None)
+        if waiting is None:
+            self._record_waiting_in(conn, register_id, "start", None, reason, pending)
+        elif waiting["setup"] != pending:
+            conn.execute(
+                "UPDATE waiting_specials SET setup = ? WHERE id = ?", (pending, waiting["id"])
+            )
 
     def _refuse_pending_start(self, conn: sqlite3.Connection, register_id: str) -> None:
         """A Startbeleg the chain service may hold is completed by recovery, never anew."""
@@ -382,7 +433,8 @@ class ReceiptService:
 
     # -- registers ------------------------------------------------------------------------
 
-    def _create_register(self, conn: sqlite3.Connection, setup: RegisterSetup) -> None:
+    def _check_new_register(self, conn: sqlite3.Connection, setup: RegisterSetup) -> bool:
+        """Refuse an existing register or unusable units; whether it is a closed system."""
         if conn.execute("SELECT 1 FROM registers WHERE id = ?", (setup.register_id,)).fetchone():
             raise InvalidSale(
                 "register",
@@ -393,6 +445,10 @@ class ReceiptService:
         closed = zdas[0] == "AT0"
         if any((z == "AT0") != closed for z in zdas):
             raise InvalidSale("units", "one-system", "do not mix closed (AT0) and open units")
+        return closed
+
+    def _create_register(self, conn: sqlite3.Connection, setup: RegisterSetup) -> None:
+        closed = self._check_new_register(conn, setup)
         now = self.clock.now().isoformat()
         conn.execute(
             "INSERT INTO registers (id, closed_system, counter_bytes, aes_key, timezone,"
@@ -515,83 +571,201 @@ class ReceiptService:
             chain_value(reg["last_jws"], register_id),
         )
         data = signing_input(payload)
-        signature, state = self._sign(conn, unit, data, draft, number, now)
-        jws = jws_compact(data, signature)
-        document = _document(register_id, draft, payload, state)
-        document_json = canonical_json(document)
-        voids = None if draft.voids is None else draft.voids["number"]
-        event = {
-            "number": number,
-            "receipt_id": receipt_id,
-            "kind": draft.kind,
-            "jws": jws,
-            "signature_state": state,
-            "unit_id": unit.identity.unit_id,
-            "voids_number": voids,
-            "request_id": draft.request_id,
-            "turnover_cents": turnover,
-            "issued_at": payload.issued_at,
-            "amounts": list(draft.amounts),
-            # the sale itself; the printed text is derivable and only its hash is journaled
-            "lines": document["lines"],
-            "payments": document["payments"],
-            "document_sha256": hashlib.sha256(document_json.encode()).hexdigest(),
-        }
+        parts = functools.partial(_stored, draft, number, payload, data, identity.unit_id, turnover)
+        intent = functools.partial(self._commit_intent, conn, draft, parts)
+        signature, state = self._sign(conn, unit, data, draft, number, now, intent)
+        stored, document = parts(signature, state)
         at = self.clock.now()  # after signing, which may have waited for its deadline
+        self._store(conn, stored, at)
+        self._after_store(conn, register_id, draft.kind, draft.period, number, state, at)
+        if state == "signed" and draft.kind in CHECK_KINDS:  # the operator's check, rksv.md 6
+            record_due(conn, register_id, draft.kind, number, payload.issued_at, draft.period, at)
+        return result_from_parts(
+            register_id, number, draft.kind, state, payload, signature, stored.jws, document
+        )
+
+    def _commit_intent(
+        self,
+        conn: sqlite3.Connection,
+        draft: _Draft,
+        parts: Callable[[bytes, str], tuple[_Stored, dict[str, Any]]],
+    ) -> None:
+        """Record the receipt about to be sent as the ``unsigned`` one a lost answer would
+        leave, and commit it (with all the transaction holds so far)."""
+        stored, _ = parts(FALLBACK_SIGNATURE, "unsigned")
+        intent = {"receipt": dataclasses.asdict(stored), "voided_by": draft.voided_by}
+        self._record_intent(conn, stored.register_id, stored.number, draft.kind, intent)
+
+    def _record_intent(
+        self,
+        conn: sqlite3.Connection,
+        register_id: str,
+        number: int,
+        kind: str,
+        intent: dict[str, Any],
+    ) -> None:
+        """Commit (fsync) a signing intent and what the transaction wrote before it: a
+        process that dies from here on leaves the intent for :meth:`_store_interrupted`.
+
+        The transaction goes on: a group commit's earlier sales and a remedy's earlier
+        receipts are committed now, each complete.
+        """
+        conn.execute(
+            "INSERT INTO pending_signings (register_id, number, kind, intent, at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (register_id, number, kind, canonical_json(intent), self.clock.now().isoformat()),
+        )
+        self._writer.commit_so_far()
+        self.outages.settle(committed=True)
+        self._intent_unsettled = True  # until the transaction commits
+
+    def _store_interrupted(self, conn: sqlite3.Connection) -> None:
+        """Store each signing whose process ended while the chain service signed (or before
+        its COMMIT) as a lost answer would have: the service may hold it signed, so its
+        number is never given to another receipt (recovery adopts or remedies it)."""
+        for row in conn.execute(_INTERRUPTED).fetchall():
+            intent = json.loads(row["intent"])
+            if "void" in intent:
+                continue
+            if "setup" in intent:
+                setup = canonical_json(intent["setup"])
+                self._start_waits(conn, row["register_id"], setup, _START_INTERRUPTED)
+            else:
+                self._store_lost(conn, intent)
+            facts = {"number": row["number"], "kind": row["kind"], "intent": row["id"]}
+            now = self.clock.now().isoformat()
+            append_event(
+                conn, kind="signing.interrupted", register_id=row["register_id"], at=now, data=facts
+            )
+            _log.warning(
+                "register %s: the %s receipt %d was being signed by the chain service when"
+                " the process ended; %s",
+                row["register_id"],
+                row["kind"],
+                row["number"],
+                "the register waits for its Startbeleg"
+                if "setup" in intent
+                else "stored unsigned until the service answers",
+            )
+
+    def _store_lost(self, conn: sqlite3.Connection, intent: dict[str, Any]) -> None:
+        """Store an intent's receipt ``unsigned``, with all its lost answer would have done."""
+        fields = intent["receipt"]
+        stored = _Stored(**{**fields, "amounts": tuple(fields["amounts"])})
+        register_id, number = stored.register_id, stored.number
+        if self._register_row(conn, register_id)["last_number"] != number - 1:
+            raise FiscalError(
+                f"register {register_id}: the signing intent of receipt {number} does not"
+                " follow the register's last receipt; the till database is inconsistent"
+            )
+        at = self.clock.now()
+        if self.outages.is_open(register_id):
+            self.outages.affected(conn, register_id, number, at)
+        else:
+            cause = f"the process ended while the chain service signed receipt {number}"
+            self.outages.open(
+                conn,
+                register_id=register_id,
+                unit_id=stored.unit_id,
+                cause=cause,
+                number=number,
+                at=at,
+            )
+        self._store(conn, stored, at)
+        document = json.loads(stored.document)
+        self._after_store(
+            conn, register_id, stored.kind, document.get("period"), number, "unsigned", at
+        )
+        if "reissue_of" in document:  # as _close_outage does after a lost reissue
+            old = conn.execute(
+                "SELECT * FROM receipts WHERE register_id = ? AND number = ?",
+                (register_id, document["reissue_of"]),
+            ).fetchone()
+            self._resolve(
+                conn, old, "superseded", replacement=number, voided_by=intent["voided_by"]
+            )
+
+    def _void_intent(
+        self, conn: sqlite3.Connection, register_id: str, number: int, exc: Exception
+    ) -> None:
+        """The service answered that it signed nothing: the intent before is void (the
+        receipt is not stored, so its number is free)."""
+        self._record_intent(conn, register_id, number, "void", {"void": str(exc)})
+
+    def _store(self, conn: sqlite3.Connection, stored: _Stored, at: dt.datetime) -> None:
+        """Insert the receipt and its journal event; move the register on to it."""
         seq = append_event(
-            conn, kind="receipt.issued", register_id=register_id, at=at.isoformat(), data=event
+            conn,
+            kind="receipt.issued",
+            register_id=stored.register_id,
+            at=at.isoformat(),
+            data=stored.event,
         )
         conn.execute(
             _INSERT_RECEIPT,
             (
-                register_id,
-                number,
-                receipt_id,
-                draft.kind,
-                draft.request_id,
-                draft.sale_hash,
-                payload.issued_at,
-                *draft.amounts,
-                turnover,
-                jws,
-                state,
-                unit.identity.unit_id,
-                voids,
-                document_json,
+                stored.register_id,
+                stored.number,
+                stored.receipt_id,
+                stored.kind,
+                stored.request_id,
+                stored.sale_hash,
+                stored.issued_at,
+                *stored.amounts,
+                stored.turnover,
+                stored.jws,
+                stored.state,
+                stored.unit_id,
+                stored.voids,
+                stored.document,
                 seq,
             ),
         )
-        closed = "closed" if draft.kind == "closing" else "active"
+        closed = "closed" if stored.kind == "closing" else "active"
         conn.execute(
-            _UPDATE_REGISTER, (number, turnover, jws, payload.issued_at, closed, register_id)
-        )
-        lost = state != "signed" and draft.kind in MUST_SIGN
-        if draft.period is not None and not lost:  # a lost Jahresbeleg leaves its month open
-            conn.execute(
-                "UPDATE registers SET last_closing = ? WHERE id = ?", (draft.period, register_id)
-            )
-        if lost and draft.kind == "yearly":  # it waits (an unsigned Sammelbeleg: the outage)
-            reason = f"Jahresbeleg {number} was sent, but no answer came; it is issued again"
-            self._record_waiting_in(conn, register_id, "yearly", draft.period, reason)
-        if state == "signed" and draft.kind in MUST_SIGN:
-            self._supersede_lost(conn, register_id, draft, number)
-        if state == "signed" and draft.kind in CHECK_KINDS:  # the operator's check, rksv.md 6
-            record_due(conn, register_id, draft.kind, number, payload.issued_at, draft.period, at)
-        if draft.kind == "sammelbeleg" and state == "signed" and self.outages.is_open(register_id):
-            self.outages.close(conn, register_id, number, at)
-        return result_from_parts(
-            register_id, number, draft.kind, state, payload, signature, jws, document
+            _UPDATE_REGISTER,
+            (
+                stored.number,
+                stored.turnover,
+                stored.jws,
+                stored.issued_at,
+                closed,
+                stored.register_id,
+            ),
         )
 
+    def _after_store(  # noqa: PLR0917 - the facts of the receipt just stored
+        self,
+        conn: sqlite3.Connection,
+        register_id: str,
+        kind: str,
+        period: str | None,
+        number: int,
+        state: str,
+        at: dt.datetime,
+    ) -> None:
+        """What a stored receipt settles: its month, a waiting Jahresbeleg, the outage."""
+        lost = state != "signed" and kind in MUST_SIGN
+        if period is not None and not lost:  # a lost Jahresbeleg leaves its month open
+            conn.execute(
+                "UPDATE registers SET last_closing = ? WHERE id = ?", (period, register_id)
+            )
+        if lost and kind == "yearly":  # it waits (an unsigned Sammelbeleg: the outage)
+            reason = f"Jahresbeleg {number} was sent, but no answer came; it is issued again"
+            self._record_waiting_in(conn, register_id, "yearly", period, reason)
+        if state == "signed" and kind in MUST_SIGN:
+            self._supersede_lost(conn, register_id, kind, period, number)
+        if kind == "sammelbeleg" and state == "signed" and self.outages.is_open(register_id):
+            self.outages.close(conn, register_id, number, at)
+
     def _supersede_lost(
-        self, conn: sqlite3.Connection, register_id: str, draft: _Draft, number: int
+        self, conn: sqlite3.Connection, register_id: str, kind: str, period: str | None, number: int
     ) -> None:
         """A signed Sammel-/Jahresbeleg supersedes the unresolved unsigned ones of its kind
         (and month): their obligation is met now. Their numbers stay theirs (the chain
         service may hold them signed); zero receipts need no Storno."""
         for row in _unresolved(conn, register_id):
-            period = json.loads(row["document"]).get("period")
-            if row["kind"] == draft.kind and period == draft.period:
+            if row["kind"] == kind and json.loads(row["document"]).get("period") == period:
                 self._resolve(conn, row, "superseded", replacement=number)
 
     def _check_closable(self, conn: sqlite3.Connection, register_id: str) -> None:
@@ -649,6 +823,7 @@ class ReceiptService:
         draft: _Draft,
         number: int,
         now: dt.datetime,
+        intent: Callable[[], None],
     ) -> tuple[bytes, str]:
         register_id, kind = draft.register_id, draft.kind
         must_sign = kind in MUST_SIGN or draft.force_sign
@@ -659,6 +834,8 @@ class ReceiptService:
                 raise WaitsForUnit(f"a {kind} receipt must be signed: it waits for the unit")
             self.outages.affected(conn, register_id, number, now)
             return FALLBACK_SIGNATURE, "fallback"
+        if unit.capabilities.keeps_chain and kind not in _OWN_INTENT:
+            intent()  # durable before the request leaves: the service keeps what it signs
         try:
             return sign_verified(unit, data, timeout=self.sign_timeout), "signed"
         except SigningError as exc:
@@ -669,6 +846,8 @@ class ReceiptService:
                 ) from exc
             unknown = isinstance(exc, OutcomeUnknown)
             if must_sign and (kind == "start" or not unknown):
+                if unit.capabilities.keeps_chain and kind not in _OWN_INTENT:
+                    self._void_intent(conn, register_id, number, exc)
                 raise WaitsForUnit(
                     f"a {kind} receipt must be validly signed and the unit failed: {exc}"
                 ) from exc
@@ -849,7 +1028,7 @@ class ReceiptService:
         setup = _setup_from_json(row["setup"])
         stamp = json.loads(row["setup"]).get("issued_at") or self._stamp_now(setup.timezone)
         with self._transaction() as conn:
-            result = self._start_in(conn, setup, stamp, row)
+            result = self._start_in(conn, setup, stamp)
             if result is not None:
                 self._waiting_done(conn, row, result.number)
         if result is None:
@@ -927,10 +1106,10 @@ class ReceiptService:
             for old in sales:
                 if _any_lost(issued):
                     break
-                voided_by = None
-                if old["kind"] in COUNTED:  # it counted: a Storno takes it back (rksv.md 3)
-                    voided_by = add(_void_draft(old)).number
-                new = add(self._reissue_draft(conn, old))
+                voided_by = _remedy_storno(conn, old)  # one a dead process left
+                if old["kind"] in COUNTED and voided_by is None:  # a Storno takes it back
+                    voided_by = add(_void_draft(old)).number  # (rksv.md 3)
+                new = add(dataclasses.replace(self._reissue_draft(conn, old), voided_by=voided_by))
                 self._resolve(conn, old, "superseded", replacement=new.number, voided_by=voided_by)
         for result in issued:
             _raise_if_lost(result, always=True)
@@ -1012,6 +1191,18 @@ class ReceiptService:
         return issued
 
 
+# intents whose receipt is missing, the last one per receipt number (a void one included)
+_INTERRUPTED = (
+    "SELECT p.* FROM pending_signings p LEFT JOIN receipts r"
+    " ON r.register_id = p.register_id AND r.number = p.number"
+    " WHERE r.number IS NULL AND p.id = (SELECT MAX(q.id) FROM pending_signings q"
+    " WHERE q.register_id = p.register_id AND q.number = p.number) ORDER BY p.id"
+)
+_START_INTERRUPTED = (
+    "its Startbeleg was sent to the chain service when the till process ended; it waits and"
+    " is sent again unchanged as soon as the service answers (till-agent outage recover)"
+)
+
 _START_SENT = (
     "register {register}: its Startbeleg was sent to the chain service, but no answer came;"
     " it waits and is sent again unchanged as soon as the service answers (till-agent"
@@ -1085,6 +1276,22 @@ def open_waiting(
         (register_id, kind, period, period),
     ).fetchone()
     return row
+
+
+def _remedy_storno(conn: sqlite3.Connection, old: sqlite3.Row) -> int | None:
+    """The remedy's Storno of ``old`` when its process ended before ``old`` was reissued
+    (stored from its intent): the next remedy reissues ``old`` without a second one.
+
+    Only a remedy makes a Storno without a request_id that is no reissue, and it resolves
+    ``old`` in the same transaction unless the process died while the Storno was signed.
+    """
+    row = conn.execute(
+        "SELECT number FROM receipts WHERE register_id = ? AND voids_number = ?"
+        " AND kind = 'storno' AND request_id IS NULL"
+        " AND json_extract(document, '$.reissue_of') IS NULL",
+        (old["register_id"], old["number"]),
+    ).fetchone()
+    return None if row is None else int(row[0])
 
 
 def _unresolved(conn: sqlite3.Connection, register_id: str | None) -> list[sqlite3.Row]:
@@ -1238,6 +1445,58 @@ def _zone(name: str) -> ZoneInfo:
 def _local_stamp(now: dt.datetime, timezone: str) -> str:
     """Field 4 of a receipt: ``now`` as local time of ``timezone``, whole seconds."""
     return now.astimezone(_zone(timezone)).replace(tzinfo=None, microsecond=0).isoformat()
+
+
+def _stored(  # noqa: PLR0917 - partial() fixes the receipt, the signing adds the rest
+    draft: _Draft,
+    number: int,
+    payload: Payload,
+    data: bytes,
+    unit_id: str,
+    turnover: int,
+    signature: bytes,
+    state: str,
+) -> tuple[_Stored, dict[str, Any]]:
+    """The receipt to store once ``data`` is signed (or not: ``state``), and its document."""
+    jws = jws_compact(data, signature)
+    document = _document(draft.register_id, draft, payload, state)
+    document_json = canonical_json(document)
+    voids = None if draft.voids is None else draft.voids["number"]
+    event = {
+        "number": number,
+        "receipt_id": payload.receipt_id,
+        "kind": draft.kind,
+        "jws": jws,
+        "signature_state": state,
+        "unit_id": unit_id,
+        "voids_number": voids,
+        "request_id": draft.request_id,
+        "turnover_cents": turnover,
+        "issued_at": payload.issued_at,
+        "amounts": list(draft.amounts),
+        # the sale itself; the printed text is derivable and only its hash is journaled
+        "lines": document["lines"],
+        "payments": document["payments"],
+        "document_sha256": hashlib.sha256(document_json.encode()).hexdigest(),
+    }
+    stored = _Stored(
+        draft.register_id,
+        number,
+        payload.receipt_id,
+        draft.kind,
+        draft.request_id,
+        draft.sale_hash,
+        payload.issued_at,
+        draft.amounts,
+        turnover,
+        jws,
+        state,
+        unit_id,
+        voids,
+        document_json,
+        event,
+    )
+    return stored, document
 
 
 def _document(register_id: str, draft: _Draft, payload: Payload, state: str) -> dict[str, Any]:

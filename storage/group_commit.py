@@ -52,6 +52,8 @@ class GroupCommit(Generic[T]):
         writer: held by the leader while it runs a group; the owner's other writes
             take it too, so a group never interleaves with them.
         transaction: opens the write transaction a group runs in (commits on exit).
+        savepoint: opens a named savepoint in it (released when its block ends), e.g.
+            :meth:`storage.writer.WriteConnection.savepoint`.
         contained: the exceptions that refuse one piece of a group without failing the
             others; they must be raised before the piece changed anything outside the
             database. Any other exception fails the whole group.
@@ -61,10 +63,12 @@ class GroupCommit(Generic[T]):
         self,
         writer: threading.RLock,
         transaction: Callable[[], AbstractContextManager[sqlite3.Connection]],
+        savepoint: Callable[[str], AbstractContextManager[sqlite3.Connection]],
         contained: tuple[type[Exception], ...],
     ) -> None:
         self._writer = writer
         self._transaction = transaction
+        self._savepoint = savepoint
         self._contained = contained
         self._queue_lock = threading.Lock()
         self._queue: list[_Slot[T]] = []
@@ -153,10 +157,9 @@ class GroupCommit(Generic[T]):
 
     def _run_in_savepoint(self, conn: sqlite3.Connection, slot: _Slot[T]) -> None:
         """Run one piece of a group; a contained refusal is undone without the others."""
-        conn.execute("SAVEPOINT piece")
-        try:
-            slot.result = slot.work(conn)
-        except self._contained as exc:
-            conn.execute("ROLLBACK TO piece")
-            slot.error = exc
-        conn.execute("RELEASE piece")
+        with self._savepoint("piece"):
+            try:
+                slot.result = slot.work(conn)
+            except self._contained as exc:
+                conn.execute("ROLLBACK TO piece")
+                slot.error = exc

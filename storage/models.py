@@ -31,6 +31,7 @@ __all__ = [
     "DEP_BACKUPS",
     "JOURNAL",
     "OUTAGES",
+    "PENDING_SIGNINGS",
     "PRINT_JOBS",
     "RECEIPTS",
     "REGISTERS",
@@ -43,6 +44,7 @@ __all__ = [
     "DepBackup",
     "JournalEvent",
     "Outage",
+    "PendingSigning",
     "PrintJob",
     "Receipt",
     "ReceiptResolution",
@@ -52,7 +54,13 @@ __all__ = [
     "WaitingSpecial",
 ]
 
-APPEND_ONLY_TABLES = ("receipts", "journal", "receipt_resolutions", "dep_backups")
+APPEND_ONLY_TABLES = (
+    "receipts",
+    "journal",
+    "receipt_resolutions",
+    "dep_backups",
+    "pending_signings",
+)
 
 _NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -234,6 +242,24 @@ class WaitingSpecial(Base):
     number: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
+class PendingSigning(Base):
+    """A signing request to a chain service, committed before the request left.
+
+    ``intent`` (JSON) holds what storing the receipt as ``unsigned`` needs (a Startbeleg's:
+    its register setup and date). Append-only: it is done once receipt ``number`` exists;
+    one whose receipt is missing at start is stored as a lost answer would have been.
+    """
+
+    __tablename__ = "pending_signings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    register_id: Mapped[str] = mapped_column(String(64))
+    number: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    intent: Mapped[str] = mapped_column(Text)
+    at: Mapped[str] = mapped_column(String(32))
+
+
 class PrintJob(Base):
     """One print of one receipt: the ESC/POS bytes (kept, so a reprint is identical)
     and the state of sending them. Printing happens after the commit (invariant 1)."""
@@ -319,3 +345,4 @@ RESOLUTIONS = cast(Table, ReceiptResolution.__table__)
 WAITING_SPECIALS = cast(Table, WaitingSpecial.__table__)
 PRINT_JOBS = cast(Table, PrintJob.__table__)
 DEP_BACKUPS = cast(Table, DepBackup.__table__)
+PENDING_SIGNINGS = cast(Table, PendingSigning.__table__)

@@ -34,6 +34,7 @@ class WriteConnection:
         self._lock = threading.RLock()
         self._depth = 0
         self._durable = True
+        self._savepoints: list[str] = []  # open in the transaction, innermost last
         self._synchronous = int(raw.execute("PRAGMA synchronous").fetchone()[0])
         # what the commits cost (each an fsync with synchronous=FULL): benchmarks read it
         self.commits = 0
@@ -70,6 +71,7 @@ class WriteConnection:
                     yield self._conn
                 except BaseException as exc:
                     self._depth = 0
+                    self._savepoints.clear()
                     self._rollback()
                     if isinstance(exc, sqlite3.Error) and (failure := storage_failure(exc)):
                         raise StorageError(f"{failure}; nothing of it was stored") from exc
@@ -80,6 +82,39 @@ class WriteConnection:
                 if not durable:
                     self._conn.execute(f"PRAGMA synchronous={self._synchronous}")
                 self._durable = True
+
+    @contextmanager
+    def savepoint(self, name: str) -> Iterator[sqlite3.Connection]:
+        """``SAVEPOINT name`` in the open transaction, released when the block ends.
+
+        The block undoes its work with ``ROLLBACK TO name`` itself. Unlike a plain
+        SAVEPOINT statement, this one survives :meth:`commit_so_far`, which opens it again.
+        """
+        self._conn.execute(f"SAVEPOINT {name}")
+        self._savepoints.append(name)
+        try:
+            yield self._conn
+        finally:
+            self._savepoints.pop()
+        self._conn.execute(f"RELEASE {name}")
+
+    def commit_so_far(self) -> None:
+        """Commit (fsync) what the open transaction wrote so far and go on in a new one.
+
+        For a record that must be durable before something leaves the process while the
+        transaction is still open (a request to a chain service). The open savepoints are
+        opened again, so a ``ROLLBACK TO`` afterwards undoes only what came after this.
+
+        Raises:
+            StorageError: no durable transaction is open, or the commit failed.
+        """
+        with self._lock:
+            if not self._depth or not self._durable:
+                raise StorageError("commit_so_far needs an open durable transaction")
+            self._commit()
+            self._begin()
+            for name in self._savepoints:
+                self._conn.execute(f"SAVEPOINT {name}")
 
     def _begin(self) -> None:
         try:

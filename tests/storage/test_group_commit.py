@@ -28,7 +28,9 @@ class Store:
         self.path = path
         self.commits = 0
         self.lock = threading.RLock()
-        self.group: GroupCommit[int] = GroupCommit(self.lock, self.transaction, (Refused,))
+        self.group: GroupCommit[int] = GroupCommit(
+            self.lock, self.transaction, self.savepoint, (Refused,)
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -42,6 +44,12 @@ class Store:
             time.sleep(0.01)  # callers pile up behind the commit
             self.conn.execute("COMMIT")
             self.commits += 1
+
+    @contextmanager
+    def savepoint(self, name: str) -> Iterator[sqlite3.Connection]:
+        self.conn.execute(f"SAVEPOINT {name}")
+        yield self.conn
+        self.conn.execute(f"RELEASE {name}")
 
     def stored(self) -> list[int]:
         with sqlite3.connect(self.path) as reader:
@@ -159,6 +167,8 @@ def test_an_answer_is_the_work_s_own_result(tmp_path: Path, pieces: int) -> None
 def test_work_that_returns_none_is_answered_none(tmp_path: Path) -> None:
     """The group is generic: None is a result like any other, not a missing one."""
     store = Store(tmp_path / "g.sqlite3")
-    nothing: GroupCommit[None] = GroupCommit(store.lock, store.transaction, (Refused,))
+    nothing: GroupCommit[None] = GroupCommit(
+        store.lock, store.transaction, store.savepoint, (Refused,)
+    )
     assert nothing.run(lambda conn: None) is None
     assert store.commits == 1
