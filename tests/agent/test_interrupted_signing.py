@@ -1,0 +1,160 @@
+"""A till process that dies while a chain service signs never frees the receipt number.
+
+The death is played by an exception raised where the receipt would be stored (the
+service has answered, COMMIT has not happened); a new ReceiptService on the same
+database is the restart. tests/crash/test_chain_kill.py kills real processes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+
+from agent.at_rksv.verify import verify_dep
+from agent.clock import FrozenClock
+from agent.errors import WaitsForUnit
+from agent.export import export_container, export_dep
+from agent.fakes.chain_service import ChainServiceFake
+from agent.receipts import ReceiptService, RegisterSetup
+from agent.signing.registry import UnitRegistry
+from factories import db_rows, journal_events, sale
+from storage import TillDB
+
+REGISTER = "KASSE-1"
+
+
+class _Died(BaseException):
+    """The process ends here (nothing after it runs, the transaction rolls back)."""
+
+
+def _die_while_storing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def died(*_: object) -> None:
+        raise _Died
+
+    monkeypatch.setattr(ReceiptService, "_store", died)
+
+
+def _restart(db: TillDB, registry: UnitRegistry, clock: FrozenClock) -> ReceiptService:
+    return ReceiptService(db, registry, clock=clock, sign_timeout=1.5)
+
+
+def _rows(db: TillDB, register: str = REGISTER) -> list[tuple[Any, ...]]:
+    sql = "SELECT number, kind, signature_state FROM receipts WHERE register_id = ? ORDER BY number"
+    return [tuple(r) for r in db_rows(db, sql, register)]
+
+
+def _check_dep(db: TillDB, chain: ChainServiceFake, register: str = REGISTER) -> None:
+    """Every receipt the service signed is in our DEP, and the DEP verifies."""
+    buffer = io.StringIO()
+    export_dep(db, register, buffer)
+    dep = json.loads(buffer.getvalue())
+    report = verify_dep(dep, json.loads(export_container(db, register)))
+    assert report.ok, report.findings[:5]
+    ours = {r["jws"].rsplit(".", 1)[0] for r in db_rows(db, "SELECT jws FROM receipts")}
+    assert set(chain.signing_inputs(register)) <= ours
+
+
+class TestAStandardSale:
+    def test_the_sale_the_service_signed_is_stored_unsigned_and_adopted(
+        self,
+        chain_service: ReceiptService,
+        chain: ChainServiceFake,
+        db: TillDB,
+        registry: UnitRegistry,
+        clock: FrozenClock,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """At restart the sale keeps its number and request_id (the POS's retry gets it),
+        the outage opens, and recovery adopts the service's signature: no second 2."""
+        with monkeypatch.context() as patch:
+            _die_while_storing(patch)
+            with pytest.raises(_Died):
+                chain_service.issue(sale(request_id="r-1"))
+        assert _rows(db) == [(1, "start", "signed")]
+        service = _restart(db, registry, clock)
+        assert _rows(db) == [(1, "start", "signed"), (2, "standard", "unsigned")]
+        again = service.issue_once(sale(request_id="r-1"))
+        assert (again.created, again.result.number) == (False, 2)
+        assert service.outages.is_open(REGISTER)
+        [event] = journal_events(db, "signing.interrupted")
+        assert event["number"] == 2
+        assert service.recover(REGISTER) is not None
+        assert service.unsigned() == []
+        assert service.issue(sale(request_id="r-2")).number > 2
+        _check_dep(db, chain)
+
+    def test_a_committed_sale_leaves_no_intent_behind(
+        self, chain_service: ReceiptService, db: TillDB, registry: UnitRegistry, clock: FrozenClock
+    ) -> None:
+        """An intent is done once its receipt exists: a restart stores nothing more."""
+        chain_service.issue(sale(request_id="r-1"))
+        assert len(db_rows(db, "SELECT * FROM pending_signings")) == 2  # Startbeleg, sale
+        _restart(db, registry, clock)
+        assert _rows(db) == [(1, "start", "signed"), (2, "standard", "signed")]
+        assert journal_events(db, "signing.interrupted") == []
+
+
+class TestAStartbeleg:
+    def test_the_register_waits_with_its_stamp_and_gets_the_same_startbeleg(
+        self,
+        chain_service: ReceiptService,
+        chain: ChainServiceFake,
+        db: TillDB,
+        registry: UnitRegistry,
+        clock: FrozenClock,
+        chain_unit: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The Startbeleg the service signed is sent again unchanged: it holds one."""
+        with monkeypatch.context() as patch:
+            _die_while_storing(patch)
+            with pytest.raises(_Died):
+                chain_service.init_register(RegisterSetup("KASSE-2", [chain_unit]))
+        service = _restart(db, registry, clock)
+        assert [w["kind"] for w in service.waiting("KASSE-2")] == ["start"]
+        with pytest.raises(WaitsForUnit):
+            service.init_register(RegisterSetup("KASSE-2", [chain_unit]))
+        clock.advance(90)  # a new Startbeleg would carry another date
+        [start] = service.recover("KASSE-2") or []
+        assert (start.number, start.signature_state) == (1, "signed")
+        assert len(chain.signing_inputs("KASSE-2")) == 1
+        _check_dep(db, chain, "KASSE-2")
+
+
+class TestASammelbeleg:
+    def test_the_sammelbeleg_is_stored_unsigned_and_the_outage_still_closes(
+        self,
+        chain_service: ReceiptService,
+        chain: ChainServiceFake,
+        db: TillDB,
+        registry: UnitRegistry,
+        clock: FrozenClock,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """An interrupted Sammelbeleg keeps its number; recovery adopts it and closes the
+        outage with a signed one (as after a lost answer)."""
+        chain.mode = "down"
+        assert chain_service.issue(sale(request_id="f")).signature_state == "fallback"
+        chain.mode = "up"
+        with monkeypatch.context() as patch:
+            _die_while_storing(patch)
+            with pytest.raises(_Died):
+                chain_service.recover(REGISTER)
+        service = _restart(db, registry, clock)
+        assert _rows(db)[-1] == (3, "sammelbeleg", "unsigned")
+        assert service.recover(REGISTER) is not None
+        assert not service.outages.is_open(REGISTER)
+        assert service.unsigned() == []
+        _check_dep(db, chain)
+
+
+class TestALocalUnit:
+    def test_a_software_unit_records_no_intent(self, service: ReceiptService, db: TillDB) -> None:
+        """Local units sign in-process: no intent, no extra commit per receipt."""
+        commits = service.db.write_connection().commits
+        service.issue(sale(request_id="s-1"))
+        assert service.db.write_connection().commits == commits + 1
+        assert db_rows(db, "SELECT * FROM pending_signings") == []
