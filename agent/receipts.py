@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent.at_rksv import (
@@ -38,6 +38,7 @@ from agent.at_rksv import (
     encrypt_counter,
     jws_compact,
     signing_input,
+    split_jws,
 )
 from agent.checks import CHECK_KINDS, record_due
 from agent.clock import Clock, SystemClock
@@ -85,9 +86,6 @@ KINDS = (
 )
 MUST_SIGN = frozenset({"start", "yearly", "sammelbeleg"})
 COUNTED = frozenset({"standard", "storno"})  # the kinds whose amounts the counter adds
-# a Startbeleg's intent is its register's setup (recorded by _start_in); a Schlussbeleg is
-# never stored unless signed, so none is recorded (see README, Outages)
-_OWN_INTENT = frozenset({"start", "closing"})
 ZERO: Amounts = (0, 0, 0, 0, 0)
 _log = logging.getLogger(__name__)
 _VATS = ("normal", "reduced1", "reduced2", "zero", "special")
@@ -217,8 +215,11 @@ class ReceiptService:
                     if self._intent_unsettled:
                         self._store_interrupted(conn)
                     yield conn
-            except BaseException:
+            except BaseException as exc:
                 self.outages.settle(committed=False)
+                if self._intent_unsettled and isinstance(exc, FiscalError):
+                    with self._transaction():  # now, not at the next write: a refusal
+                        pass  # after the request left (a Schlussbeleg that waits)
                 raise
             self.outages.settle(committed=True)
             self._intent_unsettled = False
@@ -300,8 +301,9 @@ class ReceiptService:
 
     def _start_waits(
         self, conn: sqlite3.Connection, register_id: str, pending: str, reason: str
-    ) -> None:
-        """The register waits for its Startbeleg, sent with the setup ``pending`` (JSON)."""
+    ) -> bool:
+        """The register waits for its Startbeleg, sent with the setup ``pending`` (JSON);
+        ``False`` if it waited for that one already."""
         waiting = open_waiting(conn, register_id, "start", None)
         if waiting is None:
             self._record_waiting_in(conn, register_id, "start", None, reason, pending)
@@ -309,6 +311,9 @@ class ReceiptService:
             conn.execute(
                 "UPDATE waiting_specials SET setup = ? WHERE id = ?", (pending, waiting["id"])
             )
+        else:
+            return False
+        return True
 
     def _refuse_pending_start(self, conn: sqlite3.Connection, register_id: str) -> None:
         """A Startbeleg the chain service may hold is completed by recovery, never anew."""
@@ -502,6 +507,8 @@ class ReceiptService:
     def _open_register(self, conn: sqlite3.Connection, register_id: str) -> sqlite3.Row:
         reg = self._register_row(conn, register_id)
         if reg["state"] != "active":
+            if open_waiting(conn, register_id, "closing", None) is not None:
+                raise WaitsForUnit(_CLOSING_SENT.format(register=register_id))
             raise RegisterClosed(register_id)
         return reg
 
@@ -629,7 +636,11 @@ class ReceiptService:
                 continue
             if "setup" in intent:
                 setup = canonical_json(intent["setup"])
-                self._start_waits(conn, row["register_id"], setup, _START_INTERRUPTED)
+                if not self._start_waits(conn, row["register_id"], setup, _START_INTERRUPTED):
+                    continue  # it waits already (its answer was lost, or an earlier start)
+            elif row["kind"] == "closing":
+                if not self._closing_waits(conn, intent):
+                    continue
             else:
                 self._store_lost(conn, intent)
             facts = {"number": row["number"], "kind": row["kind"], "intent": row["id"]}
@@ -639,25 +650,20 @@ class ReceiptService:
             )
             _log.warning(
                 "register %s: the %s receipt %d was being signed by the chain service when"
-                " the process ended; %s",
+                " the process ended (or its transaction failed); %s",
                 row["register_id"],
                 row["kind"],
                 row["number"],
-                "the register waits for its Startbeleg"
-                if "setup" in intent
+                "it waits and is sent again unchanged"
+                if "setup" in intent or row["kind"] == "closing"
                 else "stored unsigned until the service answers",
             )
 
     def _store_lost(self, conn: sqlite3.Connection, intent: dict[str, Any]) -> None:
         """Store an intent's receipt ``unsigned``, with all its lost answer would have done."""
-        fields = intent["receipt"]
-        stored = _Stored(**{**fields, "amounts": tuple(fields["amounts"])})
+        stored = _intended(intent)
         register_id, number = stored.register_id, stored.number
-        if self._register_row(conn, register_id)["last_number"] != number - 1:
-            raise FiscalError(
-                f"register {register_id}: the signing intent of receipt {number} does not"
-                " follow the register's last receipt; the till database is inconsistent"
-            )
+        self._check_follows(conn, stored)
         at = self.clock.now()
         if self.outages.is_open(register_id):
             self.outages.affected(conn, register_id, number, at)
@@ -684,6 +690,51 @@ class ReceiptService:
             self._resolve(
                 conn, old, "superseded", replacement=number, voided_by=intent["voided_by"]
             )
+
+    def _check_follows(self, conn: sqlite3.Connection, stored: _Stored) -> None:
+        """An interrupted receipt's number is the register's next (nothing came after it)."""
+        if self._register_row(conn, stored.register_id)["last_number"] != stored.number - 1:
+            raise FiscalError(
+                f"register {stored.register_id}: the signing intent of receipt"
+                f" {stored.number} does not follow the register's last receipt; the till"
+                " database is inconsistent"
+            )
+
+    def _closing_waits(self, conn: sqlite3.Connection, intent: dict[str, Any]) -> bool:
+        """The register waits for a Schlussbeleg the chain service may hold: closed to
+        sales, it is sent again unchanged by recovery (:meth:`_issue_waiting_closing`).
+        ``False``: it waits already."""
+        stored = _intended(intent)
+        if open_waiting(conn, stored.register_id, "closing", None) is not None:
+            return False
+        self._check_follows(conn, stored)
+        reason = _CLOSING_SENT.format(register=stored.register_id)
+        self._record_waiting_in(
+            conn, stored.register_id, "closing", None, reason, canonical_json(intent)
+        )
+        conn.execute("UPDATE registers SET state = 'closed' WHERE id = ?", (stored.register_id,))
+        return True
+
+    def _closing_failed(
+        self,
+        conn: sqlite3.Connection,
+        unit: SignatureUnit,
+        register_id: str,
+        number: int,
+        exc: SigningError,
+    ) -> NoReturn:
+        """A Schlussbeleg is stored only signed (no Sammelbeleg could follow it). One a chain
+        service may hold keeps its number: its intent makes the register wait for it
+        (:meth:`_closing_waits`, after this transaction rolls back)."""
+        chain = unit.capabilities.keeps_chain
+        if chain and isinstance(exc, OutcomeUnknown):
+            raise WaitsForUnit(_CLOSING_SENT.format(register=register_id)) from exc
+        if chain:
+            self._void_intent(conn, register_id, number, exc)
+        raise WaitsForUnit(
+            f"the unit failed ({exc}): a Schlussbeleg is issued only when it signs,"
+            " since no Sammelbeleg could follow it; nothing was issued"
+        ) from exc
 
     def _void_intent(
         self, conn: sqlite3.Connection, register_id: str, number: int, exc: Exception
@@ -834,19 +885,16 @@ class ReceiptService:
                 raise WaitsForUnit(f"a {kind} receipt must be signed: it waits for the unit")
             self.outages.affected(conn, register_id, number, now)
             return FALLBACK_SIGNATURE, "fallback"
-        if unit.capabilities.keeps_chain and kind not in _OWN_INTENT:
+        if unit.capabilities.keeps_chain and kind != "start":
             intent()  # durable before the request leaves: the service keeps what it signs
         try:
             return sign_verified(unit, data, timeout=self.sign_timeout), "signed"
         except SigningError as exc:
-            if kind == "closing":  # its outage could never be closed: the register ends
-                raise WaitsForUnit(
-                    f"the unit failed ({exc}): a Schlussbeleg is issued only when it signs,"
-                    " since no Sammelbeleg could follow it; nothing was issued"
-                ) from exc
             unknown = isinstance(exc, OutcomeUnknown)
+            if kind == "closing":  # its outage could never be closed: the register ends
+                self._closing_failed(conn, unit, register_id, number, exc)
             if must_sign and (kind == "start" or not unknown):
-                if unit.capabilities.keeps_chain and kind not in _OWN_INTENT:
+                if unit.capabilities.keeps_chain and kind != "start":
                     self._void_intent(conn, register_id, number, exc)
                 raise WaitsForUnit(
                     f"a {kind} receipt must be validly signed and the unit failed: {exc}"
@@ -1006,7 +1054,9 @@ class ReceiptService:
             if remedy or self.outages.is_open(register_id):
                 issued.extend(self._close_outage(register_id, remedy))
             for row in self.waiting(register_id):
-                if row["kind"] != "start":
+                if row["kind"] == "closing":
+                    issued.append(self._issue_waiting_closing(register_id))
+                elif row["kind"] != "start":
                     issued.append(self._issue_waiting(row))
         except (FiscalError, SigningError) as exc:
             self._recovery_failed(register_id, exc)
@@ -1034,6 +1084,33 @@ class ReceiptService:
         if result is None:
             raise WaitsForUnit(_START_SENT.format(register=setup.register_id))
         return result
+
+    def _issue_waiting_closing(self, register_id: str) -> ReceiptResult:
+        """The Schlussbeleg a chain service may hold, sent again unchanged: its PUT is
+        idempotent, so the service answers with what it holds or signs it now."""
+        row = self._waiting_row(register_id, "closing")
+        assert row is not None  # listed by waiting() just before, and only recovery ends it
+        lost = _intended(json.loads(row["setup"]))
+        data = lost.jws.rsplit(".", 1)[0].encode("ascii")
+        signature = sign_verified(self.unit_of(register_id), data, timeout=self.sign_timeout)
+        payload = split_jws(lost.jws)[0]
+        draft = _Draft(register_id, "closing")
+        stored, document = _stored(
+            draft, lost.number, payload, data, lost.unit_id, lost.turnover, signature, "signed"
+        )
+        with self._transaction() as conn:
+            self._store(conn, stored, self.clock.now())
+            self._waiting_done(conn, row, stored.number)
+        return result_from_parts(
+            register_id,
+            stored.number,
+            "closing",
+            "signed",
+            payload,
+            signature,
+            stored.jws,
+            document,
+        )
 
     def _issue_waiting(self, row: dict[str, Any]) -> ReceiptResult:
         with self._transaction() as conn:
@@ -1203,6 +1280,12 @@ _START_INTERRUPTED = (
     " is sent again unchanged as soon as the service answers (till-agent outage recover)"
 )
 
+_CLOSING_SENT = (
+    "register {register}: its Schlussbeleg was sent to the chain service, but no answer came;"
+    " the register sells nothing more, and the Schlussbeleg is sent again unchanged as soon"
+    " as the service answers (till-agent outage recover)"
+)
+
 _START_SENT = (
     "register {register}: its Startbeleg was sent to the chain service, but no answer came;"
     " it waits and is sent again unchanged as soon as the service answers (till-agent"
@@ -1276,6 +1359,12 @@ def open_waiting(
         (register_id, kind, period, period),
     ).fetchone()
     return row
+
+
+def _intended(intent: dict[str, Any]) -> _Stored:
+    """The ``unsigned`` receipt a signing intent holds."""
+    fields = intent["receipt"]
+    return _Stored(**{**fields, "amounts": tuple(fields["amounts"])})
 
 
 def _remedy_storno(conn: sqlite3.Connection, old: sqlite3.Row) -> int | None:

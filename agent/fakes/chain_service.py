@@ -207,6 +207,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("WWW-Authenticate", "Bearer")
         self.end_headers()
         self.wfile.write(answer.body)
+        match = _RECEIPT_PATH.fullmatch(self.path)
+        if match is not None and self.command == "PUT":
+            self.server.fake._note_answer(match.group(2))
 
 
 class ChainServiceFake:
@@ -247,6 +250,7 @@ class ChainServiceFake:
         self._receipts: dict[tuple[str, str], _Receipt] = {}
         self._sequences: dict[str, int] = {}
         self._requests = 0
+        self._answered: dict[str, float] = {}  # client_id -> monotonic time of its last answer
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -346,6 +350,15 @@ class ChainServiceFake:
         thread.join()
 
     # -- requests (called from the handler threads) ----------------------------------------
+
+    def answered_at(self, client_id: str) -> float | None:
+        """When (``time.monotonic()``) the last answer to a PUT of ``client_id`` was sent."""
+        with self._lock:
+            return self._answered.get(client_id)
+
+    def _note_answer(self, client_id: str) -> None:
+        with self._lock:
+            self._answered[client_id] = time.monotonic()
 
     def _count_request(self) -> Mode:
         """Count one request and return the mode it is handled in."""

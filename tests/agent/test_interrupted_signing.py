@@ -7,6 +7,7 @@ database is the restart. tests/crash/test_chain_kill.py kills real processes.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 
 from agent.at_rksv.verify import verify_dep
 from agent.clock import FrozenClock
-from agent.errors import WaitsForUnit
+from agent.errors import RegisterClosed, WaitsForUnit
 from agent.export import export_container, export_dep
 from agent.fakes.chain_service import ChainServiceFake
 from agent.receipts import ReceiptService, RegisterSetup
@@ -24,6 +25,12 @@ from factories import db_rows, journal_events, sale
 from storage import TillDB
 
 REGISTER = "KASSE-1"
+
+
+@pytest.fixture(name="december")
+def _december(clock: FrozenClock) -> None:
+    """The register is made on 31 December, so its Jahresbeleg may be issued."""
+    clock.set(dt.datetime(2026, 12, 31, 23, 0, tzinfo=dt.UTC))
 
 
 class _Died(BaseException):
@@ -158,3 +165,87 @@ class TestALocalUnit:
         service.issue(sale(request_id="s-1"))
         assert service.db.write_connection().commits == commits + 1
         assert db_rows(db, "SELECT * FROM pending_signings") == []
+
+
+class TestAJahresbeleg:
+    def test_the_jahresbeleg_is_stored_unsigned_and_waits_for_a_signed_one(
+        self,
+        december: None,
+        chain_service: ReceiptService,
+        chain: ChainServiceFake,
+        db: TillDB,
+        registry: UnitRegistry,
+        clock: FrozenClock,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """As after a lost answer: the month stays open and the Jahresbeleg waits; recovery
+        adopts the unsigned one and issues the signed Jahresbeleg."""
+        with monkeypatch.context() as patch:
+            _die_while_storing(patch)
+            with pytest.raises(_Died):
+                chain_service.issue_special(REGISTER, "yearly")
+        service = _restart(db, registry, clock)
+        assert _rows(db)[-1] == (2, "yearly", "unsigned")
+        assert [w["kind"] for w in service.waiting(REGISTER)] == ["yearly"]
+        issued = service.recover(REGISTER) or []
+        assert [(r.kind, r.signature_state) for r in issued][-1] == ("yearly", "signed")
+        assert service.waiting(REGISTER) == []
+        assert service.unsigned() == []
+        _check_dep(db, chain)
+
+
+class TestASchlussbeleg:
+    def test_the_register_waits_for_the_same_schlussbeleg(
+        self,
+        chain_service: ReceiptService,
+        chain: ChainServiceFake,
+        db: TillDB,
+        registry: UnitRegistry,
+        clock: FrozenClock,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The Schlussbeleg keeps its number: the register sells nothing more, and recovery
+        sends the same Schlussbeleg again, so the service holds one under that number."""
+        with monkeypatch.context() as patch:
+            _die_while_storing(patch)
+            with pytest.raises(_Died):
+                chain_service.issue_special(REGISTER, "closing")
+        service = _restart(db, registry, clock)
+        assert [w["kind"] for w in service.waiting(REGISTER)] == ["closing"]
+        with pytest.raises(WaitsForUnit, match="Schlussbeleg"):
+            service.issue(sale(request_id="late"))
+        _restart(db, registry, clock)  # a second start does not record it twice
+        assert len(journal_events(db, "signing.interrupted")) == 1
+        clock.advance(90)
+        [closing] = service.recover(REGISTER) or []
+        assert (closing.number, closing.kind, closing.signature_state) == (2, "closing", "signed")
+        assert len(chain.signing_inputs(REGISTER)) == 2  # Startbeleg and one Schlussbeleg
+        with pytest.raises(RegisterClosed):
+            service.issue(sale(request_id="later"))
+        _check_dep(db, chain)
+
+    def test_a_lost_answer_makes_the_register_wait_at_once(
+        self, chain_service: ReceiptService, chain: ChainServiceFake, db: TillDB
+    ) -> None:
+        """A Schlussbeleg whose answer is lost is not dropped (the service may hold it):
+        the register waits for it, and recovery stores the one the service signed."""
+        chain.mode = "lose_response"
+        with pytest.raises(WaitsForUnit, match="Schlussbeleg"):
+            chain_service.issue_special(REGISTER, "closing")
+        assert [w["kind"] for w in chain_service.waiting(REGISTER)] == ["closing"]
+        chain.mode = "up"
+        [closing] = chain_service.recover(REGISTER) or []
+        assert (closing.number, closing.signature_state) == (2, "signed")
+        assert len(chain.signing_inputs(REGISTER)) == 2
+        _check_dep(db, chain)
+
+    def test_a_refusal_frees_the_number(
+        self, chain_service: ReceiptService, chain: ChainServiceFake, db: TillDB
+    ) -> None:
+        """A service that is down signed nothing: the intent is void, the register sells."""
+        chain.mode = "down"
+        with pytest.raises(WaitsForUnit, match="nothing was issued"):
+            chain_service.issue_special(REGISTER, "closing")
+        assert chain_service.waiting(REGISTER) == []
+        chain.mode = "up"
+        assert chain_service.issue(sale(request_id="next")).number == 2

@@ -1,10 +1,12 @@
 """SIGKILL a real till process while its chain service signs, at random moments.
 
 The chain fake (agent/fakes/chain_service.py, real loopback HTTP, in this process so it
-outlives every child) answers each PUT after a delay, having stored the receipt at once.
-Each round starts tests/crash/chain_child.py, which stores what the killed one left,
-recovers and sells; the test kills it 0-60 ms after its first ACK (mostly with a PUT in
-flight, sometimes after the answer, before COMMIT). After each restart:
+outlives every child) stores each receipt at once and answers the PUT after 50 ms
+(``slow``) or at once (``up``), chosen per round. Each round starts
+tests/crash/chain_child.py, which stores what the killed one left, recovers and sells; the
+test kills it 0-60 ms after its first ACK. The fake's answer times tell the kills with a
+PUT in flight from those after the answer and before COMMIT: the run must have both.
+After each restart:
 
 * the service never holds two signing inputs under one register and number;
 * every signing input the service holds is a receipt of our DEP (adopted or remedied);
@@ -14,6 +16,7 @@ flight, sometimes after the answer, before COMMIT). After each restart:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -76,6 +79,18 @@ def _check(data: Path, chain: ChainServiceFake, acked: dict[int, str]) -> None:
         db.close()
 
 
+def _interrupted(data: Path, seen: int) -> list[str]:
+    """The signing inputs of the receipts a killed process left, journaled after ``seen``."""
+    db = open_till_db(data, writer=False)
+    try:
+        events = db_rows(db, "SELECT data FROM journal WHERE kind = 'signing.interrupted'")
+        numbers = [json.loads(e["data"])["number"] for e in events[seen:]]
+        sql = "SELECT jws FROM receipts WHERE register_id = ? AND number = ?"
+        return [db_rows(db, sql, REGISTER, n)[0]["jws"].rsplit(".", 1)[0] for n in numbers]
+    finally:
+        db.close()
+
+
 def _line(child: object, deadline: float) -> bytes:
     stdout = child.stdout  # type: ignore[attr-defined]
     ready, _, _ = select.select([stdout], [], [], max(deadline - time.monotonic(), 0))
@@ -91,20 +106,31 @@ def test_sigkill_while_the_chain_service_signs_never_frees_a_number(
     token_file.write_text(TOKEN)
     rng = random.Random(SEED)
     acked: dict[int, str] = {}
-    with ChainServiceFake(TOKEN, key_dir=tmp_path / "chain-key", delay=0.02) as chain:
-        chain.mode = "slow"
+    killed_at = 0.0
+    in_flight = after_answer = seen = 0
+    with ChainServiceFake(TOKEN, key_dir=tmp_path / "chain-key", delay=0.05) as chain:
         for round_no in range(ROUNDS + 1):
+            chain.mode = rng.choice(("slow", "up"))
             child = zygote.spawn([str(data), chain.url, str(token_file)])
             child.stdin.close()
             try:
                 deadline = time.monotonic() + 60
                 assert _line(child, deadline) == b"READY\n", child.stderr.read().decode()
                 _check(data, chain, acked)
+                left = _interrupted(data, seen)
+                seen += len(left)
+                for signing_input in left:
+                    answered = chain.answered_at(hashlib.sha256(signing_input.encode()).hexdigest())
+                    after_answer += answered is not None and answered < killed_at
+                    in_flight += signing_input in chain.signing_inputs(REGISTER) and (
+                        answered is None or answered >= killed_at
+                    )
                 if round_no == ROUNDS:
                     break
                 first = _line(child, deadline).split()
                 acked[int(first[1])] = first[2].decode()
                 time.sleep(rng.uniform(0.0, 0.06))
+                killed_at = time.monotonic()
                 child.send_signal(signal.SIGKILL)
                 child.wait(timeout=30)
                 for line in child.stdout.read().splitlines():
@@ -114,14 +140,6 @@ def test_sigkill_while_the_chain_service_signs_never_frees_a_number(
                 child.kill()
                 child.stdout.close()
                 child.stderr.close()
-    interrupted = db_rows_after(data)
-    assert interrupted > 0  # the schedule killed some processes with a PUT in flight
-
-
-def db_rows_after(data: Path) -> int:
-    """How many signings a killed process left (journaled at the restart)."""
-    db = open_till_db(data, writer=False)
-    try:
-        return len(db_rows(db, "SELECT 1 FROM journal WHERE kind = 'signing.interrupted'"))
-    finally:
-        db.close()
+    # the schedule killed processes with a PUT in flight and after the service answered
+    assert in_flight > 0, (in_flight, after_answer)
+    assert after_answer > 0, (in_flight, after_answer)
