@@ -10,6 +10,7 @@ leaves no trace, because the number is allocated inside the transaction.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -59,6 +60,7 @@ from agent.errors import (
     RegisterClosed,
     RegisterStateError,
     SigningError,
+    StorageError,
     WaitsForUnit,
 )
 from agent.outage_watch import OutageWatch, Thresholds
@@ -203,12 +205,16 @@ class ReceiptService:
             self.outages = OutageBook(conn, watch)
         # an intent left by a transaction that rolled back after committing it
         self._intent_unsettled = True  # and at start: one left by a process that died
-        with self._transaction():
+        with self._transaction(settle_now=False):
             pass
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction whose in-memory outage changes follow its fate."""
+    def _transaction(self, *, settle_now: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction whose in-memory outage changes follow its fate.
+
+        It first stores what an earlier one left behind (:meth:`_store_interrupted`); after
+        a refusal (``settle_now``) that happens at once, in a transaction of its own.
+        """
         with self._lock:  # settle() must see only this transaction's outage changes
             try:
                 with self._writer.transaction() as conn:
@@ -217,9 +223,13 @@ class ReceiptService:
                     yield conn
             except BaseException as exc:
                 self.outages.settle(committed=False)
-                if self._intent_unsettled and isinstance(exc, FiscalError):
-                    with self._transaction():  # now, not at the next write: a refusal
-                        pass  # after the request left (a Schlussbeleg that waits)
+                if settle_now and self._intent_unsettled and isinstance(exc, FiscalError):
+                    # e.g. a Schlussbeleg that now waits; if this fails, the next write retries
+                    with (
+                        contextlib.suppress(FiscalError, StorageError),
+                        self._transaction(settle_now=False),
+                    ):
+                        pass
                 raise
             self.outages.settle(committed=True)
             self._intent_unsettled = False

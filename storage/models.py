@@ -217,7 +217,8 @@ class ReceiptResolution(Base):
 
 class WaitingSpecial(Base):
     """A receipt that must be validly signed and waits for the unit (Start-, Jahres-,
-    Sammelbeleg). ``setup`` holds the register setup of a waiting Startbeleg."""
+    Sammel-, Schlussbeleg). ``setup`` holds the register setup of a waiting Startbeleg, or
+    the signing intent of a Schlussbeleg a chain service may hold (sent again unchanged)."""
 
     __tablename__ = "waiting_specials"
     __table_args__ = (
@@ -236,7 +237,7 @@ class WaitingSpecial(Base):
     kind: Mapped[str] = mapped_column(String(16))
     period: Mapped[str | None] = mapped_column(String(7), nullable=True)
     reason: Mapped[str] = mapped_column(Text)
-    setup: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON, Startbeleg only
+    setup: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: Start-, Schlussbeleg
     requested_at: Mapped[str] = mapped_column(String(32))
     done_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
     number: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -21,7 +21,7 @@ from agent.export import export_container, export_dep
 from agent.fakes.chain_service import ChainServiceFake
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing.registry import UnitRegistry
-from factories import db_rows, journal_events, sale
+from factories import db_rows, journal_events, run_threads, sale
 from storage import TillDB
 
 REGISTER = "KASSE-1"
@@ -249,3 +249,20 @@ class TestASchlussbeleg:
         assert chain_service.waiting(REGISTER) == []
         chain.mode = "up"
         assert chain_service.issue(sale(request_id="next")).number == 2
+
+
+class TestAGroupCommit:
+    def test_concurrent_sales_on_a_chain_unit_each_commit_their_intent(
+        self, chain_service: ReceiptService, chain: ChainServiceFake, db: TillDB
+    ) -> None:
+        """Sales that share a group commit each commit their intent inside it (the group's
+        savepoints are opened again after each): all are signed, numbered without a gap."""
+        numbers: list[int] = []
+
+        def sell(i: int) -> None:
+            numbers.append(chain_service.issue(sale(request_id=f"g-{i}")).number)
+
+        run_threads(8, sell)
+        assert sorted(numbers) == list(range(2, 10))
+        assert {r[2] for r in _rows(db)} == {"signed"}
+        _check_dep(db, chain)

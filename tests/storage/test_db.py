@@ -149,6 +149,38 @@ class TestBegin:
         with db.engine.connect() as reader:
             assert reader.execute(text("SELECT count(*) FROM t")).scalar() == 1
 
+    def test_commit_so_far_makes_the_work_durable_and_keeps_the_savepoints(
+        self, db: TillDB
+    ) -> None:
+        """What came before commit_so_far stays when the transaction then fails; a savepoint
+        opened before it is open again, and rolling back to it undoes only later work."""
+        writer = db.write_connection()
+        with writer.transaction() as conn:
+            conn.execute("CREATE TABLE t (v INTEGER)")
+
+        def fails_after_the_commit() -> None:
+            with writer.transaction() as conn:
+                conn.execute("INSERT INTO t VALUES (1)")
+                with writer.savepoint("piece"):
+                    conn.execute("INSERT INTO t VALUES (2)")
+                    writer.commit_so_far()
+                    conn.execute("INSERT INTO t VALUES (3)")
+                    conn.execute("ROLLBACK TO piece")
+                conn.execute("INSERT INTO t VALUES (4)")
+                raise RuntimeError("the transaction fails after the commit")
+
+        with pytest.raises(RuntimeError):
+            fails_after_the_commit()
+        with db.engine.connect() as reader:
+            assert reader.execute(text("SELECT v FROM t ORDER BY v")).scalars().all() == [1, 2]
+
+    def test_commit_so_far_needs_an_open_durable_transaction(self, db: TillDB) -> None:
+        writer = db.write_connection()
+        with pytest.raises(StorageError, match="durable transaction"):
+            writer.commit_so_far()
+        with pytest.raises(StorageError), writer.transaction(durable=False):
+            writer.commit_so_far()
+
     def test_read_modify_write_through_the_writer_loses_no_update(self, db: TillDB) -> None:
         """Four threads incrementing one row through ``db.writer`` never collide or lose a step."""
         with db.writer.begin() as conn:
