@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent import __version__
 from agent.backup import BackupStatus, DepBackups, backup_statuses
 from agent.checks import CheckRecord, load_checks, record_check
-from agent.contract import ReceiptResult, parse_sale
+from agent.contract import REFERENCE_MAX_LENGTH, ReceiptResult, parse_sale
 from agent.errors import FiscalError, InvalidSale, NotFound
 from agent.outage_view import OutageOut, outage_out
 from agent.outage_watch import HOUR, Thresholds, acknowledge_report
@@ -173,7 +173,7 @@ class ReportIn(_Out):
     """A FinanzOnline report made for an outage: its reference, and whether it is the
     report of the outage's end."""
 
-    reference: str = Field(min_length=1, max_length=200)
+    reference: str = Field(min_length=1, max_length=REFERENCE_MAX_LENGTH)
     end: bool = False
 
 
@@ -182,7 +182,7 @@ class CheckDoneIn(_Out):
     receipt (may be left out for the Startbeleg) and whether the check failed."""
 
     year: int | None = Field(None, ge=1, le=9999)
-    reference: str = Field(min_length=1, max_length=200)
+    reference: str = Field(min_length=1, max_length=REFERENCE_MAX_LENGTH)
     failed: bool = False
 
 

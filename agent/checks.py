@@ -32,6 +32,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from agent.clock import Clock
+from agent.contract import check_reference
 from agent.errors import InvalidSale, NotFound
 from agent.outage_watch import LogLine
 from storage.db import TillDB
@@ -288,7 +289,8 @@ def record_check(  # noqa: PLR0917 - the obligation, then what the operator reco
 
     Raises:
         NotFound: no such obligation.
-        InvalidSale: a bad kind, a missing year or reference, or (rule
+        InvalidSale: a bad kind, a missing year, a missing or bad reference (see
+            :func:`~agent.contract.check_reference`), or (rule
             ``already-reported``) another reference or result recorded already.
     """
     _check_input(kind, year, reference)
@@ -332,8 +334,7 @@ _UNIT_FAILED = 'the register counts as "unit failed" (rksv.md section 6)'
 def _check_input(kind: str, year: int | None, reference: str) -> None:
     if kind not in CHECK_KINDS:
         raise InvalidSale("kind", "check-kind", f"a check is one of {', '.join(CHECK_KINDS)}")
-    if not reference.strip():
-        raise InvalidSale("reference", "required", "give the Belegcheck or FinanzOnline reference")
+    check_reference(reference, "Belegcheck or FinanzOnline")
     if year is None and kind == "yearly":
         raise InvalidSale("year", "required", "give the year of the Jahresbeleg (--year)")
 

@@ -27,11 +27,13 @@ from agent.errors import InvalidSale
 from storage.canonical import canonical_json
 
 __all__ = [
+    "REFERENCE_MAX_LENGTH",
     "VAT_CLASSES",
     "Line",
     "Payment",
     "ReceiptResult",
     "Sale",
+    "check_reference",
     "line_total_cents",
     "parse_sale",
     "rule_name",
@@ -47,6 +49,7 @@ _MAX_EUROS = f"{MAX_CENTS // 100:,}"
 # [0-9], not \d: the pattern engine's \d also matches other scripts' digits (fullwidth ...)
 Money = Annotated[str, StringConstraints(pattern=r"^-?[0-9]{1,10}(\.[0-9]{1,2})?$")]
 Quantity = Annotated[str, StringConstraints(pattern=r"^-?[0-9]{1,7}(\.[0-9]{1,3})?$")]
+REFERENCE_MAX_LENGTH = 200  # an operator's FinanzOnline or Belegcheck reference
 _PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]+$"  # no C0, DEL or C1 control characters
 # characters by Unicode category that would make a printed text differ from what it seems
 _HIDDEN = {
@@ -70,6 +73,31 @@ def _hidden_character(text: str) -> str | None:
             named = f"U+{ord(char):04X} ({name})" if name else f"U+{ord(char):04X}"
             return f"the character {named} is not allowed: {reason}"
     return None
+
+
+def check_reference(reference: str, what: str) -> None:
+    """Refuse an operator's reference (``what``: whose, e.g. "FinanzOnline") unless it is
+    1-200 printable characters. It is evidence, journaled for good and shown in log lines
+    and tables, where a newline or an escape sequence would forge or hide text; the same
+    rule holds whether it comes through the local API or the command line.
+
+    Raises:
+        InvalidSale: field ``reference``, rule ``required``, ``max-length`` or ``format``.
+    """
+    if not reference.strip():
+        raise InvalidSale("reference", "required", f"give the {what} reference")
+    if len(reference) > REFERENCE_MAX_LENGTH:
+        raise InvalidSale(
+            "reference",
+            "max-length",
+            f"a reference is at most {REFERENCE_MAX_LENGTH} characters, not {len(reference)}",
+        )
+    control = next((c for c in reference if unicodedata.category(c) == "Cc"), None)
+    problem = _hidden_character(reference)
+    if control is not None:
+        problem = f"the control character U+{ord(control):04X} is not allowed"
+    if problem is not None:
+        raise InvalidSale("reference", "format", f"{problem} in a reference")
 
 
 def _visible(text: str) -> str:

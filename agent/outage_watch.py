@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from agent.clock import Clock
+from agent.contract import check_reference
 from agent.errors import InvalidSale, NotFound
 from storage.journal import append_event
 from storage.writer import WriteConnection
@@ -320,11 +321,11 @@ def acknowledge_report(
 
     Raises:
         NotFound: no such outage.
-        InvalidSale: an empty reference, an end report before the first report, or
+        InvalidSale: a missing or bad reference (see
+            :func:`~agent.contract.check_reference`), an end report before the first report, or
             (rule ``already-reported``) another reference for a report already recorded.
     """
-    if not reference.strip():
-        raise InvalidSale("reference", "required", "give the FinanzOnline reference text")
+    check_reference(reference, "FinanzOnline")
     with writer.transaction() as conn:
         row = conn.execute(
             "SELECT register_id, report_reference, end_report_reference FROM outages WHERE id = ?",

@@ -249,6 +249,10 @@ class TestRecording:
             ("KASSE-9", "start", None, "BC-1", NotFound, None),
             (REGISTER, "yearly", None, "BC-1", InvalidSale, "required"),
             (REGISTER, "start", None, "  ", InvalidSale, "required"),
+            (REGISTER, "start", None, "B" * 201, InvalidSale, "max-length"),
+            (REGISTER, "start", None, "BC-1\nERROR a forged log line", InvalidSale, "format"),
+            (REGISTER, "start", None, "BC-1\x1b[2K", InvalidSale, "format"),
+            (REGISTER, "start", None, "BC-\u202e1", InvalidSale, "format"),
             (REGISTER, "monthly", 2026, "BC-1", InvalidSale, "check-kind"),
         ],
     )
@@ -395,6 +399,18 @@ class TestCommandLine:
 
     def test_an_unknown_register_is_exit_6(self, run: Run, till: Path) -> None:
         expect(run("checks", "list", "--register", "KASSE-9", "--data-dir", till), 6)
+
+    def test_a_reference_the_api_refuses_is_refused_without_the_service_too(
+        self, run: Run, till: Path, open_db: Callable[..., TillDB]
+    ) -> None:
+        """A 10 kB reference is exit 3 (max-length) as the service's API answers it, not
+        journaled for good; the check stays open."""
+        args = ("checks", "done", REGISTER, "start", "--data-dir", till, "--json")
+        refused = json.loads(expect(run(*args, "--reference", "B" * 10_240), 3).stdout)
+        assert (refused["field"], refused["rule"]) == ("reference", "max-length")
+        assert journal_events(open_db(till, writer=False), "check.done") == []
+        listed = expect(run("checks", "list", "--data-dir", till, "--json"), 0)
+        assert [c["reference"] for c in json.loads(listed.stdout)] == [None]
 
 
 def test_sales_do_not_touch_the_checks(service: ReceiptService) -> None:

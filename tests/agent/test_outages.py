@@ -10,7 +10,7 @@ import pytest
 
 from agent.at_rksv.verify import verify_dep
 from agent.clock import FrozenClock
-from agent.errors import FiscalError
+from agent.errors import FiscalError, InvalidSale
 from agent.export import export_container, export_dep
 from agent.outage_watch import OutageWatch, Thresholds, acknowledge_report
 from agent.outages import load_outages
@@ -211,6 +211,26 @@ class TestWindow:
         levels = [e["level"] for e in journal_events(service.db, "outage.escalation")]
         assert "overdue" not in levels
         assert journal_events(service.db, "outage.reported")[0]["reference"] == "FON-4711"
+
+    @pytest.mark.parametrize(
+        ("reference", "rule"),
+        [(" ", "required"), ("F" * 201, "max-length"), ("FON-1\r\nFON-2", "format")],
+    )
+    def test_a_bad_report_reference_is_refused_and_not_journaled(
+        self,
+        service: ReceiptService,
+        flaky: FlakyUnit,
+        clock: FrozenClock,
+        reference: str,
+        rule: str,
+    ) -> None:
+        """The reference is evidence kept for good: 1-200 printable characters."""
+        flaky.mode = "down"
+        _sell(service, 1)
+        with pytest.raises(InvalidSale) as refused:
+            acknowledge_report(service.db.write_connection(), clock, 1, reference)
+        assert (refused.value.field, refused.value.rule) == ("reference", rule)
+        assert journal_events(service.db, "outage.reported") == []
 
     @pytest.mark.parametrize("jump_hours", [72, -72])
     def test_a_clock_jump_is_journaled_and_neither_fakes_nor_swallows_escalations(
