@@ -53,7 +53,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OVERDUE_DAYS = 7  # an ended quarter without a backup for longer than this is overdue
-_QUARTER = re.compile(r"^(\d{4})-Q([1-4])$")
+# [0-9], not \d (other scripts' digits), and fullmatch, not $ (which allows a final newline)
+_QUARTER = re.compile(r"([0-9]{4})-Q([1-4])")
 _REGISTERS = (
     "SELECT r.id, r.timezone, r.state, r.last_issued_at,"
     " (SELECT issued_at FROM receipts WHERE register_id = r.id ORDER BY number LIMIT 1)"
@@ -75,7 +76,7 @@ class Quarter:
     @classmethod
     def parse(cls, text: str) -> Quarter:
         """``ValueError`` unless ``text`` is of the form 2026-Q3."""
-        if (match := _QUARTER.match(text)) is None:
+        if (match := _QUARTER.fullmatch(text)) is None:
             raise ValueError(f"{text!r} is not a quarter: write it as YYYY-Qn, e.g. 2026-Q3")
         return cls(int(match[1]), int(match[2]))
 

@@ -67,10 +67,19 @@ def _numbers(service: ReceiptService, path: Path) -> list[int]:
 
 class TestQuarter:
     def test_parses_and_prints_the_form_2026_q3(self) -> None:
-        """The form the option and the file names use."""
+        """The form the option and the file names use, exactly: no final newline, no digits
+        of another script (a pattern with \\d and $ would take both)."""
         assert Quarter.parse("2026-Q3") == Quarter(2026, 3)
         assert str(Quarter(2026, 3)) == "2026-Q3"
-        for bad in ("2026-Q5", "2026Q3", "26-Q1", "2026-q1", ""):
+        for bad in (
+            "2026-Q5",
+            "2026Q3",
+            "26-Q1",
+            "2026-q1",
+            "",
+            "2026-Q3\n",
+            "\u0662\u0660\u0662\u0666-Q3",
+        ):
             with pytest.raises(ValueError, match="YYYY-Qn"):
                 Quarter.parse(bad)
 
