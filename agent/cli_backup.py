@@ -58,7 +58,7 @@ def backup_run(
     as_json: JsonFlag = False,
 ) -> None:
     """Write the due backups now (every ended quarter without one, oldest first), or one
-    quarter's. The data directory and [backup] dir come from the configuration; the data
+    quarter's. The data directory and \\[backup] dir come from the configuration; the data
     directory must not be in use by `till-agent run` (which writes them by itself)."""
     from agent.backup import DepBackups
     from agent.clock import SystemClock

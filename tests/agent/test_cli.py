@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from typer.testing import Result
 
 from agent import __version__
 from agent.at_rksv import aes_key_check_value, split_jws
-from agent.cli import unwrap_help
+from agent.cli import app, unwrap_help
 from factories import VECTORS, Run, cli_run, expect, flat, load_json, sale
 from storage import TillDB
 
@@ -41,6 +42,7 @@ ROOT_COMMANDS = [
     "outage",
     "checks",
     "config",
+    "backup",
     "run",
     "demo",
     "reprint",
@@ -54,6 +56,7 @@ GROUPS = {
     "outage": ["list", "show", "export", "report"],
     "checks": ["list", "done"],
     "config": ["check", "show"],
+    "backup": ["list", "run"],
 }
 LEAVES = [
     ["init"],
@@ -171,6 +174,21 @@ class TestHelp:
         for line, following in itertools.pairwise(lines):
             if line and following:  # a wrapped line fills the width before it breaks
                 assert len(line) + 1 + len(following.split()[0]) > 78, (line, following)
+
+    @pytest.mark.parametrize("command", LEAVES, ids=" ".join)
+    def test_a_bracketed_section_name_is_shown_not_taken_as_markup(
+        self, run: Run, command: list[str]
+    ) -> None:
+        """A help text naming a configuration section (``[backup] dir``) shows it: Rich
+        takes an unescaped ``[backup]`` for a style tag and drops it."""
+        leaf: Any = typer.main.get_command(app)
+        for name in command:
+            leaf = leaf.commands[name]
+        texts = [leaf.help or "", *(getattr(p, "help", None) or "" for p in leaf.params)]
+        sections = re.findall(r"\[[a-z_.]+\]", " ".join(texts))
+        shown = flat(expect(run(*command, "--help"), 0).stdout)
+        for section in sections:
+            assert section in shown, section
 
     def test_the_command_line_loads_no_database_or_http_library_before_a_command_runs(
         self,
