@@ -298,6 +298,10 @@ class DepBackups:
 
     def _back_up(self, reg: _Register, quarter: Quarter) -> BackupRecord:
         path = self.directory / reg.id / f"{reg.id}_{quarter}.dep.json"
+        if reg.id in (".", ".."):  # let in by an earlier init: never write beside [backup] dir
+            raise BackupFailed(
+                reg.id, str(quarter), f"the Kassen-ID {reg.id!r} cannot name a backup directory"
+            )
         try:
             self._make_directory(path.parent)
             for stale in temporary_names(path):  # left by a writer killed before its end

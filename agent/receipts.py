@@ -1431,15 +1431,17 @@ def _setup_from_json(text: str) -> RegisterSetup:
 
 
 _REGISTER_ID = re.compile(r"[A-Za-z0-9.:-]{1,64}")
+_DOT_NAMES = (".", "..")  # this and the parent directory, not a directory of their own
 
 
 def _check_setup(setup: RegisterSetup) -> None:
     """Refuse a register that could never sell, before anything is written."""
-    if not _REGISTER_ID.fullmatch(setup.register_id):
+    if not _REGISTER_ID.fullmatch(setup.register_id) or setup.register_id in _DOT_NAMES:
         raise InvalidSale(
             "register",
             "id-format",
-            "a Kassen-ID is 1-64 of letters, digits, '.', ':' and '-' (no '_')",
+            "a Kassen-ID is 1-64 of letters, digits, '.', ':' and '-' (no '_'), not '.' or"
+            " '..' (it names the register's directory of DEP backups)",
         )
     try:
         first, second = (setup.receipt_id_format.format(number=n) for n in (1, 2))

@@ -16,8 +16,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from conftest import UNIT
 
 from agent import backup as backup_module
+from agent import receipts as receipts_module
 from agent.api_backend import ServiceBackend
 from agent.at_rksv.dep import stream_dep
 from agent.at_rksv.verify import verify_dep
@@ -25,7 +27,7 @@ from agent.backup import BackupRecord, DepBackups, Quarter
 from agent.clock import FrozenClock
 from agent.errors import BackupFailed, InvalidSale, NotFound
 from agent.export import export_container, export_dep
-from agent.receipts import ReceiptService
+from agent.receipts import ReceiptService, RegisterSetup
 from factories import db_rows, journal_events, sale
 
 REGISTER = "KASSE-1"
@@ -358,6 +360,28 @@ class TestFailures:
             backups.run_due()
         quarters = [e["quarter"] for e in journal_events(service.db, "dep.backup_failed")]
         assert quarters == ["2026-Q1", "2026-Q2"]
+
+    def test_a_register_named_dot_dot_is_never_written_beside_the_directory(
+        self,
+        service: ReceiptService,
+        backups: DepBackups,
+        clock: FrozenClock,
+        backup_dir: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A Kassen-ID '..' (init refuses it now; an earlier init let it in) would put its
+        backup into the parent of [backup] dir: it fails instead, and the other registers
+        are backed up."""
+        monkeypatch.setattr(receipts_module, "_DOT_NAMES", ())
+        service.init_register(RegisterSetup("..", [UNIT]))
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
+        with pytest.raises(BackupFailed, match="cannot name a backup directory"):
+            backups.run_due()
+        assert [p.name for p in backup_dir.parent.iterdir() if p.name.startswith("..")] == []
+        assert backups.failures[".."].quarter == "2026-Q1"
+        assert [r[0] for r in db_rows(service.db, "SELECT register_id FROM dep_backups")] == [
+            REGISTER
+        ]
 
 
 class TestStatus:

@@ -172,6 +172,8 @@ class TestStartbeleg:
         [
             pytest.param(RegisterSetup("K_1", ["dev"]), "register", id="underscore"),
             pytest.param(RegisterSetup("", ["dev"]), "register", id="empty"),
+            pytest.param(RegisterSetup(".", ["dev"]), "register", id="dot"),
+            pytest.param(RegisterSetup("..", ["dev"]), "register", id="dot-dot"),
             pytest.param(RegisterSetup("K" * 65, ["dev"]), "register", id="too-long"),
             pytest.param(RegisterSetup("K-2", []), "units", id="no-units"),
             pytest.param(RegisterSetup("K-2", ["nope"]), "units", id="unknown-unit"),
