@@ -24,10 +24,12 @@ import errno
 import hashlib
 import io
 import logging
+import os
 import re
 import sqlite3
 import threading
 from dataclasses import asdict, dataclass
+from itertools import takewhile
 from pathlib import Path
 from typing import IO, BinaryIO, cast
 from zoneinfo import ZoneInfo
@@ -319,9 +321,12 @@ class DepBackups:
         return self._record(reg, quarter, path, sha256, count)
 
     def _make_directory(self, directory: Path) -> None:
-        if not directory.is_dir():
-            directory.mkdir(parents=True, exist_ok=True)
-            fsync_directory(directory.parent)
+        """Make ``directory`` and its missing parents, each one's name fsynced in its
+        parent: a record must not outlive the path to its file in a power cut."""
+        missing = takewhile(lambda d: not os.path.lexists(d), (directory, *directory.parents))
+        for made in reversed(list(missing)):  # (a file in the way: "not a directory")
+            made.mkdir()
+            fsync_directory(made.parent)
 
     def _export(self, reg: _Register, quarter: Quarter, out: BinaryIO | None) -> tuple[str, int]:
         sink = _Digest(out, self._stop)

@@ -308,6 +308,30 @@ class TestCrashLeftovers:
             backups.run_due()
         assert path.read_text() == "{}"
 
+    def test_every_directory_it_makes_is_durable_before_the_record(
+        self,
+        service: ReceiptService,
+        clock: FrozenClock,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A new [backup] dir two levels deep: the name of each directory made (the two,
+        the backup dir, the register's) is fsynced in its parent, not only the last one,
+        so no power cut leaves a record whose file has no path."""
+        synced: list[Path] = []
+        fsync_directory = backup_module.fsync_directory
+
+        def recorded(directory: Path) -> None:
+            fsync_directory(directory)
+            synced.append(directory)
+
+        monkeypatch.setattr(backup_module, "fsync_directory", recorded)
+        backup_dir = tmp_path / "mnt" / "usb" / "backups"
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
+        DepBackups(service.db, backup_dir, clock).run_due()
+        made = [tmp_path / "mnt", tmp_path / "mnt" / "usb", backup_dir, backup_dir / REGISTER]
+        assert [d.parent for d in made] == synced[: len(made)]
+
     def test_temporary_files_of_a_killed_writer_are_removed(
         self, backups: DepBackups, clock: FrozenClock, backup_dir: Path
     ) -> None:
