@@ -249,7 +249,7 @@ def _record_evidence(
     try:
         db = open_till_db(data_dir, create=False)  # a mistyped directory stays as it is
     except DataDirLocked:  # the service holds the data directory: ask it over its API
-        return _record_via_service(*api, as_json, missing)
+        return _record_via_service(data_dir, *api, as_json, missing)
     except TillAgentError as exc:
         _fail(exc, as_json)
     try:
@@ -260,13 +260,25 @@ def _record_evidence(
         db.close()
 
 
-def _record_via_service(path: str, body: dict[str, Any], as_json: bool, missing: str) -> Any:
+def _record_via_service(
+    data_dir: Path, path: str, body: dict[str, Any], as_json: bool, missing: str
+) -> Any:
+    """POST to the service the configuration names, only if it is the service of
+    ``data_dir``: another till's service would record it in its own journal."""
     from agent.config import CONFIG_ENV
 
     try:
         config = _run_config()
     except TillAgentError as exc:
         _fail(exc, as_json)
+    if config.data_dir.resolve() != data_dir.resolve():
+        message = (
+            f"another process (the till service?) holds the data directory {data_dir}, but"
+            f" the configuration found ({CONFIG_ENV}, else the system file) is that of"
+            f" {config.data_dir}: point {CONFIG_ENV} at the configuration of the service of"
+            f" {data_dir}"
+        )
+        _fail(ConfigurationError(message), as_json)
     response = _ask_service(config, path, body, as_json, pointer=CONFIG_ENV)
     if response.status_code == 404:
         _fail(NotFound(missing), as_json)

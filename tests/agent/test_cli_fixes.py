@@ -157,6 +157,33 @@ def test_an_unreadable_api_token_is_a_clean_error(
     assert f"cannot read the local API token {locked / 'api-token'}" in message
 
 
+def test_a_reference_is_not_sent_to_the_service_of_another_data_directory(
+    run: Run, locked: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TILL_AGENT_CONFIG names another till's service than the one holding --data-dir:
+    exit 2 naming both directories, and that service hears nothing (it would record the
+    check or outage report in its own journal, for its register of the same name)."""
+    heard: list[bytes] = []
+
+    def answer(conn: socket.socket, _: threading.Event) -> None:
+        heard.append(conn.recv(65536))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+
+    other = tmp_path / "other-till"
+    other.mkdir()
+    (other / "api-token").write_text("token\n", encoding="utf-8")
+    for port in _serve(answer):
+        monkeypatch.setenv("TILL_AGENT_CONFIG", str(_config(tmp_path, other, f"port = {port}")))
+        for args in (
+            ("checks", "done", "KASSE-1", "start", "--reference", "BC-1"),
+            ("outage", "report", "1", "--reference", "FON-1"),
+        ):
+            body = json.loads(expect(run(*args, "--data-dir", locked, "--json"), 2).stdout)
+            assert str(locked) in body["message"]
+            assert str(other) in body["message"]
+    assert heard == []
+
+
 # -- 2. export files: missing directories and paths that cannot be written ------------------
 
 
