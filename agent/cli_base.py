@@ -283,9 +283,26 @@ def _record_via_service(
     if response.status_code == 404:
         _fail(NotFound(missing), as_json)
     if response.status_code >= 400:
-        error = response.json()
-        _fail(InvalidSale(error["field"], error["rule"], error["message"]), as_json)
+        _fail(_service_error(response), as_json)
     return response.json()
+
+
+def _service_error(response: httpx.Response) -> TillAgentError:
+    """The error a refusal of the service's API stands for: its {field, rule, message} as
+    this command's own (409 and 422 bad input, exit 3; rule storage, exit 5); anything
+    else, such as a 500 or uvicorn's plain-text 503 beyond its connections, names the
+    status (exit 1) instead of failing to read it as JSON."""
+    status = response.status_code
+    try:
+        error = response.json()
+        field, rule, message = error["field"], error["rule"], error["message"]
+    except (ValueError, KeyError, TypeError):
+        return TillAgentError(f"the service answered HTTP {status}: {response.text[:200]!r}")
+    if rule == "storage":
+        return StorageError(message)
+    if status in (409, 422):
+        return InvalidSale(field, rule, message)
+    return TillAgentError(f"the service answered HTTP {status}: {field}: {message} [{rule}]")
 
 
 def _emit(data: Any, as_json: bool) -> None:

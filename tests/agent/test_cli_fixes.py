@@ -184,6 +184,46 @@ def test_a_reference_is_not_sent_to_the_service_of_another_data_directory(
     assert heard == []
 
 
+@pytest.mark.parametrize(
+    ("answer", "code", "words"),
+    [
+        ((b"500 Internal Server Error", b"Internal Server Error"), 1, "HTTP 500"),
+        ((b"503 Service Unavailable", b"Service Unavailable"), 1, "HTTP 503"),
+        (
+            (
+                b"503 Service Unavailable",
+                b'{"field": "(till)", "rule": "storage", "message": "the disk is full"}',
+            ),
+            5,
+            "the disk is full",
+        ),
+    ],
+    ids=["500-text", "503-text", "503-storage"],
+)
+def test_a_service_error_is_its_exit_code_not_a_traceback(
+    run: Run,
+    locked: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: tuple[bytes, bytes],
+    code: int,
+    words: str,
+) -> None:
+    """The service fails the request (a 500, uvicorn's plain 503 when it is saturated, a
+    storage failure): `checks done` exits with the matching code and says so."""
+    status, text = answer
+
+    def reply(conn: socket.socket, _: threading.Event) -> None:
+        conn.recv(65536)
+        head = b"HTTP/1.1 %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        conn.sendall(head % (status, len(text)) + text)
+
+    for port in _serve(reply):
+        monkeypatch.setenv("TILL_AGENT_CONFIG", str(_config(tmp_path, locked, f"port = {port}")))
+        args = ("checks", "done", "KASSE-1", "start", "--reference", "BC-1", "--data-dir", locked)
+        assert words in json.loads(expect(run(*args, "--json"), code).stdout)["message"]
+
+
 # -- 2. export files: missing directories and paths that cannot be written ------------------
 
 
