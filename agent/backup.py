@@ -35,6 +35,7 @@ from typing import IO, BinaryIO, cast
 from zoneinfo import ZoneInfo
 
 from agent.clock import Clock
+from agent.config import device_of
 from agent.durable import create_streamed, fsync_directory, temporary_names
 from agent.errors import BackupFailed, InvalidSale, NotFound
 from agent.export import export_dep
@@ -237,10 +238,18 @@ class DepBackups:
         clock: wall time: which quarters are over, and the records' times.
     """
 
-    def __init__(self, db: TillDB, directory: Path, clock: Clock) -> None:
+    def __init__(
+        self, db: TillDB, directory: Path, clock: Clock, *, data_dir: Path | None = None
+    ) -> None:
         self.db = db
         self.directory = directory
         self.clock = clock
+        # the external disk ``directory`` is on now (another file system than ``data_dir``):
+        # a backup is refused once the directory is no longer on it (an unmounted medium
+        # leaves an empty mount point, or no directory, on the till's own disk)
+        here = device_of(directory)
+        elsewhere = data_dir is not None and here != device_of(data_dir)
+        self._external = here if elsewhere else None
         self.failures: dict[str, BackupFailure] = {}
         self._stop = threading.Event()
 
@@ -304,6 +313,7 @@ class DepBackups:
             raise BackupFailed(
                 reg.id, str(quarter), f"the Kassen-ID {reg.id!r} cannot name a backup directory"
             )
+        self._check_medium(reg, quarter)
         try:
             self._make_directory(path.parent)
             for stale in temporary_names(path):  # left by a writer killed before its end
@@ -319,6 +329,16 @@ class DepBackups:
                 reg.id, str(quarter), f"cannot write {path}: {_reason(exc)}"
             ) from exc
         return self._record(reg, quarter, path, sha256, count)
+
+    def _check_medium(self, reg: _Register, quarter: Quarter) -> None:
+        if self._external is None or device_of(self.directory) == self._external:
+            return
+        raise BackupFailed(
+            reg.id,
+            str(quarter),
+            f"{self.directory} is no longer on the external disk it was on at start"
+            " (is the medium mounted?); nothing is written to the till's own disk",
+        )
 
     def _make_directory(self, directory: Path) -> None:
         """Make ``directory`` and its missing parents, each one's name fsynced in its

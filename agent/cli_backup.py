@@ -75,7 +75,7 @@ def backup_run(
             registers = [str(r[0]) for r in conn.execute("SELECT id FROM registers ORDER BY id")]
             if register is not None:
                 _require_register(conn, register, as_json)
-        backups = DepBackups(service.db, loaded.backup.dir, SystemClock())
+        backups = DepBackups(service.db, loaded.backup.dir, SystemClock(), data_dir=loaded.data_dir)
         if wanted is None:
             written = backups.run_due(register)
             _show(written, as_json, empty="no backup is due")

@@ -244,7 +244,7 @@ class BackupConfig(_Section):
         file system (the same ``st_dev``). A path that cannot be examined warns nothing."""
         if not self.enabled or self.dir is None:
             return None
-        here, there = _device(data_dir), _device(self.dir)
+        here, there = device_of(data_dir), device_of(self.dir)
         if here is None or here != there:
             return None
         return (
@@ -254,7 +254,7 @@ class BackupConfig(_Section):
         )
 
 
-def _device(path: Path) -> int | None:
+def device_of(path: Path) -> int | None:
     """``st_dev`` of ``path`` or of its nearest existing parent (where it would be made)."""
     for where in (path, *path.parents):
         try:

@@ -29,7 +29,7 @@ from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig, ensure_api_token
 from agent.contract import ReceiptResult
 from agent.durable import fsync_directory
-from agent.errors import ConfigurationError
+from agent.errors import BackupFailed, ConfigurationError
 from agent.log_limit import RateLimitedFilter
 from agent.loop import BackgroundLoop
 from agent.print_worker import PrintWorker
@@ -288,7 +288,7 @@ class TillService:
             log.warning("DEP backups are disabled ([backup] enabled = false)")
             return None
         assert backup.dir is not None
-        return DepBackups(self.db, backup.dir, self.clock)
+        return DepBackups(self.db, backup.dir, self.clock, data_dir=self.config.data_dir)
 
     def _start_api(self) -> ApiServer:
         api = self.config.api
@@ -321,10 +321,23 @@ class TillService:
 
     def _backup_step(self) -> float:
         """Write the due DEP backups, on a loop of their own: a long export never delays
-        the outage watch or the watchdog. A failure is retried a minute later (the loop
-        logs a run of failures once; the job journals it once per register)."""
+        the outage watch or the watchdog. A failed backup is retried a minute later; it is
+        logged as one ERROR line, and journaled once, when a register's run of failures
+        starts (anything else that fails is the loop's to log)."""
         assert self.backups is not None
-        self.backups.run_due()
+        failing = set(self.backups.failures)
+        try:
+            self.backups.run_due()
+        except BackupFailed:  # one line per register as its run of failures starts
+            for register_id, failure in self.backups.failures.items():
+                if register_id not in failing:
+                    log.error(
+                        "register %s: the DEP backup of %s failed: %s (retried every %.0f s)",
+                        register_id,
+                        failure.quarter,
+                        failure.error,
+                        BACKUPS_EVERY_S,
+                    )
         return BACKUPS_EVERY_S
 
     def _status_line(self) -> str:

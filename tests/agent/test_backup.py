@@ -7,7 +7,9 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -406,6 +408,43 @@ class TestFailures:
         assert [r[0] for r in db_rows(service.db, "SELECT register_id FROM dep_backups")] == [
             REGISTER
         ]
+
+    def test_an_external_disk_that_went_away_is_not_replaced_by_the_tills_own(
+        self, service: ReceiptService, clock: FrozenClock, tmp_path: Path
+    ) -> None:
+        """[backup] dir was on another file system at start (here tmpfs); when the path
+        leads to the till's own disk later (an unmounted medium leaves its mount point
+        there), the backup fails naming the cause and writes nothing; back on the
+        medium, it is written."""
+        if os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:  # pragma: no cover
+            pytest.skip("needs /dev/shm on another file system than the test directory")
+        medium = Path(tempfile.mkdtemp(dir="/dev/shm"))
+        try:
+            mount_point = tmp_path / "usb"
+            mount_point.symlink_to(medium)  # the medium is mounted
+            backups = DepBackups(service.db, mount_point, clock, data_dir=tmp_path)
+            clock.set(Q1_ENDS + dt.timedelta(hours=1))
+            mount_point.unlink()
+            mount_point.mkdir()  # unmounted: the empty mount point on the till's disk
+            with pytest.raises(BackupFailed, match="no longer on the external disk"):
+                backups.run_due()
+            assert list(mount_point.iterdir()) == []
+            mount_point.rmdir()
+            mount_point.symlink_to(medium)
+            [record] = backups.run_due()
+            assert Path(record.path).resolve().is_relative_to(medium)
+        finally:
+            shutil.rmtree(medium)
+
+    def test_a_directory_on_the_data_disk_from_the_start_is_used_as_it_is(
+        self, service: ReceiptService, clock: FrozenClock, tmp_path: Path
+    ) -> None:
+        """Only a medium seen at start is required later (the same-disk case is warned
+        about at start, and still backed up)."""
+        backups = DepBackups(service.db, tmp_path / "backups", clock, data_dir=tmp_path)
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
+        [record] = backups.run_due()
+        assert Path(record.path).is_file()
 
 
 class TestStatus:

@@ -102,3 +102,30 @@ def test_with_backups_disabled_no_loop_runs_and_overdue_still_shows(
         service.stop()
     assert "DEP backups are disabled ([backup] enabled = false)" in caplog.messages
     assert not (tmp_path / "data" / "dep-backups").exists()
+
+
+def test_a_failing_backup_is_one_error_line_per_run_of_failures(
+    tmp_path: Path, clock: FrozenClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A backup directory that cannot be made: one ERROR line naming the register, the
+    quarter and the cause (no traceback), however often the loop retries."""
+    caplog.set_level(logging.DEBUG)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the backup directory should be")
+    service = TillService(_config(tmp_path / "data", dir=str(blocked)), clock=clock)
+    service.start()
+    try:
+        clock.set(dt.datetime(2026, 4, 2, 8, 0, tzinfo=dt.UTC))
+        assert service.backups is not None
+        for _ in range(3):
+            service.backup_loop.wake()
+            time.sleep(0.2)
+        _wait_for(lambda: "KASSE-1" in service.backups.failures)  # type: ignore[union-attr]
+    finally:
+        service.stop()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and "backup" in r.msg]
+    [error] = errors
+    message = error.getMessage()
+    assert message.startswith("register KASSE-1: the DEP backup of 2026-Q1 failed: cannot write")
+    assert message.endswith("not a directory (retried every 60 s)")
+    assert error.exc_info is None
