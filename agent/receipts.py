@@ -1048,7 +1048,8 @@ class ReceiptService:
         adopted; then in ONE transaction a signed Nullbeleg (if a sale must be reissued),
         the Sammelbeleg that closes the outage (right after the last fallback receipt, or
         right after that Nullbeleg, the first receipt signed again), and the reissued
-        sales, each superseding its unsigned original; then waiting Jahresbelege. A crash
+        sales, each superseding its unsigned original (a sale the POS voided meanwhile is
+        only resolved, see :meth:`_resolve_voided`); then waiting Jahresbelege. A crash
         at any point leaves each step done completely or not at all, so a retry never
         makes a second Sammelbeleg.
 
@@ -1173,13 +1174,14 @@ class ReceiptService:
 
         A lost Sammel-/Jahresbeleg in ``remedy`` is not reissued here: the Sammelbeleg
         issued now (the outage is still open) or the waiting Jahresbeleg supersedes it.
+        A sale the POS voided is resolved, not reissued (no Nullbeleg if none is left).
         When an answer is lost on the way (a receipt comes back ``unsigned``), what was
         issued is committed (each number stays with its receipt, the reissued sale it
         belongs to included) and the rest waits: :class:`WaitsForUnit` after the commit.
         """
         issued: list[ReceiptResult] = []
-        sales = [row for row in remedy if row["kind"] not in MUST_SIGN]
         with self._transaction() as conn:
+            sales = self._resolve_voided(conn, [r for r in remedy if r["kind"] not in MUST_SIGN])
 
             def add(draft: _Draft) -> ReceiptResult:
                 reg = self._open_register(conn, register_id)
@@ -1201,6 +1203,23 @@ class ReceiptService:
         for result in issued:
             _raise_if_lost(result, always=True)
         return issued
+
+    def _resolve_voided(
+        self, conn: sqlite3.Connection, sales: list[sqlite3.Row]
+    ) -> list[sqlite3.Row]:
+        """Resolve the unsigned sales the POS has voided already; return the others.
+
+        A voided sale gets neither a Storno (it would be voided twice) nor a replacement
+        (the customer's sale was cancelled): it is superseded by nothing, its Storno named.
+        """
+        rest = []
+        for old in sales:
+            storno = _pos_storno(conn, old)
+            if storno is None:
+                rest.append(old)
+            else:
+                self._resolve(conn, old, "superseded", voided_by=storno)
+        return rest
 
     def _reissue_draft(self, conn: sqlite3.Connection, old: sqlite3.Row) -> _Draft:
         document = json.loads(old["document"])
@@ -1391,6 +1410,19 @@ def _remedy_storno(conn: sqlite3.Connection, old: sqlite3.Row) -> int | None:
         (old["register_id"], old["number"]),
     ).fetchone()
     return None if row is None else int(row[0])
+
+
+def _pos_storno(conn: sqlite3.Connection, old: sqlite3.Row) -> int | None:
+    """The first receipt that voids ``old`` (the POS Storno, or its reissue), whatever its
+    state; ``None`` when none does, or when the remedy's own Storno does (the remedy had
+    begun, so ``old`` is reissued)."""
+    if _remedy_storno(conn, old) is not None:
+        return None
+    row = conn.execute(
+        "SELECT min(number) FROM receipts WHERE register_id = ? AND voids_number = ?",
+        (old["register_id"], old["number"]),
+    ).fetchone()
+    return None if row[0] is None else int(row[0])
 
 
 def _unresolved(conn: sqlite3.Connection, register_id: str | None) -> list[sqlite3.Row]:

@@ -199,7 +199,8 @@ class ReceiptResolution(Base):
 
     ``adopted``: the chain service had signed it (``signed_jws`` is its answer);
     ``superseded``: the service never had it, so a Nullbeleg was issued and the sale
-    reissued as ``replacement_number``.
+    reissued as ``replacement_number`` (none when a POS Storno had voided the sale: the
+    journal event names it as ``voided_by``).
     """
 
     __tablename__ = "receipt_resolutions"

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from agent.api_backend import ServiceBackend
 from agent.at_rksv import STORNO_MARKER, decrypt_counter, split_jws
 from agent.at_rksv.verify import verify_dep
 from agent.contract import ReceiptResult
@@ -22,7 +23,7 @@ from agent.errors import InvalidSale
 from agent.export import export_container, export_dep
 from agent.fakes.chain_service import ChainServiceFake
 from agent.receipts import ReceiptService
-from factories import db_rows, sale
+from factories import db_rows, journal_events, sale
 from storage import TillDB
 
 REGISTER = "KASSE-1"
@@ -53,6 +54,22 @@ def _findings(db: TillDB) -> list[str]:
     export_dep(db, REGISTER, buffer)
     report = verify_dep(json.loads(buffer.getvalue()), json.loads(export_container(db, REGISTER)))
     return [f"{f.receipt}: {f.rule}: {f.message}" for f in report.findings]
+
+
+def _storno_of(number: int, request_id: str = "s") -> dict[str, Any]:
+    """A POS Storno of receipt ``number`` on KASSE-1."""
+    return {"request_id": request_id, "register": REGISTER, "kind": "storno", "voids": number}
+
+
+def _voiding(db: TillDB, number: int) -> list[int]:
+    """The receipts whose ``voids_number`` is ``number``."""
+    rows = db_rows(
+        db,
+        "SELECT number FROM receipts WHERE register_id = ? AND voids_number = ? ORDER BY number",
+        REGISTER,
+        number,
+    )
+    return [r["number"] for r in rows]
 
 
 def _lose_one(service: ReceiptService, chain: ChainServiceFake, body: dict[str, Any]) -> int:
@@ -203,4 +220,118 @@ class TestTheRemedyIsExactlyOnce:
         ]
         assert service.unsigned(REGISTER) == []
         assert _register_turnover(service.db) == 2 * SALE_CENTS
+        assert _findings(service.db) == []
+
+
+class TestASaleThePosVoidedIsNotReissued:
+    """An unsigned sale the POS voided meanwhile: the customer's sale was cancelled, so the
+    remedy issues neither a second Storno of it nor a replacement; it resolves it as
+    superseded, with no replacement, by the POS Storno."""
+
+    def test_voided_by_a_fallback_storno(
+        self, service: ReceiptService, chain: ChainServiceFake
+    ) -> None:
+        """Only the Sammelbeleg (no Nullbeleg: nothing is reissued); the sale and its Storno
+        cancel out, and the DEP passes the verifier."""
+        lost = _lose_one(service, chain, sale(request_id="b"))
+        storno = service.issue(_storno_of(lost))
+        assert storno.signature_state == "fallback"  # the outage is open
+        issued = service.recover(REGISTER)
+        assert issued is not None
+        assert [(r.kind, r.signature_state) for r in issued] == [("sammelbeleg", "signed")]
+        assert _voiding(service.db, lost) == [storno.number]
+        assert journal_events(service.db, "receipt.superseded") == [
+            {"number": lost, "jws": None, "replacement": None, "voided_by": storno.number}
+        ]
+        assert _register_turnover(service.db) == 0
+        assert _counter(service.db, service.issue(sale(request_id="c"))) == SALE_CENTS
+        assert service.unsigned(REGISTER) == []
+        [status] = ServiceBackend(service).status().registers  # GET /v1/status
+        assert status.unsigned_count == 0
+        assert _findings(service.db) == []
+
+    def test_voided_by_an_unsigned_storno(
+        self, service: ReceiptService, chain: ChainServiceFake
+    ) -> None:
+        """The unsigned Storno is remedied on its own (reversed, reissued: its replacement
+        voids the sale again); the sale itself gets no Storno and no replacement."""
+        lost = _lose_one(service, chain, sale(request_id="b"))
+        # POST /v1/registers/KASSE-1/zero-receipt: a Sammelbeleg closes the outage without
+        # the remedy, so the POS Storno goes to the service, which loses it too
+        ServiceBackend(service).zero_receipt(REGISTER)
+        storno = _lose_one(service, chain, _storno_of(lost))
+        issued = service.recover(REGISTER)
+        assert issued is not None
+        assert [r.kind for r in issued] == ["null", "sammelbeleg", "storno", "storno"]
+        reversal, replacement = issued[2:]
+        assert _voiding(service.db, storno) == [reversal.number]
+        assert _voiding(service.db, lost) == [storno, replacement.number]
+        assert journal_events(service.db, "receipt.superseded") == [
+            {"number": lost, "jws": None, "replacement": None, "voided_by": storno},
+            {"number": storno, "jws": None, "replacement": replacement.number,
+             "voided_by": reversal.number},
+        ]  # fmt: skip
+        assert _register_turnover(service.db) == 0
+        assert _counter(service.db, service.issue(sale(request_id="c"))) == SALE_CENTS
+        assert service.unsigned(REGISTER) == []
+        assert _findings(service.db) == []
+
+    def test_a_sale_not_voided_is_still_reissued_beside_it(
+        self, service: ReceiptService, chain: ChainServiceFake
+    ) -> None:
+        """Two unsigned sales, the first voided by the POS: the second gets the Nullbeleg,
+        its Storno and its replacement as before; the first only its resolution."""
+        voided = _lose_one(service, chain, sale(request_id="a"))
+        ServiceBackend(service).zero_receipt(REGISTER)  # closes the outage, no remedy
+        kept = _lose_one(service, chain, sale(request_id="b"))
+        storno = service.issue(_storno_of(voided))
+        issued = service.recover(REGISTER)
+        assert issued is not None
+        assert [r.kind for r in issued] == ["null", "sammelbeleg", "storno", "standard"]
+        reversal, replacement = issued[2:]
+        assert _voiding(service.db, voided) == [storno.number]
+        assert _voiding(service.db, kept) == [reversal.number]
+        assert "Ersatz für unsignierten Beleg " + str(kept) in replacement.lines
+        assert journal_events(service.db, "receipt.superseded") == [
+            {"number": voided, "jws": None, "replacement": None, "voided_by": storno.number},
+            {"number": kept, "jws": None, "replacement": replacement.number,
+             "voided_by": reversal.number},
+        ]  # fmt: skip
+        assert _register_turnover(service.db) == SALE_CENTS
+        assert _findings(service.db) == []
+
+    def test_the_pos_asking_again_gets_the_receipt_it_was_given(
+        self, service: ReceiptService, chain: ChainServiceFake
+    ) -> None:
+        """There is no replacement: the repeated request_id returns the unsigned original."""
+        lost = _lose_one(service, chain, sale(request_id="b"))
+        service.issue(_storno_of(lost))
+        assert service.recover(REGISTER) is not None
+        again = service.issue(sale(request_id="b"))
+        assert (again.number, again.kind, again.signature_state) == (lost, "standard", "unsigned")
+
+    def test_a_failure_in_the_remedy_resolves_the_sale_once(
+        self, service: ReceiptService, chain: ChainServiceFake, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A failure after the Sammelbeleg was signed, before its commit: the retry closes
+        the outage; the voided sale is resolved exactly once and never reissued."""
+        lost = _lose_one(service, chain, sale(request_id="b"))
+        storno = service.issue(_storno_of(lost))
+
+        def crash(*_: object) -> None:
+            raise RuntimeError("power cut after the Sammelbeleg")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(ReceiptService, "_after_store", crash)
+            with pytest.raises(RuntimeError):
+                service.recover(REGISTER)
+        assert service.recover(REGISTER) is not None
+        assert service.recover(REGISTER) == []
+        resolved = journal_events(service.db, "receipt.superseded")
+        assert [e for e in resolved if e["number"] == lost] == [
+            {"number": lost, "jws": None, "replacement": None, "voided_by": storno.number}
+        ]
+        assert _voiding(service.db, lost) == [storno.number]
+        assert _register_turnover(service.db) == 0
+        assert service.unsigned(REGISTER) == []
         assert _findings(service.db) == []
