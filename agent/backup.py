@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, BinaryIO, cast
 from zoneinfo import ZoneInfo
 
+from agent.at_rksv import is_register_id
 from agent.clock import Clock
 from agent.config import device_of
 from agent.durable import create_streamed, fsync_directory, temporary_names
@@ -309,7 +310,7 @@ class DepBackups:
 
     def _back_up(self, reg: _Register, quarter: Quarter) -> BackupRecord:
         path = self.directory / reg.id / f"{reg.id}_{quarter}.dep.json"
-        if reg.id in (".", ".."):  # let in by an earlier init: never write beside [backup] dir
+        if not is_register_id(reg.id):  # an earlier init let "..": never beside [backup] dir
             raise BackupFailed(
                 reg.id, str(quarter), f"the Kassen-ID {reg.id!r} cannot name a backup directory"
             )

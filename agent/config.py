@@ -47,7 +47,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from agent.at_rksv.payload import AUSTRIAN_ZONES
+from agent.at_rksv.payload import AUSTRIAN_ZONES, REGISTER_ID_RULE, is_register_id
 from agent.durable import create_file
 from agent.errors import ConfigurationError
 from agent.printing.render import EscposOptions
@@ -85,7 +85,6 @@ ENV_PREFIX = "TILL_AGENT_"
 CONFIG_ENV = "TILL_AGENT_CONFIG"  # names the file (the CLI's --config); not an override
 HIDDEN = "<hidden>"
 
-_REGISTER_ID = r"^[A-Za-z0-9.:-]{1,64}$"
 # (section, key) -> its default name under data_dir; relative values are placed there too
 _UNDER_DATA_DIR: dict[tuple[str, str], str | None] = {
     ("api", "token_file"): "api-token",
@@ -125,10 +124,17 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
 class RegisterConfig(_Section):
     """The register created on first start (later changes need a new register)."""
 
-    id: str = Field("KASSE-1", pattern=_REGISTER_ID)
+    id: str = "KASSE-1"
     timezone: str = "Europe/Vienna"
     counter_bytes: int = Field(8, ge=5, le=16)
     receipt_id_format: str = "{number}"
+
+    @field_validator("id")
+    @classmethod
+    def _kassen_id(cls, value: str) -> str:
+        if not is_register_id(value):
+            raise PydanticCustomError("id-format", REGISTER_ID_RULE)
+        return value
 
     @field_validator("timezone")
     @classmethod

@@ -17,7 +17,6 @@ import functools
 import hashlib
 import json
 import logging
-import re
 import secrets
 import sqlite3
 import threading
@@ -31,12 +30,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from agent.at_rksv import (
     AUSTRIAN_ZONES,
     FALLBACK_SIGNATURE,
+    REGISTER_ID_RULE,
     STORNO_MARKER,
     TRAINING_MARKER,
     Payload,
     cents_to_amount,
     chain_value,
     encrypt_counter,
+    is_register_id,
     jws_compact,
     signing_input,
     split_jws,
@@ -1462,19 +1463,10 @@ def _setup_from_json(text: str) -> RegisterSetup:
     )
 
 
-_REGISTER_ID = re.compile(r"[A-Za-z0-9.:-]{1,64}")
-_DOT_NAMES = (".", "..")  # this and the parent directory, not a directory of their own
-
-
 def _check_setup(setup: RegisterSetup) -> None:
     """Refuse a register that could never sell, before anything is written."""
-    if not _REGISTER_ID.fullmatch(setup.register_id) or setup.register_id in _DOT_NAMES:
-        raise InvalidSale(
-            "register",
-            "id-format",
-            "a Kassen-ID is 1-64 of letters, digits, '.', ':' and '-' (no '_'), not '.' or"
-            " '..' (it names the register's directory of DEP backups)",
-        )
+    if not is_register_id(setup.register_id):
+        raise InvalidSale("register", "id-format", REGISTER_ID_RULE)
     try:
         first, second = (setup.receipt_id_format.format(number=n) for n in (1, 2))
     except (KeyError, IndexError, ValueError) as exc:

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from typer.testing import CliRunner, Result
 
 from agent import config as config_module
+from agent.at_rksv import REGISTER_ID_RULE
 from agent.cli_config import config_app
 from agent.config import (
     HIDDEN,
@@ -252,7 +253,9 @@ ERRORS = [
     ("colour = 1\n", "colour", "extra_forbidden"),
     ("sign_timeout_s = 0\n", "sign_timeout_s", "greater_than"),
     ('[register]\ntimezone = "Mars/Olympus"\n', "register.timezone", "time-zone"),
-    ('[register]\nid = "KASSE_1"\n', "register.id", "string_pattern_mismatch"),
+    ('[register]\nid = "KASSE_1"\n', "register.id", "id-format"),
+    ('[register]\nid = ".."\n', "register.id", "id-format"),
+    ('[register]\nid = "."\n', "register.id", "id-format"),
     ("[register]\ncounter_bytes = 4\n", "register.counter_bytes", "greater_than_equal"),
     ('[register]\nreceipt_id_format = "B"\n', "register.receipt_id_format", "format"),
     ('[printer]\nkind = "network"\n', "printer.host", "kind-needs"),
@@ -527,6 +530,16 @@ class TestCli:
         )
         assert elsewhere.exit_code == 0, elsewhere.output
         assert "backup.dir" not in elsewhere.stderr
+
+    def test_check_refuses_a_register_id_init_would_refuse(
+        self, run: Callable[..., Result], write_config: WriteConfig
+    ) -> None:
+        """A Kassen-ID '..' names the parent directory: ``config check`` refuses it with the
+        same rule as ``till-agent init``, not only ``run`` at start."""
+        path = write_config('[register]\nid = ".."\n')
+        result = run("check", "--config", path)
+        assert result.exit_code == 3
+        assert f"register.id: {REGISTER_ID_RULE} [id-format]" in _flat(result.stderr)
 
     def test_check_a_missing_file(self, run: Callable[..., Result], tmp_path: Path) -> None:
         """--config naming a missing file: exit 3."""

@@ -8,6 +8,7 @@ signed (it starts with ``_``); :func:`jws_compact` wraps it into the JWS kept in
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from agent.at_rksv.encoding import b32, b64, b64_decode, b64url, b64url_decode
@@ -18,9 +19,11 @@ __all__ = [
     "FALLBACK_TEXT",
     "JWS_HEADER",
     "JWS_HEADER_B64",
+    "REGISTER_ID_RULE",
     "Payload",
     "chain_value",
     "is_fallback",
+    "is_register_id",
     "jws_compact",
     "ocr_code",
     "qr_code",
@@ -35,6 +38,18 @@ FALLBACK_TEXT = "Sicherheitseinrichtung ausgefallen"
 # no other name to Europe/Vienna (no "L Europe/Vienna ..." in tzdata.zi), so it is the only one
 AUSTRIAN_ZONES = frozenset({"Europe/Vienna"})
 FALLBACK_SIGNATURE = FALLBACK_TEXT.encode("utf-8")
+REGISTER_ID_RULE = (
+    "a Kassen-ID is 1-64 of letters, digits, '.', ':' and '-' (no '_'), not '.' or '..'"
+    " (it names the register's directory of DEP backups)"
+)
+_REGISTER_ID = re.compile(r"[A-Za-z0-9.:-]{1,64}")
+_DOT_NAMES = (".", "..")  # this and the parent directory, not a directory of their own
+
+
+def is_register_id(value: str) -> bool:
+    """Whether ``value`` keeps :data:`REGISTER_ID_RULE`: ``init`` and the configuration both
+    ask here, so ``config check`` refuses what ``run`` would."""
+    return bool(_REGISTER_ID.fullmatch(value)) and value not in _DOT_NAMES
 
 
 @dataclass(frozen=True, slots=True)

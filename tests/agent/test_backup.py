@@ -398,7 +398,7 @@ class TestFailures:
         """A Kassen-ID '..' (init refuses it now; an earlier init let it in) would put its
         backup into the parent of [backup] dir: it fails instead, and the other registers
         are backed up."""
-        monkeypatch.setattr(receipts_module, "_DOT_NAMES", ())
+        monkeypatch.setattr(receipts_module, "is_register_id", lambda _value: True)
         service.init_register(RegisterSetup("..", [UNIT]))
         clock.set(Q1_ENDS + dt.timedelta(hours=1))
         with pytest.raises(BackupFailed, match="cannot name a backup directory"):
