@@ -169,7 +169,13 @@ class StatusOut(_Out):
     disk: DiskOut
 
 
-class ReportIn(_Out):
+class _In(_Out):
+    # as strict as a sale (agent.contract): "2026", "yes" or 1 is a mistake, not a year
+    # or a boolean, and is refused naming the field (the published schema says so too)
+    model_config = ConfigDict(strict=True)
+
+
+class ReportIn(_In):
     """A FinanzOnline report made for an outage: its reference, and whether it is the
     report of the outage's end."""
 
@@ -177,7 +183,7 @@ class ReportIn(_Out):
     end: bool = False
 
 
-class CheckDoneIn(_Out):
+class CheckDoneIn(_In):
     """A Belegcheck (or FinanzOnline) check made: its reference, the year of the checked
     receipt (may be left out for the Startbeleg) and whether the check failed."""
 

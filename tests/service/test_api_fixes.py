@@ -82,8 +82,11 @@ class TestJsonBodies:
             (b'{"reference": ""}', "reference", "min-length"),
             (b'{"reference": "x", "extra": 1}', "extra", "unknown-field"),
             (b'{"end": true}', "reference", "required"),
+            (b'{"reference": "x", "end": 1}', "end", "type-boolean"),
+            (b'{"reference": "x", "end": "true"}', "end", "type-boolean"),
+            (b'{"reference": 7}', "reference", "type-string"),
         ],
-        ids=["empty", "cut", "list", "short", "extra", "missing"],
+        ids=["empty", "cut", "list", "short", "extra", "missing", "end-1", "end-text", "ref-7"],
     )
     def test_a_bad_report_body_is_422_naming_the_field(
         self, client: httpx.Client, outage: int, raw: bytes, field: str, rule: str
@@ -92,6 +95,27 @@ class TestJsonBodies:
         response = client.post(f"/v1/outages/{outage}/report", content=raw, headers=FORM)
         assert response.status_code == 422, response.text
         assert (response.json()["field"], response.json()["rule"]) == (field, rule)
+
+    @pytest.mark.parametrize(
+        ("document", "field", "rule"),
+        [
+            ({"reference": "BC-1", "year": "2026"}, "year", "type-integer"),
+            ({"reference": "BC-1", "year": 2026.0}, "year", "type-integer"),
+            ({"reference": "BC-1", "failed": "yes"}, "failed", "type-boolean"),
+            ({"reference": "BC-1", "failed": 0}, "failed", "type-boolean"),
+        ],
+        ids=["year-text", "year-float", "failed-text", "failed-0"],
+    )
+    def test_a_check_body_is_as_strict_as_a_sale(
+        self, client: httpx.Client, query: Query, document: Any, field: str, rule: str
+    ) -> None:
+        """A year or a failure given as another type is a mistake, not a value to convert:
+        422 naming the field and rule, nothing recorded (a "failed": "yes" must not record a
+        passing check, nor 0 a failed one)."""
+        response = client.post("/v1/registers/KASSE-1/checks/start", content=body(document))
+        assert response.status_code == 422, response.text
+        assert (response.json()["field"], response.json()["rule"]) == (field, rule)
+        assert query("SELECT count(*) FROM journal WHERE kind = 'check.done'")[0][0] == 0
 
     def test_a_bad_path_parameter_names_its_rule_as_a_sale_would(
         self, client: httpx.Client
