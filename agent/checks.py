@@ -18,7 +18,7 @@ reminders are sent by the timer and not at creation, so a till that was idle or 
 catches up with every reminder it missed at its next tick; an obligation lasts days, so
 the interval of the timer does not matter. The operator records the check with
 ``till-agent checks done`` (:func:`record_check`): once, with the Belegcheck or
-FinanzOnline reference, and whether it failed.
+FinanzOnline reference, and whether it failed (then again once the cause is fixed).
 """
 
 from __future__ import annotations
@@ -284,14 +284,17 @@ def record_check(  # noqa: PLR0917 - the obligation, then what the operator reco
 
     Recorded once: the reference is evidence and the journal is append-only. The same
     reference (and result) again is a harmless repeat (nothing is journaled). A failed
-    check also raises an ERROR alert: the register counts as "unit failed" (rksv.md 6).
+    check also raises an ERROR alert: the register counts as "unit failed" (rksv.md 6);
+    it is not final: the check made again after the cause is fixed, with a new reference,
+    is recorded as its own ``check.done`` (a passing one ends the failure).
     ``year`` may be left out for the Startbeleg (a register has one).
 
     Raises:
         NotFound: no such obligation.
         InvalidSale: a bad kind, a missing year, a missing or bad reference (see
             :func:`~agent.contract.check_reference`), or (rule
-            ``already-reported``) another reference or result recorded already.
+            ``already-reported``) another reference or result for a check that passed,
+            or another result for the reference of a failed one.
     """
     _check_input(kind, year, reference)
     now = clock.now().isoformat()
@@ -300,18 +303,18 @@ def record_check(  # noqa: PLR0917 - the obligation, then what the operator reco
         if record.reference is not None:
             if (record.reference, record.failed) == (reference, failed):
                 return record
-            raise InvalidSale(
-                "reference",
-                "already-reported",
-                f"the {kind} check of register {register_id} ({record.year}) has the reference"
-                f" {record.reference!r}{' (failed)' if record.failed else ''} already; a"
-                " check's reference is evidence and is recorded once",
-            )
+            _refuse_unless_recheck(record, reference)
         conn.execute(
             "UPDATE checks SET reference = ?, failed = ?, done_at = ? WHERE id = ?",
             (reference, failed, now, record.id),
         )
-        facts = {"check": record.id, "kind": kind, "year": record.year, "reference": reference}
+        facts = {
+            "check": record.id,
+            "kind": kind,
+            "year": record.year,
+            "reference": reference,
+            "failed": failed,
+        }
         append_event(conn, kind="check.done", register_id=register_id, at=now, data=facts)
         if failed:
             alert = {"level": "error", "alert": "check-failed", **facts, "reason": _UNIT_FAILED}
@@ -329,6 +332,22 @@ def record_check(  # noqa: PLR0917 - the obligation, then what the operator reco
 
 
 _UNIT_FAILED = 'the register counts as "unit failed" (rksv.md section 6)'
+
+
+def _refuse_unless_recheck(record: CheckRecord, reference: str) -> None:
+    """A recorded check is final once it passed. After a failed one the operator fixes
+    the cause and checks again: that check has a reference of its own and is recorded
+    over it (the failure stays in the journal); the failed reference cannot pass."""
+    if record.failed and reference != record.reference:
+        return
+    again = " after it failed, a new check has a new reference" if record.failed else ""
+    raise InvalidSale(
+        "reference",
+        "already-reported",
+        f"the {record.kind} check of register {record.register_id} ({record.year}) has the"
+        f" reference {record.reference!r}{' (failed)' if record.failed else ''} already; a"
+        f" check's reference is evidence and is recorded once{again}",
+    )
 
 
 def _check_input(kind: str, year: int | None, reference: str) -> None:

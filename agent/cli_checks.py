@@ -90,7 +90,8 @@ def checks_done(  # noqa: PLR0917 - a Typer command: its options are its paramet
 
     Another reference for the same check is refused (exit 3), the same one again changes
     nothing. --failed records a check that failed: an ERROR alert says the register counts
-    as "unit failed".
+    as "unit failed"; the check made again once the cause is fixed is recorded with its
+    new --reference.
     """
     from agent.api_backend import check_out
     from agent.checks import record_check

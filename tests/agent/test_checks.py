@@ -236,7 +236,7 @@ class TestRecording:
             record_check(writer, clock, REGISTER, "start", None, "BC-4711", failed=True)
         assert failed_later.value.rule == "already-reported"
         assert journal_events(service.db, "check.done") == [
-            {"check": 1, "kind": "start", "year": 2026, "reference": "BC-4711"}
+            {"check": 1, "kind": "start", "year": 2026, "reference": "BC-4711", "failed": False}
         ]
         assert _checks(service) == []
         assert _checks(service, done=True) == [("start", 2026, "2026-03-09")]
@@ -286,6 +286,50 @@ class TestRecording:
         assert alert["reason"] == 'the register counts as "unit failed" (rksv.md section 6)'
         [line] = [r.getMessage() for r in caplog.records]
         assert 'FAILED (reference BC-9): the register counts as "unit failed"' in line
+
+
+class TestRecheck:
+    def test_a_passing_check_with_a_new_reference_follows_a_failed_one(
+        self, service: ReceiptService, clock: FrozenClock
+    ) -> None:
+        """The operator fixes the cause of a failed Belegcheck and checks again: the passing
+        check is recorded as its own `check.done`, the failed one stays in the journal, and
+        the obligation is done with the new reference."""
+        writer = service.db.write_connection()
+        record_check(writer, clock, REGISTER, "start", None, "BC-1", failed=True)
+        clock.set(_at(2026, 3, 3, 9))
+        passed = record_check(writer, clock, REGISTER, "start", None, "BC-2")
+        assert (passed.reference, passed.failed) == ("BC-2", False)
+        assert passed.done_at == "2026-03-03T09:00:00+00:00"
+        assert [
+            (e["reference"], e["failed"]) for e in journal_events(service.db, "check.done")
+        ] == [
+            ("BC-1", True),
+            ("BC-2", False),
+        ]
+        assert _alerts(service.db) == [("check-failed", "error")]
+        with service.db.read_connection() as conn:
+            [stored] = load_checks(conn, done=True)
+        assert (stored.reference, stored.failed) == ("BC-2", False)
+        assert _checks(service) == []
+
+    def test_a_repeat_changes_nothing_and_a_passed_check_stays_final(
+        self, service: ReceiptService, clock: FrozenClock
+    ) -> None:
+        """After the recheck the same reference again changes nothing; the passed check can
+        neither fail later nor get another reference; the failed reference cannot pass."""
+        writer = service.db.write_connection()
+        record_check(writer, clock, REGISTER, "start", None, "BC-1", failed=True)
+        with pytest.raises(InvalidSale, match="new reference") as same:
+            record_check(writer, clock, REGISTER, "start", None, "BC-1")
+        assert same.value.rule == "already-reported"
+        passed = record_check(writer, clock, REGISTER, "start", None, "BC-2")
+        assert record_check(writer, clock, REGISTER, "start", None, "BC-2") == passed
+        for reference, failed in [("BC-2", True), ("BC-3", True), ("BC-3", False)]:
+            with pytest.raises(InvalidSale, match="BC-2") as refused:
+                record_check(writer, clock, REGISTER, "start", None, reference, failed=failed)
+            assert refused.value.rule == "already-reported"
+        assert len(journal_events(service.db, "check.done")) == 2
 
 
 class TestAdoption:
@@ -384,6 +428,18 @@ class TestCommandLine:
         shown = expect(run("checks", "list", "--all", "--data-dir", till), 0).stdout
         assert "FAILED" in shown
         assert _alerts(open_db(till, writer=False)) == [("check-failed", "error")]
+
+    def test_a_failed_check_is_checked_again(self, run: Run, till: Path) -> None:
+        """After `--failed` the operator checks again: the passing check with its new
+        reference is exit 0 and shown done; another reference after that is exit 3."""
+        args = ("checks", "done", REGISTER, "start", "--data-dir", till)
+        expect(run(*args, "--reference", "BC-X", "--failed"), 0)
+        again = expect(run(*args, "--reference", "BC-Y"), 0).stdout
+        assert "start check 2026 done, reference 'BC-Y' recorded" in flat(again)
+        shown = expect(run("checks", "list", "--all", "--data-dir", till, "--json"), 0).stdout
+        assert [(c["reference"], c["failed"]) for c in json.loads(shown)] == [("BC-Y", False)]
+        refused = expect(run(*args, "--reference", "BC-Z", "--failed"), 3)
+        assert "already-reported" in refused.stderr
 
     def test_init_says_when_the_startbeleg_check_is_due(self, run: Run, data_dir: Path) -> None:
         """The operator learns of the week at once, not only from the service's log."""

@@ -423,6 +423,22 @@ class TestChecks:
         [alert] = query("SELECT data FROM journal WHERE kind = 'alert.raised'")
         assert json.loads(alert[0])["alert"] == "check-failed"
 
+    def test_a_failed_check_is_followed_by_the_passing_recheck(
+        self, client: httpx.Client, query: Query
+    ) -> None:
+        """A new reference after a failed check is 200 and journaled; the passed check is
+        then final (409), its reference again a harmless 200."""
+        url = "/v1/registers/KASSE-1/checks/start"
+        assert client.post(url, json={"reference": "BC-9", "failed": True}).status_code == 200
+        passed = client.post(url, json={"reference": "BC-10"})
+        assert passed.status_code == 200, passed.text
+        assert (passed.json()["reference"], passed.json()["failed"]) == ("BC-10", False)
+        assert client.post(url, json={"reference": "BC-10"}).json() == passed.json()
+        failed_later = client.post(url, json={"reference": "BC-10", "failed": True})
+        assert (failed_later.status_code, failed_later.json()["rule"]) == (409, "already-reported")
+        done = query("SELECT data FROM journal WHERE kind = 'check.done' ORDER BY seq")
+        assert [json.loads(r[0])["reference"] for r in done] == ["BC-9", "BC-10"]
+
 
 class TestServer:
     def test_a_unix_socket_server(self, backend: ServiceBackend, tmp_path: Path) -> None:
