@@ -49,6 +49,7 @@ __all__ = [
     "BackupRecord",
     "BackupStatus",
     "DepBackups",
+    "DueRun",
     "Quarter",
     "backup_statuses",
     "list_backups",
@@ -121,6 +122,14 @@ class BackupRecord:
     receipts: int
     last_number: int
     written_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class DueRun:
+    """One run over the due backups: those written, then the failures, by register."""
+
+    written: list[BackupRecord]
+    failures: list[BackupFailed]
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,15 +268,25 @@ class DepBackups:
         self._stop.set()
 
     def run_due(self, register_id: str | None = None) -> list[BackupRecord]:
-        """Write every backup that is due, per register oldest first.
-
-        A register whose backup fails waits for the next run (its later quarters behind
-        it); the other registers go on.
+        """Write every backup that is due, per register oldest first (see :meth:`attempt_due`).
 
         Raises:
             BackupFailed: the first failure, after every register had its turn.
         """
-        written, failed = [], []
+        run = self.attempt_due(register_id)
+        if run.failures:
+            raise run.failures[0]
+        return run.written
+
+    def attempt_due(self, register_id: str | None = None) -> DueRun:
+        """Write every backup that is due, per register oldest first; return what was
+        written and what failed (each failure is recorded, as by :meth:`run_due`).
+
+        A register whose backup fails waits for the next run (its later quarters behind
+        it); the other registers go on.
+        """
+        written: list[BackupRecord] = []
+        failed: list[BackupFailed] = []
         now = self.clock.now()
         with self.db.read_connection() as conn:
             plan = [
@@ -282,9 +301,7 @@ class DepBackups:
                 failed.append(exc)
             except _Stopped:
                 break
-        if failed:
-            raise failed[0]
-        return written
+        return DueRun(written, failed)
 
     def run_quarter(self, register_id: str, quarter: Quarter) -> tuple[BackupRecord, bool]:
         """The backup of one quarter that is over; written now unless it exists (False).

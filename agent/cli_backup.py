@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.table import Table
@@ -11,7 +11,7 @@ from rich.table import Table
 from agent.cli_base import DEFAULT_DATA, DataDir, JsonFlag, _emit, _fail, _print_table, out
 from agent.cli_commands import _reader, _require_register, _service
 from agent.cli_config import ConfigOption
-from agent.errors import ConfigurationError, InvalidSale
+from agent.errors import BackupFailed, ConfigurationError, InvalidSale
 
 if TYPE_CHECKING:
     from agent.backup import BackupRecord, Quarter
@@ -77,8 +77,10 @@ def backup_run(
                 _require_register(conn, register, as_json)
         backups = DepBackups(service.db, loaded.backup.dir, SystemClock(), data_dir=loaded.data_dir)
         if wanted is None:
-            written = backups.run_due(register)
-            _show(written, as_json, empty="no backup is due")
+            run = backups.attempt_due(register)
+            if run.failures:
+                _failed_after(run.written, run.failures[0], as_json)
+            _show(run.written, as_json, empty="no backup is due")
             return
         record, new = backups.run_quarter(_one(register, registers, as_json), wanted)
     if not new and not as_json:
@@ -112,6 +114,17 @@ def _one(register: str | None, registers: list[str], as_json: bool) -> str:
             as_json,
         )
     return registers[0]
+
+
+def _failed_after(written: list[BackupRecord], exc: BackupFailed, as_json: bool) -> NoReturn:
+    """A failure ends the run's output, after the backups written for the other registers
+    (with --json in the error object, as ``written``): they exist and are recorded."""
+    if as_json:
+        _fail(exc, True, extra={"written": [asdict(r) for r in written]})
+    if written:
+        out.print("written before the failure:")
+        _show(written, as_json)
+    _fail(exc)
 
 
 def _show(records: list[BackupRecord], as_json: bool, *, empty: str = "no backups") -> None:

@@ -190,12 +190,16 @@ def _exit_code(exc: TillAgentError) -> int:
     return next(c for kind, c in _EXIT if isinstance(exc, kind))
 
 
-def _fail(exc: TillAgentError, as_json: bool = False) -> NoReturn:
+def _fail(
+    exc: TillAgentError, as_json: bool = False, *, extra: dict[str, Any] | None = None
+) -> NoReturn:
+    """Report ``exc`` and exit with its code; ``extra``: more fields of the --json body."""
     code = _exit_code(exc)
     if as_json:
         body: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
         if isinstance(exc, InvalidSale):
             body |= exc.as_dict()
+        body |= extra or {}
         print(json.dumps(body, ensure_ascii=False))
     else:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import WriteConfig
+from conftest import UNIT, WriteConfig
 from typer.testing import Result
 
-from agent.receipts import ReceiptService
+from agent.receipts import ReceiptService, RegisterSetup
 from factories import Run, box_words, expect, flat, journal_events
 from storage import TillDB
 
@@ -125,6 +125,49 @@ class TestBackupRun:
         message = flat(result.stderr)
         assert f"cannot write {tmp_path / 'backups'}" in message
         assert "not a directory" in message
+
+
+class TestOneRegisterFails:
+    @pytest.fixture(name="config")
+    def _two_registers(self, service: ReceiptService, request: pytest.FixtureRequest) -> Path:
+        """The till with a second register, KASSE-2, and the configuration for both."""
+        service.init_register(RegisterSetup("KASSE-2", [UNIT]))
+        path: Path = request.getfixturevalue("config")
+        return path
+
+    @pytest.fixture(name="in_the_way")
+    def _in_the_way(self, tmp_path: Path) -> Path:
+        """A file where KASSE-1's backup directory would be: its backups fail."""
+        (tmp_path / "backups").mkdir()
+        path = tmp_path / "backups" / "KASSE-1"
+        path.write_text("a file in the way")
+        return path
+
+    def test_the_backups_written_are_shown_before_the_failure(
+        self, run: Run, config: Path, in_the_way: Path, data_dir: Path
+    ) -> None:
+        """KASSE-2's backups are written and shown (stdout) although KASSE-1's failed;
+        then the failure (stderr) with its exit code 2."""
+        result = expect(run("backup", "run", "--config", config), 2)
+        shown = box_words(result.stdout)
+        for quarter in ENDED:
+            assert f"KASSE-2 {quarter} 1 1" in shown
+        assert "KASSE-1" not in shown
+        assert f"register KASSE-1: the DEP backup of 2026-Q1 failed: cannot write {in_the_way}" in (
+            flat(result.stderr)
+        )
+        listed = _json(run("backup", "list", "--data-dir", data_dir, "--json"))
+        assert {r["register"] for r in listed} == {"KASSE-2"}
+
+    def test_json_names_the_backups_written_in_the_error(
+        self, run: Run, config: Path, in_the_way: Path
+    ) -> None:
+        """--json: one error object (exit 2) whose ``written`` lists KASSE-2's backups."""
+        body = json.loads(expect(run("backup", "run", "--config", config, "--json"), 2).stdout)
+        assert body["error"] == "BackupFailed"
+        assert "register KASSE-1" in body["message"]
+        assert [r["register"] for r in body["written"]] == ["KASSE-2"] * len(body["written"])
+        assert [r["quarter"] for r in body["written"]][:3] == ENDED
 
 
 class TestBackupList:
