@@ -253,6 +253,15 @@ class PendingSigning(Base):
     """
 
     __tablename__ = "pending_signings"
+    __table_args__ = (
+        Index("ix_pending_signings_number", "register_id", "number"),
+        Index(
+            "ix_pending_signings_start",
+            "kind",
+            "register_id",
+            sqlite_where=text("kind = 'start'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     register_id: Mapped[str] = mapped_column(String(64))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import re
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from agent.clock import FrozenClock
 from agent.errors import RegisterClosed, WaitsForUnit
 from agent.export import export_container, export_dep
 from agent.fakes.chain_service import ChainServiceFake
-from agent.receipts import ReceiptService, RegisterSetup
+from agent.receipts import _INTERRUPTED, ReceiptService, RegisterSetup
 from agent.signing.registry import UnitRegistry
 from factories import db_rows, journal_events, run_threads, sale
 from storage import TillDB
@@ -102,6 +103,62 @@ class TestAStandardSale:
         _restart(db, registry, clock)
         assert _rows(db) == [(1, "start", "signed"), (2, "standard", "signed")]
         assert journal_events(db, "signing.interrupted") == []
+
+
+class TestManyIntents:
+    """A chain-service till records one intent per receipt: the start must not read them all."""
+
+    HISTORY = 200_000
+
+    @pytest.fixture(name="history")
+    def _history(self, chain_service: ReceiptService, db: TillDB) -> None:
+        """The intents of receipts that exist (the Startbeleg's number), inserted in one
+        statement: the history of a till that has sold for years."""
+        with db.write_connection().transaction() as conn:
+            conn.execute(
+                "INSERT INTO pending_signings (register_id, number, kind, intent, at)"
+                " WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+                " SELECT ?, 1, 'standard', '{}', '2026-03-02T10:00:00+00:00' FROM n",
+                (self.HISTORY, REGISTER),
+            )
+
+    @pytest.mark.parametrize("analyzed", [False, True], ids=["no-statistics", "analyzed"])
+    @pytest.mark.usefixtures("history")
+    def test_the_start_query_seeks_indexes_and_scans_no_intents(
+        self, db: TillDB, analyzed: bool
+    ) -> None:
+        """EXPLAIN QUERY PLAN: pending_signings is only searched through its two indexes
+        (past each register's last number; the Startbelege), never scanned, also once
+        ANALYZE has statistics of the many done intents."""
+        with db.write_connection().transaction() as conn:
+            if analyzed:
+                conn.execute("ANALYZE")
+            plan = [str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {_INTERRUPTED}")]
+        on_intents = [step for step in plan if re.match(r"(SCAN|SEARCH) [pq]\b", step)]
+        assert on_intents, plan
+        for step in on_intents:
+            assert re.match(r"SEARCH [pq] USING (COVERING )?INDEX ix_pending_signings_", step), plan
+        assert any("ix_pending_signings_number (register_id=? AND number>?)" in s for s in plan)
+        assert any("ix_pending_signings_start (kind=?)" in s for s in plan)
+
+    @pytest.mark.usefixtures("history")
+    def test_an_interrupted_sale_is_found_among_them(
+        self,
+        chain_service: ReceiptService,
+        db: TillDB,
+        registry: UnitRegistry,
+        clock: FrozenClock,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The sale whose process died is stored unsigned at restart; the done intents
+        store nothing."""
+        with monkeypatch.context() as patch:
+            _die_while_storing(patch)
+            with pytest.raises(_Died):
+                chain_service.issue(sale(request_id="r-1"))
+        _restart(db, registry, clock)
+        assert _rows(db) == [(1, "start", "signed"), (2, "standard", "unsigned")]
+        assert [e["number"] for e in journal_events(db, "signing.interrupted")] == [2]
 
 
 class TestAStartbeleg:
