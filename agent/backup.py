@@ -37,7 +37,7 @@ from zoneinfo import ZoneInfo
 from agent.at_rksv import is_register_id
 from agent.clock import Clock
 from agent.config import device_of
-from agent.durable import create_streamed, fsync_directory, temporary_names
+from agent.durable import create_streamed, fsync_directory, refuse_non_regular, temporary_names
 from agent.errors import BackupFailed, InvalidSale, NotFound
 from agent.export import export_dep
 from storage.db import TillDB
@@ -373,7 +373,9 @@ class DepBackups:
 
     def _adopt(self, reg: _Register, quarter: Quarter, path: Path) -> tuple[str, int]:
         """A file of this name without a record: a run killed before its record. It is
-        recorded if it is this quarter's export; it is never overwritten."""
+        recorded if it is this quarter's export; it is never overwritten (nor read when it
+        is no regular file: a fifo would block the job)."""
+        refuse_non_regular(path)
         sha256, count = self._export(reg, quarter, None)
         with path.open("rb") as handle:
             found = hashlib.file_digest(handle, "sha256").hexdigest()
@@ -387,14 +389,13 @@ class DepBackups:
     def _record(
         self, reg: _Register, quarter: Quarter, path: Path, sha256: str, count: int
     ) -> BackupRecord:
-        with self.db.read_connection() as conn:
+        at = self.clock.now().isoformat()
+        with self.db.write_connection().transaction() as conn:
             last = conn.execute(
                 "SELECT max(number) FROM receipts WHERE register_id = ? AND issued_at < ?",
                 (reg.id, quarter.next().first_day.isoformat()),
             ).fetchone()[0]
-        at = self.clock.now().isoformat()
-        record = BackupRecord(reg.id, str(quarter), str(path), sha256, count, int(last), at)
-        with self.db.write_connection().transaction() as conn:
+            record = BackupRecord(reg.id, str(quarter), str(path), sha256, count, int(last), at)
             conn.execute(
                 "INSERT INTO dep_backups (register_id, quarter, path, sha256, receipts,"
                 " last_number, written_at) VALUES (?, ?, ?, ?, ?, ?, ?)",

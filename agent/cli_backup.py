@@ -6,10 +6,11 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from agent.cli_base import DEFAULT_DATA, DataDir, JsonFlag, _emit, _fail, _print_table, out
-from agent.cli_commands import _reader, _require_register, _service
+from agent.cli_base import DEFAULT_DATA, DataDir, JsonFlag, _emit, _fail, _print_table, err, out
+from agent.cli_commands import _database, _reader, _require_register
 from agent.cli_config import ConfigOption
 from agent.errors import BackupFailed, ConfigurationError, InvalidSale
 
@@ -70,12 +71,14 @@ def backup_run(
     except ConfigurationError as exc:
         _fail(exc, as_json)
     assert loaded.backup.dir is not None
-    with _service(loaded.data_dir, as_json) as service:
-        with service.db.read_connection() as conn:
+    if warning := loaded.backup.same_disk_warning(loaded.data_dir):
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    with _database(loaded.data_dir, as_json, create=False) as db:
+        with db.read_connection() as conn:
             registers = [str(r[0]) for r in conn.execute("SELECT id FROM registers ORDER BY id")]
             if register is not None:
                 _require_register(conn, register, as_json)
-        backups = DepBackups(service.db, loaded.backup.dir, SystemClock(), data_dir=loaded.data_dir)
+        backups = DepBackups(db, loaded.backup.dir, SystemClock(), data_dir=loaded.data_dir)
         if wanted is None:
             run = backups.attempt_due(register)
             if run.failures:

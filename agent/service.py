@@ -29,7 +29,7 @@ from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig, ensure_api_token
 from agent.contract import ReceiptResult
 from agent.durable import fsync_directory
-from agent.errors import BackupFailed, ConfigurationError
+from agent.errors import ConfigurationError
 from agent.log_limit import RateLimitedFilter
 from agent.loop import BackgroundLoop
 from agent.print_worker import PrintWorker
@@ -326,18 +326,9 @@ class TillService:
         starts (anything else that fails is the loop's to log)."""
         assert self.backups is not None
         failing = set(self.backups.failures)
-        try:
-            self.backups.run_due()
-        except BackupFailed:  # one line per register as its run of failures starts
-            for register_id, failure in self.backups.failures.items():
-                if register_id not in failing:
-                    log.error(
-                        "register %s: the DEP backup of %s failed: %s (retried every %.0f s)",
-                        register_id,
-                        failure.quarter,
-                        failure.error,
-                        BACKUPS_EVERY_S,
-                    )
+        for failure in self.backups.attempt_due().failures:  # one line as a run starts
+            if failure.register_id not in failing:
+                log.error("%s (retried every %.0f s)", failure, BACKUPS_EVERY_S)
         return BACKUPS_EVERY_S
 
     def _status_line(self) -> str:

@@ -310,6 +310,18 @@ class TestCrashLeftovers:
             backups.run_due()
         assert path.read_text() == "{}"
 
+    def test_a_fifo_under_the_name_is_refused_not_read(
+        self, backups: DepBackups, clock: FrozenClock, backup_dir: Path
+    ) -> None:
+        """Reading a fifo would block the backup job for good: it is a failure naming it."""
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
+        path = backup_dir / REGISTER / f"{REGISTER}_2026-Q1.dep.json"
+        path.parent.mkdir(parents=True)
+        os.mkfifo(path)
+        with pytest.raises(BackupFailed, match="fifo"):
+            backups.run_due()
+        assert stat.S_ISFIFO(path.lstat().st_mode)
+
     def test_every_directory_it_makes_is_durable_before_the_record(
         self,
         service: ReceiptService,

@@ -123,7 +123,9 @@ def test_a_failing_backup_is_one_error_line_per_run_of_failures(
         _wait_for(lambda: "KASSE-1" in service.backups.failures)  # type: ignore[union-attr]
     finally:
         service.stop()
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and "backup" in r.msg]
+    errors = [
+        r for r in caplog.records if r.levelno >= logging.ERROR and "DEP backup" in r.getMessage()
+    ]
     [error] = errors
     message = error.getMessage()
     assert message.startswith("register KASSE-1: the DEP backup of 2026-Q1 failed: cannot write")
