@@ -460,7 +460,7 @@ def _add_till_routes(router: APIRouter, backend: ApiBackend) -> None:
     @router.post(
         "/registers/{register}/checks/{kind}",
         response_model=CheckOut,
-        responses=_responses(404, 409, 413, 422, 503),
+        responses=_responses(404, 408, 409, 413, 422, 503),
         openapi_extra=_json_request("CheckDoneIn", "the Belegcheck reference (JSON)"),
         summary="Record the Belegcheck of the Startbeleg or a Jahresbeleg (or that it failed)",
     )

@@ -105,11 +105,17 @@ class CheckRecord:
         return levels
 
 
-def due_date(kind: str, issued_at: str, year: int) -> dt.date:
+def checked_year(issued_at: str, period: str | None = None) -> int:
+    """The year a check is for: a Jahresbeleg's month ``period`` ("YYYY-MM", also when it
+    is issued in January, caught up), else the receipt's date."""
+    return int((period or issued_at)[:4])
+
+
+def due_date(kind: str, issued_at: str, period: str | None = None) -> dt.date:
     """When the check of a receipt dated ``issued_at`` (register time) is due."""
     if kind == "start":
         return dt.date.fromisoformat(issued_at[:10]) + dt.timedelta(days=START_DAYS)
-    return dt.date(year + 1, 2, 15)
+    return dt.date(checked_year(issued_at, period) + 1, 2, 15)
 
 
 def record_due(  # noqa: PLR0917 - the receipt that implies the check, as _issue_in has it
@@ -127,8 +133,8 @@ def record_due(  # noqa: PLR0917 - the receipt that implies the check, as _issue
     when it is issued in January (caught up). Returns the new obligation's id, ``None`` if
     that register had it already (then nothing is journaled).
     """
-    year = int((period or issued_at)[:4])
-    due = due_date(kind, issued_at, year).isoformat()
+    year = checked_year(issued_at, period)
+    due = due_date(kind, issued_at, period).isoformat()
     cursor = conn.execute(
         "INSERT INTO checks (register_id, kind, year, receipt_number, due_date, created_at,"
         " alerts, failed) VALUES (?, ?, ?, ?, ?, ?, '[]', 0)"
@@ -217,7 +223,7 @@ class CheckWatch:
         for register_id, kind, number, issued_at, document, timezone in rows:
             period = json.loads(document).get("period")
             today = now.astimezone(ZoneInfo(timezone)).date()
-            if due_date(kind, issued_at, int((period or issued_at)[:4])) >= today:
+            if due_date(kind, issued_at, period) >= today:
                 adopt.append((register_id, kind, number, issued_at, period))
         return adopt
 

@@ -51,7 +51,7 @@ app = typer.Typer(
     name="till-agent",
     help=(
         "Offline-first fiscal till agent (RKSV): the till service (`run`), receipts,"
-        " outages, DEP export and verification."
+        " outages, DEP export and verification, quarterly DEP backups, Belegchecks."
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,

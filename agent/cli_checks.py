@@ -48,7 +48,8 @@ def checks_list(
         records = load_checks(conn, register, done=show_all)
         if register is not None and not records:
             _require_register(conn, register, as_json)
-    checks = [check_out(r, SystemClock().now()) for r in records]
+    now = SystemClock().now()  # one moment for every row's overdue
+    checks = [check_out(r, now) for r in records]
     if as_json:
         _emit([c.model_dump(mode="json", by_alias=True) for c in checks], True)
         return
@@ -66,7 +67,10 @@ def checks_list(
 @checks_app.command("done")
 def checks_done(  # noqa: PLR0917 - a Typer command: its options are its parameters
     register: Annotated[str, typer.Argument(help="Kassen-ID.")],
-    kind: Annotated[Literal["start", "yearly"], typer.Argument(help="start | yearly")],
+    kind: Annotated[
+        Literal["start", "yearly"],
+        typer.Argument(help="Which check: the Startbeleg's or a Jahresbeleg's."),
+    ],
     reference: Annotated[
         str, typer.Option(help="Reference of the Belegcheck (or of the FinanzOnline entry).")
     ],
@@ -88,8 +92,8 @@ def checks_done(  # noqa: PLR0917 - a Typer command: its options are its paramet
     """Record that the Startbeleg or the Jahresbeleg of a year was checked with the BMF
     Belegcheck app or web service, once; its reminders stop.
 
-    Another reference for the same check is refused (exit 3), the same one again changes
-    nothing. --failed records a check that failed: an ERROR alert says the register counts
+    Another reference for a check that passed is refused (exit 3), the same one again
+    changes nothing. --failed records a check that failed: an ERROR alert says the register counts
     as "unit failed"; the check made again once the cause is fixed is recorded with its
     new --reference.
     """

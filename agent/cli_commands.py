@@ -379,7 +379,7 @@ def init(
     _show_receipt(result, False)
     out.print(f"AES key (register it in FinanzOnline, keep it secret): {key}")
     out.print(f"AES key check value: {aes_key_check_value(key)}")
-    due = due_date("start", result.issued_at, 0)
+    due = due_date("start", result.issued_at)
     out.print(
         f"by {due}: register the unit and the register in FinanzOnline, check this Startbeleg"
         f" with the BMF Belegcheck app, then: till-agent checks done {register} start"
