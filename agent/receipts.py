@@ -288,14 +288,14 @@ class ReceiptService:
         service the register's setup and ``stamp`` are committed first (an intent), so a
         process that dies while the service signs leaves the register waiting the same way.
         """
-        self._check_new_register(conn, setup)
+        closed = self._check_new_register(conn, setup)
         chain = self.units.get(conn, setup.unit_ids[0]).capabilities.keeps_chain
+        pending = _setup_json(setup, stamp)
         if chain:
-            intent = {"setup": json.loads(_setup_json(setup, stamp))}
-            self._record_intent(conn, setup.register_id, 1, "start", intent)
+            self._record_intent(conn, setup.register_id, 1, "start", {"setup": json.loads(pending)})
         conn.execute("SAVEPOINT startbeleg")
         try:
-            self._create_register(conn, setup)
+            self._create_register(conn, setup, closed)
             reg = self._register_row(conn, setup.register_id)
             result = self._issue_in(conn, reg, _Draft(setup.register_id, "start", issued_at=stamp))
         except WaitsForUnit as exc:
@@ -305,7 +305,7 @@ class ReceiptService:
                 if chain:
                     self._void_intent(conn, setup.register_id, 1, exc)
                 raise
-            self._start_waits(conn, setup.register_id, _setup_json(setup, stamp), str(exc))
+            self._start_waits(conn, setup.register_id, pending, str(exc))
             return None
         conn.execute("RELEASE startbeleg")
         return result
@@ -463,8 +463,13 @@ class ReceiptService:
             raise InvalidSale("units", "one-system", "do not mix closed (AT0) and open units")
         return closed
 
-    def _create_register(self, conn: sqlite3.Connection, setup: RegisterSetup) -> None:
-        closed = self._check_new_register(conn, setup)
+    def _create_register(
+        self, conn: sqlite3.Connection, setup: RegisterSetup, closed: bool | None = None
+    ) -> None:
+        """Insert the register (``closed``: what :meth:`_check_new_register` found, when the
+        caller checked already)."""
+        if closed is None:
+            closed = self._check_new_register(conn, setup)
         now = self.clock.now().isoformat()
         conn.execute(
             "INSERT INTO registers (id, closed_system, counter_bytes, aes_key, timezone,"

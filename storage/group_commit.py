@@ -56,7 +56,9 @@ class GroupCommit(Generic[T]):
             :meth:`storage.writer.WriteConnection.savepoint`.
         contained: the exceptions that refuse one piece of a group without failing the
             others; they must be raised before the piece changed anything outside the
-            database. Any other exception fails the whole group.
+            database (work a piece committed early with ``commit_so_far``, a chain
+            unit's signing intent, stays committed). Any other exception fails the
+            whole group.
     """
 
     def __init__(
@@ -147,7 +149,7 @@ class GroupCommit(Generic[T]):
                 else:
                     for slot in group:
                         self._run_in_savepoint(conn, slot)
-        except BaseException as exc:  # nothing of the group was committed
+        except BaseException as exc:  # nothing since the last commit_so_far was committed
             for slot in group:
                 slot.result, slot.error = None, slot.error or exc
         finally:

@@ -85,7 +85,7 @@ class WriteConnection:
 
     @contextmanager
     def savepoint(self, name: str) -> Iterator[sqlite3.Connection]:
-        """``SAVEPOINT name`` in the open transaction, released when the block ends.
+        """``SAVEPOINT name`` in the open transaction, released when the block exits normally.
 
         The block undoes its work with ``ROLLBACK TO name`` itself. Unlike a plain
         SAVEPOINT statement, this one survives :meth:`commit_so_far`, which opens it again.
