@@ -314,7 +314,7 @@ class ServiceBackend:
             }
             waiting = _waiting(conn.execute(_WAITING).fetchall())
             checks: dict[str, list[CheckOut]] = {}
-            for record in load_checks(conn):
+            for record in load_checks(conn, failed=True):
                 checks.setdefault(record.register_id, []).append(check_out(record, now))
             queued = int(conn.execute(QUEUED_PRINTS).fetchone()[0])
             backups = backup_statuses(conn, now, self.backups.failures if self.backups else {})

@@ -155,13 +155,20 @@ def record_due(  # noqa: PLR0917 - the receipt that implies the check, as _issue
 
 
 def load_checks(
-    conn: sqlite3.Connection, register_id: str | None = None, *, done: bool = False
+    conn: sqlite3.Connection,
+    register_id: str | None = None,
+    *,
+    done: bool = False,
+    failed: bool = False,
 ) -> list[CheckRecord]:
-    """The open obligations (with ``done`` also the recorded ones), by due date."""
+    """The open obligations, by due date; with ``done`` also the recorded ones, with
+    ``failed`` also those whose last check failed (the register counts as "unit failed"
+    until a check passes: what support must see)."""
     rows = conn.execute(
         f"SELECT {_COLUMNS}{_FROM} WHERE (? IS NULL OR c.register_id = ?)"
-        " AND (? OR c.done_at IS NULL) ORDER BY c.due_date, c.register_id, c.id",
-        (register_id, register_id, done),
+        " AND (? OR c.done_at IS NULL OR (? AND c.failed))"
+        " ORDER BY c.due_date, c.register_id, c.id",
+        (register_id, register_id, done, failed),
     )
     return [CheckRecord.from_row(row) for row in rows]
 

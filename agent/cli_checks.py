@@ -35,7 +35,8 @@ def checks_list(
     data_dir: DataDir = DEFAULT_DATA,
     as_json: JsonFlag = False,
 ) -> None:
-    """The open checks, by due date: register, kind, year, receipt, due date, overdue.
+    """The open checks and the failed ones, by due date: register, kind, year, receipt,
+    due date, open/overdue/FAILED, reference.
 
     With --json each check has the fields of `open_checks` in the local API's
     GET /v1/status.
@@ -45,7 +46,7 @@ def checks_list(
     from agent.clock import SystemClock
 
     with _reader(data_dir, as_json) as db, db.read_connection() as conn:
-        records = load_checks(conn, register, done=show_all)
+        records = load_checks(conn, register, done=show_all, failed=True)
         if register is not None and not records:
             _require_register(conn, register, as_json)
     now = SystemClock().now()  # one moment for every row's overdue

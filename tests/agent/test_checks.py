@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import REGISTER, UNIT
 
+from agent.api_backend import ServiceBackend
 from agent.checks import CheckWatch, load_checks, record_check
 from agent.clock import FrozenClock
 from agent.errors import InvalidSale, NotFound
@@ -286,6 +287,25 @@ class TestRecording:
         assert alert["reason"] == 'the register counts as "unit failed" (rksv.md section 6)'
         [line] = [r.getMessage() for r in caplog.records]
         assert 'FAILED (reference BC-9): the register counts as "unit failed"' in line
+
+    def test_a_failed_check_stays_in_the_status_until_a_check_passes(
+        self, service: ReceiptService, clock: FrozenClock
+    ) -> None:
+        """Support must see a register that counts as "unit failed": the failed check is in
+        `open_checks` of the status and in `checks list` (not only with --all); the passing
+        recheck takes it out. The reminders still treat it as recorded."""
+        writer = service.db.write_connection()
+        record_check(writer, clock, REGISTER, "start", None, "BC-9", failed=True)
+
+        def shown() -> list[tuple[str | None, bool]]:
+            [register] = ServiceBackend(service).status().model_dump(mode="json")["registers"]
+            return [(c["reference"], c["failed"]) for c in register["open_checks"]]
+
+        assert shown() == [("BC-9", True)]
+        with service.db.read_connection() as conn:
+            assert load_checks(conn) == []  # nothing left to remind of
+        record_check(writer, clock, REGISTER, "start", None, "BC-10")
+        assert shown() == []
 
 
 class TestRecheck:
