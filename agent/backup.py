@@ -24,20 +24,23 @@ import errno
 import hashlib
 import io
 import logging
-import os
 import re
 import sqlite3
 import threading
 from dataclasses import asdict, dataclass
-from itertools import takewhile
 from pathlib import Path
 from typing import IO, BinaryIO, cast
 from zoneinfo import ZoneInfo
 
 from agent.at_rksv import is_register_id
 from agent.clock import Clock
-from agent.config import device_of
-from agent.durable import create_streamed, fsync_directory, refuse_non_regular, temporary_names
+from agent.durable import (
+    create_streamed,
+    device_of,
+    make_directories,
+    refuse_non_regular,
+    temporary_names,
+)
 from agent.errors import BackupFailed, InvalidSale, NotFound
 from agent.export import export_dep
 from storage.db import TillDB
@@ -333,7 +336,8 @@ class DepBackups:
             )
         self._check_medium(reg, quarter)
         try:
-            self._make_directory(path.parent)
+            # a record must not outlive the path to its file in a power cut
+            make_directories(path.parent)
             for stale in temporary_names(path):  # left by a writer killed before its end
                 stale.unlink()
             if path.exists() or path.is_symlink():
@@ -357,14 +361,6 @@ class DepBackups:
             f"{self.directory} is no longer on the external disk it was on at start"
             " (is the medium mounted?); nothing is written to the till's own disk",
         )
-
-    def _make_directory(self, directory: Path) -> None:
-        """Make ``directory`` and its missing parents, each one's name fsynced in its
-        parent: a record must not outlive the path to its file in a power cut."""
-        missing = takewhile(lambda d: not os.path.lexists(d), (directory, *directory.parents))
-        for made in reversed(list(missing)):  # (a file in the way: "not a directory")
-            made.mkdir()
-            fsync_directory(made.parent)
 
     def _export(self, reg: _Register, quarter: Quarter, out: BinaryIO | None) -> tuple[str, int]:
         sink = _Digest(out, self._stop)

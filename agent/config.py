@@ -48,7 +48,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from agent.at_rksv.payload import AUSTRIAN_ZONES, REGISTER_ID_RULE, is_register_id
-from agent.durable import create_file
+from agent.durable import create_file, device_of
 from agent.errors import ConfigurationError
 from agent.printing.render import EscposOptions
 from agent.receipt_text import WIDTH
@@ -258,18 +258,6 @@ class BackupConfig(_Section):
             " a DEP backup on the till's own disk is not on an external medium"
             " (§ 7 Abs 3 RKSV); set [backup] dir to a mounted external disk or share"
         )
-
-
-def device_of(path: Path) -> int | None:
-    """``st_dev`` of ``path`` or of its nearest existing parent (where it would be made)."""
-    for where in (path, *path.parents):
-        try:
-            return os.stat(where).st_dev
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return None
-    return None
 
 
 HEADER_LINES = 6

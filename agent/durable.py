@@ -9,6 +9,9 @@ end in ``.tmp``: the spool and every other reader of these directories ignore th
 A name is only ever given to a regular file in place of a regular file: a device, a fifo, a
 socket or a directory of that name is refused (``NotRegularFile``, ``IsADirectoryError``)
 before anything is written, never renamed over (``-o /dev/null`` must not become a file).
+
+Directories are made the same way (:func:`make_directories`): each new name is fsynced in
+its parent, so no power cut loses the path to a file that is recorded as written.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable
+from itertools import takewhile
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -25,7 +29,9 @@ __all__ = [
     "NotRegularFile",
     "create_file",
     "create_streamed",
+    "device_of",
     "fsync_directory",
+    "make_directories",
     "refuse_non_regular",
     "replace_file",
     "temporary_names",
@@ -68,6 +74,28 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_directories(directory: Path) -> None:
+    """Make ``directory`` and its missing parents, each one's name fsynced in its parent
+    (``NotADirectoryError`` when a file is in the way)."""
+    missing = takewhile(lambda d: not os.path.lexists(d), (directory, *directory.parents))
+    for made in reversed(list(missing)):
+        made.mkdir()
+        fsync_directory(made.parent)
+
+
+def device_of(path: Path) -> int | None:
+    """``st_dev`` of ``path`` or of its nearest existing parent (where it would be made);
+    None when that cannot be told (a file in the way, no permission)."""
+    for where in (path, *path.parents):
+        try:
+            return os.stat(where).st_dev
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+    return None
 
 
 def create_file(path: Path, data: bytes, *, mode: int = 0o666) -> None:

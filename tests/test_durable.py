@@ -1,4 +1,5 @@
-"""agent.durable: a name is only given to a regular file, in place of a regular file."""
+"""agent.durable: a name is only given to a regular file, in place of a regular file;
+directories are made durably; the device a path is (or would be) on."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.durable import NotRegularFile, replace_file
+from agent import durable
+from agent.durable import NotRegularFile, device_of, make_directories, replace_file
 
 
 def test_replace_file_never_renames_over_a_fifo(tmp_path: Path) -> None:
@@ -44,3 +46,44 @@ def test_replace_file_replaces_a_regular_file(tmp_path: Path) -> None:
     replace_file(path, b"new")
     assert path.read_bytes() == b"new"
     assert os.listdir(tmp_path) == ["file"]
+
+
+class TestMakeDirectories:
+    def test_each_directory_made_is_fsynced_in_its_parent(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Two levels missing below an existing one: both are made, outermost first, and
+        each one's name is fsynced in its parent, not only the last one's."""
+        synced: list[Path] = []
+        fsync_directory = durable.fsync_directory
+
+        def recorded(directory: Path) -> None:
+            fsync_directory(directory)
+            synced.append(directory)
+
+        monkeypatch.setattr(durable, "fsync_directory", recorded)
+        (tmp_path / "mnt").mkdir()
+        target = tmp_path / "mnt" / "usb" / "backups"
+        make_directories(target)
+        assert target.is_dir()
+        assert synced == [tmp_path / "mnt", tmp_path / "mnt" / "usb"]
+        synced.clear()
+        make_directories(target)  # there already: nothing made, nothing synced
+        assert synced == []
+
+    def test_a_file_in_the_way_is_not_a_directory(self, tmp_path: Path) -> None:
+        (tmp_path / "file").write_text("in the way")
+        with pytest.raises(NotADirectoryError):
+            make_directories(tmp_path / "file" / "dir")
+
+
+class TestDeviceOf:
+    def test_a_missing_path_is_on_the_device_of_its_nearest_existing_parent(
+        self, tmp_path: Path
+    ) -> None:
+        assert device_of(tmp_path) == os.stat(tmp_path).st_dev
+        assert device_of(tmp_path / "not" / "yet") == os.stat(tmp_path).st_dev
+
+    def test_a_path_under_a_file_has_no_device(self, tmp_path: Path) -> None:
+        (tmp_path / "file").write_text("x")
+        assert device_of(tmp_path / "file" / "dir") is None

@@ -21,6 +21,7 @@ import pytest
 from conftest import UNIT
 
 from agent import backup as backup_module
+from agent import durable
 from agent import receipts as receipts_module
 from agent.api_backend import ServiceBackend
 from agent.at_rksv.dep import stream_dep
@@ -325,26 +326,26 @@ class TestCrashLeftovers:
     def test_every_directory_it_makes_is_durable_before_the_record(
         self,
         service: ReceiptService,
+        backups: DepBackups,
         clock: FrozenClock,
-        tmp_path: Path,
+        backup_dir: Path,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        """A new [backup] dir two levels deep: the name of each directory made (the two,
-        the backup dir, the register's) is fsynced in its parent, not only the last one,
-        so no power cut leaves a record whose file has no path."""
-        synced: list[Path] = []
-        fsync_directory = backup_module.fsync_directory
+        """The new [backup] dir and the register's directory in it have their names
+        fsynced in their parents (agent.durable.make_directories) while nothing is
+        recorded yet, so no power cut leaves a record whose file has no path."""
+        synced: list[tuple[Path, int]] = []
+        fsync_directory = durable.fsync_directory
 
         def recorded(directory: Path) -> None:
             fsync_directory(directory)
-            synced.append(directory)
+            records = db_rows(service.db, "SELECT count(*) FROM dep_backups")[0][0]
+            synced.append((directory, records))
 
-        monkeypatch.setattr(backup_module, "fsync_directory", recorded)
-        backup_dir = tmp_path / "mnt" / "usb" / "backups"
+        monkeypatch.setattr(durable, "fsync_directory", recorded)
         clock.set(Q1_ENDS + dt.timedelta(hours=1))
-        DepBackups(service.db, backup_dir, clock).run_due()
-        made = [tmp_path / "mnt", tmp_path / "mnt" / "usb", backup_dir, backup_dir / REGISTER]
-        assert [d.parent for d in made] == synced[: len(made)]
+        backups.run_due()
+        assert synced[:2] == [(backup_dir.parent, 0), (backup_dir, 0)]
 
     def test_temporary_files_of_a_killed_writer_are_removed(
         self, backups: DepBackups, clock: FrozenClock, backup_dir: Path
