@@ -171,11 +171,12 @@ class _Register:
         ends = quarter.ends_at(self.zone)
         return ends if self.closed_at is None else min(ends, self.closed_at)
 
-    def due(self, done: set[str], now: dt.datetime) -> list[Quarter]:
-        """The quarters over and not backed up yet, oldest first."""
+    def due(self, done: list[BackupRecord], now: dt.datetime) -> list[Quarter]:
+        """The quarters over and not backed up yet (not in ``done``), oldest first."""
         quarters, quarter, last = [], Quarter.of(self.first), self.last_due(now)
+        done_quarters = {record.quarter for record in done}
         while quarter <= last:
-            if str(quarter) not in done:
+            if str(quarter) not in done_quarters:
                 quarters.append(quarter)
             quarter = quarter.next()
         return quarters
@@ -200,18 +201,23 @@ def list_backups(conn: sqlite3.Connection, register_id: str | None = None) -> li
     return [BackupRecord(*row) for row in conn.execute(_RECORDS, (register_id, register_id))]
 
 
+def _by_register(records: list[BackupRecord]) -> dict[str, list[BackupRecord]]:
+    grouped: dict[str, list[BackupRecord]] = {}
+    for record in records:
+        grouped.setdefault(record.register, []).append(record)
+    return grouped
+
+
 def backup_statuses(
     conn: sqlite3.Connection, now: dt.datetime, failures: dict[str, BackupFailure]
 ) -> dict[str, BackupStatus]:
     """Per register: its latest backup, whether one is overdue, its current failure."""
-    records: dict[str, list[BackupRecord]] = {}
-    for record in list_backups(conn):
-        records.setdefault(record.register, []).append(record)
+    records = _by_register(list_backups(conn))
+    late = now - dt.timedelta(days=OVERDUE_DAYS)
     statuses = {}
     for reg in _registers(conn):
         done = records.get(reg.id, [])
-        late = now - dt.timedelta(days=OVERDUE_DAYS)
-        overdue = any(reg.due_since(q) < late for q in reg.due({r.quarter for r in done}, now))
+        overdue = any(reg.due_since(q) < late for q in reg.due(done, now))
         last = max(done, key=lambda r: r.quarter, default=None)
         statuses[reg.id] = BackupStatus(last, overdue, failures.get(reg.id))
     return statuses
@@ -292,9 +298,9 @@ class DepBackups:
         failed: list[BackupFailed] = []
         now = self.clock.now()
         with self.db.read_connection() as conn:
-            plan = [
-                (reg, reg.due(_done(conn, reg.id), now)) for reg in _registers(conn, register_id)
-            ]
+            records = _by_register(list_backups(conn, register_id))
+            registers = _registers(conn, register_id)
+        plan = [(reg, reg.due(records.get(reg.id, []), now)) for reg in registers]
         for reg, quarters in plan:
             try:
                 for quarter in quarters:
@@ -414,11 +420,6 @@ class DepBackups:
                     conn, kind="dep.backup_failed", register_id=exc.register_id, data=facts, at=at
                 )
         self.failures[exc.register_id] = BackupFailure(exc.quarter, exc.reason, at)
-
-
-def _done(conn: sqlite3.Connection, register_id: str) -> set[str]:
-    rows = conn.execute("SELECT quarter FROM dep_backups WHERE register_id = ?", (register_id,))
-    return {str(row[0]) for row in rows}
 
 
 def _check_quarter(reg: _Register, quarter: Quarter, now: dt.datetime) -> None:

@@ -141,6 +141,17 @@ class TestWhatIsBackedUp:
         events = journal_events(service.db, "dep.backup")
         assert [e["quarter"] for e in events] == ["2026-Q1", "2026-Q2", "2026-Q3", "2026-Q4"]
 
+    def test_each_register_has_its_own_due_quarters(
+        self, service: ReceiptService, backups: DepBackups, clock: FrozenClock
+    ) -> None:
+        """KASSE-1's backup of Q1 does not count for KASSE-2 (created the same day): the
+        run writes KASSE-2's Q1, and both registers' Q2."""
+        service.init_register(RegisterSetup("KASSE-2", [UNIT]))
+        clock.set(dt.datetime(2026, 7, 2, tzinfo=dt.UTC))
+        backups.run_quarter(REGISTER, Quarter(2026, 1))
+        written = [(r.register, r.quarter) for r in backups.run_due()]
+        assert written == [(REGISTER, "2026-Q2"), ("KASSE-2", "2026-Q1"), ("KASSE-2", "2026-Q2")]
+
     def test_a_file_is_written_once_read_only_and_recorded_with_its_hash(
         self, service: ReceiptService, backups: DepBackups, clock: FrozenClock
     ) -> None:
