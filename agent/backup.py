@@ -317,7 +317,8 @@ class DepBackups:
 
         Raises:
             NotFound: no such register.
-            InvalidSale: the quarter is not over, or before the register's first receipt.
+            InvalidSale: the quarter (field ``quarter``) is not over, is before the register's
+                first receipt or after its Schlussbeleg.
             BackupFailed: it could not be written.
         """
         with self.db.read_connection() as conn:
@@ -426,20 +427,20 @@ def _check_quarter(reg: _Register, quarter: Quarter, now: dt.datetime) -> None:
     """Only a quarter that is over and in the register's life has a backup."""
     if quarter < Quarter.of(reg.first):
         raise InvalidSale(
-            "--quarter",
+            "quarter",
             "quarter-before-register",
             f"register {reg.id} has receipts from {reg.first} on: {quarter} is before it",
         )
     last = reg.last_due(now)
     if quarter > last and reg.closed_at is not None:
         raise InvalidSale(
-            "--quarter",
+            "quarter",
             "after-schlussbeleg",
             f"register {reg.id} was closed by its Schlussbeleg in {last}: {quarter} has no DEP",
         )
     if quarter > last:
         raise InvalidSale(
-            "--quarter",
+            "quarter",
             "quarter-not-ended",
             f"{quarter} has not ended (a quarter ends at midnight after its last day,"
             f" {reg.zone.key}); the latest ended quarter is {last}",

@@ -85,7 +85,10 @@ def backup_run(
                 _failed_after(run.written, run.failures[0], as_json)
             _show(run.written, as_json, empty="no backup is due")
             return
-        record, new = backups.run_quarter(_one(register, registers, as_json), wanted)
+        try:
+            record, new = backups.run_quarter(_one(register, registers, as_json), wanted)
+        except InvalidSale as exc:
+            _fail(_as_option(exc), as_json)
     if not new and not as_json:
         out.print(f"{record.register} {record.quarter} was backed up already:", highlight=False)
     _show([record], as_json)
@@ -100,6 +103,13 @@ def _quarter(text: str | None, as_json: bool) -> Quarter | None:
         return Quarter.parse(text)
     except ValueError as exc:
         _fail(InvalidSale("--quarter", "quarter-form", str(exc)), as_json)
+
+
+def _as_option(exc: InvalidSale) -> InvalidSale:
+    """The backup module names the field ``quarter``; here it is the option ``--quarter``."""
+    if exc.field != "quarter":
+        return exc
+    return InvalidSale("--quarter", exc.rule, exc.message)
 
 
 def _one(register: str | None, registers: list[str], as_json: bool) -> str:

@@ -208,7 +208,7 @@ class TestWhatIsBackedUp:
         assert backups.run_due() == []
         with pytest.raises(InvalidSale, match="Schlussbeleg") as refused:
             backups.run_quarter(REGISTER, Quarter(2026, 3))
-        assert (refused.value.field, refused.value.rule) == ("--quarter", "after-schlussbeleg")
+        assert (refused.value.field, refused.value.rule) == ("quarter", "after-schlussbeleg")
 
 
 class TestRunQuarter:
@@ -237,7 +237,7 @@ class TestRunQuarter:
         clock.set(dt.datetime(2026, 12, 31, 22, 59, tzinfo=dt.UTC))  # 23:59 in Vienna
         with pytest.raises(InvalidSale, match=words) as refused:
             backups.run_quarter(REGISTER, quarter)
-        assert (refused.value.field, refused.value.rule) == ("--quarter", rule)
+        assert (refused.value.field, refused.value.rule) == ("quarter", rule)
         assert not backups.directory.exists()
 
     def test_an_unknown_register_is_not_found(self, backups: DepBackups) -> None:
