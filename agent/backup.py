@@ -354,9 +354,8 @@ class DepBackups:
                     path, lambda handle: self._export(reg, quarter, handle), mode=0o444
                 )
         except OSError as exc:
-            raise BackupFailed(
-                reg.id, str(quarter), f"cannot write {path}: {_reason(exc)}"
-            ) from exc
+            reason = f"cannot write {path}: {_reason(exc, path)}"
+            raise BackupFailed(reg.id, str(quarter), reason) from exc
         return self._record(reg, quarter, path, sha256, count)
 
     def _check_medium(self, reg: _Register, quarter: Quarter) -> None:
@@ -447,8 +446,12 @@ def _check_quarter(reg: _Register, quarter: Quarter, now: dt.datetime) -> None:
         )
 
 
-def _reason(exc: OSError) -> str:
-    """The cause in words: "permission denied", "no space left on device"."""
+def _reason(exc: OSError, path: Path) -> str:
+    """The cause in words ("permission denied", "no space left on device"), after the path
+    the error names when that is a directory on the way to ``path`` (one that cannot be
+    made); not when it is ``path`` or its temporary file beside it (named already)."""
     reason = exc.strerror or str(exc)
     reason = reason[:1].lower() + reason[1:]
-    return f"{exc.filename}: {reason}" if exc.filename else reason
+    if exc.filename is None or Path(exc.filename).parent == path.parent:
+        return reason
+    return f"{exc.filename}: {reason}"

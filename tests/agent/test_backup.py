@@ -325,13 +325,17 @@ class TestCrashLeftovers:
     def test_a_fifo_under_the_name_is_refused_not_read(
         self, backups: DepBackups, clock: FrozenClock, backup_dir: Path
     ) -> None:
-        """Reading a fifo would block the backup job for good: it is a failure naming it."""
+        """Reading a fifo would block the backup job for good: it is a failure naming it
+        (once: the error's own file name is the path said already)."""
         clock.set(Q1_ENDS + dt.timedelta(hours=1))
         path = backup_dir / REGISTER / f"{REGISTER}_2026-Q1.dep.json"
         path.parent.mkdir(parents=True)
         os.mkfifo(path)
-        with pytest.raises(BackupFailed, match="fifo"):
+        with pytest.raises(BackupFailed) as refused:
             backups.run_due()
+        assert refused.value.reason == (
+            f"cannot write {path}: it is a fifo (named pipe), not a regular file"
+        )
         assert stat.S_ISFIFO(path.lstat().st_mode)
 
     def test_every_directory_it_makes_is_durable_before_the_record(
@@ -392,6 +396,25 @@ class TestFailures:
         assert REGISTER not in backups.failures
         assert len(journal_events(service.db, "dep.backup_failed")) == 1
         assert db_rows(service.db, "SELECT count(*) FROM dep_backups")[0][0] == 1
+
+    def test_each_failure_names_each_path_once(
+        self, backups: DepBackups, clock: FrozenClock, backup_dir: Path
+    ) -> None:
+        """The backup's path, then the directory that could not be made; a failure on the
+        backup's own name (here its temporary file's: the register's "directory" is a
+        file) names no hidden temporary name and no path twice."""
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
+        path = backup_dir / REGISTER / f"{REGISTER}_2026-Q1.dep.json"
+        backup_dir.write_text("not a directory")
+        with pytest.raises(BackupFailed) as failed:
+            backups.run_due()
+        assert failed.value.reason == f"cannot write {path}: {path.parent}: not a directory"
+        backup_dir.unlink()
+        backup_dir.mkdir()
+        path.parent.write_text("not a directory")
+        with pytest.raises(BackupFailed) as failed:
+            backups.run_due()
+        assert failed.value.reason == f"cannot write {path}: not a directory"
 
     def test_a_new_run_of_failures_is_journaled_again(
         self, service: ReceiptService, backups: DepBackups, clock: FrozenClock, backup_dir: Path
