@@ -14,7 +14,8 @@ backup is written; only the record's commit takes the write connection.
 
 A crash after the file got its name and before its record leaves a complete file: the
 next run exports again into a digest only and records the file if it is that export byte
-for byte (the DEP of an ended quarter does not change); another file there is refused.
+for byte (the DEP of an ended quarter does not change); another file there is refused, and
+not compared again until it changes.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import errno
 import hashlib
 import io
 import logging
+import os
 import re
 import sqlite3
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, BinaryIO, cast
+from typing import IO, BinaryIO, TypeAlias, cast
 from zoneinfo import ZoneInfo
 
 from agent.at_rksv import is_register_id
@@ -72,6 +74,7 @@ _RECORDS = (
     "SELECT register_id, quarter, path, sha256, receipts, last_number, written_at"
     " FROM dep_backups WHERE ? IS NULL OR register_id = ? ORDER BY register_id, quarter"
 )
+_Identity: TypeAlias = tuple[int, int, int, int, int]  # a file's device, inode, size, times
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -270,6 +273,7 @@ class DepBackups:
         elsewhere = data_dir is not None and here != device_of(data_dir)
         self._external = here if elsewhere else None
         self.failures: dict[str, BackupFailure] = {}
+        self._refused: dict[Path, _Identity] = {}  # foreign files under a backup's name
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -376,17 +380,22 @@ class DepBackups:
     def _adopt(self, reg: _Register, quarter: Quarter, path: Path) -> tuple[str, int]:
         """A file of this name without a record: a run killed before its record. It is
         recorded if it is this quarter's export; it is never overwritten (nor read when it
-        is no regular file: a fifo would block the job)."""
+        is no regular file: a fifo would block the job).
+
+        A refused file is not compared again (a whole export) while it stays as it was:
+        the same inode, size and times (the DEP of an ended quarter does not change)."""
         refuse_non_regular(path)
-        sha256, count = self._export(reg, quarter, None)
-        with path.open("rb") as handle:
-            found = hashlib.file_digest(handle, "sha256").hexdigest()
-        if found != sha256:
-            raise FileExistsError(
-                errno.EEXIST,
-                "the name is taken by a file that is not this quarter's DEP export (move it away)",
-            )
-        return sha256, count
+        seen = _identity(path)  # before reading: a change while it is read is seen later
+        if self._refused.get(path) != seen:
+            sha256, count = self._export(reg, quarter, None)
+            with path.open("rb") as handle:
+                if hashlib.file_digest(handle, "sha256").hexdigest() == sha256:
+                    return sha256, count
+            self._refused[path] = seen
+        raise FileExistsError(
+            errno.EEXIST,
+            "the name is taken by a file that is not this quarter's DEP export (move it away)",
+        )
 
     def _record(
         self, reg: _Register, quarter: Quarter, path: Path, sha256: str, count: int
@@ -420,6 +429,12 @@ class DepBackups:
                     conn, kind="dep.backup_failed", register_id=exc.register_id, data=facts, at=at
                 )
         self.failures[exc.register_id] = BackupFailure(exc.quarter, exc.reason, at)
+
+
+def _identity(path: Path) -> _Identity:
+    """What changes when a file is changed, or replaced by another."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _check_quarter(reg: _Register, quarter: Quarter, now: dt.datetime) -> None:

@@ -322,6 +322,73 @@ class TestCrashLeftovers:
             backups.run_due()
         assert path.read_text() == "{}"
 
+    @pytest.fixture(name="exports")
+    def _exports(self, monkeypatch: pytest.MonkeyPatch) -> list[dt.date]:
+        """The last day of each DEP export the backups make (each one still runs)."""
+        exports: list[dt.date] = []
+        export = backup_module.export_dep
+
+        def counted(*args: Any, **kwargs: Any) -> int:
+            exports.append(kwargs["end"])
+            return export(*args, **kwargs)
+
+        monkeypatch.setattr(backup_module, "export_dep", counted)
+        return exports
+
+    def test_a_refused_file_is_not_exported_again_until_it_changes(
+        self,
+        service: ReceiptService,
+        backups: DepBackups,
+        clock: FrozenClock,
+        backup_dir: Path,
+        exports: list[dt.date],
+    ) -> None:
+        """Refusing a foreign file takes a whole export to compare it with: the next runs
+        (the service's, a minute apart) refuse the unchanged file without another, and
+        journal nothing more; once the file there is the quarter's export (written over
+        in place), it is compared again and recorded."""
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
+        path = backup_dir / REGISTER / f"{REGISTER}_2026-Q1.dep.json"
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+        for _ in range(3):
+            with pytest.raises(BackupFailed, match="not this quarter's DEP export"):
+                backups.run_due()
+        assert exports == [dt.date(2026, 3, 31)]
+        assert len(journal_events(service.db, "dep.backup_failed")) == 1
+        with path.open("wb") as handle:
+            export_dep(service.db, REGISTER, handle, end=dt.date(2026, 3, 31))
+        [record] = backups.run_due()
+        assert len(exports) == 2
+        assert record.sha256 == _sha256(path)
+
+    def test_a_refused_file_replaced_or_removed_is_seen(
+        self,
+        backups: DepBackups,
+        clock: FrozenClock,
+        backup_dir: Path,
+        exports: list[dt.date],
+    ) -> None:
+        """Another foreign file put in its place, even of the same size and time, is
+        compared anew (and refused); once the name is free the backup is written."""
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
+        path = backup_dir / REGISTER / f"{REGISTER}_2026-Q1.dep.json"
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+        with pytest.raises(BackupFailed):
+            backups.run_due()
+        times = path.stat()
+        other = path.with_name("other")
+        other.write_text("[]")
+        os.utime(other, ns=(times.st_atime_ns, times.st_mtime_ns))
+        other.replace(path)
+        with pytest.raises(BackupFailed):
+            backups.run_due()
+        assert len(exports) == 2
+        path.unlink()
+        [record] = backups.run_due()
+        assert (len(exports), record.sha256) == (3, _sha256(path))
+
     def test_a_fifo_under_the_name_is_refused_not_read(
         self, backups: DepBackups, clock: FrozenClock, backup_dir: Path
     ) -> None:
