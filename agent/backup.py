@@ -171,6 +171,7 @@ class _Register:
         return Quarter.of(now.astimezone(self.zone).date()).previous()
 
     def due_since(self, quarter: Quarter) -> dt.datetime:
+        """When ``quarter``'s backup became due: its end, or the Schlussbeleg within it."""
         ends = quarter.ends_at(self.zone)
         return ends if self.closed_at is None else min(ends, self.closed_at)
 
@@ -330,9 +331,9 @@ class DepBackups:
             if reg is None:
                 raise NotFound(f"register {register_id!r} is not initialized in this till database")
             _check_quarter(reg, quarter, self.clock.now())
-            existing = [r for r in list_backups(conn, register_id) if r.quarter == str(quarter)]
-        if existing:
-            return existing[0], False
+            records = list_backups(conn, register_id)
+        if existing := next((r for r in records if r.quarter == str(quarter)), None):
+            return existing, False
         try:
             return self._back_up(reg, quarter), True
         except BackupFailed as exc:
@@ -340,18 +341,15 @@ class DepBackups:
             raise
 
     def _back_up(self, reg: _Register, quarter: Quarter) -> BackupRecord:
+        if (refusal := self._refusal(reg)) is not None:
+            raise BackupFailed(reg.id, str(quarter), refusal)
         path = self.directory / reg.id / f"{reg.id}_{quarter}.dep.json"
-        if not is_register_id(reg.id):  # an earlier init let "..": never beside [backup] dir
-            raise BackupFailed(
-                reg.id, str(quarter), f"the Kassen-ID {reg.id!r} cannot name a backup directory"
-            )
-        self._check_medium(reg, quarter)
         try:
             # a record must not outlive the path to its file in a power cut
             make_directories(path.parent)
             for stale in temporary_names(path):  # left by a writer killed before its end
                 stale.unlink()
-            if path.exists() or path.is_symlink():
+            if os.path.lexists(path):
                 sha256, count = self._adopt(reg, quarter, path)
             else:
                 sha256, count = create_streamed(
@@ -362,15 +360,16 @@ class DepBackups:
             raise BackupFailed(reg.id, str(quarter), reason) from exc
         return self._record(reg, quarter, path, sha256, count)
 
-    def _check_medium(self, reg: _Register, quarter: Quarter) -> None:
-        if self._external is None or device_of(self.directory) == self._external:
-            return
-        raise BackupFailed(
-            reg.id,
-            str(quarter),
-            f"{self.directory} is no longer on the external disk it was on at start"
-            " (is the medium mounted?); nothing is written to the till's own disk",
-        )
+    def _refusal(self, reg: _Register) -> str | None:
+        """Why nothing may be written for ``reg`` now, or None."""
+        if not is_register_id(reg.id):  # an earlier init let "..": never beside [backup] dir
+            return f"the Kassen-ID {reg.id!r} cannot name a backup directory"
+        if self._external is not None and device_of(self.directory) != self._external:
+            return (
+                f"{self.directory} is no longer on the external disk it was on at start"
+                " (is the medium mounted?); nothing is written to the till's own disk"
+            )
+        return None
 
     def _export(self, reg: _Register, quarter: Quarter, out: BinaryIO | None) -> tuple[str, int]:
         sink = _Digest(out, self._stop)
