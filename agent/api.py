@@ -49,7 +49,6 @@ from agent import __version__
 from agent.api_backend import (
     ApiBackend,
     CheckDoneIn,
-    CheckKind,
     CheckOut,
     Issued,
     OpenOutageOut,
@@ -61,6 +60,7 @@ from agent.api_backend import (
     StatusOut,
     UnitOut,
 )
+from agent.checks import CheckKind
 from agent.contract import ReceiptResult, Sale, rule_name
 from agent.errors import (
     ConfigurationError,

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent import __version__
 from agent.backup import BackupStatus, DepBackups, backup_statuses
-from agent.checks import CheckRecord, load_checks, record_check
+from agent.checks import CheckKind, CheckRecord, load_checks, record_check
 from agent.contract import REFERENCE_MAX_LENGTH, ReceiptResult, parse_sale
 from agent.errors import FiscalError, InvalidSale, NotFound
 from agent.outage_view import OutageOut, outage_out
@@ -34,7 +34,6 @@ __all__ = [
     "ApiBackend",
     "BackupOut",
     "CheckDoneIn",
-    "CheckKind",
     "CheckOut",
     "DiskOut",
     "Issued",
@@ -55,7 +54,6 @@ log = logging.getLogger(__name__)
 
 SpecialKind = Literal["start", "null", "monthly", "yearly", "closing", "sammelbeleg"]
 UnitState = Literal["up", "down", "unknown"]
-CheckKind = Literal["start", "yearly"]
 
 
 class _Out(BaseModel):
@@ -221,7 +219,7 @@ class ApiBackend(Protocol):
         """Record a FinanzOnline report reference; NotFound or InvalidSale."""
         ...
 
-    def record_check(self, register: str, kind: str, body: CheckDoneIn) -> CheckOut:
+    def record_check(self, register: str, kind: CheckKind, body: CheckDoneIn) -> CheckOut:
         """Record a check the operator made; NotFound or InvalidSale."""
         ...
 
@@ -349,7 +347,7 @@ class ServiceBackend:
         )
         return next(o for o in self.outages() if o.id == outage_id)
 
-    def record_check(self, register: str, kind: str, body: CheckDoneIn) -> CheckOut:
+    def record_check(self, register: str, kind: CheckKind, body: CheckDoneIn) -> CheckOut:
         service = self.service
         record = record_check(
             service.db.write_connection(),
@@ -456,7 +454,7 @@ def check_out(record: CheckRecord, now: dt.datetime) -> CheckOut:
     """An obligation as the API (and ``checks list --json``) shows it at ``now``."""
     return CheckOut(
         register_id=record.register_id,
-        kind=cast(CheckKind, record.kind),
+        kind=record.kind,
         year=record.year,
         number=record.receipt_number,
         due=record.due_date,

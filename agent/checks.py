@@ -28,19 +28,21 @@ import json
 import logging
 import sqlite3
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from agent.clock import Clock
 from agent.contract import check_reference
 from agent.errors import InvalidSale, NotFound
-from agent.outage_watch import LogLine
-from storage.db import TillDB
-from storage.journal import append_event
-from storage.writer import WriteConnection
+
+if TYPE_CHECKING:  # the command line reads CheckKind from here: no SQLAlchemy on import
+    from agent.outage_watch import LogLine
+    from storage.db import TillDB
+    from storage.writer import WriteConnection
 
 __all__ = [
     "CHECK_KINDS",
+    "CheckKind",
     "CheckRecord",
     "CheckWatch",
     "due_date",
@@ -49,7 +51,8 @@ __all__ = [
     "record_due",
 ]
 
-CHECK_KINDS = ("start", "yearly")
+CheckKind = Literal["start", "yearly"]  # also the checks table's CHECK (migration 0004)
+CHECK_KINDS: tuple[CheckKind, ...] = get_args(CheckKind)
 START_DAYS = 7  # registration within one week of commissioning, the check right after
 WARN_DAYS = 2  # the WARNING reminder, this many days before the due date
 
@@ -60,6 +63,15 @@ _COLUMNS = (
     " c.alerts, c.reference, c.failed, c.done_at, r.timezone"
 )
 _FROM = " FROM checks c JOIN registers r ON r.id = c.register_id"
+# the signed receipts that imply a check, of registers without any obligation (adoption);
+# S608: the f-string adds only a placeholder per kind
+_UNTRACKED = (
+    "SELECT x.register_id, x.kind, x.number, x.issued_at, x.document, r.timezone"  # noqa: S608
+    " FROM receipts x JOIN registers r ON r.id = x.register_id"
+    f" WHERE x.kind IN ({', '.join('?' * len(CHECK_KINDS))}) AND x.signature_state = 'signed'"
+    " AND NOT EXISTS (SELECT 1 FROM checks c WHERE c.register_id = x.register_id)"
+    " ORDER BY x.register_id, x.number"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +80,7 @@ class CheckRecord:
 
     id: int
     register_id: str
-    kind: str
+    kind: CheckKind
     year: int
     receipt_number: int
     due_date: dt.date
@@ -85,7 +97,7 @@ class CheckRecord:
         values[5] = dt.date.fromisoformat(values[5])
         values[7] = tuple(json.loads(values[7]))
         values[9] = bool(values[9])
-        return cls(*values)
+        return cls(*values)  # kind: the table's CHECK holds it to CheckKind
 
     def moment(self, day: dt.date) -> dt.datetime:
         """Midnight at the start of ``day`` in the register's time zone."""
@@ -118,6 +130,16 @@ def due_date(kind: str, issued_at: str, period: str | None = None) -> dt.date:
     return dt.date(checked_year(issued_at, period) + 1, 2, 15)
 
 
+def _journal(
+    conn: sqlite3.Connection, *, kind: str, register_id: str, at: str, data: dict[str, Any]
+) -> None:
+    """:func:`storage.journal.append_event`, imported when first needed: importing this
+    module (the command line does, for :data:`CheckKind`) loads no SQLAlchemy."""
+    from storage.journal import append_event
+
+    append_event(conn, kind=kind, register_id=register_id, at=at, data=data)
+
+
 def record_due(  # noqa: PLR0917 - the receipt that implies the check, as _issue_in has it
     conn: sqlite3.Connection,
     register_id: str,
@@ -144,7 +166,7 @@ def record_due(  # noqa: PLR0917 - the receipt that implies the check, as _issue
     if cursor.rowcount == 0:
         return None
     check_id = int(cursor.lastrowid or 0)
-    append_event(
+    _journal(
         conn,
         kind="check.due",
         register_id=register_id,
@@ -219,13 +241,7 @@ class CheckWatch:
         date is today or later in the register's time zone (the 0004 migration says why),
         as :func:`record_due` takes them."""
         with self.db.read_connection() as conn:
-            rows = conn.execute(
-                "SELECT x.register_id, x.kind, x.number, x.issued_at, x.document, r.timezone"
-                " FROM receipts x JOIN registers r ON r.id = x.register_id"
-                " WHERE x.kind IN ('start', 'yearly') AND x.signature_state = 'signed'"
-                " AND NOT EXISTS (SELECT 1 FROM checks c WHERE c.register_id = x.register_id)"
-                " ORDER BY x.register_id, x.number"
-            ).fetchall()
+            rows = conn.execute(_UNTRACKED, CHECK_KINDS).fetchall()
         adopt = []
         for register_id, kind, number, issued_at, document, timezone in rows:
             period = json.loads(document).get("period")
@@ -253,7 +269,7 @@ def _remind(conn: sqlite3.Connection, record: CheckRecord, level: str, now: dt.d
     """Journal one reminder (``alert.raised``); return its log line."""
     journal_level, severity, when = _REMINDERS[level]
     due = record.due_date.isoformat()
-    append_event(
+    _journal(
         conn,
         kind="alert.raised",
         register_id=record.register_id,
@@ -328,10 +344,10 @@ def record_check(  # noqa: PLR0917 - the obligation, then what the operator reco
             "reference": reference,
             "failed": failed,
         }
-        append_event(conn, kind="check.done", register_id=register_id, at=now, data=facts)
+        _journal(conn, kind="check.done", register_id=register_id, at=now, data=facts)
         if failed:
             alert = {"level": "error", "alert": "check-failed", **facts, "reason": _UNIT_FAILED}
-            append_event(conn, kind="alert.raised", register_id=register_id, at=now, data=alert)
+            _journal(conn, kind="alert.raised", register_id=register_id, at=now, data=alert)
     if failed:
         log.error(
             "register %s: the Belegcheck of its %s (number %d) FAILED (reference %s): %s",

@@ -3,11 +3,12 @@ Jahresbeleg (rksv.md section 6), listed and recorded."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from agent.checks import CheckKind
 from agent.cli_base import (
     DEFAULT_DATA,
     DataDir,
@@ -69,7 +70,7 @@ def checks_list(
 def checks_done(  # noqa: PLR0917 - a Typer command: its options are its parameters
     register: Annotated[str, typer.Argument(help="Kassen-ID.")],
     kind: Annotated[
-        Literal["start", "yearly"],
+        CheckKind,
         typer.Argument(help="Which check: the Startbeleg's or a Jahresbeleg's."),
     ],
     reference: Annotated[

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from conftest import REGISTER, UNIT
 
 from agent.api_backend import ServiceBackend
-from agent.checks import CheckWatch, load_checks, record_check
+from agent.checks import CHECK_KINDS, CheckWatch, load_checks, record_check
 from agent.clock import FrozenClock
 from agent.errors import InvalidSale, NotFound
 from agent.receipts import ReceiptService, RegisterSetup
@@ -487,6 +488,21 @@ class TestCommandLine:
         assert journal_events(open_db(till, writer=False), "check.done") == []
         listed = expect(run("checks", "list", "--data-dir", till, "--json"), 0)
         assert [c["reference"] for c in json.loads(listed.stdout)] == [None]
+
+
+def test_the_check_kinds_are_the_ones_the_table_takes(service: ReceiptService) -> None:
+    """CHECK_KINDS (from the CheckKind literal) is what the checks table's CHECK allows:
+    each kind can be stored, another one cannot."""
+    assert CHECK_KINDS == ("start", "yearly")
+    insert = (
+        "INSERT INTO checks (register_id, kind, year, receipt_number, due_date, created_at,"
+        " alerts, failed) VALUES (?, ?, 1999, 1, '2000-02-15', '', '[]', 0)"
+    )
+    with service.db.write_connection().transaction() as conn:
+        for kind in CHECK_KINDS:
+            conn.execute(insert, (REGISTER, kind))
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            conn.execute(insert, (REGISTER, "monthly"))
 
 
 def test_sales_do_not_touch_the_checks(service: ReceiptService) -> None:
