@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent import __version__
 from agent.backup import BackupStatus, DepBackups, backup_statuses
-from agent.checks import CheckKind, CheckRecord, load_checks, record_check
+from agent.check_view import CheckOut, check_out
+from agent.checks import CheckKind, load_checks, record_check
 from agent.contract import REFERENCE_MAX_LENGTH, ReceiptResult, parse_sale
 from agent.errors import FiscalError, InvalidSale, NotFound
 from agent.outage_view import OutageOut, outage_out
@@ -47,7 +48,6 @@ __all__ = [
     "SpecialKind",
     "StatusOut",
     "UnitOut",
-    "check_out",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,23 +85,6 @@ class OpenOutageOut(_Out):
     deadline_48h_at: dt.datetime
     report_due_at: dt.datetime | None
     recovery_failed: str | None = None
-
-
-class CheckOut(_Out):
-    """A check the operator owes after a Startbeleg (``start``) or Jahresbeleg (``yearly``):
-    due by ``due`` (a date in the register's time zone), ``overdue`` past it while open,
-    done once its ``reference`` is recorded (``failed``: the Belegcheck failed)."""
-
-    register_id: str = Field(alias="register")
-    kind: CheckKind
-    year: int
-    number: int
-    due: dt.date
-    overdue: bool
-    alerts: list[str]
-    reference: str | None
-    failed: bool
-    done_at: dt.datetime | None
 
 
 class LastBackupOut(_Out):
@@ -448,19 +431,3 @@ def _waiting(rows: list[Any]) -> dict[str, list[SpecialKind]]:
 def _with_sammelbeleg(waiting: list[SpecialKind]) -> list[SpecialKind]:
     """An open outage waits for its Sammelbeleg, recorded as waiting or not."""
     return waiting if "sammelbeleg" in waiting else [*waiting, "sammelbeleg"]
-
-
-def check_out(record: CheckRecord, now: dt.datetime) -> CheckOut:
-    """An obligation as the API (and ``checks list --json``) shows it at ``now``."""
-    return CheckOut(
-        register_id=record.register_id,
-        kind=record.kind,
-        year=record.year,
-        number=record.receipt_number,
-        due=record.due_date,
-        overdue=record.overdue(now),
-        alerts=list(record.alerts),
-        reference=record.reference,
-        failed=record.failed,
-        done_at=None if record.done_at is None else dt.datetime.fromisoformat(record.done_at),
-    )

@@ -42,7 +42,7 @@ def checks_list(
     With --json each check has the fields of `open_checks` in the local API's
     GET /v1/status.
     """
-    from agent.api_backend import check_out
+    from agent.check_view import check_out
     from agent.checks import load_checks
     from agent.clock import SystemClock
 
@@ -99,7 +99,7 @@ def checks_done(  # noqa: PLR0917 - a Typer command: its options are its paramet
     as "unit failed"; the check made again once the cause is fixed is recorded with its
     new --reference.
     """
-    from agent.api_backend import check_out
+    from agent.check_view import check_out
     from agent.checks import record_check
     from agent.clock import SystemClock
 

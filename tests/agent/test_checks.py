@@ -7,6 +7,8 @@ import datetime as dt
 import json
 import logging
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -473,6 +475,32 @@ class TestCommandLine:
         )
         assert f"by {check['due']}: register the unit and the register in FinanzOnline" in shown
         assert "till-agent checks done KASSE-1 start --reference" in shown
+
+    def test_the_commands_show_checks_without_loading_the_api(self, till: Path) -> None:
+        """`checks list` and `checks done` take the view of a check from agent.check_view,
+        beside the checks: neither loads the local API's backend (and the receipt service
+        behind it). A fresh interpreter, since this test process has loaded them all."""
+        code = (
+            "import sys\n"
+            "from agent.cli import main\n"
+            "try:\n"
+            "    main()\n"
+            "except SystemExit as exc:\n"
+            "    assert exc.code == 0, exc.code\n"
+            "print('agent.api_backend' in sys.modules, file=sys.stderr)\n"
+        )
+        for args in (
+            ("list", "--data-dir", till, "--json"),
+            ("done", REGISTER, "start", "--reference", "BC-1", "--data-dir", till, "--json"),
+        ):
+            done = subprocess.run(
+                [sys.executable, "-c", code, "checks", *map(str, args)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            assert json.loads(done.stdout)
+            assert done.stderr.strip() == "False"
 
     def test_an_unknown_register_is_exit_6(self, run: Run, till: Path) -> None:
         expect(run("checks", "list", "--register", "KASSE-9", "--data-dir", till), 6)
