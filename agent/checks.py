@@ -198,10 +198,11 @@ def load_checks(
 class CheckWatch:
     """Raises the reminders of open obligations; call :meth:`tick` on a timer.
 
-    Its first tick also adopts the obligations of registers that existed before the
-    checks were tracked (see the 0004 migration): their signed Startbeleg and Jahresbelege,
-    unless the due date is already past. It looks for them on a reader connection (the
-    receipts of such a register are read once per start): sales do not wait for it.
+    A tick reads on a reader connection first and opens a write transaction only when it
+    has something to record: most ticks find nothing, and they neither wait for the
+    writer nor make a sale wait. Its first tick also adopts the obligations of registers
+    that existed before the checks were tracked (see the 0004 migration): their signed
+    Startbeleg and Jahresbelege, unless the due date is already past.
     """
 
     def __init__(self, db: TillDB, clock: Clock) -> None:
@@ -215,16 +216,20 @@ class CheckWatch:
         Each one is logged once its transaction has committed.
         """
         now = self.clock.now()
-        adopt = [] if self._adopted else self._to_adopt(now)
+        with self.db.read_connection() as conn:
+            adopt = [] if self._adopted else _to_adopt(conn, now)
+            due = _unsent(load_checks(conn), now)
+        if not adopt:
+            self._adopted = True
+            if not due:
+                return []
         lines: list[LogLine] = []
         raised: list[tuple[int, str]] = []
         with self.db.write_connection().transaction() as conn:
             for receipt in adopt:
                 record_due(conn, *receipt, now)
-            for record in load_checks(conn):
-                new = [lvl for lvl in record.reminders_due(now) if lvl not in record.alerts]
-                if not new:
-                    continue
+            # read again under the write lock: a check recorded since is not reminded
+            for record, new in _unsent(load_checks(conn), now):
                 lines.extend(_remind(conn, record, level, now) for level in new)
                 conn.execute(
                     "UPDATE checks SET alerts = ? WHERE id = ?",
@@ -236,19 +241,28 @@ class CheckWatch:
             log.log(level, message, *args)
         return raised
 
-    def _to_adopt(self, now: dt.datetime) -> list[tuple[str, str, int, str, str | None]]:
-        """The signed Start-/Jahresbelege of registers without any obligation whose due
-        date is today or later in the register's time zone (the 0004 migration says why),
-        as :func:`record_due` takes them."""
-        with self.db.read_connection() as conn:
-            rows = conn.execute(_UNTRACKED, CHECK_KINDS).fetchall()
-        adopt = []
-        for register_id, kind, number, issued_at, document, timezone in rows:
-            period = json.loads(document).get("period")
-            today = now.astimezone(ZoneInfo(timezone)).date()
-            if due_date(kind, issued_at, period) >= today:
-                adopt.append((register_id, kind, number, issued_at, period))
-        return adopt
+
+def _unsent(records: list[CheckRecord], now: dt.datetime) -> list[tuple[CheckRecord, list[str]]]:
+    """The open obligations with reminders due by ``now`` and not sent yet, with those."""
+    due = [(r, [lvl for lvl in r.reminders_due(now) if lvl not in r.alerts]) for r in records]
+    return [(record, new) for record, new in due if new]
+
+
+def _to_adopt(
+    conn: sqlite3.Connection, now: dt.datetime
+) -> list[tuple[str, str, int, str, str | None]]:
+    """The signed Start-/Jahresbelege of registers without any obligation whose due date
+    is today or later in the register's time zone (the 0004 migration says why), as
+    :func:`record_due` takes them."""
+    adopt = []
+    for register_id, kind, number, issued_at, document, timezone in conn.execute(
+        _UNTRACKED, CHECK_KINDS
+    ):
+        period = json.loads(document).get("period")
+        today = now.astimezone(ZoneInfo(timezone)).date()
+        if due_date(kind, issued_at, period) >= today:
+            adopt.append((register_id, kind, number, issued_at, period))
+    return adopt
 
 
 # the reminders: journal level, log severity, and what the line says after the obligation

@@ -157,6 +157,51 @@ class TestReminders:
         assert "no check is recorded: overdue" in lines[2][1]
         assert "till-agent checks done KASSE-1 start --year 2026 --reference" in lines[2][1]
 
+    def test_a_tick_with_nothing_due_writes_nothing(
+        self,
+        service: ReceiptService,
+        clock: FrozenClock,
+        open_db: Callable[..., TillDB],
+        data_dir: Path,
+    ) -> None:
+        """The timer ticks every minute and almost always finds nothing: such a tick reads
+        and opens no write transaction (no commit, the journal and the checks as they
+        were); a reminder that falls due is still recorded once, also across a restart."""
+        clock.set(_at(2026, 3, 2, 10, 1))
+        assert CheckWatch(service.db, clock).tick() == [(1, "created")]
+        service.db.close()  # a restart
+        db = open_db(data_dir)
+        writer = db.write_connection()
+        checks = CheckWatch(db, clock)
+
+        def stored() -> tuple[int, list[tuple[object, ...]], list[tuple[object, ...]]]:
+            journal = [tuple(r) for r in db_rows(db, "SELECT seq, hash FROM journal")]
+            return writer.commits, journal, [tuple(r) for r in db_rows(db, "SELECT * FROM checks")]
+
+        before = stored()
+        for moment in [_at(2026, 3, 2, 10, 2), _at(2026, 3, 6, 22, 59)]:  # 6 March in Vienna
+            clock.set(moment)
+            assert checks.tick() == []
+            assert stored() == before
+        clock.set(_at(2026, 3, 6, 23, 0))  # 7 March: two days before the due date
+        assert checks.tick() == [(1, "approaching")]
+        assert writer.commits == 1
+        assert CheckWatch(db, clock).tick() == []  # restarted again: nothing twice
+        assert checks.tick() == []
+        assert writer.commits == 1
+        assert _alerts(db) == [("check-created", "info"), ("check-approaching", "warning")]
+
+    def test_a_till_without_checks_never_writes_on_a_tick(
+        self, bare_service: ReceiptService, clock: FrozenClock
+    ) -> None:
+        """No register yet, so nothing to adopt or remind: ticks begin no transaction."""
+        writer = bare_service.db.write_connection()
+        before = writer.commits  # the unit's setup
+        checks = CheckWatch(bare_service.db, clock)
+        for _ in range(3):
+            assert checks.tick() == []
+        assert writer.commits == before
+
     @pytest.mark.parametrize(
         ("start", "warn", "overdue"),
         [
