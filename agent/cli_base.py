@@ -241,19 +241,18 @@ def _record_evidence(
     as_json: bool,
     record: Callable[[WriteConnection], Any],
     api: tuple[str, dict[str, Any]],
-    missing: str,
 ) -> Any:
     """Record what the operator did (a FinanzOnline or Belegcheck reference) in the till
     database with ``record``; while the service holds the data directory, POST it to the
     service's local API instead (``api``: the path under /v1 and the body). Returns what
-    ``record`` or the API answered; an error is the command's exit (``missing``: the
-    message of a 404)."""
+    ``record`` or the API answered; an error, the core's or the one the service answered
+    with, is the command's exit."""
     from storage.db import open_till_db
 
     try:
         db = open_till_db(data_dir, create=False)  # a mistyped directory stays as it is
     except DataDirLocked:  # the service holds the data directory: ask it over its API
-        return _record_via_service(data_dir, *api, as_json, missing)
+        return _record_via_service(data_dir, *api, as_json)
     except TillAgentError as exc:
         _fail(exc, as_json)
     try:
@@ -264,9 +263,7 @@ def _record_evidence(
         db.close()
 
 
-def _record_via_service(
-    data_dir: Path, path: str, body: dict[str, Any], as_json: bool, missing: str
-) -> Any:
+def _record_via_service(data_dir: Path, path: str, body: dict[str, Any], as_json: bool) -> Any:
     """POST to the service the configuration names, only if it is the service of
     ``data_dir``: another till's service would record it in its own journal."""
     from agent.config import CONFIG_ENV
@@ -284,8 +281,6 @@ def _record_via_service(
         )
         _fail(ConfigurationError(message), as_json)
     response = _ask_service(config, path, body, as_json, pointer=CONFIG_ENV)
-    if response.status_code == 404:
-        _fail(NotFound(missing), as_json)
     if response.status_code >= 400:
         _fail(_service_error(response), as_json)
     return response.json()
@@ -293,9 +288,10 @@ def _record_via_service(
 
 def _service_error(response: httpx.Response) -> TillAgentError:
     """The error a refusal of the service's API stands for: its {field, rule, message} as
-    this command's own (409 and 422 bad input, exit 3; rule storage, exit 5); anything
-    else, such as a 500 or uvicorn's plain-text 503 beyond its connections, names the
-    status (exit 1) instead of failing to read it as JSON."""
+    this command's own (404 not found, exit 6, in the core's words; 409 and 422 bad input,
+    exit 3; rule storage, exit 5); anything else, such as a 500 or uvicorn's plain-text
+    503 beyond its connections, names the status (exit 1) instead of failing to read it
+    as JSON."""
     status = response.status_code
     try:
         error = response.json()
@@ -304,6 +300,8 @@ def _service_error(response: httpx.Response) -> TillAgentError:
         return TillAgentError(f"the service answered HTTP {status}: {response.text[:200]!r}")
     if rule == "storage":
         return StorageError(message)
+    if status == 404:
+        return NotFound(message)
     if status in (409, 422):
         return InvalidSale(field, rule, message)
     return TillAgentError(f"the service answered HTTP {status}: {field}: {message} [{rule}]")

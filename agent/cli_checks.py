@@ -113,7 +113,6 @@ def checks_done(  # noqa: PLR0917 - a Typer command: its options are its paramet
             clock.now(),
         ).model_dump(mode="json", by_alias=True),
         (f"registers/{register}/checks/{kind}", body),
-        f"register {register} has no {kind} check{'' if year is None else f' for {year}'}",
     )
     _emit(check, as_json)
     if not as_json:

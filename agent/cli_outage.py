@@ -157,7 +157,6 @@ def outage_report(
         as_json,
         lambda writer: acknowledge_report(writer, SystemClock(), outage_id, reference, end=end),
         (f"outages/{outage_id}/report", {"reference": reference, "end": end}),
-        f"no outage {outage_id}",
     )
     _emit({"outage": outage_id, "reference": reference, "end": end}, as_json)
     if not as_json:

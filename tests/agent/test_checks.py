@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import REGISTER, UNIT
 
+from agent.api import create_app, serve
 from agent.api_backend import ServiceBackend
 from agent.checks import CHECK_KINDS, CheckWatch, load_checks, record_check
 from agent.clock import FrozenClock
@@ -546,6 +547,30 @@ class TestCommandLine:
             )
             assert json.loads(done.stdout)
             assert done.stderr.strip() == "False"
+
+    def test_a_check_not_owed_is_the_cores_not_found_via_the_service_too(
+        self,
+        run: Run,
+        service: ReceiptService,
+        data_dir: Path,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """While the service holds the data directory, `checks done` records over its local
+        API: a check the register does not owe is exit 6 in the core's words, as without
+        the service."""
+        (data_dir / "api-token").write_text("token\n", encoding="utf-8")
+        config = tmp_path / "till.toml"
+        args = ("checks", "done", REGISTER, "yearly", "--year", "2026", "--reference", "BC-1")
+        with serve(create_app(ServiceBackend(service), token="token"), port=0) as server:
+            config.write_text(f'data_dir = "{data_dir}"\n[api]\nport = {server.port}\n')
+            monkeypatch.setenv("TILL_AGENT_CONFIG", str(config))
+            refused = json.loads(expect(run(*args, "--data-dir", data_dir, "--json"), 6).stdout)
+        with pytest.raises(NotFound) as core:
+            record_check(
+                service.db.write_connection(), service.clock, REGISTER, "yearly", 2026, "BC-1"
+            )
+        assert refused == {"error": "NotFound", "message": str(core.value)}
 
     def test_an_unknown_register_is_exit_6(self, run: Run, till: Path) -> None:
         expect(run("checks", "list", "--register", "KASSE-9", "--data-dir", till), 6)

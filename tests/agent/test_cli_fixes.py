@@ -197,8 +197,16 @@ def test_a_reference_is_not_sent_to_the_service_of_another_data_directory(
             5,
             "the disk is full",
         ),
+        (
+            (
+                b"404 Not Found",
+                b'{"field": "(path)", "rule": "not-found", "message": "the service\'s words"}',
+            ),
+            6,
+            "the service's words",
+        ),
     ],
-    ids=["500-text", "503-text", "503-storage"],
+    ids=["500-text", "503-text", "503-storage", "404-not-found"],
 )
 def test_a_service_error_is_its_exit_code_not_a_traceback(
     run: Run,
@@ -210,7 +218,8 @@ def test_a_service_error_is_its_exit_code_not_a_traceback(
     words: str,
 ) -> None:
     """The service fails the request (a 500, uvicorn's plain 503 when it is saturated, a
-    storage failure): `checks done` exits with the matching code and says so."""
+    storage failure, a check it does not know): `checks done` exits with the matching code
+    and says so, in the service's words."""
     status, text = answer
 
     def reply(conn: socket.socket, _: threading.Event) -> None:
