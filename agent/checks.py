@@ -202,7 +202,8 @@ class CheckWatch:
     has something to record: most ticks find nothing, and they neither wait for the
     writer nor make a sale wait. Its first tick also adopts the obligations of registers
     that existed before the checks were tracked (see the 0004 migration): their signed
-    Startbeleg and Jahresbelege, unless the due date is already past.
+    Startbeleg and Jahresbelege, unless the due date is already past. It reads the
+    receipts of the registers without any obligation for them, once per start.
     """
 
     def __init__(self, db: TillDB, clock: Clock) -> None:
@@ -273,10 +274,16 @@ _REMINDERS: dict[str, tuple[str, int, str]] = {
 }
 _WHAT = {
     "start": "register the signature unit and the register in FinanzOnline and check the"
-    " Startbeleg (number {number}) with the BMF Belegcheck app or web service",
-    "yearly": "check the Jahresbeleg {year} (number {number}) with the BMF Belegcheck app or"
-    " web service (printed and kept 7 years unless checked with the web service)",
+    " {receipt} with the BMF Belegcheck app or web service",
+    "yearly": "check the {receipt} with the BMF Belegcheck app or web service (printed and"
+    " kept 7 years unless checked with the web service)",
 }
+
+
+def _receipt(record: CheckRecord) -> str:
+    """The receipt ``record`` is the check of, as the log lines name it."""
+    name = "Startbeleg" if record.kind == "start" else f"Jahresbeleg {record.year}"
+    return f"{name} (number {record.receipt_number})"
 
 
 def _remind(conn: sqlite3.Connection, record: CheckRecord, level: str, now: dt.datetime) -> LogLine:
@@ -298,7 +305,7 @@ def _remind(conn: sqlite3.Connection, record: CheckRecord, level: str, now: dt.d
             "due": due,
         },
     )
-    what = _WHAT[record.kind].format(year=record.year, number=record.receipt_number)
+    what = _WHAT[record.kind].format(receipt=_receipt(record))
     return (
         severity,
         "register %s: %s; %s (then: till-agent checks done %s %s --year %d --reference ...)",
@@ -364,10 +371,9 @@ def record_check(  # noqa: PLR0917 - the obligation, then what the operator reco
             _journal(conn, kind="alert.raised", register_id=register_id, at=now, data=alert)
     if failed:
         log.error(
-            "register %s: the Belegcheck of its %s (number %d) FAILED (reference %s): %s",
+            "register %s: the Belegcheck of its %s FAILED (reference %s): %s",
             register_id,
-            "Startbeleg" if kind == "start" else f"Jahresbeleg {record.year}",
-            record.receipt_number,
+            _receipt(record),
             reference,
             _UNIT_FAILED,
         )

@@ -356,6 +356,26 @@ class TestRecording:
         record_check(writer, clock, REGISTER, "start", None, "BC-10")
         assert shown() == []
 
+    def test_the_lines_of_a_yearly_check_name_the_jahresbeleg(
+        self,
+        service: ReceiptService,
+        checks: CheckWatch,
+        clock: FrozenClock,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Its reminder and its failure name the Jahresbeleg with its year and number."""
+        record_check(service.db.write_connection(), clock, REGISTER, "start", None, "BC-1")
+        _new_year(service, clock)
+        [number] = db_rows(service.db, "SELECT number FROM receipts WHERE kind = 'yearly'")
+        caplog.set_level(logging.INFO, logger="agent.checks")
+        assert checks.tick() == [(2, "created")]
+        writer = service.db.write_connection()
+        record_check(writer, clock, REGISTER, "yearly", 2026, "BC-2", failed=True)
+        created, failed = [r.getMessage() for r in caplog.records]
+        receipt = f"Jahresbeleg 2026 (number {number[0]})"
+        assert f"check the {receipt} with the BMF Belegcheck app" in created
+        assert f"the Belegcheck of its {receipt} FAILED (reference BC-2)" in failed
+
 
 class TestRecheck:
     def test_a_passing_check_with_a_new_reference_follows_a_failed_one(
