@@ -13,12 +13,13 @@ from agent.cli_base import (
     _emit,
     _fail,
     _run_config,
+    _service_error,
     app,
     out,
 )
 from agent.cli_config import ConfigOption
 from agent.config import CONFIG_ENV, AgentConfig, load_config
-from agent.errors import DataDirLocked, NotFound, PrinterError, TillAgentError
+from agent.errors import DataDirLocked, PrinterError, TillAgentError
 
 __all__ = ["configured_header", "reprint"]
 
@@ -78,8 +79,8 @@ def _reprint_via_api(config: AgentConfig, register: str, number: int, as_json: b
     """The service holds the data directory: ask it over the local API."""
     path = f"receipts/{register}/{number}/reprint"
     response = _ask_service(config, path, None, as_json, pointer=f"--config FILE (or {CONFIG_ENV})")
-    if response.status_code == 404:
-        _fail(NotFound(f"register {register} has no receipt {number}"), as_json)
+    if response.status_code == 404:  # the core's NotFound, in its words
+        _fail(_service_error(response), as_json)
     if response.status_code >= 400:
         _fail(PrinterError(f"the service refused the reprint: {response.text}"), as_json)
     return int(response.json()["copy"])

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
+from agent.errors import NotFound
+from agent.receipts import ReceiptService
 from factories import VECTORS, Run, box_words, expect, flat, sale
 from storage import TillDB
 
@@ -433,3 +435,34 @@ def test_flags_show_no_value_placeholder(
     for flag in flags:
         assert re.search(rf"{flag} (?!<)", text), (flag, text)
     assert "<path>" in text or not command  # options that take a value still show its type
+
+
+def test_reprint_of_an_unknown_receipt_via_the_service_is_the_cores_not_found(
+    run: Run, service: ReceiptService, data_dir: Path, tmp_path: Path
+) -> None:
+    """While the service holds the data directory, ``reprint`` asks its local API: a receipt
+    the register does not have is exit 6 in the core's words (the CLI wrote its own copy)."""
+    from agent.api import create_app, serve
+    from agent.api_backend import ServiceBackend
+    from agent.print_worker import PrintWorker
+    from agent.printing import FilePrinter
+
+    worker = PrintWorker(service, FilePrinter(tmp_path / "prints"), retry_s=0.0)
+
+    class Printing(ServiceBackend):
+        def reprint(self, register: str, number: int) -> int:
+            return worker.reprint(register, number)
+
+    (data_dir / "api-token").write_text("token\n", encoding="utf-8")
+    with serve(create_app(Printing(service), token="token"), port=0) as server:
+        config = _config(tmp_path, data_dir, f"port = {server.port}")
+        refused = json.loads(
+            expect(run("reprint", "KASSE-1", "99", "--config", config, "--json"), 6).stdout
+        )
+        copied = json.loads(
+            expect(run("reprint", "KASSE-1", "1", "--config", config, "--json"), 0).stdout
+        )
+    with pytest.raises(NotFound) as core:
+        service.row("KASSE-1", 99)
+    assert refused == {"error": "NotFound", "message": str(core.value)}
+    assert copied == {"register": "KASSE-1", "number": 1, "copy": 1}
