@@ -103,6 +103,9 @@ _UPDATE_REGISTER = (
     " last_issued_at = ?, state = ? WHERE id = ?"
 )
 Line = tuple[str, str, str, str, int]  # text, qty, unit price, vat class, total cents
+# a chain signing's intent: called with None before the request leaves (commit it), and
+# with the refusal when the service answered that it signed nothing (void it)
+_Intent = Callable[[SigningError | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,26 +292,33 @@ class ReceiptService:
         process that dies while the service signs leaves the register waiting the same way.
         """
         closed = self._check_new_register(conn, setup)
-        chain = self.units.get(conn, setup.unit_ids[0]).capabilities.keeps_chain
         pending = _setup_json(setup, stamp)
-        if chain:
+        if self.units.get(conn, setup.unit_ids[0]).capabilities.keeps_chain:
+            # before the register exists: a commit while the service signs would commit it
             self._record_intent(conn, setup.register_id, 1, "start", {"setup": json.loads(pending)})
-        conn.execute("SAVEPOINT startbeleg")
-        try:
-            self._create_register(conn, setup, closed)
-            reg = self._register_row(conn, setup.register_id)
-            result = self._issue_in(conn, reg, _Draft(setup.register_id, "start", issued_at=stamp))
-        except WaitsForUnit as exc:
+        intent = functools.partial(self._start_intent, conn, setup.register_id)
+        with self._writer.savepoint("startbeleg"):
+            try:
+                self._create_register(conn, setup, closed)
+                reg = self._register_row(conn, setup.register_id)
+                draft = _Draft(setup.register_id, "start", issued_at=stamp)
+                return self._issue_in(conn, reg, draft, intent)
+            except WaitsForUnit as exc:
+                conn.execute("ROLLBACK TO startbeleg")
+                refused = exc
+        if not isinstance(refused.__cause__, OutcomeUnknown):
+            raise refused
+        self._start_waits(conn, setup.register_id, pending, str(refused))
+        return None
+
+    def _start_intent(
+        self, conn: sqlite3.Connection, register_id: str, refused: SigningError | None
+    ) -> None:
+        """The Startbeleg's :data:`_Intent`: :meth:`_start_in` committed it already, so only a
+        refusal is recorded, once the register it created is undone."""
+        if refused is not None:
             conn.execute("ROLLBACK TO startbeleg")
-            conn.execute("RELEASE startbeleg")
-            if not isinstance(exc.__cause__, OutcomeUnknown):
-                if chain:
-                    self._void_intent(conn, setup.register_id, 1, exc)
-                raise
-            self._start_waits(conn, setup.register_id, pending, str(exc))
-            return None
-        conn.execute("RELEASE startbeleg")
-        return result
+            self._void_intent(conn, register_id, 1, refused)
 
     def _start_waits(
         self, conn: sqlite3.Connection, register_id: str, pending: str, reason: str
@@ -572,7 +582,15 @@ class ReceiptService:
 
     # -- the durable path -----------------------------------------------------------------
 
-    def _issue_in(self, conn: sqlite3.Connection, reg: sqlite3.Row, draft: _Draft) -> ReceiptResult:
+    def _issue_in(
+        self,
+        conn: sqlite3.Connection,
+        reg: sqlite3.Row,
+        draft: _Draft,
+        intent: _Intent | None = None,
+    ) -> ReceiptResult:
+        """Number, sign and store ``draft``; ``intent``: a chain signing's own (default: the
+        ``unsigned`` receipt a lost answer would leave, :meth:`_receipt_intent`)."""
         register_id, number = reg["id"], reg["last_number"] + 1  # allocated inside the txn
         if draft.kind == "closing":
             self._check_closable(conn, register_id)
@@ -595,7 +613,8 @@ class ReceiptService:
         )
         data = signing_input(payload)
         parts = functools.partial(_stored, draft, number, payload, data, identity.unit_id, turnover)
-        intent = functools.partial(self._commit_intent, conn, draft, parts)
+        if intent is None:
+            intent = functools.partial(self._receipt_intent, conn, draft, number, parts)
         signature, state = self._sign(conn, unit, data, draft, number, now, intent)
         stored, document = parts(signature, state)
         at = self.clock.now()  # after signing, which may have waited for its deadline
@@ -607,14 +626,19 @@ class ReceiptService:
             register_id, number, draft.kind, state, payload, signature, stored.jws, document
         )
 
-    def _commit_intent(
+    def _receipt_intent(
         self,
         conn: sqlite3.Connection,
         draft: _Draft,
+        number: int,
         parts: Callable[[bytes, str], tuple[_Stored, dict[str, Any]]],
+        refused: SigningError | None,
     ) -> None:
-        """Record the receipt about to be sent as the ``unsigned`` one a lost answer would
-        leave, and commit it (with all the transaction holds so far)."""
+        """A receipt's :data:`_Intent`: before it is sent, record it as the ``unsigned`` one a
+        lost answer would leave and commit it (with all the transaction holds so far)."""
+        if refused is not None:
+            self._void_intent(conn, draft.register_id, number, refused)
+            return
         stored, _ = parts(FALLBACK_SIGNATURE, "unsigned")
         intent = {"receipt": dataclasses.asdict(stored), "voided_by": draft.voided_by}
         self._record_intent(conn, stored.register_id, stored.number, draft.kind, intent)
@@ -730,27 +754,6 @@ class ReceiptService:
         )
         conn.execute("UPDATE registers SET state = 'closed' WHERE id = ?", (stored.register_id,))
         return True
-
-    def _closing_failed(
-        self,
-        conn: sqlite3.Connection,
-        unit: SignatureUnit,
-        register_id: str,
-        number: int,
-        exc: SigningError,
-    ) -> NoReturn:
-        """A Schlussbeleg is stored only signed (no Sammelbeleg could follow it). One a chain
-        service may hold keeps its number: its intent makes the register wait for it
-        (:meth:`_closing_waits`, after this transaction rolls back)."""
-        chain = unit.capabilities.keeps_chain
-        if chain and isinstance(exc, OutcomeUnknown):
-            raise WaitsForUnit(_CLOSING_SENT.format(register=register_id)) from exc
-        if chain:
-            self._void_intent(conn, register_id, number, exc)
-        raise WaitsForUnit(
-            f"the unit failed ({exc}): a Schlussbeleg is issued only when it signs,"
-            " since no Sammelbeleg could follow it; nothing was issued"
-        ) from exc
 
     def _void_intent(
         self, conn: sqlite3.Connection, register_id: str, number: int, exc: Exception
@@ -890,7 +893,7 @@ class ReceiptService:
         draft: _Draft,
         number: int,
         now: dt.datetime,
-        intent: Callable[[], None],
+        intent: _Intent,
     ) -> tuple[bytes, str]:
         register_id, kind = draft.register_id, draft.kind
         must_sign = kind in MUST_SIGN or draft.force_sign
@@ -901,20 +904,15 @@ class ReceiptService:
                 raise WaitsForUnit(f"a {kind} receipt must be signed: it waits for the unit")
             self.outages.affected(conn, register_id, number, now)
             return FALLBACK_SIGNATURE, "fallback"
-        if unit.capabilities.keeps_chain and kind != "start":
-            intent()  # durable before the request leaves: the service keeps what it signs
+        if unit.capabilities.keeps_chain:
+            intent(None)  # durable before the request leaves: the service keeps what it signs
         try:
             return sign_verified(unit, data, timeout=self.sign_timeout), "signed"
         except SigningError as exc:
             unknown = isinstance(exc, OutcomeUnknown)
-            if kind == "closing":  # its outage could never be closed: the register ends
-                self._closing_failed(conn, unit, register_id, number, exc)
-            if must_sign and (kind == "start" or not unknown):
-                if unit.capabilities.keeps_chain and kind != "start":
-                    self._void_intent(conn, register_id, number, exc)
-                raise WaitsForUnit(
-                    f"a {kind} receipt must be validly signed and the unit failed: {exc}"
-                ) from exc
+            # a Schlussbeleg's outage could never be closed: the register ends
+            if kind == "closing" or (must_sign and (kind == "start" or not unknown)):
+                self._refuse(unit, draft, exc, intent)
             # an unknown outcome (a chain service that may hold a signature) is `unsigned`:
             # it chains like a fallback receipt and is remedied when the service answers.
             # A receipt that must be signed, too: rolling it back would give its number,
@@ -933,6 +931,28 @@ class ReceiptService:
                     at=self.clock.now(),
                 )
             return FALLBACK_SIGNATURE, state
+
+    def _refuse(
+        self, unit: SignatureUnit, draft: _Draft, exc: SigningError, intent: _Intent
+    ) -> NoReturn:
+        """The receipt is not stored: it must be signed, and a Schlussbeleg only signed (no
+        Sammelbeleg could follow it). A chain service that answered signed nothing: its
+        intent is void. One whose answer was lost may hold the receipt: its intent stands,
+        and the Startbeleg or Schlussbeleg waits to be sent again unchanged
+        (:meth:`_start_in`, :meth:`_closing_waits` after this transaction rolls back)."""
+        lost = unit.capabilities.keeps_chain and isinstance(exc, OutcomeUnknown)
+        if unit.capabilities.keeps_chain and not lost:
+            intent(exc)
+        if draft.kind != "closing":
+            raise WaitsForUnit(
+                f"a {draft.kind} receipt must be validly signed and the unit failed: {exc}"
+            ) from exc
+        if lost:
+            raise WaitsForUnit(_CLOSING_SENT.format(register=draft.register_id)) from exc
+        raise WaitsForUnit(
+            f"the unit failed ({exc}): a Schlussbeleg is issued only when it signs,"
+            " since no Sammelbeleg could follow it; nothing was issued"
+        ) from exc
 
     # -- waiting special receipts ---------------------------------------------------------
 

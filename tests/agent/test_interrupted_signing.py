@@ -187,6 +187,30 @@ class TestAStartbeleg:
         assert len(chain.signing_inputs("KASSE-2")) == 1
         _check_dep(db, chain, "KASSE-2")
 
+    def test_a_refusal_creates_nothing_and_voids_the_intent(
+        self,
+        chain_service: ReceiptService,
+        chain: ChainServiceFake,
+        db: TillDB,
+        registry: UnitRegistry,
+        clock: FrozenClock,
+        chain_unit: str,
+    ) -> None:
+        """A service that is down signed nothing: the register is not created (not even by
+        the commit of the void intent), and a restart makes nothing wait for it."""
+        chain.mode = "down"
+        with pytest.raises(WaitsForUnit, match="must be validly signed"):
+            chain_service.init_register(RegisterSetup("KASSE-2", [chain_unit]))
+        assert db_rows(db, "SELECT id FROM registers WHERE id = 'KASSE-2'") == []
+        sql = "SELECT kind FROM pending_signings WHERE register_id = 'KASSE-2' ORDER BY id"
+        assert [r[0] for r in db_rows(db, sql)] == ["start", "void"]
+        service = _restart(db, registry, clock)
+        assert service.waiting("KASSE-2") == []
+        chain.mode = "up"
+        start = service.init_register(RegisterSetup("KASSE-2", [chain_unit]))
+        assert (start.number, start.signature_state) == (1, "signed")
+        _check_dep(db, chain, "KASSE-2")
+
 
 class TestASammelbeleg:
     def test_the_sammelbeleg_is_stored_unsigned_and_the_outage_still_closes(
