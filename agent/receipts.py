@@ -449,10 +449,7 @@ class ReceiptService:
     def row(self, register_id: str, number: int) -> Any:
         """The ``receipts`` row (a ``sqlite3.Row``) of receipt ``number``; raises ``NotFound``."""
         with self.db.read_connection() as conn:
-            row = conn.execute(
-                "SELECT * FROM receipts WHERE register_id = ? AND number = ?",
-                (register_id, number),
-            ).fetchone()
+            row = _receipt_row(conn, register_id, number)
         if row is None:
             raise NotFound(f"register {register_id} has no receipt {number}")
         return row
@@ -705,28 +702,16 @@ class ReceiptService:
         register_id, number = stored.register_id, stored.number
         self._check_follows(conn, stored)
         at = self.clock.now()
-        if self.outages.is_open(register_id):
-            self.outages.affected(conn, register_id, number, at)
-        else:
-            cause = f"the process ended while the chain service signed receipt {number}"
-            self.outages.open(
-                conn,
-                register_id=register_id,
-                unit_id=stored.unit_id,
-                cause=cause,
-                number=number,
-                at=at,
-            )
+        cause = f"the process ended while the chain service signed receipt {number}"
+        self._not_signed(conn, register_id, stored.unit_id, cause, number, at)
         self._store(conn, stored, at)
         document = json.loads(stored.document)
         self._after_store(
             conn, register_id, stored.kind, document.get("period"), number, "unsigned", at
         )
         if "reissue_of" in document:  # as _close_outage does after a lost reissue
-            old = conn.execute(
-                "SELECT * FROM receipts WHERE register_id = ? AND number = ?",
-                (register_id, document["reissue_of"]),
-            ).fetchone()
+            old = _receipt_row(conn, register_id, document["reissue_of"])
+            assert old is not None  # the original precedes its reissue in the same register
             self._resolve(
                 conn, old, "superseded", replacement=number, voided_by=intent["voided_by"]
             )
@@ -919,18 +904,27 @@ class ReceiptService:
             # which the service may hold signed, to the next receipt. Its obligation stays
             # open (the outage, a waiting Jahresbeleg, the rest of a remedy).
             state = "unsigned" if unknown else "fallback"
-            if is_open:
-                self.outages.affected(conn, register_id, number, self.clock.now())
-            else:
-                self.outages.open(
-                    conn,
-                    register_id=register_id,
-                    unit_id=unit.identity.unit_id,
-                    cause=str(exc),
-                    number=number,
-                    at=self.clock.now(),
-                )
+            at = self.clock.now()
+            self._not_signed(conn, register_id, unit.identity.unit_id, str(exc), number, at)
             return FALLBACK_SIGNATURE, state
+
+    def _not_signed(  # noqa: PLR0917 - the outage's facts, in the order it records them
+        self,
+        conn: sqlite3.Connection,
+        register_id: str,
+        unit_id: str,
+        cause: str,
+        number: int,
+        at: dt.datetime,
+    ) -> None:
+        """Receipt ``number`` is stored without a signature: it opens the register's outage
+        (for ``cause``), or is one more receipt of the open one."""
+        if self.outages.is_open(register_id):
+            self.outages.affected(conn, register_id, number, at)
+        else:
+            self.outages.open(
+                conn, register_id=register_id, unit_id=unit_id, cause=cause, number=number, at=at
+            )
 
     def _refuse(
         self, unit: SignatureUnit, draft: _Draft, exc: SigningError, intent: _Intent
@@ -1018,13 +1012,16 @@ class ReceiptService:
 
     def waiting(self, register_id: str | None = None) -> list[dict[str, Any]]:
         """Special receipts waiting for their unit (oldest first)."""
+        return [{k: row[k] for k in _WAITING_FIELDS} for row in self._waiting_rows(register_id)]
+
+    def _waiting_rows(self, register_id: str | None) -> list[sqlite3.Row]:
         with self.db.read_connection() as conn:
-            rows = conn.execute(
-                "SELECT id, register_id, kind, period, reason, requested_at FROM waiting_specials"
-                " WHERE done_at IS NULL AND (? IS NULL OR register_id = ?) ORDER BY id",
+            rows: list[sqlite3.Row] = conn.execute(
+                "SELECT * FROM waiting_specials WHERE done_at IS NULL"
+                " AND (? IS NULL OR register_id = ?) ORDER BY id",
                 (register_id, register_id),
             ).fetchall()
-        return [dict(row) for row in rows]
+        return rows
 
     def unsigned(self, register_id: str | None = None) -> list[dict[str, Any]]:
         """``unsigned`` receipts not yet remedied (adopted or superseded)."""
@@ -1090,9 +1087,9 @@ class ReceiptService:
             remedy = self._adopt_or_list(register_id)
             if remedy or self.outages.is_open(register_id):
                 issued.extend(self._close_outage(register_id, remedy))
-            for row in self.waiting(register_id):
+            for row in self._waiting_rows(register_id):
                 if row["kind"] == "closing":
-                    issued.append(self._issue_waiting_closing(register_id))
+                    issued.append(self._issue_waiting_closing(row))
                 elif row["kind"] != "start":
                     issued.append(self._issue_waiting(row))
         except (FiscalError, SigningError) as exc:
@@ -1122,11 +1119,10 @@ class ReceiptService:
             raise WaitsForUnit(_START_SENT.format(register=setup.register_id))
         return result
 
-    def _issue_waiting_closing(self, register_id: str) -> ReceiptResult:
+    def _issue_waiting_closing(self, row: sqlite3.Row) -> ReceiptResult:
         """The Schlussbeleg a chain service may hold, sent again unchanged: its PUT is
         idempotent, so the service answers with what it holds or signs it now."""
-        row = self._waiting_row(register_id, "closing")
-        assert row is not None  # listed by waiting() just before, and only recovery ends it
+        register_id = row["register_id"]
         lost = _intended(json.loads(row["setup"]))
         data = lost.jws.rsplit(".", 1)[0].encode("ascii")
         signature = sign_verified(self.unit_of(register_id), data, timeout=self.sign_timeout)
@@ -1149,7 +1145,7 @@ class ReceiptService:
             document,
         )
 
-    def _issue_waiting(self, row: dict[str, Any]) -> ReceiptResult:
+    def _issue_waiting(self, row: sqlite3.Row) -> ReceiptResult:
         with self._transaction() as conn:
             reg = self._open_register(conn, row["register_id"])
             draft = _Draft(row["register_id"], row["kind"], period=row["period"])
@@ -1218,10 +1214,10 @@ class ReceiptService:
                 add(_Draft(register_id, "null", force_sign=True))
             if not _any_lost(issued) and self.outages.is_open(register_id):
                 add(_Draft(register_id, "sammelbeleg"))
-            for old in sales:
+            for old, left in sales:  # left: the remedy's Storno a dead process left
                 if _any_lost(issued):
                     break
-                voided_by = _remedy_storno(conn, old)  # one a dead process left
+                voided_by = left
                 if old["kind"] in COUNTED and voided_by is None:  # a Storno takes it back
                     voided_by = add(_void_draft(old)).number  # (rksv.md 3)
                 new = add(dataclasses.replace(self._reissue_draft(conn, old), voided_by=voided_by))
@@ -1232,29 +1228,27 @@ class ReceiptService:
 
     def _resolve_voided(
         self, conn: sqlite3.Connection, sales: list[sqlite3.Row]
-    ) -> list[sqlite3.Row]:
-        """Resolve the unsigned sales the POS has voided already; return the others.
+    ) -> list[tuple[sqlite3.Row, int | None]]:
+        """Resolve the unsigned sales the POS has voided already; return the others, each
+        with the remedy's own Storno of it (:func:`_remedy_storno`), if any.
 
         A voided sale gets neither a Storno (it would be voided twice) nor a replacement
         (the customer's sale was cancelled): it is superseded by nothing, its Storno named.
+        The remedy's own Storno does not count: the remedy had begun, so it is reissued.
         """
         rest = []
         for old in sales:
-            storno = _pos_storno(conn, old)
+            remedy = _remedy_storno(conn, old)
+            storno = _first_storno(conn, old) if remedy is None else None
             if storno is None:
-                rest.append(old)
+                rest.append((old, remedy))
             else:
                 self._resolve(conn, old, "superseded", voided_by=storno)
         return rest
 
     def _reissue_draft(self, conn: sqlite3.Connection, old: sqlite3.Row) -> _Draft:
         document = json.loads(old["document"])
-        voids = None
-        if old["voids_number"] is not None:
-            voids = conn.execute(
-                "SELECT * FROM receipts WHERE register_id = ? AND number = ?",
-                (old["register_id"], old["voids_number"]),
-            ).fetchone()
+        voids = _receipt_row(conn, old["register_id"], old["voids_number"])
         return _Draft(
             old["register_id"],
             old["kind"],
@@ -1339,6 +1333,7 @@ _INTERRUPTED = (
     " WHERE q.register_id = p.register_id AND q.number = p.number)"
     " ORDER BY id"
 )
+_WAITING_FIELDS = ("id", "register_id", "kind", "period", "reason", "requested_at")
 _START_INTERRUPTED = (
     "its Startbeleg was sent to the chain service when the till process ended; it waits and"
     " is sent again unchanged as soon as the service answers (till-agent outage recover)"
@@ -1447,12 +1442,9 @@ def _remedy_storno(conn: sqlite3.Connection, old: sqlite3.Row) -> int | None:
     return None if row is None else int(row[0])
 
 
-def _pos_storno(conn: sqlite3.Connection, old: sqlite3.Row) -> int | None:
+def _first_storno(conn: sqlite3.Connection, old: sqlite3.Row) -> int | None:
     """The first receipt that voids ``old`` (the POS Storno, or its reissue), whatever its
-    state; ``None`` when none does, or when the remedy's own Storno does (the remedy had
-    begun, so ``old`` is reissued)."""
-    if _remedy_storno(conn, old) is not None:
-        return None
+    state; ``None`` when none does."""
     row = conn.execute(
         "SELECT min(number) FROM receipts WHERE register_id = ? AND voids_number = ?",
         (old["register_id"], old["number"]),
@@ -1539,10 +1531,18 @@ def _unit_zdas(conn: sqlite3.Connection, unit_ids: Sequence[str]) -> list[str]:
     return zdas
 
 
-def _voidable(conn: sqlite3.Connection, register_id: str, number: int | None) -> sqlite3.Row:
+def _receipt_row(
+    conn: sqlite3.Connection, register_id: str, number: int | None
+) -> sqlite3.Row | None:
+    """Receipt ``number`` of ``register_id`` (``None``: no such receipt, or no number)."""
     row: sqlite3.Row | None = conn.execute(
         "SELECT * FROM receipts WHERE register_id = ? AND number = ?", (register_id, number)
     ).fetchone()
+    return row
+
+
+def _voidable(conn: sqlite3.Connection, register_id: str, number: int | None) -> sqlite3.Row:
+    row = _receipt_row(conn, register_id, number)
     if row is None:
         raise InvalidSale(
             "voids", "voids-unknown", f"register {register_id} has no receipt number {number}"
