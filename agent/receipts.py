@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent.at_rksv import (
@@ -150,10 +150,10 @@ class _Draft:
     period: str | None = None  # "YYYY-MM" of a Monats-/Jahresbeleg
 
 
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    """A receipt as it is stored: its ``receipts`` row and its journal event (the register
-    moves on to its number, counter, JWS and date). JSON-able: an intent keeps one."""
+class _Stored(NamedTuple):
+    """A receipt as it is stored: its ``receipts`` row (the register moves on to its number,
+    counter, JWS and date; :func:`_event` is its journal event). JSON-able: an intent keeps
+    one. A named tuple: a frozen dataclass costs microseconds per sale to build."""
 
     register_id: str
     number: int
@@ -169,7 +169,6 @@ class _Stored:
     unit_id: str
     voids: int | None
     document: str  # canonical JSON
-    event: dict[str, Any]
 
 
 class ReceiptService:
@@ -293,10 +292,11 @@ class ReceiptService:
         """
         closed = self._check_new_register(conn, setup)
         pending = _setup_json(setup, stamp)
+        intent: _Intent | None = None
         if self.units.get(conn, setup.unit_ids[0]).capabilities.keeps_chain:
             # before the register exists: a commit while the service signs would commit it
             self._record_intent(conn, setup.register_id, 1, "start", {"setup": json.loads(pending)})
-        intent = functools.partial(self._start_intent, conn, setup.register_id)
+            intent = functools.partial(self._start_intent, conn, setup.register_id)
         with self._writer.savepoint("startbeleg"):
             try:
                 self._create_register(conn, setup, closed)
@@ -587,7 +587,8 @@ class ReceiptService:
         intent: _Intent | None = None,
     ) -> ReceiptResult:
         """Number, sign and store ``draft``; ``intent``: a chain signing's own (default: the
-        ``unsigned`` receipt a lost answer would leave, :meth:`_receipt_intent`)."""
+        ``unsigned`` receipt a lost answer would leave, :meth:`_receipt_intent`); a local
+        unit has none."""
         register_id, number = reg["id"], reg["last_number"] + 1  # allocated inside the txn
         if draft.kind == "closing":
             self._check_closable(conn, register_id)
@@ -609,13 +610,18 @@ class ReceiptService:
             chain_value(reg["last_jws"], register_id),
         )
         data = signing_input(payload)
-        parts = functools.partial(_stored, draft, number, payload, data, identity.unit_id, turnover)
-        if intent is None:
+        unit_id = identity.unit_id
+        if not unit.capabilities.keeps_chain:
+            intent = None  # a local unit signs in-process: nothing is kept elsewhere
+        elif intent is None:
+            parts = functools.partial(_stored, draft, number, payload, data, unit_id, turnover)
             intent = functools.partial(self._receipt_intent, conn, draft, number, parts)
         signature, state = self._sign(conn, unit, data, draft, number, now, intent)
-        stored, document = parts(signature, state)
+        stored, document = _stored(
+            draft, number, payload, data, unit_id, turnover, signature, state
+        )
         at = self.clock.now()  # after signing, which may have waited for its deadline
-        self._store(conn, stored, at)
+        self._store(conn, stored, document, at)
         self._after_store(conn, register_id, draft.kind, draft.period, number, state, at)
         if state == "signed" and draft.kind in CHECK_KINDS:  # the operator's check, rksv.md 6
             record_due(conn, register_id, draft.kind, number, payload.issued_at, draft.period, at)
@@ -637,7 +643,7 @@ class ReceiptService:
             self._void_intent(conn, draft.register_id, number, refused)
             return
         stored, _ = parts(FALLBACK_SIGNATURE, "unsigned")
-        intent = {"receipt": dataclasses.asdict(stored), "voided_by": draft.voided_by}
+        intent = {"receipt": stored._asdict(), "voided_by": draft.voided_by}
         self._record_intent(conn, stored.register_id, stored.number, draft.kind, intent)
 
     def _record_intent(
@@ -704,8 +710,8 @@ class ReceiptService:
         at = self.clock.now()
         cause = f"the process ended while the chain service signed receipt {number}"
         self._not_signed(conn, register_id, stored.unit_id, cause, number, at)
-        self._store(conn, stored, at)
         document = json.loads(stored.document)
+        self._store(conn, stored, document, at)
         self._after_store(
             conn, register_id, stored.kind, document.get("period"), number, "unsigned", at
         )
@@ -747,14 +753,17 @@ class ReceiptService:
         receipt is not stored, so its number is free)."""
         self._record_intent(conn, register_id, number, "void", {"void": str(exc)})
 
-    def _store(self, conn: sqlite3.Connection, stored: _Stored, at: dt.datetime) -> None:
-        """Insert the receipt and its journal event; move the register on to it."""
+    def _store(
+        self, conn: sqlite3.Connection, stored: _Stored, document: dict[str, Any], at: dt.datetime
+    ) -> None:
+        """Insert the receipt (``document``: its document, parsed) and its journal event; move
+        the register on to it."""
         seq = append_event(
             conn,
             kind="receipt.issued",
             register_id=stored.register_id,
             at=at.isoformat(),
-            data=stored.event,
+            data=_event(stored, document),
         )
         conn.execute(
             _INSERT_RECEIPT,
@@ -878,7 +887,7 @@ class ReceiptService:
         draft: _Draft,
         number: int,
         now: dt.datetime,
-        intent: _Intent,
+        intent: _Intent | None,
     ) -> tuple[bytes, str]:
         register_id, kind = draft.register_id, draft.kind
         must_sign = kind in MUST_SIGN or draft.force_sign
@@ -889,7 +898,7 @@ class ReceiptService:
                 raise WaitsForUnit(f"a {kind} receipt must be signed: it waits for the unit")
             self.outages.affected(conn, register_id, number, now)
             return FALLBACK_SIGNATURE, "fallback"
-        if unit.capabilities.keeps_chain:
+        if intent is not None:
             intent(None)  # durable before the request leaves: the service keeps what it signs
         try:
             return sign_verified(unit, data, timeout=self.sign_timeout), "signed"
@@ -897,7 +906,7 @@ class ReceiptService:
             unknown = isinstance(exc, OutcomeUnknown)
             # a Schlussbeleg's outage could never be closed: the register ends
             if kind == "closing" or (must_sign and (kind == "start" or not unknown)):
-                self._refuse(unit, draft, exc, intent)
+                self._refuse(draft, exc, intent)
             # an unknown outcome (a chain service that may hold a signature) is `unsigned`:
             # it chains like a fallback receipt and is remedied when the service answers.
             # A receipt that must be signed, too: rolling it back would give its number,
@@ -926,16 +935,14 @@ class ReceiptService:
                 conn, register_id=register_id, unit_id=unit_id, cause=cause, number=number, at=at
             )
 
-    def _refuse(
-        self, unit: SignatureUnit, draft: _Draft, exc: SigningError, intent: _Intent
-    ) -> NoReturn:
+    def _refuse(self, draft: _Draft, exc: SigningError, intent: _Intent | None) -> NoReturn:
         """The receipt is not stored: it must be signed, and a Schlussbeleg only signed (no
         Sammelbeleg could follow it). A chain service that answered signed nothing: its
         intent is void. One whose answer was lost may hold the receipt: its intent stands,
         and the Startbeleg or Schlussbeleg waits to be sent again unchanged
         (:meth:`_start_in`, :meth:`_closing_waits` after this transaction rolls back)."""
-        lost = unit.capabilities.keeps_chain and isinstance(exc, OutcomeUnknown)
-        if unit.capabilities.keeps_chain and not lost:
+        lost = intent is not None and isinstance(exc, OutcomeUnknown)
+        if intent is not None and not lost:
             intent(exc)
         if draft.kind != "closing":
             raise WaitsForUnit(
@@ -1132,7 +1139,7 @@ class ReceiptService:
             draft, lost.number, payload, data, lost.unit_id, lost.turnover, signature, "signed"
         )
         with self._transaction() as conn:
-            self._store(conn, stored, self.clock.now())
+            self._store(conn, stored, document, self.clock.now())
             self._waiting_done(conn, row, stored.number)
         return result_from_parts(
             register_id,
@@ -1422,7 +1429,8 @@ def open_waiting(
 
 def _intended(intent: dict[str, Any]) -> _Stored:
     """The ``unsigned`` receipt a signing intent holds."""
-    fields = intent["receipt"]
+    fields = dict(intent["receipt"])
+    fields.pop("event", None)  # an intent of an earlier version kept it; it is derivable
     return _Stored(**{**fields, "amounts": tuple(fields["amounts"])})
 
 
@@ -1619,25 +1627,7 @@ def _stored(  # noqa: PLR0917 - partial() fixes the receipt, the signing adds th
     """The receipt to store once ``data`` is signed (or not: ``state``), and its document."""
     jws = jws_compact(data, signature)
     document = _document(draft.register_id, draft, payload, state)
-    document_json = canonical_json(document)
     voids = None if draft.voids is None else draft.voids["number"]
-    event = {
-        "number": number,
-        "receipt_id": payload.receipt_id,
-        "kind": draft.kind,
-        "jws": jws,
-        "signature_state": state,
-        "unit_id": unit_id,
-        "voids_number": voids,
-        "request_id": draft.request_id,
-        "turnover_cents": turnover,
-        "issued_at": payload.issued_at,
-        "amounts": list(draft.amounts),
-        # the sale itself; the printed text is derivable and only its hash is journaled
-        "lines": document["lines"],
-        "payments": document["payments"],
-        "document_sha256": hashlib.sha256(document_json.encode()).hexdigest(),
-    }
     stored = _Stored(
         draft.register_id,
         number,
@@ -1652,10 +1642,30 @@ def _stored(  # noqa: PLR0917 - partial() fixes the receipt, the signing adds th
         state,
         unit_id,
         voids,
-        document_json,
-        event,
+        canonical_json(document),
     )
     return stored, document
+
+
+def _event(stored: _Stored, document: dict[str, Any]) -> dict[str, Any]:
+    """The ``receipt.issued`` journal event of ``stored``, whose document is ``document``."""
+    return {
+        "number": stored.number,
+        "receipt_id": stored.receipt_id,
+        "kind": stored.kind,
+        "jws": stored.jws,
+        "signature_state": stored.state,
+        "unit_id": stored.unit_id,
+        "voids_number": stored.voids,
+        "request_id": stored.request_id,
+        "turnover_cents": stored.turnover,
+        "issued_at": stored.issued_at,
+        "amounts": list(stored.amounts),
+        # the sale itself; the printed text is derivable and only its hash is journaled
+        "lines": document["lines"],
+        "payments": document["payments"],
+        "document_sha256": hashlib.sha256(stored.document.encode()).hexdigest(),
+    }
 
 
 def _document(register_id: str, draft: _Draft, payload: Payload, state: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ database is the restart. tests/crash/test_chain_kill.py kills real processes.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import re
@@ -93,6 +94,52 @@ class TestAStandardSale:
         assert service.unsigned() == []
         assert service.issue(sale(request_id="r-2")).number > 2
         _check_dep(db, chain)
+
+    def test_an_intent_of_an_earlier_version_with_its_event_is_stored_the_same(
+        self,
+        chain_service: ReceiptService,
+        db: TillDB,
+        registry: UnitRegistry,
+        clock: FrozenClock,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Intents once kept the receipt's journal event too (it is derivable): a till's
+        database may hold such a row, and a restart stores its receipt and event alike."""
+        with monkeypatch.context() as patch:
+            _die_while_storing(patch)
+            with pytest.raises(_Died):
+                chain_service.issue(sale(request_id="r-1"))
+        [(row_id, text)] = db_rows(db, "SELECT id, intent FROM pending_signings WHERE number = 2")
+        intent = json.loads(text)
+        receipt = intent["receipt"]
+        assert "event" not in receipt  # derived from the receipt now
+        document = json.loads(receipt["document"])
+        earlier = {  # the event as earlier versions kept it in the intent
+            "number": 2,
+            "receipt_id": receipt["receipt_id"],
+            "kind": "standard",
+            "jws": receipt["jws"],
+            "signature_state": "unsigned",
+            "unit_id": receipt["unit_id"],
+            "voids_number": None,
+            "request_id": "r-1",
+            "turnover_cents": receipt["turnover"],
+            "issued_at": receipt["issued_at"],
+            "amounts": receipt["amounts"],
+            "lines": document["lines"],
+            "payments": document["payments"],
+            "document_sha256": hashlib.sha256(receipt["document"].encode()).hexdigest(),
+        }
+        receipt["event"] = earlier
+        with db.write_connection().transaction() as conn:  # the last intent of number 2
+            conn.execute(
+                "INSERT INTO pending_signings (register_id, number, kind, intent, at)"
+                " SELECT register_id, number, kind, ?, at FROM pending_signings WHERE id = ?",
+                (json.dumps(intent), row_id),
+            )
+        _restart(db, registry, clock)
+        assert _rows(db) == [(1, "start", "signed"), (2, "standard", "unsigned")]
+        assert journal_events(db, "receipt.issued")[-1] == earlier
 
     def test_a_committed_sale_leaves_no_intent_behind(
         self, chain_service: ReceiptService, db: TillDB, registry: UnitRegistry, clock: FrozenClock
