@@ -21,7 +21,8 @@ from agent.clock import FrozenClock
 from agent.errors import RegisterClosed, WaitsForUnit
 from agent.export import export_container, export_dep
 from agent.fakes.chain_service import ChainServiceFake
-from agent.receipts import _INTERRUPTED, ReceiptService, RegisterSetup
+from agent.receipts import ReceiptService, RegisterSetup
+from agent.recovery import _INTERRUPTED
 from agent.signing.registry import UnitRegistry
 from factories import db_rows, journal_events, run_threads, sale
 from storage import TillDB

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from agent import recovery
 from agent.api_backend import ServiceBackend
 from agent.at_rksv import STORNO_MARKER, decrypt_counter, split_jws
 from agent.at_rksv.verify import verify_dep
@@ -199,7 +200,7 @@ class TestTheRemedyIsExactlyOnce:
             raise RuntimeError("power cut after the Storno")
 
         with monkeypatch.context() as patch:
-            patch.setattr(ReceiptService, "_reissue_draft", crash)
+            patch.setattr(recovery, "reissue_draft", crash)
             with pytest.raises(RuntimeError):
                 service.recover(REGISTER)
         issued = service.recover(REGISTER)

@@ -1,0 +1,233 @@
+"""Receipts before and as they are stored: the draft the caller decides, the stored row,
+its document and journal event, and the answers a lost signature leaves behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from agent.at_rksv import Payload, jws_compact
+from agent.contract import ReceiptResult
+from agent.errors import InvalidSale, WaitsForUnit
+from agent.receipt_text import TextFacts, render_lines
+from agent.receipt_view import Amounts
+from storage.journal import canonical_json
+
+__all__ = [
+    "COUNTED",
+    "KINDS",
+    "MUST_SIGN",
+    "ZERO",
+    "Draft",
+    "Line",
+    "Stored",
+    "any_lost",
+    "check_id",
+    "intended",
+    "lost_answer",
+    "raise_if_lost",
+    "receipt_event",
+    "receipt_row",
+    "stored_lines",
+    "stored_receipt",
+    "sum_by_vat",
+]
+
+KINDS = (
+    "start",
+    "standard",
+    "storno",
+    "training",
+    "null",
+    "monthly",
+    "yearly",
+    "closing",
+    "sammelbeleg",
+)
+MUST_SIGN = frozenset({"start", "yearly", "sammelbeleg"})
+COUNTED = frozenset({"standard", "storno"})  # the kinds whose amounts the counter adds
+ZERO: Amounts = (0, 0, 0, 0, 0)
+_VATS = ("normal", "reduced1", "reduced2", "zero", "special")
+Line = tuple[str, str, str, str, int]  # text, qty, unit price, vat class, total cents
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A receipt before it has a number: everything the caller decides."""
+
+    register_id: str
+    kind: str
+    amounts: Amounts = ZERO
+    request_id: str | None = None
+    sale_hash: str | None = None
+    voids: sqlite3.Row | None = None
+    lines: tuple[Line, ...] = ()
+    payments: tuple[tuple[str, int], ...] = ()
+    cashier: str | None = None
+    receipt_id: str | None = None  # override (scenario replay); default from the format
+    issued_at: str | None = None  # override (scenario replay); default from the clock
+    unit_position: int | None = None  # override (scenario replay); default the active unit
+    force_sign: bool = False  # remedies: sign even while the outage is open, or fail
+    reissue_of: sqlite3.Row | None = None  # the unsigned receipt this one replaces
+    voided_by: int | None = None  # the Storno that took ``reissue_of`` back, if it counted
+    period: str | None = None  # "YYYY-MM" of a Monats-/Jahresbeleg
+
+
+class Stored(NamedTuple):
+    """A receipt as it is stored: its ``receipts`` row (the register moves on to its number,
+    counter, JWS and date; :func:`receipt_event` is its journal event). JSON-able: an intent keeps
+    one. A named tuple: a frozen dataclass costs microseconds per sale to build."""
+
+    register_id: str
+    number: int
+    receipt_id: str
+    kind: str
+    request_id: str | None
+    sale_hash: str | None
+    issued_at: str
+    amounts: Amounts
+    turnover: int
+    jws: str
+    state: str
+    unit_id: str
+    voids: int | None
+    document: str  # canonical JSON
+
+
+def stored_receipt(  # noqa: PLR0917 - partial() fixes the receipt, the signing adds the rest
+    draft: Draft,
+    number: int,
+    payload: Payload,
+    data: bytes,
+    unit_id: str,
+    turnover: int,
+    signature: bytes,
+    state: str,
+) -> tuple[Stored, dict[str, Any]]:
+    """The receipt to store once ``data`` is signed (or not: ``state``), and its document."""
+    jws = jws_compact(data, signature)
+    document = _document(draft.register_id, draft, payload, state)
+    voids = None if draft.voids is None else draft.voids["number"]
+    stored = Stored(
+        draft.register_id,
+        number,
+        payload.receipt_id,
+        draft.kind,
+        draft.request_id,
+        draft.sale_hash,
+        payload.issued_at,
+        draft.amounts,
+        turnover,
+        jws,
+        state,
+        unit_id,
+        voids,
+        canonical_json(document),
+    )
+    return stored, document
+
+
+def receipt_event(stored: Stored, document: dict[str, Any]) -> dict[str, Any]:
+    """The ``receipt.issued`` journal event of ``stored``, whose document is ``document``."""
+    return {
+        "number": stored.number,
+        "receipt_id": stored.receipt_id,
+        "kind": stored.kind,
+        "jws": stored.jws,
+        "signature_state": stored.state,
+        "unit_id": stored.unit_id,
+        "voids_number": stored.voids,
+        "request_id": stored.request_id,
+        "turnover_cents": stored.turnover,
+        "issued_at": stored.issued_at,
+        "amounts": list(stored.amounts),
+        # the sale itself; the printed text is derivable and only its hash is journaled
+        "lines": document["lines"],
+        "payments": document["payments"],
+        "document_sha256": hashlib.sha256(stored.document.encode()).hexdigest(),
+    }
+
+
+def _document(register_id: str, draft: Draft, payload: Payload, state: str) -> dict[str, Any]:
+    facts = TextFacts(
+        register_id,
+        payload.receipt_id,
+        draft.kind,
+        payload.issued_at,
+        state,
+        draft.amounts,
+        draft.lines,
+        draft.payments,
+        draft.cashier,
+        None if draft.voids is None else draft.voids["receipt_id"],
+        None if draft.reissue_of is None else draft.reissue_of["receipt_id"],
+    )
+    document: dict[str, Any] = {
+        "lines": [list(ln) for ln in draft.lines],
+        "payments": [list(p) for p in draft.payments],
+        "cashier": draft.cashier,
+        "text": render_lines(facts),
+    }
+    if draft.reissue_of is not None:
+        document["reissue_of"] = draft.reissue_of["number"]
+    if draft.period is not None:
+        document["period"] = draft.period
+    return document
+
+
+def intended(intent: dict[str, Any]) -> Stored:
+    """The ``unsigned`` receipt a signing intent holds."""
+    fields = dict(intent["receipt"])
+    fields.pop("event", None)  # an intent of an earlier version kept it; it is derivable
+    return Stored(**{**fields, "amounts": tuple(fields["amounts"])})
+
+
+def receipt_row(
+    conn: sqlite3.Connection, register_id: str, number: int | None
+) -> sqlite3.Row | None:
+    """Receipt ``number`` of ``register_id`` (``None``: no such receipt, or no number)."""
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM receipts WHERE register_id = ? AND number = ?", (register_id, number)
+    ).fetchone()
+    return row
+
+
+def lost_answer(result: ReceiptResult) -> bool:
+    """A receipt that had to be signed came back ``unsigned``: its answer was lost."""
+    return result.signature_state != "signed" and result.kind in MUST_SIGN
+
+
+def any_lost(results: Sequence[ReceiptResult]) -> bool:
+    return any(r.signature_state == "unsigned" for r in results)
+
+
+def raise_if_lost(result: ReceiptResult, *, always: bool = False) -> None:
+    """After the commit: a lost answer leaves the obligation open (it waits)."""
+    if lost_answer(result) or (always and result.signature_state == "unsigned"):
+        raise WaitsForUnit(
+            f"the {result.kind} receipt {result.receipt_id} was sent to the chain service,"
+            " but no answer came: it keeps its number as an unsigned receipt, and what it"
+            " was for waits until the service answers"
+        )
+
+
+def check_id(field_name: str, value: str) -> None:
+    if not value or "_" in value or len(value) > 64 or not value.isprintable():
+        raise InvalidSale(
+            field_name, "id-format", f"{value!r} must be 1-64 printable characters without '_'"
+        )
+
+
+def sum_by_vat(lines: Sequence[Line]) -> Amounts:
+    sums = dict.fromkeys(_VATS, 0)
+    for *_, vat, total in lines:
+        sums[vat] += total
+    return (sums["normal"], sums["reduced1"], sums["reduced2"], sums["zero"], sums["special"])
+
+
+def stored_lines(row: sqlite3.Row) -> list[Line]:
+    return [tuple(x) for x in json.loads(row["document"])["lines"]]

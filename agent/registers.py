@@ -1,0 +1,183 @@
+"""Registers: the setup of a new one, its creation, and looking one up to issue on it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.errors import InvalidSale, RegisterClosed, WaitsForUnit
+from agent.waiting import open_waiting
+from storage.journal import append_event, canonical_json
+
+__all__ = [
+    "CLOSING_SENT",
+    "START_SENT",
+    "RegisterSetup",
+    "check_new_register",
+    "create_register",
+    "open_register",
+    "refuse_pending_start",
+    "register_row",
+    "setup_from_json",
+    "setup_json",
+]
+
+CLOSING_SENT = (
+    "register {register}: its Schlussbeleg was sent to the chain service, but no answer came;"
+    " the register sells nothing more, and the Schlussbeleg is sent again unchanged as soon"
+    " as the service answers (till-agent outage recover)"
+)
+
+START_SENT = (
+    "register {register}: its Startbeleg was sent to the chain service, but no answer came;"
+    " it waits and is sent again unchanged as soon as the service answers (till-agent"
+    " outage recover)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterSetup:
+    """What ``init`` needs to know about a new register."""
+
+    register_id: str
+    unit_ids: Sequence[str]
+    counter_bytes: int = 8
+    aes_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    timezone: str = "Europe/Vienna"
+    receipt_id_format: str = "{number}"
+
+
+def check_new_register(conn: sqlite3.Connection, setup: RegisterSetup) -> bool:
+    """Refuse an existing register or unusable units; whether it is a closed system."""
+    if conn.execute("SELECT 1 FROM registers WHERE id = ?", (setup.register_id,)).fetchone():
+        raise InvalidSale(
+            "register",
+            "register-exists",
+            f"register {setup.register_id} is already initialized",
+        )
+    zdas = _unit_zdas(conn, setup.unit_ids)
+    closed = zdas[0] == "AT0"
+    if any((z == "AT0") != closed for z in zdas):
+        raise InvalidSale("units", "one-system", "do not mix closed (AT0) and open units")
+    return closed
+
+
+def create_register(
+    conn: sqlite3.Connection, setup: RegisterSetup, now: str, closed: bool | None = None
+) -> None:
+    """Insert the register, created at ``now`` (``closed``: what :func:`check_new_register`
+    found, when the caller checked already)."""
+    if closed is None:
+        closed = check_new_register(conn, setup)
+    conn.execute(
+        "INSERT INTO registers (id, closed_system, counter_bytes, aes_key, timezone,"
+        " receipt_id_format, state, active_unit, last_number, turnover_cents, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, 'active', ?, 0, 0, ?)",
+        (
+            setup.register_id,
+            closed,
+            setup.counter_bytes,
+            base64.b64encode(setup.aes_key).decode(),
+            setup.timezone,
+            setup.receipt_id_format,
+            setup.unit_ids[0],
+            now,
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO register_units (register_id, position, unit_id) VALUES (?, ?, ?)",
+        [(setup.register_id, i, u) for i, u in enumerate(setup.unit_ids)],
+    )
+    append_event(
+        conn,
+        kind="register.initialized",
+        register_id=setup.register_id,
+        at=now,
+        data={
+            "units": list(setup.unit_ids),
+            "closed_system": closed,
+            "counter_bytes": setup.counter_bytes,
+            "timezone": setup.timezone,
+        },
+    )
+
+
+def register_row(conn: sqlite3.Connection, register_id: str) -> sqlite3.Row:
+    """The ``registers`` row; refuses a register that does not exist (or waits for its
+    Startbeleg)."""
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM registers WHERE id = ?", (register_id,)
+    ).fetchone()
+    if row is None:
+        if open_waiting(conn, register_id, "start", None) is not None:
+            raise WaitsForUnit(
+                f"register {register_id} waits for its Startbeleg: the signature unit"
+                " is down; it is issued as soon as the unit answers"
+            )
+        raise InvalidSale(
+            "register",
+            "register-unknown",
+            f"register {register_id!r} is not initialized on this till",
+        )
+    return row
+
+
+def open_register(conn: sqlite3.Connection, register_id: str) -> sqlite3.Row:
+    """:func:`register_row` of a register that issues receipts (not closed)."""
+    reg = register_row(conn, register_id)
+    if reg["state"] != "active":
+        if open_waiting(conn, register_id, "closing", None) is not None:
+            raise WaitsForUnit(CLOSING_SENT.format(register=register_id))
+        raise RegisterClosed(register_id)
+    return reg
+
+
+def refuse_pending_start(conn: sqlite3.Connection, register_id: str) -> None:
+    """A Startbeleg the chain service may hold is completed by recovery, never anew."""
+    waiting = open_waiting(conn, register_id, "start", None)
+    if waiting is not None and "issued_at" in json.loads(waiting["setup"]):
+        raise WaitsForUnit(START_SENT.format(register=register_id))
+
+
+def setup_json(setup: RegisterSetup, issued_at: str | None = None) -> str:
+    """The waiting Startbeleg's register; ``issued_at``: the date of one that was sent."""
+    data: dict[str, Any] = {
+        "register_id": setup.register_id,
+        "units": list(setup.unit_ids),
+        "counter_bytes": setup.counter_bytes,
+        "aes_key": base64.b64encode(setup.aes_key).decode(),
+        "timezone": setup.timezone,
+        "receipt_id_format": setup.receipt_id_format,
+    }
+    if issued_at is not None:
+        data["issued_at"] = issued_at
+    return canonical_json(data)
+
+
+def setup_from_json(text: str) -> RegisterSetup:
+    data = json.loads(text)
+    return RegisterSetup(
+        data["register_id"],
+        data["units"],
+        data["counter_bytes"],
+        base64.b64decode(data["aes_key"]),
+        data["timezone"],
+        data["receipt_id_format"],
+    )
+
+
+def _unit_zdas(conn: sqlite3.Connection, unit_ids: Sequence[str]) -> list[str]:
+    if not unit_ids:
+        raise InvalidSale("units", "min-items", "a register needs at least one unit")
+    zdas = []
+    for unit_id in unit_ids:
+        row = conn.execute("SELECT zda FROM units WHERE id = ?", (unit_id,)).fetchone()
+        if row is None:
+            raise InvalidSale("units", "unit-unknown", f"no signature unit {unit_id!r}")
+        zdas.append(str(row[0]))
+    return zdas
