@@ -45,6 +45,7 @@ from agent.at_rksv import (
 )
 from agent.checks import CHECK_KINDS, record_due
 from agent.clock import Clock, SystemClock
+from agent.closings import due_periods, period_of, period_to_close
 from agent.contract import (
     ReceiptResult,
     Sale,
@@ -59,7 +60,6 @@ from agent.errors import (
     InvalidSale,
     NotFound,
     OutcomeUnknown,
-    RegisterStateError,
     SigningError,
     StorageError,
     WaitsForUnit,
@@ -112,7 +112,15 @@ from storage.db import TillDB
 from storage.group_commit import GroupCommit
 from storage.journal import append_event, canonical_json
 
-__all__ = ["KINDS", "MUST_SIGN", "Issued", "ReceiptService", "RegisterSetup", "open_waiting"]
+__all__ = [
+    "KINDS",
+    "MUST_SIGN",
+    "Issued",
+    "ReceiptService",
+    "RegisterSetup",
+    "due_periods",
+    "open_waiting",
+]
 
 _log = logging.getLogger(__name__)
 _INSERT_RECEIPT = (
@@ -352,7 +360,8 @@ class ReceiptService:
             raise InvalidSale("kind", "allowed-values", f"cannot issue a {kind!r} receipt here")
         with self._transaction() as conn:
             reg = open_register(conn, register_id)
-            period = self._period_to_close(reg) if kind in ("monthly", "yearly") else None
+            closes = kind in ("monthly", "yearly")
+            period = period_to_close(reg, self.clock.now()) if closes else None
             draft = Draft(
                 register_id,
                 kind,
@@ -370,24 +379,6 @@ class ReceiptService:
                     waiting_done(conn, waiting, result.number, self.clock.now().isoformat())
         raise_if_lost(result)
         return result
-
-    def _period_to_close(self, reg: sqlite3.Row) -> str:
-        """The month a Monats-/Jahresbeleg issued now closes; refuse a closed or a skipped one."""
-        period = self.clock.now().astimezone(_zone(reg["timezone"])).strftime("%Y-%m")
-        last = reg["last_closing"]
-        if last is not None and period <= last:
-            raise RegisterStateError(
-                f"register {reg['id']}: the month {period} is closed already (last closing"
-                f" {last}); a second Monats-/Jahresbeleg for it is not issued"
-            )
-        expected = _period_of(reg["created_at"], reg["timezone"]) if last is None else None
-        expected = expected or _next_period(last)
-        if period > expected:
-            raise RegisterStateError(
-                f"register {reg['id']}: the closings from {expected} on are not issued yet;"
-                f" they come first, in order (the agent's closing job catches them up)"
-            )
-        return period
 
     def get(self, register_id: str, number: int) -> ReceiptResult:
         """The stored receipt ``number`` of ``register_id``; raises ``NotFound``."""
@@ -490,7 +481,6 @@ class ReceiptService:
         )
         at = self.clock.now()  # after signing, which may have waited for its deadline
         self._store(conn, stored, document, at)
-        self._after_store(conn, register_id, draft.kind, draft.period, number, state, at)
         if state == "signed" and draft.kind in CHECK_KINDS:  # the operator's check, rksv.md 6
             record_due(conn, register_id, draft.kind, number, payload.issued_at, draft.period, at)
         return result_from_parts(
@@ -549,7 +539,7 @@ class ReceiptService:
         self, conn: sqlite3.Connection, stored: Stored, document: dict[str, Any], at: dt.datetime
     ) -> None:
         """Insert the receipt (``document``: its document, parsed) and its journal event; move
-        the register on to it."""
+        the register on to it and settle what it settles (:meth:`_after_store`)."""
         seq = append_event(
             conn,
             kind="receipt.issued",
@@ -589,18 +579,18 @@ class ReceiptService:
                 stored.register_id,
             ),
         )
+        self._after_store(conn, stored, document.get("period"), at)
 
-    def _after_store(  # noqa: PLR0917 - the facts of the receipt just stored
-        self,
-        conn: sqlite3.Connection,
-        register_id: str,
-        kind: str,
-        period: str | None,
-        number: int,
-        state: str,
-        at: dt.datetime,
+    def _after_store(
+        self, conn: sqlite3.Connection, stored: Stored, period: str | None, at: dt.datetime
     ) -> None:
         """What a stored receipt settles: its month, a waiting Jahresbeleg, the outage."""
+        register_id, kind, number, state = (
+            stored.register_id,
+            stored.kind,
+            stored.number,
+            stored.state,
+        )
         lost = state != "signed" and kind in MUST_SIGN
         if period is not None and not lost:  # a lost Jahresbeleg leaves its month open
             conn.execute(
@@ -859,7 +849,7 @@ class ReceiptService:
             if waiting_in(self.db, reg["id"], "yearly") is not None:
                 continue
             now_local = self.clock.now().astimezone(ZoneInfo(reg["timezone"]))
-            first = _period_of(reg["created_at"], reg["timezone"])
+            first = period_of(reg["created_at"], reg["timezone"])
             for period in due_periods(reg["last_closing"], first, now_local):
                 kind = "yearly" if period.endswith("-12") else "monthly"
                 result = self.request_special(reg["id"], kind, period=period)
@@ -867,31 +857,6 @@ class ReceiptService:
                     break
                 issued.append(result)
         return issued
-
-
-def due_periods(last_closing: str | None, first: str, now_local: dt.datetime) -> list[str]:
-    """The months ("YYYY-MM") whose closing is due at ``now_local``, oldest first."""
-    period = _next_period(last_closing) if last_closing is not None else first
-    due = []
-    while _closing_time(period, now_local.tzinfo) <= now_local:
-        due.append(period)
-        period = _next_period(period)
-    return due
-
-
-def _next_period(period: str) -> str:
-    year, month = int(period[:4]), int(period[5:7])
-    return f"{year + month // 12:04d}-{month % 12 + 1:02d}"
-
-
-def _closing_time(period: str, tz: dt.tzinfo | None) -> dt.datetime:
-    following = _next_period(period)
-    start = dt.datetime(int(following[:4]), int(following[5:7]), 1, tzinfo=tz)
-    return start - dt.timedelta(minutes=1)
-
-
-def _period_of(stamp: str, timezone: str) -> str:
-    return dt.datetime.fromisoformat(stamp).astimezone(ZoneInfo(timezone)).strftime("%Y-%m")
 
 
 def _check_setup(setup: RegisterSetup) -> None:

@@ -96,17 +96,6 @@ class Issuer(Protocol):
         self, conn: sqlite3.Connection, stored: Stored, document: dict[str, Any], at: dt.datetime
     ) -> None: ...
 
-    def _after_store(  # noqa: PLR0917 - as the service's
-        self,
-        conn: sqlite3.Connection,
-        register_id: str,
-        kind: str,
-        period: str | None,
-        number: int,
-        state: str,
-        at: dt.datetime,
-    ) -> None: ...
-
     def _not_signed(  # noqa: PLR0917 - as the service's
         self,
         conn: sqlite3.Connection,
@@ -335,9 +324,6 @@ class Recovery:
         self._service._not_signed(conn, register_id, stored.unit_id, cause, number, at)
         document = json.loads(stored.document)
         self._service._store(conn, stored, document, at)
-        self._service._after_store(
-            conn, register_id, stored.kind, document.get("period"), number, "unsigned", at
-        )
         if "reissue_of" in document:  # as _close_outage does after a lost reissue
             old = receipt_row(conn, register_id, document["reissue_of"])
             assert old is not None  # the original precedes its reissue in the same register
