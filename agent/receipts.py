@@ -814,16 +814,8 @@ class ReceiptService:
                 self.outages.probed(conn, register_id, ok, detail, self.clock.now())
 
     def recover(self, register_id: str) -> list[ReceiptResult] | None:
-        """Everything that waited for the unit of ``register_id``, once it answers again.
-
-        In order: a waiting Startbeleg; unsigned receipts the chain service has are
-        adopted; then in ONE transaction a signed Nullbeleg (if a sale must be reissued),
-        the Sammelbeleg that closes the outage (right after the last fallback receipt, or
-        right after that Nullbeleg, the first receipt signed again), and the reissued
-        sales, each superseding its unsigned original (a sale the POS voided meanwhile is
-        only resolved, see :func:`agent.remedy.resolve_voided`); then waiting Jahresbelege. A crash
-        at any point leaves each step done completely or not at all, so a retry never
-        makes a second Sammelbeleg.
+        """Everything that waited for the unit of ``register_id``, once it answers again,
+        in the order :meth:`agent.recovery.Recovery.recover` describes.
 
         Returns the receipts issued (``[]``: nothing waited), or ``None`` when the unit
         still cannot sign or be asked (everything keeps waiting).
