@@ -10,6 +10,10 @@ A name is only ever given to a regular file in place of a regular file: a device
 socket or a directory of that name is refused (``NotRegularFile``, ``IsADirectoryError``)
 before anything is written, never renamed over (``-o /dev/null`` must not become a file).
 
+On a file system without hard links (FAT and exFAT: USB sticks) a caller that is the only
+one to make names in the directory may have the name given by a rename after a look that it
+is free (``sole_writer``); the order stays the same, and a file is never overwritten.
+
 Directories are made the same way (:func:`make_directories`): each new name is fsynced in
 its parent, so no power cut loses the path to a file that is recorded as written.
 """
@@ -38,6 +42,9 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+# what os.link says on a file system without hard links: EPERM from vfat, exfat and their
+# FUSE drivers, the others from network and FUSE file systems
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 
 _KINDS = (
     (stat.S_ISCHR, "a character device"),
@@ -104,20 +111,43 @@ def create_file(path: Path, data: bytes, *, mode: int = 0o666) -> None:
     create_streamed(path, lambda handle: handle.write(data), mode=mode)
 
 
-def create_streamed(path: Path, write: Callable[[BinaryIO], _T], *, mode: int = 0o666) -> _T:
+def create_streamed(
+    path: Path, write: Callable[[BinaryIO], _T], *, mode: int = 0o666, sole_writer: bool = False
+) -> _T:
     """:func:`create_file` for content too large to hold in memory: ``write`` writes it to
     the open temporary file; its result is returned once the file has its name.
 
     A crash can leave the temporary file behind (never a part under ``path``): see
     :func:`temporary_names`.
+
+    Args:
+        mode: as with ``open``; a file system without modes (FAT, exFAT) ignores it.
+        sole_writer: no other process makes names in ``path``'s directory (the caller's
+            lock says so): on a file system without hard links the name is given by a
+            rename once it is seen free, instead of failing.
     """
     tmp, result = _written(path, write, mode)
     try:
-        os.link(tmp, path)
+        _publish(tmp, path, sole_writer)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_directory(path.parent)
     return result
+
+
+def _publish(tmp: Path, path: Path, sole_writer: bool) -> None:
+    """Give ``tmp``'s file the name ``path``, never over a file of that name."""
+    try:
+        os.link(tmp, path)
+    except OSError as exc:
+        if not sole_writer or exc.errno not in _NO_HARD_LINKS:
+            raise
+        # a rename replaces a file: the look before it is only safe because no one else
+        # makes a name here between the two (on a case-insensitive medium the look finds
+        # the name in another case too, which the rename would replace)
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from exc
+        os.rename(tmp, path)
 
 
 def temporary_names(path: Path) -> list[Path]:

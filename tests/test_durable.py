@@ -1,8 +1,10 @@
 """agent.durable: a name is only given to a regular file, in place of a regular file;
-directories are made durably; the device a path is (or would be) on."""
+a new file never replaces one, also without hard links (FAT, exFAT); directories are made
+durably; the device a path is (or would be) on."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -10,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from agent import durable
-from agent.durable import NotRegularFile, device_of, make_directories, replace_file
+from agent.durable import (
+    NotRegularFile,
+    create_file,
+    create_streamed,
+    device_of,
+    make_directories,
+    replace_file,
+)
 
 
 def test_replace_file_never_renames_over_a_fifo(tmp_path: Path) -> None:
@@ -46,6 +55,62 @@ def test_replace_file_replaces_a_regular_file(tmp_path: Path) -> None:
     replace_file(path, b"new")
     assert path.read_bytes() == b"new"
     assert os.listdir(tmp_path) == ["file"]
+
+
+class TestWithoutHardLinks:
+    """FAT and exFAT refuse os.link with EPERM (tests/agent/test_backup_media.py has the
+    real medium); here os.link fails so on any file system."""
+
+    @pytest.fixture(name="no_links", autouse=True)
+    def _no_links(self, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+        """os.link fails as on FAT; each fsync of a file or directory and each rename is
+        recorded, in order."""
+        steps: list[str] = []
+        fsync, rename = os.fsync, os.rename
+
+        def link(src: object, dst: object) -> None:
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), src, None, dst)
+
+        def synced(fd: int) -> None:
+            fsync(fd)
+            steps.append("fsync " + ("directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"))
+
+        def renamed(src: Path, dst: Path) -> None:
+            rename(src, dst)
+            steps.append("rename")
+
+        monkeypatch.setattr(os, "link", link)
+        monkeypatch.setattr(os, "fsync", synced)
+        monkeypatch.setattr(os, "rename", renamed)
+        return steps
+
+    def test_a_sole_writer_gets_its_file_named_in_the_durable_order(
+        self, tmp_path: Path, no_links: list[str]
+    ) -> None:
+        """The data is fsynced, then named by a rename, then the name fsynced; the result
+        of ``write`` is returned, and no temporary file is left."""
+        path = tmp_path / "backup.json"
+        assert create_streamed(path, lambda out: out.write(b"data"), sole_writer=True) == 4
+        assert path.read_bytes() == b"data"
+        assert os.listdir(tmp_path) == ["backup.json"]
+        assert no_links == ["fsync file", "rename", "fsync directory"]
+
+    def test_a_sole_writer_never_renames_over_a_file(self, tmp_path: Path) -> None:
+        """The name is taken: FileExistsError, the file there is kept, the temporary gone."""
+        path = tmp_path / "backup.json"
+        path.write_bytes(b"theirs")
+        with pytest.raises(FileExistsError) as taken:
+            create_streamed(path, lambda out: out.write(b"ours"), sole_writer=True)
+        assert taken.value.filename == str(path)
+        assert path.read_bytes() == b"theirs"
+        assert os.listdir(tmp_path) == ["backup.json"]
+
+    def test_another_writer_is_told_the_file_system_has_no_hard_links(self, tmp_path: Path) -> None:
+        """Without ``sole_writer`` a look and a rename could replace a file another
+        process named meanwhile: the error stands, nothing is named, nothing left."""
+        with pytest.raises(PermissionError):
+            create_file(tmp_path / "key.pem", b"secret", mode=0o600)
+        assert os.listdir(tmp_path) == []
 
 
 class TestMakeDirectories:
