@@ -4,10 +4,16 @@ least quarterly, on an external electronic medium (reference/rksv.md 6).
 A register's backup of a quarter is its whole DEP7 export from its first receipt to the
 quarter's last day (inclusive, in the register's time zone), so each file verifies on its
 own with the crypto container. It is streamed (:func:`agent.export.export_dep`) into a
-temporary file, fsynced and linked read-only to
+temporary file, fsynced and named read-only (where the file system has modes)
 ``<dir>/<register>/<register>_<YYYY>-Q<n>.dep.json``, never over a file of that name; then
 recorded with its SHA-256 in ``dep_backups`` and a ``dep.backup`` journal event, whose
 hash chain makes a changed file evident.
+
+The medium is often a USB stick formatted FAT or exFAT: no hard links (the name is given by
+a rename, see :func:`agent.durable.create_streamed`), no ':' in names and (FAT, and Windows
+reading it) no final '.': ``<register>`` is :func:`medium_name` of the Kassen-ID. Upper and
+lower case are one name there: a backup whose name another register's file has in another
+case is refused, never written over that file.
 
 The export reads a snapshot through the reader engine, so receipts are issued while a
 backup is written; only the record's commit takes the write connection.
@@ -58,6 +64,7 @@ __all__ = [
     "Quarter",
     "backup_statuses",
     "list_backups",
+    "medium_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -198,6 +205,14 @@ def _registers(conn: sqlite3.Connection, register_id: str | None = None) -> list
         if first is not None:  # (a register is created with its Startbeleg)
             registers.append(_Register(reg_id, zone, dt.date.fromisoformat(first[:10]), closed))
     return registers
+
+
+def medium_name(register_id: str) -> str:
+    """The name of a register's backup directory, and the start of its files' names: its
+    Kassen-ID, with each ':' and each final '.' written as in a URL (``%3A``, ``%2E``), so
+    it is a name on FAT and exFAT. No two Kassen-IDs get one name ('%' is not in one)."""
+    stem = register_id.rstrip(".")
+    return stem.replace(":", "%3A") + "%2E" * (len(register_id) - len(stem))
 
 
 def list_backups(conn: sqlite3.Connection, register_id: str | None = None) -> list[BackupRecord]:
@@ -343,22 +358,38 @@ class DepBackups:
     def _back_up(self, reg: _Register, quarter: Quarter) -> BackupRecord:
         if (refusal := self._refusal(reg)) is not None:
             raise BackupFailed(reg.id, str(quarter), refusal)
-        path = self.directory / reg.id / f"{reg.id}_{quarter}.dep.json"
+        path = self._path(reg, quarter)
         try:
             # a record must not outlive the path to its file in a power cut
             make_directories(path.parent)
             for stale in temporary_names(path):  # left by a writer killed before its end
                 stale.unlink()
             if os.path.lexists(path):
+                _refuse_other_case(path)
                 sha256, count = self._adopt(reg, quarter, path)
             else:
+                # sole writer: this process holds the data directory's lock, and only it
+                # backs up its registers (a rename may stand in for a link: FAT, exFAT)
                 sha256, count = create_streamed(
-                    path, lambda handle: self._export(reg, quarter, handle), mode=0o444
+                    path,
+                    lambda handle: self._export(reg, quarter, handle),
+                    mode=0o444,
+                    sole_writer=True,
                 )
         except OSError as exc:
             reason = f"cannot write {path}: {_reason(exc, path)}"
             raise BackupFailed(reg.id, str(quarter), reason) from exc
         return self._record(reg, quarter, path, sha256, count)
+
+    def _path(self, reg: _Register, quarter: Quarter) -> Path:
+        """``<dir>/<name>/<name>_<quarter>.dep.json``: the name is :func:`medium_name` of
+        the Kassen-ID, or the Kassen-ID itself where a directory of that name holds the
+        register's earlier backups (written on a Linux file system before names were
+        mapped), so they stay together and a file left there without a record is found."""
+        name = medium_name(reg.id)
+        if name != reg.id and _has_directory(self.directory, reg.id):
+            name = reg.id
+        return self.directory / name / f"{name}_{quarter}.dep.json"
 
     def _refusal(self, reg: _Register) -> str | None:
         """Why nothing may be written for ``reg`` now, or None."""
@@ -428,6 +459,29 @@ class DepBackups:
                     conn, kind="dep.backup_failed", register_id=exc.register_id, data=facts, at=at
                 )
         self.failures[exc.register_id] = BackupFailure(exc.quarter, exc.reason, at)
+
+
+def _has_directory(directory: Path, name: str) -> bool:
+    """Whether ``directory`` holds a directory of exactly this name (FAT finds 'K1.' when
+    'K1' is there, and ignores case)."""
+    try:
+        return name in os.listdir(directory) and (directory / name).is_dir()
+    except OSError:
+        return False
+
+
+def _refuse_other_case(path: Path) -> None:
+    """A medium that ignores case (FAT, exFAT) finds ``path`` when another name differing
+    only in case is there: another register's file, not compared (nor read), refused."""
+    names = os.listdir(path.parent)
+    if path.name in names:
+        return
+    other = next((n for n in names if n.casefold() == path.name.casefold()), "another file")
+    raise FileExistsError(
+        errno.EEXIST,
+        f"the medium does not tell upper from lower case, and the name is taken by {other}"
+        " (registers whose Kassen-IDs differ only in case need a medium that does, e.g. ext4)",
+    )
 
 
 def _identity(path: Path) -> _Identity:

@@ -12,6 +12,7 @@ import stat
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from agent import receipts as receipts_module
 from agent.api_backend import ServiceBackend
 from agent.at_rksv.dep import stream_dep
 from agent.at_rksv.verify import verify_dep
-from agent.backup import BackupRecord, DepBackups, Quarter
+from agent.backup import BackupRecord, DepBackups, Quarter, medium_name
 from agent.clock import FrozenClock
 from agent.errors import BackupFailed, InvalidSale, NotFound
 from agent.export import export_container, export_dep
@@ -209,6 +210,50 @@ class TestWhatIsBackedUp:
         with pytest.raises(InvalidSale, match="Schlussbeleg") as refused:
             backups.run_quarter(REGISTER, Quarter(2026, 3))
         assert (refused.value.field, refused.value.rule) == ("quarter", "after-schlussbeleg")
+
+
+class TestNames:
+    def test_a_kassen_id_names_its_directory_on_fat_and_exfat(self) -> None:
+        """':' and each final '.' are written as in a URL; the rest is kept, so the usual
+        Kassen-ID is its own name. '%' is not in a Kassen-ID: decoding gives it back, so
+        no two registers get one name."""
+        cases = {
+            "KASSE-1": "KASSE-1",
+            "AT:U12345678:K1": "AT%3AU12345678%3AK1",
+            "K1.": "K1%2E",
+            "...": "%2E%2E%2E",
+            ".k.1": ".k.1",
+            "a:.": "a%3A%2E",
+        }
+        assert {register: medium_name(register) for register in cases} == cases
+        for register in (*cases, "a.", "a:", "A-b.c:d", ":" * 64, "." * 64):
+            name = medium_name(register)
+            assert ":" not in name
+            assert not name.endswith(".")
+            assert urllib.parse.unquote(name) == register
+
+    def test_a_register_backed_up_under_its_kassen_id_before_stays_there(
+        self, service: ReceiptService, backups: DepBackups, clock: FrozenClock, backup_dir: Path
+    ) -> None:
+        """An upgraded till whose register AT:K1 has its directory named AT:K1 (a Linux
+        file system): the file a killed run left there without a record is found and
+        recorded, and later quarters go beside it; a register without such a directory
+        gets the new name."""
+        service.init_register(RegisterSetup("AT:K1", [UNIT]))
+        service.init_register(RegisterSetup("AT:K2", [UNIT]))
+        old = backup_dir / "AT:K1" / "AT:K1_2026-Q1.dep.json"
+        old.parent.mkdir(parents=True)
+        with old.open("wb") as handle:
+            export_dep(service.db, "AT:K1", handle, end=dt.date(2026, 3, 31))
+        inode = old.stat().st_ino
+        clock.set(dt.datetime(2026, 7, 2, tzinfo=dt.UTC))
+        paths = {(r.register, r.quarter): r.path for r in backups.run_due()}
+        assert paths[("AT:K1", "2026-Q1")] == str(old)
+        assert old.stat().st_ino == inode
+        assert paths[("AT:K1", "2026-Q2")] == str(old.with_name("AT:K1_2026-Q2.dep.json"))
+        new = backup_dir / "AT%3AK2" / "AT%3AK2_2026-Q2.dep.json"
+        assert paths[("AT:K2", "2026-Q2")] == str(new)
+        assert sorted(os.listdir(backup_dir)) == ["AT%3AK2", "AT:K1", REGISTER]
 
 
 class TestRunQuarter:
