@@ -1,9 +1,10 @@
-"""The quarterly DEP backups on the medium they are for: a USB stick, formatted exFAT (here
-an image mounted with exfat-fuse). It has no hard links, no ':' in names, no file modes,
-and does not tell upper from lower case."""
+"""The quarterly DEP backups on the medium they are for: a USB stick, formatted exFAT or
+FAT32 (here an image mounted with exfat-fuse or fusefat). It has no hard links, no ':' in
+names, no file modes, and does not tell upper from lower case."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -28,38 +29,37 @@ from factories import db_rows, sale
 
 REGISTER = "KASSE-1"
 Q1_ENDS = dt.datetime(2026, 3, 31, 22, 0, tzinfo=dt.UTC)  # 1 April 00:00 in Vienna
-TOOLS = ("mkfs.exfat", "mount.exfat-fuse", "losetup", "umount")
 SBIN = "/usr/local/sbin:/usr/sbin:/sbin"  # not on a user's PATH everywhere
 # .ci/run sets it: there a missing tool or privilege fails these tests instead of skipping
 REQUIRED = os.environ.get("TILL_AGENT_MEDIA_TESTS") == "required"
 
 
-def _unavailable(why: str) -> NoReturn:
-    message = f"a real exFAT medium {why}: apt-get install exfat-fuse exfatprogs"
+def _unavailable(why: str, packages: str) -> NoReturn:
+    message = f"{why}: apt-get install {packages}"
     if REQUIRED:
         pytest.fail(message)
     pytest.skip(message)
 
 
-def _tools() -> dict[str, str]:
-    """Where each of TOOLS is."""
+def _tools(packages: str, *tools: str) -> dict[str, str]:
+    """Where each tool is (skipped, naming the packages, when one is missing)."""
     found = {
-        tool: shutil.which(tool, path=f"{os.environ.get('PATH', '')}:{SBIN}") for tool in TOOLS
+        tool: shutil.which(tool, path=f"{os.environ.get('PATH', '')}:{SBIN}") for tool in tools
     }
     if missing := [tool for tool, where in found.items() if where is None]:
-        _unavailable(f"needs {', '.join(missing)}")
+        _unavailable(f"a real medium needs {', '.join(missing)}", packages)
     if not os.path.exists("/dev/fuse"):
-        _unavailable("needs /dev/fuse")
+        _unavailable("a real medium needs /dev/fuse (FUSE)", packages)
     return {tool: where for tool, where in found.items() if where is not None}
 
 
-def _privileged() -> list[str]:
+def _privileged(packages: str) -> list[str]:
     """The prefix to run losetup and mount as root: none, or sudo without a password."""
     if os.geteuid() == 0:
         return []
     sudo = shutil.which("sudo")
     if sudo is None or not _succeeds(sudo, "-n", "true"):
-        _unavailable("needs root or sudo without a password (a loop device, a FUSE mount)")
+        _unavailable("exFAT needs root or sudo -n (a loop device, a FUSE mount)", packages)
     return [sudo, "-n"]
 
 
@@ -74,16 +74,23 @@ def _run(*args: str | Path) -> str:
     return done.stdout.strip()
 
 
-@pytest.fixture(name="usb")
-def _usb(tmp_path: Path) -> Iterator[Path]:
-    """A 64 MiB exFAT image on a loop device, mounted with exfat-fuse at ``tmp/usb`` for
-    this process's user; unmounted and detached after the test, also when it failed."""
-    tool, root = _tools(), _privileged()
+def _image(tmp_path: Path, *mkfs: str) -> tuple[Path, Path]:
+    """A 64 MiB image made by the command ``mkfs``, and an empty mount point for it."""
     image, mount_point = tmp_path / "usb.img", tmp_path / "usb"
     image.touch()
     os.truncate(image, 64 << 20)
-    _run(tool["mkfs.exfat"], image)
+    _run(*mkfs, image)
     mount_point.mkdir()
+    return image, mount_point
+
+
+@contextlib.contextmanager
+def _exfat(tmp_path: Path) -> Iterator[Path]:
+    """exFAT on a loop device, mounted with exfat-fuse for this process's user."""
+    packages = "exfat-fuse exfatprogs"
+    tool = _tools(packages, "mkfs.exfat", "mount.exfat-fuse", "losetup", "umount")
+    root = _privileged(packages)
+    image, mount_point = _image(tmp_path, tool["mkfs.exfat"])
     loop = _run(*root, tool["losetup"], "--find", "--show", image)
     try:
         owner = f"allow_other,uid={os.getuid()},gid={os.getgid()}"
@@ -96,6 +103,28 @@ def _usb(tmp_path: Path) -> Iterator[Path]:
                 _run(*root, tool["umount"], "--lazy", mount_point)
     finally:
         _run(*root, tool["losetup"], "--detach", loop)
+
+
+@contextlib.contextmanager
+def _fat32(tmp_path: Path) -> Iterator[Path]:
+    """FAT32 in an image file, mounted read-write with fusefat (no root needed)."""
+    tool = _tools("dosfstools fusefat", "mkfs.vfat", "fusefat", "fusermount")
+    image, mount_point = _image(tmp_path, tool["mkfs.vfat"], "-F", "32")
+    _run(tool["fusefat"], "-o", "rw+", image, mount_point)
+    try:
+        yield mount_point
+    finally:
+        if not _succeeds(tool["fusermount"], "-u", mount_point):
+            _run(tool["fusermount"], "-u", "-z", mount_point)
+
+
+@pytest.fixture(name="usb", params=["exfat", "fat32"])
+def _usb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A USB stick's file system mounted at ``tmp/usb``; unmounted after the test, also
+    when it failed."""
+    mount = _exfat if request.param == "exfat" else _fat32
+    with mount(tmp_path) as mount_point:
+        yield mount_point
 
 
 @pytest.fixture(name="backups")
@@ -112,7 +141,7 @@ def _verified(service: ReceiptService, register: str, path: Path) -> None:
     assert report.ok, report.findings
 
 
-class TestOnExfat:
+class TestOnAStick:
     def test_a_quarter_is_written_verified_and_recorded_once(
         self, service: ReceiptService, backups: DepBackups, clock: FrozenClock, usb: Path
     ) -> None:
@@ -135,15 +164,19 @@ class TestOnExfat:
     def test_a_kassen_id_with_colons_and_a_final_dot_gets_a_name_the_medium_takes(
         self, service: ReceiptService, backups: DepBackups, clock: FrozenClock, usb: Path
     ) -> None:
-        """':' is refused by exFAT (and a final '.' dropped by FAT): they are %3A and %2E
-        in the directory's and the file's names."""
-        service.init_register(RegisterSetup("AT:U1:K1.", [UNIT]))
+        """':' is refused there (and a final '.' dropped by the kernel's FAT): they are %3A
+        and %2E in the directory's and the file's names, also for the longest Kassen-ID,
+        its temporary file's name included."""
+        longest = "A" + ":" * 63
+        for register in ("AT:U1:K1.", longest):
+            service.init_register(RegisterSetup(register, [UNIT]))
         clock.set(Q1_ENDS + dt.timedelta(hours=1))
         records = {r.register: r for r in backups.run_due()}
         path = usb / "dep" / "AT%3AU1%3AK1%2E" / "AT%3AU1%3AK1%2E_2026-Q1.dep.json"
         assert records["AT:U1:K1."].path == str(path)
         _verified(service, "AT:U1:K1.", path)
-        assert sorted(os.listdir(usb / "dep")) == ["AT%3AU1%3AK1%2E", REGISTER]
+        _verified(service, longest, Path(records[longest].path))
+        assert len(os.listdir(usb / "dep")) == 3
 
     def test_a_killed_writers_temporary_file_is_removed_and_the_backup_written(
         self, backups: DepBackups, clock: FrozenClock, usb: Path
