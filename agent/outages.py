@@ -193,6 +193,24 @@ class OutageBook:
             data={"outage": outage_id, "number": number},
         )
 
+    def not_signed(  # noqa: PLR0917 - the outage's facts, in the order it records them
+        self,
+        conn: sqlite3.Connection,
+        register_id: str,
+        unit_id: str,
+        cause: str,
+        number: int,
+        at: dt.datetime,
+    ) -> None:
+        """Receipt ``number`` is stored without a signature: it opens the register's outage
+        (for ``cause``), or is one more receipt of the open one."""
+        if self.is_open(register_id):
+            self.affected(conn, register_id, number, at)
+        else:
+            self.open(
+                conn, register_id=register_id, unit_id=unit_id, cause=cause, number=number, at=at
+            )
+
     def probed(
         self,
         conn: sqlite3.Connection,

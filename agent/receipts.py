@@ -683,26 +683,8 @@ class ReceiptService:
             # open (the outage, a waiting Jahresbeleg, the rest of a remedy).
             state = "unsigned" if unknown else "fallback"
             at = self.clock.now()
-            self._not_signed(conn, register_id, unit.identity.unit_id, str(exc), number, at)
+            self.outages.not_signed(conn, register_id, unit.identity.unit_id, str(exc), number, at)
             return FALLBACK_SIGNATURE, state
-
-    def _not_signed(  # noqa: PLR0917 - the outage's facts, in the order it records them
-        self,
-        conn: sqlite3.Connection,
-        register_id: str,
-        unit_id: str,
-        cause: str,
-        number: int,
-        at: dt.datetime,
-    ) -> None:
-        """Receipt ``number`` is stored without a signature: it opens the register's outage
-        (for ``cause``), or is one more receipt of the open one."""
-        if self.outages.is_open(register_id):
-            self.outages.affected(conn, register_id, number, at)
-        else:
-            self.outages.open(
-                conn, register_id=register_id, unit_id=unit_id, cause=cause, number=number, at=at
-            )
 
     def _refuse(self, draft: Draft, exc: SigningError, intent: _Intent | None) -> NoReturn:
         """The receipt is not stored: it must be signed, and a Schlussbeleg only signed (no

@@ -96,16 +96,6 @@ class Issuer(Protocol):
         self, conn: sqlite3.Connection, stored: Stored, document: dict[str, Any], at: dt.datetime
     ) -> None: ...
 
-    def _not_signed(  # noqa: PLR0917 - as the service's
-        self,
-        conn: sqlite3.Connection,
-        register_id: str,
-        unit_id: str,
-        cause: str,
-        number: int,
-        at: dt.datetime,
-    ) -> None: ...
-
 
 class Recovery:
     """Recovers the registers of one receipt service (``service``)."""
@@ -321,7 +311,7 @@ class Recovery:
         self._check_follows(conn, stored)
         at = self._service.clock.now()
         cause = f"the process ended while the chain service signed receipt {number}"
-        self._service._not_signed(conn, register_id, stored.unit_id, cause, number, at)
+        self._service.outages.not_signed(conn, register_id, stored.unit_id, cause, number, at)
         document = json.loads(stored.document)
         self._service._store(conn, stored, document, at)
         if "reissue_of" in document:  # as _close_outage does after a lost reissue
