@@ -521,18 +521,14 @@ def receipts_show(
     as_json: JsonFlag = False,
 ) -> None:
     """Show one receipt: text lines, QR and OCR codes, JWS; --png renders a preview."""
+    from agent.receipt_records import known_receipt
     from agent.receipt_view import result_from_row
 
-    with _reader(data_dir, as_json) as db, db.engine.connect() as conn:
-        row = (
-            conn.exec_driver_sql(
-                "SELECT * FROM receipts WHERE register_id = ? AND number = ?", (register, number)
-            )
-            .mappings()
-            .first()
-        )
-        if row is None:
-            _fail(NotFound(f"register {register} has no receipt {number}"), as_json)
+    with _reader(data_dir, as_json) as db, db.read_connection() as conn:
+        try:
+            row = known_receipt(conn, register, number)
+        except NotFound as exc:
+            _fail(exc, as_json)
         result = result_from_row(dict(row))
     if png is not None:
         from agent.cli_print import configured_header

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from agent.at_rksv import Payload, jws_compact
 from agent.contract import ReceiptResult
-from agent.errors import InvalidSale, WaitsForUnit
+from agent.errors import InvalidSale, NotFound, WaitsForUnit
 from agent.receipt_text import TextFacts, render_lines
 from agent.receipt_view import Amounts
 from storage.journal import canonical_json
@@ -193,6 +193,14 @@ def receipt_row(
     row: sqlite3.Row | None = conn.execute(
         "SELECT * FROM receipts WHERE register_id = ? AND number = ?", (register_id, number)
     ).fetchone()
+    return row
+
+
+def known_receipt(conn: sqlite3.Connection, register_id: str, number: int) -> sqlite3.Row:
+    """Receipt ``number`` of ``register_id``; raises ``NotFound`` when there is none."""
+    row = receipt_row(conn, register_id, number)
+    if row is None:
+        raise NotFound(f"register {register_id} has no receipt {number}")
     return row
 
 

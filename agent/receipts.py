@@ -74,6 +74,7 @@ from agent.receipt_records import (
     Draft,
     Stored,
     check_id,
+    known_receipt,
     lost_answer,
     raise_if_lost,
     receipt_event,
@@ -387,10 +388,7 @@ class ReceiptService:
     def row(self, register_id: str, number: int) -> Any:
         """The ``receipts`` row (a ``sqlite3.Row``) of receipt ``number``; raises ``NotFound``."""
         with self.db.read_connection() as conn:
-            row = receipt_row(conn, register_id, number)
-        if row is None:
-            raise NotFound(f"register {register_id} has no receipt {number}")
-        return row
+            return known_receipt(conn, register_id, number)
 
     # -- sales ----------------------------------------------------------------------------
 
