@@ -31,7 +31,7 @@ REGISTER = "KASSE-1"
 Q1_ENDS = dt.datetime(2026, 3, 31, 22, 0, tzinfo=dt.UTC)  # 1 April 00:00 in Vienna
 SBIN = "/usr/local/sbin:/usr/sbin:/sbin"  # not on a user's PATH everywhere
 # .ci/run sets it: there a missing tool or privilege fails these tests instead of skipping
-REQUIRED = os.environ.get("TILL_AGENT_MEDIA_TESTS") == "required"
+REQUIRED = os.environ.get("TILL_TESTS_MEDIA") == "required"
 
 
 def _unavailable(why: str, packages: str) -> NoReturn:
