@@ -468,7 +468,8 @@ class ReceiptService:
         unit_id = identity.unit_id
         if not unit.capabilities.keeps_chain:
             intent = None  # a local unit signs in-process: nothing is kept elsewhere
-        elif intent is None:
+        elif intent is None and draft.kind != "start":  # a replayed Startbeleg has none:
+            # its commit would commit the register it creates (_start_in keeps its own)
             parts = functools.partial(
                 stored_receipt, draft, number, payload, data, unit_id, turnover
             )

@@ -259,6 +259,39 @@ class TestAStartbeleg:
         assert (start.number, start.signature_state) == (1, "signed")
         _check_dep(db, chain, "KASSE-2")
 
+    def test_a_replayed_startbeleg_the_service_refused_creates_no_register(
+        self, chain_service: ReceiptService, chain: ChainServiceFake, db: TillDB, chain_unit: str
+    ) -> None:
+        """A scenario replay (``receipt_id`` given) on a chain unit that is down: nothing is
+        created, so the replay can be run again (an intent's commit had committed the
+        register, and the second init was refused: register-exists)."""
+        chain.mode = "down"
+        with pytest.raises(WaitsForUnit, match="must be validly signed"):
+            chain_service.init_register(RegisterSetup("KASSE-2", [chain_unit]), receipt_id="1")
+        assert db_rows(db, "SELECT id FROM registers WHERE id = 'KASSE-2'") == []
+        chain.mode = "up"
+        start = chain_service.init_register(RegisterSetup("KASSE-2", [chain_unit]), receipt_id="1")
+        assert (start.number, start.signature_state) == (1, "signed")
+
+    def test_a_replayed_startbeleg_whose_answer_was_lost_is_never_stored_unsigned(
+        self,
+        chain_service: ReceiptService,
+        chain: ChainServiceFake,
+        db: TillDB,
+        registry: UnitRegistry,
+        clock: FrozenClock,
+        chain_unit: str,
+    ) -> None:
+        """The Startbeleg is never committed with the failure marker (rksv.md 5), not even
+        from an intent found at the next start."""
+        chain.mode = "lose_response"
+        with pytest.raises(WaitsForUnit):
+            chain_service.init_register(RegisterSetup("KASSE-2", [chain_unit]), receipt_id="1")
+        chain.mode = "up"
+        _restart(db, registry, clock).issue(sale(request_id="s1"))
+        sql = "SELECT number FROM receipts WHERE register_id = 'KASSE-2'"
+        assert db_rows(db, sql) == []
+
 
 class TestASammelbeleg:
     def test_the_sammelbeleg_is_stored_unsigned_and_the_outage_still_closes(
