@@ -389,7 +389,7 @@ def init(
 
 def _waiting_start_key(service: ReceiptService, register: str) -> str | None:
     """The AES key kept with the register's waiting Startbeleg, if one waits."""
-    from agent.receipts import open_waiting
+    from agent.waiting import open_waiting
 
     with service.db.read_connection() as conn:
         row = open_waiting(conn, register, "start", None)

@@ -119,8 +119,6 @@ __all__ = [
     "Issued",
     "ReceiptService",
     "RegisterSetup",
-    "due_periods",
-    "open_waiting",
 ]
 
 _log = logging.getLogger(__name__)

@@ -98,7 +98,9 @@ class Issuer(Protocol):
 
 
 class Recovery:
-    """Recovers the registers of one receipt service (``service``)."""
+    """Recovers the registers of one receipt service (``service``) once their unit answers
+    (:meth:`recover`), and, at the start of each of its write transactions, stores the
+    chain signings a process left unfinished (:meth:`store_interrupted`)."""
 
     def __init__(self, service: Issuer) -> None:
         self._service = service
@@ -121,7 +123,8 @@ class Recovery:
         the Sammelbeleg that closes the outage (right after the last fallback receipt, or
         right after that Nullbeleg, the first receipt signed again), and the reissued
         sales, each superseding its unsigned original (a sale the POS voided meanwhile is
-        only resolved, see :func:`agent.remedy.resolve_voided`); then waiting Jahresbelege.
+        only resolved, see :func:`agent.remedy.resolve_voided`); then the other waiting
+        special receipts (Jahresbelege, a Sammelbeleg, the Schlussbeleg last).
         A crash at any point leaves each step done completely or not at all, so a retry
         never makes a second Sammelbeleg.
 

@@ -15,12 +15,13 @@ import pytest
 
 from agent.at_rksv.verify import verify_dep
 from agent.clock import FrozenClock
+from agent.closings import due_periods
 from agent.errors import WaitsForUnit
 from agent.export import export_container, export_dep
 from agent.fakes.chain_service import ChainServiceFake
 from agent.outages import load_outages
 from agent.probe import Backoff, Prober
-from agent.receipts import ReceiptService, RegisterSetup, due_periods
+from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
 from factories import journal_events, sale
