@@ -45,6 +45,7 @@ from agent.clock import Clock
 from agent.durable import (
     create_streamed,
     device_of,
+    fsync_directory,
     make_directories,
     refuse_non_regular,
     temporary_names,
@@ -379,6 +380,11 @@ class DepBackups:
         except OSError as exc:
             reason = f"cannot write {path}: {_reason(exc, path)}"
             raise BackupFailed(reg.id, str(quarter), reason) from exc
+        if self._external is not None and device_of(path) != self._external:
+            # the medium went away after the look above: what was written is on the
+            # till's own disk (under the empty mount point), never recorded as the backup
+            reason = f"{path} was written but is not on the external disk (was the medium removed?)"
+            raise BackupFailed(reg.id, str(quarter), reason)
         return self._record(reg, quarter, path, sha256, count)
 
     def _path(self, reg: _Register, quarter: Quarter) -> Path:
@@ -420,6 +426,9 @@ class DepBackups:
             sha256, count = self._export(reg, quarter, None)
             with path.open("rb") as handle:
                 if hashlib.file_digest(handle, "sha256").hexdigest() == sha256:
+                    # the run that wrote it may have died before its name was durable
+                    os.fsync(handle.fileno())
+                    fsync_directory(path.parent)
                     return sha256, count
             self._refused[path] = seen
         raise FileExistsError(

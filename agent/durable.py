@@ -20,6 +20,7 @@ its parent, so no power cut loses the path to a file that is recorded as written
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -35,6 +36,7 @@ __all__ = [
     "create_streamed",
     "device_of",
     "fsync_directory",
+    "fsync_file",
     "make_directories",
     "refuse_non_regular",
     "replace_file",
@@ -128,14 +130,14 @@ def create_streamed(
     """
     tmp, result = _written(path, write, mode)
     try:
-        _publish(tmp, path, sole_writer)
+        _publish(tmp, path, sole_writer, mode)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_directory(path.parent)
     return result
 
 
-def _publish(tmp: Path, path: Path, sole_writer: bool) -> None:
+def _publish(tmp: Path, path: Path, sole_writer: bool, mode: int) -> None:
     """Give ``tmp``'s file the name ``path``, never over a file of that name."""
     try:
         os.link(tmp, path)
@@ -148,6 +150,21 @@ def _publish(tmp: Path, path: Path, sole_writer: bool) -> None:
         if os.path.lexists(path):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from exc
         os.rename(tmp, path)
+        if not mode & 0o222:  # FAT's read-only attribute: set by a chmod, not at creation
+            with contextlib.suppress(OSError):  # a driver that keeps no attributes
+                os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) & ~0o222)
+        # Linux's vfat writes the new entry with no cluster and size 0 and leaves them to
+        # the file's inode: the directory's fsync alone could leave an empty file named
+        fsync_file(path)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush ``path``'s data and inode (its size, its clusters) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def temporary_names(path: Path) -> list[Path]:

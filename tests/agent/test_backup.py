@@ -355,6 +355,39 @@ class TestCrashLeftovers:
         assert record.sha256 == _sha256(path)
         assert path.stat().st_ino == inode
 
+    def test_an_adopted_file_is_made_durable_before_its_record(
+        self,
+        service: ReceiptService,
+        backups: DepBackups,
+        clock: FrozenClock,
+        backup_dir: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The run that named it may have died before the name (on vfat: its size and
+        clusters) reached the disk: the file and its directory are fsynced before the
+        record is committed."""
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
+        path = backup_dir / REGISTER / f"{REGISTER}_2026-Q1.dep.json"
+        path.parent.mkdir(parents=True)
+        with path.open("wb") as handle:
+            export_dep(service.db, REGISTER, handle, end=dt.date(2026, 3, 31))
+        steps: list[str] = []
+        fsync = os.fsync
+
+        def synced(fd: int) -> None:
+            fsync(fd)
+            if os.fstat(fd).st_ino in (path.stat().st_ino, path.parent.stat().st_ino):
+                recorded = db_rows(service.db, "SELECT count(*) FROM dep_backups")[0][0]
+                steps.append(
+                    f"{'directory' if stat.S_ISDIR(os.fstat(fd).st_mode) else 'file'}"
+                    f" with {recorded} records"
+                )
+
+        monkeypatch.setattr(os, "fsync", synced)
+        [record] = backups.run_due()
+        assert record.path == str(path)
+        assert steps == ["file with 0 records", "directory with 0 records"]
+
     def test_another_file_under_the_name_is_refused_and_kept(
         self, backups: DepBackups, clock: FrozenClock, backup_dir: Path
     ) -> None:
@@ -588,6 +621,44 @@ class TestFailures:
             with pytest.raises(BackupFailed, match="no longer on the external disk"):
                 backups.run_due()
             assert list(mount_point.iterdir()) == []
+            mount_point.rmdir()
+            mount_point.symlink_to(medium)
+            [record] = backups.run_due()
+            assert Path(record.path).resolve().is_relative_to(medium)
+        finally:
+            shutil.rmtree(medium)
+
+    def test_a_medium_removed_while_the_backup_was_written_gets_no_record(
+        self,
+        service: ReceiptService,
+        clock: FrozenClock,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The medium goes away after the look before writing (here: right after the file
+        is named): the backup fails, nothing is recorded, and the next run with the medium
+        back records it."""
+        if os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:  # pragma: no cover
+            pytest.skip("needs /dev/shm on another file system than the test directory")
+        medium = Path(tempfile.mkdtemp(dir="/dev/shm"))
+        try:
+            mount_point = tmp_path / "usb"
+            mount_point.symlink_to(medium)
+            backups = DepBackups(service.db, mount_point, clock, data_dir=tmp_path)
+            clock.set(Q1_ENDS + dt.timedelta(hours=1))
+            create = backup_module.create_streamed
+
+            def pulled(*args: Any, **kwargs: Any) -> Any:
+                result = create(*args, **kwargs)
+                mount_point.unlink()
+                mount_point.mkdir()  # unmounted: the empty mount point on the till's disk
+                return result
+
+            monkeypatch.setattr(backup_module, "create_streamed", pulled)
+            with pytest.raises(BackupFailed, match="was the medium removed"):
+                backups.run_due()
+            assert db_rows(service.db, "SELECT count(*) FROM dep_backups")[0][0] == 0
+            monkeypatch.undo()
             mount_point.rmdir()
             mount_point.symlink_to(medium)
             [record] = backups.run_due()
