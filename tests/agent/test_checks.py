@@ -3,13 +3,14 @@ obligations created with their receipt, reminded by the timer once each, recorde
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -191,6 +192,27 @@ class TestReminders:
         assert checks.tick() == []
         assert writer.commits == 1
         assert _alerts(db) == [("check-created", "info"), ("check-approaching", "warning")]
+
+    def test_a_check_recorded_between_the_read_and_the_write_is_not_reminded(
+        self, service: ReceiptService, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The tick reads on a reader, then writes; the operator records the check in
+        between (over the API, say): the write phase reads again and reminds nothing."""
+        clock.set(_at(2026, 3, 2, 10, 1))
+        checks = CheckWatch(service.db, clock)
+        assert checks.tick() == [(1, "created")]
+        clock.set(_at(2026, 3, 6, 23, 0))  # the "approaching" reminder is due
+        read = service.db.read_connection
+
+        @contextlib.contextmanager
+        def then_recorded() -> Iterator[sqlite3.Connection]:
+            with read() as conn:
+                yield conn
+            record_check(service.db.write_connection(), clock, REGISTER, "start", None, "BC-1")
+
+        monkeypatch.setattr(service.db, "read_connection", then_recorded)
+        assert checks.tick() == []
+        assert _alerts(service.db) == [("check-created", "info")]
 
     def test_a_till_without_checks_never_writes_on_a_tick(
         self, bare_service: ReceiptService, clock: FrozenClock
