@@ -269,10 +269,11 @@ class ReceiptService:
         closed = check_new_register(conn, setup)
         pending = setup_json(setup, stamp)
         intent: _Intent | None = None
+        voids: list[SigningError] = []  # what the Startbeleg's intent is told, if anything
         if self.units.get(conn, setup.unit_ids[0]).capabilities.keeps_chain:
             # before the register exists: a commit while the service signs would commit it
             self._record_intent(conn, setup.register_id, 1, "start", {"setup": json.loads(pending)})
-            intent = functools.partial(self._start_intent, conn, setup.register_id)
+            intent = functools.partial(_start_intent, voids)
         with self._writer.savepoint("startbeleg"):
             try:
                 create_register(conn, setup, self.clock.now().isoformat(), closed)
@@ -282,19 +283,12 @@ class ReceiptService:
             except WaitsForUnit as exc:
                 conn.execute("ROLLBACK TO startbeleg")
                 refused = exc
+        for void in voids:  # recorded (and committed) only once the register is undone
+            self._void_intent(conn, setup.register_id, 1, void)
         if not isinstance(refused.__cause__, OutcomeUnknown):
             raise refused
         start_waits(conn, setup.register_id, pending, str(refused), self.clock.now().isoformat())
         return None
-
-    def _start_intent(
-        self, conn: sqlite3.Connection, register_id: str, refused: SigningError | None
-    ) -> None:
-        """The Startbeleg's :data:`_Intent`: :meth:`_start_in` committed it already, so only a
-        refusal is recorded, once the register it created is undone."""
-        if refused is not None:
-            conn.execute("ROLLBACK TO startbeleg")
-            self._void_intent(conn, register_id, 1, refused)
 
     def issue(self, sale: Sale | bytes | str | dict[str, Any]) -> ReceiptResult:
         """Issue the receipt for a POS sale; a repeated ``request_id`` returns the stored one.
@@ -898,6 +892,13 @@ def _aes_key(text: str) -> bytes:
 @functools.lru_cache(maxsize=64)
 def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
+
+
+def _start_intent(voids: list[SigningError], refused: SigningError | None) -> None:
+    """The Startbeleg's :data:`_Intent`: :meth:`ReceiptService._start_in` committed it
+    already, and records a refusal itself once the register it created is undone."""
+    if refused is not None:
+        voids.append(refused)
 
 
 def _local_stamp(now: dt.datetime, timezone: str) -> str:
