@@ -211,9 +211,19 @@ def _registers(conn: sqlite3.Connection, register_id: str | None = None) -> list
 def medium_name(register_id: str) -> str:
     """The name of a register's backup directory, and the start of its files' names: its
     Kassen-ID, with each ':' and each final '.' written as in a URL (``%3A``, ``%2E``), so
-    it is a name on FAT and exFAT. No two Kassen-IDs get one name ('%' is not in one)."""
+    it is a name on FAT and exFAT, and the first letter of a Windows device name (``CON``,
+    ``NUL.K1``, ``com1``: Windows, where a stick is often read, opens no such directory) as
+    well (``%43ON``). No two Kassen-IDs get one name ('%' is not in one)."""
     stem = register_id.rstrip(".")
-    return stem.replace(":", "%3A") + "%2E" * (len(register_id) - len(stem))
+    name = stem.replace(":", "%3A") + "%2E" * (len(register_id) - len(stem))
+    if name.split(".", 1)[0].upper() in _WINDOWS_DEVICES:
+        name = f"%{ord(name[0]):02X}{name[1:]}"
+    return name
+
+
+_WINDOWS_DEVICES = frozenset(
+    ("CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port in ("COM", "LPT") for n in range(1, 10)))
+)
 
 
 def list_backups(conn: sqlite3.Connection, register_id: str | None = None) -> list[BackupRecord]:

@@ -214,9 +214,9 @@ class TestWhatIsBackedUp:
 
 class TestNames:
     def test_a_kassen_id_names_its_directory_on_fat_and_exfat(self) -> None:
-        """':' and each final '.' are written as in a URL; the rest is kept, so the usual
-        Kassen-ID is its own name. '%' is not in a Kassen-ID: decoding gives it back, so
-        no two registers get one name."""
+        """':' and each final '.' are written as in a URL, and the first letter of a Windows
+        device name; the rest is kept, so the usual Kassen-ID is its own name. '%' is not
+        in a Kassen-ID: decoding gives it back, so no two registers get one name."""
         cases = {
             "KASSE-1": "KASSE-1",
             "AT:U12345678:K1": "AT%3AU12345678%3AK1",
@@ -224,9 +224,17 @@ class TestNames:
             "...": "%2E%2E%2E",
             ".k.1": ".k.1",
             "a:.": "a%3A%2E",
+            "CON": "%43ON",
+            "nul.K1": "%6Eul.K1",
+            "COM9": "%43OM9",
+            "LPT1.": "LPT1%2E",  # no device name once its dot is written %2E
+            "lpt1.x": "%6Cpt1.x",
+            "CONSOLE": "CONSOLE",
+            "COM10": "COM10",
+            "K1.CON": "K1.CON",
         }
         assert {register: medium_name(register) for register in cases} == cases
-        for register in (*cases, "a.", "a:", "A-b.c:d", ":" * 64, "." * 64):
+        for register in (*cases, "a.", "a:", "A-b.c:d", ":" * 64, "." * 64, "aux", "Prn.x"):
             name = medium_name(register)
             assert ":" not in name
             assert not name.endswith(".")
