@@ -34,9 +34,23 @@ def alembic_config() -> Config:
 
 
 def upgrade_to_head(engine: Engine, revision: str = "head") -> None:
-    """Run every pending migration in one ``BEGIN IMMEDIATE`` transaction."""
+    """Run every pending migration in one ``BEGIN IMMEDIATE`` transaction.
+
+    Raises:
+        StorageError: a later version of till-agent migrated the database (its schema
+            revision is not one of ours); it is left as it is.
+    """
     config = alembic_config()
     with migration(engine) as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+        script = ScriptDirectory.from_config(config)
+        if current is not None and current not in {s.revision for s in script.walk_revisions()}:
+            raise StorageError(
+                f"the till database has schema revision {current!r}, which this version of"
+                " till-agent does not know: a later version migrated it. Install that version"
+                " (or a later one) again; going back to this one needs the copy of the"
+                " database taken before the upgrade"
+            )
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
 

@@ -162,6 +162,24 @@ class TestOpenTillDb:
         reader = open_db(data_dir, writer=False)
         assert current_revision(reader.engine) is None
 
+    def test_a_database_of_a_later_version_is_refused_as_it_is(
+        self, db: TillDB, data_dir: Path, open_db: Callable[..., TillDB]
+    ) -> None:
+        """Going back to an earlier till-agent: its migrations do not know the database's
+        revision. A StorageError says so and what to do (alembic's CommandError, "Can't
+        locate revision", said neither), and the database is left as it was."""
+        db.close()
+        with sqlite3.connect(data_dir / DB_FILE) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = '9999_later'")
+        with pytest.raises(StorageError, match="'9999_later', which this version") as refused:
+            open_db(data_dir)
+        assert "a later version migrated it" in str(refused.value)
+        assert "copy of the database taken before the upgrade" in str(refused.value)
+        with sqlite3.connect(data_dir / DB_FILE) as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [
+                ("9999_later",)
+            ]
+
 
 def _earlier_revisions() -> list[str]:
     scripts = ScriptDirectory.from_config(alembic_config())
