@@ -1,4 +1,4 @@
-"""A Schlussbeleg waits while the register waits for its unit (agent/receipts.py).
+"""A Schlussbeleg waits while the register waits for its unit (agent/issuing.py).
 
 After a Schlussbeleg the register issues nothing, so a Schlussbeleg issued during an
 outage (or one that itself met the failure) left the outage open for good: no Sammelbeleg

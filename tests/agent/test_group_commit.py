@@ -35,7 +35,7 @@ class Commits:
 @pytest.fixture(name="commits")
 def _commits(service: ReceiptService, monkeypatch: pytest.MonkeyPatch) -> Commits:
     """Slows every commit of the service's writer by 3 ms and logs it."""
-    writer = service._writer  # the one place a commit can be slowed down
+    writer = service._issuing.writer  # the one place a commit can be slowed down
     real = writer._commit
     commits = Commits()
 
@@ -149,7 +149,7 @@ class TestInterruptedCaller:
         """The main thread queues behind a slow group and a signal interrupts its wait: its
         sale is not issued, and the callers after it are still served (the lead is not
         handed to a caller that has gone)."""
-        writer = service._writer
+        writer = service._issuing.writer
         real = writer._commit
         committing = threading.Event()
 

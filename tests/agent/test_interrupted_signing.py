@@ -21,8 +21,9 @@ from agent.clock import FrozenClock
 from agent.errors import RegisterClosed, WaitsForUnit
 from agent.export import export_container, export_dep
 from agent.fakes.chain_service import ChainServiceFake
+from agent.interrupted import _INTERRUPTED
+from agent.issuing import Issuing
 from agent.receipts import ReceiptService, RegisterSetup
-from agent.recovery import _INTERRUPTED
 from agent.signing.registry import UnitRegistry
 from factories import db_rows, journal_events, run_threads, sale
 from storage import TillDB
@@ -44,7 +45,7 @@ def _die_while_storing(monkeypatch: pytest.MonkeyPatch) -> None:
     def died(*_: object) -> None:
         raise _Died
 
-    monkeypatch.setattr(ReceiptService, "_store", died)
+    monkeypatch.setattr(Issuing, "store", died)
 
 
 def _restart(db: TillDB, registry: UnitRegistry, clock: FrozenClock) -> ReceiptService:

@@ -23,6 +23,7 @@ from agent.contract import ReceiptResult
 from agent.errors import InvalidSale
 from agent.export import export_container, export_dep
 from agent.fakes.chain_service import ChainServiceFake
+from agent.issuing import Issuing
 from agent.receipts import ReceiptService
 from factories import db_rows, journal_events, sale
 from storage import TillDB
@@ -323,7 +324,7 @@ class TestASaleThePosVoidedIsNotReissued:
             raise RuntimeError("power cut after the Sammelbeleg")
 
         with monkeypatch.context() as patch:
-            patch.setattr(ReceiptService, "_after_store", crash)
+            patch.setattr(Issuing, "_after_store", crash)
             with pytest.raises(RuntimeError):
                 service.recover(REGISTER)
         assert service.recover(REGISTER) is not None
