@@ -390,7 +390,7 @@ class DepBackups:
         except OSError as exc:
             reason = f"cannot write {path}: {_reason(exc, path)}"
             raise BackupFailed(reg.id, str(quarter), reason) from exc
-        if self._external is not None and device_of(path) != self._external:
+        if self._off_medium(path):
             # the medium went away after the look above: what was written is on the
             # till's own disk (under the empty mount point), never recorded as the backup
             reason = f"{path} was written but is not on the external disk (was the medium removed?)"
@@ -411,12 +411,17 @@ class DepBackups:
         """Why nothing may be written for ``reg`` now, or None."""
         if not is_register_id(reg.id):  # an earlier init let "..": never beside [backup] dir
             return f"the Kassen-ID {reg.id!r} cannot name a backup directory"
-        if self._external is not None and device_of(self.directory) != self._external:
+        if self._off_medium(self.directory):
             return (
                 f"{self.directory} is no longer on the external disk it was on at start"
                 " (is the medium mounted?); nothing is written to the till's own disk"
             )
         return None
+
+    def _off_medium(self, path: Path) -> bool:
+        """``path`` leads to another disk than the external one [backup] dir was on at start
+        (an unmounted medium leaves its empty mount point on the till's own disk)."""
+        return self._external is not None and device_of(path) != self._external
 
     def _export(self, reg: _Register, quarter: Quarter, out: BinaryIO | None) -> tuple[str, int]:
         sink = _Digest(out, self._stop)

@@ -609,70 +609,66 @@ class TestFailures:
             REGISTER
         ]
 
+    @pytest.fixture(name="medium")
+    def _medium(self, tmp_path: Path) -> Iterator[Path]:
+        """An external disk: a directory on tmpfs (/dev/shm), another file system than
+        the test's, mounted at ``tmp_path / "usb"`` (a symlink to it)."""
+        if os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:  # pragma: no cover
+            pytest.skip("needs /dev/shm on another file system than the test directory")
+        medium = Path(tempfile.mkdtemp(dir="/dev/shm"))
+        (tmp_path / "usb").symlink_to(medium)
+        try:
+            yield medium
+        finally:
+            shutil.rmtree(medium)
+
     def test_an_external_disk_that_went_away_is_not_replaced_by_the_tills_own(
-        self, service: ReceiptService, clock: FrozenClock, tmp_path: Path
+        self, service: ReceiptService, clock: FrozenClock, tmp_path: Path, medium: Path
     ) -> None:
         """[backup] dir was on another file system at start (here tmpfs); when the path
         leads to the till's own disk later (an unmounted medium leaves its mount point
         there), the backup fails naming the cause and writes nothing; back on the
         medium, it is written."""
-        if os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:  # pragma: no cover
-            pytest.skip("needs /dev/shm on another file system than the test directory")
-        medium = Path(tempfile.mkdtemp(dir="/dev/shm"))
-        try:
-            mount_point = tmp_path / "usb"
-            mount_point.symlink_to(medium)  # the medium is mounted
-            backups = DepBackups(service.db, mount_point, clock, data_dir=tmp_path)
-            clock.set(Q1_ENDS + dt.timedelta(hours=1))
-            mount_point.unlink()
-            mount_point.mkdir()  # unmounted: the empty mount point on the till's disk
-            with pytest.raises(BackupFailed, match="no longer on the external disk"):
-                backups.run_due()
-            assert list(mount_point.iterdir()) == []
-            mount_point.rmdir()
-            mount_point.symlink_to(medium)
-            [record] = backups.run_due()
-            assert Path(record.path).resolve().is_relative_to(medium)
-        finally:
-            shutil.rmtree(medium)
+        mount_point = tmp_path / "usb"
+        backups = DepBackups(service.db, mount_point, clock, data_dir=tmp_path)
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
+        _unmount(mount_point)
+        with pytest.raises(BackupFailed, match="no longer on the external disk"):
+            backups.run_due()
+        assert list(mount_point.iterdir()) == []
+        _mount(mount_point, medium)
+        [record] = backups.run_due()
+        assert Path(record.path).resolve().is_relative_to(medium)
 
     def test_a_medium_removed_while_the_backup_was_written_gets_no_record(
         self,
         service: ReceiptService,
         clock: FrozenClock,
         tmp_path: Path,
+        medium: Path,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """The medium goes away after the look before writing (here: right after the file
         is named): the backup fails, nothing is recorded, and the next run with the medium
         back records it."""
-        if os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:  # pragma: no cover
-            pytest.skip("needs /dev/shm on another file system than the test directory")
-        medium = Path(tempfile.mkdtemp(dir="/dev/shm"))
-        try:
-            mount_point = tmp_path / "usb"
-            mount_point.symlink_to(medium)
-            backups = DepBackups(service.db, mount_point, clock, data_dir=tmp_path)
-            clock.set(Q1_ENDS + dt.timedelta(hours=1))
-            create = backup_module.create_streamed
+        mount_point = tmp_path / "usb"
+        backups = DepBackups(service.db, mount_point, clock, data_dir=tmp_path)
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
+        create = backup_module.create_streamed
 
-            def pulled(*args: Any, **kwargs: Any) -> Any:
-                result = create(*args, **kwargs)
-                mount_point.unlink()
-                mount_point.mkdir()  # unmounted: the empty mount point on the till's disk
-                return result
+        def pulled(*args: Any, **kwargs: Any) -> Any:
+            result = create(*args, **kwargs)
+            _unmount(mount_point)
+            return result
 
-            monkeypatch.setattr(backup_module, "create_streamed", pulled)
-            with pytest.raises(BackupFailed, match="was the medium removed"):
-                backups.run_due()
-            assert db_rows(service.db, "SELECT count(*) FROM dep_backups")[0][0] == 0
-            monkeypatch.undo()
-            mount_point.rmdir()
-            mount_point.symlink_to(medium)
-            [record] = backups.run_due()
-            assert Path(record.path).resolve().is_relative_to(medium)
-        finally:
-            shutil.rmtree(medium)
+        monkeypatch.setattr(backup_module, "create_streamed", pulled)
+        with pytest.raises(BackupFailed, match="was the medium removed"):
+            backups.run_due()
+        assert db_rows(service.db, "SELECT count(*) FROM dep_backups")[0][0] == 0
+        monkeypatch.setattr(backup_module, "create_streamed", create)
+        _mount(mount_point, medium)
+        [record] = backups.run_due()
+        assert Path(record.path).resolve().is_relative_to(medium)
 
     def test_a_directory_on_the_data_disk_from_the_start_is_used_as_it_is(
         self, service: ReceiptService, clock: FrozenClock, tmp_path: Path
@@ -721,3 +717,14 @@ class TestStatus:
         assert shown["overdue"] is True  # Q2 ended on 30 June, more than 7 days ago
         assert shown["failure"]["quarter"] == "2026-Q2"
         assert "not a directory" in shown["failure"]["error"]
+
+
+def _unmount(mount_point: Path) -> None:
+    """The medium is unmounted: its empty mount point is left on the till's disk."""
+    mount_point.unlink()
+    mount_point.mkdir()
+
+
+def _mount(mount_point: Path, medium: Path) -> None:
+    mount_point.rmdir()
+    mount_point.symlink_to(medium)
