@@ -12,32 +12,91 @@ from agent.signing.base import Capabilities, Identity
 from agent.signing.flaky import FlakyUnit
 from storage.journal import append_event
 
-__all__ = ["UnitRegistry", "UnopenedUnit", "store_unit"]
+__all__ = ["UnitRegistry", "UnopenedUnit", "check_same_unit", "store_unit"]
 
 
 def store_unit(conn: sqlite3.Connection, config: UnitConfig, unit: SignatureUnit, at: str) -> None:
-    """Record (or refresh) a unit's configuration and identity in the open transaction."""
+    """Record a unit's configuration and identity in the open transaction.
+
+    A stored unit's identity is pinned: its receipts carry its serial and the DEP's
+    crypto container holds its key (rksv.md 7), so another key under the same id would
+    make every receipt signed with it fail verification, and overwriting the stored
+    certificate would lose the key of the receipts signed before. Only the configuration
+    (a moved key file, a new PIN) may change.
+
+    Raises:
+        ConfigurationError: ``unit`` is not the unit stored under ``config.id``.
+    """
     ident = unit.identity
-    conn.execute(
-        "INSERT OR REPLACE INTO units (id, kind, config, zda, serial, public_key_der,"
-        " certificate_der, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            config.id,
-            config.kind,
-            config.model_dump_json(),
-            ident.zda,
-            ident.serial,
-            ident.public_key_der,
-            ident.certificate_der,
-            at,
-        ),
-    )
+    stored = conn.execute(
+        "SELECT zda, serial, public_key_der, certificate_der FROM units WHERE id = ?",
+        (config.id,),
+    ).fetchone()
+    if stored is not None:
+        check_same_unit(config.id, _identity_of(config.id, stored), ident)
+        conn.execute(
+            "UPDATE units SET kind = ?, config = ? WHERE id = ?",
+            (config.kind, config.model_dump_json(), config.id),
+        )
+    else:
+        conn.execute(
+            "INSERT INTO units (id, kind, config, zda, serial, public_key_der,"
+            " certificate_der, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                config.id,
+                config.kind,
+                config.model_dump_json(),
+                ident.zda,
+                ident.serial,
+                ident.public_key_der,
+                ident.certificate_der,
+                at,
+            ),
+        )
     append_event(
         conn,
         kind="unit.stored",
         register_id=None,
         at=at,
         data={"unit": config.id, "kind": config.kind, "zda": ident.zda, "serial": ident.serial},
+    )
+
+
+def check_same_unit(unit_id: str, stored: Identity, opened: Identity) -> None:
+    """Refuse ``opened`` when it is not the unit stored as ``unit_id``: another suite,
+    serial, key or certificate.
+
+    Raises:
+        ConfigurationError: naming what differs and what to do instead.
+    """
+    differs = [
+        name
+        for name, was, now in (
+            ("suite", stored.zda, opened.zda),
+            ("serial", stored.serial, opened.serial),
+            ("public key", stored.public_key_der, opened.public_key_der),
+            ("certificate", stored.certificate_der, opened.certificate_der),
+        )
+        if was != now
+    ]
+    if differs:
+        raise ConfigurationError(
+            f"unit {unit_id} opened with another {' and '.join(differs)} than the one its"
+            f" receipts carry (stored: {stored.suite} serial {stored.serial}; opened:"
+            f" {opened.suite} serial {opened.serial}). A unit's key never changes under its id:"
+            " add the new key as a unit with an id of its own, register it in FinanzOnline"
+            " and put the original key back (or let the register's outage run its course)"
+        )
+
+
+def _identity_of(unit_id: str, row: sqlite3.Row | tuple[object, ...]) -> Identity:
+    zda, serial, public_key, certificate = row
+    return Identity(
+        unit_id,
+        str(zda),
+        str(serial),
+        bytes(public_key),  # type: ignore[arg-type]
+        None if certificate is None else bytes(certificate),  # type: ignore[arg-type]
     )
 
 
@@ -72,15 +131,31 @@ class UnitRegistry:
         if row is None:
             raise NotFound(f"no signature unit {unit_id!r} in this till database")
         config = UnitConfig.model_validate_json(row[0])
+        stored = self._stored_identity(conn, unit_id)
         try:
-            unit = self._open(config)
+            unit = self._open_as(config, stored)
         except ConfigurationError as exc:
             # a unit that signed before and cannot be opened now (the token is out, the
-            # chain service unreachable at start) is a failing unit, not a broken till:
-            # receipts take the fallback path with its stored identity, the outage opens,
-            # and the probe opens it when it is back (rksv.md 5: keep selling)
-            unit = UnopenedUnit(config, self._stored_identity(conn, unit_id), str(exc), self)
+            # chain service unreachable at start, another key in its place) is a failing
+            # unit, not a broken till: receipts take the fallback path with its stored
+            # identity, the outage opens, and the probe opens it when it is back
+            # (rksv.md 5: keep selling)
+            unit = UnopenedUnit(config, stored, str(exc), self)
         self.put(unit)
+        return unit
+
+    def _open_as(self, config: UnitConfig, stored: Identity) -> SignatureUnit:
+        """Open the unit of ``config`` and check that it is the one stored (``stored``).
+
+        Raises:
+            ConfigurationError: it cannot be opened, or it is another unit.
+        """
+        unit = self._open(config)
+        try:
+            check_same_unit(config.id, stored, unit.identity)
+        except ConfigurationError:
+            unit.close()
+            raise
         return unit
 
     def _open(self, config: UnitConfig) -> SignatureUnit:
@@ -95,7 +170,7 @@ class UnitRegistry:
             "SELECT zda, serial, public_key_der, certificate_der FROM units WHERE id = ?",
             (unit_id,),
         ).fetchone()
-        return Identity(unit_id, str(row[0]), str(row[1]), bytes(row[2]), row[3] and bytes(row[3]))
+        return _identity_of(unit_id, row)
 
     def reopen(self, unopened: UnopenedUnit) -> SignatureUnit:
         """Open the unit ``unopened`` stands for and keep it in its place.
@@ -103,13 +178,7 @@ class UnitRegistry:
         Raises:
             ConfigurationError: it still cannot be opened.
         """
-        unit = self._open(unopened.config)
-        if unit.identity.serial != unopened.identity.serial:
-            unit.close()
-            raise ConfigurationError(
-                f"unit {unopened.config.id} opened with serial {unit.identity.serial}, but its"
-                f" receipts carry {unopened.identity.serial}: register the new unit instead"
-            )
+        unit = self._open_as(unopened.config, unopened.identity)
         with self._lock:
             if self._units.get(unopened.identity.unit_id) is unopened:
                 self._units[unopened.identity.unit_id] = unit

@@ -82,7 +82,7 @@ def test_a_unit_opened_with_another_key_is_not_taken_for_it(
     unit_config.key_file.write_bytes(other_key.read_bytes())
     unit_config.certificate_file.write_bytes(other_cert.read_bytes())
     unit = restarted.unit_of(REGISTER)
-    with pytest.raises(UnitUnavailable, match="register the new unit"):
+    with pytest.raises(UnitUnavailable, match="an id of its own"):
         unit.probe(deadline=0)
     assert restarted.recover(REGISTER) is None
     assert restarted.outages.is_open(REGISTER)
