@@ -7,7 +7,14 @@ The agent answers with ``out/NAME.result.json`` (the :class:`ReceiptResult`) or
 ``failed/NAME.json``). NAME should be unique, e.g. the request_id: a sale arriving under
 the name of an earlier one replaces that one's answer. Whatever else appears as
 ``in/NAME.json`` (a symbolic link, a directory, a pipe) is answered the same way, with the
-rule ``regular-file``, and moved to ``failed/`` without being followed or read.
+rule ``regular-file``, and moved to ``failed/`` without being followed or read. A name
+ending in ``.result.json`` or ``.error.json`` is an answer's name, never a sale's (a sale
+``X.error.json`` kept in ``failed/`` would take the place of ``X.json``'s answer): such a
+file in ``in/`` is left there and logged once.
+
+``in/``, ``out/`` and ``failed/`` are the POS's side: created group-writable and setgid
+(mode 2770, whatever the umask), so a POS running as another user in the agent's group
+can drop sales and remove answers. ``work/`` stays the agent's own.
 
 A name is at most 255 bytes (UTF-8) on the filesystem, and the answer's temporary name is
 30 bytes longer than NAME: a NAME of more than ``MAX_NAME_BYTES`` bytes cannot have its own
@@ -73,6 +80,7 @@ from agent.probe import Backoff
 __all__ = [
     "MAX_NAME_BYTES",
     "MAX_SALE_BYTES",
+    "POS_DIR_MODE",
     "STORAGE_RETRY_S",
     "Handler",
     "Spool",
@@ -90,6 +98,7 @@ _ERROR = ".error.json"
 _LONGEST_EXTRA = len(".") + len(_RESULT) + len(".0123456789ab.tmp")
 MAX_NAME_BYTES = 255 - _LONGEST_EXTRA  # of NAME, without .json
 _SHORT_PREFIX_BYTES = 64
+POS_DIR_MODE = 0o2770  # in/, out/, failed/: rwx for the agent and the POS's group, setgid
 # a full disk (or database) heals without the sale: its files are retried every few
 # seconds, not after the growing backoff, and first when new files come
 STORAGE_RETRY_S = 2.0
@@ -110,6 +119,10 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 
 def _is_sale_name(name: str) -> bool:
     return not name.startswith(".") and name.endswith(_SUFFIX) and len(name) > len(_SUFFIX)
+
+
+def _is_answer_name(name: str) -> bool:
+    return name.endswith((_RESULT, _ERROR))
 
 
 def _name_bytes(name: str) -> bytes:
@@ -175,14 +188,22 @@ class Spool:
         self.out = root / "out"
         self.failed = root / "failed"
         self.max_bytes = max_bytes
+        self._ignored: set[str] = set()  # answer-named files in in/, logged once each
         self.ensure_dirs()
         for directory in (self.out, self.failed):  # our temp files left by a crash
             for stale in directory.glob(".*.tmp"):
                 _unlink(stale)
 
     def ensure_dirs(self) -> None:
-        for directory in (self.inbox, self.work, self.out, self.failed):
-            directory.mkdir(parents=True, exist_ok=True)
+        """Create the directories that are missing: the POS's side with mode 2770 (a
+        directory that exists keeps the mode its operator gave it)."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        for directory in (self.inbox, self.out, self.failed):
+            try:
+                directory.mkdir()
+            except FileExistsError:
+                continue
+            os.chmod(directory, POS_DIR_MODE)  # mkdir's mode is cut by the umask
 
     def incoming(self) -> list[Path]:
         """Sales waiting in ``in/``, oldest first (modification time, then name)."""
@@ -199,9 +220,26 @@ class Spool:
             for entry in entries:
                 if not _is_sale_name(entry.name):
                     continue
+                if _is_answer_name(entry.name):
+                    self._ignore(directory / entry.name)
+                    continue
                 with contextlib.suppress(FileNotFoundError):  # claimed or removed meanwhile
                     found.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name))
         return [directory / name for _, name in sorted(found)]
+
+    def _ignore(self, path: Path) -> None:
+        if path.name in self._ignored:
+            return
+        if len(self._ignored) >= 1000:  # bounded: a POS writing only such names
+            self._ignored.clear()
+        self._ignored.add(path.name)
+        log.warning(
+            "spool: %s is left alone: a name ending in %s or %s is an answer's name; give"
+            " the sale another name",
+            path,
+            _RESULT,
+            _ERROR,
+        )
 
     def result_path(self, name: str) -> Path:
         return self.out / (_answer_stem(name) + _RESULT)
