@@ -1,7 +1,8 @@
 """Monats- and Jahresbelege: which month a closing closes, and which closings are due.
 
 A month's closing is due from 23:59 of its last day, in the register's time zone; the
-months the till was off for are caught up in order. December's is the Jahresbeleg.
+months the till was off for are caught up in order. December's is the Jahresbeleg. By
+hand, a closing may be issued earlier on the last day (after the day's business).
 """
 
 from __future__ import annotations
@@ -15,14 +16,22 @@ from agent.errors import RegisterStateError
 __all__ = ["due_periods", "period_of", "period_to_close"]
 
 
-def period_to_close(reg: sqlite3.Row, now: dt.datetime) -> str:
-    """The month ("YYYY-MM") a Monats-/Jahresbeleg issued at ``now`` closes for register
-    ``reg``; refuse a month that is closed already, or one that skips an earlier one.
+def period_to_close(reg: sqlite3.Row, kind: str, now: dt.datetime) -> str:
+    """The month ("YYYY-MM") a Monats- (``kind`` "monthly") or Jahresbeleg ("yearly")
+    issued by hand at ``now`` closes for register ``reg``: the current month in the
+    register's time zone, from its last day on.
+
+    December's closing is the Jahresbeleg, and only December's (rksv.md 6): it must be
+    signed, printed and checked, so a Monatsbeleg must not stand in for it, nor a
+    "Jahresbeleg" for another month take its Belegcheck. A closing is the counter at the
+    month's end: before the last day it would leave the rest of the month out.
 
     Raises:
-        RegisterStateError: that month is closed already, or an earlier one is not.
+        RegisterStateError: the kind does not fit the month, the month's last day has not
+            come, the month is closed already, or an earlier one is not.
     """
-    period = now.astimezone(ZoneInfo(reg["timezone"])).strftime("%Y-%m")
+    local = now.astimezone(ZoneInfo(reg["timezone"]))
+    period = local.strftime("%Y-%m")
     last = reg["last_closing"]
     if last is not None and period <= last:
         raise RegisterStateError(
@@ -36,7 +45,23 @@ def period_to_close(reg: sqlite3.Row, now: dt.datetime) -> str:
             f"register {reg['id']}: the closings from {expected} on are not issued yet;"
             f" they come first, in order (the agent's closing job catches them up)"
         )
+    if (kind == "yearly") != period.endswith("-12"):
+        fits = "yearly" if kind == "monthly" else "monthly"
+        raise RegisterStateError(
+            f"register {reg['id']}: {period} is closed by a {_NAMES[fits]}, not a"
+            f" {_NAMES[kind]} (the Jahresbeleg is December's closing): use {fits}"
+        )
+    last_day = _closing_time(period, local.tzinfo).date()
+    if local.date() < last_day:
+        raise RegisterStateError(
+            f"register {reg['id']}: the {_NAMES[kind]} of {period} is issued on its last"
+            f" day ({last_day.isoformat()}) at the earliest, as the counter at the month's"
+            " end; the agent's closing job issues it by itself at 23:59"
+        )
     return period
+
+
+_NAMES = {"monthly": "Monatsbeleg", "yearly": "Jahresbeleg"}
 
 
 def due_periods(last_closing: str | None, first: str, now_local: dt.datetime) -> list[str]:

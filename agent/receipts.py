@@ -236,7 +236,7 @@ class ReceiptService:
         with self._issuing.transaction() as conn:
             reg = open_register(conn, register_id)
             closes = kind in ("monthly", "yearly")
-            period = period_to_close(reg, self.clock.now()) if closes else None
+            period = period_to_close(reg, kind, self.clock.now()) if closes else None
             draft = Draft(
                 register_id,
                 kind,

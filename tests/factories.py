@@ -4,6 +4,7 @@ the command line in-process, and a QR reader."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import io
 import json
 import re
@@ -17,6 +18,7 @@ import zxingcpp
 from PIL import Image
 from typer.testing import CliRunner, Result
 
+from agent.clock import FrozenClock
 from agent.receipts import ReceiptService
 from agent.signing import UnitConfig, open_unit
 from agent.signing.registry import UnitRegistry, store_unit
@@ -60,6 +62,26 @@ def add_unit(db: TillDB, registry: UnitRegistry, config: UnitConfig) -> None:
 
 def make_service(db: TillDB, registry: UnitRegistry | None = None) -> ReceiptService:
     return ReceiptService(db, registry or UnitRegistry())
+
+
+# the last days on which a Monats- or Jahresbeleg may be issued by hand, for registers
+# created on the test default (conftest.START, 2 March 2026): 11:00 in Vienna
+CLOSING_DAYS = {
+    "monthly": dt.datetime(2026, 3, 31, 9, 0, tzinfo=dt.UTC),
+    "yearly": dt.datetime(2026, 12, 31, 10, 0, tzinfo=dt.UTC),
+}
+
+
+def to_closing_day(service: ReceiptService, kind: str) -> int:
+    """Move the service's frozen clock to a day on which ``kind`` may be issued by hand
+    (any other kind: the clock stays): March's last day for a Monatsbeleg, 31 December
+    for the Jahresbeleg, with the months before it closed by the closing job. How many
+    receipts that catch-up issued."""
+    if kind not in CLOSING_DAYS:
+        return 0
+    assert isinstance(service.clock, FrozenClock)
+    service.clock.set(CLOSING_DAYS[kind])
+    return len(service.run_closings())
 
 
 def sale(**overrides: Any) -> dict[str, Any]:

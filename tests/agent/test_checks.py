@@ -23,7 +23,7 @@ from agent.clock import FrozenClock
 from agent.errors import InvalidSale, NotFound
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing.flaky import FlakyUnit
-from factories import Run, db_rows, expect, flat, journal_events, sale
+from factories import Run, db_rows, expect, flat, journal_events, sale, to_closing_day
 from storage import DB_FILE, TillDB, make_engine
 from storage.migrate import downgrade_to
 
@@ -649,5 +649,6 @@ def test_sales_do_not_touch_the_checks(service: ReceiptService) -> None:
     """Only the Start- and Jahresbeleg owe a check: sales, Nullbelege and Monatsbelege not."""
     service.issue(sale())
     service.issue_special(REGISTER, "null")
+    to_closing_day(service, "monthly")
     service.issue_special(REGISTER, "monthly")
     assert [c[0] for c in _checks(service)] == ["start"]

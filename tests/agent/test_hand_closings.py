@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from agent.clock import FrozenClock
+from agent.clock import FrozenClock, SystemClock
 from agent.errors import RegisterStateError
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing import UnitConfig, open_unit
@@ -27,6 +27,7 @@ from storage import TillDB
 
 REGISTER = "KASSE-1"
 DEC_1 = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC)
+DEC_31 = dt.datetime(2026, 12, 31, 9, 0, tzinfo=dt.UTC)  # 10:00 in Vienna
 
 
 def _closings(db: TillDB) -> list[tuple[int, str, str | None]]:
@@ -80,18 +81,20 @@ class TestHandIssuedClosings:
     def test_the_period_is_the_month_in_the_register_time_zone(
         self, december: ReceiptService, clock: FrozenClock
     ) -> None:
-        """23:30 UTC on 31 December is already January in Vienna: it closes 2027-01, and
-        only when December is closed."""
+        """23:30 UTC on 30 January is 31 January in Vienna: the month's last day, so it
+        closes 2027-01 (once December is closed)."""
+        clock.set(DEC_31)
         december.issue_special(REGISTER, "yearly")
-        clock.set(dt.datetime(2026, 12, 31, 23, 30, tzinfo=dt.UTC))
+        clock.set(dt.datetime(2027, 1, 30, 23, 30, tzinfo=dt.UTC))  # 31 January in Vienna
         monthly = december.issue_special(REGISTER, "monthly")
         assert _closings(december.db)[-1] == (monthly.number, "monthly", "2027-01")
 
     @pytest.mark.parametrize("second", ["monthly", "yearly"])
     def test_a_second_closing_of_the_same_month_is_refused(
-        self, december: ReceiptService, second: str
+        self, december: ReceiptService, clock: FrozenClock, second: str
     ) -> None:
         """The month is closed: refused (a fiscal refusal), no number, no journal event."""
+        clock.set(DEC_31)
         december.issue_special(REGISTER, "yearly")
         before = _register(december.db)
         with pytest.raises(RegisterStateError, match="2026-12 is closed already"):
@@ -113,7 +116,47 @@ class TestHandIssuedClosings:
         with pytest.raises(RegisterStateError, match="from 2026-12 on are not issued yet"):
             december.issue_special(REGISTER, "monthly")
         assert [r.kind for r in december.run_closings()] == ["yearly"]
+        with pytest.raises(RegisterStateError, match=r"last day \(2027-01-31\) at the earliest"):
+            december.issue_special(REGISTER, "monthly")
+        clock.set(dt.datetime(2027, 1, 31, 9, 0, tzinfo=dt.UTC))
         assert december.issue_special(REGISTER, "monthly").kind == "monthly"
+
+    @pytest.mark.parametrize(
+        ("moment", "kind", "message"),
+        [
+            # a Monatsbeleg for December would leave the year without its Jahresbeleg
+            (DEC_31, "monthly", "2026-12 is closed by a Jahresbeleg, not a Monatsbeleg"),
+            # a "Jahresbeleg" for another month would take December's Belegcheck
+            (
+                dt.datetime(2027, 1, 31, 9, 0, tzinfo=dt.UTC),
+                "yearly",
+                "2027-01 is closed by a Monatsbeleg, not a Jahresbeleg",
+            ),
+            # mid-month: the rest of the month would be missing from its closing
+            (
+                dt.datetime(2026, 12, 30, 22, 59, tzinfo=dt.UTC),  # 23:59 on the 30th
+                "yearly",
+                r"on its last day \(2026-12-31\) at the earliest",
+            ),
+        ],
+    )
+    def test_a_closing_that_does_not_fit_its_month_is_refused(
+        self,
+        december: ReceiptService,
+        clock: FrozenClock,
+        moment: dt.datetime,
+        kind: str,
+        message: str,
+    ) -> None:
+        """Refused before anything is written: no number, no journal event, no check."""
+        if moment.year == 2027:  # December closed first, by the job
+            clock.set(dt.datetime(2026, 12, 31, 22, 59, 30, tzinfo=dt.UTC))
+            december.run_closings()
+        clock.set(moment)
+        before = _register(december.db)
+        with pytest.raises(RegisterStateError, match=message):
+            december.issue_special(REGISTER, kind)
+        assert _register(december.db) == before
 
     def test_a_hand_issued_jahresbeleg_fulfils_the_waiting_one(
         self,
@@ -140,7 +183,9 @@ class TestHandIssuedClosings:
 
 @pytest.mark.usefixtures("no_system_config")
 class TestHandIssuedClosingsOnTheCommandLine:
-    def test_special_yearly_twice_exits_4_the_second_time(self, tmp_path: Path) -> None:
+    def test_special_yearly_twice_exits_4_the_second_time(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """``special KASSE-1 yearly`` records its month; a second one is refused, exit 4."""
         runner = CliRunner()
         data = str(tmp_path / "data")
@@ -149,6 +194,8 @@ class TestHandIssuedClosingsOnTheCommandLine:
             result = runner.invoke(app, [*args, "--data-dir", data], prog_name="till-agent")
             return result.exit_code, result.stdout
 
+        # the command line's own clock, at 31 December in Vienna
+        monkeypatch.setattr(SystemClock, "now", lambda _self: DEC_31)
         assert run("unit", "create-software", "--id", "dev")[0] == 0
         assert run("init", REGISTER, "--unit", "dev")[0] == 0
         code, out = run("special", REGISTER, "yearly", "--json")

@@ -33,8 +33,9 @@ REGISTER = "KASSE-1"
 
 @pytest.fixture(name="december")
 def _december(clock: FrozenClock) -> None:
-    """The register is made on 31 December, so its Jahresbeleg may be issued."""
-    clock.set(dt.datetime(2026, 12, 31, 23, 0, tzinfo=dt.UTC))
+    """The register is made on 31 December (11:00 in Vienna), so its Jahresbeleg may be
+    issued."""
+    clock.set(dt.datetime(2026, 12, 31, 10, 0, tzinfo=dt.UTC))
 
 
 class _Died(BaseException):
