@@ -1,6 +1,7 @@
-"""Belegchecks as their readers see them: the :class:`CheckOut` of a :class:`CheckRecord`,
-one vocabulary for ``open_checks`` in ``GET /v1/status``, the check route's answer and the
-command line's JSON (``checks list``, ``checks done``)."""
+"""Belegchecks (and the decommissioning report) as their readers see them: the
+:class:`CheckOut` of a :class:`CheckRecord`, one vocabulary for ``open_checks`` in
+``GET /v1/status``, the check route's answer and the command line's JSON (``checks list``,
+``checks done``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ __all__ = ["CheckOut", "check_out"]
 
 
 class CheckOut(BaseModel):
-    """A check the operator owes after a Startbeleg (``start``) or Jahresbeleg (``yearly``):
+    """A check the operator owes after a Startbeleg (``start``) or Jahresbeleg (``yearly``),
+    or the FinanzOnline report of the decommissioning after a Schlussbeleg (``closing``):
     due by ``due`` (a date in the register's time zone), ``overdue`` past it while open,
     done once its ``reference`` is recorded (``failed``: the Belegcheck failed)."""
 

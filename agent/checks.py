@@ -1,24 +1,29 @@
-"""The checks the law asks of the operator after two special receipts (rksv.md section 6).
+"""What the operator owes after three special receipts (rksv.md sections 5 and 6).
 
 * ``start``: the signature unit and the register must be registered in FinanzOnline within
   one week of commissioning, and the Startbeleg checked with the BMF Belegcheck app (or
   web service) right after: due 7 days after the Startbeleg's date.
 * ``yearly``: the Jahresbeleg (December's Monatsbeleg) must be checked with the Belegcheck
   app or web service by 15 February of the following year.
+* ``closing``: the decommissioning of the register must be reported in FinanzOnline
+  "ohne unnötigen Aufschub", within one week: due 7 days after the Schlussbeleg's date.
 
 An obligation is created in the transaction of the signed receipt that implies it (also
 one issued late by recovery; a Jahresbeleg that waits for its unit implies nothing yet)
-and journaled (``check.due``). Due dates are dates in the register's time zone: a check
-is overdue from midnight after its due date there, whatever the UTC offset did meanwhile.
+and journaled (``check.due``). A Schlussbeleg that recovery stores as the chain service
+signed it (its answer was lost) is not issued again, so the timer's next tick creates
+its obligation (:meth:`CheckWatch.tick`: a closed register without one). Due dates are
+dates in the register's time zone: a check is overdue from midnight after its due date
+there, whatever the UTC offset did meanwhile.
 
 A timer (:meth:`CheckWatch.tick`, beside the outage watch) raises each reminder once per
 obligation, as an ``alert.raised`` journal event and a log line: ``created`` (INFO),
 ``approaching`` two days before the due date (WARNING) and ``overdue`` (ERROR). The
 reminders are sent by the timer and not at creation, so a till that was idle or off
 catches up with every reminder it missed at its next tick; an obligation lasts days, so
-the interval of the timer does not matter. The operator records the check with
-``till-agent checks done`` (:func:`record_check`): once, with the Belegcheck or
-FinanzOnline reference, and whether it failed (then again once the cause is fixed).
+the interval of the timer does not matter. The operator records the check (or the
+report) with ``till-agent checks done`` (:func:`record_check`): once, with the Belegcheck
+or FinanzOnline reference, and whether it failed (then again once the cause is fixed).
 """
 
 from __future__ import annotations
@@ -51,9 +56,10 @@ __all__ = [
     "record_due",
 ]
 
-CheckKind = Literal["start", "yearly"]  # also the checks table's CHECK (migration 0004)
+CheckKind = Literal["start", "yearly", "closing"]  # the checks table's CHECK (0004, 0007)
 CHECK_KINDS: tuple[CheckKind, ...] = get_args(CheckKind)
 START_DAYS = 7  # registration within one week of commissioning, the check right after
+CLOSING_DAYS = 7  # the decommissioning is reported within one week of the Schlussbeleg
 WARN_DAYS = 2  # the WARNING reminder, this many days before the due date
 
 log = logging.getLogger(__name__)
@@ -63,14 +69,23 @@ _COLUMNS = (
     " c.alerts, c.reference, c.failed, c.done_at, r.timezone"
 )
 _FROM = " FROM checks c JOIN registers r ON r.id = c.register_id"
-# the signed receipts that imply a check, of registers without any obligation (adoption);
-# S608: the f-string adds only a placeholder per kind
+# the signed Start- and Jahresbelege of registers without any obligation (adoption)
 _UNTRACKED = (
-    "SELECT x.register_id, x.kind, x.number, x.issued_at, x.document, r.timezone"  # noqa: S608
+    "SELECT x.register_id, x.kind, x.number, x.issued_at, x.document, r.timezone"
     " FROM receipts x JOIN registers r ON r.id = x.register_id"
-    f" WHERE x.kind IN ({', '.join('?' * len(CHECK_KINDS))}) AND x.signature_state = 'signed'"
+    " WHERE x.kind IN ('start', 'yearly') AND x.signature_state = 'signed'"
     " AND NOT EXISTS (SELECT 1 FROM checks c WHERE c.register_id = x.register_id)"
     " ORDER BY x.register_id, x.number"
+)
+# the Schlussbeleg (the last receipt) of each closed register without its obligation, with
+# the time it was stored (its journal event): few rows, read on every tick
+_UNREPORTED_CLOSINGS = (
+    "SELECT x.register_id, x.kind, x.number, x.issued_at, x.document, r.timezone, j.at"
+    " FROM registers r JOIN receipts x ON x.register_id = r.id AND x.number = r.last_number"
+    " JOIN journal j ON j.seq = x.journal_seq"
+    " WHERE r.state = 'closed' AND x.kind = 'closing' AND x.signature_state = 'signed'"
+    " AND NOT EXISTS (SELECT 1 FROM checks c WHERE c.register_id = r.id AND c.kind = 'closing')"
+    " ORDER BY r.id"
 )
 
 
@@ -117,6 +132,9 @@ class CheckRecord:
         return levels
 
 
+_WEEK = {"start": START_DAYS, "closing": CLOSING_DAYS}  # due days after the receipt's date
+
+
 def checked_year(issued_at: str, period: str | None = None) -> int:
     """The year a check is for: a Jahresbeleg's month ``period`` ("YYYY-MM", also when it
     is issued in January, caught up), else the receipt's date."""
@@ -124,9 +142,9 @@ def checked_year(issued_at: str, period: str | None = None) -> int:
 
 
 def due_date(kind: str, issued_at: str, period: str | None = None) -> dt.date:
-    """When the check of a receipt dated ``issued_at`` (register time) is due."""
-    if kind == "start":
-        return dt.date.fromisoformat(issued_at[:10]) + dt.timedelta(days=START_DAYS)
+    """When the check (or report) of a receipt dated ``issued_at`` (register time) is due."""
+    if kind in _WEEK:
+        return dt.date.fromisoformat(issued_at[:10]) + dt.timedelta(days=_WEEK[kind])
     return dt.date(checked_year(issued_at, period) + 1, 2, 15)
 
 
@@ -149,7 +167,8 @@ def record_due(  # noqa: PLR0917 - the receipt that implies the check, as _issue
     period: str | None,
     at: dt.datetime,
 ) -> int | None:
-    """Create the obligation a signed Startbeleg or Jahresbeleg implies, in its transaction.
+    """Create the obligation a signed Start-, Jahres- or Schlussbeleg implies, in its
+    transaction.
 
     ``period`` is the Jahresbeleg's month ("YYYY-MM"): its year is the checked one, also
     when it is issued in January (caught up). Returns the new obligation's id, ``None`` if
@@ -203,7 +222,10 @@ class CheckWatch:
     writer nor make a sale wait. Its first tick also adopts the obligations of registers
     that existed before the checks were tracked (see the 0004 migration): their signed
     Startbeleg and Jahresbelege, unless the due date is already past. It reads the
-    receipts of the registers without any obligation for them, once per start.
+    receipts of the registers without any obligation for them, once per start. Every tick
+    also creates the ``closing`` obligation of a closed register that has none (one closed
+    before the 0007 migration, or whose Schlussbeleg recovery stored as its chain service
+    had signed it): see :func:`_closings_to_adopt`.
     """
 
     def __init__(self, db: TillDB, clock: Clock) -> None:
@@ -219,6 +241,7 @@ class CheckWatch:
         now = self.clock.now()
         with self.db.read_connection() as conn:
             adopt = [] if self._adopted else _to_adopt(conn, now)
+            adopt += _closings_to_adopt(conn, now)
             due = _unsent(load_checks(conn), now)
         if not adopt:
             self._adopted = True
@@ -249,16 +272,15 @@ def _unsent(records: list[CheckRecord], now: dt.datetime) -> list[tuple[CheckRec
     return [(record, new) for record, new in due if new]
 
 
-def _to_adopt(
-    conn: sqlite3.Connection, now: dt.datetime
-) -> list[tuple[str, str, int, str, str | None]]:
+_Implied = tuple[str, str, int, str, str | None]  # record_due's receipt: register .. period
+
+
+def _to_adopt(conn: sqlite3.Connection, now: dt.datetime) -> list[_Implied]:
     """The signed Start-/Jahresbelege of registers without any obligation whose due date
     is today or later in the register's time zone (the 0004 migration says why), as
     :func:`record_due` takes them."""
     adopt = []
-    for register_id, kind, number, issued_at, document, timezone in conn.execute(
-        _UNTRACKED, CHECK_KINDS
-    ):
+    for register_id, kind, number, issued_at, document, timezone in conn.execute(_UNTRACKED):
         period = json.loads(document).get("period")
         today = now.astimezone(ZoneInfo(timezone)).date()
         if due_date(kind, issued_at, period) >= today:
@@ -266,23 +288,50 @@ def _to_adopt(
     return adopt
 
 
+def _closings_to_adopt(conn: sqlite3.Connection, now: dt.datetime) -> list[_Implied]:
+    """The Schlussbelege of closed registers without their ``closing`` obligation, as
+    :func:`record_due` takes them: issuing creates it with the receipt, so these are the
+    registers closed before the 0007 migration and a Schlussbeleg that recovery stored as
+    its chain service had signed it (it is not issued again). One is adopted unless it was
+    stored more than :data:`CLOSING_DAYS` before today (register time zone): a register
+    decommissioned long before the upgrade is not reminded of, as the 0004 migration says
+    of old checks, while a Schlussbeleg recovered late is (its due date may be past)."""
+    adopt: list[_Implied] = []
+    for register_id, kind, number, issued_at, _, timezone, stored_at in conn.execute(
+        _UNREPORTED_CLOSINGS
+    ):
+        stored = dt.datetime.fromisoformat(stored_at).astimezone(ZoneInfo(timezone))
+        today = now.astimezone(ZoneInfo(timezone)).date()
+        if stored.date() + dt.timedelta(days=CLOSING_DAYS) >= today:
+            adopt.append((register_id, kind, number, issued_at, None))
+    return adopt
+
+
 # the reminders: journal level, log severity, and what the line says after the obligation
 _REMINDERS: dict[str, tuple[str, int, str]] = {
     "created": ("info", logging.INFO, "due by {due}"),
     "approaching": ("warning", logging.WARNING, "due by {due}, in {days} days or less"),
-    "overdue": ("error", logging.ERROR, "it was due by {due} and no check is recorded: overdue"),
+    "overdue": ("error", logging.ERROR, "it was due by {due} and no {noun} is recorded: overdue"),
 }
 _WHAT = {
     "start": "register the signature unit and the register in FinanzOnline and check the"
     " {receipt} with the BMF Belegcheck app or web service",
     "yearly": "check the {receipt} with the BMF Belegcheck app or web service (printed and"
     " kept 7 years unless checked with the web service)",
+    "closing": "report the decommissioning (Außerbetriebnahme) of the register in"
+    " FinanzOnline, after its {receipt}",
 }
+
+
+def _noun(kind: str) -> str:
+    """What the operator records: a Belegcheck, or the FinanzOnline report of a closing."""
+    return "report" if kind == "closing" else "check"
 
 
 def _receipt(record: CheckRecord) -> str:
     """The receipt ``record`` is the check of, as the log lines name it."""
-    name = "Startbeleg" if record.kind == "start" else f"Jahresbeleg {record.year}"
+    names = {"start": "Startbeleg", "closing": "Schlussbeleg"}
+    name = names.get(record.kind, f"Jahresbeleg {record.year}")
     return f"{name} (number {record.receipt_number})"
 
 
@@ -312,7 +361,7 @@ def _remind(conn: sqlite3.Connection, record: CheckRecord, level: str, now: dt.d
         (
             record.register_id,
             what,
-            when.format(due=due, days=WARN_DAYS),
+            when.format(due=due, days=WARN_DAYS, noun=_noun(record.kind)),
             record.register_id,
             record.kind,
             record.year,
@@ -330,23 +379,24 @@ def record_check(  # noqa: PLR0917 - the obligation, then what the operator reco
     *,
     failed: bool = False,
 ) -> CheckRecord:
-    """Record that a check was made (``failed``: the Belegcheck found the receipt invalid).
+    """Record that a check (or the ``closing`` report) was made (``failed``: the Belegcheck
+    found the receipt invalid; a FinanzOnline report does not fail).
 
     Recorded once: the reference is evidence and the journal is append-only. The same
     reference (and result) again is a harmless repeat (nothing is journaled). A failed
     check also raises an ERROR alert: the register counts as "unit failed" (rksv.md 6);
     it is not final: the check made again after the cause is fixed, with a new reference,
     is recorded as its own ``check.done`` (a passing one ends the failure).
-    ``year`` may be left out for the Startbeleg (a register has one).
+    ``year`` may be left out for the Startbeleg and the Schlussbeleg (a register has one).
 
     Raises:
         NotFound: no such obligation.
-        InvalidSale: a bad kind, a missing year, a missing or bad reference (see
-            :func:`~agent.contract.check_reference`), or (rule
+        InvalidSale: a bad kind, a missing year, a failed ``closing`` report, a missing or
+            bad reference (see :func:`~agent.contract.check_reference`), or (rule
             ``already-reported``) another reference or result for a check that passed,
             or another result for the reference of a failed one.
     """
-    _check_input(kind, year, reference)
+    _check_input(kind, year, reference, failed)
     now = clock.now().isoformat()
     with writer.transaction() as conn:
         record = _find(conn, register_id, kind, year)
@@ -393,18 +443,26 @@ def _refuse_unless_recheck(record: CheckRecord, reference: str) -> None:
     raise InvalidSale(
         "reference",
         "already-reported",
-        f"the {record.kind} check of register {record.register_id} ({record.year}) has the"
-        f" reference {record.reference!r}{' (failed)' if record.failed else ''} already; a"
-        f" check's reference is evidence and is recorded once{again}",
+        f"the {record.kind} {_noun(record.kind)} of register {record.register_id}"
+        f" ({record.year}) has the reference {record.reference!r}"
+        f"{' (failed)' if record.failed else ''} already; a {_noun(record.kind)}'s reference"
+        f" is evidence and is recorded once{again}",
     )
 
 
-def _check_input(kind: str, year: int | None, reference: str) -> None:
+def _check_input(kind: str, year: int | None, reference: str, failed: bool) -> None:
     if kind not in CHECK_KINDS:
         raise InvalidSale("kind", "check-kind", f"a check is one of {', '.join(CHECK_KINDS)}")
     check_reference(reference, "Belegcheck or FinanzOnline")
     if year is None and kind == "yearly":
         raise InvalidSale("year", "required", "give the year of the Jahresbeleg (--year)")
+    if failed and kind == "closing":
+        raise InvalidSale(
+            "failed",
+            "allowed-values",
+            "only a Belegcheck (start, yearly) can fail; the decommissioning report is"
+            " recorded with its FinanzOnline reference",
+        )
 
 
 def _find(conn: sqlite3.Connection, register_id: str, kind: str, year: int | None) -> CheckRecord:
@@ -415,5 +473,5 @@ def _find(conn: sqlite3.Connection, register_id: str, kind: str, year: int | Non
     ).fetchone()
     if row is None:
         of = "" if year is None else f" for {year}"
-        raise NotFound(f"register {register_id} has no {kind} check{of}")
+        raise NotFound(f"register {register_id} has no {kind} {_noun(kind)}{of}")
     return CheckRecord.from_row(row)

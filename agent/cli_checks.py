@@ -1,5 +1,6 @@
 """``till-agent checks ...``: the Belegcheck the operator owes after a Startbeleg or a
-Jahresbeleg (rksv.md section 6), listed and recorded."""
+Jahresbeleg (rksv.md section 6), and the FinanzOnline report of the decommissioning after
+a Schlussbeleg (section 5), listed and recorded."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from agent.cli_commands import _reader, _require_register
 __all__ = ["checks_app"]
 
 checks_app = typer.Typer(
-    help="Checks the operator owes (Startbeleg, Jahresbeleg): list them, record them."
+    help="Checks the operator owes (Startbeleg, Jahresbeleg) and the decommissioning report"
+    " (Schlussbeleg): list them, record them."
 )
 
 
@@ -71,7 +73,10 @@ def checks_done(  # noqa: PLR0917 - a Typer command: its options are its paramet
     register: Annotated[str, typer.Argument(help="Kassen-ID.")],
     kind: Annotated[
         CheckKind,
-        typer.Argument(help="Which check: the Startbeleg's or a Jahresbeleg's."),
+        typer.Argument(
+            help="Which check: the Startbeleg's, a Jahresbeleg's, or closing: the"
+            " FinanzOnline report of the decommissioning after the Schlussbeleg."
+        ),
     ],
     reference: Annotated[
         str, typer.Option(help="Reference of the Belegcheck (or of the FinanzOnline entry).")
@@ -79,7 +84,8 @@ def checks_done(  # noqa: PLR0917 - a Typer command: its options are its paramet
     year: Annotated[
         int | None,
         typer.Option(
-            help="Year of the checked receipt (needed for yearly; the Startbeleg's by default).",
+            help="Year of the checked receipt (needed for yearly; start and closing: the"
+            " register's one by default).",
             min=1,
             max=9999,
         ),
@@ -92,12 +98,13 @@ def checks_done(  # noqa: PLR0917 - a Typer command: its options are its paramet
     as_json: JsonFlag = False,
 ) -> None:
     """Record that the Startbeleg or the Jahresbeleg of a year was checked with the BMF
-    Belegcheck app or web service, once; its reminders stop.
+    Belegcheck app or web service (or, closing, that the decommissioning was reported in
+    FinanzOnline), once; its reminders stop.
 
     Another reference for a check that passed is refused (exit 3), the same one again
     changes nothing. --failed records a check that failed: an ERROR alert says the register counts
     as "unit failed"; the check made again once the cause is fixed is recorded with its
-    new --reference.
+    new --reference (a closing report does not fail: exit 3).
     """
     from agent.check_view import check_out
     from agent.checks import record_check
@@ -117,6 +124,7 @@ def checks_done(  # noqa: PLR0917 - a Typer command: its options are its paramet
     _emit(check, as_json)
     if not as_json:
         result = "FAILED" if failed else "done"
+        what = "report" if kind == "closing" else "check"
         out.print(
-            f"{register}: {kind} check {check['year']} {result}, reference {reference!r} recorded"
+            f"{register}: {kind} {what} {check['year']} {result}, reference {reference!r} recorded"
         )

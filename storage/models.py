@@ -190,6 +190,8 @@ class Outage(Base):
     report_due: Mapped[str | None] = mapped_column(String(32), nullable=True)
     report_reference: Mapped[str | None] = mapped_column(Text, nullable=True)
     end_report_reference: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # past 48 h, the end (Wiederinbetriebnahme) is reported within a week of it (0007)
+    end_report_due: Mapped[str | None] = mapped_column(String(32), nullable=True)
     ended_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
     sammelbeleg_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
@@ -294,20 +296,21 @@ class PrintJob(Base):
 
 
 class Check(Base):
-    """A check the operator owes after a signed Startbeleg or Jahresbeleg (rksv.md 6):
-    due by ``due_date`` (register time zone), done once its reference is recorded."""
+    """A check the operator owes after a signed Startbeleg or Jahresbeleg (rksv.md 6), or
+    the FinanzOnline report of the decommissioning after a Schlussbeleg (rksv.md 5): due by
+    ``due_date`` (register time zone), done once its reference is recorded."""
 
     __tablename__ = "checks"
     __table_args__ = (
         UniqueConstraint("register_id", "kind", "year"),
-        CheckConstraint("kind IN ('start', 'yearly')", name="kind"),
+        CheckConstraint("kind IN ('start', 'yearly', 'closing')", name="kind"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     register_id: Mapped[str] = mapped_column(ForeignKey("registers.id"))
     kind: Mapped[str] = mapped_column(String(16))
     year: Mapped[int] = mapped_column(Integer)
-    receipt_number: Mapped[int] = mapped_column(Integer)  # the Start-/Jahresbeleg
+    receipt_number: Mapped[int] = mapped_column(Integer)  # the Start-/Jahres-/Schlussbeleg
     due_date: Mapped[str] = mapped_column(String(10))  # YYYY-MM-DD, register time zone
     created_at: Mapped[str] = mapped_column(String(32))  # UTC, ISO 8601
     alerts: Mapped[str] = mapped_column(Text)  # JSON list of the reminders sent
