@@ -48,7 +48,8 @@ def outage_list(
     data_dir: DataDir = DEFAULT_DATA,
     as_json: JsonFlag = False,
 ) -> None:
-    """All outages, newest first: state, age, affected receipts, escalation, report.
+    """All outages, newest first: state, age, affected receipts, escalation, the report and
+    the end report (past 48 h: the reference, or the due date while none is recorded).
 
     With --json each outage has the fields of the local API's GET /v1/outages (same names,
     UTC times ending in Z), then probe_attempts, age_seconds and checked_at.
@@ -64,7 +65,15 @@ def outage_list(
         _emit([outage_json(r) for r in records], True)
         return
     table = Table(
-        "id", "register", "started (UTC)", "ended", "hours", "affected", "level", "report"
+        "id",
+        "register",
+        "started (UTC)",
+        "ended",
+        "hours",
+        "affected",
+        "level",
+        "report",
+        "end report",
     )
     for r in records:
         table.add_row(
@@ -75,9 +84,15 @@ def outage_list(
             f"{r.age_seconds / 3600:.1f}",
             str(r.affected),
             r.escalations[-1] if r.escalations else "-",
-            r.report_reference or ("due " + r.report_due[:10] if r.report_due else "-"),
+            _report(r.report_reference, r.report_due),
+            _report(r.end_report_reference, r.end_report_due),
         )
     _print_table(table)
+
+
+def _report(reference: str | None, due: str | None) -> str:
+    """A report as the list shows it: its reference, else its due date (UTC day), else -."""
+    return reference or ("due " + due[:10] if due else "-")
 
 
 def _pack(data_dir: Path, outage_id: int, as_json: bool) -> dict[str, object]:
@@ -147,7 +162,8 @@ def outage_report(
 ) -> None:
     """Record that the outage report (or with --end the end report) was made in FinanzOnline.
 
-    Escalation of this outage stops once the report is recorded.
+    An outage past 48 h owes both: the report within a week of the 48 hours, the end report
+    within a week of its Sammelbeleg. The reminders of a report stop once it is recorded.
     """
     from agent.clock import SystemClock
     from agent.outage_watch import acknowledge_report

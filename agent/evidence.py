@@ -113,6 +113,7 @@ def render_evidence(pack: dict[str, Any]) -> str:
         f"Sonden (probes):         {pack['probes']}",
         f"Meldung fällig bis:      {o['report_due_at'] or '-'}",
         f"Meldung (report ref):    {o['report_reference'] or '-'}",
+        f"Endemeldung fällig bis:  {o['end_report_due_at'] or '-'}",
         f"Endemeldung (end ref):   {o['end_report_reference'] or '-'}",
         "",
         f"Betroffene Belege (affected receipts): {len(pack['affected_receipts'])}",

@@ -14,7 +14,10 @@ __all__ = ["OutageOut", "outage_out"]
 
 
 class OutageOut(BaseModel):
-    """One outage, open (``ended_at`` null) or closed by its Sammelbeleg."""
+    """One outage, open (``ended_at`` null) or closed by its Sammelbeleg. Past 48 hours it
+    must be reported in FinanzOnline by ``report_due_at``, and its end by
+    ``end_report_due_at`` (set when it closes); a report is done once its reference is
+    recorded."""
 
     # ``register`` is a BaseModel attribute: the field takes it as an alias
     model_config = ConfigDict(
@@ -35,6 +38,7 @@ class OutageOut(BaseModel):
     report_due_at: dt.datetime | None
     report_reference: str | None
     end_report_reference: str | None
+    end_report_due_at: dt.datetime | None
 
 
 def outage_out(record: OutageRecord) -> OutageOut:
@@ -54,6 +58,7 @@ def outage_out(record: OutageRecord) -> OutageOut:
         report_due_at=_stamp(record.report_due),
         report_reference=record.report_reference,
         end_report_reference=record.end_report_reference,
+        end_report_due_at=_stamp(record.end_report_due),
     )
 
 

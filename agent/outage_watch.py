@@ -13,7 +13,19 @@ agent was not running. Levels, each journaled once per outage:
 * ``overdue``: the week is over and no report was acknowledged (``outage report``).
 
 An outage is aged once more as its Sammelbeleg closes it (:meth:`OutageWatch.age_for_close`),
-so one that lasted past 48 h is flagged even if no tick saw it.
+so one that lasted past 48 h is flagged even if no tick saw it. The end of such an outage
+(Wiederinbetriebnahme) must be reported too, within one week of it
+(:meth:`OutageWatch.ended`): two more levels, for the end report:
+
+* ``end-report``: the outage ended past 48 h; its end report is due a week after the end
+  (the date is recorded, ``end_report_due``);
+* ``end-overdue``: that week is over and no end report was acknowledged
+  (``outage report --end``).
+
+An outage that has ended is watched for as long as one of its reports is due and not
+acknowledged: a tick journals its ``overdue`` and ``end-overdue`` when the wall clock has
+passed the due date (a deadline in the calendar, as a Belegcheck's; the outage no longer
+ages), and writes nothing for it otherwise.
 
 Every tick also watches the wall clock, whether or not an outage is open: a jump beyond
 the tolerance is journaled (``clock.jump``, one event per register) and logged (WARNING),
@@ -50,6 +62,13 @@ HOUR = 3600.0
 _OPEN_OUTAGES = (
     "SELECT id, register_id, age_seconds, checked_at, escalations, report_due,"
     " report_reference FROM outages WHERE ended_at IS NULL"
+)
+# ended outages with a report due and not acknowledged (their reminders may be due)
+_ENDED_REPORTS_DUE = (
+    "SELECT id, register_id, age_seconds, escalations, report_due, report_reference,"
+    " end_report_due, end_report_reference FROM outages WHERE ended_at IS NOT NULL"
+    " AND ((report_due IS NOT NULL AND report_reference IS NULL)"
+    " OR (end_report_due IS NOT NULL AND end_report_reference IS NULL))"
 )
 
 Escalation = tuple[int, str, str, float, str | None]  # outage, register, level, age s, due
@@ -92,7 +111,8 @@ class OutageWatch:
         self._jumped = False  # the last tick journaled a jump (its outages' gaps need not)
 
     def tick(self) -> list[tuple[int, str]]:
-        """Update every open outage; return the (outage, level) escalations fired now.
+        """Update every open outage and remind of the due reports of ended ones; return the
+        (outage, level) escalations fired now.
 
         Each escalation past the opening is logged once its transaction has committed.
         """
@@ -106,6 +126,8 @@ class OutageWatch:
             rows = conn.execute(_OPEN_OUTAGES).fetchall()
             for row in rows:
                 fired.extend(self._age(conn, row, wall, jumped=self._jumped))
+            for row in conn.execute(_ENDED_REPORTS_DUE).fetchall():
+                fired.extend(self._remind_ended(conn, row, wall))
         lines.extend(self._clamping(registers, wall))
         for level, message, args in lines:
             log.log(level, message, *args)
@@ -181,6 +203,62 @@ class OutageWatch:
         escalations (:func:`log_escalation`) once that transaction has committed."""
         row = conn.execute(f"{_OPEN_OUTAGES} AND id = ?", (outage_id,)).fetchone()
         return [] if row is None else self._age(conn, row, at, closing=True, jumped=False)
+
+    def ended(self, conn: sqlite3.Connection, outage_id: int, at: dt.datetime) -> list[Escalation]:
+        """The outage ``outage_id`` has just ended at ``at``, in the caller's transaction
+        (the Sammelbeleg's, after :meth:`age_for_close`): if it lasted past 48 h, record
+        that its end must be reported within a week (``end_report_due``) and journal the
+        ``end-report`` level. Log the returned escalations (:func:`log_escalation`) once
+        that transaction has committed."""
+        self._seen.pop(outage_id, None)
+        due = (at + dt.timedelta(days=self.thresholds.report_days)).isoformat()
+        cursor = conn.execute(
+            "UPDATE outages SET end_report_due = ? WHERE id = ? AND end_report_due IS NULL"
+            " AND EXISTS (SELECT 1 FROM json_each(escalations) WHERE value = 'exceeded')",
+            (due, outage_id),
+        )
+        if cursor.rowcount == 0:
+            return []
+        row = conn.execute(f"{_ENDED_REPORTS_DUE} AND id = ?", (outage_id,)).fetchone()
+        return [] if row is None else self._remind_ended(conn, row, at)
+
+    def _remind_ended(
+        self, conn: sqlite3.Connection, row: sqlite3.Row, wall: dt.datetime
+    ) -> list[Escalation]:
+        """Journal the reminders of an ended outage's reports that are due by ``wall`` and
+        not sent yet: its end report (``end-report``), then each report not acknowledged by
+        its due date (``overdue``, ``end-overdue``). Nothing new: nothing written."""
+        outage_id, register_id, age = int(row[0]), str(row[1]), float(row[2])
+        sent = list(json.loads(row[3]))
+        reports = (("overdue", None, row[4], row[5]), ("end-overdue", "end-report", row[6], row[7]))
+        new: list[tuple[str, str]] = []
+        for overdue, announced, due, reference in reports:
+            if due is None or reference is not None:
+                continue
+            if announced is not None and announced not in sent:
+                new.append((announced, due))
+            if overdue not in sent and wall >= dt.datetime.fromisoformat(due):
+                new.append((overdue, due))
+        for level, _ in new:
+            append_event(
+                conn,
+                kind="outage.escalation",
+                register_id=register_id,
+                at=wall.isoformat(),
+                data={
+                    "outage": outage_id,
+                    "level": level,
+                    "age_hours": round(age / HOUR, 3),
+                    "report_due": row[4],
+                    "end_report_due": row[6],
+                },
+            )
+        if new:
+            levels = sent + [level for level, _ in new]
+            conn.execute(
+                "UPDATE outages SET escalations = ? WHERE id = ?", (json.dumps(levels), outage_id)
+            )
+        return [(outage_id, register_id, level, age, due) for level, due in new]
 
     def _age(
         self,
@@ -290,6 +368,16 @@ _ESCALATIONS = {
         logging.ERROR,
         "its FinanzOnline report was due by {due} and none is recorded, it is overdue"
         " (till-agent outage report {id} --reference ...)",
+    ),
+    "end-report": (
+        logging.WARNING,
+        "it ended past the 48-hour window, report its end (Wiederinbetriebnahme) in"
+        " FinanzOnline by {due} (then: till-agent outage report {id} --end --reference ...)",
+    ),
+    "end-overdue": (
+        logging.ERROR,
+        "the FinanzOnline report of its end was due by {due} and none is recorded, it is"
+        " overdue (till-agent outage report {id} --end --reference ...)",
     ),
 }
 

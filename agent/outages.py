@@ -8,11 +8,12 @@ breaker). Every change to the record is also a journal event.
 
 An outage that closes is aged first, by the watch's own rules (:meth:`OutageWatch.age_for_close`):
 one past 48 hours is flagged and given its report date even if the timer never saw it
-(``till-agent outage recover`` after days with the agent stopped).
+(``till-agent outage recover`` after days with the agent stopped); then its end report is
+given its date (:meth:`OutageWatch.ended`), a week after the Sammelbeleg.
 
 Opening and closing are logged (WARNING, INFO) once the transaction that records them has
 committed (:meth:`OutageBook.settle`), so the log never tells of an outage that a rollback
-undid.
+undid; the escalations of a closing outage (the reports it owes) follow its closed line.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ _Key = tuple[str, int | None]  # register, its open outage (None: no outage open
 _COLUMNS = (
     "id, register_id, unit_id, started_at, cause, first_number, last_number, affected,"
     " probe_attempts, age_seconds, checked_at, escalations, report_due, report_reference,"
-    " end_report_reference, ended_at, sammelbeleg_number"
+    " end_report_reference, end_report_due, ended_at, sammelbeleg_number"
 )
 
 
@@ -60,6 +61,7 @@ class OutageRecord:
     report_due: str | None
     report_reference: str | None
     end_report_reference: str | None
+    end_report_due: str | None
     ended_at: str | None
     sammelbeleg_number: int | None
 
@@ -114,10 +116,10 @@ class OutageBook:
                     elif self._open.get(register_id) == outage_id:
                         del self._open[register_id]
                 return
-        for escalation in escalations:
-            log_escalation(*escalation)
         for level, message, args in news:
             log.log(level, message, *args)
+        for escalation in escalations:
+            log_escalation(*escalation)
 
     def open_registers(self) -> list[str]:
         with self._lock:
@@ -309,6 +311,7 @@ class OutageBook:
             at=at.isoformat(),
             data={"outage": outage_id, "sammelbeleg_number": sammelbeleg_number},
         )
+        escalations += self.watch.ended(conn, outage_id, at)
         with self._lock:
             del self._open[register_id]
             self._pending.append(("close", register_id, outage_id))
@@ -346,7 +349,8 @@ def _closed_line(
     conn: sqlite3.Connection, outage_id: int, register_id: str, number: int, at: dt.datetime
 ) -> LogLine:
     """The log line of a closed outage: its Sammelbeleg, duration and affected receipts
-    (WARNING past the 48-hour window: its end must be reported too)."""
+    (WARNING past the 48-hour window: the ``end-report`` line that follows says by when its
+    end must be reported)."""
     unit_id, started_at, affected, escalations = conn.execute(
         "SELECT unit_id, started_at, affected, escalations FROM outages WHERE id = ?",
         (outage_id,),
@@ -369,10 +373,7 @@ def _closed_line(
     )
     if "exceeded" not in json.loads(escalations):
         return logging.INFO, message, args
-    message += (
-        "; it lasted past 48 h: report its end (till-agent outage report %d --end --reference ...)"
-    )
-    return logging.WARNING, message, (*args, outage_id)
+    return logging.WARNING, message + "; it lasted past 48 h", args
 
 
 def load_outages(conn: sqlite3.Connection, register_id: str | None = None) -> list[OutageRecord]:

@@ -19,7 +19,7 @@ from factories import sale
 
 API_FIELDS = [field.alias or name for name, field in OutageOut.model_fields.items()]
 CLI_ONLY = ["probe_attempts", "age_seconds", "checked_at"]
-STAMPS = ("started_at", "ended_at", "report_due_at", "checked_at")
+STAMPS = ("started_at", "ended_at", "report_due_at", "end_report_due_at", "checked_at")
 
 
 @pytest.fixture(name="cli")

@@ -120,7 +120,9 @@ class TestEscalations:
         clock: FrozenClock,
         logged: pytest.LogCaptureFixture,
     ) -> None:
-        """Its end must be reported in FinanzOnline too: the closing line says how."""
+        """Its end must be reported in FinanzOnline too: the closing line (WARNING) is
+        followed by the end report's line, with its due date (a week after the Sammelbeleg)
+        and how to record it."""
         watch = OutageWatch(service.db.write_connection(), clock)
         flaky.mode = "down"
         service.issue(sale(request_id="a"))
@@ -129,7 +131,10 @@ class TestEscalations:
         watch.tick()
         flaky.mode = "up"
         assert service.recover("KASSE-1")
-        level, closed = _outage_lines(logged)[-1]
+        (level, closed), (end_level, end) = _outage_lines(logged)[-2:]
         assert level == logging.WARNING
         assert "Sammelbeleg 3 after 2 days, 2:00:00" in closed
-        assert "till-agent outage report 1 --end --reference" in closed
+        assert "it lasted past 48 h" in closed
+        assert end_level == logging.WARNING
+        assert "report its end (Wiederinbetriebnahme) in FinanzOnline by 2026-03-11" in end
+        assert "till-agent outage report 1 --end --reference" in end

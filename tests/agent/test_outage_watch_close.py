@@ -60,15 +60,16 @@ class TestClosingAgesTheOutage:
         self, service: ReceiptService, flaky: FlakyUnit, clock: FrozenClock
     ) -> None:
         """72 h with the agent stopped, then recover: exceeded, and the report is due a week
-        after the 48 hours were over (start + 9 days)."""
+        after the 48 hours were over (start + 9 days); its end report a week after the end."""
         start = _outage_for(service, flaky, clock, 72)
         outage = _outage(service)
         assert outage.ended_at is not None
         # only what has a legal consequence: warnings about an outage that is over warn nobody
-        assert outage.escalations == ("opened", "exceeded")
+        assert outage.escalations == ("opened", "exceeded", "end-report")
         assert outage.report_due == (start + dt.timedelta(days=9)).isoformat()
+        assert outage.end_report_due == (start + dt.timedelta(hours=72, days=7)).isoformat()
         assert outage.age_seconds == pytest.approx(72 * HOUR)
-        assert _levels(service) == ["opened", "exceeded"]
+        assert _levels(service) == ["opened", "exceeded", "end-report"]
 
     def test_the_close_asks_for_the_end_report_in_the_log(
         self,
@@ -77,14 +78,19 @@ class TestClosingAgesTheOutage:
         clock: FrozenClock,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        """The exceeded line (report date) and the closed line at WARNING, with --end."""
+        """The closed line at WARNING, then the exceeded line (report date) and the end
+        report's line (its date, with --end)."""
         caplog.set_level(logging.INFO)
         _outage_for(service, flaky, clock, 72)
         lines = [(r.levelno, r.getMessage()) for r in caplog.records]
-        assert any(lvl == logging.ERROR and "report it in FinanzOnline by" in m for lvl, m in lines)
-        closed = [(lvl, m) for lvl, m in lines if "closed" in m]
-        assert closed[-1][0] == logging.WARNING
-        assert "outage report 1 --end" in closed[-1][1]
+        closed = [i for i, (_, m) in enumerate(lines) if "closed" in m][-1]
+        assert lines[closed][0] == logging.WARNING
+        exceeded, end = lines[closed + 1 :]
+        assert exceeded[0] == logging.ERROR
+        assert "report it in FinanzOnline by 2026-03-11" in exceeded[1]
+        assert end[0] == logging.WARNING
+        assert "report its end (Wiederinbetriebnahme) in FinanzOnline by 2026-03-12" in end[1]
+        assert "outage report 1 --end" in end[1]
 
     def test_a_shorter_outage_is_not_flagged(
         self, service: ReceiptService, flaky: FlakyUnit, clock: FrozenClock
@@ -98,7 +104,8 @@ class TestClosingAgesTheOutage:
     def test_a_level_the_timer_recorded_is_not_recorded_again(
         self, service: ReceiptService, flaky: FlakyUnit, clock: FrozenClock
     ) -> None:
-        """The timer saw 49 h; closing at 50 h adds nothing and keeps its report date."""
+        """The timer saw 49 h; closing at 50 h adds only the end report and keeps the
+        report date."""
         watch = service.outages.watch
         flaky.mode = "down"
         service.issue(sale(request_id="r-1"))
@@ -110,9 +117,9 @@ class TestClosingAgesTheOutage:
         flaky.mode = "up"
         service.recover(REGISTER)
         after = _outage(service)
-        assert after.escalations == before.escalations
+        assert after.escalations == (*before.escalations, "end-report")
         assert after.report_due == before.report_due
-        assert _levels(service) == ["opened", "24h", "approaching", "exceeded"]
+        assert _levels(service) == ["opened", "24h", "approaching", "exceeded", "end-report"]
 
     def test_the_watch_is_built_on_the_receipt_services_clock(
         self, db: TillDB, registry: UnitRegistry, clock: FrozenClock
