@@ -69,6 +69,7 @@ from agent.registers import (
     create_register,
     register_row,
     setup_json,
+    start_unit,
 )
 from agent.remedy import supersede_lost, unresolved
 from agent.signing import SignatureUnit, sign_verified
@@ -161,23 +162,32 @@ class Issuing:
         return _local_stamp(self.clock.now(), timezone)
 
     def start_in(
-        self, conn: sqlite3.Connection, setup: RegisterSetup, stamp: str
+        self,
+        conn: sqlite3.Connection,
+        setup: RegisterSetup,
+        stamp: str,
+        *,
+        receipt_id: str | None = None,
+        unit_position: int | None = None,
     ) -> ReceiptResult | None:
-        """Create the register and issue its Startbeleg dated ``stamp``.
+        """Create the register and issue its Startbeleg dated ``stamp``; ``receipt_id`` and
+        ``unit_position``: a scenario replay's (default: from the format, the first unit).
 
         A chain service whose answer is lost (``OutcomeUnknown``) may hold the Startbeleg
         signed: then nothing is created, and the waiting Startbeleg (the open one, or a new
-        one) keeps ``stamp``, so recovery sends the very same signing input again (the
-        service's PUT is idempotent) and number 1 is never signed twice. ``None`` then.
-        The Startbeleg is never committed with the failure marker (rksv.md 5). For a chain
-        service the register's setup and ``stamp`` are committed first (an intent), so a
-        process that dies while the service signs leaves the register waiting the same way.
+        one) keeps ``stamp``, ``receipt_id`` and ``unit_position``, so recovery sends the
+        very same signing input again (the service's PUT is idempotent) and number 1 is
+        never signed twice. ``None`` then. The Startbeleg is never committed with the
+        failure marker (rksv.md 5). For a chain service what it waits with is committed
+        first (an intent), so a process that dies while the service signs leaves the
+        register waiting the same way.
         """
         closed = check_new_register(conn, setup)
-        pending = setup_json(setup, stamp)
+        pending = setup_json(setup, stamp, receipt_id=receipt_id, unit_position=unit_position)
         intent: _Intent | None = None
         voids: list[SigningError] = []  # what the Startbeleg's intent is told, if anything
-        if self.units.get(conn, setup.unit_ids[0]).capabilities.keeps_chain:
+        unit_id = start_unit(setup, unit_position)
+        if self.units.get(conn, unit_id).capabilities.keeps_chain:
             # before the register exists: a commit while the service signs would commit it
             self._record_intent(conn, setup.register_id, 1, "start", {"setup": json.loads(pending)})
             intent = functools.partial(_start_intent, voids)
@@ -185,7 +195,13 @@ class Issuing:
             try:
                 create_register(conn, setup, self.clock.now().isoformat(), closed)
                 reg = register_row(conn, setup.register_id)
-                draft = Draft(setup.register_id, "start", issued_at=stamp)
+                draft = Draft(
+                    setup.register_id,
+                    "start",
+                    receipt_id=receipt_id,
+                    issued_at=stamp,
+                    unit_position=unit_position,
+                )
                 return self.issue_in(conn, reg, draft, intent)
             except WaitsForUnit as exc:
                 conn.execute("ROLLBACK TO startbeleg")
@@ -231,8 +247,7 @@ class Issuing:
         unit_id = identity.unit_id
         if not unit.capabilities.keeps_chain:
             intent = None  # a local unit signs in-process: nothing is kept elsewhere
-        elif intent is None and draft.kind != "start":  # a replayed Startbeleg has none:
-            # its commit would commit the register it creates (start_in keeps its own)
+        elif intent is None:
             parts = functools.partial(
                 stored_receipt, draft, number, payload, data, unit_id, turnover
             )

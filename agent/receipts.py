@@ -59,10 +59,8 @@ from agent.recovery import Recovery
 from agent.registers import (
     START_SENT,
     RegisterSetup,
-    create_register,
     open_register,
     refuse_pending_start,
-    register_row,
     setup_json,
 )
 from agent.remedy import current_version, unresolved
@@ -146,28 +144,23 @@ class ReceiptService:
     ) -> ReceiptResult:
         """Create a register and issue its signed Startbeleg in one transaction.
 
+        Args:
+            setup: the new register.
+            receipt_id: a scenario replay's receipt id (default: from the format).
+            issued_at: a scenario replay's date (default: now, in the register's zone).
+            unit_position: a scenario replay's unit (default: the first of ``setup``).
+
         Raises:
             InvalidSale: a bad id or format, or the register exists already.
             FiscalError: the unit cannot sign (the register is not created).
         """
         _check_setup(setup)
-        replay = receipt_id is not None or issued_at is not None or unit_position is not None
         with self._issuing.transaction() as conn:
-            if not replay:
-                refuse_pending_start(conn, setup.register_id)
-                stamp = self._issuing.stamp_now(setup.timezone)
-                result = self._issuing.start_in(conn, setup, stamp)
-            else:  # a scenario replay decides the receipt; no answer is lost there
-                create_register(conn, setup, self.clock.now().isoformat())
-                reg = register_row(conn, setup.register_id)
-                draft = Draft(
-                    setup.register_id,
-                    "start",
-                    receipt_id=receipt_id,
-                    issued_at=issued_at,
-                    unit_position=unit_position,
-                )
-                result = self._issuing.issue_in(conn, reg, draft)
+            refuse_pending_start(conn, setup.register_id)
+            stamp = self._issuing.stamp_now(setup.timezone) if issued_at is None else issued_at
+            result = self._issuing.start_in(
+                conn, setup, stamp, receipt_id=receipt_id, unit_position=unit_position
+            )
         if result is None:
             raise WaitsForUnit(START_SENT.format(register=setup.register_id))
         return result

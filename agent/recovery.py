@@ -104,10 +104,16 @@ class Recovery:
 
     def _issue_waiting_start(self, row: sqlite3.Row) -> ReceiptResult:
         """The waiting Startbeleg; one whose answer was lost is sent again unchanged."""
-        setup = setup_from_json(row["setup"])
-        stamp = json.loads(row["setup"]).get("issued_at") or self._issuing.stamp_now(setup.timezone)
+        setup, sent = setup_from_json(row["setup"]), json.loads(row["setup"])
+        stamp = sent.get("issued_at") or self._issuing.stamp_now(setup.timezone)
         with self._issuing.transaction() as conn:
-            result = self._issuing.start_in(conn, setup, stamp)
+            result = self._issuing.start_in(
+                conn,
+                setup,
+                stamp,
+                receipt_id=sent.get("receipt_id"),
+                unit_position=sent.get("unit_position"),
+            )
             if result is not None:
                 waiting_done(conn, row, result.number, self._now())
         if result is None:

@@ -25,6 +25,7 @@ __all__ = [
     "register_row",
     "setup_from_json",
     "setup_json",
+    "start_unit",
 ]
 
 CLOSING_SENT = (
@@ -144,8 +145,15 @@ def refuse_pending_start(conn: sqlite3.Connection, register_id: str) -> None:
         raise WaitsForUnit(START_SENT.format(register=register_id))
 
 
-def setup_json(setup: RegisterSetup, issued_at: str | None = None) -> str:
-    """The waiting Startbeleg's register; ``issued_at``: the date of one that was sent."""
+def setup_json(
+    setup: RegisterSetup,
+    issued_at: str | None = None,
+    *,
+    receipt_id: str | None = None,
+    unit_position: int | None = None,
+) -> str:
+    """The waiting Startbeleg's register; ``issued_at``: the date of one that was sent, and
+    ``receipt_id``, ``unit_position``: a scenario replay's (see :func:`start_unit`)."""
     data: dict[str, Any] = {
         "register_id": setup.register_id,
         "units": list(setup.unit_ids),
@@ -154,9 +162,23 @@ def setup_json(setup: RegisterSetup, issued_at: str | None = None) -> str:
         "timezone": setup.timezone,
         "receipt_id_format": setup.receipt_id_format,
     }
-    if issued_at is not None:
-        data["issued_at"] = issued_at
+    sent = {"issued_at": issued_at, "receipt_id": receipt_id, "unit_position": unit_position}
+    data.update((key, value) for key, value in sent.items() if value is not None)
     return canonical_json(data)
+
+
+def start_unit(setup: RegisterSetup, position: int | None) -> str:
+    """The unit that signs the register's Startbeleg: the first, or (a scenario replay)
+    the one at ``position``."""
+    if position is None:
+        return setup.unit_ids[0]
+    if not 0 <= position < len(setup.unit_ids):
+        raise InvalidSale(
+            "unit_position",
+            "unit-unknown",
+            f"register {setup.register_id} has no unit at position {position}",
+        )
+    return setup.unit_ids[position]
 
 
 def setup_from_json(text: str) -> RegisterSetup:

@@ -18,7 +18,7 @@ import pytest
 
 from agent.at_rksv.verify import verify_dep
 from agent.clock import FrozenClock
-from agent.errors import RegisterClosed, WaitsForUnit
+from agent.errors import InvalidSale, RegisterClosed, WaitsForUnit
 from agent.export import export_container, export_dep
 from agent.fakes.chain_service import ChainServiceFake
 from agent.interrupted import _INTERRUPTED
@@ -262,18 +262,28 @@ class TestAStartbeleg:
         _check_dep(db, chain, "KASSE-2")
 
     def test_a_replayed_startbeleg_the_service_refused_creates_no_register(
-        self, chain_service: ReceiptService, chain: ChainServiceFake, db: TillDB, chain_unit: str
+        self,
+        chain_service: ReceiptService,
+        chain: ChainServiceFake,
+        db: TillDB,
+        registry: UnitRegistry,
+        clock: FrozenClock,
+        chain_unit: str,
     ) -> None:
         """A scenario replay (``receipt_id`` given) on a chain unit that is down: nothing is
-        created, so the replay can be run again (an intent's commit had committed the
-        register, and the second init was refused: register-exists)."""
+        created, not even by the commit of the void intent, and a restart makes nothing wait
+        for it, so the replay can be run again (Issuing.start_in's savepoint and intent)."""
         chain.mode = "down"
         with pytest.raises(WaitsForUnit, match="must be validly signed"):
-            chain_service.init_register(RegisterSetup("KASSE-2", [chain_unit]), receipt_id="1")
+            chain_service.init_register(RegisterSetup("KASSE-2", [chain_unit]), receipt_id="S-1")
         assert db_rows(db, "SELECT id FROM registers WHERE id = 'KASSE-2'") == []
+        sql = "SELECT kind FROM pending_signings WHERE register_id = 'KASSE-2' ORDER BY id"
+        assert [r[0] for r in db_rows(db, sql)] == ["start", "void"]
+        service = _restart(db, registry, clock)
+        assert service.waiting("KASSE-2") == []
         chain.mode = "up"
-        start = chain_service.init_register(RegisterSetup("KASSE-2", [chain_unit]), receipt_id="1")
-        assert (start.number, start.signature_state) == (1, "signed")
+        start = service.init_register(RegisterSetup("KASSE-2", [chain_unit]), receipt_id="S-1")
+        assert (start.number, start.receipt_id, start.signature_state) == (1, "S-1", "signed")
 
     def test_a_replayed_startbeleg_whose_answer_was_lost_is_never_stored_unsigned(
         self,
@@ -285,14 +295,62 @@ class TestAStartbeleg:
         chain_unit: str,
     ) -> None:
         """The Startbeleg is never committed with the failure marker (rksv.md 5), not even
-        from an intent found at the next start."""
+        from an intent found at the next start: it waits, and recovery sends the replay's
+        Startbeleg again unchanged (its receipt id and date)."""
         chain.mode = "lose_response"
-        with pytest.raises(WaitsForUnit):
-            chain_service.init_register(RegisterSetup("KASSE-2", [chain_unit]), receipt_id="1")
+        setup = RegisterSetup("KASSE-2", [chain_unit])
+        stamp = "2026-03-02T11:00:00"
+        with pytest.raises(WaitsForUnit, match="no answer came"):
+            chain_service.init_register(setup, receipt_id="S-1", issued_at=stamp, unit_position=0)
         chain.mode = "up"
-        _restart(db, registry, clock).issue(sale(request_id="s1"))
+        service = _restart(db, registry, clock)
+        service.issue(sale(request_id="s1"))
         sql = "SELECT number FROM receipts WHERE register_id = 'KASSE-2'"
         assert db_rows(db, sql) == []
+        with pytest.raises(WaitsForUnit, match="no answer came"):  # never anew
+            service.init_register(setup, receipt_id="S-2", issued_at=stamp)
+        [start] = service.recover("KASSE-2") or []
+        assert (start.receipt_id, start.issued_at) == ("S-1", stamp)
+        assert start.signature_state == "signed"
+        assert len(chain.signing_inputs("KASSE-2")) == 1
+        _check_dep(db, chain, "KASSE-2")
+
+    def test_a_replayed_startbeleg_whose_process_died_waits_unchanged(
+        self,
+        chain_service: ReceiptService,
+        chain: ChainServiceFake,
+        db: TillDB,
+        registry: UnitRegistry,
+        clock: FrozenClock,
+        chain_unit: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The replay's intent is committed before the service signs: the next start makes
+        the register wait, and recovery gets the very Startbeleg the service holds."""
+        stamp = "2026-03-02T11:00:00"
+        with monkeypatch.context() as patch:
+            _die_while_storing(patch)
+            with pytest.raises(_Died):
+                chain_service.init_register(
+                    RegisterSetup("KASSE-2", [chain_unit]), receipt_id="S-1", issued_at=stamp
+                )
+        service = _restart(db, registry, clock)
+        assert [w["kind"] for w in service.waiting("KASSE-2")] == ["start"]
+        [start] = service.recover("KASSE-2") or []
+        assert (start.receipt_id, start.issued_at) == ("S-1", stamp)
+        assert start.signature_state == "signed"
+        assert len(chain.signing_inputs("KASSE-2")) == 1
+        _check_dep(db, chain, "KASSE-2")
+
+    def test_a_replay_names_a_unit_of_the_register(
+        self, chain_service: ReceiptService, db: TillDB, chain_unit: str
+    ) -> None:
+        """A ``unit_position`` past the register's units is refused naming the field, before
+        anything is sent or committed."""
+        with pytest.raises(InvalidSale, match="no unit at position 1") as refused:
+            chain_service.init_register(RegisterSetup("KASSE-2", [chain_unit]), unit_position=1)
+        assert refused.value.field == "unit_position"
+        assert db_rows(db, "SELECT id FROM pending_signings WHERE register_id = 'KASSE-2'") == []
 
 
 class TestASammelbeleg:
