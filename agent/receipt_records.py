@@ -1,18 +1,23 @@
-"""Receipts before and as they are stored: the draft the caller decides, the stored row,
-its document and journal event, and the answers a lost signature leaves behind."""
+"""Receipts before and as they are stored: the draft the caller decides, the fields its
+register gives it (date, turnover counter), the stored row, its document and journal
+event, and the answers a lost signature leaves behind."""
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import functools
 import hashlib
 import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
 
-from agent.at_rksv import Payload, jws_compact
+from agent.at_rksv import STORNO_MARKER, TRAINING_MARKER, Payload, encrypt_counter, jws_compact
 from agent.contract import ReceiptResult
-from agent.errors import InvalidSale, NotFound, WaitsForUnit
+from agent.errors import FiscalError, InvalidSale, NotFound, WaitsForUnit
 from agent.receipt_text import TextFacts, render_lines
 from agent.receipt_view import Amounts
 from storage.journal import canonical_json
@@ -27,9 +32,12 @@ __all__ = [
     "Stored",
     "any_lost",
     "check_id",
+    "counter_field",
     "intended",
+    "local_stamp",
     "lost_answer",
     "raise_if_lost",
+    "receipt_date",
     "receipt_event",
     "receipt_row",
     "stored_lines",
@@ -96,6 +104,47 @@ class Stored(NamedTuple):
     unit_id: str
     voids: int | None
     document: str  # canonical JSON
+
+
+def receipt_date(reg: sqlite3.Row, draft: Draft, now: dt.datetime) -> str:
+    """Field 4 of ``draft``'s receipt on register ``reg``: its own date, or ``now``."""
+    own = draft.issued_at
+    stamp = own if own is not None else local_stamp(now, reg["timezone"])
+    # dates never go back within a register (a clock set back must not reorder the DEP)
+    last = reg["last_issued_at"]
+    return last if last is not None and stamp < last else stamp
+
+
+def local_stamp(now: dt.datetime, timezone: str) -> str:
+    """Field 4 of a receipt: ``now`` as local time of ``timezone``, whole seconds."""
+    return now.astimezone(_zone(timezone)).replace(tzinfo=None, microsecond=0).isoformat()
+
+
+def counter_field(reg: sqlite3.Row, kind: str, receipt_id: str, turnover: int) -> str:
+    """Field 6 of a ``kind`` receipt on register ``reg``: its encrypted turnover counter,
+    or the Storno or Training marker."""
+    if kind == "storno":
+        return STORNO_MARKER
+    if kind == "training":
+        return TRAINING_MARKER
+    key = _aes_key(reg["aes_key"])
+    try:
+        return encrypt_counter(key, reg["id"], receipt_id, turnover, reg["counter_bytes"])
+    except ValueError as exc:
+        raise FiscalError(
+            f"register {reg['id']}: the turnover counter no longer fits "
+            f"{reg['counter_bytes']} bytes; close the register and start a new one"
+        ) from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _aes_key(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
 
 
 def stored_receipt(  # noqa: PLR0917 - partial() fixes the receipt, the signing adds the rest

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent import recovery
+from agent import recovery, storing
 from agent.api_backend import ServiceBackend
 from agent.at_rksv import STORNO_MARKER, decrypt_counter, split_jws
 from agent.at_rksv.verify import verify_dep
@@ -23,7 +23,6 @@ from agent.contract import ReceiptResult
 from agent.errors import InvalidSale
 from agent.export import export_container, export_dep
 from agent.fakes.chain_service import ChainServiceFake
-from agent.issuing import Issuing
 from agent.receipts import ReceiptService
 from factories import db_rows, journal_events, sale
 from storage import TillDB
@@ -324,7 +323,7 @@ class TestASaleThePosVoidedIsNotReissued:
             raise RuntimeError("power cut after the Sammelbeleg")
 
         with monkeypatch.context() as patch:
-            patch.setattr(Issuing, "_after_store", crash)
+            patch.setattr(storing, "_after_store", crash)
             with pytest.raises(RuntimeError):
                 service.recover(REGISTER)
         assert service.recover(REGISTER) is not None
