@@ -211,6 +211,16 @@ class TestManyIntents:
         assert [e["number"] for e in journal_events(db, "signing.interrupted")] == [2]
 
 
+# init_register's arguments: the ordinary Startbeleg, and a scenario replay's (its id,
+# date and unit), which goes through the same intent and savepoint (Issuing.start_in)
+_REPLAY_STAMP = "2026-03-02T11:00:00"
+_INITS: list[dict[str, Any]] = [
+    {},
+    {"receipt_id": "S-1", "issued_at": _REPLAY_STAMP, "unit_position": 0},
+]
+
+
+@pytest.mark.parametrize("init", _INITS, ids=["ordinary", "replayed"])
 class TestAStartbeleg:
     def test_the_register_waits_with_its_stamp_and_gets_the_same_startbeleg(
         self,
@@ -221,12 +231,13 @@ class TestAStartbeleg:
         clock: FrozenClock,
         chain_unit: str,
         monkeypatch: pytest.MonkeyPatch,
+        init: dict[str, Any],
     ) -> None:
         """The Startbeleg the service signed is sent again unchanged: it holds one."""
         with monkeypatch.context() as patch:
             _die_while_storing(patch)
             with pytest.raises(_Died):
-                chain_service.init_register(RegisterSetup("KASSE-2", [chain_unit]))
+                chain_service.init_register(RegisterSetup("KASSE-2", [chain_unit]), **init)
         service = _restart(db, registry, clock)
         assert [w["kind"] for w in service.waiting("KASSE-2")] == ["start"]
         with pytest.raises(WaitsForUnit):
@@ -234,6 +245,7 @@ class TestAStartbeleg:
         clock.advance(90)  # a new Startbeleg would carry another date
         [start] = service.recover("KASSE-2") or []
         assert (start.number, start.signature_state) == (1, "signed")
+        assert start.receipt_id == init.get("receipt_id", "1")
         assert len(chain.signing_inputs("KASSE-2")) == 1
         _check_dep(db, chain, "KASSE-2")
 
@@ -245,23 +257,25 @@ class TestAStartbeleg:
         registry: UnitRegistry,
         clock: FrozenClock,
         chain_unit: str,
+        init: dict[str, Any],
     ) -> None:
         """A service that is down signed nothing: the register is not created (not even by
-        the commit of the void intent), and a restart makes nothing wait for it."""
+        the commit of the void intent), and a restart makes nothing wait for it, so the
+        init (or the replay) can be run again."""
         chain.mode = "down"
         with pytest.raises(WaitsForUnit, match="must be validly signed"):
-            chain_service.init_register(RegisterSetup("KASSE-2", [chain_unit]))
+            chain_service.init_register(RegisterSetup("KASSE-2", [chain_unit]), **init)
         assert db_rows(db, "SELECT id FROM registers WHERE id = 'KASSE-2'") == []
         sql = "SELECT kind FROM pending_signings WHERE register_id = 'KASSE-2' ORDER BY id"
         assert [r[0] for r in db_rows(db, sql)] == ["start", "void"]
         service = _restart(db, registry, clock)
         assert service.waiting("KASSE-2") == []
         chain.mode = "up"
-        start = service.init_register(RegisterSetup("KASSE-2", [chain_unit]))
+        start = service.init_register(RegisterSetup("KASSE-2", [chain_unit]), **init)
         assert (start.number, start.signature_state) == (1, "signed")
         _check_dep(db, chain, "KASSE-2")
 
-    def test_a_replayed_startbeleg_the_service_refused_creates_no_register(
+    def test_a_startbeleg_whose_answer_was_lost_is_never_stored_unsigned(
         self,
         chain_service: ReceiptService,
         chain: ChainServiceFake,
@@ -269,88 +283,38 @@ class TestAStartbeleg:
         registry: UnitRegistry,
         clock: FrozenClock,
         chain_unit: str,
-    ) -> None:
-        """A scenario replay (``receipt_id`` given) on a chain unit that is down: nothing is
-        created, not even by the commit of the void intent, and a restart makes nothing wait
-        for it, so the replay can be run again (Issuing.start_in's savepoint and intent)."""
-        chain.mode = "down"
-        with pytest.raises(WaitsForUnit, match="must be validly signed"):
-            chain_service.init_register(RegisterSetup("KASSE-2", [chain_unit]), receipt_id="S-1")
-        assert db_rows(db, "SELECT id FROM registers WHERE id = 'KASSE-2'") == []
-        sql = "SELECT kind FROM pending_signings WHERE register_id = 'KASSE-2' ORDER BY id"
-        assert [r[0] for r in db_rows(db, sql)] == ["start", "void"]
-        service = _restart(db, registry, clock)
-        assert service.waiting("KASSE-2") == []
-        chain.mode = "up"
-        start = service.init_register(RegisterSetup("KASSE-2", [chain_unit]), receipt_id="S-1")
-        assert (start.number, start.receipt_id, start.signature_state) == (1, "S-1", "signed")
-
-    def test_a_replayed_startbeleg_whose_answer_was_lost_is_never_stored_unsigned(
-        self,
-        chain_service: ReceiptService,
-        chain: ChainServiceFake,
-        db: TillDB,
-        registry: UnitRegistry,
-        clock: FrozenClock,
-        chain_unit: str,
+        init: dict[str, Any],
     ) -> None:
         """The Startbeleg is never committed with the failure marker (rksv.md 5), not even
-        from an intent found at the next start: it waits, and recovery sends the replay's
-        Startbeleg again unchanged (its receipt id and date)."""
+        from an intent found at the next start: it waits (a new init or replay is
+        refused), and recovery sends it again unchanged."""
         chain.mode = "lose_response"
         setup = RegisterSetup("KASSE-2", [chain_unit])
-        stamp = "2026-03-02T11:00:00"
         with pytest.raises(WaitsForUnit, match="no answer came"):
-            chain_service.init_register(setup, receipt_id="S-1", issued_at=stamp, unit_position=0)
+            chain_service.init_register(setup, **init)
         chain.mode = "up"
         service = _restart(db, registry, clock)
         service.issue(sale(request_id="s1"))
         sql = "SELECT number FROM receipts WHERE register_id = 'KASSE-2'"
         assert db_rows(db, sql) == []
         with pytest.raises(WaitsForUnit, match="no answer came"):  # never anew
-            service.init_register(setup, receipt_id="S-2", issued_at=stamp)
+            service.init_register(setup, receipt_id="S-2", issued_at=_REPLAY_STAMP)
+        clock.advance(90)
         [start] = service.recover("KASSE-2") or []
-        assert (start.receipt_id, start.issued_at) == ("S-1", stamp)
-        assert start.signature_state == "signed"
+        assert (start.signature_state, start.receipt_id) == ("signed", init.get("receipt_id", "1"))
         assert len(chain.signing_inputs("KASSE-2")) == 1
         _check_dep(db, chain, "KASSE-2")
 
-    def test_a_replayed_startbeleg_whose_process_died_waits_unchanged(
-        self,
-        chain_service: ReceiptService,
-        chain: ChainServiceFake,
-        db: TillDB,
-        registry: UnitRegistry,
-        clock: FrozenClock,
-        chain_unit: str,
-        monkeypatch: pytest.MonkeyPatch,
-    ) -> None:
-        """The replay's intent is committed before the service signs: the next start makes
-        the register wait, and recovery gets the very Startbeleg the service holds."""
-        stamp = "2026-03-02T11:00:00"
-        with monkeypatch.context() as patch:
-            _die_while_storing(patch)
-            with pytest.raises(_Died):
-                chain_service.init_register(
-                    RegisterSetup("KASSE-2", [chain_unit]), receipt_id="S-1", issued_at=stamp
-                )
-        service = _restart(db, registry, clock)
-        assert [w["kind"] for w in service.waiting("KASSE-2")] == ["start"]
-        [start] = service.recover("KASSE-2") or []
-        assert (start.receipt_id, start.issued_at) == ("S-1", stamp)
-        assert start.signature_state == "signed"
-        assert len(chain.signing_inputs("KASSE-2")) == 1
-        _check_dep(db, chain, "KASSE-2")
 
-    def test_a_replay_names_a_unit_of_the_register(
-        self, chain_service: ReceiptService, db: TillDB, chain_unit: str
-    ) -> None:
-        """A ``unit_position`` past the register's units is refused naming the field, before
-        anything is sent or committed."""
-        with pytest.raises(InvalidSale, match="no unit at position 1") as refused:
-            chain_service.init_register(RegisterSetup("KASSE-2", [chain_unit]), unit_position=1)
-        assert refused.value.field == "unit_position"
-        assert db_rows(db, "SELECT id FROM pending_signings WHERE register_id = 'KASSE-2'") == []
+def test_a_replay_names_a_unit_of_the_register(
+    chain_service: ReceiptService, db: TillDB, chain_unit: str
+) -> None:
+    """A replay's ``unit_position`` past the register's units is refused naming the field,
+    before anything is sent or committed."""
+    with pytest.raises(InvalidSale, match="no unit at position 1") as refused:
+        chain_service.init_register(RegisterSetup("KASSE-2", [chain_unit]), unit_position=1)
+    assert refused.value.field == "unit_position"
+    assert db_rows(db, "SELECT id FROM pending_signings WHERE register_id = 'KASSE-2'") == []
 
 
 class TestASammelbeleg:
