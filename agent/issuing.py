@@ -77,12 +77,8 @@ __all__ = ["Issuing"]
 class Issuing:
     """The write transactions of one till database and the durable path of its receipts.
 
-    Args:
-        db: the open till database (this process must hold the writer lock).
-        units: the open signature units.
-        clock: wall time for receipt dates; the outage watch ages outages by it too.
-        sign_timeout: the deadline of every signing call, in seconds.
-        thresholds: the outage watch's escalation levels (default: the legal 48 h, a week).
+    Made by :class:`agent.receipts.ReceiptService` from its arguments (documented there,
+    its defaults filled in), and shared with :class:`agent.recovery.Recovery`.
     """
 
     def __init__(
