@@ -36,7 +36,6 @@ __all__ = [
     "create_streamed",
     "device_of",
     "fsync_directory",
-    "fsync_file",
     "make_directories",
     "refuse_non_regular",
     "replace_file",
@@ -155,10 +154,10 @@ def _publish(tmp: Path, path: Path, sole_writer: bool, mode: int) -> None:
                 os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) & ~0o222)
         # Linux's vfat writes the new entry with no cluster and size 0 and leaves them to
         # the file's inode: the directory's fsync alone could leave an empty file named
-        fsync_file(path)
+        _fsync_file(path)
 
 
-def fsync_file(path: Path) -> None:
+def _fsync_file(path: Path) -> None:
     """Flush ``path``'s data and inode (its size, its clusters) to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
