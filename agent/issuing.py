@@ -292,5 +292,6 @@ class Issuing:
                 start = open_waiting(conn, register_id, "start", None)
                 if start is None:
                     raise NotFound(f"register {register_id} is not initialized on this till")
-                return self.units.get(conn, json.loads(start["setup"])["units"][0])
+                sent = json.loads(start["setup"])  # (a replay may have named its unit)
+                return self.units.get(conn, sent["units"][sent.get("unit_position") or 0])
             return self.units.get(conn, row[0])

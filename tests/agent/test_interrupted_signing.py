@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,8 +25,9 @@ from agent.fakes.chain_service import ChainServiceFake
 from agent.interrupted import _INTERRUPTED
 from agent.issuing import Issuing
 from agent.receipts import ReceiptService, RegisterSetup
+from agent.signing import UnitConfig
 from agent.signing.registry import UnitRegistry
-from factories import db_rows, journal_events, run_threads, sale
+from factories import add_unit, db_rows, journal_events, run_threads, sale
 from storage import TillDB
 
 REGISTER = "KASSE-1"
@@ -304,6 +306,29 @@ class TestAStartbeleg:
         assert (start.signature_state, start.receipt_id) == ("signed", init.get("receipt_id", "1"))
         assert len(chain.signing_inputs("KASSE-2")) == 1
         _check_dep(db, chain, "KASSE-2")
+
+
+def test_a_waiting_replayed_startbeleg_is_probed_on_the_unit_it_named(
+    chain_service: ReceiptService,
+    chain: ChainServiceFake,
+    db: TillDB,
+    registry: UnitRegistry,
+    chain_unit: str,
+    tmp_path: Path,
+) -> None:
+    """While a replayed Startbeleg waits, its unit (not the register's first) is probed."""
+    token_file = tmp_path / "chain-token"  # the chain_unit fixture's
+    add_unit(
+        db,
+        registry,
+        UnitConfig(id="chain-2", kind="chain", zda="AT1", url=chain.url, token_file=token_file),
+    )
+    chain.mode = "lose_response"
+    with pytest.raises(WaitsForUnit, match="no answer came"):
+        chain_service.init_register(
+            RegisterSetup("KASSE-2", ["chain-2", chain_unit]), receipt_id="S-1", unit_position=1
+        )
+    assert chain_service.unit_of("KASSE-2").identity.unit_id == chain_unit
 
 
 def test_a_replay_names_a_unit_of_the_register(
