@@ -2,8 +2,10 @@
 
 ``python tests/crash/chain_child.py DATA_DIR URL TOKEN_FILE``: opens the till database
 (the receipt service stores any signing a killed process left), recovers what waits for
-the chain service, initializes register CHAIN-1 if it has none, prints ``READY``, then
-issues sales forever, printing ``ACK <number> <jws>`` after each commit.
+the chain service, initializes register CHAIN-1 if it has none, prints ``READY``, waits
+for a line on stdin (the test looks at the database and the service meanwhile, while
+nothing is in flight), then issues sales forever, printing ``ACK <number> <jws>`` after
+each commit.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def main(argv: list[str]) -> int:
     if fresh is None:
         service.init_register(RegisterSetup(REGISTER, [UNIT_ID]))
     emit("READY")
+    if not sys.stdin.readline():  # the test is done looking (or gone: then nothing to do)
+        return 0
     pid = os.getpid()
     for i in range(1_000_000):
         result = service.issue(

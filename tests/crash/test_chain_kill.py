@@ -112,10 +112,11 @@ def test_sigkill_while_the_chain_service_signs_never_frees_a_number(
         for round_no in range(ROUNDS + 1):
             chain.mode = rng.choice(("slow", "up"))
             child = zygote.spawn([str(data), chain.url, str(token_file)])
-            child.stdin.close()
             try:
                 deadline = time.monotonic() + 60
                 assert _line(child, deadline) == b"READY\n", child.stderr.read().decode()
+                # the child sells only once told: what the service holds and what the
+                # database stored are compared while no signing is in flight
                 _check(data, chain, acked)
                 left = _interrupted(data, seen)
                 seen += len(left)
@@ -127,6 +128,8 @@ def test_sigkill_while_the_chain_service_signs_never_frees_a_number(
                     )
                 if round_no == ROUNDS:
                     break
+                child.stdin.write(b"GO\n")
+                child.stdin.close()
                 first = _line(child, deadline).split()
                 acked[int(first[1])] = first[2].decode()
                 time.sleep(rng.uniform(0.0, 0.06))
@@ -138,6 +141,7 @@ def test_sigkill_while_the_chain_service_signs_never_frees_a_number(
                     acked[int(number)] = jws.decode()
             finally:
                 child.kill()
+                child.stdin.close()
                 child.stdout.close()
                 child.stderr.close()
     # the schedule killed processes with a PUT in flight and after the service answered
