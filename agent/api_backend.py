@@ -277,9 +277,8 @@ class ServiceBackend:
             NotFound: no such register.
             WaitsForUnit: the Sammelbeleg must be signed and the unit still fails.
         """
-        kind = "sammelbeleg" if self.service.outages.is_open(register) else "null"
         try:
-            return self.service.issue_special(register, kind)
+            return self.service.zero_receipt(register)
         except InvalidSale as exc:
             if exc.rule == "register-unknown":
                 raise NotFound(exc.message) from exc

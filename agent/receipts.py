@@ -248,6 +248,22 @@ class ReceiptService:
         raise_if_lost(result)
         return result
 
+    def zero_receipt(self, register_id: str) -> ReceiptResult:
+        """A Nullbeleg; while an outage is open, the signed Sammelbeleg that closes it.
+
+        Decided in the transaction that issues it: the probe's recovery may close the
+        outage just before, and a Sammelbeleg after it would close nothing.
+
+        Raises:
+            WaitsForUnit: the Sammelbeleg must be signed and the unit still fails.
+        """
+        with self._issuing.transaction() as conn:
+            reg = open_register(conn, register_id)
+            kind = "sammelbeleg" if self._issuing.outages.is_open(register_id) else "null"
+            result = self._issuing.issue_in(conn, reg, Draft(register_id, kind))
+        raise_if_lost(result)
+        return result
+
     def get(self, register_id: str, number: int) -> ReceiptResult:
         """The stored receipt ``number`` of ``register_id``; raises ``NotFound``."""
         return result_from_row(self.row(register_id, number))

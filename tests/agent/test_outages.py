@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from agent.api_backend import ServiceBackend
 from agent.at_rksv.verify import verify_dep
 from agent.clock import FrozenClock
+from agent.contract import ReceiptResult
 from agent.errors import FiscalError, InvalidSale
 from agent.export import export_container, export_dep
 from agent.outage_watch import OutageWatch, Thresholds, acknowledge_report
@@ -156,6 +160,28 @@ class TestRecovery:
             assert _verify(db) == []
         finally:
             db.close()
+
+    def test_a_zero_receipt_asked_as_the_probe_recovers_is_a_nullbeleg(
+        self, service: ReceiptService, flaky: FlakyUnit
+    ) -> None:
+        """POST /v1/registers/ID/zero-receipt while the probe's recovery issues the
+        Sammelbeleg: the kind is decided in the transaction that issues it, so the operator
+        gets a Nullbeleg, not a second Sammelbeleg after the outage has closed."""
+        flaky.mode = "down"
+        _sell(service, 1)
+        flaky.mode = "up"
+        backend = ServiceBackend(service)
+        answers: list[ReceiptResult] = []
+        with service._issuing.lock:  # the recovery's write transaction is under way
+            asking = threading.Thread(target=lambda: answers.append(backend.zero_receipt(REGISTER)))
+            asking.start()
+            time.sleep(0.2)  # the request arrived and waits for the writer
+            recovered = service.recover(REGISTER)
+        asking.join(10)
+        assert [r.kind for r in recovered or []] == ["sammelbeleg"]
+        assert [(r.kind, r.number) for r in answers] == [("null", recovered[0].number + 1)]  # type: ignore[index]
+        assert not service.outages.is_open(REGISTER)
+        assert _verify(service.db) == []
 
 
 class TestWindow:
