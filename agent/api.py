@@ -614,7 +614,10 @@ class ApiServer:
     @property
     def url(self) -> str:
         """The base URL (for a unix socket, the host part is only a placeholder)."""
-        return "http://localhost" if self.uds is not None else f"http://{self.host}:{self.port}"
+        if self.uds is not None:
+            return "http://localhost"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
+        return f"http://{host}:{self.port}"
 
     @property
     def location(self) -> str:

@@ -220,11 +220,16 @@ class OutageConfig(_Section):
 
 
 class ApiConfig(_Section):
-    """The local HTTP API for the POS; ``unix_socket``, when set, replaces host and port."""
+    """The local HTTP API for the POS; ``unix_socket``, when set, replaces host and port.
+
+    ``port = 0`` lets the operating system pick a free port when the service starts: it
+    logs the address and writes it to ``<data_dir>/api-address``, where the commands that
+    ask the running service find it (agent.local_api).
+    """
 
     enabled: bool = True
     host: str = Field("127.0.0.1", min_length=1)
-    port: int = Field(8765, ge=1, le=65535)
+    port: int = Field(8765, ge=0, le=65535)
     unix_socket: Path | None = None
     token_file: Path | None = None  # placed at <data_dir>/api-token when loaded
 

@@ -2,7 +2,8 @@
 
 Start order: open (lock, check, migrate) the till database -> units -> receipt service ->
 sd_notify READY (nothing networked has happened yet) -> register (its Startbeleg waits if
-the unit cannot sign) -> printer, probe, timers, spool, local API. SIGTERM stops the
+the unit cannot sign) -> printer, probe, timers, spool, local API (a TCP one names its
+address in ``<data_dir>/api-address``, see agent.local_api). SIGTERM stops the
 ingestion first (the receipt in flight is finished and answered), then the rest, and
 closes the database. WATCHDOG=1 is sent only while every loop makes progress.
 """
@@ -30,6 +31,7 @@ from agent.config import AgentConfig, ensure_api_token
 from agent.contract import ReceiptResult
 from agent.durable import fsync_directory
 from agent.errors import ConfigurationError
+from agent.local_api import address_file, forget_address, publish_address
 from agent.log_limit import RateLimitedFilter
 from agent.loop import BackgroundLoop
 from agent.print_worker import PrintWorker
@@ -127,6 +129,7 @@ class TillService:
         # creates a missing data directory 0700 (it holds the AES keys), takes the lock,
         # runs quick_check and the migrations
         self.db: TillDB = open_till_db(data_dir)
+        forget_address(self.config)  # a killed service's: it names a port nobody listens on
         self.registry = UnitRegistry(simulate_dir=data_dir / "simulate")
         unit_ids = self._ensure_units(data_dir)
         self.receipts = ReceiptService(
@@ -299,7 +302,15 @@ class TillService:
         else:
             server = serve(app, host=api.host, port=api.port)
         server.start()
-        log.info("local API on %s", server.location)
+        if server.uds is not None:
+            log.info("local API on %s", server.location)
+            return server
+        try:  # for the commands that ask the service (agent.local_api), needed with port 0
+            publish_address(self.config, server.url)
+        except OSError as exc:  # the API works: only `port = 0` clients cannot find it
+            log.error("cannot name the API address in %s: %s", address_file(self.config), exc)
+        picked = " (api.port = 0: the port the OS picked)" if api.port == 0 else ""
+        log.info("local API on %s%s", server.url, picked)  # who reads it finds the file
         return server
 
     # -- timers (monotonic intervals: outage watch, check reminders, closings) -------------
@@ -333,7 +344,8 @@ class TillService:
 
     def _status_line(self) -> str:
         open_ = self.receipts.outages.open_registers()
-        return f"outages open: {', '.join(open_) or 'none'}; printer: {self.printer.shown_state}"
+        line = f"outages open: {', '.join(open_) or 'none'}; printer: {self.printer.shown_state}"
+        return line if self.api is None else f"{line}; API: {self.api.location}"
 
     # -- stop -----------------------------------------------------------------------------
 
@@ -362,6 +374,11 @@ class TillService:
             self.spool.stop()
         if self.api is not None:
             self.api.stop()
+        if hasattr(self, "db"):  # the data directory is ours (its lock): so is the file
+            try:
+                forget_address(self.config)
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", address_file(self.config), exc)
         backups: DepBackups | None = getattr(self, "backups", None)
         if backups is not None:
             backups.stop()  # a backup being written is abandoned, redone at next start

@@ -340,7 +340,7 @@ class TestErrors:
 
     def test_every_problem_is_reported_at_once(self, write_config: WriteConfig) -> None:
         """One line per problem, so one run fixes them all."""
-        path = write_config("[api]\nport = 0\nhost = ''\n")
+        path = write_config("[api]\nport = -1\nhost = ''\n")
         assert _error(path).splitlines()[0].startswith("api.host: ")
         assert len(_error(path).splitlines()) == 2
 
@@ -496,7 +496,7 @@ class TestCli:
 
     def test_check_refuses_with_exit_3_and_the_key(self, run: Callable[..., Result]) -> None:
         """Exit 3 and the message with key, rule and source (Rich must not eat '[rule]')."""
-        result = run("check", TILL_AGENT_API__PORT="0")
+        result = run("check", TILL_AGENT_API__PORT="-1")
         assert result.exit_code == 3
         assert "api.port: " in result.stderr
         assert "[greater_than_equal] (from TILL_AGENT_API__PORT)" in _flat(result.stderr)
@@ -506,7 +506,7 @@ class TestCli:
         result = run("check", "--json")
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout) == {"ok": True, "source": "built-in defaults (no file)"}
-        refused = run("check", "--json", TILL_AGENT_API__PORT="0")
+        refused = run("check", "--json", TILL_AGENT_API__PORT="-1")
         assert refused.exit_code == 3
         body = json.loads(refused.stdout)
         assert body["error"] == "ConfigurationError"
