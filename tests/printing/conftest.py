@@ -93,12 +93,12 @@ def _fake_printer() -> Iterator[FakePrinter]:
 
 
 @pytest.fixture(name="free_port")
-def _free_port() -> int:
-    """A loopback port nobody listens on (bound, then released)."""
+def _free_port() -> Iterator[int]:
+    """A loopback port nobody listens on: bound (so no other process can take it) but not
+    listening, so a connection is refused, for the whole test."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+        yield int(sock.getsockname()[1])
 
 
 @pytest.fixture(name="standard")
