@@ -339,13 +339,6 @@ def launcher(tmp_path: Path, started: list[Agent], spawn: Spawn = popen) -> Laun
 # -- configuration and the database -------------------------------------------------------
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -365,9 +358,11 @@ def write_config(path: Path, settings: Mapping[str, Any]) -> Path:
 
 
 def agent_config(
-    path: Path, data_dir: Path, *, printer_port: int, api_port: int, **tables: dict[str, Any]
+    path: Path, data_dir: Path, *, printer_port: int, api_port: int = 0, **tables: dict[str, Any]
 ) -> Path:
-    """A config for tests: data in ``data_dir``, the TCP printer, fast rescans and retries.
+    """A config for tests: data in ``data_dir``, the TCP printer, fast rescans and retries,
+    the API on a port the OS picks when it starts (:meth:`Agent.api_url` reads it from
+    the log; a port picked here and released would be free only until someone took it).
 
     ``tables`` are merged into (or added to) the defaults, e.g. ``printer={"retry_s": 5}``.
     """

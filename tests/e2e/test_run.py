@@ -6,7 +6,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -18,15 +21,16 @@ import pytest
 
 from agent.config import SYSTEM_CONFIG
 from e2e.harness import (
+    TILL_AGENT,
     Agent,
     Launch,
     TcpPrinter,
     agent_config,
-    free_port,
+    agent_env,
     qr_payloads,
     read_receipts,
 )
-from factories import qr_codes, sale
+from factories import flat, qr_codes, sale
 
 REGISTER = "KASSE-1"
 
@@ -117,9 +121,7 @@ class TestFreshMachine:
         data_dir = tmp_path / "data"
         (data_dir / "keys").mkdir(parents=True)
         (data_dir / "keys" / "dev-uncertified.key.pem").write_bytes(key)
-        config = agent_config(
-            tmp_path / "agent.toml", data_dir, printer_port=printer.port, api_port=free_port()
-        )
+        config = agent_config(tmp_path / "agent.toml", data_dir, printer_port=printer.port)
         agent = launch(config)
         agent.wait_ready()
         with client_for(agent, data_dir) as client:
@@ -143,7 +145,6 @@ class TestSystemdNotify:
             tmp_path / "agent.toml",
             tmp_path / "data",
             printer_port=printer.port,
-            api_port=free_port(),
         )
         agent = launch(config, env={"WATCHDOG_USEC": "400000"})  # a ping every 0.2 s
         agent.wait_ready()
@@ -165,7 +166,6 @@ class TestSystemdNotify:
             tmp_path / "agent.toml",
             tmp_path / "data",
             printer_port=printer.port,
-            api_port=free_port(),
         )
         agent = launch(config)
         agent.wait_ready()
@@ -181,9 +181,7 @@ class TestOneInstance:
         """The second process exits non-zero within seconds naming the lock, never says
         READY, and the first one keeps selling."""
         data_dir = tmp_path / "data"
-        config = agent_config(
-            tmp_path / "agent.toml", data_dir, printer_port=printer.port, api_port=free_port()
-        )
+        config = agent_config(tmp_path / "agent.toml", data_dir, printer_port=printer.port)
         first = launch(config)
         first.wait_ready()
         started = time.monotonic()
@@ -197,6 +195,7 @@ class TestOneInstance:
         assert "READY=1" not in second.notify.lines()
 
         assert first.proc.poll() is None, first.tail()
+        assert (data_dir / "api-address").read_text() == f"{first.api_url()}\n"  # untouched
         with client_for(first, data_dir) as client:
             response = client.post("/v1/receipts", json=sale(request_id="after-second"))
         assert response.status_code == 201, response.text
@@ -235,9 +234,7 @@ class TestSigterm:
         with the same number, every receipt of a spool sale has its result file, and the
         agent exits 0 within seconds."""
         data_dir = tmp_path / "data"
-        config = agent_config(
-            tmp_path / "agent.toml", data_dir, printer_port=printer.port, api_port=free_port()
-        )
+        config = agent_config(tmp_path / "agent.toml", data_dir, printer_port=printer.port)
         agent = launch(config)
         agent.wait_ready()
         url = agent.api_url()
@@ -281,9 +278,7 @@ class TestNetworkPrinter:
         """Each receipt (the Startbeleg too) arrives once on the TCP printer, in number
         order, and the QR data in the bytes is exactly the receipt's ``qr``."""
         data_dir = tmp_path / "data"
-        config = agent_config(
-            tmp_path / "agent.toml", data_dir, printer_port=printer.port, api_port=free_port()
-        )
+        config = agent_config(tmp_path / "agent.toml", data_dir, printer_port=printer.port)
         agent = launch(config)
         agent.wait_ready()
         with client_for(agent, data_dir) as client:
@@ -302,9 +297,7 @@ class TestNetworkPrinter:
         """With the printer gone sales are still answered at once and the status (API and
         sd_notify) says offline; once it listens again the backlog is printed in order."""
         data_dir = tmp_path / "data"
-        config = agent_config(
-            tmp_path / "agent.toml", data_dir, printer_port=printer.port, api_port=free_port()
-        )
+        config = agent_config(tmp_path / "agent.toml", data_dir, printer_port=printer.port)
         agent = launch(config)
         agent.wait_ready()
         assert printer.wait_until(lambda jobs: len(jobs) == 1, 30), agent.tail()
@@ -345,9 +338,7 @@ class TestNetworkPrinter:
         """SIGKILL on the first start right after the Startbeleg's commit (before the print
         worker made its job): the next run prints it."""
         data_dir = tmp_path / "data"
-        config = agent_config(
-            tmp_path / "agent.toml", data_dir, printer_port=printer.port, api_port=free_port()
-        )
+        config = agent_config(tmp_path / "agent.toml", data_dir, printer_port=printer.port)
         first = launch(config)
         first.wait_ready()
         wait_until(lambda: "initialized (Startbeleg 1)" in first.output(), 30, first.tail(), 0)
@@ -357,3 +348,74 @@ class TestNetworkPrinter:
         assert printer.wait_until(lambda jobs: len(jobs) >= 1, 30), second.tail()
         assert second.terminate() == 0, second.tail()
         assert printer.payloads() == [read_receipts(data_dir)[0].result.qr]
+
+
+def _reprint(config: Path, number: int, home: Path) -> dict[str, Any]:
+    """``till-agent reprint KASSE-1 NUMBER --config CONFIG --json`` as its own process."""
+    done = subprocess.run(
+        [str(TILL_AGENT), "reprint", REGISTER, str(number), "--config", str(config), "--json"],
+        env=agent_env(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
+class TestApiPortZero:
+    def test_the_port_the_os_picked_is_named_and_the_cli_finds_it(
+        self, launch: Launch, tmp_path: Path, printer: TcpPrinter
+    ) -> None:
+        """``[api] port = 0``: the log, the STATUS= line and ``api-address`` name the same
+        real port, where ``reprint --config`` reaches the service; a SIGKILL leaves the
+        file, the next start names its own port there, and SIGTERM removes it."""
+        data_dir, home = tmp_path / "data", tmp_path / "home"
+        address = data_dir / "api-address"
+        config = agent_config(tmp_path / "agent.toml", data_dir, printer_port=printer.port)
+        assert "port = 0" in config.read_text()
+        first = launch(config)
+        first.wait_ready()
+        url = first.api_url()
+        assert re.fullmatch(r"http://127\.0\.0\.1:[1-9][0-9]*", url), url
+        assert f"local API on {url} (api.port = 0: the port the OS picked)" in first.output()
+        assert address.read_text() == f"{url}\n"
+        wait_until(
+            lambda: any(
+                line.startswith("STATUS=") and line.endswith(f"; API: {url}")
+                for line in first.notify.lines()
+            ),
+            10,
+            f"no STATUS= line names the API: {first.notify.lines()}",
+        )
+        assert _reprint(config, 1, home)["copy"] == 1
+        assert printer.wait_until(lambda jobs: any(b"KOPIE" in job for job in jobs), 30)
+        assert first.kill() == -signal.SIGKILL
+        assert address.read_text() == f"{url}\n"  # a port nobody listens on now
+
+        second = launch(config)
+        second.wait_ready()
+        again = second.api_url()  # logged once the file names it
+        assert address.read_text() == f"{again}\n"
+        assert _reprint(config, 1, home)["copy"] == 2
+        assert second.terminate() == 0, second.tail()
+        assert not address.exists()
+
+    def test_a_configured_port_in_use_stops_the_start_naming_it(
+        self, launch: Launch, tmp_path: Path, printer: TcpPrinter
+    ) -> None:
+        """Someone listens on the configured port (this test, all along): exit 2 (a
+        configuration error) naming host and port, and no ``api-address`` left behind."""
+        data_dir = tmp_path / "data"
+        with socket.create_server(("127.0.0.1", 0)) as taken:
+            port = int(taken.getsockname()[1])
+            config = agent_config(
+                tmp_path / "agent.toml", data_dir, printer_port=printer.port, api_port=port
+            )
+            agent = launch(config)
+            status = agent.proc.wait(timeout=60)
+        assert status == 2, agent.tail()
+        assert f"error: cannot listen on 127.0.0.1:{port}: " in flat(agent.output())
+        assert not (data_dir / "api-address").exists()

@@ -60,7 +60,6 @@ from e2e.harness import (
     TcpPrinter,
     agent_config,
     agent_env,
-    free_port,
     launcher,
     read_receipts,
 )
@@ -144,18 +143,24 @@ class SpoolFeeder(Feeder):
 
 
 class ApiFeeder(Feeder):
-    """Posts sales ``PREFIX-NNNNN``; each is repeated until it gets a 2xx or a 422."""
+    """Posts sales ``PREFIX-NNNNN``; each is repeated until it gets a 2xx or a 422.
 
-    def __init__(self, prefix: str, url: str, token_file: Path, seed: str) -> None:
+    Each agent listens on a port the OS picked: every attempt goes to the address the
+    data directory's ``api-address`` names (a killed agent's, refused, until the next
+    one names its own).
+    """
+
+    def __init__(self, prefix: str, data_dir: Path, seed: str) -> None:
         super().__init__(f"api-feeder-{prefix}", seed)
-        self.prefix, self.url, self.token_file = prefix, url, token_file
+        self.prefix = prefix
+        self.address_file, self.token_file = data_dir / "api-address", data_dir / "api-token"
         self.answers: dict[str, list[tuple[int, dict[str, Any]]]] = {}  # 2xx and 422 only
         self.valid: dict[str, bool] = {}
         self.answered = 0  # 2xx answers, for the test to see progress
         self.in_flight = False
 
     def feed(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=10.0) as client:
+        with httpx.Client(timeout=10.0) as client:
             while not self.finishing.is_set():
                 request_id = f"{self.prefix}-{len(self.valid):05d}"
                 document, valid = _maybe_invalid(sale(request_id=request_id), self.rng)
@@ -183,12 +188,13 @@ class ApiFeeder(Feeder):
         """The response, or None when the agent is down or died during the request."""
         try:
             token = self.token_file.read_text(encoding="ascii").strip()
+            url = self.address_file.read_text(encoding="ascii").strip()
         except FileNotFoundError:
-            return None  # the first start has not created it yet
+            return None  # the first start has not created it yet, or the API is not up
         self.in_flight = True
         try:
             return client.post(
-                "/v1/receipts", json=document, headers={"Authorization": f"Bearer {token}"}
+                f"{url}/v1/receipts", json=document, headers={"Authorization": f"Bearer {token}"}
             )
         except httpx.TransportError:
             return None
@@ -362,15 +368,9 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
     started = time.monotonic()
     rng = random.Random(SEED)
     data_dir = tmp_path / "data"
-    port = free_port()
-    config = agent_config(
-        tmp_path / "agent.toml", data_dir, printer_port=printer.port, api_port=port
-    )
+    config = agent_config(tmp_path / "agent.toml", data_dir, printer_port=printer.port)
     spool_feeder = SpoolFeeder(data_dir / "spool", f"{SEED}-spool")
-    api_feeders = [
-        ApiFeeder(f"a{i}", f"http://127.0.0.1:{port}", data_dir / "api-token", f"{SEED}-api{i}")
-        for i in range(2)
-    ]
+    api_feeders = [ApiFeeder(f"a{i}", data_dir, f"{SEED}-api{i}") for i in range(2)]
     feeders: list[Feeder] = [spool_feeder, *api_feeders]
     kills: list[tuple[str, bool]] = []
     try:

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from e2e.harness import TILL_AGENT, Launch, TcpPrinter, agent_config, free_port
+from e2e.harness import TILL_AGENT, Launch, TcpPrinter, agent_config
 from factories import sale
 
 
@@ -40,7 +40,6 @@ def test_the_unit_goes_down_and_comes_back_while_the_service_runs(
         tmp_path / "till.toml",
         data,
         printer_port=printer.port,
-        api_port=free_port(),
         probe={"initial_s": 0.3, "max_s": 0.5, "jitter": 0.0},
     )
     agent = launch(config)

@@ -20,7 +20,6 @@ from agent.cli import app
 from agent.clock import Clock, FrozenClock
 from agent.config import MISSING_HEADER, AgentConfig
 from agent.service import DEV_UNIT, TillService
-from e2e.harness import free_port
 from factories import journal_events, sale
 
 Start = Callable[..., TillService]
@@ -73,11 +72,13 @@ class TestStartLog:
             assert client.get("/v1/status").status_code == 200
 
     def test_a_tcp_api_names_its_url(self, start: Start, caplog: pytest.LogCaptureFixture) -> None:
-        """On TCP the line is the base URL (the end-to-end harness reads it from there)."""
-        port = free_port()
-        start(api={"port": port})
+        """On TCP the line is the base URL (the end-to-end harness reads it from there),
+        with the port the OS picked for ``port = 0``."""
+        till = start(api={"port": 0})
+        assert till.api is not None
         lines = [r.getMessage() for r in caplog.records if "local API on" in r.getMessage()]
-        assert lines == [f"local API on http://127.0.0.1:{port}"]
+        url = f"http://127.0.0.1:{till.api.port}"
+        assert lines == [f"local API on {url} (api.port = 0: the port the OS picked)"]
 
 
 def _units_and_registers(data_dir: Path) -> tuple[list[str], list[str]]:

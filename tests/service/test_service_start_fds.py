@@ -16,8 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from e2e.harness import free_port
-
 TILL_AGENT = Path(sys.executable).with_name("till-agent")
 HALF_SENT = b"POST /v1/receipts HTTP/1.1\r\nHost: till\r\n"  # no blank line: never complete
 
@@ -25,12 +23,11 @@ HALF_SENT = b"POST /v1/receipts HTTP/1.1\r\nHost: till\r\n"  # no blank line: ne
 class Service:
     def __init__(self, tmp_path: Path, nofile: tuple[int, int]) -> None:
         self.data_dir = tmp_path / "data"
-        self.port = free_port()
         self.log = tmp_path / "service.log"
         env = {
             **os.environ,
             "TILL_AGENT_DATA_DIR": str(self.data_dir),
-            "TILL_AGENT_API__PORT": str(self.port),
+            "TILL_AGENT_API__PORT": "0",  # the OS picks it: a port picked here could be taken
         }
         env.pop("TILL_AGENT_CONFIG", None)
         with self.log.open("wb") as out:
@@ -43,6 +40,8 @@ class Service:
                 preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile),  # noqa: PLW1509
             )
         self.wait_for(lambda: "local API on" in self.output(), 60)
+        self.url = (self.data_dir / "api-address").read_text(encoding="ascii").strip()
+        self.port = int(self.url.rsplit(":", 1)[1])
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -57,7 +56,7 @@ class Service:
     def status(self) -> int:
         token = (self.data_dir / "api-token").read_text().strip()
         response = httpx.get(
-            f"http://127.0.0.1:{self.port}/v1/status",
+            f"{self.url}/v1/status",
             headers={"Authorization": f"Bearer {token}"},
             timeout=2.0,
         )
