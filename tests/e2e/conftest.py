@@ -14,7 +14,7 @@ from e2e.harness import Agent, Launch, TcpPrinter, launcher
 def _printer() -> Iterator[TcpPrinter]:
     printer = TcpPrinter()
     yield printer
-    printer.close()
+    printer.shutdown()
 
 
 @pytest.fixture(name="launch")

@@ -61,12 +61,15 @@ class TcpPrinter:
     Jobs are kept in the order their connections were accepted, which is the order the
     agent sent them (it sends one job at a time), whichever finished receiving first.
 
-        :meth:`close` stops listening (the printer is switched off: connections are refused)
-        and :meth:`open` listens again on the same port.
+    :meth:`close` stops listening (the printer is switched off: connections are refused)
+    and :meth:`open` listens again on the same port, which a socket bound all along (not
+    listening) keeps from every other process meanwhile; :meth:`shutdown` lets it go.
     """
 
     def __init__(self) -> None:
-        self.port = 0
+        self._holder = _port_sharing_socket(reuse_address=False)
+        self._holder.bind(("127.0.0.1", 0))
+        self.port = int(self._holder.getsockname()[1])
         self._jobs: dict[int, bytes] = {}  # accept order -> the bytes received
         self._accepted = 0
         self._changed = threading.Condition()
@@ -76,14 +79,12 @@ class TcpPrinter:
         self.open()
 
     def open(self) -> None:
-        """Listen (again) on :attr:`port` (a free one the first time)."""
+        """Listen (again) on :attr:`port`."""
         assert self._listener is None, "the printer is already listening"
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener = _port_sharing_socket(reuse_address=True)  # past connections' TIME_WAIT
         listener.bind(("127.0.0.1", self.port))
         listener.listen(16)
         listener.settimeout(0.05)
-        self.port = int(listener.getsockname()[1])
         self._listener = listener
         self._stop.clear()
         self._start_thread(self._accept, listener)
@@ -97,6 +98,11 @@ class TcpPrinter:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+
+    def shutdown(self) -> None:
+        """:meth:`close`, and let the port go."""
+        self.close()
+        self._holder.close()
 
     @property
     def jobs(self) -> list[bytes]:
@@ -138,6 +144,17 @@ class TcpPrinter:
         with self._changed:
             self._jobs[index] = b"".join(chunks)
             self._changed.notify_all()
+
+
+def _port_sharing_socket(*, reuse_address: bool) -> socket.socket:
+    """A TCP socket that may bind the port another one of this user holds (SO_REUSEPORT);
+    a connection goes to one that listens, and is refused when none does. The holder of a
+    port sets no SO_REUSEADDR: with it, any socket asking for that could bind the port too
+    while nothing listens on it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse_address))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
 
 
 # -- systemd's notify socket --------------------------------------------------------------
