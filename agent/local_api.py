@@ -40,7 +40,7 @@ def address_file(config: AgentConfig) -> Path:
 
 def publish_address(config: AgentConfig, url: str) -> None:
     """Name ``url`` in the address file, replacing what an earlier start left there."""
-    replace_file(address_file(config), f"{url}\n".encode("ascii"), mode=0o644)
+    replace_file(address_file(config), f"{url}\n".encode(), mode=0o644)
 
 
 def forget_address(config: AgentConfig) -> None:
@@ -67,7 +67,7 @@ def service_url(config: AgentConfig) -> str:
         return _base_url(api.host, api.port)
     file = address_file(config)
     try:
-        url = file.read_text(encoding="ascii").strip()
+        url = file.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         raise httpx.ConnectError(
             f"{file} does not exist: with api.port = 0 the service names its address there"
