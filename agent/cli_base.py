@@ -214,10 +214,15 @@ def _ask_service(
     service's configuration to this command."""
     import httpx
 
-    from agent.local_api import post_to_service
+    from agent.local_api import address_file, post_to_service
 
     api = config.api
-    address = str(api.unix_socket) if api.unix_socket else f"http://{api.host}:{api.port}"
+    if api.unix_socket:
+        address = str(api.unix_socket)
+    elif api.port == 0:  # the port the OS picked, in the file the service wrote
+        address = f"(api.port = 0: named in {address_file(config)})"
+    else:
+        address = f"http://{api.host}:{api.port}"
     where = (
         f"{pointer} naming the service's configuration, or TILL_AGENT_API__HOST and"
         " TILL_AGENT_API__PORT (TILL_AGENT_API__UNIX_SOCKET)"
@@ -233,6 +238,11 @@ def _ask_service(
         )
     except OSError as exc:
         message = f"cannot read the local API token {api.token_file}: {exc.strerror or exc}"
+    except DataDirLocked as exc:  # the service runs without its API: nobody to ask
+        message = (
+            f"{exc}: this command cannot reach it; enable [api] in the service's"
+            " configuration, or run the command while the service is stopped"
+        )
     _fail(ConfigurationError(message), as_json)
 
 

@@ -131,6 +131,42 @@ def test_outage_report_names_the_unreachable_unix_socket(
     assert str(socket_path) in body["message"]
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("outage", "report", "1", "--reference", "X"),
+        ("checks", "done", "KASSE-1", "start", "--reference", "X"),
+    ],
+)
+def test_a_service_without_its_api_is_a_clean_error(
+    run: Run,
+    locked: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: tuple[str, ...],
+) -> None:
+    """The service holds the data directory with ``[api] enabled = false``: nobody can take
+    the reference; exit 2 saying so and what to do, not a DataDirLocked traceback."""
+    monkeypatch.setenv("TILL_AGENT_CONFIG", str(_config(tmp_path, locked, "enabled = false")))
+    result = expect(run(*command, "--data-dir", locked), 2)
+    message = flat(result.stderr)
+    assert "its local API is disabled" in message
+    assert "enable [api]" in message
+    assert "Traceback" not in result.stderr
+
+
+def test_port_0_names_the_address_file(
+    run: Run, locked: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``port = 0`` the message names the file the service writes its address to,
+    not a meaningless ``http://127.0.0.1:0``."""
+    monkeypatch.setenv("TILL_AGENT_CONFIG", str(_config(tmp_path, locked, "port = 0")))
+    args = ("outage", "report", "1", "--reference", "X", "--data-dir", locked)
+    message = flat(expect(run(*args), 2).stderr)
+    assert "127.0.0.1:0" not in message
+    assert f"named in {locked / 'api-address'}" in message
+
+
 def test_a_service_that_hangs_up_or_never_answers_is_a_clean_error(
     run: Run, locked: Path, closing_port: int, hanging_port: int, tmp_path: Path
 ) -> None:
