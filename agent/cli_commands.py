@@ -335,7 +335,12 @@ def unit_list(data_dir: DataDir = DEFAULT_DATA, as_json: JsonFlag = False) -> No
 def init(
     register: Annotated[str, typer.Argument(help="Kassen-ID (as registered in FinanzOnline).")],
     unit: Annotated[list[str], typer.Option("--unit", help="Unit id; repeat for several.")],
-    counter_bytes: Annotated[int, typer.Option(min=5, max=16)] = 8,
+    counter_bytes: Annotated[
+        int,
+        typer.Option(
+            min=5, max=8, help="Turnover counter bytes (8 advised; the BMF Prüftool fails on 16)."
+        ),
+    ] = 8,
     timezone: Annotated[str, typer.Option(help="Time zone of receipt dates.")] = "Europe/Vienna",
     receipt_id_format: Annotated[
         str, typer.Option(help="Belegnummer format, e.g. '{number}' or 'B{number:06d}'.")
@@ -723,7 +728,7 @@ def simulate_scenario(
     scenario: Annotated[Path, typer.Argument(help="CashBoxSimulation JSON file.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the results.")],
     closed: Annotated[bool, typer.Option(help="Closed system (R1-AT0, key ids).")] = False,
-    counter_bytes: Annotated[int, typer.Option(min=5, max=16)] = 8,
+    counter_bytes: Annotated[int, typer.Option(min=5, max=8)] = 8,
     as_json: JsonFlag = False,
 ) -> None:
     """Replay an official scenario on a fresh temporary register; write DEP + container."""

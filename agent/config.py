@@ -47,6 +47,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from agent.at_rksv.counter import ISSUED_COUNTER_BYTES_MAX, MIN_COUNTER_BYTES
 from agent.at_rksv.payload import AUSTRIAN_ZONES, REGISTER_ID_RULE, is_register_id
 from agent.durable import create_file, device_of
 from agent.errors import ConfigurationError
@@ -126,7 +127,7 @@ class RegisterConfig(_Section):
 
     id: str = "KASSE-1"
     timezone: str = "Europe/Vienna"
-    counter_bytes: int = Field(8, ge=5, le=16)
+    counter_bytes: int = Field(8, ge=MIN_COUNTER_BYTES, le=ISSUED_COUNTER_BYTES_MAX)
     receipt_id_format: str = "{number}"
 
     @field_validator("id")

@@ -23,6 +23,11 @@ from agent.at_rksv import (
     REGISTER_ID_RULE,
     is_register_id,
 )
+from agent.at_rksv.counter import (
+    ISSUED_COUNTER_BYTES_MAX,
+    ISSUED_COUNTER_BYTES_RULE,
+    MIN_COUNTER_BYTES,
+)
 from agent.clock import Clock, SystemClock
 from agent.closings import due_periods, period_of, period_to_close
 from agent.contract import (
@@ -446,8 +451,8 @@ def _check_setup(setup: RegisterSetup) -> None:
     if first == second:
         raise InvalidSale("receipt_id_format", "format", "the format must contain {number}")
     check_id("receipt_id_format", first)
-    if not 5 <= setup.counter_bytes <= 16:
-        raise InvalidSale("counter_bytes", "range", "the turnover counter has 5 to 16 bytes")
+    if not MIN_COUNTER_BYTES <= setup.counter_bytes <= ISSUED_COUNTER_BYTES_MAX:
+        raise InvalidSale("counter_bytes", "range", ISSUED_COUNTER_BYTES_RULE)
     if setup.timezone not in AUSTRIAN_ZONES:
         raise InvalidSale(
             "timezone",

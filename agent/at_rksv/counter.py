@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algori
 from agent.at_rksv.encoding import b64, b64_decode
 
 __all__ = [
+    "ISSUED_COUNTER_BYTES_MAX",
+    "ISSUED_COUNTER_BYTES_RULE",
     "MAX_COUNTER_BYTES",
     "MIN_COUNTER_BYTES",
     "STORNO_MARKER",
@@ -30,7 +32,14 @@ __all__ = [
 STORNO_MARKER = b64(b"STO")  # "U1RP"
 TRAINING_MARKER = b64(b"TRA")  # "VFJB"
 MIN_COUNTER_BYTES = 5
-MAX_COUNTER_BYTES = 16
+MAX_COUNTER_BYTES = 16  # what a DEP may carry (the verifier reads up to this, as ztp does)
+# what a register of ours is created with (rksv.md 3.3): the BMF's sample code writes 5 to
+# 8 bytes and its Prüftool 1.1.x fails on 16-byte counters, so 9 to 16 are not offered
+ISSUED_COUNTER_BYTES_MAX = 8
+ISSUED_COUNTER_BYTES_RULE = (
+    f"the turnover counter has {MIN_COUNTER_BYTES} to {ISSUED_COUNTER_BYTES_MAX} bytes"
+    " (8 is advised; the BMF's Prüftool fails on longer ones)"
+)
 
 
 def counter_iv(register_id: str, receipt_id: str) -> bytes:
