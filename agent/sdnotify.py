@@ -17,12 +17,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from types import TracebackType
 
 __all__ = [
     "Watchdog",
     "extend_timeout",
+    "extending",
     "notify",
     "ready",
     "status",
@@ -79,6 +81,30 @@ def watchdog_ping() -> bool:
 def extend_timeout(seconds: float) -> bool:
     """Ask for ``seconds`` more before systemd gives up on start-up or shutdown (migrations)."""
     return notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
+
+
+@contextmanager
+def extending(every: float = 10.0, by: float = 30.0) -> Iterator[None]:
+    """While the block runs, ask systemd for ``by`` seconds more every ``every`` seconds
+    (at once on entry): a long ``quick_check`` or migration of a big database on an SD
+    card is not killed by ``TimeoutStartSec=`` while it makes its way. Outside systemd
+    nothing is sent and no thread runs."""
+    if not extend_timeout(by):
+        yield
+        return
+    done = threading.Event()
+
+    def keep_extending() -> None:
+        while not done.wait(every):
+            extend_timeout(by)
+
+    thread = threading.Thread(target=keep_extending, name="sd-extend", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:

@@ -127,8 +127,9 @@ class TillService:
         if ACCEPT_ERROR_FILTER not in asyncio_log.filters:
             asyncio_log.addFilter(ACCEPT_ERROR_FILTER)
         # creates a missing data directory 0700 (it holds the AES keys), takes the lock,
-        # runs quick_check and the migrations
-        self.db: TillDB = open_till_db(data_dir)
+        # runs quick_check and the migrations: minutes for a big database on an SD card
+        with sdnotify.extending():
+            self.db: TillDB = open_till_db(data_dir)
         forget_address(self.config)  # a killed service's: it names a port nobody listens on
         self.registry = UnitRegistry(simulate_dir=data_dir / "simulate")
         unit_ids = self._ensure_units(data_dir)

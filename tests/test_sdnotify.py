@@ -77,6 +77,21 @@ class TestNotify:
         assert sdnotify.stopping()
         assert receiver.next() == "STOPPING=1"
 
+    def test_extending_asks_for_more_time_while_the_block_runs(self, receiver: Receiver) -> None:
+        """At once, then every ``every`` seconds, and nothing once the block is done."""
+        with sdnotify.extending(every=0.05, by=30.0):
+            time.sleep(0.18)
+        sent = receiver.drain()
+        assert len(sent) >= 3
+        assert set(sent) == {"EXTEND_TIMEOUT_USEC=30000000"}
+        time.sleep(0.15)
+        assert receiver.drain() == []
+
+    def test_extending_outside_systemd_starts_no_thread(self) -> None:
+        before = threading.active_count()
+        with sdnotify.extending(every=0.01):
+            assert threading.active_count() == before
+
     def test_several_states_in_one_datagram(self, receiver: Receiver) -> None:
         """READY with a status is one message of newline-separated assignments."""
         assert sdnotify.ready("db open, outbox=0")

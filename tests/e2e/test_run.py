@@ -138,8 +138,9 @@ class TestSystemdNotify:
     def test_ready_status_watchdog_and_stopping(
         self, launch: Launch, tmp_path: Path, printer: TcpPrinter
     ) -> None:
-        """READY=1 once the database is migrated, even with the printer switched off;
-        then STATUS lines, WATCHDOG=1 every WATCHDOG_USEC/2 and STOPPING=1 on SIGTERM."""
+        """EXTEND_TIMEOUT_USEC while the database opens, READY=1 once it is migrated, even
+        with the printer switched off; then STATUS lines, WATCHDOG=1 every WATCHDOG_USEC/2
+        and STOPPING=1 on SIGTERM."""
         printer.close()  # nothing networked is reachable: READY must not wait for it
         config = agent_config(
             tmp_path / "agent.toml",
@@ -148,8 +149,11 @@ class TestSystemdNotify:
         )
         agent = launch(config, env={"WATCHDOG_USEC": "400000"})  # a ping every 0.2 s
         agent.wait_ready()
-        ready = next(lines for _, lines in agent.notify.datagrams() if "READY=1" in lines)
-        assert ready == ["READY=1", "STATUS=database open and migrated"]
+        sent = [lines for _, lines in agent.notify.datagrams()]
+        ready = next(i for i, lines in enumerate(sent) if "READY=1" in lines)
+        assert sent[ready] == ["READY=1", "STATUS=database open and migrated"]
+        # the database was opened (quick_check, migrations) with the start timeout extended
+        assert ["EXTEND_TIMEOUT_USEC=30000000"] in sent[:ready]
         assert agent.notify.wait_for("WATCHDOG=1", 10, count=5), agent.notify.lines()
         assert agent.notify.wait_for("STATUS=outages open: none", 10, count=3)
         pings = [t for t, lines in agent.notify.datagrams() if lines == ["WATCHDOG=1"]]
