@@ -12,9 +12,7 @@ business's name, ``[printer] header``); the stored receipt does not carry it.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,20 +22,17 @@ from agent.api_backend import QUEUED_PRINTS, PrinterOut
 from agent.errors import PrinterError
 from agent.loop import BackgroundLoop
 from agent.printing import EscposOptions, NullPrinter, Printer, render_escpos, render_png
+from agent.printing import jobs as print_jobs
 from agent.printing.transport import FilePrinter
 from agent.receipt_view import result_from_row
 from agent.receipts import ReceiptService
-from storage.journal import append_event
 
 __all__ = ["PrintWorker"]
 
 log = logging.getLogger(__name__)
 
-_MISSING = (
-    "SELECT r.* FROM receipts r WHERE r.number > ? AND r.register_id = ? AND NOT EXISTS"
-    " (SELECT 1 FROM print_jobs p WHERE p.register_id = r.register_id AND p.number = r.number"
-    " AND p.copy = 0) ORDER BY r.number LIMIT 200"
-)
+_RENDER_BATCH = 200  # receipts per register and pass
+_SEND_BATCH = 100
 
 
 class PrintWorker:
@@ -83,16 +78,9 @@ class PrintWorker:
         not printed, and every later one is found even after a crash."""
         with self.service.db.write_connection().transaction() as conn:
             for reg, last in conn.execute("SELECT id, last_number FROM registers").fetchall():
-                printed = conn.execute(
-                    "SELECT max(number) FROM print_jobs WHERE register_id = ? AND copy = 0",
-                    (reg,),
-                ).fetchone()[0]
+                printed = print_jobs.last_original(conn, reg)
                 if printed is None and last > 0:
-                    conn.execute(
-                        "INSERT INTO print_jobs (register_id, number, copy, data, state,"
-                        " attempts, created_at) VALUES (?, ?, 0, x'', 'skipped', 0, ?)",
-                        (reg, last, _now()),
-                    )
+                    print_jobs.add_job(conn, reg, last, 0, b"", "skipped")
                 self._cursor[reg] = int(printed if printed is not None else last)
 
     def print_from_start(self, register_id: str) -> None:
@@ -103,11 +91,7 @@ class PrintWorker:
         so a crash between the Startbeleg's commit and its first job loses no print.
         """
         with self.service.db.write_connection().transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO print_jobs (register_id, number, copy, data, state,"
-                " attempts, created_at) VALUES (?, 0, 0, x'', 'skipped', 0, ?)",
-                (register_id, _now()),
-            )
+            print_jobs.add_job(conn, register_id, 0, 0, b"", "skipped")
         self._cursor.setdefault(register_id, 0)
 
     def notify(self) -> None:
@@ -149,7 +133,9 @@ class PrintWorker:
         with self.service.db.read_connection() as conn:
             registers = [str(r[0]) for r in conn.execute("SELECT id FROM registers")]
             missing = {
-                reg: conn.execute(_MISSING, (self._cursor.setdefault(reg, 0), reg)).fetchall()
+                reg: conn.execute(
+                    print_jobs.MISSING, (self._cursor.setdefault(reg, 0), reg, _RENDER_BATCH)
+                ).fetchall()
                 for reg in registers
             }
         drop = isinstance(self.printer, NullPrinter)
@@ -163,37 +149,19 @@ class PrintWorker:
         state = "skipped" if drop else "queued"
         with self.service.db.write_connection().transaction(durable=False) as conn:
             for reg, number, data in jobs:
-                self._insert_job(conn, reg, number, 0, data, state)
+                print_jobs.add_job(conn, reg, number, 0, data, state)
         for reg, number, _ in jobs:
             self._cursor[reg] = number
 
     def _render(self, row: Any) -> bytes:
         return render_escpos(result_from_row(row), options=self.escpos, header=self.header)
 
-    @staticmethod
-    def _insert_job(  # noqa: PLR0917 - one print_jobs row
-        conn: sqlite3.Connection,
-        register_id: str,
-        number: int,
-        copy: int,
-        data: bytes,
-        state: str = "queued",
-    ) -> None:
-        conn.execute(
-            "INSERT OR IGNORE INTO print_jobs (register_id, number, copy, data, state,"
-            " attempts, created_at) VALUES (?, ?, ?, ?, ?, 0, ?)",
-            (register_id, number, copy, data, state, _now()),
-        )
-
     def _send_queued(self) -> int:
         if time.monotonic() < self._next_try:
             return 0
         writer = self.service.db.write_connection()
         with self.service.db.read_connection() as conn:
-            jobs = conn.execute(
-                "SELECT id, register_id, number, copy, data FROM print_jobs"
-                " WHERE state IN ('queued', 'failed') ORDER BY id LIMIT 100"
-            ).fetchall()
+            jobs = conn.execute(print_jobs.OPEN_JOBS, (_SEND_BATCH,)).fetchall()
         printed = 0
         for job in jobs:
             try:
@@ -203,19 +171,13 @@ class PrintWorker:
                 return printed
             # a lost mark prints the receipt again (at least once); a journal event is durable
             with writer.transaction(durable=self.state != "ready") as conn:
-                conn.execute(
-                    "UPDATE print_jobs SET state = 'printed', attempts = attempts + 1,"
-                    " done_at = ?, last_error = NULL WHERE id = ?",
-                    (_now(), job["id"]),
+                print_jobs.record_printed(
+                    conn,
+                    job["id"],
+                    register_id=job["register_id"],
+                    number=job["number"],
+                    recovered=self.state != "ready",
                 )
-                if self.state != "ready":
-                    append_event(
-                        conn,
-                        kind="printer.recovered",
-                        register_id=job["register_id"],
-                        at=_now(),
-                        data={"number": job["number"]},
-                    )
             if self.state != "ready":
                 log.info("printer recovered, printing again (it failed with: %s)", self.last_error)
             self.state, self.last_error = "ready", None
@@ -235,19 +197,14 @@ class PrintWorker:
     def _failed(self, job: Any, message: str) -> None:
         self._next_try = time.monotonic() + self.retry_s
         with self.service.db.write_connection().transaction() as conn:
-            conn.execute(
-                "UPDATE print_jobs SET state = 'failed', attempts = attempts + 1,"
-                " last_error = ? WHERE id = ?",
-                (message, job["id"]),
+            print_jobs.record_failed(
+                conn,
+                job["id"],
+                message,
+                register_id=job["register_id"],
+                number=job["number"],
+                first=self.state == "ready",  # journal the start of a failure streak only
             )
-            if self.state == "ready":  # journal the start of a failure streak only
-                append_event(
-                    conn,
-                    kind="printer.failed",
-                    register_id=job["register_id"],
-                    at=_now(),
-                    data={"number": job["number"], "error": message},
-                )
         if self.state == "ready":
             log.warning("printer failed, will retry every %.0f s: %s", self.retry_s, message)
         self.state, self.last_error = "offline", message
@@ -260,15 +217,11 @@ class PrintWorker:
         result = result_from_row(row)
         data = render_escpos(result, copy=True, options=self.escpos, header=self.header)
         with self.service.db.write_connection().transaction() as conn:
-            copy = conn.execute(
-                "SELECT coalesce(max(copy), 0) + 1 FROM print_jobs"
-                " WHERE register_id = ? AND number = ?",
-                (register_id, number),
-            ).fetchone()[0]
-            self._insert_job(conn, register_id, number, int(copy), data)
+            copy = print_jobs.next_copy(conn, register_id, number)
+            print_jobs.add_job(conn, register_id, number, copy, data)
         self._next_try = 0.0
         self.notify()
-        return int(copy)
+        return copy
 
     # -- thread ---------------------------------------------------------------------------
 
@@ -282,7 +235,3 @@ class PrintWorker:
 
     def stop(self) -> None:
         self._loop.stop()
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat()

@@ -1,0 +1,121 @@
+"""The ``print_jobs`` table: one row per print of a receipt, the original (copy 0) or a
+copy, and what the print worker asks of it.
+
+A job holds its ESC/POS bytes; an open one (``queued`` or ``failed``) is retried with
+the same bytes. The receipts without a job are found through the unique (register,
+number, copy).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+
+from storage.journal import append_event
+
+__all__ = [
+    "MISSING",
+    "OPEN_JOBS",
+    "add_job",
+    "last_original",
+    "next_copy",
+    "record_failed",
+    "record_printed",
+]
+
+# the receipts of a register past a number that have no job: (number, register, limit)
+MISSING = (
+    "SELECT r.* FROM receipts r WHERE r.number > ? AND r.register_id = ? AND NOT EXISTS"
+    " (SELECT 1 FROM print_jobs p WHERE p.register_id = r.register_id AND p.number = r.number"
+    " AND p.copy = 0) ORDER BY r.number LIMIT ?"
+)
+# the open jobs in the order they were queued: (limit)
+OPEN_JOBS = (
+    "SELECT id, register_id, number, copy, data FROM print_jobs"
+    " WHERE state IN ('queued', 'failed') ORDER BY id LIMIT ?"
+)
+
+
+def add_job(  # noqa: PLR0917 - one print_jobs row
+    conn: sqlite3.Connection,
+    register_id: str,
+    number: int,
+    copy: int,
+    data: bytes,
+    state: str = "queued",
+) -> None:
+    """Store a job (``skipped`` ones without bytes); one that exists is left as it is."""
+    conn.execute(
+        "INSERT OR IGNORE INTO print_jobs (register_id, number, copy, data, state,"
+        " attempts, created_at) VALUES (?, ?, ?, ?, ?, 0, ?)",
+        (register_id, number, copy, data, state, _now()),
+    )
+
+
+def last_original(conn: sqlite3.Connection, register_id: str) -> int | None:
+    """The number of the register's last receipt that has a job; None if none has."""
+    number = conn.execute(
+        "SELECT max(number) FROM print_jobs WHERE register_id = ? AND copy = 0", (register_id,)
+    ).fetchone()[0]
+    return None if number is None else int(number)
+
+
+def next_copy(conn: sqlite3.Connection, register_id: str, number: int) -> int:
+    """The copy number the next reprint of a receipt gets (1 for the first)."""
+    return int(
+        conn.execute(
+            "SELECT coalesce(max(copy), 0) + 1 FROM print_jobs"
+            " WHERE register_id = ? AND number = ?",
+            (register_id, number),
+        ).fetchone()[0]
+    )
+
+
+def record_printed(
+    conn: sqlite3.Connection, job_id: int, *, register_id: str, number: int, recovered: bool
+) -> None:
+    """The printer took the job: ``printed``; ``recovered`` (the first job after a
+    failure streak) journals ``printer.recovered``."""
+    conn.execute(
+        "UPDATE print_jobs SET state = 'printed', attempts = attempts + 1,"
+        " done_at = ?, last_error = NULL WHERE id = ?",
+        (_now(), job_id),
+    )
+    if recovered:
+        append_event(
+            conn,
+            kind="printer.recovered",
+            register_id=register_id,
+            at=_now(),
+            data={"number": number},
+        )
+
+
+def record_failed(
+    conn: sqlite3.Connection,
+    job_id: int,
+    message: str,
+    *,
+    register_id: str,
+    number: int,
+    first: bool,
+) -> None:
+    """The printer did not take the job: ``failed`` (kept, retried); ``first`` (the start
+    of a failure streak) journals ``printer.failed``."""
+    conn.execute(
+        "UPDATE print_jobs SET state = 'failed', attempts = attempts + 1,"
+        " last_error = ? WHERE id = ?",
+        (message, job_id),
+    )
+    if first:
+        append_event(
+            conn,
+            kind="printer.failed",
+            register_id=register_id,
+            at=_now(),
+            data={"number": number, "error": message},
+        )
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
