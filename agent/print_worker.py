@@ -5,9 +5,10 @@ once, so a reprint sends the same receipt), then the bytes go to the printer. A 
 that fails is journaled (once per failure streak), retried every ``retry_s`` seconds and
 shown in the status (logged at WARNING once per failure streak, its recovery at INFO);
 the receipts keep coming meanwhile. Without a printer (kind ``none``) the status says
-``disabled``. After a crash, receipts that have no job yet are found by a scan and
-printed then. Every job, original or copy, starts with the configured header (the
-business's name, ``[printer] header``); the stored receipt does not carry it.
+``disabled`` and a reprint is refused. After a crash, receipts that have no job yet are
+found by a scan and printed then. Every job, original or copy, starts with the
+configured header (the business's name, ``[printer] header``); the stored receipt does
+not carry it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from agent.api_backend import QUEUED_PRINTS, PrinterOut
-from agent.errors import PrinterError
+from agent.errors import FiscalError, PrinterError
 from agent.loop import BackgroundLoop
 from agent.printing import EscposOptions, NullPrinter, Printer, render_escpos, render_png
 from agent.printing import jobs as print_jobs
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 _RENDER_BATCH = 200  # receipts per register and pass
 _SEND_BATCH = 100
+_NO_PRINTER = "no printer is configured ([printer] kind = none): nothing was printed"
 
 
 class PrintWorker:
@@ -212,7 +214,14 @@ class PrintWorker:
     # -- reprint --------------------------------------------------------------------------
 
     def reprint(self, register_id: str, number: int) -> int:
-        """Queue a copy (marked as such) of a printed or unprinted receipt; its copy number."""
+        """Queue a copy (marked as such) of a printed or unprinted receipt; its copy number.
+
+        Raises:
+            FiscalError: there is no printer (kind ``none``).
+            NotFound: the register has no such receipt.
+        """
+        if isinstance(self.printer, NullPrinter):
+            raise FiscalError(_NO_PRINTER)
         row = self.service.row(register_id, number)
         result = result_from_row(row)
         data = render_escpos(result, copy=True, options=self.escpos, header=self.header)

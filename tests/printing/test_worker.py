@@ -6,10 +6,12 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
 from printing.conftest import FakePrinter
 from typer.testing import CliRunner
 
 from agent.cli import app
+from agent.errors import FiscalError
 from agent.print_worker import PrintWorker
 from agent.printing import EscposOptions, NetworkPrinter, NullPrinter, render_escpos
 from agent.receipts import ReceiptService
@@ -92,6 +94,22 @@ def test_a_reprint_is_the_same_receipt_marked_as_a_copy(
     assert b"KOPIE" in copy1
     assert b"KOPIE" not in original
     assert result.qr.encode() in copy1
+
+
+def test_without_a_printer_a_reprint_is_refused_and_nothing_is_queued(
+    service: ReceiptService,
+) -> None:
+    """Kind ``none``: a copy is refused with a FiscalError (the API's 409), not reported
+    as printed."""
+    worker = PrintWorker(service, NullPrinter())
+    result = service.issue(sale(request_id="none"))
+    with pytest.raises(FiscalError) as refused:
+        worker.reprint(REGISTER, result.number)
+    assert str(refused.value) == (
+        "no printer is configured ([printer] kind = none): nothing was printed"
+    )
+    with sqlite3.connect(service.db.path) as conn:
+        assert conn.execute("SELECT count(*) FROM print_jobs WHERE copy > 0").fetchone() == (0,)
 
 
 def test_reprint_and_png_preview_from_the_command_line(
