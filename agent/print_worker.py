@@ -1,14 +1,15 @@
 """Printing after the commit (invariant 1): a worker that never blocks or loses a receipt.
 
-Each committed receipt gets one ``print_jobs`` row holding its ESC/POS bytes (rendered
-once, so a reprint sends the same receipt), then the bytes go to the printer. A printer
-that fails is journaled (once per failure streak), retried every ``retry_s`` seconds and
-shown in the status (logged at WARNING once per failure streak, its recovery at INFO);
-the receipts keep coming meanwhile. Without a printer (kind ``none``) the status says
-``disabled`` and a reprint is refused. After a crash, receipts that have no job yet are
-found by a scan and printed then. Every job, original or copy, starts with the
-configured header (the business's name, ``[printer] header``); the stored receipt does
-not carry it.
+Each committed receipt gets one ``print_jobs`` row holding its ESC/POS bytes until the
+printer has taken them (rendered once, so every retry sends the same bytes; a printed
+job keeps no bytes, and a reprint renders the stored receipt again, marked as a copy).
+A printer that fails is journaled (once per failure streak), retried every ``retry_s``
+seconds and shown in the status (logged at WARNING once per failure streak, its recovery
+at INFO); the receipts keep coming meanwhile. Without a printer (kind ``none``) the
+status says ``disabled`` and a reprint is refused. After a crash, receipts that have no
+job yet are found by a scan and printed then. Every job, original or copy, starts with
+the configured header (the business's name, ``[printer] header``); the stored receipt
+does not carry it.
 """
 
 from __future__ import annotations
@@ -215,6 +216,9 @@ class PrintWorker:
 
     def reprint(self, register_id: str, number: int) -> int:
         """Queue a copy (marked as such) of a printed or unprinted receipt; its copy number.
+
+        The copy is rendered from the stored receipt (with today's header and printer
+        options): a printed job keeps no bytes.
 
         Raises:
             FiscalError: there is no printer (kind ``none``).

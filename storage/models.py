@@ -274,20 +274,24 @@ class PendingSigning(Base):
 
 
 class PrintJob(Base):
-    """One print of one receipt: the ESC/POS bytes (kept, so a reprint is identical)
-    and the state of sending them. Printing happens after the commit (invariant 1)."""
+    """One print of one receipt: its ESC/POS bytes while it is open (emptied once it is
+    printed: a reprint renders the stored receipt again) and the state of sending them.
+    Printing happens after the commit (invariant 1). The worker and the status read the
+    open jobs through ``ix_print_jobs_open``, whose WHERE their queries repeat word for
+    word (SQLite uses a partial index only then)."""
 
     __tablename__ = "print_jobs"
     __table_args__ = (
         UniqueConstraint("register_id", "number", "copy"),
         CheckConstraint("state IN ('queued', 'printed', 'failed', 'skipped')", name="state"),
+        Index("ix_print_jobs_open", "id", sqlite_where=text("state IN ('queued', 'failed')")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     register_id: Mapped[str] = mapped_column(String(64))
     number: Mapped[int] = mapped_column(Integer)
     copy: Mapped[int] = mapped_column(Integer)  # 0 = the original, 1.. = reprints
-    data: Mapped[bytes] = mapped_column(LargeBinary)
+    data: Mapped[bytes] = mapped_column(LargeBinary)  # x'' once printed or skipped
     state: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -1,9 +1,11 @@
 """Printing: receipts to ESC/POS bytes and PNG previews, and transports to printers.
 
-Rendering is pure (:func:`render_escpos`, :func:`render_png`): the bytes are stored with
-the receipt so a reprint is byte-identical. Transports (:class:`Printer`) only deliver
-bytes and fail with :class:`~agent.errors.PrinterError` within their timeout.
-python-escpos is imported on first use, never at import time.
+Rendering is pure (:func:`render_escpos`, :func:`render_png`): a stored receipt with the
+same options always gives the same bytes, so a copy rendered again matches the original
+(but for its KOPIE mark); a job keeps its bytes only until the printer has taken them
+(:mod:`agent.printing.jobs`). Transports (:class:`Printer`) only deliver bytes and fail
+with :class:`~agent.errors.PrinterError` within their timeout. python-escpos is imported
+on first use, never at import time.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """The ``print_jobs`` table: one row per print of a receipt, the original (copy 0) or a
 copy, and what the print worker asks of it.
 
-A job holds its ESC/POS bytes; an open one (``queued`` or ``failed``) is retried with
-the same bytes. The receipts without a job are found through the unique (register,
-number, copy).
+A job holds its ESC/POS bytes while it is open (``queued`` or ``failed``: every retry
+sends the same bytes) and none once it is ``printed`` or ``skipped``; a copy is rendered
+again from the stored receipt. The worker finds the open jobs through
+``ix_print_jobs_open``, a partial index of only those: :data:`OPEN_JOBS` (and the status's
+``QUEUED_PRINTS``) repeat its WHERE word for word, as SQLite uses a partial index only
+then. The receipts without a job are found through the unique (register, number, copy).
 """
 
 from __future__ import annotations
@@ -74,10 +77,10 @@ def next_copy(conn: sqlite3.Connection, register_id: str, number: int) -> int:
 def record_printed(
     conn: sqlite3.Connection, job_id: int, *, register_id: str, number: int, recovered: bool
 ) -> None:
-    """The printer took the job: ``printed``; ``recovered`` (the first job after a
-    failure streak) journals ``printer.recovered``."""
+    """The printer took the job: ``printed``, its bytes dropped; ``recovered`` (the first
+    job after a failure streak) journals ``printer.recovered``."""
     conn.execute(
-        "UPDATE print_jobs SET state = 'printed', attempts = attempts + 1,"
+        "UPDATE print_jobs SET state = 'printed', data = x'', attempts = attempts + 1,"
         " done_at = ?, last_error = NULL WHERE id = ?",
         (_now(), job_id),
     )

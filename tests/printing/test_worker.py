@@ -21,20 +21,27 @@ REGISTER = "KASSE-1"
 
 
 def test_each_committed_receipt_is_printed_once_with_its_stored_bytes(
-    service: ReceiptService, fake_printer: FakePrinter
+    service: ReceiptService, fake_printer: FakePrinter, free_port: int
 ) -> None:
-    worker = PrintWorker(service, NetworkPrinter("127.0.0.1", fake_printer.port, timeout=2.0))
+    """A job holds its bytes while it is open (every retry sends them) and none once
+    printed: a reprint renders the stored receipt again."""
+    worker = PrintWorker(service, NetworkPrinter("127.0.0.1", free_port, timeout=0.5), retry_s=0)
     results = [service.issue(sale(request_id=f"r{i}")) for i in range(3)]
+    assert worker.run_once() == 0  # the printer is off: the jobs wait with their bytes
+
+    def stored(where: str) -> list[bytes]:
+        with sqlite3.connect(service.db.path) as conn:
+            rows = conn.execute(f"SELECT data FROM print_jobs WHERE {where} ORDER BY id")
+            return [bytes(r[0]) for r in rows]
+
+    waiting = stored("state IN ('queued', 'failed')")
+    worker.printer = NetworkPrinter("127.0.0.1", fake_printer.port, timeout=2.0)
     assert worker.run_once() == 3
     jobs = fake_printer.wait_for(3)
     assert jobs == [render_escpos(r) for r in results]
+    assert jobs == waiting
     assert worker.run_once() == 0  # nothing printed twice
-    with sqlite3.connect(service.db.path) as conn:
-        stored = [
-            bytes(r[0])
-            for r in conn.execute("SELECT data FROM print_jobs WHERE state = 'printed' ORDER BY id")
-        ]
-    assert stored == jobs
+    assert stored("state = 'printed'") == [b""] * 3
 
 
 def test_the_worker_renders_with_the_printer_models_options(
