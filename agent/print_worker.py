@@ -10,6 +10,11 @@ status says ``disabled`` and a reprint is refused. After a crash, receipts that 
 job yet are found by a scan and printed then. Every job, original or copy, starts with
 the configured header (the business's name, ``[printer] header``); the stored receipt
 does not carry it.
+
+A job the printer took is sent once per process: if recording it as printed fails (a
+locked, full or read-only database), only the record is retried, with backoff, and
+nothing else is sent meanwhile; so after a restart at most that one job prints again
+(at least once, never lost).
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from agent.api_backend import QUEUED_PRINTS, PrinterOut
-from agent.errors import FiscalError, PrinterError
+from agent.errors import FiscalError, PrinterError, StorageError
 from agent.loop import BackgroundLoop
 from agent.printing import EscposOptions, NullPrinter, Printer, render_escpos, render_png
 from agent.printing import jobs as print_jobs
@@ -36,6 +42,16 @@ log = logging.getLogger(__name__)
 _RENDER_BATCH = 200  # receipts per register and pass
 _SEND_BATCH = 100
 _NO_PRINTER = "no printer is configured ([printer] kind = none): nothing was printed"
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A job the printer took whose ``printed`` record is not stored yet."""
+
+    id: int
+    register_id: str
+    number: int
+    recovered: bool  # the first job after a failure streak: its record journals that
 
 
 class PrintWorker:
@@ -71,6 +87,9 @@ class PrintWorker:
         self.last_error: str | None = None
         self._cursor: dict[str, int] = {}
         self._next_try = 0.0
+        self._sent: dict[int, _Sent] = {}  # taken by the printer, record not stored yet
+        self._record_failures = 0
+        self._record_retry_at = 0.0
         self._loop = BackgroundLoop("printer", self._step, max_wait=1.0)
         self._lock = threading.Lock()
         self._init_cursors()
@@ -118,10 +137,13 @@ class PrintWorker:
     # -- one pass -------------------------------------------------------------------------
 
     def run_once(self) -> int:
-        """Create the jobs of new receipts and send what is queued; returns jobs printed."""
+        """Store the records of jobs already sent, create the jobs of new receipts and send
+        what is queued; returns the jobs sent."""
+        printed = 0
         with self._lock:
-            self._create_jobs()
-            printed = self._send_queued()
+            if self._record_sent():  # nothing more is sent while a record is missing
+                self._create_jobs()
+                printed = self._send_queued()
         if self.on_progress is not None:
             self.on_progress()
         return printed
@@ -160,11 +182,15 @@ class PrintWorker:
         return render_escpos(result_from_row(row), options=self.escpos, header=self.header)
 
     def _send_queued(self) -> int:
+        """Send the open jobs in order until one fails or its record cannot be stored."""
         if time.monotonic() < self._next_try:
             return 0
-        writer = self.service.db.write_connection()
         with self.service.db.read_connection() as conn:
-            jobs = conn.execute(print_jobs.OPEN_JOBS, (_SEND_BATCH,)).fetchall()
+            jobs = [
+                job
+                for job in conn.execute(print_jobs.OPEN_JOBS, (_SEND_BATCH,)).fetchall()
+                if job["id"] not in self._sent  # taken by the printer: never sent again
+            ]
         printed = 0
         for job in jobs:
             try:
@@ -172,19 +198,14 @@ class PrintWorker:
             except PrinterError as exc:
                 self._failed(job, str(exc))
                 return printed
-            # a lost mark prints the receipt again (at least once); a journal event is durable
-            with writer.transaction(durable=self.state != "ready") as conn:
-                print_jobs.record_printed(
-                    conn,
-                    job["id"],
-                    register_id=job["register_id"],
-                    number=job["number"],
-                    recovered=self.state != "ready",
-                )
-            if self.state != "ready":
+            recovered = self.state != "ready"
+            self._sent[job["id"]] = _Sent(job["id"], job["register_id"], job["number"], recovered)
+            if recovered:
                 log.info("printer recovered, printing again (it failed with: %s)", self.last_error)
             self.state, self.last_error = "ready", None
             printed += 1
+            if not self._record_sent():
+                return printed
         return printed
 
     def _send(self, job: Any) -> None:
@@ -196,6 +217,53 @@ class PrintWorker:
             self.printer.write(data, png=preview)
         else:
             self.printer.send(data)
+
+    def _record_sent(self) -> bool:
+        """Store the ``printed`` record of the jobs the printer took (dropping their bytes);
+        False while that fails: retried with backoff (at most ``retry_s`` apart)."""
+        if not self._sent:
+            return True
+        if time.monotonic() < self._record_retry_at:
+            return False
+        try:
+            for sent in list(self._sent.values()):
+                self._record(sent)
+                del self._sent[sent.id]
+        except StorageError as exc:
+            self._record_failed(exc)
+            return False
+        if self._record_failures:
+            log.info("the printed jobs are recorded again; none was sent twice")
+            self._record_failures, self._record_retry_at = 0, 0.0
+        return True
+
+    def _record(self, sent: _Sent) -> None:
+        # a lost record prints the receipt again (at least once); a journal event is durable
+        with self.service.db.write_connection().transaction(durable=sent.recovered) as conn:
+            print_jobs.record_printed(
+                conn,
+                sent.id,
+                register_id=sent.register_id,
+                number=sent.number,
+                recovered=sent.recovered,
+            )
+
+    def _record_failed(self, exc: StorageError) -> None:
+        self._record_failures += 1
+        wait = min(self.retry_s, 2.0 ** (self._record_failures - 1))
+        self._record_retry_at = time.monotonic() + wait
+        jobs = ", ".join(f"{s.register_id} {s.number}" for s in self._sent.values())
+        if self._record_failures == 1:
+            log.error(
+                "the printer took receipt %s, but recording that failed: %s; it is not sent"
+                " again, and nothing else is printed until the record is stored (retried"
+                " up to every %g s)",
+                jobs,
+                exc,
+                self.retry_s,
+            )
+        else:
+            log.debug("recording printed receipt %s failed again: %s", jobs, exc)
 
     def _failed(self, job: Any, message: str) -> None:
         self._next_try = time.monotonic() + self.retry_s
