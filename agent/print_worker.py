@@ -14,7 +14,9 @@ does not carry it.
 A job the printer took is sent once per process: if recording it as printed fails (a
 locked, full or read-only database), only the record is retried, with backoff, and
 nothing else is sent meanwhile; so after a restart at most that one job prints again
-(at least once, never lost).
+(at least once, never lost). A pass beats ``on_progress`` after each job it renders or
+sends and starts no new job after ``pass_s`` seconds: a backlog behind a slow printer
+never silences the service watchdog, and the loop comes back at once for the rest.
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ class PrintWorker:
         escpos: the printer model's code table and QR settings (``[printer.escpos]``).
         header: the lines printed centred above every receipt and copy, the business's
             name and address (``[printer] header``; § 132a Abs 3 BAO).
-        on_progress: called after each pass (feeds the service watchdog).
+        on_progress: called after each job rendered or sent and after each pass (feeds
+            the service watchdog).
+        pass_s: a pass starts no new job after this many seconds (it always sends one);
+            the loop comes back at once for the rest.
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class PrintWorker:
         escpos: EscposOptions | None = None,
         header: Sequence[str] = (),
         on_progress: Callable[[], None] | None = None,
+        pass_s: float = 10.0,
     ) -> None:
         self.service = service
         self.printer = printer
@@ -83,6 +89,7 @@ class PrintWorker:
         self.escpos = escpos or EscposOptions()
         self.header = tuple(header)
         self.on_progress = on_progress
+        self.pass_s = pass_s
         self.state: str = "ready"
         self.last_error: str | None = None
         self._cursor: dict[str, int] = {}
@@ -90,6 +97,7 @@ class PrintWorker:
         self._sent: dict[int, _Sent] = {}  # taken by the printer, record not stored yet
         self._record_failures = 0
         self._record_retry_at = 0.0
+        self._more = False  # the last pass left work: the loop comes back at once
         self._loop = BackgroundLoop("printer", self._step, max_wait=1.0)
         self._lock = threading.Lock()
         self._init_cursors()
@@ -138,17 +146,22 @@ class PrintWorker:
 
     def run_once(self) -> int:
         """Store the records of jobs already sent, create the jobs of new receipts and send
-        what is queued; returns the jobs sent."""
+        what is queued, starting no new job after :attr:`pass_s`; returns the jobs sent."""
+        deadline = time.monotonic() + self.pass_s
         printed = 0
         with self._lock:
+            self._more = False
             if self._record_sent():  # nothing more is sent while a record is missing
-                self._create_jobs()
-                printed = self._send_queued()
-        if self.on_progress is not None:
-            self.on_progress()
+                self._create_jobs(deadline)
+                printed = self._send_queued(deadline)
+        self._beat()
         return printed
 
-    def _create_jobs(self) -> None:
+    def _beat(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress()
+
+    def _create_jobs(self, deadline: float) -> None:
         """One job per new receipt, rendered first, then stored in one transaction.
 
         Jobs are bookkeeping: rendered again from the receipt if a power cut loses them,
@@ -163,12 +176,15 @@ class PrintWorker:
                 ).fetchall()
                 for reg in registers
             }
+        self._more = any(len(rows) == _RENDER_BATCH for rows in missing.values())
         drop = isinstance(self.printer, NullPrinter)
-        jobs = [
-            (reg, int(row["number"]), b"" if drop else self._render(row))
-            for reg, rows in missing.items()
-            for row in rows
-        ]
+        jobs: list[tuple[str, int, bytes]] = []
+        for reg, row in [(reg, row) for reg, rows in missing.items() for row in rows]:
+            if jobs and time.monotonic() >= deadline:  # the rest in the next pass
+                self._more = True
+                break
+            jobs.append((reg, int(row["number"]), b"" if drop else self._render(row)))
+            self._beat()
         if not jobs:
             return
         state = "skipped" if drop else "queued"
@@ -181,8 +197,9 @@ class PrintWorker:
     def _render(self, row: Any) -> bytes:
         return render_escpos(result_from_row(row), options=self.escpos, header=self.header)
 
-    def _send_queued(self) -> int:
-        """Send the open jobs in order until one fails or its record cannot be stored."""
+    def _send_queued(self, deadline: float) -> int:
+        """Send the open jobs in order until one fails, its record cannot be stored, or
+        the pass is past ``deadline`` (after the first job)."""
         if time.monotonic() < self._next_try:
             return 0
         with self.service.db.read_connection() as conn:
@@ -193,6 +210,9 @@ class PrintWorker:
             ]
         printed = 0
         for job in jobs:
+            if printed and time.monotonic() >= deadline:  # the rest in the next pass
+                self._more = True
+                return printed
             try:
                 self._send(job)
             except PrinterError as exc:
@@ -204,8 +224,10 @@ class PrintWorker:
                 log.info("printer recovered, printing again (it failed with: %s)", self.last_error)
             self.state, self.last_error = "ready", None
             printed += 1
+            self._beat()
             if not self._record_sent():
                 return printed
+        self._more = self._more or len(jobs) == _SEND_BATCH
         return printed
 
     def _send(self, job: Any) -> None:
@@ -308,7 +330,7 @@ class PrintWorker:
 
     def _step(self) -> float:
         self.run_once()
-        return self.retry_s
+        return 0.0 if self._more else self.retry_s
 
     def start(self) -> None:
         """Print in the background (``till-agent run``)."""

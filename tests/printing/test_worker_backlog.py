@@ -1,0 +1,94 @@
+"""A backlog behind a slow printer: the print worker reports progress after every job
+(the service watchdog hears of it) and bounds a pass by time, coming back at once for
+the rest."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from agent.print_worker import PrintWorker
+from agent.printing import NetworkPrinter, render_escpos
+from agent.receipts import ReceiptService
+from factories import sale
+
+PAPER_S = 0.3  # what the slow printer takes per job
+
+
+class SlowPrinter:
+    """A raw TCP printer on 127.0.0.1 that prints one job at a time: it reads a job until
+    EOF, keeps it, takes :data:`PAPER_S` (the paper) and only then closes the connection,
+    which is when :meth:`NetworkPrinter.send` returns."""
+
+    def __init__(self) -> None:
+        self.jobs: list[bytes] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with conn:
+                chunks = []
+                while chunk := conn.recv(65536):
+                    chunks.append(chunk)
+                self.jobs.append(b"".join(chunks))
+                time.sleep(PAPER_S)
+
+    def stop(self) -> None:
+        self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture(name="slow_printer")
+def _slow_printer() -> Iterator[SlowPrinter]:
+    printer = SlowPrinter()
+    yield printer
+    printer.stop()
+
+
+class TestABacklogBehindASlowPrinter:
+    def test_progress_is_reported_after_every_job_rendered_and_sent(
+        self, service: ReceiptService, slow_printer: SlowPrinter
+    ) -> None:
+        """The watchdog hears of every job, not only of the pass: here each beat notes
+        how many jobs the printer had then (five rendered, five sent, the pass's end)."""
+        heard: list[int] = []
+        printer = NetworkPrinter("127.0.0.1", slow_printer.port, timeout=2.0)
+        worker = PrintWorker(
+            service, printer, on_progress=lambda: heard.append(len(slow_printer.jobs))
+        )
+        results = [service.issue(sale(request_id=f"b{i}")) for i in range(5)]
+        assert worker.run_once() == 5
+        assert heard == [0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 5]
+        assert slow_printer.jobs == [render_escpos(r) for r in results]
+
+    def test_a_pass_starts_no_job_after_its_time_and_the_loop_comes_back_at_once(
+        self, service: ReceiptService, slow_printer: SlowPrinter
+    ) -> None:
+        """Six jobs of 0.3 s and passes of 0.5 s: each pass ends after its second job at
+        the latest, the loop asks for no wait while jobs are left, and every receipt is
+        printed once, in order."""
+        printer = NetworkPrinter("127.0.0.1", slow_printer.port, timeout=2.0)
+        worker = PrintWorker(service, printer, retry_s=30.0, pass_s=0.5)
+        results = [service.issue(sale(request_id=f"t{i}")) for i in range(6)]
+        waits, sent = [], []
+        while len(slow_printer.jobs) < len(results) and len(waits) < 10:
+            before = len(slow_printer.jobs)
+            waits.append(worker._step())
+            sent.append(len(slow_printer.jobs) - before)
+        assert len(waits) >= 3
+        assert all(1 <= n <= 2 for n in sent), sent
+        assert waits == [0.0] * (len(waits) - 1) + [30.0]
+        assert slow_printer.jobs == [render_escpos(r) for r in results]
+        assert worker.run_once() == 0
