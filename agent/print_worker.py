@@ -100,6 +100,7 @@ class PrintWorker:
         self._more = False  # the last pass left work: the loop comes back at once
         self._loop = BackgroundLoop("printer", self._step, max_wait=1.0)
         self._lock = threading.Lock()
+        self._stopping = threading.Event()  # a pass starts no new job once it is set
         self._init_cursors()
 
     def _init_cursors(self) -> None:
@@ -180,7 +181,7 @@ class PrintWorker:
         drop = isinstance(self.printer, NullPrinter)
         jobs: list[tuple[str, int, bytes]] = []
         for reg, row in [(reg, row) for reg, rows in missing.items() for row in rows]:
-            if jobs and time.monotonic() >= deadline:  # the rest in the next pass
+            if jobs and self._past(deadline):  # the rest in the next pass
                 self._more = True
                 break
             jobs.append((reg, int(row["number"]), b"" if drop else self._render(row)))
@@ -194,12 +195,15 @@ class PrintWorker:
         for reg, number, _ in jobs:
             self._cursor[reg] = number
 
+    def _past(self, deadline: float) -> bool:
+        return time.monotonic() >= deadline or self._stopping.is_set()
+
     def _render(self, row: Any) -> bytes:
         return render_escpos(result_from_row(row), options=self.escpos, header=self.header)
 
     def _send_queued(self, deadline: float) -> int:
-        """Send the open jobs in order until one fails, its record cannot be stored, or
-        the pass is past ``deadline`` (after the first job)."""
+        """Send the open jobs in order until one fails, its record cannot be stored, the
+        pass is past ``deadline`` (after the first job) or the worker stops."""
         if time.monotonic() < self._next_try:
             return 0
         with self.service.db.read_connection() as conn:
@@ -210,7 +214,8 @@ class PrintWorker:
             ]
         printed = 0
         for job in jobs:
-            if printed and time.monotonic() >= deadline:  # the rest in the next pass
+            # the rest in the next pass: one job at least, none once the worker stops
+            if self._stopping.is_set() or (printed and time.monotonic() >= deadline):
                 self._more = True
                 return printed
             try:
@@ -337,4 +342,7 @@ class PrintWorker:
         self._loop.start()
 
     def stop(self) -> None:
+        """Stop after the job being sent (and its record): the rest waits for the next
+        start."""
+        self._stopping.set()
         self._loop.stop()

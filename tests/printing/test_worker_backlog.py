@@ -5,6 +5,7 @@ the rest."""
 from __future__ import annotations
 
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -92,3 +93,29 @@ class TestABacklogBehindASlowPrinter:
         assert waits == [0.0] * (len(waits) - 1) + [30.0]
         assert slow_printer.jobs == [render_escpos(r) for r in results]
         assert worker.run_once() == 0
+
+    def test_stopping_ends_the_pass_after_the_job_being_sent(
+        self, service: ReceiptService, slow_printer: SlowPrinter
+    ) -> None:
+        """SIGTERM during a backlog: the worker stops after the job in hand, which is
+        recorded; the rest stays queued and the next start prints each of them once."""
+        printer = NetworkPrinter("127.0.0.1", slow_printer.port, timeout=2.0)
+        worker = PrintWorker(service, printer, pass_s=60.0)
+        results = [service.issue(sale(request_id=f"s{i}")) for i in range(8)]
+        worker.start()
+        deadline = time.monotonic() + 10
+        while not slow_printer.jobs and time.monotonic() < deadline:
+            time.sleep(0.01)
+        worker.stop()
+        done = len(slow_printer.jobs)
+        assert 1 <= done < len(results)
+        states = [state for _, state in _states(service)]
+        assert states == ["printed"] * done + ["queued"] * (len(results) - done)
+        assert PrintWorker(service, printer).run_once() == len(results) - done
+        assert slow_printer.jobs == [render_escpos(r) for r in results]
+
+
+def _states(service: ReceiptService) -> list[tuple[int, str]]:
+    with sqlite3.connect(service.db.path) as conn:
+        query = "SELECT number, state FROM print_jobs WHERE copy = 0 AND number > 1 ORDER BY id"
+        return [(int(n), str(s)) for n, s in conn.execute(query)]
