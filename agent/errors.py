@@ -155,5 +155,5 @@ class PrinterError(TillAgentError):
     """The printer did not take a job (unreachable, missing, timed out, refused).
 
     The receipt is durable before it is printed, so nothing is lost: the job is kept
-    and retried, and a reprint gives the same bytes.
+    and retried with the same bytes (a reprint is a new copy, marked KOPIE).
     """

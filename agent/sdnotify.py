@@ -165,6 +165,11 @@ class Watchdog:
         with self._lock:
             self._loops[name] = (max_silence, self._clock())
 
+    def limits(self) -> dict[str, float]:
+        """The longest silence each watched loop may keep, in seconds."""
+        with self._lock:
+            return {name: limit for name, (limit, _) in self._loops.items()}
+
     def unregister(self, name: str) -> None:
         """Stop watching ``name`` (the loop ended on purpose)."""
         with self._lock:

@@ -156,8 +156,10 @@ class TillService:
             self.receipts, self.config.probe.backoff(), deadline=self.config.sign_timeout_s
         )
         self.checks = CheckWatch(self.db, self.clock)
-        self.watchdog.register("printer", 30.0)
-        self.watchdog.register("timers", 30.0)
+        # the longest silence of each part: one printer job (connect, send, acknowledge:
+        # 3 timeouts) and its record; a timer's receipt may wait for another's signing
+        self.watchdog.register("printer", max(30.0, 3 * self.config.printer.timeout_s + 15))
+        self.watchdog.register("timers", self._silence_with_signing(30.0))
         if warning := self.config.printer.header_warning:  # once: receipts lack a name
             log.warning("%s", warning)
         self.printer.start()
@@ -172,7 +174,9 @@ class TillService:
             self.backup_loop.start()
         if self.config.spool.enabled:
             assert self.config.spool.dir is not None
-            self.watchdog.register("spool", max(30.0, 3 * self.config.spool.rescan_s))
+            self.watchdog.register(
+                "spool", self._silence_with_signing(max(30.0, 3 * self.config.spool.rescan_s))
+            )
             self.spool = SpoolIngestor(
                 Spool(self.config.spool.dir),
                 self.backend.issue_sale,
@@ -185,6 +189,11 @@ class TillService:
         self.watchdog.start()
         sdnotify.status(self._status_line())
         log.info("till-agent running; data in %s", data_dir)
+
+    def _silence_with_signing(self, seconds: float) -> float:
+        """``seconds``, or longer when a receipt may take longer: it may wait for the
+        writer while another receipt's signing runs to its deadline, then sign itself."""
+        return max(seconds, 2 * self.config.sign_timeout_s + 15)
 
     def _ensure_units(self, data_dir: Path) -> list[str]:
         """Store the configured units; without any, the development unit on a first start
