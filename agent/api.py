@@ -12,8 +12,10 @@ outage report (or a check) has another reference already, 408 a body not complet
 ``REQUEST_BODY_TIMEOUT_S`` of its head, 413 a body over 1 MiB, 422 a bad request
 naming the field and rule, 503 the receipt must be signed and the unit is down (or the
 database is busy): retry after ``Retry-After`` seconds. Errors are ``{field, rule,
-message}`` throughout. Request bodies are JSON whatever their ``Content-Type`` says
-(``curl -d`` sends a form type), on every route that takes one.
+message}`` throughout, but for uvicorn's own plain-text 503 (no ``Retry-After``) to a
+request beyond :data:`MAX_CONNECTIONS` open connections (logged at most once a minute).
+Request bodies are JSON whatever their ``Content-Type`` says (``curl -d`` sends a form
+type), on every route that takes one.
 """
 
 from __future__ import annotations
@@ -487,6 +489,9 @@ REQUEST_BODY_TIMEOUT_S = 10.0
 SLOW_BODY = "api: closed a connection whose request body"
 # a client can stall bodies as often as it likes: its log lines are rate-limited
 SLOW_BODY_FILTER = RateLimitedFilter(SLOW_BODY)
+# uvicorn's own line for each request refused beyond MAX_CONNECTIONS (a plain-text 503)
+OVER_LIMIT = "Exceeded concurrency limit."
+OVER_LIMIT_FILTER = RateLimitedFilter(OVER_LIMIT)
 
 
 class _H11Protocol(H11Protocol):
@@ -608,6 +613,9 @@ class ApiServer:
         )
         if SLOW_BODY_FILTER not in log.filters:
             log.addFilter(SLOW_BODY_FILTER)
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        if OVER_LIMIT_FILTER not in uvicorn_log.filters:
+            uvicorn_log.addFilter(OVER_LIMIT_FILTER)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 

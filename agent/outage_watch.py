@@ -422,7 +422,7 @@ def acknowledge_report(
         if row is None:
             raise NotFound(f"no outage {outage_id}")
         if end and row[1] is None:
-            raise InvalidSale("--end", "report-first", "record the outage report before its end")
+            raise InvalidSale("end", "report-first", "record the outage report before its end")
         recorded = row[2] if end else row[1]
         if recorded == reference:
             return

@@ -259,6 +259,17 @@ class TestWindow:
         assert (refused.value.field, refused.value.rule) == ("reference", rule)
         assert journal_events(service.db, "outage.reported") == []
 
+    def test_an_end_report_before_the_report_is_refused(
+        self, service: ReceiptService, flaky: FlakyUnit, clock: FrozenClock
+    ) -> None:
+        """Field ``end`` (the API's body field, the CLI's --end), rule report-first."""
+        flaky.mode = "down"
+        _sell(service, 1)
+        with pytest.raises(InvalidSale) as refused:
+            acknowledge_report(service.db.write_connection(), clock, 1, "FON-2", end=True)
+        assert (refused.value.field, refused.value.rule) == ("end", "report-first")
+        assert journal_events(service.db, "outage.reported") == []
+
     @pytest.mark.parametrize("jump_hours", [72, -72])
     def test_a_clock_jump_is_journaled_and_neither_fakes_nor_swallows_escalations(
         self,
