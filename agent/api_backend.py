@@ -107,11 +107,15 @@ class BackupFailureOut(_Out):
 class BackupOut(_Out):
     """The register's quarterly DEP backups (§ 7 Abs 3 RKSV). ``overdue``: a quarter ended
     more than 7 days ago without a backup; ``failure``: the latest failure of the current
-    run of failures, ``None`` once a backup is written again."""
+    run of failures, ``None`` once a backup is written again; ``external``: whether the
+    backup directory is on another file system than the data directory (§ 7 Abs 3 asks
+    for an external medium; ``false`` means the backups are on the till's own disk),
+    ``None`` when the service writes no backups."""
 
     last: LastBackupOut | None
     overdue: bool
     failure: BackupFailureOut | None
+    external: bool | None = None
 
 
 _NO_BACKUP = BackupOut(last=None, overdue=False, failure=None)
@@ -298,6 +302,7 @@ class ServiceBackend:
                 checks.setdefault(record.register_id, []).append(check_out(record, now))
             queued = int(conn.execute(QUEUED_PRINTS).fetchone()[0])
             backups = backup_statuses(conn, now, self.backups.failures if self.backups else {})
+        external = None if self.backups is None else self.backups.external
         registers = [
             self._register(
                 tuple(row),
@@ -306,7 +311,7 @@ class ServiceBackend:
                 now,
                 failed,
                 checks=checks.get(row[0], []),
-                backup=_backup_out(backups.get(row[0])),
+                backup=_backup_out(backups.get(row[0]), external),
             )
             for row in rows
         ]
@@ -400,7 +405,7 @@ class ServiceBackend:
         )
 
 
-def _backup_out(status: BackupStatus | None) -> BackupOut:
+def _backup_out(status: BackupStatus | None, external: bool | None) -> BackupOut:
     if status is None:  # a register whose Startbeleg waits: nothing to back up yet
         return _NO_BACKUP
     last, failure = status.last, status.failure
@@ -414,6 +419,7 @@ def _backup_out(status: BackupStatus | None) -> BackupOut:
         failure=None
         if failure is None
         else BackupFailureOut(quarter=failure.quarter, error=failure.error, at=failure.at),
+        external=external,
     )
 
 

@@ -303,6 +303,12 @@ class DepBackups:
         self._refused: dict[Path, _Identity] = {}  # foreign files under a backup's name
         self._stop = threading.Event()
 
+    @property
+    def external(self) -> bool:
+        """Whether ``directory`` was on another file system than the data directory at
+        start (§ 7 Abs 3: an external medium); False: the backups land on the till's disk."""
+        return self._external is not None
+
     def stop(self) -> None:
         """Abandon a backup being written (the service stops); the next start redoes it."""
         self._stop.set()
