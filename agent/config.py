@@ -47,7 +47,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from agent.at_rksv.counter import ISSUED_COUNTER_BYTES_MAX, MIN_COUNTER_BYTES
+from agent.at_rksv.counter import MAX_COUNTER_BYTES, MIN_COUNTER_BYTES
 from agent.at_rksv.payload import AUSTRIAN_ZONES, REGISTER_ID_RULE, is_register_id
 from agent.durable import create_file, device_of
 from agent.errors import ConfigurationError
@@ -127,7 +127,9 @@ class RegisterConfig(_Section):
 
     id: str = "KASSE-1"
     timezone: str = "Europe/Vienna"
-    counter_bytes: int = Field(8, ge=MIN_COUNTER_BYTES, le=ISSUED_COUNTER_BYTES_MAX)
+    # up to 16 still loads (a till configured so before keeps starting); a new register
+    # gets 5 to 8 (agent.at_rksv.counter.ISSUED_COUNTER_BYTES_MAX), refused naming the field
+    counter_bytes: int = Field(8, ge=MIN_COUNTER_BYTES, le=MAX_COUNTER_BYTES)
     receipt_id_format: str = "{number}"
 
     @field_validator("id")

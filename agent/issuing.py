@@ -224,6 +224,8 @@ class Issuing:
         if not unit.capabilities.keeps_chain:
             intent = None  # a local unit signs in-process: nothing is kept elsewhere
         elif intent is None:
+            if draft.kind == "start":  # its default intent would commit the register it makes
+                raise TypeError("a Startbeleg is issued through start_in, which keeps its intent")
             parts = functools.partial(
                 stored_receipt, draft, number, payload, data, unit_id, turnover
             )

@@ -126,20 +126,22 @@ class TillService:
         asyncio_log = logging.getLogger("asyncio")
         if ACCEPT_ERROR_FILTER not in asyncio_log.filters:
             asyncio_log.addFilter(ACCEPT_ERROR_FILTER)
-        # creates a missing data directory 0700 (it holds the AES keys), takes the lock,
-        # runs quick_check and the migrations: minutes for a big database on an SD card
+        # up to READY, start-up may take minutes: quick_check and the migrations of a big
+        # database on an SD card, opening a token or a chain service, storing what a killed
+        # process left; systemd is asked for more time while it goes on
         with sdnotify.extending():
+            # creates a missing data directory 0700 (it holds the AES keys), takes the lock
             self.db: TillDB = open_till_db(data_dir)
-        forget_address(self.config)  # a killed service's: it names a port nobody listens on
-        self.registry = UnitRegistry(simulate_dir=data_dir / "simulate")
-        unit_ids = self._ensure_units(data_dir)
-        self.receipts = ReceiptService(
-            self.db,
-            self.registry,
-            clock=self.clock,
-            sign_timeout=self.config.sign_timeout_s,
-            thresholds=self.config.outage.thresholds(),
-        )
+            forget_address(self.config)  # a killed service's: it names a port nobody uses
+            self.registry = UnitRegistry(simulate_dir=data_dir / "simulate")
+            unit_ids = self._ensure_units(data_dir)
+            self.receipts = ReceiptService(
+                self.db,
+                self.registry,
+                clock=self.clock,
+                sign_timeout=self.config.sign_timeout_s,
+                thresholds=self.config.outage.thresholds(),
+            )
         sdnotify.ready("database open and migrated")
         self.printer = PrintWorker(
             self.receipts,
@@ -157,8 +159,10 @@ class TillService:
         )
         self.checks = CheckWatch(self.db, self.clock)
         # the longest silence of each part: one printer job (connect, send, acknowledge:
-        # 3 timeouts) and its record; a timer's receipt may wait for another's signing
-        self.watchdog.register("printer", max(30.0, 3 * self.config.printer.timeout_s + 15))
+        # 3 timeouts) and its record, which may wait for the writer while a receipt's
+        # signing runs to its deadline; a timer's receipt may wait for another's signing
+        job_s = 3 * self.config.printer.timeout_s + self.config.sign_timeout_s
+        self.watchdog.register("printer", max(30.0, job_s + 15))
         self.watchdog.register("timers", self._silence_with_signing(30.0))
         if warning := self.config.printer.header_warning:  # once: receipts lack a name
             log.warning("%s", warning)
@@ -201,11 +205,23 @@ class TillService:
         configs = list(self.config.units)
         if not configs and self.config.wants_development_unit and self._only_development():
             configs = [self._development_unit(data_dir)]
-        with self.db.write_connection().transaction() as conn:
-            for config in configs:
+        for config in configs:
+            with self.db.write_connection().transaction() as conn:
                 row = conn.execute("SELECT config FROM units WHERE id = ?", (config.id,)).fetchone()
-                if row is None or UnitConfig.model_validate_json(row[0]) != config:
-                    store_unit(conn, config, open_unit(config), self.clock.now().isoformat())
+                if row is not None and UnitConfig.model_validate_json(row[0]) == config:
+                    continue
+                unit = open_unit(config)
+                try:
+                    store_unit(conn, config, unit, self.clock.now().isoformat())
+                except ConfigurationError as exc:
+                    if row is None:
+                        raise
+                    # another key under a stored unit's id: the till keeps selling with the
+                    # unit as stored (fallback receipts and an outage if it cannot be opened
+                    # any more), as when the key is swapped in place (rksv.md 5)
+                    log.error("%s; the unit keeps its stored configuration", exc)
+                finally:
+                    unit.close()
         return [c.id for c in configs]
 
     def _only_development(self) -> bool:
@@ -329,9 +345,11 @@ class TillService:
         """One pass of the timers (the loop logs a run of failures once, see BackgroundLoop)."""
         self.watchdog.beat("timers")  # alive even while a step fails
         now = time.monotonic()
-        if now >= self._next_watch:
+        if now >= self._next_watch:  # each of these may wait for a signing: a beat after each
             self.receipts.outages.watch.tick()
+            self.watchdog.beat("timers")
             self.checks.tick()  # the operator's Belegcheck reminders, on the same interval
+            self.watchdog.beat("timers")
             self._next_watch = now + self.config.outage.check_interval_s
         if now >= self._next_closings:
             if self.receipts.run_closings():

@@ -216,30 +216,33 @@ class Spool:
     def _sales(self, directory: Path) -> list[Path]:
         """Everything named like a sale, files or not: whatever is no file is refused."""
         found: list[tuple[int, str]] = []
+        answer_named: set[str] = set()
         with os.scandir(directory) as entries:
             for entry in entries:
                 if not _is_sale_name(entry.name):
                     continue
-                if _is_answer_name(entry.name):
-                    self._ignore(directory / entry.name)
+                # in in/ only: one claimed by an earlier version is finished as claimed
+                if directory == self.inbox and _is_answer_name(entry.name):
+                    answer_named.add(entry.name)
                     continue
                 with contextlib.suppress(FileNotFoundError):  # claimed or removed meanwhile
                     found.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name))
+        if directory == self.inbox:
+            self._ignore(answer_named)
         return [directory / name for _, name in sorted(found)]
 
-    def _ignore(self, path: Path) -> None:
-        if path.name in self._ignored:
-            return
-        if len(self._ignored) >= 1000:  # bounded: a POS writing only such names
-            self._ignored.clear()
-        self._ignored.add(path.name)
-        log.warning(
-            "spool: %s is left alone: a name ending in %s or %s is an answer's name; give"
-            " the sale another name",
-            path,
-            _RESULT,
-            _ERROR,
-        )
+    def _ignore(self, names: set[str]) -> None:
+        """Log each answer-named file in ``in/`` once while it stays there (``names``: the
+        ones there now; one removed and dropped again is logged again)."""
+        for name in sorted(names - self._ignored):
+            log.warning(
+                "spool: %s is left alone: a name ending in %s or %s is an answer's name;"
+                " give the sale another name",
+                self.inbox / name,
+                _RESULT,
+                _ERROR,
+            )
+        self._ignored = names
 
     def result_path(self, name: str) -> Path:
         return self.out / (_answer_stem(name) + _RESULT)

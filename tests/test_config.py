@@ -257,7 +257,7 @@ ERRORS = [
     ('[register]\nid = ".."\n', "register.id", "id-format"),
     ('[register]\nid = "."\n', "register.id", "id-format"),
     ("[register]\ncounter_bytes = 4\n", "register.counter_bytes", "greater_than_equal"),
-    ("[register]\ncounter_bytes = 9\n", "register.counter_bytes", "less_than_equal"),
+    ("[register]\ncounter_bytes = 17\n", "register.counter_bytes", "less_than_equal"),
     ('[register]\nreceipt_id_format = "B"\n', "register.receipt_id_format", "format"),
     ('[printer]\nkind = "network"\n', "printer.host", "kind-needs"),
     ('[printer]\nkind = "usb"\nusb_vendor = 1\n', "printer.usb_product", "kind-needs"),

@@ -75,3 +75,34 @@ def test_a_sale_named_like_an_answer_cannot_replace_an_answer(
     assert sorted(p.name for p in spool.inbox.iterdir()) == ["x.error.json", "y.result.json"]
     warned = [r.getMessage() for r in caplog.records if "an answer's name" in r.getMessage()]
     assert len(warned) == 2  # once per file, not once per scan
+
+
+def test_an_answer_named_sale_already_claimed_is_finished(
+    tmp_path: Path, service: ReceiptService, clock: FrozenClock
+) -> None:
+    """Claimed into work/ by an earlier version (then a crash): issued and answered as any
+    claimed sale, not stranded in the agent's own directory."""
+    spool = Spool(tmp_path / "spool")
+    (spool.work / "y.result.json").write_text(json.dumps(sale(request_id="old")))
+    ingestor = SpoolIngestor(
+        spool, ServiceBackend(service).issue_sale, clock=clock, backoff=Backoff(1.0, 60.0)
+    )
+    assert ingestor.run_once() == 1
+    assert list(spool.work.iterdir()) == []
+    assert json.loads(spool.result_path("y.result.json").read_text())["number"] == 2
+
+
+def test_an_answer_named_file_dropped_again_is_logged_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    dropped = spool.inbox / "x.error.json"
+    with caplog.at_level(logging.WARNING, logger="agent.spool"):
+        dropped.write_text("{}")
+        spool.incoming()
+        spool.incoming()
+        dropped.unlink()
+        spool.incoming()
+        dropped.write_text("{}")
+        spool.incoming()
+    assert len([r for r in caplog.records if "an answer's name" in r.getMessage()]) == 2

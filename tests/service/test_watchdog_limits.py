@@ -28,14 +28,15 @@ def _limits(tmp_path: Path, **settings: Any) -> dict[str, float]:
         service.stop()
 
 
-def test_the_defaults_keep_the_30_second_limits(tmp_path: Path) -> None:
-    limits = _limits(tmp_path)
-    assert (limits["printer"], limits["timers"], limits["spool"]) == (30.0, 30.0, 30.0)
+def test_the_default_limits(tmp_path: Path) -> None:
+    limits = _limits(tmp_path)  # printer: 3 x 5 s + the 3 s signing it may wait behind
+    assert (limits["printer"], limits["timers"], limits["spool"]) == (33.0, 30.0, 30.0)
 
 
 def test_slow_printer_and_unit_timeouts_widen_the_limits(tmp_path: Path) -> None:
-    """One network job takes up to 3 printer timeouts; a receipt may wait for another's
-    signing to its deadline and then sign: 2 signing timeouts."""
+    """One network job takes up to 3 printer timeouts and its record may wait for the
+    writer while a signing runs to its deadline; a receipt may wait for another's signing
+    and then sign: 2 signing timeouts."""
     limits = _limits(tmp_path, sign_timeout_s=40.0, printer={"kind": "none", "timeout_s": 20.0})
-    assert limits["printer"] == 3 * 20.0 + 15
+    assert limits["printer"] == 3 * 20.0 + 40.0 + 15
     assert limits["timers"] == limits["spool"] == 2 * 40.0 + 15

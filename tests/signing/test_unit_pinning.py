@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -124,9 +125,12 @@ def test_a_moved_key_file_updates_the_configuration_and_keeps_the_identity(
     _assert_dep_verifies(db)
 
 
-def test_run_refuses_a_configured_unit_whose_key_changed(tmp_path: Path) -> None:
-    """``[[units]]`` pointing the id at another key: the service does not start (it names
-    the unit and what to do) and the stored unit is left as it was."""
+def test_run_keeps_the_stored_unit_when_the_configured_key_changed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``[[units]]`` pointing the id at another key: the service starts and keeps selling
+    with the unit as stored (here its key is still there: signed receipts under its
+    serial), says so at ERROR, and the stored unit is left as it was."""
     data = tmp_path / "data"
     key, cert = create_software_unit(tmp_path / "first", name="till")
     other_key, other_cert = create_software_unit(tmp_path / "second", name="till")
@@ -142,11 +146,17 @@ def test_run_refuses_a_configured_unit_whose_key_changed(tmp_path: Path) -> None
     first.start()
     first.stop()
     with sqlite3.connect(data / "till.sqlite3") as conn:
-        stored = conn.execute("SELECT serial, public_key_der FROM units").fetchall()
+        stored = conn.execute("SELECT serial, public_key_der, config FROM units").fetchall()
 
     second = TillService(config(other_key, other_cert))
-    with pytest.raises(ConfigurationError, match="unit till opened with another serial"):
+    with caplog.at_level(logging.ERROR, logger="agent.service"):
         second.start()
-    second.stop()
+    try:
+        issued = second.receipts.issue(sale(register="KASSE-1"))
+        assert issued.signature_state == "signed"
+        assert issued.qr.split("_")[11] == stored[0][0]
+    finally:
+        second.stop()
+    assert any("unit till opened with another serial" in r.getMessage() for r in caplog.records)
     with sqlite3.connect(data / "till.sqlite3") as conn:
-        assert conn.execute("SELECT serial, public_key_der FROM units").fetchall() == stored
+        assert conn.execute("SELECT serial, public_key_der, config FROM units").fetchall() == stored
