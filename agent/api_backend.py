@@ -28,10 +28,10 @@ from agent.errors import FiscalError, InvalidSale, NotFound
 from agent.outage_view import OutageOut, outage_out
 from agent.outage_watch import HOUR, Thresholds, acknowledge_report
 from agent.outages import OutageRecord, load_outages
+from agent.printing.jobs import QUEUED_PRINTS
 from agent.receipts import Issued, ReceiptService
 
 __all__ = [
-    "QUEUED_PRINTS",
     "ApiBackend",
     "BackupOut",
     "CheckDoneIn",
@@ -237,7 +237,6 @@ _REGISTERS = (
     " ORDER BY 1"
 )
 _WAITING = "SELECT register_id, kind FROM waiting_specials WHERE done_at IS NULL ORDER BY id"
-QUEUED_PRINTS = "SELECT count(*) FROM print_jobs WHERE state IN ('queued', 'failed')"
 _SPECIAL_KINDS: frozenset[str] = frozenset(get_args(SpecialKind))
 
 

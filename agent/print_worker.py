@@ -28,11 +28,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agent.api_backend import QUEUED_PRINTS, PrinterOut
+from agent.api_backend import PrinterOut
 from agent.errors import FiscalError, PrinterError, StorageError
 from agent.loop import BackgroundLoop
 from agent.printing import EscposOptions, NullPrinter, Printer, render_escpos, render_png
 from agent.printing import jobs as print_jobs
+from agent.printing.jobs import QUEUED_PRINTS
 from agent.printing.transport import FilePrinter
 from agent.receipt_view import result_from_row
 from agent.receipts import ReceiptService

@@ -4,9 +4,10 @@ copy, and what the print worker asks of it.
 A job holds its ESC/POS bytes while it is open (``queued`` or ``failed``: every retry
 sends the same bytes) and none once it is ``printed`` or ``skipped``; a copy is rendered
 again from the stored receipt. The worker finds the open jobs through
-``ix_print_jobs_open``, a partial index of only those: :data:`OPEN_JOBS` (and the status's
-``QUEUED_PRINTS``) repeat its WHERE word for word, as SQLite uses a partial index only
-then. The receipts without a job are found through the unique (register, number, copy).
+``ix_print_jobs_open``, a partial index of only those: :data:`OPEN_JOBS` and
+:data:`QUEUED_PRINTS` (the status's count) repeat its WHERE word for word, as SQLite uses a
+partial index only then. The receipts without a job are found through the unique
+(register, number, copy).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from storage.journal import append_event
 __all__ = [
     "MISSING",
     "OPEN_JOBS",
+    "QUEUED_PRINTS",
     "add_job",
     "last_original",
     "next_copy",
@@ -32,11 +34,14 @@ MISSING = (
     " (SELECT 1 FROM print_jobs p WHERE p.register_id = r.register_id AND p.number = r.number"
     " AND p.copy = 0) ORDER BY r.number LIMIT ?"
 )
+# the WHERE of ix_print_jobs_open (migration 0008), word for word
+_OPEN = "state IN ('queued', 'failed')"
 # the open jobs in the order they were queued: (limit)
 OPEN_JOBS = (
-    "SELECT id, register_id, number, copy, data FROM print_jobs"
-    " WHERE state IN ('queued', 'failed') ORDER BY id LIMIT ?"
+    f"SELECT id, register_id, number, copy, data FROM print_jobs WHERE {_OPEN} ORDER BY id LIMIT ?"  # noqa: S608
 )
+# how many jobs are open (the status's queued prints)
+QUEUED_PRINTS = f"SELECT count(*) FROM print_jobs WHERE {_OPEN}"  # noqa: S608
 
 
 def add_job(  # noqa: PLR0917 - one print_jobs row

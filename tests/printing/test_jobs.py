@@ -7,8 +7,7 @@ import re
 
 import pytest
 
-from agent.api_backend import QUEUED_PRINTS
-from agent.printing.jobs import MISSING, OPEN_JOBS
+from agent.printing.jobs import MISSING, OPEN_JOBS, QUEUED_PRINTS
 from agent.receipts import ReceiptService
 
 REGISTER = "KASSE-1"
