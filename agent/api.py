@@ -76,6 +76,7 @@ from agent.errors import (
     TillAgentError,
     WaitsForUnit,
 )
+from agent.local_api import base_url
 from agent.log_limit import RateLimitedFilter
 
 __all__ = [
@@ -624,8 +625,7 @@ class ApiServer:
         """The base URL (for a unix socket, the host part is only a placeholder)."""
         if self.uds is not None:
             return "http://localhost"
-        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
-        return f"http://{host}:{self.port}"
+        return base_url(self.host, self.port)
 
     @property
     def location(self) -> str:

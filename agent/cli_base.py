@@ -214,7 +214,7 @@ def _ask_service(
     service's configuration to this command."""
     import httpx
 
-    from agent.local_api import address_file, post_to_service
+    from agent.local_api import address_file, base_url, post_to_service
 
     api = config.api
     if api.unix_socket:
@@ -222,7 +222,7 @@ def _ask_service(
     elif api.port == 0:  # the port the OS picked, in the file the service wrote
         address = f"(api.port = 0: named in {address_file(config)})"
     else:
-        address = f"http://{api.host}:{api.port}"
+        address = base_url(api.host, api.port)
     where = (
         f"{pointer} naming the service's configuration, or TILL_AGENT_API__HOST and"
         " TILL_AGENT_API__PORT (TILL_AGENT_API__UNIX_SOCKET)"

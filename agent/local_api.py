@@ -24,6 +24,7 @@ from agent.errors import DataDirLocked
 __all__ = [
     "ADDRESS_FILE",
     "address_file",
+    "base_url",
     "forget_address",
     "post_to_service",
     "publish_address",
@@ -48,7 +49,7 @@ def forget_address(config: AgentConfig) -> None:
     address_file(config).unlink(missing_ok=True)
 
 
-def _base_url(host: str, port: int) -> str:
+def base_url(host: str, port: int) -> str:
     """``http://host:port``, an IPv6 address in brackets."""
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
@@ -64,7 +65,7 @@ def service_url(config: AgentConfig) -> str:
     """
     api = config.api
     if api.port != 0:
-        return _base_url(api.host, api.port)
+        return base_url(api.host, api.port)
     file = address_file(config)
     try:
         url = file.read_text(encoding="utf-8").strip()
