@@ -239,20 +239,8 @@ class OutageWatch:
                 new.append((announced, due))
             if overdue not in sent and wall >= dt.datetime.fromisoformat(due):
                 new.append((overdue, due))
-        for level, _ in new:
-            append_event(
-                conn,
-                kind="outage.escalation",
-                register_id=register_id,
-                at=wall.isoformat(),
-                data={
-                    "outage": outage_id,
-                    "level": level,
-                    "age_hours": round(age / HOUR, 3),
-                    "report_due": row[4],
-                    "end_report_due": row[6],
-                },
-            )
+        dues = {"report_due": row[4], "end_report_due": row[6]}
+        _journal_levels(conn, register_id, outage_id, [lvl for lvl, _ in new], age, wall, dues)
         if new:
             levels = sent + [level for level, _ in new]
             conn.execute(
@@ -291,19 +279,7 @@ class OutageWatch:
             overdue_at = (self.thresholds.exceeded_hours + self.thresholds.report_days * 24) * HOUR
             if age >= overdue_at:
                 new.append("overdue")
-        for level in new:
-            append_event(
-                conn,
-                kind="outage.escalation",
-                register_id=register_id,
-                at=wall.isoformat(),
-                data={
-                    "outage": outage_id,
-                    "level": level,
-                    "age_hours": round(age / HOUR, 3),
-                    "report_due": due,
-                },
-            )
+        _journal_levels(conn, register_id, outage_id, new, age, wall, {"report_due": due})
         conn.execute(
             "UPDATE outages SET age_seconds = ?, checked_at = ?, escalations = ?, report_due = ?"
             " WHERE id = ?",
@@ -442,4 +418,22 @@ def acknowledge_report(
             register_id=row[0],
             at=clock.now().isoformat(),
             data={"outage": outage_id, "end": end, "reference": reference},
+        )
+
+
+def _journal_levels(  # noqa: PLR0917 - one escalation event's facts
+    conn: sqlite3.Connection,
+    register_id: str,
+    outage_id: int,
+    levels: list[str],
+    age: float,
+    wall: dt.datetime,
+    dues: dict[str, str | None],
+) -> None:
+    """Journal an ``outage.escalation`` event for each of ``levels``, with the report due
+    dates ``dues`` as they stand."""
+    for level in levels:
+        data = {"outage": outage_id, "level": level, "age_hours": round(age / HOUR, 3), **dues}
+        append_event(
+            conn, kind="outage.escalation", register_id=register_id, at=wall.isoformat(), data=data
         )
