@@ -693,7 +693,12 @@ class TestStatus:
     ) -> None:
         """Q1 ended: not overdue for 7 days, then overdue until it is backed up."""
         clock.set(Q1_ENDS + dt.timedelta(days=7))
-        assert self._status(service) == {"last": None, "overdue": False, "failure": None}
+        assert self._status(service) == {
+            "last": None,
+            "overdue": False,
+            "failure": None,
+            "external": None,
+        }
         clock.set(Q1_ENDS + dt.timedelta(days=7, seconds=1))
         assert self._status(service)["overdue"] is True
 

@@ -337,7 +337,7 @@ class TestStatus:
                 "waiting_special": [],
                 "unsigned_count": 0,
                 "open_checks": [start_check],
-                "backup": {"last": None, "overdue": False, "failure": None},
+                "backup": {"last": None, "overdue": False, "failure": None, "external": None},
             }
         ]
         assert status["printer"] == {"state": "disabled", "queued": 0, "last_error": None}

@@ -97,7 +97,12 @@ def test_with_backups_disabled_no_loop_runs_and_overdue_still_shows(
         assert not hasattr(service, "backup_loop")
         clock.set(dt.datetime(2026, 5, 1, tzinfo=dt.UTC))
         [register] = service.backend.status().model_dump(mode="json")["registers"]
-        assert register["backup"] == {"last": None, "overdue": True, "failure": None}
+        assert register["backup"] == {
+            "last": None,
+            "overdue": True,
+            "failure": None,
+            "external": None,
+        }
     finally:
         service.stop()
     assert "DEP backups are disabled ([backup] enabled = false)" in caplog.messages
