@@ -386,19 +386,28 @@ def acknowledge_report(
     Raises:
         NotFound: no such outage.
         InvalidSale: a missing or bad reference (see
-            :func:`~agent.contract.check_reference`), an end report before the first report, or
-            (rule ``already-reported``) another reference for a report already recorded.
+            :func:`~agent.contract.check_reference`), an end report before the first report
+            or while the outage is still open (it ends with its signed Sammelbeleg), or (rule
+            ``already-reported``) another reference for a report already recorded.
     """
     check_reference(reference, "FinanzOnline")
     with writer.transaction() as conn:
         row = conn.execute(
-            "SELECT register_id, report_reference, end_report_reference FROM outages WHERE id = ?",
+            "SELECT register_id, report_reference, end_report_reference, ended_at"
+            " FROM outages WHERE id = ?",
             (outage_id,),
         ).fetchone()
         if row is None:
             raise NotFound(f"no outage {outage_id}")
         if end and row[1] is None:
             raise InvalidSale("end", "report-first", "record the outage report before its end")
+        if end and row[3] is None:
+            raise InvalidSale(
+                "end",
+                "outage-ended",
+                f"outage {outage_id} is still open: its end (Wiederinbetriebnahme) is reported"
+                " once its signed Sammelbeleg has closed it",
+            )
         recorded = row[2] if end else row[1]
         if recorded == reference:
             return

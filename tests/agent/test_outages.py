@@ -270,6 +270,30 @@ class TestWindow:
         assert (refused.value.field, refused.value.rule) == ("end", "report-first")
         assert journal_events(service.db, "outage.reported") == []
 
+    def test_an_end_report_while_the_outage_is_open_is_refused(
+        self,
+        service: ReceiptService,
+        flaky: FlakyUnit,
+        clock: FrozenClock,
+        prober: Prober,
+        watch: OutageWatch,
+    ) -> None:
+        """Rule outage-ended: the end (Wiederinbetriebnahme) is reported once the signed
+        Sammelbeleg closed the outage, not while the till still issues fallback receipts."""
+        flaky.mode = "down"
+        _sell(service, 1)
+        writer = service.db.write_connection()
+        acknowledge_report(writer, clock, 1, "FON-1")
+        with pytest.raises(InvalidSale) as refused:
+            acknowledge_report(writer, clock, 1, "FON-2", end=True)
+        assert (refused.value.field, refused.value.rule) == ("end", "outage-ended")
+        assert [e["end"] for e in journal_events(service.db, "outage.reported")] == [False]
+        flaky.mode = "up"
+        _run_for(120, clock, prober, watch)
+        assert not service.outages.is_open(REGISTER)
+        acknowledge_report(writer, clock, 1, "FON-2", end=True)
+        assert [e["end"] for e in journal_events(service.db, "outage.reported")] == [False, True]
+
     @pytest.mark.parametrize("jump_hours", [72, -72])
     def test_a_clock_jump_is_journaled_and_neither_fakes_nor_swallows_escalations(
         self,
