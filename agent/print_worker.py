@@ -107,8 +107,20 @@ class PrintWorker:
     def _init_cursors(self) -> None:
         """Print from the last job on. A register that never had a job gets a ``skipped``
         job for its current last receipt: receipts issued before printing was set up are
-        not printed, and every later one is found even after a crash."""
+        not printed, and every later one is found even after a crash. Without a printer
+        (kind ``none``), jobs an earlier printer left open are ``skipped``, not recorded
+        as printed (a reprint prints one once a printer is set up again)."""
         with self.service.db.write_connection().transaction() as conn:
+            if isinstance(self.printer, NullPrinter) and (left := print_jobs.skip_open(conn)):
+                shown = ", ".join(f"{reg} {number}" for reg, number, _ in left[:10])
+                log.warning(
+                    "printing is off ([printer] kind = none): %d print job(s) an earlier"
+                    " printer left open are skipped (receipts %s%s); `till-agent reprint`"
+                    " prints a copy once a printer is configured",
+                    len(left),
+                    shown,
+                    ", ..." if len(left) > 10 else "",
+                )
             for reg, last in conn.execute("SELECT id, last_number FROM registers").fetchall():
                 printed = print_jobs.last_original(conn, reg)
                 if printed is None and last > 0:

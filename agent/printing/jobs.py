@@ -26,6 +26,7 @@ __all__ = [
     "next_copy",
     "record_failed",
     "record_printed",
+    "skip_open",
 ]
 
 # the receipts of a register past a number that have no job: (number, register, limit)
@@ -123,6 +124,23 @@ def record_failed(
             at=_now(),
             data={"number": number, "error": message},
         )
+
+
+def skip_open(conn: sqlite3.Connection) -> list[tuple[str, int, int]]:
+    """Mark every open job ``skipped`` (its bytes dropped): printing is off (kind
+    ``none``), so nothing would ever take them. Returns (register, number, copy) of each."""
+    skipped = [
+        (str(r[0]), int(r[1]), int(r[2]))
+        for r in conn.execute(
+            f"SELECT register_id, number, copy FROM print_jobs WHERE {_OPEN} ORDER BY id"  # noqa: S608
+        )
+    ]
+    conn.execute(
+        f"UPDATE print_jobs SET state = 'skipped', data = x'', done_at = ?,"  # noqa: S608
+        f" last_error = 'printing is off ([printer] kind = none)' WHERE {_OPEN}",
+        (_now(),),
+    )
+    return skipped
 
 
 def _now() -> str:

@@ -173,6 +173,28 @@ def test_without_a_printer_receipts_are_recorded_as_skipped_and_nothing_is_rende
     assert worker.status().queued == 0
 
 
+def test_jobs_left_open_by_an_earlier_printer_are_skipped_when_printing_is_off(
+    service: ReceiptService, free_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A printer that failed, then ``kind = none``: its open jobs become ``skipped`` (with
+    their bytes dropped) and are logged, never recorded as ``printed``."""
+    failing = PrintWorker(service, NetworkPrinter("127.0.0.1", free_port, timeout=0.5))
+    for i in range(2):
+        service.issue(sale(request_id=f"left{i}"))
+    assert failing.run_once() == 0  # the printer is off: both jobs stay open
+
+    off = PrintWorker(service, NullPrinter())
+    assert off.run_once() == 0
+    with sqlite3.connect(service.db.path) as conn:
+        jobs = conn.execute("SELECT number, state, data FROM print_jobs WHERE number > 1")
+        assert [tuple(j) for j in jobs] == [(2, "skipped", b""), (3, "skipped", b"")]
+    assert off.status().queued == 0
+    assert journal_events(service.db, "printer.recovered") == []
+    [line] = [r.getMessage() for r in caplog.records if "earlier printer" in r.getMessage()]
+    assert "2 print job(s)" in line
+    assert f"{REGISTER} 2, {REGISTER} 3" in line
+
+
 def test_print_bookkeeping_never_weakens_a_receipts_commit(
     service: ReceiptService, fake_printer: FakePrinter
 ) -> None:
