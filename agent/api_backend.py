@@ -87,6 +87,18 @@ class OpenOutageOut(_Out):
     recovery_failed: str | None = None
 
 
+class ReportDueOut(_Out):
+    """A FinanzOnline report an outage owes (rksv.md 5): ``outage``, the report of an
+    outage past 48 hours, or ``end``, the report of its end, due once its Sammelbeleg
+    has closed it. Listed until its reference is recorded (``till-agent outage report``,
+    ``POST /v1/outages/{id}/report``); ``overdue`` once its due time has passed."""
+
+    outage: int
+    report: Literal["outage", "end"]
+    due_at: dt.datetime
+    overdue: bool
+
+
 class LastBackupOut(_Out):
     """The latest quarterly DEP backup written: its file and the file's SHA-256."""
 
@@ -127,6 +139,7 @@ class RegisterStatusOut(_Out):
     last_number: int
     unit: UnitOut
     open_outage: OpenOutageOut | None
+    reports_due: list[ReportDueOut]
     waiting_special: list[SpecialKind]
     unsigned_count: int
     open_checks: list[CheckOut]
@@ -291,7 +304,8 @@ class ServiceBackend:
         now = self.service.clock.now()
         with self._read() as conn:
             rows = conn.execute(_REGISTERS).fetchall()
-            outages = {o.register_id: o for o in load_outages(conn) if o.ended_at is None}
+            every = load_outages(conn)
+            outages = {o.register_id: o for o in every if o.ended_at is None}
             failed = {
                 o.id: self.service.outages.last_recovery_failure(conn, o) for o in outages.values()
             }
@@ -311,6 +325,7 @@ class ServiceBackend:
                 failed,
                 checks=checks.get(row[0], []),
                 backup=_backup_out(backups.get(row[0]), external),
+                reports=_reports_due([o for o in every if o.register_id == row[0]], now),
             )
             for row in rows
         ]
@@ -364,6 +379,7 @@ class ServiceBackend:
         *,
         checks: list[CheckOut],
         backup: BackupOut,
+        reports: list[ReportDueOut],
     ) -> RegisterStatusOut:
         register_id, state, last_number, unit_id, certified, last_state, unsigned = row
         unit_state: UnitState = "unknown"
@@ -379,6 +395,7 @@ class ServiceBackend:
             open_outage=None
             if outage is None
             else self._open_outage(outage, now, failed.get(outage.id)),
+            reports_due=reports,
             waiting_special=_with_sammelbeleg(waiting) if outage is not None else waiting,
             unsigned_count=unsigned,
             open_checks=checks,
@@ -402,6 +419,22 @@ class ServiceBackend:
             report_due_at=shown.report_due_at,
             recovery_failed=failed,
         )
+
+
+def _reports_due(outages: list[OutageRecord], now: dt.datetime) -> list[ReportDueOut]:
+    """The reports ``outages`` owe, open or ended: each until its reference is recorded."""
+    owed = []
+    for outage in outages:
+        for report, due, done in (
+            ("outage", outage.report_due, outage.report_reference),
+            ("end", outage.end_report_due, outage.end_report_reference),
+        ):
+            if due is not None and done is None:
+                at = dt.datetime.fromisoformat(due)
+                owed.append(
+                    ReportDueOut(outage=outage.id, report=report, due_at=at, overdue=now > at)
+                )
+    return sorted(owed, key=lambda r: (r.due_at, r.outage, r.report))
 
 
 def _backup_out(status: BackupStatus | None, external: bool | None) -> BackupOut:

@@ -28,6 +28,7 @@ from agent.api_backend import ServiceBackend
 from agent.clock import FrozenClock
 from agent.contract import Line, line_total_cents
 from agent.errors import ConfigurationError, NotFound
+from agent.outage_watch import OutageWatch
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing import UnitConfig, open_unit
 from agent.signing.flaky import FlakyUnit
@@ -334,6 +335,7 @@ class TestStatus:
                 "last_number": 2,
                 "unit": {"id": "dev", "state": "up", "certified": True},
                 "open_outage": None,
+                "reports_due": [],
                 "waiting_special": [],
                 "unsigned_count": 0,
                 "open_checks": [start_check],
@@ -360,6 +362,38 @@ class TestStatus:
         assert outage["deadline_48h_at"].startswith("2026-03-04T10:00:00")
         assert outage["report_due_at"] is None
         assert "down" in outage["cause"]
+
+    def test_the_reports_an_outage_owes_are_shown_after_it_ended(
+        self, client: httpx.Client, service: ReceiptService, flaky: FlakyUnit, clock: FrozenClock
+    ) -> None:
+        """Past 48 h an outage owes its report and, once its Sammelbeleg ended it, the end
+        report: `reports_due` lists both until each reference is recorded, overdue after
+        its date."""
+        flaky.mode = "down"
+        client.post("/v1/receipts", content=body(sale()))
+        watch = OutageWatch(service.db.write_connection(), clock)
+        for _ in range(50):
+            clock.advance(3600)
+            watch.tick()
+        flaky.mode = "up"
+        assert client.post("/v1/registers/KASSE-1/zero-receipt").json()["kind"] == "sammelbeleg"
+
+        def due() -> list[dict[str, Any]]:
+            register = client.get("/v1/status").json()["registers"][0]
+            assert register["open_outage"] is None
+            return list(register["reports_due"])
+
+        assert due() == [
+            {"outage": 1, "report": "outage", "due_at": "2026-03-11T10:00:00Z", "overdue": False},
+            {"outage": 1, "report": "end", "due_at": "2026-03-11T12:00:00Z", "overdue": False},
+        ]
+        clock.advance(8 * 24 * 3600)
+        assert [(r["report"], r["overdue"]) for r in due()] == [("outage", True), ("end", True)]
+        report = "/v1/outages/1/report"
+        assert client.post(report, json={"reference": "FON-1"}).status_code == 200
+        assert [r["report"] for r in due()] == ["end"]
+        assert client.post(report, json={"reference": "FON-2", "end": True}).status_code == 200
+        assert due() == []
 
     def test_outages_are_listed_newest_first(self, client: httpx.Client, flaky: FlakyUnit) -> None:
         """Closed and open outages, with their receipts and Sammelbeleg."""
