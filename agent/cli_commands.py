@@ -469,7 +469,34 @@ def special(
         )
     with _service(data_dir, as_json) as service:
         result = service.issue_special(register, kind)
+        owed = _owed_for(service, result)
     _show_receipt(result, as_json)
+    if owed is not None and not as_json:
+        out.print(owed)
+
+
+_OWED = {
+    "yearly": "check this Jahresbeleg with the BMF Belegcheck app, then: till-agent checks"
+    " done {register} yearly --year {year} --reference ...",
+    "closing": "report the decommissioning of register {register} in FinanzOnline, then:"
+    " till-agent checks done {register} closing --reference ...",
+}
+
+
+def _owed_for(service: ReceiptService, result: ReceiptResult) -> str | None:
+    """What the operator owes for a Jahresbeleg or Schlussbeleg just issued, and by when
+    (the obligation issuing recorded), as a line for the terminal."""
+    from agent.checks import load_checks
+
+    if result.kind not in _OWED:
+        return None
+    with service.db.read_connection() as conn:
+        records = load_checks(conn, result.register_id)
+    record = next((r for r in records if r.receipt_number == result.number), None)
+    if record is None:  # not signed: nothing is owed for it (it waits)
+        return None
+    what = _OWED[result.kind].format(register=result.register_id, year=record.year)
+    return f"by {record.due_date}: {what}"
 
 
 @receipts_app.command("list")

@@ -4,6 +4,7 @@ simulation, benchmarks, the data directory lock and the documented exit codes.""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import itertools
 import json
 import os
@@ -21,7 +22,9 @@ from typer.testing import Result
 from agent import __version__
 from agent.at_rksv import aes_key_check_value, split_jws
 from agent.cli import app, unwrap_help
-from factories import VECTORS, Run, cli_run, expect, flat, load_json, sale
+from agent.cli_commands import _owed_for
+from agent.receipts import ReceiptService
+from factories import VECTORS, Run, cli_run, expect, flat, load_json, sale, to_closing_day
 from storage import TillDB
 
 REGISTER = "KASSE-1"
@@ -416,6 +419,17 @@ class TestIssue:
 
 
 class TestSpecial:
+    def test_a_jahresbeleg_says_by_when_it_is_checked(self, service: ReceiptService) -> None:
+        """What `special KASSE-1 yearly` prints after the receipt: the Belegcheck of the
+        Jahresbeleg, due 15 February of the next year."""
+        to_closing_day(service, "yearly")
+        result = service.issue_special(REGISTER, "yearly")
+        assert _owed_for(service, result) == (
+            f"by 2027-02-15: check this Jahresbeleg with the BMF Belegcheck app, then:"
+            f" till-agent checks done {REGISTER} yearly --year 2026 --reference ..."
+        )
+        assert _owed_for(service, service.issue_special(REGISTER, "null")) is None
+
     def test_closing_without_yes_is_refused(self, run_in: Run, till: Path, sale_file: Path) -> None:
         """A Schlussbeleg without --yes exits 3 and leaves the register open."""
         result = expect(run_in("special", REGISTER, "closing"), 3)
@@ -424,12 +438,27 @@ class TestSpecial:
         assert (body["field"], body["rule"]) == ("--yes", "confirm")
         assert _json(expect(run_in("issue", sale_file, "--json"), 0))["number"] == 2
 
+    def test_a_schlussbeleg_says_by_when_the_decommissioning_is_reported(
+        self, run_in: Run, till: Path
+    ) -> None:
+        """The decommissioning report is due a week after the Schlussbeleg's date."""
+        text = expect(run_in("special", REGISTER, "closing", "--yes"), 0).stdout
+        issued = dt.date.fromisoformat(
+            _json(expect(run_in("receipts", "show", REGISTER, "2", "--json"), 0))["issued_at"][:10]
+        )
+        due = issued + dt.timedelta(days=7)
+        assert (
+            f"by {due}: report the decommissioning of register {REGISTER} in FinanzOnline,"
+            f" then: till-agent checks done {REGISTER} closing --reference ..."
+        ) in " ".join(text.split())
+
     def test_closing_with_yes_closes_the_register(
         self, run_in: Run, till: Path, sale_file: Path
     ) -> None:
         """A confirmed Schlussbeleg is issued, after which ``issue`` is refused: exit 4 (a
         fiscal refusal, as the local API's 409), rule register-closed."""
         closing = _json(expect(run_in("special", REGISTER, "closing", "--yes", "--json"), 0))
+        assert "FinanzOnline" not in json.dumps(closing)  # --json: the receipt only
         assert closing["number"] == 2
         assert closing["kind"] == "closing"
         assert closing["signature_state"] == "signed"
