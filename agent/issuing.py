@@ -60,6 +60,7 @@ from agent.registers import (
     check_new_register,
     create_register,
     register_row,
+    setup_from_json,
     setup_json,
     start_unit,
 )
@@ -294,6 +295,7 @@ class Issuing:
                 start = open_waiting(conn, register_id, "start", None)
                 if start is None:
                     raise NotFound(f"register {register_id} is not initialized on this till")
-                sent = json.loads(start["setup"])  # (a replay may have named its unit)
-                return self.units.get(conn, sent["units"][sent.get("unit_position") or 0])
+                sent = start["setup"]  # (a replay may have named its unit)
+                position = json.loads(sent).get("unit_position")
+                return self.units.get(conn, start_unit(setup_from_json(sent), position))
             return self.units.get(conn, row[0])
