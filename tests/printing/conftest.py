@@ -6,6 +6,7 @@ import itertools
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -83,6 +84,47 @@ class FakePrinter:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
+
+
+class ScriptedPrinter:
+    """A raw TCP printer on 127.0.0.1, one connection at a time, whose :attr:`mode` decides
+    what it does with the next connection: ``read`` (everything until EOF: a job, kept in
+    :attr:`jobs`; then ``paper_s`` seconds, the paper, before it closes, which is when
+    :meth:`NetworkPrinter.send` returns), ``reset`` (read 200 bytes, then close with
+    SO_LINGER 0: a reset) or ``close`` (close right after accepting)."""
+
+    def __init__(self, mode: str = "read", *, paper_s: float = 0.0) -> None:
+        self.mode = mode
+        self.paper_s = paper_s
+        self.jobs: list[bytes] = []
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                if self.mode == "reset":
+                    conn.recv(200)
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+                elif self.mode == "read":
+                    chunks = []
+                    while chunk := conn.recv(65536):
+                        chunks.append(chunk)
+                    self.jobs.append(b"".join(chunks))
+                    time.sleep(self.paper_s)
+
+    def stop(self) -> None:
+        self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._thread.join(5)
 
 
 @pytest.fixture(name="fake_printer")

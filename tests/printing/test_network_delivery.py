@@ -10,11 +10,11 @@ from __future__ import annotations
 import socket
 import sqlite3
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+from printing.conftest import ScriptedPrinter
 
 from agent.errors import PrinterError
 from agent.print_worker import PrintWorker
@@ -25,59 +25,22 @@ from factories import sale
 JOB = bytes(range(256)) * 2 + b"\n" * 24  # 536 bytes, the size of the audit's jobs
 
 
-class LoopbackPrinter:
-    """A TCP server on 127.0.0.1 whose :attr:`mode` decides what it does with the next
-    connection: ``read`` (everything until EOF, then close: a job), ``reset`` (read 200
-    bytes, then close with SO_LINGER 0: a reset) or ``close`` (close right after accept)."""
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-        self.jobs: list[bytes] = []
-        self.connections = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            with conn:
-                if self.mode == "reset":
-                    conn.recv(200)
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
-                elif self.mode == "read":
-                    chunks = []
-                    while chunk := conn.recv(65536):
-                        chunks.append(chunk)
-                    self.jobs.append(b"".join(chunks))
-
-    def stop(self) -> None:
-        self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        self._thread.join(5)
-
-
 @pytest.fixture(name="loopback")
-def _loopback() -> Iterator[list[LoopbackPrinter]]:
-    started: list[LoopbackPrinter] = []
+def _loopback() -> Iterator[list[ScriptedPrinter]]:
+    started: list[ScriptedPrinter] = []
     yield started
     for printer in started:
         printer.stop()
 
 
-def _printer(started: list[LoopbackPrinter], mode: str) -> LoopbackPrinter:
-    printer = LoopbackPrinter(mode)
+def _printer(started: list[ScriptedPrinter], mode: str) -> ScriptedPrinter:
+    printer = ScriptedPrinter(mode)
     started.append(printer)
     return printer
 
 
 def test_a_printer_that_reads_everything_gets_the_job_quickly(
-    loopback: list[LoopbackPrinter],
+    loopback: list[ScriptedPrinter],
 ) -> None:
     server = _printer(loopback, "read")
     printer = NetworkPrinter("127.0.0.1", server.port, timeout=2.0)
@@ -90,7 +53,7 @@ def test_a_printer_that_reads_everything_gets_the_job_quickly(
 
 @pytest.mark.parametrize("mode", ["reset", "close"])
 def test_a_job_the_printer_dropped_is_a_printer_error(
-    loopback: list[LoopbackPrinter], mode: str
+    loopback: list[ScriptedPrinter], mode: str
 ) -> None:
     """Reading 200 bytes and resetting, or closing at once: every job fails (before the
     fix 17 of 20 such jobs counted as sent once the kernel had buffered them)."""
@@ -124,7 +87,7 @@ def _states(service: ReceiptService) -> list[tuple[int, str, int]]:
 
 
 def test_the_worker_keeps_dropped_jobs_queued_and_prints_them_once_the_printer_behaves(
-    service: ReceiptService, loopback: list[LoopbackPrinter]
+    service: ReceiptService, loopback: list[ScriptedPrinter]
 ) -> None:
     server = _printer(loopback, "reset")
     worker = PrintWorker(service, NetworkPrinter("127.0.0.1", server.port, timeout=2.0), retry_s=0)

@@ -4,13 +4,12 @@ the rest."""
 
 from __future__ import annotations
 
-import socket
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+from printing.conftest import ScriptedPrinter
 
 from agent.print_worker import PrintWorker
 from agent.printing import NetworkPrinter, render_escpos
@@ -20,47 +19,17 @@ from factories import sale
 PAPER_S = 0.3  # what the slow printer takes per job
 
 
-class SlowPrinter:
-    """A raw TCP printer on 127.0.0.1 that prints one job at a time: it reads a job until
-    EOF, keeps it, takes :data:`PAPER_S` (the paper) and only then closes the connection,
-    which is when :meth:`NetworkPrinter.send` returns."""
-
-    def __init__(self) -> None:
-        self.jobs: list[bytes] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            with conn:
-                chunks = []
-                while chunk := conn.recv(65536):
-                    chunks.append(chunk)
-                self.jobs.append(b"".join(chunks))
-                time.sleep(PAPER_S)
-
-    def stop(self) -> None:
-        self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        self._thread.join(timeout=5)
-
-
 @pytest.fixture(name="slow_printer")
-def _slow_printer() -> Iterator[SlowPrinter]:
-    printer = SlowPrinter()
+def _slow_printer() -> Iterator[ScriptedPrinter]:
+    """A printer that takes :data:`PAPER_S` per job."""
+    printer = ScriptedPrinter(paper_s=PAPER_S)
     yield printer
     printer.stop()
 
 
 class TestABacklogBehindASlowPrinter:
     def test_progress_is_reported_after_every_job_rendered_and_sent(
-        self, service: ReceiptService, slow_printer: SlowPrinter
+        self, service: ReceiptService, slow_printer: ScriptedPrinter
     ) -> None:
         """The watchdog hears of every job, not only of the pass: here each beat notes
         how many jobs the printer had then (five rendered, five sent, the pass's end)."""
@@ -75,7 +44,7 @@ class TestABacklogBehindASlowPrinter:
         assert slow_printer.jobs == [render_escpos(r) for r in results]
 
     def test_a_pass_starts_no_job_after_its_time_and_the_loop_comes_back_at_once(
-        self, service: ReceiptService, slow_printer: SlowPrinter
+        self, service: ReceiptService, slow_printer: ScriptedPrinter
     ) -> None:
         """Six jobs of 0.3 s and passes of 0.5 s: each pass ends after its second job at
         the latest, the loop asks for no wait while jobs are left, and every receipt is
@@ -95,7 +64,7 @@ class TestABacklogBehindASlowPrinter:
         assert worker.run_once() == 0
 
     def test_stopping_ends_the_pass_after_the_job_being_sent(
-        self, service: ReceiptService, slow_printer: SlowPrinter
+        self, service: ReceiptService, slow_printer: ScriptedPrinter
     ) -> None:
         """SIGTERM during a backlog: the worker stops after the job in hand, which is
         recorded; the rest stays queued and the next start prints each of them once."""
