@@ -6,14 +6,14 @@ real ``till-agent run`` is tests/e2e/test_run.py's ``TestApiPortZero``."""
 from __future__ import annotations
 
 import json
-import logging
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from service.conftest import Start
 
 from agent.config import AgentConfig, load_config
 from agent.errors import ConfigurationError, DataDirLocked
@@ -22,39 +22,17 @@ from agent.service import TillService
 from factories import Run, cli_run, expect, flat, sale
 from storage import TillDB
 
-Start = Callable[..., TillService]
 PICKED = "(api.port = 0: the port the OS picked)"
 
 
 @pytest.fixture(name="start")
-def _start(data_dir: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Start]:
-    """Start a service on ``data_dir`` (no spool, no printer, the API on port 0 unless
-    given); stopped at teardown (or at once if it fails to start)."""
-    started: list[TillService] = []
-    caplog.set_level(logging.INFO)
+def _start(start: Start) -> Start:
+    """The service fixture with its API on port 0 unless given."""
 
-    def start(**settings: Any) -> TillService:
-        config = AgentConfig.model_validate(
-            {
-                "data_dir": data_dir,
-                "spool": {"enabled": False},
-                "printer": {"kind": "none"},
-                "api": {"port": 0},
-                **settings,
-            }
-        )
-        service = TillService(config)
-        try:
-            service.start()
-        except BaseException:
-            service.stop()  # as run_until_signal does
-            raise
-        started.append(service)
-        return service
+    def start_on_port_zero(**settings: Any) -> TillService:
+        return start(**{"api": {"port": 0}, **settings})
 
-    yield start
-    for service in started:
-        service.stop()
+    return start_on_port_zero
 
 
 @pytest.fixture(name="run")

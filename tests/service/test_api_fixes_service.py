@@ -8,52 +8,19 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from service.conftest import Start
 from typer.testing import CliRunner
 
 from agent.cli import app
-from agent.clock import Clock, FrozenClock
-from agent.config import MISSING_HEADER, AgentConfig
+from agent.clock import FrozenClock
+from agent.config import MISSING_HEADER
 from agent.service import DEV_UNIT, TillService
 from factories import journal_events, sale
-
-Start = Callable[..., TillService]
-
-
-@pytest.fixture(name="start")
-def _start(data_dir: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Start]:
-    """Start a service on ``data_dir`` (no spool, no printer, API as given); stopped at
-    teardown (or at once if it fails to start)."""
-    started: list[TillService] = []
-    caplog.set_level(logging.INFO)
-
-    def start(clock: Clock | None = None, **settings: Any) -> TillService:
-        config = AgentConfig.model_validate(
-            {
-                "data_dir": data_dir,
-                "spool": {"enabled": False},
-                "printer": {"kind": "none"},
-                "api": {"enabled": False},
-                **settings,
-            }
-        )
-        service = TillService(config, clock=clock)
-        try:
-            service.start()
-        except BaseException:
-            service.stop()  # as run_until_signal does
-            raise
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        service.stop()
 
 
 class TestStartLog:

@@ -12,22 +12,14 @@ from typing import Any
 
 import pytest
 from conftest import START
+from service.conftest import quiet_config
 
 from agent.clock import FrozenClock
-from agent.config import AgentConfig
 from agent.service import TillService
 
 
 def _external(tmp_path: Path, **backup: Any) -> bool | None:
-    config = AgentConfig.model_validate(
-        {
-            "data_dir": tmp_path / "data",
-            "spool": {"enabled": False},
-            "printer": {"kind": "none"},
-            "api": {"enabled": False},
-            "backup": backup,
-        }
-    )
+    config = quiet_config(tmp_path / "data", backup=backup)
     service = TillService(config, clock=FrozenClock(START))
     service.start()
     try:

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from service.conftest import quiet_config
 
-from agent.config import AgentConfig
 from agent.service import TillService
 
 
@@ -30,15 +30,7 @@ def test_a_new_data_directory_and_its_keys_are_private(tmp_path: Path) -> None:
     """`till-agent run` on a missing data directory creates it and keys/ 0700 (they hold
     the registers' AES keys and the development key), the database 0600."""
     data_dir = tmp_path / "new" / "data"
-    config = AgentConfig.model_validate(
-        {
-            "data_dir": data_dir,
-            "spool": {"enabled": False},
-            "printer": {"kind": "none"},
-            "api": {"enabled": False},
-        }
-    )
-    service = TillService(config)
+    service = TillService(quiet_config(data_dir))
     try:
         service.start()
     finally:
