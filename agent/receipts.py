@@ -16,28 +16,16 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from agent.at_rksv import (
-    AUSTRIAN_ZONES,
-    REGISTER_ID_RULE,
-    is_register_id,
-)
-from agent.at_rksv.counter import (
-    ISSUED_COUNTER_BYTES_MAX,
-    ISSUED_COUNTER_BYTES_RULE,
-    MIN_COUNTER_BYTES,
-)
 from agent.clock import Clock, SystemClock
 from agent.closings import due_periods, period_of, period_to_close
 from agent.contract import (
     ReceiptResult,
     Sale,
-    line_total_cents,
     parse_sale,
     sale_fingerprint,
     same_sale,
-    scaled,
 )
 from agent.errors import (
     FiscalError,
@@ -51,24 +39,22 @@ from agent.receipt_records import (
     MUST_SIGN,
     ZERO,
     Draft,
-    check_id,
     known_receipt,
     lost_answer,
     raise_if_lost,
-    receipt_row,
-    stored_lines,
-    sum_by_vat,
 )
-from agent.receipt_view import AMOUNT_COLUMNS, Amounts, result_from_row
+from agent.receipt_view import Amounts, result_from_row
 from agent.recovery import Recovery
 from agent.registers import (
     START_SENT,
     RegisterSetup,
+    check_setup,
     open_register,
     refuse_pending_start,
     setup_json,
 )
 from agent.remedy import current_version, unresolved
+from agent.sale_draft import draft_for_sale
 from agent.signing import SignatureUnit
 from agent.signing.registry import UnitRegistry
 from agent.waiting import (
@@ -159,7 +145,7 @@ class ReceiptService:
             InvalidSale: a bad id or format, or the register exists already.
             FiscalError: the unit cannot sign (the register is not created).
         """
-        _check_setup(setup)
+        check_setup(setup)
         with self._issuing.transaction() as conn:
             refuse_pending_start(conn, setup.register_id)
             stamp = self._issuing.stamp_now(setup.timezone) if issued_at is None else issued_at
@@ -203,7 +189,7 @@ class ReceiptService:
                     )
                 return Issued(result_from_row(current_version(conn, stored)), created=False)
             reg = open_register(conn, parsed.register_id)
-            draft = self._draft_for_sale(conn, reg, parsed, sale_hash)
+            draft = draft_for_sale(conn, reg, parsed, sale_hash)
             return Issued(self._issuing.issue_in(conn, reg, draft), created=True)
 
         return self._group.run(work)
@@ -279,46 +265,6 @@ class ReceiptService:
             return known_receipt(conn, register_id, number)
 
     # -- sales ----------------------------------------------------------------------------
-
-    def _draft_for_sale(
-        self, conn: sqlite3.Connection, reg: sqlite3.Row, sale: Sale, sale_hash: str
-    ) -> Draft:
-        payments = tuple((p.method, scaled(p.amount, 2)) for p in sale.payments)
-        if sale.kind == "storno":
-            voided = _voidable(conn, reg["id"], sale.voids)
-            amounts: Amounts = tuple(-voided[c] for c in AMOUNT_COLUMNS)
-            lines = tuple((t, q, p, v, -c) for t, q, p, v, c in stored_lines(voided))
-            if payments and sum(a for _, a in payments) != sum(amounts):
-                raise InvalidSale(
-                    "payments",
-                    "sum-matches-lines",
-                    "storno payments must add up to minus the voided total",
-                )
-            return Draft(
-                reg["id"],
-                "storno",
-                amounts,
-                sale.request_id,
-                sale_hash,
-                voided,
-                lines,
-                payments,
-                sale.cashier,
-            )
-        lines = tuple(
-            (ln.text, ln.qty, ln.unit_price, ln.vat, line_total_cents(ln)) for ln in sale.lines
-        )
-        return Draft(
-            reg["id"],
-            sale.kind,
-            sum_by_vat(lines),
-            sale.request_id,
-            sale_hash,
-            None,
-            lines,
-            payments,
-            sale.cashier,
-        )
 
     # -- waiting special receipts ---------------------------------------------------------
 
@@ -436,48 +382,3 @@ class ReceiptService:
                     break
                 issued.append(result)
         return issued
-
-
-def _check_setup(setup: RegisterSetup) -> None:
-    """Refuse a register that could never sell, before anything is written."""
-    if not is_register_id(setup.register_id):
-        raise InvalidSale("register", "id-format", REGISTER_ID_RULE)
-    try:
-        first, second = (setup.receipt_id_format.format(number=n) for n in (1, 2))
-    except (KeyError, IndexError, ValueError) as exc:
-        raise InvalidSale(
-            "receipt_id_format", "format", f"use {{number}} (optionally like {{number:06d}}): {exc}"
-        ) from exc
-    if first == second:
-        raise InvalidSale("receipt_id_format", "format", "the format must contain {number}")
-    check_id("receipt_id_format", first)
-    if not MIN_COUNTER_BYTES <= setup.counter_bytes <= ISSUED_COUNTER_BYTES_MAX:
-        raise InvalidSale("counter_bytes", "range", ISSUED_COUNTER_BYTES_RULE)
-    if setup.timezone not in AUSTRIAN_ZONES:
-        raise InvalidSale(
-            "timezone",
-            "time-zone",
-            f"receipts carry Austrian local time (reference/rksv.md 1.1): the time zone must"
-            f" be Europe/Vienna, not {setup.timezone!r}",
-        )
-    try:
-        ZoneInfo(setup.timezone)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise InvalidSale("timezone", "time-zone", f"unknown time zone {setup.timezone!r}") from exc
-    if len(setup.aes_key) != 32:
-        raise InvalidSale("aes_key", "aes-256", "the AES key must be 32 bytes")
-
-
-def _voidable(conn: sqlite3.Connection, register_id: str, number: int | None) -> sqlite3.Row:
-    row = receipt_row(conn, register_id, number)
-    if row is None:
-        raise InvalidSale(
-            "voids", "voids-unknown", f"register {register_id} has no receipt number {number}"
-        )
-    if row["kind"] != "standard":
-        raise InvalidSale("voids", "voids-kind", f"a {row['kind']} receipt cannot be voided")
-    if conn.execute(
-        "SELECT 1 FROM receipts WHERE register_id = ? AND voids_number = ?", (register_id, number)
-    ).fetchone():
-        raise InvalidSale("voids", "already-voided", f"receipt {number} is already voided")
-    return row

@@ -9,8 +9,16 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from agent.at_rksv import AUSTRIAN_ZONES, REGISTER_ID_RULE, is_register_id
+from agent.at_rksv.counter import (
+    ISSUED_COUNTER_BYTES_MAX,
+    ISSUED_COUNTER_BYTES_RULE,
+    MIN_COUNTER_BYTES,
+)
 from agent.errors import InvalidSale, RegisterClosed, WaitsForUnit
+from agent.receipt_records import check_id
 from agent.waiting import open_waiting
 from storage.journal import append_event, canonical_json
 
@@ -19,6 +27,7 @@ __all__ = [
     "START_SENT",
     "RegisterSetup",
     "check_new_register",
+    "check_setup",
     "create_register",
     "open_register",
     "refuse_pending_start",
@@ -203,3 +212,33 @@ def _unit_zdas(conn: sqlite3.Connection, unit_ids: Sequence[str]) -> list[str]:
             raise InvalidSale("units", "unit-unknown", f"no signature unit {unit_id!r}")
         zdas.append(str(row[0]))
     return zdas
+
+
+def check_setup(setup: RegisterSetup) -> None:
+    """Refuse a register that could never sell, before anything is written."""
+    if not is_register_id(setup.register_id):
+        raise InvalidSale("register", "id-format", REGISTER_ID_RULE)
+    try:
+        first, second = (setup.receipt_id_format.format(number=n) for n in (1, 2))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InvalidSale(
+            "receipt_id_format", "format", f"use {{number}} (optionally like {{number:06d}}): {exc}"
+        ) from exc
+    if first == second:
+        raise InvalidSale("receipt_id_format", "format", "the format must contain {number}")
+    check_id("receipt_id_format", first)
+    if not MIN_COUNTER_BYTES <= setup.counter_bytes <= ISSUED_COUNTER_BYTES_MAX:
+        raise InvalidSale("counter_bytes", "range", ISSUED_COUNTER_BYTES_RULE)
+    if setup.timezone not in AUSTRIAN_ZONES:
+        raise InvalidSale(
+            "timezone",
+            "time-zone",
+            f"receipts carry Austrian local time (reference/rksv.md 1.1): the time zone must"
+            f" be Europe/Vienna, not {setup.timezone!r}",
+        )
+    try:
+        ZoneInfo(setup.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InvalidSale("timezone", "time-zone", f"unknown time zone {setup.timezone!r}") from exc
+    if len(setup.aes_key) != 32:
+        raise InvalidSale("aes_key", "aes-256", "the AES key must be 32 bytes")

@@ -23,7 +23,7 @@ from conftest import UNIT
 
 from agent import backup as backup_module
 from agent import durable
-from agent import receipts as receipts_module
+from agent import registers as registers_module
 from agent.api_backend import ServiceBackend
 from agent.at_rksv.dep import stream_dep
 from agent.at_rksv.verify import verify_dep
@@ -598,7 +598,7 @@ class TestFailures:
         """A Kassen-ID '..' (init refuses it now; an earlier init let it in) would put its
         backup into the parent of [backup] dir: it fails instead, and the other registers
         are backed up."""
-        monkeypatch.setattr(receipts_module, "is_register_id", lambda _value: True)
+        monkeypatch.setattr(registers_module, "is_register_id", lambda _value: True)
         service.init_register(RegisterSetup("..", [UNIT]))
         clock.set(Q1_ENDS + dt.timedelta(hours=1))
         with pytest.raises(BackupFailed, match="cannot name a backup directory"):

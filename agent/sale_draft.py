@@ -1,0 +1,74 @@
+"""A POS sale as a receipt draft: its lines, amounts per VAT class and payments, and the
+receipt a Storno voids (:func:`draft_for_sale`, inside the sale's write transaction)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from agent.contract import Sale, line_total_cents, scaled
+from agent.errors import InvalidSale
+from agent.receipt_records import Draft, receipt_row, stored_lines, sum_by_vat
+from agent.receipt_view import AMOUNT_COLUMNS, Amounts
+
+__all__ = ["draft_for_sale"]
+
+
+def draft_for_sale(conn: sqlite3.Connection, reg: sqlite3.Row, sale: Sale, sale_hash: str) -> Draft:
+    """The :class:`Draft` of a checked POS sale on register ``reg``: its lines with their
+    totals and its amounts per VAT class; a Storno takes the voided receipt's, negated.
+
+    Raises:
+        InvalidSale: a Storno of a receipt that does not exist, is no standard receipt or
+            is voided already, or whose payments do not add up to minus its total.
+    """
+    payments = tuple((p.method, scaled(p.amount, 2)) for p in sale.payments)
+    if sale.kind == "storno":
+        voided = _voidable(conn, reg["id"], sale.voids)
+        amounts: Amounts = tuple(-voided[c] for c in AMOUNT_COLUMNS)
+        lines = tuple((t, q, p, v, -c) for t, q, p, v, c in stored_lines(voided))
+        if payments and sum(a for _, a in payments) != sum(amounts):
+            raise InvalidSale(
+                "payments",
+                "sum-matches-lines",
+                "storno payments must add up to minus the voided total",
+            )
+        return Draft(
+            reg["id"],
+            "storno",
+            amounts,
+            sale.request_id,
+            sale_hash,
+            voided,
+            lines,
+            payments,
+            sale.cashier,
+        )
+    lines = tuple(
+        (ln.text, ln.qty, ln.unit_price, ln.vat, line_total_cents(ln)) for ln in sale.lines
+    )
+    return Draft(
+        reg["id"],
+        sale.kind,
+        sum_by_vat(lines),
+        sale.request_id,
+        sale_hash,
+        None,
+        lines,
+        payments,
+        sale.cashier,
+    )
+
+
+def _voidable(conn: sqlite3.Connection, register_id: str, number: int | None) -> sqlite3.Row:
+    row = receipt_row(conn, register_id, number)
+    if row is None:
+        raise InvalidSale(
+            "voids", "voids-unknown", f"register {register_id} has no receipt number {number}"
+        )
+    if row["kind"] != "standard":
+        raise InvalidSale("voids", "voids-kind", f"a {row['kind']} receipt cannot be voided")
+    if conn.execute(
+        "SELECT 1 FROM receipts WHERE register_id = ? AND voids_number = ?", (register_id, number)
+    ).fetchone():
+        raise InvalidSale("voids", "already-voided", f"receipt {number} is already voided")
+    return row
