@@ -63,7 +63,7 @@ from agent.api_backend import (
     UnitOut,
 )
 from agent.checks import CheckKind
-from agent.contract import ReceiptResult, Sale, rule_name
+from agent.contract import ReceiptResult, Sale, load_json, rule_name
 from agent.errors import (
     ConfigurationError,
     ConflictError,
@@ -284,13 +284,18 @@ def _json_body(model: type[_Model]) -> Callable[[bytes], _Model]:
     FastAPI would then validate the bytes, not the JSON). Errors are InvalidSale: 422."""
 
     def parse(raw: Annotated[bytes, Depends(_raw_body)]) -> _Model:
+        document = load_json(raw)  # a key named twice is refused, as in a sale
+        if not isinstance(document, dict):
+            raise InvalidSale("(document)", "type-object", "the body is a JSON object")
         try:
-            return model.model_validate_json(raw)
+            return model.model_validate(document)
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(part) for part in first["loc"]) or "(document)"
-            rule = rule_name(first["type"])
-            raise InvalidSale(field, rule, first["msg"]) from None
+            rule, message = rule_name(first["type"]), first["msg"]
+            if field == "reference" and rule == "min-length":  # as check_reference says it
+                rule, message = "required", "give the reference"
+            raise InvalidSale(field, rule, message) from None
 
     return parse
 

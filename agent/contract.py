@@ -35,6 +35,7 @@ __all__ = [
     "Sale",
     "check_reference",
     "line_total_cents",
+    "load_json",
     "parse_sale",
     "rule_name",
     "sale_fingerprint",
@@ -259,7 +260,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def _load_json(raw: bytes | str) -> Any:
+def load_json(raw: bytes | str) -> Any:
+    """JSON text as the agent reads every request body: a key named twice in one object
+    is refused (json.loads would keep the last). Raises ``InvalidSale`` (``(document)``)."""
     try:
         return json.loads(raw, object_pairs_hook=_unique_keys)
     except _DuplicateKey as exc:
@@ -281,7 +284,7 @@ def parse_sale(raw: bytes | str | dict[str, Any]) -> Sale:
         InvalidSale: malformed JSON, a schema violation or a broken business rule.
     """
     if isinstance(raw, (bytes, str)):
-        raw = _load_json(raw)
+        raw = load_json(raw)
     if not isinstance(raw, dict):
         raise InvalidSale("(document)", "type-object", "a sale is a JSON object")
     try:

@@ -51,6 +51,16 @@ def _outage(service: ReceiptService, registry: UnitRegistry, client: httpx.Clien
     return outage_id
 
 
+def _end_outage(client: httpx.Client, service: ReceiptService, registry: UnitRegistry) -> None:
+    """The unit of the :func:`_outage` fixture answers again: its Sammelbeleg ends it."""
+    with service.db.read_connection() as conn:
+        flaky = registry.get(conn, "dev")
+    assert isinstance(flaky, FlakyUnit)
+    flaky.mode = "up"
+    zero = client.post("/v1/registers/KASSE-1/zero-receipt")
+    assert zero.json()["kind"] == "sammelbeleg", zero.text
+
+
 class TestJsonBodies:
     @pytest.mark.parametrize(
         "headers",
@@ -79,14 +89,26 @@ class TestJsonBodies:
             (b"", "(document)", "json"),
             (b"{", "(document)", "json"),
             (b"[1]", "(document)", "type-object"),
-            (b'{"reference": ""}', "reference", "min-length"),
+            (b'{"reference": ""}', "reference", "required"),
+            (b'{"reference": "FON-1", "reference": "FON-2"}', "(document)", "duplicate-key"),
             (b'{"reference": "x", "extra": 1}', "extra", "unknown-field"),
             (b'{"end": true}', "reference", "required"),
             (b'{"reference": "x", "end": 1}', "end", "type-boolean"),
             (b'{"reference": "x", "end": "true"}', "end", "type-boolean"),
             (b'{"reference": 7}', "reference", "type-string"),
         ],
-        ids=["empty", "cut", "list", "short", "extra", "missing", "end-1", "end-text", "ref-7"],
+        ids=[
+            "empty",
+            "cut",
+            "list",
+            "short",
+            "twice",
+            "extra",
+            "missing",
+            "end-1",
+            "end-text",
+            "ref-7",
+        ],
     )
     def test_a_bad_report_body_is_422_naming_the_field(
         self, client: httpx.Client, outage: int, raw: bytes, field: str, rule: str
@@ -115,6 +137,20 @@ class TestJsonBodies:
         response = client.post("/v1/registers/KASSE-1/checks/start", content=body(document))
         assert response.status_code == 422, response.text
         assert (response.json()["field"], response.json()["rule"]) == (field, rule)
+        assert query("SELECT count(*) FROM journal WHERE kind = 'check.done'")[0][0] == 0
+
+    def test_a_check_body_naming_a_key_twice_is_refused(
+        self, client: httpx.Client, query: Query
+    ) -> None:
+        """`{"failed": true, ..., "failed": false}` must not record a passing check (JSON
+        parsers keep the last key): 422 duplicate-key, as for a sale; nothing recorded."""
+        raw = b'{"reference":"BC-X","failed":true,"reference":"BC-Y","failed":false}'
+        response = client.post("/v1/registers/KASSE-1/checks/start", content=raw)
+        assert response.status_code == 422, response.text
+        assert (response.json()["field"], response.json()["rule"]) == (
+            "(document)",
+            "duplicate-key",
+        )
         assert query("SELECT count(*) FROM journal WHERE kind = 'check.done'")[0][0] == 0
 
     def test_a_bad_path_parameter_names_its_rule_as_a_sale_would(
@@ -147,13 +183,20 @@ class TestJsonBodies:
 class TestReportOnce:
     @pytest.mark.parametrize("end", [False, True], ids=["report", "end-report"])
     def test_a_second_reference_is_refused_naming_the_first(
-        self, client: httpx.Client, outage: int, query: Query, end: bool
+        self,
+        client: httpx.Client,
+        service: ReceiptService,
+        registry: UnitRegistry,
+        outage: int,
+        query: Query,
+        end: bool,
     ) -> None:
         """A FinanzOnline reference is evidence: another one for the same report is 409
         `already-reported` naming the recorded one, which stays; the journal has one event."""
         url = f"/v1/outages/{outage}/report"
         if end:
             assert client.post(url, json={"reference": "FON-1"}).status_code == 200
+            _end_outage(client, service, registry)
         first = client.post(url, json={"reference": "FON-A", "end": end})
         assert first.status_code == 200, first.text
         second = client.post(url, json={"reference": "FON-B", "end": end})
@@ -171,12 +214,19 @@ class TestReportOnce:
 
     @pytest.mark.parametrize("end", [False, True], ids=["report", "end-report"])
     def test_the_same_reference_again_is_a_harmless_repeat(
-        self, client: httpx.Client, outage: int, query: Query, end: bool
+        self,
+        client: httpx.Client,
+        service: ReceiptService,
+        registry: UnitRegistry,
+        outage: int,
+        query: Query,
+        end: bool,
     ) -> None:
         """Sending the recorded reference again (a retry) answers 200 and journals nothing."""
         url = f"/v1/outages/{outage}/report"
         if end:
             client.post(url, json={"reference": "FON-1"})
+            _end_outage(client, service, registry)
         first = client.post(url, json={"reference": "FON-A", "end": end})
         again = client.post(url, json={"reference": "FON-A", "end": end})
         assert (first.status_code, again.status_code) == (200, 200)
