@@ -61,6 +61,7 @@ from agent.api_backend import (
     ReprintOut,
     StatusOut,
     UnitOut,
+    ZeroReceiptIn,
 )
 from agent.checks import CheckKind
 from agent.contract import ReceiptResult, Sale, load_json, rule_name
@@ -279,33 +280,38 @@ _Model = TypeVar("_Model", bound=BaseModel)
 
 
 def _json_body(model: type[_Model]) -> Callable[[bytes], _Model]:
-    """A dependency parsing the raw body into ``model`` as JSON whatever its Content-Type,
-    as POST /v1/receipts does (``curl -d`` sends application/x-www-form-urlencoded, and
-    FastAPI would then validate the bytes, not the JSON). Errors are InvalidSale: 422."""
+    """A dependency parsing the raw body into ``model`` (:func:`_parse_body`)."""
 
     def parse(raw: Annotated[bytes, Depends(_raw_body)]) -> _Model:
-        document = load_json(raw)  # a key named twice is refused, as in a sale
-        if not isinstance(document, dict):
-            raise InvalidSale("(document)", "type-object", "the body is a JSON object")
-        try:
-            return model.model_validate(document)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "(document)"
-            rule, message = rule_name(first["type"]), first["msg"]
-            if field == "reference" and rule == "min-length":  # as check_reference says it
-                rule, message = "required", "give the reference"
-            raise InvalidSale(field, rule, message) from None
+        return _parse_body(model, raw)
 
     return parse
 
 
-def _json_request(name: str, description: str) -> dict[str, Any]:
+def _parse_body(model: type[_Model], raw: bytes) -> _Model:
+    """``raw`` parsed into ``model`` as JSON whatever its Content-Type, as POST
+    /v1/receipts does (``curl -d`` sends application/x-www-form-urlencoded, and FastAPI
+    would then validate the bytes, not the JSON). Errors are InvalidSale: 422."""
+    document = load_json(raw)  # a key named twice is refused, as in a sale
+    if not isinstance(document, dict):
+        raise InvalidSale("(document)", "type-object", "the body is a JSON object")
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(document)"
+        rule, message = rule_name(first["type"]), first["msg"]
+        if field == "reference" and rule == "min-length":  # as check_reference says it
+            rule, message = "required", "give the reference"
+        raise InvalidSale(field, rule, message) from None
+
+
+def _json_request(name: str, description: str, *, required: bool = True) -> dict[str, Any]:
     """The ``openapi_extra`` of a route whose body is parsed by hand into model ``name``."""
     schema = {"schema": {"$ref": f"#/components/schemas/{name}"}}
     return {
         "requestBody": {
-            "required": True,
+            "required": required,
             "description": description,
             "content": {"application/json": schema},
         }
@@ -316,6 +322,7 @@ _BODY_MODELS: dict[str, type[BaseModel]] = {
     "Sale": Sale,
     "ReportIn": ReportIn,
     "CheckDoneIn": CheckDoneIn,
+    "ZeroReceiptIn": ZeroReceiptIn,
 }
 
 
@@ -413,11 +420,28 @@ def _add_receipt_routes(router: APIRouter, backend: ApiBackend) -> None:
         "/registers/{register}/zero-receipt",
         status_code=201,
         response_model=ReceiptResult,
-        responses=_responses(404, 409, 422, 503),
+        responses={
+            200: {"model": ReceiptResult, "description": "a repeat: the stored receipt"},
+            **_responses(404, 408, 409, 413, 422, 503),
+        },
+        openapi_extra=_json_request(
+            "ZeroReceiptIn",
+            "optional: the caller's request_id, which makes a retry return the stored"
+            " receipt (JSON; no body: a new zero receipt every time)",
+            required=False,
+        ),
         summary="Issue a Nullbeleg (during an outage: the signed Sammelbeleg)",
     )
-    def zero_receipt(register: _RegisterParam) -> ReceiptResult:
-        return backend.zero_receipt(register)
+    def zero_receipt(
+        register: _RegisterParam,
+        raw: Annotated[bytes, Depends(_raw_body)],
+        response: Response,
+    ) -> ReceiptResult:
+        body = _parse_body(ZeroReceiptIn, raw) if raw.strip() else ZeroReceiptIn()
+        issued = backend.zero_receipt(register, body.request_id)
+        if not issued.created:
+            response.status_code = 200
+        return issued.result
 
     @router.post(
         "/receipts/{register}/{number}/reprint",

@@ -23,7 +23,7 @@ from agent import __version__
 from agent.backup import BackupStatus, DepBackups, backup_statuses
 from agent.check_view import CheckOut, check_out
 from agent.checks import CheckKind, load_checks, record_check
-from agent.contract import REFERENCE_MAX_LENGTH, ReceiptResult, parse_sale
+from agent.contract import REFERENCE_MAX_LENGTH, ReceiptResult, RequestId, parse_sale
 from agent.errors import FiscalError, InvalidSale, NotFound
 from agent.outage_view import OutageOut, outage_out
 from agent.outage_watch import HOUR, Thresholds, acknowledge_report
@@ -48,6 +48,7 @@ __all__ = [
     "SpecialKind",
     "StatusOut",
     "UnitOut",
+    "ZeroReceiptIn",
 ]
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,13 @@ class CheckDoneIn(_In):
     failed: bool = False
 
 
+class ZeroReceiptIn(_In):
+    """What a zero receipt may carry: the caller's idempotency key, as a sale's (a retry
+    with the same one returns the stored receipt instead of issuing another)."""
+
+    request_id: RequestId | None = None
+
+
 class ReprintOut(_Out):
     """A queued copy: the first reprint of a receipt is copy 1."""
 
@@ -207,8 +215,9 @@ class ApiBackend(Protocol):
         """A stored receipt; NotFound if there is none."""
         ...
 
-    def zero_receipt(self, register: str) -> ReceiptResult:
-        """Issue a Nullbeleg; WaitsForUnit when it must be signed and cannot be now."""
+    def zero_receipt(self, register: str, request_id: str | None = None) -> Issued:
+        """Issue a Nullbeleg (or find the one of ``request_id``); WaitsForUnit when it
+        must be signed and cannot be now."""
         ...
 
     def status(self) -> StatusOut: ...
@@ -286,15 +295,17 @@ class ServiceBackend:
     def get(self, register: str, number: int) -> ReceiptResult:
         return self.service.get(register, number)
 
-    def zero_receipt(self, register: str) -> ReceiptResult:
-        """A Nullbeleg; while an outage is open, the signed Sammelbeleg that closes it.
+    def zero_receipt(self, register: str, request_id: str | None = None) -> Issued:
+        """A Nullbeleg; while an outage is open, the signed Sammelbeleg that closes it;
+        with ``request_id``, a repeat returns the stored one (``created`` false).
 
         Raises:
             NotFound: no such register.
+            InvalidSale: ``request_id`` was used for another kind of receipt.
             WaitsForUnit: the Sammelbeleg must be signed and the unit still fails.
         """
         try:
-            return self.service.zero_receipt(register)
+            return self.service.zero_receipt(register, request_id)
         except InvalidSale as exc:
             if exc.rule == "register-unknown":
                 raise NotFound(exc.message) from exc

@@ -176,10 +176,7 @@ class ReceiptService:
         parsed = sale
 
         def work(conn: sqlite3.Connection) -> Issued:
-            stored = conn.execute(
-                "SELECT * FROM receipts WHERE register_id = ? AND request_id = ?",
-                (parsed.register_id, parsed.request_id),
-            ).fetchone()
+            stored = _by_request(conn, parsed.register_id, parsed.request_id)
             if stored is not None:
                 if not same_sale(stored["sale_hash"], parsed):
                     raise InvalidSale(
@@ -239,21 +236,35 @@ class ReceiptService:
         raise_if_lost(result)
         return result
 
-    def zero_receipt(self, register_id: str) -> ReceiptResult:
+    def zero_receipt(self, register_id: str, request_id: str | None = None) -> Issued:
         """A Nullbeleg; while an outage is open, the signed Sammelbeleg that closes it.
 
         Decided in the transaction that issues it: the probe's recovery may close the
-        outage just before, and a Sammelbeleg after it would close nothing.
+        outage just before, and a Sammelbeleg after it would close nothing. With a
+        ``request_id`` (the caller's idempotency key, as a sale's) a repeat returns the
+        stored zero receipt instead of issuing another.
 
         Raises:
+            InvalidSale: ``request_id`` names a receipt that is no zero receipt.
             WaitsForUnit: the Sammelbeleg must be signed and the unit still fails.
         """
         with self._issuing.transaction() as conn:
-            reg = open_register(conn, register_id)
-            kind = "sammelbeleg" if self._issuing.outages.is_open(register_id) else "null"
-            result = self._issuing.issue_in(conn, reg, Draft(register_id, kind))
-        raise_if_lost(result)
-        return result
+            stored = None if request_id is None else _by_request(conn, register_id, request_id)
+            if stored is not None:
+                if stored["kind"] not in ("null", "sammelbeleg"):
+                    raise InvalidSale(
+                        "request_id",
+                        "request-id-reused",
+                        f"this request_id was already used for a {stored['kind']} receipt",
+                    )
+                issued = Issued(result_from_row(stored), created=False)
+            else:
+                reg = open_register(conn, register_id)
+                kind = "sammelbeleg" if self._issuing.outages.is_open(register_id) else "null"
+                draft = Draft(register_id, kind, request_id=request_id)
+                issued = Issued(self._issuing.issue_in(conn, reg, draft), created=True)
+        raise_if_lost(issued.result)
+        return issued
 
     def get(self, register_id: str, number: int) -> ReceiptResult:
         """The stored receipt ``number`` of ``register_id``; raises ``NotFound``."""
@@ -382,3 +393,11 @@ class ReceiptService:
                     break
                 issued.append(result)
         return issued
+
+
+def _by_request(conn: sqlite3.Connection, register_id: str, request_id: str) -> Any:
+    """The receipt of ``register_id`` issued for ``request_id`` (a row), or ``None``."""
+    return conn.execute(
+        "SELECT * FROM receipts WHERE register_id = ? AND request_id = ?",
+        (register_id, request_id),
+    ).fetchone()

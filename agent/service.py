@@ -99,10 +99,10 @@ class _Backend(ServiceBackend):
         self.till.printer.notify()
         return issued
 
-    def zero_receipt(self, register: str) -> ReceiptResult:
-        result = super().zero_receipt(register)
+    def zero_receipt(self, register: str, request_id: str | None = None) -> Issued:
+        issued = super().zero_receipt(register, request_id)
         self.till.printer.notify()
-        return result
+        return issued
 
     def reprint(self, register: str, number: int) -> int:
         return self.till.printer.reprint(register, number)

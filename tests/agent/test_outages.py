@@ -173,7 +173,9 @@ class TestRecovery:
         backend = ServiceBackend(service)
         answers: list[ReceiptResult] = []
         with service._issuing.lock:  # the recovery's write transaction is under way
-            asking = threading.Thread(target=lambda: answers.append(backend.zero_receipt(REGISTER)))
+            asking = threading.Thread(
+                target=lambda: answers.append(backend.zero_receipt(REGISTER).result)
+            )
             asking.start()
             time.sleep(0.2)  # the request arrived and waits for the writer
             recovered = service.recover(REGISTER)
