@@ -455,7 +455,11 @@ def _check_input(kind: str, year: int | None, reference: str, failed: bool) -> N
         raise InvalidSale("kind", "check-kind", f"a check is one of {', '.join(CHECK_KINDS)}")
     check_reference(reference, "Belegcheck or FinanzOnline")
     if year is None and kind == "yearly":
-        raise InvalidSale("year", "required", "give the year of the Jahresbeleg (--year)")
+        raise InvalidSale(
+            "year",
+            "required",
+            "give the year of the Jahresbeleg (the command line's --year, the API's year)",
+        )
     if failed and kind == "closing":
         raise InvalidSale(
             "failed",

@@ -205,7 +205,10 @@ def rule_name(error_type: str) -> str:
     return _RULES.get(error_type) or _OTHER_RULES.get(error_type, "invalid")
 
 
-_MONEY = 'money is a decimal string with at most 2 decimals, e.g. "12.50" (never a number)'
+_MONEY = (
+    "money is a decimal string with at most 2 decimals and 10 digits before the point,"
+    ' e.g. "12.50" (never a number)'
+)
 _TEXT = (
     "a text is 1-80 printable characters (no control characters such as tab or newline,"
     " no invisible or unassigned ones)"
@@ -213,7 +216,8 @@ _TEXT = (
 _HINTS = {  # by the last part of the field path
     "unit_price": _MONEY,
     "amount": _MONEY,
-    "qty": 'a quantity is a decimal string with at most 3 decimals, e.g. "2" or "0.250"',
+    "qty": "a quantity is a decimal string with at most 3 decimals and 7 digits before the"
+    ' point, e.g. "2" or "0.250"',
     "text": _TEXT,
     "cashier": _TEXT,
     "register": "a Kassen-ID is 1-64 letters, digits, '.', ':' or '-' (no '_')",
