@@ -96,21 +96,29 @@ def zero_width(char: str) -> bool:
     return unicodedata.category(char) in ("Mn", "Me")
 
 
+def _char_columns(char: str) -> int:
+    """0 for a :func:`zero_width` mark, 2 for a wide (East Asian) character, else 1."""
+    if zero_width(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
 def columns(text: str) -> int:
-    """The columns ``text`` takes on paper, one per character but for :func:`zero_width`."""
+    """The columns ``text`` takes on paper: one per character, none for a
+    :func:`zero_width` mark, two for a wide (East Asian) character."""
     if text.isascii():  # nearly every line, on every receipt's hot path
         return len(text)
-    return sum(1 for char in text if not zero_width(char))
+    return sum(_char_columns(char) for char in text)
 
 
 def _cut(text: str, width: int) -> int:
-    """The index after the first ``width`` columns of ``text`` (with their marks)."""
+    """The index after the first ``width`` columns of ``text`` (with their marks); at
+    least one character, even one wider than ``width``."""
     seen = 0
     for i, char in enumerate(text):
-        if not zero_width(char):
-            if seen == width:
-                return i
-            seen += 1
+        seen += _char_columns(char)
+        if seen > width:
+            return max(i, 1)
     return len(text)
 
 

@@ -316,6 +316,21 @@ class TestWrap:
         assert _without_spaces("".join(lines)) == _without_spaces(text)
         assert len("".join(lines)) >= len(text) - (len(lines) - 1)
 
+    @PROPERTY
+    @given(
+        text=st.text(st.sampled_from("ab \u98df\uff21c\u0301"), max_size=200),
+        width=st.integers(2, 50),
+    )
+    def test_a_wide_character_takes_two_columns(self, text: str, width: int) -> None:
+        """CJK ideographs and fullwidth forms take two columns: lines still fit."""
+        lines = wrap(text, width)
+        assert all(columns(line) <= width for line in lines)
+        assert _without_spaces("".join(lines)) == _without_spaces(text)
+
+    def test_eighty_ideographs_make_lines_of_42_columns(self) -> None:
+        assert columns("\u98df" * 21) == WIDTH
+        assert [columns(line) for line in wrap("\u98df" * 80)] == [42, 42, 42, 34]
+
     def test_a_combining_accent_takes_no_column(self) -> None:
         """e + U+0301 prints as é: one column, and it is not split from its letter."""
         text = "Cafe\u0301 " * 10
