@@ -9,6 +9,7 @@ from agent.contract import Sale, line_total_cents, scaled
 from agent.errors import InvalidSale
 from agent.receipt_records import Draft, receipt_row, stored_lines, sum_by_vat
 from agent.receipt_view import AMOUNT_COLUMNS, Amounts
+from agent.remedy import current_version
 
 __all__ = ["draft_for_sale"]
 
@@ -67,6 +68,14 @@ def _voidable(conn: sqlite3.Connection, register_id: str, number: int | None) ->
         )
     if row["kind"] != "standard":
         raise InvalidSale("voids", "voids-kind", f"a {row['kind']} receipt cannot be voided")
+    current = current_version(conn, row)
+    if current["number"] != row["number"]:  # the remedy's own Storno voids the old one
+        raise InvalidSale(
+            "voids",
+            "voids-reissued",
+            f"receipt {number} was issued unsigned and reissued as receipt"
+            f" {current['number']}, which stands for the sale now: void {current['number']}",
+        )
     if conn.execute(
         "SELECT 1 FROM receipts WHERE register_id = ? AND voids_number = ?", (register_id, number)
     ).fetchone():

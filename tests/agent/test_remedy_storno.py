@@ -126,6 +126,25 @@ class TestTheRemedyCountsEachSaleOnce:
         assert service.issue(sale(request_id="b")).number == issued[-1].number
         assert issued[-1].kind == "standard"
 
+    def test_voiding_the_superseded_original_names_its_replacement(
+        self, service: ReceiptService, chain: ChainServiceFake
+    ) -> None:
+        """The POS voids the receipt it was given (unsigned, since reissued): refused with
+        rule voids-reissued naming the replacement, not "already voided" (a POS taking
+        that for done would refund without a Storno); voiding the replacement works."""
+        lost = _lose_one(service, chain, sale(request_id="b"))
+        issued = service.recover(REGISTER)
+        assert issued is not None
+        replacement = issued[-1].number
+        with pytest.raises(InvalidSale) as refused:
+            service.issue(_storno_of(lost))
+        assert (refused.value.field, refused.value.rule) == ("voids", "voids-reissued")
+        assert f"void {replacement}" in refused.value.message
+        storno = service.issue(_storno_of(replacement))
+        assert _voiding(service.db, replacement) == [storno.number]
+        assert _register_turnover(service.db) == 0
+        assert _findings(service.db) == []
+
     def test_the_journal_shows_storno_and_supersession(
         self, service: ReceiptService, chain: ChainServiceFake
     ) -> None:
@@ -143,8 +162,8 @@ class TestTheRemedyCountsEachSaleOnce:
             {"number": lost, "jws": None, "replacement": replacement.number,
              "voided_by": storno.number}
         ]  # fmt: skip
-        # a POS storno of the superseded receipt is refused: it is voided already
-        with pytest.raises(InvalidSale, match="already voided"):
+        # a POS storno of the superseded receipt is refused, naming its replacement
+        with pytest.raises(InvalidSale, match=f"void {replacement.number}"):
             service.issue(
                 {"request_id": "s", "register": REGISTER, "kind": "storno", "voids": lost}
             )
