@@ -295,11 +295,15 @@ class ReceiptService:
         """Issue a special receipt now, or (Jahres-, Sammelbeleg) let it wait for the unit.
 
         Returns ``None`` when it waits; it is then visible in :meth:`waiting` and issued
-        by :meth:`recover`.
+        by :meth:`recover`. Raises :class:`_ClosedMeanwhile` (nothing issued) when
+        ``period`` was closed since the caller looked: the recovery of a waiting
+        Jahresbeleg runs in another thread.
         """
         try:
             with self._issuing.transaction() as conn:
                 reg = open_register(conn, register_id)
+                if period is not None and (reg["last_closing"] or "") >= period:
+                    raise _ClosedMeanwhile(period)
                 result = self._issuing.issue_in(conn, reg, Draft(register_id, kind, period=period))
         except WaitsForUnit as exc:
             self._record_waiting(register_id, kind, period, str(exc))
@@ -388,11 +392,18 @@ class ReceiptService:
             first = period_of(reg["created_at"], reg["timezone"])
             for period in due_periods(reg["last_closing"], first, now_local):
                 kind = "yearly" if period.endswith("-12") else "monthly"
-                result = self.request_special(reg["id"], kind, period=period)
+                try:
+                    result = self.request_special(reg["id"], kind, period=period)
+                except _ClosedMeanwhile:
+                    continue  # e.g. the probe's recovery issued the waiting Jahresbeleg
                 if result is None:
                     break
                 issued.append(result)
         return issued
+
+
+class _ClosedMeanwhile(Exception):
+    """The month a closing was asked for is closed already (by another thread)."""
 
 
 def _by_request(conn: sqlite3.Connection, register_id: str, request_id: str) -> Any:
