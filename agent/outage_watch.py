@@ -109,6 +109,9 @@ class OutageWatch:
         self._last: tuple[float, dt.datetime] | None = None  # (boot, wall) of the last tick
         self._clamped: set[str] = set()  # registers whose dates are ahead of the clock
         self._jumped = False  # the last tick journaled a jump (its outages' gaps need not)
+        # the boot clock at the last tick that finished: every outage open then was aged
+        # (and is in _seen), so one first seen later opened in this process after it
+        self._ticked_boot: float | None = None
 
     def tick(self) -> list[tuple[int, str]]:
         """Update every open outage and remind of the due reports of ended ones; return the
@@ -128,6 +131,7 @@ class OutageWatch:
                 fired.extend(self._age(conn, row, wall, jumped=self._jumped))
             for row in conn.execute(_ENDED_REPORTS_DUE).fetchall():
                 fired.extend(self._remind_ended(conn, row, wall))
+        self._ticked_boot = self._last[0] if self._last is not None else None
         lines.extend(self._clamping(registers, wall))
         for level, message, args in lines:
             log.log(level, message, *args)
@@ -306,6 +310,10 @@ class OutageWatch:
             gap = (wall - dt.datetime.fromisoformat(checked_at)).total_seconds()
             if gap < 0 and not jumped:
                 self._jump(conn, register_id, gap, "since the last check (before a restart)", wall)
+            if self._ticked_boot is not None:
+                # opened in this process after the last tick: no longer ago than that tick,
+                # whatever the wall clock did meanwhile (a jump must not fake its age)
+                gap = min(gap, boot - self._ticked_boot)
             return max(0.0, gap)
         # a jump of the wall clock while running is journaled by the tick (_watch_clock)
         return boot - previous[0]

@@ -17,7 +17,7 @@ from agent.contract import ReceiptResult
 from agent.errors import FiscalError, InvalidSale
 from agent.export import export_container, export_dep
 from agent.outage_watch import OutageWatch, Thresholds, acknowledge_report
-from agent.outages import load_outages
+from agent.outages import OutageRecord, load_outages
 from agent.probe import Backoff, Prober
 from agent.receipts import ReceiptService
 from agent.signing.flaky import FlakyUnit
@@ -27,6 +27,11 @@ from storage import TillDB, open_till_db
 
 REGISTER = "KASSE-1"
 HOUR = 3600.0
+
+
+def load_outages_of(db: TillDB) -> list[OutageRecord]:
+    with db.read_connection() as conn:
+        return load_outages(conn)
 
 
 def _sell(service: ReceiptService, n: int) -> str:
@@ -318,6 +323,34 @@ class TestWindow:
         clock.advance(25 * HOUR)
         watch.tick()
         assert "24h" in [e["level"] for e in journal_events(service.db, "outage.escalation")]
+
+    @pytest.mark.parametrize("then", ["tick", "recover"])
+    def test_a_jump_between_the_opening_and_the_next_look_fakes_no_age(
+        self, service: ReceiptService, flaky: FlakyUnit, clock: FrozenClock, then: str
+    ) -> None:
+        """The timer has been ticking; an outage opens; 20 s later NTP moves the wall clock
+        +49 h. The next tick (or the Sammelbeleg's recovery) ages it by the boot clock:
+        no 24h/exceeded level, no report due, for an outage of seconds."""
+        watch = service.outages.watch
+        watch.tick()
+        clock.advance(30)
+        watch.tick()
+        flaky.mode = "down"
+        _sell(service, 1)
+        clock.advance(20)
+        clock.jump(49 * HOUR)
+        if then == "tick":
+            watch.tick()
+        else:
+            flaky.mode = "up"
+            assert [r.kind for r in service.recover(REGISTER) or []] == ["sammelbeleg"]
+        [outage] = load_outages_of(service.db)
+        assert outage.age_seconds < 60
+        assert (outage.escalations, outage.report_due, outage.end_report_due) == (
+            ("opened",),
+            None,
+            None,
+        )
 
     def test_thresholds_are_configurable(
         self, service: ReceiptService, flaky: FlakyUnit, clock: FrozenClock
