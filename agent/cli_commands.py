@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -556,6 +557,8 @@ def receipts_show(
     from agent.receipt_records import known_receipt
     from agent.receipt_view import result_from_row
 
+    if png is not None:
+        _refuse_output(png, "--png", data_dir, as_json)
     with _reader(data_dir, as_json) as db, db.read_connection() as conn:
         try:
             row = known_receipt(conn, register, number)
@@ -606,6 +609,84 @@ def _refuse_non_regular(output: Path, as_json: bool, *also: Path) -> None:
             _fail(ConfigurationError(f"cannot write {output}: {detail}"), as_json)
 
 
+# the files of a data directory an output must never replace, and what each is
+_TILL_FILES = {
+    "": "the till database",
+    "-wal": "the till database's write-ahead log",
+    "-shm": "the till database's shared memory",
+    "-journal": "the till database's rollback journal",
+}
+
+
+def _refuse_output(output: Path, option: str, data_dir: Path, as_json: bool, *also: Path) -> None:
+    """An output the till cannot lose is refused before anything is written, exit 2 naming
+    ``option``: the till database (its -wal, -shm, -journal and lock file too), anything in
+    the data directory's keys/, or an existing file its mode keeps from us (a quarterly DEP
+    backup is 0444). Symbolic links are followed, and a hard link is the file it names.
+    ``also``: names the command writes on the way. Then :func:`_refuse_non_regular`."""
+    for path in (output, *also):
+        why = _protected(path, data_dir)
+        if why is not None:
+            _fail(ConfigurationError(f"{option}: cannot write {path}: {why}"), as_json)
+    _refuse_non_regular(output, as_json, *also)
+
+
+def _protected(path: Path, data_dir: Path) -> str | None:
+    """Why ``path`` must not be written over (see :func:`_refuse_output`), or None."""
+    from storage.db import DB_FILE, LOCK_FILE
+
+    try:
+        found: os.stat_result | None = os.stat(path)
+    except OSError:
+        found = None  # a new name: where it would be made is what counts
+    target = _resolved(path)
+    till = {data_dir / f"{DB_FILE}{s}": what for s, what in _TILL_FILES.items()}
+    till[data_dir / LOCK_FILE] = "the lock file of the till's data directory"
+    for name, what in till.items():
+        if target == _resolved(name) or _same_file(found, name):
+            return f"it is {what} ({name})"
+    keys = data_dir / "keys"
+    if target.is_relative_to(_resolved(keys)) or any(_same_file(found, k) for k in _in(keys)):
+        return f"it is in the till's key directory {keys}"
+    if found is not None and not _writable_by_mode(found):
+        return f"it is read-only (mode {stat.S_IMODE(found.st_mode):04o}): it is kept as it is"
+    return None
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a loop of links: nothing can be written there anyway
+        return Path(os.path.abspath(path))
+
+
+def _same_file(found: os.stat_result | None, other: Path) -> bool:
+    try:
+        return found is not None and os.path.samestat(found, os.stat(other))
+    except OSError:
+        return False
+
+
+def _in(directory: Path) -> list[Path]:
+    try:
+        return [Path(entry.path) for entry in os.scandir(directory)]
+    except OSError:
+        return []
+
+
+def _writable_by_mode(found: os.stat_result) -> bool:
+    """Whether the mode bits let this process write the file: the owner's, the group's or
+    the others' write bit, whichever is ours (root, whom permissions do not stop: any)."""
+    mode, uid = found.st_mode, os.geteuid()
+    if uid == 0:
+        return bool(mode & 0o222)
+    if found.st_uid == uid:
+        return bool(mode & stat.S_IWUSR)
+    if found.st_gid in {os.getegid(), *os.getgroups()}:
+        return bool(mode & stat.S_IWGRP)
+    return bool(mode & stat.S_IWOTH)
+
+
 @export_app.command("dep")
 def export_dep_cmd(
     register: Annotated[str, typer.Option(help="Kassen-ID.")],
@@ -643,7 +724,7 @@ def export_dep_cmd(
         raise typer.BadParameter(
             f"the range is empty: --from {first} is after --to {last}", param_hint="'--from'"
         )
-    _refuse_non_regular(output, as_json, tmp)
+    _refuse_output(output, "--output", data_dir, as_json, tmp)
     with _reader(data_dir, as_json) as db:
         total = count_receipts(db, register, start=first, end=last)  # NotFound: no file yet
         try:
@@ -695,7 +776,7 @@ def export_container_cmd(
     from agent.durable import replace_file
     from agent.export import export_container
 
-    _refuse_non_regular(output, as_json)
+    _refuse_output(output, "--output", data_dir, as_json)
     with _reader(data_dir, as_json) as db:
         text = export_container(db, register)
     try:

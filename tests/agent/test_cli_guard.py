@@ -1,0 +1,133 @@
+"""Outputs of the command line that must never be written over: the till database and its
+side files, the unit keys, read-only files such as the quarterly DEP backups."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from typer.testing import Result
+
+from factories import Run, expect, flat
+
+OUTPUTS = ["dep", "crypto-container", "png"]
+
+
+def _write(run: Run, till: Path, what: str, output: Path, *extra: str) -> Result:
+    """Write ``output`` with ``export dep``, ``export crypto-container`` or ``receipts show
+    --png``."""
+    if what == "png":
+        args: tuple[str | Path, ...] = ("receipts", "show", "KASSE-1", "2", "--png", output)
+    else:
+        args = ("export", what, "--register", "KASSE-1", "-o", output)
+    return run(*args, "--data-dir", till, *extra)
+
+
+def _option(what: str) -> str:
+    return "--png" if what == "png" else "--output"
+
+
+def _refused(result: Result, what: str, output: Path, why: str) -> None:
+    message = flat(expect(result, 2).stderr)
+    assert f"{_option(what)}: cannot write {output}: {why}" in message, message
+
+
+def _receipts(data_dir: Path) -> int:
+    with sqlite3.connect(data_dir / "till.sqlite3") as conn:
+        return int(conn.execute("SELECT count(*) FROM receipts").fetchone()[0])
+
+
+class TestTheTillIsNeverAnOutput:
+    @pytest.mark.parametrize("what", OUTPUTS)
+    @pytest.mark.parametrize("name", ["till.sqlite3", "till.sqlite3-wal", "agent.lock"])
+    def test_the_database_and_its_files_are_refused(
+        self, run: Run, till: Path, what: str, name: str
+    ) -> None:
+        """``export dep -o DATA/till.sqlite3`` exited 0 and replaced the live database with
+        the export: exit 2 naming the option, and the database is as it was."""
+        target = till / name
+        target.touch()
+        before = target.read_bytes()
+        _refused(_write(run, till, what, target), what, target, "it is ")
+        assert target.read_bytes() == before
+        assert _receipts(till) == 2
+        assert not (till / f"{name}.partial").exists()
+
+    @pytest.mark.parametrize("what", OUTPUTS)
+    def test_a_link_to_the_database_is_refused(
+        self, run: Run, till: Path, tmp_path: Path, what: str
+    ) -> None:
+        """A symbolic link and a hard link name the database as well as its own name."""
+        soft = tmp_path / "soft.json"
+        soft.symlink_to(till / "till.sqlite3")
+        hard = tmp_path / "hard.json"
+        os.link(till / "till.sqlite3", hard)
+        for link in (soft, hard):
+            _refused(_write(run, till, what, link), what, link, "it is the till database")
+        assert soft.is_symlink()
+        assert os.path.samefile(hard, till / "till.sqlite3")
+        assert _receipts(till) == 2
+
+    @pytest.mark.parametrize("what", OUTPUTS)
+    def test_the_database_through_a_linked_data_directory_is_refused(
+        self, run: Run, till: Path, tmp_path: Path, what: str
+    ) -> None:
+        """The data directory named through a link: the database is still the database."""
+        alias = tmp_path / "alias"
+        alias.symlink_to(till)
+        target = alias / "till.sqlite3"
+        _refused(_write(run, till, what, target), what, target, "it is the till database")
+        assert _receipts(till) == 2
+
+    @pytest.mark.parametrize("what", OUTPUTS)
+    @pytest.mark.parametrize("name", ["dev.key.pem", "new.json"])
+    def test_the_key_directory_is_refused(self, run: Run, till: Path, what: str, name: str) -> None:
+        """A unit's key, or a new file among them: nothing is written into keys/."""
+        keys = till / "keys"
+        before = {p.name: p.read_bytes() for p in keys.iterdir()}
+        target = keys / name
+        _refused(_write(run, till, what, target), what, target, "it is in the till's key directory")
+        assert {p.name: p.read_bytes() for p in keys.iterdir()} == before
+
+    @pytest.mark.parametrize("what", OUTPUTS)
+    def test_a_hard_link_to_a_key_is_refused(
+        self, run: Run, till: Path, tmp_path: Path, what: str
+    ) -> None:
+        key = till / "keys" / "dev.key.pem"
+        before = key.read_bytes()
+        link = tmp_path / "key-copy.pem"
+        os.link(key, link)
+        _refused(_write(run, till, what, link), what, link, "it is in the till's key directory")
+        assert key.read_bytes() == before
+
+    @pytest.mark.parametrize("what", OUTPUTS)
+    def test_a_read_only_file_is_refused(
+        self, run: Run, till: Path, tmp_path: Path, what: str
+    ) -> None:
+        """A quarterly DEP backup is 0444: its mode keeps it, root or not (a rename does
+        not ask the file's mode)."""
+        backup = tmp_path / "KASSE-1-2026-Q1.json"
+        backup.write_text("the backup")
+        backup.chmod(0o444)
+        _refused(_write(run, till, what, backup), what, backup, "it is read-only (mode 0444)")
+        assert backup.read_text() == "the backup"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["KASSE-1-2026-Q1.json", "data"]
+
+    def test_a_refusal_is_one_json_object(self, run: Run, till: Path) -> None:
+        target = till / "till.sqlite3"
+        result = expect(_write(run, till, "dep", target, "--json"), 2)
+        body = json.loads(result.stdout)
+        assert body["error"] == "ConfigurationError"
+        assert body["message"].startswith(f"--output: cannot write {target}: it is the till")
+
+    @pytest.mark.parametrize("what", OUTPUTS)
+    def test_a_writable_file_is_still_replaced(
+        self, run: Run, till: Path, tmp_path: Path, what: str
+    ) -> None:
+        output = tmp_path / "out.bin"
+        output.write_text("old")
+        expect(_write(run, till, what, output), 0)
+        assert output.read_bytes() != b"old"
