@@ -94,7 +94,9 @@ def _service(
 
 @contextmanager
 def _reader(data_dir: Path, as_json: bool = False) -> Iterator[TillDB]:
-    with _database(data_dir, as_json, writer=False) as db:
+    """The till database for reading (no lock): one without the till's schema (an empty
+    file) is exit 6 as a missing one is, another program's database exit 5."""
+    with _database(data_dir, as_json, writer=False, create=False) as db:
         yield db
 
 

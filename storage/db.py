@@ -15,7 +15,7 @@ import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,10 +141,12 @@ def open_till_db(
         writer: take the one-writer lock; read-only tools pass ``False``.
         migrate: run Alembic ``upgrade head`` (only done by a writer).
         create: a writer may create the database; commands that only make sense on an
-            existing till pass ``False`` (a mistyped directory is not a new till).
+            existing till pass ``False`` (a mistyped directory is not a new till), and
+            then an empty file (no till schema yet) is no till database either.
 
     Raises:
-        NoDatabase: there is no database and this call may not create one.
+        NoDatabase: there is no database (or an empty one, without the till's schema) and
+            this call may not create one.
         DataDirLocked: another process holds the writer lock.
         StorageError: the database is damaged or cannot be opened, or the data
             directory cannot be used (not a directory, read-only, no permission).
@@ -156,6 +158,8 @@ def open_till_db(
         raise NoDatabase(f"no till database in {data_dir}: run `till-agent init` first")
     if data_dir.exists() and not data_dir.is_dir():
         raise StorageError(f"the data directory {data_dir} is not a directory")
+    if path.exists():  # before the lock: a refused file leaves no lock file behind
+        _check_schema(path, data_dir, may_be_empty=create)
     try:
         if writer:
             data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -184,6 +188,42 @@ def open_till_db(
             os.close(lock_fd)
         raise
     return TillDB(path, engine, engine.execution_options(sqlite_begin="IMMEDIATE"), lock_fd)
+
+
+def _check_schema(path: Path, data_dir: Path, *, may_be_empty: bool) -> None:
+    """Refuse a database file without the till's schema (Alembic's revision) before it is
+    opened as one, which would switch it to WAL and (a writer) migrate it: an empty file
+    is no till database yet unless the caller may create one (``may_be_empty``); a file
+    with tables of its own is no till database at all, and is left as it is.
+
+    Raises:
+        NoDatabase: empty (no tables), and not ``may_be_empty``.
+        StorageError: tables but no ``alembic_version``; or not an SQLite file.
+    """
+    try:
+        with closing(sqlite3.connect(path, timeout=5.0)) as conn:
+            names = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            versioned = "alembic_version" in names
+            revision = versioned and conn.execute("SELECT 1 FROM alembic_version").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(
+            f"cannot open the till database {path}: {_reason(exc, data_dir)}"
+        ) from exc
+    if revision:
+        return
+    if names and not versioned:
+        shown = ", ".join(sorted(names)[:5])
+        raise StorageError(
+            f"{path} is not a till database: it holds other tables ({shown}) and no till-agent"
+            " schema; it is left as it is (is this the till's data directory?)"
+        )
+    if not may_be_empty:
+        raise NoDatabase(
+            f"no till database in {data_dir} yet ({DB_FILE} holds no till schema): run"
+            " `till-agent init` first"
+        )
 
 
 def _create_private(path: Path) -> None:

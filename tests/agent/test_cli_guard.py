@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from factories import Run, expect, flat
+from factories import Run, expect, flat, sale
 
 OUTPUTS = ["dep", "crypto-container", "png"]
 
@@ -131,3 +131,119 @@ class TestTheTillIsNeverAnOutput:
         output.write_text("old")
         expect(_write(run, till, what, output), 0)
         assert output.read_bytes() != b"old"
+
+
+# -- a till.sqlite3 without the till's schema: empty, or another program's database ---------
+
+READERS = [
+    ("receipts", "list", "--register", "K"),
+    ("receipts", "show", "K", "1"),
+    ("export", "dep", "--register", "K", "-o", "{out}"),
+    ("export", "crypto-container", "--register", "K", "-o", "{out}"),
+    ("outage", "list"),
+    ("checks", "list"),
+    ("backup", "list"),
+    ("unit", "list"),
+]
+
+
+def _empty_database(directory: Path, *, schema: bool) -> Path:
+    """``directory/till.sqlite3``: a 0-byte file, or (``schema``) an SQLite file with a
+    table of another program and no alembic_version."""
+    directory.mkdir()
+    database = directory / "till.sqlite3"
+    database.touch()
+    if schema:
+        with sqlite3.connect(database) as conn:
+            conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+            conn.execute("INSERT INTO customers (name) VALUES ('Anna')")
+        conn.close()
+    return database
+
+
+class TestADatabaseWithoutTheTillSchema:
+    @pytest.mark.parametrize("command", READERS, ids=lambda c: " ".join(c[:2]))
+    def test_a_reader_on_an_empty_file_says_there_is_no_till_database(
+        self, run: Run, tmp_path: Path, command: tuple[str, ...]
+    ) -> None:
+        """``mkdir g; : > g/till.sqlite3; till-agent receipts list ...`` was a traceback
+        (no such table: receipts): exit 6, as for a directory without the file, saying
+        how to make one; the file stays empty and nothing else is made."""
+        data = tmp_path / "g"
+        database = _empty_database(data, schema=False)
+        args = [a.format(out=tmp_path / "out.json") for a in command]
+        result = expect(run(*args, "--data-dir", data), 6)
+        message = flat(result.stderr)
+        assert f"no till database in {data} yet" in message
+        assert "run `till-agent init` first" in message
+        assert database.stat().st_size == 0
+        assert sorted(p.name for p in data.iterdir()) == ["till.sqlite3"]
+        assert not (tmp_path / "out.json").exists()
+
+    @pytest.mark.parametrize("command", READERS, ids=lambda c: " ".join(c[:2]))
+    def test_a_reader_on_another_programs_database_is_refused(
+        self, run: Run, tmp_path: Path, command: tuple[str, ...]
+    ) -> None:
+        data = tmp_path / "g"
+        database = _empty_database(data, schema=True)
+        before = database.read_bytes()
+        args = [a.format(out=tmp_path / "out.json") for a in command]
+        result = expect(run(*args, "--data-dir", data, "--json"), 5)
+        body = json.loads(result.stdout)
+        assert body["error"] == "StorageError"
+        assert body["message"].startswith(f"{database} is not a till database")
+        assert database.read_bytes() == before
+
+    def test_issue_leaves_another_programs_database_as_it_is(
+        self, run: Run, tmp_path: Path, sale_json: str
+    ) -> None:
+        """``issue`` migrated a foreign SQLite file into a till database (and then said the
+        register was unknown): it is refused, exit 5, and not changed (no WAL either)."""
+        data = tmp_path / "g"
+        database = _empty_database(data, schema=True)
+        before = database.read_bytes()
+        result = expect(run("issue", "-", "--data-dir", data, input=sale_json), 5)
+        assert "is not a till database" in flat(result.stderr)
+        assert database.read_bytes() == before
+        with sqlite3.connect(database) as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        conn.close()
+        assert tables == {"customers"}
+
+    @pytest.mark.parametrize("create", [True, False], ids=["unit create", "init"])
+    def test_a_writer_refuses_another_programs_database(
+        self, run: Run, tmp_path: Path, create: bool
+    ) -> None:
+        data = tmp_path / "g"
+        database = _empty_database(data, schema=True)
+        before = database.read_bytes()
+        args = ["unit", "create-software"] if create else ["init", "KASSE-1", "--unit", "dev"]
+        expect(run(*args, "--data-dir", data), 5)
+        assert database.read_bytes() == before
+
+    def test_an_empty_file_may_still_become_the_till_database(
+        self, run: Run, tmp_path: Path
+    ) -> None:
+        """An empty file is no one's data: ``unit create-software`` and ``init`` make it
+        the till database (``issue`` does not: like a missing one, exit 6)."""
+        data = tmp_path / "g"
+        _empty_database(data, schema=False)
+        expect(run("unit", "create-software", "--data-dir", data), 0)
+        expect(run("init", "KASSE-1", "--unit", "dev", "--data-dir", data), 0)
+        listed = expect(run("receipts", "list", "--register", "KASSE-1", "--data-dir", data), 0)
+        assert "start" in listed.stdout
+
+    def test_issue_on_an_empty_file_is_not_found(
+        self, run: Run, tmp_path: Path, sale_json: str
+    ) -> None:
+        data = tmp_path / "g"
+        database = _empty_database(data, schema=False)
+        result = expect(run("issue", "-", "--data-dir", data, input=sale_json), 6)
+        assert f"no till database in {data} yet" in flat(result.stderr)
+        assert database.stat().st_size == 0
+
+
+@pytest.fixture(name="sale_json")
+def _sale_json() -> str:
+    return json.dumps(sale())
