@@ -81,10 +81,16 @@ def _make_units(
 
 
 def _load(path: Path) -> dict[str, Any]:
+    """The scenario in ``path``; one that cannot be read, is not UTF-8 JSON or is no JSON
+    object is a ConfigurationError naming the file."""
     try:
         scenario = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigurationError(f"cannot read scenario {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:  # (json.loads of bytes would say less)
+        raise ConfigurationError(f"cannot read scenario {path}: it is not UTF-8 text") from exc
+    if not isinstance(scenario, dict):
+        raise ConfigurationError(f"scenario {path}: not a JSON object")
     for key in ("cashBoxId", "base64AesKey", "numberOfSignatureDevices", "cashBoxInstructionList"):
         if key not in scenario:
             raise ConfigurationError(f"scenario {path}: missing key {key!r}")

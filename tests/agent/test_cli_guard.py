@@ -247,3 +247,38 @@ class TestADatabaseWithoutTheTillSchema:
 @pytest.fixture(name="sale_json")
 def _sale_json() -> str:
     return json.dumps(sale())
+
+
+# -- simulate scenario: a file that is not UTF-8 JSON ---------------------------------------
+
+
+class TestSimulateScenarioFile:
+    @pytest.mark.parametrize(
+        ("content", "why"),
+        [
+            (b"\x90\xff\xfe{not text", "it is not UTF-8 text"),
+            (b"{not json", "Expecting property name"),
+            (b"[1, 2]", "not a JSON object"),
+            (b"5", "not a JSON object"),
+        ],
+        ids=["binary", "not json", "array", "number"],
+    )
+    def test_a_scenario_that_is_no_json_object_is_a_clean_error(
+        self, run: Run, tmp_path: Path, content: bytes, why: str
+    ) -> None:
+        """``head -c100 /dev/urandom > bin.json; simulate scenario bin.json`` was a
+        UnicodeDecodeError traceback: exit 2 naming the file, as invalid JSON was; nothing
+        is written."""
+        scenario = tmp_path / "bin.json"
+        scenario.write_bytes(content)
+        result = expect(run("simulate", "scenario", scenario, "--out", tmp_path / "out"), 2)
+        message = flat(result.stderr)
+        assert str(scenario) in message
+        assert why in message
+        assert not (tmp_path / "out").exists()
+        body = json.loads(
+            expect(
+                run("simulate", "scenario", scenario, "--out", tmp_path / "o", "--json"), 2
+            ).stdout
+        )
+        assert body["error"] == "ConfigurationError"
