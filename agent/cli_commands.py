@@ -795,23 +795,23 @@ def export_container_cmd(
 
 @app.command()
 def verify(
-    dep: Annotated[
-        Path, typer.Argument(help="DEP7 export (dep-export.json).", exists=True, dir_okay=False)
-    ],
-    container: Annotated[
-        Path,
-        typer.Argument(help="cryptographicMaterialContainer.json.", exists=True, dir_okay=False),
-    ],
+    dep: Annotated[Path, typer.Argument(help="DEP7 export (dep-export.json).")],
+    container: Annotated[Path, typer.Argument(help="cryptographicMaterialContainer.json.")],
     as_json: JsonFlag = False,
 ) -> None:
     """Verify a DEP export: signatures, chain, counter, numbering, dates, outage rules.
 
-    Exit 0 if valid, 1 if not; every finding names the receipt and the rule.
+    Exit 0 if valid, 1 if not; every finding names the receipt and the rule. A file that
+    cannot be read (missing, a directory) is a finding naming it, exit 1.
     """
     from agent.at_rksv.verify import verify_files
 
+    try:
+        size: int | None = dep.stat().st_size
+    except OSError:  # verify_files says what is wrong with it
+        size = None
     with _progress(as_json) as progress:
-        task = progress.add_task("verifying", total=dep.stat().st_size)
+        task = progress.add_task("verifying", total=size)
         report = verify_files(dep, container, on_read=lambda n: progress.advance(task, n))
     if as_json:
         findings = [

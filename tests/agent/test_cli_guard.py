@@ -282,3 +282,37 @@ class TestSimulateScenarioFile:
             ).stdout
         )
         assert body["error"] == "ConfigurationError"
+
+
+# -- verify: a file that cannot be read is a finding, exit 1 --------------------------------
+
+
+class TestVerifyUnreadableFiles:
+    @pytest.fixture(name="exported")
+    def _exported(self, run: Run, till: Path, tmp_path: Path) -> tuple[Path, Path]:
+        dep, container = tmp_path / "dep.json", tmp_path / "container.json"
+        expect(_write(run, till, "dep", dep), 0)
+        expect(_write(run, till, "crypto-container", container), 0)
+        return dep, container
+
+    @pytest.mark.parametrize("which", ["dep", "container"])
+    @pytest.mark.parametrize("kind", ["missing", "directory"])
+    def test_a_missing_file_or_a_directory_is_exit_1_naming_it(
+        self, run: Run, exported: tuple[Path, Path], tmp_path: Path, which: str, kind: str
+    ) -> None:
+        """Typer's ``exists=True`` made it exit 2, where the README promises 1 for a file
+        that cannot be read: a finding naming the file and the rule."""
+        bad = tmp_path / "bad.json"
+        if kind == "directory":
+            bad.mkdir()
+        dep, container = exported
+        args = (bad, container) if which == "dep" else (dep, bad)
+        text = flat(expect(run("verify", *args), 1).stdout)
+        rule = "malformed-dep" if which == "dep" else "malformed-container"
+        assert rule in text
+        assert str(bad) in text
+        assert "INVALID" in text
+        body = json.loads(expect(run("verify", *args, "--json"), 1).stdout)
+        assert body["ok"] is False
+        assert [f["rule"] for f in body["findings"]] == [rule]
+        assert str(bad) in body["findings"][0]["message"]
