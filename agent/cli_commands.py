@@ -471,7 +471,14 @@ def special(
             InvalidSale("--yes", "confirm", "a Schlussbeleg ends the register: add --yes"), as_json
         )
     with _service(data_dir, as_json) as service:
-        result = service.issue_special(register, kind)
+        try:
+            result = service.issue_special(register, kind)
+        except InvalidSale as exc:
+            if exc.rule != "register-unknown":
+                raise
+            # not found, as for receipts, export, outage, checks and backup (the API: 404)
+            message = f"register {register!r} is not initialized in this till database"
+            raise NotFound(message) from exc
         owed = _owed_for(service, result)
     _show_receipt(result, as_json)
     if owed is not None and not as_json:

@@ -316,3 +316,33 @@ class TestVerifyUnreadableFiles:
         assert body["ok"] is False
         assert [f["rule"] for f in body["findings"]] == [rule]
         assert str(bad) in body["findings"][0]["message"]
+
+
+# -- special: an unknown register is not found, as everywhere else ---------------------------
+
+
+class TestSpecialOnAnUnknownRegister:
+    def test_an_unknown_register_is_exit_6_as_for_receipts(self, run: Run, till: Path) -> None:
+        """``special NOPE null`` was exit 3 labelled InvalidSale (register-unknown) where
+        ``receipts list --register NOPE`` and the others are exit 6, NotFound (the API:
+        404): the same code, label and words; no number was consumed."""
+        special = expect(run("special", "NOPE", "null", "--json", "--data-dir", till), 6)
+        listed = run("receipts", "list", "--register", "NOPE", "--json", "--data-dir", till)
+        assert json.loads(special.stdout) == json.loads(expect(listed, 6).stdout)
+        assert json.loads(special.stdout) == {
+            "error": "NotFound",
+            "message": "register 'NOPE' is not initialized in this till database",
+        }
+        text = flat(expect(run("special", "NOPE", "null", "--data-dir", till), 6).stderr)
+        assert "error: register 'NOPE' is not initialized in this till database" in text
+        assert _receipts(till) == 2
+
+    def test_a_bad_kind_is_still_invalid_input(self, run: Run, till: Path) -> None:
+        body = json.loads(
+            expect(run("special", "NOPE", "weekly", "--json", "--data-dir", till), 3).stdout
+        )
+        assert (body["error"], body["field"], body["rule"]) == (
+            "InvalidSale",
+            "kind",
+            "allowed-values",
+        )
