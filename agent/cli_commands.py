@@ -591,13 +591,15 @@ def receipts_show(
 
 def _fail_to_write(output: Path, exc: OSError, as_json: bool) -> NoReturn:
     """An export that could not be written (its directory, its name, the disk): exit 2
-    naming the file the user asked for (and the directory on its way that failed), not the
-    temporary one."""
+    naming the file (or directory) the user asked for, and the directory on its way that
+    failed, not the temporary file."""
     detail = exc.strerror or str(exc)
     if exc.filename is not None and Path(exc.filename) in output.parents:
         # mkdir met a file where a directory should be: "File exists" would mislead
         why = "not a directory" if isinstance(exc, FileExistsError) else detail
         detail = f"{exc.filename}: {why}"
+    elif isinstance(exc, FileExistsError) and exc.filename == str(output):
+        detail = "not a directory"  # the output directory (outage export's) is a file
     _fail(ConfigurationError(f"cannot write {output}: {detail}"), as_json)
 
 

@@ -346,3 +346,18 @@ class TestSpecialOnAnUnknownRegister:
             "kind",
             "allowed-values",
         )
+
+
+# -- the words of errors ---------------------------------------------------------------------
+
+
+class TestErrorWords:
+    def test_outage_export_into_a_file_says_it_is_not_a_directory(
+        self, run: Run, with_outage: Path, tmp_path: Path
+    ) -> None:
+        """``outage export -o FILE`` said "File exists": -o names a directory."""
+        existing = tmp_path / "notes.txt"
+        existing.write_text("mine")
+        result = run("outage", "export", "1", "-o", existing, "--data-dir", with_outage)
+        assert f"cannot write {existing}: not a directory" in flat(expect(result, 2).stderr)
+        assert existing.read_text() == "mine"
