@@ -202,8 +202,16 @@ def _fail(
         body |= extra or {}
         print(json.dumps(body, ensure_ascii=False))
     else:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(_said(exc))}", highlight=False)
     raise typer.Exit(code)
+
+
+def _said(exc: TillAgentError) -> str:
+    """``exc`` as a line: an invalid input whose message names its field first ("--key-id
+    must be ...") is not prefixed with the field again ("--key-id: --key-id must be")."""
+    if isinstance(exc, InvalidSale) and exc.message.startswith(f"{exc.field} "):
+        return f"{exc.message} [{exc.rule}]"
+    return str(exc)
 
 
 def _ask_service(

@@ -222,7 +222,7 @@ def test_add_pkcs11_without_a_certificate_names_the_option(
         "rule": "required",
     }
     message = flat(expect(run(*pkcs11, "--id", "h", "--key-id", "a_b"), 3).stderr)
-    assert "--key-id: --key-id must be non-empty and must not contain '_'" in message
+    assert "error: --key-id must be non-empty and must not contain '_' [format]" in message
     assert "Traceback" not in message
     assert not data_dir.exists()
 

@@ -352,6 +352,21 @@ class TestSpecialOnAnUnknownRegister:
 
 
 class TestErrorWords:
+    def test_a_bad_key_id_names_the_option_once(self, run: Run, data_dir: Path) -> None:
+        """``--key-id: --key-id must be ...``: the option once; --json keeps its fields."""
+        create = ("unit", "create-software", "--key-id", "bad", "--data-dir", data_dir)
+        text = flat(expect(run(*create), 3).stderr)
+        assert "error: --key-id must be Ordnungsbegriff-KeyID" in text
+        assert "--key-id: --key-id" not in text
+        assert text.endswith("[format]")
+        body = json.loads(expect(run(*create, "--json"), 3).stdout)
+        assert (body["error"], body["field"], body["rule"]) == ("InvalidSale", "--key-id", "format")
+        assert body["message"].startswith("--key-id must be Ordnungsbegriff-KeyID")
+
+    def test_another_invalid_input_still_names_its_field(self, run: Run, till: Path) -> None:
+        text = flat(expect(run("special", "KASSE-1", "weekly", "--data-dir", till), 3).stderr)
+        assert "error: kind: use null, monthly, yearly or closing [allowed-values]" in text
+
     def test_outage_export_into_a_file_says_it_is_not_a_directory(
         self, run: Run, with_outage: Path, tmp_path: Path
     ) -> None:
