@@ -19,7 +19,7 @@ from agent import __version__
 from agent.cli import app
 
 USAGE_ERRORS = [
-    (("verify", "missing.json", "c.json"), "Invalid value for 'dep'"),
+    (("verify", "missing.json"), "Missing argument 'container'"),
     (("export", "dep", "--register", "K", "--from", "2026-13-01", "-o", "x"), "'--from'"),
     (("outage", "show", "0"), "Invalid value for 'outage_id'"),
     (("issue", "--bogus"), "No such option: --bogus"),
