@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import sqlite3
 from collections.abc import Sequence
@@ -18,15 +19,16 @@ from agent.at_rksv.counter import (
     MIN_COUNTER_BYTES,
 )
 from agent.errors import InvalidSale, RegisterClosed, WaitsForUnit
-from agent.receipt_records import check_id
 from agent.waiting import open_waiting
 from storage.journal import append_event, canonical_json
 
 __all__ = [
     "CLOSING_SENT",
+    "RECEIPT_ID_FORMAT_RULE",
     "START_SENT",
     "RegisterSetup",
     "check_new_register",
+    "check_receipt_id_format",
     "check_setup",
     "create_register",
     "open_register",
@@ -47,6 +49,19 @@ START_SENT = (
     "register {register}: its Startbeleg was sent to the chain service, but no answer came;"
     " it waits and is sent again unchanged as soon as the service answers (till-agent"
     " outage recover)"
+)
+
+# the widest {number:0Nd}, and the longest literal text: any number up to 20 digits (2**64)
+# still gives an id of at most 64 characters (check_id, receipts.receipt_id)
+_MAX_WIDTH = 20
+_MAX_LITERAL = 64 - _MAX_WIDTH
+RECEIPT_ID_FORMAT_RULE = (
+    "a receipt id format is literal text (printable, without '_', '{' or '}', at most"
+    f" {_MAX_LITERAL} characters) around exactly one {{number}}, {{number:0Nd}} (zero-padded)"
+    f" or {{number:Nd}} (space-padded), N from 1 to {_MAX_WIDTH}; e.g. 'B{{number:06d}}'"
+)
+_RECEIPT_ID_FORMAT = re.compile(
+    r"(?P<prefix>[^{}_]*)\{number(?::0?(?P<width>[1-9][0-9]?)d)?\}(?P<suffix>[^{}_]*)"
 )
 
 
@@ -218,15 +233,7 @@ def check_setup(setup: RegisterSetup) -> None:
     """Refuse a register that could never sell, before anything is written."""
     if not is_register_id(setup.register_id):
         raise InvalidSale("register", "id-format", REGISTER_ID_RULE)
-    try:
-        first, second = (setup.receipt_id_format.format(number=n) for n in (1, 2))
-    except (KeyError, IndexError, ValueError) as exc:
-        raise InvalidSale(
-            "receipt_id_format", "format", f"use {{number}} (optionally like {{number:06d}}): {exc}"
-        ) from exc
-    if first == second:
-        raise InvalidSale("receipt_id_format", "format", "the format must contain {number}")
-    check_id("receipt_id_format", first)
+    check_receipt_id_format(setup.receipt_id_format)
     if not MIN_COUNTER_BYTES <= setup.counter_bytes <= ISSUED_COUNTER_BYTES_MAX:
         raise InvalidSale("counter_bytes", "range", ISSUED_COUNTER_BYTES_RULE)
     if setup.timezone not in AUSTRIAN_ZONES:
@@ -242,3 +249,22 @@ def check_setup(setup: RegisterSetup) -> None:
         raise InvalidSale("timezone", "time-zone", f"unknown time zone {setup.timezone!r}") from exc
     if len(setup.aes_key) != 32:
         raise InvalidSale("aes_key", "aes-256", "the AES key must be 32 bytes")
+
+
+def check_receipt_id_format(value: str) -> None:
+    """Refuse a receipt id format that could ever give two receipts one id, or an id that
+    :func:`~agent.receipt_records.check_id` refuses (see :data:`RECEIPT_ID_FORMAT_RULE`):
+    the config's ``[register] receipt_id_format`` and ``init --receipt-id-format`` both.
+
+    Only plain decimal numbers are allowed: ``'{number:.1e}'`` gives receipts 100 and
+    101 the same id, and ``'{number:_}'`` an id with '_' from 1000 on.
+    """
+    match = _RECEIPT_ID_FORMAT.fullmatch(value)
+    literal = "" if match is None else match["prefix"] + match["suffix"]
+    if (
+        match is None
+        or not literal.isprintable()
+        or len(literal) > _MAX_LITERAL
+        or int(match["width"] or 1) > _MAX_WIDTH
+    ):
+        raise InvalidSale("receipt_id_format", "format", f"{value!r}: {RECEIPT_ID_FORMAT_RULE}")
