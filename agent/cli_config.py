@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from agent.cli_base import err, out
 from agent.config import CONFIG_ENV, ENV_PREFIX, AgentConfig, find_config_file, load_config
-from agent.errors import ConfigurationError
+from agent.errors import ConfigurationError, InvalidSale
 from agent.signing.config import UnitConfig
 
 __all__ = ["ConfigOption", "config_app"]
@@ -76,7 +76,11 @@ def config_check(
     problems = check_resources(loaded)
     if problems:
         _invalid(ConfigurationError("\n".join(problems)), as_json)
-    warnings = (loaded.printer.header_warning, loaded.backup.same_disk_warning(loaded.data_dir))
+    warnings = (
+        loaded.printer.header_warning,
+        loaded.backup.same_disk_warning(loaded.data_dir),
+        _kept_register_warning(loaded),
+    )
     for warning in filter(None, warnings):  # stderr: --json output stays one object
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     if as_json:
@@ -110,6 +114,7 @@ def check_resources(config: AgentConfig) -> list[str]:
     problems += [
         f"units.{unit.id}: {problem}" for unit in config.units for problem in _unit_problems(unit)
     ]
+    problems += _new_register_problems(config)
     if config.printer.kind in ("usb", "serial"):
         from agent.printing.config import open_printer
 
@@ -118,6 +123,73 @@ def check_resources(config: AgentConfig) -> list[str]:
         except ConfigurationError as exc:
             problems.append(f"printer.kind: {exc}")
     return problems
+
+
+def _new_register_problems(config: AgentConfig) -> list[str]:
+    """What `run` refuses when it creates the configured register (registers.check_setup:
+    e.g. a counter of more than 8 bytes, which still loads for an existing register): only
+    when the data directory does not hold that register, or the check cannot tell."""
+    from agent.registers import RegisterSetup, check_setup
+
+    reg = config.register_
+    if _holds_register(config) is True:
+        return []
+    setup = RegisterSetup(
+        reg.id,
+        [],  # the units are checked above; check_setup does not look at them
+        counter_bytes=reg.counter_bytes,
+        timezone=reg.timezone,
+        receipt_id_format=reg.receipt_id_format,
+    )
+    try:
+        check_setup(setup)
+    except InvalidSale as exc:
+        return [
+            f"register.{exc.field}: {exc.message} [{exc.rule}] (register {reg.id} is not in"
+            f" {config.data_dir}, or its database cannot be read: `run` would create it so)"
+        ]
+    return []
+
+
+def _kept_register_warning(config: AgentConfig) -> str | None:
+    """For an existing register: a configured counter_bytes that a new register would not
+    get is ignored there (the register keeps the size it was created with)."""
+    from agent.at_rksv.counter import ISSUED_COUNTER_BYTES_MAX
+
+    reg = config.register_
+    if reg.counter_bytes <= ISSUED_COUNTER_BYTES_MAX or _holds_register(config) is not True:
+        return None
+    return (
+        f"register.counter_bytes = {reg.counter_bytes} is ignored: register {reg.id} exists"
+        f" in {config.data_dir} and keeps the counter size it was created with (a new"
+        f" register would be refused: 5 to {ISSUED_COUNTER_BYTES_MAX} bytes)"
+    )
+
+
+def _holds_register(config: AgentConfig) -> bool | None:
+    """Whether the data directory holds the configured register (or its waiting
+    Startbeleg); None when its database cannot be read (no permission, damaged)."""
+    from agent.errors import NoDatabase, StorageError
+    from storage.db import open_till_db
+
+    register_id = config.register_.id
+    try:
+        db = open_till_db(config.data_dir, writer=False)
+    except NoDatabase:
+        return False
+    except StorageError:
+        return None
+    try:
+        with db.read_connection() as conn:
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM registers WHERE id = ?) OR EXISTS (SELECT 1"
+                " FROM waiting_specials WHERE register_id = ? AND kind = 'start'"
+                " AND done_at IS NULL)",
+                (register_id, register_id),
+            ).fetchone()
+    finally:
+        db.close()
+    return bool(row[0])
 
 
 def _unit_problems(unit: UnitConfig) -> list[str]:

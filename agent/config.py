@@ -129,6 +129,7 @@ class RegisterConfig(_Section):
     timezone: str = "Europe/Vienna"
     # up to 16 still loads (a till configured so before keeps starting); a new register
     # gets 5 to 8 (agent.at_rksv.counter.ISSUED_COUNTER_BYTES_MAX), refused naming the field
+    # by `run` and, while the data directory does not hold the register, by `config check`
     counter_bytes: int = Field(8, ge=MIN_COUNTER_BYTES, le=MAX_COUNTER_BYTES)
     receipt_id_format: str = "{number}"
 
