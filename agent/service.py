@@ -1,20 +1,26 @@
 """``till-agent run``: one process for ingestion, receipts, probe, timers and printing.
 
 Start order: open (lock, check, migrate) the till database -> units -> receipt service ->
-sd_notify READY (nothing networked has happened yet) -> register (its Startbeleg waits if
-the unit cannot sign) -> printer, probe, timers, spool, local API (a TCP one names its
-address in ``<data_dir>/api-address``, see agent.local_api). SIGTERM stops the
+sd_notify READY (nothing networked has happened yet) -> what a wrong configuration makes
+fail (printer, backup and spool directories, API token, the API's address tried once) ->
+register (its Startbeleg waits if the unit cannot sign) -> printer, probe, timers, spool,
+local API (a TCP one names its address in ``<data_dir>/api-address``, see
+agent.local_api). So a taken port or a missing socket directory stops the start before
+the register is created and its signed Startbeleg issued. SIGTERM stops the
 ingestion first (the receipt in flight is finished and answered), then the rest, and
 closes the database. WATCHDOG=1 is sent only while every loop makes progress.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
 import shutil
 import signal
+import socket
+import stat
 import tempfile
 import threading
 import time
@@ -75,6 +81,43 @@ def _raise_open_files_limit() -> None:
         log.info("open files limit raised from %d to %d", soft, target)
     else:
         log.info("open files limit %d", soft)
+
+
+def _try_listen(server: ApiServer) -> None:
+    """Listen on the server's address once and let it go, before anything fiscal happens.
+
+    ApiServer binds only as it starts; a port taken in the moment between this and that
+    still fails the start (after the register), as before.
+
+    Raises:
+        ConfigurationError: the address cannot be listened on, as ApiServer.start says.
+    """
+    if server.uds is None and server.port == 0:
+        return  # the OS picks a free port
+    where = str(server.uds) if server.uds is not None else f"{server.host}:{server.port}"
+    try:
+        if server.uds is not None:
+            _try_unix(server.uds)
+            return
+        family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ApiServer
+            sock.bind((server.host, server.port))
+            sock.listen(1)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {where}: {exc}") from exc
+
+
+def _try_unix(path: Path) -> None:
+    """Bind a unix socket at ``path`` and remove it again; one left there by a crashed
+    agent is replaced as ApiServer replaces it (we hold the data directory lock)."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise ConfigurationError(f"{path} exists and is not a socket")
+        path.unlink()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+        path.unlink()
 
 
 class _Backend(ServiceBackend):
@@ -151,9 +194,13 @@ class TillService:
             header=self.config.printer.header,
             on_progress=lambda: self.watchdog.beat("printer"),
         )
-        self._ensure_register(unit_ids)
         self.backups = self._backups()
         self.backend = _Backend(self)
+        # everything a wrong configuration makes fail comes before the register: its
+        # Startbeleg is signed and journaled, never taken back
+        spool = self._spool()
+        api = self._api_server() if self.config.api.enabled else None
+        self._ensure_register(unit_ids)
         self.prober = Prober(
             self.receipts, self.config.probe.backoff(), deadline=self.config.sign_timeout_s
         )
@@ -176,20 +223,19 @@ class TillService:
                 "backup", self._backup_step, max_wait=BACKUPS_EVERY_S, error_wait=BACKUPS_EVERY_S
             )
             self.backup_loop.start()
-        if self.config.spool.enabled:
-            assert self.config.spool.dir is not None
+        if spool is not None:
             self.watchdog.register(
                 "spool", self._silence_with_signing(max(30.0, 3 * self.config.spool.rescan_s))
             )
             self.spool = SpoolIngestor(
-                Spool(self.config.spool.dir),
+                spool,
                 self.backend.issue_sale,
                 rescan_s=self.config.spool.rescan_s,
                 on_progress=lambda: self.watchdog.beat("spool"),
             )
             self.spool.start()
-        if self.config.api.enabled:
-            self.api = self._start_api()
+        if api is not None:
+            self.api = self._start_api(api)
         self.watchdog.start()
         sdnotify.status(self._status_line())
         log.info("till-agent running; data in %s", data_dir)
@@ -319,7 +365,21 @@ class TillService:
         assert backup.dir is not None
         return DepBackups(self.db, backup.dir, self.clock, data_dir=self.config.data_dir)
 
-    def _start_api(self) -> ApiServer:
+    def _spool(self) -> Spool | None:
+        """The spool with its directories made (a wrong ``[spool] dir`` fails here); None
+        when ``[spool] enabled = false``."""
+        if not self.config.spool.enabled:
+            return None
+        assert self.config.spool.dir is not None
+        return Spool(self.config.spool.dir)
+
+    def _api_server(self) -> ApiServer:
+        """The local API, not started yet: its token read (or made) and its address tried.
+
+        Raises:
+            ConfigurationError: the token file cannot be used, or the address cannot be
+                listened on (a port another process holds, no socket directory).
+        """
         api = self.config.api
         assert api.token_file is not None
         app = create_app(self.backend, token=ensure_api_token(api.token_file))
@@ -327,6 +387,11 @@ class TillService:
             server = serve(app, uds=api.unix_socket)
         else:
             server = serve(app, host=api.host, port=api.port)
+        _try_listen(server)
+        return server
+
+    def _start_api(self, server: ApiServer) -> ApiServer:
+        api = self.config.api
         server.start()
         if server.uds is not None:
             log.info("local API on %s", server.location)
