@@ -342,8 +342,23 @@ class TillService:
             self.printer.notify()
 
     def _uninitialized(self, register_id: str) -> None:
+        """Warn that the configured register does not exist: name the registers the data
+        directory holds (set up with ``init``, the configuration names another), else
+        how to initialize it."""
         with self.db.read_connection() as conn:
             units = [str(row[0]) for row in conn.execute("SELECT id FROM units ORDER BY id")]
+            others = [str(row[0]) for row in conn.execute("SELECT id FROM registers ORDER BY id")]
+        if others:
+            log.warning(
+                "register %s ([register] id) is not initialized, but this data directory"
+                " holds register %s: to sell on it, set [register] id = %s in the"
+                " configuration; until then sales for %s are refused",
+                register_id,
+                ", ".join(others),
+                " or ".join(f'"{other}"' for other in others),
+                register_id,
+            )
+            return
         log.warning(
             "register %s is not initialized and no [[units]] are configured: initialize it"
             " with `till-agent init %s --unit ID` (units here: %s); until then its sales"
