@@ -57,6 +57,16 @@ class _Sent:
     recovered: bool  # the first job after a failure streak: its record journals that
 
 
+def _log_not_printed(register_id: str, last: int) -> None:
+    log.info(
+        "register %s: receipts 1 to %d were issued before printing was set up and are not"
+        " printed; `till-agent reprint %s NUMBER` prints a copy of one",
+        register_id,
+        last,
+        register_id,
+    )
+
+
 class PrintWorker:
     """Renders and prints committed receipts in a thread of its own.
 
@@ -71,6 +81,11 @@ class PrintWorker:
             the service watchdog).
         pass_s: a pass starts no new job after this many seconds (it always sends one);
             the loop comes back at once for the rest.
+        print_startbeleg: a register that never had a print job and whose only receipt
+            is its Startbeleg (set up with ``till-agent init`` before the first ``run``)
+            is printed from its start, the Startbeleg too; ``till-agent run`` sets it.
+            Otherwise (and for a register with more receipts) printing starts after its
+            last receipt.
     """
 
     def __init__(
@@ -83,6 +98,7 @@ class PrintWorker:
         header: Sequence[str] = (),
         on_progress: Callable[[], None] | None = None,
         pass_s: float = 10.0,
+        print_startbeleg: bool = False,
     ) -> None:
         self.service = service
         self.printer = printer
@@ -102,12 +118,14 @@ class PrintWorker:
         self._loop = BackgroundLoop("printer", self._step, max_wait=1.0)
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # a pass starts no new job once it is set
-        self._init_cursors()
+        self._init_cursors(print_startbeleg)
 
-    def _init_cursors(self) -> None:
+    def _init_cursors(self, print_startbeleg: bool) -> None:
         """Print from the last job on. A register that never had a job gets a ``skipped``
         job for its current last receipt: receipts issued before printing was set up are
-        not printed, and every later one is found even after a crash. Without a printer
+        not printed (logged once, at INFO), and every later one is found even after a
+        crash; with ``print_startbeleg``, one whose only receipt is its Startbeleg gets
+        the job for number 0 instead (see :meth:`print_from_start`). Without a printer
         (kind ``none``), jobs an earlier printer left open are ``skipped``, not recorded
         as printed (a reprint prints one once a printer is set up again)."""
         with self.service.db.write_connection().transaction() as conn:
@@ -123,9 +141,12 @@ class PrintWorker:
                 )
             for reg, last in conn.execute("SELECT id, last_number FROM registers").fetchall():
                 printed = print_jobs.last_original(conn, reg)
-                if printed is None and last > 0:
-                    print_jobs.add_job(conn, reg, last, 0, b"", "skipped")
-                self._cursor[reg] = int(printed if printed is not None else last)
+                if printed is None:
+                    printed = 0 if last == 1 and print_startbeleg else int(last)
+                    print_jobs.add_job(conn, reg, printed, 0, b"", "skipped")
+                    if printed > 1:
+                        _log_not_printed(reg, printed)
+                self._cursor[reg] = int(printed)
 
     def print_from_start(self, register_id: str) -> None:
         """Print every receipt of a register about to be created, its Startbeleg too.

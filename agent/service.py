@@ -193,6 +193,7 @@ class TillService:
             escpos=self.config.printer.escpos,
             header=self.config.printer.header,
             on_progress=lambda: self.watchdog.beat("printer"),
+            print_startbeleg=True,  # a register set up with `init`: its Startbeleg too
         )
         self.backups = self._backups()
         self.backend = _Backend(self)
