@@ -610,8 +610,9 @@ class _H11Protocol(H11Protocol):
 class ApiServer:
     """uvicorn serving one app on a thread, on a TCP socket or a unix socket.
 
-    The socket is bound in :meth:`start` (so port 0 works and :attr:`port` is known);
-    a unix socket gets ``uds_mode`` and is removed again by :meth:`stop`.
+    The socket is bound by :meth:`bind`, or else in :meth:`start` (so port 0 works and
+    :attr:`port` is known); a unix socket gets ``uds_mode`` and is removed again by
+    :meth:`stop`.
     """
 
     def __init__(
@@ -648,6 +649,7 @@ class ApiServer:
             uvicorn_log.addFilter(OVER_LIMIT_FILTER)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None  # bound by bind(), not served yet
 
     @property
     def url(self) -> str:
@@ -661,15 +663,26 @@ class ApiServer:
         """Where clients connect, for a log line: the base URL, or ``unix socket PATH``."""
         return f"unix socket {self.uds}" if self.uds is not None else self.url
 
+    def bind(self) -> None:
+        """Bind the address now (a till service does, before anything fiscal happens);
+        :meth:`start` serves on it. Binding twice keeps the first socket.
+
+        Raises:
+            ConfigurationError: the address cannot be bound.
+        """
+        if self._sock is None:
+            self._sock = self._bind()
+
     def start(self, timeout: float = 10.0) -> None:
-        """Bind, start serving and return once the server accepts connections.
+        """Bind (unless :meth:`bind` did), start serving and return once the server
+        accepts connections.
 
         Raises:
             ConfigurationError: the address cannot be bound or the server did not start.
         """
         if self._thread is not None:
             raise RuntimeError("the API server is already running")
-        sock = self._bind()
+        sock, self._sock = self._sock or self._bind(), None
         server = uvicorn.Server(self._config)
         thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="api", daemon=True
@@ -686,9 +699,14 @@ class ApiServer:
         log.info("api: listening on %s", self._where())
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop accepting, let running requests finish (5 s at most), join the thread."""
+        """Stop accepting, let running requests finish (5 s at most), join the thread; a
+        socket bound but never served is closed (and a unix socket's file removed)."""
         server, thread = self._server, self._thread
         if server is None or thread is None:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+                self._remove_socket_file()
             return
         server.should_exit = True
         thread.join(timeout)
@@ -696,6 +714,9 @@ class ApiServer:
             server.force_exit = True
             thread.join(timeout)
         self._server = self._thread = None
+        self._remove_socket_file()
+
+    def _remove_socket_file(self) -> None:
         if self.uds is not None:
             with contextlib.suppress(FileNotFoundError):
                 if stat.S_ISSOCK(self.uds.lstat().st_mode):

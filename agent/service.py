@@ -13,14 +13,11 @@ closes the database. WATCHDOG=1 is sent only while every loop makes progress.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import resource
 import shutil
 import signal
-import socket
-import stat
 import tempfile
 import threading
 import time
@@ -81,43 +78,6 @@ def _raise_open_files_limit() -> None:
         log.info("open files limit raised from %d to %d", soft, target)
     else:
         log.info("open files limit %d", soft)
-
-
-def _try_listen(server: ApiServer) -> None:
-    """Listen on the server's address once and let it go, before anything fiscal happens.
-
-    ApiServer binds only as it starts; a port taken in the moment between this and that
-    still fails the start (after the register), as before.
-
-    Raises:
-        ConfigurationError: the address cannot be listened on, as ApiServer.start says.
-    """
-    if server.uds is None and server.port == 0:
-        return  # the OS picks a free port
-    where = str(server.uds) if server.uds is not None else f"{server.host}:{server.port}"
-    try:
-        if server.uds is not None:
-            _try_unix(server.uds)
-            return
-        family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ApiServer
-            sock.bind((server.host, server.port))
-            sock.listen(1)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot listen on {where}: {exc}") from exc
-
-
-def _try_unix(path: Path) -> None:
-    """Bind a unix socket at ``path`` and remove it again; one left there by a crashed
-    agent is replaced as ApiServer replaces it (we hold the data directory lock)."""
-    with contextlib.suppress(FileNotFoundError):
-        if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise ConfigurationError(f"{path} exists and is not a socket")
-        path.unlink()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.bind(str(path))
-        path.unlink()
 
 
 class _Backend(ServiceBackend):
@@ -201,6 +161,7 @@ class TillService:
         # Startbeleg is signed and journaled, never taken back
         spool = self._spool()
         api = self._api_server() if self.config.api.enabled else None
+        self.api = api  # bound, not served yet: stop() releases it if the start fails
         self._ensure_register(unit_ids)
         self.prober = Prober(
             self.receipts, self.config.probe.backoff(), deadline=self.config.sign_timeout_s
@@ -403,7 +364,7 @@ class TillService:
             server = serve(app, uds=api.unix_socket)
         else:
             server = serve(app, host=api.host, port=api.port)
-        _try_listen(server)
+        server.bind()  # before anything fiscal: a taken port fails the start cleanly
         return server
 
     def _start_api(self, server: ApiServer) -> ApiServer:
