@@ -89,7 +89,27 @@ def check_new_register(conn: sqlite3.Connection, setup: RegisterSetup) -> bool:
     closed = zdas[0] == "AT0"
     if any((z == "AT0") != closed for z in zdas):
         raise InvalidSale("units", "one-system", "do not mix closed (AT0) and open units")
+    _check_unit_serials(conn, setup.unit_ids)
     return closed
+
+
+def _check_unit_serials(conn: sqlite3.Connection, unit_ids: Sequence[str]) -> None:
+    """Refuse two units with one serial (certificate serial or key id) and different keys:
+    a receipt names its unit by it (field 11), and the crypto container keys by it."""
+    seen: dict[str, tuple[str, bytes]] = {}
+    for unit_id in unit_ids:
+        serial, key = conn.execute(
+            "SELECT serial, public_key_der FROM units WHERE id = ?", (unit_id,)
+        ).fetchone()
+        first = seen.setdefault(str(serial), (unit_id, bytes(key)))
+        if first[1] != bytes(key):
+            raise InvalidSale(
+                "units",
+                "serial-unique",
+                f"units {first[0]} and {unit_id} have the same serial or key id {serial!r}"
+                " but different keys: receipts and the crypto container tell units apart by"
+                " it (give each closed-system key its own key id)",
+            )
 
 
 def create_register(
