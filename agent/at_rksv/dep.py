@@ -175,10 +175,28 @@ def _container_entry(unit: Identity) -> dict[str, str]:
 def load_dep(fp: IO[str] | IO[bytes]) -> Iterator[tuple[DepGroup, str]]:
     """Parse a DEP export from ``fp`` and iterate over it; see :func:`iter_dep`."""
     try:
-        document = json.load(fp)  # whole, as it may exceed jsonstream.MAX_VALUE
+        # whole, as it may exceed jsonstream.MAX_VALUE; a key named twice hides a value
+        document = json.load(fp, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise DepFormatError(f"DEP export: {exc.args[0]!r} appears twice in one object") from exc
     except (ValueError, RecursionError) as exc:
         raise DepFormatError(f"DEP export is {json_error(exc)}") from exc
     return iter_dep(document)
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object names a key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return document
 
 
 def stream_dep(
@@ -233,6 +251,8 @@ def _stream_group(reader: JsonReader, where: str) -> Iterator[tuple[DepGroup, st
     for key in reader.members():
         if streamed and key in (RECEIPTS, CERT, CERT_LEGACY, CHAIN):
             raise DepFormatError(f"{where}: {key!r} after {RECEIPTS!r}")
+        if key in fields:  # a second list of receipts must not hide the first (or be hidden)
+            raise DepFormatError(f"{where}: {key!r} appears twice")
         if key != RECEIPTS:
             fields[key] = reader.value()
             continue

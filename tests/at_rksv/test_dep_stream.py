@@ -170,3 +170,24 @@ def test_memory_stays_bounded_for_many_receipts(tmp_path: Path) -> None:
     assert sum(read) == path.stat().st_size  # progress sees every byte
     assert streamed < 2_000_000
     assert whole > 15_000_000
+
+
+@pytest.mark.parametrize("read", [load_dep, stream_dep], ids=["loaded", "streamed"])
+@pytest.mark.parametrize("certificate_first", [False, True], ids=["receipts-first", "cert-first"])
+def test_a_group_naming_its_receipts_twice_is_refused(read: Any, certificate_first: bool) -> None:
+    """A second ``Belege-kompakt`` in one group would hide the first from the verifier
+    (JSON parsers keep the last): the export is malformed, whatever the order."""
+    receipts = '"Belege-kompakt": ["a.b.c"]'
+    certificate = '"Signaturzertifikat": "", "Zertifizierungsstellen": []'
+    members = (
+        [certificate, receipts, receipts]
+        if certificate_first
+        else [
+            receipts,
+            certificate,
+            receipts,
+        ]
+    )
+    text = '{"Belege-Gruppe": [{' + ", ".join(members) + "}]}"
+    with pytest.raises(DepFormatError, match=r"appears twice|after"):
+        list(read(io.StringIO(text)))
