@@ -25,7 +25,7 @@ from agent.cli_base import (
 from agent.cli_commands import (
     _fail_to_write,
     _reader,
-    _refuse_non_regular,
+    _refuse_output,
     _require_register,
     _service,
 )
@@ -133,8 +133,8 @@ def outage_export(
 
     json_file = output / f"outage-{outage_id}.json"
     text_file = output / f"outage-{outage_id}.txt"
-    for path in (json_file, text_file):  # a device or a fifo there: refused before we write
-        _refuse_non_regular(path, as_json)
+    # the till's own files, a read-only file, a device or a fifo: refused before we write
+    _refuse_output(json_file, "--output", data_dir, as_json, text_file)
     pack = _pack(data_dir, outage_id, as_json)
     try:
         output.mkdir(parents=True, exist_ok=True)

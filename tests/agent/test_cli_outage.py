@@ -71,6 +71,25 @@ def test_a_simulated_outage_from_the_command_line(run: Any, tmp_path: Path) -> N
     run("verify", tmp_path / "dep.json", tmp_path / "c.json")
 
 
+def test_an_evidence_pack_never_replaces_a_read_only_file(run: Any, tmp_path: Path) -> None:
+    """An earlier pack kept read-only (0444) is not written over: exit 2 naming --output,
+    nothing written."""
+    run("unit", "create-software", "--id", "dev", "--simulate")
+    run("init", REGISTER, "--unit", "dev")
+    run("simulate", "unit", "down")
+    _issue(run, "b")
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    kept = pack / "outage-1.json"
+    kept.write_text("kept")
+    kept.chmod(0o444)
+    refused = run("outage", "export", "1", "-o", pack, code=2)
+    assert "--output" in refused.stderr
+    assert "read-only" in refused.stderr
+    assert kept.read_text() == "kept"
+    assert not (pack / "outage-1.txt").exists()
+
+
 def test_only_simulated_units_can_be_switched(run: Any) -> None:
     run("unit", "create-software", "--id", "real")
     error = run("simulate", "unit", "down", "--json", code=3).stdout
