@@ -134,7 +134,8 @@ def outage_export(
     json_file = output / f"outage-{outage_id}.json"
     text_file = output / f"outage-{outage_id}.txt"
     # the till's own files, a read-only file, a device or a fifo: refused before we write
-    _refuse_output(json_file, "--output", data_dir, as_json, text_file)
+    for path in (json_file, text_file):
+        _refuse_output(path, "--output", data_dir, as_json)
     pack = _pack(data_dir, outage_id, as_json)
     try:
         output.mkdir(parents=True, exist_ok=True)
