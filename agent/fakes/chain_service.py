@@ -306,6 +306,12 @@ class ChainServiceFake:
             elif self._running and self._server is None:
                 self._listen()
 
+    def drop_connections(self) -> None:
+        """Close every open connection without an answer (a network cut); the mode stays."""
+        with self._listen_lock:
+            if self._server is not None:
+                self._server.drop_connections()
+
     @property
     def requests_seen(self) -> int:
         """Requests read so far, in every mode (connections refused are not requests)."""
@@ -344,6 +350,9 @@ class ChainServiceFake:
             return
         self._server = self._thread = None
         server.shutdown()
+        # refuse new connections before the open ones end: a client that reconnects at once
+        # must meet "connection refused", not a listening socket about to close
+        server.socket.close()
         server.closing.set()
         server.drop_connections()
         server.server_close()  # closes the listening socket, joins the handlers

@@ -12,7 +12,8 @@ Failures are told apart by what the service may have done (``sign``):
   connection, HTTP 401/403/408/429 and 5xx other than 502/504): :class:`UnitUnavailable`;
 * the request was (maybe) sent and no usable answer came (read or write timeout or error,
   the connection closed, a gateway's 502/504): :class:`OutcomeUnknown`; ask with
-  :meth:`~ChainServiceUnit.lookup` later;
+  :meth:`~ChainServiceUnit.lookup` later. A PUT whose connection broke is sent once more;
+  once one may have reached the service, any failure of the next is this, too;
 * it answered with a signature that does not verify against its certificate, or with an
   unreadable body: :class:`InvalidSignature`;
 * it holds a different input under the client id (409) or rejects the request as bad
@@ -208,7 +209,7 @@ class ChainServiceUnit:
             if not isinstance(exc.__cause__, _DROPPED) or deadline - time.monotonic() < _MIN_RETRY:
                 raise
             _log.info("%s: %s; sending it once more", what, exc.__cause__)
-            response = _exchange(self._client, "PUT", path, deadline, what, body=body)
+            response = _resend(self._client, path, deadline, what, body=body, first=exc)
         if response.status_code != 200:
             raise _put_failure(response, what)
         return self._verified(response, data, client_id, what)
@@ -296,6 +297,34 @@ def _exchange(
         return client.request(method, path, json=body, extensions={"timeout": _Remaining(deadline)})
     except httpx.RequestError as exc:
         raise _translate(exc, what, changes_state=method != "GET") from exc
+
+
+def _resend(
+    client: httpx.Client,
+    path: str,
+    deadline: float,
+    what: str,
+    *,
+    body: Mapping[str, Any],
+    first: OutcomeUnknown,
+) -> httpx.Response:
+    """Send a PUT once more after ``first`` left its outcome unknown; a 200 is returned.
+
+    Raises:
+        OutcomeUnknown: whatever goes wrong now, since the first PUT may have been signed
+            (a refusal now, such as 503 or "connection refused", says nothing about it).
+    """
+    try:
+        response = _exchange(client, "PUT", path, deadline, what, body=body)
+        if response.status_code != 200:
+            raise _put_failure(response, what)
+    except OutcomeUnknown:
+        raise
+    except SigningError as exc:
+        raise OutcomeUnknown(
+            f"{first}; sending it once more failed ({exc}), so the first may still be held"
+        ) from exc
+    return response
 
 
 def _translate(exc: httpx.RequestError, what: str, *, changes_state: bool) -> SigningError:

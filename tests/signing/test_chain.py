@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,6 +234,25 @@ class TestFailureModes:
         assert fake.requests_seen == seen + 2
         assert fake.receipts_stored == stored
 
+    @pytest.mark.parametrize(("then", "requests"), [("unreachable", 1), ("down", 2)])
+    def test_a_refused_resend_after_a_lost_answer_stays_unknown(
+        self, fake: ChainServiceFake, unit: ChainServiceUnit, then: Mode, requests: int
+    ) -> None:
+        """The first PUT was signed, its answer lost: a refused resend leaves it unknown."""
+        data = receipt(1)
+        seen = fake.requests_seen
+        fake.mode = "lose_response"
+        cut = threading.Thread(target=_cut_after_first_receipt, args=(fake, then))
+        cut.start()
+        try:
+            with pytest.raises(OutcomeUnknown, match="may still be held"):
+                unit.sign(data, deadline=soon())
+        finally:
+            cut.join()
+        assert fake.requests_seen == seen + requests
+        fake.mode = "up"
+        assert unit.lookup(data, deadline=soon()) is not None
+
     def test_unreachable_then_up_serves_again_on_the_same_port(
         self, fake: ChainServiceFake, unit: ChainServiceUnit
     ) -> None:
@@ -246,6 +266,15 @@ class TestFailureModes:
         assert fake.port == port
         assert len(unit.sign(receipt(2), deadline=soon())) == 64
         assert fake.receipts_stored == 2
+
+
+def _cut_after_first_receipt(fake: ChainServiceFake, then: Mode) -> None:
+    """Once the fake has stored a receipt, switch it to ``then`` and cut its connections."""
+    ends = soon()
+    while fake.receipts_stored < 1 and time.monotonic() < ends:
+        time.sleep(0.005)
+    fake.mode = then
+    fake.drop_connections()
 
 
 class TestLookup:
