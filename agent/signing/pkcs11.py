@@ -14,6 +14,10 @@ PKCS#11 hazards this module absorbs, so that nothing above it has to know them:
   the lock ends at the same deadline.
 * python-pkcs11 errors carry no message: they are translated here, once, into
   :class:`ConfigurationError` (open) or :class:`UnitUnavailable` (sign, probe).
+* A session can die under us (card pulled and put back, reader or HSM restart, a session
+  timeout): the call that meets it fails as unavailable, the session is dropped (no other
+  unit or open is handed it again), and the next call of each unit on that token opens a
+  new session and logs in again, so the probe finds the token once it is back.
 """
 
 from __future__ import annotations
@@ -74,6 +78,15 @@ _PHRASES: dict[type[p11.PKCS11Error], str] = {
     p11.SessionHandleInvalid: "the session is no longer valid",
     p11.SessionClosed: "the session was closed",
 }
+# the session (or its login) is gone: only a new session, logged in again, can go on
+_SESSION_LOST: tuple[type[p11.PKCS11Error], ...] = (
+    p11.SessionHandleInvalid,
+    p11.SessionClosed,
+    p11.DeviceRemoved,
+    p11.TokenNotPresent,
+    p11.TokenNotRecognised,
+    p11.UserNotLoggedIn,
+)
 
 
 class _SigningKey(Protocol):
@@ -138,6 +151,7 @@ class _SharedSession:
     pin: str
     lock: threading.Lock = field(default_factory=threading.Lock)
     users: int = 1
+    lost: bool = False  # the session died; it is closed and no longer handed out
 
 
 # Mirrors state the PKCS#11 library itself keeps per process (the login), so it is global.
@@ -185,7 +199,7 @@ def _acquire_session(module: Path, token_label: str, pin: str, what: str) -> _Sh
 def _release_session(shared: _SharedSession) -> None:
     with _sessions_lock:
         shared.users -= 1
-        if shared.users > 0:
+        if shared.users > 0 or shared.lost:  # a lost session was closed when it was lost
             return
         del _sessions[shared.key]
     try:
@@ -193,6 +207,25 @@ def _release_session(shared: _SharedSession) -> None:
             shared.session.close()  # also logs out
     except (UnitUnavailable, p11.PKCS11Error) as exc:
         _log.warning("closing the session on token %r failed: %s", shared.key[1], exc)
+
+
+def _drop_lost_session(shared: _SharedSession, exc: p11.PKCS11Error) -> None:
+    """Stop handing out ``shared``, whose session died, and close it; its units reconnect.
+
+    Call with ``shared.lock`` held. It is closed now, before any new login, because a
+    logout (part of the close) ends the login of every session of the process on the token.
+    """
+    with _sessions_lock:
+        if shared.lost:
+            return
+        shared.lost = True
+        if _sessions.get(shared.key) is shared:
+            del _sessions[shared.key]
+    _log.warning("token %r: %s; the next call opens a new session", shared.key[1], _describe(exc))
+    try:
+        shared.session.close()
+    except p11.PKCS11Error as close_exc:  # mostly gone already: nothing left to close
+        _log.debug("closing the lost session failed: %s", _describe(close_exc))
 
 
 def _find_private_key(session: Any, label: str) -> Any:
@@ -241,7 +274,7 @@ def _required(config: UnitConfig) -> tuple[Path, str, str, str]:
 class Pkcs11Unit:
     """Signs with a private key that never leaves a PKCS#11 token."""
 
-    __slots__ = ("_closed", "_identity", "_key", "_key_label", "_shared", "_signer")
+    __slots__ = ("_closed", "_identity", "_key", "_key_label", "_renew_lock", "_shared", "_signer")
 
     def __init__(
         self, shared: _SharedSession, key: Any, key_label: str, signer: _Signer, identity: Identity
@@ -252,6 +285,7 @@ class Pkcs11Unit:
         self._signer = signer
         self._identity = identity
         self._closed = False
+        self._renew_lock = threading.Lock()  # one new session at a time for this unit
 
     @classmethod
     def from_config(cls, config: UnitConfig) -> Pkcs11Unit:
@@ -265,14 +299,18 @@ class Pkcs11Unit:
         cert = None
         if config.zda != "AT0" and config.certificate_file is not None:
             cert = load_certificate(config.certificate_file)
-        shared = _acquire_session(module, token_label, pin, what)
-        try:
-            unit = cls._open(config, shared, key_label, cert)
-            unit._check_key()
-        except BaseException:
-            _release_session(shared)
-            raise
-        return unit
+        for retry in (False, True):  # once more if the session this process held had died
+            shared = _acquire_session(module, token_label, pin, what)
+            try:
+                unit = cls._open(config, shared, key_label, cert)
+                unit._check_key()
+            except BaseException:
+                _release_session(shared)
+                if retry or not shared.lost:
+                    raise
+            else:
+                return unit
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @classmethod
     def _open(
@@ -291,6 +329,11 @@ class Pkcs11Unit:
                 key, token_public = _find_keys(shared.session, key_label, what)
         except UnitUnavailable as exc:
             raise ConfigurationError(str(exc)) from exc
+        except ConfigurationError as exc:
+            if isinstance(exc.__cause__, _SESSION_LOST):
+                with _locked(shared.lock, time.monotonic() + _OPEN_TIMEOUT, what):
+                    _drop_lost_session(shared, exc.__cause__)
+            raise
         return cls(shared, key, key_label, signer, _identity(config, token_public, cert))
 
     @property
@@ -303,18 +346,30 @@ class Pkcs11Unit:
 
     def sign(self, data: bytes, *, deadline: float) -> bytes:
         """Sign ``data`` on the token; see :meth:`SignatureUnit.sign`."""
-        return self._call(lambda: self._signer.sign(self._key, data), deadline, "sign")
+        return self._call(lambda _, key: self._signer.sign(key, data), deadline, "sign")
 
     def probe(self, *, deadline: float) -> None:
-        """Look the private key up again: fails when the token is gone or logged out."""
-        session = self._shared.session
-        self._call(lambda: _find_private_key(session, self._key_label), deadline, "probe")
+        """Look the private key up again: fails when the token is gone or logged out.
+
+        After a lost session it opens a new one and logs in again first, so it passes
+        once the token is back.
+        """
+        find = _find_private_key
+        self._call(lambda session, _: find(session, self._key_label), deadline, "probe")
 
     def close(self) -> None:
         """Leave the shared session; the last unit on the token closes it (idempotent)."""
-        if not self._closed:
-            self._closed = True
-            _release_session(self._shared)
+        if self._closed:
+            return
+        # not while a new login is under way (it would be left open); a hung one is not waited for
+        renewing = self._renew_lock.acquire(timeout=_OPEN_TIMEOUT)
+        try:
+            if not self._closed:
+                self._closed = True
+                _release_session(self._shared)
+        finally:
+            if renewing:
+                self._renew_lock.release()
 
     def _check_key(self) -> None:
         """Sign a fixed string and verify it, so a mismatched key fails at start-up."""
@@ -326,19 +381,65 @@ class Pkcs11Unit:
         if not verify_rs(self._identity.public_key(), _KEY_CHECK, signature):
             raise ConfigurationError(f"{what}: the token key does not match the public key")
 
-    def _call(self, fn: Callable[[], T], deadline: float, operation: str) -> T:
+    def _call(self, fn: Callable[[Any, Any], T], deadline: float, operation: str) -> T:
+        """Run ``fn(session, key)`` under the session's lock, by ``deadline``."""
         what = f"unit {self._identity.unit_id} {operation}"
         if self._closed:
             raise UnitUnavailable(f"{what}: the unit is closed")
 
         def locked() -> T:
-            with _locked(self._shared.lock, deadline, what):
+            shared, key = self._current(deadline, what)
+            with _locked(shared.lock, deadline, what):
+                if shared.lost:  # another unit met the loss while we waited
+                    raise UnitUnavailable(f"{what}: the session was lost; try again")
                 try:
-                    return fn()
+                    return fn(shared.session, key)
                 except p11.PKCS11Error as exc:
+                    if isinstance(exc, _SESSION_LOST):
+                        _drop_lost_session(shared, exc)
                     raise UnitUnavailable(f"{what}: {_describe(exc)}") from exc
 
         return call_with_deadline(locked, deadline, what)
+
+    def _current(self, deadline: float, what: str) -> tuple[_SharedSession, Any]:
+        """The session and key to use: after a lost session, a new login and key lookup."""
+        with _locked(self._renew_lock, deadline, what):
+            old = self._shared
+            if old.lost and not self._closed:
+                self._shared, self._key = self._renewed(old, deadline, what)
+                _release_session(old)
+            return self._shared, self._key
+
+    def _renewed(
+        self, old: _SharedSession, deadline: float, what: str
+    ) -> tuple[_SharedSession, Any]:
+        """Log in to the token again (or join a new login) and find the key there.
+
+        Raises:
+            UnitUnavailable: the token is not back, or holds another key under the label.
+        """
+        module, token_label = old.key
+        try:
+            shared = _acquire_session(Path(module), token_label, old.pin, what)
+        except ConfigurationError as exc:
+            raise UnitUnavailable(f"{what}: cannot log in again: {exc}") from exc
+        try:
+            with _locked(shared.lock, deadline, what):
+                try:
+                    key, public = _find_keys(shared.session, self._key_label, what)
+                except ConfigurationError as exc:
+                    if isinstance(exc.__cause__, _SESSION_LOST):
+                        _drop_lost_session(shared, exc.__cause__)
+                    raise UnitUnavailable(f"{what}: after a new login: {exc}") from exc
+            if public is not None and public != _normalised(self._identity.public_key_der):
+                raise UnitUnavailable(
+                    f"{what}: the token now holds another key {self._key_label!r}"
+                )
+        except BaseException:
+            _release_session(shared)
+            raise
+        _log.info("%s: logged in to token %r again", what, token_label)
+        return shared, key
 
 
 def create_pkcs11_key(module: Path | str, token_label: str, pin: str, key_label: str) -> bytes:
