@@ -141,6 +141,10 @@ class ReceiptService:
             issued_at: a scenario replay's date (default: now, in the register's zone).
             unit_position: a scenario replay's unit (default: the first of ``setup``).
 
+        A Startbeleg of the register that waits (``run``'s first start with the unit down)
+        and was never sent to a chain service is done with the one issued now, in the same
+        transaction; one that was sent is completed by :meth:`recover` only.
+
         Raises:
             InvalidSale: a bad id or format, or the register exists already.
             FiscalError: the unit cannot sign (the register is not created).
@@ -152,6 +156,9 @@ class ReceiptService:
             result = self._issuing.start_in(
                 conn, setup, stamp, receipt_id=receipt_id, unit_position=unit_position
             )
+            waiting = open_waiting(conn, setup.register_id, "start", None)
+            if result is not None and waiting is not None:  # superseded by this Startbeleg
+                waiting_done(conn, waiting, result.number, self.clock.now().isoformat())
         if result is None:
             raise WaitsForUnit(START_SENT.format(register=setup.register_id))
         return result

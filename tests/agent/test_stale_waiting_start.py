@@ -1,0 +1,56 @@
+"""A Startbeleg left waiting when the register was then created by hand (``till-agent
+init``) must not block recovery: of that register, nor (through the prober) of others."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from agent.at_rksv.verify import verify_dep
+from agent.export import export_container, export_dep
+from agent.receipts import ReceiptService, RegisterSetup
+from agent.signing.flaky import FlakyUnit
+from factories import journal_events, sale
+from storage import TillDB
+
+REGISTER = "KASSE-1"
+
+
+def _findings(db: TillDB, register: str = REGISTER) -> list[str]:
+    buffer = io.StringIO()
+    export_dep(db, register, buffer)
+    report = verify_dep(json.loads(buffer.getvalue()), json.loads(export_container(db, register)))
+    return [f"{f.receipt}: {f.rule}" for f in report.findings]
+
+
+def _stale_start(service: ReceiptService, flaky: FlakyUnit) -> None:
+    """``run``'s first start with the unit down, then ``till-agent init`` by hand."""
+    flaky.mode = "down"
+    assert service.init_register_or_wait(RegisterSetup(REGISTER, ["dev"])) is None
+    flaky.mode = "up"
+    assert service.init_register(RegisterSetup(REGISTER, ["dev"])).number == 1
+
+
+def _fallback_sale(service: ReceiptService, flaky: FlakyUnit, register: str) -> None:
+    flaky.mode = "down"
+    assert service.issue(sale(register=register)).signature_state == "fallback"
+    flaky.mode = "up"
+
+
+class TestInitSettlesTheWaitingStartbeleg:
+    def test_init_by_hand_settles_the_waiting_startbeleg(
+        self, bare_service: ReceiptService, bare_flaky: FlakyUnit
+    ) -> None:
+        """The Startbeleg issued by init is the one that waited: the row is done with it,
+        journaled as special.issued, and nothing is left for the prober."""
+        _stale_start(bare_service, bare_flaky)
+        assert bare_service.waiting() == []
+        issued = journal_events(bare_service.db, "special.issued")
+        assert [(e["kind"], e["number"]) for e in issued] == [("start", 1)]
+        assert bare_service.probe_targets() == []
+        _fallback_sale(bare_service, bare_flaky, REGISTER)
+        result = bare_service.recover(REGISTER)
+        assert result is not None
+        assert [r.kind for r in result] == ["sammelbeleg"]
+        assert not bare_service.outages.is_open(REGISTER)
+        assert _findings(bare_service.db) == []
