@@ -77,7 +77,7 @@ class Recovery:
         issued: list[ReceiptResult] = []
         try:
             start = waiting_in(self._issuing.db, register_id, "start")
-            if start is not None:
+            if start is not None and not self._settle_stale_start(start):
                 issued.append(self._issue_waiting_start(start))
             remedy = self._adopt_or_list(register_id)
             if remedy or self._issuing.outages.is_open(register_id):
@@ -101,6 +101,27 @@ class Recovery:
             self._issuing.outages.recovery_failed(
                 conn, register_id, str(exc), self._issuing.clock.now()
             )
+
+    def _settle_stale_start(self, row: sqlite3.Row) -> bool:
+        """A waiting Startbeleg whose register exists (created by hand meanwhile, by a
+        version that left the row open) is done with the register's Startbeleg; whether
+        it was."""
+        with self._issuing.transaction() as conn:
+            first = conn.execute(
+                "SELECT min(number) FROM receipts WHERE register_id = ? AND kind = 'start'",
+                (row["register_id"],),
+            ).fetchone()[0]
+            if first is None:
+                return False
+            waiting_done(conn, row, int(first), self._now())
+        _log.warning(
+            "register %s: the Startbeleg waiting since %s is done: the register was"
+            " initialized meanwhile with Startbeleg %d",
+            row["register_id"],
+            row["requested_at"],
+            first,
+        )
+        return True
 
     def _issue_waiting_start(self, row: sqlite3.Row) -> ReceiptResult:
         """The waiting Startbeleg; one whose answer was lost is sent again unchanged."""

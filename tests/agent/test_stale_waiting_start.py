@@ -54,3 +54,27 @@ class TestInitSettlesTheWaitingStartbeleg:
         assert [r.kind for r in result] == ["sammelbeleg"]
         assert not bare_service.outages.is_open(REGISTER)
         assert _findings(bare_service.db) == []
+
+
+class TestAStaleWaitingStartbelegIsSettled:
+    def _leave_stale_row(self, service: ReceiptService) -> None:
+        """A row left by a version that did not settle it (init_register leaves none now)."""
+        with service.db.write_connection().transaction() as conn:
+            conn.execute(
+                "UPDATE waiting_specials SET done_at = NULL, number = NULL WHERE kind = 'start'"
+            )
+
+    def test_recovery_settles_a_stale_waiting_startbeleg(
+        self, bare_service: ReceiptService, bare_flaky: FlakyUnit
+    ) -> None:
+        """Recovery finds the register created: the row is done with its Startbeleg and the
+        outage gets its Sammelbeleg."""
+        _stale_start(bare_service, bare_flaky)
+        self._leave_stale_row(bare_service)
+        _fallback_sale(bare_service, bare_flaky, REGISTER)
+        result = bare_service.recover(REGISTER)
+        assert result is not None
+        assert [(r.kind, r.signature_state) for r in result] == [("sammelbeleg", "signed")]
+        assert bare_service.waiting() == []
+        assert not bare_service.outages.is_open(REGISTER)
+        assert _findings(bare_service.db) == []
