@@ -8,6 +8,7 @@ Sammelbeleg at once, which closes the outage.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from agent.loop import BackgroundLoop
 from agent.receipts import ReceiptService
 
 __all__ = ["Backoff", "Prober"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Prober:
         self.deadline = deadline
         self._attempts: dict[str, int] = {}
         self._next: dict[str, float] = {}
+        self._failing: set[str] = set()  # registers whose visit failed (logged once)
         self._loop = BackgroundLoop(
             "probe", self.run_once, max_wait=1.0, error_wait=self.backoff.initial
         )
@@ -58,11 +62,35 @@ class Prober:
         now = self.service.clock.monotonic()
         self.heartbeat = now
         targets = self.service.probe_targets()
-        waits = [self._visit(register_id, now) for register_id in targets]
+        waits = [self._visit_or_log(register_id, now) for register_id in targets]
         for gone in set(self._next) - set(targets):
             self._next.pop(gone, None)
             self._attempts.pop(gone, None)
+        self._failing &= set(targets)
         return min(waits, default=self.backoff.cap)
+
+    def _visit_or_log(self, register_id: str, now: float) -> float:
+        """:meth:`_visit`; a register whose visit fails unexpectedly is logged (once per run
+        of failures) and backs off, and the other registers are probed all the same
+        (DESIGN.md invariant 8)."""
+        try:
+            wait = self._visit(register_id, now)
+        except Exception as exc:
+            if register_id not in self._failing:
+                self._failing.add(register_id)
+                _log.error(
+                    "register %s: its probe or recovery failed (%s); it is retried with"
+                    " backoff, the other registers go on (logged again only after it succeeded)",
+                    register_id,
+                    exc,
+                    exc_info=True,
+                )
+            attempt = self._attempts.get(register_id, 0) + 1
+            self._attempts[register_id] = attempt
+            self._next[register_id] = now + self.backoff.delay(attempt)
+            return self._next[register_id] - now
+        self._failing.discard(register_id)
+        return wait
 
     def _visit(self, register_id: str, now: float) -> float:
         due = self._next.setdefault(register_id, now + self.backoff.delay(0))

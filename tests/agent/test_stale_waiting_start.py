@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+
+import pytest
 
 from agent.at_rksv.verify import verify_dep
 from agent.export import export_container, export_dep
+from agent.probe import Backoff, Prober
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing.flaky import FlakyUnit
 from factories import journal_events, sale
@@ -78,3 +82,38 @@ class TestAStaleWaitingStartbelegIsSettled:
         assert bare_service.waiting() == []
         assert not bare_service.outages.is_open(REGISTER)
         assert _findings(bare_service.db) == []
+
+    def test_one_registers_failing_recovery_does_not_stop_the_others(
+        self,
+        bare_service: ReceiptService,
+        bare_flaky: FlakyUnit,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """The prober logs KASSE-1's failure once per run of failures and still closes
+        KASSE-2's outage."""
+        bare_service.init_register(RegisterSetup("KASSE-2", ["dev"]))
+        _stale_start(bare_service, bare_flaky)
+        _fallback_sale(bare_service, bare_flaky, "KASSE-1")
+        _fallback_sale(bare_service, bare_flaky, "KASSE-2")
+        real = bare_service.recover
+
+        def recover(register_id: str) -> object:
+            if register_id == "KASSE-1":
+                raise RuntimeError("recovery broke")
+            return real(register_id)
+
+        monkeypatch.setattr(bare_service, "recover", recover)
+        prober = Prober(bare_service, Backoff(initial=0.0, cap=0.0, jitter=0.0))
+        with caplog.at_level(logging.ERROR, logger="agent.probe"):
+            for _ in range(3):
+                prober.run_once()
+        assert not bare_service.outages.is_open("KASSE-2")
+        assert bare_service.outages.is_open("KASSE-1")
+        logged = [r.getMessage() for r in caplog.records if r.name == "agent.probe"]
+        assert [m.count("recovery broke") for m in logged] == [1]
+        monkeypatch.setattr(bare_service, "recover", real)
+        prober.run_once()
+        assert not bare_service.outages.is_open("KASSE-1")
+        for register in ("KASSE-1", "KASSE-2"):
+            assert _findings(bare_service.db, register) == []
