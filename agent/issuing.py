@@ -110,18 +110,22 @@ class Issuing:
         """A write transaction whose in-memory outage changes follow its fate.
 
         It first stores what an earlier one left behind
-        (:func:`agent.interrupted.store_interrupted`); after a refusal (``settle_now``) that
-        happens at once, in a transaction of its own.
+        (:func:`agent.interrupted.store_interrupted`) and opens the outage a refused
+        receipt met (a Jahresbeleg that waits: DESIGN.md invariant 4); after a refusal
+        (``settle_now``) that happens at once, in a transaction of its own.
         """
         with self.lock:  # settle() must see only this transaction's outage changes
             try:
                 with self.writer.transaction() as conn:
                     if self._signing.intent_unsettled:
                         store_interrupted(self, conn)
+                    self._signing.open_refused_outage(conn)
                     yield conn
+                    self._signing.open_refused_outage(conn)  # a refusal the caller went past
             except BaseException as exc:
                 self.outages.settle(committed=False)
                 unsettled = self._signing.intent_unsettled
+                unsettled |= self._signing.refused_outage is not None
                 if settle_now and unsettled and isinstance(exc, FiscalError):
                     # e.g. a Schlussbeleg that now waits; if this fails, the next write retries
                     with (

@@ -53,6 +53,9 @@ class SigningStep:
         # an intent committed by a transaction that has not committed itself: the next
         # one stores it first (and at start: one left by a process that died)
         self.intent_unsettled = True
+        # the outage a refused receipt met: its transaction rolls back, so the next one
+        # opens it (at once, see Issuing.transaction): (register, unit, cause, at)
+        self.refused_outage: tuple[str, str, str, dt.datetime] | None = None
 
     def sign(  # noqa: PLR0917 - the receipt being signed, in the order it is made
         self,
@@ -83,6 +86,11 @@ class SigningStep:
             unknown = isinstance(exc, OutcomeUnknown)
             # a Schlussbeleg's outage could never be closed: the register ends
             if kind == "closing" or (must_sign and (kind == "start" or not unknown)):
+                # a Schlussbeleg's outage could never be closed, a Startbeleg's register
+                # does not exist: their wait (or refusal) is the record
+                if kind not in ("start", "closing") and not is_open:
+                    failure = (register_id, unit.identity.unit_id, str(exc), self._clock.now())
+                    self.refused_outage = failure
                 _refuse(draft, exc, intent)
             # an unknown outcome (a chain service that may hold a signature) is `unsigned`:
             # it chains like a fallback receipt and is remedied when the service answers.
@@ -94,6 +102,16 @@ class SigningStep:
             unit_id = unit.identity.unit_id
             self._outages.not_signed(conn, register_id, unit_id, str(exc), number, at)
             return FALLBACK_SIGNATURE, state
+
+    def open_refused_outage(self, conn: sqlite3.Connection) -> None:
+        """Open the outage a refused receipt met (unless one is open by now), in ``conn``."""
+        refused, self.refused_outage = self.refused_outage, None
+        if refused is None or self._outages.is_open(refused[0]):
+            return
+        register_id, unit_id, cause, at = refused
+        self._outages.open(
+            conn, register_id=register_id, unit_id=unit_id, cause=cause, number=None, at=at
+        )
 
     def receipt_intent(
         self,

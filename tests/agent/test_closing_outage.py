@@ -106,11 +106,12 @@ class TestSchlussbelegDuringAnOutage:
     def test_it_is_refused_while_a_jahresbeleg_waits(
         self, service: ReceiptService, flaky: FlakyUnit
     ) -> None:
-        """A waiting Jahresbeleg could not be issued after the Schlussbeleg either."""
+        """A waiting Jahresbeleg could not be issued after the Schlussbeleg either (nor
+        the Sammelbeleg of the outage its failure opened)."""
         flaky.mode = "down"
         assert service.request_special(REGISTER, "yearly", period="2026-12") is None
         flaky.mode = "up"
-        with pytest.raises(WaitsForUnit, match="special receipt waiting"):
+        with pytest.raises(WaitsForUnit, match="the Schlussbeleg waits"):
             service.issue_special(REGISTER, "closing")
         assert service.recover(REGISTER) is not None
         assert service.issue_special(REGISTER, "closing").signature_state == "signed"

@@ -165,7 +165,8 @@ class TestHandIssuedClosings:
         registry: UnitRegistry,
         unit_config: UnitConfig,
     ) -> None:
-        """The job's Jahresbeleg waited for the unit; issued by hand it is done, once."""
+        """The job's Jahresbeleg waited for the unit; issued by hand it is done, once
+        (after the Sammelbeleg of the outage its failure opened)."""
         flaky = FlakyUnit(open_unit(unit_config))
         registry.put(flaky)
         clock.set(dt.datetime(2026, 12, 31, 22, 59, 30, tzinfo=dt.UTC))
@@ -173,6 +174,7 @@ class TestHandIssuedClosings:
         assert december.run_closings() == []
         assert [w["period"] for w in december.waiting(REGISTER)] == ["2026-12"]
         flaky.mode = "up"
+        assert december.zero_receipt(REGISTER).result.kind == "sammelbeleg"
         yearly = december.issue_special(REGISTER, "yearly")
         assert december.waiting(REGISTER) == []
         assert december.recover(REGISTER) == []

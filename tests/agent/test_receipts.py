@@ -714,16 +714,24 @@ class TestFallback:
     def test_must_sign_receipts_wait_for_the_unit(
         self, service: ReceiptService, flaky: FlakyUnit, query: Query, kind: str
     ) -> None:
-        """Jahresbeleg and Sammelbeleg raise FiscalError while the unit is down; no number used."""
+        """Jahresbeleg and Sammelbeleg raise FiscalError while the unit is down; no number
+        used, only the outage the failure opens is journaled (DESIGN.md invariant 4). Its
+        Sammelbeleg comes first, then the Jahresbeleg."""
         last = 1 + to_closing_day(service, kind)
         flaky.mode = "down"
         journal = _journal_size(query)
         with pytest.raises(FiscalError, match=f"a {kind} receipt must be validly signed"):
             service.issue_special(REGISTER, kind)
         assert _register(query)["last_number"] == last
-        assert _journal_size(query) == journal
+        added = query("SELECT kind FROM journal ORDER BY seq LIMIT -1 OFFSET ?", journal)
+        assert [r["kind"] for r in added] == ["outage.opened", "outage.escalation"]
         flaky.mode = "up"
+        if kind == "yearly":
+            recovered = service.recover(REGISTER)
+            assert [r.kind for r in recovered or []] == ["sammelbeleg"]
+            last += 1
         assert service.issue_special(REGISTER, kind).number == last + 1
+        assert not service.outages.is_open(REGISTER)
 
     def test_a_garbage_signature_never_reaches_the_journal(
         self,
