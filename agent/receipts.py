@@ -363,8 +363,25 @@ class ReceiptService:
         return self._issuing.unit_of(register_id)
 
     def record_probe(self, register_id: str, ok: bool, detail: str) -> None:
-        """Record a probe of the register's unit in its open outage (if one is open)."""
+        """Record a probe of the register's unit in its open outage. A failed probe of a
+        register that waits for its unit and has no outage open opens one (DESIGN.md
+        invariant 4); a register whose Startbeleg waits has none to open (it does not
+        exist yet: the wait is its record)."""
         with self._issuing.transaction() as conn:
+            if not ok and not self.outages.is_open(register_id):
+                reg = conn.execute(
+                    "SELECT active_unit FROM registers WHERE id = ? AND state = 'active'",
+                    (register_id,),
+                ).fetchone()
+                if reg is not None:
+                    self.outages.open(
+                        conn,
+                        register_id=register_id,
+                        unit_id=reg[0],
+                        cause=detail,
+                        number=None,
+                        at=self.clock.now(),
+                    )
             if self.outages.is_open(register_id):
                 self.outages.probed(conn, register_id, ok, detail, self.clock.now())
 

@@ -13,10 +13,11 @@ from agent.clock import FrozenClock
 from agent.export import export_container, export_dep
 from agent.outages import OutageRecord, load_outages
 from agent.probe import Backoff, Prober
-from agent.receipts import ReceiptService
+from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
-from factories import sale, to_closing_day
+from agent.waiting import record_waiting
+from factories import journal_events, sale, to_closing_day
 from storage import TillDB
 
 REGISTER = "KASSE-1"
@@ -91,3 +92,42 @@ def _receipts(service: ReceiptService) -> list[object]:
         last = conn.execute("SELECT last_number FROM registers WHERE id = ?", (REGISTER,))
         count = int(last.fetchone()[0])
     return [service.get(REGISTER, n) for n in range(1, count + 1)]
+
+
+class TestAFailedProbe:
+    def test_of_a_register_that_waits_opens_its_outage(
+        self, service: ReceiptService, flaky: FlakyUnit
+    ) -> None:
+        """A Jahresbeleg waits with no outage open (recorded by an earlier version): the
+        first failed probe opens the outage, the next ones are counted in it."""
+        with service.db.write_connection().transaction() as conn:
+            now = service.clock.now().isoformat()
+            record_waiting(conn, REGISTER, "yearly", "2026-12", "the unit failed", now)
+        flaky.mode = "down"
+        prober = _prober(service)
+        prober.run_once()
+        prober.run_once()
+        [outage] = _outages(service)
+        assert (outage.first_number, outage.probe_attempts) == (None, 2)
+        assert [e["ok"] for e in journal_events(service.db, "outage.probe")] == [False, False]
+        flaky.mode = "up"
+        prober.run_once()
+        assert not service.outages.is_open(REGISTER)
+        assert service.waiting() == []
+        assert _findings(service.db) == []
+
+    def test_of_a_register_waiting_for_its_startbeleg_opens_nothing(
+        self, bare_service: ReceiptService, bare_flaky: FlakyUnit
+    ) -> None:
+        """No register exists yet (an outage belongs to one): the Startbeleg's wait is its
+        record; the probe neither opens an outage nor fails."""
+        bare_flaky.mode = "down"
+        assert bare_service.init_register_or_wait(RegisterSetup(REGISTER, ["dev"])) is None
+        prober = _prober(bare_service)
+        prober.run_once()
+        assert _outages(bare_service) == []
+        bare_flaky.mode = "up"
+        prober.run_once()
+        assert bare_service.waiting() == []
+        assert _outages(bare_service) == []
+        assert _findings(bare_service.db) == []
