@@ -34,7 +34,14 @@ from agent.receipt_records import (
 )
 from agent.receipt_view import result_from_parts
 from agent.registers import START_SENT, open_register, setup_from_json
-from agent.remedy import reissue_draft, resolve, resolve_voided, unresolved, void_draft
+from agent.remedy import (
+    REISSUED,
+    reissue_draft,
+    resolve,
+    resolve_voided,
+    unresolved,
+    void_draft,
+)
 from agent.signing import sign_verified, verify_rs
 from agent.waiting import waiting_done, waiting_in, waiting_rows
 
@@ -204,8 +211,10 @@ class Recovery:
     def _close_outage(self, register_id: str, remedy: list[sqlite3.Row]) -> list[ReceiptResult]:
         """Nullbeleg, Sammelbeleg and reissued sales in one transaction.
 
-        A lost Sammel-/Jahresbeleg in ``remedy`` is not reissued here: the Sammelbeleg
-        issued now (the outage is still open) or the waiting Jahresbeleg supersedes it.
+        Only sales are reissued. A lost Sammel-/Jahresbeleg in ``remedy`` is superseded by
+        the Sammelbeleg issued now (the outage is still open) or the waiting Jahresbeleg;
+        a lost Monats-/Nullbeleg may carry the failure marker (rksv.md 5), so it stands,
+        resolved here without a reissue (a Monatsbeleg keeps its month).
         A sale the POS voided is resolved, not reissued (no Nullbeleg if none is left).
         When an answer is lost on the way (a receipt comes back ``unsigned``), what was
         issued is committed (each number stays with its receipt, the reissued sale it
@@ -213,7 +222,10 @@ class Recovery:
         """
         issued: list[ReceiptResult] = []
         with self._issuing.transaction() as conn:
-            rest = [r for r in remedy if r["kind"] not in MUST_SIGN]
+            for row in remedy:
+                if row["kind"] not in REISSUED and row["kind"] not in MUST_SIGN:
+                    resolve(conn, row, "superseded", self._now(), kept=True)
+            rest = [r for r in remedy if r["kind"] in REISSUED]
             sales = resolve_voided(conn, rest, self._now())
 
             def add(draft: Draft) -> ReceiptResult:

@@ -13,7 +13,12 @@ from agent.receipt_records import Draft, receipt_row, stored_lines
 from agent.receipt_view import AMOUNT_COLUMNS
 from storage.journal import append_event
 
+# the kinds a remedy reissues: sales (DESIGN.md invariant 5). A zero receipt may carry the
+# failure marker (rksv.md 5): a lost Monats-/Nullbeleg stands as it is (see resolve's kept)
+REISSUED = frozenset({"standard", "storno", "training"})
+
 __all__ = [
+    "REISSUED",
     "current_version",
     "reissue_draft",
     "remedy_storno",
@@ -34,8 +39,13 @@ def resolve(
     signed_jws: str | None = None,
     replacement: int | None = None,
     voided_by: int | None = None,
+    kept: bool = False,
 ) -> None:
-    """Resolve the unsigned receipt ``row`` (``adopted`` or ``superseded``), journaled."""
+    """Resolve the unsigned receipt ``row`` (``adopted`` or ``superseded``), journaled.
+
+    ``kept``: a zero receipt the chain service does not have stands with the failure
+    marker (it is superseded by nothing, and nothing is reissued for it).
+    """
     conn.execute(
         "INSERT INTO receipt_resolutions (register_id, number, resolution, signed_jws,"
         " replacement_number, at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -48,6 +58,8 @@ def resolve(
     }
     if voided_by is not None:
         data["voided_by"] = voided_by
+    if kept:
+        data["kept"] = True
     append_event(
         conn, kind=f"receipt.{resolution}", register_id=row["register_id"], at=now, data=data
     )
@@ -127,7 +139,13 @@ def _first_storno(conn: sqlite3.Connection, old: sqlite3.Row) -> int | None:
 
 
 def reissue_draft(conn: sqlite3.Connection, old: sqlite3.Row) -> Draft:
-    """The signed receipt that replaces the unsigned sale ``old``."""
+    """The signed receipt that replaces the unsigned sale ``old``.
+
+    Raises:
+        ValueError: ``old`` is no sale (:data:`REISSUED`).
+    """
+    if old["kind"] not in REISSUED:
+        raise ValueError(f"only sales are reissued, not a {old['kind']} receipt")
     document = json.loads(old["document"])
     voids = receipt_row(conn, old["register_id"], old["voids_number"])
     return Draft(
