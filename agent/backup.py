@@ -462,11 +462,8 @@ class DepBackups:
     ) -> BackupRecord:
         at = self.clock.now().isoformat()
         with self.db.write_connection().transaction() as conn:
-            last = conn.execute(
-                "SELECT max(number) FROM receipts WHERE register_id = ? AND issued_at < ?",
-                (reg.id, quarter.next().first_day.isoformat()),
-            ).fetchone()[0]
-            record = BackupRecord(reg.id, str(quarter), str(path), sha256, count, int(last), at)
+            last = _last_exported(conn, reg.id, count)
+            record = BackupRecord(reg.id, str(quarter), str(path), sha256, count, last, at)
             conn.execute(
                 "INSERT INTO dep_backups (register_id, quarter, path, sha256, receipts,"
                 " last_number, written_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -489,6 +486,18 @@ class DepBackups:
                     conn, kind="dep.backup_failed", register_id=exc.register_id, data=facts, at=at
                 )
         self.failures[exc.register_id] = BackupFailure(exc.quarter, exc.reason, at)
+
+
+def _last_exported(conn: sqlite3.Connection, register_id: str, count: int) -> int:
+    """The number of the last receipt in an export from the first receipt that held
+    ``count``: the ``count``-th by number (a receipt's date is never before the one before
+    it, so an export up to a day is the receipts up to a number). Not the latest receipt
+    up to that day now: one committed after the export's snapshot is not in the file."""
+    row = conn.execute(
+        "SELECT number FROM receipts WHERE register_id = ? ORDER BY number LIMIT 1 OFFSET ?",
+        (register_id, max(count - 1, 0)),
+    ).fetchone()
+    return 0 if row is None or count == 0 else int(row[0])
 
 
 def _has_directory(directory: Path, name: str) -> bool:

@@ -193,6 +193,34 @@ class TestWhatIsBackedUp:
         assert report.ok, report.findings
         assert record.receipts == 4
 
+    def test_the_record_describes_the_file_not_receipts_committed_after_its_export(
+        self,
+        service: ReceiptService,
+        backups: DepBackups,
+        clock: FrozenClock,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A receipt dated in the quarter that commits after the export read its snapshot
+        is not in the file: the record and its journal event give the file's count and its
+        last number, not the receipt that came after."""
+        export = backup_module.export_dep
+
+        def then_a_late_receipt(*args: Any, **kwargs: Any) -> int:
+            count = export(*args, **kwargs)
+            now = clock.now()
+            clock.set(Q1_ENDS - dt.timedelta(seconds=1))
+            service.issue(sale(request_id="in-flight"))
+            clock.set(now)
+            return count
+
+        monkeypatch.setattr(backup_module, "export_dep", then_a_late_receipt)
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
+        [record] = backups.run_due()
+        assert _numbers(service, Path(record.path)) == [1]
+        assert (record.receipts, record.last_number) == (1, 1)
+        [event] = journal_events(service.db, "dep.backup")
+        assert (event["receipts"], event["last_number"]) == (1, 1)
+
     def test_a_register_closed_by_its_schlussbeleg_gets_one_final_backup(
         self, service: ReceiptService, backups: DepBackups, clock: FrozenClock
     ) -> None:
