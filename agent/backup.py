@@ -2,7 +2,8 @@
 least quarterly, on an external electronic medium (reference/rksv.md 6).
 
 A register's backup of a quarter is its whole DEP7 export from its first receipt to the
-quarter's last day (inclusive, in the register's time zone), so each file verifies on its
+quarter's last day (inclusive, in the register's time zone), taken :data:`QUARTER_GRACE`
+after the quarter's end, so each file verifies on its
 own with the crypto container. It is streamed (:func:`agent.export.export_dep`) into a
 temporary file, fsynced and named read-only (where the file system has modes)
 ``<dir>/<register>/<register>_<YYYY>-Q<n>.dep.json``, never over a file of that name; then
@@ -57,6 +58,7 @@ from storage.journal import append_event
 
 __all__ = [
     "OVERDUE_DAYS",
+    "QUARTER_GRACE",
     "BackupFailure",
     "BackupRecord",
     "BackupStatus",
@@ -71,6 +73,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OVERDUE_DAYS = 7  # an ended quarter without a backup for longer than this is overdue
+# A quarter is backed up this long after its end, not at midnight: a sale stamped 23:59:59
+# commits after its signature (the sign deadline, sign_timeout_s, is 60 s at most) and must
+# be in the file. Also covers a clock a few minutes fast that NTP steps back after midnight.
+QUARTER_GRACE = dt.timedelta(minutes=5)
 # [0-9], not \d (other scripts' digits), and fullmatch, not $ (which allows a final newline)
 _QUARTER = re.compile(r"([0-9]{4})-Q([1-4])")
 _REGISTERS = (
@@ -172,11 +178,12 @@ class _Register:
     closed_at: dt.datetime | None  # the local time of its Schlussbeleg
 
     def last_due(self, now: dt.datetime) -> Quarter:
-        """The latest quarter that is over for this register: the one before ``now``'s, or
-        the quarter of its Schlussbeleg (its DEP is final then, and nothing comes after)."""
+        """The latest quarter that is over for this register: the one before ``now``'s
+        (:data:`QUARTER_GRACE` ago), or the quarter of its Schlussbeleg (its DEP is final
+        then, and nothing comes after)."""
         if self.closed_at is not None:
             return Quarter.of(self.closed_at.date())
-        return Quarter.of(now.astimezone(self.zone).date()).previous()
+        return Quarter.of((now - QUARTER_GRACE).astimezone(self.zone).date()).previous()
 
     def due_since(self, quarter: Quarter) -> dt.datetime:
         """When ``quarter``'s backup became due: its end, or the Schlussbeleg within it."""
@@ -549,8 +556,13 @@ def _check_quarter(reg: _Register, quarter: Quarter, now: dt.datetime) -> None:
             "quarter",
             "quarter-not-ended",
             f"{quarter} has not ended (a quarter ends at midnight after its last day,"
-            f" {reg.zone.key}); the latest ended quarter is {last}",
+            f" {reg.zone.key}, and is backed up {_minutes(QUARTER_GRACE)} minutes later, once"
+            f" its last sales have committed); the latest ended quarter is {last}",
         )
+
+
+def _minutes(delta: dt.timedelta) -> int:
+    return int(delta.total_seconds() // 60)
 
 
 def _reason(exc: OSError, path: Path) -> str:

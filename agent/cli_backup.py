@@ -51,8 +51,8 @@ def backup_run(
             "--quarter",
             metavar="YYYY-Qn",
             help="Only this quarter (e.g. 2026-Q3); it must have ended, in the register's"
-            " time zone, and not be before the register's first receipt. Needs --register"
-            " when the till has several registers.",
+            " time zone, five minutes ago, and not be before the register's first"
+            " receipt. Needs --register when the till has several registers.",
         ),
     ] = None,
     config: ConfigOption = None,

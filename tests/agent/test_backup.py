@@ -110,6 +110,24 @@ class TestWhatIsBackedUp:
         assert backups.run_due() == []
         assert not backup_dir.exists()
 
+    def test_a_quarter_is_taken_only_after_the_grace_period_past_its_end(
+        self, service: ReceiptService, backups: DepBackups, clock: FrozenClock
+    ) -> None:
+        """A sale stamped 23:59:59 on 31 March may still be signing (up to the sign
+        deadline, 60 s at most) at 00:00:01: Q1 is not written, by the job or by hand,
+        until QUARTER_GRACE after midnight, and then holds that sale."""
+        assert dt.timedelta(seconds=60) * 4 < backup_module.QUARTER_GRACE
+        clock.set(Q1_ENDS - dt.timedelta(seconds=1))
+        last = service.issue(sale(request_id="last-second")).number
+        clock.set(Q1_ENDS + dt.timedelta(seconds=1))
+        assert backups.run_due() == []
+        with pytest.raises(InvalidSale, match="has not ended") as refused:
+            backups.run_quarter(REGISTER, Quarter(2026, 1))
+        assert refused.value.rule == "quarter-not-ended"
+        clock.set(Q1_ENDS + backup_module.QUARTER_GRACE)
+        [record] = backups.run_due()
+        assert (record.quarter, record.last_number) == ("2026-Q1", last)
+
     def test_a_receipt_at_2330_local_on_31_march_is_in_q1(
         self, service: ReceiptService, backups: DepBackups, clock: FrozenClock
     ) -> None:
