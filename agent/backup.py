@@ -300,12 +300,16 @@ class DepBackups:
         self.db = db
         self.directory = directory
         self.clock = clock
-        # the external disk ``directory`` is on now (another file system than ``data_dir``):
-        # a backup is refused once the directory is no longer on it (an unmounted medium
-        # leaves an empty mount point, or no directory, on the till's own disk)
+        # [backup] dir on another file system than ``data_dir`` now: an external medium. A
+        # backup is refused while the directory is on the data directory's file system, or
+        # on the one under the medium's mount point (an unmounted medium leaves the empty
+        # mount point, or no directory, there). Not pinned to the medium's device number: a
+        # stick put back as sdc instead of sdb, a FUSE or network share get a new one.
+        self._data_dir = data_dir
         here = device_of(directory)
-        elsewhere = data_dir is not None and here != device_of(data_dir)
-        self._external = here if elsewhere else None
+        data = None if data_dir is None else device_of(data_dir)
+        self._external = data_dir is not None and here is not None and here != data
+        self._beneath = _under_mount_point(directory) if self._external else None
         self.failures: dict[str, BackupFailure] = {}
         self._refused: dict[Path, _Identity] = {}  # foreign files under a backup's name
         self._stop = threading.Event()
@@ -314,7 +318,7 @@ class DepBackups:
     def external(self) -> bool:
         """Whether ``directory`` was on another file system than the data directory at
         start (§ 7 Abs 3: an external medium); False: the backups land on the till's disk."""
-        return self._external is not None
+        return self._external
 
     def stop(self) -> None:
         """Abandon a backup being written (the service stops); the next start redoes it."""
@@ -426,15 +430,19 @@ class DepBackups:
             return f"the Kassen-ID {reg.id!r} cannot name a backup directory"
         if self._off_medium(self.directory):
             return (
-                f"{self.directory} is no longer on the external disk it was on at start"
+                f"{self.directory} is not on an external disk, as it was at start"
                 " (is the medium mounted?); nothing is written to the till's own disk"
             )
         return None
 
     def _off_medium(self, path: Path) -> bool:
-        """``path`` leads to another disk than the external one [backup] dir was on at start
-        (an unmounted medium leaves its empty mount point on the till's own disk)."""
-        return self._external is not None and device_of(path) != self._external
+        """[backup] dir was on an external disk at start, and ``path`` now leads to the
+        data directory's file system, or to the one under the medium's mount point (an
+        unmounted medium leaves its empty mount point there), or where cannot be told."""
+        if not self._external or self._data_dir is None:
+            return False
+        here = device_of(path)
+        return here is None or here in (device_of(self._data_dir), self._beneath)
 
     def _export(self, reg: _Register, quarter: Quarter, out: BinaryIO | None) -> tuple[str, int]:
         sink = _Digest(out, self._stop)
@@ -505,6 +513,19 @@ def _last_exported(conn: sqlite3.Connection, register_id: str, count: int) -> in
         (register_id, max(count - 1, 0)),
     ).fetchone()
     return 0 if row is None or count == 0 else int(row[0])
+
+
+def _under_mount_point(directory: Path) -> int | None:
+    """``st_dev`` of the file system holding the mount point of the one ``directory`` (or
+    its nearest existing parent) is on; None for the root or when it cannot be told."""
+    try:
+        path = next(p for p in (directory.resolve(), *directory.resolve().parents) if p.exists())
+        device = os.stat(path).st_dev
+        while path.parent != path and os.stat(path.parent).st_dev == device:
+            path = path.parent
+        return None if path.parent == path else os.stat(path.parent).st_dev
+    except (OSError, StopIteration):
+        return None
 
 
 def _has_directory(directory: Path, name: str) -> bool:

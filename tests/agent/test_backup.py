@@ -679,10 +679,35 @@ class TestFailures:
         backups = DepBackups(service.db, mount_point, clock, data_dir=tmp_path)
         clock.set(Q1_ENDS + dt.timedelta(hours=1))
         _unmount(mount_point)
-        with pytest.raises(BackupFailed, match="no longer on the external disk"):
+        with pytest.raises(BackupFailed, match="not on an external disk"):
             backups.run_due()
         assert list(mount_point.iterdir()) == []
         _mount(mount_point, medium)
+        [record] = backups.run_due()
+        assert Path(record.path).resolve().is_relative_to(medium)
+
+    def test_a_medium_mounted_again_under_another_device_number_is_still_the_medium(
+        self,
+        service: ReceiptService,
+        clock: FrozenClock,
+        tmp_path: Path,
+        medium: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A stick put back as sdc instead of sdb (or a FUSE or network share, at each
+        mount) has another st_dev: still another file system than the data directory's,
+        so the backup is written onto it."""
+        mount_point = tmp_path / "usb"
+        backups = DepBackups(service.db, mount_point, clock, data_dir=tmp_path)
+        real = durable.device_of
+
+        def remounted(path: Path) -> int | None:
+            device = real(path)
+            on_medium = Path(path).resolve().is_relative_to(medium)
+            return None if device is None else device + 1000 * on_medium
+
+        monkeypatch.setattr(backup_module, "device_of", remounted)
+        clock.set(Q1_ENDS + dt.timedelta(hours=1))
         [record] = backups.run_due()
         assert Path(record.path).resolve().is_relative_to(medium)
 

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -222,3 +223,72 @@ class TestOnAStick:
         assert os.listdir(path.parent) == [path.name]
         rows = db_rows(service.db, "SELECT register_id, path FROM dep_backups")
         assert [tuple(r) for r in rows] == [(REGISTER, str(path))]
+
+
+class TestMountedAgain:
+    """A stick pulled and put back is mounted again, often under another device number (sdc
+    instead of sdb; a FUSE file system gets a new one at each mount)."""
+
+    @pytest.fixture(name="fuse")
+    def _fuse(self) -> dict[str, str]:
+        return _tools("dosfstools fusefat", "mkfs.vfat", "fusefat", "fusermount")
+
+    @pytest.fixture(name="other_disk")
+    def _other_disk(self) -> Iterator[Path]:
+        """A data directory on tmpfs: neither the stick's file system nor the one under
+        its mount point."""
+        path = Path(tempfile.mkdtemp(dir="/dev/shm"))
+        yield path
+        shutil.rmtree(path)
+
+    def test_a_stick_back_under_another_device_number_gets_the_due_backup(
+        self,
+        service: ReceiptService,
+        clock: FrozenClock,
+        tmp_path: Path,
+        fuse: dict[str, str],
+    ) -> None:
+        """Q1 is written, the stick is unmounted and mounted again with a new device number
+        (another file system took the old one meanwhile): Q2 is written onto it."""
+        (tmp_path / "holder").mkdir()
+        holder, hold = _image(tmp_path / "holder", fuse["mkfs.vfat"], "-F", "32")
+        with _fat32(tmp_path) as usb:
+            backups = DepBackups(service.db, usb / "dep", clock, data_dir=tmp_path)
+            clock.set(Q1_ENDS + dt.timedelta(hours=1))
+            [q1] = backups.run_due()
+            before = os.stat(usb).st_dev
+            _run(fuse["fusermount"], "-u", usb)
+            _run(fuse["fusefat"], "-o", "rw+", holder, hold)  # takes the freed number
+            try:
+                _run(fuse["fusefat"], "-o", "rw+", tmp_path / "usb.img", usb)
+                assert os.stat(usb).st_dev != before
+                clock.set(dt.datetime(2026, 7, 1, 8, 0, tzinfo=dt.UTC))
+                [q2] = backups.run_due()
+            finally:
+                _run(fuse["fusermount"], "-u", hold)
+            assert q2.quarter == "2026-Q2"
+            assert sorted(os.listdir(usb / "dep" / REGISTER)) == sorted(
+                Path(r.path).name for r in (q1, q2)
+            )
+
+    def test_an_unmounted_stick_leaves_nothing_on_the_disk_under_its_mount_point(
+        self,
+        service: ReceiptService,
+        clock: FrozenClock,
+        tmp_path: Path,
+        fuse: dict[str, str],
+        other_disk: Path,
+    ) -> None:
+        """The data directory is on another disk than the mount point (a /var of its own,
+        the mount point on /): the empty mount point is no medium either; the backup fails,
+        and is written once the stick is back."""
+        with _fat32(tmp_path) as usb:
+            backups = DepBackups(service.db, usb / "dep", clock, data_dir=other_disk)
+            _run(fuse["fusermount"], "-u", usb)
+            clock.set(Q1_ENDS + dt.timedelta(hours=1))
+            with pytest.raises(BackupFailed, match="is the medium mounted"):
+                backups.run_due()
+            assert list(usb.iterdir()) == []
+            _run(fuse["fusefat"], "-o", "rw+", tmp_path / "usb.img", usb)
+            [record] = backups.run_due()
+            assert Path(record.path).is_file()
