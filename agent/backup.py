@@ -19,6 +19,13 @@ case is refused, never written over that file.
 The export reads a snapshot through the reader engine, so receipts are issued while a
 backup is written; only the record's commit takes the write connection.
 
+A receipt dated in a quarter after that quarter's backup was written (a clock minutes fast
+at midnight, stepped back by NTP after :data:`QUARTER_GRACE`: a receipt is dated no earlier
+than the one before it, nothing else) is found by the next run, logged as an ERROR and
+journaled (``dep.backup_late``) once per process, and the whole quarter is backed up again
+into ``..._<YYYY>-Q<n>.2.dep.json`` (then ``.3``...), recorded as quarter ``<YYYY>-Q<n>.2``:
+the medium holds every receipt of the quarter, the first file stays as it is.
+
 A crash after the file got its name and before its record leaves a complete file: the
 next run exports again into a digest only and records the file if it is that export byte
 for byte (the DEP of an ended quarter does not change); another file there is refused, and
@@ -87,6 +94,10 @@ _REGISTERS = (
 _RECORDS = (
     "SELECT register_id, quarter, path, sha256, receipts, last_number, written_at"
     " FROM dep_backups WHERE ? IS NULL OR register_id = ? ORDER BY register_id, quarter"
+)
+_NEXT_RECEIPT = (
+    "SELECT number, issued_at FROM receipts WHERE register_id = ? AND number > ?"
+    " ORDER BY number LIMIT 1"
 )
 _Identity: TypeAlias = tuple[int, int, int, int, int]  # a file's device, inode, size, times
 
@@ -171,6 +182,22 @@ class BackupStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class _Late:
+    """A receipt dated in ``quarter`` after its latest backup (``backup``, up to receipt
+    ``last_number``) was written: the clock was stepped back after that backup."""
+
+    quarter: Quarter
+    backup: str
+    last_number: int
+    late: int  # the first such receipt
+    part: int  # the supplementary backup to write: 2 for ``<quarter>.2``, ...
+
+    @property
+    def label(self) -> str:
+        return f"{self.quarter}.{self.part}"
+
+
+@dataclass(frozen=True, slots=True)
 class _Register:
     id: str
     zone: ZoneInfo
@@ -213,6 +240,29 @@ def _registers(conn: sqlite3.Connection, register_id: str | None = None) -> list
         if first is not None:  # (a register is created with its Startbeleg)
             registers.append(_Register(reg_id, zone, dt.date.fromisoformat(first[:10]), closed))
     return registers
+
+
+def _late(conn: sqlite3.Connection, register_id: str, done: list[BackupRecord]) -> list[_Late]:
+    """The backed-up quarters of a register that have a receipt dated in them after their
+    latest backup: the receipt after that backup's last one is dated in the quarter (a
+    receipt is never dated before the one before it: no later one can be, if that is not)."""
+    by_quarter: dict[str, list[BackupRecord]] = {}
+    for record in done:
+        by_quarter.setdefault(record.quarter.split(".")[0], []).append(record)
+    found = []
+    for text, records in sorted(by_quarter.items()):
+        quarter, latest = Quarter.parse(text), max(records, key=lambda r: r.last_number)
+        row = conn.execute(_NEXT_RECEIPT, (register_id, latest.last_number)).fetchone()
+        if row is not None and quarter.first_day.isoformat() <= row[1] < _end(quarter):
+            found.append(
+                _Late(quarter, latest.quarter, latest.last_number, row[0], len(records) + 1)
+            )
+    return found
+
+
+def _end(quarter: Quarter) -> str:
+    """The first ``issued_at`` (a local time) after ``quarter``."""
+    return quarter.next().first_day.isoformat()
 
 
 def medium_name(register_id: str) -> str:
@@ -312,6 +362,7 @@ class DepBackups:
         self._beneath = _under_mount_point(directory) if self._external else None
         self.failures: dict[str, BackupFailure] = {}
         self._refused: dict[Path, _Identity] = {}  # foreign files under a backup's name
+        self._late_said: set[tuple[str, str]] = set()  # (register, supplement) logged
         self._stop = threading.Event()
 
     @property
@@ -340,7 +391,10 @@ class DepBackups:
         written and what failed (each failure is recorded, as by :meth:`run_due`).
 
         A register whose backup fails waits for the next run (its later quarters behind
-        it); the other registers go on.
+        it); the other registers go on. A quarter backed up already that has a receipt
+        dated in it after its backup was written (the clock was stepped back) is said once
+        (an ERROR, a ``dep.backup_late`` event) and backed up again, whole, as
+        ``<quarter>.2`` (then ``.3``...), before the due quarters.
         """
         written: list[BackupRecord] = []
         failed: list[BackupFailed] = []
@@ -348,9 +402,13 @@ class DepBackups:
         with self.db.read_connection() as conn:
             records = _by_register(list_backups(conn, register_id))
             registers = _registers(conn, register_id)
+            late = {reg.id: _late(conn, reg.id, records.get(reg.id, [])) for reg in registers}
         plan = [(reg, reg.due(records.get(reg.id, []), now)) for reg in registers]
         for reg, quarters in plan:
             try:
+                for item in late[reg.id]:
+                    self._say_late(reg, item)
+                    written.append(self._back_up(reg, item.quarter, item.label))
                 for quarter in quarters:
                     written.append(self._back_up(reg, quarter))
             except BackupFailed as exc:
@@ -383,10 +441,13 @@ class DepBackups:
             self._failed(exc)
             raise
 
-    def _back_up(self, reg: _Register, quarter: Quarter) -> BackupRecord:
+    def _back_up(self, reg: _Register, quarter: Quarter, label: str = "") -> BackupRecord:
+        """Write and record ``quarter``'s backup, named ``label`` (a supplement's, e.g.
+        ``2026-Q1.2``), by default the quarter's own."""
+        label = label or str(quarter)
         if (refusal := self._refusal(reg)) is not None:
-            raise BackupFailed(reg.id, str(quarter), refusal)
-        path = self._path(reg, quarter)
+            raise BackupFailed(reg.id, label, refusal)
+        path = self._path(reg, label)
         try:
             # a record must not outlive the path to its file in a power cut
             make_directories(path.parent)
@@ -406,23 +467,51 @@ class DepBackups:
                 )
         except OSError as exc:
             reason = f"cannot write {path}: {_reason(exc, path)}"
-            raise BackupFailed(reg.id, str(quarter), reason) from exc
+            raise BackupFailed(reg.id, label, reason) from exc
         if self._off_medium(path):
             # the medium went away after the look above: what was written is on the
             # till's own disk (under the empty mount point), never recorded as the backup
             reason = f"{path} was written but is not on the external disk (was the medium removed?)"
-            raise BackupFailed(reg.id, str(quarter), reason)
-        return self._record(reg, quarter, path, sha256, count)
+            raise BackupFailed(reg.id, label, reason)
+        return self._record(reg, label, path, sha256, count)
 
-    def _path(self, reg: _Register, quarter: Quarter) -> Path:
-        """``<dir>/<name>/<name>_<quarter>.dep.json``: the name is :func:`medium_name` of
+    def _say_late(self, reg: _Register, item: _Late) -> None:
+        """Log and journal, once, a receipt dated in a quarter after its backup."""
+        if (reg.id, item.label) in self._late_said:
+            return
+        log.error(
+            "register %s: receipt %d (and any after it dated in %s) is dated in %s after its"
+            " backup %s, up to receipt %d, was written (was the clock stepped back?); the"
+            " quarter is backed up again as %s",
+            reg.id,
+            item.late,
+            item.quarter,
+            item.quarter,
+            item.backup,
+            item.last_number,
+            item.label,
+        )
+        facts = {
+            "quarter": str(item.quarter),
+            "backup": item.backup,
+            "last_number": item.last_number,
+            "late": item.late,
+        }
+        at = self.clock.now().isoformat()
+        with self.db.write_connection().transaction() as conn:
+            append_event(conn, kind="dep.backup_late", register_id=reg.id, data=facts, at=at)
+        self._late_said.add((reg.id, item.label))
+
+    def _path(self, reg: _Register, label: str) -> Path:
+        """``<dir>/<name>/<name>_<label>.dep.json`` (the label: the quarter, or a
+        supplement's ``2026-Q1.2``): the name is :func:`medium_name` of
         the Kassen-ID, or the Kassen-ID itself where a directory of that name holds the
         register's earlier backups (written on a Linux file system before names were
         mapped), so they stay together and a file left there without a record is found."""
         name = medium_name(reg.id)
         if name != reg.id and _has_directory(self.directory, reg.id):
             name = reg.id
-        return self.directory / name / f"{name}_{quarter}.dep.json"
+        return self.directory / name / f"{name}_{label}.dep.json"
 
     def _refusal(self, reg: _Register) -> str | None:
         """Why nothing may be written for ``reg`` now, or None."""
@@ -473,12 +562,12 @@ class DepBackups:
         )
 
     def _record(
-        self, reg: _Register, quarter: Quarter, path: Path, sha256: str, count: int
+        self, reg: _Register, label: str, path: Path, sha256: str, count: int
     ) -> BackupRecord:
         at = self.clock.now().isoformat()
         with self.db.write_connection().transaction() as conn:
             last = _last_exported(conn, reg.id, count)
-            record = BackupRecord(reg.id, str(quarter), str(path), sha256, count, last, at)
+            record = BackupRecord(reg.id, label, str(path), sha256, count, last, at)
             conn.execute(
                 "INSERT INTO dep_backups (register_id, quarter, path, sha256, receipts,"
                 " last_number, written_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -487,7 +576,7 @@ class DepBackups:
             facts = {k: v for k, v in asdict(record).items() if k != "register"}
             append_event(conn, kind="dep.backup", register_id=reg.id, data=facts, at=at)
         self.failures.pop(reg.id, None)
-        log.info("register %s: DEP backup of %s written to %s", reg.id, quarter, path)
+        log.info("register %s: DEP backup of %s written to %s", reg.id, label, path)
         return record
 
     def _failed(self, exc: BackupFailed) -> None:
