@@ -298,13 +298,15 @@ def _by_register(records: list[BackupRecord]) -> dict[str, list[BackupRecord]]:
 def backup_statuses(
     conn: sqlite3.Connection, now: dt.datetime, failures: dict[str, BackupFailure]
 ) -> dict[str, BackupStatus]:
-    """Per register: its latest backup, whether one is overdue, its current failure."""
+    """Per register: its latest backup, whether one is overdue (a quarter with a receipt
+    dated in it after its latest backup counts as not backed up), its current failure."""
     records = _by_register(list_backups(conn))
     late = now - dt.timedelta(days=OVERDUE_DAYS)
     statuses = {}
     for reg in _registers(conn):
         done = records.get(reg.id, [])
-        overdue = any(reg.due_since(q) < late for q in reg.due(done, now))
+        missing = [*reg.due(done, now), *(item.quarter for item in _late(conn, reg.id, done))]
+        overdue = any(reg.due_since(q) < late for q in missing)
         last = max(done, key=lambda r: r.quarter, default=None)
         statuses[reg.id] = BackupStatus(last, overdue, failures.get(reg.id))
     return statuses

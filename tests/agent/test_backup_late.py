@@ -13,7 +13,7 @@ import pytest
 
 from agent import backup as backup_module
 from agent.at_rksv.dep import stream_dep
-from agent.backup import DepBackups, list_backups
+from agent.backup import DepBackups, backup_statuses, list_backups
 from agent.clock import FrozenClock
 from agent.errors import BackupFailed
 from agent.receipts import ReceiptService
@@ -108,3 +108,18 @@ class TestLateReceipts:
         [record] = backups.run_due()
         assert record.quarter == "2026-Q1.2"
         assert REGISTER not in backups.failures
+
+    def test_the_status_says_overdue_while_a_late_receipt_has_no_backup(
+        self, service: ReceiptService, backups: DepBackups, clock: FrozenClock
+    ) -> None:
+        """With no job writing the supplement ([backup] enabled = false), the quarter
+        counts as not backed up: overdue 7 days after its end, until the supplement is
+        written (by hand: backup run)."""
+        _stepped_back(service, backups, clock)
+        clock.set(Q1_ENDS + dt.timedelta(days=7, seconds=1))
+        with service.db.read_connection() as conn:
+            assert backup_statuses(conn, clock.now(), {})[REGISTER].overdue is True
+        [record] = backups.run_due()
+        assert record.quarter == "2026-Q1.2"
+        with service.db.read_connection() as conn:
+            assert backup_statuses(conn, clock.now(), {})[REGISTER].overdue is False
