@@ -147,7 +147,7 @@ class BackupRecord:
     """A written backup, as ``dep_backups`` and its ``dep.backup`` event hold it."""
 
     register: str
-    quarter: str
+    quarter: str  # 2026-Q1, or 2026-Q1.2 for a supplement (late receipts of 2026-Q1)
     path: str
     sha256: str
     receipts: int
