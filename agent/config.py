@@ -50,7 +50,7 @@ from pydantic_core import PydanticCustomError
 from agent.at_rksv.counter import MAX_COUNTER_BYTES, MIN_COUNTER_BYTES
 from agent.at_rksv.payload import AUSTRIAN_ZONES, REGISTER_ID_RULE, is_register_id
 from agent.durable import create_file, device_of
-from agent.errors import ConfigurationError, InvalidSale
+from agent.errors import ConfigurationError
 from agent.printing.render import EscposOptions
 from agent.receipt_text import WIDTH
 from agent.signing.config import UnitConfig
@@ -161,13 +161,18 @@ class RegisterConfig(_Section):
     @field_validator("receipt_id_format")
     @classmethod
     def _numbering(cls, value: str) -> str:
-        # the rule init applies; imported here: agent.registers loads the storage layer
-        from agent.registers import check_receipt_id_format
-
+        # what any format must do to load; the stricter rule of a new register
+        # (registers.check_receipt_id_format: one id per number) is applied where one is
+        # created (`run`, `init`) and by `config check` while the register does not exist,
+        # so a till configured before that rule keeps starting (its register keeps its format)
         try:
-            check_receipt_id_format(value)
-        except InvalidSale as exc:
-            raise PydanticCustomError(exc.rule, "{message}", {"message": exc.message}) from exc
+            first, second = (value.format(number=n) for n in (1, 2))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise PydanticCustomError("format", "use {number}, e.g. 'B{number:06d}'") from exc
+        if first == second:
+            raise PydanticCustomError("format", "the format must contain {number}")
+        if "_" in first or len(first) > 64 or not first.isprintable():
+            raise PydanticCustomError("id-format", "receipt ids must be 1-64 characters, no '_'")
         return value
 
 

@@ -86,16 +86,24 @@ class TestInit:
 class TestConfig:
     @pytest.mark.usefixtures("no_system_config")
     @pytest.mark.parametrize("value", ["{number:.1e}", "{number:_}", "{number:x}"])
-    def test_the_configuration_refuses_it_with_the_same_rule(
+    def test_a_format_that_loaded_before_still_loads(
         self, write_config: WriteConfig, value: str
     ) -> None:
-        """``[register] receipt_id_format`` (``config check``, ``run``): the rule init
-        applies, naming the key, the rule and the file."""
+        """A till configured so before the rule keeps starting: its register keeps the
+        format it was created with. `run` and `config check` refuse it for a new register
+        (tests/service/test_config_check_register.py)."""
+        path: Path = write_config(f"[register]\nreceipt_id_format = {value!r}\n")
+        assert load_config(path, env={}).register_.receipt_id_format == value
+
+    @pytest.mark.usefixtures("no_system_config")
+    @pytest.mark.parametrize(("value", "rule"), [("{nr}", "format"), ("A_{number}", "id-format")])
+    def test_a_format_that_cannot_number_is_refused_at_load(
+        self, write_config: WriteConfig, value: str, rule: str
+    ) -> None:
         path: Path = write_config(f"[register]\nreceipt_id_format = {value!r}\n")
         with pytest.raises(ConfigurationError) as refused:
             load_config(path, env={})
         message = str(refused.value)
         assert message.startswith("register.receipt_id_format: ")
-        assert RECEIPT_ID_FORMAT_RULE in message
-        assert "[format]" in message
+        assert f"[{rule}]" in message
         assert f"(from {path})" in message

@@ -88,3 +88,38 @@ class TestExistingRegister:
         result = check(8)
         assert result.exit_code == 0, result.output
         assert "counter_bytes" not in result.stderr
+
+
+class TestReceiptIdFormat:
+    """``[register] receipt_id_format``: a new register gets only a format that gives each
+    receipt an id of its own (registers.check_receipt_id_format); an existing register
+    keeps the one it was created with, so an odd one configured before still starts."""
+
+    @pytest.fixture(name="check_format")
+    def _check_format(self, write_config: WriteConfig, data_dir: Path) -> Callable[[], Result]:
+        app = typer.Typer()
+        app.add_typer(config_app, name="config")
+        path = write_config(
+            f'data_dir = "{data_dir}"\ndevelopment_unit = true\n'
+            f'[register]\nreceipt_id_format = "{{number:.1e}}"\n'
+            f'[backup]\ndir = "{data_dir.parent / "backups"}"\n'
+        )
+        return lambda: CliRunner().invoke(app, ["config", "check", "--config", str(path)])
+
+    def test_a_new_register_is_refused_by_check_and_run(
+        self, check_format: Callable[[], Result], start: Start
+    ) -> None:
+        refused = check_format()
+        assert refused.exit_code == 3, refused.output
+        assert "register.receipt_id_format:" in refused.stderr
+        assert "[format]" in refused.stderr
+        with pytest.raises(InvalidSale):
+            start(register={"receipt_id_format": "{number:.1e}"})
+
+    def test_an_existing_register_keeps_its_format_and_starts(
+        self, check_format: Callable[[], Result], start: Start
+    ) -> None:
+        start().stop()  # created with the default {number}
+        assert check_format().exit_code == 0
+        till = start(register={"receipt_id_format": "{number:.1e}"})
+        assert till.receipts.zero_receipt("KASSE-1").result.receipt_id == "2"
