@@ -34,21 +34,36 @@ not compared again until it changes.
 
 from __future__ import annotations
 
-import datetime as dt
 import errno
 import hashlib
 import io
 import logging
 import os
-import re
 import sqlite3
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO, BinaryIO, TypeAlias, cast
-from zoneinfo import ZoneInfo
 
 from agent.at_rksv import is_register_id
+from agent.backup_schedule import (
+    OVERDUE_DAYS,
+    QUARTER_GRACE,
+    BackupFailure,
+    BackupRecord,
+    BackupStatus,
+    DueRun,
+    LateReceipt,
+    Quarter,
+    ScheduledRegister,
+    backup_statuses,
+    by_register,
+    check_quarter,
+    late_receipts,
+    list_backups,
+    medium_name,
+    scheduled_registers,
+)
 from agent.clock import Clock
 from agent.durable import (
     create_streamed,
@@ -58,7 +73,7 @@ from agent.durable import (
     refuse_non_regular,
     temporary_names,
 )
-from agent.errors import BackupFailed, InvalidSale, NotFound
+from agent.errors import BackupFailed, NotFound
 from agent.export import export_dep
 from storage.db import TillDB
 from storage.journal import append_event
@@ -79,237 +94,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OVERDUE_DAYS = 7  # an ended quarter without a backup for longer than this is overdue
-# A quarter is backed up this long after its end, not at midnight: a sale stamped 23:59:59
-# commits after its signature (the sign deadline, sign_timeout_s, is 60 s at most) and must
-# be in the file. Also covers a clock a few minutes fast that NTP steps back after midnight.
-QUARTER_GRACE = dt.timedelta(minutes=5)
-# [0-9], not \d (other scripts' digits), and fullmatch, not $ (which allows a final newline)
-_QUARTER = re.compile(r"([0-9]{4})-Q([1-4])")
-_REGISTERS = (
-    "SELECT r.id, r.timezone, r.state, r.last_issued_at,"
-    " (SELECT issued_at FROM receipts WHERE register_id = r.id ORDER BY number LIMIT 1)"
-    " FROM registers r WHERE ? IS NULL OR r.id = ? ORDER BY r.id"
-)
-_RECORDS = (
-    "SELECT register_id, quarter, path, sha256, receipts, last_number, written_at"
-    " FROM dep_backups WHERE ? IS NULL OR register_id = ? ORDER BY register_id, quarter"
-)
-_NEXT_RECEIPT = (
-    "SELECT number, issued_at FROM receipts WHERE register_id = ? AND number > ?"
-    " ORDER BY number LIMIT 1"
-)
 _Identity: TypeAlias = tuple[int, int, int, int, int]  # a file's device, inode, size, times
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class Quarter:
-    """A calendar quarter, written ``2026-Q3``."""
-
-    year: int
-    number: int
-
-    @classmethod
-    def parse(cls, text: str) -> Quarter:
-        """``ValueError`` unless ``text`` is of the form 2026-Q3."""
-        if (match := _QUARTER.fullmatch(text)) is None:
-            raise ValueError(f"{text!r} is not a quarter: write it as YYYY-Qn, e.g. 2026-Q3")
-        return cls(int(match[1]), int(match[2]))
-
-    @classmethod
-    def of(cls, day: dt.date) -> Quarter:
-        return cls(day.year, (day.month - 1) // 3 + 1)
-
-    def next(self) -> Quarter:
-        return Quarter(self.year + self.number // 4, self.number % 4 + 1)
-
-    def previous(self) -> Quarter:
-        return Quarter(self.year - (self.number == 1), (self.number - 2) % 4 + 1)
-
-    @property
-    def first_day(self) -> dt.date:
-        return dt.date(self.year, 3 * self.number - 2, 1)
-
-    @property
-    def last_day(self) -> dt.date:
-        return self.next().first_day - dt.timedelta(days=1)
-
-    def ends_at(self, zone: dt.tzinfo) -> dt.datetime:
-        """Midnight at the start of the next quarter, local time of ``zone``."""
-        return dt.datetime.combine(self.next().first_day, dt.time(), tzinfo=zone)
-
-    def __str__(self) -> str:
-        return f"{self.year:04d}-Q{self.number}"
-
-
-@dataclass(frozen=True, slots=True)
-class BackupRecord:
-    """A written backup, as ``dep_backups`` and its ``dep.backup`` event hold it."""
-
-    register: str
-    quarter: str  # 2026-Q1, or 2026-Q1.2 for a supplement (late receipts of 2026-Q1)
-    path: str
-    sha256: str
-    receipts: int
-    last_number: int
-    written_at: str
-
-
-@dataclass(frozen=True, slots=True)
-class DueRun:
-    """One run over the due backups: those written, then the failures, by register."""
-
-    written: list[BackupRecord]
-    failures: list[BackupFailed]
-
-
-@dataclass(frozen=True, slots=True)
-class BackupFailure:
-    """The current run of failures of a register's backups: the latest one."""
-
-    quarter: str
-    error: str
-    at: str
-
-
-@dataclass(frozen=True, slots=True)
-class BackupStatus:
-    """What ``GET /v1/status`` shows of a register's backups."""
-
-    last: BackupRecord | None
-    overdue: bool
-    failure: BackupFailure | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Late:
-    """A receipt dated in ``quarter`` after its latest backup (``backup``, up to receipt
-    ``last_number``) was written: the clock was stepped back after that backup."""
-
-    quarter: Quarter
-    backup: str
-    last_number: int
-    late: int  # the first such receipt
-    part: int  # the supplementary backup to write: 2 for ``<quarter>.2``, ...
-
-    @property
-    def label(self) -> str:
-        return f"{self.quarter}.{self.part}"
-
-
-@dataclass(frozen=True, slots=True)
-class _Register:
-    id: str
-    zone: ZoneInfo
-    first: dt.date  # the local date of its first receipt
-    closed_at: dt.datetime | None  # the local time of its Schlussbeleg
-
-    def last_due(self, now: dt.datetime) -> Quarter:
-        """The latest quarter that is over for this register: the one before ``now``'s
-        (:data:`QUARTER_GRACE` ago), or the quarter of its Schlussbeleg (its DEP is final
-        then, and nothing comes after)."""
-        if self.closed_at is not None:
-            return Quarter.of(self.closed_at.date())
-        return Quarter.of((now - QUARTER_GRACE).astimezone(self.zone).date()).previous()
-
-    def due_since(self, quarter: Quarter) -> dt.datetime:
-        """When ``quarter``'s backup became due: its end, or the Schlussbeleg within it."""
-        ends = quarter.ends_at(self.zone)
-        return ends if self.closed_at is None else min(ends, self.closed_at)
-
-    def due(self, done: list[BackupRecord], now: dt.datetime) -> list[Quarter]:
-        """The quarters over and not backed up yet (not in ``done``), oldest first."""
-        quarters, quarter, last = [], Quarter.of(self.first), self.last_due(now)
-        done_quarters = {record.quarter for record in done}
-        while quarter <= last:
-            if str(quarter) not in done_quarters:
-                quarters.append(quarter)
-            quarter = quarter.next()
-        return quarters
-
-
-def _registers(conn: sqlite3.Connection, register_id: str | None = None) -> list[_Register]:
-    registers = []
-    for reg_id, timezone, state, last_issued_at, first in conn.execute(
-        _REGISTERS, (register_id, register_id)
-    ):
-        zone = ZoneInfo(timezone)
-        closed = None
-        if state == "closed" and last_issued_at is not None:
-            closed = dt.datetime.fromisoformat(last_issued_at).replace(tzinfo=zone)
-        if first is not None:  # (a register is created with its Startbeleg)
-            registers.append(_Register(reg_id, zone, dt.date.fromisoformat(first[:10]), closed))
-    return registers
-
-
-def _late(conn: sqlite3.Connection, register_id: str, done: list[BackupRecord]) -> list[_Late]:
-    """The backed-up quarters of a register that have a receipt dated in them after their
-    latest backup: the receipt after that backup's last one is dated in the quarter (a
-    receipt is never dated before the one before it: no later one can be, if that is not)."""
-    by_quarter: dict[str, list[BackupRecord]] = {}
-    for record in done:
-        by_quarter.setdefault(record.quarter.split(".")[0], []).append(record)
-    found = []
-    for text, records in sorted(by_quarter.items()):
-        quarter, latest = Quarter.parse(text), max(records, key=lambda r: r.last_number)
-        row = conn.execute(_NEXT_RECEIPT, (register_id, latest.last_number)).fetchone()
-        if row is not None and quarter.first_day.isoformat() <= row[1] < _end(quarter):
-            found.append(
-                _Late(quarter, latest.quarter, latest.last_number, row[0], len(records) + 1)
-            )
-    return found
-
-
-def _end(quarter: Quarter) -> str:
-    """The first ``issued_at`` (a local time) after ``quarter``."""
-    return quarter.next().first_day.isoformat()
-
-
-def medium_name(register_id: str) -> str:
-    """The name of a register's backup directory, and the start of its files' names: its
-    Kassen-ID, with each ':' and each final '.' written as in a URL (``%3A``, ``%2E``), so
-    it is a name on FAT and exFAT, and the first letter of a Windows device name (``CON``,
-    ``NUL.K1``, ``com1``: Windows, where a stick is often read, opens no such directory) as
-    well (``%43ON``). No two Kassen-IDs get one name ('%' is not in one)."""
-    stem = register_id.rstrip(".")
-    name = stem.replace(":", "%3A") + "%2E" * (len(register_id) - len(stem))
-    if name.split(".", 1)[0].upper() in _WINDOWS_DEVICES:
-        name = f"%{ord(name[0]):02X}{name[1:]}"
-    return name
-
-
-_WINDOWS_DEVICES = frozenset(
-    ("CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port in ("COM", "LPT") for n in range(1, 10)))
-)
-
-
-def list_backups(conn: sqlite3.Connection, register_id: str | None = None) -> list[BackupRecord]:
-    """The recorded backups, by register and quarter."""
-    return [BackupRecord(*row) for row in conn.execute(_RECORDS, (register_id, register_id))]
-
-
-def _by_register(records: list[BackupRecord]) -> dict[str, list[BackupRecord]]:
-    grouped: dict[str, list[BackupRecord]] = {}
-    for record in records:
-        grouped.setdefault(record.register, []).append(record)
-    return grouped
-
-
-def backup_statuses(
-    conn: sqlite3.Connection, now: dt.datetime, failures: dict[str, BackupFailure]
-) -> dict[str, BackupStatus]:
-    """Per register: its latest backup, whether one is overdue (a quarter with a receipt
-    dated in it after its latest backup counts as not backed up), its current failure."""
-    records = _by_register(list_backups(conn))
-    late = now - dt.timedelta(days=OVERDUE_DAYS)
-    statuses = {}
-    for reg in _registers(conn):
-        done = records.get(reg.id, [])
-        missing = [*reg.due(done, now), *(item.quarter for item in _late(conn, reg.id, done))]
-        overdue = any(reg.due_since(q) < late for q in missing)
-        last = max(done, key=lambda r: r.quarter, default=None)
-        statuses[reg.id] = BackupStatus(last, overdue, failures.get(reg.id))
-    return statuses
 
 
 class _Digest(io.RawIOBase):
@@ -402,9 +187,11 @@ class DepBackups:
         failed: list[BackupFailed] = []
         now = self.clock.now()
         with self.db.read_connection() as conn:
-            records = _by_register(list_backups(conn, register_id))
-            registers = _registers(conn, register_id)
-            late = {reg.id: _late(conn, reg.id, records.get(reg.id, [])) for reg in registers}
+            records = by_register(list_backups(conn, register_id))
+            registers = scheduled_registers(conn, register_id)
+            late = {
+                reg.id: late_receipts(conn, reg.id, records.get(reg.id, [])) for reg in registers
+            }
         plan = [(reg, reg.due(records.get(reg.id, []), now)) for reg in registers]
         for reg, quarters in plan:
             try:
@@ -430,10 +217,10 @@ class DepBackups:
             BackupFailed: it could not be written.
         """
         with self.db.read_connection() as conn:
-            reg = next(iter(_registers(conn, register_id)), None)
+            reg = next(iter(scheduled_registers(conn, register_id)), None)
             if reg is None:
                 raise NotFound(f"register {register_id!r} is not initialized in this till database")
-            _check_quarter(reg, quarter, self.clock.now())
+            check_quarter(reg, quarter, self.clock.now())
             records = list_backups(conn, register_id)
         if existing := next((r for r in records if r.quarter == str(quarter)), None):
             return existing, False
@@ -443,7 +230,7 @@ class DepBackups:
             self._failed(exc)
             raise
 
-    def _back_up(self, reg: _Register, quarter: Quarter, label: str = "") -> BackupRecord:
+    def _back_up(self, reg: ScheduledRegister, quarter: Quarter, label: str = "") -> BackupRecord:
         """Write and record ``quarter``'s backup, named ``label`` (a supplement's, e.g.
         ``2026-Q1.2``), by default the quarter's own."""
         label = label or str(quarter)
@@ -477,7 +264,7 @@ class DepBackups:
             raise BackupFailed(reg.id, label, reason)
         return self._record(reg, label, path, sha256, count)
 
-    def _say_late(self, reg: _Register, item: _Late) -> None:
+    def _say_late(self, reg: ScheduledRegister, item: LateReceipt) -> None:
         """Log and journal, once, a receipt dated in a quarter after its backup."""
         if (reg.id, item.label) in self._late_said:
             return
@@ -504,7 +291,7 @@ class DepBackups:
             append_event(conn, kind="dep.backup_late", register_id=reg.id, data=facts, at=at)
         self._late_said.add((reg.id, item.label))
 
-    def _path(self, reg: _Register, label: str) -> Path:
+    def _path(self, reg: ScheduledRegister, label: str) -> Path:
         """``<dir>/<name>/<name>_<label>.dep.json`` (the label: the quarter, or a
         supplement's ``2026-Q1.2``): the name is :func:`medium_name` of
         the Kassen-ID, or the Kassen-ID itself where a directory of that name holds the
@@ -515,7 +302,7 @@ class DepBackups:
             name = reg.id
         return self.directory / name / f"{name}_{label}.dep.json"
 
-    def _refusal(self, reg: _Register) -> str | None:
+    def _refusal(self, reg: ScheduledRegister) -> str | None:
         """Why nothing may be written for ``reg`` now, or None."""
         if not is_register_id(reg.id):  # an earlier init let "..": never beside [backup] dir
             return f"the Kassen-ID {reg.id!r} cannot name a backup directory"
@@ -535,12 +322,14 @@ class DepBackups:
         here = device_of(path)
         return here is None or here in (device_of(self._data_dir), self._beneath)
 
-    def _export(self, reg: _Register, quarter: Quarter, out: BinaryIO | None) -> tuple[str, int]:
+    def _export(
+        self, reg: ScheduledRegister, quarter: Quarter, out: BinaryIO | None
+    ) -> tuple[str, int]:
         sink = _Digest(out, self._stop)
         count = export_dep(self.db, reg.id, cast("IO[bytes]", sink), end=quarter.last_day)
         return sink.sha256.hexdigest(), count
 
-    def _adopt(self, reg: _Register, quarter: Quarter, path: Path) -> tuple[str, int]:
+    def _adopt(self, reg: ScheduledRegister, quarter: Quarter, path: Path) -> tuple[str, int]:
         """A file of this name without a record: a run killed before its record. It is
         recorded if it is this quarter's export; it is never overwritten (nor read when it
         is no regular file: a fifo would block the job).
@@ -564,7 +353,7 @@ class DepBackups:
         )
 
     def _record(
-        self, reg: _Register, label: str, path: Path, sha256: str, count: int
+        self, reg: ScheduledRegister, label: str, path: Path, sha256: str, count: int
     ) -> BackupRecord:
         at = self.clock.now().isoformat()
         with self.db.write_connection().transaction() as conn:
@@ -646,35 +435,6 @@ def _identity(path: Path) -> _Identity:
     """What changes when a file is changed, or replaced by another."""
     st = os.stat(path)
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _check_quarter(reg: _Register, quarter: Quarter, now: dt.datetime) -> None:
-    """Only a quarter that is over and in the register's life has a backup."""
-    if quarter < Quarter.of(reg.first):
-        raise InvalidSale(
-            "quarter",
-            "quarter-before-register",
-            f"register {reg.id} has receipts from {reg.first} on: {quarter} is before it",
-        )
-    last = reg.last_due(now)
-    if quarter > last and reg.closed_at is not None:
-        raise InvalidSale(
-            "quarter",
-            "after-schlussbeleg",
-            f"register {reg.id} was closed by its Schlussbeleg in {last}: {quarter} has no DEP",
-        )
-    if quarter > last:
-        raise InvalidSale(
-            "quarter",
-            "quarter-not-ended",
-            f"{quarter} has not ended (a quarter ends at midnight after its last day,"
-            f" {reg.zone.key}, and is backed up {_minutes(QUARTER_GRACE)} minutes later, once"
-            f" its last sales have committed); the latest ended quarter is {last}",
-        )
-
-
-def _minutes(delta: dt.timedelta) -> int:
-    return int(delta.total_seconds() // 60)
 
 
 def _reason(exc: OSError, path: Path) -> str:
