@@ -174,7 +174,7 @@ def _holds_register(config: AgentConfig) -> bool | None:
 
     register_id = config.register_.id
     try:
-        db = open_till_db(config.data_dir, writer=False)
+        db = open_till_db(config.data_dir, writer=False, create=False)  # a check changes nothing
     except NoDatabase:
         return False
     except StorageError:

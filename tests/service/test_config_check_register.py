@@ -123,3 +123,16 @@ class TestReceiptIdFormat:
         assert check_format().exit_code == 0
         till = start(register={"receipt_id_format": "{number:.1e}"})
         assert till.receipts.zero_receipt("KASSE-1").result.receipt_id == "2"
+
+
+def test_an_empty_database_file_is_no_register_and_stays_empty(
+    check: Check, data_dir: Path
+) -> None:
+    """An empty till.sqlite3 is "no till database yet": the check says what `run` would
+    refuse for a new register (exit 3, no traceback) and leaves the file as it is."""
+    data_dir.mkdir(parents=True, mode=0o700)
+    (data_dir / DB_FILE).touch()
+    refused = check(16)
+    assert refused.exit_code == 3, refused.output
+    assert "register.counter_bytes:" in refused.stderr
+    assert (data_dir / DB_FILE).stat().st_size == 0
