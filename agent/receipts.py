@@ -264,13 +264,18 @@ class ReceiptService:
                         "request-id-reused",
                         f"this request_id was already used for a {stored['kind']} receipt",
                     )
-                issued = Issued(result_from_row(stored), created=False)
+                # a lost Sammelbeleg is replaced by recovery: the retry gets what stands now,
+                # and waits only while the outage it was asked for is still open
+                issued = Issued(result_from_row(current_version(conn, stored)), created=False)
+                waits = self._issuing.outages.is_open(register_id)
             else:
                 reg = open_register(conn, register_id)
                 kind = "sammelbeleg" if self._issuing.outages.is_open(register_id) else "null"
                 draft = Draft(register_id, kind, request_id=request_id)
                 issued = Issued(self._issuing.issue_in(conn, reg, draft), created=True)
-        raise_if_lost(issued.result)
+                waits = True
+        if waits:
+            raise_if_lost(issued.result)
         return issued
 
     def get(self, register_id: str, number: int) -> ReceiptResult:
