@@ -136,6 +136,7 @@ class Issuing:
                 raise
             self.outages.settle(committed=True)
             self._signing.intent_unsettled = False
+            self._signing.refused_outage = None  # opened, and now committed
 
     def stamp_now(self, timezone: str) -> str:
         """Now, as a receipt of a register in ``timezone`` is dated (field 4)."""

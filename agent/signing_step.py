@@ -104,8 +104,10 @@ class SigningStep:
             return FALLBACK_SIGNATURE, state
 
     def open_refused_outage(self, conn: sqlite3.Connection) -> None:
-        """Open the outage a refused receipt met (unless one is open by now), in ``conn``."""
-        refused, self.refused_outage = self.refused_outage, None
+        """Open the outage a refused receipt met (unless one is open by now), in ``conn``.
+        It stays pending until that transaction commits (:class:`agent.issuing.Issuing`
+        clears it then): a transaction that fails for another reason opens it again."""
+        refused = self.refused_outage
         if refused is None or self._outages.is_open(refused[0]):
             return
         register_id, unit_id, cause, at = refused

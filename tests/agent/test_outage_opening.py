@@ -8,8 +8,11 @@ import datetime as dt
 import io
 import json
 
+import pytest
+
 from agent.at_rksv.verify import verify_dep
 from agent.clock import FrozenClock
+from agent.errors import InvalidSale
 from agent.export import export_container, export_dep
 from agent.outages import OutageRecord, load_outages
 from agent.probe import Backoff, Prober
@@ -131,3 +134,25 @@ class TestAFailedProbe:
         assert bare_service.waiting() == []
         assert _outages(bare_service) == []
         assert _findings(bare_service.db) == []
+
+
+class TestAPendingOpening:
+    def test_it_survives_a_transaction_that_fails_for_another_reason(
+        self, service: ReceiptService, flaky: FlakyUnit, clock: FrozenClock
+    ) -> None:
+        """The outage a refusal met is pending when the transaction meant to open it fails
+        (here: a bad Storno, InvalidSale): it is opened by the next one that commits."""
+        # as a refusal leaves it when the transaction that should open it failed too
+        pending = (REGISTER, "dev", "unit dev is down", clock.now())
+        service._issuing._signing.refused_outage = pending
+        storno = {"request_id": "s", "register": REGISTER, "kind": "storno", "voids": 99}
+        with pytest.raises(InvalidSale):
+            service.issue(storno)
+        assert _outages(service) == []
+        service.issue(sale(request_id="next"))
+        [outage] = _outages(service)
+        assert (outage.register_id, outage.cause, outage.ended_at) == (
+            REGISTER,
+            "unit dev is down",
+            None,
+        )
