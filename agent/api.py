@@ -300,10 +300,7 @@ def _parse_body(model: type[_Model], raw: bytes) -> _Model:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "(document)"
-        rule, message = rule_name(first["type"]), first["msg"]
-        if field == "reference" and rule == "min-length":  # as check_reference says it
-            rule, message = "required", "give the reference"
-        raise InvalidSale(field, rule, message) from None
+        raise InvalidSale(field, rule_name(first["type"]), first["msg"]) from None
 
 
 def _json_request(name: str, description: str, *, required: bool = True) -> dict[str, Any]:

@@ -178,7 +178,8 @@ class ReportIn(_In):
     """A FinanzOnline report made for an outage: its reference, and whether it is the
     report of the outage's end."""
 
-    reference: str = Field(min_length=1, max_length=REFERENCE_MAX_LENGTH)
+    # empty or blank: rule `required`, from check_reference, as on the command line
+    reference: str = Field(max_length=REFERENCE_MAX_LENGTH)
     end: bool = False
 
 
@@ -187,7 +188,8 @@ class CheckDoneIn(_In):
     receipt (may be left out for the Startbeleg) and whether the check failed."""
 
     year: int | None = Field(None, ge=1, le=9999)
-    reference: str = Field(min_length=1, max_length=REFERENCE_MAX_LENGTH)
+    # empty or blank: rule `required`, from check_reference, as on the command line
+    reference: str = Field(max_length=REFERENCE_MAX_LENGTH)
     failed: bool = False
 
 

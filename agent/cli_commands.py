@@ -461,6 +461,8 @@ def special(
     A Monats-/Jahresbeleg closes the current month (register time zone), as the agent's
     closing job would: a month closed already is refused (exit 4). A Schlussbeleg (closing)
     decommissions the register for good, needs --yes and waits while an outage is open.
+    After a Jahres- or Schlussbeleg it says what the operator owes and by when. An unknown
+    register is exit 6.
     """
     if kind not in ("null", "monthly", "yearly", "closing"):
         _fail(

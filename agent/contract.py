@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from agent.errors import InvalidSale
-from storage.canonical import canonical_json
+from storage.canonical import DuplicateKey, canonical_json, unique_keys
 
 __all__ = [
     "REFERENCE_MAX_LENGTH",
@@ -249,27 +249,12 @@ def _first_error(exc: ValidationError) -> InvalidSale:
     return InvalidSale(field, rule, f"{message}; {hint}" if hint else message)
 
 
-class _DuplicateKey(ValueError):
-    """A JSON object names the same key twice (json.loads would silently keep the last)."""
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _DuplicateKey(key)
-            seen.add(key)
-    return obj
-
-
 def load_json(raw: bytes | str) -> Any:
     """JSON text as the agent reads every request body: a key named twice in one object
     is refused (json.loads would keep the last). Raises ``InvalidSale`` (``(document)``)."""
     try:
-        return json.loads(raw, object_pairs_hook=_unique_keys)
-    except _DuplicateKey as exc:
+        return json.loads(raw, object_pairs_hook=unique_keys)
+    except DuplicateKey as exc:
         raise InvalidSale(
             "(document)", "duplicate-key", f"the key {exc.args[0]!r} appears twice in one object"
         ) from None

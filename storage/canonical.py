@@ -1,7 +1,9 @@
-"""The one JSON form that is stored and hashed (journal events, receipt documents).
+"""The one JSON form that is stored and hashed (journal events, receipt documents), and
+the one strictness every JSON the agent reads shares (sales, request bodies, DEP exports):
+a key named twice in one object is refused (:func:`unique_keys`).
 
-A module of its own, without the database: the sale contract uses it too, and importing
-it must not load SQLAlchemy.
+A module of its own, without the database: the sale contract and the DEP reader use it
+too, and importing it must not load SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["canonical_json"]
+__all__ = ["DuplicateKey", "canonical_json", "unique_keys"]
 
 # one encoder for every call: json.dumps with options builds a new one each time
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -19,3 +21,20 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 def canonical_json(data: Mapping[str, Any]) -> str:
     """Sorted keys, no spaces, UTF-8 (non-ASCII characters kept as they are)."""
     return _CANONICAL.encode(data)
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names the same key twice (json.loads would silently keep the last);
+    ``args[0]`` is the key."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An ``object_pairs_hook`` for :mod:`json` that raises :class:`DuplicateKey`."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return document

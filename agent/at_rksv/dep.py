@@ -23,6 +23,7 @@ from agent.at_rksv.encoding import b64, b64_decode
 from agent.at_rksv.jsonstream import JsonReader, JsonStreamError, json_error
 from agent.errors import TillAgentError
 from agent.signing.base import Identity
+from storage.canonical import DuplicateKey, unique_keys
 
 __all__ = [
     "CERTIFICATE",
@@ -176,27 +177,12 @@ def load_dep(fp: IO[str] | IO[bytes]) -> Iterator[tuple[DepGroup, str]]:
     """Parse a DEP export from ``fp`` and iterate over it; see :func:`iter_dep`."""
     try:
         # whole, as it may exceed jsonstream.MAX_VALUE; a key named twice hides a value
-        document = json.load(fp, object_pairs_hook=_unique_keys)
-    except _DuplicateKey as exc:
+        document = json.load(fp, object_pairs_hook=unique_keys)
+    except DuplicateKey as exc:
         raise DepFormatError(f"DEP export: {exc.args[0]!r} appears twice in one object") from exc
     except (ValueError, RecursionError) as exc:
         raise DepFormatError(f"DEP export is {json_error(exc)}") from exc
     return iter_dep(document)
-
-
-class _DuplicateKey(ValueError):
-    """A JSON object names a key twice."""
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _DuplicateKey(key)
-            seen.add(key)
-    return document
 
 
 def stream_dep(
