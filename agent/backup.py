@@ -22,7 +22,7 @@ backup is written; only the record's commit takes the write connection.
 A receipt dated in a quarter after that quarter's backup was written (a clock minutes fast
 at midnight, stepped back by NTP after :data:`QUARTER_GRACE`: a receipt is dated no earlier
 than the one before it, nothing else) is found by the next run, logged as an ERROR and
-journaled (``dep.backup_late``) once per process, and the whole quarter is backed up again
+journaled (``dep.backup_late``) once, and the whole quarter is backed up again
 into ``..._<YYYY>-Q<n>.2.dep.json`` (then ``.3``...), recorded as quarter ``<YYYY>-Q<n>.2``:
 the medium holds every receipt of the quarter, the first file stays as it is.
 
@@ -288,7 +288,15 @@ class DepBackups:
         }
         at = self.clock.now().isoformat()
         with self.db.write_connection().transaction() as conn:
-            append_event(conn, kind="dep.backup_late", register_id=reg.id, data=facts, at=at)
+            # journaled once per supplement, also across restarts while it is unwritten
+            said = conn.execute(
+                "SELECT 1 FROM journal WHERE kind = 'dep.backup_late' AND register_id = ?"
+                " AND json_extract(data, '$.backup') = ?"
+                " AND json_extract(data, '$.last_number') = ?",
+                (reg.id, item.backup, item.last_number),
+            ).fetchone()
+            if said is None:
+                append_event(conn, kind="dep.backup_late", register_id=reg.id, data=facts, at=at)
         self._late_said.add((reg.id, item.label))
 
     def _path(self, reg: ScheduledRegister, label: str) -> Path:

@@ -92,7 +92,8 @@ class TestLateReceipts:
         backup_dir: Path,
     ) -> None:
         """While the supplement fails, it is the register's backup failure (as the status
-        shows it), retried each run; the late receipt is journaled once."""
+        shows it), retried each run; the late receipt is journaled once, also by the job of
+        a restarted process."""
         _stepped_back(service, backups, clock)
         directory = backup_dir / REGISTER
         directory.rename(backup_dir / "moved")
@@ -103,6 +104,10 @@ class TestLateReceipts:
             assert failed.value.quarter == "2026-Q1.2"
         assert backups.failures[REGISTER].quarter == "2026-Q1.2"
         assert len(journal_events(service.db, "dep.backup_late")) == 1
+        restarted = DepBackups(service.db, backup_dir, clock)  # a new process: says it again
+        with pytest.raises(BackupFailed, match="not a directory"):
+            restarted.run_due()
+        assert len(journal_events(service.db, "dep.backup_late")) == 1  # journaled once
         directory.unlink()
         (backup_dir / "moved").rename(directory)
         [record] = backups.run_due()
