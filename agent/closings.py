@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from agent.errors import RegisterStateError
 
-__all__ = ["due_periods", "period_of", "period_to_close"]
+__all__ = ["due_periods", "next_closing_at", "period_of", "period_to_close"]
 
 
 def period_to_close(reg: sqlite3.Row, kind: str, now: dt.datetime) -> str:
@@ -72,6 +72,13 @@ def due_periods(last_closing: str | None, first: str, now_local: dt.datetime) ->
         due.append(period)
         period = _next_period(period)
     return due
+
+
+def next_closing_at(last_closing: str | None, first: str, timezone: str) -> dt.datetime:
+    """When the next closing after ``last_closing`` (or the first one, of month ``first``)
+    is due: 23:59 of that month's last day in ``timezone``."""
+    period = _next_period(last_closing) if last_closing is not None else first
+    return _closing_time(period, ZoneInfo(timezone))
 
 
 def period_of(stamp: str, timezone: str) -> str:

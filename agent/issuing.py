@@ -27,16 +27,19 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from agent.at_rksv import Payload, cents_to_amount, chain_value, signing_input
 from agent.checks import CHECK_KINDS, record_due
 from agent.clock import Clock
+from agent.closings import due_periods, period_of
 from agent.contract import ReceiptResult
 from agent.errors import (
     FiscalError,
     InvalidSale,
     NotFound,
     OutcomeUnknown,
+    RegisterStateError,
     SigningError,
     StorageError,
     WaitsForUnit,
@@ -97,6 +100,8 @@ class Issuing:
         self.sign_timeout = sign_timeout
         self.writer = db.write_connection()
         self.lock = threading.RLock()  # held by each write transaction
+        # a Schlussbeleg waits for the due closings (off: a scenario replay, its own dates)
+        self.closings_first = True
         # ticked by the running agent, and ages an outage as its Sammelbeleg closes it
         watch = OutageWatch(self.writer, clock, thresholds)
         with self.writer.transaction() as conn:
@@ -150,9 +155,12 @@ class Issuing:
         *,
         receipt_id: str | None = None,
         unit_position: int | None = None,
+        created_at: str | None = None,
     ) -> ReceiptResult | None:
         """Create the register and issue its Startbeleg dated ``stamp``; ``receipt_id`` and
-        ``unit_position``: a scenario replay's (default: from the format, the first unit).
+        ``unit_position``: a scenario replay's (default: from the format, the first unit);
+        ``created_at``: when a Startbeleg that waited was first asked for (its months are
+        closed from then on; default: now).
 
         A chain service whose answer is lost (``OutcomeUnknown``) may hold the Startbeleg
         signed: then nothing is created, and the waiting Startbeleg (the open one, or a new
@@ -175,7 +183,8 @@ class Issuing:
             intent = start_intent(voids)
         with self.writer.savepoint("startbeleg"):
             try:
-                create_register(conn, setup, self.clock.now().isoformat(), closed)
+                created = created_at or self.clock.now().isoformat()
+                create_register(conn, setup, created, closed)
                 reg = register_row(conn, setup.register_id)
                 draft = Draft(
                     setup.register_id,
@@ -207,7 +216,7 @@ class Issuing:
         :meth:`agent.signing_step.SigningStep.receipt_intent`); a local unit has none."""
         register_id, number = reg["id"], reg["last_number"] + 1  # allocated inside the txn
         if draft.kind == "closing":
-            self._check_closable(conn, register_id)
+            self._check_closable(conn, reg)
         receipt_id = draft.receipt_id or reg["receipt_id_format"].format(number=number)
         check_id("receipt_id", receipt_id)
         unit = self._unit_for(conn, reg, draft.unit_position)
@@ -255,10 +264,12 @@ class Issuing:
         what it settles (:func:`agent.storing.store_receipt`)."""
         store_receipt(conn, self.outages, stored, document, at)
 
-    def _check_closable(self, conn: sqlite3.Connection, register_id: str) -> None:
+    def _check_closable(self, conn: sqlite3.Connection, reg: sqlite3.Row) -> None:
         """Refuse a Schlussbeleg while the register waits for its unit: after it the
         register issues nothing, so an open outage could never get its Sammelbeleg (nor an
-        unsigned receipt its remedy, nor a waiting Jahresbeleg its turn)."""
+        unsigned receipt its remedy, nor a waiting Jahresbeleg its turn); and while a
+        month that is over has no Monats-/Jahresbeleg yet (it would never get one)."""
+        register_id = reg["id"]
         if self.outages.is_open(register_id):
             why = "has an open outage that only its signed Sammelbeleg closes"
         elif unresolved(conn, register_id):
@@ -266,11 +277,25 @@ class Issuing:
         elif any_waiting(conn, register_id):
             why = "has a special receipt waiting for the unit"
         else:
+            self._check_closed_months(reg)
             return
         raise WaitsForUnit(
             f"register {register_id} {why}: the Schlussbeleg waits until the unit answers"
             " and recovery is done (till-agent outage recover); nothing was issued"
         )
+
+    def _check_closed_months(self, reg: sqlite3.Row) -> None:
+        if not self.closings_first:  # a scenario replay: its dates are the scenario's
+            return
+        now_local = self.clock.now().astimezone(ZoneInfo(reg["timezone"]))
+        first = period_of(reg["created_at"], reg["timezone"])
+        due = due_periods(reg["last_closing"], first, now_local)
+        if due:
+            kind = "yearly" if due[0].endswith("-12") else "monthly"
+            raise RegisterStateError(
+                f"register {reg['id']}: the {_CLOSING_NAMES[kind]} of {', '.join(due)} is due"
+                " and not issued yet; it comes before the Schlussbeleg; nothing was issued"
+            )
 
     def _unit_for(
         self, conn: sqlite3.Connection, reg: sqlite3.Row, position: int | None
@@ -304,3 +329,6 @@ class Issuing:
                 position = json.loads(sent).get("unit_position")
                 return self.units.get(conn, start_unit(setup_from_json(sent), position))
             return self.units.get(conn, row[0])
+
+
+_CLOSING_NAMES = {"monthly": "Monatsbeleg", "yearly": "Jahresbeleg"}

@@ -12,6 +12,7 @@ through the same :class:`~agent.issuing.Issuing`; the rows it works on are in
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import sqlite3
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from agent.clock import Clock, SystemClock
-from agent.closings import due_periods, period_of, period_to_close
+from agent.closings import due_periods, next_closing_at, period_of, period_to_close
 from agent.contract import (
     ReceiptResult,
     Sale,
@@ -96,6 +97,8 @@ class ReceiptService:
         clock: wall time for receipt dates; the outage watch ages outages by it too.
         sign_timeout: the deadline of every signing call, in seconds.
         thresholds: the outage watch's escalation levels (default: the legal 48 h, a week).
+        closings_first: issue a register's due Monats-/Jahresbelege before its next sale
+            (off only for a scenario replay, whose dates are the scenario's).
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class ReceiptService:
         clock: Clock | None = None,
         sign_timeout: float = 3.0,
         thresholds: Thresholds | None = None,
+        closings_first: bool = True,
     ) -> None:
         self.db = db
         self.units = units
@@ -122,6 +126,9 @@ class ReceiptService:
             issuing.lock, issuing.transaction, issuing.writer.savepoint, (FiscalError, InvalidSale)
         )
         self._recovery = Recovery(issuing)  # the remedy and the waiting receipts
+        # register -> when its next closing is due (a sale from then on issues it first)
+        self._closings_first = issuing.closings_first = closings_first
+        self._closing_due: dict[str, dt.datetime] = {}
 
     # -- public API -----------------------------------------------------------------------
 
@@ -179,6 +186,8 @@ class ReceiptService:
         concurrent callers: the lookup and the insert are in one write transaction."""
         if not isinstance(sale, Sale):
             sale = parse_sale(sale)
+        if self._closings_first:
+            self._close_due(sale.register_id)
         sale_hash = sale_fingerprint(sale)
         parsed = sale
 
@@ -221,6 +230,8 @@ class ReceiptService:
         """
         if kind not in KINDS or kind == "start":
             raise InvalidSale("kind", "allowed-values", f"cannot issue a {kind!r} receipt here")
+        if kind == "closing" and self._closings_first:
+            self._close_due(register_id, force=True)  # the months before it are closed first
         with self._issuing.transaction() as conn:
             reg = open_register(conn, register_id)
             closes = kind in ("monthly", "yearly")
@@ -406,29 +417,59 @@ class ReceiptService:
 
         A month's closing is due from 23:59 of its last day; months the till was off for
         are caught up in order. December's is the Jahresbeleg: it must be signed and
-        waits for the unit (later months wait behind it).
+        waits for the unit (later months wait behind it). A sale does not wait for this
+        job: it issues its register's due closings first (:meth:`issue`).
         """
-        issued = []
+        issued: list[ReceiptResult] = []
         with self.db.read_connection() as conn:
             registers = conn.execute(
-                "SELECT id, timezone, created_at, last_closing FROM registers"
-                " WHERE state = 'active' ORDER BY id"
+                _CLOSING_ROW + " WHERE state = 'active' ORDER BY id"
             ).fetchall()
         for reg in registers:
-            if waiting_in(self.db, reg["id"], "yearly") is not None:
-                continue
-            now_local = self.clock.now().astimezone(ZoneInfo(reg["timezone"]))
-            first = period_of(reg["created_at"], reg["timezone"])
-            for period in due_periods(reg["last_closing"], first, now_local):
-                kind = "yearly" if period.endswith("-12") else "monthly"
-                try:
-                    result = self.request_special(reg["id"], kind, period=period)
-                except _ClosedMeanwhile:
-                    continue  # e.g. the probe's recovery issued the waiting Jahresbeleg
-                if result is None:
-                    break
-                issued.append(result)
+            self._closing_due[reg["id"]] = self._close_register(reg, issued)
         return issued
+
+    def _close_due(self, register_id: str, *, force: bool = False) -> None:
+        """Issue ``register_id``'s due closings unless none can be due yet (the time of
+        the next one is remembered): a sale of a new month never comes before the closing
+        of the month before it, which is the counter at that month's end (rksv.md 6)."""
+        due_at = self._closing_due.get(register_id)
+        if not force and due_at is not None and self.clock.now() < due_at:
+            return
+        with self.db.read_connection() as conn:
+            reg = conn.execute(_CLOSING_ROW + " WHERE id = ?", (register_id,)).fetchone()
+        if reg is None:  # an unknown register: the sale is refused for it
+            return
+        if reg["state"] != "active":  # closed: nothing is issued on it any more
+            self._closing_due[register_id] = _NEVER
+            return
+        self._closing_due[register_id] = self._close_register(reg, [])
+
+    def _close_register(self, reg: sqlite3.Row, issued: list[ReceiptResult]) -> dt.datetime:
+        """Issue the due closings of ``reg`` (appended to ``issued``); when to look again."""
+        retry = self.clock.now() + _CLOSING_RETRY
+        if waiting_in(self.db, reg["id"], "yearly") is not None:
+            return retry  # the months after a waiting Jahresbeleg wait behind it
+        now_local = self.clock.now().astimezone(ZoneInfo(reg["timezone"]))
+        first = period_of(reg["created_at"], reg["timezone"])
+        last = reg["last_closing"]
+        for period in due_periods(last, first, now_local):
+            kind = "yearly" if period.endswith("-12") else "monthly"
+            try:
+                result = self.request_special(reg["id"], kind, period=period)
+            except _ClosedMeanwhile:
+                last = period  # e.g. the probe's recovery issued the waiting Jahresbeleg
+                continue
+            if result is None:
+                return retry  # it waits for the unit
+            issued.append(result)
+            last = period
+        return next_closing_at(last, first, reg["timezone"])
+
+
+_CLOSING_ROW = "SELECT id, state, timezone, created_at, last_closing FROM registers"
+_CLOSING_RETRY = dt.timedelta(seconds=60)  # a closing that waits: a sale looks again then
+_NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
 class _ClosedMeanwhile(Exception):

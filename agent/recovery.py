@@ -141,6 +141,8 @@ class Recovery:
                 stamp,
                 receipt_id=sent.get("receipt_id"),
                 unit_position=sent.get("unit_position"),
+                # dated when it was first sent: the months from then on are its to close
+                created_at=row["requested_at"] if sent.get("issued_at") else None,
             )
             if result is not None:
                 waiting_done(conn, row, result.number, self._now())

@@ -80,8 +80,8 @@ class TestTheObligation:
     ) -> None:
         """22:30 UTC on 31 March is already 1 April in Vienna (CEST): due 8 April."""
         clock.set(_at(2026, 3, 31, 22, 30))
-        service.issue_special(REGISTER, "closing")
-        assert _open(service.db) == [("closing", 2026, 2, "2026-04-08")]
+        service.issue_special(REGISTER, "closing")  # after March's Monatsbeleg (2)
+        assert _open(service.db) == [("closing", 2026, 3, "2026-04-08")]
 
     def test_it_is_in_the_status_as_an_open_check(self, closed: ReceiptService) -> None:
         """Support sees it where it sees the Belegchecks: `open_checks` of `/v1/status`."""

@@ -24,7 +24,7 @@ from agent.probe import Backoff, Prober
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
-from factories import journal_events, sale
+from factories import db_rows, journal_events, sale
 from storage import TillDB
 
 REGISTER = "KASSE-1"
@@ -227,17 +227,22 @@ class TestClosings:
     def test_catch_up_after_the_till_was_off_and_a_year_end_during_an_outage(
         self, bare_service: ReceiptService, clock: FrozenClock, flaky: FlakyUnit
     ) -> None:
-        """Off from October to February, unit down at start: Oct and Nov get the marker,
-        December's Jahresbeleg waits (and January's behind it), both come with the unit."""
+        """Off from October to February, unit down at start: the first sale closes the
+        months before it (Oct and Nov get the marker, December's Jahresbeleg waits, and
+        January's behind it) and goes on; both come with the unit."""
         clock.set(dt.datetime(2026, 10, 5, 9, 0, tzinfo=dt.UTC))
         bare_service.init_register(RegisterSetup(REGISTER, ["dev"]))
         clock.set(dt.datetime(2027, 2, 3, 9, 0, tzinfo=dt.UTC))
         flaky.mode = "down"
         bare_service.issue(sale())  # the first sale of the day meets the failure
-        issued = bare_service.run_closings()
-        assert [(r.kind, r.signature_state) for r in issued] == [
+        states = db_rows(
+            bare_service.db, "SELECT kind, signature_state FROM receipts ORDER BY number"
+        )
+        assert [tuple(r) for r in states] == [
+            ("start", "signed"),
             ("monthly", "fallback"),
             ("monthly", "fallback"),
+            ("standard", "fallback"),
         ]
         assert [(w["kind"], w["period"]) for w in bare_service.waiting()] == [("yearly", "2026-12")]
         assert bare_service.run_closings() == []  # January waits behind December

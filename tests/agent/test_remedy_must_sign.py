@@ -275,6 +275,26 @@ def test_a_startbeleg_lost_during_recovery_keeps_its_date(
     assert _findings(bare.db) == []
 
 
+def test_a_startbeleg_recovered_next_year_closes_the_year_it_is_dated_in(
+    bare: ReceiptService, chain: ChainServiceFake, clock: FrozenClock
+) -> None:
+    """Sent on 20 December, its answer lost, the service back on 3 January: the
+    Startbeleg keeps its December date, so December is the register's first month and
+    its Jahresbeleg is due (rksv.md 6), not skipped because the register row was written
+    in January."""
+    clock.set(dt.datetime(2026, 12, 20, 10, 0, tzinfo=dt.UTC))
+    chain.mode = "lose_response"
+    assert bare.init_register_or_wait(RegisterSetup(REGISTER, ["chain"])) is None
+    chain.mode = "up"
+    clock.set(dt.datetime(2027, 1, 3, 9, 0, tzinfo=dt.UTC))
+    issued = bare.recover(REGISTER)
+    assert issued is not None
+    assert [(r.kind, r.issued_at) for r in issued] == [("start", "2026-12-20T11:00:00")]
+    [yearly] = bare.run_closings()
+    assert (yearly.kind, yearly.number) == ("yearly", 2)
+    _assert_numbers_unique(bare.db, chain)
+
+
 def test_a_remedy_whose_nullbeleg_is_lost_keeps_every_number(
     service: ReceiptService, chain: ChainServiceFake
 ) -> None:
