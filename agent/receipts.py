@@ -194,7 +194,7 @@ class ReceiptService:
         def work(conn: sqlite3.Connection) -> Issued:
             stored = _by_request(conn, parsed.register_id, parsed.request_id)
             if stored is not None:
-                if not same_sale(stored["sale_hash"], parsed):
+                if not (same_sale(stored["sale_hash"], parsed) or _zero_asked(stored, parsed)):
                     raise InvalidSale(
                         "request_id",
                         "request-id-reused",
@@ -269,7 +269,7 @@ class ReceiptService:
         with self._issuing.transaction() as conn:
             stored = None if request_id is None else _by_request(conn, register_id, request_id)
             if stored is not None:
-                if stored["kind"] not in ("null", "sammelbeleg"):
+                if stored["kind"] not in ZERO_KINDS:
                     raise InvalidSale(
                         "request_id",
                         "request-id-reused",
@@ -474,6 +474,15 @@ _NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 class _ClosedMeanwhile(Exception):
     """The month a closing was asked for is closed already (by another thread)."""
+
+
+def _zero_asked(stored: sqlite3.Row, sale: Sale) -> bool:
+    """A ``kind: null`` sale repeating a request the zero-receipt endpoint answered (with
+    a Nullbeleg, or the Sammelbeleg of an open outage): the same request, its receipt."""
+    return stored["sale_hash"] is None and stored["kind"] in ZERO_KINDS and sale.kind == "null"
+
+
+ZERO_KINDS = ("null", "sammelbeleg")
 
 
 def _by_request(conn: sqlite3.Connection, register_id: str, request_id: str) -> Any:

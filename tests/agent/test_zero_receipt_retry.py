@@ -40,3 +40,17 @@ def test_the_retry_after_recovery_answers_instead_of_waiting_for_good(
     retry = service.zero_receipt(REGISTER, "z-1")
     assert not retry.created
     assert retry.result.number == 3
+
+
+def test_a_null_sale_repeating_a_zero_receipt_request_gets_its_receipt(
+    service: ReceiptService,
+) -> None:
+    """The POS asked the zero-receipt endpoint, then (answer lost) retries the same
+    request_id as a ``kind: null`` sale, e.g. through the spool: the stored Nullbeleg, not
+    ``request-id-reused`` (which it gets the other way round as well)."""
+    asked = service.zero_receipt(REGISTER, "z-2")
+    again = service.issue_once(
+        {"request_id": "z-2", "register": REGISTER, "kind": "null", "lines": [], "payments": []}
+    )
+    assert (again.created, again.result.number) == (False, asked.result.number)
+    assert again.result.kind == "null"
