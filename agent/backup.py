@@ -181,7 +181,8 @@ class DepBackups:
         it); the other registers go on. A quarter backed up already that has a receipt
         dated in it after its backup was written (the clock was stepped back) is said once
         (an ERROR, a ``dep.backup_late`` event) and backed up again, whole, as
-        ``<quarter>.2`` (then ``.3``...), before the due quarters.
+        ``<quarter>.2`` (then ``.3``...), before the due quarters, once the clock has
+        passed the quarter's end again (:data:`QUARTER_GRACE` after it).
         """
         written: list[BackupRecord] = []
         failed: list[BackupFailed] = []
@@ -189,8 +190,15 @@ class DepBackups:
         with self.db.read_connection() as conn:
             records = by_register(list_backups(conn, register_id))
             registers = scheduled_registers(conn, register_id)
+            # a supplement waits until its quarter is over again by the clock: while the
+            # clock is back in it, more receipts may be dated in it (one file, not one a run)
             late = {
-                reg.id: late_receipts(conn, reg.id, records.get(reg.id, [])) for reg in registers
+                reg.id: [
+                    item
+                    for item in late_receipts(conn, reg.id, records.get(reg.id, []))
+                    if item.quarter <= reg.last_due(now)
+                ]
+                for reg in registers
             }
         plan = [(reg, reg.due(records.get(reg.id, []), now)) for reg in registers]
         for reg, quarters in plan:

@@ -71,15 +71,21 @@ class TestLateReceipts:
             [record] = backups.run_due()
         path = Path(record.path)
         assert path.name == f"{REGISTER}_2026-Q1.2.dep.json"
-        assert (record.quarter, record.receipts, record.last_number) == ("2026-Q1.2", 2, late)
-        assert _numbers(service, path) == [1, late]
+        # March's Monatsbeleg (due from 23:59) came before the late sale, and is late too
+        assert (record.quarter, record.receipts, record.last_number) == ("2026-Q1.2", 3, late)
+        assert _numbers(service, path) == [1, late - 1, late]
         assert stat.S_IMODE(path.stat().st_mode) == 0o444
         assert _numbers(service, path.with_name(f"{REGISTER}_2026-Q1.dep.json")) == [1]
         [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
-        assert f"receipt {late}" in error.getMessage()
+        assert f"receipt {late - 1}" in error.getMessage()
         assert "2026-Q1" in error.getMessage()
         [event] = journal_events(service.db, "dep.backup_late")
-        assert event == {"quarter": "2026-Q1", "backup": "2026-Q1", "last_number": 1, "late": late}
+        assert event == {
+            "quarter": "2026-Q1",
+            "backup": "2026-Q1",
+            "last_number": 1,
+            "late": late - 1,
+        }
         assert backups.run_due() == []
         with service.db.read_connection() as conn:
             assert [r.quarter for r in list_backups(conn)] == ["2026-Q1", "2026-Q1.2"]
@@ -113,6 +119,24 @@ class TestLateReceipts:
         [record] = backups.run_due()
         assert record.quarter == "2026-Q1.2"
         assert REGISTER not in backups.failures
+
+    def test_the_supplement_waits_until_the_quarter_is_over_again(
+        self, service: ReceiptService, backups: DepBackups, clock: FrozenClock
+    ) -> None:
+        """While the clock is back in the quarter, each sale may be dated in it: the runs
+        then write nothing, and one supplement holds them all once the quarter is over."""
+        clock.set(FAST)
+        backups.run_due()
+        late = []
+        for minute in range(3):  # 23:56 to 23:58 (from 23:59 March's closing is due)
+            clock.set(Q1_ENDS - dt.timedelta(minutes=4 - minute))
+            late.append(service.issue(sale(request_id=f"late-{minute}")).number)
+            assert backups.run_due() == []
+        clock.set(Q1_ENDS + backup_module.QUARTER_GRACE + dt.timedelta(seconds=1))
+        [record] = backups.run_due()
+        assert record.quarter == "2026-Q1.2"
+        assert _numbers(service, Path(record.path))[-3:] == late
+        assert backups.run_due() == []
 
     def test_the_status_says_overdue_while_a_late_receipt_has_no_backup(
         self, service: ReceiptService, backups: DepBackups, clock: FrozenClock
