@@ -813,7 +813,8 @@ def verify(
     """Verify a DEP export: signatures, chain, counter, numbering, dates, outage rules.
 
     Exit 0 if valid, 1 if not; every finding names the receipt and the rule. A file that
-    cannot be read (missing, a directory) is a finding naming it, exit 1.
+    cannot be read (missing, a directory) is a finding naming it, exit 1. A container
+    without an AES key leaves the turnover counter unchecked: a note says so (still exit 0).
     """
     from agent.at_rksv.verify import verify_files
 
@@ -828,7 +829,9 @@ def verify(
         findings = [
             {"receipt": f.receipt, "rule": f.rule, "message": f.message} for f in report.findings
         ]
-        _emit({"ok": report.ok, "receipts": report.receipts, "findings": findings}, True)
+        body: dict[str, object] = {"ok": report.ok, "receipts": report.receipts}
+        body |= {"counter_checked": report.counter_checked, "notes": report.notes}
+        _emit({**body, "findings": findings}, True)
     else:
         for finding in report.findings:
             out.print(
@@ -836,8 +839,13 @@ def verify(
                 highlight=False,
                 soft_wrap=True,  # one finding, one line (a terminal wraps it by itself)
             )
+        for note in report.notes:  # what was not checked: no finding, but not to be missed
+            out.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
         verdict = "[green]valid[/green]" if report.ok else "[red]INVALID[/red]"
-        out.print(f"{verdict}: {report.receipts} receipts checked")
+        limit = ""
+        if report.receipts and not report.counter_checked:
+            limit = " (turnover counter not checked)"
+        out.print(f"{verdict}: {report.receipts} receipts checked{limit}")
     raise typer.Exit(0 if report.ok else 1)
 
 

@@ -42,6 +42,9 @@ rule                            broken when
 ==============================  ==========================================================
 
 A failed outage run at the very end of a DEP is accepted: the export may be cut there.
+
+Without an AES key in the crypto container (ztp allows that) the turnover counter is not
+checked: :attr:`Report.counter_checked` is false and :attr:`Report.notes` says why.
 """
 
 from __future__ import annotations
@@ -97,12 +100,21 @@ class Finding:
     message: str
 
 
+NO_AES_KEY = "turnover counter not checked: the crypto container holds no AES key"
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
-    """The result of a verification; ``ok`` when there is no finding."""
+    """The result of a verification; ``ok`` when there is no finding.
+
+    ``counter_checked`` is false when the turnover counter could not be checked (no AES
+    key); ``notes`` says what was not checked, and why, for a verdict that is not a finding.
+    """
 
     findings: list[Finding] = field(default_factory=list)
     receipts: int = 0
+    counter_checked: bool = True
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -128,7 +140,7 @@ def verify_dep(
     except DepFormatError as exc:
         return _broken_container(exc)
     walk.run(iter_dep(dep) if isinstance(dep, Mapping) else iter(dep))
-    return Report(walk.findings, walk.count)
+    return walk.report()
 
 
 def verify_files(
@@ -156,7 +168,7 @@ def verify_files(
 
 def _broken_container(exc: Exception) -> Report:
     message = _unreadable("crypto container", exc) if isinstance(exc, OSError) else str(exc)
-    return Report([Finding(CONTAINER, MALFORMED_CONTAINER, message)])
+    return Report([Finding(CONTAINER, MALFORMED_CONTAINER, message)], counter_checked=False)
 
 
 def _unreadable(what: str, exc: OSError) -> str:
@@ -197,6 +209,10 @@ class _Walk:
         self.counter: int | None = 0
         self.seen: set[str] = set()
         self.outage = _Outage.NONE
+
+    def report(self) -> Report:
+        notes = [] if self.aes_key is not None else [NO_AES_KEY]
+        return Report(self.findings, self.count, self.aes_key is not None, notes)
 
     def fail(self, receipt: str | None, rule: str, message: str) -> None:
         self.findings.append(Finding(receipt, rule, message))
