@@ -6,8 +6,10 @@ million strings is read holding one chunk and one string. The encoding is detect
 ``json.loads`` does for bytes (UTF-8 with or without BOM, UTF-16, UTF-32).
 
 Every way a document can be broken, including nesting deeper than the decoder can
-recurse and integers longer than ``int()`` converts, raises :class:`JsonStreamError`
-(:func:`json_error`); :func:`load` reads a small document whole the same way.
+recurse, integers longer than ``int()`` converts and the ``NaN``, ``Infinity`` and
+``-Infinity`` that ``json`` reads but JSON does not have, raises :class:`JsonStreamError`
+(:func:`json_error`), naming the line and column in the whole document where the reader
+knows it; :func:`load` reads a small document whole the same way.
 """
 
 from __future__ import annotations
@@ -17,12 +19,28 @@ import json
 import re
 import sys
 from collections.abc import Callable, Iterator
-from typing import IO
+from typing import IO, NoReturn
 
 __all__ = ["JsonReader", "JsonStreamError", "json_error", "load"]
 
 _SPACE = re.compile(r"[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
+# a string, or a constant that is not JSON: outside strings, N and I begin nothing else
+_CONSTANT = re.compile(r'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)', re.DOTALL)
+
+
+class _NotJson(ValueError):
+    """``json`` met ``NaN``, ``Infinity`` or ``-Infinity``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} is not a JSON value")
+        self.name = name
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise _NotJson(name)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 MAX_VALUE = 1 << 24  # characters: no single value of a DEP comes near (a receipt: ~400)
 
 
@@ -34,7 +52,7 @@ def json_error(exc: ValueError | RecursionError) -> JsonStreamError:
     """The :class:`JsonStreamError` for what ``json`` raised while decoding a document."""
     if isinstance(exc, RecursionError):
         return JsonStreamError("not valid JSON: nested too deeply")
-    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError | _NotJson):
         return JsonStreamError(f"not valid JSON: {exc}")
     # the one other ValueError of decoding: int() refuses a longer number (CVE-2020-10735)
     limit = sys.get_int_max_str_digits()
@@ -78,6 +96,10 @@ class JsonReader:
         self._buf = ""
         self._pos = 0
         self._eof = False
+        # where the buffer begins in the document: characters, lines, and its line's start
+        self._offset = 0
+        self._line = 1
+        self._line_start = 0
 
     # -- reading ------------------------------------------------------------------------
 
@@ -91,9 +113,32 @@ class JsonReader:
         text = data if isinstance(data, str) else self._text(data)
         if not data:
             self._eof = True
+        lines = self._buf.count("\n", 0, self._pos)
+        if lines:
+            self._line += lines
+            self._line_start = self._offset + self._buf.rindex("\n", 0, self._pos) + 1
+        self._offset += self._pos
         self._buf = self._buf[self._pos :] + text
         self._pos = 0
         return bool(data)
+
+    def _error(self, message: str, pos: int) -> JsonStreamError:
+        """``message`` at index ``pos`` of the buffer, placed in the whole document as
+        ``json`` places an error in a string: line, column and character (from 0)."""
+        char = self._offset + pos
+        newline = self._buf.rfind("\n", 0, pos)
+        line = self._line + self._buf.count("\n", 0, pos)
+        column = pos - newline if newline >= 0 else char - self._line_start + 1
+        return JsonStreamError(
+            f"not valid JSON: {message}: line {line} column {column} (char {char})"
+        )
+
+    def _constant_at(self, name: str) -> int:
+        """The index in the buffer of the constant ``name`` the value just read holds."""
+        for match in _CONSTANT.finditer(self._buf, self._pos):
+            if match.group(1) == name:
+                return match.start()
+        return self._pos  # not reached: the decoder found it in the buffer
 
     def _text(self, data: bytes) -> str:
         if self._decode is None:
@@ -131,7 +176,9 @@ class JsonReader:
             except json.JSONDecodeError as exc:
                 if len(self._buf) - self._pos <= MAX_VALUE and self._more():
                     continue  # cut off by the chunk boundary, most likely
-                raise json_error(exc) from exc
+                raise self._error(exc.msg, exc.pos) from exc
+            except _NotJson as exc:
+                raise self._error(str(exc), self._constant_at(exc.name)) from exc
             except (ValueError, RecursionError) as exc:  # more text will not help
                 raise json_error(exc) from exc
             if end == len(self._buf) and self._more():

@@ -11,6 +11,7 @@ rule                            broken when
 ==============================  ==========================================================
 ``malformed-dep``               the DEP cannot be read, is not JSON, lacks a key or is not
                                 base64
+``dep-empty``                   the DEP holds no receipt: nothing was verified
 ``malformed-container``         the crypto container cannot be read, is not JSON, lacks a
                                 key, or an entry is not base64, DER or an EC key (at
                                 :data:`CONTAINER`)
@@ -87,6 +88,7 @@ __all__ = ["CONTAINER", "Finding", "Report", "verify_dep", "verify_files"]
 
 MALFORMED_DEP = "malformed-dep"
 MALFORMED_CONTAINER = "malformed-container"
+DEP_EMPTY = "dep-empty"
 CONTAINER = "(container)"  # where a container finding is: it concerns no receipt
 
 
@@ -228,6 +230,8 @@ class _Walk:
             self.fail(None, MALFORMED_DEP, str(exc))
         except OSError as exc:  # reading a streamed DEP: the findings so far stand
             self.fail(None, MALFORMED_DEP, _unreadable("DEP export", exc))
+        if not self.count and not self.findings:  # "valid" would pass a wrong file
+            self.fail(None, DEP_EMPTY, "the DEP holds no receipt: nothing to verify")
 
     def visit(self, group: DepGroup, jws: str) -> None:
         if group is not self.group.source:
