@@ -740,6 +740,12 @@ def export_dep_cmd(
     _refuse_output(output, "--output", data_dir, as_json, tmp)
     with _reader(data_dir, as_json) as db:
         total = count_receipts(db, register, start=first, end=last)  # NotFound: no file yet
+        # receipts before and after the range (dates never decrease along the chain)
+        before = after = 0
+        if first is not None and first > dt.date.min:
+            before = count_receipts(db, register, end=first - dt.timedelta(days=1))
+        if last is not None and last < dt.date.max:
+            after = count_receipts(db, register, start=last + dt.timedelta(days=1))
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
             tmp.unlink(missing_ok=True)  # a partial export left by a crash (or a link)
@@ -772,6 +778,18 @@ def export_dep_cmd(
             f"[yellow]warning:[/yellow] the export holds no receipt: {register} has none{dated}",
             highlight=False,
         )
+    elif before or after:  # a part: say so, and how to verify it
+        what = (
+            f"a part of the DEP of {register} (receipts dated {first or '...'} to {last or '...'})"
+        )
+        if before:
+            how = (
+                f"it begins after {before} earlier receipts, not with the Startbeleg: verify"
+                f" it with till-agent verify --partial {output} CONTAINER"
+            )
+        else:
+            how = f"it starts with the Startbeleg: till-agent verify {output} CONTAINER checks it"
+        err.print(f"[yellow]note:[/yellow] {output} is {what}; {how}", highlight=False)
     if as_json:
         _emit({"file": str(output), "receipts": count}, True)
     else:
@@ -808,6 +826,15 @@ def export_container_cmd(
 def verify(
     dep: Annotated[Path, typer.Argument(help="DEP7 export (dep-export.json).")],
     container: Annotated[Path, typer.Argument(help="cryptographicMaterialContainer.json.")],
+    partial: Annotated[
+        bool,
+        typer.Option(
+            "--partial",
+            help="The DEP may be a part (export dep --from): a first receipt that is not the"
+            " Startbeleg is taken as given (its chaining value and turnover counter);"
+            " every receipt after it is checked.",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Verify a DEP export: signatures, chain, counter, numbering, dates, outage rules.
@@ -815,6 +842,7 @@ def verify(
     Exit 0 if valid, 1 if not; every finding names the receipt and the rule. A file that
     cannot be read (missing, a directory) is a finding naming it, exit 1. A container
     without an AES key leaves the turnover counter unchecked: a note says so (still exit 0).
+    A DEP that does not start with the Startbeleg is invalid unless --partial is given.
     """
     from agent.at_rksv.verify import verify_files
 
@@ -824,13 +852,16 @@ def verify(
         size = None
     with _progress(as_json) as progress:
         task = progress.add_task("verifying", total=size)
-        report = verify_files(dep, container, on_read=lambda n: progress.advance(task, n))
+        report = verify_files(
+            dep, container, on_read=lambda n: progress.advance(task, n), partial=partial
+        )
     if as_json:
         findings = [
             {"receipt": f.receipt, "rule": f.rule, "message": f.message} for f in report.findings
         ]
         body: dict[str, object] = {"ok": report.ok, "receipts": report.receipts}
-        body |= {"counter_checked": report.counter_checked, "notes": report.notes}
+        body |= {"counter_checked": report.counter_checked, "partial": report.partial}
+        body["notes"] = report.notes
         _emit({**body, "findings": findings}, True)
     else:
         for finding in report.findings:

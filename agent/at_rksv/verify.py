@@ -34,7 +34,8 @@ rule                            broken when
 ``date-decreasing``             a receipt is dated before its predecessor
 ``register-id-changed``         the Kassen-ID differs from the first receipt's
 ``system-type-changed``         open and closed (AT0) receipts are mixed
-``start-receipt-chaining``      the Startbeleg is not chained over the Kassen-ID
+``start-receipt-chaining``      the first receipt is not chained over the Kassen-ID: a
+                                broken Startbeleg, or a part of a DEP (see ``partial``)
 ``start-receipt-unsigned``      the Startbeleg carries the failure marker
 ``start-receipt-type``          the Startbeleg is a Storno or Training receipt
 ``start-receipt-turnover``      the Startbeleg has a non-zero amount
@@ -46,6 +47,13 @@ A failed outage run at the very end of a DEP is accepted: the export may be cut 
 
 Without an AES key in the crypto container (ztp allows that) the turnover counter is not
 checked: :attr:`Report.counter_checked` is false and :attr:`Report.notes` says why.
+
+A part of a DEP (``export dep --from``) does not start with the Startbeleg. With
+``partial=True`` its first receipt's chaining value and turnover counter are taken as
+given, as ztp takes them from the previous part of a split DEP, and everything after it is
+checked (:attr:`Report.partial`); a first receipt chained over the Kassen-ID is the
+Startbeleg and is checked as one. Without it, such a DEP is one ``start-receipt-chaining``
+finding that says so, and the other Startbeleg rules are not applied to that receipt.
 """
 
 from __future__ import annotations
@@ -103,6 +111,15 @@ class Finding:
 
 
 NO_AES_KEY = "turnover counter not checked: the crypto container holds no AES key"
+NOT_STARTBELEG = (
+    "the DEP does not start with the Startbeleg: {chain!r} is not chained over the"
+    " Kassen-ID (a part of a DEP, as export dep --from writes, is verified with"
+    " verify --partial)"
+)
+TAKEN_AS_GIVEN = (
+    "a part of a DEP: its first receipt {receipt} is not the Startbeleg; its chaining value"
+    " and turnover counter are taken as given"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,13 +127,15 @@ class Report:
     """The result of a verification; ``ok`` when there is no finding.
 
     ``counter_checked`` is false when the turnover counter could not be checked (no AES
-    key); ``notes`` says what was not checked, and why, for a verdict that is not a finding.
+    key); ``partial`` is true when the first receipt was taken as given (a part of a
+    DEP); ``notes`` says what was not checked, and why, for a verdict that is not a finding.
     """
 
     findings: list[Finding] = field(default_factory=list)
     receipts: int = 0
     counter_checked: bool = True
     notes: list[str] = field(default_factory=list)
+    partial: bool = False
 
     @property
     def ok(self) -> bool:
@@ -126,6 +145,8 @@ class Report:
 def verify_dep(
     dep: Mapping[str, Any] | Iterable[tuple[DepGroup, str]],
     container: Mapping[str, Any] | CryptoContainer,
+    *,
+    partial: bool = False,
 ) -> Report:
     """Verify a DEP export against a crypto material container.
 
@@ -134,11 +155,13 @@ def verify_dep(
             :func:`~agent.at_rksv.dep.iter_dep` (streamed, never held in memory).
         container: the parsed container JSON (any JSON value: one that is not a
             container is a finding), or a :class:`CryptoContainer`.
+        partial: the DEP may be a part: a first receipt that is not the Startbeleg is
+            taken as given (its chaining value and turnover counter).
     """
     try:
         if not isinstance(container, CryptoContainer):
             container = read_container(container)
-        walk = _Walk(KeyStore(container), container.aes_key)
+        walk = _Walk(KeyStore(container), container.aes_key, partial=partial)
     except DepFormatError as exc:
         return _broken_container(exc)
     walk.run(iter_dep(dep) if isinstance(dep, Mapping) else iter(dep))
@@ -146,14 +169,18 @@ def verify_dep(
 
 
 def verify_files(
-    dep_path: Path, container_path: Path, *, on_read: Callable[[int], None] | None = None
+    dep_path: Path,
+    container_path: Path,
+    *,
+    on_read: Callable[[int], None] | None = None,
+    partial: bool = False,
 ) -> Report:
     """Verify the DEP export and crypto container stored in two JSON files.
 
     The DEP is read as a stream (:func:`~agent.at_rksv.dep.stream_dep`): memory stays
     bounded however many receipts it holds; ``on_read`` gets the size of each chunk read.
     A file that cannot be read (missing, a directory, an I/O error) is a finding, as a
-    malformed one is.
+    malformed one is. ``partial``: as for :func:`verify_dep`.
     """
     try:
         with container_path.open("rb") as container_file:
@@ -165,7 +192,7 @@ def verify_files(
     except OSError as exc:
         return Report([Finding(None, MALFORMED_DEP, _unreadable("DEP export", exc))])
     with dep_file:
-        return verify_dep(stream_dep(dep_file, on_read=on_read), container)
+        return verify_dep(stream_dep(dep_file, on_read=on_read), container, partial=partial)
 
 
 def _broken_container(exc: Exception) -> Report:
@@ -198,9 +225,12 @@ class _Group:
 class _Walk:
     """The state of one verification while the receipts go by."""
 
-    def __init__(self, store: KeyStore, aes_key: bytes | None) -> None:
+    def __init__(self, store: KeyStore, aes_key: bytes | None, *, partial: bool) -> None:
         self.store = store
         self.aes_key = aes_key
+        self.partial = partial  # a first receipt that is not the Startbeleg is taken as given
+        self.at_start = False  # the receipt in hand is the Startbeleg
+        self.taken: str | None = None  # the Belegnummer of a first receipt taken as given
         self.findings: list[Finding] = []
         self.count = 0
         self.group = _Group()
@@ -214,7 +244,10 @@ class _Walk:
 
     def report(self) -> Report:
         notes = [] if self.aes_key is not None else [NO_AES_KEY]
-        return Report(self.findings, self.count, self.aes_key is not None, notes)
+        if self.taken is not None:
+            notes.append(TAKEN_AS_GIVEN.format(receipt=self.taken))
+        partial = self.taken is not None
+        return Report(self.findings, self.count, self.aes_key is not None, notes, partial)
 
     def fail(self, receipt: str | None, rule: str, message: str) -> None:
         self.findings.append(Finding(receipt, rule, message))
@@ -247,6 +280,9 @@ class _Walk:
         self.previous_jws = jws
 
     def check(self, receipt: Receipt) -> None:
+        self.at_start = False
+        if self.count == 1:
+            self.check_first(receipt)
         self.check_identity(receipt)
         self.check_unique(receipt)
         self.check_date(receipt)
@@ -313,19 +349,29 @@ class _Walk:
             self.flag(r, "date-decreasing", f"{r.payload.issued_at} is before its predecessor")
         self.previous_date = r.issued_at
 
-    def check_chain(self, r: Receipt) -> None:
-        expected = chain_value(self.previous_jws, r.payload.register_id)
-        if r.payload.chain == expected:
+    def check_first(self, r: Receipt) -> None:
+        """The first receipt: the Startbeleg if chained over the Kassen-ID; if not, a part
+        of a DEP (taken as given with ``partial``, else one finding that says so)."""
+        if r.payload.chain == chain_value(None, r.payload.register_id):
+            self.at_start = True
             return
-        if self.previous_jws is None:
-            self.flag(r, "start-receipt-chaining", f"{r.payload.chain!r} is not over the Kassen-ID")
+        self.counter = None  # the total before it is in no receipt here: take it as it is
+        if self.partial:
+            self.taken = r.receipt_id
         else:
+            self.flag(r, "start-receipt-chaining", NOT_STARTBELEG.format(chain=r.payload.chain))
+
+    def check_chain(self, r: Receipt) -> None:
+        if self.previous_jws is None:
+            return  # the first receipt: check_first
+        expected = chain_value(self.previous_jws, r.payload.register_id)
+        if r.payload.chain != expected:
             self.flag(r, "chaining-invalid", f"{r.payload.chain!r} should be {expected!r}")
 
     def check_signature(self, r: Receipt) -> None:
         self.check_group_serial(r)
         if not r.signed:
-            if self.count == 1:
+            if self.at_start:
                 self.flag(r, "start-receipt-unsigned", "the Startbeleg must be signed")
             return
         keys = self.keys_for(r)
@@ -352,7 +398,7 @@ class _Walk:
             self.flag(r, "certificate-serial-mismatch", message)
 
     def check_start(self, r: Receipt) -> None:
-        if self.count != 1:
+        if not self.at_start:
             return
         if r.storno or r.training:
             self.flag(r, "start-receipt-type", "the Startbeleg is a Storno or Training receipt")
