@@ -48,7 +48,7 @@ def _identities(conn: Connection, register_id: str) -> dict[str, Identity]:
 def _in_range(query: Select[Any], start: dt.date | None, end: dt.date | None) -> Select[Any]:
     if start is not None:
         query = query.where(_R.c.issued_at >= start.isoformat())
-    if end is not None:
+    if end is not None and end < dt.date.max:  # the last date there is bounds nothing
         query = query.where(_R.c.issued_at < (end + dt.timedelta(days=1)).isoformat())
     return query
 

@@ -148,3 +148,15 @@ def test_export_from_the_first_day_says_it_starts_with_the_startbeleg(
     assert "starts with the Startbeleg" in stderr
     whole = expect(run(*export), 0)
     assert whole.stderr == ""
+
+
+def test_a_range_to_the_last_date_there_is_exports_everything(
+    two_days: ReceiptService, data_dir: Path, tmp_path: Path
+) -> None:
+    """--to 9999-12-31 (and --from 0001-01-01): no day after or before it to count from."""
+    run = cli_run()
+    out = tmp_path / "all.json"
+    export = ("export", "dep", "--register", "KASSE-1", "--data-dir", data_dir, "-o", out)
+    result = expect(run(*export, "--from", "0001-01-01", "--to", "9999-12-31", "--json"), 0)
+    assert json.loads(result.stdout)["receipts"] == 4
+    assert result.stderr == ""
