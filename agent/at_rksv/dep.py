@@ -177,7 +177,9 @@ def load_dep(fp: IO[str] | IO[bytes]) -> Iterator[tuple[DepGroup, str]]:
     """Parse a DEP export from ``fp`` and iterate over it; see :func:`iter_dep`."""
     try:
         # whole, as it may exceed jsonstream.MAX_VALUE; a key named twice hides a value
-        document = json.load(fp, object_pairs_hook=unique_keys)
+        document = json.load(
+            fp, object_pairs_hook=unique_keys, parse_constant=jsonstream.refuse_constant
+        )
     except DuplicateKey as exc:
         raise DepFormatError(f"DEP export: {exc.args[0]!r} appears twice in one object") from exc
     except (ValueError, RecursionError) as exc:

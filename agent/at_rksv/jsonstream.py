@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import IO, NoReturn
 
-__all__ = ["JsonReader", "JsonStreamError", "json_error", "load"]
+__all__ = ["JsonReader", "JsonStreamError", "json_error", "load", "refuse_constant"]
 
 _SPACE = re.compile(r"[ \t\n\r]*")
 # a string, or a constant that is not JSON: outside strings, N and I begin nothing else
@@ -36,11 +36,12 @@ class _NotJson(ValueError):
         self.name = name
 
 
-def _refuse_constant(name: str) -> NoReturn:
+def refuse_constant(name: str) -> NoReturn:
+    """``parse_constant`` for :mod:`json`: ``NaN`` and the infinities are not JSON."""
     raise _NotJson(name)
 
 
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_DECODER = json.JSONDecoder(parse_constant=refuse_constant)
 MAX_VALUE = 1 << 24  # characters: no single value of a DEP comes near (a receipt: ~400)
 
 

@@ -191,3 +191,12 @@ def test_a_group_naming_its_receipts_twice_is_refused(read: Any, certificate_fir
     text = '{"Belege-Gruppe": [{' + ", ".join(members) + "}]}"
     with pytest.raises(DepFormatError, match=r"appears twice|after"):
         list(read(io.StringIO(text)))
+
+
+@pytest.mark.parametrize("read", [load_dep, stream_dep], ids=["loaded", "streamed"])
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_a_constant_that_is_not_json_is_refused(read: Any, constant: str) -> None:
+    """Python's json reads NaN and the infinities; a DEP holding one is no JSON document."""
+    text = '{"Belege-Gruppe": [], "x": ' + constant + "}"
+    with pytest.raises(DepFormatError, match="not a JSON value"):
+        list(read(io.StringIO(text)))
