@@ -156,11 +156,22 @@ def _pair(left: str, right: str) -> list[str]:
     return [*lines[:-1], f"{_pad(lines[-1], room)} {right}"]
 
 
+def _shown_quantity(qty: str, price: str, total: int) -> str:
+    """``qty`` as printed beside ``price``: negated when ``total`` has the other sign than
+    quantity times price, as on a Storno (the voided line, its total negated), so that the
+    paper's quantity times price is the printed total."""
+    product = scaled(qty, 3) * scaled(price, 2)
+    if total and product and (total < 0) != (product < 0):
+        return qty.removeprefix("-") if qty.startswith("-") else f"-{qty}"
+    return qty
+
+
 def _item_lines(facts: TextFacts) -> list[str]:
     out: list[str] = []
     for text, qty, price, vat, total in facts.lines:
-        if scaled(qty, 3) != 1000:
-            out.append(f"  {qty} x {price.replace('.', ',')}")
+        shown = _shown_quantity(qty, price, total)
+        if scaled(shown, 3) != 1000:
+            out.append(f"  {shown} x {price.replace('.', ',')}")
         out += _pair(text, f"{_money(total)} {_VAT_LETTER[vat]}")
     return out
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import pytest
@@ -9,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.at_rksv import FALLBACK_TEXT
+from agent.contract import Line, line_total_cents
 from agent.printing import render_escpos
 from agent.receipt_text import (
     WIDTH,
@@ -304,6 +307,76 @@ class TestLongTexts:
         assert all(columns(line) <= WIDTH for line in render_lines(facts))
 
 
+_QTY_LINE = re.compile(r"^  (-?[0-9]+(?:\.[0-9]+)?) x (-?[0-9]+(?:,[0-9]+)?)$")
+_TOTAL = re.compile(r" (-?[0-9]+),([0-9]{2}) [A-E]$")
+
+
+def _printed_items(lines: list[str]) -> list[tuple[str, str, int]]:
+    """Each printed item as (quantity, unit price, total cents): "1" and the total when
+    the quantity line is left out (a quantity of one)."""
+    items = []
+    shown: tuple[str, str] | None = None
+    for line in _items(lines):
+        qty_line = _QTY_LINE.match(line)
+        total = _TOTAL.search(line)
+        if qty_line is not None:
+            shown = (qty_line[1], qty_line[2].replace(",", "."))
+        elif total is not None:
+            whole, cents = total[1], int(total[2])
+            amount = abs(int(whole)) * 100 + cents
+            amount = -amount if whole.startswith("-") else amount
+            qty, price = shown or ("1", f"{amount / 100:.2f}")
+            items.append((qty, price, amount))
+            shown = None
+    return items
+
+
+class TestStornoQuantities:
+    """On paper an item's quantity times its unit price is its printed total, on a Storno too."""
+
+    def test_a_storno_prints_the_voided_quantities_negated(self) -> None:
+        """The Storno of 0.333 x 3,00 (1,00) and a returned deposit (-1 x 0,50) prints
+        -0.333 x 3,00 beside -1,00 and the deposit as one of 0,50."""
+        lines = [("Kaffee", "0.333", "3.00", "normal", -100), ("Pfand", "-1", "0.50", "zero", 50)]
+        facts = _facts(kind="storno", lines=lines, amounts=(-100, 0, 0, 50, 0), payments=[])
+        assert _items(render_lines(facts)) == [
+            "  -0.333 x 3,00",
+            "Kaffee                             -1,00 A",
+            "Pfand                               0,50 D",
+        ]
+
+    def test_a_storno_of_single_items_prints_their_quantity(self) -> None:
+        """A voided quantity of one is printed as -1 (the voided receipt left it out)."""
+        lines = [("Schnitzel", "1", "12.50", "normal", -1250)]
+        facts = _facts(kind="storno", lines=lines, amounts=(-1250, 0, 0, 0, 0), payments=[])
+        assert _items(render_lines(facts)) == [
+            "  -1 x 12,50",
+            "Schnitzel                         -12,50 A",
+        ]
+
+    @PROPERTY
+    @given(
+        qty=st.from_regex(r"\A-?[0-9]{1,4}(\.[0-9]{1,3})?\Z"),
+        price=st.from_regex(r"\A-?[0-9]{1,4}(\.[0-9]{1,2})?\Z"),
+        voided=st.booleans(),
+    )
+    def test_quantity_times_price_is_the_printed_total(
+        self, qty: str, price: str, voided: bool
+    ) -> None:
+        """For a sold line and for the same line on its Storno (total negated)."""
+        line = Line(text="X", qty=qty, unit_price=price, vat="normal")
+        total = -line_total_cents(line) if voided else line_total_cents(line)
+        facts = _facts(
+            kind="storno" if voided else "standard",
+            lines=[("X", qty, price, "normal", total)],
+            amounts=(total, 0, 0, 0, 0),
+        )
+        (printed,) = _printed_items(render_lines(facts))
+        shown = Line(text="X", qty=printed[0], unit_price=printed[1], vat="normal")
+        assert printed[2] == total
+        assert line_total_cents(shown) == total
+
+
 class TestWrap:
     @PROPERTY
     @given(text=st.text(st.sampled_from("ab c\u0301"), max_size=200), width=st.integers(1, 50))
@@ -367,3 +440,28 @@ class TestIssued:
         job = render_escpos(result)
         for line in result.lines:
             assert line.encode("cp858") + b"\n" in job
+
+    def test_a_storno_prints_negated_quantities_and_stores_the_voided_lines(
+        self, service: ReceiptService, query: Any
+    ) -> None:
+        """Only the paper changes: the Storno's document keeps the voided lines with their
+        totals negated, and its signed amounts are minus the voided receipt's."""
+        lines = [
+            {"text": "Kaffee", "qty": "0.333", "unit_price": "3.00", "vat": "normal"},
+            {"text": "Pfand", "qty": "-1", "unit_price": "0.50", "vat": "zero"},
+        ]
+        service.issue(sale(lines=lines, payments=[{"method": "cash", "amount": "0.50"}]))
+        storno = service.issue(
+            {"request_id": "s2", "register": "KASSE-1", "kind": "storno", "voids": 2}
+        )
+        assert _items(storno.lines) == [
+            "  -0.333 x 3,00",
+            "Kaffee                             -1,00 A",
+            "Pfand                               0,50 D",
+        ]
+        (row,) = query("SELECT * FROM receipts WHERE number = 3")
+        assert json.loads(row["document"])["lines"] == [
+            ["Kaffee", "0.333", "3.00", "normal", -100],
+            ["Pfand", "-1", "0.50", "zero", 50],
+        ]
+        assert (row["amount_normal"], row["amount_zero"]) == (-100, 50)
