@@ -76,16 +76,31 @@ def _hidden_character(text: str) -> str | None:
     return None
 
 
+# letters and symbols that print as nothing: the Hangul fillers and the blank braille pattern
+_BLANK_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# spaces of any width, and marks (accents) that print on a character before them
+_BLANK_CATEGORIES = frozenset({"Zs", "Mn", "Me"})
+
+
+def _blank(text: str) -> bool:
+    """True when no character of ``text`` prints as something: it has only spaces, marks
+    with no character to sit on, or fillers (it may also be empty)."""
+    if text.isascii():  # the pattern has refused ASCII's control characters already
+        return not text.strip(" ")
+    return all(unicodedata.category(c) in _BLANK_CATEGORIES or c in _BLANK_CHARACTERS for c in text)
+
+
 def check_reference(reference: str, what: str) -> None:
     """Refuse an operator's reference (``what``: whose, e.g. "FinanzOnline") unless it is
-    1-200 printable characters. It is evidence, journaled for good and shown in log lines
-    and tables, where a newline or an escape sequence would forge or hide text; the same
-    rule holds whether it comes through the local API or the command line.
+    1-200 printable characters, one of them visible. It is evidence, journaled for good
+    and shown in log lines and tables, where a newline or an escape sequence would forge
+    or hide text; the same rule holds whether it comes through the local API or the
+    command line.
 
     Raises:
         InvalidSale: field ``reference``, rule ``required``, ``max-length`` or ``format``.
     """
-    if not reference.strip():
+    if not reference.strip() or _blank(reference):
         raise InvalidSale("reference", "required", f"give the {what} reference")
     if len(reference) > REFERENCE_MAX_LENGTH:
         raise InvalidSale(
@@ -105,6 +120,10 @@ def _visible(text: str) -> str:
     problem = _hidden_character(text)
     if problem is not None:
         raise PydanticCustomError("hidden_character", "{problem}", {"problem": problem})
+    if _blank(text):
+        raise PydanticCustomError(
+            "blank_text", "the text has no visible character (it would print as nothing)"
+        )
     return text
 
 
@@ -178,6 +197,7 @@ _RULES = {
     "string_type": "type-string",
     "string_unicode": "format",  # a lone surrogate ("\ud800" in the JSON)
     "hidden_character": "format",  # Text: invisible, unassigned or private-use characters
+    "blank_text": "blank",  # Text: only spaces, lone accents or fillers
     "int_type": "type-integer",
     "list_type": "type-list",
     "model_type": "type-object",
@@ -210,8 +230,8 @@ _MONEY = (
     ' e.g. "12.50" (never a number)'
 )
 _TEXT = (
-    "a text is 1-80 printable characters (no control characters such as tab or newline,"
-    " no invisible or unassigned ones)"
+    "a text is 1-80 printable characters, at least one of them visible (no control"
+    " characters such as tab or newline, no invisible or unassigned ones)"
 )
 _HINTS = {  # by the last part of the field path
     "unit_price": _MONEY,

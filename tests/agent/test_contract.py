@@ -20,6 +20,7 @@ from agent.contract import (
     ReceiptResult,
     Sale,
     _visible,
+    check_reference,
     line_total_cents,
     parse_sale,
 )
@@ -281,7 +282,7 @@ _ERRORS_OF_NODE = {
     "literal": {"literal_error"},
     "function-after": set(),  # its function's errors: _ERRORS_OF_FUNCTION
 }
-_ERRORS_OF_FUNCTION = {_visible: {"hidden_character"}}
+_ERRORS_OF_FUNCTION = {_visible: {"hidden_character", "blank_text"}}
 _ERRORS_OF_CONSTRAINT = {
     ("str", "min_length"): "string_too_short",
     ("str", "max_length"): "string_too_long",
@@ -431,6 +432,69 @@ class TestHiddenCharacters:
         texts = ["Dvořák Łukasz Erdős", "Kaffee ☕ 😀 ❤\ufe0f", "Café", "Cafe\u0301", "日本茶"]
         for text in texts:
             assert parse_sale(sale(cashier=text)).cashier == text
+
+
+# texts with no character that prints as something: spaces of any width, marks with
+# nothing to sit on, fillers and the blank braille pattern
+BLANK_TEXTS = [
+    " ",
+    "   ",
+    "\u3000\u00a0",
+    "\u2003\u2009",
+    "\u0301",
+    " \u0301\u20dd ",
+    "\u3164",
+    "\u115f\u1160",
+    "\uffa0",
+    "\u2800",
+]
+VISIBLE_TEXTS = [
+    " x ",
+    "-",
+    ".",
+    "Cafe\u0301",
+    "e\u0301",
+    "\u00a0A",
+    "拉面",
+    "🍺",
+    "ß",
+    "\u0905\u0903",
+]
+
+
+class TestBlankTexts:
+    @pytest.mark.parametrize("text", BLANK_TEXTS)
+    @pytest.mark.parametrize("field", ["lines.0.text", "cashier"])
+    def test_a_text_that_prints_as_nothing_is_refused(self, field: str, text: str) -> None:
+        """An item or cashier name with no visible character is refused: rule ``blank``."""
+        doc = sale(cashier="Anna")
+        if field == "cashier":
+            doc["cashier"] = text
+        else:
+            doc["lines"][0]["text"] = text
+        with pytest.raises(InvalidSale) as refused:
+            parse_sale(json.dumps(doc).encode())
+        assert (refused.value.field, refused.value.rule) == (field, "blank")
+        assert "no visible character" in refused.value.message
+
+    @pytest.mark.parametrize("text", VISIBLE_TEXTS)
+    def test_a_text_with_one_visible_character_is_text(self, text: str) -> None:
+        """Spaces and marks around a letter, a sign or a syllable are fine."""
+        doc = sale(cashier=text)
+        doc["lines"][0]["text"] = text
+        parsed = parse_sale(doc)
+        assert (parsed.cashier, parsed.lines[0].text) == (text, text)
+
+    @pytest.mark.parametrize("text", BLANK_TEXTS)
+    def test_a_reference_that_prints_as_nothing_is_required(self, text: str) -> None:
+        """An operator's reference of nothing visible is no reference: rule ``required``."""
+        with pytest.raises(InvalidSale) as refused:
+            check_reference(text, "FinanzOnline")
+        assert (refused.value.field, refused.value.rule) == ("reference", "required")
+
+    @pytest.mark.parametrize("text", VISIBLE_TEXTS)
+    def test_a_reference_with_a_visible_character_is_taken(self, text: str) -> None:
+        check_reference(text, "FinanzOnline")
 
 
 class TestReceiptResult:
