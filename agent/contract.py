@@ -361,20 +361,29 @@ def _cents(money: str) -> int:
 
 
 def _check_rules(sale: Sale) -> None:
+    """The rules across fields; the lines come before the payments, so a line over the
+    limit is named even when a payment matches it (and is over the limit too)."""
+    if sale.kind == "storno":
+        _check_storno(sale)
+        _check_payment_limits(sale)
+    elif sale.kind == "null":
+        _check_null(sale)
+    else:
+        total = _check_sale_lines(sale)
+        _check_payment_limits(sale)
+        _check_paid(sale, total)
+
+
+def _check_payment_limits(sale: Sale) -> None:
     for i, payment in enumerate(sale.payments):
         if abs(_cents(payment.amount)) > MAX_CENTS:
             raise InvalidSale(
                 f"payments.{i}.amount", "max-amount", f"a payment is at most {_MAX_EUROS} euros"
             )
-    if sale.kind == "storno":
-        _check_storno(sale)
-    elif sale.kind == "null":
-        _check_null(sale)
-    else:
-        _check_sale_lines(sale)
 
 
-def _check_sale_lines(sale: Sale) -> None:
+def _check_sale_lines(sale: Sale) -> int:
+    """The lines of a standard or training sale; their total in cents."""
     if sale.voids is not None:
         raise InvalidSale("voids", "storno-only", "only a storno may name a receipt in voids")
     if not sale.lines:
@@ -393,6 +402,10 @@ def _check_sale_lines(sale: Sale) -> None:
         raise InvalidSale("lines", "max-amount", f"a receipt total is at most {_MAX_EUROS} euros")
     if not sale.payments:
         raise InvalidSale("payments", "min-items", "a sale needs at least one payment")
+    return total
+
+
+def _check_paid(sale: Sale, total: int) -> None:
     paid = sum(_cents(p.amount) for p in sale.payments)
     if total != paid:
         raise InvalidSale(

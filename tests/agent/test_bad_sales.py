@@ -129,6 +129,13 @@ BAD_SALES = [
         "line total",
     ),
     Bad(
+        "line-too-large-paid-exactly",
+        _one_line(payment="1000000010.00", qty="1000", unit_price="1000000.01"),
+        "lines.0",
+        "max-amount",
+        "line total",
+    ),
+    Bad(
         "receipt-too-large",
         sale(
             lines=[_line(unit_price="999999999.99")] * 2,

@@ -220,6 +220,27 @@ class TestSaleTotals:
             parse_sale(sale(lines=[line, cent], payments=[{"method": "bank", "amount": euros}]))
         assert (refused.value.field, refused.value.rule) == ("lines", "max-amount")
 
+    @pytest.mark.parametrize(
+        ("qty", "unit_price", "payments", "field"),
+        [
+            ("1000", "1000000.01", ["1000000010.00"], "lines.0"),
+            ("1", "999999999.99", ["1999999999.98"], "lines"),
+            ("1000", "1000000.01", ["9999999999.99", "-8999999989.99"], "lines.0"),
+        ],
+        ids=["line-paid-exactly", "receipt-paid-exactly", "line-paid-in-two"],
+    )
+    def test_an_amount_over_the_limit_is_named_on_the_lines(
+        self, qty: str, unit_price: str, payments: list[str], field: str
+    ) -> None:
+        """The lines are checked before the payments: a line (or receipt) over the limit,
+        paid exactly, is refused on the lines, not on the payment that matches it."""
+        line = {"text": "Insel", "qty": qty, "unit_price": unit_price, "vat": "zero"}
+        lines = [line] if field == "lines.0" else [line, line]
+        paid = [{"method": "bank", "amount": amount} for amount in payments]
+        with pytest.raises(InvalidSale) as refused:
+            parse_sale(sale(lines=lines, payments=paid))
+        assert (refused.value.field, refused.value.rule) == (field, "max-amount")
+
     def test_the_payment_error_states_both_sums(self) -> None:
         """A mismatch names the payments and gives both totals in euros."""
         with pytest.raises(InvalidSale) as refused:
