@@ -64,7 +64,7 @@ from agent.api_backend import (
     ZeroReceiptIn,
 )
 from agent.checks import CheckKind
-from agent.contract import ReceiptResult, Sale, load_json, rule_name
+from agent.contract import ReceiptResult, Sale, load_json, refusal, rule_name
 from agent.errors import (
     ConfigurationError,
     ConflictError,
@@ -187,10 +187,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ())[1:]]
-        rule = rule_name(str(first.get("type", "invalid")))
-        message = str(first.get("msg", "invalid request"))
-        return _render(_problem(422, ".".join(loc) or "(request)", rule, message))
+        loc = tuple(first.get("loc", ()))[1:]  # without "path" or "query"
+        if not loc or "type" not in first:
+            rule = rule_name(str(first.get("type", "invalid")))
+            message = str(first.get("msg", "invalid request"))
+            return _render(_problem(422, "(request)", rule, message))
+        refused = refusal({**first, "loc": loc}, "the request")  # in a sale's words
+        return _render(_problem(422, refused.field, refused.rule, refused.message))
 
     async def on_http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -298,9 +301,7 @@ def _parse_body(model: type[_Model], raw: bytes) -> _Model:
     try:
         return model.model_validate(document)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "(document)"
-        raise InvalidSale(field, rule_name(first["type"]), first["msg"]) from None
+        raise refusal(exc.errors()[0], "the request") from None  # in a sale's words
 
 
 def _json_request(name: str, description: str, *, required: bool = True) -> dict[str, Any]:
@@ -435,7 +436,10 @@ def _add_receipt_routes(router: APIRouter, backend: ApiBackend) -> None:
         response: Response,
     ) -> ReceiptResult:
         body = _parse_body(ZeroReceiptIn, raw) if raw.strip() else ZeroReceiptIn()
-        issued = backend.zero_receipt(register, body.request_id)
+        try:
+            issued = backend.zero_receipt(register, body.request_id)
+        except NotFound as exc:  # the path's register: 404, named as a sale names it
+            raise _problem(404, "register", "register-unknown", str(exc)) from None
         if not issued.created:
             response.status_code = 200
         return issued.result

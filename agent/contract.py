@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import unicodedata
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -37,6 +38,7 @@ __all__ = [
     "line_total_cents",
     "load_json",
     "parse_sale",
+    "refusal",
     "rule_name",
     "sale_fingerprint",
     "same_sale",
@@ -248,23 +250,25 @@ _HINTS = {  # by the last part of the field path
 }
 
 
-def _first_error(exc: ValidationError) -> InvalidSale:
-    err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"]]
+def refusal(error: Mapping[str, Any], what: str = "the sale") -> InvalidSale:
+    """The :class:`InvalidSale` for one pydantic error (``loc``, ``type``, ``msg``,
+    ``input``) of ``what``: the project's rule and a sentence that helps, as a sale gets
+    them; every request of the local API explains its fields in these words."""
+    loc = [str(p) for p in error["loc"]]
     field = ".".join(loc) or "(sale)"
-    rule = rule_name(err["type"])  # "invalid": a constraint added but not mapped
+    rule = rule_name(error["type"])  # "invalid": a constraint added but not mapped
     if rule == "unknown-field":
-        return InvalidSale(field, rule, f"unknown field {loc[-1]!r}: the sale has no such field")
+        return InvalidSale(field, rule, f"unknown field {loc[-1]!r}: {what} has no such field")
     if rule == "required":
         message = f"the field {field!r} is required"
-    elif err["type"] == "string_pattern_mismatch":
+    elif error["type"] == "string_pattern_mismatch":
         message = "the value does not have the required form"  # the regex helps nobody
-    elif err["type"] == "string_unicode" and isinstance(err["input"], str):
-        message = _hidden_character(err["input"]) or err["msg"]
+    elif error["type"] == "string_unicode" and isinstance(error.get("input"), str):
+        message = _hidden_character(error["input"]) or error["msg"]
     elif rule == "allowed-values":
-        message = f"{repr(err['input'])[:40]} is not allowed: {err['msg']}"
+        message = f"{repr(error.get('input'))[:40]} is not allowed: {error['msg']}"
     else:
-        message = err["msg"]
+        message = error["msg"]
     hint = _HINTS.get(loc[-1]) if loc else None
     return InvalidSale(field, rule, f"{message}; {hint}" if hint else message)
 
@@ -299,7 +303,7 @@ def parse_sale(raw: bytes | str | dict[str, Any]) -> Sale:
     try:
         sale = Sale.model_validate(raw)
     except ValidationError as exc:
-        raise _first_error(exc) from None
+        raise refusal(exc.errors()[0]) from None
     _check_rules(sale)
     return sale
 

@@ -186,6 +186,15 @@ class TestReceipts:
         assert fetched.status_code == 200
         assert fetched.json() == created
 
+    def test_a_bad_register_in_the_path_is_explained_as_in_a_sale(
+        self, client: httpx.Client
+    ) -> None:
+        """A Kassen-ID of the wrong form: the sale's words for it, not pydantic's regex."""
+        response = client.get("/v1/receipts/KASSE_1/1")
+        as_sale = client.post("/v1/receipts", content=body(sale(register="KASSE_1")))
+        assert response.status_code == 422, response.text
+        assert response.json() == as_sale.json()
+
     @pytest.mark.parametrize("url", ["/v1/receipts/KASSE-1/99", "/v1/receipts/NOPE/1"])
     def test_a_missing_receipt_is_404(self, client: httpx.Client, url: str) -> None:
         response = client.get(url)
@@ -255,9 +264,30 @@ class TestZeroReceipt:
         assert response.status_code == 409, response.text
         assert response.json()["rule"] == "request-id-reused"
 
-    def test_an_unknown_register_is_404(self, client: httpx.Client) -> None:
-        response = client.post("/v1/registers/KASSE-9/zero-receipt")
-        assert response.status_code == 404
+    @pytest.mark.parametrize("raw", [b"", b'{"request_id": "z-9"}'], ids=["no-body", "request-id"])
+    def test_an_unknown_register_is_404_naming_the_register(
+        self, client: httpx.Client, raw: bytes
+    ) -> None:
+        """The register is the path's resource: 404, with the field and rule a sale for an
+        unknown register names (``register``, ``register-unknown``)."""
+        response = client.post("/v1/registers/KASSE-9/zero-receipt", content=raw)
+        assert response.status_code == 404, response.text
+        error = response.json()
+        assert (error["field"], error["rule"]) == ("register", "register-unknown")
+        assert "KASSE-9" in error["message"]
+
+    @pytest.mark.parametrize("request_id", ["a_b c", "-7", "x" * 129, ""])
+    def test_a_bad_request_id_is_explained_as_in_a_sale(
+        self, client: httpx.Client, request_id: str
+    ) -> None:
+        """The same words as a sale's request_id check, never pydantic's regex."""
+        response = client.post(
+            "/v1/registers/KASSE-1/zero-receipt", json={"request_id": request_id}
+        )
+        as_sale = client.post("/v1/receipts", content=body(sale(request_id=request_id)))
+        assert response.status_code == as_sale.status_code == 422, response.text
+        assert response.json() == as_sale.json()
+        assert "pattern" not in response.json()["message"]
 
     def test_a_closed_register_is_409(self, client: httpx.Client, service: ReceiptService) -> None:
         """After the Schlussbeleg the register issues nothing more."""
