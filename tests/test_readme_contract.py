@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+import pytest
+
+from agent.api import ErrorOut
+from agent.contract import parse_sale
+from agent.errors import InvalidSale
 from agent.receipts import ReceiptService, RegisterSetup
 from factories import sale
 
@@ -34,3 +40,25 @@ class TestRequestId:
         row = _row("request_id")
         assert "unique per register" in row
         assert "same register" in row
+
+
+class TestErrorBodies:
+    def test_the_example_of_a_rejected_sale_is_the_real_body(self) -> None:
+        """The README's error is exactly what the API and the spool's error file carry
+        (``{field, rule, message}``) for the sale it describes."""
+        section = _section("What a POS sends")
+        block = section[section.index("A rejected sale gets an error") :]
+        example = json.loads(
+            block[block.index("```json") + 7 : block.index("```", block.index("```json") + 7)]
+        )
+        doc = sale()
+        doc["lines"][0]["unit_price"] = 12.5
+        with pytest.raises(InvalidSale) as refused:
+            parse_sale(doc)
+        assert example == refused.value.as_dict()  # the spool's error file
+        assert list(example) == list(ErrorOut.model_fields)  # the API's body
+
+    def test_the_zero_receipt_of_an_unknown_register_is_described(self) -> None:
+        """The README names the 404 an unknown register's zero receipt gets."""
+        api = " ".join(_section("Feeding sales").split())
+        assert '404 `{"field": "register", "rule": "register-unknown"' in api
