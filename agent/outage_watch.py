@@ -3,7 +3,15 @@
 Age is measured on the boot clock while the agent runs (:meth:`Clock.boottime`: it counts
 the time the machine was suspended, and a wall-clock jump is detected, journaled, and
 neither fakes nor swallows an escalation) and on the wall clock only for the time the
-agent was not running. Levels, each journaled once per outage:
+agent was not running. That off-time of an outage found open at the start is measured by a
+clock that may be behind (a till without a battery-backed clock boots at its shutdown time
+until NTP corrects it): a forward jump of the wall clock seen later in the same process
+shows it was, and is added to the age of those outages (the jumps back and forth on
+balance, their highest sum; never subtracted: a 48-hour window errs on the long side). The
+``clock.jump`` event says what it added to which outage (``outages_aged``), also when the
+Sammelbeleg closes the outage before a tick saw the jump. An outage opened in this process
+ages by the boot clock only, and no jump changes its age. Levels, each journaled once per
+outage:
 
 * ``opened``: the outage exists (operators are told at once);
 * ``24h``: a day has passed;
@@ -36,10 +44,12 @@ the clock has caught up. That costs one query per tick, nothing on the receipt p
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -73,6 +83,7 @@ _ENDED_REPORTS_DUE = (
 
 Escalation = tuple[int, str, str, float, str | None]  # outage, register, level, age s, due
 LogLine = tuple[int, str, tuple[object, ...]]  # level, message, arguments
+_Jump = tuple[float, dt.datetime]  # seconds the wall clock jumped, its time at the last tick
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +107,24 @@ class Thresholds:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _OffTime:
+    """The time an outage found open at the start spent with the agent not running, as the
+    wall clock measured it, and that clock's jumps since (it was behind by their sum)."""
+
+    register_id: str
+    gap: float  # the wall clock at the first look minus the outage's last check (may be < 0)
+    lead: float = 0.0  # the jumps of the wall clock since that look, summed
+    counted: float = 0.0  # the highest such sum yet: it is in the outage's age
+
+    def follow(self, delta: float) -> tuple[_OffTime, float]:
+        """After a jump of ``delta`` s: the new state and the seconds it adds to the age."""
+        lead = self.lead + delta
+        counted = max(self.counted, lead)
+        added = max(0.0, self.gap + counted) - max(0.0, self.gap + self.counted)
+        return dataclasses.replace(self, lead=lead, counted=counted), added
+
+
 class OutageWatch:
     """Ages open outages and journals escalations; call :meth:`tick` on a timer."""
 
@@ -105,6 +134,11 @@ class OutageWatch:
         self.writer = writer
         self.clock = clock
         self.thresholds = thresholds or Thresholds()
+        with writer.transaction(durable=False) as conn:  # what a process before us left open
+            rows = conn.execute("SELECT id FROM outages WHERE ended_at IS NULL").fetchall()
+        self._found = frozenset(int(r[0]) for r in rows)
+        self._offtime: dict[int, _OffTime] = {}  # found outages, once aged in this process
+        self._noted: dict[str, int] = {}  # register -> its clock.jump journaled by a close
         self._seen: dict[int, tuple[float, dt.datetime]] = {}  # outage -> (boot, wall)
         self._last: tuple[float, dt.datetime] | None = None  # (boot, wall) of the last tick
         self._clamped: set[str] = set()  # registers whose dates are ahead of the clock
@@ -125,10 +159,14 @@ class OutageWatch:
             registers = conn.execute(
                 "SELECT id, last_issued_at, timezone FROM registers ORDER BY id"
             ).fetchall()
-            lines = self._watch_clock(conn, [str(r[0]) for r in registers], wall)
             rows = conn.execute(_OPEN_OUTAGES).fetchall()
+            jump = self._jump_since_last(wall)
+            added = self._follow(None if jump is None else jump[0], [int(r[0]) for r in rows])
+            ids = [str(r[0]) for r in registers]
+            lines = self._watch_clock(conn, ids, wall, jump, added)
             for row in rows:
-                fired.extend(self._age(conn, row, wall, jumped=self._jumped))
+                aged = added.get(int(row[0]), 0.0)
+                fired.extend(self._age(conn, row, wall, jumped=self._jumped, added=aged))
             for row in conn.execute(_ENDED_REPORTS_DUE).fetchall():
                 fired.extend(self._remind_ended(conn, row, wall))
         self._ticked_boot = self._last[0] if self._last is not None else None
@@ -139,31 +177,75 @@ class OutageWatch:
             log_escalation(*escalation)
         return [(outage_id, level) for outage_id, _, level, _, _ in fired]
 
-    def _watch_clock(
-        self, conn: sqlite3.Connection, registers: list[str], wall: dt.datetime
-    ) -> list[LogLine]:
-        """Journal a jump of the wall clock since the last tick (not suspend: that moves the
-        boot clock alike), one event per register; return its log line."""
+    def _jump_since_last(self, wall: dt.datetime) -> _Jump | None:
+        """The jump of the wall clock since the last tick beyond the tolerance (not suspend:
+        that moves the boot clock alike), or None; this tick becomes the last."""
         boot, last = self.clock.boottime(), self._last
         self._last = (boot, wall)
-        self._jumped = False
-        if last is None:
-            return []
+        delta = None if last is None else self._delta(last, boot, wall)
+        self._jumped = delta is not None
+        return None if delta is None or last is None else (delta, last[1])
+
+    def _delta(
+        self, last: tuple[float, dt.datetime], boot: float, wall: dt.datetime
+    ) -> float | None:
         delta = (wall - last[1]).total_seconds() - (boot - last[0])
-        if abs(delta) <= self.thresholds.jump_tolerance_s:
+        return None if abs(delta) <= self.thresholds.jump_tolerance_s else delta
+
+    def _follow(self, delta: float | None, open_ids: Iterable[int]) -> dict[int, float]:
+        """Follow a jump in the off-time of each open outage found at the start; return the
+        seconds it adds to each one's age (a forward jump shows that the wall clock, which
+        measured that off-time, was behind)."""
+        open_now = set(open_ids)
+        for gone in self._offtime.keys() - open_now:  # closed by another process
+            del self._offtime[gone]
+        added: dict[int, float] = {}
+        if delta is None:
+            return added
+        for outage_id, offtime in list(self._offtime.items()):
+            self._offtime[outage_id], seconds = offtime.follow(delta)
+            if seconds > 0:
+                added[outage_id] = seconds
+        return added
+
+    def _watch_clock(
+        self,
+        conn: sqlite3.Connection,
+        registers: list[str],
+        wall: dt.datetime,
+        jump: _Jump | None,
+        added: dict[int, float],
+    ) -> list[LogLine]:
+        """Journal a jump of the wall clock since the last tick, one event per register (with
+        what it added to the age of the register's outages); return its log lines."""
+        noted, self._noted = self._noted, {}
+        if jump is None:
             return []
-        self._jumped = True
+        delta, before = jump
         targets: list[str | None] = [*registers] or [None]  # a till without registers yet
         for register_id in targets:
-            self._jump(conn, register_id, delta, "while running", wall)
-        return [
+            if register_id in noted and _journaled(conn, noted[register_id], register_id):
+                continue  # the Sammelbeleg's close journaled this jump already
+            aged = {o: s for o, s in added.items() if self._offtime[o].register_id == register_id}
+            self._jump(conn, register_id, delta, "while running", wall, aged=aged)
+        lines: list[LogLine] = [
             (
                 logging.WARNING,
                 "the wall clock jumped %+.0f s (%s to %s); outage ages follow the boot clock,"
                 " receipt dates the wall clock (never going back within a register)",
-                (delta, last[1].isoformat(), wall.isoformat()),
+                (delta, before.isoformat(), wall.isoformat()),
             )
         ]
+        lines.extend(
+            (
+                logging.WARNING,
+                "outage %d: the wall clock that measured its time before this start was behind:"
+                " %.0f s added to its age",
+                (outage_id, seconds),
+            )
+            for outage_id, seconds in added.items()
+        )
+        return lines
 
     def _clamping(self, registers: list[sqlite3.Row], wall: dt.datetime) -> list[LogLine]:
         """Log once when a register's last receipt date is ahead of the clock (its receipts
@@ -206,7 +288,28 @@ class OutageWatch:
         the timer saw it is still flagged and gets its report date. Log the returned
         escalations (:func:`log_escalation`) once that transaction has committed."""
         row = conn.execute(f"{_OPEN_OUTAGES} AND id = ?", (outage_id,)).fetchone()
-        return [] if row is None else self._age(conn, row, at, closing=True, jumped=False)
+        if row is None:
+            return []
+        added = self._jump_before_close(conn, outage_id)
+        return self._age(conn, row, at, closing=True, jumped=False, added=added)
+
+    def _jump_before_close(self, conn: sqlite3.Connection, outage_id: int) -> float:
+        """A jump of the wall clock since the last tick that adds to the age of the closing
+        outage (found open at the start, see :meth:`_follow`): journaled now for its register
+        (the next tick does not repeat it there), and the seconds it adds returned. Nothing in
+        the watch changes before the transaction commits but the note of that event."""
+        offtime, last = self._offtime.get(outage_id), self._last
+        if offtime is None or last is None:
+            return 0.0
+        wall = self.clock.now()
+        delta = self._delta(last, self.clock.boottime(), wall)
+        added = 0.0 if delta is None else offtime.follow(delta)[1]
+        if delta is None or added <= 0:
+            return 0.0
+        aged = {outage_id: added}
+        seq = self._jump(conn, offtime.register_id, delta, "before the close", wall, aged=aged)
+        self._noted[offtime.register_id] = seq
+        return added
 
     def ended(self, conn: sqlite3.Connection, outage_id: int, at: dt.datetime) -> list[Escalation]:
         """The outage ``outage_id`` has just ended at ``at``, in the caller's transaction
@@ -215,6 +318,7 @@ class OutageWatch:
         ``end-report`` level. Log the returned escalations (:func:`log_escalation`) once
         that transaction has committed."""
         self._seen.pop(outage_id, None)
+        self._offtime.pop(outage_id, None)
         due = (at + dt.timedelta(days=self.thresholds.report_days)).isoformat()
         cursor = conn.execute(
             "UPDATE outages SET end_report_due = ? WHERE id = ? AND end_report_due IS NULL"
@@ -260,17 +364,19 @@ class OutageWatch:
         *,
         closing: bool = False,
         jumped: bool,
+        added: float = 0.0,
     ) -> list[Escalation]:
-        """Age one open outage and journal its new levels; at its close only the ones with
-        a legal consequence (exceeded, overdue): a warning about an outage that is over
-        warns nobody."""
+        """Age one open outage (by ``added`` s more for a wall clock found behind, see
+        :meth:`_follow`) and journal its new levels; at its close only the ones with a legal
+        consequence (exceeded, overdue): a warning about an outage that is over warns
+        nobody."""
         outage_id, register_id = int(row[0]), str(row[1])
         boot = self.clock.boottime()
         elapsed = self._elapsed(
             conn, outage_id, register_id, row[3], boot=boot, wall=wall, jumped=jumped
         )
         self._seen[outage_id] = (boot, wall)
-        age = float(row[2]) + elapsed
+        age = float(row[2]) + elapsed + added
         sent = list(json.loads(row[4]))
         due = row[5]
         new = [lvl for lvl, at in self.thresholds.levels() if age >= at and lvl not in sent]
@@ -310,6 +416,8 @@ class OutageWatch:
             gap = (wall - dt.datetime.fromisoformat(checked_at)).total_seconds()
             if gap < 0 and not jumped:
                 self._jump(conn, register_id, gap, "since the last check (before a restart)", wall)
+            if outage_id in self._found:  # a later jump may show this clock was behind
+                self._offtime[outage_id] = _OffTime(register_id, gap)
             if self._ticked_boot is not None:
                 # opened in this process after the last tick: no longer ago than that tick,
                 # whatever the wall clock did meanwhile (a jump must not fake its age)
@@ -325,14 +433,28 @@ class OutageWatch:
         delta: float,
         when: str,
         wall: dt.datetime,
-    ) -> None:
-        append_event(
-            conn,
-            kind="clock.jump",
-            register_id=register_id,
-            at=wall.isoformat(),
-            data={"delta_seconds": round(delta, 3), "when": when},
+        *,
+        aged: dict[int, float] | None = None,
+    ) -> int:
+        """Journal a jump (and the seconds it added to the age of outages); return its seq."""
+        data: dict[str, object] = {"delta_seconds": round(delta, 3), "when": when}
+        if aged:
+            data["outages_aged"] = [
+                {"outage": outage_id, "added_seconds": round(seconds, 3)}
+                for outage_id, seconds in sorted(aged.items())
+            ]
+        return append_event(
+            conn, kind="clock.jump", register_id=register_id, at=wall.isoformat(), data=data
         )
+
+
+def _journaled(conn: sqlite3.Connection, seq: int, register_id: str) -> bool:
+    """Whether the clock.jump event ``seq`` of ``register_id`` is in the journal (committed)."""
+    row = conn.execute(
+        "SELECT 1 FROM journal WHERE seq = ? AND kind = 'clock.jump' AND register_id = ?",
+        (seq, register_id),
+    ).fetchone()
+    return row is not None
 
 
 # the log line of each escalation ("opened" is logged by the outage book at its commit)
