@@ -134,7 +134,7 @@ class OutageWatch:
         self.writer = writer
         self.clock = clock
         self.thresholds = thresholds or Thresholds()
-        with writer.transaction(durable=False) as conn:  # what a process before us left open
+        with writer.transaction() as conn:  # what a process before us left open (a read)
             rows = conn.execute("SELECT id FROM outages WHERE ended_at IS NULL").fetchall()
         self._found = frozenset(int(r[0]) for r in rows)
         self._offtime: dict[int, _OffTime] = {}  # found outages, once aged in this process
