@@ -139,7 +139,14 @@ def render_evidence(pack: dict[str, Any]) -> str:
     )
     if pack["clock_jumps"]:
         lines.append("Uhrsprünge (clock jumps):")
-        lines.extend(
-            f"  {e['at']}  {e['delta_seconds']:+.0f} s ({e['when']})" for e in pack["clock_jumps"]
-        )
+        lines.extend(_jump_line(e) for e in pack["clock_jumps"])
     return "\n".join(lines) + "\n"
+
+
+def _jump_line(event: dict[str, Any]) -> str:
+    """A clock jump, and what it added to the age of outages found open at a start (their
+    off-time was measured by a clock that was behind)."""
+    line = f"  {event['at']}  {event['delta_seconds']:+.0f} s ({event['when']})"
+    aged = event.get("outages_aged") or []
+    added = ", ".join(f"outage {a['outage']} +{a['added_seconds']:.0f} s" for a in aged)
+    return f"{line}; added to the age of {added}" if added else line

@@ -11,6 +11,7 @@ import datetime as dt
 import pytest
 
 from agent.clock import FrozenClock
+from agent.evidence import outage_evidence, render_evidence
 from agent.outage_watch import OutageWatch
 from agent.outages import OutageRecord, load_outages
 from agent.receipts import ReceiptService
@@ -81,6 +82,9 @@ class TestAClockBehindAtTheRestart:
         [jump] = journal_events(service.db, "clock.jump")
         assert jump["delta_seconds"] == pytest.approx(30 * HOUR)
         assert jump["outages_aged"] == [{"outage": 1, "added_seconds": 30 * HOUR}]
+        with service.db.read_connection() as conn:
+            text = render_evidence(outage_evidence(conn, 1))
+        assert "added to the age of outage 1 +108000 s" in text  # the pack for the office
 
     def test_a_step_just_before_the_close_counts_too(
         self, service: ReceiptService, registry: UnitRegistry, flaky: FlakyUnit, clock: FrozenClock
