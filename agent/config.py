@@ -487,7 +487,8 @@ def find_config_file(path: Path | None = None) -> Path | None:
     """The file to read: ``path`` (which must exist), else the system file if it exists.
 
     Raises:
-        ConfigurationError: ``path`` was given and is not a file.
+        ConfigurationError: ``path`` was given and is not a file; or the system file cannot
+            be looked at or read by this user.
     """
     if path is not None:
         if not path.exists():
@@ -495,7 +496,29 @@ def find_config_file(path: Path | None = None) -> Path | None:
         if not path.is_file():
             raise ConfigurationError(f"{path}: not a regular file; --config names a TOML file")
         return path
-    return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
+    return _system_file()
+
+
+def _system_file() -> Path | None:
+    """SYSTEM_CONFIG if it exists. Its directory is 0750 root:till-agent (README), so for a
+    user outside that group it cannot even be looked at: that is said, with the way out,
+    rather than taken for "no file" (the defaults would name another data directory)."""
+    try:
+        found = SYSTEM_CONFIG.is_file()
+    except OSError as exc:
+        raise _unreadable(exc.strerror or str(exc)) from exc
+    if found and not os.access(SYSTEM_CONFIG, os.R_OK):
+        raise _unreadable("permission denied")
+    return SYSTEM_CONFIG if found else None
+
+
+def _unreadable(reason: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"{SYSTEM_CONFIG}: cannot read the configuration: {reason[:1].lower()}{reason[1:]};"
+        " run the command as a member of group till-agent (e.g. `runuser -u till-agent --"
+        " till-agent ...`), or name a configuration this user can read with --config FILE"
+        f" ({CONFIG_ENV})"
+    )
 
 
 def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> AgentConfig:
