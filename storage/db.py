@@ -4,7 +4,8 @@
 * ``isolation_level=None`` on the driver and our own ``BEGIN``: writers use
   ``BEGIN IMMEDIATE`` (the ``writer`` engine), readers a deferred ``BEGIN``.
 * ``busy_timeout`` so a second connection waits instead of failing.
-* ``PRAGMA quick_check`` and Alembic ``upgrade head`` when the database is opened.
+* ``PRAGMA quick_check`` and Alembic ``upgrade head`` when the database is opened (a
+  reader, which does not migrate, refuses a schema revision other than head).
 * One writer process per data directory, enforced with an ``flock`` on ``agent.lock``.
 """
 
@@ -149,7 +150,9 @@ def open_till_db(
             this call may not create one.
         DataDirLocked: another process holds the writer lock.
         StorageError: the database is damaged or cannot be opened, or the data
-            directory cannot be used (not a directory, read-only, no permission).
+            directory cannot be used (not a directory, read-only, no permission); or, not
+            migrated here, its schema revision is not this version's (behind: not
+            migrated yet; ahead: a later version migrated it).
     """
     if "\x00" in str(data_dir):
         raise StorageError(f"the data directory {str(data_dir)!r} contains a NUL byte")
@@ -159,7 +162,7 @@ def open_till_db(
     if data_dir.exists() and not data_dir.is_dir():
         raise StorageError(f"the data directory {data_dir} is not a directory")
     if path.exists():  # before the lock: a refused file leaves no lock file behind
-        _check_schema(path, data_dir, may_be_empty=create)
+        _check_schema(path, data_dir, may_be_empty=create, at_head=not (writer and migrate))
     try:
         if writer:
             data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -190,15 +193,17 @@ def open_till_db(
     return TillDB(path, engine, engine.execution_options(sqlite_begin="IMMEDIATE"), lock_fd)
 
 
-def _check_schema(path: Path, data_dir: Path, *, may_be_empty: bool) -> None:
+def _check_schema(path: Path, data_dir: Path, *, may_be_empty: bool, at_head: bool) -> None:
     """Refuse a database file without the till's schema (Alembic's revision) before it is
     opened as one, which would switch it to WAL and (a writer) migrate it: an empty file
     is no till database yet unless the caller may create one (``may_be_empty``); a file
-    with tables of its own is no till database at all, and is left as it is.
+    with tables of its own is no till database at all, and is left as it is. One that
+    will not be migrated (``at_head``: a reader) must have this version's schema.
 
     Raises:
         NoDatabase: empty (no tables), and not ``may_be_empty``.
-        StorageError: tables but no ``alembic_version``; or not an SQLite file.
+        StorageError: tables but no ``alembic_version``; or not an SQLite file; or
+            ``at_head`` and another schema revision (storage.migrate.require_head).
     """
     try:
         with closing(sqlite3.connect(path, timeout=5.0)) as conn:
@@ -206,12 +211,16 @@ def _check_schema(path: Path, data_dir: Path, *, may_be_empty: bool) -> None:
                 r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             }
             versioned = "alembic_version" in names
-            revision = versioned and conn.execute("SELECT 1 FROM alembic_version").fetchone()
+            row = versioned and conn.execute("SELECT version_num FROM alembic_version").fetchone()
     except sqlite3.DatabaseError as exc:
         raise StorageError(
             f"cannot open the till database {path}: {_reason(exc, data_dir)}"
         ) from exc
-    if revision:
+    if row:
+        if at_head:
+            from storage.migrate import require_head
+
+            require_head(str(row[0]), path)
         return
     if names and not versioned:
         shown = ", ".join(sorted(names)[:5])

@@ -21,6 +21,7 @@ __all__ = [
     "downgrade_to",
     "head_revision",
     "migration",
+    "require_head",
     "upgrade_to_head",
 ]
 
@@ -44,15 +45,48 @@ def upgrade_to_head(engine: Engine, revision: str = "head") -> None:
     with migration(engine) as conn:
         current = MigrationContext.configure(conn).get_current_revision()
         script = ScriptDirectory.from_config(config)
-        if current is not None and current not in {s.revision for s in script.walk_revisions()}:
-            raise StorageError(
-                f"the till database has schema revision {current!r}, which this version of"
-                " till-agent does not know: a later version migrated it. Install that version"
-                " (or a later one) again; going back to this one needs the copy of the"
-                " database taken before the upgrade"
-            )
+        if current is not None and current not in _revisions(script):
+            raise _later_version(current)
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+
+
+def require_head(revision: str, path: Path) -> None:
+    """What a reader checks before it reads: the database has this version's schema. A
+    reader does not migrate (it holds no writer lock), and the tables and columns of a
+    schema behind ours are not all there.
+
+    Raises:
+        StorageError: the database is behind (an earlier version made it and nothing has
+            migrated it yet), or ahead (a later version migrated it); it is left as it is.
+    """
+    script = ScriptDirectory.from_config(alembic_config())
+    head = script.get_current_head()
+    if revision == head:
+        return
+    if revision not in _revisions(script):
+        raise _later_version(revision)
+    raise StorageError(
+        f"the till database {path} has schema revision {revision!r}, not this version's"
+        f" {head!r}: it is not migrated yet (an earlier version of till-agent made it)."
+        " Start the till service of this version on it (`till-agent run`; under systemd"
+        " `systemctl restart till-agent`), which migrates it; so does any command that"
+        " writes to the till (`issue`, `special`, `backup run`, ...). This command only"
+        " reads, and changed nothing"
+    )
+
+
+def _revisions(script: ScriptDirectory) -> set[str]:
+    return {s.revision for s in script.walk_revisions()}
+
+
+def _later_version(revision: str) -> StorageError:
+    return StorageError(
+        f"the till database has schema revision {revision!r}, which this version of"
+        " till-agent does not know: a later version migrated it. Install that version"
+        " (or a later one) again; going back to this one needs the copy of the"
+        " database taken before the upgrade"
+    )
 
 
 def downgrade_to(engine: Engine, revision: str) -> None:

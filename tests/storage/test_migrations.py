@@ -180,6 +180,32 @@ class TestOpenTillDb:
                 ("9999_later",)
             ]
 
+    def test_a_reader_refuses_a_database_not_migrated_yet(
+        self, db: TillDB, data_dir: Path, open_db: Callable[..., TillDB]
+    ) -> None:
+        """A reader does not migrate, and an earlier schema lacks tables and columns it
+        reads: it refuses it, naming the revision and what migrates it; nothing changes."""
+        db.close()
+        engine = make_engine(data_dir / DB_FILE)
+        _downgrade(engine, "0003")
+        engine.dispose()
+        with pytest.raises(StorageError, match="schema revision '0003', not this") as refused:
+            open_db(data_dir, writer=False)
+        assert "`till-agent run`" in str(refused.value)
+        with sqlite3.connect(data_dir / DB_FILE) as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+        assert current_revision(open_db(data_dir).engine) == head_revision()
+
+    def test_a_reader_refuses_a_database_of_a_later_version(
+        self, db: TillDB, data_dir: Path, open_db: Callable[..., TillDB]
+    ) -> None:
+        """As a writer does (above)."""
+        db.close()
+        with sqlite3.connect(data_dir / DB_FILE) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = '9999_later'")
+        with pytest.raises(StorageError, match="a later version migrated it"):
+            open_db(data_dir, writer=False)
+
 
 def _earlier_revisions() -> list[str]:
     scripts = ScriptDirectory.from_config(alembic_config())
