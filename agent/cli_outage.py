@@ -52,15 +52,20 @@ def outage_list(
     the end report (past 48 h: the reference, or the due date while none is recorded).
 
     With --json each outage has the fields of the local API's GET /v1/outages (same names,
-    UTC times ending in Z), then probe_attempts, age_seconds and checked_at.
+    UTC times ending in Z), then probe_attempts, age_seconds (an open outage's: so far,
+    until now) and checked_at (the service's last check of it).
     """
+    from agent.clock import SystemClock
     from agent.evidence import outage_json
+    from agent.outage_view import as_of
     from agent.outages import load_outages
 
     with _reader(data_dir, as_json) as db, db.read_connection() as conn:
-        records = load_outages(conn, register)
-        if register is not None and not records:
+        stored = load_outages(conn, register)
+        if register is not None and not stored:
             _require_register(conn, register, as_json)
+    now = SystemClock().now()
+    records = [as_of(r, now) for r in stored]
     if as_json:
         _emit([outage_json(r) for r in records], True)
         return
@@ -81,7 +86,7 @@ def outage_list(
             r.register_id,
             r.started_at[:19],
             (r.ended_at or "open")[:19],
-            f"{r.age_seconds / 3600:.1f}",
+            f"{r.age_seconds / 3600:.1f}" + (" so far" if r.ended_at is None else ""),
             str(r.affected),
             r.escalations[-1] if r.escalations else "-",
             _report(r.report_reference, r.report_due),
@@ -96,10 +101,20 @@ def _report(reference: str | None, due: str | None) -> str:
 
 
 def _pack(data_dir: Path, outage_id: int, as_json: bool) -> dict[str, object]:
-    from agent.evidence import outage_evidence
+    """The evidence pack of ``outage_id``; an open outage's age in it is its age so far."""
+    from agent.clock import SystemClock
+    from agent.evidence import outage_evidence, outage_json
+    from agent.outage_view import as_of
+    from agent.outages import load_outage
 
     with _reader(data_dir, as_json) as db, db.read_connection() as conn:
-        return outage_evidence(conn, outage_id)
+        pack = outage_evidence(conn, outage_id)  # NotFound: no such outage
+        record = load_outage(conn, outage_id)
+    if record is not None and record.ended_at is None:  # the pack has the stored age
+        record = as_of(record, SystemClock().now())
+        pack["outage"] = outage_json(record)
+        pack["duration_hours"] = round(record.age_seconds / 3600, 2)
+    return pack
 
 
 @outage_app.command("show")

@@ -4,13 +4,14 @@ one vocabulary for ``GET /v1/outages`` and the command line's JSON (``outage lis
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.outages import OutageRecord
 
-__all__ = ["OutageOut", "outage_out"]
+__all__ = ["OutageOut", "as_of", "outage_out"]
 
 
 class OutageOut(BaseModel):
@@ -60,6 +61,20 @@ def outage_out(record: OutageRecord) -> OutageOut:
         end_report_reference=record.end_report_reference,
         end_report_due_at=_stamp(record.end_report_due),
     )
+
+
+def as_of(record: OutageRecord, now: dt.datetime) -> OutageRecord:
+    """``record`` with the age it has at ``now`` (wall clock, UTC).
+
+    The outage watch stores an open outage's age as of its last check (``checked_at``),
+    and only a running service checks: one opened by ``till-agent issue`` keeps the age
+    of its opening. An open outage's age so far adds the time since that check, never
+    less than none (the wall clock may have gone back); a closed one is as stored.
+    """
+    if record.ended_at is not None:
+        return record
+    since = (now - dt.datetime.fromisoformat(record.checked_at)).total_seconds()
+    return dataclasses.replace(record, age_seconds=record.age_seconds + max(0.0, since))
 
 
 def _stamp(value: str | None) -> dt.datetime | None:
