@@ -739,6 +739,13 @@ class TestNoSilentCoercion:
         assert message.startswith(f"{key}: "), message
         assert f"[{rule}]" in message
 
+    @pytest.mark.parametrize("text", ["", "\n\n", '# data_dir = "/var/lib/till-agent"\n'])
+    def test_a_file_without_settings_is_refused(self, write_config: WriteConfig, text: str) -> None:
+        """An empty file (cut to nothing by a power cut or a failed copy) would start a
+        development till on the built-in defaults, in another data directory."""
+        message = _error(write_config(text))
+        assert "holds no settings" in message
+
     def test_a_byte_order_mark_is_accepted(self, write_config: WriteConfig) -> None:
         """Files saved by Windows editors start with a BOM, which tomllib refuses."""
         path = write_config("")
