@@ -30,6 +30,7 @@ from agent.outage_watch import HOUR, Thresholds, acknowledge_report
 from agent.outages import OutageRecord, load_outages
 from agent.printing.jobs import QUEUED_PRINTS
 from agent.receipts import Issued, ReceiptService
+from agent.signing.software import is_self_signed
 
 __all__ = [
     "ApiBackend",
@@ -66,7 +67,9 @@ class _Out(BaseModel):
 
 class UnitOut(_Out):
     """The register's active signature unit. ``certified``: it signs with a certificate
-    (an open system); ``False`` for a closed system's key (AT0)."""
+    that someone else issued (an open system's trust service provider); ``False`` for a
+    self-signed certificate (issuer == subject, as the development units' are), for the
+    development unit and for a closed system's key (AT0)."""
 
     id: str
     state: UnitState
@@ -241,10 +244,11 @@ class ApiBackend(Protocol):
 
 
 # the registers, then the ones whose Startbeleg waits (not created yet), each with its unit;
-# certified: the unit signs with a certificate and is not the development unit (simulate)
+# the unit's certificate, NULL for the development unit (simulate): see _certified
 _REGISTERS = (
     "SELECT s.id, s.state, s.last_number, s.unit,"
-    " u.certificate_der IS NOT NULL AND coalesce(json_extract(u.config, '$.simulate'), 0) = 0,"
+    " CASE WHEN coalesce(json_extract(u.config, '$.simulate'), 0) = 0"
+    " THEN u.certificate_der END,"
     " s.last_state, s.unsigned FROM ("
     "  SELECT r.id, r.state, r.last_number, r.active_unit AS unit,"
     "  (SELECT signature_state FROM receipts WHERE register_id = r.id"
@@ -394,7 +398,7 @@ class ServiceBackend:
         backup: BackupOut,
         reports: list[ReportDueOut],
     ) -> RegisterStatusOut:
-        register_id, state, last_number, unit_id, certified, last_state, unsigned = row
+        register_id, state, last_number, unit_id, certificate, last_state, unsigned = row
         unit_state: UnitState = "unknown"
         if outage is not None or last_state == "fallback" or state == "waiting":
             unit_state = "down"
@@ -404,7 +408,7 @@ class ServiceBackend:
             register_id=register_id,
             state=state,
             last_number=last_number,
-            unit=UnitOut(id=str(unit_id), state=unit_state, certified=bool(certified)),
+            unit=UnitOut(id=str(unit_id), state=unit_state, certified=_certified(certificate)),
             open_outage=None
             if outage is None
             else self._open_outage(outage, now, failed.get(outage.id)),
@@ -466,6 +470,12 @@ def _backup_out(status: BackupStatus | None, external: bool | None) -> BackupOut
         else BackupFailureOut(quarter=failure.quarter, error=failure.error, at=failure.at),
         external=external,
     )
+
+
+def _certified(certificate: bytes | None) -> bool:
+    """A certificate issued to the unit by someone else (a trust service provider): not
+    a closed system's key (no certificate), not the development unit, not self-signed."""
+    return certificate is not None and not is_self_signed(bytes(certificate))
 
 
 def _waiting(rows: list[Any]) -> dict[str, list[SpecialKind]]:

@@ -22,7 +22,13 @@ from agent.errors import ConfigurationError, UnitUnavailable
 from agent.signing.base import Capabilities, Identity, der_to_rs, identity_from_certificate
 from agent.signing.config import UNIT_ID_RULE, is_unit_id
 
-__all__ = ["SoftwareUnit", "create_software_unit", "load_certificate", "software_unit_files"]
+__all__ = [
+    "SoftwareUnit",
+    "create_software_unit",
+    "is_self_signed",
+    "load_certificate",
+    "software_unit_files",
+]
 
 _ECDSA = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
 
@@ -106,6 +112,17 @@ def load_certificate(path: Path) -> x509.Certificate:
         return x509.load_der_x509_certificate(data)
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"cannot load the certificate {path}: {exc}") from exc
+
+
+def is_self_signed(certificate_der: bytes) -> bool:
+    """True when the DER certificate names itself as its issuer (issuer == subject), as
+    :func:`create_software_unit`'s development certificates do, or cannot be read: no
+    trust service provider vouches for it."""
+    try:
+        certificate = x509.load_der_x509_certificate(certificate_der)
+    except ValueError:
+        return True
+    return certificate.issuer == certificate.subject
 
 
 def software_unit_files(directory: Path, name: str) -> tuple[Path, Path]:

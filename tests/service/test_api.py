@@ -333,7 +333,7 @@ class TestZeroReceipt:
             "waiting",
             0,
         )
-        assert waiting["unit"] == {"id": "dev", "state": "down", "certified": True}
+        assert waiting["unit"] == {"id": "dev", "state": "down", "certified": False}  # self-signed
         assert waiting["waiting_special"] == ["start"]
 
     def test_a_full_disk_is_503_storage_and_the_retry_succeeds(
@@ -404,7 +404,7 @@ class TestStatus:
                 "register": "KASSE-1",
                 "state": "active",
                 "last_number": 2,
-                "unit": {"id": "dev", "state": "up", "certified": True},
+                "unit": {"id": "dev", "state": "up", "certified": False},  # self-signed
                 "open_outage": None,
                 "reports_due": [],
                 "waiting_special": [],
