@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -69,8 +70,10 @@ def config_check(
 
     Beyond the values, it opens what `run` opens at start without side effects: the key
     and certificate files of software units, the certificate and module file of PKCS#11
-    units, and the optional packages a unit or printer kind needs. It never logs in to a
-    token (a wrong PIN could lock it) and never connects to a printer or a service.
+    units, and the optional packages a unit or printer kind needs; those of the
+    configured units and of the units the configured register has in the till database.
+    It never logs in to a token (a wrong PIN could lock it) and never connects to a
+    printer or a service.
     """
     loaded = _load(config, as_json)
     problems = check_resources(loaded)
@@ -114,7 +117,10 @@ def check_resources(config: AgentConfig) -> list[str]:
     problems += [
         f"units.{unit.id}: {problem}" for unit in config.units for problem in _unit_problems(unit)
     ]
-    problems += _new_register_problems(config)
+    held = _held_register(config)
+    problems += _new_register_problems(config, held)
+    if held is not None:
+        problems += _stored_unit_problems(config, held)
     if config.printer.kind in ("usb", "serial"):
         from agent.printing.config import open_printer
 
@@ -125,14 +131,24 @@ def check_resources(config: AgentConfig) -> list[str]:
     return problems
 
 
-def _new_register_problems(config: AgentConfig) -> list[str]:
+@dataclass(frozen=True)
+class _Held:
+    """What the data directory holds of the configured register: its units in their
+    order (None: no such register, nor its waiting Startbeleg) and their stored
+    configurations, files placed in the data directory."""
+
+    unit_ids: list[str] | None
+    units: list[UnitConfig]
+
+
+def _new_register_problems(config: AgentConfig, held: _Held | None) -> list[str]:
     """What `run` refuses when it creates the configured register (registers.check_setup:
     e.g. a counter of more than 8 bytes, which still loads for an existing register): only
     when the data directory does not hold that register, or the check cannot tell."""
     from agent.registers import RegisterSetup, check_setup
 
     reg = config.register_
-    if _holds_register(config) is True:
+    if held is not None and held.unit_ids is not None:
         return []
     setup = RegisterSetup(
         reg.id,
@@ -151,13 +167,28 @@ def _new_register_problems(config: AgentConfig) -> list[str]:
     return []
 
 
+def _stored_unit_problems(config: AgentConfig, held: _Held) -> list[str]:
+    """The files of the register's stored units that `run` opens them from (a configured
+    unit's are checked as configured: `run` stores its configuration anew)."""
+    configured = {unit.id for unit in config.units}
+    return [
+        f"register {config.register_.id}: unit {unit.id} (stored in the till database): {problem}"
+        for unit in held.units
+        if unit.id not in configured
+        for problem in _unit_problems(unit)
+    ]
+
+
 def _kept_register_warning(config: AgentConfig) -> str | None:
     """For an existing register: a configured counter_bytes that a new register would not
     get is ignored there (the register keeps the size it was created with)."""
     from agent.at_rksv.counter import ISSUED_COUNTER_BYTES_MAX
 
     reg = config.register_
-    if reg.counter_bytes <= ISSUED_COUNTER_BYTES_MAX or _holds_register(config) is not True:
+    if reg.counter_bytes <= ISSUED_COUNTER_BYTES_MAX:
+        return None
+    held = _held_register(config)
+    if held is None or held.unit_ids is None:
         return None
     return (
         f"register.counter_bytes = {reg.counter_bytes} is ignored: register {reg.id} exists"
@@ -166,30 +197,26 @@ def _kept_register_warning(config: AgentConfig) -> str | None:
     )
 
 
-def _holds_register(config: AgentConfig) -> bool | None:
-    """Whether the data directory holds the configured register (or its waiting
+def _held_register(config: AgentConfig) -> _Held | None:
+    """What the data directory holds of the configured register (or its waiting
     Startbeleg); None when its database cannot be read (no permission, damaged)."""
     from agent.errors import NoDatabase, StorageError
+    from agent.signing.registry import register_unit_ids, stored_config
     from storage.db import open_till_db
 
-    register_id = config.register_.id
     try:
         db = open_till_db(config.data_dir, writer=False, create=False)  # a check changes nothing
     except NoDatabase:
-        return False
+        return _Held(None, [])
     except StorageError:
         return None
     try:
         with db.read_connection() as conn:
-            row = conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM registers WHERE id = ?) OR EXISTS (SELECT 1"
-                " FROM waiting_specials WHERE register_id = ? AND kind = 'start'"
-                " AND done_at IS NULL)",
-                (register_id, register_id),
-            ).fetchone()
+            ids = register_unit_ids(conn, config.register_.id)
+            units = [stored_config(conn, unit_id) for unit_id in ids or []]
     finally:
         db.close()
-    return bool(row[0])
+    return _Held(ids, units)
 
 
 def _unit_problems(unit: UnitConfig) -> list[str]:

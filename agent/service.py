@@ -42,6 +42,7 @@ from agent.printing import open_printer
 from agent.probe import Prober
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing import UnitConfig, create_software_unit, open_unit, software_unit_files
+from agent.signing.config import stored_in
 from agent.signing.registry import UnitRegistry, store_unit
 from agent.spool import Spool, SpoolIngestor
 from storage.db import TillDB, open_till_db
@@ -216,8 +217,10 @@ class TillService:
         for config in configs:
             with self.db.write_connection().transaction() as conn:
                 row = conn.execute("SELECT config FROM units WHERE id = ?", (config.id,)).fetchone()
-                if row is not None and UnitConfig.model_validate_json(row[0]) == config:
-                    continue
+                if row is not None and UnitConfig.model_validate_json(row[0]) == stored_in(
+                    config, data_dir
+                ):
+                    continue  # as store_unit stores it: files relative to the data directory
                 unit = open_unit(config)
                 try:
                     store_unit(conn, config, unit, self.clock.now().isoformat())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -10,7 +12,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from agent.strict_values import refuse_coercion
 
-__all__ = ["ORDNUNGSBEGRIFF", "UNIT_ID_PATTERN", "UNIT_ID_RULE", "UnitConfig", "is_unit_id"]
+__all__ = [
+    "KEYS_DIR",
+    "ORDNUNGSBEGRIFF",
+    "UNIT_ID_PATTERN",
+    "UNIT_ID_RULE",
+    "UNIT_PATHS",
+    "UnitConfig",
+    "is_unit_id",
+    "placed_in",
+    "stored_in",
+]
+
+log = logging.getLogger(__name__)
 
 # a unit id names files (keys/<id>.key.pem) and appears in logs: no '/', no '_', no spaces
 UNIT_ID_PATTERN = r"^[A-Za-z0-9.:-]{1,64}$"
@@ -23,6 +37,10 @@ ORDNUNGSBEGRIFF = r"S:\d{9}|U:ATU\d{8}|G:\d{13}"
 # field 11 of a closed system as the verifier reads it, the key id required and plain
 # letters and digits (ztp refuses a second '-' or other signs in it)
 _KEY_ID_RE = re.compile(rf"(?:{ORDNUNGSBEGRIFF})-[A-Za-z0-9]{{1,32}}")
+# the files of a unit (not a PKCS#11 module: its loader searches for it), and where the
+# key files of `unit create-software` and the development unit live in the data directory
+UNIT_PATHS = ("key_file", "certificate_file", "token_file")
+KEYS_DIR = "keys"
 
 
 def is_unit_id(value: str) -> bool:
@@ -111,3 +129,53 @@ class UnitConfig(BaseModel):
         if self.zda != "AT0" and self.certificate_file is None:
             raise ValueError("an open system unit needs certificate_file")
         return self
+
+
+def stored_in(config: UnitConfig, data_dir: Path) -> UnitConfig:
+    """``config`` as the till database stores it: a file inside ``data_dir`` relative to
+    it, so that a data directory restored elsewhere finds its keys (see :func:`placed_in`).
+    """
+    paths = {}
+    for name in UNIT_PATHS:
+        path = getattr(config, name)
+        if path is not None and (inside := _inside(path, data_dir)) is not None:
+            paths[name] = inside
+    return config.model_copy(update=paths)
+
+
+def placed_in(config: UnitConfig, data_dir: Path) -> UnitConfig:
+    """A stored ``config`` with its files placed in ``data_dir``: a relative path is taken
+    relative to it; an absolute one that does not exist (a data directory restored from
+    another disk by an agent that stored absolute paths) is taken from
+    ``<data_dir>/keys/`` when a file of that name is there, logged as a WARNING."""
+    paths = {}
+    for name in UNIT_PATHS:
+        path = getattr(config, name)
+        if path is None:
+            continue
+        if not path.is_absolute():
+            paths[name] = data_dir / path
+        elif not path.exists() and (moved := data_dir / KEYS_DIR / path.name).is_file():
+            log.warning(
+                "unit %s: %s %s does not exist; using %s (a data directory restored from"
+                " elsewhere)",
+                config.id,
+                name,
+                path,
+                moved,
+            )
+            paths[name] = moved
+    return config.model_copy(update=paths)
+
+
+def _inside(path: Path, data_dir: Path) -> Path | None:
+    """``path`` relative to ``data_dir`` when it is inside it (also through a symbolic
+    link to the data directory or one of its folders), else None."""
+    normal = Path(os.path.normpath(path.absolute()))
+    for base, candidate in (
+        (Path(os.path.normpath(data_dir.absolute())), normal),
+        (data_dir.resolve(), normal.parent.resolve() / normal.name),
+    ):
+        if candidate.is_relative_to(base) and candidate != base:
+            return candidate.relative_to(base)
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -9,10 +10,61 @@ from pathlib import Path
 from agent.errors import ConfigurationError, NotFound, UnitUnavailable
 from agent.signing import SignatureUnit, UnitConfig, open_unit
 from agent.signing.base import Capabilities, Identity
+from agent.signing.config import placed_in, stored_in
 from agent.signing.flaky import FlakyUnit
 from storage.journal import append_event
 
-__all__ = ["UnitRegistry", "UnopenedUnit", "check_same_unit", "store_unit"]
+__all__ = [
+    "UnitRegistry",
+    "UnopenedUnit",
+    "check_same_unit",
+    "data_dir_of",
+    "register_unit_ids",
+    "store_unit",
+    "stored_config",
+]
+
+
+def data_dir_of(conn: sqlite3.Connection) -> Path | None:
+    """The data directory of the till database ``conn`` is open on (the one that holds
+    its file); None for a database without a file."""
+    for row in conn.execute("PRAGMA database_list").fetchall():
+        if row[1] == "main":
+            return Path(row[2]).parent if row[2] else None
+    return None  # pragma: no cover - SQLite always lists "main"
+
+
+def stored_config(conn: sqlite3.Connection, unit_id: str) -> UnitConfig:
+    """The stored configuration of unit ``unit_id``, its files placed in the data
+    directory (:func:`~agent.signing.config.placed_in`).
+
+    Raises:
+        NotFound: no such unit is stored.
+    """
+    row = conn.execute("SELECT config FROM units WHERE id = ?", (unit_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no signature unit {unit_id!r} in this till database")
+    config = UnitConfig.model_validate_json(row[0])
+    if (data_dir := data_dir_of(conn)) is not None:  # its files relative to it
+        config = placed_in(config, data_dir)
+    return config
+
+
+def register_unit_ids(conn: sqlite3.Connection, register_id: str) -> list[str] | None:
+    """The units of register ``register_id`` in their order, also of one whose Startbeleg
+    waits; None when the till database holds neither."""
+    rows = conn.execute(
+        "SELECT unit_id FROM register_units WHERE register_id = ? ORDER BY position",
+        (register_id,),
+    ).fetchall()
+    if rows:
+        return [str(row[0]) for row in rows]
+    waiting = conn.execute(
+        "SELECT json_extract(setup, '$.units') FROM waiting_specials WHERE register_id = ?"
+        " AND kind = 'start' AND done_at IS NULL",
+        (register_id,),
+    ).fetchone()
+    return None if waiting is None else [str(unit) for unit in json.loads(waiting[0])]
 
 
 def store_unit(conn: sqlite3.Connection, config: UnitConfig, unit: SignatureUnit, at: str) -> None:
@@ -22,12 +74,15 @@ def store_unit(conn: sqlite3.Connection, config: UnitConfig, unit: SignatureUnit
     crypto container holds its key (rksv.md 7), so another key under the same id would
     make every receipt signed with it fail verification, and overwriting the stored
     certificate would lose the key of the receipts signed before. Only the configuration
-    (a moved key file, a new PIN) may change.
+    (a moved key file, a new PIN) may change. Files inside the data directory are stored
+    relative to it (:func:`~agent.signing.config.stored_in`).
 
     Raises:
         ConfigurationError: ``unit`` is not the unit stored under ``config.id``.
     """
     ident = unit.identity
+    if (data_dir := data_dir_of(conn)) is not None:
+        config = stored_in(config, data_dir)
     stored = conn.execute(
         "SELECT zda, serial, public_key_der, certificate_der FROM units WHERE id = ?",
         (config.id,),
@@ -127,10 +182,7 @@ class UnitRegistry:
             unit = self._units.get(unit_id)
         if unit is not None:
             return unit
-        row = conn.execute("SELECT config FROM units WHERE id = ?", (unit_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no signature unit {unit_id!r} in this till database")
-        config = UnitConfig.model_validate_json(row[0])
+        config = stored_config(conn, unit_id)
         stored = self._stored_identity(conn, unit_id)
         try:
             unit = self._open_as(config, stored)
