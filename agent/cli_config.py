@@ -120,7 +120,7 @@ def check_resources(config: AgentConfig) -> list[str]:
     held = _held_register(config)
     problems += _new_register_problems(config, held)
     if held is not None:
-        problems += _stored_unit_problems(config, held)
+        problems += _register_unit_problems(config, held) + _stored_unit_problems(config, held)
     if config.printer.kind in ("usb", "serial"):
         from agent.printing.config import open_printer
 
@@ -165,6 +165,23 @@ def _new_register_problems(config: AgentConfig, held: _Held | None) -> list[str]
             f" {config.data_dir}, or its database cannot be read: `run` would create it so)"
         ]
     return []
+
+
+def _register_unit_problems(config: AgentConfig, held: _Held) -> list[str]:
+    """An existing register on other units than the configured ones (`run` logs an ERROR
+    and it keeps signing with its own), or on the development unit under
+    ``development_unit = false`` (`run` refuses to start)."""
+    from agent.signing.config import DEV_UNIT
+    from agent.signing.registry import development_register, other_units
+
+    register_id = config.register_.id
+    if held.unit_ids is None:
+        return []
+    configured = [unit.id for unit in config.units]
+    if not config.development_unit and DEV_UNIT in held.unit_ids:
+        return [f"development_unit: {development_register(register_id, DEV_UNIT, configured)}"]
+    problem = other_units(register_id, held.unit_ids, configured)
+    return [] if problem is None else [f"units: {problem}"]
 
 
 def _stored_unit_problems(config: AgentConfig, held: _Held) -> list[str]:

@@ -42,8 +42,14 @@ from agent.printing import open_printer
 from agent.probe import Prober
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing import UnitConfig, create_software_unit, open_unit, software_unit_files
-from agent.signing.config import stored_in
-from agent.signing.registry import UnitRegistry, store_unit
+from agent.signing.config import DEV_UNIT, stored_in
+from agent.signing.registry import (
+    UnitRegistry,
+    development_register,
+    other_units,
+    register_unit_ids,
+    store_unit,
+)
 from agent.spool import Spool, SpoolIngestor
 from storage.db import TillDB, open_till_db
 
@@ -51,7 +57,6 @@ __all__ = ["DEV_UNIT", "TillService"]
 
 log = logging.getLogger(__name__)
 
-DEV_UNIT = "dev-uncertified"
 CLOSINGS_EVERY_S = 60.0
 BACKUPS_EVERY_S = 60.0
 
@@ -233,7 +238,29 @@ class TillService:
                     log.error("%s; the unit keeps its stored configuration", exc)
                 finally:
                     unit.close()
+        self._check_register_units()
         return [c.id for c in configs]
+
+    def _check_register_units(self) -> None:
+        """Compare the configured register's units, when it exists, with the configuration:
+        other units than the configured ones are an ERROR (it keeps its own: they are
+        registered with FinanzOnline); the development unit under ``development_unit =
+        false`` stops the start.
+
+        Raises:
+            ConfigurationError: the register signs with the development unit although the
+                configuration says ``development_unit = false``.
+        """
+        register_id = self.config.register_.id
+        with self.db.read_connection() as conn:
+            units = register_unit_ids(conn, register_id)
+        if units is None:
+            return
+        configured = [unit.id for unit in self.config.units]
+        if not self.config.development_unit and DEV_UNIT in units:
+            raise ConfigurationError(development_register(register_id, DEV_UNIT, configured))
+        if (problem := other_units(register_id, units, configured)) is not None:
+            log.error("%s", problem)
 
     def _only_development(self) -> bool:
         """True when the database knows no unit but the development unit (a first start,

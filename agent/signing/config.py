@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from agent.strict_values import refuse_coercion
 
 __all__ = [
+    "DEV_UNIT",
     "KEYS_DIR",
     "ORDNUNGSBEGRIFF",
     "UNIT_ID_PATTERN",
@@ -41,6 +42,8 @@ _KEY_ID_RE = re.compile(rf"(?:{ORDNUNGSBEGRIFF})-[A-Za-z0-9]{{1,32}}")
 # key files of `unit create-software` and the development unit live in the data directory
 UNIT_PATHS = ("key_file", "certificate_file", "token_file")
 KEYS_DIR = "keys"
+# the development unit `till-agent run` creates on a first start without [[units]]
+DEV_UNIT = "dev-uncertified"
 
 
 def is_unit_id(value: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from agent.errors import ConfigurationError, NotFound, UnitUnavailable
@@ -19,6 +20,8 @@ __all__ = [
     "UnopenedUnit",
     "check_same_unit",
     "data_dir_of",
+    "development_register",
+    "other_units",
     "register_unit_ids",
     "store_unit",
     "stored_config",
@@ -65,6 +68,49 @@ def register_unit_ids(conn: sqlite3.Connection, register_id: str) -> list[str] |
         (register_id,),
     ).fetchone()
     return None if waiting is None else [str(unit) for unit in json.loads(waiting[0])]
+
+
+def other_units(register_id: str, units: Sequence[str], configured: Sequence[str]) -> str | None:
+    """Why the configured ``[[units]]`` are not the ``units`` of the existing register
+    ``register_id``; None when they are, or when no units are configured (a register set
+    up with ``init`` keeps its own)."""
+    if not configured or set(units) == set(configured):
+        return None
+    return (
+        f"register {register_id} exists with unit{'s' * (len(units) > 1)} {', '.join(units)},"
+        " but the configuration"
+        f" names [[units]] {', '.join(configured)}: a register's units are part of its"
+        " registration with FinanzOnline and never change, so it goes on signing with"
+        f" {units[0]}. To sell with {configured[0]}, set up a new register on it: set"
+        f" [register] id to a new id (`till-agent run` initializes it) or run"
+        f" `till-agent init NEW-ID --unit {configured[0]}`, and register it in FinanzOnline;"
+        f" to go on with register {register_id}, configure its units in [[units]], or none"
+    )
+
+
+def development_register(register_id: str, dev_unit: str, configured: Sequence[str]) -> str:
+    """Why ``run`` refuses register ``register_id`` on the development unit ``dev_unit``
+    under ``development_unit = false``, and what to do (``configured``: the ids of the
+    configured ``[[units]]``)."""
+    if configured:
+        new = (
+            f"on the production unit with `till-agent init NEW-ID --unit {configured[0]}` (or"
+            " set [register] id to a new id: `till-agent run` initializes it on the"
+            " configured [[units]]), register it in FinanzOnline and set [register] id to it"
+        )
+    else:
+        new = (
+            "on a production unit: add it ([[units]], or `till-agent unit add-pkcs11`), run"
+            " `till-agent init NEW-ID --unit ID`, register it in FinanzOnline and set"
+            " [register] id to it"
+        )
+    return (
+        f"register {register_id} signs with the development unit {dev_unit} (a self-signed"
+        " key, not certified: its receipts are not valid for a registered cash register),"
+        " but the configuration says development_unit = false. A register's unit is part"
+        f" of its registration with FinanzOnline and never changes: set up a new register {new};"
+        f" or set development_unit = true to go on developing with register {register_id}"
+    )
 
 
 def store_unit(conn: sqlite3.Connection, config: UnitConfig, unit: SignatureUnit, at: str) -> None:
