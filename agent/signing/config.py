@@ -136,13 +136,14 @@ class UnitConfig(BaseModel):
 
 def stored_in(config: UnitConfig, data_dir: Path) -> UnitConfig:
     """``config`` as the till database stores it: a file inside ``data_dir`` relative to
-    it, so that a data directory restored elsewhere finds its keys (see :func:`placed_in`).
-    """
+    it, so that a data directory restored elsewhere finds its keys (see :func:`placed_in`);
+    any other by its absolute path (a relative one is taken in the working directory)."""
     paths = {}
     for name in UNIT_PATHS:
         path = getattr(config, name)
-        if path is not None and (inside := _inside(path, data_dir)) is not None:
-            paths[name] = inside
+        if path is not None:
+            inside = _inside(path, data_dir)
+            paths[name] = Path(os.path.normpath(path.absolute())) if inside is None else inside
     return config.model_copy(update=paths)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.signing.config import UnitConfig, placed_in, stored_in
 from factories import Run, cli_run, expect, flat, sale
 from storage.db import DB_FILE
 
@@ -119,3 +120,29 @@ class TestConfigCheck:
         message = flat(refused.stderr)
         assert "k1" in message
         assert str(data_dir / "keys" / "k1.key.pem") in message
+
+
+class TestStoredForm:
+    def test_a_file_outside_the_data_directory_is_stored_absolute(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A relative path (``unit add-pkcs11 --certificate cert.pem``) means the working
+        directory, not the data directory: stored by its absolute path."""
+        monkeypatch.chdir(tmp_path)
+        config = UnitConfig(
+            id="hsm",
+            kind="pkcs11",
+            module=Path("libsofthsm2.so"),
+            token_label="till",
+            key_label="k1",
+            pin="1234",
+            certificate_file=Path("cert.pem"),
+            key_file=tmp_path / "data" / "keys" / "k.pem",
+        )
+        stored = stored_in(config, tmp_path / "data")
+        assert stored.certificate_file == tmp_path / "cert.pem"
+        assert stored.key_file == Path("keys/k.pem")
+        assert stored.module == Path("libsofthsm2.so")  # the loader searches for it
+        assert placed_in(stored, tmp_path / "data") == config.model_copy(
+            update={"certificate_file": tmp_path / "cert.pem"}
+        )
