@@ -70,7 +70,8 @@ def config_check(
 
     Beyond the values, it opens what `run` opens at start without side effects: the key
     and certificate files of software units, the certificate and module file of PKCS#11
-    units, and the optional packages a unit or printer kind needs; those of the
+    units, the token and certificate file of chain units, and the optional packages a
+    unit or printer kind needs; those of the
     configured units and of the units the configured register has in the till database.
     It never logs in to a token (a wrong PIN could lock it) and never connects to a
     printer or a service.
@@ -246,8 +247,8 @@ def _unit_problems(unit: UnitConfig) -> list[str]:
         except ConfigurationError as exc:
             return [str(exc)]
         return []
-    if unit.kind != "pkcs11":
-        return []  # a chain service is only reachable at run time
+    if unit.kind == "chain":  # the service is only reachable at run time, not its files
+        return _chain_problems(unit)
     problems = []
     try:
         import agent.signing.pkcs11  # noqa: F401 - only: is the extra installed?
@@ -257,6 +258,25 @@ def _unit_problems(unit: UnitConfig) -> list[str]:
     if module is not None and module.is_absolute() and not module.is_file():
         problems.append(f"module: the PKCS#11 module {module} does not exist")
     if unit.certificate_file is not None and unit.zda != "AT0":
+        try:
+            load_certificate(unit.certificate_file)
+        except ConfigurationError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def _chain_problems(unit: UnitConfig) -> list[str]:
+    """The token file (and certificate file) of a chain unit, read as opening it does."""
+    from agent.signing.software import load_certificate
+
+    problems = []
+    assert unit.token_file is not None  # checked by UnitConfig
+    try:
+        if not unit.token_file.read_text(encoding="utf-8").strip():
+            problems.append(f"the token file {unit.token_file} is empty")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"cannot read the token file {unit.token_file}: {exc}")
+    if unit.certificate_file is not None:
         try:
             load_certificate(unit.certificate_file)
         except ConfigurationError as exc:

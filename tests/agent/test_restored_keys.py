@@ -146,3 +146,20 @@ class TestStoredForm:
         assert placed_in(stored, tmp_path / "data") == config.model_copy(
             update={"certificate_file": tmp_path / "cert.pem"}
         )
+
+    @pytest.mark.usefixtures("no_system_config")
+    def test_a_chain_units_token_file_is_read(self, run: Run, tmp_path: Path) -> None:
+        """A chain unit's service is only reachable at run time, but its token file is a
+        file: one that cannot be read is named."""
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'data_dir = "{tmp_path / "data"}"\n[backup]\ndir = "{tmp_path / "backups"}"\n'
+            '[[units]]\nid = "cloud"\nkind = "chain"\nzda = "AT1"\n'
+            'url = "https://sign.example.com"\ntoken_file = "chain-token"\n',
+            encoding="utf-8",
+        )
+        refused = expect(run("config", "check", "--config", config), 3)
+        assert str(tmp_path / "data" / "chain-token") in flat(refused.stderr)
+        (tmp_path / "data").mkdir()
+        (tmp_path / "data" / "chain-token").write_text("secret\n", encoding="utf-8")
+        expect(run("config", "check", "--config", config), 0)
