@@ -108,7 +108,7 @@ def render_evidence(pack: dict[str, Any]) -> str:
         f"Einheit (unit):          {o['unit']}",
         f"Beginn (start, UTC):     {o['started_at']}",
         f"Ende (end, UTC):         {o['ended_at'] or 'still open'}",
-        f"Dauer (hours):           {pack['duration_hours']}",
+        f"Dauer (hours):           {pack['duration_hours']}{'' if o['ended_at'] else ' so far'}",
         f"Ursache (cause):         {o['cause']}",
         f"Sonden (probes):         {pack['probes']}",
         f"Meldung fällig bis:      {o['report_due_at'] or '-'}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ class TestOpenOutage:
         assert shown["duration_hours"] == pytest.approx(HOURS, abs=0.05)
         text = expect(run("outage", "show", "1", "--data-dir", with_outage), 0).stdout
         assert "still open" in text
+        assert re.search(r"Dauer \(hours\): +[0-9.]+ so far", text), text
         expect(run("outage", "export", "1", "-o", tmp_path / "pack", "--data-dir", with_outage), 0)
         pack = json.loads((tmp_path / "pack" / "outage-1.json").read_text(encoding="utf-8"))
         assert pack["duration_hours"] == pytest.approx(HOURS, abs=0.05)
@@ -95,3 +97,4 @@ def test_a_closed_outage_keeps_its_age(run: Run, with_outage: Path) -> None:
     assert _shown(run, with_outage)["duration_hours"] == pytest.approx(600 / 3600, abs=0.01)
     table = flat(expect(run("outage", "list", "--data-dir", with_outage), 0).stdout)
     assert "so far" not in table
+    assert "so far" not in expect(run("outage", "show", "1", "--data-dir", with_outage), 0).stdout
