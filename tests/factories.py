@@ -19,6 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from agent.clock import FrozenClock
+from agent.outages import OutageRecord, load_outages
 from agent.receipts import ReceiptService
 from agent.signing import UnitConfig, open_unit
 from agent.signing.registry import UnitRegistry, store_unit
@@ -197,3 +198,10 @@ def db_rows(db: TillDB, sql: str, *params: Any) -> list[sqlite3.Row]:
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def the_outage(service: ReceiptService) -> OutageRecord:
+    """The one outage the till database holds (a test that opened exactly one)."""
+    with service.db.read_connection() as conn:
+        [outage] = load_outages(conn)
+    return outage

@@ -13,21 +13,14 @@ import pytest
 
 from agent.clock import FrozenClock
 from agent.outage_watch import OutageWatch, Thresholds
-from agent.outages import OutageRecord, load_outages
 from agent.receipts import ReceiptService
 from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
-from factories import sale
+from factories import sale, the_outage
 from storage import TillDB
 
 REGISTER = "KASSE-1"
 HOUR = 3600.0
-
-
-def _outage(service: ReceiptService) -> OutageRecord:
-    with service.db.read_connection() as conn:
-        [outage] = load_outages(conn)
-    return outage
 
 
 def _levels(service: ReceiptService) -> list[str]:
@@ -62,7 +55,7 @@ class TestClosingAgesTheOutage:
         """72 h with the agent stopped, then recover: exceeded, and the report is due a week
         after the 48 hours were over (start + 9 days); its end report a week after the end."""
         start = _outage_for(service, flaky, clock, 72)
-        outage = _outage(service)
+        outage = the_outage(service)
         assert outage.ended_at is not None
         # only what has a legal consequence: warnings about an outage that is over warn nobody
         assert outage.escalations == ("opened", "exceeded", "end-report")
@@ -97,7 +90,7 @@ class TestClosingAgesTheOutage:
     ) -> None:
         """47 h: the levels it reached, but no report is due."""
         _outage_for(service, flaky, clock, 47)
-        outage = _outage(service)
+        outage = the_outage(service)
         assert "exceeded" not in outage.escalations
         assert outage.report_due is None
 
@@ -112,11 +105,11 @@ class TestClosingAgesTheOutage:
         for _ in range(49):
             clock.advance(HOUR)
             watch.tick()
-        before = _outage(service)
+        before = the_outage(service)
         clock.advance(HOUR)
         flaky.mode = "up"
         service.recover(REGISTER)
-        after = _outage(service)
+        after = the_outage(service)
         assert after.escalations == (*before.escalations, "end-report")
         assert after.report_due == before.report_due
         assert _levels(service) == ["opened", "24h", "approaching", "exceeded", "end-report"]
@@ -140,5 +133,5 @@ class TestClosingAgesTheOutage:
             Thresholds(warn_hours=1, approaching_hours=2, exceeded_hours=3),
         )
         _outage_for(service, flaky, clock, 4)
-        outage = _outage(service)
+        outage = the_outage(service)
         assert "exceeded" in outage.escalations

@@ -13,20 +13,13 @@ import pytest
 from agent.clock import FrozenClock
 from agent.evidence import outage_evidence, render_evidence
 from agent.outage_watch import OutageWatch
-from agent.outages import OutageRecord, load_outages
 from agent.receipts import ReceiptService
 from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
-from factories import journal_events, sale
+from factories import journal_events, sale, the_outage
 
 REGISTER = "KASSE-1"
 HOUR = 3600.0
-
-
-def _outage(service: ReceiptService) -> OutageRecord:
-    with service.db.read_connection() as conn:
-        [outage] = load_outages(conn)
-    return outage
 
 
 def _run(service: ReceiptService, clock: FrozenClock, hours: int) -> None:
@@ -75,7 +68,7 @@ class TestAClockBehindAtTheRestart:
         _run(restarted, clock2, 20)
         flaky.mode = "up"
         assert [r.kind for r in restarted.recover(REGISTER) or []] == ["sammelbeleg"]
-        outage = _outage(restarted)
+        outage = the_outage(restarted)
         assert outage.age_seconds == pytest.approx(60 * HOUR + 300)
         assert "exceeded" in outage.escalations
         assert outage.report_due == (start + dt.timedelta(hours=48, days=7)).isoformat()
@@ -97,7 +90,7 @@ class TestAClockBehindAtTheRestart:
         clock2.advance(60)
         flaky.mode = "up"
         assert [r.kind for r in restarted.recover(REGISTER) or []] == ["sammelbeleg"]
-        outage = _outage(restarted)
+        outage = the_outage(restarted)
         assert outage.age_seconds == pytest.approx(60 * HOUR + 60)
         assert "exceeded" in outage.escalations
         assert outage.report_due == (start + dt.timedelta(hours=48, days=7)).isoformat()
@@ -116,7 +109,7 @@ class TestAClockBehindAtTheRestart:
             clock2.advance(60)
             clock2.jump(delta)
             restarted.outages.watch.tick()
-        assert _outage(restarted).age_seconds == pytest.approx(10 * HOUR + 120)
+        assert the_outage(restarted).age_seconds == pytest.approx(10 * HOUR + 120)
         assert all("outages_aged" not in j for j in journal_events(service.db, "clock.jump"))
 
     def test_a_clock_far_behind_counts_the_off_time_once_corrected(
@@ -134,7 +127,7 @@ class TestAClockBehindAtTheRestart:
         clock2.advance(60)
         clock2.jump(48 * HOUR + 30 * HOUR)
         restarted.outages.watch.tick()
-        assert _outage(restarted).age_seconds == pytest.approx(40 * HOUR + 60)
+        assert the_outage(restarted).age_seconds == pytest.approx(40 * HOUR + 60)
         jumps = journal_events(service.db, "clock.jump")
         assert [j.get("outages_aged") for j in jumps] == [
             None,  # set back at the restart, journaled at its first look
@@ -154,7 +147,7 @@ class TestAClockBehindAtTheRestart:
             _close_and_fail(watch, clock2.now())
         clock2.advance(60)
         watch.tick()
-        assert _outage(restarted).age_seconds == pytest.approx(60 * HOUR + 60)
+        assert the_outage(restarted).age_seconds == pytest.approx(60 * HOUR + 60)
         [jump] = journal_events(service.db, "clock.jump")
         assert jump["when"] == "while running"
         assert jump["outages_aged"] == [{"outage": 1, "added_seconds": 30 * HOUR}]
@@ -186,7 +179,7 @@ class TestOpenedInThisProcess:
         else:
             flaky.mode = "up"
             assert [r.kind for r in restarted.recover(REGISTER) or []] == ["sammelbeleg"]
-        outage = _outage(restarted)
+        outage = the_outage(restarted)
         assert outage.age_seconds == pytest.approx(60)
         assert outage.escalations == ("opened",)
         assert all("outages_aged" not in j for j in journal_events(service.db, "clock.jump"))
