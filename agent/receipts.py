@@ -186,13 +186,13 @@ class ReceiptService:
         concurrent callers: the lookup and the insert are in one write transaction."""
         if not isinstance(sale, Sale):
             sale = parse_sale(sale)
-        if self._closings_first:
-            self._close_due(sale.register_id)
         sale_hash = sale_fingerprint(sale)
         parsed = sale
+        register_id = sale.register_id
+        checks = _CLOSING_CHECKS if self._closings_first else 0
 
         def work(conn: sqlite3.Connection) -> Issued:
-            stored = _by_request(conn, parsed.register_id, parsed.request_id)
+            stored = _by_request(conn, register_id, parsed.request_id)
             if stored is not None:
                 if not (same_sale(stored["sale_hash"], parsed) or _zero_asked(stored, parsed)):
                     raise InvalidSale(
@@ -201,11 +201,21 @@ class ReceiptService:
                         "this request_id was already used for a different sale",
                     )
                 return Issued(result_from_row(current_version(conn, stored)), created=False)
-            reg = open_register(conn, parsed.register_id)
+            due_at = self._closing_due.get(register_id)
+            if checks and due_at is not None and self.clock.now() >= due_at:
+                raise _ClosingDue(register_id)  # it fell due while this sale waited
+            reg = open_register(conn, register_id)
             draft = draft_for_sale(conn, reg, parsed, sale_hash)
             return Issued(self._issuing.issue_in(conn, reg, draft), created=True)
 
-        return self._group.run(work)
+        while True:
+            if checks:
+                self._close_due(register_id)
+            try:
+                return self._group.run(work)
+            except _ClosingDue:
+                checks -= 1  # (a clock that keeps the closing due: the last try issues)
+                self._closing_due.pop(register_id, None)
 
     def issue_special(
         self,
@@ -470,6 +480,14 @@ class ReceiptService:
 _CLOSING_ROW = "SELECT id, state, timezone, created_at, last_closing FROM registers"
 _CLOSING_RETRY = dt.timedelta(seconds=60)  # a closing that waits: a sale looks again then
 _NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
+class _ClosingDue(FiscalError):
+    """A register's closing fell due while a sale waited for the write transaction: the
+    sale (nothing of it written) goes again, after the closing."""
+
+
+_CLOSING_CHECKS = 3  # looks for a due closing per sale; the last try issues the sale anyway
 
 
 class _ClosedMeanwhile(Exception):

@@ -9,6 +9,8 @@ receipt. A Schlussbeleg, after which nothing is issued, does the same.
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 
 import pytest
 
@@ -85,6 +87,37 @@ class TestSalesAfterAMonthEnd:
         assert "yearly" not in kinds
         assert kinds.count("monthly") == 9  # March to November
         assert [w["kind"] for w in service.waiting(REGISTER)] == ["yearly"]
+
+    def test_a_closing_that_falls_due_while_the_sale_waits_comes_first(
+        self, service: ReceiptService, clock: FrozenClock
+    ) -> None:
+        """Another write transaction (e.g. a recovery signing a remedy) holds the writer
+        across 23:59: the sale that looked at 23:58:50 is issued after midnight, after
+        March's Monatsbeleg, not before it."""
+        clock.set(dt.datetime(2026, 3, 31, 21, 58, 50, tzinfo=dt.UTC))  # 23:58:50 in Vienna
+        service.issue(sale(request_id="before"))
+        holding, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with service.db.write_connection().transaction():
+                holding.set()
+                assert release.wait(10)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert holding.wait(10)
+        results: list[int] = []
+        seller = threading.Thread(
+            target=lambda: results.append(service.issue(sale(request_id="late")).number)
+        )
+        seller.start()
+        time.sleep(0.3)  # the sale looked for due closings and waits for the writer
+        clock.set(dt.datetime(2026, 3, 31, 22, 0, 30, tzinfo=dt.UTC))  # 00:00:30 on 1 April
+        release.set()
+        holder.join(10)
+        seller.join(10)
+        assert results == [4]
+        assert [k for _, k, _ in _kinds(service)] == ["start", "standard", "monthly", "standard"]
 
 
 class TestTheSchlussbeleg:
