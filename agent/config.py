@@ -535,16 +535,18 @@ def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = Non
     env = os.environ if env is None else env
     file = find_config_file(path)
     data: dict[str, Any] = {} if file is None else _read_toml(file)
-    if file is not None and not data:
-        # a file cut to nothing (a power cut during an edit, a failed copy) would run a
-        # development till on the built-in defaults, in another data directory
-        raise ConfigurationError(
-            f"{file}: the configuration file holds no settings (empty, or only comments);"
-            " a till's configuration names at least its data directory or units. To run"
-            " on the built-in defaults, name no configuration file"
-        )
     sources = dict.fromkeys(_leaves(data), str(file))
     _apply_env(data, sources, env)
+    if file is not None and not data:
+        # a file cut to nothing (a power cut during an edit, a failed copy), and nothing
+        # from the environment: it would run a development till on the built-in defaults,
+        # in another data directory
+        raise ConfigurationError(
+            f"{file}: the configuration file holds no settings (empty, or only comments),"
+            " and the environment gives none; a till's configuration names at least its"
+            " data directory or units. To run on the built-in defaults, name no"
+            " configuration file"
+        )
     try:
         return AgentConfig.model_validate(data, context={"env": env})
     except ValidationError as exc:

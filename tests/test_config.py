@@ -746,6 +746,12 @@ class TestNoSilentCoercion:
         message = _error(write_config(text))
         assert "holds no settings" in message
 
+    def test_an_empty_file_with_settings_from_the_environment_is_taken(
+        self, write_config: WriteConfig, tmp_path: Path
+    ) -> None:
+        config = load_config(write_config(""), env={"TILL_AGENT_DATA_DIR": str(tmp_path / "d")})
+        assert config.data_dir == tmp_path / "d"
+
     def test_a_byte_order_mark_is_accepted(self, write_config: WriteConfig) -> None:
         """Files saved by Windows editors start with a BOM, which tomllib refuses."""
         path = write_config("")
