@@ -13,7 +13,15 @@ from zoneinfo import ZoneInfo
 
 from agent.errors import RegisterStateError
 
-__all__ = ["due_periods", "next_closing_at", "period_of", "period_to_close"]
+__all__ = [
+    "CLOSING_NAMES",
+    "closing_kind",
+    "due_for",
+    "due_periods",
+    "next_closing_at",
+    "period_of",
+    "period_to_close",
+]
 
 
 def period_to_close(reg: sqlite3.Row, kind: str, now: dt.datetime) -> str:
@@ -45,23 +53,22 @@ def period_to_close(reg: sqlite3.Row, kind: str, now: dt.datetime) -> str:
             f"register {reg['id']}: the closings from {expected} on are not issued yet;"
             f" they come first, in order (the agent's closing job catches them up)"
         )
-    if (kind == "yearly") != period.endswith("-12"):
-        fits = "yearly" if kind == "monthly" else "monthly"
+    if kind != (fits := closing_kind(period)):
         raise RegisterStateError(
-            f"register {reg['id']}: {period} is closed by a {_NAMES[fits]}, not a"
-            f" {_NAMES[kind]} (the Jahresbeleg is December's closing): use {fits}"
+            f"register {reg['id']}: {period} is closed by a {CLOSING_NAMES[fits]}, not a"
+            f" {CLOSING_NAMES[kind]} (the Jahresbeleg is December's closing): use {fits}"
         )
     last_day = _closing_time(period, local.tzinfo).date()
     if local.date() < last_day:
         raise RegisterStateError(
-            f"register {reg['id']}: the {_NAMES[kind]} of {period} is issued on its last"
+            f"register {reg['id']}: the {CLOSING_NAMES[kind]} of {period} is issued on its last"
             f" day ({last_day.isoformat()}) at the earliest, as the counter at the month's"
             " end; the agent's closing job issues it by itself at 23:59"
         )
     return period
 
 
-_NAMES = {"monthly": "Monatsbeleg", "yearly": "Jahresbeleg"}
+CLOSING_NAMES = {"monthly": "Monatsbeleg", "yearly": "Jahresbeleg"}
 
 
 def due_periods(last_closing: str | None, first: str, now_local: dt.datetime) -> list[str]:
@@ -72,6 +79,18 @@ def due_periods(last_closing: str | None, first: str, now_local: dt.datetime) ->
         due.append(period)
         period = _next_period(period)
     return due
+
+
+def due_for(reg: sqlite3.Row, now: dt.datetime) -> list[str]:
+    """The months whose closing is due at ``now`` for register ``reg`` (its
+    ``last_closing``, ``created_at`` and ``timezone``), oldest first."""
+    first = period_of(reg["created_at"], reg["timezone"])
+    return due_periods(reg["last_closing"], first, now.astimezone(ZoneInfo(reg["timezone"])))
+
+
+def closing_kind(period: str) -> str:
+    """The kind of ``period``'s closing: December's is the Jahresbeleg."""
+    return "yearly" if period.endswith("-12") else "monthly"
 
 
 def next_closing_at(last_closing: str | None, first: str, timezone: str) -> dt.datetime:

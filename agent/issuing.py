@@ -27,12 +27,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from agent.at_rksv import Payload, cents_to_amount, chain_value, signing_input
 from agent.checks import CHECK_KINDS, record_due
 from agent.clock import Clock
-from agent.closings import due_periods, period_of
+from agent.closings import CLOSING_NAMES, closing_kind, due_for
 from agent.contract import ReceiptResult
 from agent.errors import (
     FiscalError,
@@ -287,13 +286,10 @@ class Issuing:
     def _check_closed_months(self, reg: sqlite3.Row) -> None:
         if not self.closings_first:  # a scenario replay: its dates are the scenario's
             return
-        now_local = self.clock.now().astimezone(ZoneInfo(reg["timezone"]))
-        first = period_of(reg["created_at"], reg["timezone"])
-        due = due_periods(reg["last_closing"], first, now_local)
-        if due:
-            kind = "yearly" if due[0].endswith("-12") else "monthly"
+        if due := due_for(reg, self.clock.now()):
             raise RegisterStateError(
-                f"register {reg['id']}: the {_CLOSING_NAMES[kind]} of {', '.join(due)} is due"
+                f"register {reg['id']}: the {CLOSING_NAMES[closing_kind(due[0])]} of"
+                f" {', '.join(due)} is due"
                 " and not issued yet; it comes before the Schlussbeleg; nothing was issued"
             )
 
@@ -329,6 +325,3 @@ class Issuing:
                 position = json.loads(sent).get("unit_position")
                 return self.units.get(conn, start_unit(setup_from_json(sent), position))
             return self.units.get(conn, row[0])
-
-
-_CLOSING_NAMES = {"monthly": "Monatsbeleg", "yearly": "Jahresbeleg"}

@@ -17,10 +17,9 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from agent.clock import Clock, SystemClock
-from agent.closings import due_periods, next_closing_at, period_of, period_to_close
+from agent.closings import closing_kind, due_for, next_closing_at, period_of, period_to_close
 from agent.contract import (
     ReceiptResult,
     Sale,
@@ -279,7 +278,7 @@ class ReceiptService:
         with self._issuing.transaction() as conn:
             stored = None if request_id is None else _by_request(conn, register_id, request_id)
             if stored is not None:
-                if stored["kind"] not in ZERO_KINDS:
+                if stored["kind"] not in _ZERO_KINDS:
                     raise InvalidSale(
                         "request_id",
                         "request-id-reused",
@@ -460,13 +459,10 @@ class ReceiptService:
         retry = self.clock.now() + _CLOSING_RETRY
         if waiting_in(self.db, reg["id"], "yearly") is not None:
             return retry  # the months after a waiting Jahresbeleg wait behind it
-        now_local = self.clock.now().astimezone(ZoneInfo(reg["timezone"]))
-        first = period_of(reg["created_at"], reg["timezone"])
         last = reg["last_closing"]
-        for period in due_periods(last, first, now_local):
-            kind = "yearly" if period.endswith("-12") else "monthly"
+        for period in due_for(reg, self.clock.now()):
             try:
-                result = self.request_special(reg["id"], kind, period=period)
+                result = self.request_special(reg["id"], closing_kind(period), period=period)
             except _ClosedMeanwhile:
                 last = period  # e.g. the probe's recovery issued the waiting Jahresbeleg
                 continue
@@ -474,6 +470,7 @@ class ReceiptService:
                 return retry  # it waits for the unit
             issued.append(result)
             last = period
+        first = period_of(reg["created_at"], reg["timezone"])
         return next_closing_at(last, first, reg["timezone"])
 
 
@@ -497,10 +494,10 @@ class _ClosedMeanwhile(Exception):
 def _zero_asked(stored: sqlite3.Row, sale: Sale) -> bool:
     """A ``kind: null`` sale repeating a request the zero-receipt endpoint answered (with
     a Nullbeleg, or the Sammelbeleg of an open outage): the same request, its receipt."""
-    return stored["sale_hash"] is None and stored["kind"] in ZERO_KINDS and sale.kind == "null"
+    return stored["sale_hash"] is None and stored["kind"] in _ZERO_KINDS and sale.kind == "null"
 
 
-ZERO_KINDS = ("null", "sammelbeleg")
+_ZERO_KINDS = ("null", "sammelbeleg")
 
 
 def _by_request(conn: sqlite3.Connection, register_id: str, request_id: str) -> Any:
