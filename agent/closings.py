@@ -3,12 +3,19 @@
 A month's closing is due from 23:59 of its last day, in the register's time zone; the
 months the till was off for are caught up in order. December's is the Jahresbeleg. By
 hand, a closing may be issued earlier on the last day (after the day's business).
+
+A register's ``last_closing`` is the latest month whose closing is stored. A Jahresbeleg
+that waits for its unit is a ``waiting_specials`` row (:mod:`agent.waiting`) instead: it
+must be signed, but the Monatsbelege after it may carry the failure marker (rksv.md 5,
+"Which zero receipts may carry the failure marker"; 6), so they do not wait behind it and
+``last_closing`` may pass its month. Its month counts as settled for what comes after it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from collections.abc import Collection
 from zoneinfo import ZoneInfo
 
 from agent.errors import RegisterStateError
@@ -24,10 +31,14 @@ __all__ = [
 ]
 
 
-def period_to_close(reg: sqlite3.Row, kind: str, now: dt.datetime) -> str:
+def period_to_close(
+    reg: sqlite3.Row, kind: str, now: dt.datetime, waiting: Collection[str] = ()
+) -> str:
     """The month ("YYYY-MM") a Monats- (``kind`` "monthly") or Jahresbeleg ("yearly")
     issued by hand at ``now`` closes for register ``reg``: the current month in the
-    register's time zone, from its last day on.
+    register's time zone, from its last day on. ``waiting``: the months whose Jahresbeleg
+    waits for the unit; the months after one are not held up by it (a hand-issued one of
+    its own month, signed, is the one that waits).
 
     December's closing is the Jahresbeleg, and only December's (rksv.md 6): it must be
     signed, printed and checked, so a Monatsbeleg must not stand in for it, nor a
@@ -48,6 +59,8 @@ def period_to_close(reg: sqlite3.Row, kind: str, now: dt.datetime) -> str:
         )
     first = period_of(reg["created_at"], reg["timezone"])
     expected = _next_period(last) if last is not None else first
+    while expected in waiting and expected < period:
+        expected = _next_period(expected)
     if period > expected:
         raise RegisterStateError(
             f"register {reg['id']}: the closings from {expected} on are not issued yet;"

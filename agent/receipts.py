@@ -12,6 +12,7 @@ through the same :class:`~agent.issuing.Issuing`; the rows it works on are in
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import sqlite3
@@ -62,7 +63,7 @@ from agent.waiting import (
     open_waiting,
     record_waiting,
     waiting_done,
-    waiting_in,
+    waiting_periods,
     waiting_rows,
 )
 from storage.db import TillDB
@@ -243,8 +244,10 @@ class ReceiptService:
             self._close_due(register_id, force=True)  # the months before it are closed first
         with self._issuing.transaction() as conn:
             reg = open_register(conn, register_id)
-            closes = kind in ("monthly", "yearly")
-            period = period_to_close(reg, kind, self.clock.now()) if closes else None
+            period = None
+            if kind in ("monthly", "yearly"):
+                waits = waiting_periods(conn, register_id, "yearly")
+                period = period_to_close(reg, kind, self.clock.now(), waits)
             draft = Draft(
                 register_id,
                 kind,
@@ -327,12 +330,15 @@ class ReceiptService:
         """Issue a special receipt now, or (Jahres-, Sammelbeleg) let it wait for the unit.
 
         Returns ``None`` when it waits; it is then visible in :meth:`waiting` and issued
-        by :meth:`recover`. Raises :class:`_ClosedMeanwhile` (nothing issued) when
+        by :meth:`recover`. One that waits already (since the caller looked, too) is not
+        sent again: ``None``. Raises :class:`_ClosedMeanwhile` (nothing issued) when
         ``period`` was closed since the caller looked: the recovery of a waiting
         Jahresbeleg runs in another thread.
         """
         try:
             with self._issuing.transaction() as conn:
+                if period is not None and open_waiting(conn, register_id, kind, period):
+                    return None  # recovery issues it (never a second Jahresbeleg)
                 reg = open_register(conn, register_id)
                 if period is not None and (reg["last_closing"] or "") >= period:
                     raise _ClosedMeanwhile(period)
@@ -426,8 +432,9 @@ class ReceiptService:
 
         A month's closing is due from 23:59 of its last day; months the till was off for
         are caught up in order. December's is the Jahresbeleg: it must be signed and
-        waits for the unit (later months wait behind it). A sale does not wait for this
-        job: it issues its register's due closings first (:meth:`issue`).
+        waits for the unit, issued by :meth:`recover`; the later months' Monatsbelege do
+        not wait behind it (:meth:`_close_register`). A sale does not wait for this job:
+        it issues its register's due closings first (:meth:`issue`).
         """
         issued: list[ReceiptResult] = []
         with self.db.read_connection() as conn:
@@ -455,27 +462,34 @@ class ReceiptService:
         self._closing_due[register_id] = self._close_register(reg, [])
 
     def _close_register(self, reg: sqlite3.Row, issued: list[ReceiptResult]) -> dt.datetime:
-        """Issue the due closings of ``reg`` (appended to ``issued``); when to look again."""
-        retry = self.clock.now() + _CLOSING_RETRY
-        if waiting_in(self.db, reg["id"], "yearly") is not None:
-            return retry  # the months after a waiting Jahresbeleg wait behind it
+        """Issue the due closings of ``reg`` (appended to ``issued``); when to look again.
+
+        A Jahresbeleg that waits for the unit, since earlier or from now on, settles its
+        month here: recovery issues it. The months after it are closed on time all the
+        same, their Monatsbelege with the failure marker while the unit is down: only the
+        Jahresbeleg must be signed (rksv.md 5, which zero receipts may carry the marker).
+        """
+        with self.db.read_connection() as conn:
+            waits = waiting_periods(conn, reg["id"], "yearly")
         last = reg["last_closing"]
         for period in due_for(reg, self.clock.now()):
-            try:
-                result = self.request_special(reg["id"], closing_kind(period), period=period)
-            except _ClosedMeanwhile:
-                last = period  # e.g. the probe's recovery issued the waiting Jahresbeleg
-                continue
-            if result is None:
-                return retry  # it waits for the unit
-            issued.append(result)
+            if period not in waits:
+                self._close_period(reg["id"], period, issued)
             last = period
         first = period_of(reg["created_at"], reg["timezone"])
         return next_closing_at(last, first, reg["timezone"])
 
+    def _close_period(self, register_id: str, period: str, issued: list[ReceiptResult]) -> None:
+        """Issue ``period``'s closing (appended to ``issued``) unless it waits for the unit
+        now or was closed meanwhile (e.g. the probe's recovery issued the waiting
+        Jahresbeleg in its thread): its month is settled either way."""
+        with contextlib.suppress(_ClosedMeanwhile):
+            result = self.request_special(register_id, closing_kind(period), period=period)
+            if result is not None:
+                issued.append(result)
+
 
 _CLOSING_ROW = "SELECT id, state, timezone, created_at, last_closing FROM registers"
-_CLOSING_RETRY = dt.timedelta(seconds=60)  # a closing that waits: a sale looks again then
 _NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 

@@ -27,6 +27,12 @@ _INSERT_RECEIPT = (
     " turnover_cents, jws, signature_state, unit_id, voids_number, document, journal_seq)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# never back: a Jahresbeleg that waited is issued after the Monatsbelege of the months
+# after it (agent.closings), and its month is not the register's last closing then
+_MOVE_LAST_CLOSING = (
+    "UPDATE registers SET last_closing = ? WHERE id = ?"
+    " AND (last_closing IS NULL OR last_closing < ?)"
+)
 _UPDATE_REGISTER = (
     "UPDATE registers SET last_number = ?, turnover_cents = ?, last_jws = ?,"
     " last_issued_at = ?, state = ? WHERE id = ?"
@@ -101,7 +107,7 @@ def _after_store(
     )
     lost = state != "signed" and kind in MUST_SIGN
     if period is not None and not lost:  # a lost Jahresbeleg leaves its month open
-        conn.execute("UPDATE registers SET last_closing = ? WHERE id = ?", (period, register_id))
+        conn.execute(_MOVE_LAST_CLOSING, (period, register_id, period))
     if lost and kind == "yearly":  # it waits (an unsigned Sammelbeleg: the outage)
         reason = f"Jahresbeleg {number} was sent, but no answer came; it is issued again"
         record_waiting(conn, register_id, "yearly", period, reason, at.isoformat())

@@ -175,8 +175,11 @@ class TestALostSammelbeleg:
 
 @pytest.mark.parametrize("loss", LOSSES)
 def test_a_lost_jahresbeleg_waits_and_is_issued_anew(
-    service: ReceiptService, chain: ChainServiceFake, clock: FrozenClock, loss: Mode
+    bare: ReceiptService, chain: ChainServiceFake, clock: FrozenClock, loss: Mode
 ) -> None:
+    clock.set(dt.datetime(2026, 12, 1, 10, 0, tzinfo=dt.UTC))  # December: no month before it
+    service = bare
+    service.init_register(RegisterSetup(REGISTER, ["chain"]))
     clock.set(dt.datetime(2026, 12, 31, 23, 0, tzinfo=dt.UTC))  # 00:00 in Vienna: due
     chain.mode = loss
     assert service.request_special(REGISTER, "yearly", period="2026-12") is None
