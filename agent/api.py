@@ -6,16 +6,16 @@ with uvicorn on a thread, on 127.0.0.1 or a unix socket. Every route under ``/v1
 every body and status code (the tests run schemathesis against it).
 
 Statuses: 201 a new receipt, 200 an idempotent repeat (same ``request_id``, same sale, or
-the same report reference), 401 no or a wrong token, 404 no such receipt or register, 409
-the register's state forbids it, the ``request_id`` was used for another sale or the
-outage report (or a check) has another reference already, 408 a body not complete within
-``REQUEST_BODY_TIMEOUT_S`` of its head, 413 a body over 1 MiB, 422 a bad request
-naming the field and rule, 503 the receipt must be signed and the unit is down (or the
-database is busy): retry after ``Retry-After`` seconds. Errors are ``{field, rule,
-message}`` throughout, but for uvicorn's own plain-text 503 (no ``Retry-After``) to a
-request beyond :data:`MAX_CONNECTIONS` open connections (logged at most once a minute).
-Request bodies are JSON whatever their ``Content-Type`` says (``curl -d`` sends a form
-type), on every route that takes one.
+the same report reference), 401 no or a wrong token, 404 no such register, receipt, outage
+or check (naming the path's field: ``register``, ``number``, ...), 409 the register's state
+forbids it, the ``request_id`` was used for another sale or the outage report (or a check)
+has another reference already, 408 a body not complete within ``REQUEST_BODY_TIMEOUT_S`` of
+its head, 413 a body over 1 MiB, 422 a bad request naming the field and rule, 503 the
+receipt must be signed and the unit is down (or the database is busy): retry after
+``Retry-After`` seconds. Errors are ``{field, rule, message}`` throughout, but for uvicorn's
+own plain-text 503 (no ``Retry-After``) to a request beyond :data:`MAX_CONNECTIONS` open
+connections (logged at most once a minute). Request bodies are JSON whatever their
+``Content-Type`` says (``curl -d`` sends a form type), on every route that takes one.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -152,6 +152,24 @@ _STATUSES: tuple[tuple[type[TillAgentError], int, str, str], ...] = (
 )
 
 
+@contextlib.contextmanager
+def _naming_unknown(
+    backend: ApiBackend, register: str | None, field: str, rule: str
+) -> Iterator[None]:
+    """A ``NotFound`` of a route as the 404 that names what the POS sent: ``register``
+    (``register-unknown``, as a sale naming it) when this till has no such register,
+    else ``field`` with ``rule`` (the receipt, outage or check the path names)."""
+    try:
+        yield
+    except NotFound as exc:
+        if isinstance(exc, StorageError):  # no database at all is no unknown name
+            raise
+        if register is not None and not backend.has_register(register):
+            message = f"register {register!r} is not initialized on this till"
+            raise _problem(404, "register", "register-unknown", message) from None
+        raise _problem(404, field, rule, str(exc)) from None
+
+
 def _translate(exc: TillAgentError) -> _Problem | None:
     """The one place agent errors become HTTP statuses (``None``: a real 500)."""
     if isinstance(exc, InvalidSale):
@@ -211,7 +229,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
         401: "no or a wrong bearer token",
-        404: "no such receipt or register",
+        404: "the register, receipt, outage or check the path names does not exist"
+        " (field and rule name which)",
         408: f"the body was not complete {REQUEST_BODY_TIMEOUT_S:.0f} s after the request head"
         " (the connection closes)",
         409: "the register's state or an earlier request conflicts",
@@ -412,7 +431,8 @@ def _add_receipt_routes(router: APIRouter, backend: ApiBackend) -> None:
         register: _RegisterParam,
         number: Annotated[int, PathParam(ge=1, le=_MAX_NUMBER)],
     ) -> ReceiptResult:
-        return backend.get(register, number)
+        with _naming_unknown(backend, register, "number", "receipt-unknown"):
+            return backend.get(register, number)
 
     @router.post(
         "/registers/{register}/zero-receipt",
@@ -436,10 +456,8 @@ def _add_receipt_routes(router: APIRouter, backend: ApiBackend) -> None:
         response: Response,
     ) -> ReceiptResult:
         body = _parse_body(ZeroReceiptIn, raw) if raw.strip() else ZeroReceiptIn()
-        try:
+        with _naming_unknown(backend, register, "register", "register-unknown"):
             issued = backend.zero_receipt(register, body.request_id)
-        except NotFound as exc:  # the path's register: 404, named as a sale names it
-            raise _problem(404, "register", "register-unknown", str(exc)) from None
         if not issued.created:
             response.status_code = 200
         return issued.result
@@ -455,7 +473,8 @@ def _add_receipt_routes(router: APIRouter, backend: ApiBackend) -> None:
         register: _RegisterParam,
         number: Annotated[int, PathParam(ge=1, le=_MAX_NUMBER)],
     ) -> ReprintOut:
-        return ReprintOut(copy_number=backend.reprint(register, number))
+        with _naming_unknown(backend, register, "number", "receipt-unknown"):
+            return ReprintOut(copy_number=backend.reprint(register, number))
 
 
 def _add_till_routes(router: APIRouter, backend: ApiBackend) -> None:
@@ -488,7 +507,8 @@ def _add_till_routes(router: APIRouter, backend: ApiBackend) -> None:
         outage_id: Annotated[int, PathParam(ge=1, le=_MAX_NUMBER)],
         body: Annotated[ReportIn, Depends(_json_body(ReportIn))],
     ) -> OutageOut:
-        return backend.report_outage(outage_id, body.reference, end=body.end)
+        with _naming_unknown(backend, None, "outage_id", "outage-unknown"):
+            return backend.report_outage(outage_id, body.reference, end=body.end)
 
     @router.post(
         "/registers/{register}/checks/{kind}",
@@ -502,7 +522,8 @@ def _add_till_routes(router: APIRouter, backend: ApiBackend) -> None:
         kind: CheckKind,
         body: Annotated[CheckDoneIn, Depends(_json_body(CheckDoneIn))],
     ) -> CheckOut:
-        return backend.record_check(register, kind, body)
+        with _naming_unknown(backend, register, "kind", "check-unknown"):
+            return backend.record_check(register, kind, body)
 
 
 # -- the server -------------------------------------------------------------------------

@@ -24,12 +24,13 @@ from agent.backup import BackupStatus, DepBackups, backup_statuses
 from agent.check_view import CheckOut, check_out
 from agent.checks import CheckKind, load_checks, record_check
 from agent.contract import REFERENCE_MAX_LENGTH, ReceiptResult, RequestId, parse_sale
-from agent.errors import FiscalError, InvalidSale, NotFound
+from agent.errors import FiscalError, InvalidSale, NotFound, WaitsForUnit
 from agent.outage_view import OutageOut, outage_out
 from agent.outage_watch import HOUR, Thresholds, acknowledge_report
 from agent.outages import OutageRecord, load_outages
 from agent.printing.jobs import QUEUED_PRINTS
 from agent.receipts import Issued, ReceiptService
+from agent.registers import register_row
 from agent.signing.software import is_self_signed
 
 __all__ = [
@@ -242,6 +243,11 @@ class ApiBackend(Protocol):
         FiscalError when there is no printer."""
         ...
 
+    def has_register(self, register: str) -> bool:
+        """Whether this till knows ``register`` (a 404 names the register or the thing
+        of it the path names)."""
+        ...
+
 
 # the registers, then the ones whose Startbeleg waits (not created yet), each with its unit;
 # the unit's certificate, NULL for the development unit (simulate): see _certified
@@ -382,6 +388,17 @@ class ServiceBackend:
         with self._read() as conn:
             records = load_outages(conn)
         return [outage_out(r) for r in records]
+
+    def has_register(self, register: str) -> bool:
+        """Initialized, or waiting for its Startbeleg: the registers a sale may name."""
+        with self._read() as conn:
+            try:
+                register_row(conn, register)
+            except InvalidSale:
+                return False
+            except WaitsForUnit:
+                return True
+        return True
 
     def _read(self) -> AbstractContextManager[sqlite3.Connection]:
         return self.service.db.read_connection()

@@ -195,11 +195,20 @@ class TestReceipts:
         assert response.status_code == 422, response.text
         assert response.json() == as_sale.json()
 
-    @pytest.mark.parametrize("url", ["/v1/receipts/KASSE-1/99", "/v1/receipts/NOPE/1"])
-    def test_a_missing_receipt_is_404(self, client: httpx.Client, url: str) -> None:
+    @pytest.mark.parametrize(
+        ("url", "field", "rule"),
+        [
+            ("/v1/receipts/KASSE-1/99", "number", "receipt-unknown"),
+            ("/v1/receipts/NOPE/1", "register", "register-unknown"),
+        ],
+    )
+    def test_a_missing_receipt_is_404(
+        self, client: httpx.Client, url: str, field: str, rule: str
+    ) -> None:
+        """404 naming the path's field: the register when it is unknown, else the number."""
         response = client.get(url)
         assert response.status_code == 404
-        assert response.json()["rule"] == "not-found"
+        assert (response.json()["field"], response.json()["rule"]) == (field, rule)
 
     @pytest.mark.parametrize(
         ("url", "field"),
