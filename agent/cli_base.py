@@ -165,7 +165,10 @@ def _default_data() -> Path:
         return _run_config().data_dir
     except TillAgentError as exc:
         _CONFIG_PROBLEM = str(exc)
-        return default_data_dir()
+        try:
+            return default_data_dir()
+        except ConfigurationError:  # no default at all: only shown, _data_dir refuses it
+            return Path("till-data")
 
 
 _CONFIG_PROBLEM: str | None = None

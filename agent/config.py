@@ -111,15 +111,40 @@ def _needs(rule: str, key: str, message: str) -> PydanticCustomError:
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
-    """Where the till's data lives when ``data_dir`` is not configured (see the module doc)."""
+    """Where the till's data lives when ``data_dir`` is not configured (see the module doc).
+
+    A home directory this user cannot look into (a parent without search permission) is
+    taken as no home directory, as a missing one is.
+
+    Raises:
+        ConfigurationError: the last resort, ``./till-data``, has no place either (the
+            working directory is gone).
+    """
     env = os.environ if env is None else env
     if state := env.get("STATE_DIRECTORY"):
         return Path(state.split(":")[0])
     if (xdg := env.get("XDG_DATA_HOME")) and Path(xdg).is_absolute():
         return Path(xdg) / "till-agent"
-    if (home := env.get("HOME")) and Path(home).is_dir():
+    home = env.get("HOME")
+    if home and _is_dir(Path(home)):
         return Path(home) / ".local" / "share" / "till-agent"
-    return Path("till-data").absolute()
+    try:
+        return Path("till-data").absolute()
+    except OSError as exc:
+        no_home = f"HOME {home} is no directory this user can look into" if home else "no HOME"
+        raise ConfigurationError(
+            f"data_dir: not configured, and there is no default: {no_home}, and the working"
+            f" directory for ./till-data cannot be found ({exc.strerror}); set data_dir (or"
+            f" {ENV_PREFIX}DATA_DIR), or pass --data-dir"
+        ) from exc
+
+
+def _is_dir(path: Path) -> bool:
+    """``path`` is a directory; ``False`` also when it cannot be looked at (EACCES)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 class RegisterConfig(_Section):
