@@ -48,6 +48,7 @@ from agent.signing.registry import (
     development_register,
     other_units,
     register_unit_ids,
+    store_moved_files,
     store_unit,
 )
 from agent.spool import Spool, SpoolIngestor
@@ -216,6 +217,8 @@ class TillService:
     def _ensure_units(self, data_dir: Path) -> list[str]:
         """Store the configured units; without any, the development unit on a first start
         (a data directory set up with ``unit create-software`` and ``init`` keeps its own)."""
+        with self.db.write_connection().transaction() as conn:  # a restore's files in keys/
+            store_moved_files(conn, self.clock.now().isoformat())
         configs = list(self.config.units)
         if not configs and self.config.wants_development_unit and self._only_development():
             configs = [self._development_unit(data_dir)]

@@ -21,6 +21,7 @@ __all__ = [
     "UNIT_PATHS",
     "UnitConfig",
     "is_unit_id",
+    "moved_files",
     "placed_in",
     "stored_in",
 ]
@@ -151,25 +152,36 @@ def placed_in(config: UnitConfig, data_dir: Path) -> UnitConfig:
     """A stored ``config`` with its files placed in ``data_dir``: a relative path is taken
     relative to it; an absolute one that does not exist (a data directory restored from
     another disk by an agent that stored absolute paths) is taken from
-    ``<data_dir>/keys/`` when a file of that name is there, logged as a WARNING."""
-    paths = {}
+    ``<data_dir>/keys/`` when a file of that name is there (:func:`moved_files`), logged
+    as a WARNING."""
+    paths = {
+        name: data_dir / path
+        for name in UNIT_PATHS
+        if (path := getattr(config, name)) is not None and not path.is_absolute()
+    }
+    for name, moved in moved_files(config, data_dir).items():
+        log.warning(
+            "unit %s: %s %s does not exist; using %s (a data directory restored from elsewhere)",
+            config.id,
+            name,
+            getattr(config, name),
+            moved,
+        )
+        paths[name] = moved
+    return config.model_copy(update=paths)
+
+
+def moved_files(config: UnitConfig, data_dir: Path) -> dict[str, Path]:
+    """The files of a stored ``config`` named by an absolute path that does not exist,
+    found by their name in ``<data_dir>/keys/`` instead (field name -> that file)."""
+    moved = {}
     for name in UNIT_PATHS:
         path = getattr(config, name)
-        if path is None:
+        if path is None or not path.is_absolute() or path.exists():
             continue
-        if not path.is_absolute():
-            paths[name] = data_dir / path
-        elif not path.exists() and (moved := data_dir / KEYS_DIR / path.name).is_file():
-            log.warning(
-                "unit %s: %s %s does not exist; using %s (a data directory restored from"
-                " elsewhere)",
-                config.id,
-                name,
-                path,
-                moved,
-            )
-            paths[name] = moved
-    return config.model_copy(update=paths)
+        if (found := data_dir / KEYS_DIR / path.name).is_file():
+            moved[name] = found
+    return moved
 
 
 def _inside(path: Path, data_dir: Path) -> Path | None:

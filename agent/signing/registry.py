@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from pathlib import Path
 from agent.errors import ConfigurationError, NotFound, UnitUnavailable
 from agent.signing import SignatureUnit, UnitConfig, open_unit
 from agent.signing.base import Capabilities, Identity
-from agent.signing.config import placed_in, stored_in
+from agent.signing.config import moved_files, placed_in, stored_in
 from agent.signing.flaky import FlakyUnit
 from storage.journal import append_event
 
@@ -23,9 +24,12 @@ __all__ = [
     "development_register",
     "other_units",
     "register_unit_ids",
+    "store_moved_files",
     "store_unit",
     "stored_config",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def data_dir_of(conn: sqlite3.Connection) -> Path | None:
@@ -161,6 +165,43 @@ def store_unit(conn: sqlite3.Connection, config: UnitConfig, unit: SignatureUnit
         at=at,
         data={"unit": config.id, "kind": config.kind, "zda": ident.zda, "serial": ident.serial},
     )
+
+
+def store_moved_files(conn: sqlite3.Connection, at: str) -> list[str]:
+    """In the open write transaction: a stored unit file named by an absolute path that is
+    gone and found in ``<data_dir>/keys/`` (:func:`~agent.signing.config.moved_files`: a
+    data directory restored elsewhere from a database that named its files so) is stored
+    where it was found, relative to the data directory as :func:`store_unit` stores it,
+    and journaled as ``store_unit`` journals a change; the ids of the units changed.
+
+    Without it every process that opens the unit looks for it again, with a WARNING.
+    """
+    data_dir = data_dir_of(conn)
+    if data_dir is None:
+        return []
+    changed = []
+    rows = conn.execute("SELECT id, kind, config, zda, serial FROM units ORDER BY id")
+    for unit_id, kind, was, zda, serial in rows.fetchall():
+        config = UnitConfig.model_validate_json(was)
+        if not (moved := moved_files(config, data_dir)):
+            continue
+        # found in <data_dir>/keys/: relative to the data directory, as stored_in stores it
+        relative = {name: found.relative_to(data_dir) for name, found in moved.items()}
+        text = config.model_copy(update=relative).model_dump_json()
+        conn.execute("UPDATE units SET config = ? WHERE id = ?", (text, unit_id))
+        data = {"unit": unit_id, "kind": kind, "zda": zda, "serial": serial, "moved": sorted(moved)}
+        append_event(conn, kind="unit.stored", register_id=None, at=at, data=data)
+        for name in sorted(moved):
+            log.warning(
+                "unit %s: %s %s does not exist; %s is used and stored from now on (a data"
+                " directory restored from elsewhere)",
+                unit_id,
+                name,
+                getattr(config, name),
+                moved[name],
+            )
+        changed.append(unit_id)
+    return changed
 
 
 def check_same_unit(unit_id: str, stored: Identity, opened: Identity) -> None:
