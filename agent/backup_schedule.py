@@ -26,6 +26,7 @@ __all__ = [
     "backup_statuses",
     "by_register",
     "check_quarter",
+    "label_order",
     "late_receipts",
     "list_backups",
     "medium_name",
@@ -44,9 +45,10 @@ _REGISTERS = (
     " (SELECT issued_at FROM receipts WHERE register_id = r.id ORDER BY number LIMIT 1)"
     " FROM registers r WHERE ? IS NULL OR r.id = ? ORDER BY r.id"
 )
+# ordered by list_backups: SQL orders quarter as text, where 2026-Q1.10 precedes 2026-Q1.2
 _RECORDS = (
     "SELECT register_id, quarter, path, sha256, receipts, last_number, written_at"
-    " FROM dep_backups WHERE ? IS NULL OR register_id = ? ORDER BY register_id, quarter"
+    " FROM dep_backups WHERE ? IS NULL OR register_id = ?"
 )
 _NEXT_RECEIPT = (
     "SELECT number, issued_at FROM receipts WHERE register_id = ? AND number > ?"
@@ -208,7 +210,7 @@ def late_receipts(
     for record in done:
         by_quarter.setdefault(record.quarter.split(".")[0], []).append(record)
     found = []
-    for text, records in sorted(by_quarter.items()):
+    for text, records in sorted(by_quarter.items(), key=lambda item: label_order(item[0])):
         quarter, latest = Quarter.parse(text), max(records, key=lambda r: r.last_number)
         row = conn.execute(_NEXT_RECEIPT, (register_id, latest.last_number)).fetchone()
         if row is not None and quarter.first_day.isoformat() <= row[1] < _end(quarter):
@@ -242,8 +244,17 @@ _WINDOWS_DEVICES = frozenset(
 
 
 def list_backups(conn: sqlite3.Connection, register_id: str | None = None) -> list[BackupRecord]:
-    """The recorded backups, by register and quarter."""
-    return [BackupRecord(*row) for row in conn.execute(_RECORDS, (register_id, register_id))]
+    """The recorded backups, by register, then quarter and supplement (:func:`label_order`)."""
+    records = [BackupRecord(*row) for row in conn.execute(_RECORDS, (register_id, register_id))]
+    return sorted(records, key=lambda r: (r.register, label_order(r.quarter)))
+
+
+def label_order(label: str) -> tuple[Quarter, int]:
+    """The place of a backup named ``label`` among a register's: by quarter, then its
+    supplements by number (``2026-Q1``, ``2026-Q1.2``, ... ``2026-Q1.10``; as text,
+    ``.10`` would come before ``.2``)."""
+    quarter, _, part = label.partition(".")
+    return Quarter.parse(quarter), int(part or 1)
 
 
 def by_register(records: list[BackupRecord]) -> dict[str, list[BackupRecord]]:
@@ -268,7 +279,7 @@ def backup_statuses(
             *(item.quarter for item in late_receipts(conn, reg.id, done)),
         ]
         overdue = any(reg.due_since(q) < late for q in missing)
-        last = max(done, key=lambda r: r.quarter, default=None)
+        last = max(done, key=lambda r: label_order(r.quarter), default=None)
         statuses[reg.id] = BackupStatus(last, overdue, failures.get(reg.id))
     return statuses
 
