@@ -50,7 +50,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 from agent.clock import Clock
@@ -125,6 +125,22 @@ class _OffTime:
         return dataclasses.replace(self, lead=lead, counted=counted), added
 
 
+@dataclass(slots=True)
+class _Memory:
+    """What the watch remembers from tick to tick. A tick works on a copy, which the watch
+    takes once the tick's writes are committed: a tick rolled back (a full disk) leaves it
+    as the last committed tick left it, so the next one ages the outages from there."""
+
+    last: tuple[float, dt.datetime] | None = None  # (boot, wall) of the last tick
+    offtime: dict[int, _OffTime] = field(default_factory=dict)  # found ones, once aged here
+    noted: dict[str, int] = field(default_factory=dict)  # register -> a close's clock.jump
+    # outage -> (boot, wall) when it was last aged
+    seen: dict[int, tuple[float, dt.datetime]] = field(default_factory=dict)
+
+    def copy(self) -> _Memory:
+        return _Memory(self.last, dict(self.offtime), dict(self.noted), dict(self.seen))
+
+
 class OutageWatch:
     """Ages open outages and journals escalations; call :meth:`tick` on a timer."""
 
@@ -137,39 +153,42 @@ class OutageWatch:
         with writer.transaction() as conn:  # what a process before us left open (a read)
             rows = conn.execute("SELECT id FROM outages WHERE ended_at IS NULL").fetchall()
         self._found = frozenset(int(r[0]) for r in rows)
-        self._offtime: dict[int, _OffTime] = {}  # found outages, once aged in this process
-        self._noted: dict[str, int] = {}  # register -> its clock.jump journaled by a close
-        self._seen: dict[int, tuple[float, dt.datetime]] = {}  # outage -> (boot, wall)
-        self._last: tuple[float, dt.datetime] | None = None  # (boot, wall) of the last tick
+        self._memory = _Memory()
         self._clamped: set[str] = set()  # registers whose dates are ahead of the clock
-        self._jumped = False  # the last tick journaled a jump (its outages' gaps need not)
         # the boot clock at the last tick that finished: every outage open then was aged
-        # (and is in _seen), so one first seen later opened in this process after it
+        # (and is in _memory.seen), so one first seen later opened in this process after it
         self._ticked_boot: float | None = None
 
     def tick(self) -> list[tuple[int, str]]:
         """Update every open outage and remind of the due reports of ended ones; return the
         (outage, level) escalations fired now.
 
-        Each escalation past the opening is logged once its transaction has committed.
+        Each escalation past the opening is logged once its transaction has committed, and
+        what the watch remembers changes only then (a rolled-back tick loses no age).
         """
         fired: list[Escalation] = []
         with self.writer.transaction() as conn:
+            memory = self._memory.copy()  # this tick's, the watch's once committed
             wall = self.clock.now()
             registers = conn.execute(
                 "SELECT id, last_issued_at, timezone FROM registers ORDER BY id"
             ).fetchall()
             rows = conn.execute(_OPEN_OUTAGES).fetchall()
-            jump = self._jump_since_last(wall)
-            added = self._follow(None if jump is None else jump[0], [int(r[0]) for r in rows])
+            jump = self._jump_since_last(memory, wall)
+            delta = None if jump is None else jump[0]
+            added = self._follow(memory, delta, [int(r[0]) for r in rows])
             ids = [str(r[0]) for r in registers]
-            lines = self._watch_clock(conn, ids, wall, jump, added)
+            lines = self._watch_clock(conn, memory, ids, wall, jump, added)
             for row in rows:
                 aged = added.get(int(row[0]), 0.0)
-                fired.extend(self._age(conn, row, wall, jumped=self._jumped, added=aged))
+                jumped = jump is not None  # journaled: its outages' gaps need not be
+                fired.extend(self._age(conn, memory, row, wall, jumped=jumped, added=aged))
             for row in conn.execute(_ENDED_REPORTS_DUE).fetchall():
                 fired.extend(self._remind_ended(conn, row, wall))
-        self._ticked_boot = self._last[0] if self._last is not None else None
+            # committed here, still holding the writer: no Sammelbeleg's close comes between
+            self.writer.commit_so_far()
+            self._memory = memory
+            self._ticked_boot = None if memory.last is None else memory.last[0]
         lines.extend(self._clamping(registers, wall))
         for level, message, args in lines:
             log.log(level, message, *args)
@@ -177,13 +196,12 @@ class OutageWatch:
             log_escalation(*escalation)
         return [(outage_id, level) for outage_id, _, level, _, _ in fired]
 
-    def _jump_since_last(self, wall: dt.datetime) -> _Jump | None:
+    def _jump_since_last(self, memory: _Memory, wall: dt.datetime) -> _Jump | None:
         """The jump of the wall clock since the last tick beyond the tolerance (not suspend:
         that moves the boot clock alike), or None; this tick becomes the last."""
-        boot, last = self.clock.boottime(), self._last
-        self._last = (boot, wall)
+        boot, last = self.clock.boottime(), memory.last
+        memory.last = (boot, wall)
         delta = None if last is None else self._delta(last, boot, wall)
-        self._jumped = delta is not None
         return None if delta is None or last is None else (delta, last[1])
 
     def _delta(
@@ -192,25 +210,28 @@ class OutageWatch:
         delta = (wall - last[1]).total_seconds() - (boot - last[0])
         return None if abs(delta) <= self.thresholds.jump_tolerance_s else delta
 
-    def _follow(self, delta: float | None, open_ids: Iterable[int]) -> dict[int, float]:
+    def _follow(
+        self, memory: _Memory, delta: float | None, open_ids: Iterable[int]
+    ) -> dict[int, float]:
         """Follow a jump in the off-time of each open outage found at the start; return the
         seconds it adds to each one's age (a forward jump shows that the wall clock, which
         measured that off-time, was behind)."""
         open_now = set(open_ids)
-        for gone in self._offtime.keys() - open_now:  # closed by another process
-            del self._offtime[gone]
+        for gone in memory.offtime.keys() - open_now:  # closed by another process
+            del memory.offtime[gone]
         added: dict[int, float] = {}
         if delta is None:
             return added
-        for outage_id, offtime in list(self._offtime.items()):
-            self._offtime[outage_id], seconds = offtime.follow(delta)
+        for outage_id, offtime in list(memory.offtime.items()):
+            memory.offtime[outage_id], seconds = offtime.follow(delta)
             if seconds > 0:
                 added[outage_id] = seconds
         return added
 
-    def _watch_clock(
+    def _watch_clock(  # noqa: PLR0917 - one tick's facts
         self,
         conn: sqlite3.Connection,
+        memory: _Memory,
         registers: list[str],
         wall: dt.datetime,
         jump: _Jump | None,
@@ -218,7 +239,7 @@ class OutageWatch:
     ) -> list[LogLine]:
         """Journal a jump of the wall clock since the last tick, one event per register (with
         what it added to the age of the register's outages); return its log lines."""
-        noted, self._noted = self._noted, {}
+        noted, memory.noted = memory.noted, {}
         if jump is None:
             return []
         delta, before = jump
@@ -226,7 +247,7 @@ class OutageWatch:
         for register_id in targets:
             if register_id in noted and _journaled(conn, noted[register_id], register_id):
                 continue  # the Sammelbeleg's close journaled this jump already
-            aged = {o: s for o, s in added.items() if self._offtime[o].register_id == register_id}
+            aged = {o: s for o, s in added.items() if memory.offtime[o].register_id == register_id}
             self._jump(conn, register_id, delta, "while running", wall, aged=aged)
         lines: list[LogLine] = [
             (
@@ -291,14 +312,16 @@ class OutageWatch:
         if row is None:
             return []
         added = self._jump_before_close(conn, outage_id)
-        return self._age(conn, row, at, closing=True, jumped=False, added=added)
+        # the caller's transaction: what the watch remembers changes in it (a rollback
+        # of the Sammelbeleg leaves the outage open, aged again by the next tick)
+        return self._age(conn, self._memory, row, at, closing=True, jumped=False, added=added)
 
     def _jump_before_close(self, conn: sqlite3.Connection, outage_id: int) -> float:
         """A jump of the wall clock since the last tick that adds to the age of the closing
         outage (found open at the start, see :meth:`_follow`): journaled now for its register
         (the next tick does not repeat it there), and the seconds it adds returned. Nothing in
         the watch changes before the transaction commits but the note of that event."""
-        offtime, last = self._offtime.get(outage_id), self._last
+        offtime, last = self._memory.offtime.get(outage_id), self._memory.last
         if offtime is None or last is None:
             return 0.0
         wall = self.clock.now()
@@ -308,7 +331,7 @@ class OutageWatch:
             return 0.0
         aged = {outage_id: added}
         seq = self._jump(conn, offtime.register_id, delta, "before the close", wall, aged=aged)
-        self._noted[offtime.register_id] = seq
+        self._memory.noted[offtime.register_id] = seq
         return added
 
     def ended(self, conn: sqlite3.Connection, outage_id: int, at: dt.datetime) -> list[Escalation]:
@@ -317,8 +340,8 @@ class OutageWatch:
         that its end must be reported within a week (``end_report_due``) and journal the
         ``end-report`` level. Log the returned escalations (:func:`log_escalation`) once
         that transaction has committed."""
-        self._seen.pop(outage_id, None)
-        self._offtime.pop(outage_id, None)
+        self._memory.seen.pop(outage_id, None)
+        self._memory.offtime.pop(outage_id, None)
         due = (at + dt.timedelta(days=self.thresholds.report_days)).isoformat()
         cursor = conn.execute(
             "UPDATE outages SET end_report_due = ? WHERE id = ? AND end_report_due IS NULL"
@@ -359,6 +382,7 @@ class OutageWatch:
     def _age(
         self,
         conn: sqlite3.Connection,
+        memory: _Memory,
         row: sqlite3.Row,
         wall: dt.datetime,
         *,
@@ -373,9 +397,9 @@ class OutageWatch:
         outage_id, register_id = int(row[0]), str(row[1])
         boot = self.clock.boottime()
         elapsed = self._elapsed(
-            conn, outage_id, register_id, row[3], boot=boot, wall=wall, jumped=jumped
+            conn, memory, outage_id, register_id, row[3], boot=boot, wall=wall, jumped=jumped
         )
-        self._seen[outage_id] = (boot, wall)
+        memory.seen[outage_id] = (boot, wall)
         age = float(row[2]) + elapsed + added
         sent = list(json.loads(row[4]))
         due = row[5]
@@ -400,6 +424,7 @@ class OutageWatch:
     def _elapsed(
         self,
         conn: sqlite3.Connection,
+        memory: _Memory,
         outage_id: int,
         register_id: str,
         checked_at: str,
@@ -410,14 +435,14 @@ class OutageWatch:
     ) -> float:
         """Seconds since this outage was last aged; a clock that went back since the last
         check is journaled here unless the tick already journaled it (``jumped``)."""
-        previous = self._seen.get(outage_id)
+        previous = memory.seen.get(outage_id)
         if previous is None:
             # first look in this process: the time we were not running, by the wall clock
             gap = (wall - dt.datetime.fromisoformat(checked_at)).total_seconds()
             if gap < 0 and not jumped:
                 self._jump(conn, register_id, gap, "since the last check (before a restart)", wall)
             if outage_id in self._found:  # a later jump may show this clock was behind
-                self._offtime[outage_id] = _OffTime(register_id, gap)
+                memory.offtime[outage_id] = _OffTime(register_id, gap)
             if self._ticked_boot is not None:
                 # opened in this process after the last tick: no longer ago than that tick,
                 # whatever the wall clock did meanwhile (a jump must not fake its age)
