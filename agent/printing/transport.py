@@ -159,11 +159,18 @@ class FilePrinter:
 
     A job appears complete or not at all: it is written to a temporary file, flushed to
     disk and then linked under the next free number, which is never overwritten.
+
+    The directory is scanned for the highest number once, at the first job, and the next
+    number is kept in memory from then on, so a job costs the same with a million earlier
+    jobs in the directory as with none. Only a number taken meanwhile by another writer
+    (the link refuses it) costs a new scan. Nothing is ever deleted: the directory grows
+    by a job (and its preview) per print.
     """
 
     def __init__(self, directory: Path | str) -> None:
         self.directory = Path(directory)
         self.name = str(self.directory)
+        self._next: int | None = None  # the next free number, once the first job scanned
 
     def send(self, data: bytes) -> None:
         self.write(data)
@@ -195,16 +202,24 @@ class FilePrinter:
         return Path(name)
 
     def _link_next(self, temp: Path, suffix: str) -> Path:
-        numbers = [int(p.stem) for p in self.directory.glob(f"*{suffix}") if p.stem.isdigit()]
-        number = max(numbers, default=0) + 1
-        while True:  # another writer may take a number between the scan and the link
+        if self._next is None:
+            self._next = self._highest(suffix) + 1
+        number = self._next
+        while True:
             path = self.directory / f"{number:06d}{suffix}"
             try:
                 os.link(temp, path)
-            except FileExistsError:
-                number += 1
+            except FileExistsError:  # another writer took it (or it was put there by hand)
+                number = max(number, self._highest(suffix)) + 1
             else:
+                self._next = number + 1
                 return path
+
+    def _highest(self, suffix: str) -> int:
+        """The highest job number in the directory, 0 for none: one scan of it."""
+        with os.scandir(self.directory) as entries:
+            stems = (e.name.removesuffix(suffix) for e in entries if e.name.endswith(suffix))
+            return max((int(s) for s in stems if s.isascii() and s.isdigit()), default=0)
 
 
 class _EscposDevice(abc.ABC):
