@@ -42,7 +42,7 @@ from agent.printing import open_printer
 from agent.probe import Prober
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing import UnitConfig, create_software_unit, open_unit, software_unit_files
-from agent.signing.config import DEV_UNIT, stored_in
+from agent.signing.config import DEV_UNIT, DEV_ZDA, stored_in
 from agent.signing.registry import (
     UnitRegistry,
     development_register,
@@ -274,6 +274,12 @@ class TillService:
         return units <= {DEV_UNIT}
 
     def _development_unit(self, data_dir: Path) -> UnitConfig:
+        """The development unit's configuration, its key and certificate made on a first
+        start. It signs as the fictitious provider AT100 (rksv.md 1.2), never as a real one;
+        a unit stored by an earlier version as AT1 keeps its suite, which its receipts carry
+        and the unit's identity pins (:func:`~agent.signing.registry.store_unit`)."""
+        with self.db.read_connection() as conn:
+            stored = conn.execute("SELECT zda FROM units WHERE id = ?", (DEV_UNIT,)).fetchone()
         keys = data_dir / "keys"
         key_file, cert_file = software_unit_files(keys, DEV_UNIT)
         if not (key_file.exists() and cert_file.exists()):
@@ -286,7 +292,7 @@ class TillService:
         return UnitConfig(
             id=DEV_UNIT,
             kind="software",
-            zda="AT1",
+            zda=DEV_ZDA if stored is None else str(stored[0]),
             key_file=key_file.resolve(),
             certificate_file=cert_file.resolve(),
             simulate=True,

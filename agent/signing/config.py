@@ -14,6 +14,7 @@ from agent.strict_values import refuse_coercion
 
 __all__ = [
     "DEV_UNIT",
+    "DEV_ZDA",
     "KEYS_DIR",
     "ORDNUNGSBEGRIFF",
     "UNIT_ID_PATTERN",
@@ -45,6 +46,8 @@ UNIT_PATHS = ("key_file", "certificate_file", "token_file")
 KEYS_DIR = "keys"
 # the development unit `till-agent run` creates on a first start without [[units]]
 DEV_UNIT = "dev-uncertified"
+# ... and its provider: the fictitious AT100 of `unit create-software`, never a real one
+DEV_ZDA = "AT100"
 
 
 def is_unit_id(value: str) -> bool:
