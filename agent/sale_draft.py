@@ -27,11 +27,14 @@ def draft_for_sale(conn: sqlite3.Connection, reg: sqlite3.Row, sale: Sale, sale_
         voided = _voidable(conn, reg["id"], sale.voids)
         amounts: Amounts = tuple(-voided[c] for c in AMOUNT_COLUMNS)
         lines = tuple((t, q, p, v, -c) for t, q, p, v, c in stored_lines(voided))
-        if payments and sum(a for _, a in payments) != sum(amounts):
+        refund = sum(amounts)
+        if payments and (paid := sum(a for _, a in payments)) != refund:
             raise InvalidSale(
                 "payments",
                 "sum-matches-lines",
-                "storno payments must add up to minus the voided total",
+                f"storno payments add up to {_euros(paid)} but must add up to minus the"
+                f" voided total, {_euros(refund)} (receipt {voided['number']} totals"
+                f" {_euros(-refund)}), or be left out",
             )
         return Draft(
             reg["id"],
@@ -81,3 +84,9 @@ def _voidable(conn: sqlite3.Connection, register_id: str, number: int | None) ->
     ).fetchone():
         raise InvalidSale("voids", "already-voided", f"receipt {number} is already voided")
     return row
+
+
+def _euros(cents: int) -> str:
+    """``cents`` as the POS writes amounts: ``-6.40``, ``0.05``."""
+    sign = "-" if cents < 0 else ""
+    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"
