@@ -122,19 +122,62 @@ def local_stamp(now: dt.datetime, timezone: str) -> str:
 
 def counter_field(reg: sqlite3.Row, kind: str, receipt_id: str, turnover: int) -> str:
     """Field 6 of a ``kind`` receipt on register ``reg``: its encrypted turnover counter,
-    or the Storno or Training marker."""
+    or the Storno or Training marker.
+
+    A Storno counts too, though its field is the marker: a counter it took beyond the
+    limit would refuse every later receipt, the Schlussbeleg included.
+
+    Raises:
+        FiscalError: ``turnover`` does not fit the register's counter.
+    """
+    lowest, highest = _counter_limits(reg["counter_bytes"])
+    if not lowest <= turnover <= highest:
+        raise FiscalError(_counter_overflow(reg, turnover))
     if kind == "storno":
         return STORNO_MARKER
     if kind == "training":
         return TRAINING_MARKER
     key = _aes_key(reg["aes_key"])
-    try:
-        return encrypt_counter(key, reg["id"], receipt_id, turnover, reg["counter_bytes"])
-    except ValueError as exc:
-        raise FiscalError(
-            f"register {reg['id']}: the turnover counter no longer fits "
-            f"{reg['counter_bytes']} bytes; close the register and start a new one"
-        ) from exc
+    return encrypt_counter(key, reg["id"], receipt_id, turnover, reg["counter_bytes"])
+
+
+def _counter_limits(size: int) -> tuple[int, int]:
+    """The smallest and the largest turnover, in cents, a ``size``-byte counter holds
+    (big-endian two's complement, rksv.md 3)."""
+    return -(2 ** (8 * size - 1)), 2 ** (8 * size - 1) - 1
+
+
+def _counter_overflow(reg: sqlite3.Row, turnover: int) -> str:
+    """Why a receipt that would take the counter to ``turnover`` is refused: the limit of
+    the register's counter, and whether the stored counter still fits (then receipts that
+    keep it within the limit go on; only this one is refused, with no number used)."""
+    size = reg["counter_bytes"]
+    lowest, highest = _counter_limits(size)
+    bound = f"the largest turnover its {size} bytes hold, {_euros(highest)} EUR"
+    if turnover < lowest:
+        bound = f"the smallest turnover its {size} bytes hold, {_euros(lowest)} EUR"
+    now = reg["turnover_cents"]
+    start = (
+        f"register {reg['id']}: this receipt would take the turnover counter to"
+        f" {_euros(turnover)} EUR, beyond {bound}; it is refused and used no number"
+    )
+    if not lowest <= now <= highest:  # only a Storno of an earlier version took it there
+        return (
+            f"{start}. The counter already stands beyond the limit, at {_euros(now)} EUR:"
+            " only receipts that bring it back within go through"
+        )
+    return (
+        f"{start}. The counter stands at {_euros(now)} EUR and still fits: receipts that"
+        " keep it within the limit (smaller or negative sales, the Storno of a sale) go"
+        " through. To go beyond it, close the register (Schlussbeleg) and start a new one"
+        " on 8 counter bytes"
+    )
+
+
+def _euros(cents: int) -> str:
+    """``cents`` as euros with a point, for messages: ``-1234.50``."""
+    sign = "-" if cents < 0 else ""
+    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"
 
 
 @functools.lru_cache(maxsize=64)
