@@ -115,9 +115,21 @@ def _show_receipt(result: ReceiptResult, as_json: bool) -> None:
         f"[bold]{result.register_id}[/bold] #{result.number} ({result.receipt_id}) "
         f"{result.kind} [{colour}]{result.signature_state}[/{colour}] {result.issued_at}"
     )
+    if result.resolution is not None:
+        how = _resolution_text(result.resolution, result.replaced_by, result.voided_by)
+        out.print(f"resolution: {how}", highlight=False, markup=False)
     for line in result.lines:
         out.print(f"  {line}", highlight=False, markup=False)
     out.print(f"  QR: {result.qr}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _resolution_text(resolution: str | None, replaced_by: int | None, voided_by: int | None) -> str:
+    """An unsigned receipt's resolution in words ("superseded by 6, voided by 5"); "" for a
+    receipt without one."""
+    if resolution is None:
+        return ""
+    text = resolution if replaced_by is None else f"{resolution} by {replaced_by}"
+    return text if voided_by is None else f"{text}, voided by {voided_by}"
 
 
 # -- units ----------------------------------------------------------------------------------
@@ -518,7 +530,9 @@ def receipts_list(
     data_dir: DataDir = DEFAULT_DATA,
     as_json: JsonFlag = False,
 ) -> None:
-    """List the latest receipts of a register."""
+    """List the latest receipts of a register (an unsigned one: how it was remedied)."""
+    from agent.receipt_view import resolutions
+
     query = (
         "SELECT number, receipt_id, kind, signature_state, issued_at, amount_normal"
         " + amount_reduced1 + amount_reduced2 + amount_zero + amount_special FROM receipts"
@@ -528,20 +542,24 @@ def receipts_list(
         rows = conn.execute(query, (register, limit)).fetchall()
         if not rows:
             _require_register(conn, register, as_json)
-    items = [
-        dict(
+        unsigned = [r[0] for r in rows if r[3] == "unsigned"]
+        resolved = resolutions(conn, register, unsigned)
+    items = []
+    for r in rows:
+        item = dict(
             zip(
                 ("number", "receipt_id", "kind", "signature_state", "issued_at", "total_cents"),
                 r,
                 strict=True,
             )
         )
-        for r in rows
-    ]
+        how = resolved.get(r[0])
+        none = {"resolution": None, "replaced_by": None, "voided_by": None}
+        items.append(item | (none if how is None else how.fields()))
     if as_json:
         _emit(items, True)
         return
-    table = Table("number", "Belegnummer", "kind", "signature", "issued at", "total")
+    table = Table("number", "Belegnummer", "kind", "signature", "issued at", "total", "resolution")
     for i in items:
         table.add_row(
             str(i["number"]),
@@ -550,6 +568,7 @@ def receipts_list(
             i["signature_state"],
             i["issued_at"],
             f"{i['total_cents'] / 100:.2f}",
+            _resolution_text(i["resolution"], i["replaced_by"], i["voided_by"]),
         )
     _print_table(table)
 
@@ -564,9 +583,10 @@ def receipts_show(
     data_dir: DataDir = DEFAULT_DATA,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show one receipt: text lines, QR and OCR codes, JWS; --png renders a preview."""
+    """Show one receipt: text lines, QR and OCR codes, JWS (an unsigned one: how it was
+    remedied); --png renders a preview."""
     from agent.receipt_records import known_receipt
-    from agent.receipt_view import result_from_row
+    from agent.receipt_view import current_result
 
     if png is not None:
         _refuse_output(png, "--png", data_dir, as_json)
@@ -575,7 +595,7 @@ def receipts_show(
             row = known_receipt(conn, register, number)
         except NotFound as exc:
             _fail(exc, as_json)
-        result = result_from_row(dict(row))
+        result = current_result(conn, row)
     if png is not None:
         from agent.cli_print import configured_header
         from agent.durable import replace_file

@@ -189,6 +189,10 @@ class ReceiptResult(BaseModel):
     jws: str
     issued_at: str
     lines: list[str]
+    # an unsigned receipt once remedied (agent.receipt_view.Resolution); else null
+    resolution: Literal["adopted", "superseded", "kept"] | None = None
+    replaced_by: int | None = None  # the number of the receipt that replaces it
+    voided_by: int | None = None  # the number of the Storno that voids it
 
 
 # every error type the Sale model can raise, as the project's rule name (pydantic's own

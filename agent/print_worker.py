@@ -272,9 +272,12 @@ class PrintWorker:
     def _send(self, job: Any) -> None:
         data = job["data"]
         if isinstance(self.printer, FilePrinter):  # the development printer: with a preview
-            row = self.service.row(job["register_id"], job["number"])
-            result = result_from_row(row)
-            preview = render_png(result, copy=job["copy"] > 0, header=self.header)
+            register_id, number, copy = job["register_id"], job["number"], job["copy"] > 0
+            if copy:  # rendered as the receipt stands now, as its bytes were (reprint)
+                result = self.service.get(register_id, number)
+            else:
+                result = result_from_row(self.service.row(register_id, number))
+            preview = render_png(result, copy=copy, header=self.header)
             self.printer.write(data, png=preview)
         else:
             self.printer.send(data)
@@ -346,8 +349,9 @@ class PrintWorker:
     def reprint(self, register_id: str, number: int) -> int:
         """Queue a copy (marked as such) of a printed or unprinted receipt; its copy number.
 
-        The copy is rendered from the stored receipt (with today's header and printer
-        options): a printed job keeps no bytes.
+        The copy is rendered from the stored receipt as it stands now (an unsigned one
+        says how it was remedied), with today's header and printer options: a printed job
+        keeps no bytes.
 
         Raises:
             FiscalError: there is no printer (kind ``none``).
@@ -355,8 +359,7 @@ class PrintWorker:
         """
         if isinstance(self.printer, NullPrinter):
             raise FiscalError(_NO_PRINTER)
-        row = self.service.row(register_id, number)
-        result = result_from_row(row)
+        result = self.service.get(register_id, number)
         data = render_escpos(result, copy=True, options=self.escpos, header=self.header)
         with self.service.db.write_connection().transaction() as conn:
             copy = print_jobs.next_copy(conn, register_id, number)

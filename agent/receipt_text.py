@@ -1,6 +1,7 @@
 """The printable text of a receipt: a pure function of the receipt's facts.
 
-The lines are stored with the receipt, so a reprint shows exactly what was printed. No
+The lines are stored with the receipt, so a reprint shows what was printed (only an
+unsigned receipt's copy ends with what became of it: :func:`with_notice`). No
 line is wider than the paper (:data:`WIDTH` columns) and nothing the POS sent is cut: a
 long text continues on the next lines (the customary designation of the goods must be
 on the receipt, § 132a BAO), and an item's amount stands beside its last line.
@@ -11,19 +12,25 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent.at_rksv import FALLBACK_TEXT
 from agent.contract import scaled
-from agent.receipt_view import Amounts
+
+if TYPE_CHECKING:  # receipt_view builds results with this module's notices
+    from agent.receipt_view import Amounts
 
 __all__ = [
     "MARKED_STATES",
+    "UNSIGNED_NOTICE",
     "WIDTH",
     "TextFacts",
     "columns",
     "headings",
     "render_lines",
+    "resolution_notice",
     "vat_split",
+    "with_notice",
     "wrap",
     "zero_width",
 ]
@@ -31,8 +38,13 @@ __all__ = [
 WIDTH = 42
 # the states whose JWS carries the failure marker: an `unsigned` receipt (a chain service's
 # unknown outcome) chains like a fallback one, so its paper says the unit failed too
-# (§ 17 Abs 4 RKSV), with the note that it will be remedied
+# (§ 17 Abs 4 RKSV), with the note that its signature is being cleared up
 MARKED_STATES = frozenset({"fallback", "unsigned"})
+# what an unsigned receipt's paper says after the marker: true whatever the remedy finds
+# (the service signed it: adopted; it did not: reissued, or a zero receipt kept as it is)
+UNSIGNED_NOTICE = "Signatur ungewiss: wird geklärt"
+# the notices of unsigned receipts stored before, each as the last lines of the text
+_OLD_NOTICES = (("Signatur ungewiss:", "wird nachsigniert oder ersetzt"),)
 _VAT_LETTER = {"normal": "A", "reduced1": "B", "reduced2": "C", "zero": "D", "special": "E"}
 _VAT_LABEL = {  # in the order of the amounts (Amounts): A to E
     "normal": "A 20%",
@@ -78,11 +90,13 @@ class TextFacts:
 
 def headings(kind: str, signature_state: str) -> frozenset[str]:
     """The lines of a receipt of this kind and state that are printed bold: its title and
-    the failure notice, exactly, so no text of the POS can pass for one elsewhere."""
+    the failure notices, exactly, so no text of the POS can pass for one elsewhere."""
     title = _TITLES.get(kind)
     lines = {f"*** {title} ***"} if title is not None else set()
     if signature_state in MARKED_STATES:
         lines.add(FALLBACK_TEXT)
+    if signature_state == "unsigned":
+        lines.add(UNSIGNED_NOTICE)
     return frozenset(lines)
 
 
@@ -239,5 +253,38 @@ def render_lines(facts: TextFacts) -> list[str]:
     if facts.signature_state in MARKED_STATES:
         out.append(FALLBACK_TEXT)
     if facts.signature_state == "unsigned":
-        out += ["Signatur ungewiss:", "wird nachsigniert oder ersetzt"]
+        out.append(UNSIGNED_NOTICE)
     return out
+
+
+def resolution_notice(
+    resolution: str, replaced_by: str | None = None, voided_by: str | None = None
+) -> list[str]:
+    """What became of an unsigned receipt, for its copies and views (in place of
+    :data:`UNSIGNED_NOTICE`): ``resolution`` as its views name it (``adopted``,
+    ``superseded``, ``kept``), with the Belegnummer of the receipt that replaces it and
+    of the Storno that voids it, where there are."""
+    if resolution == "adopted":  # the chain service had signed it
+        parts = ["vom Signaturdienst signiert"]
+    elif resolution == "kept":  # a zero receipt stands with the failure marker
+        parts = ["bleibt ohne Signatur"]
+    else:
+        parts = [f"ersetzt durch Beleg {replaced_by}"] if replaced_by is not None else []
+        parts += [f"storniert durch Beleg {voided_by}"] if voided_by is not None else []
+    parts = parts or ["bleibt ohne Signatur"]  # superseded by nothing: it stands
+    parts[0] = f"Geklärt: {parts[0]}"
+    return [line for part in parts for line in wrap(part)]
+
+
+def with_notice(lines: Sequence[str], notice: Sequence[str]) -> list[str]:
+    """A stored unsigned receipt's ``lines`` with ``notice`` in place of the notice they
+    end with (this version's or an earlier one's); appended to a text that has none, after
+    the failure marker's words, which texts stored before they were printed lack."""
+    stored = list(lines)
+    for ending in ((UNSIGNED_NOTICE,), *_OLD_NOTICES):
+        if tuple(stored[-len(ending) :]) == ending:
+            del stored[-len(ending) :]
+            break
+    if FALLBACK_TEXT not in stored:
+        stored.append(FALLBACK_TEXT)
+    return [*stored, *notice]

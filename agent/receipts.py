@@ -44,7 +44,7 @@ from agent.receipt_records import (
     lost_answer,
     raise_if_lost,
 )
-from agent.receipt_view import Amounts, result_from_row
+from agent.receipt_view import Amounts, current_result
 from agent.recovery import Recovery
 from agent.registers import (
     START_SENT,
@@ -200,7 +200,7 @@ class ReceiptService:
                         "request-id-reused",
                         "this request_id was already used for a different sale",
                     )
-                return Issued(result_from_row(current_version(conn, stored)), created=False)
+                return Issued(current_result(conn, current_version(conn, stored)), created=False)
             due_at = self._closing_due.get(register_id)
             if checks and due_at is not None and self.clock.now() >= due_at:
                 raise _ClosingDue(register_id)  # it fell due while this sale waited
@@ -289,7 +289,7 @@ class ReceiptService:
                     )
                 # a lost Sammelbeleg is replaced by recovery: the retry gets what stands now,
                 # and waits only while the outage it was asked for is still open
-                issued = Issued(result_from_row(current_version(conn, stored)), created=False)
+                issued = Issued(current_result(conn, current_version(conn, stored)), created=False)
                 waits = self._issuing.outages.is_open(register_id)
             else:
                 reg = open_register(conn, register_id)
@@ -302,8 +302,11 @@ class ReceiptService:
         return issued
 
     def get(self, register_id: str, number: int) -> ReceiptResult:
-        """The stored receipt ``number`` of ``register_id``; raises ``NotFound``."""
-        return result_from_row(self.row(register_id, number))
+        """The stored receipt ``number`` of ``register_id`` as it stands now (an unsigned
+        one with its resolution, :func:`agent.receipt_view.current_result`); raises
+        ``NotFound``."""
+        with self.db.read_connection() as conn:
+            return current_result(conn, known_receipt(conn, register_id, number))
 
     def row(self, register_id: str, number: int) -> Any:
         """The ``receipts`` row (a ``sqlite3.Row``) of receipt ``number``; raises ``NotFound``."""

@@ -16,12 +16,19 @@ from dataclasses import dataclass
 
 from agent.at_rksv import FALLBACK_TEXT
 from agent.contract import ReceiptResult
-from agent.receipt_text import MARKED_STATES, WIDTH, headings, wrap, zero_width
+from agent.receipt_text import (
+    MARKED_STATES,
+    UNSIGNED_NOTICE,
+    WIDTH,
+    headings,
+    with_notice,
+    wrap,
+    zero_width,
+)
 
-__all__ = ["COPY_NOTICE", "UNSIGNED_NOTICE", "Block", "Qr", "Text", "layout", "printable"]
+__all__ = ["COPY_NOTICE", "Block", "Qr", "Text", "layout", "printable"]
 
 COPY_NOTICE = "Kopie - kein Originalbeleg"
-UNSIGNED_NOTICE = ("*** NOCH NICHT SIGNIERT ***", "Die Signatur wird nachgeholt.")
 # the label a receipt of this kind must show (RKSV: Storno and Training visibly labelled)
 _KIND_LABELS = {"storno": "STORNOBUCHUNG", "training": "TRAININGSBUCHUNG"}
 
@@ -97,22 +104,27 @@ def _in_cp858(char: str) -> bool:
     return True
 
 
-def _guards(receipt: ReceiptResult) -> list[Text]:
-    """Notices the stored lines lack but this receipt must show."""
-    text = "\n".join(receipt.lines)
+def _guards(receipt: ReceiptResult, lines: Sequence[str]) -> list[Text]:
+    """Notices the text ``lines`` lack but this receipt must show."""
+    text = "\n".join(lines)
     out: list[Text] = []
     label = _KIND_LABELS.get(receipt.kind)
     if label is not None and label not in text:
         out.append(Text(f"*** {label} ***", bold=True))
     # an unsigned receipt carries the marker as a fallback one does; stored texts of
     # unsigned receipts from before it was printed lack it
-    if receipt.signature_state in MARKED_STATES and FALLBACK_TEXT not in receipt.lines:
+    if receipt.signature_state in MARKED_STATES and FALLBACK_TEXT not in lines:
         out.append(Text(FALLBACK_TEXT, bold=True))
-    if receipt.signature_state == "unsigned":
-        out.append(Text(UNSIGNED_NOTICE[0], bold=True))
-        if "Signatur" not in text:  # receipt_text explains it; older texts may not
-            out.append(Text(UNSIGNED_NOTICE[1]))
     return out
+
+
+def _lines(receipt: ReceiptResult) -> list[str]:
+    """The receipt's text lines; an unsigned one not yet remedied ends with this version's
+    notice (a text stored earlier may promise a re-signing, or say nothing). A remedied
+    one's lines say what happened already (:mod:`agent.receipt_view`)."""
+    if receipt.signature_state != "unsigned" or receipt.resolution is not None:
+        return receipt.lines
+    return with_notice(receipt.lines, [UNSIGNED_NOTICE])
 
 
 def layout(
@@ -132,9 +144,10 @@ def layout(
         blocks += [Text("KOPIE", bold=True, big=True, center=True), Text(COPY_NOTICE, center=True)]
         blocks.append(Text(""))
     bold = headings(receipt.kind, receipt.signature_state)
-    for line in receipt.lines:  # wrapped: a receipt stored before lines were kept narrow
+    lines = _lines(receipt)
+    for line in lines:  # wrapped: a receipt stored before lines were kept narrow
         blocks += [Text(part, bold=line in bold) for part in wrap(printable(line), WIDTH)]
-    blocks += _guards(receipt)
+    blocks += _guards(receipt, lines)
     if receipt.qr:
         blocks += [Text(""), Qr(receipt.qr)]
     if copy:

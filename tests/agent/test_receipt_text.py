@@ -276,14 +276,17 @@ class TestLongTexts:
         assert lines[at + 1] == f"{'999999999,99':>42}"
 
     def test_an_unsigned_receipt_explains_itself_within_the_paper(self) -> None:
+        """A note true whatever the remedy finds: no promise of a re-signing (a zero
+        receipt may be kept as it is)."""
         lines = render_lines(_facts(signature_state="unsigned"))
-        assert lines[-2:] == ["Signatur ungewiss:", "wird nachsigniert oder ersetzt"]
+        assert lines[-1] == "Signatur ungewiss: wird geklärt"
+        assert not any("nachsigniert" in line for line in lines)
 
     def test_an_unsigned_receipt_says_the_unit_failed(self) -> None:
         """Its code carries the failure marker, so its paper shows it (§ 17 Abs 4 RKSV),
-        in bold like a fallback receipt's, before the note that it will be remedied."""
+        in bold like a fallback receipt's, before the note that it is being cleared up."""
         lines = render_lines(_facts(signature_state="unsigned"))
-        assert lines[-3:] == [FALLBACK_TEXT, "Signatur ungewiss:", "wird nachsigniert oder ersetzt"]
+        assert lines[-2:] == [FALLBACK_TEXT, "Signatur ungewiss: wird geklärt"]
         assert lines.count(FALLBACK_TEXT) == 1
         assert FALLBACK_TEXT in headings("standard", "unsigned")
         assert FALLBACK_TEXT in headings("standard", "fallback")

@@ -19,6 +19,7 @@ Query = Callable[..., list[sqlite3.Row]]
 INIT_CP858 = b"\x1b@\x1bt\x13"  # ESC @, then ESC t 19 (PC858 in Epson's numbering)
 CUT = b"\x1bd\x06\x1dV\x00"  # feed 6 lines, full cut
 QR_STORE = b"1P0"  # GS ( k: cn=49 (QR), fn=80 (store the data), m=48
+_NOTICE = "Signatur ungewiss: wird geklärt".encode("cp858")  # bold, after the marker
 
 
 def _qr_payloads(job: bytes) -> list[bytes]:
@@ -134,31 +135,37 @@ class TestLabels:
         assert b"ausgefallen" not in job
         assert b"SIGNIERT" not in job
 
-    def test_an_unsigned_receipt_says_the_signature_will_follow(
+    def test_an_unsigned_receipt_says_its_signature_is_being_cleared_up(
         self, unsigned: ReceiptResult
     ) -> None:
+        """A text stored without the notice gets it, bold; it promises no re-signing (the
+        receipt may be adopted, reissued or kept as it is)."""
         job = render_escpos(unsigned)
-        assert b"*** NOCH NICHT SIGNIERT ***" in job
-        assert b"Die Signatur wird nachgeholt." in job
+        assert b"\x1bE\x01" + _NOTICE + b"\n\x1bE\x00" in job
+        assert b"SIGNIERT" not in job
+        assert b"nachgeholt" not in job
 
-    def test_an_unsigned_receipt_explained_by_its_text_gets_only_the_label(
+    def test_an_unsigned_receipt_stored_with_the_old_promise_prints_the_notice(
         self, unsigned: ReceiptResult
     ) -> None:
-        explained = [*unsigned.lines, "Signatur ungewiss: wird nachsigniert oder ersetzt"]
-        job = render_escpos(unsigned.model_copy(update={"lines": explained}))
-        assert b"*** NOCH NICHT SIGNIERT ***" in job
-        assert b"nachgeholt" not in job
+        """A text stored by an earlier version ends with "wird nachsigniert oder ersetzt":
+        while the receipt waits for its remedy, its copy says the notice instead."""
+        marked = [*unsigned.lines, "Sicherheitseinrichtung ausgefallen"]
+        promised = [*marked, "Signatur ungewiss:", "wird nachsigniert oder ersetzt"]
+        job = render_escpos(unsigned.model_copy(update={"lines": promised}))
+        assert job == render_escpos(unsigned.model_copy(update={"lines": marked}))
+        assert job.count(_NOTICE) == 1
+        assert b"nachsigniert" not in job
 
     def test_an_unsigned_receipt_says_the_unit_failed(
         self, service: ReceiptService, issued_unsigned: ReceiptResult
     ) -> None:
         """Its code carries the failure marker like a fallback's: the paper says so, bold,
-        once, and still says the receipt will be remedied; a reprint prints the same."""
+        once, and that its signature is being cleared up; a reprint prints the same."""
         job = render_escpos(issued_unsigned)
         assert job.count(b"Sicherheitseinrichtung ausgefallen") == 1
         assert b"\x1bE\x01Sicherheitseinrichtung ausgefallen\n\x1bE\x00" in job
-        assert b"Signatur ungewiss:\nwird nachsigniert oder ersetzt\n" in job
-        assert b"*** NOCH NICHT SIGNIERT ***" in job
+        assert b"ausgefallen\n\x1bE\x00\x1bE\x01" + _NOTICE + b"\n" in job
         stored = service.get(issued_unsigned.register_id, issued_unsigned.number)
         assert render_escpos(stored) == job
 
