@@ -257,6 +257,7 @@ def _document(register_id: str, draft: Draft, payload: Payload, state: str) -> d
         draft.cashier,
         None if draft.voids is None else draft.voids["receipt_id"],
         None if draft.reissue_of is None else draft.reissue_of["receipt_id"],
+        draft.period,
     )
     document: dict[str, Any] = {
         "lines": [list(ln) for ln in draft.lines],

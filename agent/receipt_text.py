@@ -82,6 +82,7 @@ class TextFacts:
     cashier: str | None = None
     voids_receipt_id: str | None = None
     replaces_receipt_id: str | None = None  # a reissue of an unsigned receipt
+    period: str | None = None  # "YYYY-MM": the month a Monats-/Jahresbeleg closes
 
     @property
     def total_cents(self) -> int:
@@ -233,6 +234,9 @@ def _head(facts: TextFacts) -> list[str]:
         out.append(f"Bediener: {facts.cashier}")
     if facts.kind in _TITLES:
         out.append(f"*** {_TITLES[facts.kind]} ***")
+    if facts.period is not None:  # a caught-up month is dated after it: say which it is
+        year, _, month = facts.period.partition("-")
+        out.append(f"Jahr {year}" if facts.kind == "yearly" else f"Monat {year}-{month}")
     if facts.voids_receipt_id is not None:
         out.append(f"Storno zu Beleg {facts.voids_receipt_id}")
     if facts.replaces_receipt_id is not None:
