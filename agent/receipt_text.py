@@ -171,22 +171,35 @@ def _pair(left: str, right: str) -> list[str]:
     return [*lines[:-1], f"{_pad(lines[-1], room)} {right}"]
 
 
-def _shown_quantity(qty: str, price: str, total: int) -> str:
-    """``qty`` as printed beside ``price``: negated when ``total`` has the other sign than
-    quantity times price, as on a Storno (the voided line, its total negated), so that the
-    paper's quantity times price is the printed total."""
-    product = scaled(qty, 3) * scaled(price, 2)
+def _shown_quantity(qty: str, price: str, total: int) -> int:
+    """``qty`` (in thousandths) as printed beside ``price``: negated when ``total`` has the
+    other sign than quantity times price, as on a Storno (the voided line, its total
+    negated), so that the paper's quantity times price is the printed total."""
+    quantity = scaled(qty, 3)
+    product = quantity * scaled(price, 2)
     if total and product and (total < 0) != (product < 0):
-        return qty.removeprefix("-") if qty.startswith("-") else f"-{qty}"
-    return qty
+        return -quantity
+    return quantity
+
+
+def _quantity(thousandths: int, decimals: int) -> str:
+    """A quantity in the Austrian form: decimal comma, no leading zeros, the ``decimals``
+    the POS sent (a scale's "0.250" stays "0,250")."""
+    sign = "-" if thousandths < 0 else ""
+    whole, frac = divmod(abs(thousandths), 1000)
+    return f"{sign}{whole}" + (f",{frac:03d}"[: decimals + 1] if decimals else "")
 
 
 def _item_lines(facts: TextFacts) -> list[str]:
+    """Each item: its quantity line (unless one piece), then its text with the amount;
+    quantity and price as numbers ("0012.50" prints as 12,50), not as the POS spelled them
+    (the signed amounts are the totals, which these do not change)."""
     out: list[str] = []
     for text, qty, price, vat, total in facts.lines:
         shown = _shown_quantity(qty, price, total)
-        if scaled(shown, 3) != 1000:
-            out.append(f"  {shown} x {price.replace('.', ',')}")
+        if shown != 1000:
+            decimals = len(qty.partition(".")[2])
+            out.append(f"  {_quantity(shown, decimals)} x {_money(scaled(price, 2))}")
         out += _pair(text, f"{_money(total)} {_VAT_LETTER[vat]}")
     return out
 

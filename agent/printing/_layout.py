@@ -4,12 +4,14 @@ The text lines come from the receipt (:mod:`agent.receipt_text`); this module ad
 what depends on the print job (the configured header with the business's name, the copy
 marking) or guards what must never be missing
 (the labels of Storno and Training receipts, "Sicherheitseinrichtung ausgefallen" on every
-receipt whose code carries the failure marker, the notice of an unsigned one).
+receipt whose code carries the failure marker, the notice of an unsigned one), and keeps
+the amounts flush right in the printer's characters (:func:`on_paper`).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,15 +22,19 @@ from agent.receipt_text import (
     MARKED_STATES,
     UNSIGNED_NOTICE,
     WIDTH,
+    columns,
     headings,
     with_notice,
     wrap,
     zero_width,
 )
 
-__all__ = ["COPY_NOTICE", "Block", "Qr", "Text", "layout", "printable"]
+__all__ = ["COPY_NOTICE", "Block", "Qr", "Text", "layout", "on_paper", "printable"]
 
 COPY_NOTICE = "Kopie - kein Originalbeleg"
+# the amount a line of the receipt text ends with, flush right: an item's (with its VAT
+# letter), the sum's, a payment's, a rate's
+_AMOUNT = re.compile(r" -?[0-9]+,[0-9]{2}(?: [A-E])?$")
 # the label a receipt of this kind must show (RKSV: Storno and Training visibly labelled)
 _KIND_LABELS = {"storno": "STORNOBUCHUNG", "training": "TRAININGSBUCHUNG"}
 
@@ -96,6 +102,22 @@ def _fallback(char: str) -> str:
     return base if printable_base else "?"
 
 
+def on_paper(line: str) -> str:
+    """A line of the receipt text as printed: :func:`printable`, with its amount flush
+    right still. The text is laid out by the columns its characters take on a screen; a
+    wide character (CJK, an emoji) takes two there and prints as one ``?``, so a line that
+    fills the paper with an amount at its end gets the columns it lost back before the
+    amount."""
+    text = printable(line)
+    lost = columns(line) - len(text)
+    if lost <= 0 or columns(line) != WIDTH:
+        return text
+    amount = _AMOUNT.search(text)
+    if amount is None:  # a text's line, left-aligned: nothing moves
+        return text
+    return f"{text[: amount.start()]}{' ' * lost}{text[amount.start() :]}"
+
+
 def _in_cp858(char: str) -> bool:
     try:
         char.encode("cp858")
@@ -146,7 +168,7 @@ def layout(
     bold = headings(receipt.kind, receipt.signature_state)
     lines = _lines(receipt)
     for line in lines:  # wrapped: a receipt stored before lines were kept narrow
-        blocks += [Text(part, bold=line in bold) for part in wrap(printable(line), WIDTH)]
+        blocks += [Text(part, bold=line in bold) for part in wrap(on_paper(line), WIDTH)]
     blocks += _guards(receipt, lines)
     if receipt.qr:
         blocks += [Text(""), Qr(receipt.qr)]

@@ -339,11 +339,11 @@ class TestStornoQuantities:
 
     def test_a_storno_prints_the_voided_quantities_negated(self) -> None:
         """The Storno of 0.333 x 3,00 (1,00) and a returned deposit (-1 x 0,50) prints
-        -0.333 x 3,00 beside -1,00 and the deposit as one of 0,50."""
+        -0,333 x 3,00 beside -1,00 and the deposit as one of 0,50."""
         lines = [("Kaffee", "0.333", "3.00", "normal", -100), ("Pfand", "-1", "0.50", "zero", 50)]
         facts = _facts(kind="storno", lines=lines, amounts=(-100, 0, 0, 50, 0), payments=[])
         assert _items(render_lines(facts)) == [
-            "  -0.333 x 3,00",
+            "  -0,333 x 3,00",
             "Kaffee                             -1,00 A",
             "Pfand                               0,50 D",
         ]
@@ -458,7 +458,7 @@ class TestIssued:
             {"request_id": "s2", "register": "KASSE-1", "kind": "storno", "voids": 2}
         )
         assert _items(storno.lines) == [
-            "  -0.333 x 3,00",
+            "  -0,333 x 3,00",
             "Kaffee                             -1,00 A",
             "Pfand                               0,50 D",
         ]
