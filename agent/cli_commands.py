@@ -120,7 +120,8 @@ def _show_receipt(result: ReceiptResult, as_json: bool) -> None:
         out.print(f"resolution: {how}", highlight=False, markup=False)
     for line in result.lines:
         out.print(f"  {line}", highlight=False, markup=False)
-    out.print(f"  QR: {result.qr}", highlight=False, markup=False, soft_wrap=True)
+    for label, code in (("QR", result.qr), ("OCR", result.ocr), ("JWS", result.jws)):
+        out.print(f"  {label}: {code}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _resolution_text(resolution: str | None, replaced_by: int | None, voided_by: int | None) -> str:

@@ -1,14 +1,17 @@
-"""What the paper says of closings, items and amounts."""
+"""What the paper says of closings, items and amounts, and what ``receipts show`` shows."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 
 from agent.at_rksv import split_jws
 from agent.clock import FrozenClock
 from agent.printing._layout import Text, layout
 from agent.receipt_text import WIDTH, TextFacts, columns, render_lines
 from agent.receipts import ReceiptService
+from factories import Run, expect
 
 REGISTER = "KASSE-1"
 
@@ -103,3 +106,15 @@ class TestItems:
         lines = render_lines(facts)
         assert "  7 x 0,50" in lines
         assert "  0,50 x 5,00" in lines
+
+
+def test_receipts_show_prints_its_codes_and_jws(run: Run, till: Path) -> None:
+    """The help promises text lines, QR and OCR codes and the JWS: the plain output has
+    each, labelled, as the JSON output does."""
+    as_json = run("receipts", "show", REGISTER, "2", "--json", "--data-dir", till)
+    receipt = json.loads(expect(as_json, 0).stdout)
+    plain = expect(run("receipts", "show", REGISTER, "2", "--data-dir", till), 0).stdout
+    for label, key in (("QR", "qr"), ("OCR", "ocr"), ("JWS", "jws")):
+        assert f"  {label}: {receipt[key]}\n" in plain
+    help_text = expect(run("receipts", "show", "--help"), 0).stdout
+    assert "OCR" in help_text
