@@ -1,9 +1,10 @@
 """Delivering rendered bytes to a printer: network (TCP 9100), USB, serial or a directory.
 
-A transport only moves bytes. Every failure leaves it as a :class:`PrinterError` naming the
-printer (translated once, here, in :func:`printer_errors`), and every wait is bounded by
-a timeout, so a dead printer costs at most a few seconds and never a receipt: the caller
-keeps the job and retries. Bytes accepted by a printer are not yet paper printed.
+A transport only moves bytes (the network printer adds one notice, below). Every failure
+leaves it as a :class:`PrinterError` naming the printer (translated once, here, in
+:func:`printer_errors`), and every wait is bounded by a timeout, so a dead printer costs
+at most a few seconds and never a receipt: the caller keeps the job and retries. Bytes
+accepted by a printer are not yet paper printed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import os
 import select
 import socket
+import struct
 import sys
 import tempfile
 import time
@@ -36,7 +38,20 @@ else:  # pragma: no cover - other platforms
 # before the job counts as printed anyway (a printer that closes ends the wait at once)
 CLOSE_WAIT = 0.5
 
+# sent ahead of the next job after a failed one the printer had taken part (or all) of:
+# the paper above it, a broken receipt or a whole one, is void, and the job follows in
+# full. ESC @ ends the broken job's modes (bold, size) and drops its unprinted line, and
+# leaves the printer on its own code table: ASCII only.
+INTERRUPTED_NOTICE = (
+    b"\x1b@\n" + b"-" * 42 + b"\n"
+    b"\x1bE\x01*** DRUCK ABGEBROCHEN ***\x1bE\x00\n"
+    b"Der Ausdruck darueber ist ungueltig,\n"
+    b"der Beleg wird neu gedruckt.\n"
+    b"\x1bd\x06\x1dV\x00"  # feed past the cutter and cut
+)
+
 __all__ = [
+    "INTERRUPTED_NOTICE",
     "FilePrinter",
     "NetworkPrinter",
     "Printer",
@@ -85,12 +100,20 @@ class NetworkPrinter:
     once. A reset or an error at any point, bytes still unacknowledged at the timeout, or
     the printer closing before it acknowledged everything fail the job, which stays queued.
 
+    A failed job's connection is aborted (a reset), so the kernel drops the bytes the
+    printer has not taken instead of delivering them once it reads again (out of paper,
+    refilled) ahead of the retry: two originals. What the printer did take it prints;
+    so the next job after such a failure starts with :data:`INTERRUPTED_NOTICE`, which
+    voids the print above it. This object remembers that: a restart in between forgets
+    it, and a job cut off inside an image or a QR code may swallow the notice's bytes.
+
     What cannot be detected: a printer whose TCP stack acknowledges the bytes and then
     loses them (a crash or power cut before the paper), and a printer that never reads
     but whose kernel buffers the whole job and keeps the connection open: both count as
     printed. Only Linux reports unacknowledged bytes (``SIOCOUTQ``); elsewhere the job
     counts as sent once the kernel has buffered it, unless the printer resets the
-    connection within :data:`CLOSE_WAIT`.
+    connection within :data:`CLOSE_WAIT`, and any failure after connecting counts as
+    taken in part.
 
     Args:
         host: the printer's address (an IP address avoids a DNS lookup, which the
@@ -103,18 +126,67 @@ class NetworkPrinter:
     def __init__(self, host: str, port: int = 9100, *, timeout: float = 5.0) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.name = f"{host}:{port}"
+        self._interrupted = False  # a failed job was taken in part: the paper shows it
 
     def send(self, data: bytes) -> None:
+        job = INTERRUPTED_NOTICE + data if self._interrupted else data
         with (
             printer_errors(self.name),
             socket.create_connection((self.host, self.port), timeout=self.timeout) as sock,
         ):
-            sock.sendall(data)  # since Python 3.5 the timeout bounds the whole sendall
-            sock.shutdown(socket.SHUT_WR)
-            _await_acknowledgement(sock, self.name, self.timeout)
+            delivery = _Delivery(sock, job)
+            try:
+                delivery.send(self.timeout)
+                _await_acknowledgement(sock, self.name, self.timeout)
+            except BaseException:
+                self._interrupted = self._interrupted or delivery.taken()
+                _abort(sock)
+                raise
+        self._interrupted = False
 
     def close(self) -> None:
         """Nothing stays open between jobs."""
+
+
+class _Delivery:
+    """One job on one connection, and how much of it the kernel has sent."""
+
+    def __init__(self, sock: socket.socket, data: bytes) -> None:
+        self.sock, self.data = sock, data
+        self.written = 0
+        self.ended = False  # our FIN is sent: it counts in SIOCOUTQ until acknowledged
+
+    def send(self, timeout: float) -> None:
+        """Hand every byte to the kernel within ``timeout`` (else :class:`TimeoutError`),
+        then end the job (our FIN)."""
+        deadline = time.monotonic() + timeout
+        view = memoryview(self.data)
+        while self.written < len(view):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("timed out")
+            self.sock.settimeout(remaining)
+            self.written += self.sock.send(view[self.written :])
+        self.sock.shutdown(socket.SHUT_WR)
+        self.ended = True
+
+    def taken(self) -> bool:
+        """The printer's TCP acknowledged some of the job, so it may print it; True where
+        that is unknown (no ``SIOCOUTQ``)."""
+        try:
+            unacked = _unacknowledged(self.sock)
+        except OSError:
+            return True
+        if unacked is None:
+            return True
+        return self.written + int(self.ended) - unacked > 0
+
+
+def _abort(sock: socket.socket) -> None:
+    """Make closing ``sock`` reset the connection: what the printer has not taken yet is
+    dropped, never delivered later behind a retry of the same job."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 def _await_acknowledgement(sock: socket.socket, name: str, timeout: float) -> None:
