@@ -7,7 +7,8 @@ The agent answers with ``out/NAME.result.json`` (the :class:`ReceiptResult`) or
 ``failed/NAME.json``). NAME should be unique, e.g. the request_id: a sale arriving under
 the name of an earlier one replaces that one's answer. Whatever else appears as
 ``in/NAME.json`` (a symbolic link, a directory, a pipe) is answered the same way, with the
-rule ``regular-file``, and moved to ``failed/`` without being followed or read. A name
+rule ``regular-file``, and moved to ``failed/`` without being followed or read; so is a
+file the agent may not read (its mode, owner or ACL), with the rule ``unreadable``. A name
 ending in ``.result.json`` or ``.error.json`` is an answer's name, never a sale's (a sale
 ``X.error.json`` kept in ``failed/`` would take the place of ``X.json``'s answer): such a
 file in ``in/`` is left there and logged once.
@@ -42,10 +43,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import grp
 import hashlib
 import json
 import logging
 import os
+import pwd
 import shutil
 import stat
 import threading
@@ -115,6 +118,17 @@ _NOT_FILES = {
 # never follow a link in in/ (it could name any file the agent may read), never wait for
 # a writer of a pipe
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+# errors reading a sale that come from the file, not from the till's disk: answered, as
+# retrying cannot help; any other error (EIO, a full disk) keeps the sale for a retry
+_UNREADABLE_ERRNOS = {
+    errno.EACCES,  # its mode, owner or ACL: the agent runs as its own user
+    errno.EPERM,  # a security module's or the file system's refusal
+    errno.ELOOP,  # a link: answered regular-file once the file is looked at again
+    errno.EISDIR,  # these three: no regular file after all
+    errno.ENXIO,
+    errno.ENODEV,
+    errno.EOVERFLOW,  # too large to open
+}
 
 
 def _is_sale_name(name: str) -> bool:
@@ -161,6 +175,33 @@ def _remove(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return _unlink(path)
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # no such user here: its number
+        return str(uid)
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _unreadable(name: str, info: os.stat_result, exc: OSError) -> InvalidSale:
+    """The answer to a sale file the agent cannot read: the file, its mode and owners."""
+    agent = _user(os.geteuid())
+    mode, owner, group = stat.S_IMODE(info.st_mode), _user(info.st_uid), _group(info.st_gid)
+    return InvalidSale(
+        "(document)",
+        "unreadable",
+        f"the agent (user {agent}) cannot read {name}: {exc.strerror} (mode {mode:04o},"
+        f" owner {owner}, group {group}); a sale must be a file the agent may read, e.g."
+        " mode 0640 in in/ (which gives new files the agent's group)",
+    )
 
 
 def _refuse_unless_file(mode: int) -> None:
@@ -277,7 +318,9 @@ class Spool:
 
         Raises:
             InvalidSale: its name is too long for its answer, it is no regular file (a link
-                is not followed) or it is larger than ``max_bytes``.
+                is not followed), the agent may not read it (rule ``unreadable``) or it is
+                larger than ``max_bytes``.
+            OSError: reading failed for a reason of the till's own (a disk error).
         """
         if _too_long(claimed.name):
             raise InvalidSale(
@@ -288,18 +331,25 @@ class Spool:
             )
         _refuse_unless_file(claimed.lstat().st_mode)
         try:
-            fd = os.open(claimed, _OPEN_FLAGS)
-        except OSError:
-            _refuse_unless_file(claimed.lstat().st_mode)  # ELOOP: a link since the check
+            raw = self._read_file(claimed)
+        except OSError as exc:
+            info = claimed.lstat()
+            _refuse_unless_file(info.st_mode)  # ELOOP: a link since the check
+            if exc.errno in _UNREADABLE_ERRNOS:
+                raise _unreadable(claimed.name, info, exc) from exc
             raise
-        with os.fdopen(fd, "rb") as file:
-            _refuse_unless_file(os.fstat(fd).st_mode)
-            raw = file.read(self.max_bytes + 1)
         if len(raw) > self.max_bytes:
             raise InvalidSale(
                 "(document)", "max-size", f"a sale file is at most {self.max_bytes} bytes"
             )
         return raw
+
+    def _read_file(self, claimed: Path) -> bytes:
+        """Up to ``max_bytes + 1`` bytes of a regular file, never following a link."""
+        fd = os.open(claimed, _OPEN_FLAGS)
+        with os.fdopen(fd, "rb") as file:
+            _refuse_unless_file(os.fstat(fd).st_mode)
+            return file.read(self.max_bytes + 1)
 
     def answered(self, claimed: Path) -> bool:
         return self.result_path(claimed.name).exists() or self.error_path(claimed.name).exists()
@@ -464,7 +514,7 @@ class SpoolIngestor:
     def _answer(self, claimed: Path) -> None:
         try:
             raw = self.spool.read(claimed)
-        except InvalidSale as exc:  # no regular file, or too large: never parsed
+        except InvalidSale as exc:  # no regular file, unreadable or too large: never parsed
             log.warning("spool: %s refused unread: %s", claimed.name, exc)
             self.spool.fail(claimed, exc.as_dict())
             return
