@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from sqlalchemy import Connection, Select, func, select
+from sqlalchemy import Connection, Select, bindparam, func, select
 
 from agent.at_rksv.dep import DepGroup, container_json, write_dep
 from agent.errors import NotFound
@@ -24,6 +24,13 @@ from storage.models import RECEIPTS, REGISTER_UNITS, REGISTERS, UNITS
 __all__ = ["count_receipts", "export_container", "export_dep"]
 
 _R = RECEIPTS
+# the register's first receipt numbered ``number`` or later (a step of _first_dated)
+_AT_OR_AFTER = (
+    select(_R.c.number, _R.c.issued_at)
+    .where(_R.c.register_id == bindparam("register_id"), _R.c.number >= bindparam("number"))
+    .order_by(_R.c.number)
+    .limit(1)
+)
 
 
 def _register(conn: Connection, register_id: str) -> Any:
@@ -45,19 +52,48 @@ def _identities(conn: Connection, register_id: str) -> dict[str, Identity]:
     }
 
 
-def _in_range(query: Select[Any], start: dt.date | None, end: dt.date | None) -> Select[Any]:
+def _in_range(
+    conn: Connection,
+    query: Select[Any],
+    register_id: str,
+    start: dt.date | None,
+    end: dt.date | None,
+) -> Select[Any]:
+    """``query`` bounded to the receipts dated ``start`` to ``end`` (inclusive) by number.
+
+    Dates never go back within a register (DESIGN.md invariant 2), so a range of dates is
+    a range of numbers, read through the (register_id, number) index. A condition on
+    ``issued_at`` read every receipt of the register: it has no index, and one would cost
+    every receipt's commit a page more."""
     if start is not None:
-        query = query.where(_R.c.issued_at >= start.isoformat())
+        query = query.where(_R.c.number >= _first_dated(conn, register_id, start.isoformat()))
     if end is not None and end < dt.date.max:  # the last date there is bounds nothing
-        query = query.where(_R.c.issued_at < (end + dt.timedelta(days=1)).isoformat())
+        after = (end + dt.timedelta(days=1)).isoformat()
+        query = query.where(_R.c.number < _first_dated(conn, register_id, after))
     return query
+
+
+def _first_dated(conn: Connection, register_id: str, bound: str) -> int:
+    """The number from which the register's receipts are dated ``bound`` or later: the
+    first such receipt's, or one past the last receipt's when none is. A bisection over
+    the numbers, each step one seek of the index (about 17 for 100,000 receipts)."""
+    last = conn.execute(select(func.max(_R.c.number)).where(_R.c.register_id == register_id))
+    low, high = 0, int(last.scalar() or 0) + 1
+    while low < high:
+        middle = (low + high) // 2
+        row = conn.execute(_AT_OR_AFTER, {"register_id": register_id, "number": middle}).first()
+        if row is None or row.issued_at >= bound:
+            high = middle  # no receipt from middle on is dated before bound
+        else:
+            low = row.number + 1
+    return low
 
 
 def _rows(
     conn: Connection, register_id: str, start: dt.date | None, end: dt.date | None
 ) -> Iterator[Any]:
     query = select(_R.c.unit_id, _R.c.jws).where(_R.c.register_id == register_id)
-    query = _in_range(query, start, end).order_by(_R.c.number)
+    query = _in_range(conn, query, register_id, start, end).order_by(_R.c.number)
     yield from conn.execution_options(yield_per=2000).execute(query)
 
 
@@ -68,7 +104,7 @@ def count_receipts(
     query = select(func.count()).select_from(_R).where(_R.c.register_id == register_id)
     with db.engine.connect() as conn:
         _register(conn, register_id)
-        return int(conn.execute(_in_range(query, start, end)).scalar_one())
+        return int(conn.execute(_in_range(conn, query, register_id, start, end)).scalar_one())
 
 
 def export_dep(
