@@ -95,6 +95,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _Identity: TypeAlias = tuple[int, int, int, int, int]  # a file's device, inode, size, times
+# whether a late receipt's supplement was journaled already: through ix_journal_backup_late
+# (0009), only these events, never the whole journal
+_LATE_SAID = (
+    "SELECT 1 FROM journal WHERE kind = 'dep.backup_late' AND register_id = ?"
+    " AND json_extract(data, '$.backup') = ? AND json_extract(data, '$.last_number') = ?"
+)
 
 
 class _Digest(io.RawIOBase):
@@ -297,12 +303,7 @@ class DepBackups:
         at = self.clock.now().isoformat()
         with self.db.write_connection().transaction() as conn:
             # journaled once per supplement, also across restarts while it is unwritten
-            said = conn.execute(
-                "SELECT 1 FROM journal WHERE kind = 'dep.backup_late' AND register_id = ?"
-                " AND json_extract(data, '$.backup') = ?"
-                " AND json_extract(data, '$.last_number') = ?",
-                (reg.id, item.backup, item.last_number),
-            ).fetchone()
+            said = conn.execute(_LATE_SAID, (reg.id, item.backup, item.last_number)).fetchone()
             if said is None:
                 append_event(conn, kind="dep.backup_late", register_id=reg.id, data=facts, at=at)
         self._late_said.add((reg.id, item.label))

@@ -69,7 +69,8 @@ _COLUMNS = (
     " c.alerts, c.reference, c.failed, c.done_at, r.timezone"
 )
 _FROM = " FROM checks c JOIN registers r ON r.id = c.register_id"
-# the signed Start- and Jahresbelege of registers without any obligation (adoption)
+# the signed Start- and Jahresbelege of registers without any obligation (adoption), read
+# at each start through ix_receipts_start_yearly (0009), whose WHERE the kind IN repeats
 _UNTRACKED = (
     "SELECT x.register_id, x.kind, x.number, x.issued_at, x.document, r.timezone"
     " FROM receipts x JOIN registers r ON r.id = x.register_id"

@@ -72,6 +72,7 @@ from storage.group_commit import GroupCommit
 __all__ = [
     "KINDS",
     "MUST_SIGN",
+    "PROBE_TARGETS",
     "Issued",
     "ReceiptService",
     "RegisterSetup",
@@ -384,12 +385,7 @@ class ReceiptService:
         """Registers that wait for their unit: an open outage, a waiting special receipt or
         an unsigned receipt to remedy."""
         with self.db.read_connection() as conn:
-            rows = conn.execute(
-                "SELECT register_id FROM waiting_specials WHERE done_at IS NULL UNION "
-                "SELECT r.register_id FROM receipts r LEFT JOIN receipt_resolutions x"
-                " ON x.register_id = r.register_id AND x.number = r.number"
-                " WHERE r.signature_state = 'unsigned' AND x.number IS NULL"
-            ).fetchall()
+            rows = conn.execute(PROBE_TARGETS).fetchall()
         return sorted({*self.outages.open_registers(), *(str(r[0]) for r in rows)})
 
     def unit_of(self, register_id: str) -> SignatureUnit:
@@ -492,6 +488,14 @@ class ReceiptService:
                 issued.append(result)
 
 
+# run at least once a second, also when idle: ``signature_state = 'unsigned'`` reads
+# ix_receipts_unsigned (0009), the few unsigned receipts, not the whole history
+PROBE_TARGETS = (
+    "SELECT register_id FROM waiting_specials WHERE done_at IS NULL UNION"
+    " SELECT r.register_id FROM receipts r LEFT JOIN receipt_resolutions x"
+    " ON x.register_id = r.register_id AND x.number = r.number"
+    " WHERE r.signature_state = 'unsigned' AND x.number IS NULL"
+)
 _CLOSING_ROW = "SELECT id, state, timezone, created_at, last_closing FROM registers"
 _NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 

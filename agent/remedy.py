@@ -17,8 +17,26 @@ from storage.journal import append_event
 # failure marker (rksv.md 5): a lost Monats-/Nullbeleg stands as it is (see resolve's kept)
 REISSUED = frozenset({"standard", "storno", "training"})
 
+# the unsigned receipts not yet remedied, through ix_receipts_unsigned (0009): its WHERE,
+# ``signature_state = 'unsigned'``, is repeated here word for word (or SQLite reads them all)
+UNRESOLVED = (
+    "SELECT r.* FROM receipts r LEFT JOIN receipt_resolutions x"
+    " ON x.register_id = r.register_id AND x.number = r.number"
+    " WHERE r.signature_state = 'unsigned' AND x.number IS NULL"
+    " AND (? IS NULL OR r.register_id = ?) ORDER BY r.register_id, r.number"
+)
+# the receipts that void one receipt, in number order, through ix_receipts_voids (0009);
+# the remedy tells its own Storno from the POS's in Python: a condition on another
+# column here (request_id IS NULL) drew the planner to that column's index instead
+STORNOS_OF = (
+    "SELECT number, kind, request_id, document FROM receipts"
+    " WHERE register_id = ? AND voids_number = ? ORDER BY number"
+)
+
 __all__ = [
     "REISSUED",
+    "STORNOS_OF",
+    "UNRESOLVED",
     "current_version",
     "reissue_draft",
     "remedy_storno",
@@ -66,13 +84,7 @@ def resolve(
 
 
 def unresolved(conn: sqlite3.Connection, register_id: str | None) -> list[sqlite3.Row]:
-    return conn.execute(
-        "SELECT r.* FROM receipts r LEFT JOIN receipt_resolutions x"
-        " ON x.register_id = r.register_id AND x.number = r.number"
-        " WHERE r.signature_state = 'unsigned' AND x.number IS NULL"
-        " AND (? IS NULL OR r.register_id = ?) ORDER BY r.register_id, r.number",
-        (register_id, register_id),
-    ).fetchall()
+    return conn.execute(UNRESOLVED, (register_id, register_id)).fetchall()
 
 
 def supersede_lost(  # noqa: PLR0917 - the signed receipt's facts
@@ -119,23 +131,22 @@ def remedy_storno(conn: sqlite3.Connection, old: sqlite3.Row) -> int | None:
     Only a remedy makes a Storno without a request_id that is no reissue, and it resolves
     ``old`` in the same transaction unless the process died while the Storno was signed.
     """
-    row = conn.execute(
-        "SELECT number FROM receipts WHERE register_id = ? AND voids_number = ?"
-        " AND kind = 'storno' AND request_id IS NULL"
-        " AND json_extract(document, '$.reissue_of') IS NULL",
-        (old["register_id"], old["number"]),
-    ).fetchone()
-    return None if row is None else int(row[0])
+    for row in _stornos_of(conn, old):
+        made = row["kind"] == "storno" and row["request_id"] is None
+        if made and json.loads(row["document"]).get("reissue_of") is None:
+            return int(row["number"])
+    return None
 
 
 def _first_storno(conn: sqlite3.Connection, old: sqlite3.Row) -> int | None:
     """The first receipt that voids ``old`` (the POS Storno, or its reissue), whatever its
     state; ``None`` when none does."""
-    row = conn.execute(
-        "SELECT min(number) FROM receipts WHERE register_id = ? AND voids_number = ?",
-        (old["register_id"], old["number"]),
-    ).fetchone()
-    return None if row[0] is None else int(row[0])
+    stornos = _stornos_of(conn, old)
+    return int(stornos[0]["number"]) if stornos else None
+
+
+def _stornos_of(conn: sqlite3.Connection, old: sqlite3.Row) -> list[sqlite3.Row]:
+    return conn.execute(STORNOS_OF, (old["register_id"], old["number"])).fetchall()
 
 
 def reissue_draft(conn: sqlite3.Connection, old: sqlite3.Row) -> Draft:

@@ -11,7 +11,12 @@ from agent.receipt_records import Draft, receipt_row, stored_lines, sum_by_vat
 from agent.receipt_view import AMOUNT_COLUMNS, Amounts
 from agent.remedy import current_version
 
-__all__ = ["draft_for_sale"]
+__all__ = ["VOIDED", "draft_for_sale"]
+
+# whether a receipt is voided already, asked inside the Storno's write transaction:
+# ``voids_number = ?`` implies the WHERE of ix_receipts_voids (0009), which holds only the
+# Stornos, so the lock is not held while the register's whole history is read
+VOIDED = "SELECT 1 FROM receipts WHERE register_id = ? AND voids_number = ?"
 
 
 def draft_for_sale(conn: sqlite3.Connection, reg: sqlite3.Row, sale: Sale, sale_hash: str) -> Draft:
@@ -79,9 +84,7 @@ def _voidable(conn: sqlite3.Connection, register_id: str, number: int | None) ->
             f"receipt {number} was issued unsigned and reissued as receipt"
             f" {current['number']}, which stands for the sale now: void {current['number']}",
         )
-    if conn.execute(
-        "SELECT 1 FROM receipts WHERE register_id = ? AND voids_number = ?", (register_id, number)
-    ).fetchone():
+    if conn.execute(VOIDED, (register_id, number)).fetchone():
         raise InvalidSale("voids", "already-voided", f"receipt {number} is already voided")
     return row
 

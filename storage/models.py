@@ -127,7 +127,13 @@ class RegisterUnit(Base):
 
 
 class Receipt(Base):
-    """One receipt of one register, exactly as it was signed and journaled."""
+    """One receipt of one register, exactly as it was signed and journaled.
+
+    The partial indexes (0009) hold only the rare receipts that the probe loop, the status,
+    a Storno, the remedy and the check watch look for, so none of them reads the history:
+    the unsigned ones, the Stornos (by the receipt they void) and the Start- and
+    Jahresbelege. An ordinary signed sale writes none of them. SQLite uses a partial index
+    only for a query whose WHERE implies the index's own, so the queries repeat it."""
 
     __tablename__ = "receipts"
     __table_args__ = (
@@ -136,6 +142,25 @@ class Receipt(Base):
         UniqueConstraint("register_id", "request_id"),
         CheckConstraint(
             "signature_state IN ('signed', 'fallback', 'unsigned')", name="signature_state"
+        ),
+        Index(
+            "ix_receipts_unsigned",
+            "register_id",
+            "number",
+            sqlite_where=text("signature_state = 'unsigned'"),
+        ),
+        Index(
+            "ix_receipts_voids",
+            "register_id",
+            "voids_number",
+            "number",
+            sqlite_where=text("voids_number IS NOT NULL"),
+        ),
+        Index(
+            "ix_receipts_start_yearly",
+            "register_id",
+            "number",
+            sqlite_where=text("kind IN ('start', 'yearly')"),
         ),
     )
 
@@ -339,9 +364,19 @@ class DepBackup(Base):
 
 
 class JournalEvent(Base):
-    """The append-only journal: a global sequence, each event hashing the previous one."""
+    """The append-only journal: a global sequence, each event hashing the previous one.
+
+    ``ix_journal_backup_late`` (0009) holds only the rare ``dep.backup_late`` events, which
+    the backup job looks up before it journals one."""
 
     __tablename__ = "journal"
+    __table_args__ = (
+        Index(
+            "ix_journal_backup_late",
+            "register_id",
+            sqlite_where=text("kind = 'dep.backup_late'"),
+        ),
+    )
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     at: Mapped[str] = mapped_column(String(32))  # UTC, ISO 8601
