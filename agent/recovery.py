@@ -43,8 +43,7 @@ from agent.remedy import (
     void_draft,
 )
 from agent.signing import sign_verified, verify_rs
-from agent.storing import close_month
-from agent.waiting import open_waiting, waiting_done, waiting_in, waiting_rows
+from agent.waiting import waiting_done, waiting_in, waiting_rows
 
 if TYPE_CHECKING:
     from agent.contract import ReceiptResult
@@ -207,23 +206,11 @@ class Recovery:
                 missing.append(row)
                 continue
             signed = jws_compact(data, signature)
+            # An adopted Jahresbeleg still waits: the DEP keeps the marker JWS the chain
+            # went on from, so the year needs a Jahresbeleg signed in the DEP (rksv.md 6).
             with self._issuing.transaction() as conn:
                 resolve(conn, row, "adopted", self._now(), signed_jws=signed)
-                if row["kind"] == "yearly":
-                    self._adopted_yearly(conn, row)
         return missing
-
-    def _adopted_yearly(self, conn: sqlite3.Connection, row: sqlite3.Row) -> None:
-        """A lost Jahresbeleg the chain service signed is the year's Jahresbeleg: the one
-        waiting in its place is done (never a second signed Jahresbeleg for the year) and
-        its month is closed."""
-        period = json.loads(row["document"]).get("period")
-        if period is None:  # pragma: no cover - every Jahresbeleg names its month
-            return
-        waiting = open_waiting(conn, row["register_id"], "yearly", period)
-        if waiting is not None:
-            waiting_done(conn, waiting, row["number"], self._now())
-        close_month(conn, row["register_id"], period)
 
     def _close_outage(self, register_id: str, remedy: list[sqlite3.Row]) -> list[ReceiptResult]:
         """Nullbeleg, Sammelbeleg and reissued sales in one transaction.

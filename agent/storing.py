@@ -19,7 +19,7 @@ from agent.remedy import supersede_lost
 from agent.waiting import record_waiting
 from storage.journal import append_event
 
-__all__ = ["close_month", "store_receipt"]
+__all__ = ["store_receipt"]
 
 _INSERT_RECEIPT = (
     "INSERT INTO receipts (register_id, number, receipt_id, kind, request_id, sale_hash,"
@@ -91,11 +91,6 @@ def store_receipt(
     _after_store(conn, outages, stored, document.get("period"), at)
 
 
-def close_month(conn: sqlite3.Connection, register_id: str, period: str) -> None:
-    """The register's months up to ``period`` ("YYYY-MM") are closed (never moves back)."""
-    conn.execute(_MOVE_LAST_CLOSING, (period, register_id, period))
-
-
 def _after_store(
     conn: sqlite3.Connection,
     outages: OutageBook,
@@ -112,7 +107,7 @@ def _after_store(
     )
     lost = state != "signed" and kind in MUST_SIGN
     if period is not None and not lost:  # a lost Jahresbeleg leaves its month open
-        close_month(conn, register_id, period)
+        conn.execute(_MOVE_LAST_CLOSING, (period, register_id, period))
     if lost and kind == "yearly":  # it waits (an unsigned Sammelbeleg: the outage)
         reason = f"Jahresbeleg {number} was sent, but no answer came; it is issued again"
         record_waiting(conn, register_id, "yearly", period, reason, at.isoformat())
