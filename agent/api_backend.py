@@ -10,6 +10,7 @@ polling the till never waits for a receipt being signed.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import shutil
 import sqlite3
@@ -80,7 +81,10 @@ class UnitOut(_Out):
 class OpenOutageOut(_Out):
     """The open outage of a register: its age and the deadlines that follow from it.
     ``recovery_failed``: why the last recovery failed although the unit answered its probe
-    (e.g. its signatures do not verify), ``None`` if that has not happened."""
+    (e.g. its signatures do not verify), ``None`` if that has not happened.
+    ``unit_problem``: why the unit failed its last probe (the token is gone, its PIN was
+    rejected, another key is under its label, a restart is needed), ``None`` when it
+    answered its last probe or has not been probed yet."""
 
     id: int
     started_at: dt.datetime
@@ -90,6 +94,7 @@ class OpenOutageOut(_Out):
     deadline_48h_at: dt.datetime
     report_due_at: dt.datetime | None
     recovery_failed: str | None = None
+    unit_problem: str | None = None
 
 
 class ReportDueOut(_Out):
@@ -332,6 +337,7 @@ class ServiceBackend:
             failed = {
                 o.id: self.service.outages.last_recovery_failure(conn, o) for o in outages.values()
             }
+            problems = {o.id: _unit_problem(conn, o) for o in outages.values()}
             waiting = _waiting(conn.execute(_WAITING).fetchall())
             checks: dict[str, list[CheckOut]] = {}
             for record in load_checks(conn, failed=True):
@@ -346,6 +352,7 @@ class ServiceBackend:
                 waiting.get(row[0], []),
                 now,
                 failed,
+                problems=problems,
                 checks=checks.get(row[0], []),
                 backup=_backup_out(backups.get(row[0]), external),
                 reports=_reports_due([o for o in every if o.register_id == row[0]], now),
@@ -411,6 +418,7 @@ class ServiceBackend:
         now: dt.datetime,
         failed: dict[int, str | None],
         *,
+        problems: dict[int, str | None],
         checks: list[CheckOut],
         backup: BackupOut,
         reports: list[ReportDueOut],
@@ -428,7 +436,7 @@ class ServiceBackend:
             unit=UnitOut(id=str(unit_id), state=unit_state, certified=_certified(certificate)),
             open_outage=None
             if outage is None
-            else self._open_outage(outage, now, failed.get(outage.id)),
+            else self._open_outage(outage, now, failed.get(outage.id), problems.get(outage.id)),
             reports_due=reports,
             waiting_special=_with_sammelbeleg(waiting) if outage is not None else waiting,
             unsigned_count=unsigned,
@@ -437,7 +445,7 @@ class ServiceBackend:
         )
 
     def _open_outage(
-        self, outage: OutageRecord, now: dt.datetime, failed: str | None
+        self, outage: OutageRecord, now: dt.datetime, failed: str | None, problem: str | None
     ) -> OpenOutageOut:
         shown = outage_out(outage)  # its times as the list of outages shows them
         # the watch stores the age at its last tick; add the time since (never less)
@@ -452,7 +460,28 @@ class ServiceBackend:
             deadline_48h_at=shown.started_at + window,
             report_due_at=shown.report_due_at,
             recovery_failed=failed,
+            unit_problem=problem,
         )
+
+
+def _unit_problem(conn: sqlite3.Connection, outage: OutageRecord) -> str | None:
+    """Why the last probe of the open ``outage``'s unit failed (its journaled
+    ``outage.probe``), None when it passed or none was made. Probes are journaled only
+    into the register's open outage, so its last one is the register's last; the journal
+    is read backwards from its end, back to that probe (at most a backoff's worth)."""
+    if outage.probe_attempts == 0:
+        return None
+    row = conn.execute(
+        "SELECT data FROM journal WHERE kind = 'outage.probe' AND register_id = ?"
+        " ORDER BY seq DESC LIMIT 1",
+        (outage.register_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    probe = json.loads(row[0])
+    if probe.get("outage") != outage.id or probe.get("ok"):
+        return None
+    return str(probe.get("detail"))
 
 
 def _reports_due(outages: list[OutageRecord], now: dt.datetime) -> list[ReportDueOut]:

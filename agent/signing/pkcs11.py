@@ -18,6 +18,10 @@ PKCS#11 hazards this module absorbs, so that nothing above it has to know them:
   timeout): the call that meets it fails as unavailable, the session is dropped (no other
   unit or open is handed it again), and the next call of each unit on that token opens a
   new session and logs in again, so the probe finds the token once it is back.
+* A key can go under a live session (deleted and put back, the token re-initialised):
+  its handle then fails (``CKR_OBJECT_HANDLE_INVALID``). The key is looked up again by its
+  label and used only if it is this unit's key (its public key and a test signature), so
+  the probe, which uses the same handle as ``sign``, passes only when ``sign`` would work.
 """
 
 from __future__ import annotations
@@ -77,6 +81,9 @@ _PHRASES: dict[type[p11.PKCS11Error], str] = {
     p11.TokenNotPresent: "the token is not present",
     p11.SessionHandleInvalid: "the session is no longer valid",
     p11.SessionClosed: "the session was closed",
+    p11.ObjectHandleInvalid: "the key's handle is no longer valid",
+    p11.KeyHandleInvalid: "the key's handle is no longer valid",
+    p11.GeneralError: "the PKCS#11 module reports a general error",
 }
 # the session (or its login) is gone: only a new session, logged in again, can go on
 _SESSION_LOST: tuple[type[p11.PKCS11Error], ...] = (
@@ -87,6 +94,8 @@ _SESSION_LOST: tuple[type[p11.PKCS11Error], ...] = (
     p11.TokenNotRecognised,
     p11.UserNotLoggedIn,
 )
+# the key object went (deleted, the token re-initialised): look it up again by its label
+_KEY_LOST: tuple[type[p11.PKCS11Error], ...] = (p11.ObjectHandleInvalid, p11.KeyHandleInvalid)
 
 
 class _SigningKey(Protocol):
@@ -274,7 +283,16 @@ def _required(config: UnitConfig) -> tuple[Path, str, str, str]:
 class Pkcs11Unit:
     """Signs with a private key that never leaves a PKCS#11 token."""
 
-    __slots__ = ("_closed", "_identity", "_key", "_key_label", "_renew_lock", "_shared", "_signer")
+    __slots__ = (
+        "_closed",
+        "_identity",
+        "_key",
+        "_key_label",
+        "_problem",
+        "_renew_lock",
+        "_shared",
+        "_signer",
+    )
 
     def __init__(
         self, shared: _SharedSession, key: Any, key_label: str, signer: _Signer, identity: Identity
@@ -285,7 +303,8 @@ class Pkcs11Unit:
         self._signer = signer
         self._identity = identity
         self._closed = False
-        self._renew_lock = threading.Lock()  # one new session at a time for this unit
+        self._renew_lock = threading.Lock()  # one new session or key lookup at a time
+        self._problem: str | None = None  # why the last probe failed (logged once)
 
     @classmethod
     def from_config(cls, config: UnitConfig) -> Pkcs11Unit:
@@ -349,13 +368,26 @@ class Pkcs11Unit:
         return self._call(lambda _, key: self._signer.sign(key, data), deadline, "sign")
 
     def probe(self, *, deadline: float) -> None:
-        """Look the private key up again: fails when the token is gone or logged out.
+        """Ask the token about the key handle ``sign`` uses, and whether its label still
+        names it: fails when the token is gone or logged out, or the key is not there.
 
-        After a lost session it opens a new one and logs in again first, so it passes
-        once the token is back.
+        After a lost session it logs in again first, and after a lost key it looks the key
+        up again (taking only this unit's key), so it passes once ``sign`` would work. Its
+        reason is logged when it differs from the last probe's, not at every probe: the
+        outage's journal has every probe, the log says what changed.
         """
-        find = _find_private_key
-        self._call(lambda session, _: find(session, self._key_label), deadline, "probe")
+        try:
+            held = self._call(self._holds_key, deadline, "probe")
+            # the label names another object: the second call looks it up (and checks it)
+            if not held and not self._call(self._holds_key, deadline, "probe"):
+                raise UnitUnavailable(
+                    f"unit {self._identity.unit_id} probe: key {self._key_label!r} changed"
+                    " while it was looked up"
+                )
+        except UnitUnavailable as exc:
+            self._note_problem(exc)
+            raise
+        self._note_problem(None)
 
     def close(self) -> None:
         """Leave the shared session; the last unit on the token closes it (idempotent)."""
@@ -381,34 +413,90 @@ class Pkcs11Unit:
         if not verify_rs(self._identity.public_key(), _KEY_CHECK, signature):
             raise ConfigurationError(f"{what}: the token key does not match the public key")
 
+    def _holds_key(self, session: Any, key: Any) -> bool:
+        """Whether ``key``, the handle ``sign`` uses, is still a signing key on the token
+        and the one its label names; one the label no longer names is forgotten, so the
+        next call looks the key up again."""
+        if not key[Attribute.SIGN]:  # C_GetAttributeValue: fails once the object is gone
+            raise UnitUnavailable(
+                f"unit {self._identity.unit_id} probe: key {self._key_label!r} cannot sign"
+            )
+        if _find_private_key(session, self._key_label).handle == key.handle:
+            return True
+        self._forget(key)
+        return False
+
+    def _note_problem(self, exc: UnitUnavailable | None) -> None:
+        """Log why the probe failed when the reason is new, and the first probe that passes
+        after failures."""
+        reason = None if exc is None else str(exc)
+        if reason == self._problem:
+            return
+        self._problem = reason
+        if exc is None:
+            _log.info("unit %s answers its probe again", self._identity.unit_id)
+            return
+        _log.warning("%s (the probe goes on; logged again when it changes)", reason)
+
     def _call(self, fn: Callable[[Any, Any], T], deadline: float, operation: str) -> T:
-        """Run ``fn(session, key)`` under the session's lock, by ``deadline``."""
+        """Run ``fn(session, key)`` under the session's lock, by ``deadline``; once more
+        if the key's object went and the key was found again under its label."""
         what = f"unit {self._identity.unit_id} {operation}"
         if self._closed:
             raise UnitUnavailable(f"{what}: the unit is closed")
 
         def locked() -> T:
-            shared, key = self._current(deadline, what)
-            with _locked(shared.lock, deadline, what):
-                if shared.lost:  # another unit met the loss while we waited
-                    raise UnitUnavailable(f"{what}: the session was lost; try again")
-                try:
-                    return fn(shared.session, key)
-                except p11.PKCS11Error as exc:
-                    if isinstance(exc, _SESSION_LOST):
-                        _drop_lost_session(shared, exc)
-                    raise UnitUnavailable(f"{what}: {_describe(exc)}") from exc
+            for again in (False, True):
+                shared, key = self._current(deadline, what)
+                with _locked(shared.lock, deadline, what):
+                    if shared.lost:  # another unit met the loss while we waited
+                        raise UnitUnavailable(f"{what}: the session was lost; try again")
+                    try:
+                        return fn(shared.session, key)
+                    except p11.PKCS11Error as exc:
+                        if isinstance(exc, _SESSION_LOST):
+                            _drop_lost_session(shared, exc)
+                        elif isinstance(exc, _KEY_LOST):
+                            self._forget(key, exc)
+                            if not again:
+                                continue
+                        note = _unseen(shared, exc)
+                        raise UnitUnavailable(f"{what}: {_describe(exc)}{note}") from exc
+            raise AssertionError("unreachable")  # pragma: no cover
 
         return call_with_deadline(locked, deadline, what)
 
+    def _forget(self, key: Any, exc: p11.PKCS11Error | None = None) -> None:
+        """Stop using ``key`` (its object went, or the label names another): the next call
+        looks the key up again. Not under the renew lock, which is taken before the
+        session's: at worst a key just found is looked up once more."""
+        if self._key is not key:
+            return
+        self._key = None
+        _log.warning(
+            "unit %s: key %r %s; it is looked up again by its label (and used only if it"
+            " is this unit's key)",
+            self._identity.unit_id,
+            self._key_label,
+            "is no longer where it was" if exc is None else f"failed: {_describe(exc)}",
+        )
+
     def _current(self, deadline: float, what: str) -> tuple[_SharedSession, Any]:
-        """The session and key to use: after a lost session, a new login and key lookup."""
+        """The session and key to use: after a lost session a new login and key lookup,
+        after a lost key a new lookup, each checked to be this unit's key."""
         with _locked(self._renew_lock, deadline, what):
-            old = self._shared
-            if old.lost and not self._closed:
-                self._shared, self._key = self._renewed(old, deadline, what)
+            if self._closed:
+                raise UnitUnavailable(f"{what}: the unit is closed")
+            # read once: if another call forgets it meanwhile, this call fails with it
+            old, key = self._shared, self._key
+            if old.lost:
+                self._shared, key = self._renewed(old, deadline, what)
+                self._key = key
                 _release_session(old)
-            return self._shared, self._key
+            elif key is None:
+                key = self._checked_key(old, deadline, what)
+                self._key = key
+            return self._shared, key
 
     def _renewed(
         self, old: _SharedSession, deadline: float, what: str
@@ -420,26 +508,71 @@ class Pkcs11Unit:
         """
         module, token_label = old.key
         try:
-            shared = _acquire_session(Path(module), token_label, old.pin, what)
+            shared = _acquire_session(Path(module), token_label, old.pin, "cannot log in again")
         except ConfigurationError as exc:
-            raise UnitUnavailable(f"{what}: cannot log in again: {exc}") from exc
+            raise UnitUnavailable(f"{what}: {exc}") from exc
         try:
-            with _locked(shared.lock, deadline, what):
-                try:
-                    key, public = _find_keys(shared.session, self._key_label, what)
-                except ConfigurationError as exc:
-                    if isinstance(exc.__cause__, _SESSION_LOST):
-                        _drop_lost_session(shared, exc.__cause__)
-                    raise UnitUnavailable(f"{what}: after a new login: {exc}") from exc
-            if public is not None and public != _normalised(self._identity.public_key_der):
-                raise UnitUnavailable(
-                    f"{what}: the token now holds another key {self._key_label!r}"
-                )
+            key = self._checked_key(shared, deadline, what)
         except BaseException:
             _release_session(shared)
             raise
         _log.info("%s: logged in to token %r again", what, token_label)
         return shared, key
+
+    def _checked_key(self, shared: _SharedSession, deadline: float, what: str) -> Any:
+        """Find the key by its label on ``shared``'s session, if it is this unit's key: the
+        token's public key under the label and a test signature must be its own.
+
+        Raises:
+            UnitUnavailable: no such key, or another key (a key that is not this unit's
+                never signs for it: the unit stays failed until its own key is back).
+        """
+        label = self._key_label
+        with _locked(shared.lock, deadline, what):
+            try:
+                key, public = _find_keys(shared.session, label, "looking the key up again")
+                signature = self._signer.sign(key, _KEY_CHECK)
+            except (ConfigurationError, p11.PKCS11Error) as exc:
+                cause = exc if isinstance(exc, p11.PKCS11Error) else exc.__cause__
+                if isinstance(cause, _SESSION_LOST):
+                    _drop_lost_session(shared, cause)
+                detail = str(exc) if isinstance(exc, ConfigurationError) else _describe(exc)
+                raise UnitUnavailable(f"{what}: {detail}{_unseen(shared, cause)}") from exc
+        own = self._identity
+        if public not in (None, _normalised(own.public_key_der)) or not verify_rs(
+            own.public_key(), _KEY_CHECK, signature
+        ):
+            raise UnitUnavailable(
+                f"{what}: token {shared.key[1]!r} holds another key {label!r} than this"
+                " unit's (not the public key its receipts carry): it stays failed until its"
+                " own key is back on the token (a new key is a new unit: add it under an id"
+                " of its own and register it in FinanzOnline)"
+            )
+        return key
+
+
+def _unseen(shared: _SharedSession, exc: BaseException | None) -> str:
+    """For a key or token that cannot be found: whether the module still lists the token.
+
+    A module that fails to list its tokens after one went away (SoftHSM2 once its token
+    directory was moved away and back) may not see it again before the process restarts.
+    """
+    if not isinstance(exc, (p11.NoSuchKey, p11.GeneralError, *_KEY_LOST)):
+        return ""
+    module, label = shared.key
+    try:
+        pkcs11.lib(module).get_token(token_label=label)
+    except p11.NoSuchToken:
+        return f"; the PKCS#11 module lists no token {label!r} now"
+    except p11.MultipleTokensReturned:
+        return ""
+    except p11.PKCS11Error as exc2:
+        return (
+            f"; the PKCS#11 module cannot list its tokens ({type(exc2).__name__}): once token"
+            f" {label!r} is back, restart the service if the unit stays failed (a module may"
+            " not see a token again that went away while the service ran)"
+        )
+    return ""
 
 
 def create_pkcs11_key(module: Path | str, token_label: str, pin: str, key_label: str) -> bytes:

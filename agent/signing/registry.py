@@ -345,6 +345,7 @@ class UnopenedUnit:
         self._identity = identity
         self._registry = registry
         self._capabilities = Capabilities(remote=config.kind == "chain")
+        self._logged: str | None = None  # the last reason a probe logged
 
     @property
     def identity(self) -> Identity:
@@ -359,10 +360,19 @@ class UnopenedUnit:
         raise UnitUnavailable(f"unit {self.config.id} cannot be opened: {self.reason}")
 
     def probe(self, *, deadline: float) -> None:
+        """Open the unit; its reason is logged when it changes."""
         try:
             unit = self._registry.reopen(self)
         except ConfigurationError as exc:
             self.reason = str(exc)
+            if self.reason != self._logged:
+                self._logged = self.reason
+                log.warning(
+                    "unit %s cannot be opened: %s (the probe goes on; logged again when it"
+                    " changes)",
+                    self.config.id,
+                    exc,
+                )
             raise UnitUnavailable(f"unit {self.config.id} cannot be opened: {exc}") from exc
         unit.probe(deadline=deadline)
 

@@ -148,6 +148,20 @@ class FailingKey:
         raise self.error
 
 
+class UnsigningKey:
+    """Stands in for a token key that answers everything but signing."""
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+        self.handle = key.handle
+
+    def __getitem__(self, attribute: Attribute) -> Any:
+        return self.key[attribute]
+
+    def sign(self, data: bytes, *, mechanism: Mechanism) -> bytes:
+        raise p11.FunctionFailed
+
+
 class DerKey:
     """Stands in for a token whose CKM_ECDSA answers a DER ECDSA-Sig-Value."""
 
@@ -323,10 +337,10 @@ class TestProbe:
         unit.probe(deadline=time.monotonic() + 5)
 
     def test_probe_never_signs(self, unit: SignatureUnit) -> None:
-        """The probe looks the key up on the token instead of signing."""
+        """The probe asks the token about the key sign uses instead of signing."""
         assert isinstance(unit, Pkcs11Unit)
         real_key = unit._key
-        unit._key = FailingKey(p11.FunctionFailed())
+        unit._key = UnsigningKey(real_key)
         try:
             unit.probe(deadline=time.monotonic() + 5)
         finally:
