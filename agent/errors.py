@@ -5,6 +5,7 @@
     TillAgentError
     ├── InvalidSale            bad input: reject it, nothing was consumed (field + rule)
     ├── ConfigurationError     fail at start-up or at the command line
+    │   └── PinRejected            a token refused the PIN: not tried again until a restart
     ├── FiscalError            stop selling on this register until an operator acts
     │   ├── RegisterStateError     not initialised, already closed (Schlussbeleg), ...
     │   └── ConflictError          a request_id reused with a different sale
@@ -34,6 +35,7 @@ __all__ = [
     "NoDatabase",
     "NotFound",
     "OutcomeUnknown",
+    "PinRejected",
     "PrinterError",
     "RegisterClosed",
     "RegisterStateError",
@@ -80,6 +82,15 @@ class RegisterClosed(InvalidSale):
 
 class ConfigurationError(TillAgentError):
     """The configuration or a command-line argument is unusable."""
+
+
+class PinRejected(ConfigurationError):
+    """A token refused the configured PIN (wrong, locked, expired, of invalid form).
+
+    It is permanent until the PIN is changed and the service restarted: logging in again
+    with it would only count down the token's wrong tries, and a card or HSM locks its
+    PIN after a few of them.
+    """
 
 
 class FiscalError(TillAgentError):

@@ -22,6 +22,8 @@ PKCS#11 hazards this module absorbs, so that nothing above it has to know them:
   its handle then fails (``CKR_OBJECT_HANDLE_INVALID``). The key is looked up again by its
   label and used only if it is this unit's key (its public key and a test signature), so
   the probe, which uses the same handle as ``sign``, passes only when ``sign`` would work.
+* A PIN the token refuses is never tried again by this process (:class:`PinRejected`):
+  a card or HSM locks its PIN after a few wrong tries.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass, To
 from pkcs11 import exceptions as p11
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
-from agent.errors import ConfigurationError, UnitUnavailable
+from agent.errors import ConfigurationError, PinRejected, UnitUnavailable
 from agent.signing.base import (
     Capabilities,
     Identity,
@@ -96,6 +98,14 @@ _SESSION_LOST: tuple[type[p11.PKCS11Error], ...] = (
 )
 # the key object went (deleted, the token re-initialised): look it up again by its label
 _KEY_LOST: tuple[type[p11.PKCS11Error], ...] = (p11.ObjectHandleInvalid, p11.KeyHandleInvalid)
+# the token refused the PIN itself: trying it again only counts down its wrong tries
+_PIN_REFUSED: tuple[type[p11.PKCS11Error], ...] = (
+    p11.PinIncorrect,
+    p11.PinLocked,
+    p11.PinInvalid,
+    p11.PinExpired,
+    p11.PinLenRange,
+)
 
 
 class _SigningKey(Protocol):
@@ -166,6 +176,9 @@ class _SharedSession:
 # Mirrors state the PKCS#11 library itself keeps per process (the login), so it is global.
 _sessions: dict[tuple[str, str], _SharedSession] = {}
 _sessions_lock = threading.Lock()
+# What a token answered to a PIN it refused, by (module, token label, SHA-256 of the PIN):
+# the configured PIN changes only with a restart, so this process never tries it again.
+_refused: dict[tuple[str, str, bytes], p11.PKCS11Error] = {}
 
 
 def _load_module(module: Path, what: str) -> Any:
@@ -180,11 +193,33 @@ def _load_module(module: Path, what: str) -> Any:
 
 
 def _login(module: Path, token_label: str, pin: str, what: str) -> Any:
+    """Open a session on the token and log in with ``pin``.
+
+    Raises:
+        PinRejected: the token refused ``pin``, now or earlier in this process (then it is
+            not sent again).
+        ConfigurationError: the module or the token cannot be used.
+    """
+    refused_key = (str(module), token_label, hashlib.sha256(pin.encode()).digest())
+    if (refused := _refused.get(refused_key)) is not None:
+        raise _pin_rejected(what, token_label, refused) from refused
     lib = _load_module(module, what)
     with _config_errors(f"{what}: token {token_label!r}"):
         token = lib.get_token(token_label=token_label)
         rw = not token.flags & TokenFlag.WRITE_PROTECTED  # key generation needs R/W
-        return token.open(rw=rw, user_pin=pin)
+        try:
+            return token.open(rw=rw, user_pin=pin)
+        except _PIN_REFUSED as exc:
+            _refused[refused_key] = exc
+            raise _pin_rejected(what, token_label, exc) from exc
+
+
+def _pin_rejected(what: str, token_label: str, exc: p11.PKCS11Error) -> PinRejected:
+    return PinRejected(
+        f"{what}: token {token_label!r}: {_describe(exc)}; PIN rejected: fix the unit's `pin`"
+        " and restart the service (until then it is not tried again: a token locks its PIN"
+        " after a few wrong tries)"
+    )
 
 
 def _acquire_session(module: Path, token_label: str, pin: str, what: str) -> _SharedSession:
@@ -428,7 +463,7 @@ class Pkcs11Unit:
 
     def _note_problem(self, exc: UnitUnavailable | None) -> None:
         """Log why the probe failed when the reason is new, and the first probe that passes
-        after failures."""
+        after failures (a rejected PIN at ERROR: nothing but the operator can fix it)."""
         reason = None if exc is None else str(exc)
         if reason == self._problem:
             return
@@ -436,7 +471,13 @@ class Pkcs11Unit:
         if exc is None:
             _log.info("unit %s answers its probe again", self._identity.unit_id)
             return
-        _log.warning("%s (the probe goes on; logged again when it changes)", reason)
+        rejected = isinstance(exc.__cause__, PinRejected)
+        _log.log(
+            logging.ERROR if rejected else logging.WARNING,
+            "%s%s",
+            reason,
+            "" if rejected else " (the probe goes on; logged again when it changes)",
+        )
 
     def _call(self, fn: Callable[[Any, Any], T], deadline: float, operation: str) -> T:
         """Run ``fn(session, key)`` under the session's lock, by ``deadline``; once more
@@ -504,7 +545,8 @@ class Pkcs11Unit:
         """Log in to the token again (or join a new login) and find the key there.
 
         Raises:
-            UnitUnavailable: the token is not back, or holds another key under the label.
+            UnitUnavailable: the token is not back, refuses the PIN, or holds another key
+                under the label.
         """
         module, token_label = old.key
         try:

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.errors import ConfigurationError, NotFound, UnitUnavailable
+from agent.errors import ConfigurationError, NotFound, PinRejected, UnitUnavailable
 from agent.signing import SignatureUnit, UnitConfig, open_unit
 from agent.signing.base import Capabilities, Identity
 from agent.signing.config import moved_files, placed_in, stored_in
@@ -360,18 +360,21 @@ class UnopenedUnit:
         raise UnitUnavailable(f"unit {self.config.id} cannot be opened: {self.reason}")
 
     def probe(self, *, deadline: float) -> None:
-        """Open the unit; its reason is logged when it changes."""
+        """Open the unit; its reason is logged when it changes (a PIN the token rejected at
+        ERROR: the unit does not try it again, see :class:`PinRejected`)."""
         try:
             unit = self._registry.reopen(self)
         except ConfigurationError as exc:
             self.reason = str(exc)
             if self.reason != self._logged:
                 self._logged = self.reason
-                log.warning(
-                    "unit %s cannot be opened: %s (the probe goes on; logged again when it"
-                    " changes)",
+                rejected = isinstance(exc, PinRejected)
+                log.log(
+                    logging.ERROR if rejected else logging.WARNING,
+                    "unit %s cannot be opened: %s%s",
                     self.config.id,
                     exc,
+                    "" if rejected else " (the probe goes on; logged again when it changes)",
                 )
             raise UnitUnavailable(f"unit {self.config.id} cannot be opened: {exc}") from exc
         unit.probe(deadline=deadline)

@@ -36,6 +36,7 @@ from factories import sale
 
 SOFTHSM = Path("/usr/lib/softhsm/libsofthsm2.so")
 PIN = "5678"
+CKR_PIN_INCORRECT = "0xa0"
 
 # A PKCS#11 module that is SoftHSM2 but for C_Login, which it logs to $HSMKEY_LOGIN_LOG.
 LOGIN_SHIM = r"""
@@ -95,6 +96,8 @@ if action == "import":
     public = decode_ec_public_key(spki)
     public.update({A.LABEL: "k1", A.TOKEN: True, A.VERIFY: True})
     session.create_object(public)
+elif action == "set-pin":
+    session.set_pin(pin, sys.argv[4])
 session.close()
 """
 
@@ -299,6 +302,29 @@ def _wait(what: str, until: Callable[[], bool], agent: Agent, timeout: float = 3
     while not until():
         assert time.monotonic() < deadline, f"{what}:\n{agent.tail()}"
         time.sleep(0.1)
+
+
+class TestRejectedPin:
+    def test_a_rejected_pin_is_tried_once_per_start(self, till: Till, launch: Launch) -> None:
+        """The token's PIN was changed while the till was off: the start's one C_Login is
+        refused, and the probes that follow do not log in again (a card would lock). The
+        status and one ERROR line say what to do; the outage stays open."""
+        first = Running(launch, till)
+        assert first.sell("before") == "signed"
+        first.stop()
+        till.tool("set-pin", "9999")
+        till.logins.unlink(missing_ok=True)
+
+        second = Running(launch, till)
+        assert second.sell("refused") == "fallback"
+        _wait("ten probes", lambda: till.probes() >= 10, second.agent)
+        assert till.login_results() == ["C_Login", CKR_PIN_INCORRECT]
+        outage = second.outage()
+        assert outage is not None
+        assert "PIN rejected: fix the unit's `pin` and restart" in outage["unit_problem"]
+        errors = [line for line in second.agent.output().splitlines() if line.startswith("ERROR")]
+        assert len([line for line in errors if "PIN rejected" in line]) == 1, errors
+        second.stop()
 
 
 class TestTokenChangedWhileRunning:
