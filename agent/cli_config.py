@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
@@ -20,6 +20,9 @@ from agent.cli_base import err, out
 from agent.config import CONFIG_ENV, ENV_PREFIX, AgentConfig, find_config_file, load_config
 from agent.errors import ConfigurationError, InvalidSale
 from agent.signing.config import UnitConfig
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = ["ConfigOption", "config_app"]
 
@@ -73,13 +76,17 @@ def config_check(
     units, the token and certificate file of chain units, and the optional packages a
     unit or printer kind needs; those of the
     configured units and of the units the configured register has in the till database.
-    It never logs in to a token (a wrong PIN could lock it) and never connects to a
-    printer or a service.
+    A PKCS#11 unit's certificate is compared with the public key its token shows without
+    a login (else it says "not checked" and why). It never logs in to a token (a wrong PIN
+    could lock it) and never connects to a printer or a service.
     """
     loaded = _load(config, as_json)
-    problems = check_resources(loaded)
+    notes: list[str] = []
+    problems = check_resources(loaded, notes)
     if problems:
         _invalid(ConfigurationError("\n".join(problems)), as_json)
+    for note in notes:  # stderr, as the warnings
+        err.print(f"[cyan]note:[/cyan] {escape(note)}", highlight=False)
     warnings = (
         loaded.printer.header_warning,
         loaded.backup.same_disk_warning(loaded.data_dir),
@@ -110,18 +117,22 @@ def config_show(
     print(to_toml(data), end="")
 
 
-def check_resources(config: AgentConfig) -> list[str]:
-    """What `run` would refuse at start beyond the values: one line per problem."""
+def check_resources(config: AgentConfig, notes: list[str] | None = None) -> list[str]:
+    """What `run` would refuse at start beyond the values: one line per problem; what could
+    not be checked is added to ``notes``."""
+    notes = [] if notes is None else notes
     problems = []
     if config.data_dir.exists() and not config.data_dir.is_dir():
         problems.append(f"data_dir: {config.data_dir} is not a directory")
-    problems += [
-        f"units.{unit.id}: {problem}" for unit in config.units for problem in _unit_problems(unit)
-    ]
+    for unit in config.units:
+        found: list[str] = []
+        problems += [f"units.{unit.id}: {problem}" for problem in _unit_problems(unit, found)]
+        notes += [f"units.{unit.id}: {note}" for note in found]
     held = _held_register(config)
     problems += _new_register_problems(config, held)
     if held is not None:
-        problems += _register_unit_problems(config, held) + _stored_unit_problems(config, held)
+        problems += _register_unit_problems(config, held)
+        problems += _stored_unit_problems(config, held, notes)
     if config.printer.kind in ("usb", "serial"):
         from agent.printing.config import open_printer
 
@@ -185,16 +196,19 @@ def _register_unit_problems(config: AgentConfig, held: _Held) -> list[str]:
     return [] if problem is None else [f"units: {problem}"]
 
 
-def _stored_unit_problems(config: AgentConfig, held: _Held) -> list[str]:
+def _stored_unit_problems(config: AgentConfig, held: _Held, notes: list[str]) -> list[str]:
     """The files of the register's stored units that `run` opens them from (a configured
     unit's are checked as configured: `run` stores its configuration anew)."""
     configured = {unit.id for unit in config.units}
-    return [
-        f"register {config.register_.id}: unit {unit.id} (stored in the till database): {problem}"
-        for unit in held.units
-        if unit.id not in configured
-        for problem in _unit_problems(unit)
-    ]
+    problems = []
+    for unit in held.units:
+        if unit.id in configured:
+            continue
+        where = f"register {config.register_.id}: unit {unit.id} (stored in the till database)"
+        found: list[str] = []
+        problems += [f"{where}: {problem}" for problem in _unit_problems(unit, found)]
+        notes += [f"{where}: {note}" for note in found]
+    return problems
 
 
 def _kept_register_warning(config: AgentConfig) -> str | None:
@@ -237,7 +251,7 @@ def _held_register(config: AgentConfig) -> _Held | None:
     return _Held(ids, units)
 
 
-def _unit_problems(unit: UnitConfig) -> list[str]:
+def _unit_problems(unit: UnitConfig, notes: list[str]) -> list[str]:
     from agent.signing import open_unit
     from agent.signing.software import load_certificate
 
@@ -259,10 +273,49 @@ def _unit_problems(unit: UnitConfig) -> list[str]:
         problems.append(f"module: the PKCS#11 module {module} does not exist")
     if unit.certificate_file is not None and unit.zda != "AT0":
         try:
-            load_certificate(unit.certificate_file)
+            certificate = load_certificate(unit.certificate_file)
         except ConfigurationError as exc:
             problems.append(str(exc))
+        else:
+            if not problems:  # the extra and the module are there
+                problems += _token_key_problems(unit, certificate, notes)
     return problems
+
+
+def _token_key_problems(
+    unit: UnitConfig, certificate: x509.Certificate, notes: list[str]
+) -> list[str]:
+    """Whether the certificate is for the key on the token, as far as the token shows its
+    public key without a login (`run` refuses the unit otherwise, exit 2); what cannot be
+    compared so is a note that says why, never a problem: the token may be out now."""
+    from cryptography.hazmat.primitives import serialization
+
+    from agent.signing.pkcs11 import token_public_key
+
+    assert unit.module is not None  # checked by UnitConfig, as the labels
+    assert unit.token_label is not None
+    assert unit.key_label is not None
+    key, token = unit.key_label, unit.token_label
+    try:
+        public = token_public_key(unit.module, token, key)
+    except ConfigurationError as exc:
+        notes.append(f"certificate_file and the token's key {key!r}: not checked ({exc})")
+        return []
+    if public is None:
+        notes.append(
+            f"certificate_file and the token's key {key!r}: not checked (token {token!r} shows"
+            " no public key under that label without a login; `run` compares them at start)"
+        )
+        return []
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if certificate.public_key().public_bytes(*spki) == public:
+        return []
+    return [
+        f"certificate_file: {unit.certificate_file} is for another key than {key!r} on token"
+        f" {token!r} (its public key, read without a login): `run` would refuse the unit;"
+        " configure the certificate issued for that key, or the key_label of the"
+        " certificate's key"
+    ]
 
 
 def _chain_problems(unit: UnitConfig) -> list[str]:

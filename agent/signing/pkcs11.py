@@ -58,7 +58,7 @@ from agent.signing.base import (
 from agent.signing.config import UnitConfig
 from agent.signing.software import load_certificate
 
-__all__ = ["Pkcs11Unit", "create_pkcs11_key"]
+__all__ = ["Pkcs11Unit", "create_pkcs11_key", "token_public_key"]
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
@@ -647,3 +647,40 @@ def create_pkcs11_key(module: Path | str, token_label: str, pin: str, key_label:
     finally:
         _release_session(shared)
     return der
+
+
+def token_public_key(module: Path, token_label: str, key_label: str) -> bytes | None:
+    """The public key the token shows under ``key_label`` without a login, as DER SPKI:
+    its public-key object, else the private key's ``CKA_EC_POINT`` if the token shows that
+    object to a session that is not logged in; None when it shows neither.
+
+    It never logs in (a wrong PIN counts towards locking the token): it opens a read-only
+    public session and closes it.
+
+    Raises:
+        ConfigurationError: the module or the token cannot be used, or the key under
+            ``key_label`` is not an ECDSA P-256 key.
+    """
+    what = f"token {token_label!r}"
+    lib = _load_module(module, what)
+    with _config_errors(what):
+        session = lib.get_token(token_label=token_label).open()
+        try:
+            return _public_without_login(session, key_label, what)
+        finally:
+            session.close()
+
+
+def _public_without_login(session: Any, label: str, what: str) -> bytes | None:
+    for object_class in (ObjectClass.PUBLIC_KEY, ObjectClass.PRIVATE_KEY):
+        try:
+            key = session.get_key(object_class=object_class, label=label)
+        except p11.NoSuchKey:
+            continue
+        if key.key_type != KeyType.EC or key[Attribute.EC_PARAMS] != _P256_PARAMS:
+            raise ConfigurationError(f"{what}: key {label!r} is not an ECDSA P-256 key")
+        try:
+            return _normalised(encode_ec_public_key(key))
+        except (p11.AttributeTypeInvalid, p11.AttributeSensitive):
+            return None  # a private key that does not show its public point
+    return None

@@ -1,4 +1,4 @@
-"""A PKCS#11 token in front of `till-agent run`, as a real process.
+"""A PKCS#11 token in front of `till-agent run` and `config check`, as real processes.
 
 Each test has a SoftHSM2 token store of its own (the processes get its ``SOFTHSM2_CONF``;
 this process never loads SoftHSM2 with it), a P-256 key imported under ``k1`` with its
@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from e2e.harness import Agent, Launch, agent_env, launcher
+from e2e.harness import TILL_AGENT, Agent, Launch, agent_env, launcher
 from factories import sale
 
 SOFTHSM = Path("/usr/lib/softhsm/libsofthsm2.so")
@@ -80,7 +80,7 @@ TOKEN_TOOL = """
 import sys
 import pkcs11
 from cryptography.hazmat.primitives import serialization as s
-from pkcs11 import Attribute as A
+from pkcs11 import Attribute as A, ObjectClass
 from pkcs11.util.ec import decode_ec_private_key, decode_ec_public_key
 
 action, pin = sys.argv[1:3]
@@ -96,6 +96,8 @@ if action == "import":
     public = decode_ec_public_key(spki)
     public.update({A.LABEL: "k1", A.TOKEN: True, A.VERIFY: True})
     session.create_object(public)
+elif action == "drop-public":
+    session.get_key(object_class=ObjectClass.PUBLIC_KEY, label="k1").destroy()
 elif action == "set-pin":
     session.set_pin(pin, sys.argv[4])
 session.close()
@@ -375,3 +377,42 @@ class TestTokenChangedWhileRunning:
         assert outage["recovery_failed"] is None  # the probe never passed
         assert "token 'till' holds another key 'k1' than this unit's" in outage["unit_problem"]
         running.stop()
+
+
+class TestConfigCheck:
+    @staticmethod
+    def check(till: Till, config: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(TILL_AGENT), "config", "check", "--config", str(config)],
+            env=agent_env(till.root / "home", till.env()),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def test_the_certificate_of_the_tokens_key_passes(self, till: Till) -> None:
+        done = self.check(till, till.config)
+        assert done.returncode == 0, done.stderr
+        assert "not checked" not in done.stderr
+        assert till.login_results() == []  # never logs in
+
+    def test_a_certificate_for_another_key_is_refused(self, till: Till) -> None:
+        """`run` would refuse the unit at start (exit 2): the check says so first."""
+        other = till.root / "other.pem"
+        other.write_bytes(_certificate(ec.generate_private_key(ec.SECP256R1()).public_key()))
+        done = self.check(till, till.write_config(other))
+        assert done.returncode == 3, done.stdout + done.stderr
+        refused = f"units.hsm: certificate_file: {other} is for another key than 'k1'"
+        assert refused in " ".join(done.stderr.split())
+        assert till.login_results() == []
+
+    def test_a_token_that_shows_no_public_key_is_not_checked(self, till: Till) -> None:
+        """Without a login the key is not shown: the check says so, and passes."""
+        till.tool("drop-public")
+        done = self.check(till, till.config)
+        assert done.returncode == 0, done.stderr
+        assert "units.hsm: certificate_file and the token's key 'k1': not checked" in (
+            " ".join(done.stderr.split())
+        )
+        assert till.login_results() == []
