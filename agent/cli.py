@@ -66,7 +66,26 @@ def main() -> None:
     With ``--json`` among the arguments a usage error (an unknown option, a bad or missing
     value) is one JSON object on stdout, ``{"error": "UsageError", "message": ...}``, exit
     2, as every other error of a command then is; without it Typer shows its usage box.
+
+    A command that leaves a call to a signature unit hanging (a token stuck in ``C_Sign``
+    during ``run``'s stop) ends at once with its status once it is done
+    (:func:`agent.signing.base.exit_past_hung_calls`).
     """
+    try:
+        _main()
+    except SystemExit as exc:
+        _exit_past_hung_calls(exc.code)
+        raise
+    _exit_past_hung_calls(0)
+
+
+def _exit_past_hung_calls(code: str | int | None) -> None:
+    base = sys.modules.get("agent.signing.base")  # not imported: no unit was used
+    if base is not None and isinstance(code, int | None):
+        base.exit_past_hung_calls(code or 0)
+
+
+def _main() -> None:
     if "--json" not in sys.argv[1:]:
         app()  # Typer's own handling, untouched
         return

@@ -10,12 +10,17 @@ public key, so an invalid signature can never reach the journal.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
+import logging
+import os
+import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
@@ -34,13 +39,16 @@ __all__ = [
     "SignatureUnit",
     "call_with_deadline",
     "der_to_rs",
+    "exit_past_hung_calls",
     "identity_from_certificate",
+    "in_daemon_thread",
     "rs_to_der",
     "sign_verified",
     "verify_rs",
 ]
 
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,23 +175,101 @@ def verify_rs(public_key: ec.EllipticCurvePublicKey, data: bytes, rs: bytes) -> 
     return True
 
 
-_pool_lock = threading.Lock()
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_Task: TypeAlias = tuple[Callable[[], Any], concurrent.futures.Future[Any]]
 
 
-def _executor() -> concurrent.futures.ThreadPoolExecutor:
-    global _pool  # noqa: PLW0603 - one lazily created pool for calls that may hang
-    with _pool_lock:
-        if _pool is None:
-            _pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="unit-call")
-        return _pool
+class _DaemonWorkers:
+    """The threads unit calls run on: daemon threads, reused when idle.
+
+    A call may hang in a token or a driver, and a C call cannot be cancelled: its caller
+    gives up at the deadline and the thread is abandoned, its result ignored. Being a
+    daemon thread, it never keeps the process from exiting once the service's shutdown is
+    done (the threads of a ``ThreadPoolExecutor`` are joined at exit, so one hung
+    ``C_Sign`` would hold up every stop until systemd's SIGKILL). A new thread starts
+    when none is idle, so a hung call holds up only its own.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # the child has none of the threads
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._tasks: queue.SimpleQueue[_Task] = queue.SimpleQueue()
+        self._idle = 0  # threads waiting for a task that no submit has counted on yet
+        self._started = 0
+
+    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """Run ``fn`` on an idle thread, or on a new one; its outcome in the future."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            else:
+                self._started += 1
+                name = f"{self._name}-{self._started}"
+                threading.Thread(target=self._work, name=name, daemon=True).start()
+            self._tasks.put((fn, future))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            fn, future = self._tasks.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:  # the caller's to handle, at result()
+                    future.set_exception(exc)
+            del fn, future  # an idle thread keeps nothing alive
+            with self._lock:
+                self._idle += 1
+
+    def busy(self) -> int:
+        """How many threads run a call now (hung ones too)."""
+        with self._lock:
+            return self._started - self._idle
+
+
+_workers = _DaemonWorkers("unit-call")
+
+
+def in_daemon_thread(fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+    """Run ``fn`` on a daemon thread (see :class:`_DaemonWorkers`): a call to a unit that
+    may hang, which nobody waits for past a deadline and the process never waits for."""
+    return _workers.submit(fn)
+
+
+def exit_past_hung_calls(status: int) -> None:
+    """End the process now with ``status`` if calls to a unit still run on their threads;
+    else return, and the process exits as usual. Call it once the shutdown is done (the
+    database closed, its lock released).
+
+    Such a call hangs in a token's module or driver, which nothing can interrupt. The
+    interpreter's own exit would unload the module (and run its destructors) under it:
+    a crash (SIGSEGV, exit 139) in place of a clean stop, or a hang.
+    """
+    running = _workers.busy()
+    if not running:
+        return
+    _log.warning(
+        "%d call%s to a signature unit still hang%s: the process ends without waiting",
+        running,
+        "s" * (running > 1),
+        "" if running > 1 else "s",
+    )
+    logging.shutdown()  # what the interpreter's exit would flush and close
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status)
 
 
 def call_with_deadline(fn: Callable[[], T], deadline: float, what: str) -> T:
     """Run ``fn`` in a worker thread and give up at ``deadline`` (monotonic seconds).
 
-    A call that overruns keeps running in its thread, but its result is discarded: this
-    is only safe for stateless operations (local signing, probing).
+    A call that overruns keeps running in its (daemon) thread, but its result is
+    discarded: this is only safe for stateless operations (local signing, probing).
 
     Raises:
         UnitUnavailable: the deadline passed, or ``fn`` raised.
@@ -191,7 +277,7 @@ def call_with_deadline(fn: Callable[[], T], deadline: float, what: str) -> T:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise UnitUnavailable(f"{what}: deadline already passed")
-    future = _executor().submit(fn)
+    future = in_daemon_thread(fn)
     try:
         return future.result(timeout=remaining)
     except concurrent.futures.TimeoutError as exc:
