@@ -41,11 +41,14 @@ from agent.print_worker import PrintWorker
 from agent.printing import open_printer
 from agent.probe import Prober
 from agent.receipts import ReceiptService, RegisterSetup
-from agent.signing import UnitConfig, create_software_unit, open_unit, software_unit_files
+from agent.signing import UnitConfig, create_software_unit, software_unit_files
 from agent.signing.config import DEV_UNIT, DEV_ZDA, stored_in
 from agent.signing.registry import (
+    OPEN_TIMEOUT_S,
     UnitRegistry,
+    UnopenedUnit,
     development_register,
+    open_in_time,
     other_units,
     register_unit_ids,
     store_moved_files,
@@ -143,8 +146,11 @@ class TillService:
             # creates a missing data directory 0700 (it holds the AES keys), takes the lock
             self.db: TillDB = open_till_db(data_dir)
             forget_address(self.config)  # a killed service's: it names a port nobody uses
-            self.registry = UnitRegistry(simulate_dir=data_dir / "simulate")
+            self.registry = UnitRegistry(
+                simulate_dir=data_dir / "simulate", open_timeout=self.config.sign_timeout_s
+            )
             unit_ids = self._ensure_units(data_dir)
+            self._open_units(unit_ids)
             self.receipts = ReceiptService(
                 self.db,
                 self.registry,
@@ -170,6 +176,7 @@ class TillService:
         api = self._api_server() if self.config.api.enabled else None
         self.api = api  # bound, not served yet: stop() releases it if the start fails
         self._ensure_register(unit_ids)
+        self._units_opened()
         self.prober = Prober(
             self.receipts, self.config.probe.backoff(), deadline=self.config.sign_timeout_s
         )
@@ -222,27 +229,60 @@ class TillService:
         configs = list(self.config.units)
         if not configs and self.config.wants_development_unit and self._only_development():
             configs = [self._development_unit(data_dir)]
+        # a new or changed unit is opened to learn (or check) its key: before its write
+        # transaction, and by a deadline (a token that hangs fails the start, named)
+        timeout = max(self.config.sign_timeout_s, OPEN_TIMEOUT_S)
         for config in configs:
-            with self.db.write_connection().transaction() as conn:
+            with self.db.read_connection() as conn:
                 row = conn.execute("SELECT config FROM units WHERE id = ?", (config.id,)).fetchone()
-                if row is not None and UnitConfig.model_validate_json(row[0]) == stored_in(
-                    config, data_dir
-                ):
-                    continue  # as store_unit stores it: files relative to the data directory
-                unit = open_unit(config)
-                try:
+            if row is not None and UnitConfig.model_validate_json(row[0]) == stored_in(
+                config, data_dir
+            ):
+                continue  # as store_unit stores it: files relative to the data directory
+            unit = open_in_time(config, timeout)
+            try:
+                with self.db.write_connection().transaction() as conn:
                     store_unit(conn, config, unit, self.clock.now().isoformat())
-                except ConfigurationError as exc:
-                    if row is None:
-                        raise
-                    # another key under a stored unit's id: the till keeps selling with the
-                    # unit as stored (fallback receipts and an outage if it cannot be opened
-                    # any more), as when the key is swapped in place (rksv.md 5)
-                    log.error("%s; the unit keeps its stored configuration", exc)
-                finally:
-                    unit.close()
+            except ConfigurationError as exc:
+                if row is None:
+                    raise
+                # another key under a stored unit's id: the till keeps selling with the
+                # unit as stored (fallback receipts and an outage if it cannot be opened
+                # any more), as when the key is swapped in place (rksv.md 5)
+                log.error("%s; the unit keeps its stored configuration", exc)
+            finally:
+                unit.close()
         self._check_register_units()
         return [c.id for c in configs]
+
+    def _open_units(self, configured: list[str]) -> None:
+        """Start opening the units of the active registers and the configured ones, in the
+        background: a token that hangs while it is opened holds up no sale, and the start
+        for ``sign_timeout_s`` at most (see :class:`~agent.signing.registry.UnitRegistry`)."""
+        with self.db.read_connection() as conn:
+            rows = conn.execute("SELECT active_unit FROM registers WHERE state = 'active'")
+            self.registry.open_in_background(conn, {*configured, *(r[0] for r in rows)})
+
+    def _units_opened(self) -> None:
+        """Wait for the units opened at start, each until its deadline (``sign_timeout_s``
+        after its open started). The register of one that could not be opened gets its
+        outage now, as a failed probe opens it (DESIGN.md invariant 4): the status shows
+        the unit down from the start, its receipts are fallback ones at once, and the
+        probe opens the unit when it can (its Sammelbeleg closes the outage)."""
+        with self.db.read_connection() as conn:
+            rows = conn.execute(
+                "SELECT id FROM registers WHERE state = 'active' ORDER BY id"
+            ).fetchall()
+        for (register_id,) in rows:
+            unit = self.receipts.unit_of(register_id)
+            if isinstance(unit, UnopenedUnit):
+                cause = f"unit {unit.identity.unit_id} cannot be opened: {unit.reason}"
+                log.error(
+                    "register %s: %s; its receipts are fallback-signed until the probe opens it",
+                    register_id,
+                    cause,
+                )
+                self.receipts.record_probe(register_id, False, cause)
 
     def _check_register_units(self) -> None:
         """Compare the configured register's units, when it exists, with the configuration:

@@ -179,6 +179,7 @@ _sessions_lock = threading.Lock()
 # What a token answered to a PIN it refused, by (module, token label, SHA-256 of the PIN):
 # the configured PIN changes only with a restart, so this process never tries it again.
 _refused: dict[tuple[str, str, bytes], p11.PKCS11Error] = {}
+_login_locks: dict[str, threading.Lock] = {}  # per module: one login at a time
 
 
 def _load_module(module: Path, what: str) -> Any:
@@ -223,21 +224,40 @@ def _pin_rejected(what: str, token_label: str, exc: p11.PKCS11Error) -> PinRejec
 
 
 def _acquire_session(module: Path, token_label: str, pin: str, what: str) -> _SharedSession:
-    """Log in to the token, or join the session this process is already logged in with."""
+    """Log in to the token, or join the session this process is already logged in with.
+
+    One login per module at a time (a second ``C_Login`` to a token would fail, and
+    python-pkcs11 loads a module once only if asked one at a time), but never under
+    ``_sessions_lock``: a login that hangs holds up only the next login through its module
+    (for at most ``_OPEN_TIMEOUT``), not the units of other modules nor a unit leaving its
+    session.
+    """
     # one library object per file: a second C_Initialize of the same .so would fail
     key = (str(module.resolve()), token_label)
     with _sessions_lock:
-        shared = _sessions.get(key)
-        if shared is None:
-            shared = _SharedSession(key, _login(Path(key[0]), token_label, pin, what), pin)
+        login_lock = _login_locks.setdefault(key[0], threading.Lock())
+    if not login_lock.acquire(timeout=_OPEN_TIMEOUT):
+        raise ConfigurationError(
+            f"{what}: token {token_label!r}: an earlier login through {module} has not"
+            f" answered for {_OPEN_TIMEOUT:.0f} s"
+        )
+    try:
+        with _sessions_lock:
+            shared = _sessions.get(key)
+            if shared is not None:
+                if not hmac.compare_digest(shared.pin.encode(), pin.encode()):
+                    raise ConfigurationError(
+                        f"{what}: token {token_label!r} is already open in this process"
+                        " with another PIN"
+                    )
+                shared.users += 1
+                return shared
+        shared = _SharedSession(key, _login(Path(key[0]), token_label, pin, what), pin)
+        with _sessions_lock:
             _sessions[key] = shared
-        elif not hmac.compare_digest(shared.pin.encode(), pin.encode()):
-            raise ConfigurationError(
-                f"{what}: token {token_label!r} is already open in this process with another PIN"
-            )
-        else:
-            shared.users += 1
         return shared
+    finally:
+        login_lock.release()
 
 
 def _release_session(shared: _SharedSession) -> None:

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from agent.errors import ConfigurationError, NotFound, PinRejected, UnitUnavailable
 from agent.signing import SignatureUnit, UnitConfig, open_unit
-from agent.signing.base import Capabilities, Identity
+from agent.signing.base import Capabilities, Identity, call_with_deadline, in_daemon_thread
 from agent.signing.config import moved_files, placed_in, stored_in
 from agent.signing.flaky import FlakyUnit
 from storage.journal import append_event
 
 __all__ = [
+    "OPEN_TIMEOUT_S",
     "UnitRegistry",
     "UnopenedUnit",
     "check_same_unit",
     "data_dir_of",
     "development_register",
+    "open_in_time",
     "other_units",
     "register_unit_ids",
     "store_moved_files",
@@ -30,6 +35,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# how long opening a unit may take where no signing deadline is configured (the CLI's
+# commands): as long as a PKCS#11 unit's own calls while it is opened
+OPEN_TIMEOUT_S = 10.0
 
 
 def data_dir_of(conn: sqlite3.Connection) -> Path | None:
@@ -204,6 +213,29 @@ def store_moved_files(conn: sqlite3.Connection, at: str) -> list[str]:
     return changed
 
 
+def open_in_time(config: UnitConfig, timeout: float) -> SignatureUnit:
+    """Open the unit of ``config`` on a daemon thread, waiting for it ``timeout`` seconds
+    at most; one that opens later is closed then.
+
+    Raises:
+        ConfigurationError: it cannot be opened, or not in time.
+    """
+    attempt = in_daemon_thread(functools.partial(open_unit, config))
+    try:
+        return attempt.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        attempt.add_done_callback(_close_late)
+        raise ConfigurationError(
+            f"unit {config.id}: opening it has not answered within {timeout:g} s (the token"
+            " or service hangs)"
+        ) from None
+
+
+def _close_late(attempt: concurrent.futures.Future[SignatureUnit]) -> None:
+    if attempt.exception() is None:
+        attempt.result().close()
+
+
 def check_same_unit(unit_id: str, stored: Identity, opened: Identity) -> None:
     """Refuse ``opened`` when it is not the unit stored as ``unit_id``: another suite,
     serial, key or certificate.
@@ -243,45 +275,78 @@ def _identity_of(unit_id: str, row: sqlite3.Row | tuple[object, ...]) -> Identit
 
 
 class UnitRegistry:
-    """Opens units from their stored configuration on first use and keeps them open.
+    """Opens units from their stored configuration and keeps them open.
+
+    Opening never blocks anyone past a deadline (``open_timeout``, the service's
+    ``sign_timeout_s``): a token may hang in ``C_Login`` and a chain service may not
+    answer. A unit is opened on a daemon thread of its own (a hung C call cannot be
+    interrupted) while an :class:`UnopenedUnit` stands in for it; whoever needs the unit
+    first waits for that open until its deadline, then gets the stand-in, which signs
+    nothing: the receipt is a fallback one and the outage opens. The probe opens it
+    again in the background (one open at a time), and an open that succeeds, however
+    late, puts the unit in its place.
 
     Tests and the scenario simulator can :meth:`put` a unit object directly (for example a
     flaky wrapper) in place of the configured one.
     """
 
-    def __init__(self, simulate_dir: Path | None = None) -> None:
+    def __init__(
+        self, simulate_dir: Path | None = None, *, open_timeout: float = OPEN_TIMEOUT_S
+    ) -> None:
         self._units: dict[str, SignatureUnit] = {}
         self._lock = threading.Lock()
         self.simulate_dir = simulate_dir
+        self.open_timeout = open_timeout
 
     def put(self, unit: SignatureUnit) -> None:
         with self._lock:
             self._units[unit.identity.unit_id] = unit
 
     def get(self, conn: sqlite3.Connection, unit_id: str) -> SignatureUnit:
-        """The open unit ``unit_id``, opened from the database if needed.
+        """The open unit ``unit_id``, else the :class:`UnopenedUnit` standing in for it.
+
+        A unit not asked for before starts opening now; the caller waits for a unit's
+        first open until its deadline (``open_timeout`` after it started), never longer,
+        and never for the probe's later attempts.
 
         Raises:
             NotFound: no such unit is stored.
-            ConfigurationError: the unit cannot be opened.
         """
         with self._lock:
             unit = self._units.get(unit_id)
-        if unit is not None:
+        if unit is None:
+            unit = self._stand_in(conn, unit_id)
+        if not isinstance(unit, UnopenedUnit):
             return unit
+        unit.wait_first()
+        with self._lock:
+            return self._units.get(unit_id, unit)
+
+    def open_in_background(self, conn: sqlite3.Connection, unit_ids: Iterable[str]) -> None:
+        """Start opening the units ``unit_ids`` (those not open or opening yet), so that
+        nobody waits for them later (the service's start).
+
+        Raises:
+            NotFound: one of them is not stored.
+        """
+        for unit_id in unit_ids:
+            with self._lock:
+                known = unit_id in self._units
+            if not known:
+                self._stand_in(conn, unit_id)
+
+    def _stand_in(self, conn: sqlite3.Connection, unit_id: str) -> SignatureUnit:
+        """The :class:`UnopenedUnit` for ``unit_id``, its first open started (or what is
+        in its place by now)."""
         config = stored_config(conn, unit_id)
         stored = self._stored_identity(conn, unit_id)
-        try:
-            unit = self._open_as(config, stored)
-        except ConfigurationError as exc:
-            # a unit that signed before and cannot be opened now (the token is out, the
-            # chain service unreachable at start, another key in its place) is a failing
-            # unit, not a broken till: receipts take the fallback path with its stored
-            # identity, the outage opens, and the probe opens it when it is back
-            # (rksv.md 5: keep selling)
-            unit = UnopenedUnit(config, stored, str(exc), self)
-        self.put(unit)
-        return unit
+        with self._lock:  # the stand-in and its first open at once: get() waits for it
+            unit = self._units.get(unit_id)
+            if unit is None:
+                unit = UnopenedUnit(config, stored, "it has not been opened yet", self)
+                unit.start_first(self.open_timeout)
+                self._units[unit_id] = unit
+            return unit
 
     def _open_as(self, config: UnitConfig, stored: Identity) -> SignatureUnit:
         """Open the unit of ``config`` and check that it is the one stored (``stored``).
@@ -311,41 +376,86 @@ class UnitRegistry:
         ).fetchone()
         return _identity_of(unit_id, row)
 
-    def reopen(self, unopened: UnopenedUnit) -> SignatureUnit:
-        """Open the unit ``unopened`` stands for and keep it in its place.
+    def open_in_place(self, unopened: UnopenedUnit) -> SignatureUnit:
+        """Open the unit ``unopened`` stands for and put it in its place (on the thread
+        of an :meth:`UnopenedUnit.attempt`, for as long as the unit takes).
 
         Raises:
-            ConfigurationError: it still cannot be opened.
+            ConfigurationError: it cannot be opened, or the registry was closed meanwhile.
         """
+        unit_id = unopened.identity.unit_id
         unit = self._open_as(unopened.config, unopened.identity)
         with self._lock:
-            if self._units.get(unopened.identity.unit_id) is unopened:
-                self._units[unopened.identity.unit_id] = unit
-        return unit
+            current = self._units.get(unit_id)  # None: the registry was closed meanwhile
+            if current is unopened:
+                self._units[unit_id] = current = unit
+        if current is not unit:  # the service stopped, or a unit was put in its place
+            unit.close()
+        if current is None:
+            raise ConfigurationError(f"unit {unit_id}: opened after the service stopped")
+        if unopened.given_up():  # its receipts were fallback ones: say when that ends
+            log.info("unit %s is open now", unit_id)
+        return current
+
+    def opened(self, unopened: UnopenedUnit, deadline: float) -> SignatureUnit:
+        """The unit ``unopened`` stands for, opened by ``deadline`` (monotonic seconds): the
+        one in its place by now, else the open under way or a new one, waited for until
+        ``deadline``; a hung open goes on in the background.
+
+        Raises:
+            UnitUnavailable: it cannot be opened, or not by ``deadline``.
+        """
+        unit_id = unopened.identity.unit_id
+        with self._lock:
+            current = self._units.get(unit_id)
+        if current is not None and not isinstance(current, UnopenedUnit):
+            return current
+        attempt = unopened.attempt()
+        concurrent.futures.wait([attempt], timeout=max(0.0, deadline - time.monotonic()))
+        if not attempt.done():
+            raise UnitUnavailable(f"unit {unit_id} cannot be opened: {unopened.reason}")
+        try:
+            return attempt.result()
+        except Exception as exc:
+            raise UnitUnavailable(f"unit {unit_id} cannot be opened: {exc}") from exc
 
     def close(self) -> None:
+        """Close every open unit. A close that hangs (its token stuck in a call) is given
+        up after ``open_timeout``: the process it belongs to must be able to stop."""
         with self._lock:
             units, self._units = list(self._units.values()), {}
         for unit in units:
-            unit.close()
+            what = f"closing unit {unit.identity.unit_id}"
+            try:
+                call_with_deadline(unit.close, time.monotonic() + self.open_timeout, what)
+            except UnitUnavailable as exc:
+                log.warning("%s; left to the end of the process", exc)
 
 
 class UnopenedUnit:
-    """A stored unit that could not be opened: it signs nothing and its probe opens it.
+    """A stored unit that is not open (yet): it signs nothing and its probe opens it.
 
     Its identity is the one stored when it was added, so fallback receipts carry the serial
-    of the unit they would have been signed with.
+    of the unit they would have been signed with. It opens its unit on a daemon thread,
+    one attempt at a time (:meth:`attempt`): a token hung in ``C_Login`` holds up one
+    thread, not one more with every probe.
     """
 
     def __init__(
         self, config: UnitConfig, identity: Identity, reason: str, registry: UnitRegistry
     ) -> None:
         self.config = config
-        self.reason = reason
+        self._reason = reason
         self._identity = identity
         self._registry = registry
         self._capabilities = Capabilities(remote=config.kind == "chain")
-        self._logged: str | None = None  # the last reason a probe logged
+        self._lock = threading.Lock()
+        self._attempt: concurrent.futures.Future[SignatureUnit] | None = None
+        self._started = 0.0  # when the attempt under way started (monotonic)
+        self._first: concurrent.futures.Future[SignatureUnit] | None = None
+        self._first_deadline = 0.0
+        self._failed = False
+        self._logged: str | None = None  # the last reason an open logged
 
     @property
     def identity(self) -> Identity:
@@ -355,19 +465,65 @@ class UnopenedUnit:
     def capabilities(self) -> Capabilities:
         return self._capabilities
 
+    @property
+    def reason(self) -> str:
+        """Why it is not open: the last attempt's error, or how long the open under way
+        has gone unanswered."""
+        with self._lock:
+            attempt, started = self._attempt, self._started
+        if attempt is not None and not attempt.done():
+            waited = time.monotonic() - started
+            return f"opening it has not answered for {waited:.1f} s (the token or service hangs)"
+        return self._reason
+
     def sign(self, data: bytes, *, deadline: float) -> bytes:
         """Nothing was sent anywhere: the receipt is a fallback one (never ``unsigned``)."""
         raise UnitUnavailable(f"unit {self.config.id} cannot be opened: {self.reason}")
 
     def probe(self, *, deadline: float) -> None:
-        """Open the unit; its reason is logged when it changes (a PIN the token rejected at
-        ERROR: the unit does not try it again, see :class:`PinRejected`)."""
+        """Open the unit (or wait for the open under way) and probe it, by ``deadline``."""
+        self._registry.opened(self, deadline).probe(deadline=deadline)
+
+    def close(self) -> None:
+        """Nothing is open (an open under way closes what it opens: the registry is closed)."""
+
+    def attempt(self) -> concurrent.futures.Future[SignatureUnit]:
+        """The open under way, or a new one on a daemon thread."""
+        with self._lock:
+            if self._attempt is None or self._attempt.done():
+                self._started = time.monotonic()
+                self._attempt = in_daemon_thread(self._open)
+            return self._attempt
+
+    def start_first(self, timeout: float) -> None:
+        """Start the first open; who needs the unit waits for it for ``timeout`` s at most."""
+        first = self.attempt()
+        with self._lock:
+            self._first, self._first_deadline = first, self._started + timeout
+
+    def wait_first(self) -> None:
+        """Wait for the first open, until its deadline (not at all after it)."""
+        with self._lock:
+            first, deadline = self._first, self._first_deadline
+        if first is not None:
+            concurrent.futures.wait([first], timeout=max(0.0, deadline - time.monotonic()))
+
+    def given_up(self) -> bool:
+        """True once its first open failed or missed its deadline (nobody waits for it)."""
+        with self._lock:
+            return self._failed or time.monotonic() > self._first_deadline
+
+    def _open(self) -> SignatureUnit:
         try:
-            unit = self._registry.reopen(self)
-        except ConfigurationError as exc:
-            self.reason = str(exc)
-            if self.reason != self._logged:
-                self._logged = self.reason
+            return self._registry.open_in_place(self)
+        except Exception as exc:
+            with self._lock:
+                self._reason = str(exc) or type(exc).__name__
+                self._failed = True
+                logged, self._logged = self._logged, self._reason
+            # once per change, not for the first open (whoever waited for it says why: the
+            # service's start); a PIN rejected at ERROR, as the unit never tries it again
+            if logged is not None and self._reason != logged:
                 rejected = isinstance(exc, PinRejected)
                 log.log(
                     logging.ERROR if rejected else logging.WARNING,
@@ -376,8 +532,4 @@ class UnopenedUnit:
                     exc,
                     "" if rejected else " (the probe goes on; logged again when it changes)",
                 )
-            raise UnitUnavailable(f"unit {self.config.id} cannot be opened: {exc}") from exc
-        unit.probe(deadline=deadline)
-
-    def close(self) -> None:
-        """Nothing is open."""
+            raise

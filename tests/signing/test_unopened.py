@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -48,11 +49,11 @@ def test_a_unit_that_cannot_be_opened_gives_fallback_receipts_then_recovers(
     unit = restarted.unit_of(REGISTER)
     assert isinstance(unit, UnopenedUnit)
     with pytest.raises(UnitUnavailable, match="cannot be opened"):
-        unit.probe(deadline=0)
+        unit.probe(deadline=time.monotonic() + 5)  # the open has its deadline
     assert restarted.recover(REGISTER) is None  # still out: nothing issued
 
     unit_config.key_file.write_bytes(key)  # back in: the probe opens it, as the prober does
-    unit.probe(deadline=0)
+    unit.probe(deadline=time.monotonic() + 5)  # the open has its deadline
     issued = restarted.recover(REGISTER)
     assert issued is not None
     assert [r.kind for r in issued] == ["sammelbeleg"]
@@ -83,6 +84,6 @@ def test_a_unit_opened_with_another_key_is_not_taken_for_it(
     unit_config.certificate_file.write_bytes(other_cert.read_bytes())
     unit = restarted.unit_of(REGISTER)
     with pytest.raises(UnitUnavailable, match="an id of its own"):
-        unit.probe(deadline=0)
+        unit.probe(deadline=time.monotonic() + 5)  # the open has its deadline
     assert restarted.recover(REGISTER) is None
     assert restarted.outages.is_open(REGISTER)
