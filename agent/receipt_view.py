@@ -158,6 +158,9 @@ def result_from_parts(  # noqa: PLR0917 - the facts of one receipt
         jws=jws,
         issued_at=payload.issued_at,
         lines=list(document["text"]),
+        resolution=None,  # a new receipt is not remedied (given: defaults cost the hot path)
+        replaced_by=None,
+        voided_by=None,
     )
 
 
