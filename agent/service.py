@@ -42,7 +42,7 @@ from agent.printing import open_printer
 from agent.probe import Prober
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing import UnitConfig, create_software_unit, software_unit_files
-from agent.signing.config import DEV_UNIT, DEV_ZDA, stored_in
+from agent.signing.config import DEV_UNIT, DEV_ZDA, moved_files, stored_in
 from agent.signing.registry import (
     OPEN_TIMEOUT_S,
     UnitRegistry,
@@ -119,6 +119,23 @@ class _Backend(ServiceBackend):
 
     def reprint(self, register: str, number: int) -> int:
         return self.till.printer.reprint(register, number)
+
+
+def _restored(config: UnitConfig, data_dir: Path) -> UnitConfig:
+    """A configured unit whose files are named where they were before the data directory
+    was restored elsewhere (gone now, found in ``<data_dir>/keys/``), with those files: the
+    unit as the start stored it from them, not a changed one that cannot be opened."""
+    moved = moved_files(config, data_dir)
+    for name, found in moved.items():
+        log.warning(
+            "unit %s: the configuration's %s %s does not exist; using %s (a data directory"
+            " restored from elsewhere: correct the configuration)",
+            config.id,
+            name,
+            getattr(config, name),
+            found,
+        )
+    return config.model_copy(update=moved) if moved else config
 
 
 class TillService:
@@ -232,6 +249,7 @@ class TillService:
         # a new or changed unit is opened to learn (or check) its key: before its write
         # transaction, and by a deadline (a token that hangs fails the start, named)
         timeout = max(self.config.sign_timeout_s, OPEN_TIMEOUT_S)
+        configs = [_restored(config, data_dir) for config in configs]
         for config in configs:
             with self.db.read_connection() as conn:
                 row = conn.execute("SELECT config FROM units WHERE id = ?", (config.id,)).fetchone()

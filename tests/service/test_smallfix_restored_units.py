@@ -105,3 +105,19 @@ class TestTheRestoredPathsAreStored:
         stored = _stored(data_dir)
         assert stored["key_file"] == str(tmp_path / "old" / "keys" / "k1.key.pem")
         assert stored["certificate_file"] == "keys/k1.cert.pem"
+
+
+def test_a_configured_unit_naming_the_old_paths_starts_and_signs(
+    start: Start, tmp_path: Path, data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The configuration's ``[[units]]`` entry still names the files where they were
+    before the restore (where the stored absolute paths came from): the start takes the
+    files found in ``keys/``, as for the stored unit, instead of failing on the gone path,
+    and says the configuration names files that do not exist."""
+    _restored_with_absolute_paths(tmp_path / "old", data_dir)
+    unit = {k: v for k, v in _stored(data_dir).items() if v is not None}
+    till = start(units=[unit])
+    assert _sell(till, "a") == "signed"
+    assert _stored(data_dir)["key_file"] == "keys/k1.key.pem"
+    said = [m for m in _gone_warnings(caplog) if "configuration" in m]
+    assert said, _gone_warnings(caplog)
