@@ -282,11 +282,12 @@ class TillService:
             self.registry.open_in_background(conn, {*configured, *(r[0] for r in rows)})
 
     def _units_opened(self) -> None:
-        """Wait for the units opened at start, each until its deadline (``sign_timeout_s``
-        after its open started). The register of one that could not be opened gets its
-        outage now, as a failed probe opens it (DESIGN.md invariant 4): the status shows
-        the unit down from the start, its receipts are fallback ones at once, and the
-        probe opens the unit when it can (its Sammelbeleg closes the outage)."""
+        """Wait for the units opened at start, each until its deadline (``OPEN_TIMEOUT_S``,
+        or ``sign_timeout_s`` if longer, after its open started). The register of one that
+        could not be opened gets its outage now, as a failed probe opens it (DESIGN.md
+        invariant 4): the status shows the unit down from the start, its receipts are
+        fallback ones at once, and the probe opens the unit when it can (its Sammelbeleg
+        closes the outage)."""
         with self.db.read_connection() as conn:
             rows = conn.execute(
                 "SELECT id FROM registers WHERE state = 'active' ORDER BY id"

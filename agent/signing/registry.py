@@ -324,7 +324,9 @@ class UnitRegistry:
 
     def open_in_background(self, conn: sqlite3.Connection, unit_ids: Iterable[str]) -> None:
         """Start opening the units ``unit_ids`` (those not open or opening yet), so that
-        nobody waits for them later (the service's start).
+        nobody waits for them later (the service's start). Their first open may take
+        ``OPEN_TIMEOUT_S`` (or ``open_timeout`` if longer): a card's login and test signature
+        can outlast the signing deadline, and the start waits for them before any sale.
 
         Raises:
             NotFound: one of them is not stored.
@@ -333,18 +335,21 @@ class UnitRegistry:
             with self._lock:
                 known = unit_id in self._units
             if not known:
-                self._stand_in(conn, unit_id)
+                self._stand_in(conn, unit_id, max(OPEN_TIMEOUT_S, self.open_timeout))
 
-    def _stand_in(self, conn: sqlite3.Connection, unit_id: str) -> SignatureUnit:
+    def _stand_in(
+        self, conn: sqlite3.Connection, unit_id: str, first_timeout: float | None = None
+    ) -> SignatureUnit:
         """The :class:`UnopenedUnit` for ``unit_id``, its first open started (or what is
-        in its place by now)."""
+        in its place by now); who needs it waits for that open ``first_timeout`` s at
+        most (``open_timeout`` unless given)."""
         config = stored_config(conn, unit_id)
         stored = self._stored_identity(conn, unit_id)
         with self._lock:  # the stand-in and its first open at once: get() waits for it
             unit = self._units.get(unit_id)
             if unit is None:
                 unit = UnopenedUnit(config, stored, "it has not been opened yet", self)
-                unit.start_first(self.open_timeout)
+                unit.start_first(self.open_timeout if first_timeout is None else first_timeout)
                 self._units[unit_id] = unit
             return unit
 
@@ -497,9 +502,11 @@ class UnopenedUnit:
 
     def start_first(self, timeout: float) -> None:
         """Start the first open; who needs the unit waits for it for ``timeout`` s at most."""
+        with self._lock:  # set before the open starts: its failure reads it
+            self._first_deadline = time.monotonic() + timeout
         first = self.attempt()
         with self._lock:
-            self._first, self._first_deadline = first, self._started + timeout
+            self._first = first
 
     def wait_first(self) -> None:
         """Wait for the first open, until its deadline (not at all after it)."""
@@ -521,9 +528,11 @@ class UnopenedUnit:
                 self._reason = str(exc) or type(exc).__name__
                 self._failed = True
                 logged, self._logged = self._logged, self._reason
-            # once per change, not for the first open (whoever waited for it says why: the
-            # service's start); a PIN rejected at ERROR, as the unit never tries it again
-            if logged is not None and self._reason != logged:
+                late = time.monotonic() > self._first_deadline  # nobody waits to say why
+            # once per change, not for a first open that failed in time (whoever waited for
+            # it says why: the service's start); a PIN rejected at ERROR, as the unit never
+            # tries it again
+            if (logged is not None or late) and self._reason != logged:
                 rejected = isinstance(exc, PinRejected)
                 log.log(
                     logging.ERROR if rejected else logging.WARNING,

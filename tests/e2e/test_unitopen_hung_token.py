@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -349,3 +350,61 @@ def test_a_hung_login_does_not_hold_the_lock_of_every_token(token: Token, tmp_pa
         check=False,
     )
     assert done.stdout.strip() == "free", done.stdout + done.stderr
+
+
+def _change_pin(token: Token, new: str) -> None:
+    """Change the token's user PIN from another process (as a technician would)."""
+    script = (
+        "import pkcs11;"
+        f"lib=pkcs11.lib({str(SOFTHSM_MODULE)!r});"
+        "s=lib.get_token(token_label='till').open(rw=True,user_pin='5678');"
+        f"s.set_pin('5678',{new!r});s.close()"
+    )
+    subprocess.run([sys.executable, "-c", script], env={**os.environ, **token.env()}, check=True)
+
+
+def test_a_pin_refused_after_the_start_stopped_waiting_is_logged_once(
+    start: Start, token: Token
+) -> None:
+    """The PIN changed while the till was off and the login hangs past the start's wait,
+    then refuses the PIN: one ERROR says so (nobody else would: the start logged only
+    that the unit did not answer), not once per probe."""
+    till = start()
+    assert till.sell("before")[0]["signature_state"] == "signed"
+    assert till.agent.terminate() == 0
+    _change_pin(token, "9999")
+    token.hang("login")
+    till = start()  # READY once the start stopped waiting for the open
+    assert till.sell("during")[0]["signature_state"] == "fallback"
+    token.answer("login")  # the hung C_Login returns CKR_PIN_INCORRECT
+    _wait(
+        lambda: "PIN rejected" in str(till.register()["open_outage"]["unit_problem"]),
+        till.agent,
+        30,
+        "no PIN rejected in unit_problem",
+    )
+    time.sleep(3.0)  # several probes
+    assert till.agent.terminate() == 0
+    errors = [x for x in till.agent.output().splitlines() if x.startswith("ERROR")]
+    assert len([x for x in errors if "PIN rejected" in x]) == 1, errors
+
+
+def test_a_slow_login_at_the_start_is_waited_for_and_makes_no_outage(
+    start: Start, token: Token, tmp_path: Path
+) -> None:
+    """A card whose login takes longer than the signing deadline (but not 10 s) at the
+    start is waited for before READY: no outage, no Sammelbeleg, the next sale signed."""
+    till = start()
+    assert till.sell("before")[0]["signature_state"] == "signed"
+    assert till.agent.terminate() == 0
+    token.hang("login")
+    answer = threading.Timer(SIGN_TIMEOUT + 4.0, token.answer, ("login",))
+    answer.start()
+    try:
+        till = start()
+    finally:
+        answer.join()
+    assert till.client.get("/v1/outages").json() == []
+    assert till.sell("after")[0]["signature_state"] == "signed"
+    assert till.agent.terminate() == 0
+    assert [kind for _, kind, _ in _states(tmp_path / "data")] == ["start", "standard", "standard"]
