@@ -177,7 +177,12 @@ class Sale(BaseModel):
 class ReceiptResult(BaseModel):
     """What the POS gets back: everything needed to print the receipt."""
 
-    model_config = ConfigDict(frozen=True, serialize_by_alias=True, validate_by_name=True)
+    model_config = ConfigDict(
+        frozen=True,
+        serialize_by_alias=True,
+        validate_by_name=True,
+        json_schema_serialization_defaults_required=True,  # every field is always sent
+    )
 
     register_id: str = Field(alias="register")
     number: int
@@ -190,9 +195,15 @@ class ReceiptResult(BaseModel):
     issued_at: str
     lines: list[str]
     # an unsigned receipt once remedied (agent.receipt_view.Resolution); else null
-    resolution: Literal["adopted", "superseded", "kept"] | None = None
-    replaced_by: int | None = None  # the number of the receipt that replaces it
-    voided_by: int | None = None  # the number of the Storno that voids it
+    resolution: Literal["adopted", "superseded", "kept"] | None = Field(
+        None, description="how an unsigned receipt was remedied; null for any other receipt"
+    )
+    replaced_by: int | None = Field(
+        None, description="the number of the receipt that replaces it (superseded), else null"
+    )
+    voided_by: int | None = Field(
+        None, description="the number of the Storno that voids it (superseded), else null"
+    )
 
 
 # every error type the Sale model can raise, as the project's rule name (pydantic's own
