@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -18,7 +19,7 @@ from rich.markup import escape
 
 from agent.cli_base import err, out
 from agent.config import CONFIG_ENV, ENV_PREFIX, AgentConfig, find_config_file, load_config
-from agent.errors import ConfigurationError, InvalidSale
+from agent.errors import ConfigurationError, InvalidSale, UnitUnavailable
 from agent.signing.config import UnitConfig
 
 if TYPE_CHECKING:
@@ -290,15 +291,21 @@ def _token_key_problems(
     compared so is a note that says why, never a problem: the token may be out now."""
     from cryptography.hazmat.primitives import serialization
 
+    from agent.signing.base import call_with_deadline
     from agent.signing.pkcs11 import token_public_key
+    from agent.signing.registry import OPEN_TIMEOUT_S
 
     assert unit.module is not None  # checked by UnitConfig, as the labels
     assert unit.token_label is not None
     assert unit.key_label is not None
-    key, token = unit.key_label, unit.token_label
-    try:
-        public = token_public_key(unit.module, token, key)
-    except ConfigurationError as exc:
+    key, token, module = unit.key_label, unit.token_label, unit.module
+    try:  # a token that hangs is a note, not a hung check (as `run` gives up opening it)
+        public = call_with_deadline(
+            lambda: token_public_key(module, token, key),
+            time.monotonic() + OPEN_TIMEOUT_S,
+            f"token {token!r}",
+        )
+    except (ConfigurationError, UnitUnavailable) as exc:
         notes.append(f"certificate_file and the token's key {key!r}: not checked ({exc})")
         return []
     if public is None:

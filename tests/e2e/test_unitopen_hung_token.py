@@ -408,3 +408,21 @@ def test_a_slow_login_at_the_start_is_waited_for_and_makes_no_outage(
     assert till.sell("after")[0]["signature_state"] == "signed"
     assert till.agent.terminate() == 0
     assert [kind for _, kind, _ in _states(tmp_path / "data")] == ["start", "standard", "standard"]
+
+
+def test_config_check_gives_up_on_a_hung_token_with_a_note(token: Token, tmp_path: Path) -> None:
+    """``config check`` reads the token's public key to compare it with the certificate:
+    a token that hangs (here in finding the key) is a note after 10 s, not a hung check."""
+    token.hang("find")
+    began = time.monotonic()
+    done = subprocess.run(
+        [str(TILL_AGENT), "config", "check", "--config", str(_config(tmp_path, token))],
+        env={**os.environ, **token.env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert time.monotonic() - began < 30
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "not checked" in " ".join((done.stdout + done.stderr).split())
