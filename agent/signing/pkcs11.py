@@ -201,9 +201,7 @@ def _login(module: Path, token_label: str, pin: str, what: str) -> Any:
             not sent again).
         ConfigurationError: the module or the token cannot be used.
     """
-    refused_key = (str(module), token_label, hashlib.sha256(pin.encode()).digest())
-    if (refused := _refused.get(refused_key)) is not None:
-        raise _pin_rejected(what, token_label, refused) from refused
+    _check_not_refused(module, token_label, pin, what)
     lib = _load_module(module, what)
     with _config_errors(f"{what}: token {token_label!r}"):
         token = lib.get_token(token_label=token_label)
@@ -211,8 +209,18 @@ def _login(module: Path, token_label: str, pin: str, what: str) -> Any:
         try:
             return token.open(rw=rw, user_pin=pin)
         except _PIN_REFUSED as exc:
-            _refused[refused_key] = exc
+            _refused[_refused_key(module, token_label, pin)] = exc
             raise _pin_rejected(what, token_label, exc) from exc
+
+
+def _refused_key(module: Path, token_label: str, pin: str) -> tuple[str, str, bytes]:
+    return (str(module), token_label, hashlib.sha256(pin.encode()).digest())
+
+
+def _check_not_refused(module: Path, token_label: str, pin: str, what: str) -> None:
+    """Raise ``PinRejected`` when the token refused ``pin`` earlier in this process."""
+    if (refused := _refused.get(_refused_key(module, token_label, pin))) is not None:
+        raise _pin_rejected(what, token_label, refused) from refused
 
 
 def _pin_rejected(what: str, token_label: str, exc: p11.PKCS11Error) -> PinRejected:
@@ -234,6 +242,9 @@ def _acquire_session(module: Path, token_label: str, pin: str, what: str) -> _Sh
     """
     # one library object per file: a second C_Initialize of the same .so would fail
     key = (str(module.resolve()), token_label)
+    # known before any wait: a login hung on another token of the module must not turn
+    # a refused PIN into "has not answered" (nor hold its unit up for the timeout)
+    _check_not_refused(Path(key[0]), token_label, pin, what)
     with _sessions_lock:
         login_lock = _login_locks.setdefault(key[0], threading.Lock())
     if not login_lock.acquire(timeout=_OPEN_TIMEOUT):

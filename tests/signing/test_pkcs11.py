@@ -375,9 +375,10 @@ class TestSharedLogin:
     def test_another_pin_while_open_is_rejected(
         self, softhsm: Any, token_key: TokenKey, unit: SignatureUnit
     ) -> None:
-        """A unit cannot join a token's login with a different PIN."""
+        """A unit cannot join a token's login with a different PIN (one never tried: a PIN
+        the token refused earlier in this process is reported as refused first)."""
         with pytest.raises(ConfigurationError, match="another PIN"):
-            open_unit(pkcs11_config(softhsm, token_key.label, pin="0000"))
+            open_unit(pkcs11_config(softhsm, token_key.label, pin="4321"))
         assert len(sign_verified(unit, DATA, timeout=5)) == 64
 
 
