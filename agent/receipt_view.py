@@ -68,17 +68,13 @@ class Resolution:
         return resolution_notice(self.kind, replaced, voided)
 
 
-# the resolution of unsigned receipts, with the receipts it names. The Storno that voids a
-# superseded one is the first receipt voiding it (as agent.remedy finds the POS's; the
-# remedy's own Storno comes before the reissue): the journal's receipt.superseded names it
+# the resolution of unsigned receipts, with the receipts it names: the replacement and
+# the Storno that voided a superseded one, both as the remedy stored them
 _RESOLUTIONS = """
 SELECT x.number, x.resolution, p.number, p.receipt_id, v.number, v.receipt_id
 FROM receipt_resolutions x
 LEFT JOIN receipts p ON p.register_id = x.register_id AND p.number = x.replacement_number
-LEFT JOIN receipts v ON x.resolution = 'superseded' AND v.register_id = x.register_id
-  AND v.number = (SELECT min(s.number) FROM receipts s WHERE s.register_id = x.register_id
-    AND s.number > x.number AND s.voids_number = x.number
-    AND (x.replacement_number IS NULL OR s.number < x.replacement_number))
+LEFT JOIN receipts v ON v.register_id = x.register_id AND v.number = x.voided_number
 WHERE x.register_id = ? AND x.number IN ({numbers})
 """
 

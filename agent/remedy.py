@@ -61,13 +61,15 @@ def resolve(
 ) -> None:
     """Resolve the unsigned receipt ``row`` (``adopted`` or ``superseded``), journaled.
 
+    ``voided_by``: the Storno that voided it, stored with the resolution (the views read
+    it there, :mod:`agent.receipt_view`) and named by the journal event.
     ``kept``: a zero receipt the chain service does not have stands with the failure
     marker (it is superseded by nothing, and nothing is reissued for it).
     """
     conn.execute(
         "INSERT INTO receipt_resolutions (register_id, number, resolution, signed_jws,"
-        " replacement_number, at) VALUES (?, ?, ?, ?, ?, ?)",
-        (row["register_id"], row["number"], resolution, signed_jws, replacement, now),
+        " replacement_number, at, voided_number) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (row["register_id"], row["number"], resolution, signed_jws, replacement, now, voided_by),
     )
     data: dict[str, Any] = {
         "number": row["number"],

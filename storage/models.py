@@ -226,8 +226,10 @@ class ReceiptResolution(Base):
 
     ``adopted``: the chain service had signed it (``signed_jws`` is its answer);
     ``superseded``: the service never had it, so a Nullbeleg was issued and the sale
-    reissued as ``replacement_number`` (none when a POS Storno had voided the sale: the
-    journal event names it as ``voided_by``).
+    reissued as ``replacement_number`` (none when a POS Storno had voided the sale).
+    ``voided_number``: the Storno that voided a superseded receipt (the POS's, or the
+    remedy's own before the replacement), as its journal event names it (``voided_by``);
+    none for the others (0010 backfilled it).
     """
 
     __tablename__ = "receipt_resolutions"
@@ -241,6 +243,7 @@ class ReceiptResolution(Base):
     signed_jws: Mapped[str | None] = mapped_column(Text, nullable=True)
     replacement_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     at: Mapped[str] = mapped_column(String(32))
+    voided_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class WaitingSpecial(Base):
