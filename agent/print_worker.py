@@ -9,7 +9,9 @@ at INFO); the receipts keep coming meanwhile. Without a printer (kind ``none``) 
 status says ``disabled`` and a reprint is refused. After a crash, receipts that have no
 job yet are found by a scan and printed then. Every job, original or copy, starts with
 the configured header (the business's name, ``[printer] header``); the stored receipt
-does not carry it.
+does not carry it. An ``unsigned`` receipt prints as it stands when it prints: one
+remedied before its job was made, or while its job (original or copy) waited for the
+printer, says what became of it, not the promise its stored text ends with.
 
 A job the printer took is sent once per process: if recording it as printed fails (a
 locked, full or read-only database), only the record is retried, with backoff, and
@@ -35,7 +37,7 @@ from agent.printing import EscposOptions, NullPrinter, Printer, render_escpos, r
 from agent.printing import jobs as print_jobs
 from agent.printing.jobs import QUEUED_PRINTS
 from agent.printing.transport import FilePrinter
-from agent.receipt_view import result_from_row
+from agent.receipt_view import Resolution, resolution_of, result_from_row
 from agent.receipts import ReceiptService
 
 __all__ = ["PrintWorker"]
@@ -211,14 +213,20 @@ class PrintWorker:
                 ).fetchall()
                 for reg in registers
             }
+            # an unsigned receipt remedied before its job: the job says how (no query for
+            # any other receipt)
+            found = [
+                (reg, row, resolution_of(conn, row)) for reg in registers for row in missing[reg]
+            ]
         self._more = any(len(rows) == _RENDER_BATCH for rows in missing.values())
         drop = isinstance(self.printer, NullPrinter)
         jobs: list[tuple[str, int, bytes]] = []
-        for reg, row in [(reg, row) for reg, rows in missing.items() for row in rows]:
+        for reg, row, resolution in found:
             if jobs and self._past(deadline):  # the rest in the next pass
                 self._more = True
                 break
-            jobs.append((reg, int(row["number"]), b"" if drop else self._render(row)))
+            data = b"" if drop else self._render(row, resolution)
+            jobs.append((reg, int(row["number"]), data))
             self._beat()
         if not jobs:
             return
@@ -232,8 +240,9 @@ class PrintWorker:
     def _past(self, deadline: float) -> bool:
         return time.monotonic() >= deadline or self._stopping.is_set()
 
-    def _render(self, row: Any) -> bytes:
-        return render_escpos(result_from_row(row), options=self.escpos, header=self.header)
+    def _render(self, row: Any, resolution: Resolution | None) -> bytes:
+        result = result_from_row(row, resolution)
+        return render_escpos(result, options=self.escpos, header=self.header)
 
     def _send_queued(self, deadline: float) -> int:
         """Send the open jobs in order until one fails, its record cannot be stored, the
@@ -246,6 +255,7 @@ class PrintWorker:
                 for job in conn.execute(print_jobs.OPEN_JOBS, (_SEND_BATCH,)).fetchall()
                 if job["id"] not in self._sent  # taken by the printer: never sent again
             ]
+            unsigned = print_jobs.of_unsigned(conn, jobs)
         printed = 0
         for job in jobs:
             # the rest in the next pass: one job at least, none once the worker stops
@@ -253,7 +263,7 @@ class PrintWorker:
                 self._more = True
                 return printed
             try:
-                self._send(job)
+                self._send(job, unsigned=job["id"] in unsigned)
             except PrinterError as exc:
                 self._failed(job, str(exc))
                 return printed
@@ -269,14 +279,19 @@ class PrintWorker:
         self._more = self._more or len(jobs) == _SEND_BATCH
         return printed
 
-    def _send(self, job: Any) -> None:
-        data = job["data"]
+    def _send(self, job: Any, *, unsigned: bool) -> None:
+        """Send ``job``'s bytes; an ``unsigned`` receipt's job remedied since its bytes
+        were rendered (the printer was off, or the copy was asked for before) is rendered
+        again as the receipt stands now: the paper says what became of it, never the
+        promise that was settled meanwhile."""
+        data, copy = job["data"], job["copy"] > 0
+        register_id, number = job["register_id"], job["number"]
+        result = self.service.get(register_id, number) if unsigned else None
+        if result is not None and result.resolution is not None:
+            data = render_escpos(result, copy=copy, options=self.escpos, header=self.header)
         if isinstance(self.printer, FilePrinter):  # the development printer: with a preview
-            register_id, number, copy = job["register_id"], job["number"], job["copy"] > 0
-            if copy:  # rendered as the receipt stands now, as its bytes were (reprint)
-                result = self.service.get(register_id, number)
-            else:
-                result = result_from_row(self.service.row(register_id, number))
+            # as its bytes: the receipt as it stands now (a resolution only changes unsigned ones)
+            result = result or self.service.get(register_id, number)
             preview = render_png(result, copy=copy, header=self.header)
             self.printer.write(data, png=preview)
         else:

@@ -2,8 +2,9 @@
 copy, and what the print worker asks of it.
 
 A job holds its ESC/POS bytes while it is open (``queued`` or ``failed``: every retry
-sends the same bytes) and none once it is ``printed`` or ``skipped``; a copy is rendered
-again from the stored receipt. The worker finds the open jobs through
+sends the same bytes, but for an ``unsigned`` receipt remedied meanwhile, which the worker
+renders again as it stands then) and none once it is ``printed`` or ``skipped``; a copy
+is rendered again from the stored receipt. The worker finds the open jobs through
 ``ix_print_jobs_open``, a partial index of only those: :data:`OPEN_JOBS` and
 :data:`QUEUED_PRINTS` (the status's count) repeat its WHERE word for word, as SQLite uses a
 partial index only then. The receipts without a job are found through the unique
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from collections.abc import Sequence
 
 from storage.journal import append_event
 
@@ -24,6 +26,7 @@ __all__ = [
     "add_job",
     "last_original",
     "next_copy",
+    "of_unsigned",
     "record_failed",
     "record_printed",
     "skip_open",
@@ -78,6 +81,21 @@ def next_copy(conn: sqlite3.Connection, register_id: str, number: int) -> int:
             (register_id, number),
         ).fetchone()[0]
     )
+
+
+def of_unsigned(conn: sqlite3.Connection, jobs: Sequence[sqlite3.Row]) -> set[int]:
+    """The ids of those ``jobs`` whose receipt is ``unsigned`` (one whose remedy may come
+    after its bytes were rendered): a lookup per job in ``ix_receipts_unsigned`` (0009),
+    whose WHERE the query repeats word for word, an index of only those rare receipts."""
+    return {
+        int(job["id"])
+        for job in jobs
+        if conn.execute(
+            "SELECT 1 FROM receipts WHERE register_id = ? AND number = ?"
+            " AND signature_state = 'unsigned'",
+            (job["register_id"], job["number"]),
+        ).fetchone()
+    }
 
 
 def record_printed(
