@@ -36,7 +36,7 @@ from agent.loop import BackgroundLoop
 from agent.printing import EscposOptions, NullPrinter, Printer, render_escpos, render_png
 from agent.printing import jobs as print_jobs
 from agent.printing.jobs import QUEUED_PRINTS
-from agent.printing.transport import FilePrinter
+from agent.printing.transport import FilePrinter, NetworkPrinter
 from agent.receipt_view import Resolution, resolution_of, result_from_row
 from agent.receipts import ReceiptService
 
@@ -74,7 +74,8 @@ class PrintWorker:
 
     Args:
         service: the receipt service (its write connection stores the jobs).
-        printer: where the bytes go.
+        printer: where the bytes go; a network printer keeps the notice it owes after a
+            job it took in part (DRUCK ABGEBROCHEN) in the data directory.
         retry_s: seconds between attempts while the printer fails.
         escpos: the printer model's code table and QR settings (``[printer.escpos]``).
         header: the lines printed centred above every receipt and copy, the business's
@@ -104,6 +105,8 @@ class PrintWorker:
     ) -> None:
         self.service = service
         self.printer = printer
+        if isinstance(printer, NetworkPrinter):  # an owed DRUCK ABGEBROCHEN survives a restart
+            printer.keep_notice_in(service.db.path.parent)
         self.retry_s = retry_s
         self.escpos = escpos or EscposOptions()
         self.header = tuple(header)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import datetime as dt
+import logging
 import os
 import select
 import socket
@@ -22,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.durable import fsync_directory
+from agent.durable import fsync_directory, replace_file
 from agent.errors import ConfigurationError, PrinterError
 from agent.printing._escpos import escpos_module, quiet_root
 
@@ -57,8 +59,11 @@ __all__ = [
     "Printer",
     "SerialPrinter",
     "UsbPrinter",
+    "notice_file_name",
     "printer_errors",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class Printer(Protocol):
@@ -104,8 +109,15 @@ class NetworkPrinter:
     printer has not taken instead of delivering them once it reads again (out of paper,
     refilled) ahead of the retry: two originals. What the printer did take it prints;
     so the next job after such a failure starts with :data:`INTERRUPTED_NOTICE`, which
-    voids the print above it. This object remembers that: a restart in between forgets
-    it, and a job cut off inside an image or a QR code may swallow the notice's bytes.
+    voids the print above it. Without a ``notice_file`` only this object remembers that
+    (a restart in between forgets it); a job cut off inside an image or a QR code may
+    swallow the notice's bytes.
+
+    With a ``notice_file`` (the print worker keeps one per printer in the data directory,
+    :meth:`keep_notice_in`) the owed notice survives a restart or a kill: the file is
+    written and fsynced before the failed job is reported, and removed (the directory
+    fsynced) once the next job was taken, before that job is reported as printed; while it
+    exists the next job starts with the notice.
 
     What cannot be detected: a printer whose TCP stack acknowledges the bytes and then
     loses them (a crash or power cut before the paper), and a printer that never reads
@@ -121,31 +133,110 @@ class NetworkPrinter:
         port: the raw printing port.
         timeout: seconds for connecting, separately for sending the whole job, and
             separately for the printer to acknowledge it.
+        notice_file: where the owed notice is kept across restarts (None: in memory).
     """
 
-    def __init__(self, host: str, port: int = 9100, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int = 9100,
+        *,
+        timeout: float = 5.0,
+        notice_file: Path | None = None,
+    ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.name = f"{host}:{port}"
         self._interrupted = False  # a failed job was taken in part: the paper shows it
+        self.notice_file: Path | None = None
+        if notice_file is not None:
+            self._use_notice_file(notice_file)
+
+    def keep_notice_in(self, directory: Path) -> None:
+        """Keep the owed notice in ``directory`` (the data directory), in a file named
+        after this printer's address, unless a ``notice_file`` was given already; a file
+        left there by an earlier process means the next job starts with the notice."""
+        if self.notice_file is None:
+            self._use_notice_file(directory / notice_file_name(self.host, self.port))
+
+    def _use_notice_file(self, path: Path) -> None:
+        self.notice_file = path
+        self._interrupted = self._interrupted or path.exists()
 
     def send(self, data: bytes) -> None:
         job = INTERRUPTED_NOTICE + data if self._interrupted else data
-        with (
-            printer_errors(self.name),
-            socket.create_connection((self.host, self.port), timeout=self.timeout) as sock,
-        ):
-            delivery = _Delivery(sock, job)
-            try:
-                delivery.send(self.timeout)
-                _await_acknowledgement(sock, self.name, self.timeout)
-            except BaseException:
-                self._interrupted = self._interrupted or delivery.taken()
-                _abort(sock)
-                raise
-        self._interrupted = False
+        taken = False
+        try:
+            with (
+                printer_errors(self.name),
+                socket.create_connection((self.host, self.port), timeout=self.timeout) as sock,
+            ):
+                delivery = _Delivery(sock, job)
+                try:
+                    delivery.send(self.timeout)
+                    _await_acknowledgement(sock, self.name, self.timeout)
+                except BaseException:
+                    taken = delivery.taken()
+                    _abort(sock)
+                    raise
+        except BaseException:
+            if taken and not self._interrupted:  # the connection is reset: record it now
+                self._interrupted = True
+                self._write_notice_file()
+            raise
+        if self._interrupted:
+            self._interrupted = False
+            self._remove_notice_file()
 
     def close(self) -> None:
         """Nothing stays open between jobs."""
+
+    def _write_notice_file(self) -> None:
+        """Record (durably, before the failure is reported) that the next job owes the
+        notice; a file that cannot be written leaves it in memory only, logged."""
+        if self.notice_file is None:
+            return
+        text = (
+            f"printer {self.name} took part of a failed job at {_utc_now()}: the next job"
+            " starts with DRUCK ABGEBROCHEN\n"
+        )
+        try:
+            replace_file(self.notice_file, text.encode())
+        except OSError as exc:
+            log.warning(
+                "printer %s: cannot record the owed DRUCK ABGEBROCHEN notice in %s (%s):"
+                " a restart before the next job is printed forgets it",
+                self.name,
+                self.notice_file,
+                " ".join(str(exc).split()),
+            )
+
+    def _remove_notice_file(self) -> None:
+        """The notice is on the paper: remove its file (durably, before the job that
+        carried it is reported as printed)."""
+        if self.notice_file is None:
+            return
+        try:
+            self.notice_file.unlink(missing_ok=True)
+            fsync_directory(self.notice_file.parent)
+        except OSError as exc:
+            log.warning(
+                "printer %s: cannot remove %s (%s): the next start prints the DRUCK"
+                " ABGEBROCHEN notice once more",
+                self.name,
+                self.notice_file,
+                " ".join(str(exc).split()),
+            )
+
+
+def notice_file_name(host: str, port: int) -> str:
+    """The name of a network printer's owed-notice file: ``print-notice-<host>-<port>``,
+    with every character of the host but letters, digits, ``.`` and ``-`` as ``_``."""
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in ".-") else "_" for c in host)
+    return f"print-notice-{safe}-{port}"
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 class _Delivery:
