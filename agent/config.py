@@ -313,6 +313,10 @@ class PrinterConfig(_Section):
     the ``ESC t`` number of PC858 (with the euro sign) in its list, which its self-test
     page prints; ``qr = "image"`` for printers without native QR codes.
 
+    ``keep_days``: the file printer deletes a job and its preview in ``dir`` once it is
+    that many days old (at the first job after the start, then at most once a day); 0
+    keeps them for ever.
+
     ``header``: the lines printed centred at the top of every receipt and copy, the
     business's name and address (§ 132a Abs 3 BAO: a receipt names the seller). Only the
     paper and the PNG preview carry them, not the stored receipt or its JSON.
@@ -320,6 +324,7 @@ class PrinterConfig(_Section):
 
     kind: Literal["file", "network", "usb", "serial", "none"] = "file"
     dir: Path | None = None  # <data_dir>/prints when loaded
+    keep_days: int = Field(30, ge=0, le=36500)  # the file printer's jobs; 0: for ever
     host: str | None = None
     port: int = Field(9100, ge=1, le=65535)
     usb_vendor: int | None = Field(None, ge=0, le=0xFFFF)

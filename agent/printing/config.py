@@ -51,7 +51,7 @@ def open_printer(config: PrinterConfig) -> Printer:
             device = str(config.serial_device)
             return SerialPrinter(device, config.baudrate, timeout=config.timeout_s)
         case "file" if config.dir is not None:
-            return FilePrinter(config.dir)
+            return FilePrinter(config.dir, keep_days=config.keep_days)
         case "none":
             return NullPrinter()
     raise ConfigurationError(f"printer: a {config.kind} printer lacks the fields it needs")

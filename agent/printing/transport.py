@@ -10,6 +10,7 @@ accepted by a printer are not yet paper printed.
 from __future__ import annotations
 
 import abc
+import collections
 import contextlib
 import datetime as dt
 import logging
@@ -20,7 +21,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +41,10 @@ else:  # pragma: no cover - other platforms
 # before the job counts as printed anyway (a printer that closes ends the wait at once)
 CLOSE_WAIT = 0.5
 
+# the file printer removes at most this many old jobs (with their previews) per job written
+PRUNE_BATCH = 1000
+_DAY = 86400.0
+
 # sent ahead of the next job after a failed one the printer had taken part (or all) of:
 # the paper above it, a broken receipt or a whole one, is void, and the job follows in
 # full. ESC @ ends the broken job's modes (bold, size) and drops its unprinted line, and
@@ -54,6 +59,7 @@ INTERRUPTED_NOTICE = (
 
 __all__ = [
     "INTERRUPTED_NOTICE",
+    "PRUNE_BATCH",
     "FilePrinter",
     "NetworkPrinter",
     "Printer",
@@ -326,14 +332,36 @@ class FilePrinter:
     The directory is scanned for the highest number once, at the first job, and the next
     number is kept in memory from then on, so a job costs the same with a million earlier
     jobs in the directory as with none. Only a number taken meanwhile by another writer
-    (the link refuses it) costs a new scan. Nothing is ever deleted: the directory grows
-    by a job (and its preview) per print.
+    (the link refuses it) costs a new scan.
+
+    With ``keep_days`` a job and its preview are deleted once their file is that many days
+    old (0: kept for ever, the directory grows by a job and its preview per print): after
+    the first job of the process and then at most once a day, the directory's names are
+    read (no file's time but the oldest ones'), and the jobs older than that are removed
+    from the lowest number up, at most :data:`PRUNE_BATCH` per job written, so a large
+    backlog is removed over the next jobs instead of holding up one. A job that cannot be
+    removed is logged and never fails a print.
+
+    Args:
+        directory: where the jobs go (created on the first job).
+        keep_days: days a job is kept; 0 keeps every job.
+        clock: seconds that only go forward (``time.monotonic``), for the once a day.
     """
 
-    def __init__(self, directory: Path | str) -> None:
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        keep_days: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.directory = Path(directory)
         self.name = str(self.directory)
+        self.keep_days = keep_days
+        self._clock = clock
         self._next: int | None = None  # the next free number, once the first job scanned
+        self._prune_at: float | None = None  # when the directory is read again; None: now
+        self._old: collections.deque[str] = collections.deque()  # stems to look at, lowest first
 
     def send(self, data: bytes) -> None:
         self.write(data)
@@ -351,7 +379,66 @@ class FilePrinter:
                 preview = self._temp_file(png)
                 os.replace(preview, path.with_suffix(".png"))
             fsync_directory(self.directory)
+        if self.keep_days > 0:
+            self._prune()
         return path
+
+    def _prune(self) -> None:
+        """Remove up to :data:`PRUNE_BATCH` jobs older than ``keep_days`` (and their
+        previews), reading the directory's names at most once a day."""
+        now = self._clock()
+        if not self._old:
+            if self._prune_at is not None and now < self._prune_at:
+                return
+            self._prune_at = now + _DAY
+            try:
+                self._old = collections.deque(self._stems())
+            except OSError as exc:
+                log.warning(
+                    "file printer %s: cannot read it to remove old jobs: %s", self.name, exc
+                )
+                return
+        cutoff = time.time() - self.keep_days * _DAY
+        removed = 0
+        try:
+            while self._old and removed < PRUNE_BATCH:
+                if self._written_at(self._old[0]) >= cutoff:  # this one and the later ones
+                    self._old.clear()
+                    break
+                for suffix in (".bin", ".png"):
+                    (self.directory / f"{self._old[0]}{suffix}").unlink(missing_ok=True)
+                self._old.popleft()
+                removed += 1
+        except OSError as exc:
+            self._old.clear()  # tried again in a day
+            log.warning("file printer %s: cannot remove an old job: %s", self.name, exc)
+        if removed:
+            log.info(
+                "file printer %s: removed %d job(s) older than %d day(s)%s",
+                self.name,
+                removed,
+                self.keep_days,
+                ", more with the next job" if self._old else "",
+            )
+
+    def _stems(self) -> list[str]:
+        """The numbers (as named) of the jobs and previews in the directory, lowest first."""
+        with os.scandir(self.directory) as entries:
+            stems = {
+                stem
+                for e in entries
+                if (stem := e.name.removesuffix(".bin").removesuffix(".png")) != e.name
+                and stem.isascii()
+                and stem.isdigit()
+            }
+        return sorted(stems, key=int)
+
+    def _written_at(self, stem: str) -> float:
+        """When job ``stem`` was written (its preview's time without its job); gone: 0."""
+        for suffix in (".bin", ".png"):
+            with contextlib.suppress(FileNotFoundError):
+                return (self.directory / f"{stem}{suffix}").stat().st_mtime
+        return 0.0
 
     def close(self) -> None:
         """Nothing stays open between jobs."""
