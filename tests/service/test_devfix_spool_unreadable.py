@@ -51,6 +51,14 @@ def _wait_for(path: Path, timeout: float = 15.0) -> None:
         time.sleep(0.02)
 
 
+def _wait_empty(directory: Path, timeout: float = 15.0) -> None:
+    """The spool writes an answer first and then releases the sale from ``work/``."""
+    deadline = time.monotonic() + timeout
+    while _files(directory):
+        assert time.monotonic() < deadline, f"{_files(directory)} still in {directory}"
+        time.sleep(0.02)
+
+
 def _files(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
@@ -125,8 +133,8 @@ def test_a_sale_the_agent_may_not_read_is_answered_unreadable_and_moved_to_faile
     assert "noperm.json" in error["message"]
     assert "mode 0000" in error["message"]
     assert "Permission denied" in error["message"]
+    _wait_empty(spool.work)
     assert (spool.failed / "noperm.json").exists()  # the POS can look at it, fix it, drop it again
-    assert _files(spool.work) == []
 
     _drop(spool, "noperm.json", sale(request_id="noperm", register="SPOOL-1"))
     _wait_for(spool.result_path("noperm.json"))
@@ -150,4 +158,5 @@ def test_an_answer_that_cannot_be_written_is_retried_not_lost(spool: Spool, agen
     _wait_for(spool.error_path("noperm.json"))
     error = json.loads(spool.error_path("noperm.json").read_text(encoding="utf-8"))
     assert error["rule"] == "unreadable"
-    assert _files(spool.work) == []
+    _wait_empty(spool.work)
+    assert _files(spool.failed) == ["noperm.error.json", "noperm.json"]
