@@ -131,6 +131,23 @@ _UNREADABLE_ERRNOS = {
 }
 
 
+def _shown(name: str) -> str:
+    """A spool file's name (or path) for a log line: as it is when every character of it
+    prints, else quoted with its other characters escaped as repr escapes them (``\\n``,
+    ``\\x1b``, ``\\u202e``): the POS names the files, and a newline, an escape sequence
+    or a bidi control in a name would forge or hide log lines."""
+    return name if name.isprintable() else repr(name)
+
+
+def _printable(error: object) -> str:
+    """An error's text for a log line, escaped as :func:`_shown` escapes a name but not
+    quoted: a refusal's message may quote the name (``name-too-long``, ``unreadable``)."""
+    text = str(error)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _is_sale_name(name: str) -> bool:
     return not name.startswith(".") and name.endswith(_SUFFIX) and len(name) > len(_SUFFIX)
 
@@ -279,7 +296,7 @@ class Spool:
             log.warning(
                 "spool: %s is left alone: a name ending in %s or %s is an answer's name;"
                 " give the sale another name",
-                self.inbox / name,
+                _shown(str(self.inbox / name)),
                 _RESULT,
                 _ERROR,
             )
@@ -304,7 +321,9 @@ class Spool:
             # removed before the claim: a crash in between must not pair the new sale
             # with the old answer
             if _unlink(stale):
-                log.warning("spool: %s arrived again; its earlier answer was removed", stale.name)
+                log.warning(
+                    "spool: %s arrived again; its earlier answer was removed", _shown(stale.name)
+                )
         _remove(self.failed_path(incoming.name))
         try:
             os.rename(incoming, target)  # a link is moved itself, never what it points to
@@ -462,7 +481,12 @@ class SpoolIngestor:
         except Exception as exc:
             if incoming.name not in self._unclaimable:
                 self._unclaimable.add(incoming.name)
-                log.error("spool: cannot claim %s; skipped: %s", incoming.name, exc, exc_info=exc)
+                log.error(
+                    "spool: cannot claim %s; skipped: %s",
+                    _shown(incoming.name),
+                    _printable(exc),
+                    exc_info=exc,
+                )
             return None
         self._unclaimable.discard(incoming.name)
         return claimed
@@ -507,7 +531,9 @@ class SpoolIngestor:
             return 0
         retried = self._retries.pop(claimed.name, None)
         if retried is not None:
-            log.info("spool: %s answered after %d failed attempts", claimed.name, retried[0])
+            log.info(
+                "spool: %s answered after %d failed attempts", _shown(claimed.name), retried[0]
+            )
         self._beat()
         return 1
 
@@ -515,7 +541,7 @@ class SpoolIngestor:
         try:
             raw = self.spool.read(claimed)
         except InvalidSale as exc:  # no regular file, unreadable or too large: never parsed
-            log.warning("spool: %s refused unread: %s", claimed.name, exc)
+            log.warning("spool: %s refused unread: %s", _shown(claimed.name), _printable(exc))
             self.spool.fail(claimed, exc.as_dict())
             return
         try:
@@ -523,11 +549,11 @@ class SpoolIngestor:
         except WaitsForUnit:
             raise
         except (InvalidSale, FiscalError) as exc:
-            log.info("spool: %s rejected: %s", claimed.name, exc)
+            log.info("spool: %s rejected: %s", _shown(claimed.name), _printable(exc))
             self.spool.fail(claimed, _error_of(exc))
             return
         self.spool.succeed(claimed, result)
-        log.debug("spool: %s -> receipt %s", claimed.name, result.number)
+        log.debug("spool: %s -> receipt %s", _shown(claimed.name), result.number)
 
     def _retry_later(
         self,
@@ -549,7 +575,10 @@ class SpoolIngestor:
                 level = logging.DEBUG
         self._retries[name] = (failures, self.clock.monotonic() + delay, storage)
         message = "spool: %s not answered yet (attempt %d), retrying in %.1f s: %s"
-        log.log(level, message, name, failures, delay, exc, exc_info=exc if trace else None)
+        shown = _printable(exc)
+        log.log(
+            level, message, _shown(name), failures, delay, shown, exc_info=exc if trace else None
+        )
 
     def _next_wait(self) -> float:
         dues = [due for _, due, _ in self._retries.copy().values()]
