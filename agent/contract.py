@@ -11,7 +11,7 @@ import base64
 import hashlib
 import json
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -324,27 +324,58 @@ def parse_sale(raw: bytes | str | dict[str, Any]) -> Sale:
 
 
 def sale_fingerprint(sale: Sale) -> str:
-    """What identifies a sale for idempotency: ``s2:`` + base64url SHA-256 of its fields.
+    """What identifies a sale for idempotency: ``s3:`` + base64url SHA-256 of its fields.
 
     The fields are joined with ASCII separators that no checked field can contain (texts
     refuse control characters; every other field has a pattern without them), so two
-    sales share a fingerprint only when every field is equal. Receipts issued before
-    this form carry the hex SHA-256 of the sale's canonical JSON (:func:`same_sale`).
+    sales share a fingerprint only when every field is equal. Money counts as its amount
+    in cents ("12.5", "12.50" and "0012.50" are one price); quantities and texts count as
+    sent (the receipt prints them so). Receipts issued before this form carry an ``s2:``
+    fingerprint (money as sent) or the hex SHA-256 of the sale's canonical JSON
+    (:func:`same_sale` knows both).
     """
-    lines = "\x1e".join(f"{x.text}\x1f{x.qty}\x1f{x.unit_price}\x1f{x.vat}" for x in sale.lines)
-    payments = "\x1e".join(f"{p.method}\x1f{p.amount}" for p in sale.payments)
+    return "s3:" + _digest(sale, _cents_text)
+
+
+def _cents_text(money: str) -> str:
+    """``money`` in one spelling per amount: ``"12.5"``, ``"0012.50"`` -> ``"12.50"``."""
+    if money[-3:-2] == "." and money[0] in _NONZERO:  # the usual spelling is that one
+        return money
+    cents = scaled(money, 2)
+    sign = "-" if cents < 0 else ""
+    whole, frac = divmod(abs(cents), 100)
+    return f"{sign}{whole}.{frac:02d}"
+
+
+_NONZERO = frozenset("123456789")
+
+
+def _as_sent(money: str) -> str:
+    return money
+
+
+def _digest(sale: Sale, money: Callable[[str], str]) -> str:
+    lines = "\x1e".join(
+        f"{x.text}\x1f{x.qty}\x1f{money(x.unit_price)}\x1f{x.vat}" for x in sale.lines
+    )
+    payments = "\x1e".join(f"{p.method}\x1f{money(p.amount)}" for p in sale.payments)
     voids = "" if sale.voids is None else str(sale.voids)
     material = "\x1d".join(
         (sale.request_id, sale.register_id, sale.kind, voids, sale.cashier or "", lines, payments)
     )
     digest = hashlib.sha256(material.encode("utf-8")).digest()
-    return "s2:" + base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
 
 
 def same_sale(stored: str | None, sale: Sale) -> bool:
-    """True when ``sale`` is the sale whose stored fingerprint is ``stored``."""
-    if stored is not None and stored.startswith("s2:"):
+    """True when ``sale`` is the sale whose stored fingerprint is ``stored`` (of any form
+    a receipt was ever stored with: a retry after an upgrade still finds its receipt)."""
+    if stored is None:
+        return False
+    if stored.startswith("s3:"):
         return stored == sale_fingerprint(sale)
+    if stored.startswith("s2:"):  # money as sent: an earlier receipt's retry spells it so
+        return stored == "s2:" + _digest(sale, _as_sent)
     legacy = canonical_json(sale.model_dump())  # the form of receipts issued before "s2:"
     return stored == hashlib.sha256(legacy.encode("utf-8")).hexdigest()
 

@@ -199,7 +199,8 @@ class ReceiptService:
                     raise InvalidSale(
                         "request_id",
                         "request-id-reused",
-                        "this request_id was already used for a different sale",
+                        "this request_id was already used for a different sale: "
+                        + _stored_receipt(stored),
                     )
                 return Issued(current_result(conn, current_version(conn, stored)), created=False)
             due_at = self._closing_due.get(register_id)
@@ -282,11 +283,12 @@ class ReceiptService:
         with self._issuing.transaction() as conn:
             stored = None if request_id is None else _by_request(conn, register_id, request_id)
             if stored is not None:
-                if stored["kind"] not in _ZERO_KINDS:
+                if not _zero_again(stored):
                     raise InvalidSale(
                         "request_id",
                         "request-id-reused",
-                        f"this request_id was already used for a {stored['kind']} receipt",
+                        f"this request_id was already used for a {stored['kind']} receipt "
+                        f"with other content: {_stored_receipt(stored)}",
                     )
                 # a lost Sammelbeleg is replaced by recovery: the retry gets what stands now,
                 # and waits only while the outage it was asked for is still open
@@ -514,8 +516,32 @@ class _ClosedMeanwhile(Exception):
 
 def _zero_asked(stored: sqlite3.Row, sale: Sale) -> bool:
     """A ``kind: null`` sale repeating a request the zero-receipt endpoint answered (with
-    a Nullbeleg, or the Sammelbeleg of an open outage): the same request, its receipt."""
-    return stored["sale_hash"] is None and stored["kind"] in _ZERO_KINDS and sale.kind == "null"
+    a Nullbeleg, or the Sammelbeleg of an open outage): the same request, its receipt. The
+    endpoint takes nothing but the request_id, so a null sale carrying more (a cashier) is
+    another request (a null sale has no lines, payments or voids: parse_sale refuses them)."""
+    return (
+        stored["sale_hash"] is None
+        and stored["kind"] in _ZERO_KINDS
+        and sale.kind == "null"
+        and sale.cashier is None
+    )
+
+
+def _zero_again(stored: sqlite3.Row) -> bool:
+    """A zero-receipt request repeating ``stored``'s: a zero receipt it issued, or a
+    ``kind: null`` sale that carried nothing but what the endpoint takes."""
+    if stored["kind"] not in _ZERO_KINDS:
+        return False
+    if stored["sale_hash"] is None:
+        return True
+    bare = {"request_id": stored["request_id"], "register": stored["register_id"], "kind": "null"}
+    return same_sale(stored["sale_hash"], parse_sale(bare))
+
+
+def _stored_receipt(stored: sqlite3.Row) -> str:
+    """The receipt a request_id names, for a refusal: the POS can look it up."""
+    number, register, receipt_id = stored["number"], stored["register_id"], stored["receipt_id"]
+    return f'receipt {number} of register {register} (receipt_id "{receipt_id}")'
 
 
 _ZERO_KINDS = ("null", "sammelbeleg")
