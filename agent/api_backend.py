@@ -183,12 +183,18 @@ class _In(_Out):
     model_config = ConfigDict(strict=True)
 
 
+# An operator's reference: the published schema says 1-200 characters; an empty or blank
+# one is refused by check_reference with rule `required` (as on the command line), not by
+# pydantic's min-length, so minLength is published without being enforced here.
+def _reference() -> Any:
+    return Field(max_length=REFERENCE_MAX_LENGTH, json_schema_extra={"minLength": 1})
+
+
 class ReportIn(_In):
     """A FinanzOnline report made for an outage: its reference, and whether it is the
     report of the outage's end."""
 
-    # empty or blank: rule `required`, from check_reference, as on the command line
-    reference: str = Field(max_length=REFERENCE_MAX_LENGTH)
+    reference: str = _reference()
     end: bool = False
 
 
@@ -197,8 +203,7 @@ class CheckDoneIn(_In):
     receipt (may be left out for the Startbeleg) and whether the check failed."""
 
     year: int | None = Field(None, ge=1, le=9999)
-    # empty or blank: rule `required`, from check_reference, as on the command line
-    reference: str = Field(max_length=REFERENCE_MAX_LENGTH)
+    reference: str = _reference()
     failed: bool = False
 
 
