@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
 
 import typer
 from rich.markup import escape
@@ -461,10 +461,20 @@ def issue(
     _show_receipt(result, as_json)
 
 
+# a choice of the command line: another word is a usage error (exit 2), listed by --help
+SpecialKind = Literal["null", "monthly", "yearly", "closing"]
+
+
 @app.command()
 def special(
     register: Annotated[str, typer.Argument(help="Kassen-ID.")],
-    kind: Annotated[str, typer.Argument(help="null | monthly | yearly | closing")],
+    kind: Annotated[
+        SpecialKind,
+        typer.Argument(
+            help="Which receipt: null (Nullbeleg), monthly (Monatsbeleg), yearly"
+            " (Jahresbeleg) or closing (Schlussbeleg)."
+        ),
+    ],
     yes: Annotated[bool, typer.Option("--yes", help="Confirm a Schlussbeleg.")] = False,
     data_dir: DataDir = DEFAULT_DATA,
     as_json: JsonFlag = False,
@@ -477,10 +487,6 @@ def special(
     After a Jahres- or Schlussbeleg it says what the operator owes and by when. An unknown
     register is exit 6.
     """
-    if kind not in ("null", "monthly", "yearly", "closing"):
-        _fail(
-            InvalidSale("kind", "allowed-values", "use null, monthly, yearly or closing"), as_json
-        )
     if kind == "closing" and not yes:
         _fail(
             InvalidSale("--yes", "confirm", "a Schlussbeleg ends the register: add --yes"), as_json

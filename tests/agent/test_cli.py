@@ -472,10 +472,13 @@ class TestSpecial:
         body = _json(expect(run_in("special", REGISTER, "null", "--json"), 0))
         assert (body["number"], body["kind"], body["signature_state"]) == (2, "null", "signed")
 
-    def test_unknown_kind_exits_3(self, run_in: Run, till: Path) -> None:
-        """An unknown special receipt kind is invalid input with rule allowed-values."""
-        body = _json(expect(run_in("special", REGISTER, "weekly", "--json"), 3))
-        assert (body["field"], body["rule"]) == ("kind", "allowed-values")
+    def test_unknown_kind_is_a_usage_error(self, run_in: Run, till: Path) -> None:
+        """An unknown special receipt kind is a bad value of the command line (exit 2, as
+        ``checks done``'s), naming the choices, as --help lists them."""
+        refused = expect(run_in("special", REGISTER, "weekly", "--json"), 2)
+        said = " ".join((refused.stdout + refused.stderr).replace("│", " ").split())
+        assert "'weekly' is not one of 'null', 'monthly', 'yearly', 'closing'" in said
+        assert "<null|monthly|yearly|" in expect(run_in("special", "--help"), 0).stdout
 
 
 class TestReceipts:

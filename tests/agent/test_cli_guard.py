@@ -337,15 +337,10 @@ class TestSpecialOnAnUnknownRegister:
         assert "error: register 'NOPE' is not initialized in this till database" in text
         assert _receipts(till) == 2
 
-    def test_a_bad_kind_is_still_invalid_input(self, run: Run, till: Path) -> None:
-        body = json.loads(
-            expect(run("special", "NOPE", "weekly", "--json", "--data-dir", till), 3).stdout
-        )
-        assert (body["error"], body["field"], body["rule"]) == (
-            "InvalidSale",
-            "kind",
-            "allowed-values",
-        )
+    def test_a_bad_kind_is_a_usage_error_first(self, run: Run, till: Path) -> None:
+        """The kind is a choice of the command line: exit 2, before the register is looked up."""
+        result = expect(run("special", "NOPE", "weekly", "--json", "--data-dir", till), 2)
+        assert "'weekly' is not one of" in flat(result.stdout + result.stderr)
 
 
 # -- the words of errors ---------------------------------------------------------------------
@@ -364,8 +359,8 @@ class TestErrorWords:
         assert body["message"].startswith("--key-id must be Ordnungsbegriff-KeyID")
 
     def test_another_invalid_input_still_names_its_field(self, run: Run, till: Path) -> None:
-        text = flat(expect(run("special", "KASSE-1", "weekly", "--data-dir", till), 3).stderr)
-        assert "error: kind: use null, monthly, yearly or closing [allowed-values]" in text
+        text = flat(expect(run("special", "KASSE-1", "closing", "--data-dir", till), 3).stderr)
+        assert "error: --yes: a Schlussbeleg ends the register: add --yes [confirm]" in text
 
     def test_outage_export_into_a_file_says_it_is_not_a_directory(
         self, run: Run, with_outage: Path, tmp_path: Path
