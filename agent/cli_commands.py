@@ -598,6 +598,7 @@ def receipts_show(
     if png is not None:
         _refuse_output(png, "--png", data_dir, as_json)
     with _reader(data_dir, as_json) as db, db.read_connection() as conn:
+        _require_register(conn, register, as_json)  # not "has no receipt 1"
         try:
             row = known_receipt(conn, register, number)
         except NotFound as exc:

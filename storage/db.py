@@ -157,10 +157,10 @@ def open_till_db(
     if "\x00" in str(data_dir):
         raise StorageError(f"the data directory {str(data_dir)!r} contains a NUL byte")
     path = data_dir / DB_FILE
+    if data_dir.exists() and not data_dir.is_dir():  # before "run init": init refuses it too
+        raise StorageError(f"the data directory {data_dir} is not a directory")
     if (not writer or not create) and not path.exists():
         raise NoDatabase(f"no till database in {data_dir}: run `till-agent init` first")
-    if data_dir.exists() and not data_dir.is_dir():
-        raise StorageError(f"the data directory {data_dir} is not a directory")
     if path.exists():  # before the lock: a refused file leaves no lock file behind
         _check_schema(path, data_dir, may_be_empty=create, at_head=not (writer and migrate))
     try:
