@@ -281,11 +281,33 @@ def refusal(error: Mapping[str, Any], what: str = "the sale") -> InvalidSale:
     elif error["type"] == "string_unicode" and isinstance(error.get("input"), str):
         message = _hidden_character(error["input"]) or error["msg"]
     elif rule == "allowed-values":
-        message = f"{repr(error.get('input'))[:40]} is not allowed: {error['msg']}"
+        message = f"{_as_json(error.get('input'))} is not allowed: {_allowed(error)}"
+    elif error["type"] == "too_long" and loc:
+        ctx = error.get("ctx") or {}
+        most, sent = ctx.get("max_length"), ctx.get("actual_length")
+        message = f"{what} carries at most {most} {loc[-1]}, not {sent}"
     else:
         message = error["msg"]
     hint = _HINTS.get(loc[-1]) if loc else None
     return InvalidSale(field, rule, f"{message}; {hint}" if hint else message)
+
+
+def _as_json(value: Any) -> str:
+    """A refused value as the client wrote it, in JSON (``null``, ``true``, ``"x"``), cut
+    to 40 characters: never Python's spelling (``None``, ``True``)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):  # not from JSON (a caller's object): as Python has it
+        text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "\u2026"
+
+
+def _allowed(error: Mapping[str, Any]) -> str:
+    """The values a literal takes, in JSON: 'use "null", "monthly" or "yearly"'."""
+    expected = (error.get("ctx") or {}).get("expected")
+    if not isinstance(expected, str):
+        return str(error["msg"])
+    return "use " + expected.replace("'", '"')
 
 
 def load_json(raw: bytes | str) -> Any:
