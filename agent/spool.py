@@ -448,6 +448,9 @@ class SpoolIngestor:
         self.clock: Clock = clock or SystemClock()
         self.heartbeat = self.clock.monotonic()
         self._retries: dict[str, tuple[int, float, bool]] = {}  # name -> failures, due, storage
+        self._storage_at = 0.0  # the shared retry of the files waiting for storage
+        self._blocked = False  # this scan met a storage failure: it issues nothing more
+        self._arrived: set[str] = set()  # the names in in/ at the last scan
         self._unclaimable: set[str] = set()  # names in in/ whose claim failed (logged once)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -459,18 +462,36 @@ class SpoolIngestor:
     # -- one scan -------------------------------------------------------------------------
 
     def run_once(self) -> int:
-        """Scan once: finish claimed files, then claim new ones; return the files answered."""
+        """Scan once: finish claimed files, then claim new ones; return the files answered.
+
+        A storage failure (a full disk or database) stops the scan: nothing after the file
+        that met it is issued or claimed, so the files waiting for storage keep their
+        place in the numbering. They are retried together, in their order, at one time
+        (at most ``STORAGE_RETRY_S`` later, at once when new files arrive), before any
+        other file; meanwhile nothing else is issued.
+        """
         with self._lock:
             incoming = self.spool.incoming()
-            due = self._due(self.spool.claimed(), storage_now=bool(incoming))
-            handled = sum(self._process(path) for path in due)
-            self._unclaimable &= {path.name for path in incoming}
-            for path in incoming:
-                if self._stop.is_set():
+            claimed = self.spool.claimed()
+            arrived = {path.name for path in incoming}
+            storage_now = bool(arrived - self._arrived)  # new files: retry before them
+            self._arrived = arrived
+            self._unclaimable &= arrived
+            handled = 0
+            self._blocked = False
+            if self._waits_for_storage(claimed, storage_now=storage_now):
+                self._beat()
+                return 0
+            for path in self._due(claimed):
+                handled += self._process(path)
+                if self._blocked or self._stop.is_set():
                     break
-                claimed = self._claim(path)
-                if claimed is not None:
-                    handled += self._process(claimed)
+            for path in incoming:
+                if self._blocked or self._stop.is_set():
+                    break
+                claimed_path = self._claim(path)
+                if claimed_path is not None:
+                    handled += self._process(claimed_path)
             self._beat()
             return handled
 
@@ -496,17 +517,24 @@ class SpoolIngestor:
         """Names of the claimed files waiting for a retry."""
         return sorted(self._retries.copy())  # no lock: a scan may hold it for long
 
-    def _due(self, claimed: list[Path], *, storage_now: bool) -> list[Path]:
-        """The claimed files to try now; ``storage_now``: also those waiting for storage
-        (new files came: they go first, keeping their order in the numbering)."""
+    def _waits_for_storage(self, claimed: list[Path], *, storage_now: bool) -> bool:
+        """Forget the retries of files no longer claimed; True while files wait for
+        storage and their shared retry is not due (``storage_now``: new files came)."""
         names = {path.name for path in claimed}
         for gone in set(self._retries) - names:
             del self._retries[gone]
+        if storage_now or not any(storage for _, _, storage in self._retries.values()):
+            return False
+        return self._storage_at > self.clock.monotonic()
+
+    def _due(self, claimed: list[Path]) -> list[Path]:
+        """The claimed files to try now, in the spool's order: those waiting for storage
+        (their retry is due) and those whose own retry is due."""
         now = self.clock.monotonic()
         due: list[Path] = []
         for path in claimed:
             _, at, storage = self._retries.get(path.name, (0, now, False))
-            if at <= now or (storage and storage_now):
+            if storage or at <= now:
                 due.append(path)
         return due
 
@@ -566,19 +594,31 @@ class SpoolIngestor:
     ) -> None:
         """Keep the file claimed and try it again after the backoff; ``trace`` logs the
         traceback of an error nobody expected; ``storage``: the till's storage failed, the
-        retry comes after at most ``STORAGE_RETRY_S`` (logged at ``level`` now and then)."""
+        retry comes after at most ``STORAGE_RETRY_S`` (logged at ``level`` now and then),
+        with every other file waiting for storage, and the scan stops."""
         failures = self._retries.get(name, (0, 0.0, False))[0] + 1
         delay = self.backoff.delay(failures - 1)
         if storage:
             delay = min(delay, STORAGE_RETRY_S)
             if failures % _STORAGE_LOG_EVERY != 1:
                 level = logging.DEBUG
-        self._retries[name] = (failures, self.clock.monotonic() + delay, storage)
+        at = self.clock.monotonic() + delay
+        self._retries[name] = (failures, at, storage)
+        if storage:
+            self._wait_for_storage(at)
         message = "spool: %s not answered yet (attempt %d), retrying in %.1f s: %s"
         shown = _printable(exc)
         log.log(
             level, message, _shown(name), failures, delay, shown, exc_info=exc if trace else None
         )
+
+    def _wait_for_storage(self, at: float) -> None:
+        """Stop the scan; every file waiting for storage is retried at ``at``, together."""
+        self._blocked = True
+        self._storage_at = at
+        for name, (failures, _, storage) in self._retries.copy().items():
+            if storage:
+                self._retries[name] = (failures, at, storage)
 
     def _next_wait(self) -> float:
         dues = [due for _, due, _ in self._retries.copy().values()]
