@@ -190,7 +190,12 @@ def _load_module(module: Path, what: str) -> Any:
     try:
         return pkcs11.lib(str(module))
     except p11.PKCS11Error as exc:
-        raise ConfigurationError(f"{what}: cannot load PKCS#11 module {module}: {exc}") from exc
+        raise ConfigurationError(
+            f"{what}: cannot load PKCS#11 module {module}: {_describe(exc)} as it started;"
+            " is the token (or its reader) attached, is the module the token's PKCS#11"
+            " library, and for SoftHSM2, does SOFTHSM2_CONF name a configuration whose"
+            " directories.tokendir exists?"
+        ) from exc
 
 
 def _login(module: Path, token_label: str, pin: str, what: str) -> Any:
