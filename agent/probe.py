@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from agent.errors import TillAgentError
+from agent.errors import StorageError, TillAgentError
 from agent.loop import BackgroundLoop
 from agent.receipts import ReceiptService
 
@@ -70,9 +70,14 @@ class Prober:
         return min(waits, default=self.backoff.cap)
 
     def _visit_or_log(self, register_id: str, now: float) -> float:
-        """:meth:`_visit`; a register whose visit fails unexpectedly is logged (once per run
-        of failures) and backs off, and the other registers are probed all the same
-        (DESIGN.md invariant 8)."""
+        """:meth:`_visit` when the register is due; a register whose visit fails
+        unexpectedly is logged (once per run of failures: again only after a visit that
+        ran and succeeded, not after one that was not due yet) and backs off, and the
+        other registers are probed all the same (DESIGN.md invariant 8). A storage failure
+        (a full disk) is one line; anything else comes with its traceback."""
+        due = self._next.setdefault(register_id, now + self.backoff.delay(0))
+        if now < due:
+            return due - now
         try:
             wait = self._visit(register_id, now)
         except Exception as exc:
@@ -83,7 +88,7 @@ class Prober:
                     " backoff, the other registers go on (logged again only after it succeeded)",
                     register_id,
                     exc,
-                    exc_info=True,
+                    exc_info=None if isinstance(exc, StorageError) else exc,
                 )
             attempt = self._attempts.get(register_id, 0) + 1
             self._attempts[register_id] = attempt
@@ -93,9 +98,7 @@ class Prober:
         return wait
 
     def _visit(self, register_id: str, now: float) -> float:
-        due = self._next.setdefault(register_id, now + self.backoff.delay(0))
-        if now < due:
-            return due - now
+        """Probe a register that is due; the seconds until its next probe."""
         if self._probe(register_id):
             return self.backoff.cap
         attempt = self._attempts.get(register_id, 0) + 1

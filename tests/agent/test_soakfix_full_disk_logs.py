@@ -1,0 +1,104 @@
+"""A really full disk while the probe goes on: it says so in one readable ERROR line per
+run of failures, without a traceback (the failure is expected and its message says what
+failed), and again only once the run has ended.
+
+The till database lives on a small tmpfs, its WAL truncated by a checkpoint and the file
+system filled, so the next write cannot get a block (SQLITE_FULL, a StorageError)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.clock import FrozenClock
+from agent.probe import Backoff, Prober
+from agent.receipts import ReceiptService
+from agent.signing.flaky import FlakyUnit
+from factories import sale
+
+
+@pytest.fixture(name="small_fs")
+def _small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB tmpfs, unmounted at teardown; skipped where mounting is not permitted."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:  # the database is closed after this (lazily then)
+        if subprocess.run(["umount", str(mount)], capture_output=True, check=False).returncode:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture(name="data_dir")
+def _data_dir(small_fs: Path) -> Path:
+    """The till's data directory on the small file system (every fixture's database)."""
+    return small_fs / "data"
+
+
+def _fill(service: ReceiptService, mount: Path) -> Path:
+    """An empty WAL (the next write needs a new block) on a file system with no byte left;
+    the file that holds the zeros."""
+    conn = service.db.write_connection()._conn
+    assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    filler = mount / "fill"
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError:
+            pass
+    assert os.statvfs(mount).f_bavail == 0
+    return filler
+
+
+def _errors(caplog: pytest.LogCaptureFixture, logger: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == logger and r.levelno >= logging.ERROR]
+
+
+class TestTheProbe:
+    def probe_for(self, prober: Prober, clock: FrozenClock, seconds: float) -> None:
+        """Run the probe every half second of the frozen clock for ``seconds``."""
+        for _ in range(int(seconds * 2)):
+            prober.run_once()
+            clock.advance(0.5)
+
+    def test_a_full_disk_is_one_line_per_run_of_failures(
+        self,
+        service: ReceiptService,
+        flaky: FlakyUnit,
+        clock: FrozenClock,
+        small_fs: Path,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """The unit is down, so every probe records its failure, which the full disk
+        refuses: one ERROR without a traceback for 30 s of probes (the visits in between
+        that were not due end nothing), and one more only after a probe that ran and
+        stored its result."""
+        flaky.mode = "down"
+        service.issue(sale(request_id="r-1"))  # opens the outage: the probe's target
+        prober = Prober(service, Backoff(1.0, 4.0, jitter=0.0), deadline=1.0)
+        filler = _fill(service, small_fs)
+        self.probe_for(prober, clock, 30.0)
+        [error] = _errors(caplog, "agent.probe")
+        assert error.exc_info is None
+        assert "its probe or recovery failed" in error.getMessage()
+        assert "disk is full" in error.getMessage()
+        filler.unlink()
+        self.probe_for(prober, clock, 10.0)  # probes run and store their result
+        assert len(_errors(caplog, "agent.probe")) == 1
+        _fill(service, small_fs)
+        self.probe_for(prober, clock, 10.0)
+        assert len(_errors(caplog, "agent.probe")) == 2
