@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections.abc import Callable
+
+from agent.errors import StorageError
 
 __all__ = ["BackgroundLoop"]
 
 log = logging.getLogger(__name__)
 
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _expected(exc: Exception) -> bool:
+    """A failure of the till's storage (the database, a full disk): it says what failed,
+    and its traceback would say nothing more."""
+    return isinstance(exc, StorageError) or (isinstance(exc, OSError) and exc.errno in _NO_ROOM)
+
 
 class BackgroundLoop:
     """Calls ``step`` on a daemon thread until stopped; a step that raises is retried after
     ``error_wait`` seconds, so the loop never dies. A run of failures is logged once, at
-    ERROR with its traceback (the retries at DEBUG), and its end at INFO.
+    ERROR with its traceback (the retries at DEBUG), and its end at INFO; a storage
+    failure (the database, a full disk) is one line without a traceback.
 
     ``step`` returns how long to wait before the next step (at most ``max_wait``);
     :meth:`wake` ends the wait early.
@@ -54,9 +66,18 @@ class BackgroundLoop:
         while not self._stop.is_set():
             try:
                 wait = self._step()
-            except Exception:
+            except Exception as exc:
                 if failing:
-                    log.debug("%s loop failed again", self.name, exc_info=True)
+                    trace = None if _expected(exc) else exc
+                    log.debug("%s loop failed again: %s", self.name, exc, exc_info=trace)
+                elif _expected(exc):
+                    log.error(
+                        "%s loop failed: %s; retrying every %g s (logged again once it has"
+                        " recovered)",
+                        self.name,
+                        exc,
+                        self.error_wait,
+                    )
                 else:
                     log.exception(
                         "%s loop failed; retrying every %g s (logged again once it has recovered)",

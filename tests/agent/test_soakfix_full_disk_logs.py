@@ -1,6 +1,6 @@
-"""A really full disk while the probe goes on: it says so in one readable ERROR line per
-run of failures, without a traceback (the failure is expected and its message says what
-failed), and again only once the run has ended.
+"""A really full disk while the probe and the print loop go on: each says so in one
+readable ERROR line per run of failures, without a traceback (the failure is expected
+and its message says what failed), and again only once the run has ended.
 
 The till database lives on a small tmpfs, its WAL truncated by a checkpoint and the file
 system filled, so the next write cannot get a block (SQLITE_FULL, a StorageError)."""
@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.clock import FrozenClock
+from agent.print_worker import PrintWorker
+from agent.printing import NullPrinter
 from agent.probe import Backoff, Prober
 from agent.receipts import ReceiptService
 from agent.signing.flaky import FlakyUnit
@@ -68,6 +71,15 @@ def _errors(caplog: pytest.LogCaptureFixture, logger: str) -> list[logging.LogRe
     return [r for r in caplog.records if r.name == logger and r.levelno >= logging.ERROR]
 
 
+def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 class TestTheProbe:
     def probe_for(self, prober: Prober, clock: FrozenClock, seconds: float) -> None:
         """Run the probe every half second of the frozen clock for ``seconds``."""
@@ -102,3 +114,35 @@ class TestTheProbe:
         _fill(service, small_fs)
         self.probe_for(prober, clock, 10.0)
         assert len(_errors(caplog, "agent.probe")) == 2
+
+
+class TestThePrintLoop:
+    def test_a_full_disk_is_one_line_per_run_of_failures(
+        self, service: ReceiptService, small_fs: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """New receipts whose print jobs cannot be stored: the loop retries quickly, and
+        says so once, in one line naming the full disk, and once that it recovered."""
+        caplog.set_level(logging.DEBUG, logger="agent.loop")
+        worker = PrintWorker(service, NullPrinter())
+        for i in range(5):
+            service.issue(sale(request_id=f"p-{i}"))
+        filler = _fill(service, small_fs)
+        worker._loop.error_wait = worker._loop.max_wait = 0.01
+        worker.start()
+        try:
+            assert _wait_until(lambda: sum(r.name == "agent.loop" for r in caplog.records) >= 10), (
+                "the loop did not retry"
+            )
+            [error] = _errors(caplog, "agent.loop")
+            assert error.exc_info is None
+            message = error.getMessage()
+            assert message.startswith("printer loop failed: ")
+            assert "disk is full" in message
+            assert "Traceback" not in caplog.text
+            filler.unlink()
+            assert _wait_until(
+                lambda: any(r.getMessage() == "printer loop recovered" for r in caplog.records)
+            )
+        finally:
+            worker.stop()
+        assert len(_errors(caplog, "agent.loop")) == 1
