@@ -147,6 +147,8 @@ class TillService:
         self.api: ApiServer | None = None
         self.spool: SpoolIngestor | None = None
         self.watchdog = sdnotify.Watchdog()
+        self._unpublished: str | None = None  # the API's URL while its address file is missing
+        self._address_lock = threading.Lock()  # publishing it against removing it at stop
 
     # -- start ----------------------------------------------------------------------------
 
@@ -474,7 +476,13 @@ class TillService:
         try:  # for the commands that ask the service (agent.local_api), needed with port 0
             publish_address(self.config, server.url)
         except OSError as exc:  # the API works: only `port = 0` clients cannot find it
-            log.error("cannot name the API address in %s: %s", address_file(self.config), exc)
+            log.error(
+                "cannot name the API address in %s: %s; retried every second until it works",
+                address_file(self.config),
+                exc,
+            )
+            with self._address_lock:
+                self._unpublished = server.url  # the timers try again (a full disk heals)
         picked = " (api.port = 0: the port the OS picked)" if api.port == 0 else ""
         log.info("local API on %s%s", server.url, picked)  # who reads it finds the file
         return server
@@ -484,6 +492,7 @@ class TillService:
     def _timer_step(self) -> float:
         """One pass of the timers (the loop logs a run of failures once, see BackgroundLoop)."""
         self.watchdog.beat("timers")  # alive even while a step fails
+        self._publish_address()  # first: whatever else the full disk fails
         now = time.monotonic()
         if now >= self._next_watch:  # each of these may wait for a signing: a beat after each
             self.receipts.outages.watch.tick()
@@ -497,6 +506,20 @@ class TillService:
             self._next_closings = now + CLOSINGS_EVERY_S
         sdnotify.status(self._status_line())
         return 1.0
+
+    def _publish_address(self) -> None:
+        """Name the API's address now if that failed at the start (a full disk): the
+        commands that ask the service find it once it could be written."""
+        with self._address_lock:
+            if self._unpublished is None:
+                return
+            try:
+                publish_address(self.config, self._unpublished)
+            except OSError as exc:
+                log.debug("cannot name the API address yet: %s", exc)
+                return
+            log.info("API address named in %s at last", address_file(self.config))
+            self._unpublished = None
 
     def _backup_step(self) -> float:
         """Write the due DEP backups, on a loop of their own: a long export never delays
@@ -542,6 +565,8 @@ class TillService:
             self.spool.stop()
         if self.api is not None:
             self.api.stop()
+        with self._address_lock:  # the timers name it no more
+            self._unpublished = None
         if hasattr(self, "db"):  # the data directory is ours (its lock): so is the file
             try:
                 forget_address(self.config)
