@@ -294,9 +294,11 @@ def refusal(error: Mapping[str, Any], what: str = "the sale") -> InvalidSale:
 
 def _as_json(value: Any) -> str:
     """A refused value as the client wrote it, in JSON (``null``, ``true``, ``"x"``), cut
-    to 40 characters: never Python's spelling (``None``, ``True``)."""
+    to 40 characters: never Python's spelling (``None``, ``True``). Beyond ASCII it is
+    escaped (``"\\u202e"``): a bidi control or a line separator would hide or reorder the
+    message on the POS's screen."""
     try:
-        text = json.dumps(value, ensure_ascii=False)
+        text = json.dumps(value)
     except (TypeError, ValueError):  # not from JSON (a caller's object): as Python has it
         text = repr(value)
     return text if len(text) <= 40 else text[:39] + "\u2026"

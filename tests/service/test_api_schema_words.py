@@ -72,8 +72,10 @@ def _line(**change: Any) -> dict[str, Any]:
         (sale(lines=[_line(vat=True)]), "lines.0.vat", "true is not allowed: use "),
         (sale(lines=[_line(vat=[1, None])]), "lines.0.vat", "[1, null] is not allowed: use "),
         (sale(kind="x\ny"), "kind", '"x\\ny" is not allowed: use '),
+        (sale(kind="\u202etxet"), "kind", '"\\u202etxet" is not allowed: use '),
+        (sale(lines=[_line(vat="\u2028\u0085")]), "lines.0.vat", '"\\u2028\\u0085" is not'),
     ],
-    ids=["null", "true", "list", "string"],
+    ids=["null", "true", "list", "string", "bidi", "separators"],
 )
 def test_a_value_not_allowed_is_shown_as_json(
     client: httpx.Client, document: dict[str, Any], field: str, said: str
@@ -86,6 +88,7 @@ def test_a_value_not_allowed_is_shown_as_json(
     assert "None" not in refusal["message"]
     assert "True" not in refusal["message"]
     assert "Input should be" not in refusal["message"]
+    assert refusal["message"].isascii(), refusal["message"]  # nothing to hide or reorder it
 
 
 def test_the_values_allowed_are_named_in_json() -> None:
