@@ -398,11 +398,17 @@ class FilePrinter:
                     "file printer %s: cannot read it to remove old jobs: %s", self.name, exc
                 )
                 return
-        cutoff = time.time() - self.keep_days * _DAY
-        removed = 0
+        wall = time.time()
+        cutoff = wall - self.keep_days * _DAY
+        removed = looked = 0
         try:
-            while self._old and removed < PRUNE_BATCH:
-                if self._written_at(self._old[0]) >= cutoff:  # this one and the later ones
+            while self._old and looked < PRUNE_BATCH:
+                looked += 1
+                written = self._written_at(self._old[0])
+                if written > wall:  # dated ahead (the clock ran ahead): kept, says nothing
+                    self._old.popleft()  # of the later jobs' age
+                    continue
+                if written >= cutoff:  # this one and the later ones
                     self._old.clear()
                     break
                 for suffix in (".bin", ".png"):

@@ -75,6 +75,17 @@ def test_jobs_older_than_keep_days_go_with_the_first_job(tmp_path: Path) -> None
     assert _names(prints) == ["000004.bin", "000004.png", "000005.bin", "000005.png"]
 
 
+def test_a_job_dated_ahead_does_not_stop_the_removal_of_older_ones(tmp_path: Path) -> None:
+    """Job 3 was written while the clock ran a year ahead: it stays (its age is unknown),
+    and the 100-day-old jobs after it go all the same."""
+    prints = tmp_path / "prints"
+    _jobs(prints, range(1, 7), age_days=100)
+    _jobs(prints, range(3, 4), age_days=-365)
+    printer = FilePrinter(prints, keep_days=30)
+    assert printer.write(b"new").name == "000007.bin"
+    assert _bins(prints) == ["000003.bin", "000007.bin"]
+
+
 def test_keep_days_0_keeps_every_job(tmp_path: Path) -> None:
     prints = tmp_path / "prints"
     _jobs(prints, range(1, 3), age_days=4000)
