@@ -14,7 +14,7 @@ import json
 import logging
 import shutil
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Literal, Protocol, cast, get_args
 
@@ -284,6 +284,25 @@ _WAITING = "SELECT register_id, kind FROM waiting_specials WHERE done_at IS NULL
 _SPECIAL_KINDS: frozenset[str] = frozenset(get_args(SpecialKind))
 
 
+def _unit_states(rows: Sequence[Any], outages: Mapping[str, OutageRecord]) -> dict[Any, UnitState]:
+    """One state per unit, whichever register it is shown for (``rows``: those of
+    ``_REGISTERS``; ``outages``: the open ones by register): ``down`` when an open outage
+    is on it, or a register on it has one, its last receipt fallback-signed or its
+    Startbeleg waiting; else ``up`` when a register on it has its last receipt signed;
+    else ``unknown``."""
+    rank: dict[UnitState, int] = {"unknown": 0, "up": 1, "down": 2}
+    states: dict[Any, UnitState] = {outage.unit_id: "down" for outage in outages.values()}
+    for register_id, state, _, unit_id, _, last_state, _ in rows:
+        own: UnitState = "unknown"
+        if register_id in outages or last_state == "fallback" or state == "waiting":
+            own = "down"
+        elif last_state == "signed":
+            own = "up"
+        if rank[own] >= rank[states.get(unit_id, "unknown")]:
+            states[unit_id] = own
+    return states
+
+
 class ServiceBackend:
     """:class:`ApiBackend` over a receipt service.
 
@@ -350,6 +369,7 @@ class ServiceBackend:
             queued = int(conn.execute(QUEUED_PRINTS).fetchone()[0])
             backups = backup_statuses(conn, now, self.backups.failures if self.backups else {})
         external = None if self.backups is None else self.backups.external
+        unit_states = _unit_states(rows, outages)
         registers = [
             self._register(
                 tuple(row),
@@ -357,6 +377,7 @@ class ServiceBackend:
                 waiting.get(row[0], []),
                 now,
                 failed,
+                unit_state=unit_states[row[3]],
                 problems=problems,
                 checks=checks.get(row[0], []),
                 backup=_backup_out(backups.get(row[0]), external),
@@ -423,17 +444,13 @@ class ServiceBackend:
         now: dt.datetime,
         failed: dict[int, str | None],
         *,
+        unit_state: UnitState,
         problems: dict[int, str | None],
         checks: list[CheckOut],
         backup: BackupOut,
         reports: list[ReportDueOut],
     ) -> RegisterStatusOut:
-        register_id, state, last_number, unit_id, certificate, last_state, unsigned = row
-        unit_state: UnitState = "unknown"
-        if outage is not None or last_state == "fallback" or state == "waiting":
-            unit_state = "down"
-        elif last_state == "signed":
-            unit_state = "up"
+        register_id, state, last_number, unit_id, certificate, _, unsigned = row
         return RegisterStatusOut(
             register_id=register_id,
             state=state,
