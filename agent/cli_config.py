@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -148,10 +148,12 @@ def check_resources(config: AgentConfig, notes: list[str] | None = None) -> list
 class _Held:
     """What the data directory holds of the configured register: its units in their
     order (None: no such register, nor its waiting Startbeleg) and their stored
-    configurations, files placed in the data directory."""
+    configurations, files placed in the data directory; and the units of every register
+    that may still sign (``active``: not closed, or its Startbeleg waits), by register id."""
 
     unit_ids: list[str] | None
     units: list[UnitConfig]
+    active: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _new_register_problems(config: AgentConfig, held: _Held | None) -> list[str]:
@@ -181,20 +183,26 @@ def _new_register_problems(config: AgentConfig, held: _Held | None) -> list[str]
 
 
 def _register_unit_problems(config: AgentConfig, held: _Held) -> list[str]:
-    """An existing register on other units than the configured ones (`run` logs an ERROR
-    and it keeps signing with its own), or on the development unit under
-    ``development_unit = false`` (`run` refuses to start)."""
+    """Every register that may still sign on the development unit under
+    ``development_unit = false`` (`run` refuses to start), and the configured register,
+    when it exists, on units the configured ones lack (`run` logs an ERROR and it keeps
+    signing with its own)."""
     from agent.signing.config import DEV_UNIT
     from agent.signing.registry import development_register, other_units
 
     register_id = config.register_.id
-    if held.unit_ids is None:
-        return []
     configured = [unit.id for unit in config.units]
-    if not config.development_unit and DEV_UNIT in held.unit_ids:
-        return [f"development_unit: {development_register(register_id, DEV_UNIT, configured)}"]
-    problem = other_units(register_id, held.unit_ids, configured)
-    return [] if problem is None else [f"units: {problem}"]
+    problems = []
+    if not config.development_unit:
+        problems += [
+            f"development_unit: {development_register(r, DEV_UNIT, configured, named=register_id)}"
+            for r, units in held.active.items()
+            if DEV_UNIT in units
+        ]
+    if held.unit_ids is not None:
+        problem = other_units(register_id, held.unit_ids, configured)
+        problems += [] if problem is None else [f"units: {problem}"]
+    return problems
 
 
 def _stored_unit_problems(config: AgentConfig, held: _Held, notes: list[str]) -> list[str]:
@@ -232,9 +240,10 @@ def _kept_register_warning(config: AgentConfig) -> str | None:
 
 def _held_register(config: AgentConfig) -> _Held | None:
     """What the data directory holds of the configured register (or its waiting
-    Startbeleg); None when its database cannot be read (no permission, damaged)."""
+    Startbeleg) and of the other registers that may still sign; None when its database
+    cannot be read (no permission, damaged)."""
     from agent.errors import NoDatabase, StorageError
-    from agent.signing.registry import register_unit_ids, stored_config
+    from agent.signing.registry import active_register_units, register_unit_ids, stored_config
     from storage.db import open_till_db
 
     try:
@@ -247,9 +256,10 @@ def _held_register(config: AgentConfig) -> _Held | None:
         with db.read_connection() as conn:
             ids = register_unit_ids(conn, config.register_.id)
             units = [stored_config(conn, unit_id) for unit_id in ids or []]
+            active = active_register_units(conn)
     finally:
         db.close()
-    return _Held(ids, units)
+    return _Held(ids, units, active)
 
 
 def _unit_problems(unit: UnitConfig, notes: list[str]) -> list[str]:

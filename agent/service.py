@@ -47,6 +47,7 @@ from agent.signing.registry import (
     OPEN_TIMEOUT_S,
     UnitRegistry,
     UnopenedUnit,
+    active_register_units,
     development_register,
     open_in_time,
     other_units,
@@ -306,23 +307,31 @@ class TillService:
                 self.receipts.record_probe(register_id, False, cause)
 
     def _check_register_units(self) -> None:
-        """Compare the configured register's units, when it exists, with the configuration:
-        other units than the configured ones are an ERROR (it keeps its own: they are
-        registered with FinanzOnline); the development unit under ``development_unit =
-        false`` stops the start.
+        """Compare the registers' units with the configuration: the development unit on
+        any register that may still sign (not closed by its Schlussbeleg) under
+        ``development_unit = false`` stops the start; the configured register, when it
+        exists, on units the configured ones lack is an ERROR (it keeps its own: they are
+        registered with FinanzOnline).
 
         Raises:
-            ConfigurationError: the register signs with the development unit although the
-                configuration says ``development_unit = false``.
+            ConfigurationError: a register signs with the development unit although the
+                configuration says ``development_unit = false`` (one line per register).
         """
         register_id = self.config.register_.id
         with self.db.read_connection() as conn:
             units = register_unit_ids(conn, register_id)
+            active = active_register_units(conn)
+        configured = [unit.id for unit in self.config.units]
+        if not self.config.development_unit:
+            refused = [
+                development_register(other, DEV_UNIT, configured, named=register_id)
+                for other, their_units in active.items()
+                if DEV_UNIT in their_units
+            ]
+            if refused:
+                raise ConfigurationError("\n".join(refused))
         if units is None:
             return
-        configured = [unit.id for unit in self.config.units]
-        if not self.config.development_unit and DEV_UNIT in units:
-            raise ConfigurationError(development_register(register_id, DEV_UNIT, configured))
         if (problem := other_units(register_id, units, configured)) is not None:
             log.error("%s", problem)
 

@@ -23,6 +23,7 @@ __all__ = [
     "OPEN_TIMEOUT_S",
     "UnitRegistry",
     "UnopenedUnit",
+    "active_register_units",
     "check_same_unit",
     "data_dir_of",
     "development_register",
@@ -83,6 +84,18 @@ def register_unit_ids(conn: sqlite3.Connection, register_id: str) -> list[str] |
     return None if waiting is None else [str(unit) for unit in json.loads(waiting[0])]
 
 
+def active_register_units(conn: sqlite3.Connection) -> dict[str, list[str]]:
+    """The units of every register that may still sign, by register id: the active ones
+    (not closed by a Schlussbeleg) and those whose Startbeleg waits."""
+    rows = conn.execute(
+        "SELECT id FROM registers WHERE state = 'active'"
+        " UNION SELECT register_id FROM waiting_specials WHERE kind = 'start'"
+        " AND done_at IS NULL AND register_id NOT IN (SELECT id FROM registers)"
+        " ORDER BY 1"
+    ).fetchall()
+    return {str(row[0]): register_unit_ids(conn, str(row[0])) or [] for row in rows}
+
+
 def other_units(register_id: str, units: Sequence[str], configured: Sequence[str]) -> str | None:
     """Why the configured ``[[units]]`` are not the ``units`` of the existing register
     ``register_id``; None when they are, or when no units are configured (a register set
@@ -101,10 +114,27 @@ def other_units(register_id: str, units: Sequence[str], configured: Sequence[str
     )
 
 
-def development_register(register_id: str, dev_unit: str, configured: Sequence[str]) -> str:
+def development_register(
+    register_id: str, dev_unit: str, configured: Sequence[str], *, named: str | None = None
+) -> str:
     """Why ``run`` refuses register ``register_id`` on the development unit ``dev_unit``
     under ``development_unit = false``, and what to do (``configured``: the ids of the
-    configured ``[[units]]``)."""
+    configured ``[[units]]``; ``named``: the configured ``[register] id``, when another
+    register than that one signs with the development unit)."""
+    closing = (
+        f"close register {register_id} with its Schlussbeleg (with the service stopped:"
+        f" `till-agent special {register_id} closing --yes`)"
+    )
+    if named is not None and named != register_id:
+        return (
+            f"register {register_id} signs with the development unit {dev_unit} (a"
+            " self-signed key, not certified: its receipts are not valid for a registered"
+            " cash register) and is not decommissioned, but the configuration says"
+            " development_unit = false: a POS that sends it a sale would get a receipt"
+            f" signed with that key. {closing[0].upper()}{closing[1:]} and send its sales to"
+            f" a register on a production unit (such as {named}); or set development_unit"
+            f" = true to go on developing with register {register_id}"
+        )
     if configured:
         new = (
             f"on the production unit with `till-agent init NEW-ID --unit {configured[0]}` (or"
@@ -121,8 +151,9 @@ def development_register(register_id: str, dev_unit: str, configured: Sequence[s
         f"register {register_id} signs with the development unit {dev_unit} (a self-signed"
         " key, not certified: its receipts are not valid for a registered cash register),"
         " but the configuration says development_unit = false. A register's unit is part"
-        f" of its registration with FinanzOnline and never changes: set up a new register {new};"
-        f" or set development_unit = true to go on developing with register {register_id}"
+        f" of its registration with FinanzOnline and never changes: set up a new register {new},"
+        f" then {closing}; or set development_unit = true to go on developing with register"
+        f" {register_id}"
     )
 
 

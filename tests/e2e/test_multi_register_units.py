@@ -1,5 +1,7 @@
 """A till with several registers, seen by real ``till-agent run`` and ``config check``
-processes: ``/v1/status`` shows one state per unit, whichever register it is shown for."""
+processes: ``development_unit = false`` holds for every register that may still sign, not
+only the configured one; and ``/v1/status`` shows one state per unit, whichever register
+it is shown for."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import pytest
 
 from e2e.harness import TILL_AGENT, Launch, TcpPrinter, agent_config, agent_env
 from e2e.test_run import client_for
-from factories import sale
+from factories import flat, sale
+
+DEV = "dev-uncertified"
 
 
 def _till(home: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -71,6 +75,10 @@ def _config(
     return path
 
 
+def _check(home: Path, config: Path) -> subprocess.CompletedProcess[str]:
+    return _till(home, "config", "check", "--config", config)
+
+
 @pytest.fixture(name="home")
 def _home(tmp_path: Path) -> Path:
     return tmp_path / "home"
@@ -79,6 +87,53 @@ def _home(tmp_path: Path) -> Path:
 @pytest.fixture(name="data_dir")
 def _data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+class TestDevelopmentUnitOnAnotherRegister:
+    def test_the_readme_way_off_the_defaults_closes_kasse_1_first(
+        self, launch: Launch, tmp_path: Path, home: Path, data_dir: Path, printer: TcpPrinter
+    ) -> None:
+        """A first `run` on the defaults made KASSE-1 on the development unit; the README's
+        way to production (`init BAR --unit prod`, `[register] id = BAR`,
+        `development_unit = false`) leaves KASSE-1 active. `config check` refuses it and
+        `run` does not start, both naming KASSE-1, its unit and the Schlussbeleg; once
+        KASSE-1 is closed, both go on, and BAR signs."""
+        first = launch(_config(tmp_path, data_dir, printer))
+        first.wait_ready()
+        assert first.terminate() == 0, first.tail()
+        _ok(home, "unit", "create-software", "--id", "prod", "--data-dir", data_dir)
+        _ok(home, "init", "BAR", "--unit", "prod", "--data-dir", data_dir)
+        production = _config(
+            tmp_path, data_dir, printer, development_unit=False, register={"id": "BAR"}
+        )
+
+        refused = _check(home, production)
+        assert refused.returncode == 3, (refused.stdout, refused.stderr)
+        message = flat(refused.stderr)
+        assert f"development_unit: register KASSE-1 signs with the development unit {DEV}" in (
+            message
+        )
+        assert "`till-agent special KASSE-1 closing --yes`" in message
+        assert "register on a production unit (such as BAR)" in message
+
+        agent = launch(production)
+        assert agent.proc.wait(60) == 2, agent.tail()
+        logged = flat(agent.output())
+        assert f"register KASSE-1 signs with the development unit {DEV}" in logged
+        assert "till-agent special KASSE-1 closing --yes" in logged
+        assert not (data_dir / "api-address").exists()
+
+        _ok(home, "special", "KASSE-1", "closing", "--yes", "--data-dir", data_dir)
+        assert _check(home, production).returncode == 0
+        agent = launch(production)
+        agent.wait_ready()
+        with client_for(agent, data_dir) as client:
+            bar = client.post("/v1/receipts", json=sale(register="BAR"))
+            kasse = client.post("/v1/receipts", json=sale(register="KASSE-1", request_id="k"))
+        assert agent.terminate() == 0, agent.tail()
+        assert bar.status_code == 201, bar.text
+        assert bar.json()["signature_state"] == "signed"
+        assert kasse.status_code == 409, kasse.text  # closed: nothing signs there
 
 
 def test_status_shows_one_state_per_shared_unit(
