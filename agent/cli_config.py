@@ -200,7 +200,7 @@ def _register_unit_problems(config: AgentConfig, held: _Held) -> list[str]:
             if DEV_UNIT in units
         ]
     if held.unit_ids is not None:
-        problem = other_units(register_id, held.unit_ids, configured)
+        problem = other_units(register_id, held.unit_ids, configured, held.active)
         problems += [] if problem is None else [f"units: {problem}"]
     return problems
 

@@ -332,7 +332,7 @@ class TillService:
                 raise ConfigurationError("\n".join(refused))
         if units is None:
             return
-        if (problem := other_units(register_id, units, configured)) is not None:
+        if (problem := other_units(register_id, units, configured, active)) is not None:
             log.error("%s", problem)
 
     def _only_development(self) -> bool:

@@ -9,7 +9,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from agent.errors import ConfigurationError, NotFound, PinRejected, UnitUnavailable
@@ -96,21 +96,44 @@ def active_register_units(conn: sqlite3.Connection) -> dict[str, list[str]]:
     return {str(row[0]): register_unit_ids(conn, str(row[0])) or [] for row in rows}
 
 
-def other_units(register_id: str, units: Sequence[str], configured: Sequence[str]) -> str | None:
-    """Why the configured ``[[units]]`` are not the ``units`` of the existing register
-    ``register_id``; None when they are, or when no units are configured (a register set
-    up with ``init`` keeps its own)."""
-    if not configured or set(units) == set(configured):
+def other_units(
+    register_id: str,
+    units: Sequence[str],
+    configured: Sequence[str],
+    others: Mapping[str, Sequence[str]] | None = None,
+) -> str | None:
+    """Why the configured ``[[units]]`` do not hold the ``units`` of the existing register
+    ``register_id``; None when they do (more units are fine: those of the till's other
+    registers, ``others`` by register id, or one a new register is to be set up on), or
+    when no units are configured (a register set up with ``init`` keeps its own)."""
+    missing = [unit for unit in units if unit not in configured]
+    if not configured or not missing:
         return None
+    users: dict[str, list[str]] = {}
+    for other, their_units in sorted((others or {}).items()):
+        if other != register_id:
+            for unit in their_units:
+                users.setdefault(unit, []).append(other)
+    advice = []
+    for unit in configured:
+        if unit in units:
+            continue
+        if unit in users:
+            names = f"register{'s' * (len(users[unit]) > 1)} {', '.join(users[unit])}"
+            advice.append(f"{unit} signs for {names} already: its sales go there")
+        else:
+            advice.append(
+                f"to sell with {unit}, set up a new register on it (`till-agent init NEW-ID"
+                f" --unit {unit}`) and register it in FinanzOnline"
+            )
     return (
         f"register {register_id} exists with unit{'s' * (len(units) > 1)} {', '.join(units)},"
-        " but the configuration"
-        f" names [[units]] {', '.join(configured)}: a register's units are part of its"
-        " registration with FinanzOnline and never change, so it goes on signing with"
-        f" {units[0]}. To sell with {configured[0]}, set up a new register on it: set"
-        f" [register] id to a new id (`till-agent run` initializes it) or run"
-        f" `till-agent init NEW-ID --unit {configured[0]}`, and register it in FinanzOnline;"
-        f" to go on with register {register_id}, configure its units in [[units]], or none"
+        f" but the configured [[units]] ({', '.join(configured)}) lack {', '.join(missing)}:"
+        " a register's units are part of its registration with FinanzOnline and never"
+        f" change, so it goes on signing with {', '.join(units)} as the till database stores"
+        f" {'them' if len(units) > 1 else 'it'}. To go on with register {register_id}, add"
+        f" {', '.join(missing)} to [[units]] (they may list the units of every register of"
+        " the till), or configure none" + "".join(f"; {line}" for line in advice)
     )
 
 

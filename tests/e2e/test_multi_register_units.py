@@ -1,7 +1,7 @@
 """A till with several registers, seen by real ``till-agent run`` and ``config check``
 processes: ``development_unit = false`` holds for every register that may still sign, not
-only the configured one; and ``/v1/status`` shows one state per unit, whichever register
-it is shown for."""
+only the configured one; ``[[units]]`` may list the units of every register; and
+``/v1/status`` shows one state per unit, whichever register it is shown for."""
 
 from __future__ import annotations
 
@@ -134,6 +134,49 @@ class TestDevelopmentUnitOnAnotherRegister:
         assert bar.status_code == 201, bar.text
         assert bar.json()["signature_state"] == "signed"
         assert kasse.status_code == 409, kasse.text  # closed: nothing signs there
+
+
+class TestUnitsOfEveryRegister:
+    @pytest.fixture(autouse=True)
+    def _three_registers(self, home: Path, data_dir: Path) -> None:
+        """BAR and TERRASSE on unit shared, KUECHE on unit own."""
+        for unit in ("shared", "own"):
+            _ok(home, "unit", "create-software", "--id", unit, "--data-dir", data_dir)
+        for register, unit in (("BAR", "shared"), ("TERRASSE", "shared"), ("KUECHE", "own")):
+            _ok(home, "init", register, "--unit", unit, "--data-dir", data_dir)
+
+    def test_units_listing_every_registers_unit_are_accepted(
+        self, launch: Launch, tmp_path: Path, home: Path, data_dir: Path, printer: TcpPrinter
+    ) -> None:
+        """[[units]] shared and own with [register] id = BAR: check OK, `run` starts
+        without an ERROR and every register signs."""
+        config = _config(tmp_path, data_dir, printer, "shared", "own", register={"id": "BAR"})
+        checked = _check(home, config)
+        assert checked.returncode == 0, (checked.stdout, checked.stderr)
+        agent = launch(config)
+        agent.wait_ready()
+        with client_for(agent, data_dir) as client:
+            answers = [
+                client.post("/v1/receipts", json=sale(register=r, request_id=f"x-{r}"))
+                for r in ("BAR", "TERRASSE", "KUECHE")
+            ]
+        assert agent.terminate() == 0, agent.tail()
+        assert [a.json()["signature_state"] for a in answers] == ["signed"] * 3
+        assert "ERROR" not in agent.output(), agent.tail()
+
+    def test_units_without_the_configured_registers_unit_are_refused_with_advice(
+        self, tmp_path: Path, home: Path, data_dir: Path, printer: TcpPrinter
+    ) -> None:
+        """[[units]] own only, [register] id = BAR (on shared): refused, naming the unit
+        missing, and that own signs for KUECHE already (no new register to set up)."""
+        config = _config(tmp_path, data_dir, printer, "own", register={"id": "BAR"})
+        refused = _check(home, config)
+        assert refused.returncode == 3, (refused.stdout, refused.stderr)
+        message = flat(refused.stderr)
+        assert "register BAR exists with unit shared" in message
+        assert "add shared to [[units]]" in message
+        assert "own signs for register KUECHE already" in message
+        assert "set up a new register" not in message
 
 
 def test_status_shows_one_state_per_shared_unit(
