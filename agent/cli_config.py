@@ -76,7 +76,8 @@ def config_check(
     and certificate files of software units, the certificate and module file of PKCS#11
     units, the token and certificate file of chain units, and the optional packages a
     unit or printer kind needs; those of the
-    configured units and of the units the configured register has in the till database.
+    configured units and of the units every register that may still sign (the configured
+    one, and every other not closed by its Schlussbeleg) has in the till database.
     A PKCS#11 unit's certificate is compared with the public key its token shows without
     a login (else it says "not checked" and why). It never logs in to a token (a wrong PIN
     could lock it) and never connects to a printer or a service.
@@ -147,9 +148,10 @@ def check_resources(config: AgentConfig, notes: list[str] | None = None) -> list
 @dataclass(frozen=True)
 class _Held:
     """What the data directory holds of the configured register: its units in their
-    order (None: no such register, nor its waiting Startbeleg) and their stored
-    configurations, files placed in the data directory; and the units of every register
-    that may still sign (``active``: not closed, or its Startbeleg waits), by register id."""
+    order (None: no such register, nor its waiting Startbeleg); the units of every
+    register that may still sign (``active``: not closed, or its Startbeleg waits), by
+    register id; and the stored configurations of all these units, files placed in the
+    data directory."""
 
     unit_ids: list[str] | None
     units: list[UnitConfig]
@@ -206,14 +208,23 @@ def _register_unit_problems(config: AgentConfig, held: _Held) -> list[str]:
 
 
 def _stored_unit_problems(config: AgentConfig, held: _Held, notes: list[str]) -> list[str]:
-    """The files of the register's stored units that `run` opens them from (a configured
-    unit's are checked as configured: `run` stores its configuration anew)."""
+    """The files of the stored units that `run` opens them from: the configured
+    register's and those of every register that may still sign (a configured unit's are
+    checked as configured: `run` stores its configuration anew)."""
     configured = {unit.id for unit in config.units}
+    signers: dict[str, list[str]] = {}
+    for register_id, units in {config.register_.id: held.unit_ids or [], **held.active}.items():
+        for unit_id in units:
+            signers.setdefault(unit_id, []).append(register_id)
     problems = []
     for unit in held.units:
         if unit.id in configured:
             continue
-        where = f"register {config.register_.id}: unit {unit.id} (stored in the till database)"
+        names = sorted(set(signers.get(unit.id, [])))
+        where = (
+            f"register{'s' * (len(names) > 1)} {', '.join(names)}: unit {unit.id}"
+            " (stored in the till database)"
+        )
         found: list[str] = []
         problems += [f"{where}: {problem}" for problem in _unit_problems(unit, found)]
         notes += [f"{where}: {note}" for note in found]
@@ -255,8 +266,9 @@ def _held_register(config: AgentConfig) -> _Held | None:
     try:
         with db.read_connection() as conn:
             ids = register_unit_ids(conn, config.register_.id)
-            units = [stored_config(conn, unit_id) for unit_id in ids or []]
             active = active_register_units(conn)
+            every = [*(ids or []), *(u for units in active.values() for u in units)]
+            units = [stored_config(conn, unit_id) for unit_id in dict.fromkeys(every)]
     finally:
         db.close()
     return _Held(ids, units, active)

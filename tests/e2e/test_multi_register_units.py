@@ -1,7 +1,8 @@
 """A till with several registers, seen by real ``till-agent run`` and ``config check``
 processes: ``development_unit = false`` holds for every register that may still sign, not
-only the configured one; ``[[units]]`` may list the units of every register; and
-``/v1/status`` shows one state per unit, whichever register it is shown for."""
+only the configured one; ``[[units]]`` may list the units of every register; a missing key
+file of another register's unit fails the check; and ``/v1/status`` shows one state per
+unit, whichever register it is shown for."""
 
 from __future__ import annotations
 
@@ -177,6 +178,19 @@ class TestUnitsOfEveryRegister:
         assert "add shared to [[units]]" in message
         assert "own signs for register KUECHE already" in message
         assert "set up a new register" not in message
+
+    def test_a_lost_key_of_another_registers_unit_is_named(
+        self, tmp_path: Path, home: Path, data_dir: Path, printer: TcpPrinter
+    ) -> None:
+        """A restore without keys/own.key.pem (KUECHE's unit): the check of [register]
+        id = BAR fails naming KUECHE, the unit and the file."""
+        (data_dir / "keys" / "own.key.pem").unlink()
+        config = _config(tmp_path, data_dir, printer, register={"id": "BAR"})
+        refused = _check(home, config)
+        assert refused.returncode == 3, (refused.stdout, refused.stderr)
+        message = flat(refused.stderr)
+        assert "register KUECHE: unit own (stored in the till database)" in message
+        assert str(data_dir / "keys" / "own.key.pem") in message
 
 
 def test_status_shows_one_state_per_shared_unit(
