@@ -111,7 +111,9 @@ _DESCRIPTION = (
     " POST /v1/receipts answers 201 for a new receipt and 200 for a repeat of the same sale"
     " (same request_id). Errors are {field, rule, message}; 503 carries Retry-After."
 )
-_CONFLICT_RULES = frozenset({"register-closed", "request-id-reused", "already-reported"})
+_CONFLICT_RULES = frozenset(
+    {"register-closed", "development-unit", "request-id-reused", "already-reported"}
+)
 
 
 # -- errors -------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from agent.errors import (
     NoDatabase,
     NotFound,
     RegisterClosed,
+    RegisterRefused,
     StorageError,
     TillAgentError,
 )
@@ -178,7 +179,8 @@ DEFAULT_DATA = _default_data()
 
 _EXIT = (
     (NoDatabase, 6),  # not found, though a StorageError for the code that opens it
-    (RegisterClosed, 4),  # a refusal by the register's state, though nothing was consumed
+    (RegisterClosed, 4),
+    (RegisterRefused, 4),  # a refusal by the register's state, though nothing was consumed
     (InvalidSale, 3),
     (FiscalError, 4),
     (BackupFailed, 2),  # an output that cannot be written

@@ -38,6 +38,7 @@ __all__ = [
     "PinRejected",
     "PrinterError",
     "RegisterClosed",
+    "RegisterRefused",
     "RegisterStateError",
     "SigningError",
     "StorageError",
@@ -78,6 +79,15 @@ class RegisterClosed(InvalidSale):
         super().__init__(
             "register", "register-closed", f"register {register_id} was closed by its Schlussbeleg"
         )
+
+
+class RegisterRefused(InvalidSale):
+    """The configuration refuses the register's sales (it signs with the development unit
+    under ``development_unit = false``): a refusal by its state, as :class:`RegisterClosed`
+    (the CLI's exit 4, the local API's 409), raised before anything was consumed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("register", "development-unit", message)
 
 
 class ConfigurationError(TillAgentError):

@@ -31,6 +31,7 @@ from agent.contract import (
 from agent.errors import (
     FiscalError,
     InvalidSale,
+    RegisterRefused,
     WaitsForUnit,
 )
 from agent.issuing import Issuing
@@ -130,6 +131,8 @@ class ReceiptService:
         # register -> when its next closing is due (a sale from then on issues it first)
         self._closings_first = issuing.closings_first = closings_first
         self._closing_due: dict[str, dt.datetime] = {}
+        # register -> why the configuration refuses its sales (set by the till service)
+        self.refused_registers: dict[str, str] = {}
 
     # -- public API -----------------------------------------------------------------------
 
@@ -187,9 +190,11 @@ class ReceiptService:
         concurrent callers: the lookup and the insert are in one write transaction."""
         if not isinstance(sale, Sale):
             sale = parse_sale(sale)
+        register_id = sale.register_id
+        if self.refused_registers and register_id in self.refused_registers:
+            raise RegisterRefused(self.refused_registers[register_id])
         sale_hash = sale_fingerprint(sale)
         parsed = sale
-        register_id = sale.register_id
         checks = _CLOSING_CHECKS if self._closings_first else 0
 
         def work(conn: sqlite3.Connection) -> Issued:

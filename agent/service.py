@@ -150,6 +150,9 @@ class TillService:
         self.watchdog = sdnotify.Watchdog()
         self._unpublished: str | None = None  # the API's URL while its address file is missing
         self._address_lock = threading.Lock()  # publishing it against removing it at stop
+        # register -> why its sales are refused (the development unit under
+        # development_unit = false, on another register than the configured one)
+        self._refused_registers: dict[str, str] = {}
 
     # -- start ----------------------------------------------------------------------------
 
@@ -178,6 +181,7 @@ class TillService:
                 sign_timeout=self.config.sign_timeout_s,
                 thresholds=self.config.outage.thresholds(),
             )
+            self.receipts.refused_registers.update(self._refused_registers)
         sdnotify.ready("database open and migrated")
         self.printer = PrintWorker(
             self.receipts,
@@ -309,13 +313,14 @@ class TillService:
     def _check_register_units(self) -> None:
         """Compare the registers' units with the configuration: the development unit on
         any register that may still sign (not closed by its Schlussbeleg) under
-        ``development_unit = false`` stops the start; the configured register, when it
-        exists, on units the configured ones lack is an ERROR (it keeps its own: they are
-        registered with FinanzOnline).
+        ``development_unit = false`` is refused: the configured register stops the start,
+        another one is an ERROR and its sales are refused (409, rule ``development-unit``);
+        the configured register, when it exists, on units the configured ones lack is an
+        ERROR (it keeps its own: they are registered with FinanzOnline).
 
         Raises:
-            ConfigurationError: a register signs with the development unit although the
-                configuration says ``development_unit = false`` (one line per register).
+            ConfigurationError: the configured register signs with the development unit
+                although the configuration says ``development_unit = false``.
         """
         register_id = self.config.register_.id
         with self.db.read_connection() as conn:
@@ -323,13 +328,19 @@ class TillService:
             active = active_register_units(conn)
         configured = [unit.id for unit in self.config.units]
         if not self.config.development_unit:
-            refused = [
-                development_register(other, DEV_UNIT, configured, named=register_id)
-                for other, their_units in active.items()
-                if DEV_UNIT in their_units
-            ]
-            if refused:
-                raise ConfigurationError("\n".join(refused))
+            on_dev = [other for other, theirs in active.items() if DEV_UNIT in theirs]
+            if register_id in on_dev:
+                raise ConfigurationError(development_register(register_id, DEV_UNIT, configured))
+            # another register: the till goes on for the configured one (stopping it would
+            # stop every sale); that one's sales are refused, its closings still issued
+            for other in on_dev:
+                why = development_register(other, DEV_UNIT, configured, named=register_id)
+                log.error("%s; until then its sales are refused", why)
+                self._refused_registers[other] = (
+                    f"register {other} signs with the development unit {DEV_UNIT}, which is"
+                    " not certified, and the configuration says development_unit = false:"
+                    f" its sales are refused; send them to register {register_id}"
+                )
         if units is None:
             return
         if (problem := other_units(register_id, units, configured, active)) is not None:

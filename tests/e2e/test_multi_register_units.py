@@ -96,9 +96,11 @@ class TestDevelopmentUnitOnAnotherRegister:
     ) -> None:
         """A first `run` on the defaults made KASSE-1 on the development unit; the README's
         way to production (`init BAR --unit prod`, `[register] id = BAR`,
-        `development_unit = false`) leaves KASSE-1 active. `config check` refuses it and
-        `run` does not start, both naming KASSE-1, its unit and the Schlussbeleg; once
-        KASSE-1 is closed, both go on, and BAR signs."""
+        `development_unit = false`) leaves KASSE-1 active. `config check` refuses it,
+        naming KASSE-1, its unit and the Schlussbeleg; `run` starts (stopping would stop
+        BAR's sales too), logs that at ERROR and refuses KASSE-1's sales (409, nothing
+        signed with the uncertified key, no number used) while BAR signs; once KASSE-1 is
+        closed, the check passes."""
         first = launch(_config(tmp_path, data_dir, printer))
         first.wait_ready()
         assert first.terminate() == 0, first.tail()
@@ -118,11 +120,22 @@ class TestDevelopmentUnitOnAnotherRegister:
         assert "register on a production unit (such as BAR)" in message
 
         agent = launch(production)
-        assert agent.proc.wait(60) == 2, agent.tail()
+        agent.wait_ready()
+        with client_for(agent, data_dir) as client:
+            bar = client.post("/v1/receipts", json=sale(register="BAR", request_id="b0"))
+            kasse = client.post("/v1/receipts", json=sale(register="KASSE-1", request_id="k0"))
+            second = client.get("/v1/receipts/KASSE-1/2")
+        assert agent.terminate() == 0, agent.tail()
         logged = flat(agent.output())
         assert f"register KASSE-1 signs with the development unit {DEV}" in logged
         assert "till-agent special KASSE-1 closing --yes" in logged
-        assert not (data_dir / "api-address").exists()
+        assert "until then its sales are refused" in logged
+        assert bar.status_code == 201, bar.text
+        assert bar.json()["signature_state"] == "signed"
+        assert kasse.status_code == 409, kasse.text
+        assert (kasse.json()["field"], kasse.json()["rule"]) == ("register", "development-unit")
+        assert "send them to register BAR" in kasse.json()["message"]
+        assert second.status_code == 404, second.text  # no number used: 1 is the Startbeleg
 
         _ok(home, "special", "KASSE-1", "closing", "--yes", "--data-dir", data_dir)
         assert _check(home, production).returncode == 0
