@@ -6,6 +6,11 @@ transaction as that receipt), so a crash can neither lose an outage nor issue a 
 Sammelbeleg. While it is open the receipt path does not call the unit at all (a circuit
 breaker). Every change to the record is also a journal event.
 
+A unit whose failure opened an outage (a signing that failed or timed out, a failed
+probe, an open that failed) is known to fail until it signs again, for every register
+bound to it: their receipts skip it too, each register's own outage opening with its first
+one (:meth:`OutageBook.unit_down`).
+
 An outage that closes is aged first, by the watch's own rules (:meth:`OutageWatch.age_for_close`):
 one past 48 hours is flagged and given its report date even if the timer never saw it
 (``till-agent outage recover`` after days with the agent stopped); then its end report is
@@ -89,7 +94,11 @@ class OutageBook:
             f"SELECT {_COLUMNS} FROM outages WHERE ended_at IS NULL"  # noqa: S608 - constant
         ).fetchall()
         self._open = {row[1]: int(row[0]) for row in rows}
-        self._pending: list[tuple[str, str, int]] = []  # (action, register, outage) until commit
+        # (action, register or unit, outage) until commit; "down": a unit marked failing
+        self._pending: list[tuple[str, str, int]] = []
+        # units known to fail in this process (unit -> why), until they sign again; read
+        # without the lock by the receipt path (one dict lookup)
+        self._down: dict[str, str] = {}
         self._news: list[LogLine] = []  # what to log once the transaction has committed
         self._escalations: list[Escalation] = []  # the same, of closing outages (first)
         # why recovery failed after the unit answered: (register, outage) -> distinct reasons
@@ -110,11 +119,13 @@ class OutageBook:
                 for key in reasons:  # reloaded from the journal when next needed
                     self._reasons.pop(key, None)
                     self._last_reason.pop(key, None)
-                for action, register_id, outage_id in reversed(pending):
-                    if action == "close":
-                        self._open[register_id] = outage_id
-                    elif self._open.get(register_id) == outage_id:
-                        del self._open[register_id]
+                for action, name, outage_id in reversed(pending):
+                    if action == "down":  # name: a unit
+                        self._down.pop(name, None)
+                    elif action == "close":
+                        self._open[name] = outage_id
+                    elif self._open.get(name) == outage_id:
+                        del self._open[name]
                 return
         for level, message, args in news:
             log.log(level, message, *args)
@@ -129,6 +140,28 @@ class OutageBook:
         with self._lock:
             return register_id in self._open
 
+    def unit_down(self, unit_id: str) -> str | None:
+        """Why ``unit_id`` is known to fail (it has not signed since), else ``None``.
+
+        One dict lookup without the lock (atomic): the receipt path asks at every receipt.
+        """
+        return self._down.get(unit_id)
+
+    def unit_failed(self, unit_id: str, cause: str) -> None:
+        """``unit_id`` failed (a signing, a probe, its open), in the caller's transaction:
+        the receipts of every register bound to it skip it until it signs again. A
+        rollback forgets it, as it forgets the outage it opened."""
+        with self._lock:
+            if unit_id not in self._down:
+                self._down[unit_id] = cause
+                self._pending.append(("down", unit_id, 0))
+
+    def unit_signed(self, unit_id: str) -> None:
+        """``unit_id`` signed a receipt: it is no longer known to fail. The signature is a
+        fact whatever the transaction's fate."""
+        with self._lock:
+            self._down.pop(unit_id, None)
+
     def open(
         self,
         conn: sqlite3.Connection,
@@ -138,8 +171,11 @@ class OutageBook:
         cause: str,
         number: int | None,
         at: dt.datetime,
+        unit_at_fault: bool = True,
     ) -> int:
-        """Open an outage in the caller's transaction; ``number`` is the receipt that met it."""
+        """Open an outage in the caller's transaction; ``number`` is the receipt that met it.
+        ``unit_at_fault``: the unit failed (:meth:`unit_failed`), not the process that asked
+        it (a chain signing interrupted when the agent stopped)."""
         stamp = at.isoformat()
         cursor = conn.execute(
             "INSERT INTO outages (register_id, unit_id, started_at, cause, first_number,"
@@ -148,6 +184,8 @@ class OutageBook:
             (register_id, unit_id, stamp, cause, number, number, 0 if number is None else 1, stamp),
         )
         outage_id = int(cursor.lastrowid or 0)
+        if unit_at_fault:
+            self.unit_failed(unit_id, cause)
         append_event(
             conn,
             kind="outage.opened",
@@ -203,14 +241,24 @@ class OutageBook:
         cause: str,
         number: int,
         at: dt.datetime,
+        *,
+        unit_at_fault: bool = False,
     ) -> None:
         """Receipt ``number`` is stored without a signature: it opens the register's outage
-        (for ``cause``), or is one more receipt of the open one."""
+        (for ``cause``), or is one more receipt of the open one. ``unit_at_fault``: the unit
+        failed it (False: a chain signing the stopped agent left, which says nothing of the
+        unit; see :meth:`open`)."""
         if self.is_open(register_id):
             self.affected(conn, register_id, number, at)
         else:
             self.open(
-                conn, register_id=register_id, unit_id=unit_id, cause=cause, number=number, at=at
+                conn,
+                register_id=register_id,
+                unit_id=unit_id,
+                cause=cause,
+                number=number,
+                at=at,
+                unit_at_fault=unit_at_fault,
             )
 
     def probed(
@@ -225,6 +273,9 @@ class OutageBook:
         conn.execute(
             "UPDATE outages SET probe_attempts = probe_attempts + 1 WHERE id = ?", (outage_id,)
         )
+        if not ok:  # the unit the outage met: the other registers on it skip it too
+            row = conn.execute("SELECT unit_id FROM outages WHERE id = ?", (outage_id,)).fetchone()
+            self.unit_failed(str(row[0]), detail)
         append_event(
             conn,
             kind="outage.probe",

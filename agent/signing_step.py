@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from agent.at_rksv import FALLBACK_SIGNATURE
 from agent.clock import Clock
-from agent.errors import OutcomeUnknown, SigningError, WaitsForUnit
+from agent.errors import OutcomeUnknown, SigningError, UnitUnavailable, WaitsForUnit
 from agent.outages import OutageBook
 from agent.receipt_records import MUST_SIGN, Draft, Stored
 from agent.registers import CLOSING_SENT
@@ -78,30 +78,60 @@ class SigningStep:
                 raise WaitsForUnit(f"a {kind} receipt must be signed: it waits for the unit")
             self._outages.affected(conn, register_id, number, now)
             return FALLBACK_SIGNATURE, "fallback"
+        unit_id = unit.identity.unit_id
+        # (a scenario replay's unit_position names the unit of each receipt and whether it
+        # works: it is asked as told)
+        shared = not is_open and draft.unit_position is None
+        down = self._outages.unit_down(unit_id) if shared else None
+        if down is not None and kind not in ("sammelbeleg", "start") and not draft.force_sign:
+            # the unit failed for another register and has not signed since: this register
+            # meets the same failure without waiting for it (its own outage opens)
+            why = f"unit {unit_id} failed and has not signed since (not asked): {down}"
+            return self._not_signed(conn, unit_id, draft, number, UnitUnavailable(why), None)
         if intent is not None:
             intent(None)  # durable before the request leaves: the service keeps what it signs
         try:
-            return sign_verified(unit, data, timeout=self._sign_timeout), "signed"
+            signature = sign_verified(unit, data, timeout=self._sign_timeout)
         except SigningError as exc:
-            unknown = isinstance(exc, OutcomeUnknown)
-            # a Schlussbeleg's outage could never be closed: the register ends
-            if kind == "closing" or (must_sign and (kind == "start" or not unknown)):
-                # a Schlussbeleg's outage could never be closed, a Startbeleg's register
-                # does not exist: their wait (or refusal) is the record
-                if kind not in ("start", "closing") and not is_open:
-                    failure = (register_id, unit.identity.unit_id, str(exc), self._clock.now())
-                    self.refused_outage = failure
-                _refuse(draft, exc, intent)
-            # an unknown outcome (a chain service that may hold a signature) is `unsigned`:
-            # it chains like a fallback receipt and is remedied when the service answers.
-            # A receipt that must be signed, too: rolling it back would give its number,
-            # which the service may hold signed, to the next receipt. Its obligation stays
-            # open (the outage, a waiting Jahresbeleg, the rest of a remedy).
-            state = "unsigned" if unknown else "fallback"
-            at = self._clock.now()
-            unit_id = unit.identity.unit_id
-            self._outages.not_signed(conn, register_id, unit_id, str(exc), number, at)
-            return FALLBACK_SIGNATURE, state
+            return self._not_signed(conn, unit_id, draft, number, exc, intent, is_open=is_open)
+        if is_open or down is not None:  # it signs again: for the other registers on it too
+            self._outages.unit_signed(unit_id)
+        return signature, "signed"
+
+    def _not_signed(  # noqa: PLR0917 - the receipt being signed, in the order it is made
+        self,
+        conn: sqlite3.Connection,
+        unit_id: str,
+        draft: Draft,
+        number: int,
+        exc: SigningError,
+        intent: Intent | None,
+        *,
+        is_open: bool = False,
+    ) -> tuple[bytes, str]:
+        """The unit did not sign receipt ``number`` (``exc``): its fallback marker and state,
+        or the refusal of a receipt that must be signed."""
+        register_id, kind = draft.register_id, draft.kind
+        must_sign = kind in MUST_SIGN or draft.force_sign
+        unknown = isinstance(exc, OutcomeUnknown)
+        # a Schlussbeleg's outage could never be closed: the register ends
+        if kind == "closing" or (must_sign and (kind == "start" or not unknown)):
+            # a Schlussbeleg's outage could never be closed, a Startbeleg's register
+            # does not exist: their wait (or refusal) is the record
+            if kind not in ("start", "closing") and not is_open:
+                self.refused_outage = (register_id, unit_id, str(exc), self._clock.now())
+            _refuse(draft, exc, intent)
+        # an unknown outcome (a chain service that may hold a signature) is `unsigned`:
+        # it chains like a fallback receipt and is remedied when the service answers.
+        # A receipt that must be signed, too: rolling it back would give its number,
+        # which the service may hold signed, to the next receipt. Its obligation stays
+        # open (the outage, a waiting Jahresbeleg, the rest of a remedy).
+        state = "unsigned" if unknown else "fallback"
+        at = self._clock.now()
+        self._outages.not_signed(
+            conn, register_id, unit_id, str(exc), number, at, unit_at_fault=True
+        )
+        return FALLBACK_SIGNATURE, state
 
     def open_refused_outage(self, conn: sqlite3.Connection) -> None:
         """Open the outage a refused receipt met (unless one is open by now), in ``conn``.
