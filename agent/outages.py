@@ -9,7 +9,8 @@ breaker). Every change to the record is also a journal event.
 A unit whose failure opened an outage (a signing that failed or timed out, a failed
 probe, an open that failed) is known to fail until it signs again, for every register
 bound to it: their receipts skip it too, each register's own outage opening with its first
-one (:meth:`OutageBook.unit_down`).
+one (:meth:`OutageBook.unit_down`). A unit that signs again is noted for the prober
+(:meth:`OutageBook.units_back`), which recovers the other registers waiting for it at once.
 
 An outage that closes is aged first, by the watch's own rules (:meth:`OutageWatch.age_for_close`):
 one past 48 hours is flagged and given its report date even if the timer never saw it
@@ -99,6 +100,7 @@ class OutageBook:
         # units known to fail in this process (unit -> why), until they sign again; read
         # without the lock by the receipt path (one dict lookup)
         self._down: dict[str, str] = {}
+        self._back: set[str] = set()  # units that signed again since the prober asked
         self._news: list[LogLine] = []  # what to log once the transaction has committed
         self._escalations: list[Escalation] = []  # the same, of closing outages (first)
         # why recovery failed after the unit answered: (register, outage) -> distinct reasons
@@ -157,10 +159,18 @@ class OutageBook:
                 self._pending.append(("down", unit_id, 0))
 
     def unit_signed(self, unit_id: str) -> None:
-        """``unit_id`` signed a receipt: it is no longer known to fail. The signature is a
-        fact whatever the transaction's fate."""
+        """``unit_id`` signed a receipt: it is no longer known to fail, and the prober is
+        told (:meth:`units_back`). The signature is a fact whatever the transaction's fate."""
         with self._lock:
             self._down.pop(unit_id, None)
+            self._back.add(unit_id)
+
+    def units_back(self) -> set[str]:
+        """The units that signed since the last call (for the prober: the registers whose
+        outage waits for one of them are recovered now, not at their next probe)."""
+        with self._lock:
+            back, self._back = self._back, set()
+            return back
 
     def open(
         self,

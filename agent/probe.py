@@ -4,6 +4,10 @@ A probe never signs a receipt and never consumes a number. Attempts back off wit
 (5 s doubling to at most 60 s by default) on the monotonic clock, so a wall-clock jump
 neither floods nor stalls it. When a probe succeeds, the service issues the signed
 Sammelbeleg at once, which closes the outage.
+
+Registers share units: once a unit signs again (another register's Sammelbeleg), every
+register waiting for that unit is probed and recovered at once, in the same round, not
+at its own next attempt, so none of them issues fallback receipts while its unit signs.
 """
 
 from __future__ import annotations
@@ -62,12 +66,34 @@ class Prober:
         now = self.service.clock.monotonic()
         self.heartbeat = now
         targets = self.service.probe_targets()
-        waits = [self._visit_or_log(register_id, now) for register_id in targets]
+        waits = {register_id: self._visit_or_log(register_id, now) for register_id in targets}
+        again, seen = self._waiting_for_units_back(targets), set[str]()
+        while again:  # each register at most once more: a unit back makes it due now
+            seen |= again
+            for register_id in sorted(again):
+                self._next[register_id] = now
+                waits[register_id] = self._visit_or_log(register_id, now)
+            again = self._waiting_for_units_back(targets) - seen
         for gone in set(self._next) - set(targets):
             self._next.pop(gone, None)
             self._attempts.pop(gone, None)
         self._failing &= set(targets)
-        return min(waits, default=self.backoff.cap)
+        return min(waits.values(), default=self.backoff.cap)
+
+    def _waiting_for_units_back(self, targets: list[str]) -> set[str]:
+        """The registers in ``targets`` that still wait for a unit that signed since the
+        last look (:meth:`agent.outages.OutageBook.units_back`)."""
+        back = self.service.outages.units_back()
+        if not back:
+            return set()
+        waiting = set(self.service.probe_targets()) & set(targets)
+        return {r for r in waiting if self._unit_id(r) in back}
+
+    def _unit_id(self, register_id: str) -> str | None:
+        try:
+            return self.service.unit_of(register_id).identity.unit_id
+        except (TillAgentError, OSError):
+            return None
 
     def _visit_or_log(self, register_id: str, now: float) -> float:
         """:meth:`_visit` when the register is due; a register whose visit fails

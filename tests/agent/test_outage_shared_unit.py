@@ -1,8 +1,10 @@
-"""Registers sharing a signature unit: its failure acts for all of them.
+"""Registers sharing a signature unit: its failure and its recovery act for all of them.
 
 Registers A, B and C sign with unit ``shared``, K with unit ``own``. Once ``shared`` fails
 for one register, the others skip it without waiting for its deadline (each register's own
-outage opens, with its own Sammelbeleg later), until it signs again.
+outage opens, with its own Sammelbeleg later); once it signs again for one register's
+recovery, the others are recovered in the same probe round instead of issuing fallback
+receipts until their own probe comes round.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from agent.clock import FrozenClock
 from agent.contract import ReceiptResult
 from agent.issuing import Issuing
 from agent.outages import load_outages
+from agent.probe import Backoff, Prober
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing import UnitConfig, create_software_unit
 from agent.signing.flaky import FlakyUnit
@@ -164,6 +167,68 @@ class TestOneDeadlinePerFailure:
         shared.mode = "up"
         assert till.recover("A") is not None
         assert _sell(till, "C", "c-1").signature_state == "signed"
+        assert till.outages.open_registers() == []
+
+
+class TestRecoveryOfAllRegisters:
+    @pytest.fixture(name="prober")
+    def _prober(self, till: ReceiptService) -> Prober:
+        return Prober(till, Backoff(initial=5.0, cap=60.0, jitter=0.0))
+
+    def test_the_unit_back_for_one_register_recovers_the_others_at_once(
+        self,
+        till: ReceiptService,
+        units: dict[str, FlakyUnit],
+        clock: FrozenClock,
+        prober: Prober,
+    ) -> None:
+        """A's outage opens at t=0, B's at t=30, the unit is back at t=300: the round that
+        issues A's Sammelbeleg issues B's too, and B's next sale is signed."""
+        shared = units["shared"]
+        shared.mode = "down"
+        for second in range(400):
+            if second == 0:
+                assert _sell(till, "A", "a-0").signature_state == "fallback"
+            if second == 30:
+                assert _sell(till, "B", "b-0").signature_state == "fallback"
+            if second == 300:
+                shared.mode = "up"
+            before = set(till.outages.open_registers())
+            prober.run_once()
+            after = set(till.outages.open_registers())
+            if before != after:
+                assert (before, after) == ({"A", "B"}, set())  # together
+                break
+            clock.advance(1)
+        else:
+            pytest.fail("the outages never closed")
+        assert _sell(till, "B", "b-1").signature_state == "signed"
+        assert _sell(till, "C", "c-1").signature_state == "signed"
+        with till.db.read_connection() as conn:
+            closed = {o.register_id: o.sammelbeleg_number for o in load_outages(conn)}
+        assert closed == {"A": 3, "B": 3}  # each its own Sammelbeleg, after its receipt 2
+
+    def test_a_sammelbeleg_issued_outside_the_prober_recovers_the_others_next_round(
+        self,
+        till: ReceiptService,
+        units: dict[str, FlakyUnit],
+        clock: FrozenClock,
+        prober: Prober,
+    ) -> None:
+        """A's Sammelbeleg asked for by the POS (``zero_receipt``) proves the unit signs:
+        the prober's next round recovers B although its backoff is not over."""
+        shared = units["shared"]
+        shared.mode = "down"
+        _sell(till, "A", "a-0")
+        _sell(till, "B", "b-0")
+        prober.run_once()
+        clock.advance(6)
+        prober.run_once()  # both probed and failed: next probes in 10 s
+        shared.mode = "up"
+        assert till.zero_receipt("A").result.kind == "sammelbeleg"
+        assert till.outages.open_registers() == ["B"]
+        clock.advance(1)
+        prober.run_once()
         assert till.outages.open_registers() == []
 
 
