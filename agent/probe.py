@@ -8,6 +8,8 @@ Sammelbeleg at once, which closes the outage.
 Registers share units: once a unit signs again (another register's Sammelbeleg), every
 register waiting for that unit is probed and recovered at once, in the same round, not
 at its own next attempt, so none of them issues fallback receipts while its unit signs.
+A unit whose probe failed is not asked again in the same round for another register (that
+register's probe fails with the same reason), so a hung unit costs one deadline a round.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from agent.errors import StorageError, TillAgentError
+from agent.errors import StorageError, TillAgentError, UnitUnavailable
 from agent.loop import BackgroundLoop
 from agent.receipts import ReceiptService
 
@@ -52,6 +54,7 @@ class Prober:
         self._attempts: dict[str, int] = {}
         self._next: dict[str, float] = {}
         self._failing: set[str] = set()  # registers whose visit failed (logged once)
+        self._round_failed: dict[str, str] = {}  # units whose probe failed this round: why
         self._loop = BackgroundLoop(
             "probe", self.run_once, max_wait=1.0, error_wait=self.backoff.initial
         )
@@ -65,6 +68,7 @@ class Prober:
         """Probe every register that is due; return the seconds until the next one is due."""
         now = self.service.clock.monotonic()
         self.heartbeat = now
+        self._round_failed.clear()
         targets = self.service.probe_targets()
         waits = {register_id: self._visit_or_log(register_id, now) for register_id in targets}
         again, seen = self._waiting_for_units_back(targets), set[str]()
@@ -86,6 +90,8 @@ class Prober:
         back = self.service.outages.units_back()
         if not back:
             return set()
+        for unit_id in back:  # it signed since its probe failed: ask it again
+            self._round_failed.pop(unit_id, None)
         waiting = set(self.service.probe_targets()) & set(targets)
         return {r for r in waiting if self._unit_id(r) in back}
 
@@ -133,10 +139,17 @@ class Prober:
         return self._next[register_id] - now
 
     def _probe(self, register_id: str) -> bool:
+        unit_id = None
         try:
             unit = self.service.unit_of(register_id)
+            unit_id = unit.identity.unit_id
+            failed = self._round_failed.get(unit_id)
+            if failed is not None:  # a hung unit costs one deadline per round, not one each
+                raise UnitUnavailable(f"{failed} (its probe for another register, just now)")
             unit.probe(deadline=time.monotonic() + self.deadline)  # units run on real time
         except (TillAgentError, OSError) as exc:
+            if unit_id is not None:
+                self._round_failed.setdefault(unit_id, str(exc))
             self.service.record_probe(register_id, False, str(exc))
             return False
         self.service.record_probe(register_id, True, "unit answered")

@@ -24,7 +24,7 @@ from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing import UnitConfig, create_software_unit
 from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
-from factories import add_unit, sale
+from factories import add_unit, journal_events, sale
 from storage import TillDB
 
 TIMEOUT = 0.5  # the signing deadline
@@ -207,6 +207,30 @@ class TestRecoveryOfAllRegisters:
         with till.db.read_connection() as conn:
             closed = {o.register_id: o.sammelbeleg_number for o in load_outages(conn)}
         assert closed == {"A": 3, "B": 3}  # each its own Sammelbeleg, after its receipt 2
+
+    def test_a_hung_unit_costs_one_probe_deadline_per_round(
+        self,
+        till: ReceiptService,
+        units: dict[str, FlakyUnit],
+        clock: FrozenClock,
+    ) -> None:
+        """A, B and C wait for the hung unit: a round that probes all three asks it once
+        and records the failed probe in each outage."""
+        prober = Prober(till, Backoff(initial=5.0, cap=60.0, jitter=0.0), deadline=TIMEOUT)
+        shared = units["shared"]
+        shared.mode = "down"
+        for register_id in SHARED:
+            _sell(till, register_id, f"{register_id}-0")
+        shared.mode = "slow"
+        prober.run_once()  # each gets its first probe time
+        clock.advance(6)
+        calls, started = shared.calls, time.monotonic()
+        prober.run_once()
+        assert time.monotonic() - started < 2 * TIMEOUT  # (three deadlines before)
+        assert shared.calls == calls + 1
+        probes = journal_events(till.db, "outage.probe")
+        assert [(p["outage"], p["ok"]) for p in probes] == [(1, False), (2, False), (3, False)]
+        assert "no answer by the deadline" in str(probes[2]["detail"])
 
     def test_a_sammelbeleg_issued_outside_the_prober_recovers_the_others_next_round(
         self,
