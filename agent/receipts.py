@@ -191,10 +191,9 @@ class ReceiptService:
         if not isinstance(sale, Sale):
             sale = parse_sale(sale)
         register_id = sale.register_id
-        if self.refused_registers and register_id in self.refused_registers:
-            raise RegisterRefused(self.refused_registers[register_id])
         sale_hash = sale_fingerprint(sale)
         parsed = sale
+        refused = self.refused_registers.get(register_id) if self.refused_registers else None
         checks = _CLOSING_CHECKS if self._closings_first else 0
 
         def work(conn: sqlite3.Connection) -> Issued:
@@ -208,6 +207,8 @@ class ReceiptService:
                         + _stored_receipt(stored),
                     )
                 return Issued(current_result(conn, current_version(conn, stored)), created=False)
+            if refused is not None:  # (a retry above still gets its stored receipt)
+                raise RegisterRefused(refused)
             due_at = self._closing_due.get(register_id)
             if checks and due_at is not None and self.clock.now() >= due_at:
                 raise _ClosingDue(register_id)  # it fell due while this sale waited
@@ -283,6 +284,8 @@ class ReceiptService:
 
         Raises:
             InvalidSale: ``request_id`` names a receipt that is no zero receipt.
+            RegisterRefused: the configuration refuses the register's receipts (a
+                Sammelbeleg its open outage needs is still issued).
             WaitsForUnit: the Sammelbeleg must be signed and the unit still fails.
         """
         with self._issuing.transaction() as conn:
@@ -302,6 +305,8 @@ class ReceiptService:
             else:
                 reg = open_register(conn, register_id)
                 kind = "sammelbeleg" if self._issuing.outages.is_open(register_id) else "null"
+                if kind == "null" and register_id in self.refused_registers:
+                    raise RegisterRefused(self.refused_registers[register_id])
                 draft = Draft(register_id, kind, request_id=request_id)
                 issued = Issued(self._issuing.issue_in(conn, reg, draft), created=True)
                 waits = True

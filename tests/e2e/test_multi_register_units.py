@@ -103,7 +103,10 @@ class TestDevelopmentUnitOnAnotherRegister:
         closed, the check passes."""
         first = launch(_config(tmp_path, data_dir, printer))
         first.wait_ready()
+        with client_for(first, data_dir) as client:  # its answer is lost on the way back
+            lost = client.post("/v1/receipts", json=sale(register="KASSE-1", request_id="k-lost"))
         assert first.terminate() == 0, first.tail()
+        assert lost.status_code == 201, lost.text
         _ok(home, "unit", "create-software", "--id", "prod", "--data-dir", data_dir)
         _ok(home, "init", "BAR", "--unit", "prod", "--data-dir", data_dir)
         production = _config(
@@ -124,7 +127,9 @@ class TestDevelopmentUnitOnAnotherRegister:
         with client_for(agent, data_dir) as client:
             bar = client.post("/v1/receipts", json=sale(register="BAR", request_id="b0"))
             kasse = client.post("/v1/receipts", json=sale(register="KASSE-1", request_id="k0"))
-            second = client.get("/v1/receipts/KASSE-1/2")
+            retry = client.post("/v1/receipts", json=sale(register="KASSE-1", request_id="k-lost"))
+            zero = client.post("/v1/registers/KASSE-1/zero-receipt", json={})
+            third = client.get("/v1/receipts/KASSE-1/3")
         assert agent.terminate() == 0, agent.tail()
         logged = flat(agent.output())
         assert f"register KASSE-1 signs with the development unit {DEV}" in logged
@@ -135,7 +140,11 @@ class TestDevelopmentUnitOnAnotherRegister:
         assert kasse.status_code == 409, kasse.text
         assert (kasse.json()["field"], kasse.json()["rule"]) == ("register", "development-unit")
         assert "send them to register BAR" in kasse.json()["message"]
-        assert second.status_code == 404, second.text  # no number used: 1 is the Startbeleg
+        assert third.status_code == 404, third.text  # no number used: 2 is k-lost's
+        assert retry.status_code == 200, retry.text  # a repeat gets what is stored
+        assert retry.json()["number"] == lost.json()["number"] == 2
+        assert zero.status_code == 409, zero.text  # a Nullbeleg is signed with the key too
+        assert zero.json()["rule"] == "development-unit"
 
         _ok(home, "special", "KASSE-1", "closing", "--yes", "--data-dir", data_dir)
         assert _check(home, production).returncode == 0
