@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from smallfs import small_tmpfs
 
 from e2e.harness import TILL_AGENT, Launch, TcpPrinter, agent_config, agent_env
 
@@ -26,22 +27,9 @@ REGISTER = "KASSE-1"
 
 @pytest.fixture(name="small_fs")
 def _small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 16 MiB tmpfs, unmounted at teardown; skipped where mounting is not permitted."""
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {result.stderr.strip()}")
-    try:
+    """A real 16 MiB tmpfs (:func:`smallfs.small_tmpfs`)."""
+    with small_tmpfs(tmp_path, "16m") as mount:
         yield mount
-    finally:  # the agents are killed before this (the launch fixture came first)
-        if subprocess.run(["umount", str(mount)], capture_output=True, check=False).returncode:
-            subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _fill(mount: Path) -> Path:

@@ -12,11 +12,11 @@ import json
 import logging
 import os
 import random
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from smallfs import small_tmpfs
 
 from agent.api_backend import ServiceBackend
 from agent.clock import FrozenClock
@@ -33,22 +33,9 @@ _T0 = 1_700_000_000  # the sales' modification times: one second apart, oldest f
 
 @pytest.fixture(name="small_fs")
 def _small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 4 MiB tmpfs, unmounted at teardown; skipped where mounting is not permitted."""
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {result.stderr.strip()}")
-    try:
+    """A real 4 MiB tmpfs (:func:`smallfs.small_tmpfs`)."""
+    with small_tmpfs(tmp_path, "4m") as mount:
         yield mount
-    finally:  # the database is closed after this (lazily then)
-        if subprocess.run(["umount", str(mount)], capture_output=True, check=False).returncode:
-            subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.fixture(name="data_dir")

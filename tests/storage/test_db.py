@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from smallfs import small_tmpfs
 from sqlalchemy import text
 
 from agent.errors import DataDirLocked, NoDatabase, NotFound, StorageError
@@ -413,22 +414,9 @@ class TestQuickCheck:
 
 @pytest.fixture(name="small_fs")
 def _small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MiB tmpfs, unmounted at teardown; skipped where mounting is not permitted."""
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {result.stderr.strip()}")
-    try:
+    """A real 1 MiB tmpfs (:func:`smallfs.small_tmpfs`)."""
+    with small_tmpfs(tmp_path, "1m") as mount:
         yield mount
-    finally:
-        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _fill(mount: Path) -> None:

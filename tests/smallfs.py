@@ -1,0 +1,34 @@
+"""A real, small file system for the tests of a full disk: a tmpfs of a few MiB.
+
+Mounting needs root (CI runs as root); elsewhere the test is skipped, saying why.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+
+@contextmanager
+def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``"4m"``) mounted at ``where/fs``, unmounted on exit (lazily
+    when something still holds it open, as a database closed after the test does)."""
+    mount = where / "fs"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], capture_output=True, check=False).returncode:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
