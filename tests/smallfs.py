@@ -5,6 +5,8 @@ Mounting needs root (CI runs as root); elsewhere the test is skipped, saying why
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,3 +34,25 @@ def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(mount)], capture_output=True, check=False).returncode:
             subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill_up(mount: Path) -> Path:
+    """Write zeros until the file system at ``mount`` has no byte left; the file that
+    holds them (remove it to give the room back)."""
+    filler = mount / "fill"
+    with filler.open("wb", buffering=0) as out:
+        for chunk in (65536, 512):  # big writes, then the last scraps
+            try:
+                while True:
+                    out.write(b"\0" * chunk)
+            except OSError:
+                pass
+    assert os.statvfs(mount).f_bavail == 0
+    return filler
+
+
+def fill_up_after_checkpoint(conn: sqlite3.Connection, mount: Path) -> Path:
+    """An empty WAL on ``conn``'s database (its next write needs a new block), then
+    :func:`fill_up`."""
+    assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    return fill_up(mount)

@@ -8,12 +8,11 @@ written (SQLITE_FULL, a StorageError that rolls the tick back)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from smallfs import small_tmpfs
+from smallfs import fill_up_after_checkpoint, small_tmpfs
 
 from agent.clock import FrozenClock
 from agent.errors import StorageError
@@ -38,26 +37,6 @@ def _data_dir(small_fs: Path) -> Path:
     return small_fs / "data"
 
 
-def _fill(mount: Path) -> Path:
-    """Write zeros until the file system has no byte left; the file that holds them."""
-    filler = mount / "fill"
-    with filler.open("wb", buffering=0) as out:
-        try:
-            while True:
-                out.write(b"\0" * 4096)
-        except OSError:
-            pass
-    assert os.statvfs(mount).f_bavail == 0
-    return filler
-
-
-def _disk_full(service: ReceiptService, mount: Path) -> Path:
-    """An empty WAL (the next write needs a new block) on a full file system."""
-    conn = service.db.write_connection()._conn
-    assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
-    return _fill(mount)
-
-
 class TestAFailedTickLosesNoAge:
     def test_the_hour_of_the_failed_tick_is_counted_by_the_next(
         self,
@@ -76,7 +55,7 @@ class TestAFailedTickLosesNoAge:
         watch.tick()
         assert the_outage(service).age_seconds == pytest.approx(HOUR)
         clock.advance(HOUR)
-        filler = _disk_full(service, small_fs)
+        filler = fill_up_after_checkpoint(service.db.write_connection()._conn, small_fs)
         with pytest.raises(StorageError, match="disk is full"):
             watch.tick()
         filler.unlink()
@@ -101,7 +80,7 @@ class TestAFailedTickLosesNoAge:
         watch.tick()
         clock.advance(HOUR)
         clock.jump(24 * HOUR)
-        filler = _disk_full(service, small_fs)
+        filler = fill_up_after_checkpoint(service.db.write_connection()._conn, small_fs)
         with pytest.raises(StorageError, match="disk is full"):
             watch.tick()
         filler.unlink()

@@ -8,13 +8,12 @@ system filled, so the next write cannot get a block (SQLITE_FULL, a StorageError
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from smallfs import small_tmpfs
+from smallfs import fill_up_after_checkpoint, small_tmpfs
 
 from agent.clock import FrozenClock
 from agent.print_worker import PrintWorker
@@ -36,22 +35,6 @@ def _small_fs(tmp_path: Path) -> Iterator[Path]:
 def _data_dir(small_fs: Path) -> Path:
     """The till's data directory on the small file system (every fixture's database)."""
     return small_fs / "data"
-
-
-def _fill(service: ReceiptService, mount: Path) -> Path:
-    """An empty WAL (the next write needs a new block) on a file system with no byte left;
-    the file that holds the zeros."""
-    conn = service.db.write_connection()._conn
-    assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
-    filler = mount / "fill"
-    with filler.open("wb", buffering=0) as out:
-        try:
-            while True:
-                out.write(b"\0" * 4096)
-        except OSError:
-            pass
-    assert os.statvfs(mount).f_bavail == 0
-    return filler
 
 
 def _errors(caplog: pytest.LogCaptureFixture, logger: str) -> list[logging.LogRecord]:
@@ -89,7 +72,7 @@ class TestTheProbe:
         flaky.mode = "down"
         service.issue(sale(request_id="r-1"))  # opens the outage: the probe's target
         prober = Prober(service, Backoff(1.0, 4.0, jitter=0.0), deadline=1.0)
-        filler = _fill(service, small_fs)
+        filler = fill_up_after_checkpoint(service.db.write_connection()._conn, small_fs)
         self.probe_for(prober, clock, 30.0)
         [error] = _errors(caplog, "agent.probe")
         assert error.exc_info is None
@@ -98,7 +81,7 @@ class TestTheProbe:
         filler.unlink()
         self.probe_for(prober, clock, 10.0)  # probes run and store their result
         assert len(_errors(caplog, "agent.probe")) == 1
-        _fill(service, small_fs)
+        fill_up_after_checkpoint(service.db.write_connection()._conn, small_fs)
         self.probe_for(prober, clock, 10.0)
         assert len(_errors(caplog, "agent.probe")) == 2
 
@@ -113,7 +96,7 @@ class TestThePrintLoop:
         worker = PrintWorker(service, NullPrinter())
         for i in range(5):
             service.issue(sale(request_id=f"p-{i}"))
-        filler = _fill(service, small_fs)
+        filler = fill_up_after_checkpoint(service.db.write_connection()._conn, small_fs)
         worker._loop.error_wait = worker._loop.max_wait = 0.01
         worker.start()
         try:

@@ -9,7 +9,6 @@ killed (the file it left removed); the second runs on the full disk until the ze
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from smallfs import small_tmpfs
+from smallfs import fill_up, small_tmpfs
 
 from e2e.harness import TILL_AGENT, Launch, TcpPrinter, agent_config, agent_env
 
@@ -30,24 +29,6 @@ def _small_fs(tmp_path: Path) -> Iterator[Path]:
     """A real 16 MiB tmpfs (:func:`smallfs.small_tmpfs`)."""
     with small_tmpfs(tmp_path, "16m") as mount:
         yield mount
-
-
-def _fill(mount: Path) -> Path:
-    """Write zeros until the file system has no byte left; the file that holds them."""
-    filler = mount / "fill"
-    with filler.open("wb", buffering=0) as out:
-        try:
-            while True:
-                out.write(b"\0" * 65536)
-        except OSError:
-            pass
-        try:
-            while True:
-                out.write(b"\0" * 512)
-        except OSError:
-            pass
-    assert os.statvfs(mount).f_bavail == 0
-    return filler
 
 
 def _sale(request_id: str) -> str:
@@ -77,7 +58,7 @@ def test_the_api_address_is_named_once_the_full_disk_has_room(
         httpx.post(f"{url}/v1/receipts", content=_sale(f"a{i}"), headers=headers, timeout=30)
     assert first.kill() == -signal.SIGKILL
     address.unlink()  # its block would be the room for the new one
-    filler = _fill(small_fs)
+    filler = fill_up(small_fs)
 
     second = launch(config)
     second.wait_ready()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from smallfs import small_tmpfs
+from smallfs import fill_up_after_checkpoint, small_tmpfs
 
 from agent.api_backend import ServiceBackend
 from agent.clock import FrozenClock
@@ -58,22 +58,6 @@ def _write(directory: Path, index: int) -> None:
     os.rename(tmp, directory / name)
 
 
-def _fill(service: ReceiptService, mount: Path) -> Path:
-    """An empty WAL (the next write needs a new block) on a file system with no byte left;
-    the file that holds the zeros."""
-    conn = service.db.write_connection()._conn
-    assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
-    filler = mount / "fill"
-    with filler.open("wb", buffering=0) as out:
-        try:
-            while True:
-                out.write(b"\0" * 4096)
-        except OSError:
-            pass
-    assert os.statvfs(mount).f_bavail == 0
-    return filler
-
-
 def _numbers(spool: Spool, count: int) -> list[int]:
     """The receipt numbers of s00.. in the order the sales were written."""
     return [
@@ -105,7 +89,7 @@ class TestAFullDiskKeepsTheOrder:
         files stay in in/, and every sale is numbered in the order it was written."""
         for i in range(10):
             _write(spool.inbox, i)
-        filler = _fill(service, small_fs)
+        filler = fill_up_after_checkpoint(service.db.write_connection()._conn, small_fs)
         inner = ServiceBackend(service).issue_sale
 
         def room_after_the_first_failure(raw: bytes) -> ReceiptResult:
@@ -142,7 +126,7 @@ class TestAFullDiskKeepsTheOrder:
         caplog.set_level(logging.DEBUG, "agent.spool")
         for i in range(8):
             _write(spool.work, i)
-        filler = _fill(service, small_fs)
+        filler = fill_up_after_checkpoint(service.db.write_connection()._conn, small_fs)
         ingestor = SpoolIngestor(
             spool,
             ServiceBackend(service).issue_sale,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from smallfs import small_tmpfs
+from smallfs import fill_up, small_tmpfs
 from sqlalchemy import text
 
 from agent.errors import DataDirLocked, NoDatabase, NotFound, StorageError
@@ -419,24 +419,13 @@ def _small_fs(tmp_path: Path) -> Iterator[Path]:
         yield mount
 
 
-def _fill(mount: Path) -> None:
-    """Write zeros until the file system has no byte left."""
-    with (mount / "fill").open("wb", buffering=0) as out:
-        try:
-            while True:
-                out.write(b"\0" * 4096)
-        except OSError:
-            pass
-    assert os.statvfs(mount).f_bavail == 0
-
-
 class TestFullDisk:
     def test_an_existing_till_on_a_full_disk_says_the_disk_is_full(self, small_fs: Path) -> None:
         """SQLite reports a -shm it cannot grow as "disk I/O error": the message names the
         full disk, the data directory and its free space instead."""
         data_dir = small_fs / "data"
         open_till_db(data_dir).close()
-        _fill(small_fs)
+        fill_up(small_fs)
         with pytest.raises(StorageError) as raised:
             open_till_db(data_dir)
         message = str(raised.value)
@@ -446,7 +435,7 @@ class TestFullDisk:
 
     def test_a_new_till_on_a_full_disk_says_the_disk_is_full(self, small_fs: Path) -> None:
         data_dir = small_fs / "data"
-        _fill(small_fs)
+        fill_up(small_fs)
         with pytest.raises(StorageError, match=r"the disk is full \(0 KiB free in "):
             open_till_db(data_dir)
 
