@@ -158,6 +158,8 @@ class OutageWatch:
         # the boot clock at the last tick that finished: every outage open then was aged
         # (and is in _memory.seen), so one first seen later opened in this process after it
         self._ticked_boot: float | None = None
+        # before the first tick, an outage not found open opened after this moment
+        self._started_boot = clock.boottime()
 
     def tick(self) -> list[tuple[int, str]]:
         """Update every open outage and remind of the due reports of ended ones; return the
@@ -443,10 +445,12 @@ class OutageWatch:
                 self._jump(conn, register_id, gap, "since the last check (before a restart)", wall)
             if outage_id in self._found:  # a later jump may show this clock was behind
                 memory.offtime[outage_id] = _OffTime(register_id, gap)
-            if self._ticked_boot is not None:
-                # opened in this process after the last tick: no longer ago than that tick,
-                # whatever the wall clock did meanwhile (a jump must not fake its age)
-                gap = min(gap, boot - self._ticked_boot)
+            else:
+                # opened in this process after the last tick (or the start): no longer ago
+                # than that, whatever the wall clock did meanwhile (a jump must not fake its
+                # age, also not NTP's first step after the boot)
+                since = self._started_boot if self._ticked_boot is None else self._ticked_boot
+                gap = min(gap, boot - since)
             return max(0.0, gap)
         # a jump of the wall clock while running is journaled by the tick (_watch_clock)
         return boot - previous[0]
