@@ -272,13 +272,20 @@ class OutageWatch:
 
     def _clamping(self, registers: list[sqlite3.Row], wall: dt.datetime) -> list[LogLine]:
         """Log once when a register's last receipt date is ahead of the clock (its receipts
-        keep that date), and once when the clock has caught up."""
+        keep that date), and once when the clock has caught up.
+
+        Instants are compared, not local times: in the hour the October fall-back repeats,
+        a receipt date is read as its first pass (``fold=0``, the earlier instant), so the
+        second pass is no clock behind."""
         lines: list[LogLine] = []
         for register_id, last_issued_at, timezone in registers:
-            local = wall.astimezone(ZoneInfo(timezone)).replace(tzinfo=None, microsecond=0)
+            zone = ZoneInfo(timezone)
+            local = wall.astimezone(zone).replace(tzinfo=None, microsecond=0)
             ahead = (
                 last_issued_at is not None
-                and (dt.datetime.fromisoformat(last_issued_at) - local).total_seconds()
+                and (
+                    dt.datetime.fromisoformat(last_issued_at).replace(tzinfo=zone, fold=0) - wall
+                ).total_seconds()
                 > self.thresholds.jump_tolerance_s
             )
             if ahead and register_id not in self._clamped:
