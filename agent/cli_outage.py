@@ -64,6 +64,7 @@ def outage_list(
         stored = load_outages(conn, register)
         if register is not None and not stored:
             _require_register(conn, register, as_json)
+        zones = {str(r[0]): str(r[1]) for r in conn.execute("SELECT id, timezone FROM registers")}
     now = SystemClock().now()
     records = [as_of(r, now) for r in stored]
     if as_json:
@@ -81,6 +82,7 @@ def outage_list(
         "end report",
     )
     for r in records:
+        zone = zones[r.register_id]
         table.add_row(
             str(r.id),
             r.register_id,
@@ -89,15 +91,18 @@ def outage_list(
             f"{r.age_seconds / 3600:.1f}" + (" so far" if r.ended_at is None else ""),
             str(r.affected),
             r.escalations[-1] if r.escalations else "-",
-            _report(r.report_reference, r.report_due),
-            _report(r.end_report_reference, r.end_report_due),
+            _report(r.report_reference, r.report_due, zone),
+            _report(r.end_report_reference, r.end_report_due, zone),
         )
     _print_table(table)
 
 
-def _report(reference: str | None, due: str | None) -> str:
-    """A report as the list shows it: its reference, else its due date (UTC day), else -."""
-    return reference or ("due " + due[:10] if due else "-")
+def _report(reference: str | None, due: str | None, timezone: str) -> str:
+    """A report as the list shows it: its reference, else the moment it is due (in the
+    register's time zone: it is overdue from then on), else -."""
+    from agent.outage_watch import shown_due
+
+    return reference or ("due " + shown_due(due, timezone) if due else "-")
 
 
 def _pack(data_dir: Path, outage_id: int, as_json: bool) -> dict[str, object]:

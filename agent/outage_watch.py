@@ -66,22 +66,28 @@ __all__ = [
     "Thresholds",
     "acknowledge_report",
     "log_escalation",
+    "shown_due",
 ]
 
 HOUR = 3600.0
+# each ends with the register's time zone: due moments are shown to people in it
 _OPEN_OUTAGES = (
     "SELECT id, register_id, age_seconds, checked_at, escalations, report_due,"
-    " report_reference FROM outages WHERE ended_at IS NULL"
+    " report_reference, (SELECT timezone FROM registers WHERE registers.id = outages.register_id)"
+    " FROM outages WHERE ended_at IS NULL"
 )
 # ended outages with a report due and not acknowledged (their reminders may be due)
 _ENDED_REPORTS_DUE = (
     "SELECT id, register_id, age_seconds, escalations, report_due, report_reference,"
-    " end_report_due, end_report_reference FROM outages WHERE ended_at IS NOT NULL"
+    " end_report_due, end_report_reference,"
+    " (SELECT timezone FROM registers WHERE registers.id = outages.register_id)"
+    " FROM outages WHERE ended_at IS NOT NULL"
     " AND ((report_due IS NOT NULL AND report_reference IS NULL)"
     " OR (end_report_due IS NOT NULL AND end_report_reference IS NULL))"
 )
 
-Escalation = tuple[int, str, str, float, str | None]  # outage, register, level, age s, due
+# outage, register, level, age s, due (ISO instant), the register's time zone
+Escalation = tuple[int, str, str, float, str | None, str]
 LogLine = tuple[int, str, tuple[object, ...]]  # level, message, arguments
 _Jump = tuple[float, dt.datetime]  # seconds the wall clock jumped, its time at the last tick
 
@@ -196,7 +202,7 @@ class OutageWatch:
             log.log(level, message, *args)
         for escalation in fired:
             log_escalation(*escalation)
-        return [(outage_id, level) for outage_id, _, level, _, _ in fired]
+        return [(outage_id, level) for outage_id, _, level, _, _, _ in fired]
 
     def _jump_since_last(self, memory: _Memory, wall: dt.datetime) -> _Jump | None:
         """The jump of the wall clock since the last tick beyond the tolerance (not suspend:
@@ -386,7 +392,7 @@ class OutageWatch:
             conn.execute(
                 "UPDATE outages SET escalations = ? WHERE id = ?", (json.dumps(levels), outage_id)
             )
-        return [(outage_id, register_id, level, age, due) for level, due in new]
+        return [(outage_id, register_id, level, age, due, row[8]) for level, due in new]
 
     def _age(
         self,
@@ -428,7 +434,7 @@ class OutageWatch:
             " WHERE id = ?",
             (age, wall.isoformat(), json.dumps(sent + new), due, outage_id),
         )
-        return [(outage_id, register_id, level, age, due) for level in new]
+        return [(outage_id, register_id, level, age, due, row[7]) for level in new]
 
     def _elapsed(
         self,
@@ -524,13 +530,13 @@ _ESCALATIONS = {
 }
 
 
-def log_escalation(
-    outage_id: int, register_id: str, level: str, age: float, due: str | None
+def log_escalation(  # noqa: PLR0917 - one escalation's facts (an Escalation)
+    outage_id: int, register_id: str, level: str, age: float, due: str | None, timezone: str
 ) -> None:
     """Log one escalation (call it once its transaction has committed)."""
     if level in _ESCALATIONS:
         severity, what = _ESCALATIONS[level]
-        text = what.format(due=(due or "?")[:10], id=outage_id)
+        text = what.format(due="?" if due is None else shown_due(due, timezone), id=outage_id)
         log.log(
             severity,
             "outage %d of register %s has lasted %.1f h: %s",
@@ -539,6 +545,17 @@ def log_escalation(
             age / HOUR,
             text,
         )
+
+
+def shown_due(due: str, timezone: str) -> str:
+    """A report's due moment ``due`` (an ISO instant) as people read it: date and time in
+    the register's time zone ``timezone``, e.g. ``2026-03-11 11:00 (Europe/Vienna)``.
+
+    Not a date alone: ``overdue`` fires at that moment, and a UTC date would send the
+    operator to FinanzOnline a day late. The seconds are cut off (an earlier minute).
+    """
+    at = dt.datetime.fromisoformat(due).astimezone(ZoneInfo(timezone))
+    return f"{at:%Y-%m-%d %H:%M} ({timezone})"
 
 
 def acknowledge_report(

@@ -196,15 +196,16 @@ class TestViews:
     def test_outage_list_shows_both_reports(
         self, ended: ReceiptService, clock: FrozenClock, run: Run, data_dir: Path
     ) -> None:
-        """`outage list`: each report's due date until its reference is recorded, then the
-        reference."""
+        """`outage list`: the moment each report is due (the register's time zone) until its
+        reference is recorded, then the reference."""
 
         def listed() -> str:
             return box_words(expect(run("outage", "list", "--data-dir", data_dir), 0).stdout)
 
-        assert "due 2026-03-11 due 2026-03-11" in listed()
+        due, end_due = "2026-03-11 11:00 (Europe/Vienna)", "2026-03-11 13:00 (Europe/Vienna)"
+        assert f"due {due} due {end_due}" in listed()
         acknowledge_report(ended.db.write_connection(), clock, 1, "FON-1")
-        assert "FON-1 due 2026-03-11" in listed()
+        assert f"FON-1 due {end_due}" in listed()
         acknowledge_report(ended.db.write_connection(), clock, 1, "FON-2", end=True)
         assert "FON-1 FON-2" in listed()
 
