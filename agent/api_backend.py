@@ -472,14 +472,17 @@ class ServiceBackend:
         shown = outage_out(outage)  # its times as the list of outages shows them
         # the watch stores the age at its last tick; add the time since (never less)
         since_check = (now - dt.datetime.fromisoformat(outage.checked_at)).total_seconds()
-        window = dt.timedelta(seconds=self.thresholds.exceeded_hours * HOUR)
+        age = outage.age_seconds + max(0.0, since_check)
+        # from the age shown (the boot clock's, as the alerts'), not started_at, which a
+        # step of the wall clock moved; past the window: the moment it closed
+        left = dt.timedelta(seconds=self.thresholds.exceeded_hours * HOUR - age)
         return OpenOutageOut(
             id=outage.id,
             started_at=shown.started_at,
-            age_s=outage.age_seconds + max(0.0, since_check),
+            age_s=age,
             cause=outage.cause,
             affected=outage.affected,
-            deadline_48h_at=shown.started_at + window,
+            deadline_48h_at=now + left,
             report_due_at=shown.report_due_at,
             recovery_failed=failed,
             unit_problem=problem,
