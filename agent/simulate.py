@@ -17,6 +17,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+from agent.at_rksv._verify_rules import RuleBroken, receipt_date_time
 from agent.durable import refuse_non_regular, replace_file
 from agent.errors import ConfigurationError
 from agent.export import export_container, export_dep
@@ -94,7 +95,29 @@ def _load(path: Path) -> dict[str, Any]:
     for key in ("cashBoxId", "base64AesKey", "numberOfSignatureDevices", "cashBoxInstructionList"):
         if key not in scenario:
             raise ConfigurationError(f"scenario {path}: missing key {key!r}")
+    instructions = scenario["cashBoxInstructionList"]
+    if not isinstance(instructions, list):
+        raise ConfigurationError(f"scenario {path}: cashBoxInstructionList is not a list")
+    for index, item in enumerate(instructions):
+        _check_date(path, index, item)
     return dict(scenario)
+
+
+def _check_date(path: Path, index: int, item: Any) -> None:
+    """Refuse instruction ``index`` unless its ``dateToUse`` is a receipt date the DEP
+    verifier accepts (its own rule): checked for every instruction before the first is
+    signed, since a date signed into field 4 cannot be taken back."""
+    instruction = item if isinstance(item, dict) else {}
+    date = instruction.get("dateToUse")
+    try:  # (a missing date, or one that is no string, is refused as an empty one)
+        receipt_date_time(date if isinstance(date, str) else "")
+    except RuleBroken as exc:
+        receipt = instruction.get("receiptIdentifier", "?")
+        raise ConfigurationError(
+            f"scenario {path}: cashBoxInstructionList[{index}] (receipt {receipt}):"
+            f" dateToUse {date!r} is no receipt date: it must be yyyy-MM-ddTHH:mm:ss, a real"
+            " date and time, local without offset (field 4, as the DEP verifier checks it)"
+        ) from exc
 
 
 def run_scenario(
@@ -103,8 +126,9 @@ def run_scenario(
     """Replay ``scenario_file`` and write the DEP and the crypto container into ``out_dir``.
 
     Raises:
-        ConfigurationError: the scenario file is unreadable or incomplete, or the results
-            cannot be written.
+        ConfigurationError: the scenario file is unreadable or incomplete, an instruction's
+            ``dateToUse`` is no receipt date (nothing is signed then), or the results cannot
+            be written.
     """
     scenario = _load(scenario_file)
     for name in (DEP_FILE, CONTAINER_FILE):  # a device or a fifo there: refused unwritten

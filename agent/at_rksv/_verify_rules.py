@@ -39,6 +39,7 @@ __all__ = [
     "check_certificates",
     "load_certificate",
     "parse_receipt",
+    "receipt_date_time",
     "receipt_label",
     "serial_numbers",
 ]
@@ -137,7 +138,7 @@ def parse_receipt(jws: str) -> Receipt:
         payload=payload,
         signing_input=f"{header_b64}.{body_b64}".encode("ascii"),
         signature=signature,
-        issued_at=_date(payload.issued_at),
+        issued_at=receipt_date_time(payload.issued_at),
         amounts=_amounts(payload.amounts),
         counter_bytes=_counter(payload.counter),
         closed=closed,
@@ -207,7 +208,9 @@ def _serial_is_closed(serial: str) -> bool:
     )
 
 
-def _date(text: str) -> datetime:
+def receipt_date_time(text: str) -> datetime:
+    """Field 4 (Beleg-Datum-Uhrzeit) as a naive local time: ``yyyy-MM-ddTHH:mm:ss``, a real
+    date and time, no offset; anything else breaks ``malformed-receipt``."""
     try:
         if not _DATE_RE.fullmatch(text):
             raise ValueError(text)
