@@ -3,7 +3,9 @@ boot time (monotonic, but counting the time the machine was suspended) for ages 
 law counts in real hours, such as an outage's 48-hour window.
 
 :class:`SystemClock` is the real one; :class:`FrozenClock` is for tests and the scenario
-simulator, and can be moved by hand.
+simulator, and can be moved by hand. :class:`JumpWatch` notices forward jumps of the wall
+clock (the wall clock ran ahead of the boot clock between two looks): what fell due only
+through such a jump waits until the clock has settled.
 """
 
 from __future__ import annotations
@@ -11,9 +13,27 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Clock", "FrozenClock", "SystemClock"]
+__all__ = [
+    "JUMP_SETTLE_S",
+    "JUMP_TOLERANCE_S",
+    "Clock",
+    "FrozenClock",
+    "JumpWatch",
+    "SystemClock",
+    "WallJump",
+]
+
+# as the outage watch's default tolerance: NTP slews by milliseconds a second, and a look
+# that was slow (a busy machine, a long signing) does not run the clocks apart by minutes
+JUMP_TOLERANCE_S = 120.0
+# how long a forward jump of the wall clock is not trusted, in boot-clock seconds: NTP
+# corrects a wrong RTC within minutes of the network coming up, and an operator who set
+# the wrong date notices it on the next receipts; an hour covers both, and a closing that
+# was truly due (a clock that was behind and was corrected) is only an hour late
+JUMP_SETTLE_S = 3600.0
 
 # elsewhere the monotonic clock (macOS's CLOCK_MONOTONIC counts sleep; others may not)
 _BOOTTIME: int = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
@@ -49,7 +69,8 @@ class SystemClock:
 
 class FrozenClock:
     """A clock that moves only when told to: ``advance`` moves all three clocks, ``suspend``
-    the wall and boot clocks (the machine slept), ``jump`` and ``set`` only the wall clock."""
+    the wall and boot clocks (the machine slept), ``jump`` only the wall clock, and ``set``
+    the wall clock to a time (forward: as ``advance``, back: as ``jump``)."""
 
     def __init__(self, start: dt.datetime) -> None:
         if start.tzinfo is None:
@@ -89,5 +110,85 @@ class FrozenClock:
             self._now += dt.timedelta(seconds=seconds)
 
     def set(self, when: dt.datetime) -> None:
+        """Move the wall clock to ``when``: forward, time passes until then (as
+        :meth:`advance`); back, the clock is set back (as :meth:`jump`)."""
         with self._lock:
+            passed = max(0.0, (when - self._now).total_seconds())
             self._now = when
+            self._mono += passed
+            self._boot += passed
+
+
+@dataclass(frozen=True, slots=True)
+class WallJump:
+    """A forward jump of the wall clock, seen at ``boot`` (boot clock): between the look at
+    wall time ``before`` and the one at ``after`` the wall clock ran ``seconds`` ahead of
+    the boot clock. The moments after ``before`` up to ``after`` may have been reached only
+    through it (when in that interval it came is not known)."""
+
+    before: dt.datetime
+    after: dt.datetime
+    seconds: float
+    boot: float
+
+    def covers(self, moment: dt.datetime) -> bool:
+        """Whether the wall clock may have reached ``moment`` only through this jump."""
+        return self.before < moment <= self.after
+
+
+class JumpWatch:
+    """The forward jumps of the wall clock this process has seen, while they settle.
+
+    Each :meth:`look` compares how far the wall clock and the boot clock moved since the
+    previous one (a suspend moves both alike). A jump is remembered for ``settle_s`` seconds
+    of the boot clock. A later jump back caps what it covers at the wall time it went back
+    to: a moment the clock is set back before is reached again by time passing. Thread-safe:
+    the closing timer and the sales look at the same watch.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        tolerance_s: float = JUMP_TOLERANCE_S,
+        settle_s: float = JUMP_SETTLE_S,
+    ) -> None:
+        self.clock = clock
+        self.tolerance_s = tolerance_s
+        self.settle_s = settle_s
+        self._lock = threading.Lock()
+        self._last = (clock.boottime(), clock.now())
+        self._jumps: tuple[WallJump, ...] = ()
+
+    def look(self) -> tuple[dt.datetime, bool]:
+        """The wall time now, and whether a jump (either way) was seen since the last look."""
+        with self._lock:
+            boot, wall = self.clock.boottime(), self.clock.now()
+            last_boot, last_wall = self._last
+            self._last = (boot, wall)
+            delta = (wall - last_wall).total_seconds() - (boot - last_boot)
+            jumps = tuple(j for j in self._jumps if boot - j.boot < self.settle_s)
+            if delta < -self.tolerance_s:
+                jumps = tuple(_capped(j, wall) for j in jumps if j.before < wall)
+            elif delta > self.tolerance_s:
+                jumps = (*jumps, WallJump(last_wall, wall, delta, boot))
+            self._jumps = jumps
+            return wall, abs(delta) > self.tolerance_s
+
+    def holding(self, moment: dt.datetime) -> WallJump | None:
+        """The jump not yet settled through which the wall clock may have reached
+        ``moment`` (the latest of several), or ``None``."""
+        boot = self.clock.boottime()
+        with self._lock:
+            jumps = self._jumps
+        held = [j for j in jumps if boot - j.boot < self.settle_s and j.covers(moment)]
+        return held[-1] if held else None
+
+    def settles_in(self, jump: WallJump) -> float:
+        """Seconds of the boot clock until ``jump`` has settled."""
+        return max(0.0, self.settle_s - (self.clock.boottime() - jump.boot))
+
+
+def _capped(jump: WallJump, wall: dt.datetime) -> WallJump:
+    """``jump`` after the wall clock went back to ``wall``: it covers nothing beyond it."""
+    return WallJump(jump.before, min(jump.after, wall), jump.seconds, jump.boot)
