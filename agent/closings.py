@@ -9,22 +9,38 @@ that waits for its unit is a ``waiting_specials`` row (:mod:`agent.waiting`) ins
 must be signed, but the Monatsbelege after it may carry the failure marker (rksv.md 5,
 "Which zero receipts may carry the failure marker"; 6), so they do not wait behind it and
 ``last_closing`` may pass its month. Its month counts as settled for what comes after it.
+
+A closing that fell due only through a forward jump of the wall clock that this process
+saw (:class:`agent.clock.JumpWatch`) waits until the jump is an hour old on the boot clock
+(:func:`first_held`): a wrong clock (a bad RTC, a mistyped date) is usually corrected
+within minutes, and a signed Jahresbeleg issued on it would close the year 40 days early,
+for good. The wait is journaled (``closing.held``, with an ``alert.raised``); sales go on.
+A hand-issued closing during it is refused unless confirmed (:func:`journaled_hold`: the
+command line runs in a process of its own, so it reads the service's journal).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
 from collections.abc import Collection
+from typing import Any
 from zoneinfo import ZoneInfo
 
+from agent.clock import JUMP_SETTLE_S, JumpWatch, WallJump
 from agent.errors import RegisterStateError
+from storage.journal import append_event
 
 __all__ = [
     "CLOSING_NAMES",
     "closing_kind",
     "due_for",
     "due_periods",
+    "first_held",
+    "hand_closing_from",
+    "journal_hold",
+    "journaled_hold",
     "next_closing_at",
     "period_of",
     "period_to_close",
@@ -116,6 +132,69 @@ def next_closing_at(last_closing: str | None, first: str, timezone: str) -> dt.d
 def period_of(stamp: str, timezone: str) -> str:
     """The month of ISO time ``stamp`` in ``timezone``."""
     return dt.datetime.fromisoformat(stamp).astimezone(ZoneInfo(timezone)).strftime("%Y-%m")
+
+
+def first_held(periods: list[str], timezone: str, watch: JumpWatch) -> tuple[int, WallJump] | None:
+    """The index of the first of the due ``periods`` (oldest first) whose closing time the
+    wall clock may have reached only through a jump that has not settled, and that jump;
+    ``None`` when none. The ones after it wait with it: closings come in order."""
+    tz = ZoneInfo(timezone)
+    for index, period in enumerate(periods):
+        jump = watch.holding(_closing_time(period, tz))
+        if jump is not None:
+            return index, jump
+    return None
+
+
+def hand_closing_from(period: str, timezone: str) -> dt.datetime:
+    """The first moment ``period``'s closing may be issued by hand: its last day's start."""
+    last = _closing_time(period, ZoneInfo(timezone))
+    return last.replace(hour=0, minute=0)
+
+
+def journal_hold(
+    conn: sqlite3.Connection, register_id: str, periods: list[str], jump: WallJump, until: str
+) -> None:
+    """Journal that ``periods``' closings wait for ``jump`` to settle (about ``until`` on the
+    wall clock), with an alert. ``boot`` lets a command of the same boot see the hold."""
+    facts: dict[str, Any] = {
+        "periods": periods,
+        "jump_seconds": round(jump.seconds, 3),
+        "before": jump.before.isoformat(),
+        "after": jump.after.isoformat(),
+        "until": until,
+    }
+    at = jump.after.isoformat()
+    data = {**facts, "boot": round(jump.boot, 3), "settle_seconds": JUMP_SETTLE_S}
+    append_event(conn, kind="closing.held", register_id=register_id, at=at, data=data)
+    alert = {"level": "error", "alert": "closing-held", **facts}
+    append_event(conn, kind="alert.raised", register_id=register_id, at=at, data=alert)
+
+
+def journaled_hold(
+    conn: sqlite3.Connection, register_id: str, moment: dt.datetime, boot: float
+) -> dict[str, Any] | None:
+    """The ``closing.held`` event of ``register_id`` (its data) whose jump covers ``moment``
+    and is younger than the settle period at boot-clock time ``boot``, or ``None``. A boot
+    clock behind the event's is another boot: its hold ended with the process that saw it.
+    Only the latest events are read: a hold younger than an hour is among them."""
+    rows = conn.execute(
+        "SELECT data FROM journal WHERE register_id = ? AND kind = 'closing.held'"
+        " AND seq > (SELECT coalesce(max(seq), 0) FROM journal) - ? ORDER BY seq DESC",
+        (register_id, _HOLD_LOOKBACK),
+    ).fetchall()
+    for row in rows:
+        data: dict[str, Any] = json.loads(row[0])
+        before = dt.datetime.fromisoformat(data["before"])
+        after = dt.datetime.fromisoformat(data["after"])
+        if 0 <= boot - float(data["boot"]) < JUMP_SETTLE_S and before < moment <= after:
+            return data
+    return None
+
+
+# journal events read back for a hold: an hour of the busiest till writes far fewer (a
+# receipt a second would be 3,600 receipt events), and the read stays a short index range
+_HOLD_LOOKBACK = 50_000
 
 
 def _next_period(period: str) -> str:

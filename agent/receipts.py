@@ -16,11 +16,23 @@ import contextlib
 import datetime as dt
 import logging
 import sqlite3
+import threading
 from dataclasses import dataclass
 from typing import Any
 
-from agent.clock import Clock, SystemClock
-from agent.closings import closing_kind, due_for, next_closing_at, period_of, period_to_close
+from agent.clock import Clock, JumpWatch, SystemClock, WallJump
+from agent.closings import (
+    CLOSING_NAMES,
+    closing_kind,
+    due_for,
+    first_held,
+    hand_closing_from,
+    journal_hold,
+    journaled_hold,
+    next_closing_at,
+    period_of,
+    period_to_close,
+)
 from agent.contract import (
     ReceiptResult,
     Sale,
@@ -32,6 +44,7 @@ from agent.errors import (
     FiscalError,
     InvalidSale,
     RegisterRefused,
+    RegisterStateError,
     WaitsForUnit,
 )
 from agent.issuing import Issuing
@@ -131,6 +144,10 @@ class ReceiptService:
         # register -> when its next closing is due (a sale from then on issues it first)
         self._closings_first = issuing.closings_first = closings_first
         self._closing_due: dict[str, dt.datetime] = {}
+        # forward jumps of the wall clock seen by this process: the closings they made due wait
+        self._jumps = JumpWatch(self.clock)
+        self._held: set[tuple[str, float]] = set()  # (register, jump's boot): journaled
+        self._held_lock = threading.Lock()
         # register -> why the configuration refuses its sales (set by the till service)
         self.refused_registers: dict[str, str] = {}
 
@@ -235,16 +252,21 @@ class ReceiptService:
         unit_position: int | None = None,
         amounts: Amounts = ZERO,
         request_id: str | None = None,
+        confirmed: bool = False,
     ) -> ReceiptResult:
         """Issue a receipt the agent makes itself: null, monthly, yearly, closing, Sammelbeleg.
 
         A Monats- or Jahresbeleg closes the current month in the register's time zone, as
         if :meth:`run_closings` had issued it: it records the period (so the job does not
-        issue a second one) and fulfils a Jahresbeleg waiting for that month.
+        issue a second one) and fulfils a Jahresbeleg waiting for that month. While the
+        clock may have reached that month's last day only through a jump that has not
+        settled, it is refused unless ``confirmed`` (the operator vouches for the clock).
+        A Schlussbeleg issues the months before it first, held or not (it is confirmed).
         ``amounts`` and the kinds standard/storno/training serve the scenario replay.
 
         Raises:
-            RegisterStateError: that month is closed already, or an earlier one is not.
+            RegisterStateError: that month is closed already, or an earlier one is not, or
+                its closing waits for the clock to settle.
         """
         if kind not in KINDS or kind == "start":
             raise InvalidSale("kind", "allowed-values", f"cannot issue a {kind!r} receipt here")
@@ -255,7 +277,9 @@ class ReceiptService:
             period = None
             if kind in ("monthly", "yearly"):
                 waits = waiting_periods(conn, register_id, "yearly")
-                period = period_to_close(reg, kind, self.clock.now(), waits)
+                period = period_to_close(reg, kind, self._look(), waits)
+                if not confirmed:
+                    self._refuse_held(conn, reg, kind, period)
             draft = Draft(
                 register_id,
                 kind,
@@ -448,20 +472,23 @@ class ReceiptService:
         it issues its register's due closings first (:meth:`issue`).
         """
         issued: list[ReceiptResult] = []
+        now = self._look()
         with self.db.read_connection() as conn:
             registers = conn.execute(
                 _CLOSING_ROW + " WHERE state = 'active' ORDER BY id"
             ).fetchall()
         for reg in registers:
-            self._closing_due[reg["id"]] = self._close_register(reg, issued)
+            self._closing_due[reg["id"]] = self._close_register(reg, issued, now)
         return issued
 
     def _close_due(self, register_id: str, *, force: bool = False) -> None:
         """Issue ``register_id``'s due closings unless none can be due yet (the time of
         the next one is remembered): a sale of a new month never comes before the closing
-        of the month before it, which is the counter at that month's end (rksv.md 6)."""
+        of the month before it, which is the counter at that month's end (rksv.md 6).
+        ``force``: look now, and issue what a jump of the clock holds too."""
+        now = self._look()
         due_at = self._closing_due.get(register_id)
-        if not force and due_at is not None and self.clock.now() < due_at:
+        if not force and due_at is not None and now < due_at:
             return
         with self.db.read_connection() as conn:
             reg = conn.execute(_CLOSING_ROW + " WHERE id = ?", (register_id,)).fetchone()
@@ -470,25 +497,89 @@ class ReceiptService:
         if reg["state"] != "active":  # closed: nothing is issued on it any more
             self._closing_due[register_id] = _NEVER
             return
-        self._closing_due[register_id] = self._close_register(reg, [])
+        self._closing_due[register_id] = self._close_register(reg, [], now, hold=not force)
 
-    def _close_register(self, reg: sqlite3.Row, issued: list[ReceiptResult]) -> dt.datetime:
-        """Issue the due closings of ``reg`` (appended to ``issued``); when to look again.
+    def _look(self) -> dt.datetime:
+        """The wall time now. A jump of the wall clock since the last look (either way)
+        makes every register's next closing be looked up again."""
+        now, jumped = self._jumps.look()
+        if jumped:
+            self._closing_due.clear()
+        return now
+
+    def _close_register(
+        self, reg: sqlite3.Row, issued: list[ReceiptResult], now: dt.datetime, *, hold: bool = True
+    ) -> dt.datetime:
+        """Issue the closings of ``reg`` due at ``now`` (appended to ``issued``); when to
+        look again.
 
         A Jahresbeleg that waits for the unit, since earlier or from now on, settles its
         month here: recovery issues it. The months after it are closed on time all the
         same, their Monatsbelege with the failure marker while the unit is down: only the
         Jahresbeleg must be signed (rksv.md 5, which zero receipts may carry the marker).
+        The closings that fell due only through a jump of the wall clock not yet settled
+        (``hold``) wait: looked at again when it has.
         """
         with self.db.read_connection() as conn:
             waits = waiting_periods(conn, reg["id"], "yearly")
+        due = due_for(reg, now)
+        held = first_held(due, reg["timezone"], self._jumps) if hold else None
         last = reg["last_closing"]
-        for period in due_for(reg, self.clock.now()):
+        for period in due if held is None else due[: held[0]]:
             if period not in waits:
                 self._close_period(reg["id"], period, issued)
             last = period
+        if held is not None:
+            index, jump = held
+            settled = now + dt.timedelta(seconds=self._jumps.settles_in(jump))
+            self._hold(reg["id"], due[index:], jump, settled)
+            return settled
         first = period_of(reg["created_at"], reg["timezone"])
         return next_closing_at(last, first, reg["timezone"])
+
+    def _hold(
+        self, register_id: str, periods: list[str], jump: WallJump, settled: dt.datetime
+    ) -> None:
+        """Journal and log (ERROR) once per jump and register that ``periods``' closings
+        wait for ``jump`` to settle (about ``settled`` on the wall clock)."""
+        with self._held_lock:
+            if (register_id, jump.boot) in self._held:
+                return
+            with self._issuing.transaction() as conn:
+                journal_hold(conn, register_id, periods, jump, settled.isoformat())
+            self._held.add((register_id, jump.boot))
+        _log.error(
+            "register %s: the %s fell due only through a jump of the wall clock (%+.0f s,"
+            " %s to %s): not issued before %s on this clock (the jump an hour old); sales go"
+            " on, and what the clock then still says is due is issued",
+            register_id,
+            ", ".join(_closing_name(p) for p in periods),
+            jump.seconds,
+            jump.before.isoformat(),
+            jump.after.isoformat(),
+            settled.isoformat(),
+        )
+
+    def _refuse_held(
+        self, conn: sqlite3.Connection, reg: sqlite3.Row, kind: str, period: str
+    ) -> None:
+        """Refuse a hand-issued closing of ``period`` that the clock may have reached only
+        through a jump not yet settled: seen by this process, or journaled by the service
+        (this is the command line's process) in this boot."""
+        moment = hand_closing_from(period, reg["timezone"])
+        jump = self._jumps.holding(moment)
+        if jump is not None:
+            seconds, after = jump.seconds, jump.after.isoformat()
+        elif (data := journaled_hold(conn, reg["id"], moment, self.clock.boottime())) is not None:
+            seconds, after = float(data["jump_seconds"]), str(data["after"])
+        else:
+            return
+        raise RegisterStateError(
+            f"register {reg['id']}: the {CLOSING_NAMES[kind]} of {period} is not issued: the"
+            f" wall clock jumped {seconds:+.0f} s (to {after}) less than an hour ago, and a"
+            " closing the clock reached only through a jump waits until it has settled;"
+            " check the date and confirm it with --yes [clock-jump-hold]"
+        )
 
     def _close_period(self, register_id: str, period: str, issued: list[ReceiptResult]) -> None:
         """Issue ``period``'s closing (appended to ``issued``) unless it waits for the unit
@@ -510,6 +601,11 @@ PROBE_TARGETS = (
 )
 _CLOSING_ROW = "SELECT id, state, timezone, created_at, last_closing FROM registers"
 _NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
+def _closing_name(period: str) -> str:
+    """``period``'s closing as the log names it: "Monatsbeleg 2026-11"."""
+    return f"{CLOSING_NAMES[closing_kind(period)]} {period}"
 
 
 class _ClosingDue(FiscalError):
