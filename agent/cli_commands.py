@@ -475,7 +475,14 @@ def special(
             " (Jahresbeleg) or closing (Schlussbeleg)."
         ),
     ],
-    yes: Annotated[bool, typer.Option("--yes", help="Confirm a Schlussbeleg.")] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            help="Confirm a Schlussbeleg, or a Monats-/Jahresbeleg while a jump of the"
+            " clock settles.",
+        ),
+    ] = False,
     data_dir: DataDir = DEFAULT_DATA,
     as_json: JsonFlag = False,
 ) -> None:
@@ -484,8 +491,10 @@ def special(
     A Monats-/Jahresbeleg closes the current month (register time zone), as the agent's
     closing job would: a month closed already is refused (exit 4). A Schlussbeleg (closing)
     decommissions the register for good, needs --yes and waits while an outage is open.
-    After a Jahres- or Schlussbeleg it says what the operator owes and by when. An unknown
-    register is exit 6.
+    A Monats-/Jahresbeleg whose month the clock may have reached only through a forward
+    jump that the service saw less than an hour ago is refused too (exit 4), unless --yes
+    confirms the date. After a Jahres- or Schlussbeleg it says what the operator owes and by
+    when. An unknown register is exit 6.
     """
     if kind == "closing" and not yes:
         _fail(
@@ -493,7 +502,7 @@ def special(
         )
     with _service(data_dir, as_json) as service:
         try:
-            result = service.issue_special(register, kind)
+            result = service.issue_special(register, kind, confirmed=yes)
         except InvalidSale as exc:
             if exc.rule != "register-unknown":
                 raise
