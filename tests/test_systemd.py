@@ -1,5 +1,6 @@
 """The systemd unit: static rules always; ``systemd-analyze verify`` and the offline
-security analysis where systemd-analyze exists, failing on any warning.
+security analysis where systemd-analyze exists, failing on any warning. The sysusers.d and
+tmpfiles.d files: what they create matches the unit and the agent.
 
 ``systemd-analyze verify`` exits 0 on unknown keys and unparsable values (a typo such as
 ``WatchDogSec=`` or an inline ``# comment`` is only a warning on stderr), so any output
@@ -9,17 +10,23 @@ points at this checkout's ``till-agent`` script (reference/libraries.md A6).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from agent.config import AgentConfig, default_data_dir
+from agent.spool import POS_DIR_MODE, Spool
+
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "till-agent.service"
 INSTALLED = "/opt/till-agent/venv/bin/till-agent"
 SYSUSERS = UNIT.with_name("till-agent.sysusers.conf")
+TMPFILES = UNIT.with_name("till-agent.tmpfiles.conf")
 ANALYZE = shutil.which("systemd-analyze")
 
 # The exposure of A6's verified reference unit is 1.7; ours adds PrivateMounts= and
@@ -91,6 +98,14 @@ class TestUnitFile:
         assert "StartLimitBurst" not in single
         assert single["RestartSec"] == "5s"
 
+    def test_setgid_stays_restricted(self) -> None:
+        """The hardening stays: ``RestrictSUIDSGID=yes`` (the agent may not make the spool's
+        setgid directories itself; till-agent.tmpfiles.conf does) under ``UMask=0027``."""
+        settings = _settings(UNIT.read_text(encoding="utf-8"))
+        single = {key: values[-1] for key, values in settings.items()}
+        assert single["RestrictSUIDSGID"] == "yes"
+        assert single["UMask"] == "0027"
+
     def test_no_inline_comments(self) -> None:
         """systemd would read ``value  # text`` as the value (A6): comments get own lines."""
         for number, line in enumerate(UNIT.read_text(encoding="utf-8").splitlines(), 1):
@@ -136,3 +151,69 @@ def test_sysusers_creates_the_service_user(tmp_path: Path) -> None:
     assert not re.search(r"(?i)warn|fail|invalid", result.stdout + result.stderr)
     settings = _settings(UNIT.read_text(encoding="utf-8"))
     assert settings["User"] == settings["Group"] == ["till-agent"]
+
+
+def _tmpfiles_lines() -> list[list[str]]:
+    """The fields of every line of the tmpfiles.d file but comments and blank ones."""
+    text = TMPFILES.read_text(encoding="utf-8")
+    return [line.split() for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def _wanted_dirs(tmp_path: Path) -> dict[str, int]:
+    """The directories the service needs before it starts, with their modes: the unit's
+    StateDirectory= (StateDirectoryMode=), the spool the agent uses there by default and
+    its directories (the POS's side POS_DIR_MODE, the others what the unit's umask gives)."""
+    single = {k: v[-1] for k, v in _settings(UNIT.read_text(encoding="utf-8")).items()}
+    state = default_data_dir({"STATE_DIRECTORY": f"/var/lib/{single['StateDirectory']}"})
+    spool_dir = AgentConfig.model_validate({"data_dir": state}).spool.dir
+    assert spool_dir is not None
+    spool = Spool(tmp_path / "spool")  # for the names of its directories
+    umask_mode = 0o777 & ~int(single["UMask"], 8)
+    wanted = {str(state): int(single["StateDirectoryMode"], 8), str(spool_dir): umask_mode}
+    for directory in (spool.inbox, spool.out, spool.failed):
+        wanted[str(spool_dir / directory.name)] = POS_DIR_MODE
+    wanted[str(spool_dir / spool.work.name)] = umask_mode
+    return wanted
+
+
+class TestTmpfiles:
+    def test_lines_match_the_agent_and_the_unit(self, tmp_path: Path) -> None:
+        """Only ``d`` lines, never cleaned (age ``-``), owned by the unit's User= and
+        Group=, for exactly the state directory, the spool and its four directories with
+        the modes the agent and the unit give them (in/, out/, failed/ 2770)."""
+        single = {k: v[-1] for k, v in _settings(UNIT.read_text(encoding="utf-8")).items()}
+        lines = _tmpfiles_lines()
+        assert all(len(fields) == 6 for fields in lines), lines
+        assert {(kind, user, group, age) for kind, _, _, user, group, age in lines} == {
+            ("d", single["User"], single["Group"], "-")
+        }
+        made = {path: int(mode, 8) for _, path, mode, *_ in lines}
+        assert made == _wanted_dirs(tmp_path)
+        assert len(made) == len(lines)  # no path twice
+
+    @pytest.mark.skipif(shutil.which("systemd-tmpfiles") is None, reason="no systemd-tmpfiles")
+    def test_systemd_tmpfiles_creates_them_setgid(self, tmp_path: Path) -> None:
+        """``systemd-tmpfiles --create till-agent.conf`` as the README installs it (in a
+        root of its own whose passwd has the service user) makes the spool's POS side 2770
+        with the owner, and gives a directory an earlier agent made 0750 its 2770 too."""
+        root = tmp_path / "root"
+        uid, gid = (990, 990) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+        (root / "etc").mkdir(parents=True)
+        (root / "etc" / "passwd").write_text(f"till-agent:x:{uid}:{gid}::/:/bin/false\n")
+        (root / "etc" / "group").write_text(f"till-agent:x:{gid}:\n")
+        (root / "usr" / "lib" / "tmpfiles.d").mkdir(parents=True)
+        shutil.copyfile(TMPFILES, root / "usr" / "lib" / "tmpfiles.d" / "till-agent.conf")
+        wanted = _wanted_dirs(tmp_path / "names")
+        earlier = root / next(p for p in wanted if p.endswith("/in")).lstrip("/")
+        earlier.mkdir(parents=True, mode=0o750)
+        result = subprocess.run(
+            ["systemd-tmpfiles", "--create", f"--root={root}", "till-agent.conf"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (result.returncode, result.stderr) == (0, "")
+        for path, mode in wanted.items():
+            info = (root / path.lstrip("/")).stat()
+            assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (mode, uid, gid), path
