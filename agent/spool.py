@@ -15,7 +15,10 @@ file in ``in/`` is left there and logged once.
 
 ``in/``, ``out/`` and ``failed/`` are the POS's side: created group-writable and setgid
 (mode 2770, whatever the umask), so a POS running as another user in the agent's group
-can drop sales and remove answers. ``work/`` stays the agent's own.
+can drop sales and remove answers. ``work/`` stays the agent's own. Under the shipped
+systemd unit (``RestrictSUIDSGID=yes``) the agent may not set the setgid bit:
+``systemd/till-agent.tmpfiles.conf`` creates them instead, and where nothing did, the agent
+makes them 0770 and says so once.
 
 A name is at most 255 bytes (UTF-8) on the filesystem, and the answer's temporary name is
 30 bytes longer than NAME: a NAME of more than ``MAX_NAME_BYTES`` bytes cannot have its own
@@ -231,6 +234,35 @@ def _refuse_unless_file(mode: int) -> None:
         )
 
 
+def _share(directory: Path) -> bool:
+    """Give a directory just made :data:`POS_DIR_MODE` (mkdir's mode is cut by the umask);
+    False when the setgid bit is refused: the directory then gets 0770, group-writable
+    without it, so a POS in the agent's group can still drop sales and remove answers."""
+    try:
+        os.chmod(directory, POS_DIR_MODE)
+    except PermissionError:
+        with contextlib.suppress(OSError):  # then it keeps what mkdir gave it
+            os.chmod(directory, POS_DIR_MODE & ~stat.S_ISGID)
+        return False
+    return True
+
+
+def _warn_not_setgid(directories: list[Path]) -> None:
+    """The one WARNING for the POS directories made without their setgid bit."""
+    made = ", ".join(f"{d} ({stat.S_IMODE(d.stat().st_mode):04o})" for d in directories)
+    log.warning(
+        "spool: made %s without the setgid bit of mode %04o (refused, as systemd's"
+        " RestrictSUIDSGID=yes refuses it): files made there keep their maker's group, so a"
+        " sale the POS writes into in/ with mode 0640 is not the agent's to read and is"
+        " answered 'unreadable'; create these directories with"
+        " systemd/till-agent.tmpfiles.conf (README, Operations) or run: chmod %04o %s",
+        made,
+        POS_DIR_MODE,
+        POS_DIR_MODE,
+        " ".join(str(d) for d in directories),
+    )
+
+
 class Spool:
     """The spool directories and the atomic file operations on them.
 
@@ -254,14 +286,23 @@ class Spool:
 
     def ensure_dirs(self) -> None:
         """Create the directories that are missing: the POS's side with mode 2770 (a
-        directory that exists keeps the mode its operator gave it)."""
+        directory that exists keeps the mode its operator gave it, or systemd-tmpfiles).
+
+        Where the setgid bit is refused (systemd's ``RestrictSUIDSGID=yes`` in the shipped
+        unit: EPERM), a new directory gets 0770, one WARNING says what that costs the POS
+        and how to fix it, and the agent goes on: a till that cannot start sells nothing.
+        """
         self.work.mkdir(parents=True, exist_ok=True)
+        refused: list[Path] = []
         for directory in (self.inbox, self.out, self.failed):
             try:
                 directory.mkdir()
             except FileExistsError:
                 continue
-            os.chmod(directory, POS_DIR_MODE)  # mkdir's mode is cut by the umask
+            if not _share(directory):
+                refused.append(directory)
+        if refused:
+            _warn_not_setgid(refused)
 
     def incoming(self) -> list[Path]:
         """Sales waiting in ``in/``, oldest first (modification time, then name)."""
