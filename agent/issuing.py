@@ -44,6 +44,7 @@ from agent.errors import (
     WaitsForUnit,
 )
 from agent.interrupted import store_interrupted
+from agent.metrics import ReceiptCounts
 from agent.outage_watch import OutageWatch, Thresholds
 from agent.outages import OutageBook
 from agent.receipt_records import (
@@ -99,6 +100,7 @@ class Issuing:
         self.sign_timeout = sign_timeout
         self.writer = db.write_connection()
         self.lock = threading.RLock()  # held by each write transaction
+        self.issued = ReceiptCounts()  # for GET /metrics: follows the transactions' fate
         # a Schlussbeleg waits for the due closings (off: a scenario replay, its own dates)
         self.closings_first = True
         # ticked by the running agent, and ages an outage as its Sammelbeleg closes it
@@ -128,6 +130,7 @@ class Issuing:
                     self._signing.open_refused_outage(conn)  # a refusal the caller went past
             except BaseException as exc:
                 self.outages.settle(committed=False)
+                self.issued.settle(committed=False)
                 unsettled = self._signing.intent_unsettled
                 unsettled |= self._signing.refused_outage is not None
                 if settle_now and unsettled and isinstance(exc, FiscalError):
@@ -139,6 +142,7 @@ class Issuing:
                         pass
                 raise
             self.outages.settle(committed=True)
+            self.issued.settle(committed=True)
             self._signing.intent_unsettled = False
             self._signing.refused_outage = None  # opened, and now committed
 
@@ -262,6 +266,7 @@ class Issuing:
         """Insert the receipt and its journal event, move the register on to it and settle
         what it settles (:func:`agent.storing.store_receipt`)."""
         store_receipt(conn, self.outages, stored, document, at)
+        self.issued.stored(stored.register_id, stored.kind, stored.state)
 
     def _check_closable(self, conn: sqlite3.Connection, reg: sqlite3.Row) -> None:
         """Refuse a Schlussbeleg while the register waits for its unit: after it the

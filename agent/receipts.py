@@ -135,6 +135,7 @@ class ReceiptService:
             db, units, clock=self.clock, sign_timeout=sign_timeout, thresholds=thresholds
         )
         self.outages = issuing.outages
+        self.issued = issuing.issued  # the receipts committed, counted (GET /metrics)
         # refusals are contained to their sale: they are raised before anything in memory
         # (the outage book) changes; anything else fails the whole group
         self._group: GroupCommit[Issued] = GroupCommit(

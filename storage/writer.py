@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,7 +19,11 @@ from sqlalchemy import Engine
 
 from storage.errors import StorageError
 
-__all__ = ["WriteConnection", "storage_failure"]
+__all__ = ["COMMIT_BUCKETS_S", "WriteConnection", "storage_failure"]
+
+# the upper bounds, in seconds, of the durable commits' latency histogram (GET /metrics):
+# an fsync on an SSD takes about a millisecond, on an SD card up to hundreds
+COMMIT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class WriteConnection:
@@ -39,6 +44,10 @@ class WriteConnection:
         # what the commits cost (each an fsync with synchronous=FULL): benchmarks read it
         self.commits = 0
         self.commit_seconds = 0.0
+        # the durable commits only (fsync'd with synchronous=FULL), by COMMIT_BUCKETS_S;
+        # the last count is of those slower than every bound
+        self.durable_buckets = [0] * (len(COMMIT_BUCKETS_S) + 1)
+        self.durable_seconds = 0.0
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -130,8 +139,12 @@ class WriteConnection:
             self._rollback()
             failure = storage_failure(exc) or f"the commit failed: {exc}"
             raise StorageError(f"{failure}; nothing of it was stored") from exc
-        self.commit_seconds += time.perf_counter() - start
+        took = time.perf_counter() - start
+        self.commit_seconds += took
         self.commits += 1
+        if self._durable:  # under the lock: a list item and a float, no more
+            self.durable_buckets[bisect_left(COMMIT_BUCKETS_S, took)] += 1
+            self.durable_seconds += took
 
     def _rollback(self) -> None:
         """Undo the open transaction; SQLite has already undone it after some errors
