@@ -3,7 +3,9 @@
 ``create_app`` builds a FastAPI application over an :class:`ApiBackend`; ``serve`` runs it
 with uvicorn on a thread, on 127.0.0.1 or a unix socket. Every route under ``/v1`` needs
 ``Authorization: Bearer <token>``; ``/openapi.json`` is public and tells the truth about
-every body and status code (the tests run schemathesis against it).
+every body and status code of them (the tests run schemathesis against it). ``/metrics``
+(Prometheus, :mod:`agent.metrics`) is public too and outside that document: it only reads
+counts, ages and states, and a scraper must not hold the token that issues receipts.
 
 Statuses: 201 a new receipt, 200 an idempotent repeat (same ``request_id``, same sale, or
 the same report reference), 401 no or a wrong token, 404 no such register, receipt, outage
@@ -24,6 +26,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import os
 import secrets
 import socket
@@ -79,6 +82,7 @@ from agent.errors import (
 )
 from agent.local_api import base_url
 from agent.log_limit import RateLimitedFilter
+from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 __all__ = [
     "DEFAULT_PORT",
@@ -106,6 +110,8 @@ RETRY_AFTER_S = 5
 _RETRY = str(RETRY_AFTER_S)
 _REGISTER = r"^[A-Za-z0-9.:-]{1,64}$"
 _MAX_NUMBER = 2**63 - 1  # SQLite INTEGER
+# a scrape of /metrics this soon after the last render gets that render again
+SCRAPE_REUSE_S = 1.0
 _DESCRIPTION = (
     "The till agent's local API. Every /v1 route needs `Authorization: Bearer <token>`."
     " POST /v1/receipts answers 201 for a new receipt and 200 for a repeat of the same sale"
@@ -393,6 +399,7 @@ def create_app(backend: ApiBackend, *, token: str) -> FastAPI:
     _add_receipt_routes(router, backend)
     _add_till_routes(router, backend)
     app.include_router(router)
+    _add_metrics_route(app, backend)
     _install_error_handlers(app)
     app.openapi = _with_body_schemas(app)  # type: ignore[method-assign]
     return app
@@ -526,6 +533,33 @@ def _add_till_routes(router: APIRouter, backend: ApiBackend) -> None:
     ) -> CheckOut:
         with _naming_unknown(backend, register, "kind", "check-unknown"):
             return backend.record_check(register, kind, body)
+
+
+class _Scrapes:
+    """The exposition, rendered at most once per :data:`SCRAPE_REUSE_S`: the route needs
+    no token, so a client scraping in a loop costs the till one render a second, and
+    scrapes that come together wait for the one render instead of each doing it."""
+
+    def __init__(self, backend: ApiBackend) -> None:
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._text = ""
+        self._at = -math.inf
+
+    def text(self) -> str:
+        with self._lock:
+            if time.monotonic() - self._at >= SCRAPE_REUSE_S:
+                self._text = self._backend.metrics()
+                self._at = time.monotonic()
+            return self._text
+
+
+def _add_metrics_route(app: FastAPI, backend: ApiBackend) -> None:
+    scrapes = _Scrapes(backend)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(scrapes.text(), media_type=METRICS_CONTENT_TYPE)
 
 
 # -- the server -------------------------------------------------------------------------

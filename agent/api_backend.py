@@ -14,8 +14,11 @@ import json
 import logging
 import shutil
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,6 +29,7 @@ from agent.check_view import CheckOut, check_out
 from agent.checks import CheckKind, load_checks, record_check
 from agent.contract import REFERENCE_MAX_LENGTH, ReceiptResult, RequestId, parse_sale
 from agent.errors import FiscalError, InvalidSale, NotFound, WaitsForUnit
+from agent.metrics import MetricsSnapshot, process_start_time, render, spool_backlog
 from agent.outage_view import OutageOut, outage_out
 from agent.outage_watch import HOUR, Thresholds, acknowledge_report
 from agent.outages import OutageRecord, load_outages
@@ -238,6 +242,10 @@ class ApiBackend(Protocol):
 
     def status(self) -> StatusOut: ...
 
+    def metrics(self) -> str:
+        """The Prometheus exposition (text format 0.0.4) of the till."""
+        ...
+
     def outages(self) -> list[OutageOut]: ...
 
     def report_outage(self, outage_id: int, reference: str, *, end: bool) -> OutageOut:
@@ -311,6 +319,7 @@ class ServiceBackend:
         thresholds: the outage escalation thresholds (for the 48-hour deadline).
         printer: the printer's state; without it the printer shows as ``disabled``.
         backups: the service's backup job, whose failures the status shows.
+        spool_dir: the spool whose backlog the metrics show (None: no spool).
     """
 
     def __init__(
@@ -320,11 +329,14 @@ class ServiceBackend:
         thresholds: Thresholds | None = None,
         printer: Callable[[], PrinterOut] | None = None,
         backups: DepBackups | None = None,
+        spool_dir: Path | None = None,
     ) -> None:
         self.service = service
         self.thresholds = thresholds or Thresholds()
         self.printer = printer
         self.backups = backups
+        self.spool_dir = spool_dir
+        self._started_at = process_start_time()
 
     def issue_sale(self, raw: bytes) -> ReceiptResult:
         """Issue the receipt of a raw sale (the spool handler)."""
@@ -355,21 +367,49 @@ class ServiceBackend:
     def status(self) -> StatusOut:
         now = self.service.clock.now()
         with self._read() as conn:
-            rows = conn.execute(_REGISTERS).fetchall()
-            every = load_outages(conn)
-            outages = {o.register_id: o for o in every if o.ended_at is None}
-            failed = {
-                o.id: self.service.outages.last_recovery_failure(conn, o) for o in outages.values()
-            }
-            problems = {o.id: _unit_problem(conn, o) for o in outages.values()}
-            waiting = _waiting(conn.execute(_WAITING).fetchall())
-            checks: dict[str, list[CheckOut]] = {}
-            for record in load_checks(conn, failed=True):
-                checks.setdefault(record.register_id, []).append(check_out(record, now))
-            queued = int(conn.execute(QUEUED_PRINTS).fetchone()[0])
-            backups = backup_statuses(conn, now, self.backups.failures if self.backups else {})
+            read = self._read_status(conn, now)
+        return self._status_out(read, now)
+
+    def metrics(self) -> str:
+        """The Prometheus exposition (:mod:`agent.metrics`): the status, read the same
+        way, with what only this process knows (receipts committed, commit latency, the
+        spool's backlog)."""
+        now = self.service.clock.now()
+        with self._read() as conn:
+            read = self._read_status(conn, now)
+        writer = self.service.db.write_connection()
+        spool = None if self.spool_dir is None else spool_backlog(self.spool_dir, time.time())
+        return render(
+            MetricsSnapshot(
+                status=self._status_out(read, now),
+                window_s=self.thresholds.exceeded_hours * HOUR,
+                probed_at=read.probed_at,
+                receipts=self.service.issued.snapshot(),
+                commit_buckets=list(writer.durable_buckets),
+                commit_seconds=writer.durable_seconds,
+                spool=spool,
+                started_at=self._started_at,
+            )
+        )
+
+    def _read_status(self, conn: sqlite3.Connection, now: dt.datetime) -> _StatusRead:
+        """What the status shows from the till database, in one read transaction."""
+        rows = conn.execute(_REGISTERS).fetchall()
+        every = load_outages(conn)
+        outages = {o.register_id: o for o in every if o.ended_at is None}
+        failed = {
+            o.id: self.service.outages.last_recovery_failure(conn, o) for o in outages.values()
+        }
+        probes = {o.id: _last_probe(conn, o) for o in outages.values()}
+        waiting = _waiting(conn.execute(_WAITING).fetchall())
+        checks: dict[str, list[CheckOut]] = {}
+        for record in load_checks(conn, failed=True):
+            checks.setdefault(record.register_id, []).append(check_out(record, now))
+        queued = int(conn.execute(QUEUED_PRINTS).fetchone()[0])
+        backups = backup_statuses(conn, now, self.backups.failures if self.backups else {})
         external = None if self.backups is None else self.backups.external
         unit_states = _unit_states(rows, outages)
+        problems = {key: None if p is None else p.problem for key, p in probes.items()}
         registers = [
             self._register(
                 tuple(row),
@@ -385,13 +425,16 @@ class ServiceBackend:
             )
             for row in rows
         ]
+        return _StatusRead(registers, queued, _probed_at(outages.values(), probes))
+
+    def _status_out(self, read: _StatusRead, now: dt.datetime) -> StatusOut:
         printer = self.printer() if self.printer is not None else None
         usage = shutil.disk_usage(self.service.db.path.parent)
         return StatusOut(
             version=__version__,
             time=now,
-            registers=registers,
-            printer=printer or PrinterOut(state="disabled", queued=queued, last_error=None),
+            registers=read.registers,
+            printer=printer or PrinterOut(state="disabled", queued=read.queued, last_error=None),
             disk=DiskOut(free_bytes=usage.free, total_bytes=usage.total),
         )
 
@@ -489,24 +532,56 @@ class ServiceBackend:
         )
 
 
-def _unit_problem(conn: sqlite3.Connection, outage: OutageRecord) -> str | None:
-    """Why the last probe of the open ``outage``'s unit failed (its journaled
-    ``outage.probe``), None when it passed or none was made. Probes are journaled only
-    into the register's open outage, so its last one is the register's last; the journal
-    is read backwards from its end, back to that probe (at most a backoff's worth)."""
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    """The last probe journaled into an open outage: when, and why it failed (None: the
+    unit answered)."""
+
+    at: dt.datetime
+    problem: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _StatusRead:
+    """What one read of the till database gives the status and the metrics: the
+    registers as shown, the queued print jobs and, per unit, its latest probe."""
+
+    registers: list[RegisterStatusOut]
+    queued: int
+    probed_at: dict[str, dt.datetime]
+
+
+def _last_probe(conn: sqlite3.Connection, outage: OutageRecord) -> _Probe | None:
+    """The last probe of the open ``outage``'s unit (its journaled ``outage.probe``),
+    None when none was made. Probes are journaled only into the register's open outage,
+    so its last one is the register's last; the journal is read backwards from its end,
+    back to that probe (at most a backoff's worth)."""
     if outage.probe_attempts == 0:
         return None
     row = conn.execute(
-        "SELECT data FROM journal WHERE kind = 'outage.probe' AND register_id = ?"
+        "SELECT at, data FROM journal WHERE kind = 'outage.probe' AND register_id = ?"
         " ORDER BY seq DESC LIMIT 1",
         (outage.register_id,),
     ).fetchone()
     if row is None:
         return None
-    probe = json.loads(row[0])
-    if probe.get("outage") != outage.id or probe.get("ok"):
+    probe = json.loads(row[1])
+    if probe.get("outage") != outage.id:
         return None
-    return str(probe.get("detail"))
+    problem = None if probe.get("ok") else str(probe.get("detail"))
+    return _Probe(dt.datetime.fromisoformat(row[0]), problem)
+
+
+def _probed_at(
+    outages: Iterable[OutageRecord], probes: Mapping[int, _Probe | None]
+) -> dict[str, dt.datetime]:
+    """Per unit, the latest of the probes of the open ``outages`` on it."""
+    latest: dict[str, dt.datetime] = {}
+    for outage in outages:
+        probe, seen = probes[outage.id], latest.get(outage.unit_id)
+        if probe is not None and (seen is None or probe.at > seen):
+            latest[outage.unit_id] = probe.at
+    return latest
 
 
 def _reports_due(outages: list[OutageRecord], now: dt.datetime) -> list[ReportDueOut]:

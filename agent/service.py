@@ -100,6 +100,7 @@ class _Backend(ServiceBackend):
             thresholds=till.config.outage.thresholds(),
             printer=till.printer.status,
             backups=till.backups,
+            spool_dir=till.config.spool.dir if till.config.spool.enabled else None,
         )
         self.till = till
 
