@@ -21,7 +21,7 @@ from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing import UnitConfig, create_software_unit
 from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
-from factories import add_unit
+from factories import add_unit, require_vectors
 from storage import TillDB, open_till_db
 
 REGISTER = "KASSE-1"
@@ -51,6 +51,13 @@ def _open_db(opened_dbs: list[TillDB]) -> Callable[..., TillDB]:
         return db
 
     return open_db
+
+
+@pytest.fixture(name="vectors")
+def _vectors() -> Path:
+    """The RKSV conformance vectors (../shared/vectors/rksv); a test that needs them and
+    finds none is skipped, or failed under TILL_TESTS_VECTORS=required (``.ci/run``)."""
+    return require_vectors()
 
 
 @pytest.fixture(name="data_dir")

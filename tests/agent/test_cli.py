@@ -649,6 +649,7 @@ class TestExportAndVerify:
 
 
 class TestSimulate:
+    @pytest.mark.usefixtures("vectors")
     @pytest.mark.parametrize("closed", [False, True], ids=["open", "closed"])
     def test_scenario_writes_files_that_verify(
         self, run: Run, tmp_path: Path, closed: bool
@@ -669,6 +670,7 @@ class TestSimulate:
         result = expect(run("verify", dep, container), 0)
         assert flat(result.stdout).startswith(f"valid: {body['receipts']} receipts checked")
 
+    @pytest.mark.usefixtures("vectors")
     def test_scenario_text_output_names_the_files(
         self, run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:

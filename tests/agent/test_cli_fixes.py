@@ -314,6 +314,7 @@ def test_an_output_that_cannot_be_written_is_a_clean_error(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "file", "target"]
 
 
+@pytest.mark.usefixtures("vectors")
 def test_simulate_scenario_that_cannot_write_its_results(run: Run, tmp_path: Path) -> None:
     """``simulate scenario`` creates --out as the exports do; one that cannot be written is
     exit 2 naming the path, not a traceback."""

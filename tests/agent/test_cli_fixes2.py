@@ -119,6 +119,7 @@ def test_outage_export_refuses_a_fifo(run: Run, with_outage: Path, tmp_path: Pat
     assert stat.S_ISFIFO(text.lstat().st_mode)
 
 
+@pytest.mark.usefixtures("vectors")
 def test_simulate_scenario_refuses_a_fifo(run: Run, tmp_path: Path) -> None:
     scenario = VECTORS / "official" / "TESTSUITE_TEST_SZENARIO_1.json"
     out = tmp_path / "out"

@@ -15,9 +15,10 @@ from agent.receipts import RegisterSetup
 from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
 from agent.simulate import run_scenario
-from factories import VECTORS, add_unit, load_json, make_service, write_e2e_unit
+from factories import add_unit, load_json, make_service, require_vectors, write_e2e_unit
 from storage import TillDB, open_till_db
 
+VECTORS = require_vectors(module=True)  # every test replays a vector: else skipped
 SCENARIOS = sorted((VECTORS / "official").glob("TESTSUITE_TEST_SZENARIO_*.json"))
 KAT = load_json(VECTORS / "kat" / "kat_turnover_counter.json")
 KINDS = {"START": "start", "STANDARD": "standard", "STORNO": "storno", "TRAINING": "training"}

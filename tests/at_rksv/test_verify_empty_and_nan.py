@@ -35,6 +35,7 @@ def test_an_empty_dep_is_a_finding(document: dict[str, object]) -> None:
     assert "no receipt" in report.findings[0].message
 
 
+@pytest.mark.usefixtures("vectors")  # CONTAINER_FILE
 def test_an_empty_dep_is_invalid_on_the_command_line(tmp_path: Path) -> None:
     dep = tmp_path / "dep.json"
     dep.write_text(json.dumps(EMPTY["empty-group"]), encoding="utf-8")
@@ -43,6 +44,7 @@ def test_an_empty_dep_is_invalid_on_the_command_line(tmp_path: Path) -> None:
     assert "INVALID: 0 receipts checked" in text
 
 
+@pytest.mark.usefixtures("vectors")  # CONTAINER_FILE
 def test_an_unreadable_dep_is_not_also_empty(tmp_path: Path) -> None:
     """The one finding is that it cannot be read."""
     (tmp_path / "dep.json").write_text("{", encoding="utf-8")
@@ -99,6 +101,7 @@ def test_a_decoding_error_names_the_place_in_the_file() -> None:
         _read_all(reader)
 
 
+@pytest.mark.usefixtures("vectors")  # CONTAINER_FILE
 def test_nan_on_the_command_line_is_invalid(tmp_path: Path) -> None:
     dep = tmp_path / "dep.json"
     dep.write_text(json.dumps(build([Spec(), Spec(100)]))[:-1] + ', "y": NaN}', encoding="utf-8")

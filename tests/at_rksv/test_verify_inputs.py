@@ -26,8 +26,9 @@ from agent.at_rksv.dep import load_container, stream_dep
 from agent.at_rksv.encoding import b64url, b64url_decode
 from agent.at_rksv.verify import CONTAINER, Report, verify_dep, verify_files
 from agent.cli import app
+from factories import require_vectors
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "rksv"
+VECTORS = require_vectors(module=True)  # every test reads e2e files: else skipped
 DEP = VECTORS / "e2e_open" / "dep-export.json"
 CONTAINER_FILE = VECTORS / "e2e_open" / "cryptographicMaterialContainer.json"
 DEPTH = 100_000

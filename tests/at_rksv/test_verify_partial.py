@@ -35,6 +35,7 @@ def _e2e(mode: str) -> tuple[list[str], dict[str, Any]]:
     return items, box
 
 
+@pytest.mark.usefixtures("vectors")
 @pytest.mark.parametrize("mode", ["e2e_open", "e2e_closed"])
 def test_every_tail_of_the_e2e_deps_verifies_as_a_part(mode: str) -> None:
     """Starting at a Storno, a Training receipt, inside the outage run, at the Sammelbeleg."""

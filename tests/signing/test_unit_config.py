@@ -10,8 +10,7 @@ from pydantic import ValidationError
 
 from agent.at_rksv._verify_rules import _serial_is_closed
 from agent.signing import UnitConfig
-
-OFFICIAL = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "rksv" / "official"
+from factories import require_vectors
 
 
 def closed_unit(key_id: str) -> UnitConfig:
@@ -61,9 +60,8 @@ class TestClosedSystemKeyId:
 
     def test_the_key_ids_of_the_official_scenarios_are_accepted(self) -> None:
         """simulate --closed names its units ``<companyID>-K<n>`` (agent/simulate.py)."""
-        files = sorted(OFFICIAL.glob("*.json"))
-        if not files:
-            pytest.skip("shared/vectors/rksv/official is not beside the checkout")
+        files = sorted((require_vectors() / "official").glob("*.json"))
+        assert files
         for file in files:
             scenario = json.loads(file.read_text(encoding="utf-8"))
             company = str(scenario.get("companyID", "U:ATU00000000"))
