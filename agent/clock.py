@@ -175,6 +175,13 @@ class JumpWatch:
             self._jumps = jumps
             return wall, abs(delta) > self.tolerance_s
 
+    def resume(self, jump: WallJump) -> None:
+        """Hold on to ``jump``, seen by an earlier process of this boot (its journaled
+        hold), as if this one had seen it: a restart does not end a hold."""
+        with self._lock:
+            if all(j.boot != jump.boot for j in self._jumps):
+                self._jumps = (*self._jumps, jump)
+
     def holding(self, moment: dt.datetime) -> WallJump | None:
         """The jump not yet settled through which the wall clock may have reached
         ``moment`` (the latest of several), or ``None``."""

@@ -192,6 +192,25 @@ def journaled_hold(
     return None
 
 
+def journaled_holds(conn: sqlite3.Connection, boot: float) -> list[tuple[str, WallJump]]:
+    """The holds journaled in this boot that have not settled at boot-clock time ``boot``:
+    each ``closing.held`` event's register and jump (a restarted service keeps them)."""
+    rows = conn.execute(
+        "SELECT register_id, data FROM journal WHERE kind = 'closing.held'"
+        " AND seq > (SELECT coalesce(max(seq), 0) FROM journal) - ? ORDER BY seq",
+        (_HOLD_LOOKBACK,),
+    ).fetchall()
+    holds: list[tuple[str, WallJump]] = []
+    for register_id, text in rows:
+        data: dict[str, Any] = json.loads(text)
+        seen = float(data["boot"])
+        if 0 <= boot - seen < JUMP_SETTLE_S:
+            before = dt.datetime.fromisoformat(data["before"])
+            after = dt.datetime.fromisoformat(data["after"])
+            holds.append((register_id, WallJump(before, after, float(data["jump_seconds"]), seen)))
+    return holds
+
+
 # journal events read back for a hold: an hour of the busiest till writes far fewer (a
 # receipt a second would be 3,600 receipt events), and the read stays a short index range
 _HOLD_LOOKBACK = 50_000

@@ -29,6 +29,7 @@ from agent.closings import (
     hand_closing_from,
     journal_hold,
     journaled_hold,
+    journaled_holds,
     next_closing_at,
     period_of,
     period_to_close,
@@ -149,6 +150,10 @@ class ReceiptService:
         self._jumps = JumpWatch(self.clock)
         self._held: set[tuple[str, float]] = set()  # (register, jump's boot): journaled
         self._held_lock = threading.Lock()
+        with db.read_connection() as conn:  # a restart in the same boot keeps them
+            for register_id, jump in journaled_holds(conn, self.clock.boottime()):
+                self._jumps.resume(jump)
+                self._held.add((register_id, jump.boot))
         # register -> why the configuration refuses its sales (set by the till service)
         self.refused_registers: dict[str, str] = {}
 

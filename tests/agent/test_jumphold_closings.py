@@ -165,14 +165,32 @@ class TestAJumpThatStays:
         container = json.loads(export_container(service.db, REGISTER))
         assert verify_dep(json.loads(buffer.getvalue()), container).findings == []
 
-    def test_a_restart_during_the_hold_issues_at_once(
+    def test_a_restart_during_the_hold_keeps_it(
         self, service: ReceiptService, clock: FrozenClock, db: TillDB, registry: UnitRegistry
     ) -> None:
-        """A new service process has seen no jump: the clock it starts with is all it
-        knows, and the closings it says are due are issued at once (README, Outages)."""
+        """A service restarted in the same boot (an operator who saw the ERROR, systemd
+        after a failure) takes the journaled hold over: nothing is issued until the jump
+        is an hour old, nothing is journaled twice; then the closings come."""
         _jump_ahead(clock)
         assert service.run_closings() == []
+        clock.advance(600)
         restarted = ReceiptService(db, registry, clock=clock)
+        assert restarted.run_closings() == []
+        restarted.issue(sale(request_id="after-restart"))
+        assert _closings(db) == []
+        assert len(journal_events(db, "closing.held")) == 1
+        clock.advance(JUMP_SETTLE_S - 600)
+        assert [r.kind for r in restarted.run_closings()] == ["monthly", "yearly"]
+
+    def test_a_restart_in_another_boot_issues_at_once(
+        self, service: ReceiptService, clock: FrozenClock, db: TillDB, registry: UnitRegistry
+    ) -> None:
+        """After a reboot (its boot clock behind the journaled one) no process has seen
+        the jump: the clock it starts with is all it knows (README, Outages)."""
+        _jump_ahead(clock)
+        assert service.run_closings() == []
+        rebooted = FrozenClock(clock.now())  # its boot clock starts again at 1000 s
+        restarted = ReceiptService(db, registry, clock=rebooted)
         assert [r.kind for r in restarted.run_closings()] == ["monthly", "yearly"]
 
     def test_the_sale_path_stays_fast_during_the_hold(
