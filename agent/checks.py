@@ -24,6 +24,12 @@ catches up with every reminder it missed at its next tick; an obligation lasts d
 the interval of the timer does not matter. The operator records the check (or the
 report) with ``till-agent checks done`` (:func:`record_check`): once, with the Belegcheck
 or FinanzOnline reference, and whether it failed (then again once the cause is fixed).
+
+A receipt signed by the development unit (``dev-uncertified``, the self-signed key of
+the fictitious provider AT100 that ``run`` creates) implies nothing: such a register
+cannot be registered in FinanzOnline, nor its receipts pass a Belegcheck. Its special
+receipt logs one INFO line saying so instead, and an obligation an earlier version
+recorded for one is neither listed nor reminded of.
 """
 
 from __future__ import annotations
@@ -69,22 +75,31 @@ _COLUMNS = (
     " c.alerts, c.reference, c.failed, c.done_at, r.timezone"
 )
 _FROM = " FROM checks c JOIN registers r ON r.id = c.register_id"
-# the signed Start- and Jahresbelege of registers without any obligation (adoption), read
-# at each start through ix_receipts_start_yearly (0009), whose WHERE the kind IN repeats
+# not an obligation an earlier version recorded for a receipt of the development unit
+# (the parameter), through the receipts' unique (register_id, number)
+_OWED = (
+    " AND NOT EXISTS (SELECT 1 FROM receipts x WHERE x.register_id = c.register_id"
+    " AND x.number = c.receipt_number AND x.unit_id = ?)"
+)
+# the signed Start- and Jahresbelege of registers without any obligation (adoption), not
+# the development unit's (the parameter), read at each start through
+# ix_receipts_start_yearly (0009), whose WHERE the kind IN repeats
 _UNTRACKED = (
     "SELECT x.register_id, x.kind, x.number, x.issued_at, x.document, r.timezone"
     " FROM receipts x JOIN registers r ON r.id = x.register_id"
-    " WHERE x.kind IN ('start', 'yearly') AND x.signature_state = 'signed'"
+    " WHERE x.kind IN ('start', 'yearly') AND x.signature_state = 'signed' AND x.unit_id <> ?"
     " AND NOT EXISTS (SELECT 1 FROM checks c WHERE c.register_id = x.register_id)"
     " ORDER BY x.register_id, x.number"
 )
-# the Schlussbeleg (the last receipt) of each closed register without its obligation, with
-# the time it was stored (its journal event): few rows, read on every tick
+# the Schlussbeleg (the last receipt) of each closed register without its obligation, not
+# the development unit's (the parameter), with the time it was stored (its journal event):
+# few rows, read on every tick
 _UNREPORTED_CLOSINGS = (
     "SELECT x.register_id, x.kind, x.number, x.issued_at, x.document, r.timezone, j.at"
     " FROM registers r JOIN receipts x ON x.register_id = r.id AND x.number = r.last_number"
     " JOIN journal j ON j.seq = x.journal_seq"
     " WHERE r.state = 'closed' AND x.kind = 'closing' AND x.signature_state = 'signed'"
+    " AND x.unit_id <> ?"
     " AND NOT EXISTS (SELECT 1 FROM checks c WHERE c.register_id = r.id AND c.kind = 'closing')"
     " ORDER BY r.id"
 )
@@ -149,6 +164,14 @@ def due_date(kind: str, issued_at: str, period: str | None = None) -> dt.date:
     return dt.date(checked_year(issued_at, period) + 1, 2, 15)
 
 
+def _development_unit() -> str:
+    """The id of the development unit, imported when first needed (as :func:`_journal`):
+    :mod:`agent.signing` loads the cryptography the commands that list checks never use."""
+    from agent.signing.config import DEV_UNIT
+
+    return DEV_UNIT
+
+
 def _journal(
     conn: sqlite3.Connection, *, kind: str, register_id: str, at: str, data: dict[str, Any]
 ) -> None:
@@ -167,14 +190,31 @@ def record_due(  # noqa: PLR0917 - the receipt that implies the check, as _issue
     issued_at: str,
     period: str | None,
     at: dt.datetime,
+    *,
+    unit_id: str | None = None,
 ) -> int | None:
     """Create the obligation a signed Start-, Jahres- or Schlussbeleg implies, in its
     transaction.
 
     ``period`` is the Jahresbeleg's month ("YYYY-MM"): its year is the checked one, also
-    when it is issued in January (caught up). Returns the new obligation's id, ``None`` if
-    that register had it already (then nothing is journaled).
+    when it is issued in January (caught up). ``unit_id``: the unit that signed it; the
+    development unit's receipt implies nothing, and one INFO line says so. Returns the
+    new obligation's id, ``None`` if that register had it already or owes nothing (then
+    nothing is journaled).
     """
+    if unit_id == _development_unit():
+        # logged before the commit: what it says holds of the register even if the
+        # receipt's transaction rolls back
+        log.info(
+            "register %s: its %s (number %d) is signed by the development unit %s, so it is"
+            " a development register: it needs no FinanzOnline step (no registration,"
+            " Belegcheck or decommissioning report), and none is tracked",
+            register_id,
+            _RECEIPT_NAMES.get(kind, "Jahresbeleg"),
+            number,
+            unit_id,
+        )
+        return None
     year = checked_year(issued_at, period)
     due = due_date(kind, issued_at, period).isoformat()
     cursor = conn.execute(
@@ -205,12 +245,13 @@ def load_checks(
 ) -> list[CheckRecord]:
     """The open obligations, by due date; with ``done`` also the recorded ones, with
     ``failed`` also those whose last check failed (the register counts as "unit failed"
-    until a check passes: what support must see)."""
+    until a check passes: what support must see). Not the obligations an earlier version
+    recorded for receipts of the development unit: they are owed to nobody."""
     rows = conn.execute(
         f"SELECT {_COLUMNS}{_FROM} WHERE (? IS NULL OR c.register_id = ?)"
-        " AND (? OR c.done_at IS NULL OR (? AND c.failed))"
+        f" AND (? OR c.done_at IS NULL OR (? AND c.failed)){_OWED}"
         " ORDER BY c.due_date, c.register_id, c.id",
-        (register_id, register_id, done, failed),
+        (register_id, register_id, done, failed, _development_unit()),
     )
     return [CheckRecord.from_row(row) for row in rows]
 
@@ -281,7 +322,8 @@ def _to_adopt(conn: sqlite3.Connection, now: dt.datetime) -> list[_Implied]:
     is today or later in the register's time zone (the 0004 migration says why), as
     :func:`record_due` takes them."""
     adopt = []
-    for register_id, kind, number, issued_at, document, timezone in conn.execute(_UNTRACKED):
+    untracked = conn.execute(_UNTRACKED, (_development_unit(),))
+    for register_id, kind, number, issued_at, document, timezone in untracked:
         period = json.loads(document).get("period")
         today = now.astimezone(ZoneInfo(timezone)).date()
         if due_date(kind, issued_at, period) >= today:
@@ -299,7 +341,7 @@ def _closings_to_adopt(conn: sqlite3.Connection, now: dt.datetime) -> list[_Impl
     of old checks, while a Schlussbeleg recovered late is (its due date may be past)."""
     adopt: list[_Implied] = []
     for register_id, kind, number, issued_at, _, timezone, stored_at in conn.execute(
-        _UNREPORTED_CLOSINGS
+        _UNREPORTED_CLOSINGS, (_development_unit(),)
     ):
         stored = dt.datetime.fromisoformat(stored_at).astimezone(ZoneInfo(timezone))
         today = now.astimezone(ZoneInfo(timezone)).date()
@@ -329,10 +371,12 @@ def _noun(kind: str) -> str:
     return "report" if kind == "closing" else "check"
 
 
+_RECEIPT_NAMES = {"start": "Startbeleg", "closing": "Schlussbeleg"}  # else a Jahresbeleg
+
+
 def _receipt(record: CheckRecord) -> str:
     """The receipt ``record`` is the check of, as the log lines name it."""
-    names = {"start": "Startbeleg", "closing": "Schlussbeleg"}
-    name = names.get(record.kind, f"Jahresbeleg {record.year}")
+    name = _RECEIPT_NAMES.get(record.kind, f"Jahresbeleg {record.year}")
     return f"{name} (number {record.receipt_number})"
 
 

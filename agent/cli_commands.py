@@ -369,7 +369,6 @@ def init(
     Prints the AES key and its check value: both are needed for the FinanzOnline registration.
     """
     from agent.at_rksv import aes_key_check_value
-    from agent.checks import due_date
     from agent.receipts import RegisterSetup
 
     setup = RegisterSetup(
@@ -387,6 +386,7 @@ def init(
             if _waiting_start_key(service, register) != key:
                 raise  # nothing was kept: a later init makes a new key
             _kept_key(exc, key, as_json)  # the Startbeleg waits with this key
+        owed = _owed_for(service, result)
     if as_json:
         _emit(
             {
@@ -400,12 +400,8 @@ def init(
     _show_receipt(result, False)
     out.print(f"AES key (register it in FinanzOnline, keep it secret): {key}")
     out.print(f"AES key check value: {aes_key_check_value(key)}")
-    due = due_date("start", result.issued_at)
-    out.print(
-        f"by {due}: register the unit and the register in FinanzOnline, check this Startbeleg"
-        f" with the BMF Belegcheck app, then: till-agent checks done {register} start"
-        " --reference ..."
-    )
+    if owed is not None:
+        out.print(owed)
 
 
 def _waiting_start_key(service: ReceiptService, register: str) -> str | None:
@@ -516,6 +512,8 @@ def special(
 
 
 _OWED = {
+    "start": "register the unit and the register in FinanzOnline, check this Startbeleg with"
+    " the BMF Belegcheck app, then: till-agent checks done {register} start --reference ...",
     "yearly": "check this Jahresbeleg with the BMF Belegcheck app, then: till-agent checks"
     " done {register} yearly --year {year} --reference ...",
     "closing": "report the decommissioning of register {register} in FinanzOnline, then:"
@@ -524,8 +522,8 @@ _OWED = {
 
 
 def _owed_for(service: ReceiptService, result: ReceiptResult) -> str | None:
-    """What the operator owes for a Jahresbeleg or Schlussbeleg just issued, and by when
-    (the obligation issuing recorded), as a line for the terminal."""
+    """What the operator owes for a Start-, Jahres- or Schlussbeleg just issued, and by
+    when (the obligation issuing recorded), as a line for the terminal."""
     from agent.checks import load_checks
 
     if result.kind not in _OWED:
@@ -533,6 +531,11 @@ def _owed_for(service: ReceiptService, result: ReceiptResult) -> str | None:
     with service.db.read_connection() as conn:
         records = load_checks(conn, result.register_id)
     record = next((r for r in records if r.receipt_number == result.number), None)
+    if record is None and result.signature_state == "signed":  # the development unit's
+        return (
+            f"register {result.register_id} signs with the development unit: a development"
+            " register needs no FinanzOnline step (no registration, Belegcheck or report)"
+        )
     if record is None:  # not signed: nothing is owed for it (it waits)
         return None
     what = _OWED[result.kind].format(register=result.register_id, year=record.year)

@@ -255,7 +255,16 @@ class Issuing:
         at = self.clock.now()  # after signing, which may have waited for its deadline
         self.store(conn, stored, document, at)
         if state == "signed" and draft.kind in CHECK_KINDS:  # the operator's check, rksv.md 6
-            record_due(conn, register_id, draft.kind, number, payload.issued_at, draft.period, at)
+            record_due(  # the development unit's implies none (it logs why)
+                conn,
+                register_id,
+                draft.kind,
+                number,
+                payload.issued_at,
+                draft.period,
+                at,
+                unit_id=unit_id,
+            )
         return result_from_parts(
             register_id, number, draft.kind, state, payload, signature, stored.jws, document
         )

@@ -20,6 +20,7 @@ from agent.cli import app
 from agent.clock import FrozenClock
 from agent.config import MISSING_HEADER
 from agent.service import DEV_UNIT, TillService
+from agent.signing import create_software_unit
 from factories import journal_events, sale
 
 
@@ -210,13 +211,16 @@ def test_run_prints_the_configured_header(start: Start) -> None:
 
 class TestCheckReminders:
     def test_the_timer_reminds_of_the_startbeleg_check_while_the_till_is_idle(
-        self, start: Start, caplog: pytest.LogCaptureFixture
+        self, start: Start, caplog: pytest.LogCaptureFixture, tmp_path: Path
     ) -> None:
-        """The service's own timer, with no sale at all: the Startbeleg's check is
-        announced (INFO); past its due date (in Vienna) the next tick catches up with the
-        two-day warning and the overdue ERROR, each once."""
+        """The service's own timer, with no sale at all: the Startbeleg's check of KASSE-1
+        on a configured unit (AT1) is announced (INFO); past its due date (in Vienna) the
+        next tick catches up with the two-day warning and the overdue ERROR, each once."""
+        key_file, cert_file = create_software_unit(tmp_path / "units", name="prod")
+        unit = {"id": "prod", "kind": "software", "zda": "AT1"}
+        unit |= {"key_file": key_file, "certificate_file": cert_file}
         clock = FrozenClock(dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.UTC))
-        till = start(clock=clock, outage={"check_interval_s": 0.1})
+        till = start(clock=clock, outage={"check_interval_s": 0.1}, units=[unit])
 
         def alerts(count: int) -> list[tuple[object, object]]:
             deadline = time.monotonic() + 10
@@ -239,3 +243,23 @@ class TestCheckReminders:
         ]
         lines = [r for r in caplog.records if r.name == "agent.checks"]
         assert [r.levelno for r in lines] == [logging.INFO, logging.WARNING, logging.ERROR]
+
+    def test_the_first_start_on_the_development_unit_owes_no_check(
+        self, start: Start, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The README's first command: KASSE-1 on the development unit is told once (INFO)
+        that it is a development register needing no FinanzOnline step; eight days later
+        the timer has raised no reminder."""
+        clock = FrozenClock(dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.UTC))
+        till = start(clock=clock, outage={"check_interval_s": 0.1})
+        clock.set(dt.datetime(2026, 3, 10, 10, 0, tzinfo=dt.UTC))
+        time.sleep(0.5)  # several ticks of the timer
+        lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "agent.checks"]
+        assert len(lines) == 1, lines
+        assert lines[0][0] == logging.INFO
+        said = f"KASSE-1: its Startbeleg (number 1) is signed by the development unit {DEV_UNIT}"
+        assert said in lines[0][1]
+        assert "a development register: it needs no FinanzOnline step" in lines[0][1]
+        alerts = [e["alert"] for e in journal_events(till.db, "alert.raised")]
+        assert [a for a in alerts if str(a).startswith("check-")] == []
+        assert journal_events(till.db, "check.due") == []
