@@ -93,6 +93,7 @@ def config_check(
         loaded.printer.header_warning,
         loaded.backup.same_disk_warning(loaded.data_dir),
         _kept_register_warning(loaded),
+        loaded.hub.unbuilt_warning,
     )
     for warning in filter(None, warnings):  # stderr: --json output stays one object
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)

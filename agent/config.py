@@ -411,9 +411,24 @@ _KIND_OF_KEY = {
 
 
 class HubConfig(_Section):
-    """The hub journal events are forwarded to; no ``url`` means the till works alone."""
+    """The hub the journal is meant for; no ``url`` means the till works alone.
+
+    Forwarding is not built yet (``sync/`` is to come): a ``url`` is validated and kept,
+    and :attr:`unbuilt_warning` says that nothing is sent to it.
+    """
 
     url: str | None = None
+
+    @property
+    def unbuilt_warning(self) -> str | None:
+        """What a configured hub does not get yet, or None without a ``url``: said by
+        ``config check`` and once at start, so a user does not wait for events in vain."""
+        if self.url is None:
+            return None
+        return (
+            f"hub forwarding is not built yet: nothing is sent to {self.url};"
+            " the journal keeps every event for it"
+        )
 
     @field_validator("url")
     @classmethod

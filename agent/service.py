@@ -214,6 +214,8 @@ class TillService:
         self.watchdog.register("timers", self._silence_with_signing(30.0))
         if warning := self.config.printer.header_warning:  # once: receipts lack a name
             log.warning("%s", warning)
+        if warning := self.config.hub.unbuilt_warning:  # once: nothing leaves the till
+            log.warning("%s", warning)
         self.printer.start()
         self.prober.start()
         self._next_watch = self._next_closings = 0.0
