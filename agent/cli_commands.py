@@ -213,7 +213,10 @@ def unit_create_software(
     ] = "dev",
     zda: Annotated[
         str,
-        typer.Option(help="Provider id for open systems (AT1, AT2, ...); ignored with --key-id."),
+        typer.Option(
+            help="Provider id of an open system's receipts: AT100, fictitious, for development;"
+            " a real one (AT1, ...) on a self-signed key is for tests only. Ignored with --key-id."
+        ),
     ] = "AT100",
     key_id: Annotated[
         str | None,
@@ -232,6 +235,7 @@ def unit_create_software(
     system (R1-AT0) and has no certificate.
     """
     from agent.signing import create_software_unit, software_unit_files
+    from agent.signing.config import DEV_ZDA
 
     _check_unit_id(unit_id, as_json)
     keys = data_dir / "keys"
@@ -264,6 +268,22 @@ def unit_create_software(
             for f in files:  # a refused unit leaves no key behind to block a retry
                 f.unlink(missing_ok=True)
             raise
+    if key_id is None and zda != DEV_ZDA:  # not refused: tests and scenario replays use AT1
+        err.print(
+            f"[yellow]warning:[/yellow] {escape(_borrowed_zda(unit_id, zda))}", highlight=False
+        )
+
+
+def _borrowed_zda(unit_id: str, zda: str) -> str:
+    """Why a self-signed key under a real provider's id must not sign a till's receipts."""
+    from agent.signing.config import DEV_ZDA
+
+    return (
+        f"unit {unit_id} has a self-signed certificate under {zda}, the id of a real trust"
+        f" service provider (its receipts say R1-{zda}): for tests only, its receipts claim"
+        f" a certificate {zda} never issued; for development leave out --zda (the fictitious"
+        f" {DEV_ZDA}), for a registered till use the provider's certificate (unit add-pkcs11)"
+    )
 
 
 @unit_app.command("add-pkcs11")
