@@ -32,7 +32,7 @@ import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -629,6 +629,7 @@ def _apply_env(data: dict[str, Any], sources: dict[str, str], env: Mapping[str, 
                 f"{name}: use {ENV_PREFIX}<KEY>, {ENV_PREFIX}<SECTION>__<KEY> or "
                 f"{ENV_PREFIX}<SECTION>__<TABLE>__<KEY> [env-name]"
             )
+        _refuse_list_entry(name, path)
         target = data
         for depth, part in enumerate(path[:-1], start=1):
             target = target.setdefault(part, {})
@@ -637,20 +638,59 @@ def _apply_env(data: dict[str, Any], sources: dict[str, str], env: Mapping[str, 
                 raise ConfigurationError(
                     f"{table}: must be a table to take {name} [table] (from {sources[table]})"
                 )
-        target[path[-1]] = _env_value(path, env[name])
+        target[path[-1]] = _env_value(name, path, env[name])
         sources[".".join(path)] = name
 
 
-def _env_value(path: list[str], raw: str) -> Any:
-    """``raw`` as a TOML value, or verbatim when the key holds text or a path."""
+def _refuse_list_entry(name: str, path: list[str]) -> None:
+    """Refuse a variable for one key of one entry of a list of tables (``[[units]]``):
+    the list has no table to take it, and pydantic would only say "a valid tuple"."""
+    if len(path) > 1 and get_origin(_annotation(path[:1])) is tuple:
+        whole = f"{ENV_PREFIX}{path[0].upper()}"
+        raise ConfigurationError(
+            f"{name}: [[{path[0]}]] is a list, and one key of one entry cannot be set from"
+            f" the environment; set the whole list in {whole}: one TOML array of inline"
+            " tables, on one line (docs/config.example.toml shows one) [env-list]"
+        )
+
+
+_VALUE = "v = "  # an environment value is parsed as the value of this key
+# the first character of a TOML value that cannot be a plain word: array, table, string
+_TOML_ONLY = ("[", "{", '"', "'")
+
+
+def _env_value(name: str, path: list[str], raw: str) -> Any:
+    """``raw`` of variable ``name`` as a TOML value, or verbatim when the key holds text
+    or a path, or when it is a bare word TOML does not take (``file``, ``04b8``: the
+    field's own validation reads it).
+
+    Raises:
+        ConfigurationError: a value that can only be TOML (an array, an inline table or a
+            quoted string) does not parse: naming the variable and TOML's error.
+    """
     annotation = _annotation(path)
     kinds = set(get_args(annotation) or (annotation,)) if annotation else set()
     if kinds and kinds <= {str, Path, type(None)}:
         return raw
     try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+        return tomllib.loads(f"{_VALUE}{raw}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        if raw.lstrip().startswith(_TOML_ONLY):
+            raise ConfigurationError(_not_toml(name, raw, exc)) from exc
         return raw
+
+
+def _not_toml(name: str, raw: str, exc: tomllib.TOMLDecodeError) -> str:
+    """TOML's error about the value of ``name``, its column counted in the value itself."""
+    why = re.sub(
+        r"\(at line 1, column (\d+)\)",
+        lambda found: f"(at line 1, column {int(found[1]) - len(_VALUE)})",
+        str(exc),
+    )
+    hint = ""
+    if "\n" in raw.strip():  # the two-line form once shown in docs/config.example.toml
+        hint = "; an inline table {...} must be on one line (TOML 1.0): put the value on one line"
+    return f"{name}: not a valid TOML value: {why}{hint} [toml]"
 
 
 def _annotation(path: list[str]) -> Any:
