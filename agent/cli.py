@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 import sys
+from typing import Any, TextIO
 
 import typer
 
@@ -70,13 +72,116 @@ def main() -> None:
     A command that leaves a call to a signature unit hanging (a token stuck in ``C_Sign``
     during ``run``'s stop) ends at once with its status once it is done
     (:func:`agent.signing.base.exit_past_hung_calls`).
+
+    Output cut short by its reader (``| head``) does not cut the command short: it runs
+    to its end and exits with its own code, one line on stderr says what happened
+    (:class:`_CutShort`).
     """
+    cut_short = _CutShort.install()
     try:
         _main()
     except SystemExit as exc:
+        cut_short.close()
         _exit_past_hung_calls(exc.code)
         raise
+    finally:
+        cut_short.close()  # also after an unexpected error
     _exit_past_hung_calls(0)
+
+
+class _CutShort:
+    """Stands in for ``sys.stdout`` while a command runs: once its reader has gone (a
+    broken pipe, e.g. ``till-agent init ... | head -2``), the rest of the output goes to
+    /dev/null and the command goes on, instead of stopping where it printed (Rich exits 1
+    there, saying nothing; click too): what it did (a register, a receipt) is done. Then
+    one line on stderr says so and how to read it again; stdout stays on /dev/null, so
+    Python's flush at exit adds no "Exception ignored ... BrokenPipeError" (the pattern
+    of the Python docs' note on SIGPIPE).
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.broken = False
+        self.closed = False
+
+    @classmethod
+    def install(cls) -> _CutShort:
+        guard = cls(sys.stdout)
+        sys.stdout = guard  # writes as a TextIO would, and delegates the rest
+        return guard
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self._to_devnull()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._to_devnull()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding: the stream's
+        return getattr(self.stream, name)
+
+    def _to_devnull(self) -> None:
+        self.broken = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self.stream.fileno())  # what is still buffered goes there too
+        finally:
+            os.close(devnull)
+
+    def close(self) -> None:
+        """Flush what is left, give ``sys.stdout`` back, and say once if it was cut short."""
+        if self.closed:
+            return
+        self.closed = True
+        self.flush()
+        sys.stdout = self.stream
+        if self.broken:
+            line = f"output cut short (broken pipe); what the command did is done: {_hint()}\n"
+            try:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            except OSError:  # stderr is gone too: nobody is left to tell
+                pass
+
+
+# how to read again what a command printed, when its output was cut short
+_HINTS = {
+    "init": "register {register} and its signed Startbeleg are stored; `till-agent receipts"
+    " show {register} 1` shows the Startbeleg, `till-agent export crypto-container"
+    " --register {register} -o FILE` writes its AES key (keep that file secret)",
+    "issue": "the receipt is stored; `till-agent receipts list --register ID` shows it",
+    "special": "the receipt is stored; `till-agent receipts list --register {register}` shows it",
+}
+_FLAGS = {"--json", "--yes", "--simulate", "--help"}  # options that take no value
+
+
+def _hint() -> str:
+    """What to run to read it all, for the command in ``sys.argv``."""
+    words = _positional(sys.argv[1:])
+    hint = _HINTS.get(words[0] if words else "", "run it again with its output in a file")
+    return hint.format(register=words[1] if len(words) > 1 else "ID")
+
+
+def _positional(args: list[str]) -> list[str]:
+    """The command's words and arguments, without its options and their values."""
+    words: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = "=" not in arg and arg not in _FLAGS
+        else:
+            words.append(arg)
+    return words
 
 
 def _exit_past_hung_calls(code: str | int | None) -> None:
