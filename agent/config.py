@@ -673,11 +673,14 @@ def _env_value(name: str, path: list[str], raw: str) -> Any:
     if kinds and kinds <= {str, Path, type(None)}:
         return raw
     try:
-        return tomllib.loads(f"{_VALUE}{raw}")["v"]
+        value = tomllib.loads(f"{_VALUE}{raw}")["v"]
     except tomllib.TOMLDecodeError as exc:
         if raw.lstrip().startswith(_TOML_ONLY):
             raise ConfigurationError(_not_toml(name, raw, exc)) from exc
         return raw
+    if isinstance(value, float) and kinds and float not in kinds:
+        return raw  # a hex id such as 0e15 is TOML's float 0.0: the field reads the text
+    return value
 
 
 def _not_toml(name: str, raw: str, exc: tomllib.TOMLDecodeError) -> str:

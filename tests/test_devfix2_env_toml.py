@@ -89,3 +89,20 @@ def test_one_key_of_one_unit_says_to_set_the_whole_list(tmp_path: Path) -> None:
     assert message.startswith("TILL_AGENT_UNITS__0__PIN: [[units]] is a list")
     assert "set the whole list in TILL_AGENT_UNITS" in message
     assert "valid tuple" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("0e15", 0x0E15), ("1e10", 0x1E10), ("0202", 0x0202)]
+)
+def test_a_usb_id_that_toml_reads_as_a_float_is_read_as_hex(
+    tmp_path: Path, text: str, expected: int
+) -> None:
+    """An Epson TM-T20's product id 0e15 is TOML's float 0.0; it was silently 0."""
+    env = {
+        "TILL_AGENT_DATA_DIR": str(tmp_path),
+        "TILL_AGENT_PRINTER__KIND": "usb",
+        "TILL_AGENT_PRINTER__USB_VENDOR": "04b8",
+        "TILL_AGENT_PRINTER__USB_PRODUCT": text,
+    }
+    printer = load_config(None, env=env).printer
+    assert (printer.usb_vendor, printer.usb_product) == (0x04B8, expected)
