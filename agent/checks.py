@@ -56,6 +56,7 @@ __all__ = [
     "CheckKind",
     "CheckRecord",
     "CheckWatch",
+    "development_unit",
     "due_date",
     "load_checks",
     "record_check",
@@ -164,9 +165,12 @@ def due_date(kind: str, issued_at: str, period: str | None = None) -> dt.date:
     return dt.date(checked_year(issued_at, period) + 1, 2, 15)
 
 
-def _development_unit() -> str:
+def development_unit() -> str:
     """The id of the development unit, imported when first needed (as :func:`_journal`):
-    :mod:`agent.signing` loads the cryptography the commands that list checks never use."""
+    :mod:`agent.signing` loads the cryptography the commands that list checks never use.
+
+    The one test of a development register: its receipt (here) or its outage
+    (:mod:`agent.outage_watch`) is the development unit's."""
     from agent.signing.config import DEV_UNIT
 
     return DEV_UNIT
@@ -202,7 +206,7 @@ def record_due(  # noqa: PLR0917 - the receipt that implies the check, as _issue
     new obligation's id, ``None`` if that register had it already or owes nothing (then
     nothing is journaled).
     """
-    if unit_id == _development_unit():
+    if unit_id == development_unit():
         # logged before the commit: what it says holds of the register even if the
         # receipt's transaction rolls back
         log.info(
@@ -251,7 +255,7 @@ def load_checks(
         f"SELECT {_COLUMNS}{_FROM} WHERE (? IS NULL OR c.register_id = ?)"
         f" AND (? OR c.done_at IS NULL OR (? AND c.failed)){_OWED}"
         " ORDER BY c.due_date, c.register_id, c.id",
-        (register_id, register_id, done, failed, _development_unit()),
+        (register_id, register_id, done, failed, development_unit()),
     )
     return [CheckRecord.from_row(row) for row in rows]
 
@@ -322,7 +326,7 @@ def _to_adopt(conn: sqlite3.Connection, now: dt.datetime) -> list[_Implied]:
     is today or later in the register's time zone (the 0004 migration says why), as
     :func:`record_due` takes them."""
     adopt = []
-    untracked = conn.execute(_UNTRACKED, (_development_unit(),))
+    untracked = conn.execute(_UNTRACKED, (development_unit(),))
     for register_id, kind, number, issued_at, document, timezone in untracked:
         period = json.loads(document).get("period")
         today = now.astimezone(ZoneInfo(timezone)).date()
@@ -341,7 +345,7 @@ def _closings_to_adopt(conn: sqlite3.Connection, now: dt.datetime) -> list[_Impl
     of old checks, while a Schlussbeleg recovered late is (its due date may be past)."""
     adopt: list[_Implied] = []
     for register_id, kind, number, issued_at, _, timezone, stored_at in conn.execute(
-        _UNREPORTED_CLOSINGS, (_development_unit(),)
+        _UNREPORTED_CLOSINGS, (development_unit(),)
     ):
         stored = dt.datetime.fromisoformat(stored_at).astimezone(ZoneInfo(timezone))
         today = now.astimezone(ZoneInfo(timezone)).date()

@@ -30,6 +30,13 @@ so one that lasted past 48 h is flagged even if no tick saw it. The end of such 
 * ``end-overdue``: that week is over and no end report was acknowledged
   (``outage report --end``).
 
+An outage of the development unit (:func:`~agent.checks.development_unit`, the test the
+checks use) owes none of these reports: a development register is not registered in
+FinanzOnline. It is aged, escalated and journaled as any other, but ``exceeded`` records
+no due date (its line says, once, that a development register needs no report), and no
+``overdue``, ``end-report`` or ``end-overdue`` follows; a due date an earlier version
+recorded for one is not reminded of.
+
 An outage that has ended is watched for as long as one of its reports is due and not
 acknowledged: a tick journals its ``overdue`` and ``end-overdue`` when the wall clock has
 passed the due date (a deadline in the calendar, as a Belegcheck's; the outage no longer
@@ -53,6 +60,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
+from agent.checks import development_unit
 from agent.clock import Clock
 from agent.contract import check_reference
 from agent.errors import InvalidSale, NotFound
@@ -70,24 +78,26 @@ __all__ = [
 ]
 
 HOUR = 3600.0
-# each ends with the register's time zone: due moments are shown to people in it
+# each ends with the register's time zone (due moments are shown to people in it) and the
+# outage's unit (the development unit's owes no report)
 _OPEN_OUTAGES = (
     "SELECT id, register_id, age_seconds, checked_at, escalations, report_due,"
-    " report_reference, (SELECT timezone FROM registers WHERE registers.id = outages.register_id)"
-    " FROM outages WHERE ended_at IS NULL"
+    " report_reference, (SELECT timezone FROM registers WHERE registers.id = outages.register_id),"
+    " unit_id FROM outages WHERE ended_at IS NULL"
 )
-# ended outages with a report due and not acknowledged (their reminders may be due)
+# ended outages with a report due and not acknowledged (their reminders may be due), not
+# the development unit's (the parameter): a due date an earlier version gave one
 _ENDED_REPORTS_DUE = (
     "SELECT id, register_id, age_seconds, escalations, report_due, report_reference,"
     " end_report_due, end_report_reference,"
-    " (SELECT timezone FROM registers WHERE registers.id = outages.register_id)"
-    " FROM outages WHERE ended_at IS NOT NULL"
+    " (SELECT timezone FROM registers WHERE registers.id = outages.register_id), unit_id"
+    " FROM outages WHERE ended_at IS NOT NULL AND unit_id <> ?"
     " AND ((report_due IS NOT NULL AND report_reference IS NULL)"
     " OR (end_report_due IS NOT NULL AND end_report_reference IS NULL))"
 )
 
-# outage, register, level, age s, due (ISO instant), the register's time zone
-Escalation = tuple[int, str, str, float, str | None, str]
+# outage, register, level, age s, due (ISO instant), the register's time zone, the unit
+Escalation = tuple[int, str, str, float, str | None, str, str]
 LogLine = tuple[int, str, tuple[object, ...]]  # level, message, arguments
 _Jump = tuple[float, dt.datetime]  # seconds the wall clock jumped, its time at the last tick
 
@@ -191,7 +201,7 @@ class OutageWatch:
                 aged = added.get(int(row[0]), 0.0)
                 jumped = jump is not None  # journaled: its outages' gaps need not be
                 fired.extend(self._age(conn, memory, row, wall, jumped=jumped, added=aged))
-            for row in conn.execute(_ENDED_REPORTS_DUE).fetchall():
+            for row in conn.execute(_ENDED_REPORTS_DUE, (development_unit(),)).fetchall():
                 fired.extend(self._remind_ended(conn, row, wall))
             # committed here, still holding the writer: no Sammelbeleg's close comes between
             self.writer.commit_so_far()
@@ -202,7 +212,7 @@ class OutageWatch:
             log.log(level, message, *args)
         for escalation in fired:
             log_escalation(*escalation)
-        return [(outage_id, level) for outage_id, _, level, _, _, _ in fired]
+        return [(outage_id, level) for outage_id, _, level, *_ in fired]
 
     def _jump_since_last(self, memory: _Memory, wall: dt.datetime) -> _Jump | None:
         """The jump of the wall clock since the last tick beyond the tolerance (not suspend:
@@ -353,19 +363,21 @@ class OutageWatch:
         """The outage ``outage_id`` has just ended at ``at``, in the caller's transaction
         (the Sammelbeleg's, after :meth:`age_for_close`): if it lasted past 48 h, record
         that its end must be reported within a week (``end_report_due``) and journal the
-        ``end-report`` level. Log the returned escalations (:func:`log_escalation`) once
-        that transaction has committed."""
+        ``end-report`` level; not for the development unit's. Log the returned escalations
+        (:func:`log_escalation`) once that transaction has committed."""
         self._memory.seen.pop(outage_id, None)
         self._memory.offtime.pop(outage_id, None)
         due = (at + dt.timedelta(days=self.thresholds.report_days)).isoformat()
+        development = development_unit()
         cursor = conn.execute(
             "UPDATE outages SET end_report_due = ? WHERE id = ? AND end_report_due IS NULL"
+            " AND unit_id <> ?"
             " AND EXISTS (SELECT 1 FROM json_each(escalations) WHERE value = 'exceeded')",
-            (due, outage_id),
+            (due, outage_id, development),
         )
         if cursor.rowcount == 0:
             return []
-        row = conn.execute(f"{_ENDED_REPORTS_DUE} AND id = ?", (outage_id,)).fetchone()
+        row = conn.execute(f"{_ENDED_REPORTS_DUE} AND id = ?", (development, outage_id)).fetchone()
         return [] if row is None else self._remind_ended(conn, row, at)
 
     def _remind_ended(
@@ -392,7 +404,7 @@ class OutageWatch:
             conn.execute(
                 "UPDATE outages SET escalations = ? WHERE id = ?", (json.dumps(levels), outage_id)
             )
-        return [(outage_id, register_id, level, age, due, row[8]) for level, due in new]
+        return [(outage_id, register_id, level, age, due, row[8], row[9]) for level, due in new]
 
     def _age(
         self,
@@ -408,7 +420,7 @@ class OutageWatch:
         """Age one open outage (by ``added`` s more for a wall clock found behind, see
         :meth:`_follow`) and journal its new levels; at its close only the ones with a legal
         consequence (exceeded, overdue): a warning about an outage that is over warns
-        nobody."""
+        nobody. The development unit's owes no report (see :meth:`_report_due`)."""
         outage_id, register_id = int(row[0]), str(row[1])
         boot = self.clock.boottime()
         elapsed = self._elapsed(
@@ -421,20 +433,37 @@ class OutageWatch:
         new = [lvl for lvl, at in self.thresholds.levels() if age >= at and lvl not in sent]
         if closing:
             new = [lvl for lvl in new if lvl == "exceeded"]
-        if "exceeded" in new:  # a week from the moment it was past the window, not from now
-            past = wall - dt.timedelta(seconds=age - self.thresholds.exceeded_hours * HOUR)
-            due = (past + dt.timedelta(days=self.thresholds.report_days)).isoformat()
-        if due is not None and row[6] is None and "overdue" not in sent:
-            overdue_at = (self.thresholds.exceeded_hours + self.thresholds.report_days * 24) * HOUR
-            if age >= overdue_at:
-                new.append("overdue")
+        if row[8] != development_unit():  # a development register owes FinanzOnline nothing
+            due = self._report_due(new, sent, age, wall, due, reported=row[6] is not None)
         _journal_levels(conn, register_id, outage_id, new, age, wall, {"report_due": due})
         conn.execute(
             "UPDATE outages SET age_seconds = ?, checked_at = ?, escalations = ?, report_due = ?"
             " WHERE id = ?",
             (age, wall.isoformat(), json.dumps(sent + new), due, outage_id),
         )
-        return [(outage_id, register_id, level, age, due, row[7]) for level in new]
+        return [(outage_id, register_id, level, age, due, row[7], row[8]) for level in new]
+
+    def _report_due(
+        self,
+        new: list[str],
+        sent: list[str],
+        age: float,
+        wall: dt.datetime,
+        due: str | None,
+        *,
+        reported: bool,
+    ) -> str | None:
+        """The moment the outage's FinanzOnline report is due (``due``, or set as ``exceeded``
+        is in ``new``); ``overdue`` is added to ``new`` once that week is over and no report
+        is ``reported``."""
+        if "exceeded" in new:  # a week from the moment it was past the window, not from now
+            past = wall - dt.timedelta(seconds=age - self.thresholds.exceeded_hours * HOUR)
+            due = (past + dt.timedelta(days=self.thresholds.report_days)).isoformat()
+        if due is not None and not reported and "overdue" not in sent:
+            overdue_at = (self.thresholds.exceeded_hours + self.thresholds.report_days * 24) * HOUR
+            if age >= overdue_at:
+                new.append("overdue")
+        return due
 
     def _elapsed(
         self,
@@ -530,21 +559,40 @@ _ESCALATIONS = {
 }
 
 
+# ... and of ``exceeded`` for the development unit: a WARNING, as nothing is owed
+_DEVELOPMENT_EXCEEDED = (
+    logging.WARNING,
+    "that is past the 48-hour window; {register} signs with the development unit {unit}:"
+    " a development register needs no FinanzOnline report (none is recorded or reminded)",
+)
+
+
 def log_escalation(  # noqa: PLR0917 - one escalation's facts (an Escalation)
-    outage_id: int, register_id: str, level: str, age: float, due: str | None, timezone: str
+    outage_id: int,
+    register_id: str,
+    level: str,
+    age: float,
+    due: str | None,
+    timezone: str,
+    unit_id: str,
 ) -> None:
     """Log one escalation (call it once its transaction has committed)."""
-    if level in _ESCALATIONS:
+    if level == "exceeded" and unit_id == development_unit():
+        severity, what = _DEVELOPMENT_EXCEEDED
+    elif level in _ESCALATIONS:
         severity, what = _ESCALATIONS[level]
-        text = what.format(due="?" if due is None else shown_due(due, timezone), id=outage_id)
-        log.log(
-            severity,
-            "outage %d of register %s has lasted %.1f h: %s",
-            outage_id,
-            register_id,
-            age / HOUR,
-            text,
-        )
+    else:
+        return
+    shown = "?" if due is None else shown_due(due, timezone)
+    text = what.format(due=shown, id=outage_id, register=register_id, unit=unit_id)
+    log.log(
+        severity,
+        "outage %d of register %s has lasted %.1f h: %s",
+        outage_id,
+        register_id,
+        age / HOUR,
+        text,
+    )
 
 
 def shown_due(due: str, timezone: str) -> str:

@@ -15,7 +15,10 @@ one (:meth:`OutageBook.unit_down`). A unit that signs again is noted for the pro
 An outage that closes is aged first, by the watch's own rules (:meth:`OutageWatch.age_for_close`):
 one past 48 hours is flagged and given its report date even if the timer never saw it
 (``till-agent outage recover`` after days with the agent stopped); then its end report is
-given its date (:meth:`OutageWatch.ended`), a week after the Sammelbeleg.
+given its date (:meth:`OutageWatch.ended`), a week after the Sammelbeleg. An outage of
+the development unit owes neither (a development register is not registered in
+FinanzOnline): it is aged and escalated all the same, and a due date an earlier version
+recorded for one is read as none (:meth:`OutageRecord.from_row`).
 
 Opening and closing are logged (WARNING, INFO) once the transaction that records them has
 committed (:meth:`OutageBook.settle`), so the log never tells of an outage that a rollback
@@ -32,6 +35,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from agent.checks import development_unit
 from agent.outage_watch import Escalation, LogLine, OutageWatch, log_escalation
 from storage.journal import append_event
 
@@ -73,8 +77,13 @@ class OutageRecord:
 
     @classmethod
     def from_row(cls, row: Any) -> OutageRecord:
+        """The outage of a row of ``_COLUMNS``; one of the development unit owes no report,
+        whatever an earlier version recorded (neither the status nor ``outage list`` shows
+        a due date the watch no longer reminds of)."""
         values = list(row)
         values[11] = tuple(json.loads(values[11]))
+        if values[2] == development_unit():
+            values[12] = values[15] = None  # report_due, end_report_due
         return cls(*values)
 
 
@@ -411,7 +420,7 @@ def _closed_line(
 ) -> LogLine:
     """The log line of a closed outage: its Sammelbeleg, duration and affected receipts
     (WARNING past the 48-hour window: the ``end-report`` line that follows says by when its
-    end must be reported)."""
+    end must be reported; none follows for the development unit's)."""
     unit_id, started_at, affected, escalations = conn.execute(
         "SELECT unit_id, started_at, affected, escalations FROM outages WHERE id = ?",
         (outage_id,),
