@@ -386,7 +386,8 @@ def init(
 ) -> None:
     """Initialize a register: new AES key, signed Startbeleg (refused if the unit cannot sign).
 
-    Prints the AES key and its check value: both are needed for the FinanzOnline registration.
+    Prints the AES key and its check value: both are needed for the FinanzOnline registration
+    (on the development unit, which is never registered there: for the DEP verification).
     """
     from agent.at_rksv import aes_key_check_value
     from agent.receipts import RegisterSetup
@@ -418,10 +419,24 @@ def init(
         )
         return
     _show_receipt(result, False)
-    out.print(f"AES key (register it in FinanzOnline, keep it secret): {key}")
+    out.print(f"AES key ({_aes_key_use(unit)}, keep it secret): {key}")
     out.print(f"AES key check value: {aes_key_check_value(key)}")
     if owed is not None:
         out.print(owed)
+
+
+def _aes_key_use(units: list[str]) -> str:
+    """What the new register's AES key is for, as ``init`` says it: its Startbeleg is
+    signed by the first of ``units``; on the development unit (the checks' test) the
+    register is not registered in FinanzOnline, but the DEP verification needs the key."""
+    from agent.checks import development_unit
+
+    if units[0] == development_unit():
+        return (
+            "a development register is not registered in FinanzOnline; the DEP verification"
+            " needs it"
+        )
+    return "register it in FinanzOnline"
 
 
 def _waiting_start_key(service: ReceiptService, register: str) -> str | None:
