@@ -237,8 +237,8 @@ class TestExposition:
             assert (family.kind == "counter") == name.endswith("_total")
 
     def test_the_till_wide_values_are_the_till_s(self, till: TillService) -> None:
-        """Version, start time, a fresh register (Startbeleg 1, unit up, one Belegcheck
-        owed for the Startbeleg), the printer disabled, the disk's free bytes."""
+        """Version, start time, a fresh register (Startbeleg 1, unit up, no Belegcheck:
+        a development register owes none), the printer disabled, the disk's free bytes."""
         families = scrape(till)
         assert gauge(families, "till_agent_build_info", version=__version__) == 1
         started = gauge(families, "till_agent_process_start_time_seconds")
@@ -248,7 +248,7 @@ class TestExposition:
         assert issued(families, "start", "signed") == 1
         assert gauge(families, "till_agent_unit_state", unit=DEV_UNIT, state="up") == 1
         assert gauge(families, "till_agent_unit_state", unit=DEV_UNIT, state="down") == 0
-        assert gauge(families, "till_agent_belegchecks_open", register="KASSE-1") == 1
+        assert gauge(families, "till_agent_belegchecks_open", register="KASSE-1") == 0
         assert gauge(families, "till_agent_outage_open", register="KASSE-1") == 0
         assert families["till_agent_outage_age_seconds"].samples == {}
         assert gauge(families, "till_agent_printer_state", state="disabled") == 1
