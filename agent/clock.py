@@ -123,17 +123,21 @@ class FrozenClock:
 class WallJump:
     """A forward jump of the wall clock, seen at ``boot`` (boot clock): between the look at
     wall time ``before`` and the one at ``after`` the wall clock ran ``seconds`` ahead of
-    the boot clock. The moments after ``before`` up to ``after`` may have been reached only
-    through it (when in that interval it came is not known)."""
+    the boot clock. Every moment after ``before`` may have been reached only through it:
+    up to ``after`` by the jump itself (when in that interval it came is not known), later
+    ones by time passing on a clock that is still ``seconds`` ahead. Once a jump back has
+    ``capped`` it at ``after`` (the wall time it went back to), the moments after that
+    are reached again by time passing on the corrected clock."""
 
     before: dt.datetime
     after: dt.datetime
     seconds: float
     boot: float
+    capped: bool = False
 
     def covers(self, moment: dt.datetime) -> bool:
         """Whether the wall clock may have reached ``moment`` only through this jump."""
-        return self.before < moment <= self.after
+        return self.before < moment and (not self.capped or moment <= self.after)
 
 
 class JumpWatch:
@@ -141,8 +145,10 @@ class JumpWatch:
 
     Each :meth:`look` compares how far the wall clock and the boot clock moved since the
     previous one (a suspend moves both alike). A jump is remembered for ``settle_s`` seconds
-    of the boot clock. A later jump back caps what it covers at the wall time it went back
-    to: a moment the clock is set back before is reached again by time passing. Thread-safe:
+    of the boot clock, and covers every moment after the wall time it left meanwhile: a
+    month end the clock reaches minutes after a jump is reached on the wrong clock too. A
+    later jump back caps what it covers at the wall time it went back to: a moment the
+    clock is set back before is reached again by time passing. Thread-safe:
     the closing timer and the sales look at the same watch.
     """
 
@@ -198,4 +204,4 @@ class JumpWatch:
 
 def _capped(jump: WallJump, wall: dt.datetime) -> WallJump:
     """``jump`` after the wall clock went back to ``wall``: it covers nothing beyond it."""
-    return WallJump(jump.before, min(jump.after, wall), jump.seconds, jump.boot)
+    return WallJump(jump.before, min(jump.after, wall), jump.seconds, jump.boot, capped=True)

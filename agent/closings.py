@@ -12,11 +12,13 @@ must be signed, but the Monatsbelege after it may carry the failure marker (rksv
 
 A closing that fell due only through a forward jump of the wall clock that this process
 saw (:class:`agent.clock.JumpWatch`) waits until the jump is an hour old on the boot clock
-(:func:`first_held`): a wrong clock (a bad RTC, a mistyped date) is usually corrected
-within minutes, and a signed Jahresbeleg issued on it would close the year 40 days early,
-for good. The wait is journaled (``closing.held``, with an ``alert.raised``); sales go on.
-A hand-issued closing during it is refused unless confirmed (:func:`journaled_hold`: the
-command line runs in a process of its own, so it reads the service's journal).
+(:func:`first_held`), as does one the clock reaches by time passing after the jump unless
+a jump back corrected it meanwhile (the clock is still as far ahead): a wrong clock (a bad
+RTC, a mistyped date) is usually corrected within minutes, and a signed Jahresbeleg issued
+on it would close the year 40 days early, for good. The wait is journaled
+(``closing.held``, with an ``alert.raised``); sales go on. A hand-issued closing during it
+is refused unless confirmed (:func:`journaled_hold`: the command line runs in a process of
+its own, so it reads the service's journal).
 """
 
 from __future__ import annotations
@@ -165,7 +167,12 @@ def journal_hold(
         "until": until,
     }
     at = jump.after.isoformat()
-    data = {**facts, "boot": round(jump.boot, 3), "settle_seconds": JUMP_SETTLE_S}
+    data = {
+        **facts,
+        "capped": jump.capped,
+        "boot": round(jump.boot, 3),
+        "settle_seconds": JUMP_SETTLE_S,
+    }
     append_event(conn, kind="closing.held", register_id=register_id, at=at, data=data)
     alert = {"level": "error", "alert": "closing-held", **facts}
     append_event(conn, kind="alert.raised", register_id=register_id, at=at, data=alert)
@@ -175,9 +182,10 @@ def journaled_hold(
     conn: sqlite3.Connection, register_id: str, moment: dt.datetime, boot: float
 ) -> dict[str, Any] | None:
     """The ``closing.held`` event of ``register_id`` (its data) whose jump covers ``moment``
-    and is younger than the settle period at boot-clock time ``boot``, or ``None``. A boot
-    clock behind the event's is another boot: its hold ended with the process that saw it.
-    Only the latest events are read: a hold younger than an hour is among them."""
+    (:meth:`WallJump.covers`) and is younger than the settle period at boot-clock time
+    ``boot``, or ``None``. A boot clock behind the event's is another boot: its hold ended
+    with the process that saw it. Only the latest events are read: a hold younger than an
+    hour is among them."""
     rows = conn.execute(
         "SELECT data FROM journal WHERE register_id = ? AND kind = 'closing.held'"
         " AND seq > (SELECT coalesce(max(seq), 0) FROM journal) - ? ORDER BY seq DESC",
@@ -185,9 +193,7 @@ def journaled_hold(
     ).fetchall()
     for row in rows:
         data: dict[str, Any] = json.loads(row[0])
-        before = dt.datetime.fromisoformat(data["before"])
-        after = dt.datetime.fromisoformat(data["after"])
-        if 0 <= boot - float(data["boot"]) < JUMP_SETTLE_S and before < moment <= after:
+        if 0 <= boot - float(data["boot"]) < JUMP_SETTLE_S and _jump_of(data).covers(moment):
             return data
     return None
 
@@ -203,12 +209,20 @@ def journaled_holds(conn: sqlite3.Connection, boot: float) -> list[tuple[str, Wa
     holds: list[tuple[str, WallJump]] = []
     for register_id, text in rows:
         data: dict[str, Any] = json.loads(text)
-        seen = float(data["boot"])
-        if 0 <= boot - seen < JUMP_SETTLE_S:
-            before = dt.datetime.fromisoformat(data["before"])
-            after = dt.datetime.fromisoformat(data["after"])
-            holds.append((register_id, WallJump(before, after, float(data["jump_seconds"]), seen)))
+        if 0 <= boot - float(data["boot"]) < JUMP_SETTLE_S:
+            holds.append((register_id, _jump_of(data)))
     return holds
+
+
+def _jump_of(data: dict[str, Any]) -> WallJump:
+    """The jump a ``closing.held`` event's ``data`` journaled."""
+    return WallJump(
+        dt.datetime.fromisoformat(data["before"]),
+        dt.datetime.fromisoformat(data["after"]),
+        float(data["jump_seconds"]),
+        float(data["boot"]),
+        capped=bool(data.get("capped", False)),
+    )
 
 
 # journal events read back for a hold: an hour of the busiest till writes far fewer (a

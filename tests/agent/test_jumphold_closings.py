@@ -18,7 +18,8 @@ import time
 import pytest
 
 from agent.at_rksv.verify import verify_dep
-from agent.clock import JUMP_SETTLE_S, FrozenClock
+from agent.clock import JUMP_SETTLE_S, FrozenClock, WallJump
+from agent.closings import journal_hold, journaled_hold, journaled_holds
 from agent.errors import RegisterStateError
 from agent.export import export_container, export_dep
 from agent.receipts import ReceiptService
@@ -125,6 +126,52 @@ class TestAJumpAcrossTheYearEnd:
         assert service.run_closings() == []
         clock.set(YEAR_END)
         assert [r.kind for r in service.run_closings()] == ["yearly"]
+        assert service.run_closings() == []
+        assert [c[1:3] for c in _closings(service.db)] == [
+            ("monthly", "2026-11"),
+            ("yearly", "2026-12"),
+        ]
+
+    def test_a_jump_landing_minutes_before_the_year_end_holds_it(
+        self, service: ReceiptService, clock: FrozenClock
+    ) -> None:
+        """Really 20 December, a mistyped date puts the clock at 31 December 23:50: the
+        year end that comes 10 minutes later, by time passing after the jump, is held as
+        one the jump reached (the clock is 11 days ahead all the same); an hour after the
+        jump the Jahresbeleg comes, once."""
+        clock.set(DEC_20)
+        assert [r.kind for r in service.run_closings()] == ["monthly"]  # November's
+        clock.advance(60)
+        clock.jump((YEAR_END - dt.timedelta(minutes=9, seconds=30) - clock.now()).total_seconds())
+        assert service.run_closings() == []  # 23:50: nothing due yet
+        clock.advance(600)  # 00:00 on the clock, 10 minutes after the jump
+        assert service.run_closings() == []
+        assert service.issue(sale(request_id="new-year")).kind == "standard"
+        assert [c[1:3] for c in _closings(service.db)] == [("monthly", "2026-11")]
+        [held] = journal_events(service.db, "closing.held")
+        assert (held["periods"], held["capped"]) == (["2026-12"], False)
+        clock.advance(JUMP_SETTLE_S - 600)
+        assert [r.kind for r in service.run_closings()] == ["yearly"]
+        assert service.run_closings() == []
+
+    def test_a_restart_keeps_the_hold_of_a_year_end_reached_after_the_jump(
+        self, service: ReceiptService, clock: FrozenClock, db: TillDB, registry: UnitRegistry
+    ) -> None:
+        """The journaled hold of a jump to 23:50 covers the year end at 23:59 that time
+        reached after it: a service restarted at 00:05, in the same boot, holds it too."""
+        clock.set(DEC_20)
+        service.run_closings()
+        clock.advance(60)
+        clock.jump((YEAR_END - dt.timedelta(minutes=9, seconds=30) - clock.now()).total_seconds())
+        assert service.run_closings() == []
+        clock.advance(600)
+        assert service.run_closings() == []  # journals the hold
+        clock.advance(300)
+        restarted = ReceiptService(db, registry, clock=clock)
+        assert restarted.run_closings() == []
+        assert len(journal_events(db, "closing.held")) == 1
+        clock.advance(JUMP_SETTLE_S - 900)
+        assert [r.kind for r in restarted.run_closings()] == ["yearly"]
 
     def test_a_suspend_across_the_year_end_is_no_jump(
         self, service: ReceiptService, clock: FrozenClock
@@ -246,6 +293,28 @@ class TestAHandIssuedClosingDuringTheHold:
         rebooted = FrozenClock(clock.now())  # its boot clock starts again at 1000 s
         clock.advance(10)
         assert ReceiptService(db, registry, clock=rebooted).issue_special(REGISTER, "yearly")
+
+
+class TestTheJournaledHold:
+    """What another process of the boot (the command line, a restarted service) reads."""
+
+    @pytest.mark.parametrize("capped", [False, True])
+    def test_it_covers_what_the_watch_covers(
+        self, service: ReceiptService, clock: FrozenClock, capped: bool
+    ) -> None:
+        """A jump to 23:50 journaled as seen covers the year end that came at 23:59 by time
+        passing; capped by a jump back to 23:50, it does not (the clock was corrected)."""
+        before = DEC_20
+        after = YEAR_END - dt.timedelta(minutes=9, seconds=30)
+        jump = WallJump(before, after, (after - before).total_seconds(), 1000.0, capped=capped)
+        with service.db.write_connection().transaction() as conn:
+            journal_hold(conn, REGISTER, ["2026-12"], jump, after.isoformat())
+        with service.db.read_connection() as conn:
+            [(_, resumed)] = journaled_holds(conn, 1000.0 + 600)
+            held = journaled_hold(conn, REGISTER, YEAR_END, 1000.0 + 600)
+        assert resumed == jump
+        assert (held is None) is capped
+        assert jump.covers(YEAR_END) is not capped
 
 
 def _time_sales(service: ReceiptService, prefix: str, count: int) -> float:
