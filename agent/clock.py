@@ -1,6 +1,7 @@
 """Time is injected: wall time for receipts and calendars, monotonic time for loops, and
 boot time (monotonic, but counting the time the machine was suspended) for ages that the
-law counts in real hours, such as an outage's 48-hour window.
+law counts in real hours, such as an outage's 48-hour window. The boot's id tells a boot
+clock reading of this boot from one of another (each starts near zero).
 
 :class:`SystemClock` is the real one; :class:`FrozenClock` is for tests and the scenario
 simulator, and can be moved by hand. :class:`JumpWatch` notices forward jumps of the wall
@@ -11,9 +12,12 @@ through such a jump waits until the clock has settled.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import threading
 import time
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 __all__ = [
@@ -37,6 +41,8 @@ JUMP_SETTLE_S = 3600.0
 
 # elsewhere the monotonic clock (macOS's CLOCK_MONOTONIC counts sleep; others may not)
 _BOOTTIME: int = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+# Linux: a random id the kernel makes at each boot
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 class Clock(Protocol):
@@ -50,6 +56,12 @@ class Clock(Protocol):
 
     def boottime(self) -> float:
         """Seconds on a clock that never jumps but keeps counting while suspended."""
+        ...
+
+    @property
+    def boot_id(self) -> str:
+        """This boot's id: what another boot journaled is not of it, whatever its boot
+        clock said (two boots' boot clocks run over the same seconds)."""
         ...
 
 
@@ -66,11 +78,28 @@ class SystemClock:
         # CLOCK_MONOTONIC stops while the machine sleeps; CLOCK_BOOTTIME (Linux) does not
         return time.clock_gettime(_BOOTTIME)
 
+    @property
+    def boot_id(self) -> str:
+        return _system_boot_id()
+
+
+@functools.cache
+def _system_boot_id() -> str:
+    """The kernel's id of this boot, read once (it stays while the machine runs). Without
+    one (not Linux) an id of this process: what it journals is then another boot's to the
+    next process, which holds nothing it did not see itself."""
+    try:
+        return _BOOT_ID.read_text(encoding="ascii").strip()
+    except OSError:
+        return uuid.uuid4().hex
+
 
 class FrozenClock:
     """A clock that moves only when told to: ``advance`` moves all three clocks, ``suspend``
     the wall and boot clocks (the machine slept), ``jump`` only the wall clock, and ``set``
-    the wall clock to a time (forward: as ``advance``, back: as ``jump``)."""
+    the wall clock to a time (forward: as ``advance``, back: as ``jump``). Each clock is a
+    boot of its own (a new ``boot_id``); setting ``boot_id`` reboots without resetting the
+    boot clock."""
 
     def __init__(self, start: dt.datetime) -> None:
         if start.tzinfo is None:
@@ -79,6 +108,7 @@ class FrozenClock:
         self._mono = 1000.0
         self._boot = 1000.0
         self._lock = threading.Lock()
+        self.boot_id = uuid.uuid4().hex
 
     def now(self) -> dt.datetime:
         with self._lock:

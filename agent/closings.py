@@ -30,7 +30,7 @@ from collections.abc import Collection
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from agent.clock import JUMP_SETTLE_S, JumpWatch, WallJump
+from agent.clock import JUMP_SETTLE_S, Clock, JumpWatch, WallJump
 from agent.errors import RegisterStateError
 from storage.journal import append_event
 
@@ -155,10 +155,17 @@ def hand_closing_from(period: str, timezone: str) -> dt.datetime:
 
 
 def journal_hold(
-    conn: sqlite3.Connection, register_id: str, periods: list[str], jump: WallJump, until: str
+    conn: sqlite3.Connection,
+    register_id: str,
+    periods: list[str],
+    jump: WallJump,
+    until: str,
+    *,
+    boot_id: str,
 ) -> None:
-    """Journal that ``periods``' closings wait for ``jump`` to settle (about ``until`` on the
-    wall clock), with an alert. ``boot`` lets a command of the same boot see the hold."""
+    """Journal that ``periods``' closings wait for ``jump``, seen in boot ``boot_id``, to
+    settle (about ``until`` on the wall clock), with an alert. ``boot_id`` and ``boot``
+    let a command or a restarted service of the same boot see the hold."""
     facts: dict[str, Any] = {
         "periods": periods,
         "jump_seconds": round(jump.seconds, 3),
@@ -170,6 +177,7 @@ def journal_hold(
     data = {
         **facts,
         "capped": jump.capped,
+        "boot_id": boot_id,
         "boot": round(jump.boot, 3),
         "settle_seconds": JUMP_SETTLE_S,
     }
@@ -179,13 +187,11 @@ def journal_hold(
 
 
 def journaled_hold(
-    conn: sqlite3.Connection, register_id: str, moment: dt.datetime, boot: float
+    conn: sqlite3.Connection, register_id: str, moment: dt.datetime, clock: Clock
 ) -> dict[str, Any] | None:
     """The ``closing.held`` event of ``register_id`` (its data) whose jump covers ``moment``
-    (:meth:`WallJump.covers`) and is younger than the settle period at boot-clock time
-    ``boot``, or ``None``. A boot clock behind the event's is another boot: its hold ended
-    with the process that saw it. Only the latest events are read: a hold younger than an
-    hour is among them."""
+    (:meth:`WallJump.covers`) and has not settled in ``clock``'s boot, or ``None``. Only
+    the latest events are read: a hold younger than an hour is among them."""
     rows = conn.execute(
         "SELECT data FROM journal WHERE register_id = ? AND kind = 'closing.held'"
         " AND seq > (SELECT coalesce(max(seq), 0) FROM journal) - ? ORDER BY seq DESC",
@@ -193,14 +199,14 @@ def journaled_hold(
     ).fetchall()
     for row in rows:
         data: dict[str, Any] = json.loads(row[0])
-        if 0 <= boot - float(data["boot"]) < JUMP_SETTLE_S and _jump_of(data).covers(moment):
+        if _unsettled_here(data, clock) and _jump_of(data).covers(moment):
             return data
     return None
 
 
-def journaled_holds(conn: sqlite3.Connection, boot: float) -> list[tuple[str, WallJump]]:
-    """The holds journaled in this boot that have not settled at boot-clock time ``boot``:
-    each ``closing.held`` event's register and jump (a restarted service keeps them)."""
+def journaled_holds(conn: sqlite3.Connection, clock: Clock) -> list[tuple[str, WallJump]]:
+    """The holds journaled in ``clock``'s boot that have not settled: each ``closing.held``
+    event's register and jump (a restarted service keeps them)."""
     rows = conn.execute(
         "SELECT register_id, data FROM journal WHERE kind = 'closing.held'"
         " AND seq > (SELECT coalesce(max(seq), 0) FROM journal) - ? ORDER BY seq",
@@ -209,9 +215,19 @@ def journaled_holds(conn: sqlite3.Connection, boot: float) -> list[tuple[str, Wa
     holds: list[tuple[str, WallJump]] = []
     for register_id, text in rows:
         data: dict[str, Any] = json.loads(text)
-        if 0 <= boot - float(data["boot"]) < JUMP_SETTLE_S:
+        if _unsettled_here(data, clock):
             holds.append((register_id, _jump_of(data)))
     return holds
+
+
+def _unsettled_here(data: dict[str, Any], clock: Clock) -> bool:
+    """Whether the jump of a ``closing.held`` event's ``data`` was seen in ``clock``'s boot
+    and is younger than the settle period. Another boot's hold (another ``boot_id``, or
+    none journaled) ended with the process that saw it, whatever its boot clock said: each
+    boot's boot clock starts near zero, so a new one soon passes the journaled value."""
+    if data.get("boot_id") != clock.boot_id:
+        return False
+    return 0 <= clock.boottime() - float(data["boot"]) < JUMP_SETTLE_S
 
 
 def _jump_of(data: dict[str, Any]) -> WallJump:

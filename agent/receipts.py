@@ -151,7 +151,7 @@ class ReceiptService:
         self._held: set[tuple[str, float]] = set()  # (register, jump's boot): journaled
         self._held_lock = threading.Lock()
         with db.read_connection() as conn:  # a restart in the same boot keeps them
-            for register_id, jump in journaled_holds(conn, self.clock.boottime()):
+            for register_id, jump in journaled_holds(conn, self.clock):
                 self._jumps.resume(jump)
                 self._held.add((register_id, jump.boot))
         # register -> why the configuration refuses its sales (set by the till service)
@@ -552,7 +552,8 @@ class ReceiptService:
             if (register_id, jump.boot) in self._held:
                 return
             with self._issuing.transaction() as conn:
-                journal_hold(conn, register_id, periods, jump, settled.isoformat())
+                until = settled.isoformat()
+                journal_hold(conn, register_id, periods, jump, until, boot_id=self.clock.boot_id)
             self._held.add((register_id, jump.boot))
         _log.error(
             "register %s: the %s fell due only through a jump of the wall clock (%+.0f s,"
@@ -576,7 +577,7 @@ class ReceiptService:
         jump = self._jumps.holding(moment)
         if jump is not None:
             seconds, after = jump.seconds, jump.after.isoformat()
-        elif (data := journaled_hold(conn, reg["id"], moment, self.clock.boottime())) is not None:
+        elif (data := journaled_hold(conn, reg["id"], moment, self.clock)) is not None:
             seconds, after = float(data["jump_seconds"]), str(data["after"])
         else:
             return

@@ -56,3 +56,29 @@ def test_special_yearly_is_refused_during_the_hold_and_issued_with_yes(
     issued = run("special", REGISTER, "yearly", "--yes", "--json", "--data-dir", data_dir)
     receipt = json.loads(expect(issued, 0).stdout)
     assert (receipt["kind"], receipt["signature_state"]) == ("yearly", "signed")
+
+
+@pytest.mark.usefixtures("no_system_config")
+def test_special_yearly_in_another_boot_is_issued(
+    run: Run,
+    db: TillDB,
+    registry: UnitRegistry,
+    unit_config: UnitConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service held the Jahresbeleg; the machine reboots and the command runs on a
+    boot clock that has passed the journaled one (here: this machine's, moments later):
+    another boot id, so no process of this boot saw the jump and it is issued, signed."""
+    wall = [DEC_20]
+    monkeypatch.setattr(SystemClock, "now", lambda _self: wall[0])
+    add_unit(db, registry, unit_config)
+    service = ReceiptService(db, registry, clock=SystemClock())
+    service.init_register(RegisterSetup(REGISTER, ["dev"]))
+    wall[0] = YEAR_END
+    assert service.run_closings() == []
+    db.close()
+    rebooted = property(lambda _self: "the-next-boot")
+    monkeypatch.setattr(SystemClock, "boot_id", rebooted, raising=False)
+    issued = run("special", REGISTER, "yearly", "--json", "--data-dir", str(db.path.parent))
+    receipt = json.loads(expect(issued, 0).stdout)
+    assert (receipt["kind"], receipt["signature_state"]) == ("yearly", "signed")

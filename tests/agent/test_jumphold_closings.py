@@ -229,14 +229,25 @@ class TestAJumpThatStays:
         clock.advance(JUMP_SETTLE_S - 600)
         assert [r.kind for r in restarted.run_closings()] == ["monthly", "yearly"]
 
+    @pytest.mark.parametrize("boot_clock", ["behind", "ahead"])
     def test_a_restart_in_another_boot_issues_at_once(
-        self, service: ReceiptService, clock: FrozenClock, db: TillDB, registry: UnitRegistry
+        self,
+        service: ReceiptService,
+        clock: FrozenClock,
+        db: TillDB,
+        registry: UnitRegistry,
+        boot_clock: str,
     ) -> None:
-        """After a reboot (its boot clock behind the journaled one) no process has seen
-        the jump: the clock it starts with is all it knows (README, Outages)."""
+        """After a reboot no process has seen the jump: the clock it starts with is all it
+        knows (README, Outages). The boot's id tells the boots apart, also when the new
+        boot clock has passed the journaled one (the jump came a minute after the boot
+        before, the service starts 6 minutes after this one)."""
         _jump_ahead(clock)
         assert service.run_closings() == []
-        rebooted = FrozenClock(clock.now())  # its boot clock starts again at 1000 s
+        rebooted = FrozenClock(clock.now())  # a new boot id; its boot clock starts at 1000 s
+        if boot_clock == "ahead":
+            rebooted.advance(360)  # 300 s past the journaled boot clock
+            assert rebooted.boottime() - journal_events(db, "closing.held")[0]["boot"] == 300
         restarted = ReceiptService(db, registry, clock=rebooted)
         assert [r.kind for r in restarted.run_closings()] == ["monthly", "yearly"]
 
@@ -294,6 +305,21 @@ class TestAHandIssuedClosingDuringTheHold:
         clock.advance(10)
         assert ReceiptService(db, registry, clock=rebooted).issue_special(REGISTER, "yearly")
 
+    def test_a_new_process_of_another_boot_whose_boot_clock_is_ahead_issues_it(
+        self, service: ReceiptService, clock: FrozenClock, db: TillDB, registry: UnitRegistry
+    ) -> None:
+        """A reboot whose boot clock has passed the journaled one (the boot clock alone
+        would call it the same boot, 10 s after the hold): its command issues the
+        Jahresbeleg, as the command of a boot that saw no jump."""
+        clock.set(DEC_20)
+        service.run_closings()
+        clock.jump((YEAR_END - DEC_20).total_seconds())
+        assert service.run_closings() == []
+        clock.advance(10)
+        clock.boot_id = "the-next-boot"
+        command = ReceiptService(db, registry, clock=clock)
+        assert command.issue_special(REGISTER, "yearly").kind == "yearly"
+
 
 class TestTheJournaledHold:
     """What another process of the boot (the command line, a restarted service) reads."""
@@ -308,10 +334,13 @@ class TestTheJournaledHold:
         after = YEAR_END - dt.timedelta(minutes=9, seconds=30)
         jump = WallJump(before, after, (after - before).total_seconds(), 1000.0, capped=capped)
         with service.db.write_connection().transaction() as conn:
-            journal_hold(conn, REGISTER, ["2026-12"], jump, after.isoformat())
+            journal_hold(
+                conn, REGISTER, ["2026-12"], jump, after.isoformat(), boot_id=clock.boot_id
+            )
+        clock.advance(600)
         with service.db.read_connection() as conn:
-            [(_, resumed)] = journaled_holds(conn, 1000.0 + 600)
-            held = journaled_hold(conn, REGISTER, YEAR_END, 1000.0 + 600)
+            [(_, resumed)] = journaled_holds(conn, clock)
+            held = journaled_hold(conn, REGISTER, YEAR_END, clock)
         assert resumed == jump
         assert (held is None) is capped
         assert jump.covers(YEAR_END) is not capped
