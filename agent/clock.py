@@ -174,12 +174,14 @@ class JumpWatch:
     """The forward jumps of the wall clock this process has seen, while they settle.
 
     Each :meth:`look` compares how far the wall clock and the boot clock moved since the
-    previous one (a suspend moves both alike). A jump is remembered for ``settle_s`` seconds
-    of the boot clock, and covers every moment after the wall time it left meanwhile: a
-    month end the clock reaches minutes after a jump is reached on the wrong clock too. A
-    later jump back caps what it covers at the wall time it went back to: a moment the
-    clock is set back before is reached again by time passing. Thread-safe:
-    the closing timer and the sales look at the same watch.
+    previous one (a suspend moves both alike). A forward jump of at least ``settle_s`` (a
+    wrong date, not an NTP step of minutes, which would move a closing by less than a hold
+    delays it) is remembered for ``settle_s`` seconds of the boot clock, and covers every
+    moment after the wall time it left meanwhile: a month end the clock reaches minutes
+    after a jump is reached on the wrong clock too. A later jump back caps what it covers
+    at the wall time it went back to: a moment the clock is set back before is reached
+    again by time passing. Thread-safe: the closing timer and the sales look at the same
+    watch.
     """
 
     def __init__(
@@ -206,7 +208,8 @@ class JumpWatch:
             jumps = tuple(j for j in self._jumps if boot - j.boot < self.settle_s)
             if delta < -self.tolerance_s:
                 jumps = tuple(_capped(j, wall) for j in jumps if j.before < wall)
-            elif delta > self.tolerance_s:
+            elif delta >= self.settle_s:  # (a smaller step moves a closing by less than
+                # the hold would delay it: an NTP correction of minutes is trusted at once)
                 jumps = (*jumps, WallJump(last_wall, wall, delta, boot))
             self._jumps = jumps
             return wall, abs(delta) > self.tolerance_s

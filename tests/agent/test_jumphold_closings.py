@@ -181,6 +181,18 @@ class TestAJumpAcrossTheYearEnd:
         clock.suspend(50 * DAY)
         assert [r.kind for r in service.run_closings()] == ["monthly", "yearly"]
 
+    def test_an_ntp_step_of_minutes_is_trusted_at_once(
+        self, service: ReceiptService, clock: FrozenClock
+    ) -> None:
+        """A step of 5 minutes (more than the 2-minute tolerance, less than the hour a hold
+        lasts) at 23:56:30 on 31 December: the year end it reaches is trusted, the closings
+        come at once (holding them would delay them more than the step moved them)."""
+        clock.set(YEAR_END - dt.timedelta(minutes=3))
+        assert [r.kind for r in service.run_closings()] == ["monthly"]  # November's
+        clock.jump(300)
+        assert [r.kind for r in service.run_closings()] == ["yearly"]
+        assert journal_events(service.db, "closing.held") == []
+
 
 class TestAJumpThatStays:
     @pytest.mark.parametrize("by", ["timer", "sale"])
