@@ -17,8 +17,8 @@ file in ``in/`` is left there and logged once.
 (mode 2770, whatever the umask), so a POS running as another user in the agent's group
 can drop sales and remove answers. ``work/`` stays the agent's own. Under the shipped
 systemd unit (``RestrictSUIDSGID=yes``) the agent may not set the setgid bit:
-``systemd/till-agent.tmpfiles.conf`` creates them instead, and where nothing did, the agent
-makes them 0770 and says so once.
+``systemd/till-agent.tmpfiles.conf`` creates them instead (or a setgid spool directory
+passes the bit on to them); where neither did, the agent makes them 0770 and says so once.
 
 A name is at most 255 bytes (UTF-8) on the filesystem, and the answer's temporary name is
 30 bytes longer than NAME: a NAME of more than ``MAX_NAME_BYTES`` bytes cannot have its own
@@ -234,15 +234,29 @@ def _refuse_unless_file(mode: int) -> None:
         )
 
 
-def _share(directory: Path) -> bool:
-    """Give a directory just made :data:`POS_DIR_MODE` (mkdir's mode is cut by the umask);
-    False when the setgid bit is refused: the directory then gets 0770, group-writable
-    without it, so a POS in the agent's group can still drop sales and remove answers."""
+def _make_shared(directory: Path) -> bool:
+    """Create a POS directory with :data:`POS_DIR_MODE`; False when it ends up without the
+    setgid bit (refused): it then has 0770, group-writable without it, so a POS in the
+    agent's group can still drop sales and remove answers.
+
+    Raises:
+        FileExistsError: the directory exists (its mode is left as it is).
+    """
+    # mkdir's mode is cut by the umask: only the group's bits are let through (its mode
+    # has no others' bits to let through). No chmod is then needed where the directory
+    # inherits the setgid bit from a setgid parent, and none may clear that bit: under
+    # RestrictSUIDSGID a chmod can only give modes without it.
+    umask = os.umask(0o077)
+    os.umask(umask & 0o007)
+    try:
+        os.mkdir(directory, POS_DIR_MODE & ~stat.S_ISGID)
+    finally:
+        os.umask(umask)
+    if directory.stat().st_mode & stat.S_ISGID:
+        return True
     try:
         os.chmod(directory, POS_DIR_MODE)
     except PermissionError:
-        with contextlib.suppress(OSError):  # then it keeps what mkdir gave it
-            os.chmod(directory, POS_DIR_MODE & ~stat.S_ISGID)
         return False
     return True
 
@@ -289,17 +303,18 @@ class Spool:
         directory that exists keeps the mode its operator gave it, or systemd-tmpfiles).
 
         Where the setgid bit is refused (systemd's ``RestrictSUIDSGID=yes`` in the shipped
-        unit: EPERM), a new directory gets 0770, one WARNING says what that costs the POS
+        unit: EPERM), a new directory still gets it from a setgid spool directory; without
+        that it gets 0770, one WARNING says what that costs the POS
         and how to fix it, and the agent goes on: a till that cannot start sells nothing.
         """
         self.work.mkdir(parents=True, exist_ok=True)
         refused: list[Path] = []
         for directory in (self.inbox, self.out, self.failed):
             try:
-                directory.mkdir()
+                shared = _make_shared(directory)
             except FileExistsError:
                 continue
-            if not _share(directory):
+            if not shared:
                 refused.append(directory)
         if refused:
             _warn_not_setgid(refused)
