@@ -107,7 +107,7 @@ class Issuing:
         watch = OutageWatch(self.writer, clock, thresholds)
         with self.writer.transaction() as conn:
             self.outages = OutageBook(conn, watch)
-        self._signing = SigningStep(self.writer, self.outages, clock, sign_timeout)
+        self._signing = SigningStep(self.writer, self.outages, self.issued, clock, sign_timeout)
         with self.transaction(settle_now=False):  # what a process that died left
             pass
 

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from agent.at_rksv import FALLBACK_SIGNATURE
 from agent.clock import Clock
 from agent.errors import OutcomeUnknown, SigningError, UnitUnavailable, WaitsForUnit
+from agent.metrics import ReceiptCounts
 from agent.outages import OutageBook
 from agent.receipt_records import MUST_SIGN, Draft, Stored
 from agent.registers import CLOSING_SENT
@@ -39,15 +40,23 @@ class SigningStep:
     Args:
         writer: the write connection; an intent commits its transaction so far.
         outages: the outage book: its breaker, and the outage a failed signing opens.
+        issued: the receipt counts of ``GET /metrics``; an intent's commit counts the
+            receipts the transaction stored before it.
         clock: wall time of intents and outages.
         sign_timeout: the deadline of every signing call, in seconds.
     """
 
     def __init__(
-        self, writer: WriteConnection, outages: OutageBook, clock: Clock, sign_timeout: float
+        self,
+        writer: WriteConnection,
+        outages: OutageBook,
+        issued: ReceiptCounts,
+        clock: Clock,
+        sign_timeout: float,
     ) -> None:
         self._writer = writer
         self._outages = outages
+        self._issued = issued
         self._clock = clock
         self._sign_timeout = sign_timeout
         # an intent committed by a transaction that has not committed itself: the next
@@ -193,7 +202,9 @@ class SigningStep:
             (register_id, number, kind, canonical_json(intent), self._clock.now().isoformat()),
         )
         self._writer.commit_so_far()
+        # what is committed now stays, whatever becomes of the transaction
         self._outages.settle(committed=True)
+        self._issued.settle(committed=True)
         self.intent_unsettled = True  # until the transaction commits
 
     def void_intent(
