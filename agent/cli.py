@@ -81,12 +81,21 @@ def main() -> None:
     try:
         _main()
     except SystemExit as exc:
-        cut_short.close()
+        cut_short.close(_status(exc.code))
         _exit_past_hung_calls(exc.code)
         raise
-    finally:
-        cut_short.close()  # also after an unexpected error
+    except BaseException as exc:  # Python ends with its traceback (exit 1) or by SIGINT
+        cut_short.close(130 if isinstance(exc, KeyboardInterrupt) else 1)
+        raise
+    cut_short.close(0)
     _exit_past_hung_calls(0)
+
+
+def _status(code: str | int | None) -> int:
+    """The exit status of ``SystemExit(code)``: a message (printed to stderr) is 1."""
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
 
 
 class _CutShort:
@@ -94,7 +103,8 @@ class _CutShort:
     broken pipe, e.g. ``till-agent init ... | head -2``), the rest of the output goes to
     /dev/null and the command goes on, instead of stopping where it printed (Rich exits 1
     there, saying nothing; click too): what it did (a register, a receipt) is done. Then
-    one line on stderr says so and how to read it again; stdout stays on /dev/null, so
+    one line on stderr says so and how to read it again (or, for a command that failed,
+    its exit status and nothing about what is done); stdout stays on /dev/null, so
     Python's flush at exit adds no "Exception ignored ... BrokenPipeError" (the pattern
     of the Python docs' note on SIGPIPE).
     """
@@ -136,15 +146,17 @@ class _CutShort:
         finally:
             os.close(devnull)
 
-    def close(self) -> None:
-        """Flush what is left, give ``sys.stdout`` back, and say once if it was cut short."""
+    def close(self, status: int) -> None:
+        """Flush what is left, give ``sys.stdout`` back, and say once if it was cut short:
+        after a command that succeeded (``status`` 0), where to read what it did; after
+        one that failed, only its exit status, since it may have done nothing."""
         if self.closed:
             return
         self.closed = True
         self.flush()
         sys.stdout = self.stream
         if self.broken:
-            line = f"output cut short (broken pipe); what the command did is done: {_hint()}\n"
+            line = f"output cut short (broken pipe); {_ended(status)}\n"
             try:
                 sys.stderr.write(line)
                 sys.stderr.flush()
@@ -161,6 +173,30 @@ _HINTS = {
     "special": "the receipt is stored; `till-agent receipts list --register {register}` shows it",
 }
 _FLAGS = {"--json", "--yes", "--simulate", "--help"}  # options that take no value
+
+
+# what the exit statuses mean, as the module's docstring says them
+_EXIT_MEANINGS = {
+    1: "invalid DEP or unexpected error",
+    2: "usage or configuration",
+    3: "invalid input",
+    4: "fiscal refusal",
+    5: "storage",
+    6: "not found",
+}
+
+
+def _ended(status: int) -> str:
+    """How the command whose output was cut short ended: done, and where to read what it
+    did; or refused (nothing of it may be stored), and its exit status."""
+    if status == 0:
+        return f"what the command did is done: {_hint()}"
+    meaning = _EXIT_MEANINGS.get(status)
+    named = f" ({meaning})" if meaning else ""
+    return (
+        f"the command ended with exit {status}{named}; run it again with its output in a"
+        " file to read why"
+    )
 
 
 def _hint() -> str:

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from factories import sale
+
 CUT = "output cut short (broken pipe); what the command did is done: "
+ENDED = "output cut short (broken pipe); the command ended with exit "
 
 
 def _till(home: Path, *args: str | Path, closed: bool, **env: str) -> tuple[int, str, str]:
@@ -88,7 +91,7 @@ def test_the_commands_own_exit_code_stands(tmp_path: Path, unit: Path) -> None:
     assert (code, json.loads(out)["error"]) == (3, "ConfigurationError")
     code, _, err = _till(tmp_path, *args, closed=True, **refused)
     assert code == 3, err
-    assert err.startswith(CUT)
+    assert err.startswith(f"{ENDED}3 (invalid input);")
 
 
 def test_output_read_to_the_end_says_nothing(tmp_path: Path, unit: Path) -> None:
@@ -96,3 +99,56 @@ def test_output_read_to_the_end_says_nothing(tmp_path: Path, unit: Path) -> None
     assert code == 0
     assert json.loads(out)[0]["id"] == "u1"
     assert CUT not in err
+
+
+@pytest.fixture(name="register")
+def _register(tmp_path: Path, unit: Path) -> Path:
+    """``unit``'s data directory with register K-B and its Startbeleg."""
+    code, _, err = _till(tmp_path, "init", "K-B", "--unit", "u1", "--data-dir", unit, closed=False)
+    assert code == 0, err
+    return unit
+
+
+def _numbers(home: Path, data_dir: Path) -> list[tuple[int, str]]:
+    args = ("receipts", "list", "--register", "K-B", "--json", "--data-dir", data_dir)
+    code, out, err = _till(home, *args, closed=False)
+    assert code == 0, err
+    return sorted((r["number"], r["kind"]) for r in json.loads(out))
+
+
+class TestRefusedCommandCutShort:
+    """A refused command whose output is cut short stored nothing: the line names its exit
+    status, never "what the command did is done" nor where to read a receipt."""
+
+    def _refused(self, home: Path, *args: str | Path, status: int, meaning: str) -> None:
+        code, _, err = _till(home, *args, "--json", closed=True)
+        assert code == status, err
+        [line] = err.splitlines()
+        assert line.startswith(f"{ENDED}{status} ({meaning});"), line
+        assert "done" not in line
+        assert "stored" not in line
+
+    def test_an_invalid_sale(self, tmp_path: Path, register: Path) -> None:
+        """`issue bad.json --json` (qty "abc") exits 3; K-B holds its Startbeleg only."""
+        bad = tmp_path / "bad.json"
+        lines = [{"text": "x", "qty": "abc", "unit_price": "1.00", "vat": "normal"}]
+        bad.write_text(json.dumps(sale(register="K-B", request_id="bad", lines=lines)))
+        self._refused(
+            tmp_path, "issue", bad, "--data-dir", register, status=3, meaning="invalid input"
+        )
+        assert _numbers(tmp_path, register) == [(1, "start")]
+
+    def test_an_init_of_a_register_that_exists(self, tmp_path: Path, register: Path) -> None:
+        """`init K-B` again exits 3 and says nothing of a Startbeleg stored."""
+        args = ("init", "K-B", "--unit", "u1", "--data-dir", register)
+        self._refused(tmp_path, *args, status=3, meaning="invalid input")
+        assert _numbers(tmp_path, register) == [(1, "start")]
+
+    def test_a_fiscal_refusal(self, tmp_path: Path, register: Path) -> None:
+        """`special K-B null` on a register closed by its Schlussbeleg exits 4."""
+        closing = ("special", "K-B", "closing", "--yes", "--data-dir", register)
+        code, _, err = _till(tmp_path, *closing, closed=False)
+        assert code == 0, err
+        null = ("special", "K-B", "null", "--data-dir", register)
+        self._refused(tmp_path, *null, status=4, meaning="fiscal refusal")
+        assert _numbers(tmp_path, register) == [(1, "start"), (2, "closing")]
