@@ -9,8 +9,9 @@ Where values come from, later ones winning:
    ``TILL_AGENT_<KEY>`` for top-level keys (``TILL_AGENT_DATA_DIR``) and
    ``TILL_AGENT_<SECTION>__<TABLE>__<KEY>`` inside a table of a section
    (``TILL_AGENT_PRINTER__ESCPOS__CODE_TABLE=16``). A value is read
-   as a TOML value when it parses as one (``8080``, ``true``, ``0x04b8``) unless the key
-   holds text or a path, which take the value verbatim.
+   as a TOML value when it parses as one (``8080``, ``true``) unless the key holds text or
+   a path, which take the value verbatim, or a USB id (``printer.usb_vendor``,
+   ``usb_product``), which is hex as lsusb prints it: ``1504`` is 0x1504, as ``0x1504``.
 
 ``data_dir`` defaults to ``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``),
 else ``$XDG_DATA_HOME/till-agent``, else ``~/.local/share/till-agent`` when the home
@@ -306,6 +307,9 @@ MISSING_HEADER = (
 )
 
 
+_HEX_ID = re.compile(r"(0[xX])?[0-9A-Fa-f]{1,4}")  # a USB id as lsusb prints it, or 0x...
+
+
 class PrinterConfig(_Section):
     """The receipt printer; ``file`` writes previews into ``dir``, ``none`` prints nothing.
 
@@ -377,8 +381,19 @@ class PrinterConfig(_Section):
     @field_validator("usb_vendor", "usb_product", mode="before")
     @classmethod
     def _hex_id(cls, value: Any) -> Any:
-        """USB ids as printed by lsusb: "04b8" and "0x04b8" are read as hex, like 0x04B8."""
-        return int(value, 16) if isinstance(value, str) else value
+        """USB ids as printed by lsusb: "04b8" and "0x04b8" are read as hex, like 0x04B8;
+        so is "1504" (an environment value is always this text: :data:`_HEX_IDS`). An
+        integer is taken as it is: the file's 0x04b8, or a bare decimal 1504 (= 0x05e0)."""
+        if not isinstance(value, str):
+            return value
+        if _HEX_ID.fullmatch(value) is None:
+            raise PydanticCustomError(
+                "hex-id",
+                "a USB id is 1-4 hex digits as lsusb prints it (ID 04b8:0202), e.g. 04b8 or"
+                " 0x04b8, not {value}",
+                {"value": repr(value)},
+            )
+        return int(value, 16)
 
     @model_validator(mode="after")
     def _kind_needs(self) -> PrinterConfig:
@@ -655,6 +670,9 @@ def _refuse_list_entry(name: str, path: list[str]) -> None:
 
 
 _VALUE = "v = "  # an environment value is parsed as the value of this key
+# keys whose environment value is hex text as lsusb prints it, never a TOML number: 1504
+# (Bixolon's vendor id) would be TOML's decimal 1504, 0e15 its float 0.0
+_HEX_IDS = frozenset({"printer.usb_vendor", "printer.usb_product"})
 # the first character of a TOML value that cannot be a plain word: array, table, string
 _TOML_ONLY = ("[", "{", '"', "'")
 
@@ -670,7 +688,7 @@ def _env_value(name: str, path: list[str], raw: str) -> Any:
     """
     annotation = _annotation(path)
     kinds = set(get_args(annotation) or (annotation,)) if annotation else set()
-    if kinds and kinds <= {str, Path, type(None)}:
+    if (kinds and kinds <= {str, Path, type(None)}) or ".".join(path) in _HEX_IDS:
         return raw
     try:
         value = tomllib.loads(f"{_VALUE}{raw}")["v"]
@@ -679,7 +697,7 @@ def _env_value(name: str, path: list[str], raw: str) -> Any:
             raise ConfigurationError(_not_toml(name, raw, exc)) from exc
         return raw
     if isinstance(value, float) and kinds and float not in kinds:
-        return raw  # a hex id such as 0e15 is TOML's float 0.0: the field reads the text
+        return raw  # a float for a field that takes none: its own validation reads the text
     return value
 
 

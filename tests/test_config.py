@@ -199,7 +199,8 @@ class TestEnvironment:
         assert config.development_unit is False
 
     def test_text_keys_take_the_value_verbatim(self) -> None:
-        """A register id of digits stays text; numbers and hex parse for numeric keys."""
+        """A register id of digits stays text; numbers parse for numeric keys; a USB id is
+        hex as lsusb prints it, also when its digits are all decimal (514 is 0x514)."""
         env = {
             "TILL_AGENT_REGISTER__ID": "1234",
             "TILL_AGENT_PRINTER__KIND": "usb",
@@ -209,7 +210,7 @@ class TestEnvironment:
         }
         config = load_config(env=env)
         assert config.register_.id == "1234"
-        assert (config.printer.usb_vendor, config.printer.usb_product) == (0x04B8, 514)
+        assert (config.printer.usb_vendor, config.printer.usb_product) == (0x04B8, 0x514)
         assert config.api.enabled is False
 
     def test_the_config_variable_is_not_an_override(self) -> None:
