@@ -25,9 +25,13 @@ the interval of the timer does not matter. The operator records the check (or th
 report) with ``till-agent checks done`` (:func:`record_check`): once, with the Belegcheck
 or FinanzOnline reference, and whether it failed (then again once the cause is fixed).
 
-A receipt signed by the development unit (``dev-uncertified``, the self-signed key of
-the fictitious provider AT100 that ``run`` creates) implies nothing: such a register
-cannot be registered in FinanzOnline, nor its receipts pass a Belegcheck. Its special
+A receipt signed by a development unit implies nothing: one whose stored identity signs
+under the fictitious provider AT100 (suite ``R1-AT100``, rksv.md 1.2: the sample code's
+provider, which no certified unit has), such as ``dev-uncertified``, the self-signed key
+``run`` creates, and the default of ``unit create-software``. Such a register cannot be
+registered in FinanzOnline, nor its receipts pass a Belegcheck. The test is the unit's
+provider, not its id: a closed-system (AT0) or provider-certified unit owes every step
+whatever it is called (:func:`development_units`). Its special
 receipt logs one INFO line saying so instead, and an obligation an earlier version
 recorded for one is neither listed nor reminded of.
 """
@@ -53,10 +57,12 @@ if TYPE_CHECKING:  # the command line reads CheckKind from here: no SQLAlchemy o
 
 __all__ = [
     "CHECK_KINDS",
+    "DEVELOPMENT_UNITS",
     "CheckKind",
     "CheckRecord",
     "CheckWatch",
-    "development_unit",
+    "development_units",
+    "development_zda",
     "due_date",
     "load_checks",
     "record_check",
@@ -76,31 +82,36 @@ _COLUMNS = (
     " c.alerts, c.reference, c.failed, c.done_at, r.timezone"
 )
 _FROM = " FROM checks c JOIN registers r ON r.id = c.register_id"
-# not an obligation an earlier version recorded for a receipt of the development unit
-# (the parameter), through the receipts' unique (register_id, number)
+# the ids of the development units, its parameter :func:`development_zda`: the one test of
+# a development register, in SQL (`x.unit_id NOT IN DEVELOPMENT_UNITS`) and in Python
+# (:func:`development_units`); a unit's provider is pinned with its identity (units.zda)
+DEVELOPMENT_UNITS = "(SELECT u.id FROM units u WHERE u.zda = ?)"
+# not an obligation an earlier version recorded for a receipt of a development unit (the
+# parameter: development_zda()), through the receipts' unique (register_id, number)
 _OWED = (
-    " AND NOT EXISTS (SELECT 1 FROM receipts x WHERE x.register_id = c.register_id"
-    " AND x.number = c.receipt_number AND x.unit_id = ?)"
+    " AND NOT EXISTS (SELECT 1 FROM receipts x WHERE x.register_id = c.register_id"  # noqa: S608 - constant SQL
+    f" AND x.number = c.receipt_number AND x.unit_id IN {DEVELOPMENT_UNITS})"
 )
 # the signed Start- and Jahresbelege of registers without any obligation (adoption), not
-# the development unit's (the parameter), read at each start through
+# a development unit's (the parameter: development_zda()), read at each start through
 # ix_receipts_start_yearly (0009), whose WHERE the kind IN repeats
 _UNTRACKED = (
-    "SELECT x.register_id, x.kind, x.number, x.issued_at, x.document, r.timezone"
+    "SELECT x.register_id, x.kind, x.number, x.issued_at, x.document, r.timezone"  # noqa: S608 - constant SQL
     " FROM receipts x JOIN registers r ON r.id = x.register_id"
-    " WHERE x.kind IN ('start', 'yearly') AND x.signature_state = 'signed' AND x.unit_id <> ?"
+    " WHERE x.kind IN ('start', 'yearly') AND x.signature_state = 'signed'"
+    f" AND x.unit_id NOT IN {DEVELOPMENT_UNITS}"
     " AND NOT EXISTS (SELECT 1 FROM checks c WHERE c.register_id = x.register_id)"
     " ORDER BY x.register_id, x.number"
 )
 # the Schlussbeleg (the last receipt) of each closed register without its obligation, not
-# the development unit's (the parameter), with the time it was stored (its journal event):
-# few rows, read on every tick
+# a development unit's (the parameter: development_zda()), with the time it was stored
+# (its journal event): few rows, read on every tick
 _UNREPORTED_CLOSINGS = (
-    "SELECT x.register_id, x.kind, x.number, x.issued_at, x.document, r.timezone, j.at"
+    "SELECT x.register_id, x.kind, x.number, x.issued_at, x.document, r.timezone, j.at"  # noqa: S608 - constant SQL
     " FROM registers r JOIN receipts x ON x.register_id = r.id AND x.number = r.last_number"
     " JOIN journal j ON j.seq = x.journal_seq"
     " WHERE r.state = 'closed' AND x.kind = 'closing' AND x.signature_state = 'signed'"
-    " AND x.unit_id <> ?"
+    f" AND x.unit_id NOT IN {DEVELOPMENT_UNITS}"
     " AND NOT EXISTS (SELECT 1 FROM checks c WHERE c.register_id = r.id AND c.kind = 'closing')"
     " ORDER BY r.id"
 )
@@ -165,15 +176,26 @@ def due_date(kind: str, issued_at: str, period: str | None = None) -> dt.date:
     return dt.date(checked_year(issued_at, period) + 1, 2, 15)
 
 
-def development_unit() -> str:
-    """The id of the development unit, imported when first needed (as :func:`_journal`):
-    :mod:`agent.signing` loads the cryptography the commands that list checks never use.
+def development_zda() -> str:
+    """The fictitious provider AT100 that makes a unit a development one (the parameter of
+    :data:`DEVELOPMENT_UNITS`), imported when first needed (as :func:`_journal`):
+    :mod:`agent.signing` loads the cryptography the commands that list checks never use."""
+    from agent.signing.config import DEV_ZDA
 
-    The one test of a development register: its receipt (here) or its outage
-    (:mod:`agent.outage_watch`) is the development unit's."""
-    from agent.signing.config import DEV_UNIT
+    return DEV_ZDA
 
-    return DEV_UNIT
+
+def development_units(conn: sqlite3.Connection) -> frozenset[str]:
+    """The ids of the till's development units: those that sign under AT100.
+
+    The one test of a development register: its receipt (here), its outage
+    (:mod:`agent.outage_watch`) or its Startbeleg (``init``) is signed by one of them. It
+    goes by the provider the unit's identity pins, not by its id: AT100 is the sample
+    code's fictitious provider (rksv.md 1.2), so such a unit cannot be registered in
+    FinanzOnline, while any other (AT0, a provider's certificate) can and owes every step.
+    A few rows: the units table."""
+    rows = conn.execute(f"SELECT id FROM {DEVELOPMENT_UNITS} AS d", (development_zda(),))  # noqa: S608 - constant SQL
+    return frozenset(str(row[0]) for row in rows)
 
 
 def _journal(
@@ -201,18 +223,19 @@ def record_due(  # noqa: PLR0917 - the receipt that implies the check, as _issue
     transaction.
 
     ``period`` is the Jahresbeleg's month ("YYYY-MM"): its year is the checked one, also
-    when it is issued in January (caught up). ``unit_id``: the unit that signed it; the
+    when it is issued in January (caught up). ``unit_id``: the unit that signed it; a
     development unit's receipt implies nothing, and one INFO line says so. Returns the
     new obligation's id, ``None`` if that register had it already or owes nothing (then
     nothing is journaled).
     """
-    if unit_id == development_unit():
+    if unit_id is not None and unit_id in development_units(conn):
         # logged before the commit: what it says holds of the register even if the
         # receipt's transaction rolls back
         log.info(
-            "register %s: its %s (number %d) is signed by the development unit %s, so it is"
-            " a development register: it needs no FinanzOnline step (no registration,"
-            " Belegcheck or decommissioning report), and none is tracked",
+            "register %s: its %s (number %d) is signed by the development unit %s (the"
+            " fictitious provider AT100), so it is a development register: it needs no"
+            " FinanzOnline step (no registration, Belegcheck or decommissioning report), and"
+            " none is tracked",
             register_id,
             _RECEIPT_NAMES.get(kind, "Jahresbeleg"),
             number,
@@ -250,12 +273,12 @@ def load_checks(
     """The open obligations, by due date; with ``done`` also the recorded ones, with
     ``failed`` also those whose last check failed (the register counts as "unit failed"
     until a check passes: what support must see). Not the obligations an earlier version
-    recorded for receipts of the development unit: they are owed to nobody."""
+    recorded for receipts of a development unit: they are owed to nobody."""
     rows = conn.execute(
         f"SELECT {_COLUMNS}{_FROM} WHERE (? IS NULL OR c.register_id = ?)"
         f" AND (? OR c.done_at IS NULL OR (? AND c.failed)){_OWED}"
         " ORDER BY c.due_date, c.register_id, c.id",
-        (register_id, register_id, done, failed, development_unit()),
+        (register_id, register_id, done, failed, development_zda()),
     )
     return [CheckRecord.from_row(row) for row in rows]
 
@@ -326,7 +349,7 @@ def _to_adopt(conn: sqlite3.Connection, now: dt.datetime) -> list[_Implied]:
     is today or later in the register's time zone (the 0004 migration says why), as
     :func:`record_due` takes them."""
     adopt = []
-    untracked = conn.execute(_UNTRACKED, (development_unit(),))
+    untracked = conn.execute(_UNTRACKED, (development_zda(),))
     for register_id, kind, number, issued_at, document, timezone in untracked:
         period = json.loads(document).get("period")
         today = now.astimezone(ZoneInfo(timezone)).date()
@@ -345,7 +368,7 @@ def _closings_to_adopt(conn: sqlite3.Connection, now: dt.datetime) -> list[_Impl
     of old checks, while a Schlussbeleg recovered late is (its due date may be past)."""
     adopt: list[_Implied] = []
     for register_id, kind, number, issued_at, _, timezone, stored_at in conn.execute(
-        _UNREPORTED_CLOSINGS, (development_unit(),)
+        _UNREPORTED_CLOSINGS, (development_zda(),)
     ):
         stored = dt.datetime.fromisoformat(stored_at).astimezone(ZoneInfo(timezone))
         today = now.astimezone(ZoneInfo(timezone)).date()

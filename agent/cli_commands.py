@@ -408,6 +408,7 @@ def init(
                 raise  # nothing was kept: a later init makes a new key
             _kept_key(exc, key, as_json)  # the Startbeleg waits with this key
         owed = _owed_for(service, result)
+        development = _by_development_unit(service, result)
     if as_json:
         _emit(
             {
@@ -419,19 +420,17 @@ def init(
         )
         return
     _show_receipt(result, False)
-    out.print(f"AES key ({_aes_key_use(unit)}, keep it secret): {key}")
+    out.print(f"AES key ({_aes_key_use(development)}, keep it secret): {key}")
     out.print(f"AES key check value: {aes_key_check_value(key)}")
     if owed is not None:
         out.print(owed)
 
 
-def _aes_key_use(units: list[str]) -> str:
-    """What the new register's AES key is for, as ``init`` says it: its Startbeleg is
-    signed by the first of ``units``; on the development unit (the checks' test) the
-    register is not registered in FinanzOnline, but the DEP verification needs the key."""
-    from agent.checks import development_unit
-
-    if units[0] == development_unit():
+def _aes_key_use(development: bool) -> str:
+    """What the new register's AES key is for, as ``init`` says it: a register whose
+    Startbeleg a ``development`` unit signed (:func:`_by_development_unit`) is not
+    registered in FinanzOnline, but the DEP verification needs the key."""
+    if development:
         return (
             "a development register is not registered in FinanzOnline; the DEP verification"
             " needs it"
@@ -556,6 +555,19 @@ _OWED = {
 }
 
 
+def _by_development_unit(service: ReceiptService, result: ReceiptResult) -> bool:
+    """True when ``result`` was signed by a development unit (AT100, the checks' test:
+    :func:`~agent.checks.development_units`), whatever the unit is called."""
+    from agent.checks import development_units
+
+    with service.db.read_connection() as conn:
+        row = conn.execute(
+            "SELECT unit_id FROM receipts WHERE register_id = ? AND number = ?",
+            (result.register_id, result.number),
+        ).fetchone()
+        return row is not None and row[0] in development_units(conn)
+
+
 def _owed_for(service: ReceiptService, result: ReceiptResult) -> str | None:
     """What the operator owes for a Start-, Jahres- or Schlussbeleg just issued, and by
     when (the obligation issuing recorded), as a line for the terminal."""
@@ -563,14 +575,15 @@ def _owed_for(service: ReceiptService, result: ReceiptResult) -> str | None:
 
     if result.kind not in _OWED:
         return None
+    if result.signature_state == "signed" and _by_development_unit(service, result):
+        return (
+            f"register {result.register_id} signs with a development unit (AT100): a"
+            " development register needs no FinanzOnline step (no registration, Belegcheck"
+            " or report)"
+        )
     with service.db.read_connection() as conn:
         records = load_checks(conn, result.register_id)
     record = next((r for r in records if r.receipt_number == result.number), None)
-    if record is None and result.signature_state == "signed":  # the development unit's
-        return (
-            f"register {result.register_id} signs with the development unit: a development"
-            " register needs no FinanzOnline step (no registration, Belegcheck or report)"
-        )
     if record is None:  # not signed: nothing is owed for it (it waits)
         return None
     what = _OWED[result.kind].format(register=result.register_id, year=record.year)

@@ -30,8 +30,9 @@ so one that lasted past 48 h is flagged even if no tick saw it. The end of such 
 * ``end-overdue``: that week is over and no end report was acknowledged
   (``outage report --end``).
 
-An outage of the development unit (:func:`~agent.checks.development_unit`, the test the
-checks use) owes none of these reports: a development register is not registered in
+An outage of a development unit (one signing under the fictitious AT100:
+:func:`~agent.checks.development_units`, the test the checks use) owes none of these
+reports: a development register is not registered in
 FinanzOnline. It is aged, escalated and journaled as any other, but ``exceeded`` records
 no due date (its line says, once, that a development register needs no report), and no
 ``overdue``, ``end-report`` or ``end-overdue`` follows; a due date an earlier version
@@ -60,7 +61,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-from agent.checks import development_unit
+from agent.checks import DEVELOPMENT_UNITS, development_units, development_zda
 from agent.clock import Clock
 from agent.contract import check_reference
 from agent.errors import InvalidSale, NotFound
@@ -79,25 +80,27 @@ __all__ = [
 
 HOUR = 3600.0
 # each ends with the register's time zone (due moments are shown to people in it) and the
-# outage's unit (the development unit's owes no report)
+# outage's unit (a development unit's owes no report)
 _OPEN_OUTAGES = (
     "SELECT id, register_id, age_seconds, checked_at, escalations, report_due,"
     " report_reference, (SELECT timezone FROM registers WHERE registers.id = outages.register_id),"
     " unit_id FROM outages WHERE ended_at IS NULL"
 )
 # ended outages with a report due and not acknowledged (their reminders may be due), not
-# the development unit's (the parameter): a due date an earlier version gave one
+# a development unit's (the parameter: development_zda()): a due date an earlier version
+# gave one
 _ENDED_REPORTS_DUE = (
-    "SELECT id, register_id, age_seconds, escalations, report_due, report_reference,"
+    "SELECT id, register_id, age_seconds, escalations, report_due, report_reference,"  # noqa: S608 - constant SQL
     " end_report_due, end_report_reference,"
     " (SELECT timezone FROM registers WHERE registers.id = outages.register_id), unit_id"
-    " FROM outages WHERE ended_at IS NOT NULL AND unit_id <> ?"
+    f" FROM outages WHERE ended_at IS NOT NULL AND unit_id NOT IN {DEVELOPMENT_UNITS}"
     " AND ((report_due IS NOT NULL AND report_reference IS NULL)"
     " OR (end_report_due IS NOT NULL AND end_report_reference IS NULL))"
 )
 
-# outage, register, level, age s, due (ISO instant), the register's time zone, the unit
-Escalation = tuple[int, str, str, float, str | None, str, str]
+# outage, register, level, age s, due (ISO instant), the register's time zone, the unit,
+# whether that is a development unit (its ``exceeded`` owes no report)
+Escalation = tuple[int, str, str, float, str | None, str, str, bool]
 LogLine = tuple[int, str, tuple[object, ...]]  # level, message, arguments
 _Jump = tuple[float, dt.datetime]  # seconds the wall clock jumped, its time at the last tick
 
@@ -201,7 +204,7 @@ class OutageWatch:
                 aged = added.get(int(row[0]), 0.0)
                 jumped = jump is not None  # journaled: its outages' gaps need not be
                 fired.extend(self._age(conn, memory, row, wall, jumped=jumped, added=aged))
-            for row in conn.execute(_ENDED_REPORTS_DUE, (development_unit(),)).fetchall():
+            for row in conn.execute(_ENDED_REPORTS_DUE, (development_zda(),)).fetchall():
                 fired.extend(self._remind_ended(conn, row, wall))
             # committed here, still holding the writer: no Sammelbeleg's close comes between
             self.writer.commit_so_far()
@@ -363,21 +366,21 @@ class OutageWatch:
         """The outage ``outage_id`` has just ended at ``at``, in the caller's transaction
         (the Sammelbeleg's, after :meth:`age_for_close`): if it lasted past 48 h, record
         that its end must be reported within a week (``end_report_due``) and journal the
-        ``end-report`` level; not for the development unit's. Log the returned escalations
+        ``end-report`` level; not for a development unit's. Log the returned escalations
         (:func:`log_escalation`) once that transaction has committed."""
         self._memory.seen.pop(outage_id, None)
         self._memory.offtime.pop(outage_id, None)
         due = (at + dt.timedelta(days=self.thresholds.report_days)).isoformat()
-        development = development_unit()
+        zda = development_zda()
         cursor = conn.execute(
-            "UPDATE outages SET end_report_due = ? WHERE id = ? AND end_report_due IS NULL"
-            " AND unit_id <> ?"
+            "UPDATE outages SET end_report_due = ? WHERE id = ? AND end_report_due IS NULL"  # noqa: S608 - constant SQL
+            f" AND unit_id NOT IN {DEVELOPMENT_UNITS}"
             " AND EXISTS (SELECT 1 FROM json_each(escalations) WHERE value = 'exceeded')",
-            (due, outage_id, development),
+            (due, outage_id, zda),
         )
         if cursor.rowcount == 0:
             return []
-        row = conn.execute(f"{_ENDED_REPORTS_DUE} AND id = ?", (development, outage_id)).fetchone()
+        row = conn.execute(f"{_ENDED_REPORTS_DUE} AND id = ?", (zda, outage_id)).fetchone()
         return [] if row is None else self._remind_ended(conn, row, at)
 
     def _remind_ended(
@@ -404,7 +407,10 @@ class OutageWatch:
             conn.execute(
                 "UPDATE outages SET escalations = ? WHERE id = ?", (json.dumps(levels), outage_id)
             )
-        return [(outage_id, register_id, level, age, due, row[8], row[9]) for level, due in new]
+        # a development unit's is not among the ended outages with reports due
+        return [
+            (outage_id, register_id, level, age, due, row[8], row[9], False) for level, due in new
+        ]
 
     def _age(
         self,
@@ -420,7 +426,7 @@ class OutageWatch:
         """Age one open outage (by ``added`` s more for a wall clock found behind, see
         :meth:`_follow`) and journal its new levels; at its close only the ones with a legal
         consequence (exceeded, overdue): a warning about an outage that is over warns
-        nobody. The development unit's owes no report (see :meth:`_report_due`)."""
+        nobody. A development unit's owes no report (see :meth:`_report_due`)."""
         outage_id, register_id = int(row[0]), str(row[1])
         boot = self.clock.boottime()
         elapsed = self._elapsed(
@@ -433,7 +439,8 @@ class OutageWatch:
         new = [lvl for lvl, at in self.thresholds.levels() if age >= at and lvl not in sent]
         if closing:
             new = [lvl for lvl in new if lvl == "exceeded"]
-        if row[8] != development_unit():  # a development register owes FinanzOnline nothing
+        development = row[8] in development_units(conn)
+        if not development:  # a development register owes FinanzOnline nothing
             due = self._report_due(new, sent, age, wall, due, reported=row[6] is not None)
         _journal_levels(conn, register_id, outage_id, new, age, wall, {"report_due": due})
         conn.execute(
@@ -441,7 +448,9 @@ class OutageWatch:
             " WHERE id = ?",
             (age, wall.isoformat(), json.dumps(sent + new), due, outage_id),
         )
-        return [(outage_id, register_id, level, age, due, row[7], row[8]) for level in new]
+        return [
+            (outage_id, register_id, level, age, due, row[7], row[8], development) for level in new
+        ]
 
     def _report_due(
         self,
@@ -559,7 +568,7 @@ _ESCALATIONS = {
 }
 
 
-# ... and of ``exceeded`` for the development unit: a WARNING, as nothing is owed
+# ... and of ``exceeded`` for a development unit: a WARNING, as nothing is owed
 _DEVELOPMENT_EXCEEDED = (
     logging.WARNING,
     "that is past the 48-hour window; {register} signs with the development unit {unit}:"
@@ -575,9 +584,10 @@ def log_escalation(  # noqa: PLR0917 - one escalation's facts (an Escalation)
     due: str | None,
     timezone: str,
     unit_id: str,
+    development: bool,
 ) -> None:
     """Log one escalation (call it once its transaction has committed)."""
-    if level == "exceeded" and unit_id == development_unit():
+    if level == "exceeded" and development:
         severity, what = _DEVELOPMENT_EXCEEDED
     elif level in _ESCALATIONS:
         severity, what = _ESCALATIONS[level]

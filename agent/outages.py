@@ -16,7 +16,7 @@ An outage that closes is aged first, by the watch's own rules (:meth:`OutageWatc
 one past 48 hours is flagged and given its report date even if the timer never saw it
 (``till-agent outage recover`` after days with the agent stopped); then its end report is
 given its date (:meth:`OutageWatch.ended`), a week after the Sammelbeleg. An outage of
-the development unit owes neither (a development register is not registered in
+a development unit (AT100) owes neither (a development register is not registered in
 FinanzOnline): it is aged and escalated all the same, and a due date an earlier version
 recorded for one is read as none (:meth:`OutageRecord.from_row`).
 
@@ -32,10 +32,11 @@ import json
 import logging
 import sqlite3
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from agent.checks import development_unit
+from agent.checks import development_units
 from agent.outage_watch import Escalation, LogLine, OutageWatch, log_escalation
 from storage.journal import append_event
 
@@ -76,13 +77,14 @@ class OutageRecord:
     sammelbeleg_number: int | None
 
     @classmethod
-    def from_row(cls, row: Any) -> OutageRecord:
-        """The outage of a row of ``_COLUMNS``; one of the development unit owes no report,
-        whatever an earlier version recorded (neither the status nor ``outage list`` shows
-        a due date the watch no longer reminds of)."""
+    def from_row(cls, row: Any, development: Collection[str]) -> OutageRecord:
+        """The outage of a row of ``_COLUMNS``; one of a development unit (``development``:
+        their ids, :func:`~agent.checks.development_units`) owes no report, whatever an
+        earlier version recorded (neither the status nor ``outage list`` shows a due date
+        the watch no longer reminds of)."""
         values = list(row)
         values[11] = tuple(json.loads(values[11]))
-        if values[2] == development_unit():
+        if values[2] in development:
             values[12] = values[15] = None  # report_due, end_report_due
         return cls(*values)
 
@@ -452,7 +454,9 @@ def load_outages(conn: sqlite3.Connection, register_id: str | None = None) -> li
     params: tuple[Any, ...] = ()
     if register_id is not None:
         sql, params = sql + " WHERE register_id = ?", (register_id,)
-    return [OutageRecord.from_row(r) for r in conn.execute(sql + " ORDER BY id DESC", params)]
+    development = development_units(conn)
+    rows = conn.execute(sql + " ORDER BY id DESC", params)
+    return [OutageRecord.from_row(r, development) for r in rows]
 
 
 def load_outage(conn: sqlite3.Connection, outage_id: int) -> OutageRecord | None:
@@ -461,4 +465,4 @@ def load_outage(conn: sqlite3.Connection, outage_id: int) -> OutageRecord | None
         f"SELECT {_COLUMNS} FROM outages WHERE id = ?",  # noqa: S608 - constant column list
         (outage_id,),
     ).fetchone()
-    return None if row is None else OutageRecord.from_row(row)
+    return None if row is None else OutageRecord.from_row(row, development_units(conn))

@@ -35,8 +35,10 @@ def _run(monkeypatch: pytest.MonkeyPatch) -> Run:
 @pytest.fixture(name="till")
 def _till(run: Run, data_dir: Path) -> Path:
     """Register KASSE-1 with its Startbeleg (1) and one sale (2), made on the command line
-    (test_cli.py has its own)."""
-    expect(run("unit", "create-software", "--id", "dev", "--data-dir", data_dir), 0)
+    (test_cli.py has its own). Its unit signs as AT1, as the conftest's: a self-signed key
+    under AT100 (the default) would make KASSE-1 a development register, which owes no
+    Belegcheck nor FinanzOnline report."""
+    expect(run("unit", "create-software", "--id", "dev", "--zda", "AT1", "--data-dir", data_dir), 0)
     expect(run("init", "KASSE-1", "--unit", "dev", "--data-dir", data_dir), 0)
     expect(run("issue", "-", "--data-dir", data_dir, input=json.dumps(sale())), 0)
     return data_dir
@@ -44,8 +46,10 @@ def _till(run: Run, data_dir: Path) -> Path:
 
 @pytest.fixture(name="with_outage")
 def _with_outage(run: Run, data_dir: Path) -> Path:
-    """A data directory with outage 1: its unit switched down, one fallback receipt."""
-    expect(run("unit", "create-software", "--id", "dev", "--simulate", "--data-dir", data_dir), 0)
+    """A data directory with outage 1: its unit (AT1, as the till's) switched down, one
+    fallback receipt."""
+    unit = ("--id", "dev", "--zda", "AT1", "--simulate")
+    expect(run("unit", "create-software", *unit, "--data-dir", data_dir), 0)
     expect(run("init", "KASSE-1", "--unit", "dev", "--data-dir", data_dir), 0)
     expect(run("simulate", "unit", "down", "--data-dir", data_dir), 0)
     issued = run("issue", "-", "--data-dir", data_dir, input=json.dumps(sale()))

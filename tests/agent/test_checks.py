@@ -553,8 +553,10 @@ class TestCommandLine:
         assert "already-reported" in refused.stderr
 
     def test_init_says_when_the_startbeleg_check_is_due(self, run: Run, data_dir: Path) -> None:
-        """The operator learns of the week at once, not only from the service's log."""
-        expect(run("unit", "create-software", "--id", "dev", "--data-dir", data_dir), 0)
+        """The operator learns of the week at once, not only from the service's log (on a
+        unit that is not a development one: AT1, not create-software's default AT100)."""
+        unit = ("--id", "dev", "--zda", "AT1")
+        expect(run("unit", "create-software", *unit, "--data-dir", data_dir), 0)
         shown = flat(
             expect(run("init", REGISTER, "--unit", "dev", "--data-dir", data_dir), 0).stdout
         )

@@ -306,8 +306,10 @@ class TestInit:
     def test_init_prints_the_aes_key_and_its_check_value(
         self, run_in: Run, with_unit: Path
     ) -> None:
-        """``init`` prints the Startbeleg, the base64 AES-256 key and the key's check value."""
-        result = expect(run_in("init", REGISTER, "--unit", UNIT), 0)
+        """``init`` prints the Startbeleg, the base64 AES-256 key and the key's check value
+        (to register in FinanzOnline: on a unit that is not a development one, AT1)."""
+        expect(run_in("unit", "create-software", "--id", "prod", "--zda", "AT1"), 0)
+        result = expect(run_in("init", REGISTER, "--unit", "prod"), 0)
         text = flat(result.stdout)
         assert f"{REGISTER} #1" in text
         assert "start" in text
@@ -441,15 +443,18 @@ class TestSpecial:
     def test_a_schlussbeleg_says_by_when_the_decommissioning_is_reported(
         self, run_in: Run, till: Path
     ) -> None:
-        """The decommissioning report is due a week after the Schlussbeleg's date."""
-        text = expect(run_in("special", REGISTER, "closing", "--yes"), 0).stdout
+        """The decommissioning report is due a week after the Schlussbeleg's date (of a
+        register on a unit that is not a development one: AT1)."""
+        expect(run_in("unit", "create-software", "--id", "prod", "--zda", "AT1"), 0)
+        expect(run_in("init", "KASSE-2", "--unit", "prod"), 0)
+        text = expect(run_in("special", "KASSE-2", "closing", "--yes"), 0).stdout
         issued = dt.date.fromisoformat(
-            _json(expect(run_in("receipts", "show", REGISTER, "2", "--json"), 0))["issued_at"][:10]
+            _json(expect(run_in("receipts", "show", "KASSE-2", "2", "--json"), 0))["issued_at"][:10]
         )
         due = issued + dt.timedelta(days=7)
         assert (
-            f"by {due}: report the decommissioning of register {REGISTER} in FinanzOnline,"
-            f" then: till-agent checks done {REGISTER} closing --reference ..."
+            f"by {due}: report the decommissioning of register KASSE-2 in FinanzOnline,"
+            " then: till-agent checks done KASSE-2 closing --reference ..."
         ) in " ".join(text.split())
 
     def test_closing_with_yes_closes_the_register(

@@ -159,8 +159,8 @@ class TestTillsFromBefore:
 
 
 def test_a_self_signed_unit_under_another_id_is_reminded_as_before(service: ReceiptService) -> None:
-    """The conftest's unit is self-signed too, but not the development unit: its register
-    owes its start check (what tests and scenario replays rely on)."""
+    """The conftest's unit is self-signed too, but signs as AT1, not the fictitious AT100:
+    its register owes its start check (what tests and scenario replays rely on)."""
     assert UNIT != DEV_UNIT
     assert _owed(service.db) == [(REGISTER, "start")]
 
@@ -169,18 +169,20 @@ class TestCommandLine:
     def test_init_and_closing_on_the_development_unit_say_nothing_is_owed(
         self, run: Run, data_dir: Path
     ) -> None:
-        """`init --unit dev-uncertified` names no due date and no FinanzOnline registration,
-        nor does its `special ... closing`; `checks list` is empty. A register on another
-        unit is told its week as before."""
-        for unit in (DEV_UNIT, UNIT):
-            expect(run("unit", "create-software", "--id", unit, "--data-dir", data_dir), 0)
+        """`init` on a development unit (`unit create-software`'s default AT100; the id
+        dev-uncertified is `run`'s alone) names no due date and no FinanzOnline registration,
+        nor does its `special ... closing`; `checks list` is empty. A register on a
+        closed-system unit is told its week as before."""
+        expect(run("unit", "create-software", "--id", "devbox", "--data-dir", data_dir), 0)
+        closed = ("--id", UNIT, "--key-id", "U:ATU12345678-K1")
+        expect(run("unit", "create-software", *closed, "--data-dir", data_dir), 0)
         steps = [
-            ("init", DEV_REGISTER, "--unit", DEV_UNIT),
+            ("init", DEV_REGISTER, "--unit", "devbox"),
             ("special", DEV_REGISTER, "closing", "--yes"),
             ("init", REGISTER, "--unit", UNIT),
         ]
         said = [flat(expect(run(*s, "--data-dir", data_dir), 0).stdout) for s in steps]
-        development = f"register {DEV_REGISTER} signs with the development unit: a development"
+        development = f"register {DEV_REGISTER} signs with a development unit (AT100): a"
         for text in said[:2]:
             assert development in text
             assert "needs no FinanzOnline step" in text

@@ -28,7 +28,7 @@ from agent.receipts import PROBE_TARGETS, ReceiptService, RegisterSetup
 from agent.remedy import STORNOS_OF, UNRESOLVED
 from agent.sale_draft import VOIDED, _voidable
 from agent.signing import UnitConfig
-from agent.signing.config import DEV_UNIT
+from agent.signing.config import DEV_ZDA
 from agent.signing.registry import UnitRegistry
 from factories import add_unit, sale
 from storage import TillDB
@@ -46,7 +46,7 @@ QUERIES: dict[str, tuple[str, str, str, tuple[Any, ...]]] = {
     "status": (_REGISTERS, "x", "ix_receipts_unsigned", ()),
     "storno voided": (VOIDED, "receipts", "ix_receipts_voids", (REGISTER, 2)),
     "remedy stornos": (STORNOS_OF, "receipts", "ix_receipts_voids", (REGISTER, 2)),
-    "checks adoption": (_UNTRACKED, "x", "ix_receipts_start_yearly", (DEV_UNIT,)),
+    "checks adoption": (_UNTRACKED, "x", "ix_receipts_start_yearly", (DEV_ZDA,)),
     "backup_late": (_LATE_SAID, "journal", "ix_journal_backup_late", (REGISTER, "b", 1)),
 }
 
