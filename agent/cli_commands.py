@@ -159,13 +159,21 @@ _UNIT_RULES = {
 
 def _check_unit_id(unit_id: str, as_json: bool) -> None:
     """A unit id names the unit's key files: one that is not an id is refused (exit 3)
-    before anything is created."""
-    from agent.signing.config import UNIT_ID_RULE, is_unit_id
+    before anything is created, and so is the development unit's, which ``run`` alone
+    makes: a unit of the operator's under it would be taken for that one (by ``run`` on
+    the defaults, and by ``development_unit = false``, which refuses its registers)."""
+    from agent.signing.config import DEV_UNIT, DEV_ZDA, UNIT_ID_RULE, is_unit_id
 
     if not is_unit_id(unit_id):
         _fail(
             InvalidSale("--id", "format", f"{unit_id!r} is not a unit id: {UNIT_ID_RULE}"), as_json
         )
+    if unit_id == DEV_UNIT:
+        message = (
+            f"{DEV_UNIT!r} is reserved for the development unit that `till-agent run` creates"
+            f" (self-signed, {DEV_ZDA}); choose another --id"
+        )
+        _fail(InvalidSale("--id", "reserved", message), as_json)
 
 
 def _unit_config(as_json: bool, **fields: object) -> UnitConfig:

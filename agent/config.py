@@ -54,7 +54,7 @@ from agent.durable import create_file, device_of
 from agent.errors import ConfigurationError
 from agent.printing.render import EscposOptions
 from agent.receipt_text import WIDTH
-from agent.signing.config import UnitConfig
+from agent.signing.config import DEV_UNIT, DEV_ZDA, UnitConfig
 from agent.strict_values import refuse_coercion
 
 if TYPE_CHECKING:
@@ -455,6 +455,11 @@ class HubConfig(_Section):
         return value
 
 
+# the development unit's kind and provider (AT1: as an earlier version made it, kept with
+# its identity): [[units]] lists it so, with the units of the till's other registers
+_DEV_UNIT_AS_MADE = frozenset({("software", DEV_ZDA), ("software", "AT1")})
+
+
 class AgentConfig(_Section):
     """The whole configuration: immutable, validated, passed explicitly.
 
@@ -506,6 +511,16 @@ class AgentConfig(_Section):
         ids = [unit.id for unit in self.units]
         if len(ids) != len(set(ids)):
             raise _needs("unique", "units", "two units share an id")
+        for index, unit in enumerate(self.units):
+            if unit.id == DEV_UNIT and (unit.kind, unit.zda) not in _DEV_UNIT_AS_MADE:
+                raise _needs(
+                    "reserved",
+                    f"units.{index}.id",
+                    f"{DEV_UNIT!r} is reserved for the development unit that `run` creates (a"
+                    f" software unit signing as {DEV_ZDA}; AT1 as an earlier version made"
+                    f" it), which [[units]] may list as it is; this {unit.kind} unit of"
+                    f" provider {unit.zda} needs another id",
+                )
         return self
 
     @property

@@ -2,7 +2,8 @@
 fictitious provider AT100 (suite R1-AT100, rksv.md 1.2), whatever the unit is called. A
 closed-system (AT0) unit that an earlier version let the operator name
 ``dev-uncertified`` owes every FinanzOnline step; ``unit create-software`` with its
-defaults (id ``dev``, AT100) owes none."""
+defaults (id ``dev``, AT100) owes none. The id ``dev-uncertified`` is reserved for the
+unit ``run`` creates: the unit commands refuse it, ``[[units]]`` only lists it as made."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from conftest import REGISTER
 
 from agent.checks import CheckWatch, development_units, load_checks
 from agent.clock import FrozenClock
+from agent.config import load_config
+from agent.errors import ConfigurationError
 from agent.outage_watch import OutageWatch
 from agent.outages import load_outages
 from agent.receipts import ReceiptService, RegisterSetup
@@ -134,6 +137,39 @@ class TestTheProviderDecides:
 
 
 class TestTheCommandLine:
+    def test_the_reviewers_closed_system_unit_cannot_take_the_id(
+        self, run: Run, data_dir: Path
+    ) -> None:
+        """`unit create-software --id dev-uncertified --key-id ...` is exit 3 naming --id
+        and the rule; nothing is left behind (no key file, no database)."""
+        result = run(
+            "unit",
+            "create-software",
+            "--id",
+            DEV_UNIT,
+            "--key-id",
+            KEY_ID,
+            "--data-dir",
+            data_dir,
+        )
+        said = flat(expect(result, 3).stderr)
+        assert f"--id: '{DEV_UNIT}' is reserved for the development unit" in said
+        assert "choose another --id [reserved]" in said
+        assert not data_dir.exists()  # refused before the till database is opened
+
+    @pytest.mark.parametrize("command", ["create-software", "add-pkcs11"])
+    def test_both_unit_commands_refuse_the_id(
+        self, run: Run, data_dir: Path, tmp_path: Path, command: str
+    ) -> None:
+        pin = tmp_path / "pin"
+        pin.write_text("1234\n", encoding="utf-8")
+        pin.chmod(0o600)
+        pkcs11 = ["--module", "/nonexistent.so", "--token-label", "t", "--key-label", "k"]
+        extra = [*pkcs11, "--pin-file", str(pin), "--key-id", KEY_ID]
+        args = ["unit", command, "--id", DEV_UNIT, *(extra if command == "add-pkcs11" else [])]
+        said = flat(expect(run(*args, "--data-dir", data_dir), 3).stderr)
+        assert "[reserved]" in said
+
     def test_the_defaults_of_create_software_make_a_development_register(
         self, run: Run, data_dir: Path
     ) -> None:
@@ -159,6 +195,41 @@ class TestTheCommandLine:
         assert [(c["register"], c["kind"]) for c in json.loads(listed.stdout)] == [
             (REGISTER, "start")
         ]
+
+
+class TestTheConfiguration:
+    @pytest.mark.parametrize(
+        "entry",
+        [
+            f'{{id = "{DEV_UNIT}", kind = "software", zda = "AT0", key_id = "{KEY_ID}",'
+            ' key_file = "k.pem"}',
+            f'{{id = "{DEV_UNIT}", kind = "pkcs11", zda = "AT1", module = "/m.so",'
+            ' token_label = "t", key_label = "k", certificate_file = "c.pem"}',
+            f'{{id = "{DEV_UNIT}", kind = "software", zda = "AT2", key_file = "k.pem",'
+            ' certificate_file = "c.pem"}',
+        ],
+        ids=["closed-system", "pkcs11", "other-provider"],
+    )
+    def test_another_unit_under_the_id_is_refused_naming_the_field(
+        self, tmp_path: Path, entry: str
+    ) -> None:
+        env = {"TILL_AGENT_DATA_DIR": str(tmp_path), "TILL_AGENT_UNITS": f"[{entry}]"}
+        with pytest.raises(ConfigurationError) as refused:
+            load_config(None, env=env)
+        message = str(refused.value)
+        assert message.startswith(f"units.0.id: '{DEV_UNIT}' is reserved for the development")
+        assert message.endswith("needs another id [reserved] (from TILL_AGENT_UNITS)")
+
+    @pytest.mark.parametrize("zda", [DEV_ZDA, "AT1"])
+    def test_the_development_unit_as_made_may_be_listed(self, tmp_path: Path, zda: str) -> None:
+        """A till whose register signs with dev-uncertified lists it in [[units]] next to
+        the others (`config check` asks for it): as `run` made it, AT100, or AT1 as an
+        earlier version did."""
+        files = 'key_file = "k.pem", certificate_file = "c.pem"'
+        entry = f'{{id = "{DEV_UNIT}", kind = "software", zda = "{zda}", {files}}}'
+        env = {"TILL_AGENT_DATA_DIR": str(tmp_path), "TILL_AGENT_UNITS": f"[{entry}]"}
+        [unit] = load_config(None, env=env).units
+        assert (unit.id, unit.zda) == (DEV_UNIT, zda)
 
 
 def test_the_readme_says_what_makes_a_development_register() -> None:
