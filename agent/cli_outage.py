@@ -230,12 +230,12 @@ def outage_recover(
         )
 
 
-UnitMode = Literal["up", "down", "slow", "garbage", "flap"]
+UnitMode = Literal["up", "down", "slow", "late", "garbage", "flap"]
 
 
 @simulate_app.command("unit")
 def simulate_unit(
-    mode: Annotated[UnitMode, typer.Argument(help="up | down | slow | garbage | flap")],
+    mode: Annotated[UnitMode, typer.Argument(help="up | down | slow | late | garbage | flap")],
     unit: Annotated[
         str | None, typer.Option(help="Unit id (default: every simulated unit).")
     ] = None,

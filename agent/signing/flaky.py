@@ -1,8 +1,10 @@
 """A unit wrapper that fails on command, for tests, demos and the scenario simulator.
 
-Modes: ``up`` (pass through), ``down`` (every call fails), ``slow`` (answers after
-``delay`` seconds, normally past the deadline), ``garbage`` (returns a signature that
-does not verify), ``flap`` (every other call fails).
+Modes: ``up`` (pass through), ``down`` (every call fails), ``slow`` (hangs ``delay``
+seconds, normally past the deadline, and its driver gives up there), ``late`` (answers
+validly after ``delay`` seconds, whatever the deadline: a driver without a timeout of its
+own), ``garbage`` (returns a signature that does not verify), ``flap`` (every other call
+fails).
 
 With a ``mode_file`` the mode is read from that file whenever it changes, so a running
 till service can be switched from outside (``till-agent simulate unit down``). Only
@@ -22,7 +24,7 @@ from agent.signing.base import Capabilities, Identity, SignatureUnit
 
 __all__ = ["MODES", "FlakyUnit", "Mode", "write_mode"]
 
-Mode = Literal["up", "down", "slow", "garbage", "flap"]
+Mode = Literal["up", "down", "slow", "late", "garbage", "flap"]
 MODES: tuple[str, ...] = get_args(Mode)
 
 
@@ -106,7 +108,9 @@ class FlakyUnit:
         mode = self.mode
         if mode == "down" or (mode == "flap" and calls % 2 == 1):
             raise UnitUnavailable(f"unit {self.identity.unit_id} is {mode} (simulated)")
-        if mode == "slow":
+        if mode == "late":
+            time.sleep(self.delay)  # then it signs, valid but late: sign_verified drops it
+        elif mode == "slow":
             # a unit that hangs; its driver gives up at the deadline, as every unit must
             remaining = deadline - time.monotonic()
             time.sleep(max(0.0, min(self.delay, remaining)))

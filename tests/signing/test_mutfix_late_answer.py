@@ -3,8 +3,8 @@
 Nothing remembers a local unit's late signature, and a till must never wait for timeouts
 receipt after receipt (DESIGN.md, signing): :func:`agent.signing.sign_verified` drops the
 late answer, the sale falls back and opens the outage, and the next sale falls back at
-once. The suite's slow :class:`~agent.signing.flaky.FlakyUnit` gives up by itself at the
-deadline, so only a unit that really answers late reaches that check.
+once. A ``slow`` :class:`~agent.signing.flaky.FlakyUnit` gives up by itself at the
+deadline; only a ``late`` one, which really answers late, reaches that check.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 
 from agent.clock import FrozenClock
 from agent.receipts import ReceiptService
-from agent.signing import Capabilities, Identity, SignatureUnit
+from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
 from factories import sale, the_outage
 from storage import TillDB
@@ -22,34 +22,6 @@ REGISTER = "KASSE-1"  # tests/conftest.py
 UNIT = "dev"
 LATE = 0.3  # seconds the unit takes to answer
 DEADLINE = 0.05  # the service's sign_timeout
-
-
-class LateUnit:
-    """Wraps a real unit: every signing answers ``delay`` seconds late, validly."""
-
-    def __init__(self, inner: SignatureUnit, delay: float) -> None:
-        self.inner = inner
-        self.delay = delay
-        self.calls = 0
-
-    @property
-    def identity(self) -> Identity:
-        return self.inner.identity
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self.inner.capabilities
-
-    def sign(self, data: bytes, *, deadline: float) -> bytes:
-        self.calls += 1
-        time.sleep(self.delay)
-        return self.inner.sign(data, deadline=deadline)
-
-    def probe(self, *, deadline: float) -> None:
-        self.inner.probe(deadline=deadline)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def _timed_sale(service: ReceiptService, request_id: str) -> tuple[str, float]:
@@ -64,7 +36,7 @@ def test_a_late_but_valid_answer_falls_back_and_opens_the_outage(
     """The sale that met the late answer is a fallback receipt and opens the outage; the
     next sale falls back without asking the unit, so without waiting for it."""
     with db.write_connection().transaction() as conn:
-        late = LateUnit(registry.get(conn, UNIT), LATE)
+        late = FlakyUnit(registry.get(conn, UNIT), "late", LATE)
     registry.put(late)
     hasty = ReceiptService(db, registry, clock=clock, sign_timeout=DEADLINE)
 
