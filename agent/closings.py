@@ -17,8 +17,8 @@ a jump back corrected it meanwhile (the clock is still as far ahead): a wrong cl
 RTC, a mistyped date) is usually corrected within minutes, and a signed Jahresbeleg issued
 on it would close the year 40 days early, for good. The wait is journaled
 (``closing.held``, with an ``alert.raised``); sales go on. A hand-issued closing during it
-is refused unless confirmed (:func:`journaled_hold`: the command line runs in a process of
-its own, so it reads the service's journal).
+is refused unless confirmed. A service (or the command line's process) started in the same
+boot takes the journaled holds up (:func:`journaled_holds`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ __all__ = [
     "first_held",
     "hand_closing_from",
     "journal_hold",
-    "journaled_hold",
     "next_closing_at",
     "period_of",
     "period_to_close",
@@ -184,24 +183,6 @@ def journal_hold(
     append_event(conn, kind="closing.held", register_id=register_id, at=at, data=data)
     alert = {"level": "error", "alert": "closing-held", **facts}
     append_event(conn, kind="alert.raised", register_id=register_id, at=at, data=alert)
-
-
-def journaled_hold(
-    conn: sqlite3.Connection, register_id: str, moment: dt.datetime, clock: Clock
-) -> dict[str, Any] | None:
-    """The ``closing.held`` event of ``register_id`` (its data) whose jump covers ``moment``
-    (:meth:`WallJump.covers`) and has not settled in ``clock``'s boot, or ``None``. Only
-    the latest events are read: a hold younger than an hour is among them."""
-    rows = conn.execute(
-        "SELECT data FROM journal WHERE register_id = ? AND kind = 'closing.held'"
-        " AND seq > (SELECT coalesce(max(seq), 0) FROM journal) - ? ORDER BY seq DESC",
-        (register_id, _HOLD_LOOKBACK),
-    ).fetchall()
-    for row in rows:
-        data: dict[str, Any] = json.loads(row[0])
-        if _unsettled_here(data, clock) and _jump_of(data).covers(moment):
-            return data
-    return None
 
 
 def journaled_holds(conn: sqlite3.Connection, clock: Clock) -> list[tuple[str, WallJump]]:

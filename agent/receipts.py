@@ -28,7 +28,6 @@ from agent.closings import (
     first_held,
     hand_closing_from,
     journal_hold,
-    journaled_hold,
     journaled_holds,
     next_closing_at,
     period_of,
@@ -285,7 +284,7 @@ class ReceiptService:
                 waits = waiting_periods(conn, register_id, "yearly")
                 period = period_to_close(reg, kind, self._look(), waits)
                 if not confirmed:
-                    self._refuse_held(conn, reg, kind, period)
+                    self._refuse_held(reg, kind, period)
             draft = Draft(
                 register_id,
                 kind,
@@ -567,25 +566,19 @@ class ReceiptService:
             settled.isoformat(),
         )
 
-    def _refuse_held(
-        self, conn: sqlite3.Connection, reg: sqlite3.Row, kind: str, period: str
-    ) -> None:
+    def _refuse_held(self, reg: sqlite3.Row, kind: str, period: str) -> None:
         """Refuse a hand-issued closing of ``period`` that the clock may have reached only
-        through a jump not yet settled: seen by this process, or journaled by the service
-        (this is the command line's process) in this boot."""
-        moment = hand_closing_from(period, reg["timezone"])
-        jump = self._jumps.holding(moment)
-        if jump is not None:
-            seconds, after = jump.seconds, jump.after.isoformat()
-        elif (data := journaled_hold(conn, reg["id"], moment, self.clock)) is not None:
-            seconds, after = float(data["jump_seconds"]), str(data["after"])
-        else:
+        through a jump not yet settled: seen by this process, or journaled in this boot by
+        an earlier one (the service, when this is the command line's process), which this
+        service took up when it started."""
+        jump = self._jumps.holding(hand_closing_from(period, reg["timezone"]))
+        if jump is None:
             return
         raise RegisterStateError(
             f"register {reg['id']}: the {CLOSING_NAMES[kind]} of {period} is not issued: the"
-            f" wall clock jumped {seconds:+.0f} s (to {after}) less than an hour ago, and a"
-            " closing the clock reached only through a jump waits until it has settled;"
-            " check the date and confirm it with --yes [clock-jump-hold]"
+            f" wall clock jumped {jump.seconds:+.0f} s (to {jump.after.isoformat()}) less than"
+            " an hour ago, and a closing the clock reached only through a jump waits until it"
+            " has settled; check the date and confirm it with --yes [clock-jump-hold]"
         )
 
     def _close_period(self, register_id: str, period: str, issued: list[ReceiptResult]) -> None:

@@ -11,7 +11,7 @@ import datetime as dt
 from pathlib import Path
 
 from agent.clock import FrozenClock, SystemClock, WallJump
-from agent.closings import journal_hold, journaled_hold, journaled_holds
+from agent.closings import journal_hold, journaled_holds
 from agent.receipts import ReceiptService
 from storage.journal import append_event
 
@@ -77,5 +77,4 @@ def _holds(service: ReceiptService, clock: FrozenClock) -> tuple[int, bool]:
     the hand-issued Jahresbeleg."""
     with service.db.read_connection() as conn:
         resumed = journaled_holds(conn, clock)
-        refused = journaled_hold(conn, REGISTER, YEAR_END, clock) is not None
-    return len(resumed), refused
+    return len(resumed), any(jump.covers(YEAR_END) for _, jump in resumed)
