@@ -190,7 +190,10 @@ def _ended(status: int) -> str:
     """How the command whose output was cut short ended: done, and where to read what it
     did; or refused (nothing of it may be stored), and its exit status."""
     if status == 0:
-        return f"what the command did is done: {_hint()}"
+        hint = _hint()
+        if hint is None:  # it only read or showed (a list, --help): nothing else to say
+            return "the command ran to its end (exit 0); run it again to read it all"
+        return f"what the command did is done: {hint}"
     meaning = _EXIT_MEANINGS.get(status)
     named = f" ({meaning})" if meaning else ""
     return (
@@ -199,11 +202,11 @@ def _ended(status: int) -> str:
     )
 
 
-def _hint() -> str:
-    """What to run to read it all, for the command in ``sys.argv``."""
+def _hint() -> str | None:
+    """Where to read what the command in ``sys.argv`` stored, for one that stores."""
     words = _positional(sys.argv[1:])
-    hint = _HINTS.get(words[0] if words else "", "run it again with its output in a file")
-    return hint.format(register=words[1] if len(words) > 1 else "ID")
+    hint = _HINTS.get(words[0]) if words and "--help" not in sys.argv else None
+    return None if hint is None else hint.format(register=words[1] if len(words) > 1 else "ID")
 
 
 def _positional(args: list[str]) -> list[str]:
