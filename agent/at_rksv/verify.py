@@ -89,6 +89,7 @@ from agent.at_rksv.dep import (
     read_container,
     stream_dep,
 )
+from agent.at_rksv.idset import ReceiptIdSet
 from agent.at_rksv.payload import chain_value
 from agent.signing.base import verify_rs
 
@@ -239,7 +240,7 @@ class _Walk:
         self.previous_jws: str | None = None
         self.previous_date: datetime | None = None
         self.counter: int | None = 0
-        self.seen: set[str] = set()
+        self.seen = ReceiptIdSet()
         self.outage = _Outage.NONE
 
     def report(self) -> Report:
@@ -340,9 +341,8 @@ class _Walk:
             self.flag(r, "system-type-changed", f"{kind} receipt after the other system type")
 
     def check_unique(self, r: Receipt) -> None:
-        if r.receipt_id in self.seen:
+        if not self.seen.add(r.receipt_id):
             self.flag(r, "receipt-id-duplicate", "Belegnummer already used")
-        self.seen.add(r.receipt_id)
 
     def check_date(self, r: Receipt) -> None:
         if self.previous_date is not None and r.issued_at < self.previous_date:
