@@ -138,8 +138,13 @@ class ReceiptService:
         self.issued = issuing.issued  # the receipts committed, counted (GET /metrics)
         # refusals are contained to their sale: they are raised before anything in memory
         # (the outage book) changes; anything else fails the whole group
+        writer = issuing.writer
         self._group: GroupCommit[Issued] = GroupCommit(
-            issuing.lock, issuing.transaction, issuing.writer.savepoint, (FiscalError, InvalidSale)
+            issuing.lock,
+            issuing.transaction,
+            writer.savepoint,
+            (FiscalError, InvalidSale),
+            lambda: writer.commits,  # a chain signing's intent commits the group so far
         )
         self._recovery = Recovery(issuing)  # the remedy and the waiting receipts
         # register -> when its next closing is due (a sale from then on issues it first)

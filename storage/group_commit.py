@@ -6,6 +6,11 @@ writer, runs every piece queued so far in one transaction, each in its own savep
 when there are several (a refused piece is rolled back alone), commits once and hands
 each caller its result. The others wait on their own slot until a leader has committed
 their work, or hands one of them the lead. Nothing is returned before the commit.
+
+A piece may commit the group so far itself (``commit_so_far``, e.g. a chain unit's
+signing intent): the pieces before it are durable then, and are answered with their
+results even when the group fails afterwards. The piece that committed gets
+:class:`PartlyCommitted`, and the pieces after it the group's failure.
 """
 
 from __future__ import annotations
@@ -17,10 +22,33 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar, cast
 
-__all__ = ["GroupCommit"]
+from storage.errors import StorageError
+from storage.writer import NOTHING_STORED
+
+__all__ = ["GroupCommit", "PartlyCommitted"]
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], T]
+
+
+class PartlyCommitted(StorageError):
+    """The group failed after this caller's own work committed it so far (``commit_so_far``):
+    what the work wrote before that commit is stored, what it wrote after it is not.
+
+    Attributes:
+        error: what failed the group (also the ``__cause__``).
+        failure: what failed, in words (without "nothing of it was stored", which is
+            true of the pieces after this one only).
+    """
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.failure = str(error).removesuffix(NOTHING_STORED) or type(error).__name__
+        super().__init__(
+            f"{self.failure}; what this work wrote before its early commit is stored,"
+            " the rest of it is not"
+        )
+        self.__cause__ = error
 
 
 def _held_lock() -> threading.Lock:
@@ -41,6 +69,7 @@ class _Slot(Generic[T]):
     result: T | None = None
     error: BaseException | None = None
     done: bool = False
+    committed: bool = False  # the work committed the group so far (commit_so_far)
     lead: bool = False  # this caller runs the next group (set under the queue lock)
     wake: threading.Lock = field(default_factory=_held_lock)
 
@@ -59,6 +88,9 @@ class GroupCommit(Generic[T]):
             database (work a piece committed early with ``commit_so_far``, a chain
             unit's signing intent, stays committed). Any other exception fails the
             whole group.
+        commits: how many transactions the writer has committed so far
+            (:attr:`storage.writer.WriteConnection.commits`): a piece during which it
+            grows has committed the group so far.
     """
 
     def __init__(
@@ -67,11 +99,13 @@ class GroupCommit(Generic[T]):
         transaction: Callable[[], AbstractContextManager[sqlite3.Connection]],
         savepoint: Callable[[str], AbstractContextManager[sqlite3.Connection]],
         contained: tuple[type[Exception], ...],
+        commits: Callable[[], int],
     ) -> None:
         self._writer = writer
         self._transaction = transaction
         self._savepoint = savepoint
         self._contained = contained
+        self._commits = commits
         self._queue_lock = threading.Lock()
         self._queue: list[_Slot[T]] = []
         self._leading = False  # a caller is running (or about to run) the next group
@@ -86,7 +120,9 @@ class GroupCommit(Generic[T]):
         """Run ``work`` in a transaction shared with whoever is waiting; its committed result.
 
         Raises:
-            whatever ``work`` raised, or what failed the group's transaction.
+            PartlyCommitted: the group failed after ``work`` committed it so far.
+            whatever ``work`` raised, or what failed the group's transaction (then
+            nothing of ``work`` was committed).
         """
         slot: _Slot[T] = _Slot(work)
         try:
@@ -144,18 +180,32 @@ class GroupCommit(Generic[T]):
             group, self._queue = self._queue, []
         try:
             with self._transaction() as conn:
-                if len(group) == 1:
-                    group[0].result = group[0].work(conn)
-                else:
-                    for slot in group:
-                        self._run_in_savepoint(conn, slot)
+                for slot in group:
+                    self._run_piece(conn, slot, alone=len(group) == 1)
         except BaseException as exc:  # nothing since the last commit_so_far was committed
-            for slot in group:
-                slot.result, slot.error = None, slot.error or exc
+            _fail(group, exc)
         finally:
             for slot in group:
                 slot.done = True
                 slot.wake.release()
+
+    def _run_piece(self, conn: sqlite3.Connection, slot: _Slot[T], *, alone: bool) -> None:
+        """Run one piece of the group, noting whether it committed the group so far."""
+        before = self._commits()
+        try:
+            if alone:  # nothing to keep apart from it: no savepoint, a refusal rolls back
+                self._run_alone(conn, slot)
+            else:
+                self._run_in_savepoint(conn, slot)
+        finally:
+            slot.committed = self._commits() != before
+
+    def _run_alone(self, conn: sqlite3.Connection, slot: _Slot[T]) -> None:
+        try:
+            slot.result = slot.work(conn)
+        except self._contained as exc:
+            slot.error = exc  # its own answer, even after a commit_so_far
+            raise
 
     def _run_in_savepoint(self, conn: sqlite3.Connection, slot: _Slot[T]) -> None:
         """Run one piece of a group; a contained refusal is undone without the others."""
@@ -165,3 +215,22 @@ class GroupCommit(Generic[T]):
             except self._contained as exc:
                 conn.execute("ROLLBACK TO piece")
                 slot.error = exc
+
+
+def _fail(group: list[_Slot[T]], exc: BaseException) -> None:
+    """Hand ``exc``, which failed the group's transaction, to each piece it undid.
+
+    The last piece that committed the group so far made every piece before it durable:
+    their answers (results or refusals) stand, whatever came after. That piece gets
+    :class:`PartlyCommitted` (unless ``exc`` ends the process, as ``KeyboardInterrupt``
+    does: that goes on as it is); a piece refused on its own keeps its refusal.
+    """
+    last = max((i for i, slot in enumerate(group) if slot.committed), default=-1)
+    for i, slot in enumerate(group):
+        if i < last or slot.error is not None:
+            continue
+        slot.result = None
+        if i == last and isinstance(exc, Exception):
+            slot.error = PartlyCommitted(exc)
+        else:
+            slot.error = exc

@@ -19,11 +19,14 @@ from sqlalchemy import Engine
 
 from storage.errors import StorageError
 
-__all__ = ["COMMIT_BUCKETS_S", "WriteConnection", "storage_failure"]
+__all__ = ["COMMIT_BUCKETS_S", "NOTHING_STORED", "WriteConnection", "storage_failure"]
 
 # the upper bounds, in seconds, of the durable commits' latency histogram (GET /metrics):
 # an fsync on an SSD takes about a millisecond, on an SD card up to hundreds
 COMMIT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# how a failed transaction's StorageError ends: true since its last commit_so_far only
+NOTHING_STORED = "; nothing of it was stored"
 
 
 class WriteConnection:
@@ -41,7 +44,8 @@ class WriteConnection:
         self._durable = True
         self._savepoints: list[str] = []  # open in the transaction, innermost last
         self._synchronous = int(raw.execute("PRAGMA synchronous").fetchone()[0])
-        # what the commits cost (each an fsync with synchronous=FULL): benchmarks read it
+        # what the commits cost (each an fsync with synchronous=FULL): benchmarks read it,
+        # and a group commit counts the commit_so_far of each of its pieces by it
         self.commits = 0
         self.commit_seconds = 0.0
         # the durable commits only (fsync'd with synchronous=FULL), by COMMIT_BUCKETS_S;
@@ -83,7 +87,7 @@ class WriteConnection:
                     self._savepoints.clear()
                     self._rollback()
                     if isinstance(exc, sqlite3.Error) and (failure := storage_failure(exc)):
-                        raise StorageError(f"{failure}; nothing of it was stored") from exc
+                        raise StorageError(failure + NOTHING_STORED) from exc
                     raise
                 self._depth = 0
                 self._commit()
@@ -138,7 +142,7 @@ class WriteConnection:
         except sqlite3.Error as exc:
             self._rollback()
             failure = storage_failure(exc) or f"the commit failed: {exc}"
-            raise StorageError(f"{failure}; nothing of it was stored") from exc
+            raise StorageError(failure + NOTHING_STORED) from exc
         took = time.perf_counter() - start
         self.commit_seconds += took
         self.commits += 1
