@@ -45,6 +45,7 @@ from agent.errors import (
     InvalidSale,
     RegisterRefused,
     RegisterStateError,
+    StorageError,
     WaitsForUnit,
 )
 from agent.issuing import Issuing
@@ -81,7 +82,7 @@ from agent.waiting import (
     waiting_rows,
 )
 from storage.db import TillDB
-from storage.group_commit import GroupCommit
+from storage.group_commit import GroupCommit, PartlyCommitted
 
 __all__ = [
     "KINDS",
@@ -209,6 +210,9 @@ class ReceiptService:
 
         Raises:
             InvalidSale: the sale breaks a rule (nothing was consumed).
+            StorageError: the till database failed: nothing of the sale was stored, or
+                (a chain unit's sale whose signing intent was committed first) it keeps
+                its number and the same ``request_id`` gets its receipt.
         """
         return self.issue_once(sale).result
 
@@ -251,6 +255,8 @@ class ReceiptService:
             except _ClosingDue:
                 checks -= 1  # (a clock that keeps the closing due: the last try issues)
                 self._closing_due.pop(register_id, None)
+            except PartlyCommitted as exc:  # its chain signing's intent is stored
+                raise StorageError(_intent_kept(exc.failure, parsed.request_id)) from exc
 
     def issue_special(
         self,
@@ -647,6 +653,18 @@ def _zero_again(stored: sqlite3.Row) -> bool:
         return True
     bare = {"request_id": stored["request_id"], "register": stored["register_id"], "kind": "null"}
     return same_sale(stored["sale_hash"], parse_sale(bare))
+
+
+def _intent_kept(failure: str, request_id: str) -> str:
+    """The answer to a sale whose group failed (``failure``) after its chain signing's
+    intent was committed: the sale keeps its number, and the next write transaction
+    stores its receipt as a lost answer would (:func:`agent.interrupted.store_interrupted`)."""
+    return (
+        f"{failure}; this sale's signing intent for the chain service was committed before"
+        " that, so the sale keeps its receipt number: its receipt is stored unsigned with"
+        " the till's next write, until the service answers. Send the sale again with"
+        f" request_id {request_id!r} to get it"
+    )
 
 
 def _stored_receipt(stored: sqlite3.Row) -> str:

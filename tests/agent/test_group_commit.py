@@ -9,17 +9,23 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Query
 
+from agent.clock import FrozenClock
 from agent.contract import ReceiptResult
 from agent.errors import InvalidSale
 from agent.receipts import ReceiptService
-from factories import run_threads, sale
+from agent.signing.registry import UnitRegistry
+from factories import db_rows, run_threads, sale
+from storage import TillDB
 from storage.errors import StorageError
+from storage.writer import NOTHING_STORED
 
 THREADS, PER_THREAD = 6, 20
 
@@ -192,3 +198,126 @@ class TestInterruptedCaller:
         issued = [r["request_id"] for r in query("SELECT request_id FROM receipts")]
         assert "interrupted" not in issued
         assert service.issue(sale(request_id="interrupted")).number == 4  # the POS retries
+
+
+def _fail_the_group_commit(service: ReceiptService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next COMMIT that ends a write transaction fails as a full disk does (an early
+    commit of a chain signing's intent, ``commit_so_far``, still succeeds)."""
+    writer = service._issuing.writer
+    real = writer._commit
+    failed: list[bool] = []
+
+    def commit() -> None:
+        if writer._depth == 0 and not failed:  # the transaction's own COMMIT
+            failed.append(True)
+            writer._conn.execute("ROLLBACK")  # as a failed COMMIT does
+            failure = "the till database cannot grow: the disk is full (injected)"
+            raise StorageError(failure + NOTHING_STORED)  # as the writer says it
+        real()
+
+    monkeypatch.setattr(writer, "_commit", commit)
+
+
+def _one_group(service: ReceiptService, request_ids: list[str]) -> dict[str, object]:
+    """One sale for each request id, each from its own thread, all in one group (in this
+    order): the receipt or the exception each caller got."""
+    answers: dict[str, object] = {}
+
+    def sell(request_id: str) -> None:
+        try:
+            answers[request_id] = service.issue(sale(request_id=request_id))
+        except StorageError as exc:
+            answers[request_id] = exc
+
+    threads = [threading.Thread(target=sell, args=(r,)) for r in request_ids]
+    with service._issuing.lock:  # the first caller leads, and waits with its group
+        for queued, thread in enumerate(threads, start=1):
+            thread.start()
+            deadline = time.monotonic() + 10
+            while service._group.queued < queued:
+                assert time.monotonic() < deadline, f"sale {queued} never queued"
+                time.sleep(0.001)
+    for thread in threads:
+        thread.join(30)
+        assert not thread.is_alive(), "a caller never got its answer"
+    return answers
+
+
+def _receipts(db: TillDB) -> list[tuple[Any, ...]]:
+    sql = "SELECT number, request_id, signature_state, jws FROM receipts ORDER BY number"
+    return [tuple(r) for r in db_rows(db, sql)]
+
+
+class TestGroupFailureAfterAnIntent:
+    """A chain unit's sale commits its signing intent, and with it the group so far, before
+    the request leaves (agent/signing_step.py): a failure of the group afterwards must not
+    tell the callers whose receipts that commit stored that nothing was stored."""
+
+    def test_the_sales_stored_by_an_intent_are_answered_when_the_group_commit_fails(
+        self,
+        chain_service: ReceiptService,
+        db: TillDB,
+        data_dir: Path,
+        open_db: Callable[..., TillDB],
+        registry: UnitRegistry,
+        clock: FrozenClock,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Six sales in one group, the disk fills at its COMMIT: the five that the last
+        sale's intent committed get their receipts, the last one is told that it keeps its
+        number, and after a reopening the database holds exactly that; its retry gets it."""
+        _fail_the_group_commit(chain_service, monkeypatch)
+        ids = [f"s{i}" for i in range(6)]
+        answers = _one_group(chain_service, ids)
+        issued = {r: a for r, a in answers.items() if isinstance(a, ReceiptResult)}
+        assert sorted(a.number for a in issued.values()) == [2, 3, 4, 5, 6]
+        [(last, told)] = [(r, a) for r, a in answers.items() if r not in issued]
+        assert last == ids[-1]  # the last of the group: its intent committed the others
+        assert isinstance(told, StorageError)
+        assert "the disk is full" in str(told)
+        assert "nothing of it was stored" not in str(told)
+        assert "keeps its receipt number" in str(told)
+        assert f"request_id {last!r}" in str(told)
+
+        db.close()
+        reopened = open_db(data_dir)
+        stored = _receipts(reopened)
+        assert stored[1:] == sorted(
+            (a.number, r, a.signature_state, a.jws) for r, a in issued.items()
+        )
+        assert [r[:3] for r in stored[1:]] == [(n, ids[n - 2], "signed") for n in range(2, 7)]
+        [(number,)] = db_rows(reopened, "SELECT max(number) FROM pending_signings")
+        assert number == 7  # the last sale's intent
+
+        service = ReceiptService(reopened, registry, clock=clock, sign_timeout=1.5)
+        again = service.issue_once(sale(request_id=last))
+        assert (again.created, again.result.number) == (False, 7)
+        assert again.result.signature_state == "unsigned"  # until recovery asks the service
+        assert [r[:3] for r in _receipts(reopened)][-1] == (7, last, "unsigned")
+
+    def test_a_sale_alone_whose_commit_fails_after_its_intent_is_told_it_is_kept(
+        self,
+        chain_service: ReceiptService,
+        db: TillDB,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The group of one (no savepoint) tells the same: its number is kept."""
+        _fail_the_group_commit(chain_service, monkeypatch)
+        with pytest.raises(StorageError, match="keeps its receipt number") as raised:
+            chain_service.issue(sale(request_id="alone"))
+        assert "nothing of it was stored" not in str(raised.value)
+        assert [r[:2] for r in _receipts(db)] == [(1, None)]
+        again = chain_service.issue_once(sale(request_id="alone"))
+        assert (again.created, again.result.number) == (False, 2)
+        assert again.result.signature_state == "unsigned"
+
+    def test_a_local_unit_s_failed_group_still_stores_and_answers_nothing(
+        self, service: ReceiptService, db: TillDB, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without a chain unit no sale commits early: every caller of the failed group
+        is told that nothing was stored, and nothing was."""
+        _fail_the_group_commit(service, monkeypatch)
+        answers = _one_group(service, ["a", "b", "c"])
+        assert all(isinstance(a, StorageError) for a in answers.values())
+        assert all("nothing of it was stored" in str(a) for a in answers.values())
+        assert [r[0] for r in _receipts(db)] == [1]
