@@ -54,7 +54,13 @@ from agent.durable import create_file, device_of
 from agent.errors import ConfigurationError
 from agent.printing.render import EscposOptions
 from agent.receipt_text import WIDTH
-from agent.signing.config import DEV_UNIT, DEV_ZDA, UnitConfig
+from agent.signing.config import (
+    DEV_UNIT,
+    DEV_ZDA,
+    ZDA_OPTIONAL_KINDS,
+    UnitConfig,
+    missing_zda,
+)
 from agent.strict_values import refuse_coercion
 
 if TYPE_CHECKING:
@@ -466,6 +472,10 @@ class AgentConfig(_Section):
     ``development_unit``: when no ``[[units]]`` are configured, ``run`` creates a software
     unit on first start, labelled as not certified (development only); with units it has
     no effect. Set it to false in production so that a missing unit stops the agent.
+
+    ``[[units]]``: a unit of any kind but ``software`` must give its ``zda`` (refused as
+    ``units.<id>.zda``, rule ``zda-required``); a software unit without it signs as the
+    fictitious test provider AT100, as the development unit does.
     """
 
     data_dir: Path = Field(default_factory=default_data_dir)
@@ -521,6 +531,8 @@ class AgentConfig(_Section):
                     f" it), which [[units]] may list as it is; this {unit.kind} unit of"
                     f" provider {unit.zda} needs another id",
                 )
+            if unit.kind not in ZDA_OPTIONAL_KINDS and "zda" not in unit.model_fields_set:
+                raise _needs("zda-required", f"units.{unit.id}.zda", missing_zda(unit.kind))
         return self
 
     @property

@@ -361,7 +361,9 @@ class TestErrors:
 
     def test_secrets_are_not_echoed(self, write_config: WriteConfig) -> None:
         """Error messages never repeat values, so a PIN cannot leak through one."""
-        path = write_config('[[units]]\nid = "u"\nkind = "pkcs11"\npin = "s3cret-pin"\n')
+        path = write_config(
+            '[[units]]\nid = "u"\nkind = "pkcs11"\nzda = "AT1"\npin = "s3cret-pin"\n'
+        )
         assert "s3cret-pin" not in _error(path)
 
 
@@ -574,8 +576,8 @@ class TestCli:
     ) -> None:
         """PINs are <hidden> in both formats; the token file is named, its content never read."""
         path = write_config(
-            '[[units]]\nid = "h"\nkind = "pkcs11"\nmodule = "m.so"\ntoken_label = "t"\n'
-            'key_label = "k"\npin = "s3cret-pin"\ncertificate_file = "c.pem"\n'
+            '[[units]]\nid = "h"\nkind = "pkcs11"\nzda = "AT1"\nmodule = "m.so"\n'
+            'token_label = "t"\nkey_label = "k"\npin = "s3cret-pin"\ncertificate_file = "c.pem"\n'
         )
         shown = run("show", "--config", path, "--json")
         assert shown.exit_code == 0, shown.output
@@ -634,7 +636,7 @@ class TestCli:
     ) -> None:
         """A missing module or certificate fails the check; the token is never asked."""
         path = write_config(
-            '[[units]]\nid = "h"\nkind = "pkcs11"\nmodule = "/nonexistent/p11.so"\n'
+            '[[units]]\nid = "h"\nkind = "pkcs11"\nzda = "AT1"\nmodule = "/nonexistent/p11.so"\n'
             'token_label = "t"\nkey_label = "k"\npin = "1234"\n'
             f'certificate_file = "{tmp_path / "missing.crt"}"\n'
         )

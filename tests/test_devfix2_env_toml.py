@@ -41,7 +41,7 @@ def test_the_two_line_form_is_refused_naming_the_variable_and_the_place(tmp_path
     """The form the example once showed (an inline table over two lines): TOML's own error
     with its line and column in the value, and how to write it."""
     value = (
-        '[{id = "hsm", kind = "pkcs11", module = "...", token_label = "till",\n'
+        '[{id = "hsm", kind = "pkcs11", zda = "AT1", module = "...", token_label = "till",\n'
         '   key_label = "rksv", pin = "1234", certificate_file = "..."}]'
     )
     message = _refusal(tmp_path, TILL_AGENT_UNITS=value)

@@ -20,8 +20,10 @@ __all__ = [
     "UNIT_ID_PATTERN",
     "UNIT_ID_RULE",
     "UNIT_PATHS",
+    "ZDA_OPTIONAL_KINDS",
     "UnitConfig",
     "is_unit_id",
+    "missing_zda",
     "moved_files",
     "placed_in",
     "stored_in",
@@ -48,11 +50,32 @@ KEYS_DIR = "keys"
 DEV_UNIT = "dev-uncertified"
 # ... and its provider: the fictitious AT100 of `unit create-software`, never a real one
 DEV_ZDA = "AT100"
+# the kinds a configuration may give without zda: the development software unit, which
+# then signs as DEV_ZDA; every other kind signs with a provider's certificate (or a closed
+# system's key), and the default would sign its receipts as the test provider, unnoticed
+ZDA_OPTIONAL_KINDS = frozenset({"software"})
+# the providers of certificates a till may configure (reference/rksv.md 1.2)
+_PROVIDERS = (("AT1", "A-Trust"), ("AT2", "GlobalTrust"), ("AT3", "PrimeSign"))
 
 
 def is_unit_id(value: str) -> bool:
     """True when ``value`` may name a unit and its files (:data:`UNIT_ID_RULE`)."""
     return re.fullmatch(UNIT_ID_PATTERN, value) is not None and value not in (".", "..")
+
+
+def missing_zda(kind: str) -> str:
+    """Why a configured unit of ``kind`` (one outside :data:`ZDA_OPTIONAL_KINDS`) needs
+    ``zda``, and the values to choose from."""
+    providers = ", ".join(f'"{zda}" ({name})' for zda, name in _PROVIDERS)
+    closed = "" if kind == "chain" else '; "AT0" for a closed system (with key_id)'
+    return (
+        f"a {kind} unit must name the trust service provider it signs for: zda is required"
+        " for every unit but the development software unit (without it the unit would sign"
+        f" as R1-{DEV_ZDA}, the fictitious test provider, which no registered till may use)."
+        f" Set zda in its [[units]] entry: the provider of its certificate, {providers}"
+        f'{closed}; "{DEV_ZDA}" only for a test token or service (its receipts are'
+        " development ones)"
+    )
 
 
 class UnitConfig(BaseModel):

@@ -132,6 +132,7 @@ class TestStoredForm:
         config = UnitConfig(
             id="hsm",
             kind="pkcs11",
+            zda="AT1",
             module=Path("libsofthsm2.so"),
             token_label="till",
             key_label="k1",
