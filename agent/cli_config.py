@@ -134,6 +134,7 @@ def check_resources(config: AgentConfig, notes: list[str] | None = None) -> list
     held = _held_register(config)
     problems += _new_register_problems(config, held)
     if held is not None:
+        problems += _stored_zda_problems(config, held)
         problems += _register_unit_problems(config, held)
         problems += _stored_unit_problems(config, held, notes)
     if config.printer.kind in ("usb", "serial"):
@@ -157,6 +158,7 @@ class _Held:
     unit_ids: list[str] | None
     units: list[UnitConfig]
     active: dict[str, list[str]] = field(default_factory=dict)
+    zdas: dict[str, str] = field(default_factory=dict)  # every stored unit's provider
 
 
 def _new_register_problems(config: AgentConfig, held: _Held | None) -> list[str]:
@@ -183,6 +185,18 @@ def _new_register_problems(config: AgentConfig, held: _Held | None) -> list[str]
             f" {config.data_dir}, or its database cannot be read: `run` would create it so)"
         ]
     return []
+
+
+def _stored_zda_problems(config: AgentConfig, held: _Held) -> list[str]:
+    """Each configured unit the till database stores under another provider: `run`
+    refuses to start (registry.refuse_other_zda), the stored unit is never changed."""
+    from agent.signing.config import other_zda
+
+    return [
+        other_zda(unit, stored)
+        for unit in config.units
+        if (stored := held.zdas.get(unit.id)) is not None and stored != unit.zda
+    ]
 
 
 def _register_unit_problems(config: AgentConfig, held: _Held) -> list[str]:
@@ -270,9 +284,10 @@ def _held_register(config: AgentConfig) -> _Held | None:
             active = active_register_units(conn)
             every = [*(ids or []), *(u for units in active.values() for u in units)]
             units = [stored_config(conn, unit_id) for unit_id in dict.fromkeys(every)]
+            zdas = {str(i): str(z) for i, z in conn.execute("SELECT id, zda FROM units")}
     finally:
         db.close()
-    return _Held(ids, units, active)
+    return _Held(ids, units, active, zdas)
 
 
 def _unit_problems(unit: UnitConfig, notes: list[str]) -> list[str]:

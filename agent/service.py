@@ -51,6 +51,7 @@ from agent.signing.registry import (
     development_register,
     open_in_time,
     other_units,
+    refuse_other_zda,
     register_unit_ids,
     store_moved_files,
     store_unit,
@@ -260,6 +261,9 @@ class TillService:
         # transaction, and by a deadline (a token that hangs fails the start, named)
         timeout = max(self.config.sign_timeout_s, OPEN_TIMEOUT_S)
         configs = [_restored(config, data_dir) for config in configs]
+        with self.db.read_connection() as conn:  # before any is stored: all or none
+            for config in configs:
+                refuse_other_zda(conn, config)
         for config in configs:
             with self.db.read_connection() as conn:
                 row = conn.execute("SELECT config FROM units WHERE id = ?", (config.id,)).fetchone()

@@ -25,6 +25,7 @@ __all__ = [
     "is_unit_id",
     "missing_zda",
     "moved_files",
+    "other_zda",
     "placed_in",
     "stored_in",
 ]
@@ -75,6 +76,22 @@ def missing_zda(kind: str) -> str:
         f" Set zda in its [[units]] entry: the provider of its certificate, {providers}"
         f'{closed}; "{DEV_ZDA}" only for a test token or service (its receipts are'
         " development ones)"
+    )
+
+
+def other_zda(config: UnitConfig, stored: str) -> str:
+    """The problem of ``config`` when the till database stores its unit under provider
+    ``stored``, another one: a unit's provider is part of its identity. Names the field
+    (``units.<id>.zda``), the rule (``zda-stored``) and the ways on."""
+    unit_id, configured = config.id, config.zda
+    return (
+        f"units.{unit_id}.zda: unit {unit_id} signs as R1-{stored} in the till database (its"
+        f" receipts carry that suite), but zda = {configured!r} is configured: a unit's"
+        " provider is part of its identity and never changes under its id, so the receipts"
+        f" signed so far stay as they are. To go on with it, set zda = {stored!r}; to sign"
+        f" as R1-{configured}, add the token or service as a unit with an id of its own and"
+        f" zda = {configured!r}, set up a new register on it (`till-agent init NEW-ID --unit"
+        " NEW-UNIT`, or a new [register] id) and register both in FinanzOnline [zda-stored]"
     )
 
 

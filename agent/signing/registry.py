@@ -15,7 +15,7 @@ from pathlib import Path
 from agent.errors import ConfigurationError, NotFound, PinRejected, UnitUnavailable
 from agent.signing import SignatureUnit, UnitConfig, open_unit
 from agent.signing.base import Capabilities, Identity, call_with_deadline, in_daemon_thread
-from agent.signing.config import moved_files, placed_in, stored_in
+from agent.signing.config import moved_files, other_zda, placed_in, stored_in
 from agent.signing.flaky import FlakyUnit
 from storage.journal import append_event
 
@@ -29,6 +29,7 @@ __all__ = [
     "development_register",
     "open_in_time",
     "other_units",
+    "refuse_other_zda",
     "register_unit_ids",
     "store_moved_files",
     "store_unit",
@@ -228,6 +229,22 @@ def store_unit(conn: sqlite3.Connection, config: UnitConfig, unit: SignatureUnit
         at=at,
         data={"unit": config.id, "kind": config.kind, "zda": ident.zda, "serial": ident.serial},
     )
+
+
+def refuse_other_zda(conn: sqlite3.Connection, config: UnitConfig) -> None:
+    """Refuse ``config`` when the till database stores its unit under another provider.
+
+    The provider is part of the stored identity (:func:`store_unit`), which its receipts
+    and the checks' test of a development unit (provider AT100) read: a configuration that
+    names another one is an error at start, never a change of the stored unit (that would
+    rewrite what its receipts so far were), nor ignored with only a log line.
+
+    Raises:
+        ConfigurationError: naming ``units.<id>.zda``, both providers and the ways on.
+    """
+    row = conn.execute("SELECT zda FROM units WHERE id = ?", (config.id,)).fetchone()
+    if row is not None and str(row[0]) != config.zda:
+        raise ConfigurationError(other_zda(config, str(row[0])))
 
 
 def store_moved_files(conn: sqlite3.Connection, at: str) -> list[str]:
