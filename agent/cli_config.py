@@ -20,7 +20,7 @@ from rich.markup import escape
 from agent.cli_base import err, out
 from agent.config import CONFIG_ENV, ENV_PREFIX, AgentConfig, find_config_file, load_config
 from agent.errors import ConfigurationError, InvalidSale, UnitUnavailable
-from agent.signing.config import UnitConfig
+from agent.signing.config import DEV_ZDA, ZDA_OPTIONAL_KINDS, UnitConfig
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -130,6 +130,7 @@ def check_resources(config: AgentConfig, notes: list[str] | None = None) -> list
     for unit in config.units:
         found: list[str] = []
         problems += [f"units.{unit.id}: {problem}" for problem in _unit_problems(unit, found)]
+        found += filter(None, [_test_provider_note(unit)])
         notes += [f"units.{unit.id}: {note}" for note in found]
     held = _held_register(config)
     problems += _new_register_problems(config, held)
@@ -288,6 +289,18 @@ def _held_register(config: AgentConfig) -> _Held | None:
     finally:
         db.close()
     return _Held(ids, units, active, zdas)
+
+
+def _test_provider_note(unit: UnitConfig) -> str | None:
+    """What a unit that is not the development software unit but gives zda = AT100 (a
+    test token) signs: development receipts; None for any other unit."""
+    if unit.kind in ZDA_OPTIONAL_KINDS or unit.zda != DEV_ZDA:
+        return None
+    return (
+        f"zda = {DEV_ZDA!r}: a test {unit.kind} unit; it signs as R1-{DEV_ZDA}, the"
+        " fictitious test provider, so a register on it is a development one (it owes no"
+        " FinanzOnline step, and no registered till may use it)"
+    )
 
 
 def _unit_problems(unit: UnitConfig, notes: list[str]) -> list[str]:

@@ -24,6 +24,7 @@ from cryptography.x509.oid import NameOID
 from signing.conftest import SoftHsm
 from typer.testing import CliRunner, Result
 
+from agent.checks import development_units
 from agent.cli_config import config_app
 from agent.config import load_config
 from agent.errors import ConfigurationError
@@ -109,6 +110,29 @@ def _stored(data: Path) -> tuple[list[tuple[object, ...]], int]:
         units = conn.execute("SELECT id, zda, config FROM units ORDER BY id").fetchall()
         (events,) = conn.execute("SELECT count(*) FROM journal WHERE kind = 'unit.stored'")
     return units, int(events[0])
+
+
+class TestTestToken:
+    def test_an_explicit_at100_is_checked_with_a_note_and_signs_development_receipts(
+        self, write: WriteFor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`config check` takes zda = "AT100" (exit 0) and notes that the unit signs as
+        the test provider; `run` signs R1-AT100 receipts with the token, and the checks
+        count the unit as a development one (its register owes no FinanzOnline step)."""
+        path = write(DEV_ZDA)
+        checked = _check(path, monkeypatch)
+        assert checked.exit_code == 0, checked.output
+        assert f"note: units.hsm: zda = '{DEV_ZDA}': a test pkcs11 unit" in flat(checked.stderr)
+        service = _started(path)
+        try:
+            issued = service.receipts.issue(sale(register=REGISTER))
+            with service.db.read_connection() as conn:
+                development = development_units(conn)
+        finally:
+            service.stop()
+        assert issued.signature_state == "signed"
+        assert issued.qr.startswith(f"_R1-{DEV_ZDA}_{REGISTER}_"), issued.qr
+        assert "hsm" in development
 
 
 class TestStoredProvider:
