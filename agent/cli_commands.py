@@ -533,14 +533,26 @@ def special(
     jump that the service saw less than an hour ago is refused too (exit 4), unless --yes
     confirms the date. After a Jahres- or Schlussbeleg it says what the operator owes and by
     when. An unknown register is exit 6.
+
+    While the register's outage is open the unit is asked first, through the signed
+    Sammelbeleg that closes it (a command has no probe to tell it the unit is back): a
+    Nullbeleg is that Sammelbeleg, as the local API's zero receipt; if the unit still
+    fails, no Nullbeleg is issued (exit 4, as outage recover), a Monatsbeleg carries the
+    failure marker and a Jahres- or Schlussbeleg waits (exit 4).
     """
     if kind == "closing" and not yes:
         _fail(
             InvalidSale("--yes", "confirm", "a Schlussbeleg ends the register: add --yes"), as_json
         )
+    first: ReceiptResult | None = None
     with _service(data_dir, as_json) as service:
         try:
-            result = service.issue_special(register, kind, confirmed=yes)
+            if kind == "null":
+                result = _zero_receipt(service, register)
+            else:
+                service.check_special(register, kind, confirmed=yes)
+                first = _sammelbeleg_first(service, register, as_json)
+                result = _after_first(service, register, kind, yes, first, as_json)
         except InvalidSale as exc:
             if exc.rule != "register-unknown":
                 raise
@@ -548,9 +560,88 @@ def special(
             message = f"register {register!r} is not initialized in this till database"
             raise NotFound(message) from exc
         owed = _owed_for(service, result)
+        waits = (kind == "null" or first is not None) and register in service.probe_targets()
+    if as_json:
+        body = result.model_dump(by_alias=True)
+        _emit(body if first is None else body | {"issued_first": [_brief(first)]}, True)
+        return
     _show_receipt(result, as_json)
-    if owed is not None and not as_json:
+    if owed is not None:
         out.print(owed)
+    if waits:  # the service's probe issues them; here, the command that does
+        out.print(
+            f"{register} still waits for its unit (a Sammelbeleg, unsigned receipts to"
+            f" remedy or special receipts): till-agent outage recover {register} issues it"
+            " once the unit answers"
+        )
+
+
+def _zero_receipt(service: ReceiptService, register: str) -> ReceiptResult:
+    """The local API's zero receipt (:meth:`ReceiptService.zero_receipt`): while an outage
+    is open, the signed Sammelbeleg that closes it, the unit asked whatever the breaker
+    says. One the unit cannot sign is not issued (a lost answer keeps its number,
+    unsigned): the attempt is a failed probe of the outage, as in ``outage recover``."""
+    was_open = service.outages.is_open(register)
+    try:
+        return service.zero_receipt(register).result
+    except WaitsForUnit as exc:
+        if not was_open:
+            raise
+        service.record_probe(register, False, str(exc))
+        raise WaitsForUnit(
+            f"register {register} has an open outage, and a Nullbeleg now is the Sammelbeleg"
+            f" that closes it: {exc}; the outage stays open (till-agent outage recover"
+            f" {register} once the unit answers)"
+        ) from exc
+
+
+def _sammelbeleg_first(
+    service: ReceiptService, register: str, as_json: bool
+) -> ReceiptResult | None:
+    """While ``register``'s outage is open, ask the unit through the Sammelbeleg it owes
+    (the breaker would stamp the failure marker without asking): the receipt, or ``None``
+    (no outage; or the unit still fails, recorded as a failed probe)."""
+    if not service.outages.is_open(register):
+        return None
+    try:
+        first = service.zero_receipt(register).result
+    except WaitsForUnit as exc:
+        service.record_probe(register, False, str(exc))
+        return None
+    if not as_json:
+        out.print(
+            f"the unit answers again: Sammelbeleg #{first.number} ({first.receipt_id})"
+            f" closed the outage of {register} first",
+            highlight=False,
+        )
+    return first
+
+
+def _after_first(
+    service: ReceiptService,
+    register: str,
+    kind: str,
+    yes: bool,
+    first: ReceiptResult | None,
+    as_json: bool,
+) -> ReceiptResult:
+    """The special receipt asked for; a refusal after a Sammelbeleg issued first names
+    that one too in ``--json`` (the text said it already)."""
+    try:
+        return service.issue_special(register, kind, confirmed=yes)
+    except TillAgentError as exc:
+        if first is None or not as_json:
+            raise
+        _fail(exc, as_json, extra={"issued_first": [_brief(first)]})
+
+
+def _brief(result: ReceiptResult) -> dict[str, object]:
+    return {
+        "number": result.number,
+        "receipt_id": result.receipt_id,
+        "kind": result.kind,
+        "state": result.signature_state,
+    }
 
 
 _OWED = {

@@ -292,10 +292,7 @@ class ReceiptService:
             reg = open_register(conn, register_id)
             period = None
             if kind in ("monthly", "yearly"):
-                waits = waiting_periods(conn, register_id, "yearly")
-                period = period_to_close(reg, kind, self._look(), waits)
-                if not confirmed:
-                    self._refuse_held(reg, kind, period)
+                period = self._hand_period(conn, reg, kind, confirmed=confirmed)
             draft = Draft(
                 register_id,
                 kind,
@@ -313,6 +310,27 @@ class ReceiptService:
                     waiting_done(conn, waiting, result.number, self.clock.now().isoformat())
         raise_if_lost(result)
         return result
+
+    def check_special(self, register_id: str, kind: str, *, confirmed: bool = False) -> None:
+        """Raise now, issuing nothing, what :meth:`issue_special` would refuse a Monats- or
+        Jahresbeleg of ``register_id`` for (another kind: an unknown or closed register
+        only). The command line asks before an open outage's Sammelbeleg asks the unit:
+        a closing refused anyway leaves no Sammelbeleg it did not ask for."""
+        with self.db.read_connection() as conn:
+            reg = open_register(conn, register_id)
+            if kind in ("monthly", "yearly"):
+                self._hand_period(conn, reg, kind, confirmed=confirmed)
+
+    def _hand_period(
+        self, conn: sqlite3.Connection, reg: sqlite3.Row, kind: str, *, confirmed: bool
+    ) -> str:
+        """The month a hand-issued Monats-/Jahresbeleg of ``reg`` closes now; raises
+        :class:`RegisterStateError` as :meth:`issue_special` documents."""
+        waits = waiting_periods(conn, reg["id"], "yearly")
+        period = period_to_close(reg, kind, self._look(), waits)
+        if not confirmed:
+            self._refuse_held(reg, kind, period)
+        return period
 
     def zero_receipt(self, register_id: str, request_id: str | None = None) -> Issued:
         """A Nullbeleg; while an outage is open, the signed Sammelbeleg that closes it.
