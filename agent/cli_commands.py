@@ -1029,6 +1029,8 @@ def verify(
     Exit 0 if valid, 1 if not; every finding names the receipt and the rule. A file that
     cannot be read (missing, a directory) is a finding naming it, exit 1. A container
     without an AES key leaves the turnover counter unchecked: a note says so (still exit 0).
+    Receipts with the failure marker (zero receipts among them) and a DEP that ends inside
+    an outage are no finding either: notes say so, --json counts them.
     A DEP that does not start with the Startbeleg is invalid unless --partial is given.
     """
     from agent.at_rksv.verify import verify_files
@@ -1049,6 +1051,13 @@ def verify(
         body: dict[str, object] = {"ok": report.ok, "receipts": report.receipts}
         body |= {"counter_checked": report.counter_checked, "partial": report.partial}
         body["notes"] = report.notes
+        body |= {  # no findings, but counted: rksv.md 5
+            "fallback_receipts": report.fallback_receipts,
+            "fallback_zero_receipts": report.fallback_zero_receipts,
+            "outages": report.outages,
+            "ends_in_outage": report.open_outage_from is not None,
+            "open_outage_from": report.open_outage_from,
+        }
         _emit({**body, "findings": findings}, True)
     else:
         for finding in report.findings:

@@ -45,6 +45,13 @@ rule                            broken when
 
 A failed outage run at the very end of a DEP is accepted: the export may be cut there.
 
+Receipts with the failure marker are no finding either (rksv.md 5), but the report counts
+them (:attr:`Report.fallback_receipts`, of them zero receipts
+:attr:`Report.fallback_zero_receipts`, which the BMF Prüftool reports as negative with a
+hint), the outages they make (:attr:`Report.outages`: runs of them) and whether the DEP
+ends inside one, before its Sammelbeleg (:attr:`Report.open_outage_from`), and
+:attr:`Report.notes` says so. Counts, not lists: memory stays bounded.
+
 Without an AES key in the crypto container (ztp allows that) the turnover counter is not
 checked: :attr:`Report.counter_checked` is false and :attr:`Report.notes` says why.
 
@@ -121,6 +128,15 @@ TAKEN_AS_GIVEN = (
     "a part of a DEP: its first receipt {receipt} is not the Startbeleg; its chaining value"
     " and turnover counter are taken as given"
 )
+FALLBACK_NOTE = (
+    "{receipts} the failure marker 'Sicherheitseinrichtung ausgefallen' ({zero} of them zero"
+    " receipts), in {outages}"
+)
+UNSIGNED_ZERO = "; the BMF Prüftool reports an unsigned zero receipt as negative, with a hint"
+ENDS_IN_OUTAGE = (
+    "the DEP ends inside an outage (the failure marker from receipt {first} on): its"
+    " Sammelbeleg, the signed zero receipt that ends it, is not in it yet"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +145,12 @@ class Report:
 
     ``counter_checked`` is false when the turnover counter could not be checked (no AES
     key); ``partial`` is true when the first receipt was taken as given (a part of a
-    DEP); ``notes`` says what was not checked, and why, for a verdict that is not a finding.
+    DEP); ``notes`` says what was not checked, and why, and what is no finding but not to
+    be missed: receipts with the failure marker and a DEP that ends inside an outage.
+    ``fallback_receipts`` carry the failure marker, ``fallback_zero_receipts`` of them are
+    zero receipts (all amounts 0, not Storno or Training), ``outages`` counts their runs,
+    and ``open_outage_from`` is the Belegnummer that begins the run the DEP ends in, whose
+    Sammelbeleg is not in it yet (``None``: the DEP does not end inside an outage).
     """
 
     findings: list[Finding] = field(default_factory=list)
@@ -137,6 +158,10 @@ class Report:
     counter_checked: bool = True
     notes: list[str] = field(default_factory=list)
     partial: bool = False
+    fallback_receipts: int = 0
+    fallback_zero_receipts: int = 0
+    outages: int = 0
+    open_outage_from: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -242,13 +267,37 @@ class _Walk:
         self.counter: int | None = 0
         self.seen = ReceiptIdSet()
         self.outage = _Outage.NONE
+        self.outage_from: str | None = None  # the first receipt of the run the walk is in
+        self.outages = 0  # runs of receipts with the failure marker
+        self.fallback = 0  # receipts with the failure marker
+        self.fallback_zero = 0  # of them zero receipts (not Storno or Training)
 
     def report(self) -> Report:
         notes = [] if self.aes_key is not None else [NO_AES_KEY]
         if self.taken is not None:
             notes.append(TAKEN_AS_GIVEN.format(receipt=self.taken))
-        partial = self.taken is not None
-        return Report(self.findings, self.count, self.aes_key is not None, notes, partial)
+        if self.fallback:
+            notes.append(self.fallback_note())
+        open_from = None if self.outage is _Outage.NONE else self.outage_from
+        if open_from is not None:
+            notes.append(ENDS_IN_OUTAGE.format(first=open_from))
+        return Report(
+            self.findings,
+            self.count,
+            self.aes_key is not None,
+            notes,
+            partial=self.taken is not None,
+            fallback_receipts=self.fallback,
+            fallback_zero_receipts=self.fallback_zero,
+            outages=self.outages,
+            open_outage_from=open_from,
+        )
+
+    def fallback_note(self) -> str:
+        receipts = "1 receipt carries" if self.fallback == 1 else f"{self.fallback} receipts carry"
+        outages = "1 outage" if self.outages == 1 else f"{self.outages} outages"
+        note = FALLBACK_NOTE.format(receipts=receipts, zero=self.fallback_zero, outages=outages)
+        return note + UNSIGNED_ZERO if self.fallback_zero else note
 
     def fail(self, receipt: str | None, rule: str, message: str) -> None:
         self.findings.append(Finding(receipt, rule, message))
@@ -421,13 +470,20 @@ class _Walk:
         self.counter = actual
 
     def check_outage(self, r: Receipt) -> None:
-        if r.signed and r.zero and not (r.storno or r.training):
+        zero = r.zero and not (r.storno or r.training)
+        if not r.signed:
+            self.fallback += 1
+            self.fallback_zero += zero
+        if r.signed and zero:
             self.outage = _Outage.NONE
             return
         if self.outage is _Outage.RESIGNED:
             self.flag(r, "sammelbeleg-missing", "no signed zero receipt after the outage")
             self.outage = _Outage.NONE
         if not r.signed:
+            if self.outage is _Outage.NONE:  # a run of receipts with the marker begins
+                self.outages += 1
+                self.outage_from = r.receipt_id
             self.outage = _Outage.FAILED
         elif self.outage is _Outage.FAILED:
             self.outage = _Outage.RESIGNED
