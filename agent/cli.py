@@ -32,6 +32,7 @@ from agent.cli_checks import checks_app
 from agent.cli_config import config_app
 from agent.cli_outage import outage_app
 from agent.cli_print import reprint  # noqa: F401 - registers the command
+from agent.cli_restore import restore  # noqa: F401 - registers the command
 
 __all__ = ["app", "main"]
 
