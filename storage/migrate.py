@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,9 +15,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 
+from agent import __version__
 from storage.errors import StorageError
+from storage.journal import append_event
 
 __all__ = [
+    "MIGRATED",
     "alembic_config",
     "current_revision",
     "downgrade_to",
@@ -26,6 +31,11 @@ __all__ = [
 ]
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# the journal event of a migration: {"from": revision or None (an empty database), "to":
+# revision, "version": the till-agent version that migrated}
+MIGRATED = "schema.migrated"
+
+_log = logging.getLogger(__name__)
 
 
 def alembic_config() -> Config:
@@ -34,8 +44,17 @@ def alembic_config() -> Config:
     return config
 
 
-def upgrade_to_head(engine: Engine, revision: str = "head") -> None:
+def upgrade_to_head(engine: Engine, revision: str = "head") -> int | None:
     """Run every pending migration in one ``BEGIN IMMEDIATE`` transaction.
+
+    A migration is journaled (:data:`MIGRATED`, no register) in that transaction, after
+    the last migration step: the schema and the event that says so commit together, so
+    there is no moment (no crash) with one but not the other; a migration that fails or
+    is cut off leaves neither, and the next open migrates and journals it. Once committed
+    it is logged at INFO. Nothing is journaled or logged when there was nothing to migrate.
+
+    Returns:
+        The event's journal sequence; None when the database was at ``revision`` already.
 
     Raises:
         StorageError: a later version of till-agent migrated the database (its schema
@@ -49,6 +68,30 @@ def upgrade_to_head(engine: Engine, revision: str = "head") -> None:
             raise _later_version(current)
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+        reached = MigrationContext.configure(conn).get_current_revision()
+        if reached == current:
+            return None
+        seq = _journal_migration(conn, current, reached)
+    _log.info(
+        "till database %s migrated from schema revision %s to %s by till-agent %s"
+        " (journal event %d, %s)",
+        engine.url.database,
+        current or "none (empty database)",
+        reached,
+        __version__,
+        seq,
+        MIGRATED,
+    )
+    return seq
+
+
+def _journal_migration(conn: Connection, was: str | None, now: str | None) -> int:
+    """The migration's journal event, in its transaction (every revision has the journal:
+    the first one creates it). Its time is the wall clock's: nothing is injected into
+    opening the database, and no deadline counts from this event."""
+    data = {"from": was, "to": now, "version": __version__}
+    at = dt.datetime.now(dt.UTC).isoformat()
+    return append_event(_raw(conn), kind=MIGRATED, register_id=None, data=data, at=at)
 
 
 def require_head(revision: str, path: Path) -> None:
@@ -106,9 +149,7 @@ def migration(engine: Engine) -> Iterator[Connection]:
     that point at it. ``PRAGMA foreign_keys`` only changes outside a transaction.
     """
     with engine.execution_options(sqlite_begin="IMMEDIATE").connect() as conn:
-        raw = conn.connection.driver_connection
-        if not isinstance(raw, sqlite3.Connection):  # pragma: no cover - SQLite only
-            raise StorageError("the till database must be SQLite")
+        raw = _raw(conn)
         raw.execute("PRAGMA foreign_keys=OFF")
         try:
             with conn.begin():
@@ -118,6 +159,14 @@ def migration(engine: Engine) -> Iterator[Connection]:
                     raise StorageError(f"a migration broke foreign keys: {broken[:5]}")
         finally:
             raw.execute("PRAGMA foreign_keys=ON")
+
+
+def _raw(conn: Connection) -> sqlite3.Connection:
+    """The driver's connection under ``conn`` (in its transaction: we own BEGIN)."""
+    raw = conn.connection.driver_connection
+    if not isinstance(raw, sqlite3.Connection):  # pragma: no cover - SQLite only
+        raise StorageError("the till database must be SQLite")
+    return raw
 
 
 def current_revision(engine: Engine) -> str | None:

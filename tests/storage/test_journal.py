@@ -15,6 +15,7 @@ from agent.receipts import ReceiptService
 from factories import sale
 from storage import TillDB, make_engine
 from storage.journal import GENESIS, append_event, canonical_json, event_hash, verify_journal
+from storage.migrate import MIGRATED
 
 Query = Callable[..., list[sqlite3.Row]]
 AT = "2026-03-02T10:00:00+00:00"
@@ -61,25 +62,29 @@ def _copy_engine(copy: sqlite3.Connection, tmp_path: Path) -> Iterator[Engine]:
 
 class TestAppendEvent:
     def test_the_first_event_chains_to_genesis(self, db: TillDB, query: Query) -> None:
-        """Sequence 1 carries the all-zero previous hash and a hash over its own fields."""
+        """Sequence 1 (a new till's: the migration that made its schema) carries the
+        all-zero previous hash and a hash over its own fields; the next one chains to it."""
+        (first,) = query("SELECT * FROM journal")
+        assert (first["seq"], first["kind"], first["prev_hash"]) == (1, MIGRATED, GENESIS)
+        assert first["hash"] == event_hash(1, first["at"], None, MIGRATED, first["data"], GENESIS)
         with db.write_connection().transaction() as conn:
             seq = append_event(conn, kind="test", register_id=None, data={"b": 1, "a": "x"}, at=AT)
-        assert seq == 1
-        (row,) = query("SELECT * FROM journal")
-        assert row["prev_hash"] == GENESIS
+        assert seq == 2
+        row = query("SELECT * FROM journal WHERE seq = 2")[0]
+        assert row["prev_hash"] == first["hash"]
         assert row["data"] == '{"a":"x","b":1}'
-        assert row["hash"] == event_hash(1, AT, None, "test", row["data"], GENESIS)
+        assert row["hash"] == event_hash(2, AT, None, "test", row["data"], first["hash"])
 
     def test_each_event_carries_the_previous_hash(self, db: TillDB, query: Query) -> None:
-        """Sequences go 1, 2, 3 and every prev_hash is the hash of the event before."""
+        """Sequences go on 2, 3, 4 and every prev_hash is the hash of the event before."""
         with db.write_connection().transaction() as conn:
             seqs = [
                 append_event(conn, kind="test", register_id="R", data={"i": i}, at=AT)
                 for i in range(3)
             ]
-        assert seqs == [1, 2, 3]
+        assert seqs == [2, 3, 4]
         rows = query("SELECT seq, prev_hash, hash FROM journal ORDER BY seq")
-        assert [r["prev_hash"] for r in rows] == [GENESIS, rows[0]["hash"], rows[1]["hash"]]
+        assert [r["prev_hash"] for r in rows] == [GENESIS, *(r["hash"] for r in rows[:-1])]
         assert _verify(db.engine) == []
 
     def test_a_rolled_back_transaction_leaves_no_event(self, db: TillDB, query: Query) -> None:
@@ -92,7 +97,7 @@ class TestAppendEvent:
 
         with pytest.raises(RuntimeError, match="boom"):
             append_then_fail()
-        assert query("SELECT count(*) AS n FROM journal")[0]["n"] == 0
+        assert [r["kind"] for r in query("SELECT kind FROM journal")] == [MIGRATED]
 
     def test_canonical_json_is_sorted_compact_and_keeps_unicode(self) -> None:
         """The hashed form has sorted keys, no spaces and raw UTF-8 (no \\u escapes)."""

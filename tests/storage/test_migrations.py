@@ -24,8 +24,9 @@ from agent.signing.registry import UnitRegistry
 from factories import sale
 from storage import DB_FILE, TillDB, make_engine
 from storage.db import table_names
-from storage.journal import verify_journal
+from storage.journal import Event, iter_events, verify_journal
 from storage.migrate import (
+    MIGRATED,
     alembic_config,
     current_revision,
     downgrade_to,
@@ -107,10 +108,10 @@ class TestFromEmpty:
         """Opening an up-to-date database runs no migration and keeps its rows."""
         upgrade_to_head(engine)
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO journal VALUES (1, 'at', NULL, 'k', '{}', 'p', 'h')"))
+            conn.execute(text("INSERT INTO journal VALUES (NULL, 'at', NULL, 'k', '{}', 'p', 'h')"))
         upgrade_to_head(engine)
-        with engine.connect() as conn:
-            assert conn.execute(text("SELECT count(*) FROM journal")).scalar_one() == 1
+        with engine.connect() as conn:  # the first upgrade's schema.migrated and this one
+            assert conn.execute(text("SELECT count(*) FROM journal")).scalar_one() == 2
         assert _drift(engine) == []
 
 
@@ -145,11 +146,11 @@ class TestOpenTillDb:
     ) -> None:
         """Closing and reopening a migrated database keeps its rows and revision."""
         with db.writer.begin() as conn:
-            conn.execute(text("INSERT INTO journal VALUES (1, 'at', NULL, 'k', '{}', 'p', 'h')"))
+            conn.execute(text("INSERT INTO journal VALUES (NULL, 'at', NULL, 'k', '{}', 'p', 'h')"))
         db.close()
         again = open_db(data_dir)
-        with again.engine.connect() as conn:
-            assert conn.execute(text("SELECT count(*) FROM journal")).scalar_one() == 1
+        with again.engine.connect() as conn:  # the new till's schema.migrated and this one
+            assert conn.execute(text("SELECT count(*) FROM journal")).scalar_one() == 2
         assert current_revision(again.engine) == head_revision()
 
     def test_a_reader_does_not_migrate(
@@ -207,6 +208,11 @@ class TestOpenTillDb:
             open_db(data_dir, writer=False)
 
 
+def _events_after(db: TillDB, seq: int) -> list[Event]:
+    with db.engine.connect() as conn:
+        return list(iter_events(conn, after=seq))
+
+
 def _earlier_revisions() -> list[str]:
     scripts = ScriptDirectory.from_config(alembic_config())
     head = head_revision()
@@ -246,7 +252,10 @@ class TestUpgradeWithData:
 
         db = open_db(data_dir)
         assert current_revision(db.engine) == head_revision()
-        assert contents(db) == before
+        receipts, journal = contents(db)
+        # the events before and the upgrade's own (tests/storage/test_migration_event.py)
+        assert (receipts, journal[:-1]) == before
+        assert [e.kind for e in _events_after(db, len(before[1]))] == [MIGRATED]
         with db.engine.connect() as conn:
             assert verify_journal(conn) == []
         again = ReceiptService(db, registry, clock=clock)
