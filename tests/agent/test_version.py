@@ -1,8 +1,8 @@
 """The version names the build: taken from git when the package is built, a fallback that
 names no commit when there is no git history (pyproject.toml, agent/__init__.py).
 
-The builds are real: pip builds the package (hatchling and hatch-vcs in its isolated build
-environment, as a user's or CI's install gets them) and installs it into a directory, whose
+The builds are real: pip builds the package (with the hatchling and hatch-vcs the test extra
+installs, offline: no build isolation, no index) and installs it into a directory, whose
 ``python -m agent --version`` answers as the installed ``till-agent`` script does.
 """
 
@@ -40,6 +40,9 @@ def _git(cwd: Path, *args: str) -> str:
 def _install(source: Path, target: Path) -> str:
     """Build ``source`` with pip and install it into ``target``; its ``--version``."""
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-warn-script-location"]
+    # offline: tests talk to loopback only, so the build backend is the test environment's
+    # (the test extra installs hatchling and hatch-vcs), not one pip fetches from an index
+    pip += ["--no-build-isolation", "--no-index"]
     subprocess.run(
         [*pip, "--target", str(target), str(source)],
         capture_output=True,
