@@ -7,14 +7,19 @@
   app or web service by 15 February of the following year.
 * ``closing``: the decommissioning of the register must be reported in FinanzOnline
   "ohne unnötigen Aufschub", within one week: due 7 days after the Schlussbeleg's date.
+* ``unit``: a register switched to another signature unit (``till-agent unit switch``,
+  :mod:`agent.unit_switch`): the new unit is registered in FinanzOnline within one week, as
+  a new register's is, the failure for good of the unit it replaces is reported there, and
+  a receipt the new unit signed is checked with the Belegcheck: due 7 days after the
+  switch. Its receipt number is the first receipt after the switch.
 
 An obligation is created in the transaction of the signed receipt that implies it (also
-one issued late by recovery; a Jahresbeleg that waits for its unit implies nothing yet)
-and journaled (``check.due``). A Schlussbeleg that recovery stores as the chain service
-signed it (its answer was lost) is not issued again, so the timer's next tick creates
-its obligation (:meth:`CheckWatch.tick`: a closed register without one). Due dates are
-dates in the register's time zone: a check is overdue from midnight after its due date
-there, whatever the UTC offset did meanwhile.
+one issued late by recovery; a Jahresbeleg that waits for its unit implies nothing yet),
+a ``unit`` one in the switch's, and journaled (``check.due``). A Schlussbeleg that
+recovery stores as the chain service signed it (its answer was lost) is not issued again,
+so the timer's next tick creates its obligation (:meth:`CheckWatch.tick`: a closed
+register without one). Due dates are dates in the register's time zone: a check is
+overdue from midnight after its due date there, whatever the UTC offset did meanwhile.
 
 A timer (:meth:`CheckWatch.tick`, beside the outage watch) raises each reminder once per
 obligation, as an ``alert.raised`` journal event and a log line: ``created`` (INFO),
@@ -25,11 +30,12 @@ the interval of the timer does not matter. The operator records the check (or th
 report) with ``till-agent checks done`` (:func:`record_check`): once, with the Belegcheck
 or FinanzOnline reference, and whether it failed (then again once the cause is fixed).
 
-A receipt signed by a development unit implies nothing: one whose stored identity signs
-under the fictitious provider AT100 (suite ``R1-AT100``, rksv.md 1.2: the sample code's
-provider, which no certified unit has), such as ``dev-uncertified``, the self-signed key
-``run`` creates, and the default of ``unit create-software``. Such a register cannot be
-registered in FinanzOnline, nor its receipts pass a Belegcheck. The test is the unit's
+A receipt signed by a development unit implies nothing, nor a switch to one: a unit
+whose stored identity signs under the fictitious provider AT100 (suite ``R1-AT100``,
+rksv.md 1.2: the sample code's provider, which no certified unit has), such as
+``dev-uncertified``, the self-signed key ``run`` creates, and the default of ``unit
+create-software``. Such a register cannot be registered in FinanzOnline, nor its
+receipts pass a Belegcheck. The test is the unit's
 provider, not its id: a closed-system (AT0) or provider-certified unit owes every step
 whatever it is called (:func:`development_units`). Its special
 receipt logs one INFO line saying so instead, and an obligation an earlier version
@@ -69,10 +75,11 @@ __all__ = [
     "record_due",
 ]
 
-CheckKind = Literal["start", "yearly", "closing"]  # the checks table's CHECK (0004, 0007)
+CheckKind = Literal["start", "yearly", "closing", "unit"]  # the table's CHECK (0004, 0007, 0011)
 CHECK_KINDS: tuple[CheckKind, ...] = get_args(CheckKind)
 START_DAYS = 7  # registration within one week of commissioning, the check right after
 CLOSING_DAYS = 7  # the decommissioning is reported within one week of the Schlussbeleg
+UNIT_DAYS = 7  # a new unit is registered within one week of the switch, as a new register's
 WARN_DAYS = 2  # the WARNING reminder, this many days before the due date
 
 log = logging.getLogger(__name__)
@@ -92,15 +99,17 @@ _OWED = (
     " AND NOT EXISTS (SELECT 1 FROM receipts x WHERE x.register_id = c.register_id"  # noqa: S608 - constant SQL
     f" AND x.number = c.receipt_number AND x.unit_id IN {DEVELOPMENT_UNITS})"
 )
-# the signed Start- and Jahresbelege of registers without any obligation (adoption), not
-# a development unit's (the parameter: development_zda()), read at each start through
-# ix_receipts_start_yearly (0009), whose WHERE the kind IN repeats
+# the signed Start- and Jahresbelege of registers without any obligation of theirs (a unit
+# switch's is not), for adoption; not a development unit's (the parameter:
+# development_zda()), read at each start through ix_receipts_start_yearly (0009), whose
+# WHERE the kind IN repeats
 _UNTRACKED = (
     "SELECT x.register_id, x.kind, x.number, x.issued_at, x.document, r.timezone"  # noqa: S608 - constant SQL
     " FROM receipts x JOIN registers r ON r.id = x.register_id"
     " WHERE x.kind IN ('start', 'yearly') AND x.signature_state = 'signed'"
     f" AND x.unit_id NOT IN {DEVELOPMENT_UNITS}"
-    " AND NOT EXISTS (SELECT 1 FROM checks c WHERE c.register_id = x.register_id)"
+    " AND NOT EXISTS (SELECT 1 FROM checks c WHERE c.register_id = x.register_id"
+    " AND c.kind != 'unit')"
     " ORDER BY x.register_id, x.number"
 )
 # the Schlussbeleg (the last receipt) of each closed register without its obligation, not
@@ -160,7 +169,8 @@ class CheckRecord:
         return levels
 
 
-_WEEK = {"start": START_DAYS, "closing": CLOSING_DAYS}  # due days after the receipt's date
+# due days after the receipt's date (a unit switch's: after the switch)
+_WEEK = {"start": START_DAYS, "closing": CLOSING_DAYS, "unit": UNIT_DAYS}
 
 
 def checked_year(issued_at: str, period: str | None = None) -> int:
@@ -208,6 +218,19 @@ def _journal(
     append_event(conn, kind=kind, register_id=register_id, at=at, data=data)
 
 
+# where an obligation exists already, by whether it is a unit switch's: once a year of each
+# kind (a register has one Startbeleg and one Schlussbeleg), once per switch (0011)
+_ONCE = {
+    False: "(register_id, kind, year) WHERE kind != 'unit'",
+    True: "(register_id, receipt_number) WHERE kind = 'unit'",
+}
+_DEVELOPMENT_SWITCH = (
+    "register %s: switched to the development unit %s (the fictitious provider AT100) from"
+    " receipt %d on: a development unit is not registered in FinanzOnline, so the switch"
+    " needs no FinanzOnline step, and none is tracked"
+)
+
+
 def record_due(  # noqa: PLR0917 - the receipt that implies the check, as _issue_in has it
     conn: sqlite3.Connection,
     register_id: str,
@@ -220,17 +243,21 @@ def record_due(  # noqa: PLR0917 - the receipt that implies the check, as _issue
     unit_id: str | None = None,
 ) -> int | None:
     """Create the obligation a signed Start-, Jahres- or Schlussbeleg implies, in its
-    transaction.
+    transaction; a ``unit`` one (``number``: the first receipt after the switch, dated
+    ``issued_at``: the switch) in the switch's.
 
     ``period`` is the Jahresbeleg's month ("YYYY-MM"): its year is the checked one, also
     when it is issued in January (caught up). ``unit_id``: the unit that signed it; a
-    development unit's receipt implies nothing, and one INFO line says so. Returns the
-    new obligation's id, ``None`` if that register had it already or owes nothing (then
-    nothing is journaled).
+    development unit's receipt (or a switch to one) implies nothing, and one INFO line says
+    so. Returns the new obligation's id, ``None`` if that register had it already or owes
+    nothing (then nothing is journaled).
     """
     if unit_id is not None and unit_id in development_units(conn):
         # logged before the commit: what it says holds of the register even if the
         # receipt's transaction rolls back
+        if kind == "unit":
+            log.info(_DEVELOPMENT_SWITCH, register_id, unit_id, number)
+            return None
         log.info(
             "register %s: its %s (number %d) is signed by the development unit %s (the"
             " fictitious provider AT100), so it is a development register: it needs no"
@@ -245,9 +272,9 @@ def record_due(  # noqa: PLR0917 - the receipt that implies the check, as _issue
     year = checked_year(issued_at, period)
     due = due_date(kind, issued_at, period).isoformat()
     cursor = conn.execute(
-        "INSERT INTO checks (register_id, kind, year, receipt_number, due_date, created_at,"
+        "INSERT INTO checks (register_id, kind, year, receipt_number, due_date, created_at,"  # noqa: S608 - constant SQL
         " alerts, failed) VALUES (?, ?, ?, ?, ?, ?, '[]', 0)"
-        " ON CONFLICT (register_id, kind, year) DO NOTHING",
+        f" ON CONFLICT {_ONCE[kind == 'unit']} DO NOTHING",
         (register_id, kind, year, number, due, at.isoformat()),
     )
     if cursor.rowcount == 0:
@@ -390,6 +417,9 @@ _WHAT = {
     " kept 7 years unless checked with the web service)",
     "closing": "report the decommissioning (Außerbetriebnahme) of the register in"
     " FinanzOnline, after its {receipt}",
+    "unit": "register the signature unit of its {receipt} in FinanzOnline and report"
+    " there the failure of the unit it replaced, then check a receipt the new unit signed"
+    " with the BMF Belegcheck app or web service",
 }
 
 
@@ -402,7 +432,10 @@ _RECEIPT_NAMES = {"start": "Startbeleg", "closing": "Schlussbeleg"}  # else a Ja
 
 
 def _receipt(record: CheckRecord) -> str:
-    """The receipt ``record`` is the check of, as the log lines name it."""
+    """The receipt ``record`` is the check of, as the log lines name it (a unit switch's:
+    the receipts from the switch on)."""
+    if record.kind == "unit":
+        return f"unit switch (receipts from number {record.receipt_number} on)"
     name = _RECEIPT_NAMES.get(record.kind, f"Jahresbeleg {record.year}")
     return f"{name} (number {record.receipt_number})"
 
@@ -459,7 +492,8 @@ def record_check(  # noqa: PLR0917 - the obligation, then what the operator reco
     check also raises an ERROR alert: the register counts as "unit failed" (rksv.md 6);
     it is not final: the check made again after the cause is fixed, with a new reference,
     is recorded as its own ``check.done`` (a passing one ends the failure).
-    ``year`` may be left out for the Startbeleg and the Schlussbeleg (a register has one).
+    ``year`` may be left out for the Startbeleg and the Schlussbeleg (a register has one)
+    and for a unit switch (its latest switch, an open obligation first).
 
     Raises:
         NotFound: no such obligation.
@@ -542,9 +576,10 @@ def _check_input(kind: str, year: int | None, reference: str, failed: bool) -> N
 
 
 def _find(conn: sqlite3.Connection, register_id: str, kind: str, year: int | None) -> CheckRecord:
+    # (a unit switch's: a register may have several; the open one, the latest)
     row = conn.execute(
         f"SELECT {_COLUMNS}{_FROM} WHERE c.register_id = ? AND c.kind = ?"
-        " AND (? IS NULL OR c.year = ?)",
+        " AND (? IS NULL OR c.year = ?) ORDER BY c.done_at IS NOT NULL, c.id DESC",
         (register_id, kind, year, year),
     ).fetchone()
     if row is None:

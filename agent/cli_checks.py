@@ -74,8 +74,9 @@ def checks_done(  # noqa: PLR0917 - a Typer command: its options are its paramet
     kind: Annotated[
         CheckKind,
         typer.Argument(
-            help="Which check: the Startbeleg's, a Jahresbeleg's, or closing: the"
-            " FinanzOnline report of the decommissioning after the Schlussbeleg."
+            help="Which check: the Startbeleg's, a Jahresbeleg's, closing: the"
+            " FinanzOnline report of the decommissioning after the Schlussbeleg, or unit:"
+            " the FinanzOnline registration of the unit a register switched to."
         ),
     ],
     reference: Annotated[
@@ -85,7 +86,7 @@ def checks_done(  # noqa: PLR0917 - a Typer command: its options are its paramet
         int | None,
         typer.Option(
             help="Year of the checked receipt (needed for yearly; start and closing: the"
-            " register's one by default).",
+            " register's one by default; unit: its latest switch by default).",
             min=1,
             max=9999,
         ),

@@ -329,20 +329,37 @@ class PrintJob(Base):
 
 class Check(Base):
     """A check the operator owes after a signed Startbeleg or Jahresbeleg (rksv.md 6), or
-    the FinanzOnline report of the decommissioning after a Schlussbeleg (rksv.md 5): due by
-    ``due_date`` (register time zone), done once its reference is recorded."""
+    the FinanzOnline report of the decommissioning after a Schlussbeleg (rksv.md 5), or
+    the registration of the unit a register switched to (``unit``, 0011): due by
+    ``due_date`` (register time zone), done once its reference is recorded. Each kind is
+    owed once a year, a ``unit`` one once per switch (keyed by its first receipt number)."""
 
     __tablename__ = "checks"
     __table_args__ = (
-        UniqueConstraint("register_id", "kind", "year"),
-        CheckConstraint("kind IN ('start', 'yearly', 'closing')", name="kind"),
+        Index(
+            "ix_checks_once_a_year",
+            "register_id",
+            "kind",
+            "year",
+            unique=True,
+            sqlite_where=text("kind != 'unit'"),
+        ),
+        Index(
+            "ix_checks_unit_switch",
+            "register_id",
+            "receipt_number",
+            unique=True,
+            sqlite_where=text("kind = 'unit'"),
+        ),
+        CheckConstraint("kind IN ('start', 'yearly', 'closing', 'unit')", name="kind"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     register_id: Mapped[str] = mapped_column(ForeignKey("registers.id"))
     kind: Mapped[str] = mapped_column(String(16))
     year: Mapped[int] = mapped_column(Integer)
-    receipt_number: Mapped[int] = mapped_column(Integer)  # the Start-/Jahres-/Schlussbeleg
+    # the Start-/Jahres-/Schlussbeleg; a unit switch's: the first receipt after it
+    receipt_number: Mapped[int] = mapped_column(Integer)
     due_date: Mapped[str] = mapped_column(String(10))  # YYYY-MM-DD, register time zone
     created_at: Mapped[str] = mapped_column(String(32))  # UTC, ISO 8601
     alerts: Mapped[str] = mapped_column(Text)  # JSON list of the reminders sent

@@ -635,7 +635,7 @@ class TestCommandLine:
 def test_the_check_kinds_are_the_ones_the_table_takes(service: ReceiptService) -> None:
     """CHECK_KINDS (from the CheckKind literal) is what the checks table's CHECK allows:
     each kind can be stored, another one cannot."""
-    assert CHECK_KINDS == ("start", "yearly", "closing")
+    assert CHECK_KINDS == ("start", "yearly", "closing", "unit")
     insert = (
         "INSERT INTO checks (register_id, kind, year, receipt_number, due_date, created_at,"
         " alerts, failed) VALUES (?, ?, 1999, 1, '2000-02-15', '', '[]', 0)"
