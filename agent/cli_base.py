@@ -58,7 +58,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-unit_app = typer.Typer(help="Signature units: create development keys, add units, list them.")
+unit_app = typer.Typer(
+    help="Signature units: create development keys, add units, list them, switch a register"
+    " to another one."
+)
 receipts_app = typer.Typer(help="Look at issued receipts.")
 export_app = typer.Typer(help="Export the DEP7 journal and the crypto material container.")
 simulate_app = typer.Typer(

@@ -40,6 +40,7 @@ from agent.cli_base import (
 )
 from agent.errors import (
     ConfigurationError,
+    DataDirLocked,
     InvalidSale,
     NotFound,
     StorageError,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:  # the commands import what they use: every command starts fas
     from agent.contract import ReceiptResult
     from agent.receipts import ReceiptService
     from agent.signing import UnitConfig
+    from agent.unit_switch import UnitSwitch
     from storage.db import TillDB
 
 
@@ -370,6 +372,132 @@ def unit_list(data_dir: DataDir = DEFAULT_DATA, as_json: JsonFlag = False) -> No
     for u in units:
         table.add_row(u["id"], u["kind"], u["suite"], u["serial"])
     _print_table(table)
+
+
+_SWITCH_SIGN_TIMEOUT_S = 3.0  # the test signature's deadline: the service's default one
+
+
+@unit_app.command("switch")
+def unit_switch(
+    register: Annotated[str, typer.Argument(help="Kassen-ID.")],
+    unit: Annotated[
+        str, typer.Argument(help="Id of the stored unit to sign with from now on (`unit list`).")
+    ],
+    data_dir: DataDir = DEFAULT_DATA,
+    as_json: JsonFlag = False,
+) -> None:
+    """Let a register go on with another signature unit: its unit failed for good (a
+    stolen or broken card, a replaced certificate).
+
+    The unit must be stored (unit add-pkcs11; unit create-software for development) and
+    sign now: a test signature that verifies (else exit 4); it must be of the register's
+    system type, open or closed (AT0), else exit 3. It joins the register's units if it
+    is new to them. The receipts from the next one on are signed with it and go on
+    chaining to the earlier ones; the DEP export starts a new group for its certificate.
+    What waited for the old unit waits for the new one: `till-agent outage recover
+    REGISTER` (or the running service) issues the Sammelbeleg with it. It prints what is
+    owed in FinanzOnline and by when: register the new unit, report the failure of the old
+    one, check a receipt the new unit signed, then `till-agent checks done REGISTER unit`
+    (a development unit owes nothing). A register that signs with the unit already: nothing
+    changes (exit 0). A register closed by its Schlussbeleg: exit 4; an unknown register or
+    unit: exit 6. It needs the data directory to itself: while `till-agent run` holds it,
+    exit 5 (stop the service, switch, start it again).
+    """
+    from agent.clock import SystemClock
+    from agent.signing.registry import UnitRegistry
+    from agent.unit_switch import check_signs_now, check_switch, switch_unit
+
+    with _switch_writer(data_dir, as_json) as db:
+        registry = UnitRegistry(simulate_dir=data_dir / "simulate")
+        try:
+            with db.read_connection() as conn:
+                reg = check_switch(conn, register, unit)
+                new = None if reg["active_unit"] == unit else registry.get(conn, unit)
+            if new is not None:  # (the refusals that need no unit come first)
+                check_signs_now(new, _SWITCH_SIGN_TIMEOUT_S)
+            with db.write_connection().transaction() as conn:
+                done = switch_unit(conn, register, unit, SystemClock().now())
+        finally:
+            registry.close()
+    if as_json:
+        due = None if done.due is None else done.due.isoformat()
+        _emit(
+            {
+                "register": done.register_id,
+                "old_unit": done.old_unit,
+                "unit": done.new_unit,
+                "switched": done.switched,
+                "added": done.added,
+                "from_number": done.from_number if done.switched else None,
+                "waiting": done.waiting,
+                "due": due,
+            },
+            True,
+        )
+        return
+    for line in _switch_lines(done):
+        out.print(line, highlight=False, markup=False)
+
+
+@contextmanager
+def _switch_writer(data_dir: Path, as_json: bool) -> Iterator[TillDB]:
+    """The till database with its writer lock, for ``unit switch``; while the running
+    service holds it, exit 5 saying how to go on (as ``special`` and ``outage recover``,
+    the switch is not made through the service)."""
+    from storage.db import open_till_db
+
+    try:
+        db = open_till_db(data_dir, create=False)
+    except DataDirLocked as exc:
+        message = (
+            f"{exc}: a register switches its signature unit while the till service is"
+            " stopped: stop it (systemctl stop till-agent), run this command again, then"
+            " start the service; its recovery signs the Sammelbeleg with the new unit"
+        )
+        _fail(DataDirLocked(message), as_json)
+    except TillAgentError as exc:
+        _fail(exc, as_json)
+    try:
+        yield db
+    except TillAgentError as exc:
+        _fail(exc, as_json)
+    finally:
+        db.close()
+
+
+def _switch_lines(done: UnitSwitch) -> list[str]:
+    """What ``unit switch`` did and what the operator does next, as terminal lines."""
+    register, old, new = done.register_id, done.old_unit, done.new_unit
+    if not done.switched:
+        return [f"register {register} signs with unit {new} already: nothing was changed"]
+    joined = f"; {new} joined the register's units" if done.added else ""
+    lines = [
+        f"register {register} signs with unit {new} from receipt {done.from_number} on"
+        f" (was {old}){joined}"
+    ]
+    if done.waiting:
+        lines.append(
+            f"what waited for {old} now waits for {new}: till-agent outage recover {register}"
+            f" issues it (the Sammelbeleg signed by {new}); a running service does so itself"
+        )
+    if done.due is None:
+        lines.append(
+            f"unit {new} is a development unit (AT100): a development register needs no"
+            " FinanzOnline step"
+        )
+        return lines
+    also = (
+        " (and the register: it signed with a development unit so far)"
+        if done.old_development
+        else ""
+    )
+    report = "" if done.old_development else f"report the failure of unit {old} and "
+    lines.append(
+        f"by {done.due}: {report}register unit {new}{also} in FinanzOnline, check a receipt"
+        f" {new} signed with the BMF Belegcheck app, then: till-agent checks done {register}"
+        " unit --reference ..."
+    )
+    return lines
 
 
 # -- registers and receipts -----------------------------------------------------------------

@@ -30,6 +30,7 @@ __all__ = [
     "check_new_register",
     "check_receipt_id_format",
     "check_setup",
+    "check_unit_serials",
     "create_register",
     "open_register",
     "refuse_pending_start",
@@ -89,11 +90,11 @@ def check_new_register(conn: sqlite3.Connection, setup: RegisterSetup) -> bool:
     closed = zdas[0] == "AT0"
     if any((z == "AT0") != closed for z in zdas):
         raise InvalidSale("units", "one-system", "do not mix closed (AT0) and open units")
-    _check_unit_serials(conn, setup.unit_ids)
+    check_unit_serials(conn, setup.unit_ids)
     return closed
 
 
-def _check_unit_serials(conn: sqlite3.Connection, unit_ids: Sequence[str]) -> None:
+def check_unit_serials(conn: sqlite3.Connection, unit_ids: Sequence[str]) -> None:
     """Refuse two units with one serial (certificate serial or key id) and different keys:
     a receipt names its unit by it (field 11), and the crypto container keys by it."""
     seen: dict[str, tuple[str, bytes]] = {}

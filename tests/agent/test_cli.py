@@ -51,7 +51,7 @@ ROOT_COMMANDS = [
     "reprint",
 ]
 GROUPS = {
-    "unit": ["create-software", "add-pkcs11", "list"],
+    "unit": ["create-software", "add-pkcs11", "list", "switch"],
     "receipts": ["list", "show"],
     "export": ["dep", "crypto-container"],
     "simulate": ["scenario", "unit"],

@@ -1,0 +1,208 @@
+"""A register goes on with another signature unit: the one it signs with failed for good
+(a stolen or broken card, a replaced certificate), or is retired.
+
+The chain of receipts does not care which unit signed a receipt (rksv.md 4: the official
+scenarios rotate devices inside one chain), so the switch changes nothing but the unit the
+next receipts are signed with. It is one write transaction: the unit joins the register's
+units if it is new to it (the DEP export and the crypto container read them), the
+register's ``active_unit`` moves to it, a ``register.unit_switched`` journal event names
+the register, the old unit and the new one (DESIGN.md invariant 7), and the FinanzOnline
+obligation of the new unit is recorded (``unit``, :mod:`agent.checks`; none for a
+development unit).
+
+What waited for the old unit (an open outage, unsigned receipts, a waiting Jahresbeleg) now
+waits for the new one: recovery (``outage recover``, the running service's probe) signs the
+Sammelbeleg with it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from agent.checks import development_units, due_date, record_due
+from agent.errors import FiscalError, InvalidSale, NotFound, SigningError
+from agent.receipt_records import local_stamp
+from agent.registers import check_unit_serials, open_register
+from agent.remedy import unresolved
+from agent.signing import SignatureUnit, sign_verified
+from agent.waiting import any_waiting
+from storage.journal import append_event
+
+__all__ = ["SWITCHED", "UnitSwitch", "check_signs_now", "check_switch", "switch_unit"]
+
+SWITCHED = "register.unit_switched"  # the journal event of a switch
+_TEST_INPUT = b"till-agent unit switch: test signature"
+
+
+@dataclass(frozen=True, slots=True)
+class UnitSwitch:
+    """What a switch did (``switched`` False: the register signed with the unit already).
+
+    ``added``: the unit joined the register's units; ``from_number``: the first receipt
+    the new unit signs (or marks as failed); ``waiting``: something waits for the unit
+    (an open outage, unsigned receipts, a waiting special receipt), which recovery now
+    issues with it; ``due``: when the FinanzOnline steps of the new unit are due
+    (register time zone), ``None`` for a development unit, which owes none.
+    """
+
+    register_id: str
+    old_unit: str
+    new_unit: str
+    switched: bool
+    added: bool = False
+    from_number: int = 0
+    waiting: bool = False
+    due: dt.date | None = None
+    old_development: bool = False
+
+
+def check_switch(conn: sqlite3.Connection, register_id: str, unit_id: str) -> sqlite3.Row:
+    """The register ``register_id`` if it may switch to ``unit_id``.
+
+    Raises:
+        NotFound: no such register or no such stored unit.
+        RegisterClosed: the register was closed by its Schlussbeleg (nothing to sign).
+        WaitsForUnit: its Startbeleg or its Schlussbeleg waits for a chain service that
+            may hold it (it is sent again unchanged, to the unit that got it).
+        InvalidSale: the unit is of the other system type (``system-type-changed``), or
+            has the serial of another of the register's units (``serial-unique``).
+    """
+    try:
+        reg = open_register(conn, register_id)
+    except InvalidSale as exc:
+        if exc.rule != "register-unknown":  # closed by its Schlussbeleg
+            raise
+        message = f"register {register_id!r} is not initialized in this till database"
+        raise NotFound(message) from exc
+    unit = conn.execute("SELECT zda FROM units WHERE id = ?", (unit_id,)).fetchone()
+    if unit is None:
+        raise NotFound(
+            f"no signature unit {unit_id!r} is stored in this till database (till-agent unit"
+            " list); add it first (unit add-pkcs11, or unit create-software for development)"
+            " [unit-unknown]"
+        )
+    if unit_id == reg["active_unit"]:
+        return reg
+    closed = unit[0] == "AT0"
+    if closed != bool(reg["closed_system"]):
+        system = "a closed system (AT0)" if reg["closed_system"] else "an open system"
+        theirs = "a closed-system (AT0) unit" if closed else "an open-system unit"
+        raise InvalidSale(
+            "unit",
+            "system-type-changed",
+            f"register {register_id} is {system}, and {unit_id} is {theirs}: one register's"
+            " receipts never mix open and closed (the verifier's system-type-changed); a"
+            " unit of the other type needs a new register (till-agent init)",
+        )
+    check_unit_serials(conn, [*_units_of(conn, register_id), unit_id])
+    return reg
+
+
+def check_signs_now(unit: SignatureUnit, timeout: float) -> None:
+    """Check that ``unit`` signs now: a test signature verified against its key, as
+    ``unit add-pkcs11`` makes one. A chain service is only asked whether it answers: it
+    would keep a test signature in its own chain of receipts.
+
+    Raises:
+        FiscalError: it does not sign (or answer) within ``timeout`` seconds, or its
+            signature does not verify; the message names the unit and the rule.
+    """
+    unit_id = unit.identity.unit_id
+    try:
+        if unit.capabilities.keeps_chain:
+            unit.probe(deadline=time.monotonic() + timeout)
+        else:
+            sign_verified(unit, _TEST_INPUT, timeout=timeout)
+    except (SigningError, OSError) as exc:
+        raise FiscalError(
+            f"unit {unit_id} does not sign now ({exc}): a register switches only to a unit"
+            " whose test signature verifies; nothing was changed [unit-signs]"
+        ) from exc
+
+
+def switch_unit(
+    conn: sqlite3.Connection, register_id: str, unit_id: str, at: dt.datetime
+) -> UnitSwitch:
+    """Switch register ``register_id`` to unit ``unit_id`` in the caller's write
+    transaction (``at``: now); the caller checked with :func:`check_signs_now` that the
+    unit signs. A register that signs with it already changes nothing.
+
+    Raises:
+        The refusals of :func:`check_switch`.
+    """
+    reg = check_switch(conn, register_id, unit_id)
+    old = str(reg["active_unit"])
+    development = development_units(conn)
+    if unit_id == old:
+        return UnitSwitch(register_id, old, unit_id, switched=False)
+    added = unit_id not in _units_of(conn, register_id)
+    if added:
+        conn.execute(
+            "INSERT INTO register_units (register_id, position, unit_id) SELECT ?,"
+            " coalesce(max(position), -1) + 1, ? FROM register_units WHERE register_id = ?",
+            (register_id, unit_id, register_id),
+        )
+    conn.execute("UPDATE registers SET active_unit = ? WHERE id = ?", (unit_id, register_id))
+    number = int(reg["last_number"]) + 1
+    waiting = _waits(conn, register_id)
+    append_event(
+        conn,
+        kind=SWITCHED,
+        register_id=register_id,
+        at=at.isoformat(),
+        data={
+            "old_unit": old,
+            "new_unit": unit_id,
+            "added": added,
+            "from_number": number,
+            "waiting": waiting,
+        },
+    )
+    # the new unit is registered in FinanzOnline as a new register's is (rksv.md 5, 6)
+    stamp = local_stamp(at, reg["timezone"])
+    owed = record_due(conn, register_id, "unit", number, stamp, None, at, unit_id=unit_id)
+    due = None if unit_id in development else due_date("unit", stamp)
+    if owed is None and due is not None:  # a switch before it that no receipt followed
+        due = _open_due(conn, register_id, number) or due
+    return UnitSwitch(
+        register_id,
+        old,
+        unit_id,
+        switched=True,
+        added=added,
+        from_number=number,
+        waiting=waiting,
+        due=due,
+        old_development=old in development,
+    )
+
+
+def _units_of(conn: sqlite3.Connection, register_id: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT unit_id FROM register_units WHERE register_id = ? ORDER BY position",
+        (register_id,),
+    )
+    return [str(row[0]) for row in rows]
+
+
+def _waits(conn: sqlite3.Connection, register_id: str) -> bool:
+    """Whether something of the register waits for its unit: an open outage, unsigned
+    receipts to remedy, a waiting special receipt (what the probe recovers)."""
+    outage = conn.execute(
+        "SELECT 1 FROM outages WHERE register_id = ? AND ended_at IS NULL", (register_id,)
+    ).fetchone()
+    return (
+        outage is not None or bool(unresolved(conn, register_id)) or any_waiting(conn, register_id)
+    )
+
+
+def _open_due(conn: sqlite3.Connection, register_id: str, number: int) -> dt.date | None:
+    row = conn.execute(
+        "SELECT due_date FROM checks WHERE register_id = ? AND kind = 'unit'"
+        " AND receipt_number = ?",
+        (register_id, number),
+    ).fetchone()
+    return None if row is None else dt.date.fromisoformat(row[0])
