@@ -296,6 +296,16 @@ def _borrowed_zda(unit_id: str, zda: str) -> str:
     )
 
 
+def _missing_zda() -> str:
+    from agent.signing.config import DEV_ZDA
+
+    return (
+        "an open system unit must name the trust service provider of its certificate, which"
+        " its receipts carry (R1-<zda>): --zda AT1 (A-Trust), AT2 (GlobalTrust) or AT3"
+        f" (PrimeSign); {DEV_ZDA} only for a test token (its registers are development ones)"
+    )
+
+
 @unit_app.command("add-pkcs11")
 def unit_add_pkcs11(
     unit_id: Annotated[
@@ -308,7 +318,14 @@ def unit_add_pkcs11(
     certificate: Annotated[
         Path | None, typer.Option(help="Certificate (open system; needed without --key-id).")
     ] = None,
-    zda: Annotated[str, typer.Option(help="Provider id of the certificate (AT1, ...).")] = "AT1",
+    zda: Annotated[
+        str | None,
+        typer.Option(
+            help="Provider id of the certificate: AT1 (A-Trust), AT2 (GlobalTrust), AT3"
+            " (PrimeSign); AT100 only for a test token. Required for an open system (a closed"
+            " system, --key-id, is AT0)."
+        ),
+    ] = None,
     key_id: Annotated[str | None, typer.Option(help="Closed system key id.")] = None,
     data_dir: DataDir = DEFAULT_DATA,
     as_json: JsonFlag = False,
@@ -324,7 +341,7 @@ def unit_add_pkcs11(
         as_json,
         id=unit_id,
         kind="pkcs11",
-        zda="AT0" if key_id else zda,
+        zda="AT0" if key_id else (zda or "AT1"),  # (refused below without --zda)
         module=module,
         token_label=token_label,
         key_label=key_label,
@@ -332,6 +349,8 @@ def unit_add_pkcs11(
         certificate_file=certificate,
         key_id=key_id,
     )
+    if key_id is None and zda is None:  # it signed as R1-AT1 (A-Trust) whatever its card
+        _fail(InvalidSale("--zda", "zda-required", _missing_zda()), as_json)
     with _unit_writer(data_dir, unit_id, as_json) as db:
         _add_unit(db, config, as_json)
 

@@ -90,8 +90,9 @@ def other_zda(config: UnitConfig, stored: str) -> str:
         " provider is part of its identity and never changes under its id, so the receipts"
         f" signed so far stay as they are. To go on with it, set zda = {stored!r}; to sign"
         f" as R1-{configured}, add the token or service as a unit with an id of its own and"
-        f" zda = {configured!r}, set up a new register on it (`till-agent init NEW-ID --unit"
-        " NEW-UNIT`, or a new [register] id) and register both in FinanzOnline [zda-stored]"
+        f" zda = {configured!r}, then move its registers to it (`till-agent unit switch"
+        " REGISTER NEW-UNIT`) or set up a new register on it (`till-agent init NEW-ID --unit"
+        " NEW-UNIT`), and register the unit in FinanzOnline [zda-stored]"
     )
 
 

@@ -207,7 +207,7 @@ def _pkcs11(tmp_path: Path, data_dir: Path) -> tuple[str, ...]:
     pin.write_text("1234\n")
     return (
         "unit", "add-pkcs11", "--module", "/x.so", "--token-label", "t", "--key-label", "k",
-        "--pin-file", str(pin), "--data-dir", str(data_dir),
+        "--pin-file", str(pin), "--zda", "AT1", "--data-dir", str(data_dir),
     )  # fmt: skip
 
 
@@ -438,3 +438,21 @@ def test_config_check_lines_are_whole_in_a_pipe(
     config.write_text(f'data_dir = "{tmp_path / ("y" * 120)}"\n', encoding="utf-8")
     result = expect(run("config", "check", "--config", config), 0)
     assert result.stdout == f"configuration OK: file {config}\n"
+
+
+def test_add_pkcs11_of_an_open_system_needs_its_provider(
+    run: Run, pkcs11: tuple[str, ...], data_dir: Path
+) -> None:
+    """Without --zda a card was stored as AT1 (A-Trust) whatever issued its certificate, and
+    signed R1-AT1 receipts: exit 3 naming --zda and the providers, nothing stored. A closed
+    system (--key-id) is AT0 and needs none."""
+    options = list(pkcs11)
+    del options[options.index("--zda") : options.index("--zda") + 2]
+    cert = data_dir.parent / "cert.pem"
+    body = json.loads(expect(run(*options, "--id", "h", "--certificate", cert, "--json"), 3).stdout)
+    assert (body["field"], body["rule"]) == ("--zda", "zda-required")
+    assert "AT1 (A-Trust), AT2 (GlobalTrust) or AT3 (PrimeSign)" in body["message"]
+    assert not data_dir.exists()
+    key_id = ("--key-id", "U:ATU12345678-K1")
+    closed = flat(expect(run(*options, "--id", "h", *key_id), 2).stderr)
+    assert "zda" not in closed  # it got past the provider (to the missing module)
