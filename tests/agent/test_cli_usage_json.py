@@ -82,7 +82,14 @@ def test_ctrl_c_is_exit_130(as_json: bool, tmp_path: Path, monkeypatch: pytest.M
     env = {**os.environ, "TILL_AGENT_DATA_DIR": str(tmp_path / "data")}
     command = [sys.executable, "-m", "agent", "issue", "-", *(["--json"] if as_json else [])]
     with subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        # as a shell starts a command in the foreground: a suite started in the background
+        # (`pytest ... &` without job control) ignores SIGINT, which its children inherit
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     ) as proc:
         time.sleep(2.5)  # imported, the database opened: reading stdin
         assert proc.poll() is None
