@@ -427,17 +427,24 @@ def _closed_line(
         "SELECT unit_id, started_at, affected, escalations FROM outages WHERE id = ?",
         (outage_id,),
     ).fetchone()
+    signer = conn.execute(
+        "SELECT unit_id FROM receipts WHERE register_id = ? AND number = ?",
+        (register_id, number),
+    ).fetchone()
     lasted = dt.timedelta(
         seconds=round((at - dt.datetime.fromisoformat(started_at)).total_seconds())
     )
-    message = (
-        "outage %d closed: register %s, unit %s signs again; Sammelbeleg %d after %s (h:mm:ss),"
-        " %d receipt%s affected"
-    )
+    if signer is None or signer[0] == unit_id:
+        message = "outage %d closed: register %s, unit %s signs again;"
+        units: tuple[object, ...] = (unit_id,)
+    else:  # the register was switched to another unit (unit switch) during the outage
+        message = "outage %d closed: register %s, unit %s (which replaced unit %s) signed;"
+        units = (signer[0], unit_id)
+    message += " Sammelbeleg %d after %s (h:mm:ss), %d receipt%s affected"
     args: tuple[object, ...] = (
         outage_id,
         register_id,
-        unit_id,
+        *units,
         number,
         lasted,
         affected,

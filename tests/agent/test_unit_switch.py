@@ -361,6 +361,24 @@ class TestInTheService:
             checks = load_checks(conn, "KASSE-1")
         assert [(c.kind, c.receipt_number) for c in checks] == [("start", 1), ("unit", 2)]
 
+    def test_the_closed_outage_names_the_unit_that_signed_its_sammelbeleg(
+        self, db: TillDB, registry: UnitRegistry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """u1 fails, the register is switched to u3, whose Sammelbeleg ends the outage: the
+        log line said "unit u1 signs again", of the unit that never did."""
+        service = _two_units(db, registry, tmp_path)
+        with db.read_connection() as conn:
+            registry.put(FlakyUnit(registry.get(conn, "u1"), mode="down"))
+        assert service.issue(sale()).signature_state == "fallback"
+        with db.write_connection().transaction() as conn:
+            switch_unit(conn, "KASSE-1", "u3", service.clock.now())
+        caplog.set_level(logging.INFO, logger="agent.outages")
+        [sammelbeleg] = service.recover("KASSE-1") or []
+        assert (sammelbeleg.kind, sammelbeleg.number) == ("sammelbeleg", 3)
+        [line] = [r.getMessage() for r in caplog.records if "closed" in r.getMessage()]
+        assert "unit u3 (which replaced unit u1) signed; Sammelbeleg 3" in line, line
+        assert "signs again" not in line
+
     def test_a_chain_service_is_asked_whether_it_answers_and_keeps_no_test_receipt(
         self, db: TillDB, registry: UnitRegistry, tmp_path: Path, chain_unit: str, chain: Any
     ) -> None:
