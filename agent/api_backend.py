@@ -204,9 +204,11 @@ class ReportIn(_In):
 
 class CheckDoneIn(_In):
     """A Belegcheck (or FinanzOnline) check made: its reference, the year of the checked
-    receipt (may be left out for the Startbeleg) and whether the check failed."""
+    receipt (may be left out for the Startbeleg), its receipt number (``number``, as the
+    check shows it: names one of several unit switches) and whether the check failed."""
 
     year: int | None = Field(None, ge=1, le=9999)
+    number: int | None = Field(None, ge=1, le=2**63 - 1)  # SQLite INTEGER
     reference: str = _reference()
     failed: bool = False
 
@@ -457,6 +459,7 @@ class ServiceBackend:
             body.year,
             body.reference,
             failed=body.failed,
+            number=body.number,
         )
         return check_out(record, service.clock.now())
 

@@ -462,14 +462,17 @@ def _remind(conn: sqlite3.Connection, record: CheckRecord, level: str, now: dt.d
     what = _WHAT[record.kind].format(receipt=_receipt(record))
     return (
         severity,
-        "register %s: %s; %s (then: till-agent checks done %s %s --year %d --reference ...)",
+        "register %s: %s; %s (then: till-agent checks done %s %s %s --reference ...)",
         (
             record.register_id,
             what,
             when.format(due=due, days=WARN_DAYS, noun=_noun(record.kind)),
             record.register_id,
             record.kind,
-            record.year,
+            # several switches may owe theirs at once: a unit check is named by its receipt
+            f"--receipt {record.receipt_number}"
+            if record.kind == "unit"
+            else f"--year {record.year}",
         ),
     )
 
@@ -483,17 +486,21 @@ def record_check(  # noqa: PLR0917 - the obligation, then what the operator reco
     reference: str,
     *,
     failed: bool = False,
+    number: int | None = None,
 ) -> CheckRecord:
     """Record that a check (or the ``closing`` report) was made (``failed``: the Belegcheck
     found the receipt invalid; a FinanzOnline report does not fail).
 
     Recorded once: the reference is evidence and the journal is append-only. The same
-    reference (and result) again is a harmless repeat (nothing is journaled). A failed
+    reference (and result) again is a harmless repeat (nothing is journaled): the check
+    it was recorded for is found by it first, also among several of one kind. A failed
     check also raises an ERROR alert: the register counts as "unit failed" (rksv.md 6);
     it is not final: the check made again after the cause is fixed, with a new reference,
     is recorded as its own ``check.done`` (a passing one ends the failure).
     ``year`` may be left out for the Startbeleg and the Schlussbeleg (a register has one)
-    and for a unit switch (its latest switch, an open obligation first).
+    and for a unit switch (its latest switch, an open obligation first); ``number``, the
+    check's receipt number (a unit switch's: the first receipt after it), names one of
+    several switches.
 
     Raises:
         NotFound: no such obligation.
@@ -505,7 +512,7 @@ def record_check(  # noqa: PLR0917 - the obligation, then what the operator reco
     _check_input(kind, year, reference, failed)
     now = clock.now().isoformat()
     with writer.transaction() as conn:
-        record = _find(conn, register_id, kind, year)
+        record = _find(conn, register_id, kind, (year, number), reference)
         if record.reference is not None:
             if (record.reference, record.failed) == (reference, failed):
                 return record
@@ -550,10 +557,18 @@ def _refuse_unless_recheck(record: CheckRecord, reference: str) -> None:
         "reference",
         "already-reported",
         f"the {record.kind} {_noun(record.kind)} of register {record.register_id}"
-        f" ({record.year}) has the reference {record.reference!r}"
+        f" ({_which(record)}) has the reference {record.reference!r}"
         f"{' (failed)' if record.failed else ''} already; a {_noun(record.kind)}'s reference"
         f" is evidence and is recorded once{again}",
     )
+
+
+def _which(record: CheckRecord) -> str:
+    """Which of a register's checks of its kind ``record`` is: its year, a unit switch's
+    first receipt (several switches may fall in one year)."""
+    if record.kind == "unit":
+        return f"receipts from number {record.receipt_number} on"
+    return str(record.year)
 
 
 def _check_input(kind: str, year: int | None, reference: str, failed: bool) -> None:
@@ -575,14 +590,25 @@ def _check_input(kind: str, year: int | None, reference: str, failed: bool) -> N
         )
 
 
-def _find(conn: sqlite3.Connection, register_id: str, kind: str, year: int | None) -> CheckRecord:
-    # (a unit switch's: a register may have several; the open one, the latest)
+def _find(
+    conn: sqlite3.Connection,
+    register_id: str,
+    kind: str,
+    which: tuple[int | None, int | None],
+    reference: str,
+) -> CheckRecord:
+    """The obligation a check is recorded for, of the ``which`` (year, receipt number)
+    given: the one recorded with ``reference`` already (a repeat), else an open one, the
+    latest (a unit switch's: a register may have several), else the latest."""
+    year, number = which
     row = conn.execute(
         f"SELECT {_COLUMNS}{_FROM} WHERE c.register_id = ? AND c.kind = ?"
-        " AND (? IS NULL OR c.year = ?) ORDER BY c.done_at IS NOT NULL, c.id DESC",
-        (register_id, kind, year, year),
+        " AND (? IS NULL OR c.year = ?) AND (? IS NULL OR c.receipt_number = ?)"
+        " ORDER BY c.reference IS NOT ?, c.done_at IS NOT NULL, c.id DESC",
+        (register_id, kind, year, year, number, number, reference),
     ).fetchone()
     if row is None:
         of = "" if year is None else f" for {year}"
+        of += "" if number is None else f" of receipt {number}"
         raise NotFound(f"register {register_id} has no {kind} {_noun(kind)}{of}")
     return CheckRecord.from_row(row)

@@ -91,6 +91,15 @@ def checks_done(  # noqa: PLR0917 - a Typer command: its options are its paramet
             max=9999,
         ),
     ] = None,
+    receipt: Annotated[
+        int | None,
+        typer.Option(
+            help="Receipt number of the check (`checks list`): for unit, the first receipt"
+            " after the switch, which names one of several switches.",
+            min=1,
+            max=2**63 - 1,  # SQLite INTEGER
+        ),
+    ] = None,
     failed: Annotated[
         bool,
         typer.Option("--failed", help='The check failed ("unit failed").'),
@@ -102,8 +111,10 @@ def checks_done(  # noqa: PLR0917 - a Typer command: its options are its paramet
     Belegcheck app or web service (or, closing, that the decommissioning was reported in
     FinanzOnline), once; its reminders stop.
 
-    Another reference for a check that passed is refused (exit 3), the same one again
-    changes nothing. --failed records a check that failed: an ERROR alert says the register counts
+    Several unit checks may be open (one per switch): --receipt names one, else the
+    latest switch's is recorded. Another reference for a check that passed is refused
+    (exit 3), the same one again changes nothing (it finds the check it was recorded
+    for). --failed records a check that failed: an ERROR alert says the register counts
     as "unit failed"; the check made again once the cause is fixed is recorded with its
     new --reference (a closing report does not fail: exit 3).
     """
@@ -112,12 +123,14 @@ def checks_done(  # noqa: PLR0917 - a Typer command: its options are its paramet
     from agent.clock import SystemClock
 
     clock = SystemClock()
-    body = {"year": year, "reference": reference, "failed": failed}
+    body = {"year": year, "number": receipt, "reference": reference, "failed": failed}
     check = _record_evidence(
         data_dir,
         as_json,
         lambda writer: check_out(
-            record_check(writer, clock, register, kind, year, reference, failed=failed),
+            record_check(
+                writer, clock, register, kind, year, reference, failed=failed, number=receipt
+            ),
             clock.now(),
         ).model_dump(mode="json", by_alias=True),
         (f"registers/{register}/checks/{kind}", body),
@@ -126,6 +139,6 @@ def checks_done(  # noqa: PLR0917 - a Typer command: its options are its paramet
     if not as_json:
         result = "FAILED" if failed else "done"
         what = "report" if kind == "closing" else "check"
-        out.print(
-            f"{register}: {kind} {what} {check['year']} {result}, reference {reference!r} recorded"
-        )
+        # a unit check is one of a year's switches: named by its first receipt
+        which = f"(receipts from {check['number']} on)" if kind == "unit" else check["year"]
+        out.print(f"{register}: {kind} {what} {which} {result}, reference {reference!r} recorded")
