@@ -73,6 +73,7 @@ __all__ = [
     "load_checks",
     "record_check",
     "record_due",
+    "replaced_unit",
 ]
 
 CheckKind = Literal["start", "yearly", "closing", "unit"]  # the table's CHECK (0004, 0007, 0011)
@@ -206,6 +207,21 @@ def development_units(conn: sqlite3.Connection) -> frozenset[str]:
     A few rows: the units table."""
     rows = conn.execute(f"SELECT id FROM {DEVELOPMENT_UNITS} AS d", (development_zda(),))  # noqa: S608 - constant SQL
     return frozenset(str(row[0]) for row in rows)
+
+
+def replaced_unit(conn: sqlite3.Connection, register_id: str, number: int) -> str | None:
+    """The unit whose failure a switch before receipt ``number`` reports in FinanzOnline:
+    the one that signed (or marked failed) the latest receipt before it among those not
+    signed by a development unit. ``None``: every receipt before it carries the fictitious
+    provider, so the register was a development one, never registered in FinanzOnline; the
+    unit it switches to registers the register too. A certified register finds its row at
+    once (the index of its numbers, backwards), a development one reads its receipts."""
+    row = conn.execute(
+        "SELECT x.unit_id FROM receipts x WHERE x.register_id = ? AND x.number < ?"  # noqa: S608 - constant SQL
+        f" AND x.unit_id NOT IN {DEVELOPMENT_UNITS} ORDER BY x.number DESC LIMIT 1",
+        (register_id, number, development_zda()),
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _journal(
@@ -418,9 +434,15 @@ _WHAT = {
     "closing": "report the decommissioning (Außerbetriebnahme) of the register in"
     " FinanzOnline, after its {receipt}",
     "unit": "register the signature unit of its {receipt} in FinanzOnline and report"
-    " there the failure of the unit it replaced, then check a receipt the new unit signed"
+    " there the failure of unit {replaced}, then check a receipt the new unit signed"
     " with the BMF Belegcheck app or web service",
 }
+# a development register's first switch to a certified unit (replaced_unit: None)
+_FIRST_UNIT = (
+    "register the signature unit of its {receipt} and the register in FinanzOnline (its"
+    " receipts before carry the fictitious test provider, it was a development register),"
+    " then check a receipt the new unit signed with the BMF Belegcheck app or web service"
+)
 
 
 def _noun(kind: str) -> str:
@@ -459,13 +481,12 @@ def _remind(conn: sqlite3.Connection, record: CheckRecord, level: str, now: dt.d
             "due": due,
         },
     )
-    what = _WHAT[record.kind].format(receipt=_receipt(record))
     return (
         severity,
         "register %s: %s; %s (then: till-agent checks done %s %s %s --reference ...)",
         (
             record.register_id,
-            what,
+            _what(conn, record),
             when.format(due=due, days=WARN_DAYS, noun=_noun(record.kind)),
             record.register_id,
             record.kind,
@@ -475,6 +496,16 @@ def _remind(conn: sqlite3.Connection, record: CheckRecord, level: str, now: dt.d
             else f"--year {record.year}",
         ),
     )
+
+
+def _what(conn: sqlite3.Connection, record: CheckRecord) -> str:
+    """What the operator does for ``record``: for a unit switch, report the failure of the
+    unit it replaced, or register the register too (it was a development one)."""
+    if record.kind != "unit":
+        return _WHAT[record.kind].format(receipt=_receipt(record))
+    replaced = replaced_unit(conn, record.register_id, record.receipt_number)
+    template = _FIRST_UNIT if replaced is None else _WHAT["unit"]
+    return template.format(receipt=_receipt(record), replaced=replaced)
 
 
 def record_check(  # noqa: PLR0917 - the obligation, then what the operator records

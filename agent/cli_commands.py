@@ -410,14 +410,18 @@ def unit_switch(
 
     The unit must be stored (unit add-pkcs11; unit create-software for development) and
     sign now: a test signature that verifies (else exit 4); it must be of the register's
-    system type, open or closed (AT0), else exit 3. It joins the register's units if it
-    is new to them. The receipts from the next one on are signed with it and go on
-    chaining to the earlier ones; the DEP export starts a new group for its certificate.
-    What waited for the old unit waits for the new one: `till-agent outage recover
-    REGISTER` (or the running service) issues the Sammelbeleg with it. It prints what is
-    owed in FinanzOnline and by when: register the new unit, report the failure of the old
-    one, check a receipt the new unit signed, then `till-agent checks done REGISTER unit`
-    (a development unit owes nothing). A register that signs with the unit already: nothing
+    system type, open or closed (AT0), else exit 3. A register that signs (or signed) with
+    a certified unit never switches to a development unit (AT100; exit 3,
+    registered-to-development): its receipts would carry the fictitious test provider. It
+    joins the register's units if it is new to them. The receipts from the next one on
+    are signed with it and go on chaining to the earlier ones; the DEP export starts a
+    new group for its certificate. What waited for the old unit waits for the new one:
+    `till-agent outage recover REGISTER` (or the running service) issues the Sammelbeleg
+    with it. It prints what is owed in FinanzOnline and by when: register the new unit,
+    report the failure of the old one (a development register switched to a certified
+    unit: register the register too), check a receipt the new unit signed, then
+    `till-agent checks done REGISTER unit --receipt N` (a development unit owes nothing).
+    A register that signs with the unit already: nothing
     changes (exit 0). A register closed by its Schlussbeleg: exit 4; an unknown register or
     unit: exit 6. It needs the data directory to itself: while `till-agent run` holds it,
     exit 5 (stop the service, switch, start it again).
@@ -501,20 +505,22 @@ def _switch_lines(done: UnitSwitch) -> list[str]:
         )
     if done.due is None:
         lines.append(
-            f"unit {new} is a development unit (AT100): a development register needs no"
-            " FinanzOnline step"
+            f"unit {new} is a development unit (AT100), as the register's were: a development"
+            " register needs no FinanzOnline step"
         )
         return lines
-    also = (
-        " (and the register: it signed with a development unit so far)"
-        if done.old_development
-        else ""
-    )
-    report = "" if done.old_development else f"report the failure of unit {old} and "
+    if done.replaced is None:  # the register was a development one: it goes live
+        owed = (
+            f"register unit {new} and register {register} in FinanzOnline (its receipts"
+            f" before {done.from_number} carry the fictitious test provider AT100: it was a"
+            " development register)"
+        )
+    else:
+        owed = f"report the failure of unit {done.replaced} and register unit {new} in FinanzOnline"
     lines.append(
-        f"by {done.due}: {report}register unit {new}{also} in FinanzOnline, check a receipt"
-        f" {new} signed with the BMF Belegcheck app, then: till-agent checks done {register}"
-        " unit --reference ..."
+        f"by {done.due}: {owed}, check a receipt {new} signed with the BMF Belegcheck app,"
+        f" then: till-agent checks done {register} unit --receipt {done.from_number}"
+        " --reference ..."
     )
     return lines
 

@@ -10,6 +10,12 @@ the register, the old unit and the new one (DESIGN.md invariant 7), and the Fina
 obligation of the new unit is recorded (``unit``, :mod:`agent.checks`; none for a
 development unit).
 
+A development register (its receipts carry the fictitious provider AT100) may go on with a
+certified unit: its ``unit`` obligation then registers the register in FinanzOnline too.
+The reverse is refused: the receipts of a register that signs (or signed) with a certified
+unit would carry the fictitious provider, and the failure of its unit is still owed to
+FinanzOnline.
+
 What waited for the old unit (an open outage, unsigned receipts, a waiting Jahresbeleg) now
 waits for the new one: recovery (``outage recover``, the running service's probe) signs the
 Sammelbeleg with it.
@@ -22,7 +28,13 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from agent.checks import development_units, due_date, record_due
+from agent.checks import (
+    development_units,
+    development_zda,
+    due_date,
+    record_due,
+    replaced_unit,
+)
 from agent.errors import FiscalError, InvalidSale, NotFound, SigningError
 from agent.receipt_records import local_stamp
 from agent.registers import check_unit_serials, open_register
@@ -45,7 +57,10 @@ class UnitSwitch:
     the new unit signs (or marks as failed); ``waiting``: something waits for the unit
     (an open outage, unsigned receipts, a waiting special receipt), which recovery now
     issues with it; ``due``: when the FinanzOnline steps of the new unit are due
-    (register time zone), ``None`` for a development unit, which owes none.
+    (register time zone), ``None`` for a development unit, which owes none;
+    ``replaced``: the unit whose failure is reported there (of the latest receipt before
+    the switch not signed by a development unit), ``None`` when the register was a
+    development one so far (the new unit registers the register too).
     """
 
     register_id: str
@@ -56,7 +71,7 @@ class UnitSwitch:
     from_number: int = 0
     waiting: bool = False
     due: dt.date | None = None
-    old_development: bool = False
+    replaced: str | None = None
 
 
 def check_switch(conn: sqlite3.Connection, register_id: str, unit_id: str) -> sqlite3.Row:
@@ -67,8 +82,10 @@ def check_switch(conn: sqlite3.Connection, register_id: str, unit_id: str) -> sq
         RegisterClosed: the register was closed by its Schlussbeleg (nothing to sign).
         WaitsForUnit: its Startbeleg or its Schlussbeleg waits for a chain service that
             may hold it (it is sent again unchanged, to the unit that got it).
-        InvalidSale: the unit is of the other system type (``system-type-changed``), or
-            has the serial of another of the register's units (``serial-unique``).
+        InvalidSale: the unit is of the other system type (``system-type-changed``), is
+            a development unit and the register a certified one's
+            (``registered-to-development``), or has the serial of another of the
+            register's units (``serial-unique``).
     """
     try:
         reg = open_register(conn, register_id)
@@ -97,6 +114,8 @@ def check_switch(conn: sqlite3.Connection, register_id: str, unit_id: str) -> sq
             " receipts never mix open and closed (the verifier's system-type-changed); a"
             " unit of the other type needs a new register (till-agent init)",
         )
+    if unit_id in development_units(conn):
+        _refuse_development(conn, reg, unit_id)
     check_unit_serials(conn, [*_units_of(conn, register_id), unit_id])
     return reg
 
@@ -167,6 +186,7 @@ def switch_unit(
     due = None if unit_id in development else due_date("unit", stamp)
     if owed is None and due is not None:  # a switch before it that no receipt followed
         due = _open_due(conn, register_id, number) or due
+    replaced = None if due is None else replaced_unit(conn, register_id, number)
     return UnitSwitch(
         register_id,
         old,
@@ -176,7 +196,32 @@ def switch_unit(
         from_number=number,
         waiting=waiting,
         due=due,
-        old_development=old in development,
+        replaced=replaced,
+    )
+
+
+def _refuse_development(conn: sqlite3.Connection, reg: sqlite3.Row, unit_id: str) -> None:
+    """Refuse the development unit ``unit_id`` to a register that signs, or signed, with a
+    certified unit: it is registered in FinanzOnline (or owes it), and the receipts would
+    carry the fictitious test provider, which no registration nor Belegcheck accepts. A
+    development register may switch between development units."""
+    register_id, old = str(reg["id"]), str(reg["active_unit"])
+    signs = old not in development_units(conn)
+    certified = old if signs else replaced_unit(conn, register_id, int(reg["last_number"]) + 1)
+    if certified is None:
+        return
+    (zda,) = conn.execute("SELECT zda FROM units WHERE id = ?", (certified,)).fetchone()
+    dev_zda = development_zda()
+    raise InvalidSale(
+        "unit",
+        "registered-to-development",
+        f"register {register_id} {'signs' if signs else 'signed'} with the certified unit"
+        f" {certified} (R1-{zda}), and {unit_id} is a development unit: from the switch on"
+        f" its receipts would carry the fictitious test provider {dev_zda} (R1-{dev_zda}),"
+        " which FinanzOnline does not register and no Belegcheck accepts, so the register"
+        " would sign with no registered unit. Switch to a certified unit (till-agent unit"
+        f" add-pkcs11 --zda ...), or set up a development register on {unit_id} (till-agent"
+        f" init NEW-ID --unit {unit_id}); nothing was changed",
     )
 
 

@@ -284,7 +284,7 @@ class TestObligations:
         said = till("unit", "switch", REGISTER, "u2").stdout
         due = (dt.datetime.now(dt.UTC).astimezone().date() + dt.timedelta(days=7)).isoformat()
         assert "report the failure of unit u1 and register unit u2 in FinanzOnline" in said
-        assert f"till-agent checks done {REGISTER} unit --reference" in said
+        assert f"till-agent checks done {REGISTER} unit --receipt 2 --reference" in said
         listed = json.loads(till("checks", "list", "--json").stdout)
         assert [(c["kind"], c["number"]) for c in listed] == [("start", 1), ("unit", 2)]
         assert abs(dt.date.fromisoformat(listed[1]["due"]) - dt.date.fromisoformat(due)).days <= 1

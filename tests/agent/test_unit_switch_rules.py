@@ -1,9 +1,12 @@
-"""What ``unit switch`` owes beyond the switch itself (agent/unit_switch.py): ``checks done
+"""What ``unit switch`` owes and refuses beyond the switch itself (agent/unit_switch.py):
+a registered register never goes on with a development unit, a development register that
+goes on with a certified one owes registering the register too, and ``checks done
 REGISTER unit`` records one check per reference when several switches owe theirs."""
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +15,10 @@ from typing import Any
 import pytest
 from typer.testing import Result
 
+from agent.checks import CheckWatch
+from agent.clock import SystemClock
 from factories import Run, expect, flat, sale
+from storage.db import open_till_db
 
 REGISTER = "K3"
 
@@ -54,6 +60,74 @@ def _rows(data_dir: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
 
 def _switches(data_dir: Path) -> list[tuple[Any, ...]]:
     return _rows(data_dir, "SELECT data FROM journal WHERE kind = 'register.unit_switched'")
+
+
+class TestADevelopmentUnit:
+    def test_a_registered_register_is_refused_a_development_unit(
+        self, till: Till, data_dir: Path
+    ) -> None:
+        """K3 signs with the certified c1: a switch to the AT100 unit dv is exit 3 (rule
+        registered-to-development) saying its receipts would carry the fictitious test
+        provider; nothing changes and the next sale is c1's. It was exit 0 "a development
+        register needs no FinanzOnline step", and receipt 2 was signed _R1-AT100_."""
+        _units(till, c1="AT1", dv="AT100")
+        till("init", REGISTER, "--unit", "c1")
+        refused = _switch(till, "dv", code=3)
+        assert (refused["field"], refused["rule"]) == ("unit", "registered-to-development")
+        assert "certified unit c1 (R1-AT1)" in refused["message"]
+        assert "fictitious test provider AT100" in refused["message"]
+        assert _rows(data_dir, "SELECT active_unit FROM registers") == [("c1",)]
+        assert _switches(data_dir) == []
+        assert _sell(till, "a")["qr"].startswith(f"_R1-AT1_{REGISTER}_2_")
+
+    def test_a_register_that_signed_with_a_certified_unit_owes_its_failure_report(
+        self, till: Till, data_dir: Path
+    ) -> None:
+        """An earlier version switched the certified K3 to dv (played here in SQL): another
+        development unit is refused as well, and the switch on to the certified c2 owes
+        the report of c1's failure, the unit whose receipts FinanzOnline knows (it said
+        "and the register: it signed with a development unit so far", and no report)."""
+        _units(till, c1="AT1", c2="AT1", dv="AT100", dv2="AT100")
+        till("init", REGISTER, "--unit", "c1")
+        conn = sqlite3.connect(data_dir / "till.sqlite3")
+        with conn:
+            conn.execute("INSERT INTO register_units VALUES (?, 1, 'dv')", (REGISTER,))
+            conn.execute("UPDATE registers SET active_unit = 'dv'")
+        conn.close()
+        _sell(till, "a")
+        refused = _switch(till, "dv2", code=3)
+        assert refused["rule"] == "registered-to-development"
+        assert "signed with the certified unit c1" in refused["message"]
+        said = flat(till("unit", "switch", REGISTER, "c2").stdout)
+        assert "report the failure of unit c1 and register unit c2 in FinanzOnline" in said
+        assert "and the register" not in said
+
+    def test_a_development_register_goes_live_on_a_certified_unit(
+        self, till: Till, data_dir: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A test till on dv switches to the certified c2: allowed; it owes registering
+        c2 and the register in FinanzOnline (nothing to report: dv was never registered),
+        and so say the switch's output and the check's reminder."""
+        _units(till, dv="AT100", c2="AT1")
+        till("init", REGISTER, "--unit", "dv")
+        _sell(till, "a")
+        said = flat(till("unit", "switch", REGISTER, "c2").stdout)
+        assert f"register unit c2 and register {REGISTER} in FinanzOnline" in said
+        assert "it was a development register" in said
+        assert "report the failure" not in said
+        assert f"till-agent checks done {REGISTER} unit --receipt 3 --reference" in said
+        assert _rows(data_dir, "SELECT kind, receipt_number FROM checks") == [("unit", 3)]
+        assert _sell(till, "b")["qr"].startswith(f"_R1-AT1_{REGISTER}_3_")
+        caplog.set_level(logging.INFO, logger="agent.checks")
+        db = open_till_db(data_dir)
+        try:
+            CheckWatch(db, SystemClock()).tick()
+        finally:
+            db.close()
+        [line] = [r.getMessage() for r in caplog.records if "unit switch" in r.getMessage()]
+        assert "in FinanzOnline and report" not in line
+        assert "and the register in FinanzOnline" in line
+        assert f"till-agent checks done {REGISTER} unit --receipt 3 --reference" in line
 
 
 @pytest.fixture(name="two_switches")
