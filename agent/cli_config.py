@@ -160,6 +160,7 @@ class _Held:
     units: list[UnitConfig]
     active: dict[str, list[str]] = field(default_factory=dict)
     zdas: dict[str, str] = field(default_factory=dict)  # every stored unit's provider
+    signing: dict[str, str] = field(default_factory=dict)  # the unit each of those signs with
 
 
 def _new_register_problems(config: AgentConfig, held: _Held | None) -> list[str]:
@@ -201,7 +202,7 @@ def _stored_zda_problems(config: AgentConfig, held: _Held) -> list[str]:
 
 
 def _register_unit_problems(config: AgentConfig, held: _Held) -> list[str]:
-    """Every register that may still sign on the development unit under
+    """Every register that may still sign and signs with the development unit now under
     ``development_unit = false`` (`run` refuses to start), and the configured register,
     when it exists, on units the configured ones lack (`run` logs an ERROR and it keeps
     signing with its own)."""
@@ -212,10 +213,10 @@ def _register_unit_problems(config: AgentConfig, held: _Held) -> list[str]:
     configured = [unit.id for unit in config.units]
     problems = []
     if not config.development_unit:
-        problems += [
+        problems += [  # the unit it signs with now, not one it switched away from
             f"development_unit: {development_register(r, DEV_UNIT, configured, named=register_id)}"
-            for r, units in held.active.items()
-            if DEV_UNIT in units
+            for r, unit in held.signing.items()
+            if unit == DEV_UNIT
         ]
     if held.unit_ids is not None:
         problem = other_units(register_id, held.unit_ids, configured, held.active)
@@ -270,7 +271,12 @@ def _held_register(config: AgentConfig) -> _Held | None:
     Startbeleg) and of the other registers that may still sign; None when its database
     cannot be read (no permission, damaged)."""
     from agent.errors import NoDatabase, StorageError
-    from agent.signing.registry import active_register_units, register_unit_ids, stored_config
+    from agent.signing.registry import (
+        active_register_units,
+        register_unit_ids,
+        signing_units,
+        stored_config,
+    )
     from storage.db import open_till_db
 
     try:
@@ -286,9 +292,10 @@ def _held_register(config: AgentConfig) -> _Held | None:
             every = [*(ids or []), *(u for units in active.values() for u in units)]
             units = [stored_config(conn, unit_id) for unit_id in dict.fromkeys(every)]
             zdas = {str(i): str(z) for i, z in conn.execute("SELECT id, zda FROM units")}
+            signing = signing_units(conn)
     finally:
         db.close()
-    return _Held(ids, units, active, zdas)
+    return _Held(ids, units, active, zdas, signing)
 
 
 def _test_provider_note(unit: UnitConfig) -> str | None:

@@ -53,6 +53,7 @@ from agent.signing.registry import (
     other_units,
     refuse_other_zda,
     register_unit_ids,
+    signing_units,
     store_moved_files,
     store_unit,
 )
@@ -318,10 +319,11 @@ class TillService:
                 self.receipts.record_probe(register_id, False, cause)
 
     def _check_register_units(self) -> None:
-        """Compare the registers' units with the configuration: the development unit on
-        any register that may still sign (not closed by its Schlussbeleg) under
-        ``development_unit = false`` is refused: the configured register stops the start,
-        another one is an ERROR and its sales are refused (409, rule ``development-unit``);
+        """Compare the registers' units with the configuration: a register that may still
+        sign (not closed by its Schlussbeleg) and signs with the development unit now (its
+        ``active_unit``: not one it switched away from) under ``development_unit = false``
+        is refused: the configured register stops the start, another one is an ERROR and
+        its sales are refused (409, rule ``development-unit``);
         the configured register, when it exists, on units the configured ones lack is an
         ERROR (it keeps its own: they are registered with FinanzOnline).
 
@@ -333,9 +335,11 @@ class TillService:
         with self.db.read_connection() as conn:
             units = register_unit_ids(conn, register_id)
             active = active_register_units(conn)
+            signing = signing_units(conn)
         configured = [unit.id for unit in self.config.units]
         if not self.config.development_unit:
-            on_dev = [other for other, theirs in active.items() if DEV_UNIT in theirs]
+            # the unit it signs with now: one switched to a certified unit is not refused
+            on_dev = [other for other, unit in signing.items() if unit == DEV_UNIT]
             if register_id in on_dev:
                 raise ConfigurationError(development_register(register_id, DEV_UNIT, configured))
             # another register: the till goes on for the configured one (stopping it would

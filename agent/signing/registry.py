@@ -31,6 +31,7 @@ __all__ = [
     "other_units",
     "refuse_other_zda",
     "register_unit_ids",
+    "signing_units",
     "store_moved_files",
     "store_unit",
     "stored_config",
@@ -97,6 +98,18 @@ def active_register_units(conn: sqlite3.Connection) -> dict[str, list[str]]:
     return {str(row[0]): register_unit_ids(conn, str(row[0])) or [] for row in rows}
 
 
+def signing_units(conn: sqlite3.Connection) -> dict[str, str]:
+    """The unit each register that may still sign signs with now, by register id: an
+    active register's ``active_unit`` (``unit switch`` moves it), the first unit of one
+    whose Startbeleg waits (the one its Startbeleg is signed with)."""
+    active = dict(conn.execute("SELECT id, active_unit FROM registers WHERE state = 'active'"))
+    return {
+        str(register_id): str(active.get(register_id, units[0]))
+        for register_id, units in active_register_units(conn).items()
+        if register_id in active or units
+    }
+
+
 def other_units(
     register_id: str,
     units: Sequence[str],
@@ -106,7 +119,9 @@ def other_units(
     """Why the configured ``[[units]]`` do not hold the ``units`` of the existing register
     ``register_id``; None when they do (more units are fine: those of the till's other
     registers, ``others`` by register id, or one a new register is to be set up on), or
-    when no units are configured (a register set up with ``init`` keeps its own)."""
+    when no units are configured (a register set up with ``init`` keeps its own). The
+    configuration never changes a register's units: only ``till-agent unit switch`` does
+    (:mod:`agent.unit_switch`), and the units it switched away from stay its units."""
     missing = [unit for unit in units if unit not in configured]
     if not configured or not missing:
         return None
@@ -130,9 +145,10 @@ def other_units(
     return (
         f"register {register_id} exists with unit{'s' * (len(units) > 1)} {', '.join(units)},"
         f" but the configured [[units]] ({', '.join(configured)}) lack {', '.join(missing)}:"
-        " a register's units are part of its registration with FinanzOnline and never"
-        f" change, so it goes on signing with {', '.join(units)} as the till database stores"
-        f" {'them' if len(units) > 1 else 'it'}. To go on with register {register_id}, add"
+        " a register's units are part of its registration with FinanzOnline and change only"
+        f" by `till-agent unit switch`, so it goes on signing with {', '.join(units)} as the"
+        f" till database stores {'them' if len(units) > 1 else 'it'}. To go on with register"
+        f" {register_id}, add"
         f" {', '.join(missing)} to [[units]] (they may list the units of every register of"
         " the till), or configure none" + "".join(f"; {line}" for line in advice)
     )
@@ -171,13 +187,16 @@ def development_register(
             " `till-agent init NEW-ID --unit ID`, register it in FinanzOnline and set"
             " [register] id to it"
         )
+    unit = configured[0] if configured else "ID"
     return (
         f"register {register_id} signs with the development unit {dev_unit} (a self-signed"
         " key, not certified: its receipts are not valid for a registered cash register),"
         " but the configuration says development_unit = false. A register's unit is part"
-        f" of its registration with FinanzOnline and never changes: set up a new register {new},"
-        f" then {closing}; or set development_unit = true to go on developing with register"
-        f" {register_id}"
+        f" of its registration with FinanzOnline: set up a new register {new}, then"
+        f" {closing}; or move register {register_id} itself to the production unit (with the"
+        f" service stopped: `till-agent unit switch {register_id} {unit}`) and register it"
+        " and the unit in FinanzOnline; or set development_unit = true to go on developing"
+        f" with register {register_id}"
     )
 
 

@@ -1,5 +1,6 @@
-"""The local API records one switch's check among several (``number``), and a repeat of
-its reference answers the check it recorded."""
+"""A development till goes live with ``unit switch``, as seen by the service and ``config
+check`` (the unit a register signs with now decides, not the units it ever had), and the
+local API records one switch's check among several (``number``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from service.conftest import Start
 
 from agent.api import create_app, serve
 from agent.api_backend import ServiceBackend
@@ -15,7 +17,7 @@ from agent.receipts import ReceiptService
 from agent.signing import UnitConfig, create_software_unit
 from agent.signing.registry import UnitRegistry
 from agent.unit_switch import switch_unit
-from factories import Run, add_unit, cli_run, sale
+from factories import Run, add_unit, cli_run, expect, flat, sale
 from storage import TillDB
 
 pytestmark = pytest.mark.usefixtures("no_system_config")
@@ -26,6 +28,38 @@ TOKEN = "test-token-0123456789abcdef"
 @pytest.fixture(name="run")
 def _run() -> Run:
     return cli_run()
+
+
+@pytest.fixture(name="live")
+def _live(start: Start, run: Run, data_dir: Path) -> None:
+    """KASSE-1 made by a first `run` on the defaults (the development unit), then switched
+    to the certified software unit c2 (AT1) with the service stopped."""
+    start().stop()
+    expect(run("unit", "create-software", "--id", "c2", "--zda", "AT1", "--data-dir", data_dir), 0)
+    expect(run("unit", "switch", "KASSE-1", "c2", "--data-dir", data_dir), 0)
+
+
+@pytest.mark.usefixtures("live")
+class TestADevelopmentTillSwitchedToACertifiedUnit:
+    def test_run_starts_under_development_unit_false(self, start: Start) -> None:
+        """KASSE-1 signs with c2 now: the start is not refused (it was: "signs with the
+        development unit dev-uncertified"), and its next sale is signed by c2."""
+        service = start(development_unit=False)
+        issued = service.receipts.issue(sale())
+        assert (issued.signature_state, issued.qr[:13]) == ("signed", "_R1-AT1_KASSE")
+
+    def test_config_check_accepts_it(self, run: Run, tmp_path: Path, data_dir: Path) -> None:
+        """`config check` under development_unit = false: exit 0 (it was exit 3 naming
+        development_unit and KASSE-1)."""
+        config = tmp_path / "prod.toml"
+        config.write_text(
+            f'data_dir = "{data_dir}"\ndevelopment_unit = false\n'
+            f'[backup]\ndir = "{tmp_path / "backups"}"\n',
+            encoding="utf-8",
+        )
+        checked = run("config", "check", "--config", config)
+        assert "development_unit" not in flat(checked.stderr)
+        expect(checked, 0)
 
 
 @pytest.fixture(name="client")
