@@ -427,19 +427,25 @@ def unit_switch(
     exit 5 (stop the service, switch, start it again).
     """
     from agent.clock import SystemClock
+    from agent.issuing import Issuing
     from agent.signing.registry import UnitRegistry
     from agent.unit_switch import check_signs_now, check_switch, switch_unit
 
     with _switch_writer(data_dir, as_json) as db:
         registry = UnitRegistry(simulate_dir=data_dir / "simulate")
         try:
+            clock = SystemClock()
+            # it stores a chain signing a process left unfinished: the old unit's receipt
+            issuing = Issuing(
+                db, registry, clock=clock, sign_timeout=_SWITCH_SIGN_TIMEOUT_S, thresholds=None
+            )
             with db.read_connection() as conn:
                 reg = check_switch(conn, register, unit)
                 new = None if reg["active_unit"] == unit else registry.get(conn, unit)
             if new is not None:  # (the refusals that need no unit come first)
                 check_signs_now(new, _SWITCH_SIGN_TIMEOUT_S)
-            with db.write_connection().transaction() as conn:
-                done = switch_unit(conn, register, unit, SystemClock().now())
+            with issuing.transaction() as conn:
+                done = switch_unit(conn, register, unit, clock.now())
         finally:
             registry.close()
     if as_json:

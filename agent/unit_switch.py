@@ -14,7 +14,10 @@ A development register (its receipts carry the fictitious provider AT100) may go
 certified unit: its ``unit`` obligation then registers the register in FinanzOnline too.
 The reverse is refused: the receipts of a register that signs (or signed) with a certified
 unit would carry the fictitious provider, and the failure of its unit is still owed to
-FinanzOnline.
+FinanzOnline. A chain signing a process left unfinished is stored before the switch
+(:func:`agent.interrupted.store_interrupted`, as any write transaction of
+:class:`agent.issuing.Issuing` does): its receipt is the old unit's, and the new unit signs
+from the one after it.
 
 What waited for the old unit (an open outage, unsigned receipts, a waiting Jahresbeleg) now
 waits for the new one: recovery (``outage recover``, the running service's probe) signs the
@@ -24,6 +27,7 @@ Sammelbeleg with it.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -151,12 +155,16 @@ def switch_unit(
 
     Raises:
         The refusals of :func:`check_switch`.
+        FiscalError: a chain signing of the register was interrupted and its receipt is
+            not stored yet (rule ``signing-interrupted``): the caller switches in a
+            transaction of :class:`agent.issuing.Issuing`, which stores it first.
     """
     reg = check_switch(conn, register_id, unit_id)
     old = str(reg["active_unit"])
     development = development_units(conn)
     if unit_id == old:
         return UnitSwitch(register_id, old, unit_id, switched=False)
+    _check_settled(conn, register_id, int(reg["last_number"]))
     added = unit_id not in _units_of(conn, register_id)
     if added:
         conn.execute(
@@ -223,6 +231,23 @@ def _refuse_development(conn: sqlite3.Connection, reg: sqlite3.Row, unit_id: str
         f" add-pkcs11 --zda ...), or set up a development register on {unit_id} (till-agent"
         f" init NEW-ID --unit {unit_id}); nothing was changed",
     )
+
+
+def _check_settled(conn: sqlite3.Connection, register_id: str, last_number: int) -> None:
+    """Refuse to switch over a chain signing whose receipt is not stored: it is the old
+    unit's, and the number after it the new one's first (an intent past the register's
+    last number that is not void, the last one: :data:`agent.interrupted._INTERRUPTED`)."""
+    row = conn.execute(
+        "SELECT number, intent FROM pending_signings WHERE register_id = ? AND number > ?"
+        " ORDER BY id DESC LIMIT 1",
+        (register_id, last_number),
+    ).fetchone()
+    if row is not None and "void" not in json.loads(row[1]):
+        raise FiscalError(
+            f"register {register_id}: the chain signing of receipt {row[0]} was interrupted"
+            " and its receipt is not stored yet; a write transaction of the receipt service"
+            " stores it first, then the switch starts after it [signing-interrupted]"
+        )
 
 
 def _units_of(conn: sqlite3.Connection, register_id: str) -> list[str]:

@@ -1,7 +1,8 @@
 """What ``unit switch`` owes and refuses beyond the switch itself (agent/unit_switch.py):
 a registered register never goes on with a development unit, a development register that
-goes on with a certified one owes registering the register too, and ``checks done
-REGISTER unit`` records one check per reference when several switches owe theirs."""
+goes on with a certified one owes registering the register too, a chain signing a process
+left unfinished is stored before the switch, and ``checks done REGISTER unit`` records one
+check per reference when several switches owe theirs."""
 
 from __future__ import annotations
 
@@ -16,8 +17,15 @@ import pytest
 from typer.testing import Result
 
 from agent.checks import CheckWatch
-from agent.clock import SystemClock
-from factories import Run, expect, flat, sale
+from agent.clock import FrozenClock, SystemClock
+from agent.errors import FiscalError
+from agent.issuing import Issuing
+from agent.receipts import ReceiptService
+from agent.signing import UnitConfig, create_software_unit
+from agent.signing.registry import UnitRegistry
+from agent.unit_switch import switch_unit
+from factories import Run, add_unit, expect, flat, sale
+from storage import TillDB
 from storage.db import open_till_db
 
 REGISTER = "K3"
@@ -128,6 +136,77 @@ class TestADevelopmentUnit:
         assert "in FinanzOnline and report" not in line
         assert "and the register in FinanzOnline" in line
         assert f"till-agent checks done {REGISTER} unit --receipt 3 --reference" in line
+
+
+class _Died(BaseException):
+    """The process ends here (nothing after it runs, the transaction rolls back)."""
+
+
+def _die_while_storing(chain_service: ReceiptService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sale the chain service signed whose process ended before its COMMIT: the intent
+    of receipt 2 is committed, the receipt is not."""
+
+    def died(*_: object) -> None:
+        raise _Died
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Issuing, "store", died)
+        with pytest.raises(_Died):
+            chain_service.issue(sale(request_id="r-1"))
+
+
+class TestAnInterruptedChainSigning:
+    def test_the_switch_stores_it_first_and_starts_after_it(
+        self,
+        chain_service: ReceiptService,
+        db: TillDB,
+        run: Run,
+        data_dir: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Receipt 2 is the chain service's (it may hold it signed): the switch stores it
+        unsigned first, so the new unit signs from 3 on, something waits (the outage of
+        the chain unit) and the unit check is keyed to 3. It answered from_number 2 and
+        waiting false, and recovery then stored 2 as the old unit's unsigned receipt."""
+        _die_while_storing(chain_service, monkeypatch)
+        db.close()  # the process ended
+        unit = ("--id", "c2", "--zda", "AT1", "--data-dir", data_dir)
+        expect(run("unit", "create-software", *unit), 0)
+        switched = expect(
+            run("unit", "switch", "KASSE-1", "c2", "--json", "--data-dir", data_dir), 0
+        )
+        done = json.loads(switched.stdout)
+        assert (done["from_number"], done["waiting"]) == (3, True)
+        receipts = _rows(data_dir, "SELECT number, signature_state, unit_id FROM receipts")
+        assert receipts == [(1, "signed", "chain"), (2, "unsigned", "chain")]
+        assert _rows(data_dir, "SELECT unit_id, ended_at FROM outages") == [("chain", None)]
+        assert _rows(data_dir, "SELECT receipt_number FROM checks WHERE kind = 'unit'") == [(3,)]
+        [(event,)] = _switches(data_dir)
+        assert json.loads(event)["from_number"] == 3
+
+    def test_a_switch_outside_the_receipt_service_is_refused(
+        self,
+        chain_service: ReceiptService,
+        db: TillDB,
+        registry: UnitRegistry,
+        clock: FrozenClock,
+        monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path,
+    ) -> None:
+        """switch_unit in a plain write transaction, the signing not stored: refused
+        (rule signing-interrupted), nothing changed."""
+        key, cert = create_software_unit(tmp_path / "units", name="c2")
+        config = UnitConfig(
+            id="c2", kind="software", zda="AT1", key_file=key, certificate_file=cert
+        )
+        add_unit(db, registry, config)
+        _die_while_storing(chain_service, monkeypatch)
+        with (
+            pytest.raises(FiscalError, match=r"receipt 2 was interrupted.*\[signing-interrupted\]"),
+            db.write_connection().transaction() as conn,
+        ):
+            switch_unit(conn, "KASSE-1", "c2", clock.now())
+        assert _rows(db.path.parent, "SELECT active_unit FROM registers") == [("chain",)]
 
 
 @pytest.fixture(name="two_switches")
