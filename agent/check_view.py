@@ -1,7 +1,7 @@
-"""Belegchecks (and the decommissioning report) as their readers see them: the
-:class:`CheckOut` of a :class:`CheckRecord`, one vocabulary for ``open_checks`` in
-``GET /v1/status``, the check route's answer and the command line's JSON (``checks list``,
-``checks done``)."""
+"""Belegchecks (the decommissioning report, a unit switch's registration) as their readers
+see them: the :class:`CheckOut` of a :class:`CheckRecord`, one vocabulary for
+``open_checks`` in ``GET /v1/status``, the check route's answer and the command line's
+JSON (``checks list``, ``checks done``)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ __all__ = ["CheckOut", "check_out"]
 
 class CheckOut(BaseModel):
     """A check the operator owes after a Startbeleg (``start``) or Jahresbeleg (``yearly``),
-    or the FinanzOnline report of the decommissioning after a Schlussbeleg (``closing``):
-    due by ``due`` (a date in the register's time zone), ``overdue`` past it while open,
-    done once its ``reference`` is recorded (``failed``: the Belegcheck failed)."""
+    the FinanzOnline report of the decommissioning after a Schlussbeleg (``closing``), or
+    the FinanzOnline registration of the unit a register switched to (``unit``; ``number``:
+    the first receipt after the switch, which names it among several): due by ``due`` (a
+    date in the register's time zone), ``overdue`` past it while open, done once its
+    ``reference`` is recorded (``failed``: the Belegcheck failed)."""
 
     # ``register`` is a BaseModel attribute: the field takes it as an alias
     model_config = ConfigDict(

@@ -1,6 +1,7 @@
 """``till-agent checks ...``: the Belegcheck the operator owes after a Startbeleg or a
-Jahresbeleg (rksv.md section 6), and the FinanzOnline report of the decommissioning after
-a Schlussbeleg (section 5), listed and recorded."""
+Jahresbeleg (rksv.md section 6), the FinanzOnline report of the decommissioning after a
+Schlussbeleg (section 5), and the FinanzOnline steps of a unit a register switched to
+(``unit switch``), listed and recorded."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from agent.cli_commands import _reader, _require_register
 __all__ = ["checks_app"]
 
 checks_app = typer.Typer(
-    help="Checks the operator owes (Startbeleg, Jahresbeleg) and the decommissioning report"
-    " (Schlussbeleg): list them, record them."
+    help="Checks the operator owes (Startbeleg, Jahresbeleg), the decommissioning report"
+    " (Schlussbeleg) and the registration of a unit a register switched to (unit switch):"
+    " list them, record them."
 )
 
 
@@ -109,7 +111,8 @@ def checks_done(  # noqa: PLR0917 - a Typer command: its options are its paramet
 ) -> None:
     """Record that the Startbeleg or the Jahresbeleg of a year was checked with the BMF
     Belegcheck app or web service (or, closing, that the decommissioning was reported in
-    FinanzOnline), once; its reminders stop.
+    FinanzOnline; unit, that the unit a register switched to was registered there and a
+    receipt it signed checked), once; its reminders stop.
 
     Several unit checks may be open (one per switch): --receipt names one, else the
     latest switch's is recorded. Another reference for a check that passed is refused

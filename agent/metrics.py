@@ -334,12 +334,13 @@ def _registers(out: Exposition, registers: Sequence[RegisterStatusOut], window_s
     )
     per_register(
         "till_agent_belegchecks_open",
-        "Belegchecks (and the decommissioning report) the operator owes, failed ones too.",
+        "Belegchecks, decommissioning reports and unit registrations after a unit switch"
+        " the operator owes, failed ones too.",
         [(r.register_id, len(r.open_checks)) for r in registers],
     )
     per_register(
         "till_agent_belegchecks_overdue",
-        "Owed Belegchecks past their due date.",
+        "Owed Belegchecks (and reports, unit registrations) past their due date.",
         [(r.register_id, sum(c.overdue for c in r.open_checks)) for r in registers],
     )
     per_register(

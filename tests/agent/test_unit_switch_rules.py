@@ -1,8 +1,9 @@
 """What ``unit switch`` owes and refuses beyond the switch itself (agent/unit_switch.py):
 a registered register never goes on with a development unit, a development register that
 goes on with a certified one owes registering the register too, a chain signing a process
-left unfinished is stored before the switch, and ``checks done REGISTER unit`` records one
-check per reference when several switches owe theirs."""
+left unfinished is stored before the switch, ``checks done REGISTER unit`` records one
+check per reference when several switches owe theirs, and the help and the metrics name the
+unit check."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from typing import Any
 import pytest
 from typer.testing import Result
 
+from agent import metrics
 from agent.checks import CheckWatch
 from agent.clock import FrozenClock, SystemClock
 from agent.errors import FiscalError
 from agent.issuing import Issuing
+from agent.metrics import Exposition
 from agent.receipts import ReceiptService
 from agent.signing import UnitConfig, create_software_unit
 from agent.signing.registry import UnitRegistry
@@ -244,3 +247,21 @@ class TestChecksDoneUnit:
         assert self._open(till) == [(2, "FON-C2"), (3, None)]
         args = ("checks", "done", REGISTER, "unit", "--receipt", "9", "--reference", "X")
         assert "no unit check of receipt 9" in flat(till(*args, code=6).stderr)
+
+
+class TestTheWords:
+    def test_checks_help_names_the_unit_check(self, run: Run) -> None:
+        """`checks --help` listed the Startbeleg, Jahresbeleg and Schlussbeleg only."""
+        assert "unit switch" in flat(expect(run("checks", "--help"), 0).stdout)
+
+    def test_the_open_checks_metric_counts_unit_registrations(self) -> None:
+        """The HELP of till_agent_belegchecks_open said Belegchecks and the
+        decommissioning report, though a unit switch's check counts too."""
+        out = Exposition()
+        metrics._registers(out, [], 0.0)  # the register families, of no register
+        [help_line] = [
+            line
+            for line in out.text().splitlines()
+            if line.startswith("# HELP till_agent_belegchecks_open ")
+        ]
+        assert "unit switch" in help_line
