@@ -524,7 +524,11 @@ def _add_till_routes(router: APIRouter, backend: ApiBackend) -> None:
         response_model=CheckOut,
         responses=_responses(404, 408, 409, 413, 422, 503),
         openapi_extra=_json_request("CheckDoneIn", "the Belegcheck reference (JSON)"),
-        summary="Record the Belegcheck of the Startbeleg or a Jahresbeleg (or that it failed)",
+        summary=(
+            "Record a check the operator owes (the Belegcheck of the Startbeleg or a"
+            " Jahresbeleg, the decommissioning report, a switched unit's FinanzOnline steps),"
+            " or that it failed"
+        ),
     )
     def record_check(
         register: _RegisterParam,
