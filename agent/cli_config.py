@@ -123,10 +123,14 @@ def config_show(
 def check_resources(config: AgentConfig, notes: list[str] | None = None) -> list[str]:
     """What `run` would refuse at start beyond the values: one line per problem; what could
     not be checked is added to ``notes``."""
+    from storage.db import data_dir_problem
+
     notes = [] if notes is None else notes
     problems = []
     if config.data_dir.exists() and not config.data_dir.is_dir():
         problems.append(f"data_dir: {config.data_dir} is not a directory")
+    elif (refused := data_dir_problem(config.data_dir)) is not None:
+        problems.append(f"data_dir: {refused}")  # a pending restore, a lost database
     for unit in config.units:
         found: list[str] = []
         problems += [f"units.{unit.id}: {problem}" for problem in _unit_problems(unit, found)]

@@ -18,7 +18,9 @@
     ├── BackupFailed           a DEP backup could not be written (directory, permissions,
     │                          full disk): the service retries it at its next run
     ├── StorageError           the till database could not do what was asked
-    │   └── DataDirLocked          another process owns this data directory
+    │   ├── DataDirLocked          another process owns this data directory
+    │   ├── RestorePending         a restore into the data directory did not finish
+    │   └── DatabaseMissing        no till database, but a till lived in the data directory
     └── NotFound               a receipt, register or unit that does not exist
 """
 
@@ -29,6 +31,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "DataDirLocked",
+    "DatabaseMissing",
     "FiscalError",
     "InvalidSale",
     "InvalidSignature",
@@ -40,6 +43,7 @@ __all__ = [
     "RegisterClosed",
     "RegisterRefused",
     "RegisterStateError",
+    "RestorePending",
     "SigningError",
     "StorageError",
     "TillAgentError",
@@ -162,6 +166,18 @@ class StorageError(TillAgentError):
 
 class DataDirLocked(StorageError):
     """Another process holds the writer lock on this data directory."""
+
+
+class RestorePending(StorageError):
+    """A restore into this data directory did not finish (``restore.pending`` is there):
+    the till database is not opened until the restore is run again to finish it, or
+    ``restore --abandon`` puts the database it replaced back."""
+
+
+class DatabaseMissing(StorageError):
+    """The data directory has no till database, but files there show that a till lived in
+    it: a new database would be a new register under the same Kassen-ID, its numbers
+    starting again at 1. The database is restored, not created anew."""
 
 
 class NotFound(TillAgentError):

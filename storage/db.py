@@ -7,13 +7,17 @@
 * ``PRAGMA quick_check`` and Alembic ``upgrade head`` when the database is opened (a
   reader, which does not migrate, refuses a schema revision other than head).
 * One writer process per data directory, enforced with an ``flock`` on ``agent.lock``.
+* Nothing opens it while a restore is unfinished (``restore.pending``), and a missing
+  database is not created anew where files show that a till lived (:func:`till_traces`).
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
+import shlex
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -25,13 +29,34 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from storage.errors import DataDirLocked, NoDatabase, StorageError
+from storage.errors import (
+    DatabaseMissing,
+    DataDirLocked,
+    NoDatabase,
+    RestorePending,
+    StorageError,
+)
 from storage.writer import WriteConnection
 
-__all__ = ["DB_FILE", "TillDB", "make_engine", "open_till_db"]
+__all__ = [
+    "DB_FILE",
+    "RESTORE_MARKER",
+    "TillDB",
+    "data_dir_problem",
+    "make_engine",
+    "open_till_db",
+    "till_traces",
+]
 
 DB_FILE = "till.sqlite3"
 LOCK_FILE = "agent.lock"
+# written by `till-agent restore` before it moves the database aside, removed once the
+# restored one has its name (agent/restore.py)
+RESTORE_MARKER = "restore.pending"
+# what `run` writes beside the database (the defaults under the data directory: the spool's
+# POS side, in/, is not the till's); files there tell that a till lived in the directory
+_RUN_FILES = {"api-token": "the local API's token, `run` wrote it"}
+_TRACE_DIRS = ("spool/work", "spool/out", "spool/failed", "prints", "dep-backups")
 # below this much free space an I/O error while opening is the full disk: SQLite reports a
 # -shm it cannot grow to 32 KiB as SQLITE_IOERR_SHMSIZE ("disk I/O error"), not SQLITE_FULL
 DISK_FULL_BYTES = 1 << 20
@@ -148,6 +173,9 @@ def open_till_db(
     Raises:
         NoDatabase: there is no database (or an empty one, without the till's schema) and
             this call may not create one.
+        RestorePending: a restore into ``data_dir`` did not finish (``restore.pending``).
+        DatabaseMissing: there is no database, and files in ``data_dir`` show that a till
+            lived there (:func:`till_traces`): it would be a new one under the old id.
         DataDirLocked: another process holds the writer lock.
         StorageError: the database is damaged or cannot be opened, or the data
             directory cannot be used (not a directory, read-only, no permission); or, not
@@ -157,10 +185,7 @@ def open_till_db(
     if "\x00" in str(data_dir):
         raise StorageError(f"the data directory {str(data_dir)!r} contains a NUL byte")
     path = data_dir / DB_FILE
-    if data_dir.exists() and not data_dir.is_dir():  # before "run init": init refuses it too
-        raise StorageError(f"the data directory {data_dir} is not a directory")
-    if (not writer or not create) and not path.exists():
-        raise NoDatabase(f"no till database in {data_dir}: run `till-agent init` first")
+    _refuse_to_open(data_dir, may_create=writer and create)
     if path.exists():  # before the lock: a refused file leaves no lock file behind
         _check_schema(path, data_dir, may_be_empty=create, at_head=not (writer and migrate))
     try:
@@ -172,6 +197,8 @@ def open_till_db(
             f"cannot use the data directory {data_dir}: {_reason(exc, data_dir)}"
         ) from exc
     try:
+        if writer:  # a restore killed since the look above: its marker is there now
+            _refuse_pending_restore(data_dir)
         if writer:
             _create_private(path)
         engine = make_engine(path)
@@ -191,6 +218,101 @@ def open_till_db(
             os.close(lock_fd)
         raise
     return TillDB(path, engine, engine.execution_options(sqlite_begin="IMMEDIATE"), lock_fd)
+
+
+def _refuse_to_open(data_dir: Path, *, may_create: bool) -> None:
+    """What open_till_db refuses before it touches anything (see there)."""
+    path = data_dir / DB_FILE
+    if data_dir.exists() and not data_dir.is_dir():  # before "run init": init refuses it too
+        raise StorageError(f"the data directory {data_dir} is not a directory")
+    _refuse_pending_restore(data_dir)
+    if not may_create and not path.exists():
+        raise NoDatabase(f"no till database in {data_dir}: run `till-agent init` first")
+    if not os.path.lexists(path) and (traces := till_traces(data_dir)):
+        raise DatabaseMissing(_missing(data_dir, traces))
+
+
+def data_dir_problem(data_dir: Path) -> StorageError | None:
+    """What keeps ``run`` from opening (or creating) the till database in ``data_dir``
+    beyond the database itself: an unfinished restore, or a missing database where a till
+    lived; None if neither (for `config check`)."""
+    try:
+        _refuse_pending_restore(data_dir)
+    except RestorePending as exc:
+        return exc
+    if os.path.lexists(data_dir / DB_FILE):
+        return None
+    traces = till_traces(data_dir)
+    return DatabaseMissing(_missing(data_dir, traces)) if traces else None
+
+
+def _refuse_pending_restore(data_dir: Path) -> None:
+    marker = data_dir / RESTORE_MARKER
+    if not os.path.lexists(marker):
+        return
+    backup = _pending_backup(marker)
+    shown = "BACKUP_FILE" if backup is None else shlex.quote(backup)
+    said = "" if backup is None else f" (of {backup})"
+    raise RestorePending(
+        f"a restore into {data_dir}{said} did not finish: {marker} records it, and the till"
+        " database is not opened until it is finished or undone. Finish it with the same"
+        f" backup (no --yes needed): `till-agent restore {shown} --data-dir"
+        f" {shlex.quote(str(data_dir))}`; or put back the database it replaced: `till-agent"
+        f" restore --abandon --data-dir {shlex.quote(str(data_dir))}` (README.md, Operations,"
+        " Restore)"
+    )
+
+
+def _pending_backup(marker: Path) -> str | None:
+    """The backup a restore marker names, or None if it cannot be read."""
+    try:
+        found = json.loads(marker.read_text(encoding="utf-8"))
+        return str(found["backup"]["path"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def till_traces(data_dir: Path) -> list[str]:
+    """The files in ``data_dir`` (which has no ``till.sqlite3``) that show a till lived
+    there: the database's own -wal, -shm or -journal, a restore's copy or the directory
+    of the database it replaced, and what `run` writes (the API token; answered spool
+    files, printed jobs and DEP backups under their default directories)."""
+    try:
+        names = sorted(p.name for p in data_dir.iterdir())
+    except OSError:  # no directory (a new till), or one that cannot be read: open says so
+        return []
+    found = [f"{n} (the database's own file)" for n in names if n.startswith(f"{DB_FILE}-")]
+    found += [f"{n}/ (where a restore moved a database aside)" for n in names if _replaced(n)]
+    found += [f"{n} (a restore's copy)" for n in names if _restore_copy(n)]
+    found += [f"{name} ({what})" for name, what in _RUN_FILES.items() if name in names]
+    found += [f"{d}/ (files `run` wrote)" for d in _TRACE_DIRS if _has_files(data_dir / d)]
+    return found
+
+
+def _replaced(name: str) -> bool:
+    return name.startswith("replaced-")
+
+
+def _restore_copy(name: str) -> bool:
+    return name.startswith(f".{DB_FILE}.") and ".tmp" in name
+
+
+def _has_files(directory: Path) -> bool:
+    try:
+        return any(p.is_file() for p in directory.rglob("*"))
+    except OSError:
+        return False
+
+
+def _missing(data_dir: Path, traces: list[str]) -> str:
+    return (
+        f"there is no till database in {data_dir}, but a till lived there: "
+        f"{'; '.join(traces)}. A new database here would be a new register under the same"
+        " Kassen-ID, its receipt numbers and Startbeleg starting again, while the old"
+        " receipts are on paper; nothing was created. Restore the database (`till-agent"
+        " restore BACKUP_FILE`, README.md, Operations, Restore; a database a restore moved"
+        " aside is in replaced-*/). For a new till, start on an empty data directory"
+    )
 
 
 def _check_schema(path: Path, data_dir: Path, *, may_be_empty: bool, at_head: bool) -> None:

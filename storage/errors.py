@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
-from agent.errors import DataDirLocked, NoDatabase, StorageError
+from agent.errors import (
+    DatabaseMissing,
+    DataDirLocked,
+    NoDatabase,
+    RestorePending,
+    StorageError,
+)
 
-__all__ = ["DataDirLocked", "NoDatabase", "StorageError"]
+__all__ = ["DataDirLocked", "DatabaseMissing", "NoDatabase", "RestorePending", "StorageError"]
