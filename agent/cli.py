@@ -5,7 +5,8 @@ output that cannot be written or is no regular file, such as a device or a fifo,
 service that cannot be reached), 3 invalid input
 (nothing consumed; also a unit id or register that exists already), 4 fiscal refusal (a
 register closed by its Schlussbeleg, or a receipt that must wait for the unit), 5 storage
-(damaged, read-only, or another process owns the data directory), 6 not found (also a
+(damaged, read-only, or another process owns the data directory; also a restore that did
+not finish, or a database missing where a till lived), 6 not found (also a
 data directory without a till database).
 `config check` answers 3 for a configuration it refuses (there the configuration is the
 input it checks).

@@ -20,12 +20,13 @@ __all__ = ["restore"]
 @app.command()
 def restore(
     backup: Annotated[
-        Path,
+        Path | None,
         typer.Argument(
             metavar="BACKUP_FILE",
             help='The backup of the till database (`sqlite3 till.sqlite3 ".backup FILE"`).',
+            show_default=False,
         ),
-    ],
+    ] = None,
     yes: Annotated[
         bool,
         typer.Option(
@@ -33,6 +34,14 @@ def restore(
             help="The backup's last receipts (shown without it) were checked against the"
             " last receipt each register printed and the POS: needed when the data"
             " directory holds no readable database of this till.",
+        ),
+    ] = False,
+    abandon: Annotated[
+        bool,
+        typer.Option(
+            "--abandon",
+            help="Undo a restore that did not finish (restore.pending in the data"
+            " directory): the database it replaced back in place, its copy removed.",
         ),
     ] = False,
     data_dir: DataDir = DEFAULT_DATA,
@@ -50,12 +59,19 @@ def restore(
     never deleted; the restored one is mode 0600 and owned as the data directory. Print
     jobs the backup still had open are skipped (`reprint` prints a KOPIE), and the
     restore is journaled (till.restored). The api-token and keys/ are not in the
-    database: restore them beside it.
+    database: restore them beside it. restore.pending in the data directory records a
+    restore until it is done: nothing opens the database meanwhile (exit 5); the same
+    restore run again finishes it, --abandon undoes it.
     """
     from agent.clock import SystemClock
     from agent.restore import BackupBehind, ConfirmationNeeded
     from agent.restore import restore as restore_backup
 
+    if abandon:
+        _abandon(backup, yes, data_dir, as_json)
+        return
+    if backup is None:
+        raise typer.BadParameter("BACKUP_FILE is needed (or --abandon)", param_hint="BACKUP_FILE")
     try:
         done = restore_backup(backup, data_dir, confirmed=yes, now=SystemClock().now())
     except BackupBehind as exc:
@@ -70,8 +86,37 @@ def restore(
     _summary(done, data_dir)
 
 
+def _abandon(backup: Path | None, yes: bool, data_dir: Path, as_json: bool) -> None:
+    from agent.restore import abandon
+    from storage.db import DB_FILE
+
+    if backup is not None or yes:
+        raise typer.BadParameter(
+            "--abandon takes no BACKUP_FILE and no --yes: it undoes the restore that"
+            " restore.pending records",
+            param_hint="'--abandon'",
+        )
+    try:
+        undone = abandon(data_dir)
+    except TillAgentError as exc:
+        _fail(exc, as_json)
+    if as_json:
+        _emit(undone.as_dict(), True)
+        return
+    put_back = ", ".join(undone.put_back) or "none (they had not been moved)"
+    _say(f"the restore of {undone.backup} into {data_dir} is undone")
+    _say(f"  put back from {undone.replaced}/: {put_back}")
+    if undone.removed_copy:
+        _say(f"  the restored copy, {DB_FILE} already, was removed")
+    _say("the till database is the one the restore would have replaced; start the service")
+
+
 def _summary(done: Restored, data_dir: Path) -> None:
     say = _say
+    if done.leftovers:
+        say(f"removed what killed restores left: {', '.join(done.leftovers)}")
+    if done.resumed:
+        say("finished the restore a kill had interrupted (restore.pending)")
     say(f"restored {done.backup} into {done.database}")
     say(f"  sha256 {done.sha256}, {done.size} bytes, schema revision {done.revision}")
     table = Table("register", "last receipt", "Belegnummer", "issued at", "total")

@@ -17,9 +17,18 @@ holding the data directory's writer lock (no service runs meanwhile):
 3. in the copy, one transaction marks the print jobs the backup still had open (and its
    receipts without a job yet) ``skipped``, as the till the backup comes from printed them
    or was about to (a reprint prints a KOPIE), and journals ``till.restored``;
-4. the current database's files (-wal, -shm, -journal first) are moved into
-   ``replaced-<UTC time>/``, never deleted; then the copy, fsynced, mode 0600 and owned as
-   the data directory, becomes ``till.sqlite3`` and the directory is fsynced.
+4. ``restore.pending`` is written (agent.restore_pending), naming the copy, the
+   ``replaced-<UTC time>/`` directory and what was read of the current database; then the
+   current database's files (-wal, -shm, -journal first) are moved into that directory,
+   never deleted, the copy, fsynced, mode 0600 and owned as the data directory, becomes
+   ``till.sqlite3``, and the marker is removed, the directory fsynced after each step.
+
+While the marker is there nothing opens the till database (storage.db). Killed before its
+end, the same restore run again finishes it from the marker (the files still in the data
+directory into the same ``replaced-`` directory; the copy made anew if it is gone), without
+--yes and without reading the half-moved database; :func:`abandon` puts the replaced files
+back instead. Copies that killed restores left before their marker are removed at the next
+restore's start.
 
 A refusal leaves the data directory as it was, but for the lock file every command that may
 write takes (a data directory this made is removed again).
@@ -28,21 +37,18 @@ write takes (a data directory this made is removed again).
 from __future__ import annotations
 
 import datetime as dt
-import errno
-import fcntl
-import hashlib
 import logging
 import os
 import secrets
+import shlex
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.durable import fsync_directory
-from agent.errors import DataDirLocked, InvalidSale, NotFound, StorageError
+from agent.errors import InvalidSale, NotFound, RestorePending, StorageError
 from agent.restore_check import (
     BackupBehind,
     BackupCopy,
@@ -52,18 +58,37 @@ from agent.restore_check import (
     compare,
     read_current,
 )
+from agent.restore_files import (
+    copy_backup,
+    digest,
+    fsync_file,
+    locked,
+    move_aside,
+    reason,
+    replaced_name,
+    till_files,
+)
+from agent.restore_pending import (
+    SIDE_FILES,
+    Abandoned,
+    Pending,
+    abandon_pending,
+    clear_leftovers,
+    is_copy,
+    read_pending,
+    remove_pending,
+    write_pending,
+)
 from agent.restore_prints import SkippedPrints, skip_open_prints
-from storage.db import DB_FILE, LOCK_FILE
+from storage.db import DB_FILE, RESTORE_MARKER
 from storage.journal import append_event
 from storage.migrate import head_revision
 
-__all__ = ["BackupBehind", "ConfirmationNeeded", "Restored", "restore"]
+__all__ = ["Abandoned", "BackupBehind", "ConfirmationNeeded", "Restored", "abandon", "restore"]
 
 log = logging.getLogger(__name__)
 
 EVENT = "till.restored"
-_SIDE_FILES = ("-wal", "-shm", "-journal")  # moved before the database itself
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +107,8 @@ class Restored:
     journal_seq: int
     created_data_dir: bool
     confirmed_by_operator: bool  # --yes stood in for a current database of this till
+    resumed: bool = False  # it finished a restore a kill had interrupted
+    leftovers: tuple[str, ...] = ()  # killed restores' copies it removed
 
     @property
     def migrates_on_start(self) -> bool:
@@ -110,16 +137,19 @@ class Restored:
             "journal_seq": self.journal_seq,
             "created_data_dir": self.created_data_dir,
             "confirmed_by_operator": self.confirmed_by_operator,
+            "resumed": self.resumed,
+            "removed_leftovers": list(self.leftovers),
         }
 
 
 def restore(backup: Path, data_dir: Path, *, confirmed: bool, now: dt.datetime) -> Restored:
-    """Restore ``backup`` into ``data_dir`` (see the module's docstring).
+    """Restore ``backup`` into ``data_dir`` (see the module's docstring); or finish the
+    restore of that backup that a kill interrupted (``restore.pending``).
 
     Args:
         confirmed: the operator checked the backup's last receipts against the last ones
             printed (``--yes``); needed only when the data directory holds no readable
-            database of this till.
+            database of this till (not to finish a restore: it was checked then).
         now: the time of the journal event and of the ``replaced-`` directory's name.
 
     Raises:
@@ -127,68 +157,200 @@ def restore(backup: Path, data_dir: Path, *, confirmed: bool, now: dt.datetime) 
         InvalidSale: the backup is no regular file, is the till database itself, or has a
             -wal beside it (a copy of an open database); :class:`ConfirmationNeeded`.
         DataDirLocked: a service (or a command) holds the data directory.
+        RestorePending: a restore of another backup did not finish there.
         StorageError: the backup is refused (damaged, ...) or the data directory cannot be
             used (no permission, full disk).
         BackupBehind: see there.
     """
     _check_source(backup, data_dir)
-    with _locked(data_dir) as (owner, created):
-        tmp = data_dir / f".{DB_FILE}.{secrets.token_hex(6)}.tmp"
+    with locked(data_dir) as (owner, created):
         try:
-            return _restore(backup, tmp, data_dir, owner, confirmed, now, created)
+            pending = read_pending(data_dir)
+            leftovers = clear_leftovers(data_dir, pending)
+            if pending is None:
+                pending = _marked(backup, data_dir, owner, now, confirmed, created, None)
+                resumed = False
+            else:
+                pending = _resumed(backup, data_dir, pending, owner, now)
+                resumed = True
+            replaced = _finish(data_dir, pending, owner)
         except OSError as exc:
-            raise StorageError(f"cannot restore {backup} into {data_dir}: {_reason(exc)}") from exc
-        finally:
-            for leftover in (tmp, *(Path(f"{tmp}{s}") for s in _SIDE_FILES)):
-                leftover.unlink(missing_ok=True)  # the copy is renamed by then when it worked
+            raise StorageError(
+                f"cannot restore {backup} into {data_dir}: {reason(exc)}{_unfinished(data_dir)}"
+            ) from exc
+    if pending.skipped:
+        log.warning(
+            "restore: print jobs skipped (reprint prints a KOPIE): %s", pending.skipped.shown()
+        )
+    return Restored(
+        backup=backup,
+        sha256=pending.sha256,
+        size=pending.size,
+        revision=pending.revision,
+        database=data_dir / DB_FILE,
+        registers=pending.registers,
+        replaced=replaced,
+        current=pending.current,
+        skipped=pending.skipped,
+        journal_seq=pending.journal_seq,
+        created_data_dir=pending.created_data_dir,
+        confirmed_by_operator=pending.confirmed_by_operator,
+        resumed=resumed,
+        leftovers=tuple(leftovers),
+    )
 
 
-def _restore(  # noqa: PLR0917 - one restore's values, passed on once
+def abandon(data_dir: Path) -> Abandoned:
+    """Undo the restore into ``data_dir`` that did not finish: the database it replaced
+    (its files, where they are) back in place, the restored copy and the marker removed.
+
+    Raises:
+        NotFound: no restore is pending there.
+        DataDirLocked: a service (or a command) holds the data directory.
+        StorageError: the files cannot be moved back (see :func:`abandon_pending`).
+    """
+    if not (data_dir / RESTORE_MARKER).exists():
+        raise NotFound(f"no restore is pending in {data_dir} (there is no {RESTORE_MARKER})")
+    with locked(data_dir) as _:
+        try:
+            return abandon_pending(data_dir)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot undo the restore in {data_dir}: {reason(exc)}{_unfinished(data_dir)}"
+            ) from exc
+
+
+def _marked(  # noqa: PLR0917 - one restore's values, passed on once
+    backup: Path,
+    data_dir: Path,
+    owner: tuple[int, int],
+    now: dt.datetime,
+    confirmed: bool,
+    created: bool,
+    earlier: Pending | None,
+) -> Pending:
+    """The backup copied, checked and recorded in the copy (:func:`_prepared`), then the
+    marker written that names it; a refusal or failure before the marker removes the
+    copy."""
+    tmp = data_dir / f".{DB_FILE}.{secrets.token_hex(6)}.tmp"
+    try:
+        pending = _prepared(backup, tmp, data_dir, owner, now, confirmed, created, earlier)
+        write_pending(data_dir, pending)
+    except BaseException:
+        if not _named(data_dir, tmp):  # a marker that names it (its directory's fsync failed)
+            for leftover in (tmp, *(Path(f"{tmp}{s}") for s in SIDE_FILES)):
+                leftover.unlink(missing_ok=True)
+        raise
+    return pending
+
+
+def _named(data_dir: Path, tmp: Path) -> bool:
+    try:
+        marker = read_pending(data_dir)
+    except StorageError:  # unreadable: the copy stays for whoever looks at it
+        return True
+    return marker is not None and marker.copy == tmp.name
+
+
+def _resumed(
+    backup: Path, data_dir: Path, pending: Pending, owner: tuple[int, int], now: dt.datetime
+) -> Pending:
+    """The marker of the same backup: the restore goes on from it, its copy copied anew
+    if it is gone (checked against the numbers the marker recorded). Another backup is
+    refused: the one pending must be finished or abandoned first."""
+    sha256, _ = digest(backup)
+    if sha256 != pending.sha256:
+        raise RestorePending(
+            f"a restore of {pending.backup} (SHA-256 {pending.sha256[:16]}...) into"
+            f" {data_dir} did not finish ({data_dir / RESTORE_MARKER}); {backup} is another"
+            f" backup (SHA-256 {sha256[:16]}...). Finish that one first (`till-agent restore"
+            f" {shlex.quote(pending.backup)} --data-dir {shlex.quote(str(data_dir))}`) or put"
+            " back the database it replaced (`till-agent restore --abandon --data-dir"
+            f" {shlex.quote(str(data_dir))}`), then restore this one; nothing was changed"
+        )
+    if is_copy(data_dir / DB_FILE, pending) or is_copy(data_dir / pending.copy, pending):
+        return pending
+    log.warning("restore: the copy %s is gone, copying %s again", pending.copy, backup)
+    return _marked(backup, data_dir, owner, now, False, pending.created_data_dir, pending)
+
+
+def _prepared(  # noqa: PLR0917 - one restore's values, passed on once
     backup: Path,
     tmp: Path,
     data_dir: Path,
     owner: tuple[int, int],
-    confirmed: bool,
     now: dt.datetime,
+    confirmed: bool,
     created: bool,
-) -> Restored:
-    sha256, size = _copy(backup, tmp, owner)
+    earlier: Pending | None,
+) -> Pending:
+    """Steps 1-3 of the module's docstring on ``tmp``, fsynced; what the marker records.
+    With ``earlier`` (a restore being finished) its replaced database's numbers stand in
+    for the current one, which is moved aside in part or whole."""
+    sha256, size = copy_backup(backup, tmp, owner)
+    if earlier is not None and sha256 != earlier.sha256:
+        raise StorageError(f"the backup {backup} changed while it was copied; nothing was changed")
     copy = BackupCopy(tmp, backup)
     with copy.opened():
         revision = copy.check()
         last, _ = copy.last_receipts()
-        current = read_current(data_dir / DB_FILE)
-        vouched = compare(copy, last, current, data_dir, confirmed)
-    replaced = _replaced_name(data_dir, now) if _till_files(data_dir) else None
+        current = read_current(data_dir / DB_FILE) if earlier is None else earlier.current
+        vouched = compare(copy, last, current, data_dir, confirmed or earlier is not None)
+    if earlier is not None:
+        vouched = not earlier.confirmed_by_operator
+        replaced = earlier.replaced
+    else:
+        replaced = replaced_name(data_dir, now).name
     event = {
         "backup": {"file": backup.name, "path": str(backup), "sha256": sha256, "size": size},
         "schema_revision": revision,
         "last_numbers": {r.register: r.number for r in last},
-        "replaced": None if replaced is None else replaced.name,
+        "replaced": replaced if till_files(data_dir) or (data_dir / replaced).is_dir() else None,
         "replaced_last_numbers": _numbers(current),
         "replaced_journal_seq": current.journal_seq if current.readable else None,
         "confirmed_by_operator": not vouched,
     }
-    skipped, seq = _record(tmp, event, now)
-    _fsync(tmp)
-    _move_aside(data_dir, replaced, owner)
-    os.rename(tmp, data_dir / DB_FILE)
-    fsync_directory(data_dir)
-    if skipped:
-        log.warning("restore: print jobs skipped (reprint prints a KOPIE): %s", skipped.shown())
-    return Restored(
-        backup=backup,
+    skipped, seq, event_hash = _record(tmp, event, now)
+    fsync_file(tmp)
+    return Pending(
+        copy=tmp.name,
+        replaced=replaced,
+        backup=os.path.abspath(backup),
         sha256=sha256,
         size=size,
         revision=revision,
-        database=data_dir / DB_FILE,
         registers=tuple(last),
-        replaced=replaced,
-        current=current,
+        current=CurrentTill(current.problem, current.last, journal_seq=current.journal_seq),
         skipped=skipped,
         journal_seq=seq,
-        created_data_dir=created,
+        journal_hash=event_hash,
         confirmed_by_operator=not vouched,
+        created_data_dir=created,
+        at=now.astimezone(dt.UTC).isoformat(),
+    )
+
+
+def _finish(data_dir: Path, pending: Pending, owner: tuple[int, int]) -> Path | None:
+    """Step 4: what is left of the current database moved into the marker's ``replaced-``
+    directory, the copy given the database's name, the marker removed; each fsynced.
+    Where the replaced files are (None: there were none)."""
+    target = data_dir / DB_FILE
+    kept = data_dir / pending.replaced
+    if not is_copy(target, pending):
+        move_aside(data_dir, kept, owner)
+        os.rename(data_dir / pending.copy, target)
+        fsync_directory(data_dir)
+    remove_pending(data_dir)
+    return kept if kept.is_dir() else None
+
+
+def _unfinished(data_dir: Path) -> str:
+    if not (data_dir / RESTORE_MARKER).exists():
+        return ""
+    return (
+        f"; {data_dir / RESTORE_MARKER} records the restore: the till database is not opened"
+        " until the same restore is run again (it finishes it) or `till-agent restore"
+        " --abandon` puts the replaced database back"
     )
 
 
@@ -198,7 +360,7 @@ def _check_source(backup: Path, data_dir: Path) -> None:
     except FileNotFoundError as exc:
         raise NotFound(f"no backup file {backup}") from exc
     except OSError as exc:
-        raise StorageError(f"cannot read the backup {backup}: {_reason(exc)}") from exc
+        raise StorageError(f"cannot read the backup {backup}: {reason(exc)}") from exc
     if not backup.is_file():
         raise InvalidSale("BACKUP_FILE", "not-a-file", f"{backup} is not a regular file")
     with suppress(OSError):
@@ -217,107 +379,15 @@ def _check_source(backup: Path, data_dir: Path) -> None:
         )
 
 
-@contextmanager
-def _locked(data_dir: Path) -> Iterator[tuple[tuple[int, int], bool]]:
-    """The data directory's writer lock (the one `run` takes) held; yields the directory's
-    (uid, gid), which the restored files get, and whether this made the directory."""
-    created = not data_dir.exists()
-    try:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        found = data_dir.stat()
-    except OSError as exc:
-        raise StorageError(f"cannot use the data directory {data_dir}: {_reason(exc)}") from exc
-    if not data_dir.is_dir():
-        raise StorageError(f"the data directory {data_dir} is not a directory")
-    owner = (found.st_uid, found.st_gid)
-    fd = -1
-    try:
-        _may_give(owner, data_dir)
-        fd = _lock(data_dir, owner)
-        yield owner, created
-    except BaseException:
-        if created:  # a refused restore leaves no directory it made
-            (data_dir / LOCK_FILE).unlink(missing_ok=True)
-            with suppress(OSError):
-                data_dir.rmdir()
-        raise
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-def _may_give(owner: tuple[int, int], data_dir: Path) -> None:
-    """Refuse a user who cannot give the restored database to the data directory's owner:
-    a file of root's (or of anyone else's) is read-only to the service."""
-    if os.geteuid() not in (0, owner[0]):
-        raise StorageError(
-            f"the data directory {data_dir} belongs to uid {owner[0]}: restore as that user"
-            " (`runuser -u till-agent -- ...`) or as root, so the restored database is the"
-            " service's; nothing was changed"
-        )
-
-
-def _lock(data_dir: Path, owner: tuple[int, int]) -> int:
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        os.close(fd)
-        raise DataDirLocked(
-            f"another till-agent process is writing to {data_dir} (lock {LOCK_FILE}): stop"
-            " the service first (`systemctl stop till-agent`); nothing was changed"
-        ) from exc
-    try:
-        _give(fd, owner)  # a lock file root made here would keep the service out
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _give(fd: int, owner: tuple[int, int]) -> None:
-    found = os.fstat(fd)
-    if (found.st_uid, found.st_gid) != owner:
-        os.fchown(fd, *owner)
-
-
-def _copy(backup: Path, tmp: Path, owner: tuple[int, int]) -> tuple[str, int]:
-    """Copy the backup to ``tmp`` (0600, the data directory's owner), fsynced; its SHA-256
-    and size."""
-    digest, size = hashlib.sha256(), 0
-    with backup.open("rb") as source:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as target:
-            _give(target.fileno(), owner)
-            while chunk := source.read(_CHUNK):
-                digest.update(chunk)
-                target.write(chunk)
-                size += len(chunk)
-            target.flush()
-            os.fsync(target.fileno())
-    return digest.hexdigest(), size
-
-
 def _numbers(current: CurrentTill) -> dict[str, int] | None:
     return {r.register: r.number for r in current.last} if current.readable else None
 
 
-def _till_files(data_dir: Path) -> list[Path]:
-    """The current database's files, its -wal, -shm and -journal first."""
-    names = [f"{DB_FILE}{s}" for s in (*_SIDE_FILES, "")]
-    return [data_dir / n for n in names if os.path.lexists(data_dir / n)]
-
-
-def _replaced_name(data_dir: Path, now: dt.datetime) -> Path:
-    base = f"replaced-{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}"
-    candidates = (data_dir / (base if n == 1 else f"{base}-{n}") for n in range(1, 1000))
-    return next(p for p in candidates if not os.path.lexists(p))
-
-
-def _record(tmp: Path, event: dict[str, Any], now: dt.datetime) -> tuple[SkippedPrints, int]:
+def _record(tmp: Path, event: dict[str, Any], now: dt.datetime) -> tuple[SkippedPrints, int, str]:
     """In the copy, one transaction: the open print jobs skipped, ``till.restored``
-    journaled. The copy leaves WAL mode here (its -wal would be a file of the temporary
-    name); the service turns it on again when it opens the database."""
+    journaled (its sequence and hash returned: they tell the copy). The copy leaves WAL
+    mode here (its -wal would be a file of the temporary name); the service turns it on
+    again when it opens the database."""
     at = now.astimezone(dt.UTC).isoformat()
     conn = sqlite3.connect(tmp, isolation_level=None)
     try:
@@ -327,40 +397,10 @@ def _record(tmp: Path, event: dict[str, Any], now: dt.datetime) -> tuple[Skipped
         skipped = skip_open_prints(conn, at)
         event["skipped_prints"] = skipped.as_list()
         seq = append_event(conn, kind=EVENT, register_id=None, data=event, at=at)
+        (digest,) = conn.execute("SELECT hash FROM journal WHERE seq = ?", (seq,)).fetchone()
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
         raise StorageError(f"cannot record the restore in the copy {tmp}: {exc}") from exc
     finally:
         conn.close()
-    return skipped, seq
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _move_aside(data_dir: Path, replaced: Path | None, owner: tuple[int, int]) -> None:
-    """Move the current database's files into ``replaced`` (-wal, -shm and -journal before
-    the database: a -wal left beside the restored file would be replayed into it)."""
-    if replaced is None:
-        return
-    replaced.mkdir(mode=0o700)
-    fd = os.open(replaced, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        _give(fd, owner)
-    finally:
-        os.close(fd)
-    for path in _till_files(data_dir):
-        os.rename(path, replaced / path.name)
-    fsync_directory(replaced)
-    fsync_directory(data_dir)
-
-
-def _reason(exc: OSError) -> str:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"the disk is full ({exc.strerror})"
-    return exc.strerror or str(exc)
+    return skipped, seq, str(digest)
