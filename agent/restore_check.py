@@ -5,11 +5,13 @@ included), compared register by register (:func:`compare`).
 Both are only read here. The backup copy is opened ``immutable`` (no -wal or -shm is made
 beside it, and a WAL-mode header is read as it is: a ``.backup`` of a WAL database has
 one); the current database read-only, so its WAL, where a killed service's last commits
-are, counts, and nothing of it is checkpointed or removed.
+are, counts, and nothing of it is checkpointed or removed (without a -wal, ``immutable``
+too: nothing is made beside it).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -190,7 +192,7 @@ def read_current(path: Path) -> CurrentTill:
             return CurrentTill(f"there is no {path.name}, only its -wal (moved aside too)")
         return CurrentTill(f"there is no {path.name}")
     try:
-        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        with closing(sqlite3.connect(_read_only_uri(path), uri=True)) as conn:
             tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}
             if not {"registers", "receipts", "journal"} <= tables:
                 return CurrentTill(f"{path.name} holds no till database")
@@ -199,6 +201,16 @@ def read_current(path: Path) -> CurrentTill:
     except (sqlite3.Error, OSError) as exc:
         return CurrentTill(f"{path.name} cannot be read: {exc}")
     return CurrentTill(None, tuple(last), tuple(jws.items()), int(seq))
+
+
+def _read_only_uri(path: Path) -> str:
+    """Read-only; and ``immutable`` when neither a -wal nor a -journal is beside it: the
+    file alone is the database then, and no -wal or -shm is made beside a cleanly stopped
+    one (a refused restore leaves it as it was). With a -wal, its commits must count: SQLite
+    reads it through a -shm it makes if there is none."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    sides = (Path(f"{path}{suffix}") for suffix in ("-wal", "-journal"))
+    return uri if any(os.path.lexists(p) for p in sides) else f"{uri}&immutable=1"
 
 
 class BackupBehind(FiscalError):

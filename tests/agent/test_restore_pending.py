@@ -228,3 +228,17 @@ class TestLeftovers:
         done = _restore(run, data_dir, till["now"], code=0)
         assert done["removed_leftovers"] == sorted(left)
         assert not [p for p in data_dir.iterdir() if p.name.startswith(".")]
+
+    def test_a_refused_restore_leaves_a_stopped_database_as_it_was(
+        self, run: Run, service: ReceiptService, tmp_path: Path
+    ) -> None:
+        """A cleanly stopped database (no -wal) and a backup behind it: refused, and no
+        -wal or -shm was made beside the database by reading it."""
+        older = _backup(service.db, tmp_path / "older.sqlite3")
+        service.issue(sale(request_id="a"))
+        data_dir = service.db.path.parent
+        service.db.close()
+        names = sorted(p.name for p in data_dir.iterdir())
+        assert f"{DB_FILE}-wal" not in names
+        assert _restore(run, data_dir, older, code=4)["error"] == "BackupBehind"
+        assert sorted(p.name for p in data_dir.iterdir()) == names
