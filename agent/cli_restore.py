@@ -52,19 +52,20 @@ def restore(
     The backup is checked first (integrity, the journal's hash chain, its schema revision:
     a later version's is refused, an earlier one is migrated when the service starts). A
     backup behind the till database in the data directory is refused (exit 4): its
-    receipt numbers after the backup's are on paper and would be issued again. Without a
-    readable database of this till (a dead disk, a new machine) the backup's last
-    receipts are shown and --yes is needed (exit 3 without it). The database it replaces
-    and its -wal and -shm are moved into replaced-<UTC time>/ in the data directory,
-    never deleted; the restored one is mode 0600 and owned as the data directory. Print
-    jobs the backup still had open are skipped (`reprint` prints a KOPIE), and the
-    restore is journaled (till.restored). The api-token and keys/ are not in the
+    receipt numbers after the backup's are on paper (or signed by a chain service) and
+    would be issued again; so is one taken before a unit switch of that database. Without
+    a readable database of this till (a dead disk, a new machine, one made afresh) the
+    backup's last receipts are shown and --yes is needed (exit 3 without it). The
+    database it replaces and its -wal and -shm are moved into replaced-<UTC time>/ in the
+    data directory, never deleted; the restored one is mode 0600 and owned as the data
+    directory. Print jobs the backup still had open are skipped (`reprint` prints a
+    KOPIE), and the restore is journaled (till.restored). The api-token and keys/ are not in the
     database: restore them beside it. restore.pending in the data directory records a
     restore until it is done: nothing opens the database meanwhile (exit 5); the same
     restore run again finishes it, --abandon undoes it.
     """
     from agent.clock import SystemClock
-    from agent.restore import BackupBehind, ConfirmationNeeded
+    from agent.restore import BackupBehind, ConfirmationNeeded, SwitchedAfterBackup
     from agent.restore import restore as restore_backup
 
     if abandon:
@@ -76,6 +77,8 @@ def restore(
         done = restore_backup(backup, data_dir, confirmed=yes, now=SystemClock().now())
     except BackupBehind as exc:
         _fail(exc, as_json, extra={"registers": exc.fields()})
+    except SwitchedAfterBackup as exc:
+        _fail(exc, as_json, extra={"switches": exc.fields()})
     except ConfirmationNeeded as exc:
         _fail(exc, as_json, extra={"registers": [r.as_dict() for r in exc.last]})
     except TillAgentError as exc:
@@ -125,14 +128,24 @@ def _summary(done: Restored, data_dir: Path) -> None:
         table.add_row(r.register, str(r.number), r.receipt_id or "", r.issued_at or "", total)
     _print_table(table)
     if done.replaced is not None:
-        was = done.current.problem or ", ".join(
-            f"{r.register} at {r.number}" for r in done.current.last
+        was = done.current.problem or (
+            ", ".join(f"{r.register} at {r.number}" for r in done.current.last)
+            or "a till database without a register"
         )
         say(f"the files it replaced are kept in {done.replaced}/ ({was})")
+    switches = done.switches_left_behind
     if (behind := done.events_left_behind) is not None:
+        among = any(behind[0] <= s.seq <= behind[1] for s in switches)
         say(
             f"its journal events {behind[0]}-{behind[1]} came after the backup's (outages,"
-            " checks, printer): they are only in that copy, the receipts are all here"
+            f" checks, printer{', unit switches' if among else ''}): they are only in that"
+            " copy, the receipts are all here"
+        )
+    if switches:
+        shown = "; ".join(s.shown() for s in switches)
+        say(
+            "its unit switches are not in the backup, only in that copy (the restored"
+            f" registers sign with the units the backup names): {shown}"
         )
     if done.confirmed_by_operator:
         say("--yes: you confirmed these are the last receipts each register printed")

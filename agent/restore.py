@@ -10,10 +10,13 @@ holding the data directory's writer lock (no service runs meanwhile):
    the copy checked (:class:`agent.restore_check.BackupCopy`): integrity, the journal's
    hash chain, a schema revision of ours (an older one is migrated at the next start);
 2. the till database there, if it can be read (its WAL included), must not be ahead of the
-   backup for any register (:class:`BackupBehind`), and each register's last receipt must
-   be the backup's receipt of that number; without a readable one (a dead disk, a new
-   machine), or with one of another till, the operator confirms that the backup's last
-   receipts are the last ones printed (:class:`ConfirmationNeeded`);
+   backup for any register (:class:`BackupBehind`; a chain signing a killed process left
+   unfinished counts: the chain service may hold it signed), nor have switched a register
+   of this till to another unit after it (:class:`SwitchedAfterBackup`), and each
+   register's last receipt must be the backup's receipt of that number; without a
+   readable one (a dead disk, a new machine), with one of another till, or with one that
+   holds no receipt of the backup's registers (made afresh), the operator confirms that
+   the backup's last receipts are the last ones printed (:class:`ConfirmationNeeded`);
 3. in the copy, one transaction marks the print jobs the backup still had open (and its
    receipts without a job yet) ``skipped``, as the till the backup comes from printed them
    or was about to (a reprint prints a KOPIE), and journals ``till.restored``;
@@ -55,6 +58,8 @@ from agent.restore_check import (
     ConfirmationNeeded,
     CurrentTill,
     LastReceipt,
+    SwitchedAfterBackup,
+    UnitSwitch,
     compare,
     read_current,
 )
@@ -84,7 +89,15 @@ from storage.db import DB_FILE, RESTORE_MARKER
 from storage.journal import append_event
 from storage.migrate import head_revision
 
-__all__ = ["Abandoned", "BackupBehind", "ConfirmationNeeded", "Restored", "abandon", "restore"]
+__all__ = [
+    "Abandoned",
+    "BackupBehind",
+    "ConfirmationNeeded",
+    "Restored",
+    "SwitchedAfterBackup",
+    "abandon",
+    "restore",
+]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +135,13 @@ class Restored:
         first, last = self.journal_seq, self.current.journal_seq  # ours took the first's seq
         return (first, last) if self.current.readable and last >= first else None
 
+    @property
+    def switches_left_behind(self) -> tuple[UnitSwitch, ...]:
+        """The replaced database's unit switches that the backup's journal lacks: only in
+        the ``replaced-`` directory (a database of this till that switched after the
+        backup refuses it, so these are of a database the operator confirmed over)."""
+        return self.current.switches
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "backup": {"path": str(self.backup), "sha256": self.sha256, "size": self.size},
@@ -133,6 +153,7 @@ class Restored:
             "replaced_last_numbers": _numbers(self.current),
             "replaced_unreadable": self.current.problem,
             "replaced_events_left_behind": self.events_left_behind,
+            "replaced_unit_switches_left_behind": [s.as_dict() for s in self.switches_left_behind],
             "skipped_prints": self.skipped.as_list(),
             "journal_seq": self.journal_seq,
             "created_data_dir": self.created_data_dir,
@@ -160,7 +181,7 @@ def restore(backup: Path, data_dir: Path, *, confirmed: bool, now: dt.datetime) 
         RestorePending: a restore of another backup did not finish there.
         StorageError: the backup is refused (damaged, ...) or the data directory cannot be
             used (no permission, full disk).
-        BackupBehind: see there.
+        BackupBehind, SwitchedAfterBackup: see there.
     """
     _check_source(backup, data_dir)
     with locked(data_dir) as (owner, created):
@@ -296,6 +317,7 @@ def _prepared(  # noqa: PLR0917 - one restore's values, passed on once
         last, _ = copy.last_receipts()
         current = read_current(data_dir / DB_FILE) if earlier is None else earlier.current
         vouched = compare(copy, last, current, data_dir, confirmed or earlier is not None)
+        left = tuple(s for s in current.switches if not copy.has_event(s.seq, s.hash))
     if earlier is not None:
         vouched = not earlier.confirmed_by_operator
         replaced = earlier.replaced
@@ -320,7 +342,12 @@ def _prepared(  # noqa: PLR0917 - one restore's values, passed on once
         size=size,
         revision=revision,
         registers=tuple(last),
-        current=CurrentTill(current.problem, current.last, journal_seq=current.journal_seq),
+        current=CurrentTill(
+            current.problem,
+            current.last,
+            journal_seq=current.journal_seq,
+            switches=left,
+        ),
         skipped=skipped,
         journal_seq=seq,
         journal_hash=event_hash,

@@ -11,6 +11,7 @@ too: nothing is made beside it).
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ __all__ = [
     "ConfirmationNeeded",
     "CurrentTill",
     "LastReceipt",
+    "SwitchedAfterBackup",
+    "UnitSwitch",
     "compare",
     "read_current",
 ]
@@ -46,6 +49,22 @@ _LAST = (
     " ON r.register_id = g.id AND r.number ="
     " (SELECT max(number) FROM receipts WHERE register_id = g.id) ORDER BY g.id"
 )
+# per register: the highest number of a chain signing whose receipt is not stored and that
+# is not void (the last intent of its number), as agent.interrupted reads them: past the
+# register's last number, or a Startbeleg's of a register not created. The chain service
+# may hold it signed, and the next write transaction stores it under that number.
+_SIGNING = (
+    "SELECT p.register_id, max(p.number) FROM registers g CROSS JOIN pending_signings p"
+    " ON p.register_id = g.id AND p.number > g.last_number WHERE p.kind != 'void'"
+    " AND p.id = (SELECT MAX(q.id) FROM pending_signings q"
+    " WHERE q.register_id = p.register_id AND q.number = p.number) GROUP BY p.register_id"
+    " UNION ALL SELECT p.register_id, max(p.number) FROM pending_signings p"
+    " WHERE p.kind = 'start' AND NOT EXISTS (SELECT 1 FROM registers g"
+    " WHERE g.id = p.register_id) AND p.id = (SELECT MAX(q.id) FROM pending_signings q"
+    " WHERE q.register_id = p.register_id AND q.number = p.number) GROUP BY p.register_id"
+)
+_SWITCHED = "register.unit_switched"  # agent.unit_switch's journal event
+_SWITCHES = "SELECT seq, register_id, data, at, hash FROM journal WHERE kind = ? ORDER BY seq"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,26 +76,89 @@ class LastReceipt:
     receipt_id: str | None
     issued_at: str | None
     total_cents: int | None
+    # the number of a chain signing after it whose process ended before its receipt was
+    # stored (agent.interrupted): the chain service may hold it signed
+    signing: int | None = None
+
+    @property
+    def reached(self) -> int:
+        """The last number the register gave out: its last receipt's, or an interrupted
+        chain signing's after it."""
+        return max(self.number, self.signing or 0)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def shown(self) -> str:
         """``KASSE-1 380 (Belegnummer B380, 2026-03-02T11:00:00, 3.20)``."""
+        signing = (
+            ""
+            if self.signing is None
+            else f"; the chain service's signing of {self.signing} was interrupted"
+        )
         if self.receipt_id is None:
-            return f"{self.register} {self.number} (no receipt yet)"
+            return f"{self.register} {self.number} (no receipt yet{signing})"
         total = "" if self.total_cents is None else f", {self.total_cents / 100:.2f}"
         return (
             f"{self.register} {self.number} (Belegnummer {self.receipt_id},"
-            f" {self.issued_at}{total})"
+            f" {self.issued_at}{total}{signing})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UnitSwitch:
+    """A ``register.unit_switched`` journal event (agent.unit_switch)."""
+
+    seq: int
+    register: str
+    old_unit: str
+    new_unit: str
+    at: str
+    hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def shown(self) -> str:
+        """``KASSE-1 from c1 to c2 (2026-03-02T11:00:00+00:00, journal event 7)``."""
+        return (
+            f"{self.register} from {self.old_unit} to {self.new_unit} ({self.at}, journal"
+            f" event {self.seq})"
         )
 
 
 def _last_receipts(conn: sqlite3.Connection) -> tuple[list[LastReceipt], dict[str, str | None]]:
-    """Every register's last receipt, and its JWS by register."""
+    """Every register's last receipt (with a chain signing interrupted after it, and a
+    register whose Startbeleg's signing was interrupted before it was created), and its
+    JWS by register."""
     rows = conn.execute(_LAST).fetchall()
-    last = [LastReceipt(str(r[0]), int(r[1]), r[2], r[3], r[4]) for r in rows]
+    tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}
+    signing: dict[str, int] = {}
+    if "pending_signings" in tables:  # schema revision 0006 on
+        signing = {str(r[0]): int(r[1]) for r in conn.execute(_SIGNING)}
+    last = [
+        LastReceipt(str(r[0]), int(r[1]), r[2], r[3], r[4], _past(signing.pop(str(r[0]), 0), r[1]))
+        for r in rows
+    ]
+    last += [LastReceipt(reg, 0, None, None, None, n) for reg, n in sorted(signing.items())]
     return last, {str(r[0]): r[5] for r in rows}
+
+
+def _past(signing: int, number: int) -> int | None:
+    return signing if signing > number else None
+
+
+def _switches(conn: sqlite3.Connection) -> list[UnitSwitch]:
+    """Every unit switch the journal holds (a few in a till's life)."""
+    switches = []
+    for seq, register, data, at, digest in conn.execute(_SWITCHES, (_SWITCHED,)):
+        facts = json.loads(data)
+        switches.append(
+            UnitSwitch(
+                int(seq), str(register), str(facts["old_unit"]), str(facts["new_unit"]), at, digest
+            )
+        )
+    return switches
 
 
 class BackupCopy:
@@ -154,6 +236,13 @@ class BackupCopy:
     def last_receipts(self) -> tuple[list[LastReceipt], dict[str, str | None]]:
         return _last_receipts(self.conn)
 
+    def has_event(self, seq: int, digest: str) -> bool:
+        """Whether the copy's journal holds that event (its sequence and hash)."""
+        row = self.conn.execute(
+            "SELECT 1 FROM journal WHERE seq = ? AND hash = ?", (seq, digest)
+        ).fetchone()
+        return row is not None
+
     def jws_of(self, register: str, number: int) -> str | None:
         row = self.conn.execute(
             "SELECT jws FROM receipts WHERE register_id = ? AND number = ?", (register, number)
@@ -169,14 +258,15 @@ class CurrentTill:
     """The till database in the data directory as far as it can be read.
 
     ``problem`` is None when it was read (``last`` holds its registers' last receipts,
-    ``jws`` their JWS, ``journal_seq`` its last event's sequence); else why not: there is
-    none, or what failed.
+    ``jws`` their JWS, ``journal_seq`` its last event's sequence, ``switches`` its unit
+    switches); else why not: there is none, or what failed.
     """
 
     problem: str | None
     last: tuple[LastReceipt, ...] = ()
     jws: tuple[tuple[str, str | None], ...] = ()
     journal_seq: int = 0  # its last journal event
+    switches: tuple[UnitSwitch, ...] = ()
 
     @property
     def readable(self) -> bool:
@@ -198,9 +288,10 @@ def read_current(path: Path) -> CurrentTill:
                 return CurrentTill(f"{path.name} holds no till database")
             last, jws = _last_receipts(conn)
             seq = conn.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
-    except (sqlite3.Error, OSError) as exc:
+            switches = _switches(conn)
+    except (sqlite3.Error, OSError, ValueError, KeyError) as exc:
         return CurrentTill(f"{path.name} cannot be read: {exc}")
-    return CurrentTill(None, tuple(last), tuple(jws.items()), int(seq))
+    return CurrentTill(None, tuple(last), tuple(jws.items()), int(seq), tuple(switches))
 
 
 def _read_only_uri(path: Path) -> str:
@@ -215,14 +306,29 @@ def _read_only_uri(path: Path) -> str:
 
 class BackupBehind(FiscalError):
     """The backup ends before the till database in the data directory for a register:
-    restoring it would issue numbers that are on paper. ``behind``: (register, the backup's
-    last number or None when it lacks the register, the current last number)."""
+    restoring it would issue numbers that are on paper (or that the chain service may hold
+    signed: ``interrupted`` names the registers whose last number is a chain signing a
+    process left unfinished). ``behind``: (register, the backup's last number or None when
+    it lacks the register, the current last number)."""
 
-    def __init__(self, data_dir: Path, behind: list[tuple[str, int | None, int]]) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        behind: list[tuple[str, int | None, int]],
+        interrupted: frozenset[str] = frozenset(),
+    ) -> None:
         said = "; ".join(
-            f"{reg}: not in the backup, the till database's last receipt is {cur}"
-            if mine is None
-            else f"{reg}: the backup's last receipt is {mine}, the till database's {cur}"
+            (
+                f"{reg}: not in the backup, the till database's last receipt is {cur}"
+                if mine is None
+                else f"{reg}: the backup's last receipt is {mine}, the till database's {cur}"
+            )
+            + (
+                f" (the chain service was signing {cur} when a process ended: it may hold"
+                " it signed, and the till stores it at its next write)"
+                if reg in interrupted
+                else ""
+            )
             for reg, mine, cur in behind
         )
         super().__init__(
@@ -237,10 +343,33 @@ class BackupBehind(FiscalError):
         return [{"register": r, "backup_number": b, "current_number": c} for r, b, c in self.behind]
 
 
+class SwitchedAfterBackup(FiscalError):
+    """The till database in the data directory, this till's, switched a register to
+    another signature unit after the backup (agent.unit_switch): restoring it would undo the
+    switch, and the register would sign with the unit it left again (the one whose failure
+    is owed to FinanzOnline), its new unit's FinanzOnline obligation gone. Refused like a
+    backup behind: --yes confirms receipts, not this."""
+
+    def __init__(self, data_dir: Path, switches: list[UnitSwitch]) -> None:
+        said = "; ".join(s.shown() for s in switches)
+        super().__init__(
+            f"the backup is behind the till database in {data_dir}: it switched {said}"
+            " after the backup. Restoring it would undo that: the register would sign with"
+            " the unit it left again, and the new unit and its FinanzOnline obligation"
+            " would be gone; nothing was changed. Restore a backup taken after the switch,"
+            " or keep the database"
+        )
+        self.switches = switches
+
+    def fields(self) -> list[dict[str, Any]]:
+        return [s.as_dict() for s in self.switches]
+
+
 class ConfirmationNeeded(InvalidSale):
     """Nothing in the data directory shows whether receipts were issued after the backup's
-    last ones (no readable till database, or one of another till): ``--yes`` says the
-    operator checked them against the last receipt printed and the POS."""
+    last ones (no readable till database, or one of another till, or one without a register
+    of the backup's): ``--yes`` says the operator checked them against the last receipt
+    printed and the POS."""
 
     def __init__(self, why: str, last: list[LastReceipt]) -> None:
         shown = "; ".join(r.shown() for r in last) or "no register"
@@ -266,22 +395,33 @@ def compare(
     data_dir: Path,
     confirmed: bool,
 ) -> bool:
-    """Refuse a backup behind the current database; ask for ``confirmed`` when there is
-    none, or it is another till's (its last receipt is not the backup's of that number).
-    Whether the current database vouched for the backup (else ``confirmed`` did)."""
+    """Refuse a backup behind the current database (a register's last number, an
+    interrupted chain signing's included, or a unit switch of this till); ask for
+    ``confirmed`` when there is none, or it is another till's (its last receipt is not the
+    backup's of that number), or it shares no register with receipts with the backup (a
+    database made afresh). Whether the current database vouched for the backup (else
+    ``confirmed`` did)."""
     if not current.readable:
         if not confirmed:
             raise ConfirmationNeeded(f"in the data directory {data_dir} {current.problem}", last)
         return False
-    mine = {r.register: r.number for r in last}
+    mine = {r.register: r.reached for r in last}
     behind = [
-        (r.register, mine.get(r.register), r.number)
+        (r.register, mine.get(r.register), r.reached)
         for r in current.last
-        if mine.get(r.register, 0) < r.number
+        if mine.get(r.register, 0) < r.reached
     ]
     if behind:
-        raise BackupBehind(data_dir, behind)
-    other = [reg for reg, jws in current.jws if jws is not None and _differs(copy, reg, current)]
+        interrupted = frozenset(r.register for r in current.last if r.reached > r.number)
+        raise BackupBehind(data_dir, behind, interrupted)
+    receipts = [reg for reg, jws in current.jws if jws is not None]
+    other = [reg for reg in receipts if _differs(copy, reg, current)]
+    ours = set(receipts) - set(other)
+    switched = [
+        s for s in current.switches if s.register in ours and not copy.has_event(s.seq, s.hash)
+    ]
+    if switched:
+        raise SwitchedAfterBackup(data_dir, switched)
     if other and not confirmed:
         raise ConfirmationNeeded(
             f"the till database in {data_dir} is not the backup's till: the last receipt of"
@@ -289,7 +429,15 @@ def compare(
             " database set up anew, or another till's; it would be moved aside, not deleted)",
             last,
         )
-    return not other
+    if not receipts and not confirmed:
+        raise ConfirmationNeeded(
+            f"the till database in {data_dir} holds no receipt of a register of the backup"
+            " (a database made afresh, by `unit create-software` or `unit add-pkcs11` on a"
+            " new machine, or by a service started before the restore; it would be moved"
+            " aside, not deleted)",
+            last,
+        )
+    return bool(receipts) and not other
 
 
 def _differs(copy: BackupCopy, register: str, current: CurrentTill) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 
 from agent.durable import fsync_directory, replace_file, temporary_names
 from agent.errors import NotFound, StorageError
-from agent.restore_check import CurrentTill, LastReceipt
+from agent.restore_check import CurrentTill, LastReceipt, UnitSwitch
 from agent.restore_prints import SkippedPrint, SkippedPrints
 from storage.db import DB_FILE, RESTORE_MARKER
 
@@ -55,7 +55,8 @@ class Pending:
     size: int
     revision: str
     registers: tuple[LastReceipt, ...]  # the backup's last receipts
-    current: CurrentTill  # the replaced database as the restore read it (no JWS)
+    # the replaced database as the restore read it (no JWS; its unit switches the backup lacks)
+    current: CurrentTill
     skipped: SkippedPrints
     journal_seq: int  # the copy's till.restored event
     journal_hash: str
@@ -75,6 +76,7 @@ class Pending:
                 "problem": current.problem,
                 "last": [r.as_dict() for r in current.last],
                 "journal_seq": current.journal_seq,
+                "switches": [s.as_dict() for s in current.switches],
             },
             "skipped_prints": self.skipped.as_list(),
             "journal": {"seq": self.journal_seq, "hash": self.journal_hash},
@@ -98,6 +100,7 @@ class Pending:
                 current["problem"],
                 tuple(LastReceipt(**r) for r in current["last"]),
                 journal_seq=int(current["journal_seq"]),
+                switches=tuple(UnitSwitch(**s) for s in current.get("switches", [])),
             ),
             skipped=SkippedPrints(tuple(SkippedPrint(**j) for j in data["skipped_prints"])),
             journal_seq=int(data["journal"]["seq"]),
