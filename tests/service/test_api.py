@@ -672,6 +672,17 @@ class TestSlowClients:
         assert response.status_code == 201, response.text
 
 
+# headers that frame the HTTP message itself: a random value there ("Content-Length:
+# bad-body") is a broken request that the HTTP server refuses (400, "Invalid HTTP request
+# received") before the application sees it; it tests h11, not the API's contract
+_FRAMING = frozenset({"content-length", "transfer-encoding", "host", "connection", "expect"})
+
+
+def _framed(case: schemathesis.Case) -> bool:
+    """False for a generated request that sets one of the :data:`_FRAMING` headers."""
+    return not any(name.lower() in _FRAMING for name in (case.headers or {}))
+
+
 class TestOpenApiContract:
     """schemathesis over every operation of the published document, against the live server.
 
@@ -692,7 +703,7 @@ class TestOpenApiContract:
             if real and "{register}" in operation.path
             else {}
         )
-        strategy = operation.as_strategy(generation_mode=mode, **fixed)
+        strategy = operation.as_strategy(generation_mode=mode, **fixed).filter(_framed)
         if real and operation.path == "/v1/receipts":
             strategy = strategy.map(_on_kasse_1)
 
