@@ -74,6 +74,7 @@ __all__ = [
     "record_check",
     "record_due",
     "replaced_unit",
+    "withdraw_unit_check",
 ]
 
 CheckKind = Literal["start", "yearly", "closing", "unit"]  # the table's CHECK (0004, 0007, 0011)
@@ -210,18 +211,47 @@ def development_units(conn: sqlite3.Connection) -> frozenset[str]:
 
 
 def replaced_unit(conn: sqlite3.Connection, register_id: str, number: int) -> str | None:
-    """The unit whose failure a switch before receipt ``number`` reports in FinanzOnline:
-    the one that signed (or marked failed) the latest receipt before it among those not
-    signed by a development unit. ``None``: every receipt before it carries the fictitious
-    provider, so the register was a development one, never registered in FinanzOnline; the
-    unit it switches to registers the register too. A certified register finds its row at
-    once (the index of its numbers, backwards), a development one reads its receipts."""
+    """The register's registered unit before receipt ``number``: the one that signed (or
+    marked failed) the latest receipt before it among those not signed by a development
+    unit, whose failure a switch to another certified unit reports in FinanzOnline.
+    ``None``: every receipt before it carries the fictitious provider, so the register is a
+    development one, never registered in FinanzOnline (it never switches to a certified
+    unit: :mod:`agent.unit_switch`). A certified register finds its row at once (the index
+    of its numbers, backwards), a development one reads its receipts."""
     row = conn.execute(
         "SELECT x.unit_id FROM receipts x WHERE x.register_id = ? AND x.number < ?"  # noqa: S608 - constant SQL
         f" AND x.unit_id NOT IN {DEVELOPMENT_UNITS} ORDER BY x.number DESC LIMIT 1",
         (register_id, number, development_zda()),
     ).fetchone()
     return None if row is None else str(row[0])
+
+
+def withdraw_unit_check(
+    conn: sqlite3.Connection, register_id: str, number: int, at: dt.datetime, reason: str
+) -> int | None:
+    """Withdraw the open ``unit`` obligation of a switch before receipt ``number`` that no
+    receipt followed, in the caller's transaction: the register went back to its registered
+    unit (``reason`` says so), so the switch owes nothing in FinanzOnline. The row goes, as
+    it is state (what is owed now); the journal keeps its ``check.due`` and records the
+    ``check.withdrawn`` event. Returns the withdrawn obligation's id, ``None`` if there was
+    none open (a recorded check is evidence and stays)."""
+    row = conn.execute(
+        "SELECT id, year FROM checks WHERE register_id = ? AND kind = 'unit'"
+        " AND receipt_number = ? AND done_at IS NULL",
+        (register_id, number),
+    ).fetchone()
+    if row is None:
+        return None
+    check_id, year = int(row[0]), int(row[1])
+    conn.execute("DELETE FROM checks WHERE id = ?", (check_id,))
+    _journal(
+        conn,
+        kind="check.withdrawn",
+        register_id=register_id,
+        at=at.isoformat(),
+        data={"check": check_id, "kind": "unit", "year": year, "number": number, "reason": reason},
+    )
+    return check_id
 
 
 def _journal(
@@ -437,11 +467,11 @@ _WHAT = {
     " there the failure of unit {replaced}, then check a receipt the new unit signed"
     " with the BMF Belegcheck app or web service",
 }
-# a development register's first switch to a certified unit (replaced_unit: None)
-_FIRST_UNIT = (
-    "register the signature unit of its {receipt} and the register in FinanzOnline (its"
-    " receipts before carry the fictitious test provider, it was a development register),"
-    " then check a receipt the new unit signed with the BMF Belegcheck app or web service"
+# a switch with no certified receipt before it (replaced_unit: None; an earlier version
+# let a development register go on with a certified unit): no failure to report
+_NO_REPORT = (
+    "register the signature unit of its {receipt} in FinanzOnline, then check a receipt"
+    " the new unit signed with the BMF Belegcheck app or web service"
 )
 
 
@@ -500,11 +530,11 @@ def _remind(conn: sqlite3.Connection, record: CheckRecord, level: str, now: dt.d
 
 def _what(conn: sqlite3.Connection, record: CheckRecord) -> str:
     """What the operator does for ``record``: for a unit switch, report the failure of the
-    unit it replaced, or register the register too (it was a development one)."""
+    unit it replaced (none: no certified receipt before it)."""
     if record.kind != "unit":
         return _WHAT[record.kind].format(receipt=_receipt(record))
     replaced = replaced_unit(conn, record.register_id, record.receipt_number)
-    template = _FIRST_UNIT if replaced is None else _WHAT["unit"]
+    template = _NO_REPORT if replaced is None else _WHAT["unit"]
     return template.format(receipt=_receipt(record), replaced=replaced)
 
 

@@ -412,19 +412,22 @@ def unit_switch(
     sign now: a test signature that verifies (else exit 4); it must be of the register's
     system type, open or closed (AT0), else exit 3. A register that signs (or signed) with
     a certified unit never switches to a development unit (AT100; exit 3,
-    registered-to-development): its receipts would carry the fictitious test provider. It
+    registered-to-development): its receipts would carry the fictitious test provider. A
+    development register never switches to a certified unit (exit 3,
+    development-to-registered): a register goes live with its own Startbeleg signed by the
+    registered unit, so set up a new register on it (till-agent init NEW-ID --unit UNIT). It
     joins the register's units if it is new to them. The receipts from the next one on
     are signed with it and go on chaining to the earlier ones; the DEP export starts a
     new group for its certificate. What waited for the old unit waits for the new one:
     `till-agent outage recover REGISTER` (or the running service) issues the Sammelbeleg
     with it. It prints what is owed in FinanzOnline and by when: register the new unit,
-    report the failure of the old one (a development register switched to a certified
-    unit: register the register too), check a receipt the new unit signed, then
-    `till-agent checks done REGISTER unit --receipt N` (a development unit owes nothing).
-    A register that signs with the unit already: nothing
-    changes (exit 0). A register closed by its Schlussbeleg: exit 4; an unknown register or
-    unit: exit 6. It needs the data directory to itself: while `till-agent run` holds it,
-    exit 5 (stop the service, switch, start it again).
+    report the failure of the old one, check a receipt the new unit signed, then
+    `till-agent checks done REGISTER unit --receipt N` (a development unit owes nothing;
+    nor does a switch back to the unit that signed the latest receipt, before any receipt
+    of the switch away: its open unit check is withdrawn). A register that signs with the
+    unit already: nothing changes (exit 0). A register closed by its Schlussbeleg: exit 4;
+    an unknown register or unit: exit 6. It needs the data directory to itself: while
+    `till-agent run` holds it, exit 5 (stop the service, switch, start it again).
     """
     from agent.clock import SystemClock
     from agent.issuing import Issuing
@@ -460,6 +463,9 @@ def unit_switch(
                 "from_number": done.from_number if done.switched else None,
                 "waiting": done.waiting,
                 "due": due,
+                "owed": done.owed,
+                "replaced": done.replaced,
+                "withdrawn": done.withdrawn,
             },
             True,
         )
@@ -509,18 +515,26 @@ def _switch_lines(done: UnitSwitch) -> list[str]:
             f"what waited for {old} now waits for {new}: till-agent outage recover {register}"
             f" issues it (the Sammelbeleg signed by {new}); a running service does so itself"
         )
+    if done.owed == "back":
+        withdrawn = (
+            ""
+            if done.withdrawn is None
+            else f"; the open unit check of the switch to {old} (receipt {done.from_number})"
+            " is withdrawn"
+        )
+        lines.append(
+            f"register {register} is back on its registered unit {new}, which signed its latest"
+            f" receipt: nothing is owed in FinanzOnline{withdrawn}"
+        )
+        return lines
     if done.due is None:
         lines.append(
             f"unit {new} is a development unit (AT100), as the register's were: a development"
             " register needs no FinanzOnline step"
         )
         return lines
-    if done.replaced is None:  # the register was a development one: it goes live
-        owed = (
-            f"register unit {new} and register {register} in FinanzOnline (its receipts"
-            f" before {done.from_number} carry the fictitious test provider AT100: it was a"
-            " development register)"
-        )
+    if done.replaced is None:  # no certified receipt before the switch: nothing to report
+        owed = f"register unit {new} in FinanzOnline"
     else:
         owed = f"report the failure of unit {done.replaced} and register unit {new} in FinanzOnline"
     lines.append(

@@ -10,11 +10,20 @@ the register, the old unit and the new one (DESIGN.md invariant 7), and the Fina
 obligation of the new unit is recorded (``unit``, :mod:`agent.checks`; none for a
 development unit).
 
-A development register (its receipts carry the fictitious provider AT100) may go on with a
-certified unit: its ``unit`` obligation then registers the register in FinanzOnline too.
-The reverse is refused: the receipts of a register that signs (or signed) with a certified
-unit would carry the fictitious provider, and the failure of its unit is still owed to
-FinanzOnline. A chain signing a process left unfinished is stored before the switch
+A development register (its receipts carry the fictitious provider AT100) switches only
+between development units: a register goes live with its own Startbeleg signed by the
+registered unit (rksv.md 6: it is checked right after registering unit and register), and a
+development register's Startbeleg never passes the Belegcheck, so it is refused a certified
+unit (``development-to-registered``: set up a new register on it). The reverse is refused
+too: the receipts of a register that signs (or signed) with a certified unit would carry
+the fictitious provider, and the failure of its unit is still owed to FinanzOnline.
+
+A switch back to the registered unit, the certified one that signed the register's latest
+receipt (undoing a mistaken switch before any receipt of it), owes nothing new: that unit
+is registered, and the open ``unit`` obligation of the mistaken switch is withdrawn
+(:func:`agent.checks.withdraw_unit_check`, journaled).
+
+A chain signing a process left unfinished is stored before the switch
 (:func:`agent.interrupted.store_interrupted`, as any write transaction of
 :class:`agent.issuing.Issuing` does): its receipt is the old unit's, and the new unit signs
 from the one after it.
@@ -30,7 +39,8 @@ import datetime as dt
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from agent.checks import (
     development_units,
@@ -38,6 +48,7 @@ from agent.checks import (
     due_date,
     record_due,
     replaced_unit,
+    withdraw_unit_check,
 )
 from agent.errors import FiscalError, InvalidSale, NotFound, SigningError
 from agent.receipt_records import local_stamp
@@ -47,10 +58,14 @@ from agent.signing import SignatureUnit, sign_verified
 from agent.waiting import any_waiting
 from storage.journal import append_event
 
-__all__ = ["SWITCHED", "UnitSwitch", "check_signs_now", "check_switch", "switch_unit"]
+__all__ = ["SWITCHED", "Owed", "UnitSwitch", "check_signs_now", "check_switch", "switch_unit"]
 
 SWITCHED = "register.unit_switched"  # the journal event of a switch
 _TEST_INPUT = b"till-agent unit switch: test signature"
+# what a switch owes in FinanzOnline: nothing (``unchanged``: no switch; ``development``:
+# a development unit; ``back``: the register's registered unit again), or the ``unit``
+# obligation (register the new unit, report the failure of the replaced one, Belegcheck)
+Owed = Literal["unchanged", "development", "back", "unit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +76,10 @@ class UnitSwitch:
     the new unit signs (or marks as failed); ``waiting``: something waits for the unit
     (an open outage, unsigned receipts, a waiting special receipt), which recovery now
     issues with it; ``due``: when the FinanzOnline steps of the new unit are due
-    (register time zone), ``None`` for a development unit, which owes none;
-    ``replaced``: the unit whose failure is reported there (of the latest receipt before
-    the switch not signed by a development unit), ``None`` when the register was a
-    development one so far (the new unit registers the register too).
+    (register time zone), ``None`` when nothing is owed; ``replaced``: the unit whose
+    failure is reported there (of the latest receipt before the switch not signed by a
+    development unit), ``None`` when nothing is reported; ``owed``: which case (see
+    :data:`Owed`); ``withdrawn``: the open ``unit`` obligation a switch back withdrew.
     """
 
     register_id: str
@@ -76,6 +91,8 @@ class UnitSwitch:
     waiting: bool = False
     due: dt.date | None = None
     replaced: str | None = None
+    owed: Owed = "unchanged"
+    withdrawn: int | None = None
 
 
 def check_switch(conn: sqlite3.Connection, register_id: str, unit_id: str) -> sqlite3.Row:
@@ -88,8 +105,9 @@ def check_switch(conn: sqlite3.Connection, register_id: str, unit_id: str) -> sq
             may hold it (it is sent again unchanged, to the unit that got it).
         InvalidSale: the unit is of the other system type (``system-type-changed``), is
             a development unit and the register a certified one's
-            (``registered-to-development``), or has the serial of another of the
-            register's units (``serial-unique``).
+            (``registered-to-development``), is a certified unit and the register a
+            development one (``development-to-registered``), or has the serial of another
+            of the register's units (``serial-unique``).
     """
     try:
         reg = open_register(conn, register_id)
@@ -118,8 +136,11 @@ def check_switch(conn: sqlite3.Connection, register_id: str, unit_id: str) -> sq
             " receipts never mix open and closed (the verifier's system-type-changed); a"
             " unit of the other type needs a new register (till-agent init)",
         )
-    if unit_id in development_units(conn):
+    development = development_units(conn)
+    if unit_id in development:
         _refuse_development(conn, reg, unit_id)
+    elif reg["active_unit"] in development:
+        _refuse_going_live(conn, reg, unit_id)
     check_unit_serials(conn, [*_units_of(conn, register_id), unit_id])
     return reg
 
@@ -188,24 +209,29 @@ def switch_unit(
             "waiting": waiting,
         },
     )
+    done = UnitSwitch(
+        register_id, old, unit_id, switched=True, added=added, from_number=number, waiting=waiting
+    )
+    replaced = None if unit_id in development else replaced_unit(conn, register_id, number)
+    if replaced == unit_id and not _recorded(conn, register_id, number):
+        # back on the registered unit before any receipt of the switch away from it
+        reason = (
+            f"register {register_id} switched back to unit {unit_id}, which signed its"
+            f" latest receipt, before receipt {number}: nothing is owed in FinanzOnline"
+        )
+        withdrawn = withdraw_unit_check(conn, register_id, number, at, reason)
+        return replace(done, owed="back", withdrawn=withdrawn)
     # the new unit is registered in FinanzOnline as a new register's is (rksv.md 5, 6)
     stamp = local_stamp(at, reg["timezone"])
     owed = record_due(conn, register_id, "unit", number, stamp, None, at, unit_id=unit_id)
-    due = None if unit_id in development else due_date("unit", stamp)
-    if owed is None and due is not None:  # a switch before it that no receipt followed
+    if unit_id in development:
+        return replace(done, owed="development")
+    due = due_date("unit", stamp)
+    if owed is None:  # a switch before it that no receipt followed
         due = _open_due(conn, register_id, number) or due
-    replaced = None if due is None else replaced_unit(conn, register_id, number)
-    return UnitSwitch(
-        register_id,
-        old,
-        unit_id,
-        switched=True,
-        added=added,
-        from_number=number,
-        waiting=waiting,
-        due=due,
-        replaced=replaced,
-    )
+    if replaced == unit_id:  # back, but its failure was reported: the one left is replaced
+        replaced = old
+    return replace(done, owed="unit", due=due, replaced=replaced)
 
 
 def _refuse_development(conn: sqlite3.Connection, reg: sqlite3.Row, unit_id: str) -> None:
@@ -231,6 +257,39 @@ def _refuse_development(conn: sqlite3.Connection, reg: sqlite3.Row, unit_id: str
         f" add-pkcs11 --zda ...), or set up a development register on {unit_id} (till-agent"
         f" init NEW-ID --unit {unit_id}); nothing was changed",
     )
+
+
+def _refuse_going_live(conn: sqlite3.Connection, reg: sqlite3.Row, unit_id: str) -> None:
+    """Refuse the certified unit ``unit_id`` to a development register, whose receipts all
+    carry the fictitious test provider: its Startbeleg, checked with the Belegcheck right
+    after the register is registered (rksv.md 6), never passes, which counts as a failed
+    unit. A register that signed with a certified unit before (an earlier version switched
+    it to a development one) goes on with another certified one: it owes that failure."""
+    register_id = str(reg["id"])
+    if replaced_unit(conn, register_id, int(reg["last_number"]) + 1) is not None:
+        return
+    dev_zda = development_zda()
+    raise InvalidSale(
+        "unit",
+        "development-to-registered",
+        f"register {register_id} is a development register: its receipts, its Startbeleg"
+        f" first, carry the fictitious test provider {dev_zda} (R1-{dev_zda}), which no"
+        f" Belegcheck accepts, and {unit_id} is a certified unit. A register goes live with"
+        " its own Startbeleg signed by the registered unit: set up a new register on the"
+        f" certified unit (till-agent init NEW-ID --unit {unit_id}) and register both in"
+        " FinanzOnline; nothing was changed",
+    )
+
+
+def _recorded(conn: sqlite3.Connection, register_id: str, number: int) -> bool:
+    """Whether the ``unit`` check of a switch before receipt ``number`` is recorded: the
+    operator reported the unit it replaced as failed (it is no longer registered)."""
+    row = conn.execute(
+        "SELECT 1 FROM checks WHERE register_id = ? AND kind = 'unit' AND receipt_number = ?"
+        " AND done_at IS NOT NULL",
+        (register_id, number),
+    ).fetchone()
+    return row is not None
 
 
 def _check_settled(conn: sqlite3.Connection, register_id: str, last_number: int) -> None:

@@ -127,6 +127,9 @@ class TestTheReviewersScenario:
             "from_number": 2,
             "waiting": False,
             "due": None,  # a development unit owes nothing
+            "owed": "development",
+            "replaced": None,
+            "withdrawn": None,
         }
         assert _sell(till, "a")["signature_state"] == "signed"
         assert _rows(data_dir, "SELECT unit_id FROM receipts WHERE number = 2") == [("u2",)]

@@ -1,6 +1,6 @@
 """What ``unit switch`` owes and refuses beyond the switch itself (agent/unit_switch.py):
-a registered register never goes on with a development unit, a development register that
-goes on with a certified one owes registering the register too, a chain signing a process
+a registered register never goes on with a development unit nor a development register with a
+certified one, a switch back to the registered unit owes nothing, a chain signing a process
 left unfinished is stored before the switch, ``checks done REGISTER unit`` records one
 check per reference when several switches owe theirs, and the help and the metrics name the
 unit check."""
@@ -113,32 +113,103 @@ class TestADevelopmentUnit:
         assert "report the failure of unit c1 and register unit c2 in FinanzOnline" in said
         assert "and the register" not in said
 
-    def test_a_development_register_goes_live_on_a_certified_unit(
-        self, till: Till, data_dir: Path, caplog: pytest.LogCaptureFixture
+    def test_a_development_register_is_refused_a_certified_unit(
+        self, till: Till, data_dir: Path
     ) -> None:
-        """A test till on dv switches to the certified c2: allowed; it owes registering
-        c2 and the register in FinanzOnline (nothing to report: dv was never registered),
-        and so say the switch's output and the check's reminder."""
-        _units(till, dv="AT100", c2="AT1")
+        """A test till on dv (its Startbeleg signed _R1-AT100_) is refused the certified
+        c2: exit 3, rule development-to-registered, saying to set up a new register on c2;
+        nothing changes, no check is owed, the next sale is dv's. It was exit 0 "register
+        unit c2 and register K3": a DEP starting with a Startbeleg no Belegcheck accepts,
+        with no start check owed. Another development unit is still allowed."""
+        _units(till, dv="AT100", dv2="AT100", c2="AT1")
         till("init", REGISTER, "--unit", "dv")
         _sell(till, "a")
-        said = flat(till("unit", "switch", REGISTER, "c2").stdout)
-        assert f"register unit c2 and register {REGISTER} in FinanzOnline" in said
-        assert "it was a development register" in said
+        refused = _switch(till, "c2", code=3)
+        assert (refused["field"], refused["rule"]) == ("unit", "development-to-registered")
+        message = flat(refused["message"])
+        assert "goes live with its own Startbeleg signed by the registered unit" in message
+        assert "till-agent init NEW-ID --unit c2" in message
+        assert _rows(data_dir, "SELECT active_unit FROM registers") == [("dv",)]
+        assert _switches(data_dir) == []
+        assert _rows(data_dir, "SELECT kind FROM checks") == []
+        assert _sell(till, "b")["qr"].startswith(f"_R1-AT100_{REGISTER}_3_")
+        moved = _switch(till, "dv2")
+        assert (moved["switched"], moved["owed"], moved["replaced"]) == (True, "development", None)
+
+
+class TestSwitchBack:
+    """c1 signed receipts 1 and 2, the register was switched to c2 by mistake and back to
+    c1 before any receipt of c2."""
+
+    def test_back_owes_nothing_and_withdraws_the_open_check(
+        self, till: Till, data_dir: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Nothing is owed: no unit check (it said "report the failure of unit c1 and
+        register unit c1" and kept the check of receipt 3 open); the mistaken switch's open
+        check is withdrawn (journaled, check.due stays), no reminder is raised."""
+        _units(till, c1="AT1", c2="AT2")
+        till("init", REGISTER, "--unit", "c1")
+        _sell(till, "a")
+        till("unit", "switch", REGISTER, "c2")
+        said = flat(till("unit", "switch", REGISTER, "c1").stdout)
+        assert f"register {REGISTER} is back on its registered unit c1" in said
+        assert "nothing is owed in FinanzOnline" in said
+        assert "the open unit check of the switch to c2 (receipt 3) is withdrawn" in said
         assert "report the failure" not in said
-        assert f"till-agent checks done {REGISTER} unit --receipt 3 --reference" in said
-        assert _rows(data_dir, "SELECT kind, receipt_number FROM checks") == [("unit", 3)]
-        assert _sell(till, "b")["qr"].startswith(f"_R1-AT1_{REGISTER}_3_")
+        assert _rows(data_dir, "SELECT kind FROM checks") == [("start",)]
+        [(withdrawn,)] = _rows(data_dir, "SELECT data FROM journal WHERE kind = 'check.withdrawn'")
+        facts = json.loads(withdrawn)
+        assert (facts["kind"], facts["number"]) == ("unit", 3)
+        assert len(_rows(data_dir, "SELECT 1 FROM journal WHERE kind = 'check.due'")) == 2
         caplog.set_level(logging.INFO, logger="agent.checks")
         db = open_till_db(data_dir)
         try:
             CheckWatch(db, SystemClock()).tick()
         finally:
             db.close()
-        [line] = [r.getMessage() for r in caplog.records if "unit switch" in r.getMessage()]
-        assert "in FinanzOnline and report" not in line
-        assert "and the register in FinanzOnline" in line
-        assert f"till-agent checks done {REGISTER} unit --receipt 3 --reference" in line
+        assert not [r for r in caplog.records if "unit switch" in r.getMessage()]
+        assert _sell(till, "b")["qr"].startswith(f"_R1-AT1_{REGISTER}_3_")
+
+    def test_back_and_away_again_owes_a_new_check(self, till: Till, data_dir: Path) -> None:
+        """Back on c1, then to c2 again: the unit check of receipt 3 is owed anew, and
+        the JSON names the replaced unit and what the switch back withdrew."""
+        _units(till, c1="AT1", c2="AT2")
+        till("init", REGISTER, "--unit", "c1")
+        first = _switch(till, "c2")
+        assert (first["owed"], first["replaced"], first["withdrawn"]) == ("unit", "c1", None)
+        back = _switch(till, "c1")
+        assert (back["owed"], back["replaced"], back["due"]) == ("back", None, None)
+        assert back["withdrawn"] is not None
+        again = _switch(till, "c2")
+        assert (again["owed"], again["replaced"]) == ("unit", "c1")
+        assert again["due"] is not None
+        assert _rows(data_dir, "SELECT kind, receipt_number FROM checks ORDER BY id") == [
+            ("start", 1),
+            ("unit", 2),
+        ]
+
+    def test_a_receipt_of_the_new_unit_makes_it_a_switch(self, till: Till) -> None:
+        """Once c2 signed receipt 3, going back to c1 is a switch like any: c2's failure
+        is reported and c1 registered again (unit check of receipt 4)."""
+        _units(till, c1="AT1", c2="AT2")
+        till("init", REGISTER, "--unit", "c1")
+        _switch(till, "c2")
+        _sell(till, "a")
+        back = _switch(till, "c1")
+        assert (back["owed"], back["replaced"], back["from_number"]) == ("unit", "c2", 3)
+
+
+class TestSwitchJson:
+    def test_json_says_what_is_owed(self, till: Till) -> None:
+        """unit switch --json names the unit whose failure is reported (replaced) and the
+        case (owed); it had neither."""
+        _units(till, c1="AT1", c2="AT2")
+        till("init", REGISTER, "--unit", "c1")
+        _sell(till, "a")
+        done = _switch(till, "c2")
+        assert (done["owed"], done["replaced"], done["withdrawn"]) == ("unit", "c1", None)
+        same = _switch(till, "c2")
+        assert (same["switched"], same["owed"], same["replaced"]) == (False, "unchanged", None)
 
 
 class _Died(BaseException):

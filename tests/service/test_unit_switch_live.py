@@ -1,9 +1,11 @@
-"""A development till goes live with ``unit switch``, as seen by the service and ``config
-check`` (the unit a register signs with now decides, not the units it ever had), and the
-local API records one switch's check among several (``number``)."""
+"""A development till an earlier version switched to a certified unit (``unit switch`` now
+refuses it), as seen by the service and ``config check`` (the unit a register signs with
+now decides, not the units it ever had), and the local API records one switch's check
+among several (``number``)."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,10 +35,20 @@ def _run() -> Run:
 @pytest.fixture(name="live")
 def _live(start: Start, run: Run, data_dir: Path) -> None:
     """KASSE-1 made by a first `run` on the defaults (the development unit), then switched
-    to the certified software unit c2 (AT1) with the service stopped."""
+    to the certified software unit c2 (AT1) with the service stopped, as an earlier version
+    did (played in SQL: `unit switch` refuses it now, development-to-registered)."""
     start().stop()
     expect(run("unit", "create-software", "--id", "c2", "--zda", "AT1", "--data-dir", data_dir), 0)
-    expect(run("unit", "switch", "KASSE-1", "c2", "--data-dir", data_dir), 0)
+    refused = run("unit", "switch", "KASSE-1", "c2", "--data-dir", data_dir)
+    assert "[development-to-registered]" in flat(refused.stderr)
+    expect(refused, 3)
+    conn = sqlite3.connect(data_dir / "till.sqlite3")
+    try:
+        with conn:
+            conn.execute("INSERT INTO register_units VALUES ('KASSE-1', 1, 'c2')")
+            conn.execute("UPDATE registers SET active_unit = 'c2'")
+    finally:
+        conn.close()
 
 
 @pytest.mark.usefixtures("live")
