@@ -174,8 +174,10 @@ def open_till_db(
         NoDatabase: there is no database (or an empty one, without the till's schema) and
             this call may not create one.
         RestorePending: a restore into ``data_dir`` did not finish (``restore.pending``).
-        DatabaseMissing: there is no database, and files in ``data_dir`` show that a till
-            lived there (:func:`till_traces`): it would be a new one under the old id.
+        DatabaseMissing: there is no database (no file, a 0-byte one, or an SQLite file
+            without tables), and files in ``data_dir`` show that a till lived there
+            (:func:`till_traces`): it would be a new one under the old id. Said to every
+            caller, a reader too, before NoDatabase.
         DataDirLocked: another process holds the writer lock.
         StorageError: the database is damaged or cannot be opened, or the data
             directory cannot be used (not a directory, read-only, no permission); or, not
@@ -185,9 +187,13 @@ def open_till_db(
     if "\x00" in str(data_dir):
         raise StorageError(f"the data directory {str(data_dir)!r} contains a NUL byte")
     path = data_dir / DB_FILE
-    _refuse_to_open(data_dir, may_create=writer and create)
-    if path.exists():  # before the lock: a refused file leaves no lock file behind
-        _check_schema(path, data_dir, may_be_empty=create, at_head=not (writer and migrate))
+    # before the lock: a refused data directory or file gets no lock file
+    _refuse_to_open(
+        data_dir,
+        may_create=writer and create,
+        may_be_empty=create,
+        at_head=not (writer and migrate),
+    )
     try:
         if writer:
             data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -220,30 +226,68 @@ def open_till_db(
     return TillDB(path, engine, engine.execution_options(sqlite_begin="IMMEDIATE"), lock_fd)
 
 
-def _refuse_to_open(data_dir: Path, *, may_create: bool) -> None:
-    """What open_till_db refuses before it touches anything (see there)."""
+def _refuse_to_open(data_dir: Path, *, may_create: bool, may_be_empty: bool, at_head: bool) -> None:
+    """What open_till_db refuses before it touches anything (see there): no database
+    unless ``may_create``, a file without the till's schema unless ``may_be_empty``. A
+    file without the schema where a till lived is refused as a missing one, to every
+    caller: a 0-byte file is not opened (SQLite would delete a -wal beside it)."""
     path = data_dir / DB_FILE
     if data_dir.exists() and not data_dir.is_dir():  # before "run init": init refuses it too
         raise StorageError(f"the data directory {data_dir} is not a directory")
     _refuse_pending_restore(data_dir)
-    if not may_create and not path.exists():
-        raise NoDatabase(f"no till database in {data_dir}: run `till-agent init` first")
-    if not os.path.lexists(path) and (traces := till_traces(data_dir)):
-        raise DatabaseMissing(_missing(data_dir, traces))
+    if os.path.lexists(path) and not path.exists():  # a dangling link: opening says why
+        if not may_create:
+            raise NoDatabase(_no_database(data_dir))
+        return
+    state = _schema_state(path, data_dir, at_head=at_head)
+    if state == "till":
+        return
+    if lost := _lost_database(data_dir, state):
+        raise lost
+    if state == "none":
+        if not may_create:
+            raise NoDatabase(_no_database(data_dir))
+        return
+    if not may_be_empty:
+        raise NoDatabase(
+            f"no till database in {data_dir} yet ({DB_FILE} holds no till schema): run"
+            " `till-agent init` first"
+        )
+
+
+def _no_database(data_dir: Path) -> str:
+    return f"no till database in {data_dir}: run `till-agent init` first"
+
+
+def _lost_database(data_dir: Path, state: str) -> DatabaseMissing | None:
+    """DatabaseMissing naming the traces of a till in ``data_dir``, whose database file is
+    missing or without the till's schema (``state``, from :func:`_schema_state`); None if
+    nothing shows a till lived there. The -wal, -shm and -journal of an SQLite file that
+    was opened and holds no tables show nothing: what they held was read (an ``init``
+    killed before its schema was committed leaves them)."""
+    traces = till_traces(data_dir)
+    if state == "no schema":
+        traces = [t for t in traces if not t.startswith(f"{DB_FILE}-")]
+    shown = {"empty": f" ({DB_FILE} is 0 bytes)", "no schema": f" ({DB_FILE} has no tables)"}
+    return DatabaseMissing(_missing(data_dir, traces, shown.get(state, ""))) if traces else None
 
 
 def data_dir_problem(data_dir: Path) -> StorageError | None:
     """What keeps ``run`` from opening (or creating) the till database in ``data_dir``
-    beyond the database itself: an unfinished restore, or a missing database where a till
-    lived; None if neither (for `config check`)."""
+    beyond the database itself: an unfinished restore, or a database missing (or without
+    the till's schema) where a till lived; None if neither (for `config check`)."""
     try:
         _refuse_pending_restore(data_dir)
     except RestorePending as exc:
         return exc
-    if os.path.lexists(data_dir / DB_FILE):
+    path = data_dir / DB_FILE
+    if not data_dir.is_dir() or (os.path.lexists(path) and not path.exists()):
         return None
-    traces = till_traces(data_dir)
-    return DatabaseMissing(_missing(data_dir, traces)) if traces else None
+    try:
+        state = _schema_state(path, data_dir, at_head=False)
+    except StorageError:  # not a till database, or unreadable: the database's own problem
+        return None
+    return None if state == "till" else _lost_database(data_dir, state)
 
 
 def _refuse_pending_restore(data_dir: Path) -> None:
@@ -304,9 +348,9 @@ def _has_files(directory: Path) -> bool:
         return False
 
 
-def _missing(data_dir: Path, traces: list[str]) -> str:
+def _missing(data_dir: Path, traces: list[str], why: str = "") -> str:
     return (
-        f"there is no till database in {data_dir}, but a till lived there: "
+        f"there is no till database in {data_dir}{why}, but a till lived there: "
         f"{'; '.join(traces)}. A new database here would be a new register under the same"
         " Kassen-ID, its receipt numbers and Startbeleg starting again, while the old"
         " receipts are on paper; nothing was created. Restore the database (`till-agent"
@@ -315,18 +359,23 @@ def _missing(data_dir: Path, traces: list[str]) -> str:
     )
 
 
-def _check_schema(path: Path, data_dir: Path, *, may_be_empty: bool, at_head: bool) -> None:
-    """Refuse a database file without the till's schema (Alembic's revision) before it is
-    opened as one, which would switch it to WAL and (a writer) migrate it: an empty file
-    is no till database yet unless the caller may create one (``may_be_empty``); a file
+def _schema_state(path: Path, data_dir: Path, *, at_head: bool) -> str:
+    """Whether ``path`` holds the till's schema (Alembic's revision), looked at before it
+    is opened as a till database, which would switch it to WAL and (a writer) migrate it:
+    ``"till"``; ``"none"`` (no file), ``"empty"`` (0 bytes, not opened) or ``"no schema"``
+    (an SQLite file without tables, or without a revision): no till database yet. A file
     with tables of its own is no till database at all, and is left as it is. One that
     will not be migrated (``at_head``: a reader) must have this version's schema.
 
     Raises:
-        NoDatabase: empty (no tables), and not ``may_be_empty``.
         StorageError: tables but no ``alembic_version``; or not an SQLite file; or
             ``at_head`` and another schema revision (storage.migrate.require_head).
     """
+    try:
+        if path.stat().st_size == 0:
+            return "empty"
+    except OSError:  # as path.exists(): a directory it cannot look into is said later
+        return "none"
     try:
         with closing(sqlite3.connect(path, timeout=5.0)) as conn:
             names = {
@@ -343,18 +392,14 @@ def _check_schema(path: Path, data_dir: Path, *, may_be_empty: bool, at_head: bo
             from storage.migrate import require_head
 
             require_head(str(row[0]), path)
-        return
+        return "till"
     if names and not versioned:
         shown = ", ".join(sorted(names)[:5])
         raise StorageError(
             f"{path} is not a till database: it holds other tables ({shown}) and no till-agent"
             " schema; it is left as it is (is this the till's data directory?)"
         )
-    if not may_be_empty:
-        raise NoDatabase(
-            f"no till database in {data_dir} yet ({DB_FILE} holds no till schema): run"
-            " `till-agent init` first"
-        )
+    return "no schema"
 
 
 def _create_private(path: Path) -> None:

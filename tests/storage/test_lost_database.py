@@ -6,6 +6,9 @@ second Startbeleg)."""
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -84,3 +87,113 @@ class TestLostDatabase:
                 path.write_bytes(b"x")
         open_till_db(data_dir).close()
         assert (data_dir / DB_FILE).exists()
+
+
+def _lived(data_dir: Path, traces: list[str]) -> Path:
+    """A till database that lived in ``data_dir``, with ``traces`` beside it; closed."""
+    open_till_db(data_dir).close()
+    for trace in traces:
+        (data_dir / trace).parent.mkdir(parents=True, exist_ok=True)
+        (data_dir / trace).write_bytes(b"x")
+    return data_dir / DB_FILE
+
+
+def _no_schema(database: Path) -> None:
+    """``database`` made an SQLite file with its header and no table (as `sqlite3 FILE
+    VACUUM` leaves it)."""
+    database.unlink()
+    with closing(sqlite3.connect(database)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+    assert database.stat().st_size > 0
+
+
+def _refused_as_lost(run: Run, data_dir: Path, shown: str) -> None:
+    with pytest.raises(StorageError) as refused:
+        open_till_db(data_dir)
+    assert type(refused.value).__name__ == "DatabaseMissing"
+    assert shown in str(refused.value)
+    assert "till-agent restore BACKUP_FILE" in str(refused.value)
+    init = ("init", "KASSE-1", "--unit", "dev", "--data-dir", data_dir, "--json")
+    assert json.loads(expect(run(*init), 5).stdout)["error"] == "DatabaseMissing"
+    unit = ("unit", "create-software", "--id", "k1", "--data-dir", data_dir, "--json")
+    assert json.loads(expect(run(*unit), 5).stdout)["error"] == "DatabaseMissing"
+    assert not (data_dir / "keys").exists()
+
+
+class TestADatabaseWithoutTheSchemaWhereATillLived:
+    """Review F1: `: > till.sqlite3` where a till lived gave `run` a new KASSE-1 and a
+    second Startbeleg 1; a file without the till's schema is a missing database."""
+
+    @pytest.mark.parametrize("trace", sorted(TRACES))
+    def test_a_0_byte_database_is_not_made_anew(self, run: Run, data_dir: Path, trace: str) -> None:
+        """Truncated, its -wal and -shm gone (or its -wal the trace, left as it is: SQLite
+        deletes the -wal of a 0-byte database it opens)."""
+        database = _lived(data_dir, [trace])
+        database.write_bytes(b"")
+        _refused_as_lost(run, data_dir, TRACES[trace])
+        assert database.stat().st_size == 0
+        assert (data_dir / trace).read_bytes() == b"x"
+
+    @pytest.mark.parametrize("trace", sorted(set(TRACES) - {f"{DB_FILE}-wal"}))
+    def test_an_sqlite_file_without_tables_is_not_made_anew(
+        self, run: Run, data_dir: Path, trace: str
+    ) -> None:
+        database = _lived(data_dir, [trace])
+        _no_schema(database)
+        before = database.read_bytes()
+        _refused_as_lost(run, data_dir, TRACES[trace])
+        assert database.read_bytes() == before
+
+    def test_a_new_till_starts_on_an_empty_file_where_nothing_shows_one(
+        self, data_dir: Path
+    ) -> None:
+        """A 0-byte file alone, and the files of an `init` killed before its schema was
+        committed (an SQLite header, an uncommitted -wal, the -shm): its own -wal and -shm
+        show no till, what they held was read."""
+        data_dir.mkdir()
+        (data_dir / DB_FILE).write_bytes(b"")
+        open_till_db(data_dir).close()
+        killed = data_dir.parent / "killed"
+        killed.mkdir()
+        with closing(sqlite3.connect(killed / DB_FILE, isolation_level=None)) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("CREATE TABLE alembic_version (version_num TEXT)")
+            conn.execute("INSERT INTO alembic_version VALUES ('x')")
+            copy = data_dir.parent / "copy"
+            shutil.copytree(killed, copy)
+        assert sorted(p.name for p in copy.iterdir()) == [
+            DB_FILE,
+            f"{DB_FILE}-shm",
+            f"{DB_FILE}-wal",
+        ]
+        open_till_db(copy).close()
+
+
+READERS = [
+    ("unit", "list"),
+    ("receipts", "list", "--register", "KASSE-1"),
+    ("export", "dep", "--register", "KASSE-1", "-o", "{out}"),
+]
+
+
+class TestEveryCommandSaysTheDatabaseIsLost:
+    """Review F4: readers said "run `till-agent init` first" (exit 6), and `init` was then
+    refused (exit 5): every command names the traces and restore."""
+
+    @pytest.mark.parametrize("command", READERS, ids=lambda c: " ".join(c[:2]))
+    @pytest.mark.parametrize("lost", ["removed", "0 bytes"])
+    def test_a_reader_names_the_traces(
+        self, run: Run, data_dir: Path, tmp_path: Path, command: tuple[str, ...], lost: str
+    ) -> None:
+        database = _lived(data_dir, ["api-token"])
+        if lost == "removed":
+            database.unlink()
+        else:
+            database.write_bytes(b"")
+        args = [a.format(out=tmp_path / "out.json") for a in command]
+        body = json.loads(expect(run(*args, "--data-dir", data_dir, "--json"), 5).stdout)
+        assert body["error"] == "DatabaseMissing"
+        assert "api-token" in body["message"]
+        assert "till-agent restore BACKUP_FILE" in body["message"]
+        assert not (tmp_path / "out.json").exists()
