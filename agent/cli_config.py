@@ -1,8 +1,11 @@
 """``till-agent config check`` and ``config show``: validate and print the configuration.
 
 Both exit 0 on a valid configuration and 3 on an invalid one, with a message naming the
-key, the rule and where the value came from. Unit PINs are never printed, and the API
-token lives only in its own file (``api.token_file``), which is never read here.
+key, the rule and where the value came from. ``config check`` exits 5 when the data
+directory keeps `run` from opening its database (a restore that did not finish, or a
+database missing where a till lived), under its own heading. Unit PINs are never
+printed, and the API token lives only in its own file (``api.token_file``), which is
+never read here.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from rich.markup import escape
 
 from agent.cli_base import err, out
 from agent.config import CONFIG_ENV, ENV_PREFIX, AgentConfig, find_config_file, load_config
-from agent.errors import ConfigurationError, InvalidSale, UnitUnavailable
+from agent.errors import ConfigurationError, InvalidSale, StorageError, UnitUnavailable
 from agent.signing.config import DEV_ZDA, ZDA_OPTIONAL_KINDS, UnitConfig
 
 if TYPE_CHECKING:
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["ConfigOption", "config_app"]
 
 INVALID = 3
+STORAGE = 5  # the data directory refuses `run`, whatever the configuration says
 
 config_app = typer.Typer(help="Check or show the configuration (TOML file + environment).")
 
@@ -57,6 +61,23 @@ def _invalid(exc: ConfigurationError, as_json: bool) -> NoReturn:
     raise typer.Exit(INVALID)
 
 
+def _refused_data_dir(refused: StorageError, problems: list[str], as_json: bool) -> NoReturn:
+    """A data directory `run` would not open (a pending restore, a lost database): exit 5,
+    as every command that meets it, under its own heading after any configuration
+    problems (``problems``; with --json, in ``configuration``)."""
+    if as_json:
+        body = {"error": type(refused).__name__, "message": str(refused)}
+        if problems:
+            body["configuration"] = "\n".join(problems)
+        print(json.dumps(body, ensure_ascii=False))
+    else:
+        if problems:
+            shown = "\n".join(problems)
+            err.print(f"[red]invalid configuration:[/red]\n{escape(shown)}", highlight=False)
+        err.print(f"[red]data directory:[/red]\n{escape(str(refused))}", highlight=False)
+    raise typer.Exit(STORAGE)
+
+
 def _origin(path: Path | None) -> str:
     """Where the configuration came from: the file (or defaults) and environment overrides."""
     file = find_config_file(path)
@@ -70,7 +91,9 @@ def config_check(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """Validate the configuration; exit 0 if it is usable, 3 (with the reasons) if not.
+    """Validate the configuration; exit 0 if it is usable, 3 (with the reasons) if not;
+    5 if the data directory keeps `run` from opening its database (a restore that did not
+    finish, a database missing where a till lived), under "data directory:".
 
     Beyond the values, it opens what `run` opens at start without side effects: the key
     and certificate files of software units, the certificate and module file of PKCS#11
@@ -82,9 +105,14 @@ def config_check(
     a login (else it says "not checked" and why). It never logs in to a token (a wrong PIN
     could lock it) and never connects to a printer or a service.
     """
+    from storage.db import data_dir_problem
+
     loaded = _load(config, as_json)
     notes: list[str] = []
     problems = check_resources(loaded, notes)
+    refused = data_dir_problem(loaded.data_dir)  # exit 5, as every command that meets it
+    if refused is not None:
+        _refused_data_dir(refused, problems, as_json)
     if problems:
         _invalid(ConfigurationError("\n".join(problems)), as_json)
     for note in notes:  # stderr, as the warnings
@@ -122,15 +150,12 @@ def config_show(
 
 def check_resources(config: AgentConfig, notes: list[str] | None = None) -> list[str]:
     """What `run` would refuse at start beyond the values: one line per problem; what could
-    not be checked is added to ``notes``."""
-    from storage.db import data_dir_problem
-
+    not be checked is added to ``notes``. The data directory's own refusals (a pending
+    restore, a lost database) are storage's: storage.db.data_dir_problem."""
     notes = [] if notes is None else notes
     problems = []
     if config.data_dir.exists() and not config.data_dir.is_dir():
         problems.append(f"data_dir: {config.data_dir} is not a directory")
-    elif (refused := data_dir_problem(config.data_dir)) is not None:
-        problems.append(f"data_dir: {refused}")  # a pending restore, a lost database
     for unit in config.units:
         found: list[str] = []
         problems += [f"units.{unit.id}: {problem}" for problem in _unit_problems(unit, found)]

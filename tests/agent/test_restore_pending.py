@@ -109,7 +109,7 @@ class TestPending:
         """Killed with the old files moved aside and the copy not yet in: a writer that may
         create the database (`run`, `init`) gets exit 5 naming the marker, the backup to
         finish it with and --abandon, and creates nothing; readers are refused alike, and
-        `config check` says so."""
+        `config check` says so (exit 5, under "data directory:")."""
         data_dir = _killed_at(monkeypatch, till, "rename-in")
         assert not (data_dir / DB_FILE).exists()
         with pytest.raises(StorageError) as refused:
@@ -132,9 +132,10 @@ class TestPending:
         assert not (data_dir / DB_FILE).exists()
         config = tmp_path / "till.toml"
         config.write_text(f'data_dir = "{data_dir}"\n', encoding="utf-8")
-        checked = run("config", "check", "--config", config)
-        assert checked.exit_code != 0
+        checked = expect(run("config", "check", "--config", config), 5)
+        assert flat(checked.stderr).startswith(f"data directory: a restore into {data_dir}")
         assert "restore.pending" in flat(checked.stderr)
+        assert "invalid configuration" not in checked.stderr
 
     def test_another_backup_is_refused_naming_the_pending_one(
         self, run: Run, till: dict[str, Path], monkeypatch: pytest.MonkeyPatch

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import StorageError
-from factories import Run, cli_run, expect
+from factories import Run, cli_run, expect, flat
 from storage import open_till_db
 from storage.db import DB_FILE, LOCK_FILE
 
@@ -197,3 +197,28 @@ class TestEveryCommandSaysTheDatabaseIsLost:
         assert "api-token" in body["message"]
         assert "till-agent restore BACKUP_FILE" in body["message"]
         assert not (tmp_path / "out.json").exists()
+
+
+class TestConfigCheckOnALostDatabase:
+    """Review F5: `config check` called a lost database "invalid configuration", exit 3;
+    it is the data directory's refusal, exit 5 as every command's."""
+
+    @pytest.mark.parametrize("lost", ["removed", "0 bytes"])
+    def test_config_check_says_data_directory_and_exits_5(
+        self, run: Run, data_dir: Path, tmp_path: Path, lost: str
+    ) -> None:
+        database = _lived(data_dir, ["prints/KASSE-1-1.bin"])
+        if lost == "removed":
+            database.unlink()
+        else:
+            database.write_bytes(b"")
+        config = tmp_path / "till.toml"
+        config.write_text(f'data_dir = "{data_dir}"\n', encoding="utf-8")
+        checked = expect(run("config", "check", "--config", config), 5)
+        said = flat(checked.stderr)
+        assert said.startswith("data directory: there is no till database in")
+        assert "prints/" in said
+        assert "invalid configuration" not in said
+        body = json.loads(expect(run("config", "check", "--config", config, "--json"), 5).stdout)
+        assert body["error"] == "DatabaseMissing"
+        assert "configuration" not in body
