@@ -6,10 +6,10 @@ service that cannot be reached), 3 invalid input
 (nothing consumed; also a unit id or register that exists already), 4 fiscal refusal (a
 register closed by its Schlussbeleg, or a receipt that must wait for the unit), 5 storage
 (damaged, read-only, or another process owns the data directory; also a restore that did
-not finish, or a database missing where a till lived), 6 not found (also a
-data directory without a till database).
-`config check` answers 3 for a configuration it refuses (there the configuration is the
-input it checks).
+not finish, or a database missing where a till lived: every command, `config check`
+too), 6 not found (also a data directory without a till database).
+`config check` answers 5 for a data directory `run` would not open, and 3 for a
+configuration it refuses (there the configuration is the input it checks).
 
 (As README.md's "Command line" says them, word for word: a test compares the two.)
 """
