@@ -58,14 +58,23 @@ if TYPE_CHECKING:  # the commands import what they use: every command starts fas
 
 @contextmanager
 def _database(
-    data_dir: Path, as_json: bool, *, writer: bool = True, create: bool = True
+    data_dir: Path,
+    as_json: bool,
+    *,
+    writer: bool = True,
+    create: bool = True,
+    when_locked: str = "",
 ) -> Iterator[TillDB]:
     """The till database (``writer``: its writer lock held), closed at the end; an agent
-    error in opening it or in the command's body is the command's exit code."""
+    error in opening it or in the command's body is the command's exit code.
+    ``when_locked`` is added to the message when another process holds the data directory
+    (what to do about the running service)."""
     from storage.db import open_till_db
 
     try:
         db = open_till_db(data_dir, writer=writer, create=create)
+    except DataDirLocked as exc:
+        _fail(DataDirLocked(f"{exc}{when_locked}") if when_locked else exc, as_json)
     except TillAgentError as exc:
         _fail(exc, as_json)
     try:
@@ -434,7 +443,12 @@ def unit_switch(
     from agent.signing.registry import UnitRegistry
     from agent.unit_switch import check_signs_now, check_switch, switch_unit
 
-    with _switch_writer(data_dir, as_json) as db:
+    locked = (
+        ": a register switches its signature unit while the till service is stopped: stop it"
+        " (systemctl stop till-agent), run this command again, then start the service; its"
+        " recovery signs the Sammelbeleg with the new unit"
+    )
+    with _database(data_dir, as_json, create=False, when_locked=locked) as db:
         registry = UnitRegistry(simulate_dir=data_dir / "simulate")
         try:
             clock = SystemClock()
@@ -472,32 +486,6 @@ def unit_switch(
         return
     for line in _switch_lines(done):
         out.print(line, highlight=False, markup=False)
-
-
-@contextmanager
-def _switch_writer(data_dir: Path, as_json: bool) -> Iterator[TillDB]:
-    """The till database with its writer lock, for ``unit switch``; while the running
-    service holds it, exit 5 saying how to go on (as ``special`` and ``outage recover``,
-    the switch is not made through the service)."""
-    from storage.db import open_till_db
-
-    try:
-        db = open_till_db(data_dir, create=False)
-    except DataDirLocked as exc:
-        message = (
-            f"{exc}: a register switches its signature unit while the till service is"
-            " stopped: stop it (systemctl stop till-agent), run this command again, then"
-            " start the service; its recovery signs the Sammelbeleg with the new unit"
-        )
-        _fail(DataDirLocked(message), as_json)
-    except TillAgentError as exc:
-        _fail(exc, as_json)
-    try:
-        yield db
-    except TillAgentError as exc:
-        _fail(exc, as_json)
-    finally:
-        db.close()
 
 
 def _switch_lines(done: UnitSwitch) -> list[str]:
