@@ -23,7 +23,7 @@ from storage.journal import append_event, canonical_json
 if TYPE_CHECKING:
     from agent.issuing import Issuing
 
-__all__ = ["store_interrupted"]
+__all__ = ["LIVE_INTENTS", "store_interrupted"]
 
 _log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def _closing_waits(issuing: Issuing, conn: sqlite3.Connection, intent: dict[str,
 # past its register's last number, or a Startbeleg's of a register not created, can lack
 # its receipt: both parts seek an index (0006), and a start costs the same after a million
 # intents as after ten (CROSS JOIN keeps the few registers the outer loop).
-_INTERRUPTED = (
+LIVE_INTENTS = (
     "SELECT p.* FROM registers g CROSS JOIN pending_signings p"
     " ON p.register_id = g.id AND p.number > g.last_number"
     " WHERE p.id = (SELECT MAX(q.id) FROM pending_signings q"
@@ -134,8 +134,8 @@ _INTERRUPTED = (
     " AND NOT EXISTS (SELECT 1 FROM registers g WHERE g.id = p.register_id)"
     " AND p.id = (SELECT MAX(q.id) FROM pending_signings q"
     " WHERE q.register_id = p.register_id AND q.number = p.number)"
-    " ORDER BY id"
 )
+_INTERRUPTED = LIVE_INTENTS + " ORDER BY id"
 _START_INTERRUPTED = (
     "its Startbeleg was sent to the chain service when the till process ended; it waits and"
     " is sent again unchanged as soon as the service answers (till-agent outage recover)"

@@ -25,6 +25,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 from agent.errors import FiscalError, InvalidSale, StorageError
+from agent.interrupted import LIVE_INTENTS
 from storage.journal import verify_journal
 from storage.migrate import alembic_config
 
@@ -52,16 +53,11 @@ _LAST = (
 # per register: the highest number of a chain signing whose receipt is not stored and that
 # is not void (the last intent of its number), as agent.interrupted reads them: past the
 # register's last number, or a Startbeleg's of a register not created. The chain service
-# may hold it signed, and the next write transaction stores it under that number.
+# may hold it signed, and the next write transaction stores it under that number. The
+# intents are agent.interrupted's own query, not a copy of it.
 _SIGNING = (
-    "SELECT p.register_id, max(p.number) FROM registers g CROSS JOIN pending_signings p"
-    " ON p.register_id = g.id AND p.number > g.last_number WHERE p.kind != 'void'"
-    " AND p.id = (SELECT MAX(q.id) FROM pending_signings q"
-    " WHERE q.register_id = p.register_id AND q.number = p.number) GROUP BY p.register_id"
-    " UNION ALL SELECT p.register_id, max(p.number) FROM pending_signings p"
-    " WHERE p.kind = 'start' AND NOT EXISTS (SELECT 1 FROM registers g"
-    " WHERE g.id = p.register_id) AND p.id = (SELECT MAX(q.id) FROM pending_signings q"
-    " WHERE q.register_id = p.register_id AND q.number = p.number) GROUP BY p.register_id"
+    f"SELECT register_id, max(number) FROM ({LIVE_INTENTS}) WHERE kind != 'void'"  # noqa: S608
+    " GROUP BY register_id"
 )
 _SWITCHED = "register.unit_switched"  # agent.unit_switch's journal event
 _SWITCHES = "SELECT seq, register_id, data, at, hash FROM journal WHERE kind = ? ORDER BY seq"
