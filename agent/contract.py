@@ -312,11 +312,19 @@ def _allowed(error: Mapping[str, Any]) -> str:
     return "use " + expected.replace("'", '"')
 
 
+# one decoder for every call: json.loads with a hook builds a new one each time
+_DECODER = json.JSONDecoder(object_pairs_hook=unique_keys)
+
+
 def load_json(raw: bytes | str) -> Any:
     """JSON text as the agent reads every request body: a key named twice in one object
     is refused (json.loads would keep the last). Raises ``InvalidSale`` (``(document)``)."""
     try:
-        return json.loads(raw, object_pairs_hook=unique_keys)
+        if isinstance(raw, (bytes, bytearray)):  # decoded as json.loads decodes them
+            return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+        if raw.startswith("\ufeff"):
+            return json.loads(raw)  # raises json.loads' own error for a byte order mark
+        return _DECODER.decode(raw)
     except DuplicateKey as exc:
         raise InvalidSale(
             "(document)", "duplicate-key", f"the key {exc.args[0]!r} appears twice in one object"
