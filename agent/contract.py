@@ -418,28 +418,29 @@ def line_total_cents(line: Line) -> int:
     Exact integer arithmetic on the checked decimal strings: quantity in thousandths
     times price in cents gives thousandths of a cent.
     """
-    product = scaled(line.qty, 3) * scaled(line.unit_price, 2)
-    cents = (abs(product) + 500) // 1000
-    return -cents if product < 0 else cents
+    return _rounded_cents(scaled(line.qty, 3) * scaled(line.unit_price, 2))
+
+
+def _rounded_cents(thousandths: int) -> int:
+    """Thousandths of a cent as cents, rounded half up (a half cent away from zero)."""
+    cents = (abs(thousandths) + 500) // 1000
+    return -cents if thousandths < 0 else cents
 
 
 def scaled(number: str, places: int) -> int:
     """A checked decimal string (``-?digits(.digits)?``, at most ``places`` decimals) as
     an integer count of ``10**-places`` units: ``scaled("2.1", 2) == 210``."""
-    whole, _, frac = number.partition(".")
-    value = abs(int(whole)) * _POW10[places]
-    if frac:
-        if len(frac) > places:
-            raise ValueError(f"{number!r} has more than {places} decimals")
-        value += int(frac) * _POW10[places - len(frac)]
-    return -value if whole.startswith("-") else value
+    point = number.find(".")
+    if point < 0:
+        return int(number) * _POW10[places]
+    decimals = len(number) - point - 1
+    if decimals > places:
+        raise ValueError(f"{number!r} has more than {places} decimals")
+    # the digits without the point, sign included: one int() call ("-0.5" -> -5)
+    return int(number[:point] + number[point + 1 :]) * _POW10[places - decimals]
 
 
 _POW10 = (1, 10, 100, 1000)
-
-
-def _cents(money: str) -> int:
-    return scaled(money, 2)
 
 
 def _check_rules(sale: Sale) -> None:
@@ -447,21 +448,23 @@ def _check_rules(sale: Sale) -> None:
     limit is named even when a payment matches it (and is over the limit too)."""
     if sale.kind == "storno":
         _check_storno(sale)
-        _check_payment_limits(sale)
+        _payment_cents(sale)
     elif sale.kind == "null":
         _check_null(sale)
     else:
         total = _check_sale_lines(sale)
-        _check_payment_limits(sale)
-        _check_paid(sale, total)
+        _check_paid(_payment_cents(sale), total)
 
 
-def _check_payment_limits(sale: Sale) -> None:
-    for i, payment in enumerate(sale.payments):
-        if abs(_cents(payment.amount)) > MAX_CENTS:
+def _payment_cents(sale: Sale) -> list[int]:
+    """The amounts of the payments in cents, each checked against the limit."""
+    amounts = [scaled(p.amount, 2) for p in sale.payments]
+    for i, cents in enumerate(amounts):
+        if abs(cents) > MAX_CENTS:
             raise InvalidSale(
                 f"payments.{i}.amount", "max-amount", f"a payment is at most {_MAX_EUROS} euros"
             )
+    return amounts
 
 
 def _check_sale_lines(sale: Sale) -> int:
@@ -472,9 +475,10 @@ def _check_sale_lines(sale: Sale) -> int:
         raise InvalidSale("lines", "min-items", f"a {sale.kind} sale needs at least one line")
     total = 0
     for i, line in enumerate(sale.lines):
-        if scaled(line.qty, 3) == 0:
+        qty = scaled(line.qty, 3)  # once for both rules (line_total_cents would scale it again)
+        if qty == 0:
             raise InvalidSale(f"lines.{i}.qty", "non-zero", "a line quantity must not be zero")
-        cents = line_total_cents(line)
+        cents = _rounded_cents(qty * scaled(line.unit_price, 2))
         if abs(cents) > MAX_CENTS:
             raise InvalidSale(
                 f"lines.{i}", "max-amount", f"a line total is at most {_MAX_EUROS} euros"
@@ -487,8 +491,8 @@ def _check_sale_lines(sale: Sale) -> int:
     return total
 
 
-def _check_paid(sale: Sale, total: int) -> None:
-    paid = sum(_cents(p.amount) for p in sale.payments)
+def _check_paid(amounts: list[int], total: int) -> None:
+    paid = sum(amounts)
     if total != paid:
         raise InvalidSale(
             "payments",

@@ -1,5 +1,5 @@
 """The sale contract's fast forms give what the plain ones gave: the JSON reader (one
-decoder for every call)."""
+decoder for every call) and the decimal strings in units."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from agent.contract import load_json
+from agent.contract import load_json, scaled
 from agent.errors import InvalidSale
 from storage.canonical import DuplicateKey, unique_keys
+
+PROPERTY = settings(database=None, max_examples=400)
 
 
 def _reference_load(raw: bytes | str) -> Any:
@@ -71,3 +75,34 @@ def test_load_json_refuses_in_json_loads_words(raw: bytes | str, message: str) -
     with pytest.raises(InvalidSale) as refused:
         load_json(raw)
     assert refused.value.message == f"not valid JSON: {message}"
+
+
+def _reference_scaled(number: str, places: int) -> int:
+    """The form scaled had before it read the digits with one int() call."""
+    whole, _, frac = number.partition(".")
+    value = abs(int(whole)) * 10**places
+    if frac:
+        value += int(frac) * 10 ** (places - len(frac))
+    return -value if whole.startswith("-") else value
+
+
+@st.composite
+def _decimals(draw: st.DrawFn) -> tuple[str, int]:
+    places = draw(st.integers(0, 3))
+    sign = draw(st.sampled_from(["", "-"]))
+    whole = draw(st.text("0123456789", min_size=1, max_size=10))
+    frac = draw(st.text("0123456789", min_size=0, max_size=places))
+    return (f"{sign}{whole}.{frac}" if frac else f"{sign}{whole}"), places
+
+
+@PROPERTY
+@given(_decimals())
+def test_scaled_counts_as_before(case: tuple[str, int]) -> None:
+    number, places = case
+    assert scaled(number, places) == _reference_scaled(number, places)
+
+
+@pytest.mark.parametrize(("number", "places"), [("1.234", 2), ("-0.0001", 3), ("5.0", 0)])
+def test_scaled_refuses_more_decimals_than_places(number: str, places: int) -> None:
+    with pytest.raises(ValueError, match="decimals"):
+        scaled(number, places)
