@@ -387,16 +387,17 @@ def _as_sent(money: str) -> str:
 
 
 def _digest(sale: Sale, money: Callable[[str], str]) -> str:
+    # lists, not generators: str.join makes a list of a generator first
     lines = "\x1e".join(
-        f"{x.text}\x1f{x.qty}\x1f{money(x.unit_price)}\x1f{x.vat}" for x in sale.lines
+        [f"{x.text}\x1f{x.qty}\x1f{money(x.unit_price)}\x1f{x.vat}" for x in sale.lines]
     )
-    payments = "\x1e".join(f"{p.method}\x1f{money(p.amount)}" for p in sale.payments)
+    payments = "\x1e".join([f"{p.method}\x1f{money(p.amount)}" for p in sale.payments])
     voids = "" if sale.voids is None else str(sale.voids)
     material = "\x1d".join(
         (sale.request_id, sale.register_id, sale.kind, voids, sale.cashier or "", lines, payments)
     )
     digest = hashlib.sha256(material.encode("utf-8")).digest()
-    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+    return base64.urlsafe_b64encode(digest)[:43].decode("ascii")  # 43: the 32 bytes, no "="
 
 
 def same_sale(stored: str | None, sale: Sale) -> bool:

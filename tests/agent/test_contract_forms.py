@@ -1,5 +1,6 @@
 """The sale contract's fast forms give what the plain ones gave: the JSON reader (one
-decoder for every call) and the decimal strings in units."""
+decoder for every call), the decimal strings in units, and the fingerprints (values
+stored with every receipt, so a retry after an upgrade must still match them)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,40 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.contract import load_json, scaled
+from agent.contract import load_json, parse_sale, sale_fingerprint, same_sale, scaled
 from agent.errors import InvalidSale
 from storage.canonical import DuplicateKey, unique_keys
 
 PROPERTY = settings(database=None, max_examples=400)
+
+
+SALE = {
+    "request_id": "r-1",
+    "register": "K-1",
+    "kind": "standard",
+    "cashier": "Jürgen",
+    "lines": [
+        {"text": "Käse", "qty": "0.250", "unit_price": "012.5", "vat": "reduced1"},
+        {"text": "Pfand", "qty": "-1", "unit_price": "0.25", "vat": "zero"},
+    ],
+    "payments": [{"method": "cash", "amount": "3"}, {"method": "card", "amount": "-0.12"}],
+}
+
+
+class TestFingerprints:
+    def test_the_fingerprint_of_a_sale_is_the_one_receipts_store(self) -> None:
+        """Computed by the code before it was made faster: the values must never change."""
+        expected = "s3:GpII3CD5puLt_9Foj48oidgEF5iGaGwKhw4_l_0ACPM"
+        assert sale_fingerprint(parse_sale(SALE)) == expected
+
+    def test_a_storno_without_lines_has_its_fingerprint(self) -> None:
+        storno = parse_sale({"request_id": "r-2", "register": "K-1", "kind": "storno", "voids": 7})
+        assert sale_fingerprint(storno) == "s3:E74_xrkbs-yeCxvdQYqbqmt1fBRd5Y7PSUixPgDuGqA"
+
+    def test_the_money_as_sent_form_still_matches(self) -> None:
+        stored = "s2:jeLpNWDCC5aeFDZ2jb4mhOdwimDHWodzN0hEE2Zi8ww"
+        assert same_sale(stored, parse_sale(SALE))
+        assert not same_sale(stored, parse_sale(SALE | {"request_id": "r-3"}))
 
 
 def _reference_load(raw: bytes | str) -> Any:
