@@ -119,6 +119,8 @@ def check_reference(reference: str, what: str) -> None:
 
 
 def _visible(text: str) -> str:
+    if text.isascii() and text.strip(" "):  # the usual text: nothing to look for further
+        return text
     problem = _hidden_character(text)
     if problem is not None:
         raise PydanticCustomError("hidden_character", "{problem}", {"problem": problem})
@@ -371,7 +373,7 @@ def sale_fingerprint(sale: Sale) -> str:
 
 def _cents_text(money: str) -> str:
     """``money`` in one spelling per amount: ``"12.5"``, ``"0012.50"`` -> ``"12.50"``."""
-    if money[-3:-2] == "." and money[0] in _NONZERO:  # the usual spelling is that one
+    if len(money) > 3 and money[-3] == "." and money[0] in _NONZERO:  # the usual spelling
         return money
     cents = scaled(money, 2)
     sign = "-" if cents < 0 else ""
