@@ -10,11 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 
 __all__ = [
     "AMOUNT_RE",
     "amount_to_cents",
     "b32",
+    "b32_each",
     "b64",
     "b64_decode",
     "b64url",
@@ -53,24 +55,65 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-_B32_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-_B32_PAIRS = [a + b for a in _B32_ALPHABET for b in _B32_ALPHABET]  # 10 bits -> 2 characters
+_B32_TABLE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567".ljust(256, b"\0")  # 5-bit value -> letter
 _B32_PAD = (0, 6, 4, 3, 1)  # '=' characters after 0..4 trailing bytes of a 5-byte group
+_B32_CHUNK = 64  # 5-byte groups per conversion: the masks below are this long
+
+
+def _b32_masks(move: str, keep: str) -> tuple[int, int]:
+    """Per 8-byte slot (hex, big-endian): the bits that move up and the bits that stay."""
+    return (
+        int.from_bytes(bytes.fromhex(move) * _B32_CHUNK, "big"),
+        int.from_bytes(bytes.fromhex(keep) * _B32_CHUNK, "big"),
+    )
+
+
+# a slot's 40 bits become two 20-bit halves 32 bits apart, those four 10-bit quarters
+# 16 bits apart, those eight 5-bit values 8 bits apart: one base32 digit per byte
+_B32_MOVE20, _B32_KEEP20 = _b32_masks("000000FFFFF00000", "00000000000FFFFF")
+_B32_MOVE10, _B32_KEEP10 = _b32_masks("000FFC00000FFC00", "000003FF000003FF")
+_B32_MOVE5, _B32_KEEP5 = _b32_masks("03E003E003E003E0", "001F001F001F001F")
+
+
+def _b32_groups(data: bytes) -> str:
+    """base32 of whole 5-byte groups, no padding.
+
+    Every receipt's OCR form runs this: the bits are spread with a few big-integer
+    operations and one ``translate`` instead of a Python loop over the digits.
+    """
+    if len(data) > 5 * _B32_CHUNK:
+        step = 5 * _B32_CHUNK
+        return "".join([_b32_groups(data[i : i + step]) for i in range(0, len(data), step)])
+    slots = bytearray(len(data) // 5 * 8)  # each group in the low 5 bytes of 8
+    slots[3::8] = data[0::5]
+    slots[4::8] = data[1::5]
+    slots[5::8] = data[2::5]
+    slots[6::8] = data[3::5]
+    slots[7::8] = data[4::5]
+    value = int.from_bytes(slots, "big")
+    value = (value & _B32_KEEP20) | (value & _B32_MOVE20) << 12
+    value = (value & _B32_KEEP10) | (value & _B32_MOVE10) << 6
+    value = (value & _B32_KEEP5) | (value & _B32_MOVE5) << 3
+    return value.to_bytes(len(slots), "big").translate(_B32_TABLE).decode("ascii")
+
+
+def b32_each(parts: Sequence[bytes]) -> list[str]:
+    """RFC 4648 base32 with padding of each of ``parts``, in one conversion: each part is
+    zero-filled to whole 5-byte groups, whose last digits then give way to the padding."""
+    text = _b32_groups(b"".join([part + bytes(-len(part) % 5) for part in parts]))
+    out = []
+    start = 0
+    for part in parts:
+        end = start + (len(part) + 4) // 5 * 8
+        pad = _B32_PAD[len(part) % 5]
+        out.append(text[start : end - pad] + "=" * pad)
+        start = end
+    return out
 
 
 def b32(data: bytes) -> str:
-    """RFC 4648 base32 with padding, as in the OCR form.
-
-    The same result as ``base64.b32encode``, in one big-integer pass (10 bits, two
-    characters, per step) instead of a loop over 5-byte groups: it runs for every receipt.
-    """
-    size = len(data)
-    spare = -size % 5
-    value = int.from_bytes(data, "big") << (8 * spare)
-    pairs = _B32_PAIRS
-    text = "".join([pairs[(value >> s) & 1023] for s in range((size + spare) * 8 - 10, -1, -10)])
-    pad = _B32_PAD[size % 5]
-    return text[: len(text) - pad] + "=" * pad if pad else text
+    """RFC 4648 base32 with padding, as in the OCR form (``base64.b32encode``)."""
+    return b32_each((data,))[0]
 
 
 def cents_to_amount(cents: int) -> str:

@@ -11,7 +11,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from agent.at_rksv.encoding import b32, b64, b64_decode, b64url, b64url_decode
+from agent.at_rksv.encoding import b32_each, b64, b64_decode, b64url, b64url_decode
 
 __all__ = [
     "AUSTRIAN_ZONES",
@@ -65,21 +65,14 @@ class Payload:
     cert_serial: str
     chain: str
 
-    def fields(self) -> list[str]:
-        return [
-            self.suite,
-            self.register_id,
-            self.receipt_id,
-            self.issued_at,
-            *self.amounts,
-            self.counter,
-            self.cert_serial,
-            self.chain,
-        ]
+    def _front(self) -> str:
+        """Fields 1 to 9 (up to the amounts), each after a ``_``: the same in every form."""
+        amounts = "_".join(self.amounts)
+        return f"_{self.suite}_{self.register_id}_{self.receipt_id}_{self.issued_at}_{amounts}"
 
     def text(self) -> str:
         """The exact string that is signed: ``_`` + the fields joined by ``_``."""
-        return "_" + "_".join(self.fields())
+        return f"{self._front()}_{self.counter}_{self.cert_serial}_{self.chain}"
 
     @classmethod
     def parse(cls, text: str) -> Payload:
@@ -132,14 +125,10 @@ def qr_code(payload: Payload, signature: bytes) -> str:
 
 def ocr_code(payload: Payload, signature: bytes) -> str:
     """The OCR form: counter, chain and signature re-encoded in base32."""
-    fields = payload.fields()
-    fields[9] = _b64_to_b32(payload.counter)
-    fields[11] = _b64_to_b32(payload.chain)
-    return "_" + "_".join(fields) + "_" + b32(signature)
-
-
-def _b64_to_b32(value: str) -> str:
-    return b32(b64_decode(value))
+    counter, chain, signed = b32_each(
+        (b64_decode(payload.counter), b64_decode(payload.chain), signature)
+    )
+    return f"{payload._front()}_{counter}_{payload.cert_serial}_{chain}_{signed}"
 
 
 def chain_value(previous_jws: str | None, register_id: str) -> str:

@@ -27,7 +27,15 @@ from agent.at_rksv.counter import (
     decrypt_counter,
     encrypt_counter,
 )
-from agent.at_rksv.encoding import amount_to_cents, b32, b64, b64_decode, b64url, cents_to_amount
+from agent.at_rksv.encoding import (
+    amount_to_cents,
+    b32,
+    b32_each,
+    b64,
+    b64_decode,
+    b64url,
+    cents_to_amount,
+)
 from agent.at_rksv.payload import (
     FALLBACK_SIGNATURE,
     FALLBACK_TEXT,
@@ -190,6 +198,12 @@ class TestMiscKat:
     def test_base32_is_rfc4648(self, data: bytes) -> None:
         """The OCR form's own base32 gives what the standard library gives, padding included."""
         assert b32(data) == base64.b32encode(data).decode("ascii")
+
+    @given(st.lists(st.binary(max_size=80), max_size=4) | st.lists(st.binary(min_size=300)))
+    def test_base32_of_each_part_is_rfc4648(self, parts: list[bytes]) -> None:
+        """Parts converted together (the OCR form's three) each give their own base32,
+        also beyond the length of one conversion (320 bytes)."""
+        assert b32_each(parts) == [base64.b32encode(part).decode("ascii") for part in parts]
 
     def test_start_chaining_value(self) -> None:
         ((name, value),) = [(k, v) for k, v in KAT_MISC.items() if k.startswith("startChaining")]
