@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agent.at_rksv import FALLBACK_TEXT
+from agent.at_rksv import FALLBACK_TEXT, cents_to_amount
 from agent.contract import scaled
 
 if TYPE_CHECKING:  # receipt_view builds results with this module's notices
@@ -45,18 +45,27 @@ MARKED_STATES = frozenset({"fallback", "unsigned"})
 UNSIGNED_NOTICE = "Signatur ungewiss: wird geklärt"
 # the notices of unsigned receipts stored before, each as the last lines of the text
 _OLD_NOTICES = (("Signatur ungewiss:", "wird nachsigniert oder ersetzt"),)
-_VAT_LETTER = {"normal": "A", "reduced1": "B", "reduced2": "C", "zero": "D", "special": "E"}
-_VAT_LABEL = {  # in the order of the amounts (Amounts): A to E
-    "normal": "A 20%",
-    "reduced1": "B 10%",
-    "reduced2": "C 13%",
-    "zero": "D 0%",
-    "special": "E 19%/4,9%",
+_VAT_LETTER = {  # after an item's amount
+    "normal": " A",
+    "reduced1": " B",
+    "reduced2": " C",
+    "zero": " D",
+    "special": " E",
 }
-# percent of each class; `special` stands for two rates (19 %, 4,9 %): no net or tax for it
-_VAT_RATE = {"normal": 20, "reduced1": 10, "reduced2": 13, "zero": 0}
-_AMOUNT_WIDTH = 10  # a column of the rate table: 9 characters of amount and a space before
-_RATE_HEAD = f"{'MwSt':<12}{'Netto':>10}{'Steuer':>10}{'Brutto':>10}"
+# each class's label and percent, in the order of the amounts (Amounts): A to E; `special`
+# stands for two rates (19 %, 4,9 %): no net or tax for it
+_VAT_RATES = (
+    ("  A 20%", 20),
+    ("  B 10%", 10),
+    ("  C 13%", 13),
+    ("  D 0%", 0),
+    ("  E 19%/4,9%", None),
+)
+# a column of the rate table holds 9 characters of amount (and a space before): the cents
+# from -9999999 (-99999,99) to 99999999 (999999,99)
+_TABLE_AMOUNTS = range(-(10**7) + 1, 10**8)
+_RATE_ROW = "%-12s%10s%10s%10s"  # label, net, tax, gross
+_RATE_HEAD = _RATE_ROW % ("MwSt", "Netto", "Steuer", "Brutto")
 _TITLES = {
     "start": "STARTBELEG",
     "storno": "STORNOBUCHUNG",
@@ -99,11 +108,6 @@ def headings(kind: str, signature_state: str) -> frozenset[str]:
     if signature_state == "unsigned":
         lines.add(UNSIGNED_NOTICE)
     return frozenset(lines)
-
-
-def _money(cents: int) -> str:
-    sign = "-" if cents < 0 else ""
-    return f"{sign}{abs(cents) // 100},{abs(cents) % 100:02d}"
 
 
 def zero_width(char: str) -> bool:
@@ -154,40 +158,49 @@ def wrap(text: str, width: int = WIDTH) -> list[str]:
     return [*lines, text]
 
 
-def _pad(text: str, width: int) -> str:
-    return text + " " * (width - columns(text))
-
-
-def _pair(left: str, right: str) -> list[str]:
-    """``left`` with ``right`` flush right beside its last line; a left part too long
-    for one line is wrapped, and when its last line leaves no room, ``right`` gets a line
-    of its own."""
-    room = WIDTH - len(right) - 1
-    if columns(left) <= room:
-        return [f"{_pad(left, room)} {right}"]
+def _put(out: list[str], left: str, right: str) -> None:
+    """Append ``left`` with ``right`` flush right beside its last line to ``out``; a left
+    part too long for one line is wrapped, and when its last line leaves no room,
+    ``right`` gets a line of its own."""
+    gap = WIDTH - len(right) - columns(left)  # at least one space between the two
+    if gap > 0:
+        out.append(left + " " * gap + right)
+        return
     lines = wrap(left)
-    if columns(lines[-1]) > room:
+    gap = WIDTH - len(right) - columns(lines[-1])
+    if gap <= 0:
         lines.append("")
-    return [*lines[:-1], f"{_pad(lines[-1], room)} {right}"]
+        gap = max(WIDTH - len(right), 1)
+    lines[-1] += " " * gap + right
+    out += lines
 
 
-def _shown_quantity(qty: str, price: str, total: int) -> int:
-    """``qty`` (in thousandths) as printed beside ``price``: negated when ``total`` has the
-    other sign than quantity times price, as on a Storno (the voided line, its total
-    negated), so that the paper's quantity times price is the printed total."""
-    quantity = scaled(qty, 3)
-    product = quantity * scaled(price, 2)
+def _quantity_line(qty: str, price: str, total: int) -> str | None:
+    """An item's quantity times its unit price, ``None`` for one piece. The quantity is
+    negated when ``total`` has the other sign than quantity times price, as on a Storno
+    (the voided line, its total negated), so that the paper's quantity times price is the
+    printed total."""
+    # most items are one piece, of a price with the total's sign: no numbers needed
+    if qty == "1" and (total >= 0) != price.startswith("-"):
+        return None
+    quantity = scaled(qty, 3)  # thousandths
+    cents = scaled(price, 2)
+    product = quantity * cents
     if total and product and (total < 0) != (product < 0):
-        return -quantity
-    return quantity
+        quantity = -quantity
+    if quantity == 1000:
+        return None
+    return f"  {_quantity(quantity, len(qty.partition('.')[2]))} x {cents_to_amount(cents)}"
 
 
 def _quantity(thousandths: int, decimals: int) -> str:
     """A quantity in the Austrian form: decimal comma, no leading zeros, the ``decimals``
     the POS sent (a scale's "0.250" stays "0,250")."""
+    if not decimals:  # whole pieces
+        return str(thousandths // 1000)
     sign = "-" if thousandths < 0 else ""
     whole, frac = divmod(abs(thousandths), 1000)
-    return f"{sign}{whole}" + (f",{frac:03d}"[: decimals + 1] if decimals else "")
+    return f"{sign}{whole}" + f",{frac:03d}"[: decimals + 1]
 
 
 def _item_lines(facts: TextFacts) -> list[str]:
@@ -196,11 +209,10 @@ def _item_lines(facts: TextFacts) -> list[str]:
     (the signed amounts are the totals, which these do not change)."""
     out: list[str] = []
     for text, qty, price, vat, total in facts.lines:
-        shown = _shown_quantity(qty, price, total)
-        if shown != 1000:
-            decimals = len(qty.partition(".")[2])
-            out.append(f"  {_quantity(shown, decimals)} x {_money(scaled(price, 2))}")
-        out += _pair(text, f"{_money(total)} {_VAT_LETTER[vat]}")
+        quantity = _quantity_line(qty, price, total)
+        if quantity is not None:
+            out.append(quantity)
+        _put(out, text, cents_to_amount(total) + _VAT_LETTER[vat])
     return out
 
 
@@ -213,30 +225,30 @@ def vat_split(gross: int, rate: int) -> tuple[int, int]:
     return gross - tax, tax
 
 
-def _rate_lines(facts: TextFacts) -> list[str]:
+def _rate_lines(amounts: Amounts) -> list[str]:
     """Per VAT class with an amount, in the order A to E: its gross amount (§ 132a Abs 3
     BAO) and, where the rate is one, the net amount and the tax. A table while the amounts
     fit its columns; otherwise each amount on a line of its own."""
-    rows = []
-    for (vat, label), gross in zip(_VAT_LABEL.items(), facts.amounts, strict=True):
-        if gross:
-            rate = _VAT_RATE.get(vat)
-            split = None if rate is None else vat_split(gross, rate)
-            rows.append((f"  {label}", gross, split))
+    rows = [
+        (label, gross, None if rate is None else vat_split(gross, rate))
+        for (label, rate), gross in zip(_VAT_RATES, amounts, strict=True)
+        if gross
+    ]
     if not rows:
         return []
-    cells = [_money(amount) for _, g, split in rows for amount in (g, *(split or ()))]
-    if all(len(cell) < _AMOUNT_WIDTH for cell in cells):
+    # net and tax lie between 0 and the gross: where the grosses fit a column, all do
+    if min(amounts) in _TABLE_AMOUNTS and max(amounts) in _TABLE_AMOUNTS:
         out = [_RATE_HEAD]
-        for label, g, split in rows:
-            net, tax = ("", "") if split is None else (_money(split[0]), _money(split[1]))
-            out.append(f"{label:<12}{net:>10}{tax:>10}{_money(g):>10}")
+        for label, gross, split in rows:
+            net, tax = ("", "") if split is None else map(cents_to_amount, split)
+            out.append(_RATE_ROW % (label, net, tax, cents_to_amount(gross)))
         return out
     out = []
-    for label, g, split in rows:
-        out += _pair(f"{label} Brutto", _money(g))
+    for label, gross, split in rows:
+        _put(out, f"{label} Brutto", cents_to_amount(gross))
         if split is not None:
-            out += _pair("    Netto", _money(split[0])) + _pair("    Steuer", _money(split[1]))
+            _put(out, "    Netto", cents_to_amount(split[0]))
+            _put(out, "    Steuer", cents_to_amount(split[1]))
     return out
 
 
@@ -254,6 +266,8 @@ def _head(facts: TextFacts) -> list[str]:
         out.append(f"Storno zu Beleg {facts.voids_receipt_id}")
     if facts.replaces_receipt_id is not None:
         out.append(f"Ersatz für unsignierten Beleg {facts.replaces_receipt_id}")
+    if max(map(len, out)) <= WIDTH and "".join(out).isascii():  # nearly always: as it is
+        return out
     return [part for line in out for part in wrap(line)]
 
 
@@ -263,10 +277,10 @@ def render_lines(facts: TextFacts) -> list[str]:
     out.append("-" * WIDTH)
     out.extend(_item_lines(facts))
     out.append("-" * WIDTH)
-    out += _pair("SUMME EUR", _money(facts.total_cents))
+    _put(out, "SUMME EUR", cents_to_amount(sum(facts.amounts)))
     for method, amount in facts.payments:
-        out += _pair(f"  {method}", _money(amount))
-    out += _rate_lines(facts)
+        _put(out, f"  {method}", cents_to_amount(amount))
+    out += _rate_lines(facts.amounts)
     if facts.signature_state in MARKED_STATES:
         out.append(FALLBACK_TEXT)
     if facts.signature_state == "unsigned":

@@ -179,6 +179,43 @@ class TestAmountsPerRate:
         assert all(len(line) <= WIDTH for line in rates)
 
     @pytest.mark.parametrize(
+        ("amounts", "rates"),
+        [
+            (
+                (99_999_999, -9_999_999, 0, 0, 0),
+                [
+                    "MwSt             Netto    Steuer    Brutto",
+                    "  A 20%      833333,32 166666,67 999999,99",
+                    "  B 10%      -90909,08  -9090,91 -99999,99",
+                ],
+            ),
+            (
+                (-(10**7), 0, 0, 0, 0),
+                [
+                    "  A 20% Brutto                  -100000,00",
+                    "    Netto                        -83333,33",
+                    "    Steuer                       -16666,67",
+                ],
+            ),
+            (
+                (10**8, 0, 0, 0, 0),
+                [
+                    "  A 20% Brutto                  1000000,00",
+                    "    Netto                        833333,33",
+                    "    Steuer                       166666,67",
+                ],
+            ),
+        ],
+    )
+    def test_the_table_holds_amounts_of_nine_characters(
+        self, amounts: tuple[int, int, int, int, int], rates: list[str]
+    ) -> None:
+        """The largest and the smallest amounts of a column (999999,99 and -99999,99) stay
+        in the table; one more cent each way and every amount gets a line of its own."""
+        lines = render_lines(_facts(lines=[], amounts=amounts, payments=[]))
+        assert lines[-len(rates) :] == rates
+
+    @pytest.mark.parametrize(
         ("gross", "rate", "split"),
         [
             (1250, 20, (1042, 208)),  # 208,33
