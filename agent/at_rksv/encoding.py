@@ -27,9 +27,14 @@ __all__ = [
 AMOUNT_RE = re.compile(r"-?([1-9][0-9]*|0),[0-9][0-9]")
 
 
+# the encoders call binascii directly: what base64.b64encode and urlsafe_b64encode do,
+# without their layers, for the several encodings of every receipt
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def b64(data: bytes) -> str:
     """Standard base64 with ``=`` padding."""
-    return base64.b64encode(data).decode("ascii")
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def b64_decode(text: str) -> bytes:
@@ -42,7 +47,7 @@ def b64_decode(text: str) -> bytes:
 
 def b64url(data: bytes) -> str:
     """base64url without padding, as in a JWS compact serialization."""
-    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).decode("ascii").rstrip("=")
 
 
 _B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")

@@ -199,6 +199,12 @@ class TestMiscKat:
         """The OCR form's own base32 gives what the standard library gives, padding included."""
         assert b32(data) == base64.b32encode(data).decode("ascii")
 
+    @given(st.binary(max_size=80))
+    def test_base64_forms_are_the_standard_librarys(self, data: bytes) -> None:
+        """QR (base64) and JWS (base64url without padding) as the standard library has them."""
+        assert b64(data) == base64.b64encode(data).decode("ascii")
+        assert b64url(data) == base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
     @given(st.lists(st.binary(max_size=80), max_size=4) | st.lists(st.binary(min_size=300)))
     def test_base32_of_each_part_is_rfc4648(self, parts: list[bytes]) -> None:
         """Parts converted together (the OCR form's three) each give their own base32,
