@@ -9,9 +9,11 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import re
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -60,6 +62,10 @@ MUST_SIGN = frozenset({"start", "yearly", "sammelbeleg"})
 COUNTED = frozenset({"standard", "storno"})  # the kinds whose amounts the counter adds
 ZERO: Amounts = (0, 0, 0, 0, 0)
 _VATS = ("normal", "reduced1", "reduced2", "zero", "special")
+_json_str = encode_basestring  # a string as canonical JSON writes it (ensure_ascii=False)
+# in canonical JSON, the end of a key and only that: a quote that opens a string follows
+# [ , : or {, an escaped one a backslash, and none that closes a value is followed by ":"
+_KEY_END = re.compile(r'\w":')
 Line = tuple[str, str, str, str, int]  # text, qty, unit price, vat class, total cents
 
 
@@ -223,25 +229,65 @@ def stored_receipt(  # noqa: PLR0917 - partial() fixes the receipt, the signing 
     return stored, document
 
 
-def receipt_event(stored: Stored, document: dict[str, Any]) -> dict[str, Any]:
-    """The ``receipt.issued`` journal event of ``stored``, whose document is ``document``."""
-    return {
-        "number": stored.number,
-        "receipt_id": stored.receipt_id,
-        "kind": stored.kind,
-        "jws": stored.jws,
-        "signature_state": stored.state,
-        "unit_id": stored.unit_id,
-        "voids_number": stored.voids,
-        "request_id": stored.request_id,
-        "turnover_cents": stored.turnover,
-        "issued_at": stored.issued_at,
-        "amounts": list(stored.amounts),
-        # the sale itself; the printed text is derivable and only its hash is journaled
-        "lines": document["lines"],
-        "payments": document["payments"],
-        "document_sha256": hashlib.sha256(stored.document.encode()).hexdigest(),
-    }
+def receipt_event(stored: Stored) -> str:
+    """The data of ``stored``'s ``receipt.issued`` journal event, in canonical JSON.
+
+    Built as text, keys in sorted order: the JSON encoder's setup costs more than the
+    event (tests/agent/test_receipt_records.py pins it to ``canonical_json`` of the event's
+    mapping). The sale itself (lines, payments) is taken from the document, which is
+    canonical too; the printed text is derivable and only its hash is journaled.
+    """
+    document = stored.document
+    voids = stored.voids
+    request_id = stored.request_id
+    return "".join(
+        [
+            '{"amounts":[',
+            ",".join(map(str, stored.amounts)),
+            '],"document_sha256":"',
+            hashlib.sha256(document.encode()).hexdigest(),
+            '","issued_at":',
+            _json_str(stored.issued_at),
+            ',"jws":',
+            _json_str(stored.jws),
+            ',"kind":',
+            _json_str(stored.kind),
+            ',"lines":',
+            _value_text(document, "lines"),
+            ',"number":',
+            str(stored.number),
+            ',"payments":',
+            _value_text(document, "payments"),
+            ',"receipt_id":',
+            _json_str(stored.receipt_id),
+            ',"request_id":',
+            "null" if request_id is None else _json_str(request_id),
+            ',"signature_state":',
+            _json_str(stored.state),
+            ',"turnover_cents":',
+            str(stored.turnover),
+            ',"unit_id":',
+            _json_str(stored.unit_id),
+            ',"voids_number":',
+            "null" if voids is None else str(voids),
+            "}",
+        ]
+    )
+
+
+def _value_text(document: str, key: str) -> str:
+    """The text of ``key``'s value in ``document``, a canonical JSON object with no object
+    inside, and a key after ``key``.
+
+    In a string a quote is escaped, so ``"key":`` is found only as the key, and
+    :data:`_KEY_END` next at the end of the following key; the last ``,"`` before that ends
+    the value.
+    """
+    start = document.index(f'"{key}":') + len(key) + 3
+    after = _KEY_END.search(document, start)
+    if after is None:
+        raise ValueError(f"the document has no key after {key!r}")
+    return document[start : document.rindex(',"', start, after.end())]
 
 
 def _document(register_id: str, draft: Draft, payload: Payload, state: str) -> dict[str, Any]:

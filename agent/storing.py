@@ -17,7 +17,7 @@ from agent.outages import OutageBook
 from agent.receipt_records import MUST_SIGN, Stored, receipt_event
 from agent.remedy import supersede_lost
 from agent.waiting import record_waiting
-from storage.journal import append_event
+from storage.journal import append_encoded
 
 __all__ = ["store_receipt"]
 
@@ -49,12 +49,12 @@ def store_receipt(
     """Insert the receipt (``document``: its document, parsed) and its journal event; move
     the register on to it and settle what it settles (``outages``: the book of the
     transaction's outages)."""
-    seq = append_event(
+    seq = append_encoded(
         conn,
         kind="receipt.issued",
         register_id=stored.register_id,
+        body=receipt_event(stored),
         at=at.isoformat(),
-        data=receipt_event(stored, document),
     )
     conn.execute(
         _INSERT_RECEIPT,

@@ -20,6 +20,7 @@ from storage.models import JOURNAL
 __all__ = [
     "GENESIS",
     "Event",
+    "append_encoded",
     "append_event",
     "canonical_json",
     "event_hash",
@@ -59,9 +60,23 @@ def append_event(
     at: str,
 ) -> int:
     """Append one event inside the caller's open write transaction; return its sequence."""
+    return append_encoded(
+        conn, kind=kind, register_id=register_id, body=canonical_json(data), at=at
+    )
+
+
+def append_encoded(
+    conn: sqlite3.Connection,
+    *,
+    kind: str,
+    register_id: str | None,
+    body: str,
+    at: str,
+) -> int:
+    """:func:`append_event` for data already in its canonical JSON form ``body`` (the
+    receipt's event, built as text: :func:`agent.receipt_records.receipt_event`)."""
     last = conn.execute("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
     seq, prev = (1, GENESIS) if last is None else (int(last[0]) + 1, str(last[1]))
-    body = canonical_json(data)
     digest = event_hash(seq, at, register_id, kind, body, prev)
     conn.execute(
         "INSERT INTO journal (seq, at, register_id, kind, data, prev_hash, hash)"
