@@ -123,7 +123,8 @@ def receipt_date(reg: sqlite3.Row, draft: Draft, now: dt.datetime) -> str:
 
 def local_stamp(now: dt.datetime, timezone: str) -> str:
     """Field 4 of a receipt: ``now`` as local time of ``timezone``, whole seconds."""
-    return now.astimezone(_zone(timezone)).replace(tzinfo=None, microsecond=0).isoformat()
+    # its first 19 characters (the year has 4 digits): no replace(), a new datetime
+    return now.astimezone(_zone(timezone)).isoformat()[:19]
 
 
 def counter_field(reg: sqlite3.Row, kind: str, receipt_id: str, turnover: int) -> str:
@@ -147,6 +148,7 @@ def counter_field(reg: sqlite3.Row, kind: str, receipt_id: str, turnover: int) -
     return encrypt_counter(key, reg["id"], receipt_id, turnover, reg["counter_bytes"])
 
 
+@functools.cache  # per receipt: 5 to 16 bytes, two powers each
 def _counter_limits(size: int) -> tuple[int, int]:
     """The smallest and the largest turnover, in cents, a ``size``-byte counter holds
     (big-endian two's complement, rksv.md 3)."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.receipt_records import Stored, receipt_event
+from agent.receipt_records import Stored, local_stamp, receipt_event
 from storage.canonical import canonical_json
 
 # every character class JSON escapes or keeps: quotes, backslashes, controls, umlauts, and
@@ -91,3 +93,12 @@ def test_receipt_event_of_a_sale() -> None:
         960, "a.b.c", "signed", "u1", None, canonical_json(document),
     )  # fmt: skip
     assert receipt_event(stored) == canonical_json(_event_mapping(stored, document))
+
+
+@given(
+    now=st.datetimes(dt.datetime(1, 1, 2), dt.datetime(9999, 12, 30), timezones=st.just(dt.UTC)),
+    zone=st.sampled_from(["Europe/Vienna", "UTC", "America/St_Johns", "Asia/Kathmandu"]),
+)
+def test_local_stamp_is_the_local_time_in_whole_seconds(now: dt.datetime, zone: str) -> None:
+    local = now.astimezone(ZoneInfo(zone))
+    assert local_stamp(now, zone) == local.replace(tzinfo=None, microsecond=0).isoformat()
