@@ -9,7 +9,6 @@ import datetime as dt
 import functools
 import hashlib
 import json
-import re
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,9 +62,7 @@ COUNTED = frozenset({"standard", "storno"})  # the kinds whose amounts the count
 ZERO: Amounts = (0, 0, 0, 0, 0)
 _VATS = ("normal", "reduced1", "reduced2", "zero", "special")
 _json_str = encode_basestring  # a string as canonical JSON writes it (ensure_ascii=False)
-# in canonical JSON, the end of a key and only that: a quote that opens a string follows
-# [ , : or {, an escaped one a backslash, and none that closes a value is followed by ":"
-_KEY_END = re.compile(r'\w":')
+_NOT_A_KEY = frozenset("\\[,:{")  # what comes before a quote that does not close a key
 Line = tuple[str, str, str, str, int]  # text, qty, unit price, vat class, total cents
 
 
@@ -281,15 +278,15 @@ def _value_text(document: str, key: str) -> str:
     """The text of ``key``'s value in ``document``, a canonical JSON object with no object
     inside, and a key after ``key``.
 
-    In a string a quote is escaped, so ``"key":`` is found only as the key, and
-    :data:`_KEY_END` next at the end of the following key; the last ``,"`` before that ends
-    the value.
+    In a string a quote is escaped, so ``"key":`` is found only as the key. A ``":`` is the
+    end of a key unless its quote opens a string (after ``[``, ``,``, ``:`` or ``{``) or is
+    escaped (after a backslash); the last ``,"`` before the next key's end ends the value.
     """
     start = document.index(f'"{key}":') + len(key) + 3
-    after = _KEY_END.search(document, start)
-    if after is None:
-        raise ValueError(f"the document has no key after {key!r}")
-    return document[start : document.rindex(',"', start, after.end())]
+    end = document.index('":', start)
+    while document[end - 1] in _NOT_A_KEY:  # a string that holds or begins with ":
+        end = document.index('":', end + 1)
+    return document[start : document.rindex(',"', start, end)]
 
 
 def _document(register_id: str, draft: Draft, payload: Payload, state: str) -> dict[str, Any]:

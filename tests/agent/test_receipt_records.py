@@ -85,7 +85,7 @@ def test_receipt_event_of_a_sale() -> None:
     document = {
         "cashier": "Jürgen",
         "lines": [['Käse "alt"', "1,5", "3.20", "reduced1", 480]],
-        "payments": [["cash", 480]],
+        "payments": [[':"x":', 240], ["cash", 240]],  # a ": that ends no key
         "text": ["Kasse K1"],
     }
     stored = Stored(
