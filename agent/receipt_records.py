@@ -66,9 +66,9 @@ _NOT_A_KEY = frozenset("\\[,:{")  # what comes before a quote that does not clos
 Line = tuple[str, str, str, str, int]  # text, qty, unit price, vat class, total cents
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: its __init__ would set each field by object.__setattr__
 class Draft:
-    """A receipt before it has a number: everything the caller decides."""
+    """A receipt before it has a number: everything the caller decides (nothing changes it)."""
 
     register_id: str
     kind: str
