@@ -394,3 +394,40 @@ class TestOnePieceAlone:
             durable.group.run(orphan(1))
         assert not isinstance(raised.value, PartlyCommitted)
         assert durable.stored() == []
+
+    @pytest.mark.parametrize(
+        "scenario", ["result", "refused", "fails", "partly", "refused_after_commit"]
+    )
+    def test_a_caller_alone_is_answered_as_a_queued_group_of_one(
+        self, tmp_path: Path, scenario: str
+    ) -> None:
+        """A caller that finds the writer free runs its work without queueing a slot: its
+        answer and what is stored are those of the same work queued behind a busy writer."""
+
+        def work(durable: Durable) -> Callable[[sqlite3.Connection], int]:
+            return {
+                "result": insert(1),
+                "refused": insert(5),
+                "fails": orphan(1),
+                "partly": early(durable, 1, then_fail=True),
+                "refused_after_commit": early(durable, 1, then_refuse=True),
+            }[scenario]
+
+        answers, stored = [], []
+        for route in ("alone", "queued"):
+            durable = Durable(tmp_path / f"{route}.sqlite3")
+            try:
+                if route == "queued":
+                    answer = durable.one_group([work(durable)])[0]
+                else:
+                    try:
+                        answer = durable.group.run(work(durable))
+                    except Exception as exc:  # the answer under test
+                        answer = exc
+                answers.append(answer if isinstance(answer, int) else repr(answer))
+                stored.append(durable.stored())
+                assert durable.group.run(insert(7)) == 7  # the lead was handed back
+            finally:
+                durable.close()
+        assert answers[0] == answers[1]
+        assert stored[0] == stored[1]
