@@ -205,7 +205,9 @@ class JumpWatch:
             last_boot, last_wall = self._last
             self._last = (boot, wall)
             delta = (wall - last_wall).total_seconds() - (boot - last_boot)
-            jumps = tuple(j for j in self._jumps if boot - j.boot < self.settle_s)
+            jumps = self._jumps
+            if jumps:  # (mostly none: no generator at every sale's look)
+                jumps = tuple(j for j in jumps if boot - j.boot < self.settle_s)
             if delta < -self.tolerance_s:
                 jumps = tuple(_capped(j, wall) for j in jumps if j.before < wall)
             elif delta >= self.settle_s:  # (a smaller step moves a closing by less than

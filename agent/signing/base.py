@@ -295,17 +295,18 @@ def sign_verified(unit: SignatureUnit, data: bytes, *, timeout: float) -> bytes:
         UnitUnavailable: the unit failed or missed the deadline.
         InvalidSignature: the unit answered with a value that does not verify.
     """
+    identity = unit.identity
     deadline = time.monotonic() + timeout
     try:
         signature = unit.sign(data, deadline=deadline)
     except (UnitUnavailable, OutcomeUnknown):
         raise
     except Exception as exc:
-        raise UnitUnavailable(f"unit {unit.identity.unit_id}: {exc}") from exc
+        raise UnitUnavailable(f"unit {identity.unit_id}: {exc}") from exc
     # a late answer of a local unit is dropped (nothing remembers it); a chain service
     # keeps what it signed, so its late but valid answer is the receipt's signature
     if time.monotonic() > deadline and not unit.capabilities.keeps_chain:
-        raise UnitUnavailable(f"unit {unit.identity.unit_id}: answered after the deadline")
-    if not verify_rs(unit.identity.public_key(), data, signature):
-        raise InvalidSignature(f"unit {unit.identity.unit_id} returned an invalid signature")
+        raise UnitUnavailable(f"unit {identity.unit_id}: answered after the deadline")
+    if not verify_rs(identity.public_key(), data, signature):
+        raise InvalidSignature(f"unit {identity.unit_id} returned an invalid signature")
     return signature

@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 _ECDSA = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
+_CAPABILITIES = Capabilities()  # asked at every receipt: one immutable value, made once
 
 
 class SoftwareUnit:
@@ -78,7 +79,7 @@ class SoftwareUnit:
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities()
+        return _CAPABILITIES
 
     def sign(self, data: bytes, *, deadline: float) -> bytes:
         try:
