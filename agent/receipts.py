@@ -228,7 +228,11 @@ class ReceiptService:
         checks = _CLOSING_CHECKS if self._closings_first else 0
 
         def work(conn: sqlite3.Connection) -> Issued:
-            stored = _by_request(conn, register_id, parsed.request_id)
+            # one query for the register and whether the request has its receipt already
+            reg = conn.execute(_SALE_REGISTER, (register_id, parsed.request_id)).fetchone()
+            stored = None
+            if reg is None or reg["request_receipt"] is not None:
+                stored = _by_request(conn, register_id, parsed.request_id)
             if stored is not None:
                 if not (same_sale(stored["sale_hash"], parsed) or _zero_asked(stored, parsed)):
                     raise InvalidSale(
@@ -243,7 +247,8 @@ class ReceiptService:
             due_at = self._closing_due.get(register_id)
             if checks and due_at is not None and self.clock.now() >= due_at:
                 raise _ClosingDue(register_id)  # it fell due while this sale waited
-            reg = open_register(conn, register_id)
+            if reg is None or reg["state"] != "active":
+                reg = open_register(conn, register_id)  # refuses it as it refuses the sale
             draft = draft_for_sale(conn, reg, parsed, sale_hash)
             return Issued(self._issuing.issue_in(conn, reg, draft), created=True)
 
@@ -629,6 +634,12 @@ PROBE_TARGETS = (
     " WHERE r.signature_state = 'unsigned' AND x.number IS NULL"
 )
 _CLOSING_ROW = "SELECT id, state, timezone, created_at, last_closing FROM registers"
+# a sale's register row (as open_register reads it) and the id of the receipt already
+# issued for its request_id (NULL: none), read together: the sale path's first query
+_SALE_REGISTER = (
+    "SELECT *, (SELECT id FROM receipts WHERE register_id = ?1 AND request_id = ?2)"
+    " AS request_receipt FROM registers WHERE id = ?1"
+)
 _NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
