@@ -14,6 +14,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import TracebackType
 
 from sqlalchemy import Engine
 
@@ -53,8 +54,7 @@ class WriteConnection:
         self.durable_buckets = [0] * (len(COMMIT_BUCKETS_S) + 1)
         self.durable_seconds = 0.0
 
-    @contextmanager
-    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = True) -> _Transaction:
         """One write transaction; commits (fsync with synchronous=FULL) or rolls back.
 
         ``durable=False`` is for bookkeeping that may be lost with power (never a receipt
@@ -65,36 +65,7 @@ class WriteConnection:
         Nested use from the same thread joins the outer transaction; a durable one cannot
         join a transaction that is not.
         """
-        with self._lock:
-            if self._depth:
-                if durable and not self._durable:
-                    raise StorageError("a durable write cannot join a non-durable transaction")
-                self._depth += 1
-                try:
-                    yield self._conn
-                finally:
-                    self._depth -= 1
-                return
-            if not durable:  # the level cannot change inside a transaction
-                self._conn.execute(f"PRAGMA synchronous={min(1, self._synchronous)}")
-            try:
-                self._begin()
-                self._depth, self._durable = 1, durable
-                try:
-                    yield self._conn
-                except BaseException as exc:
-                    self._depth = 0
-                    self._savepoints.clear()
-                    self._rollback()
-                    if isinstance(exc, sqlite3.Error) and (failure := storage_failure(exc)):
-                        raise StorageError(failure + NOTHING_STORED) from exc
-                    raise
-                self._depth = 0
-                self._commit()
-            finally:
-                if not durable:
-                    self._conn.execute(f"PRAGMA synchronous={self._synchronous}")
-                self._durable = True
+        return _Transaction(self, durable)
 
     @contextmanager
     def savepoint(self, name: str) -> Iterator[sqlite3.Connection]:
@@ -159,6 +130,72 @@ class WriteConnection:
     def close(self) -> None:
         with self._lock:
             self._pooled.close()
+
+
+class _Transaction:
+    """The block of :meth:`WriteConnection.transaction`, holding the writer's lock from
+    ``__enter__`` to ``__exit__`` (a class, not a generator: the receipt path opens one per
+    receipt, and a generator's context manager costs three times as much)."""
+
+    __slots__ = ("_durable", "_joined", "_writer")
+
+    def __init__(self, writer: WriteConnection, durable: bool) -> None:
+        self._writer = writer
+        self._durable = durable
+        self._joined = False
+
+    def __enter__(self) -> sqlite3.Connection:
+        writer, durable = self._writer, self._durable
+        writer._lock.acquire()
+        try:
+            if writer._depth:
+                if durable and not writer._durable:
+                    raise StorageError("a durable write cannot join a non-durable transaction")
+                writer._depth += 1
+                self._joined = True
+                return writer._conn
+            if not durable:  # the level cannot change inside a transaction
+                writer._conn.execute(f"PRAGMA synchronous={min(1, writer._synchronous)}")
+            try:
+                writer._begin()
+            except BaseException:
+                self._restore_level()
+                raise
+            writer._depth, writer._durable = 1, durable
+            return writer._conn
+        except BaseException:
+            writer._lock.release()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        writer = self._writer
+        try:
+            if self._joined:
+                writer._depth -= 1
+                return
+            try:
+                writer._depth = 0
+                if exc is None:
+                    writer._commit()
+                    return
+                writer._savepoints.clear()
+                writer._rollback()
+                if isinstance(exc, sqlite3.Error) and (failure := storage_failure(exc)):
+                    raise StorageError(failure + NOTHING_STORED) from exc
+            finally:
+                self._restore_level()
+        finally:
+            writer._lock.release()
+
+    def _restore_level(self) -> None:
+        if not self._durable:
+            self._writer._conn.execute(f"PRAGMA synchronous={self._writer._synchronous}")
+        self._writer._durable = True
 
 
 # primary result codes where the database failed, not the statement (sqlite.org/rescode.html)

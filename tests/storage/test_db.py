@@ -150,6 +150,53 @@ class TestBegin:
         with db.engine.connect() as reader:
             assert reader.execute(text("SELECT count(*) FROM t")).scalar() == 1
 
+    def test_every_way_out_of_a_write_transaction_frees_the_writer(self, db: TillDB) -> None:
+        """A commit, a failure, a refused join and a failed BEGIN each leave the writer free
+        for another thread, with nothing open and the durable level back."""
+        writer = db.write_connection()
+        with writer.transaction() as conn:
+            conn.execute("CREATE TABLE t (v INTEGER)")
+
+        def another_thread_writes() -> None:
+            done: list[bool] = []
+
+            def write() -> None:
+                with writer.transaction() as conn:
+                    conn.execute("INSERT INTO t VALUES (0)")
+                done.append(True)
+
+            thread = threading.Thread(target=write)
+            thread.start()
+            thread.join(10)
+            assert done == [True]
+            assert not writer._conn.in_transaction
+            assert int(writer._conn.execute("PRAGMA synchronous").fetchone()[0]) == 2
+
+        another_thread_writes()
+
+        def fails() -> None:
+            with writer.transaction(durable=False) as conn:
+                conn.execute("INSERT INTO t VALUES (1)")
+                raise RuntimeError("the block fails")
+
+        with pytest.raises(RuntimeError):
+            fails()
+        another_thread_writes()
+        with (
+            pytest.raises(StorageError, match="durable"),
+            writer.transaction(durable=False),
+            writer.transaction(),
+        ):
+            pass  # pragma: no cover - refused on entry
+        another_thread_writes()
+        writer._conn.execute("BEGIN")  # BEGIN IMMEDIATE then fails: one is open already
+        with pytest.raises(StorageError, match="cannot start"), writer.transaction():
+            pass  # pragma: no cover - refused on entry
+        writer._conn.execute("ROLLBACK")
+        another_thread_writes()
+        with db.engine.connect() as reader:
+            assert reader.execute(text("SELECT v FROM t")).scalars().all() == [0, 0, 0, 0]
+
     def test_commit_so_far_makes_the_work_durable_and_keeps_the_savepoints(
         self, db: TillDB
     ) -> None:
