@@ -124,6 +124,8 @@ class OutageBook:
         """Keep (after COMMIT) or undo (after ROLLBACK) the in-memory changes of a txn;
         log the outages it opened and closed only if it committed."""
         with self._lock:
+            if not (self._pending or self._news or self._escalations or self._pending_reasons):
+                return  # (most transactions: no list to swap at each receipt)
             pending, self._pending = self._pending, []
             news, self._news = self._news, []
             escalations, self._escalations = self._escalations, []
