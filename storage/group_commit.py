@@ -5,7 +5,9 @@ connection). The caller that finds nobody leading becomes the leader: it takes t
 writer, runs every piece queued so far in one transaction, each in its own savepoint
 when there are several (a refused piece is rolled back alone), commits once and hands
 each caller its result. The others wait on their own slot until a leader has committed
-their work, or hands one of them the lead. Nothing is returned before the commit.
+their work, or hands one of them the lead. A caller that finds nobody leading and the
+writer free (one POS) runs its work at once, as a group of one. Nothing is returned
+before the commit.
 
 A piece may commit the group so far itself (``commit_so_far``, e.g. a chain unit's
 signing intent): the pieces before it are durable then, and are answered with their
