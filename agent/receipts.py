@@ -96,7 +96,9 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen (nothing hashes or changes it): one per receipt, and a frozen __init__ sets
+# each field through object.__setattr__, about four times slower
+@dataclass(slots=True)
 class Issued:
     """A receipt for a sale, and whether this call created it (``False``: a repeat)."""
 
