@@ -24,7 +24,8 @@ import functools
 import json
 import sqlite3
 import threading
-from types import TracebackType
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from agent.at_rksv import Payload, cents_to_amount, chain_value, signing_input
@@ -110,7 +111,8 @@ class Issuing:
         with self.transaction(settle_now=False):  # what a process that died left
             pass
 
-    def transaction(self, *, settle_now: bool = True) -> _Transaction:
+    @contextmanager
+    def transaction(self, *, settle_now: bool = True) -> Iterator[sqlite3.Connection]:
         """A write transaction whose in-memory outage changes follow its fate.
 
         It first stores what an earlier one left behind
@@ -118,29 +120,31 @@ class Issuing:
         receipt met (a Jahresbeleg that waits: DESIGN.md invariant 4); after a refusal
         (``settle_now``) that happens at once, in a transaction of its own.
         """
-        return _Transaction(self, settle_now)
-
-    def _committed(self) -> None:
-        """A transaction committed: its in-memory changes stand."""
-        self.outages.settle(committed=True)
-        self.issued.settle(committed=True)
-        self._signing.intent_unsettled = False
-        self._signing.refused_outage = None  # opened, and now committed
-
-    def _failed(self, exc: BaseException, settle_now: bool) -> None:
-        """A transaction failed with ``exc``: its in-memory changes are undone, and what
-        the next one would settle first is settled now (``settle_now``)."""
-        self.outages.settle(committed=False)
-        self.issued.settle(committed=False)
-        unsettled = self._signing.intent_unsettled
-        unsettled |= self._signing.refused_outage is not None
-        if settle_now and unsettled and isinstance(exc, FiscalError):
-            # e.g. a Schlussbeleg that now waits; if this fails, the next write retries
-            with (
-                contextlib.suppress(FiscalError, StorageError),
-                self.transaction(settle_now=False),
-            ):
-                pass
+        with self.lock:  # settle() must see only this transaction's outage changes
+            try:
+                with self.writer.transaction() as conn:
+                    if self._signing.intent_unsettled:
+                        store_interrupted(self, conn)
+                    self._signing.open_refused_outage(conn)
+                    yield conn
+                    self._signing.open_refused_outage(conn)  # a refusal the caller went past
+            except BaseException as exc:
+                self.outages.settle(committed=False)
+                self.issued.settle(committed=False)
+                unsettled = self._signing.intent_unsettled
+                unsettled |= self._signing.refused_outage is not None
+                if settle_now and unsettled and isinstance(exc, FiscalError):
+                    # e.g. a Schlussbeleg that now waits; if this fails, the next write retries
+                    with (
+                        contextlib.suppress(FiscalError, StorageError),
+                        self.transaction(settle_now=False),
+                    ):
+                        pass
+                raise
+            self.outages.settle(committed=True)
+            self.issued.settle(committed=True)
+            self._signing.intent_unsettled = False
+            self._signing.refused_outage = None  # opened, and now committed
 
     def stamp_now(self, timezone: str) -> str:
         """Now, as a receipt of a register in ``timezone`` is dated (field 4)."""
@@ -335,65 +339,3 @@ class Issuing:
                 position = json.loads(sent).get("unit_position")
                 return self.units.get(conn, start_unit(setup_from_json(sent), position))
             return self.units.get(conn, row[0])
-
-
-class _Transaction:
-    """The block of :meth:`Issuing.transaction`: holds the issuing lock and the write
-    connection's transaction from ``__enter__`` to ``__exit__`` (a class, not a generator:
-    every receipt opens one)."""
-
-    __slots__ = ("_conn", "_issuing", "_settle_now", "_write")
-
-    def __init__(self, issuing: Issuing, settle_now: bool) -> None:
-        self._issuing = issuing
-        self._settle_now = settle_now
-
-    def __enter__(self) -> sqlite3.Connection:
-        issuing = self._issuing
-        issuing.lock.acquire()  # settle() must see only this transaction's outage changes
-        try:
-            self._write = write = issuing.writer.transaction()
-            conn = write.__enter__()
-            try:
-                if issuing._signing.intent_unsettled:
-                    store_interrupted(issuing, conn)
-                issuing._signing.open_refused_outage(conn)
-            except BaseException as exc:
-                write.__exit__(type(exc), exc, exc.__traceback__)  # (may raise its own)
-                raise
-        except BaseException as exc:
-            try:
-                issuing._failed(exc, self._settle_now)
-            finally:
-                issuing.lock.release()
-            raise
-        self._conn = conn
-        return conn
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        issuing, write = self._issuing, self._write
-        try:
-            try:
-                if exc is None:
-                    try:  # a refusal the caller went past
-                        issuing._signing.open_refused_outage(self._conn)
-                    except BaseException as failure:
-                        write.__exit__(type(failure), failure, failure.__traceback__)
-                        raise
-                    write.__exit__(None, None, None)  # the COMMIT
-                else:
-                    write.__exit__(exc_type, exc, traceback)  # (may raise its own)
-            except BaseException as failure:
-                issuing._failed(failure, self._settle_now)
-                raise
-            if exc is not None:
-                issuing._failed(exc, self._settle_now)  # and exc goes on
-            else:
-                issuing._committed()
-        finally:
-            issuing.lock.release()
