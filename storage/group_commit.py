@@ -126,64 +126,41 @@ class GroupCommit(Generic[T]):
             whatever ``work`` raised, or what failed the group's transaction (then
             nothing of ``work`` was committed).
         """
-        if self._lead_alone():
+        slot: _Slot[T] = _Slot(work)
+        if self._lead_alone():  # a group of one, with nobody to queue behind or wake
             try:
-                return self._run_own(work)
+                self._run_slots([slot])
             finally:
                 self._writer.release()
                 with self._queue_lock:
                     self._pass_lead()
-        slot: _Slot[T] = _Slot(work)
-        try:
-            with self._queue_lock:
-                self._queue.append(slot)
-                follow, self._leading = self._leading, True
-                slot.lead = not follow
-            if follow:
-                slot.wake.acquire()  # done by a leader, or the lead is handed to us
-            if not slot.done:
-                self._lead()
-        except BaseException:  # interrupted (a signal in the main thread) while queued
-            self._abandon(slot)
-            raise
+        else:
+            try:
+                with self._queue_lock:
+                    self._queue.append(slot)
+                    follow, self._leading = self._leading, True
+                    slot.lead = not follow
+                if follow:
+                    slot.wake.acquire()  # done by a leader, or the lead is handed to us
+                if not slot.done:
+                    self._lead()
+            except BaseException:  # interrupted (a signal in the main thread) while queued
+                self._abandon(slot)
+                raise
         if slot.error is not None:
             raise slot.error
         return cast(T, slot.result)  # set by the group, and None only when work returned it
 
     def _lead_alone(self) -> bool:
         """Take the lead and the writer when nobody leads and the writer is free (the
-        common till: one POS): the caller then runs its work alone, with no slot to queue
-        and wake. Callers that come meanwhile queue for the next group, as they would
-        behind a group that has started."""
+        common till: one POS): the caller then runs its work as a group of one, without
+        queueing its slot and waiting to be woken. Callers that come meanwhile queue for
+        the next group, as they would behind a group that has started."""
         with self._queue_lock:
             if self._leading or not self._writer.acquire(blocking=False):
                 return False
             self._leading = True
             return True
-
-    def _run_own(self, work: Work[T]) -> T:
-        """Run ``work`` as a group of its own and answer as :meth:`_run_group` and
-        :func:`_fail` answer a group of one: its refusal stays its answer, and a failure
-        after it committed the group so far is :class:`PartlyCommitted`."""
-        refusal: Exception | None = None
-        committed = False
-        try:
-            with self._transaction() as conn:
-                before = self._commits()
-                try:
-                    return work(conn)
-                except self._contained as exc:
-                    refusal = exc
-                    raise
-                finally:
-                    committed = self._commits() != before
-        except BaseException as exc:  # raised below, outside this handler, as a slot's
-            failure = exc
-        if refusal is not None:
-            raise refusal
-        if committed and isinstance(failure, Exception):
-            raise PartlyCommitted(failure)
-        raise failure
 
     def _lead(self) -> None:
         """Run one group, then hand the lead to the first caller queued meanwhile.
@@ -222,6 +199,10 @@ class GroupCommit(Generic[T]):
     def _run_group(self) -> None:
         with self._queue_lock:
             group, self._queue = self._queue, []
+        self._run_slots(group)
+
+    def _run_slots(self, group: list[_Slot[T]]) -> None:
+        """Run ``group`` in one transaction and answer each of its slots."""
         try:
             with self._transaction() as conn:
                 for slot in group:
