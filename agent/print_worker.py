@@ -9,9 +9,13 @@ at INFO); the receipts keep coming meanwhile. Without a printer (kind ``none``) 
 status says ``disabled`` and a reprint is refused. After a crash, receipts that have no
 job yet are found by a scan and printed then. Every job, original or copy, starts with
 the configured header (the business's name, ``[printer] header``); the stored receipt
-does not carry it. An ``unsigned`` receipt prints as it stands when it prints: one
-remedied before its job was made, or while its job (original or copy) waited for the
-printer, says what became of it, not the promise its stored text ends with.
+does not carry it. The jobs of one receipt print in order, the original first, then the
+copies by number, also when a copy was asked for before the worker reached the receipt,
+across a restart and after a failed attempt (see :mod:`agent.printing.jobs`); the jobs of
+different receipts keep the order they were queued in. An ``unsigned`` receipt prints as
+it stands when it prints: one remedied before its job was made, or while its job
+(original or copy) waited for the printer, says what became of it, not the promise its
+stored text ends with.
 
 A job the printer took is sent once per process: if recording it as printed fails (a
 locked, full or read-only database), only the record is retried, with backoff, and
@@ -236,7 +240,7 @@ class PrintWorker:
         state = "skipped" if drop else "queued"
         with self.service.db.write_connection().transaction(durable=False) as conn:
             for reg, number, data in jobs:
-                print_jobs.add_job(conn, reg, number, 0, data, state)
+                print_jobs.add_original(conn, reg, number, data, state)
         for reg, number, _ in jobs:
             self._cursor[reg] = number
 
@@ -249,7 +253,8 @@ class PrintWorker:
 
     def _send_queued(self, deadline: float) -> int:
         """Send the open jobs in order until one fails, its record cannot be stored, the
-        pass is past ``deadline`` (after the first job) or the worker stops."""
+        pass is past ``deadline`` (after the first job) or the worker stops; a copy whose
+        original (or an earlier copy) is still to come waits for a later pass."""
         if time.monotonic() < self._next_try:
             return 0
         with self.service.db.read_connection() as conn:
@@ -259,8 +264,11 @@ class PrintWorker:
                 if job["id"] not in self._sent  # taken by the printer: never sent again
             ]
             unsigned = print_jobs.of_unsigned(conn, jobs)
+            held = print_jobs.held_copies(conn, jobs, self._cursor)
         printed = 0
         for job in jobs:
+            if job["id"] in held:  # a copy waits for its original (or an earlier copy)
+                continue
             # the rest in the next pass: one job at least, none once the worker stops
             if self._stopping.is_set() or (printed and time.monotonic() >= deadline):
                 self._more = True
@@ -366,6 +374,12 @@ class PrintWorker:
 
     def reprint(self, register_id: str, number: int) -> int:
         """Queue a copy (marked as such) of a printed or unprinted receipt; its copy number.
+
+        The copy prints after the receipt's original and its earlier copies. One asked for
+        while the original has not printed yet (the printer is off, or the worker has not
+        reached the receipt) is queued all the same and prints after it: the caller asked
+        for one more paper and is answered with its copy number; whether the customer
+        still wants it once the original comes out, only the cashier knows.
 
         The copy is rendered from the stored receipt as it stands now (an unsigned one
         says how it was remedied), with today's header and printer options: a printed job

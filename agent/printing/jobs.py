@@ -9,13 +9,19 @@ is rendered again from the stored receipt. The worker finds the open jobs throug
 :data:`QUEUED_PRINTS` (the status's count) repeat its WHERE word for word, as SQLite uses a
 partial index only then. The receipts without a job are found through the unique
 (register, number, copy).
+
+The jobs of one receipt print in order, the original first, then the copies by number:
+an original added after copies of its receipt were queued (a reprint asked for before
+the worker reached the receipt) takes their place and they move behind it
+(:func:`add_original`), and the worker holds back a copy whose original is still to come
+(:func:`held_copies`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from storage.journal import append_event
 
@@ -24,6 +30,8 @@ __all__ = [
     "OPEN_JOBS",
     "QUEUED_PRINTS",
     "add_job",
+    "add_original",
+    "held_copies",
     "last_original",
     "next_copy",
     "of_unsigned",
@@ -46,6 +54,17 @@ OPEN_JOBS = (
 )
 # how many jobs are open (the status's queued prints)
 QUEUED_PRINTS = f"SELECT count(*) FROM print_jobs WHERE {_OPEN}"  # noqa: S608
+# the open copies of a receipt queued before its original's job, by copy: (register, number)
+_COPIES_AHEAD = (
+    f"SELECT id FROM print_jobs WHERE register_id = ?1 AND number = ?2 AND copy > 0 AND {_OPEN}"  # noqa: S608
+    " AND id < (SELECT id FROM print_jobs WHERE register_id = ?1 AND number = ?2 AND copy = 0)"
+    " ORDER BY copy"
+)
+# an open job of a receipt before a copy, queued after it: (register, number, copy, id)
+_EARLIER_AFTER = (
+    f"SELECT 1 FROM print_jobs WHERE register_id = ? AND number = ? AND copy < ? AND {_OPEN}"  # noqa: S608
+    " AND id > ? LIMIT 1"
+)
 
 
 def add_job(  # noqa: PLR0917 - one print_jobs row
@@ -62,6 +81,41 @@ def add_job(  # noqa: PLR0917 - one print_jobs row
         " attempts, created_at) VALUES (?, ?, ?, ?, ?, 0, ?)",
         (register_id, number, copy, data, state, _now()),
     )
+
+
+def add_original(
+    conn: sqlite3.Connection, register_id: str, number: int, data: bytes, state: str = "queued"
+) -> None:
+    """Store a receipt's original job; copies of the receipt queued before it (a reprint
+    asked for before the worker reached the receipt) move behind it, in copy order: the
+    worker sends the open jobs in the order of their ids."""
+    add_job(conn, register_id, number, 0, data, state)
+    for (job_id,) in conn.execute(_COPIES_AHEAD, (register_id, number)).fetchall():
+        conn.execute(
+            "UPDATE print_jobs SET id = (SELECT max(id) + 1 FROM print_jobs) WHERE id = ?",
+            (job_id,),
+        )
+
+
+def held_copies(
+    conn: sqlite3.Connection, jobs: Sequence[sqlite3.Row], last_originals: Mapping[str, int]
+) -> set[int]:
+    """The ids of those ``jobs`` that are copies which must not print yet: their receipt
+    is past its register's last original job (``last_originals``: the worker adds the
+    original's job later), or an earlier job of the receipt is open and queued after them
+    (left so by a release before :func:`add_original`). A lookup per copy in the unique
+    (register, number, copy); originals cost nothing."""
+    return {
+        int(job["id"])
+        for job in jobs
+        if job["copy"] > 0
+        and (
+            job["number"] > last_originals.get(job["register_id"], 0)
+            or conn.execute(
+                _EARLIER_AFTER, (job["register_id"], job["number"], job["copy"], job["id"])
+            ).fetchone()
+        )
+    }
 
 
 def last_original(conn: sqlite3.Connection, register_id: str) -> int | None:
