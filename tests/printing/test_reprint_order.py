@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
+import httpx
 from printing.conftest import FakePrinter, ScriptedPrinter
+from service.conftest import quiet_config
 from typer.testing import CliRunner
 
 from agent.cli import app
@@ -21,6 +24,7 @@ from agent.printing import NetworkPrinter, render_escpos
 from agent.printing import jobs as print_jobs
 from agent.printing.transport import INTERRUPTED_NOTICE
 from agent.receipts import ReceiptService
+from agent.service import TillService
 from factories import sale
 
 REGISTER = "KASSE-1"
@@ -170,3 +174,45 @@ def test_a_copy_asked_for_on_the_command_line_prints_after_the_original(
     assert b"KOPIE" not in original
     assert b"KOPIE" in copy
     assert issued["qr"].encode() in original
+
+
+def test_a_copy_asked_for_through_the_api_behind_a_slow_printer_prints_after_the_original(
+    data_dir: Path,
+) -> None:
+    """The local API's reprint (202) of a receipt issued while a slow printer works
+    through a backlog (the worker has not reached the receipt yet): the original comes
+    out first, then the copy, and every receipt once, in order."""
+    printer = ScriptedPrinter(paper_s=0.4)
+    network = {"kind": "network", "host": "127.0.0.1", "port": printer.port, "retry_s": 0.1}
+    till = TillService(quiet_config(data_dir, printer=network, api={"port": 0}))
+    try:
+        till.start()
+        assert till.api is not None
+        token = (data_dir / "api-token").read_text().strip()
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{till.api.port}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10.0,
+        ) as client:
+            qrs = [
+                client.post("/v1/receipts", json=sale(request_id=f"busy{i}")).json()["qr"]
+                for i in range(5)
+            ]
+            asked = client.post("/v1/receipts", json=sale(request_id="asked")).json()
+            answer = client.post(f"/v1/receipts/{REGISTER}/{asked['number']}/reprint")
+            assert (answer.status_code, answer.json()) == (202, {"copy": 1})
+            deadline = time.monotonic() + 20
+            while client.get("/v1/status").json()["printer"]["queued"] and (
+                time.monotonic() < deadline
+            ):
+                time.sleep(0.1)
+    finally:
+        till.stop()
+        printer.stop()
+    mine = [b"KOPIE" in job for job in printer.jobs if asked["qr"].encode() in job]
+    assert mine == [False, True]
+    originals = [job for job in printer.jobs if b"KOPIE" not in job]
+    assert [qr for qr in [*qrs, asked["qr"]] for job in originals if qr.encode() in job] == [
+        *qrs,
+        asked["qr"],
+    ]
