@@ -60,10 +60,9 @@ _COPIES_AHEAD = (
     " AND id < (SELECT id FROM print_jobs WHERE register_id = ?1 AND number = ?2 AND copy = 0)"
     " ORDER BY copy"
 )
-# an open job of a receipt before a copy, queued after it: (register, number, copy, id)
-_EARLIER_AFTER = (
-    f"SELECT 1 FROM print_jobs WHERE register_id = ? AND number = ? AND copy < ? AND {_OPEN}"  # noqa: S608
-    " AND id > ? LIMIT 1"
+# the open jobs of a receipt before a copy: (register, number, copy)
+_EARLIER_OPEN = (
+    f"SELECT id FROM print_jobs WHERE register_id = ? AND number = ? AND copy < ? AND {_OPEN}"  # noqa: S608
 )
 
 
@@ -74,13 +73,15 @@ def add_job(  # noqa: PLR0917 - one print_jobs row
     copy: int,
     data: bytes,
     state: str = "queued",
-) -> None:
-    """Store a job (``skipped`` ones without bytes); one that exists is left as it is."""
-    conn.execute(
+) -> bool:
+    """Store a job (``skipped`` ones without bytes); one that exists is left as it is
+    (False)."""
+    inserted = conn.execute(
         "INSERT OR IGNORE INTO print_jobs (register_id, number, copy, data, state,"
         " attempts, created_at) VALUES (?, ?, ?, ?, ?, 0, ?)",
         (register_id, number, copy, data, state, _now()),
     )
+    return inserted.rowcount == 1
 
 
 def add_original(
@@ -89,7 +90,8 @@ def add_original(
     """Store a receipt's original job; copies of the receipt queued before it (a reprint
     asked for before the worker reached the receipt) move behind it, in copy order: the
     worker sends the open jobs in the order of their ids."""
-    add_job(conn, register_id, number, 0, data, state)
+    if not add_job(conn, register_id, number, 0, data, state):
+        return
     for (job_id,) in conn.execute(_COPIES_AHEAD, (register_id, number)).fetchall():
         conn.execute(
             "UPDATE print_jobs SET id = (SELECT max(id) + 1 FROM print_jobs) WHERE id = ?",
@@ -100,22 +102,21 @@ def add_original(
 def held_copies(
     conn: sqlite3.Connection, jobs: Sequence[sqlite3.Row], last_originals: Mapping[str, int]
 ) -> set[int]:
-    """The ids of those ``jobs`` that are copies which must not print yet: their receipt
-    is past its register's last original job (``last_originals``: the worker adds the
-    original's job later), or an earlier job of the receipt is open and queued after them
-    (left so by a release before :func:`add_original`). A lookup per copy in the unique
+    """The ids of those ``jobs`` (the first open ones, in the order of their ids) that
+    are copies which must not print yet: their receipt is past its register's last
+    original job (``last_originals``: the worker adds the original's job later), or an
+    earlier job of the receipt is open and queued after them or held itself (a database
+    a release before :func:`add_original` left so). A lookup per copy in the unique
     (register, number, copy); originals cost nothing."""
-    return {
-        int(job["id"])
-        for job in jobs
-        if job["copy"] > 0
-        and (
-            job["number"] > last_originals.get(job["register_id"], 0)
-            or conn.execute(
-                _EARLIER_AFTER, (job["register_id"], job["number"], job["copy"], job["id"])
-            ).fetchone()
-        )
-    }
+    held: set[int] = set()
+    for job in sorted((j for j in jobs if j["copy"] > 0), key=lambda j: int(j["copy"])):
+        register_id, number, job_id = job["register_id"], job["number"], int(job["id"])
+        if number > last_originals.get(register_id, 0) or any(
+            earlier > job_id or earlier in held
+            for (earlier,) in conn.execute(_EARLIER_OPEN, (register_id, number, job["copy"]))
+        ):
+            held.add(job_id)
+    return held
 
 
 def last_original(conn: sqlite3.Connection, register_id: str) -> int | None:

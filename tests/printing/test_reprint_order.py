@@ -125,21 +125,25 @@ class TestACopyAskedForBeforeItsOriginalsJob:
     def test_queued_ahead_of_its_original_by_an_earlier_release_waits_for_it(
         self, service: ReceiptService, fake_printer: FakePrinter, free_port: int
     ) -> None:
-        """A database an earlier release left with the copy's job ahead of the
-        original's (both open): the original prints first, the copy in the next pass."""
+        """A database an earlier release left with copy 1's job ahead of the original's
+        and copy 2's after it (all open): the original prints first, then copy 1 and
+        copy 2, each in a later pass."""
         worker = PrintWorker(service, _printer(free_port))
         result = service.issue(sale(request_id="legacy"))
         worker.reprint(REGISTER, result.number)
         with service.db.write_connection().transaction() as conn:  # as that release did
             print_jobs.add_job(conn, REGISTER, result.number, 0, render_escpos(result))
-        assert _open_jobs(service) == [(result.number, 1), (result.number, 0)]
+        worker.reprint(REGISTER, result.number)
+        assert _open_jobs(service) == [(result.number, c) for c in (1, 0, 2)]
         restarted = PrintWorker(service, _printer(fake_printer.port))
-        assert restarted.run_once() == 1
-        assert restarted.run_once() == 1
-        assert fake_printer.wait_for(2) == [
-            render_escpos(result),
-            render_escpos(result, copy=True),
-        ]
+        assert [restarted.run_once() for _ in range(3)] == [1, 2, 0]
+        copy = render_escpos(result, copy=True)
+        assert fake_printer.wait_for(3) == [render_escpos(result), copy, copy]
+        with sqlite3.connect(service.db.path) as conn:
+            done = conn.execute(
+                "SELECT copy FROM print_jobs WHERE number = ? ORDER BY done_at", (result.number,)
+            )
+            assert [c for (c,) in done] == [0, 1, 2]
 
 
 def test_a_copy_asked_for_on_the_command_line_prints_after_the_original(
