@@ -73,6 +73,7 @@ __all__ = [
     "load_checks",
     "record_check",
     "record_due",
+    "registered_unit",
     "replaced_unit",
     "withdraw_unit_check",
 ]
@@ -226,6 +227,23 @@ def replaced_unit(conn: sqlite3.Connection, register_id: str, number: int) -> st
     return None if row is None else str(row[0])
 
 
+def registered_unit(
+    conn: sqlite3.Connection, register_id: str, number: int, *, before: int | None = None
+) -> str | None:
+    """The unit FinanzOnline knows for the register before a switch from receipt
+    ``number`` on: the unit the latest recorded ``unit`` check of ``number`` registered
+    (of a switch before it that no receipt followed), else :func:`replaced_unit`.
+    ``before``: only the checks recorded before that check (by id). ``None``: a
+    development register."""
+    row = conn.execute(
+        "SELECT registered_unit FROM checks WHERE register_id = ? AND kind = 'unit'"
+        " AND receipt_number = ? AND done_at IS NOT NULL AND registered_unit IS NOT NULL"
+        " AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT 1",
+        (register_id, number, before, before),
+    ).fetchone()
+    return replaced_unit(conn, register_id, number) if row is None else str(row[0])
+
+
 def withdraw_unit_check(
     conn: sqlite3.Connection, register_id: str, number: int, at: dt.datetime, reason: str
 ) -> int | None:
@@ -265,10 +283,11 @@ def _journal(
 
 
 # where an obligation exists already, by whether it is a unit switch's: once a year of each
-# kind (a register has one Startbeleg and one Schlussbeleg), once per switch (0011)
+# kind (a register has one Startbeleg and one Schlussbeleg), one open per switch's first
+# receipt (0012: a recorded one leaves room for the switch that changes its unit again)
 _ONCE = {
     False: "(register_id, kind, year) WHERE kind != 'unit'",
-    True: "(register_id, receipt_number) WHERE kind = 'unit'",
+    True: "(register_id, receipt_number) WHERE kind = 'unit' AND done_at IS NULL",
 }
 _DEVELOPMENT_SWITCH = (
     "register %s: switched to the development unit %s (the fictitious provider AT100) from"
@@ -533,7 +552,7 @@ def _what(conn: sqlite3.Connection, record: CheckRecord) -> str:
     unit it replaced (none: no certified receipt before it)."""
     if record.kind != "unit":
         return _WHAT[record.kind].format(receipt=_receipt(record))
-    replaced = replaced_unit(conn, record.register_id, record.receipt_number)
+    replaced = registered_unit(conn, record.register_id, record.receipt_number, before=record.id)
     template = _NO_REPORT if replaced is None else _WHAT["unit"]
     return template.format(receipt=_receipt(record), replaced=replaced)
 
@@ -561,7 +580,8 @@ def record_check(  # noqa: PLR0917 - the obligation, then what the operator reco
     ``year`` may be left out for the Startbeleg and the Schlussbeleg (a register has one)
     and for a unit switch (its latest switch, an open obligation first); ``number``, the
     check's receipt number (a unit switch's: the first receipt after it), names one of
-    several switches.
+    several switches. A unit check keeps the unit it registered (``registered_unit``): the
+    one FinanzOnline knows, whose failure the next switch reports (:func:`registered_unit`).
 
     Raises:
         NotFound: no such obligation.
@@ -579,7 +599,7 @@ def record_check(  # noqa: PLR0917 - the obligation, then what the operator reco
                 return record
             _refuse_unless_recheck(record, reference)
         conn.execute(
-            "UPDATE checks SET reference = ?, failed = ?, done_at = ? WHERE id = ?",
+            _RECORD,
             (reference, failed, now, record.id),
         )
         facts = {
@@ -605,6 +625,16 @@ def record_check(  # noqa: PLR0917 - the obligation, then what the operator reco
 
 
 _UNIT_FAILED = 'the register counts as "unit failed" (rksv.md section 6)'
+# the unit a unit check registered: the one that signed its receipt, else (none yet) the
+# register's active unit, which will (a switch from then on would owe a check of this
+# number, open: the one being recorded); 0012 fills the checks recorded before it alike
+_RECORD = (
+    "UPDATE checks SET reference = ?, failed = ?, done_at = ?, registered_unit = CASE"
+    " WHEN kind = 'unit' THEN coalesce((SELECT x.unit_id FROM receipts x"
+    " WHERE x.register_id = checks.register_id AND x.number = checks.receipt_number),"
+    " (SELECT r.active_unit FROM registers r WHERE r.id = checks.register_id)) END"
+    " WHERE id = ?"
+)
 
 
 def _refuse_unless_recheck(record: CheckRecord, reference: str) -> None:

@@ -115,7 +115,9 @@ def checks_done(  # noqa: PLR0917 - a Typer command: its options are its paramet
     receipt it signed checked), once; its reminders stop.
 
     Several unit checks may be open (one per switch): --receipt names one, else the
-    latest switch's is recorded. Another reference for a check that passed is refused
+    latest switch's is recorded (a receipt number may have a recorded one and an open one:
+    a switch away from the unit the recorded one registered; a new reference records the
+    open one). Another reference for a check that passed is refused
     (exit 3), the same one again changes nothing (it finds the check it was recorded
     for). --failed records a check that failed: an ERROR alert says the register counts
     as "unit failed"; the check made again once the cause is fixed is recorded with its

@@ -433,10 +433,13 @@ def unit_switch(
     report the failure of the old one, check a receipt the new unit signed, then
     `till-agent checks done REGISTER unit --receipt N` (a development unit owes nothing;
     nor does a switch back to the unit that signed the latest receipt, before any receipt
-    of the switch away: its open unit check is withdrawn). A register that signs with the
-    unit already: nothing changes (exit 0). A register closed by its Schlussbeleg: exit 4;
-    an unknown register or unit: exit 6. It needs the data directory to itself: while
-    `till-agent run` holds it, exit 5 (stop the service, switch, start it again).
+    of the switch away: its open unit check is withdrawn; once that check is recorded, the
+    unit it registered is the registered one: a switch away from it owes a unit check of
+    its own, of the same receipt number, and one back to it owes nothing). A register that
+    signs with the unit already: nothing changes (exit 0). A register closed by its
+    Schlussbeleg: exit 4; an unknown register or unit: exit 6. It needs the data directory
+    to itself: while `till-agent run` holds it, exit 5 (stop the service, switch, start it
+    again).
     """
     from agent.clock import SystemClock
     from agent.issuing import Issuing
@@ -480,6 +483,7 @@ def unit_switch(
                 "owed": done.owed,
                 "replaced": done.replaced,
                 "withdrawn": done.withdrawn,
+                "again": done.again,
             },
             True,
         )
@@ -524,7 +528,11 @@ def _switch_lines(done: UnitSwitch) -> list[str]:
     if done.replaced is None:  # no certified receipt before the switch: nothing to report
         owed = f"register unit {new} in FinanzOnline"
     else:
-        owed = f"report the failure of unit {done.replaced} and register unit {new} in FinanzOnline"
+        again = " again" if done.again else ""
+        owed = (
+            f"report the failure of unit {done.replaced} and register unit {new} in"
+            f" FinanzOnline{again}"
+        )
     lines.append(
         f"by {done.due}: {owed}, check a receipt {new} signed with the BMF Belegcheck app,"
         f" then: till-agent checks done {register} unit --receipt {done.from_number}"

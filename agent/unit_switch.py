@@ -21,7 +21,13 @@ the fictitious provider, and the failure of its unit is still owed to FinanzOnli
 A switch back to the registered unit, the certified one that signed the register's latest
 receipt (undoing a mistaken switch before any receipt of it), owes nothing new: that unit
 is registered, and the open ``unit`` obligation of the mistaken switch is withdrawn
-(:func:`agent.checks.withdraw_unit_check`, journaled).
+(:func:`agent.checks.withdraw_unit_check`, journaled). Once the operator recorded that
+obligation, though, FinanzOnline knows the unit switched to (and the failure of the one
+before): the unit it registered is the registered one (:func:`agent.checks.registered_unit`).
+A switch away from it before any receipt owes its own ``unit`` check, of the same first
+receipt as the recorded one, which stays recorded: register the unit (again, if it signed
+the latest receipt) and report the failure of the one the recorded check registered. A
+switch back to that one withdraws it in turn.
 
 A chain signing a process left unfinished is stored before the switch
 (:func:`agent.interrupted.store_interrupted`, as any write transaction of
@@ -47,6 +53,7 @@ from agent.checks import (
     development_zda,
     due_date,
     record_due,
+    registered_unit,
     replaced_unit,
     withdraw_unit_check,
 )
@@ -63,7 +70,7 @@ __all__ = ["SWITCHED", "Owed", "UnitSwitch", "check_signs_now", "check_switch", 
 SWITCHED = "register.unit_switched"  # the journal event of a switch
 _TEST_INPUT = b"till-agent unit switch: test signature"
 # what a switch owes in FinanzOnline: nothing (``unchanged``: no switch; ``development``:
-# a development unit; ``back``: the register's registered unit again), or the ``unit``
+# a development unit; ``back``: the unit FinanzOnline knows again), or the ``unit``
 # obligation (register the new unit, report the failure of the replaced one, Belegcheck)
 Owed = Literal["unchanged", "development", "back", "unit"]
 
@@ -77,9 +84,11 @@ class UnitSwitch:
     (an open outage, unsigned receipts, a waiting special receipt), which recovery now
     issues with it; ``due``: when the FinanzOnline steps of the new unit are due
     (register time zone), ``None`` when nothing is owed; ``replaced``: the unit whose
-    failure is reported there (of the latest receipt before the switch not signed by a
-    development unit), ``None`` when nothing is reported; ``owed``: which case (see
-    :data:`Owed`); ``withdrawn``: the open ``unit`` obligation a switch back withdrew.
+    failure is reported there (the one FinanzOnline knows:
+    :func:`agent.checks.registered_unit`), ``None`` when nothing is reported; ``owed``:
+    which case (see :data:`Owed`); ``withdrawn``: the open ``unit`` obligation a switch
+    back withdrew; ``again``: the new unit signed the latest receipt, and a recorded
+    ``unit`` check reported its failure: it is registered in FinanzOnline again.
     """
 
     register_id: str
@@ -93,6 +102,7 @@ class UnitSwitch:
     replaced: str | None = None
     owed: Owed = "unchanged"
     withdrawn: int | None = None
+    again: bool = False
 
 
 def check_switch(conn: sqlite3.Connection, register_id: str, unit_id: str) -> sqlite3.Row:
@@ -212,26 +222,28 @@ def switch_unit(
     done = UnitSwitch(
         register_id, old, unit_id, switched=True, added=added, from_number=number, waiting=waiting
     )
-    replaced = None if unit_id in development else replaced_unit(conn, register_id, number)
-    if replaced == unit_id and not _recorded(conn, register_id, number):
-        # back on the registered unit before any receipt of the switch away from it
+    replaced = None if unit_id in development else registered_unit(conn, register_id, number)
+    if replaced == unit_id:
+        # back on the unit FinanzOnline knows before any receipt of the switch away from it
         reason = (
-            f"register {register_id} switched back to unit {unit_id}, which signed its"
-            f" latest receipt, before receipt {number}: nothing is owed in FinanzOnline"
+            f"register {register_id} switched back to unit {unit_id}, registered in"
+            f" FinanzOnline, before receipt {number}: nothing is owed there"
         )
         withdrawn = withdraw_unit_check(conn, register_id, number, at, reason)
         return replace(done, owed="back", withdrawn=withdrawn)
-    # the new unit is registered in FinanzOnline as a new register's is (rksv.md 5, 6)
+    # the new unit is registered in FinanzOnline as a new register's is (rksv.md 5, 6); a
+    # switch before it that no receipt followed owes it already, in its open check
     stamp = local_stamp(at, reg["timezone"])
     owed = record_due(conn, register_id, "unit", number, stamp, None, at, unit_id=unit_id)
     if unit_id in development:
         return replace(done, owed="development")
     due = due_date("unit", stamp)
-    if owed is None:  # a switch before it that no receipt followed
+    if owed is None:
         due = _open_due(conn, register_id, number) or due
-    if replaced == unit_id:  # back, but its failure was reported: the one left is replaced
-        replaced = old
-    return replace(done, owed="unit", due=due, replaced=replaced)
+    # the unit of the latest receipt, whose failure a recorded check of a switch away
+    # from it reported: registered again
+    again = unit_id == replaced_unit(conn, register_id, number)
+    return replace(done, owed="unit", due=due, replaced=replaced, again=again)
 
 
 def _refuse_development(conn: sqlite3.Connection, reg: sqlite3.Row, unit_id: str) -> None:
@@ -281,17 +293,6 @@ def _refuse_going_live(conn: sqlite3.Connection, reg: sqlite3.Row, unit_id: str)
     )
 
 
-def _recorded(conn: sqlite3.Connection, register_id: str, number: int) -> bool:
-    """Whether the ``unit`` check of a switch before receipt ``number`` is recorded: the
-    operator reported the unit it replaced as failed (it is no longer registered)."""
-    row = conn.execute(
-        "SELECT 1 FROM checks WHERE register_id = ? AND kind = 'unit' AND receipt_number = ?"
-        " AND done_at IS NOT NULL",
-        (register_id, number),
-    ).fetchone()
-    return row is not None
-
-
 def _check_settled(conn: sqlite3.Connection, register_id: str, last_number: int) -> None:
     """Refuse to switch over a chain signing whose receipt is not stored: it is the old
     unit's, and the number after it the new one's first (an intent past the register's
@@ -331,7 +332,7 @@ def _waits(conn: sqlite3.Connection, register_id: str) -> bool:
 def _open_due(conn: sqlite3.Connection, register_id: str, number: int) -> dt.date | None:
     row = conn.execute(
         "SELECT due_date FROM checks WHERE register_id = ? AND kind = 'unit'"
-        " AND receipt_number = ?",
+        " AND receipt_number = ? AND done_at IS NULL",
         (register_id, number),
     ).fetchone()
     return None if row is None else dt.date.fromisoformat(row[0])

@@ -332,7 +332,9 @@ class Check(Base):
     the FinanzOnline report of the decommissioning after a Schlussbeleg (rksv.md 5), or
     the registration of the unit a register switched to (``unit``, 0011): due by
     ``due_date`` (register time zone), done once its reference is recorded. Each kind is
-    owed once a year, a ``unit`` one once per switch (keyed by its first receipt number)."""
+    owed once a year, a ``unit`` one once per switch (keyed by its first receipt number):
+    at most one open per receipt number, and as many recorded as switches before that
+    receipt changed the unit FinanzOnline knows (0012)."""
 
     __tablename__ = "checks"
     __table_args__ = (
@@ -345,11 +347,11 @@ class Check(Base):
             sqlite_where=text("kind != 'unit'"),
         ),
         Index(
-            "ix_checks_unit_switch",
+            "ix_checks_unit_switch_open",
             "register_id",
             "receipt_number",
             unique=True,
-            sqlite_where=text("kind = 'unit'"),
+            sqlite_where=text("kind = 'unit' AND done_at IS NULL"),
         ),
         CheckConstraint("kind IN ('start', 'yearly', 'closing', 'unit')", name="kind"),
     )
@@ -366,6 +368,9 @@ class Check(Base):
     reference: Mapped[str | None] = mapped_column(Text, nullable=True)
     failed: Mapped[bool] = mapped_column()
     done_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # a recorded unit check's: the unit registered in FinanzOnline, the one that signs (or
+    # was to sign) from its receipt number on (0012); NULL while open and for other kinds
+    registered_unit: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class DepBackup(Base):

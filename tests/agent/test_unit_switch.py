@@ -130,6 +130,7 @@ class TestTheReviewersScenario:
             "owed": "development",
             "replaced": None,
             "withdrawn": None,
+            "again": False,
         }
         assert _sell(till, "a")["signature_state"] == "signed"
         assert _rows(data_dir, "SELECT unit_id FROM receipts WHERE number = 2") == [("u2",)]

@@ -28,8 +28,9 @@ from agent.signing import UnitConfig, create_software_unit
 from agent.signing.registry import UnitRegistry
 from agent.unit_switch import switch_unit
 from factories import Run, add_unit, expect, flat, sale
-from storage import TillDB
+from storage import DB_FILE, TillDB, make_engine
 from storage.db import open_till_db
+from storage.migrate import downgrade_to, upgrade_to_head
 
 REGISTER = "K3"
 
@@ -197,6 +198,140 @@ class TestSwitchBack:
         _sell(till, "a")
         back = _switch(till, "c1")
         assert (back["owed"], back["replaced"], back["from_number"]) == ("unit", "c2", 3)
+
+
+class TestBackAfterTheCheckWasRecorded:
+    """c1 signed receipts 1 and 2, the register was switched to c2 and its unit check
+    (receipt 3) recorded (FinanzOnline knows c2, c1 reported failed), then switched back to
+    c1 before any receipt of c2."""
+
+    @pytest.fixture(autouse=True)
+    def _recorded(self, till: Till) -> None:
+        _units(till, c1="AT1", c2="AT2")
+        till("init", REGISTER, "--unit", "c1")
+        _sell(till, "a")
+        _switch(till, "c2")
+        till("checks", "done", REGISTER, "unit", "--reference", "FON-C2")
+
+    def _unit_checks(self, till: Till) -> list[tuple[int, str | None]]:
+        listed = json.loads(till("checks", "list", "--all", "--json").stdout)
+        return [(c["number"], c["reference"]) for c in listed if c["kind"] == "unit"]
+
+    def test_back_owes_registering_the_unit_again(self, till: Till, data_dir: Path) -> None:
+        """The switch back owes its own unit check of receipt 3: register c1 again and
+        report c2's failure; the recorded check stays. It said the same words, but the new
+        check collided with the recorded one (one unit check per receipt number) and was
+        dropped: nothing was open, and checks done --receipt 3 was refused."""
+        back = _switch(till, "c1")
+        assert (back["owed"], back["replaced"], back["again"]) == ("unit", "c2", True)
+        assert (back["from_number"], back["withdrawn"]) == (3, None)
+        assert back["due"] is not None
+        assert self._unit_checks(till) == [(3, "FON-C2"), (3, None)]
+        assert len(_rows(data_dir, "SELECT 1 FROM journal WHERE kind = 'check.due'")) == 3
+        open_checks = json.loads(till("checks", "list", "--json").stdout)
+        assert [(c["kind"], c["number"]) for c in open_checks] == [("start", 1), ("unit", 3)]
+
+    def test_the_words_say_again(self, till: Till) -> None:
+        said = flat(till("unit", "switch", REGISTER, "c1").stdout)
+        assert "report the failure of unit c2 and register unit c1 in FinanzOnline again" in said
+        assert f"till-agent checks done {REGISTER} unit --receipt 3" in said
+
+    def test_checks_done_records_each_once(self, till: Till, data_dir: Path) -> None:
+        """The recorded reference again finds its check (no change); a new one records the
+        open check of the switch back, and again changes nothing."""
+        _switch(till, "c1")
+        old = ("checks", "done", REGISTER, "unit", "--reference", "FON-C2", "--json")
+        assert json.loads(till(*old).stdout)["reference"] == "FON-C2"
+        assert self._unit_checks(till) == [(3, "FON-C2"), (3, None)]
+        new = ("checks", "done", REGISTER, "unit", "--receipt", "3", "--reference", "FON-C1")
+        till(*new)
+        till(*new)
+        assert self._unit_checks(till) == [(3, "FON-C2"), (3, "FON-C1")]
+        assert len(_rows(data_dir, "SELECT 1 FROM journal WHERE kind = 'check.done'")) == 2
+        registered = "SELECT reference, registered_unit FROM checks WHERE kind = 'unit' ORDER BY id"
+        assert _rows(data_dir, registered) == [("FON-C2", "c2"), ("FON-C1", "c1")]
+
+    def test_the_reminder_names_the_unit_registered_since(
+        self, till: Till, data_dir: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The check timer tells to report c2's failure (FinanzOnline knows c2), not c1's."""
+        _switch(till, "c1")
+        caplog.set_level(logging.INFO, logger="agent.checks")
+        db = open_till_db(data_dir)
+        try:
+            CheckWatch(db, SystemClock()).tick()
+        finally:
+            db.close()
+        [said] = [r.getMessage() for r in caplog.records if "unit switch" in r.getMessage()]
+        assert "report there the failure of unit c2" in said
+        assert "--receipt 3" in said
+
+    def test_and_forth_again_is_back_on_the_registered_unit(
+        self, till: Till, data_dir: Path
+    ) -> None:
+        """To c2 again before any receipt: c2 is the unit FinanzOnline knows, so nothing is
+        owed and the open check of the switch back is withdrawn; the recorded one stays."""
+        back = _switch(till, "c1")
+        forth = _switch(till, "c2")
+        assert (forth["owed"], forth["replaced"], forth["due"]) == ("back", None, None)
+        assert forth["withdrawn"] is not None
+        assert self._unit_checks(till) == [(3, "FON-C2")]
+        assert back["again"] is True
+        assert _sell(till, "b")["qr"].startswith(f"_R1-AT2_{REGISTER}_3_")
+
+    def test_another_unit_reports_the_failure_of_the_registered_one(self, till: Till) -> None:
+        """To a third unit c3 instead: register c3, report the failure of c2."""
+        _units(till, c3="AT1")
+        moved = _switch(till, "c3")
+        assert (moved["owed"], moved["replaced"], moved["again"]) == ("unit", "c2", False)
+        assert self._unit_checks(till) == [(3, "FON-C2"), (3, None)]
+
+
+class TestTheMigration:
+    """0012: one open unit check per receipt number, and the unit a recorded one
+    registered."""
+
+    def _engine_to(self, data_dir: Path, revision: str) -> None:
+        engine = make_engine(data_dir / DB_FILE)
+        try:
+            (downgrade_to if revision != "head" else upgrade_to_head)(engine, revision)
+        finally:
+            engine.dispose()
+
+    def test_recorded_checks_get_the_unit_they_registered(self, till: Till, data_dir: Path) -> None:
+        """A till of 0011 with two recorded unit checks: that of receipt 3, which c2 signed,
+        registered c2; that of receipt 4, which no receipt has yet, the active unit c3."""
+        _units(till, c1="AT1", c2="AT1", c3="AT1")
+        till("init", REGISTER, "--unit", "c1")
+        _sell(till, "a")
+        for unit, request_id in (("c2", "b"), ("c3", None)):
+            _switch(till, unit)
+            till("checks", "done", REGISTER, "unit", "--reference", f"FON-{unit}")
+            if request_id is not None:
+                _sell(till, request_id)
+        self._engine_to(data_dir, "0011")
+        columns = [row[1] for row in _rows(data_dir, "PRAGMA table_info(checks)")]
+        assert "registered_unit" not in columns
+        self._engine_to(data_dir, "head")
+        registered = "SELECT receipt_number, registered_unit FROM checks WHERE kind = 'unit'"
+        assert _rows(data_dir, registered) == [(3, "c2"), (4, "c3")]
+        back = _switch(till, "c2")
+        assert (back["owed"], back["replaced"], back["again"]) == ("unit", "c3", True)
+
+    def test_a_downgrade_keeps_the_latest_check_of_a_number(
+        self, till: Till, data_dir: Path
+    ) -> None:
+        """0011 holds one unit check per receipt number: the open one of the switch back
+        stays, the recorded one goes (its check.done stays in the journal)."""
+        _units(till, c1="AT1", c2="AT2")
+        till("init", REGISTER, "--unit", "c1")
+        _switch(till, "c2")
+        till("checks", "done", REGISTER, "unit", "--reference", "FON-C2")
+        _switch(till, "c1")
+        self._engine_to(data_dir, "0011")
+        unit_checks = "SELECT receipt_number, reference FROM checks WHERE kind = 'unit'"
+        assert _rows(data_dir, unit_checks) == [(2, None)]
+        assert len(_rows(data_dir, "SELECT 1 FROM journal WHERE kind = 'check.done'")) == 1
 
 
 class TestSwitchJson:
