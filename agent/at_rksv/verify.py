@@ -50,7 +50,9 @@ them (:attr:`Report.fallback_receipts`, of them zero receipts
 :attr:`Report.fallback_zero_receipts`, which the BMF Prüftool reports as negative with a
 hint), the outages they make (:attr:`Report.outages`: runs of them) and whether the DEP
 ends inside one, before its Sammelbeleg (:attr:`Report.open_outage_from`), and
-:attr:`Report.notes` says so. Counts, not lists: memory stays bounded.
+:attr:`Report.notes` says so (and, when its last receipt is a zero receipt with the marker,
+that this may be the Schlussbeleg of a register decommissioned inside the outage: a DEP
+has no receipt kinds to tell). Counts, not lists: memory stays bounded.
 
 Without an AES key in the crypto container (ztp allows that) the turnover counter is not
 checked: :attr:`Report.counter_checked` is false and :attr:`Report.notes` says why.
@@ -136,6 +138,12 @@ UNSIGNED_ZERO = "; the BMF Prüftool reports an unsigned zero receipt as negativ
 ENDS_IN_OUTAGE = (
     "the DEP ends inside an outage (the failure marker from receipt {first} on): its"
     " Sammelbeleg, the signed zero receipt that ends it, is not in it yet"
+)
+
+ENDS_DECOMMISSIONED = (
+    ", unless its last receipt, a zero receipt with the marker, is the Schlussbeleg of a"
+    " register decommissioned inside the outage (rksv.md 5: a Schlussbeleg may carry the"
+    " marker, and no receipt follows it)"
 )
 
 
@@ -271,6 +279,7 @@ class _Walk:
         self.outages = 0  # runs of receipts with the failure marker
         self.fallback = 0  # receipts with the failure marker
         self.fallback_zero = 0  # of them zero receipts (not Storno or Training)
+        self.last_zero_failed = False  # the last receipt: a zero receipt with the marker
 
     def report(self) -> Report:
         notes = [] if self.aes_key is not None else [NO_AES_KEY]
@@ -280,7 +289,8 @@ class _Walk:
             notes.append(self.fallback_note())
         open_from = None if self.outage is _Outage.NONE else self.outage_from
         if open_from is not None:
-            notes.append(ENDS_IN_OUTAGE.format(first=open_from))
+            ends = ENDS_IN_OUTAGE.format(first=open_from)
+            notes.append(ends + ENDS_DECOMMISSIONED if self.last_zero_failed else ends)
         return Report(
             self.findings,
             self.count,
@@ -471,6 +481,7 @@ class _Walk:
 
     def check_outage(self, r: Receipt) -> None:
         zero = r.zero and not (r.storno or r.training)
+        self.last_zero_failed = zero and not r.signed
         if not r.signed:
             self.fallback += 1
             self.fallback_zero += zero

@@ -78,6 +78,24 @@ def test_a_dep_cut_after_the_first_receipt_signed_again_ends_inside_the_outage()
     )
 
 
+def test_a_last_zero_receipt_with_the_marker_may_be_a_schlussbeleg() -> None:
+    """A register decommissioned inside its outage (``special closing --failed-ok``) ends
+    its DEP with a zero receipt with the marker, rksv.md 5: valid, and the note says that
+    no Sammelbeleg may follow (before: only that it was not in the DEP yet)."""
+    report = verify_dep(
+        build([Spec(), Spec(100, signed=False), Spec(0, signed=False)]), container()
+    )
+    assert report.ok, report.findings
+    assert report.open_outage_from == "B0002"
+    assert report.notes[-1] == (
+        "the DEP ends inside an outage (the failure marker from receipt B0002 on): its"
+        " Sammelbeleg, the signed zero receipt that ends it, is not in it yet, unless its"
+        " last receipt, a zero receipt with the marker, is the Schlussbeleg of a register"
+        " decommissioned inside the outage (rksv.md 5: a Schlussbeleg may carry the marker,"
+        " and no receipt follows it)"
+    )
+
+
 def test_a_training_receipt_of_zero_is_no_zero_receipt() -> None:
     """As for the Sammelbeleg rule: a zero receipt is no Storno or Training receipt."""
     report = verify_dep(build([Spec(), Spec(0, "tra", signed=False), Spec(0)]), container())
