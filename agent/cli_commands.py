@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.markup import escape
@@ -690,6 +690,15 @@ def special(
             " clock settles.",
         ),
     ] = False,
+    failed_ok: Annotated[
+        bool,
+        typer.Option(
+            "--failed-ok",
+            help="closing only: if the unit does not sign, issue the Schlussbeleg with the"
+            " failure marker (rksv.md 5 allows it) and end an open outage with it, instead"
+            " of waiting: for a unit down for good.",
+        ),
+    ] = False,
     data_dir: DataDir = DEFAULT_DATA,
     as_json: JsonFlag = False,
 ) -> None:
@@ -697,7 +706,8 @@ def special(
 
     A Monats-/Jahresbeleg closes the current month (register time zone), as the agent's
     closing job would: a month closed already is refused (exit 4). A Schlussbeleg (closing)
-    decommissions the register for good, needs --yes and waits while an outage is open.
+    decommissions the register for good, needs --yes and waits while an outage is open
+    (unless --failed-ok, below).
     A Monats-/Jahresbeleg whose month the clock may have reached only through a forward
     jump that the service saw less than an hour ago is refused too (exit 4), unless --yes
     confirms the date. After a Jahres- or Schlussbeleg it says what the operator owes and by
@@ -708,11 +718,20 @@ def special(
     Nullbeleg is that Sammelbeleg, as the local API's zero receipt; if the unit still
     fails, no Nullbeleg is issued (exit 4, as outage recover), a Monatsbeleg carries the
     failure marker and a Jahres- or Schlussbeleg waits (exit 4).
+
+    With --failed-ok (a unit down for good) a Schlussbeleg the unit does not sign carries
+    the failure marker instead of waiting, and an open outage ends with it: its failure
+    report is due in FinanzOnline within a week, as the decommissioning report is. It
+    still waits for a Jahresbeleg that waits (that one must be signed) and for unsigned
+    receipts to remedy (exit 4).
     """
     if kind == "closing" and not yes:
         _fail(
             InvalidSale("--yes", "confirm", "a Schlussbeleg ends the register: add --yes"), as_json
         )
+    if failed_ok and kind != "closing":
+        message = "--failed-ok is for a Schlussbeleg (closing) only"
+        _fail(InvalidSale("--failed-ok", "closing-only", message), as_json)
     first: ReceiptResult | None = None
     with _service(data_dir, as_json) as service:
         try:
@@ -721,7 +740,7 @@ def special(
             else:
                 service.check_special(register, kind, confirmed=yes)
                 first = _sammelbeleg_first(service, register, as_json)
-                result = _after_first(service, register, kind, yes, first, as_json)
+                result = _after_first(service, register, kind, (yes, failed_ok), first, as_json)
         except InvalidSale as exc:
             if exc.rule != "register-unknown":
                 raise
@@ -729,14 +748,18 @@ def special(
             message = f"register {register!r} is not initialized in this till database"
             raise NotFound(message) from exc
         owed = _owed_for(service, result)
+        ended = _ended_outage(service, result)
         waits = (kind == "null" or first is not None) and register in service.probe_targets()
     if as_json:
         body = result.model_dump(by_alias=True)
-        _emit(body if first is None else body | {"issued_first": [_brief(first)]}, True)
+        body |= {} if first is None else {"issued_first": [_brief(first)]}
+        _emit(body if ended is None else body | {"ended_outage": ended[0]}, True)
         return
     _show_receipt(result, as_json)
     if owed is not None:
         out.print(owed)
+    if ended is not None:
+        out.print(_decommissioned_line(*ended), highlight=False)
     if waits:  # the service's probe issues them; here, the command that does
         out.print(
             f"{register} still waits for its unit (a Sammelbeleg, unsigned receipts to"
@@ -790,18 +813,56 @@ def _after_first(
     service: ReceiptService,
     register: str,
     kind: str,
-    yes: bool,
+    options: tuple[bool, bool],
     first: ReceiptResult | None,
     as_json: bool,
 ) -> ReceiptResult:
-    """The special receipt asked for; a refusal after a Sammelbeleg issued first names
-    that one too in ``--json`` (the text said it already)."""
+    """The special receipt asked for (``options``: --yes, --failed-ok); a refusal after a
+    Sammelbeleg issued first names that one too in ``--json`` (the text said it already)."""
+    yes, failed_ok = options
     try:
-        return service.issue_special(register, kind, confirmed=yes)
+        return service.issue_special(register, kind, confirmed=yes, failed_ok=failed_ok)
     except TillAgentError as exc:
         if first is None or not as_json:
             raise
         _fail(exc, as_json, extra={"issued_first": [_brief(first)]})
+
+
+def _ended_outage(
+    service: ReceiptService, result: ReceiptResult
+) -> tuple[dict[str, Any], str | None] | None:
+    """The outage a Schlussbeleg with the failure marker ended (``outage list``'s JSON of
+    it) and its report's due moment in the register's time zone (``None``: a development
+    unit's owes none), or ``None``."""
+    from agent.evidence import outage_json
+    from agent.outage_watch import shown_due
+    from agent.outages import load_outage
+
+    if (result.kind, result.signature_state) != ("closing", "fallback"):
+        return None
+    with service.db.read_connection() as conn:
+        row = conn.execute(
+            "SELECT o.id, r.timezone FROM outages o JOIN registers r ON r.id = o.register_id"
+            " WHERE o.register_id = ? AND o.last_number = ? AND o.ended_at IS NOT NULL"
+            " AND o.sammelbeleg_number IS NULL",
+            (result.register_id, result.number),
+        ).fetchone()
+        record = None if row is None else load_outage(conn, int(row[0]))
+    if record is None:
+        return None
+    due = None if record.report_due is None else shown_due(record.report_due, row[1])
+    return outage_json(record), due
+
+
+def _decommissioned_line(outage: dict[str, Any], due: str | None) -> str:
+    """What the operator owes for the outage a Schlussbeleg ended, by ``due``."""
+    line = f"outage {outage['id']} ended with the register (no Sammelbeleg follows)"
+    if due is None:
+        return line + "; a development register owes no FinanzOnline report"
+    return (
+        f"{line}: report the failure of unit {outage['unit']} in FinanzOnline by {due},"
+        f" then: till-agent outage report {outage['id']} --reference ..."
+    )
 
 
 def _brief(result: ReceiptResult) -> dict[str, object]:
@@ -843,7 +904,7 @@ def _owed_for(service: ReceiptService, result: ReceiptResult) -> str | None:
 
     if result.kind not in _OWED:
         return None
-    if result.signature_state == "signed" and _by_development_unit(service, result):
+    if result.signature_state != "unsigned" and _by_development_unit(service, result):
         return (
             f"register {result.register_id} signs with a development unit (AT100): a"
             " development register needs no FinanzOnline step (no registration, Belegcheck"

@@ -1,8 +1,9 @@
 """The evidence pack of one outage: what a tax advisor asks for afterwards.
 
-Start, end, cause, the receipts it affected, the Sammelbeleg, the escalations sent,
-probe attempts, clock jumps seen while it was open, and the FinanzOnline report
-references, as JSON (for tools) and as readable text (for people).
+Start, end, cause, the receipts it affected, the Sammelbeleg (none when the register was
+decommissioned inside the outage: its Schlussbeleg is the last affected receipt), the
+escalations sent, probe attempts, clock jumps seen while it was open, and the FinanzOnline
+report references, as JSON (for tools) and as readable text (for people).
 """
 
 from __future__ import annotations
@@ -125,7 +126,12 @@ def render_evidence(pack: dict[str, Any]) -> str:
         )
     sammel = pack["sammelbeleg"]
     lines.append("")
-    if sammel is None:
+    if sammel is None and o["ended_at"] is not None:  # ended by the register's Schlussbeleg
+        lines.append(
+            f"Sammelbeleg: none, the register was decommissioned inside the outage (its"
+            f" Schlussbeleg, number {o['last_number']}, carries the failure marker)"
+        )
+    elif sammel is None:
         lines.append("Sammelbeleg: not yet issued")
     else:
         lines.append(

@@ -59,6 +59,7 @@ from agent.receipt_records import (
 )
 from agent.receipt_view import result_from_parts
 from agent.registers import (
+    FAILED_OK_HINT,
     RegisterSetup,
     check_new_register,
     create_register,
@@ -219,7 +220,7 @@ class Issuing:
         :meth:`agent.signing_step.SigningStep.receipt_intent`); a local unit has none."""
         register_id, number = reg["id"], reg["last_number"] + 1  # allocated inside the txn
         if draft.kind == "closing":
-            self._check_closable(conn, reg)
+            self._check_closable(conn, reg, failed_ok=draft.failed_ok)
         receipt_id = draft.receipt_id or reg["receipt_id_format"].format(number=number)
         check_id("receipt_id", receipt_id)
         unit = self._unit_for(conn, reg, draft.unit_position)
@@ -254,7 +255,8 @@ class Issuing:
         )
         at = self.clock.now()  # after signing, which may have waited for its deadline
         self.store(conn, stored, document, at)
-        if state == "signed" and draft.kind in CHECK_KINDS:  # the operator's check, rksv.md 6
+        # the operator's check, rksv.md 6 (and the report of a Schlussbeleg with the marker)
+        if draft.kind in CHECK_KINDS and (state == "signed" or draft.kind == "closing"):
             record_due(  # the development unit's implies none (it logs why)
                 conn,
                 register_id,
@@ -277,16 +279,31 @@ class Issuing:
         store_receipt(conn, self.outages, stored, document, at)
         self.issued.stored(stored.register_id, stored.kind, stored.state)
 
-    def _check_closable(self, conn: sqlite3.Connection, reg: sqlite3.Row) -> None:
+    def _check_closable(
+        self, conn: sqlite3.Connection, reg: sqlite3.Row, *, failed_ok: bool
+    ) -> None:
         """Refuse a Schlussbeleg while the register waits for its unit: after it the
         register issues nothing, so an open outage could never get its Sammelbeleg (nor an
         unsigned receipt its remedy, nor a waiting Jahresbeleg its turn); and while a
-        month that is over has no Monats-/Jahresbeleg yet (it would never get one)."""
+        month that is over has no Monats-/Jahresbeleg yet (it would never get one).
+
+        ``failed_ok``: the operator decommissions a register whose unit is down for good:
+        an open outage ends with its Schlussbeleg, which carries the failure marker
+        (rksv.md 5 allows it); the rest still waits (a Jahresbeleg must be signed)."""
         register_id = reg["id"]
-        if self.outages.is_open(register_id):
+        hint = ""
+        if self.outages.is_open(register_id) and not failed_ok:
             why = "has an open outage that only its signed Sammelbeleg closes"
+            hint = "; " + FAILED_OK_HINT.format(register=register_id)
         elif unresolved(conn, register_id):
             why = "has unsigned receipts waiting for their remedy"
+        elif open_waiting(conn, register_id, "yearly", None) is not None:
+            why = (
+                "has a special receipt waiting for the unit, a Jahresbeleg, which must be"
+                " validly signed (rksv.md 5, BMF notice 18.11.2016: unlike a Monats- or"
+                " Schlussbeleg it may not carry the failure marker) and could not be issued"
+                " after the Schlussbeleg"
+            )
         elif any_waiting(conn, register_id):
             why = "has a special receipt waiting for the unit"
         else:
@@ -294,7 +311,7 @@ class Issuing:
             return
         raise WaitsForUnit(
             f"register {register_id} {why}: the Schlussbeleg waits until the unit answers"
-            " and recovery is done (till-agent outage recover); nothing was issued"
+            f" and recovery is done (till-agent outage recover); nothing was issued{hint}"
         )
 
     def _check_closed_months(self, reg: sqlite3.Row) -> None:

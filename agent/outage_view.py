@@ -15,10 +15,12 @@ __all__ = ["OutageOut", "as_of", "outage_out"]
 
 
 class OutageOut(BaseModel):
-    """One outage, open (``ended_at`` null) or closed by its Sammelbeleg. Past 48 hours it
-    must be reported in FinanzOnline by ``report_due_at``, and its end by
-    ``end_report_due_at`` (set when it closes); a report is done once its reference is
-    recorded."""
+    """One outage, open (``ended_at`` null) or closed by its Sammelbeleg, or ended by the
+    register's Schlussbeleg with the failure marker (``sammelbeleg_number`` null: the
+    register was decommissioned inside it). Past 48 hours (or ended by a Schlussbeleg) it
+    must be reported in FinanzOnline by ``report_due_at``, and the end of one past 48 hours
+    that a Sammelbeleg closed by ``end_report_due_at`` (set when it closes); a report is
+    done once its reference is recorded."""
 
     # ``register`` is a BaseModel attribute: the field takes it as an alias
     model_config = ConfigDict(

@@ -30,6 +30,14 @@ so one that lasted past 48 h is flagged even if no tick saw it. The end of such 
 * ``end-overdue``: that week is over and no end report was acknowledged
   (``outage report --end``).
 
+A register decommissioned inside its outage (a Schlussbeleg with the failure marker,
+``special closing --failed-ok``) ends it without a Sammelbeleg (:meth:`OutageWatch.decommissioned`):
+
+* ``decommissioned``: the failure is no temporary one, whatever its age: its report is due
+  within a week (unless ``exceeded`` set an earlier date); ``overdue`` follows as above.
+  No end report is owed: the register's decommissioning report (its ``closing``
+  obligation) takes its place.
+
 An outage of a development unit (one signing under the fictitious AT100:
 :func:`~agent.checks.development_units`, the test the checks use) owes none of these
 reports: a development register is not registered in
@@ -383,6 +391,39 @@ class OutageWatch:
         row = conn.execute(f"{_ENDED_REPORTS_DUE} AND id = ?", (zda, outage_id)).fetchone()
         return [] if row is None else self._remind_ended(conn, row, at)
 
+    def decommissioned(
+        self, conn: sqlite3.Connection, outage_id: int, at: dt.datetime
+    ) -> list[Escalation]:
+        """The register of the outage ``outage_id`` was decommissioned inside it at ``at``,
+        in the caller's transaction (its Schlussbeleg's, after :meth:`age_for_close`): no
+        Sammelbeleg and no Wiederinbetriebnahme follow, so the failure is no temporary one
+        whatever its age. Its FinanzOnline report is due within a week (``report_due``,
+        unless an earlier date stands: past 48 h), journaled as the ``decommissioned``
+        level; no end report is owed: the decommissioning is reported instead (the
+        Schlussbeleg's ``closing`` obligation, :mod:`agent.checks`). Nothing for a
+        development unit's. Log the returned escalations once that transaction has
+        committed."""
+        self._memory.seen.pop(outage_id, None)
+        self._memory.offtime.pop(outage_id, None)
+        register_id, age, sent, due, timezone, unit_id = conn.execute(
+            "SELECT register_id, age_seconds, escalations, report_due,"
+            " (SELECT timezone FROM registers WHERE registers.id = outages.register_id),"
+            " unit_id FROM outages WHERE id = ?",
+            (outage_id,),
+        ).fetchone()
+        if unit_id in development_units(conn):
+            return []
+        due = due or (at + dt.timedelta(days=self.thresholds.report_days)).isoformat()
+        levels = [*json.loads(sent), "decommissioned"]
+        _journal_levels(
+            conn, register_id, outage_id, ["decommissioned"], age, at, {"report_due": due}
+        )
+        conn.execute(
+            "UPDATE outages SET report_due = ?, escalations = ? WHERE id = ?",
+            (due, json.dumps(levels), outage_id),
+        )
+        return [(outage_id, register_id, "decommissioned", age, due, timezone, unit_id, False)]
+
     def _remind_ended(
         self, conn: sqlite3.Connection, row: sqlite3.Row, wall: dt.datetime
     ) -> list[Escalation]:
@@ -554,6 +595,13 @@ _ESCALATIONS = {
         logging.ERROR,
         "its FinanzOnline report was due by {due} and none is recorded, it is overdue"
         " (till-agent outage report {id} --reference ...)",
+    ),
+    "decommissioned": (
+        logging.ERROR,
+        "the register was decommissioned inside it (its Schlussbeleg carries the failure"
+        " marker; no Sammelbeleg follows), so it is no temporary failure: report it in"
+        " FinanzOnline by {due} (then: till-agent outage report {id} --reference ...),"
+        " and the decommissioning of the register (till-agent checks list)",
     ),
     "end-report": (
         logging.WARNING,

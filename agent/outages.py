@@ -12,6 +12,9 @@ bound to it: their receipts skip it too, each register's own outage opening with
 one (:meth:`OutageBook.unit_down`). A unit that signs again is noted for the prober
 (:meth:`OutageBook.units_back`), which recovers the other registers waiting for it at once.
 
+A register decommissioned inside its outage (its Schlussbeleg carries the failure marker,
+rksv.md 5) ends the outage without a Sammelbeleg (:meth:`OutageBook.decommissioned`).
+
 An outage that closes is aged first, by the watch's own rules (:meth:`OutageWatch.age_for_close`):
 one past 48 hours is flagged and given its report date even if the timer never saw it
 (``till-agent outage recover`` after days with the agent stopped); then its end report is
@@ -391,6 +394,42 @@ class OutageBook:
             self._pending.append(("close", register_id, outage_id))
             self._escalations.extend(escalations)
             self._news.append(closed)
+        return outage_id
+
+    def decommissioned(
+        self, conn: sqlite3.Connection, register_id: str, closing_number: int, at: dt.datetime
+    ) -> int:
+        """End the open outage with the Schlussbeleg ``closing_number``, which carries the
+        failure marker, in its transaction: the register ends inside the outage, which no
+        Sammelbeleg can close (``sammelbeleg_number`` stays null). Its FinanzOnline report
+        falls due within a week (:meth:`OutageWatch.decommissioned`)."""
+        outage_id = self._id(register_id)
+        escalations = self.watch.age_for_close(conn, outage_id, at)
+        conn.execute("UPDATE outages SET ended_at = ? WHERE id = ?", (at.isoformat(), outage_id))
+        append_event(
+            conn,
+            kind="outage.closed",
+            register_id=register_id,
+            at=at.isoformat(),
+            data={
+                "outage": outage_id,
+                "sammelbeleg_number": None,
+                "closing_number": closing_number,
+            },
+        )
+        escalations += self.watch.decommissioned(conn, outage_id, at)
+        with self._lock:
+            del self._open[register_id]
+            self._pending.append(("close", register_id, outage_id))
+            self._escalations.extend(escalations)
+            self._news.append(
+                (
+                    logging.WARNING,
+                    "outage %d ended: register %s was decommissioned inside it, its"
+                    " Schlussbeleg %d carries the failure marker (no Sammelbeleg follows)",
+                    (outage_id, register_id, closing_number),
+                )
+            )
         return outage_id
 
     def _id(self, register_id: str) -> int:

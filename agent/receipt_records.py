@@ -86,6 +86,8 @@ class Draft:
     reissue_of: sqlite3.Row | None = None  # the unsigned receipt this one replaces
     voided_by: int | None = None  # the Storno that took ``reissue_of`` back, if it counted
     period: str | None = None  # "YYYY-MM" of a Monats-/Jahresbeleg
+    # a Schlussbeleg the unit does not sign carries the failure marker (rksv.md 5)
+    failed_ok: bool = False
 
 
 class Stored(NamedTuple):

@@ -276,6 +276,7 @@ class ReceiptService:
         amounts: Amounts = ZERO,
         request_id: str | None = None,
         confirmed: bool = False,
+        failed_ok: bool = False,
     ) -> ReceiptResult:
         """Issue a receipt the agent makes itself: null, monthly, yearly, closing, Sammelbeleg.
 
@@ -285,6 +286,9 @@ class ReceiptService:
         clock may have reached that month's last day only through a jump that has not
         settled, it is refused unless ``confirmed`` (the operator vouches for the clock).
         A Schlussbeleg issues the months before it first, held or not (it is confirmed).
+        With ``failed_ok`` a Schlussbeleg the unit does not sign (or that meets an open
+        outage: the unit is not asked) carries the failure marker and ends that outage
+        (:meth:`agent.outages.OutageBook.decommissioned`); without, it waits.
         ``amounts`` and the kinds standard/storno/training serve the scenario replay.
 
         Raises:
@@ -309,6 +313,7 @@ class ReceiptService:
                 unit_position=unit_position,
                 request_id=request_id,
                 period=period,
+                failed_ok=failed_ok,
             )
             result = self._issuing.issue_in(conn, reg, draft)
             if period is not None and result.signature_state == "signed":

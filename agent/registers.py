@@ -24,6 +24,7 @@ from storage.journal import append_event, canonical_json
 
 __all__ = [
     "CLOSING_SENT",
+    "FAILED_OK_HINT",
     "RECEIPT_ID_FORMAT_RULE",
     "START_SENT",
     "RegisterSetup",
@@ -44,6 +45,13 @@ CLOSING_SENT = (
     "register {register}: its Schlussbeleg was sent to the chain service, but no answer came;"
     " the register sells nothing more, and the Schlussbeleg is sent again unchanged as soon"
     " as the service answers (till-agent outage recover)"
+)
+
+# how a register whose unit is down for good is decommissioned all the same
+FAILED_OK_HINT = (
+    "a unit down for good: till-agent special {register} closing --yes --failed-ok issues"
+    " the Schlussbeleg with the failure marker (rksv.md 5: a Schlussbeleg may carry it)"
+    " and decommissions the register"
 )
 
 START_SENT = (

@@ -22,7 +22,7 @@ from agent.errors import OutcomeUnknown, SigningError, UnitUnavailable, WaitsFor
 from agent.metrics import ReceiptCounts
 from agent.outages import OutageBook
 from agent.receipt_records import MUST_SIGN, Draft, Stored
-from agent.registers import CLOSING_SENT
+from agent.registers import CLOSING_SENT, FAILED_OK_HINT
 from agent.signing import SignatureUnit, sign_verified
 from storage.journal import canonical_json
 from storage.writer import WriteConnection
@@ -123,8 +123,11 @@ class SigningStep:
         register_id, kind = draft.register_id, draft.kind
         must_sign = kind in MUST_SIGN or draft.force_sign
         unknown = isinstance(exc, OutcomeUnknown)
-        # a Schlussbeleg's outage could never be closed: the register ends
-        if kind == "closing" or (must_sign and (kind == "start" or not unknown)):
+        # a Schlussbeleg's outage could never be closed (the register ends in it): it
+        # waits unless the operator accepts the marker (``failed_ok``, rksv.md 5: it may
+        # carry it); one whose outcome is unknown may be held signed, and waits anyway
+        closing_waits = kind == "closing" and (unknown or not draft.failed_ok)
+        if closing_waits or (must_sign and (kind == "start" or not unknown)):
             # a Schlussbeleg's outage could never be closed, a Startbeleg's register
             # does not exist: their wait (or refusal) is the record
             if kind not in ("start", "closing") and not is_open:
@@ -229,7 +232,8 @@ def _collect_refusal(voids: list[SigningError], refused: SigningError | None) ->
 
 def _refuse(draft: Draft, exc: SigningError, intent: Intent | None) -> NoReturn:
     """The receipt is not stored: it must be signed, and a Schlussbeleg only signed (no
-    Sammelbeleg could follow it). A chain service that answered signed nothing: its
+    Sammelbeleg could follow it) unless the operator accepts the failure marker
+    (``Draft.failed_ok``; the refusal says how). A chain service that answered signed nothing: its
     intent is void. One whose answer was lost may hold the receipt: its intent stands,
     and the Startbeleg or Schlussbeleg waits to be sent again unchanged
     (:meth:`agent.issuing.Issuing.start_in`; :func:`agent.interrupted.store_interrupted`
@@ -245,5 +249,6 @@ def _refuse(draft: Draft, exc: SigningError, intent: Intent | None) -> NoReturn:
         raise WaitsForUnit(CLOSING_SENT.format(register=draft.register_id)) from exc
     raise WaitsForUnit(
         f"the unit failed ({exc}): a Schlussbeleg is issued only when it signs,"
-        " since no Sammelbeleg could follow it; nothing was issued"
+        " since no Sammelbeleg could follow it; nothing was issued; "
+        + FAILED_OK_HINT.format(register=draft.register_id)
     ) from exc

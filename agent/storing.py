@@ -1,8 +1,9 @@
 """Storing a signed (or fallback, or unsigned) receipt in its write transaction.
 
 The receipt's row and its journal event, the register moved on to it, and what it settles:
-its month, a waiting Jahresbeleg, the outage its Sammelbeleg closes. The step after signing
-in :meth:`agent.issuing.Issuing.issue_in` (DESIGN.md invariant 1); the receipts a process
+its month, a waiting Jahresbeleg, the outage its Sammelbeleg closes (or a Schlussbeleg
+with the failure marker ends). The step after signing in
+:meth:`agent.issuing.Issuing.issue_in` (DESIGN.md invariant 1); the receipts a process
 left while a chain service signed (:mod:`agent.interrupted`) and a Schlussbeleg sent again
 (:mod:`agent.recovery`) are stored the same way.
 """
@@ -98,7 +99,8 @@ def _after_store(
     period: str | None,
     at: dt.datetime,
 ) -> None:
-    """What a stored receipt settles: its month, a waiting Jahresbeleg, the outage."""
+    """What a stored receipt settles: its month, a waiting Jahresbeleg, the outage (its
+    Sammelbeleg closes it; a Schlussbeleg with the marker ends the register inside it)."""
     register_id, kind, number, state = (
         stored.register_id,
         stored.kind,
@@ -115,3 +117,5 @@ def _after_store(
         supersede_lost(conn, register_id, kind, period, number, at.isoformat())
     if kind == "sammelbeleg" and state == "signed" and outages.is_open(register_id):
         outages.close(conn, register_id, number, at)
+    elif kind == "closing" and outages.is_open(register_id):  # (with the marker)
+        outages.decommissioned(conn, register_id, number, at)

@@ -1,0 +1,102 @@
+"""A Schlussbeleg with the failure marker (``failed_ok``) and the outage it ends.
+
+rksv.md 5 and 6: a Schlussbeleg may carry the marker. The register ends inside its outage,
+which no Sammelbeleg can close: the outage ends with the Schlussbeleg, and as the failure
+is no temporary one its FinanzOnline report is due within a week (or earlier: past 48 h),
+with the reminders of any report; no end report is owed (the decommissioning report, the
+``closing`` obligation, takes its place). A development unit's outage owes neither.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import pytest
+
+from agent.clock import FrozenClock
+from agent.errors import WaitsForUnit
+from agent.receipts import ReceiptService
+from agent.signing.flaky import FlakyUnit
+from factories import journal_events, sale, the_outage
+
+REGISTER = "KASSE-1"
+HOUR = 3600.0
+
+
+def _levels(service: ReceiptService) -> list[str]:
+    return [str(e["level"]) for e in journal_events(service.db, "outage.escalation")]
+
+
+class TestTheOutageItEnds:
+    def test_a_short_outage_is_reported_within_a_week_and_reminded_when_overdue(
+        self, service: ReceiptService, flaky: FlakyUnit, clock: FrozenClock
+    ) -> None:
+        """One hour old at the Schlussbeleg: ended, its report due a week later (before:
+        the Schlussbeleg was refused and the outage stayed open for good); the timer's
+        ``overdue`` follows after that week, no end report ever."""
+        flaky.mode = "down"
+        service.issue(sale(request_id="r-1"))
+        clock.advance(HOUR)
+        closing = service.issue_special(REGISTER, "closing", failed_ok=True)
+        assert (closing.kind, closing.signature_state) == ("closing", "fallback")
+        outage = the_outage(service)
+        assert outage.ended_at == clock.now().isoformat()
+        assert (outage.sammelbeleg_number, outage.last_number) == (None, closing.number)
+        assert outage.report_due == (clock.now() + dt.timedelta(days=7)).isoformat()
+        assert outage.end_report_due is None
+        assert not service.outages.is_open(REGISTER)
+        assert service.probe_targets() == []
+        [closed] = journal_events(service.db, "outage.closed")
+        assert closed == {
+            "outage": outage.id,
+            "sammelbeleg_number": None,
+            "closing_number": closing.number,
+        }
+        clock.advance(7 * 24 * HOUR + 60)
+        assert service.outages.watch.tick() == [(outage.id, "overdue")]
+        assert service.outages.watch.tick() == []
+        assert _levels(service) == ["opened", "decommissioned", "overdue"]
+
+    def test_an_outage_past_48_hours_keeps_its_earlier_report_date(
+        self, service: ReceiptService, flaky: FlakyUnit, clock: FrozenClock
+    ) -> None:
+        """72 h without a tick: exceeded as it ends, the report due a week after the 48 h
+        were over, not a week after the Schlussbeleg."""
+        flaky.mode = "down"
+        service.issue(sale(request_id="r-1"))
+        start = clock.now()
+        clock.advance(72 * HOUR)
+        service.issue_special(REGISTER, "closing", failed_ok=True)
+        outage = the_outage(service)
+        assert outage.escalations == ("opened", "exceeded", "decommissioned")
+        assert outage.report_due == (start + dt.timedelta(days=9)).isoformat()
+        assert outage.end_report_due is None
+
+    def test_the_log_says_what_is_owed(
+        self,
+        service: ReceiptService,
+        flaky: FlakyUnit,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        caplog.set_level(logging.INFO)
+        flaky.mode = "down"
+        service.issue_special(REGISTER, "closing", failed_ok=True)
+        messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+        assert any(
+            level == logging.WARNING and "decommissioned inside it" in m for level, m in messages
+        )
+        assert any(
+            level == logging.ERROR and "report it in FinanzOnline by" in m for level, m in messages
+        )
+
+    def test_without_failed_ok_nothing_changes(
+        self, service: ReceiptService, flaky: FlakyUnit
+    ) -> None:
+        """The default: refused, consuming nothing, the outage open."""
+        flaky.mode = "down"
+        service.issue(sale(request_id="r-1"))
+        with pytest.raises(WaitsForUnit, match="--failed-ok"):
+            service.issue_special(REGISTER, "closing")
+        assert the_outage(service).ended_at is None
+        assert service.outages.is_open(REGISTER)
