@@ -192,6 +192,10 @@ class BackupCopy:
             rows = [str(r[0]) for r in self.conn.execute("PRAGMA integrity_check").fetchall()]
             tables = {str(r[0]) for r in self.conn.execute("SELECT name FROM sqlite_master")}
         except sqlite3.DatabaseError as exc:
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_CORRUPT:  # damage it met midway
+                raise self._refused(
+                    f"it is damaged: PRAGMA integrity_check stopped: {exc}"
+                ) from exc
             raise self._refused(f"it cannot be read as an SQLite database ({exc})") from exc
         if rows != ["ok"]:
             raise self._refused(f"it is damaged: PRAGMA integrity_check says {rows[:5]}")

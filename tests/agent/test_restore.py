@@ -162,7 +162,7 @@ class TestRefused:
         assert done["replaced_last_numbers"] == {"KASSE-1": 1}
         assert _numbers(fresh) == [1, 2, 3]
 
-    @pytest.mark.parametrize("damage", ["page", "journal", "revision"])
+    @pytest.mark.parametrize("damage", ["page", "page-type", "journal", "revision"])
     def test_a_damaged_or_later_backup_is_refused(
         self, run: Run, till: tuple[ReceiptService, Path], tmp_path: Path, damage: str
     ) -> None:
@@ -174,9 +174,13 @@ class TestRefused:
         target.mkdir()
         body = _restore(run, backup, target, "--yes", code=5)
         assert body["error"] == "StorageError"
-        assert {"page": "integrity_check", "journal": "hash chain", "revision": "'9999'"}[
-            damage
-        ] in body["message"]
+        expected = {
+            "page": "it is damaged: PRAGMA integrity_check",
+            "page-type": "it is damaged: PRAGMA integrity_check stopped",
+            "journal": "hash chain",
+            "revision": "'9999'",
+        }
+        assert expected[damage] in body["message"]
         assert sorted(p.name for p in target.iterdir()) == [LOCK_FILE]
 
     def test_a_copy_of_an_open_database_is_no_backup(
@@ -199,17 +203,21 @@ def _damage(backup: Path, how: str) -> None:
             conn.execute("UPDATE journal SET data = '{}' WHERE seq = 2")
         elif how == "revision":
             conn.execute("UPDATE alembic_version SET version_num = '9999'")
-        else:
+        else:  # page, page-type
             (root,) = conn.execute(
                 "SELECT rootpage FROM sqlite_master WHERE name = 'receipts'"
             ).fetchone()
             size = conn.execute("PRAGMA page_size").fetchone()[0]
     finally:
         conn.close()
-    if how == "page":
+    if how == "page":  # its cell pointers: integrity_check lists the damage, or stops at it
         with backup.open("r+b") as handle:
             handle.seek((root - 1) * size + 8)
             handle.write(b"\xff" * 64)
+    elif how == "page-type":  # no b-tree page at all: integrity_check stops at it
+        with backup.open("r+b") as handle:
+            handle.seek((root - 1) * size)
+            handle.write(b"\xff")
 
 
 class TestRestored:
