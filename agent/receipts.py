@@ -45,6 +45,7 @@ from agent.errors import (
     InvalidSale,
     RegisterRefused,
     RegisterStateError,
+    SigningError,
     StorageError,
     WaitsForUnit,
 )
@@ -352,37 +353,84 @@ class ReceiptService:
         ``request_id`` (the caller's idempotency key, as a sale's) a repeat returns the
         stored zero receipt instead of issuing another.
 
+        While unsigned receipts of the register wait for their remedy, it is issued as
+        recovery issues it (DESIGN.md invariant 5, :meth:`agent.recovery.Recovery.remedy`):
+        those the chain service has are adopted, then the signed Nullbeleg, the Sammelbeleg
+        and the reissued sales; the zero receipt asked for is that Sammelbeleg, or that
+        Nullbeleg when no outage is open (a remedy that issues neither: a Nullbeleg after it).
+
         Raises:
             InvalidSale: ``request_id`` names a receipt that is no zero receipt.
             RegisterRefused: the configuration refuses the register's receipts (a
                 Sammelbeleg its open outage needs is still issued).
-            WaitsForUnit: the Sammelbeleg must be signed and the unit still fails.
+            WaitsForUnit: the Sammelbeleg (or the remedy's Nullbeleg) must be signed and
+                the unit still fails, or the chain service cannot be asked about the
+                unsigned receipts.
         """
-        with self._issuing.transaction() as conn:
-            stored = None if request_id is None else _by_request(conn, register_id, request_id)
-            if stored is not None:
-                if not _zero_again(stored):
-                    raise InvalidSale(
-                        "request_id",
-                        "request-id-reused",
-                        f"this request_id was already used for a {stored['kind']} receipt "
-                        f"with other content: {_stored_receipt(stored)}",
-                    )
-                # a lost Sammelbeleg is replaced by recovery: the retry gets what stands now,
-                # and waits only while the outage it was asked for is still open
-                issued = Issued(current_result(conn, current_version(conn, stored)), created=False)
-                waits = self._issuing.outages.is_open(register_id)
-            else:
-                reg = open_register(conn, register_id)
-                kind = "sammelbeleg" if self._issuing.outages.is_open(register_id) else "null"
-                if kind == "null" and register_id in self.refused_registers:
-                    raise RegisterRefused(self.refused_registers[register_id])
-                draft = Draft(register_id, kind, request_id=request_id)
-                issued = Issued(self._issuing.issue_in(conn, reg, draft), created=True)
-                waits = True
+        remedied = False
+        while True:
+            with self._issuing.transaction() as conn:
+                found = self._zero_in(conn, register_id, request_id, remedied=remedied)
+            if found is not None:
+                break
+            result = self._zero_remedy(register_id, request_id)
+            if result is not None:
+                return Issued(result, created=True)
+            remedied = True  # it issued nothing that stands for the request: a Nullbeleg
+        issued, waits = found
         if waits:
             raise_if_lost(issued.result)
         return issued
+
+    def _zero_in(
+        self,
+        conn: sqlite3.Connection,
+        register_id: str,
+        request_id: str | None,
+        *,
+        remedied: bool,
+    ) -> tuple[Issued, bool] | None:
+        """:meth:`zero_receipt` in its transaction: the stored one of ``request_id``, or the
+        zero receipt issued now, and whether a lost one waits; ``None`` when unsigned
+        receipts wait for their remedy (unless ``remedied``: it ran and issued nothing
+        for the request)."""
+        stored = None if request_id is None else _by_request(conn, register_id, request_id)
+        if stored is not None:
+            if not _zero_again(stored):
+                raise InvalidSale(
+                    "request_id",
+                    "request-id-reused",
+                    f"this request_id was already used for a {stored['kind']} receipt "
+                    f"with other content: {_stored_receipt(stored)}",
+                )
+            # a lost Sammelbeleg is replaced by recovery: the retry gets what stands now,
+            # and waits only while the outage it was asked for is still open
+            issued = Issued(current_result(conn, current_version(conn, stored)), created=False)
+            return issued, self._issuing.outages.is_open(register_id)
+        reg = open_register(conn, register_id)
+        kind = "sammelbeleg" if self._issuing.outages.is_open(register_id) else "null"
+        if kind == "null" and register_id in self.refused_registers:
+            raise RegisterRefused(self.refused_registers[register_id])
+        if not remedied and unresolved(conn, register_id):
+            return None
+        draft = Draft(register_id, kind, request_id=request_id)
+        return Issued(self._issuing.issue_in(conn, reg, draft), created=True), True
+
+    def _zero_remedy(self, register_id: str, request_id: str | None) -> ReceiptResult | None:
+        """The remedy a zero receipt issues first (:meth:`agent.recovery.Recovery.remedy`);
+        the receipt of it that stands for the request, ``None`` if none does."""
+        try:
+            issued = self._recovery.remedy(register_id, request_id)
+        except SigningError as exc:
+            raise WaitsForUnit(
+                f"register {register_id} has unsigned receipts whose remedy comes before"
+                f" a zero receipt, and the chain service cannot be asked about them: {exc}"
+            ) from exc
+        for kind in ("sammelbeleg", "null"):
+            for result in issued:
+                if result.kind == kind:
+                    return result
+        return None
 
     def get(self, register_id: str, number: int) -> ReceiptResult:
         """The stored receipt ``number`` of ``register_id`` as it stands now (an unsigned

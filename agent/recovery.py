@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import sqlite3
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,9 @@ __all__ = ["Recovery"]
 
 _log = logging.getLogger(__name__)
 
+# a receipt of the register has this request_id already
+_TAKEN = "SELECT 1 FROM receipts WHERE register_id = ? AND request_id = ?"
+
 
 class Recovery:
     """Recovers the registers of one till database once their unit answers
@@ -61,6 +65,7 @@ class Recovery:
 
     def __init__(self, issuing: Issuing) -> None:
         self._issuing = issuing
+        self._remedy_lock = threading.Lock()  # one remedy at a time (see remedy)
 
     def _now(self) -> str:
         return self._issuing.clock.now().isoformat()
@@ -86,9 +91,7 @@ class Recovery:
             start = waiting_in(self._issuing.db, register_id, "start")
             if start is not None and not self._settle_stale_start(start):
                 issued.append(self._issue_waiting_start(start))
-            remedy = self._adopt_or_list(register_id)
-            if remedy or self._issuing.outages.is_open(register_id):
-                issued.extend(self._close_outage(register_id, remedy))
+            issued.extend(self.remedy(register_id))
             with self._issuing.db.read_connection() as conn:
                 waiting = waiting_rows(conn, register_id)
             for row in waiting:
@@ -100,6 +103,30 @@ class Recovery:
             self._recovery_failed(register_id, exc)
             return None
         return issued
+
+    def remedy(self, register_id: str, request_id: str | None = None) -> list[ReceiptResult]:
+        """The remedy of ``register_id``'s unsigned receipts and the Sammelbeleg of its open
+        outage, as :meth:`recover` issues them (its second and third step): the unsigned
+        receipts the chain service has are adopted; then in one transaction the signed
+        Nullbeleg (if a sale must be reissued), the Sammelbeleg (if the outage is open) and
+        the reissued sales. ``[]``: nothing to do.
+
+        ``request_id``: a zero receipt's idempotency key (:meth:`ReceiptService.zero_receipt`),
+        stored with the receipt that stands for that request: the Sammelbeleg, or the
+        Nullbeleg when no outage is open (on neither when the key names a receipt already).
+        One run at a time: the probe's recovery and a zero receipt of the local API would
+        otherwise both find the same unsigned receipts and reissue them twice.
+
+        Raises:
+            SigningError: the chain service cannot be asked about an unsigned receipt.
+            WaitsForUnit: a receipt issued here came back ``unsigned`` (what was issued
+                before it is committed) or must be signed and cannot be now.
+        """
+        with self._remedy_lock:
+            remedy = self._adopt_or_list(register_id)
+            if not remedy and not self._issuing.outages.is_open(register_id):
+                return []
+            return self._close_outage(register_id, remedy, request_id)
 
     def _recovery_failed(self, register_id: str, exc: Exception) -> None:
         """Journal and log why the unit answered but recovery failed (once per reason per
@@ -212,8 +239,11 @@ class Recovery:
                 resolve(conn, row, "adopted", self._now(), signed_jws=signed)
         return missing
 
-    def _close_outage(self, register_id: str, remedy: list[sqlite3.Row]) -> list[ReceiptResult]:
-        """Nullbeleg, Sammelbeleg and reissued sales in one transaction.
+    def _close_outage(
+        self, register_id: str, remedy: list[sqlite3.Row], request_id: str | None
+    ) -> list[ReceiptResult]:
+        """Nullbeleg, Sammelbeleg and reissued sales in one transaction (``request_id``: see
+        :meth:`remedy`).
 
         Only sales are reissued. A lost Sammel-/Jahresbeleg in ``remedy`` is superseded by
         the Sammelbeleg issued now (the outage is still open) or the waiting Jahresbeleg;
@@ -237,10 +267,17 @@ class Recovery:
                 issued.append(self._issuing.issue_in(conn, reg, draft))
                 return issued[-1]
 
+            if (
+                request_id is not None
+                and conn.execute(_TAKEN, (register_id, request_id)).fetchone()
+            ):
+                request_id = None  # taken meanwhile: a retry of that request finds its receipt
             if sales:  # the Nullbeleg first: proof the unit signs again
-                add(Draft(register_id, "null", force_sign=True))
+                # (it stands for a zero receipt asked for only when no Sammelbeleg follows)
+                asked = None if self._issuing.outages.is_open(register_id) else request_id
+                add(Draft(register_id, "null", force_sign=True, request_id=asked))
             if not any_lost(issued) and self._issuing.outages.is_open(register_id):
-                add(Draft(register_id, "sammelbeleg"))
+                add(Draft(register_id, "sammelbeleg", request_id=request_id))
             for old, left in sales:  # left: the remedy's Storno a dead process left
                 if any_lost(issued):
                     break
