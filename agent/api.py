@@ -464,6 +464,10 @@ def _add_receipt_routes(router: APIRouter, backend: ApiBackend) -> None:
         raw: Annotated[bytes, Depends(_raw_body)],
         response: Response,
     ) -> ReceiptResult:
+        """While unsigned receipts of the register wait for their remedy, the remedy is
+        issued first, as recovery issues it (adopted receipts, signed Nullbeleg,
+        Sammelbeleg, Storno and reissued sales); the answer is its Sammelbeleg, or its
+        Nullbeleg when no outage is open. 503 while the unit cannot sign or be asked."""
         body = _parse_body(ZeroReceiptIn, raw) if raw.strip() else ZeroReceiptIn()
         with _naming_unknown(backend, register, "register", "register-unknown"):
             issued = backend.zero_receipt(register, body.request_id)

@@ -238,8 +238,8 @@ class ApiBackend(Protocol):
         ...
 
     def zero_receipt(self, register: str, request_id: str | None = None) -> Issued:
-        """Issue a Nullbeleg (or find the one of ``request_id``); WaitsForUnit when it
-        must be signed and cannot be now."""
+        """Issue a Nullbeleg (or find the one of ``request_id``), after the remedy of
+        unsigned receipts; WaitsForUnit when it must be signed and cannot be now."""
         ...
 
     def status(self) -> StatusOut: ...
@@ -352,7 +352,8 @@ class ServiceBackend:
 
     def zero_receipt(self, register: str, request_id: str | None = None) -> Issued:
         """A Nullbeleg; while an outage is open, the signed Sammelbeleg that closes it;
-        with ``request_id``, a repeat returns the stored one (``created`` false).
+        with ``request_id``, a repeat returns the stored one (``created`` false). The
+        remedy of unsigned receipts comes first (:meth:`ReceiptService.zero_receipt`).
 
         Raises:
             NotFound: no such register.

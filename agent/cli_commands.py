@@ -717,7 +717,9 @@ def special(
     Sammelbeleg that closes it (a command has no probe to tell it the unit is back): a
     Nullbeleg is that Sammelbeleg, as the local API's zero receipt; if the unit still
     fails, no Nullbeleg is issued (exit 4, as outage recover), a Monatsbeleg carries the
-    failure marker and a Jahres- or Schlussbeleg waits (exit 4).
+    failure marker and a Jahres- or Schlussbeleg waits (exit 4). Unsigned receipts of a
+    chain service get their remedy first, as outage recover issues it (adopted receipts,
+    signed Nullbeleg, Sammelbeleg, Storno, reissued sales).
 
     With --failed-ok (a unit down for good) a Schlussbeleg the unit does not sign carries
     the failure marker instead of waiting, and an open outage ends with it: its failure
@@ -769,10 +771,11 @@ def special(
 
 
 def _zero_receipt(service: ReceiptService, register: str) -> ReceiptResult:
-    """The local API's zero receipt (:meth:`ReceiptService.zero_receipt`): while an outage
-    is open, the signed Sammelbeleg that closes it, the unit asked whatever the breaker
-    says. One the unit cannot sign is not issued (a lost answer keeps its number,
-    unsigned): the attempt is a failed probe of the outage, as in ``outage recover``."""
+    """The local API's zero receipt (:meth:`ReceiptService.zero_receipt`): the remedy of
+    unsigned receipts first; while an outage is open, the signed Sammelbeleg that closes
+    it, the unit asked whatever the breaker says. One the unit cannot sign is not issued
+    (a lost answer keeps its number, unsigned): the attempt is a failed probe of the
+    outage, as in ``outage recover``."""
     was_open = service.outages.is_open(register)
     try:
         return service.zero_receipt(register).result
