@@ -22,8 +22,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
+from agent.api import ApiServer, create_app, serve
 from agent.api_backend import ServiceBackend
 from agent.at_rksv.verify import verify_dep
 from agent.contract import ReceiptResult
@@ -36,6 +38,7 @@ from factories import Run, expect, journal_events, sale
 from storage import TillDB
 
 REGISTER = "KASSE-1"
+API_TOKEN = "test-token-0123456789abcdef"
 
 
 def _receipts(db: TillDB) -> list[tuple[int, str, str, str | None]]:
@@ -74,11 +77,22 @@ def _by_recovery(service: ReceiptService) -> None:
     assert service.recover(REGISTER) is not None
 
 
+def _zero_receipt_over_http(service: ReceiptService, request_id: str) -> httpx.Response:
+    """POST /v1/registers/KASSE-1/zero-receipt on the real local API (loopback)."""
+    server: ApiServer
+    with serve(create_app(ServiceBackend(service), token=API_TOKEN), port=0) as server:
+        return httpx.post(
+            f"{server.url}/v1/registers/{REGISTER}/zero-receipt",
+            json={"request_id": request_id},
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+            timeout=30,
+        )
+
+
 def _by_zero_receipt(service: ReceiptService) -> None:
-    """POST /v1/registers/KASSE-1/zero-receipt {"request_id": "z-1"}"""
-    asked = ServiceBackend(service).zero_receipt(REGISTER, "z-1")
-    assert asked.created
-    assert (asked.result.kind, asked.result.signature_state) == ("sammelbeleg", "signed")
+    asked = _zero_receipt_over_http(service, "z-1")
+    assert asked.status_code == 201, asked.text
+    assert (asked.json()["kind"], asked.json()["signature_state"]) == ("sammelbeleg", "signed")
 
 
 @pytest.mark.parametrize("remedy", [_by_recovery, _by_zero_receipt], ids=["recover", "zero"])
@@ -187,10 +201,14 @@ class TestZeroReceipt:
         chain.mode = "down"
         with pytest.raises(WaitsForUnit, match="unsigned receipts whose remedy comes before"):
             service.zero_receipt(REGISTER, "z-4")
+        waits = _zero_receipt_over_http(service, "z-4")
+        assert (waits.status_code, waits.json()["rule"]) == (503, "waits-for-unit")
         assert len(_receipts(service.db)) == 3
         assert service.outages.is_open(REGISTER)
         chain.mode = "up"
-        assert service.zero_receipt(REGISTER, "z-4").result.kind == "sammelbeleg"
+        assert _zero_receipt_over_http(service, "z-4").json()["kind"] == "sammelbeleg"
+        again = _zero_receipt_over_http(service, "z-4")  # the retry: the stored one
+        assert (again.status_code, again.json()["number"]) == (200, 5)
         assert service.unsigned(REGISTER) == []
 
 
