@@ -376,7 +376,8 @@ class ReceiptService:
             result = self._zero_remedy(register_id, request_id)
             if result is not None:
                 return Issued(result, created=True)
-            remedied = True  # it issued nothing that stands for the request: a Nullbeleg
+            remedied = True  # nothing in it stands for the request: a Nullbeleg, or the
+            # receipt a concurrent retry of the request got
         issued, waits = found
         if waits:
             raise_if_lost(issued.result)
@@ -426,11 +427,14 @@ class ReceiptService:
                 f"register {register_id} has unsigned receipts whose remedy comes before"
                 f" a zero receipt, and the chain service cannot be asked about them: {exc}"
             ) from exc
-        for kind in ("sammelbeleg", "null"):
-            for result in issued:
-                if result.kind == kind:
-                    return result
-        return None
+        stands = next((r for r in issued if r.kind == "sammelbeleg"), None)
+        stands = stands or next((r for r in issued if r.kind == "null"), None)
+        if stands is not None and request_id is not None:
+            with self.db.read_connection() as conn:
+                row = _by_request(conn, register_id, request_id)
+            if row is None or row["number"] != stands.number:
+                return None  # a retry of the request took it meanwhile: it is found
+        return stands
 
     def get(self, register_id: str, number: int) -> ReceiptResult:
         """The stored receipt ``number`` of ``register_id`` as it stands now (an unsigned

@@ -33,7 +33,7 @@ from agent.errors import WaitsForUnit
 from agent.export import export_container, export_dep
 from agent.fakes.chain_service import ChainServiceFake
 from agent.outages import load_outages
-from agent.receipts import ReceiptService
+from agent.receipts import Issued, ReceiptService
 from factories import Run, expect, journal_events, sale
 from storage import TillDB
 
@@ -271,3 +271,24 @@ def test_a_zero_receipt_asked_while_the_probe_remedies_waits_for_that_remedy(
     assert (asked.result.number, asked.result.kind) == (8, "null")
     assert len(journal_events(service.db, "receipt.superseded")) == 1
     assert _findings(service.db) == []
+
+
+def test_a_retry_while_its_remedy_runs_gets_the_same_sammelbeleg(
+    chain_service: ReceiptService, chain: ChainServiceFake
+) -> None:
+    """The POS times out and sends the same request_id while the remedy it started still
+    waits for the (slow) service: the retry waits for that remedy and gets its
+    Sammelbeleg (200), not a second remedy or a second zero receipt."""
+    service = chain_service
+    _lose(service, chain, "lose_request")
+    chain.delay, chain.mode = 0.3, "slow"
+    first: list[Issued] = []
+    asking = threading.Thread(target=lambda: first.append(service.zero_receipt(REGISTER, "z-6")))
+    asking.start()
+    time.sleep(0.1)  # its lookup of sale 3 is under way
+    again = service.zero_receipt(REGISTER, "z-6")
+    asking.join(30)
+    [created] = first
+    assert (created.created, again.created) == (True, False)
+    assert again.result.number == created.result.number == 5
+    assert len(_receipts(service.db)) == 7
