@@ -177,7 +177,9 @@ def open_till_db(
         DatabaseMissing: there is no database (no file, a 0-byte one, or an SQLite file
             without tables), and files in ``data_dir`` show that a till lived there
             (:func:`till_traces`): it would be a new one under the old id. Said to every
-            caller, a reader too, before NoDatabase.
+            caller, a reader too, before NoDatabase. Also ``till.sqlite3`` as a link to no
+            file (a disk not mounted), to callers that may create one (the others get
+            NoDatabase saying so): SQLite would make the new one at the link's target.
         DataDirLocked: another process holds the writer lock.
         StorageError: the database is damaged or cannot be opened, or the data
             directory cannot be used (not a directory, read-only, no permission); or, not
@@ -235,10 +237,8 @@ def _refuse_to_open(data_dir: Path, *, may_create: bool, may_be_empty: bool, at_
     if data_dir.exists() and not data_dir.is_dir():  # before "run init": init refuses it too
         raise StorageError(f"the data directory {data_dir} is not a directory")
     _refuse_pending_restore(data_dir)
-    if os.path.lexists(path) and not path.exists():  # a dangling link: opening says why
-        if not may_create:
-            raise NoDatabase(_no_database(data_dir))
-        return
+    if os.path.lexists(path) and not path.exists():  # SQLite would make a new one at its target
+        raise (DatabaseMissing if may_create else NoDatabase)(_dangling(path))
     state = _schema_state(path, data_dir, at_head=at_head)
     if state == "till":
         return
@@ -253,6 +253,19 @@ def _refuse_to_open(data_dir: Path, *, may_create: bool, may_be_empty: bool, at_
             f"no till database in {data_dir} yet ({DB_FILE} holds no till schema): run"
             " `till-agent init` first"
         )
+
+
+def _dangling(path: Path) -> str:
+    """Why a link ``path`` to no file is not opened: SQLite would create the database at
+    its target (a disk that is not mounted leaves its mount point empty)."""
+    target = os.readlink(path)
+    return (
+        f"{path} is a symbolic link to {target}, which does not exist (is the disk it is on"
+        " mounted?): the till database is not opened through it, since a new one made"
+        " there would be a new register under the same Kassen-ID while the old receipts"
+        " are elsewhere; nothing was created. Mount the disk (or put the link right); for a"
+        " new till, remove the link and start on an empty data directory"
+    )
 
 
 def _no_database(data_dir: Path) -> str:
@@ -281,8 +294,10 @@ def data_dir_problem(data_dir: Path) -> StorageError | None:
     except RestorePending as exc:
         return exc
     path = data_dir / DB_FILE
-    if not data_dir.is_dir() or (os.path.lexists(path) and not path.exists()):
+    if not data_dir.is_dir():
         return None
+    if os.path.lexists(path) and not path.exists():
+        return DatabaseMissing(_dangling(path))
     try:
         state = _schema_state(path, data_dir, at_head=False)
     except StorageError:  # not a till database, or unreadable: the database's own problem

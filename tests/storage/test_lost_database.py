@@ -222,3 +222,56 @@ class TestConfigCheckOnALostDatabase:
         body = json.loads(expect(run("config", "check", "--config", config, "--json"), 5).stdout)
         assert body["error"] == "DatabaseMissing"
         assert "configuration" not in body
+
+
+class TestALinkToNoFile:
+    """``till.sqlite3`` linked to a disk that is not mounted: SQLite made a new database at
+    the empty mount point, and `run` a new KASSE-1 with a second Startbeleg under the same
+    Kassen-ID."""
+
+    @pytest.fixture(name="linked")
+    def _linked(self, data_dir: Path, tmp_path: Path) -> Path:
+        mount = tmp_path / "mnt"  # the mount point, its disk not mounted
+        mount.mkdir()
+        data_dir.mkdir()
+        (data_dir / DB_FILE).symlink_to(mount / DB_FILE)
+        return mount
+
+    def test_no_command_makes_a_database_through_it(
+        self, run: Run, data_dir: Path, linked: Path
+    ) -> None:
+        with pytest.raises(StorageError) as refused:
+            open_till_db(data_dir)
+        assert type(refused.value).__name__ == "DatabaseMissing"
+        said = str(refused.value)
+        assert f"is a symbolic link to {linked / DB_FILE}, which does not exist" in said
+        assert "mounted" in said
+        init = ("init", "KASSE-1", "--unit", "dev", "--data-dir", data_dir, "--json")
+        body = json.loads(expect(run(*init), 5).stdout)
+        assert body["error"] == "DatabaseMissing"
+        assert "symbolic link" in body["message"]
+        unit = ("unit", "create-software", "--id", "k1", "--data-dir", data_dir, "--json")
+        expect(run(*unit), 5)
+        assert list(linked.iterdir()) == []
+        assert not (data_dir / "keys").exists()
+
+    def test_a_reading_command_says_why_too(self, run: Run, data_dir: Path, linked: Path) -> None:
+        shown = ("receipts", "list", "--register", "KASSE-1", "--data-dir", data_dir, "--json")
+        listed = expect(run(*shown), 6)
+        assert "symbolic link" in json.loads(listed.stdout)["message"]
+        assert list(linked.iterdir()) == []
+
+    def test_the_mounted_disk_opens(self, data_dir: Path, linked: Path) -> None:
+        open_till_db(linked).close()  # the till's database, made on its disk
+        (linked / LOCK_FILE).unlink()
+        open_till_db(data_dir).close()
+        assert (data_dir / DB_FILE).resolve() == (linked / DB_FILE).resolve()
+
+    def test_config_check_says_so(
+        self, run: Run, data_dir: Path, linked: Path, tmp_path: Path
+    ) -> None:
+        config = tmp_path / "till.toml"
+        config.write_text(f'data_dir = "{data_dir}"\n', encoding="utf-8")
+        said = flat(expect(run("config", "check", "--config", config), 5).stderr)
+        assert said.startswith(f"data directory: {data_dir / DB_FILE} is a symbolic link")
+        assert list(linked.iterdir()) == []
