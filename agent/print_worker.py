@@ -148,6 +148,8 @@ class PrintWorker:
                     shown,
                     ", ..." if len(left) > 10 else "",
                 )
+            if reordered := print_jobs.reorder_open(conn):  # an earlier release's queue
+                log.info("the copies of %d receipt(s) now print after their original", reordered)
             for reg, last in conn.execute("SELECT id, last_number FROM registers").fetchall():
                 printed = print_jobs.last_original(conn, reg)
                 if printed is None:

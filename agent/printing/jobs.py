@@ -14,7 +14,8 @@ The jobs of one receipt print in order, the original first, then the copies by n
 an original added after copies of its receipt were queued (a reprint asked for before
 the worker reached the receipt) takes their place and they move behind it
 (:func:`add_original`), and the worker holds back a copy whose original is still to come
-(:func:`held_copies`).
+(:func:`held_copies`); a queue an earlier release left out of order is put in order when
+the worker starts (:func:`reorder_open`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "of_unsigned",
     "record_failed",
     "record_printed",
+    "reorder_open",
     "skip_open",
 ]
 
@@ -60,6 +62,20 @@ _COPIES_AHEAD = (
     " AND id < (SELECT id FROM print_jobs WHERE register_id = ?1 AND number = ?2 AND copy = 0)"
     " ORDER BY copy"
 )
+# the receipts with an open copy queued before an open earlier job of theirs
+_MISORDERED = (
+    "SELECT DISTINCT c.register_id, c.number FROM print_jobs c"
+    " WHERE c.state IN ('queued', 'failed') AND c.copy > 0 AND EXISTS (SELECT 1 FROM print_jobs e"
+    " WHERE e.register_id = c.register_id AND e.number = c.number AND e.copy < c.copy"
+    " AND e.state IN ('queued', 'failed') AND e.id > c.id)"
+)
+# the open copies of a receipt, by copy: (register, number)
+_OPEN_COPIES = (
+    f"SELECT id FROM print_jobs WHERE register_id = ? AND number = ? AND copy > 0 AND {_OPEN}"  # noqa: S608
+    " ORDER BY copy"
+)
+# a job moved behind every other: (id)
+_TO_THE_END = "UPDATE print_jobs SET id = (SELECT max(id) + 1 FROM print_jobs) WHERE id = ?"
 # the open jobs of a receipt before a copy: (register, number, copy)
 _EARLIER_OPEN = (
     f"SELECT id FROM print_jobs WHERE register_id = ? AND number = ? AND copy < ? AND {_OPEN}"  # noqa: S608
@@ -84,6 +100,18 @@ def add_job(  # noqa: PLR0917 - one print_jobs row
     return inserted.rowcount == 1
 
 
+def reorder_open(conn: sqlite3.Connection) -> int:
+    """Put the open copies of each receipt behind its open original and in copy order,
+    where a release before :func:`add_original` queued them ahead (a full batch of such
+    copies, all held, would keep the worker from ever reaching the originals behind
+    them); how many receipts were put in order."""
+    receipts = conn.execute(_MISORDERED).fetchall()
+    for register_id, number in receipts:
+        for (job_id,) in conn.execute(_OPEN_COPIES, (register_id, number)).fetchall():
+            conn.execute(_TO_THE_END, (job_id,))
+    return len(receipts)
+
+
 def add_original(
     conn: sqlite3.Connection, register_id: str, number: int, data: bytes, state: str = "queued"
 ) -> None:
@@ -93,10 +121,7 @@ def add_original(
     if not add_job(conn, register_id, number, 0, data, state):
         return
     for (job_id,) in conn.execute(_COPIES_AHEAD, (register_id, number)).fetchall():
-        conn.execute(
-            "UPDATE print_jobs SET id = (SELECT max(id) + 1 FROM print_jobs) WHERE id = ?",
-            (job_id,),
-        )
+        conn.execute(_TO_THE_END, (job_id,))
 
 
 def held_copies(

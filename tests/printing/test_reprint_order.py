@@ -126,8 +126,8 @@ class TestACopyAskedForBeforeItsOriginalsJob:
         self, service: ReceiptService, fake_printer: FakePrinter, free_port: int
     ) -> None:
         """A database an earlier release left with copy 1's job ahead of the original's
-        and copy 2's after it (all open): the original prints first, then copy 1 and
-        copy 2, each in a later pass."""
+        and copy 2's after it (all open): the worker puts them in order when it starts,
+        and one pass prints the original, then copy 1 and copy 2."""
         worker = PrintWorker(service, _printer(free_port))
         result = service.issue(sale(request_id="legacy"))
         worker.reprint(REGISTER, result.number)
@@ -136,7 +136,8 @@ class TestACopyAskedForBeforeItsOriginalsJob:
         worker.reprint(REGISTER, result.number)
         assert _open_jobs(service) == [(result.number, c) for c in (1, 0, 2)]
         restarted = PrintWorker(service, _printer(fake_printer.port))
-        assert [restarted.run_once() for _ in range(3)] == [1, 2, 0]
+        assert _open_jobs(service) == [(result.number, c) for c in (0, 1, 2)]
+        assert [restarted.run_once() for _ in range(2)] == [3, 0]
         copy = render_escpos(result, copy=True)
         assert fake_printer.wait_for(3) == [render_escpos(result), copy, copy]
         with sqlite3.connect(service.db.path) as conn:
@@ -144,6 +145,31 @@ class TestACopyAskedForBeforeItsOriginalsJob:
                 "SELECT copy FROM print_jobs WHERE number = ? ORDER BY done_at", (result.number,)
             )
             assert [c for (c,) in done] == [0, 1, 2]
+
+    def test_a_full_batch_of_them_does_not_stop_the_printing(
+        self, service: ReceiptService, fake_printer: FakePrinter, free_port: int
+    ) -> None:
+        """100 copies an earlier release queued each ahead of its original: the worker's
+        batch (100 jobs) held only copies waiting for originals behind them, printed
+        nothing and came back at once, for ever. Put in order at start, all 200 print,
+        each original before its copy."""
+        off = PrintWorker(service, _printer(free_port))
+        results = [service.issue(sale(request_id=f"legacy-{i}")) for i in range(100)]
+        for result in results:
+            off.reprint(REGISTER, result.number)
+        with service.db.write_connection().transaction() as conn:  # as that release did
+            for result in results:
+                print_jobs.add_job(conn, REGISTER, result.number, 0, render_escpos(result))
+        worker = PrintWorker(service, _printer(fake_printer.port))
+        printed = 0
+        for _ in range(10):
+            printed += worker.run_once()
+            if printed == 200:
+                break
+        assert printed == 200
+        originals = [render_escpos(result) for result in results]
+        copies = [render_escpos(result, copy=True) for result in results]
+        assert fake_printer.wait_for(200) == originals + copies  # (the copies moved behind)
 
 
 def test_a_copy_asked_for_on_the_command_line_prints_after_the_original(
