@@ -250,6 +250,7 @@ class ChainServiceFake:
         self._receipts: dict[tuple[str, str], _Receipt] = {}
         self._sequences: dict[str, int] = {}
         self._requests = 0
+        self._once: dict[int, Mode] = {}  # request number -> its mode (see handle_once)
         self._answered: dict[str, float] = {}  # client_id -> monotonic time of its last answer
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -305,6 +306,15 @@ class ChainServiceFake:
                 self._unlisten()
             elif self._running and self._server is None:
                 self._listen()
+
+    def handle_once(self, request: int, mode: Mode) -> None:
+        """Handle request number ``request`` (as :attr:`requests_seen` counts them, the
+        first is 1) in ``mode`` whatever :attr:`mode` is then; the others as :attr:`mode`.
+        ``unreachable`` is no mode for one request (nothing would be read to count)."""
+        if mode not in MODES or mode == "unreachable":
+            raise ValueError(f"no mode for one request: {mode!r}")
+        with self._lock:
+            self._once[request] = mode
 
     def drop_connections(self) -> None:
         """Close every open connection without an answer (a network cut); the mode stays."""
@@ -373,7 +383,7 @@ class ChainServiceFake:
         """Count one request and return the mode it is handled in."""
         with self._lock:
             self._requests += 1
-            return self._mode
+            return self._once.pop(self._requests, self._mode)
 
     def _authorized(self, header: str) -> bool:
         scheme, _, token = header.partition(" ")
