@@ -775,12 +775,15 @@ def _zero_receipt(service: ReceiptService, register: str) -> ReceiptResult:
     unsigned receipts first; while an outage is open, the signed Sammelbeleg that closes
     it, the unit asked whatever the breaker says. One the unit cannot sign is not issued
     (a lost answer keeps its number, unsigned): the attempt is a failed probe of the
-    outage, as in ``outage recover``."""
-    was_open = service.outages.is_open(register)
+    outage, as in ``outage recover``; the remedy's receipts before and after it are
+    listed (stderr), with a new outage opened by a lost answer after it."""
+    was_open = _open_outage(service, register)
+    with service.db.read_connection() as conn:
+        (last,) = conn.execute(_LAST, (register,)).fetchone()
     try:
-        return service.zero_receipt(register).result
+        result = service.zero_receipt(register).result
     except WaitsForUnit as exc:
-        if not was_open:
+        if was_open is None or _open_outage(service, register) != was_open:
             raise
         service.record_probe(register, False, str(exc))
         raise WaitsForUnit(
@@ -788,6 +791,29 @@ def _zero_receipt(service: ReceiptService, register: str) -> ReceiptResult:
             f" that closes it: {exc}; the outage stays open (till-agent outage recover"
             f" {register} once the unit answers)"
         ) from exc
+    with service.db.read_connection() as conn:
+        rows = conn.execute(_AFTER, (register, last or 0, result.number)).fetchall()
+    if rows:
+        listed = ", ".join(f"#{n} {kind} {state}" for n, kind, state in rows)
+        now = _open_outage(service, register)
+        reopened = "" if now in {None, was_open} else f"; outage {now} is open"
+        err.print(f"the remedy of unsigned receipts issued: {listed}{reopened}", highlight=False)
+    return result
+
+
+_LAST = "SELECT max(number) FROM receipts WHERE register_id = ?"
+_AFTER = (
+    "SELECT number, kind, signature_state FROM receipts WHERE register_id = ? AND number > ?"
+    " AND number != ? ORDER BY number"
+)
+
+
+def _open_outage(service: ReceiptService, register: str) -> int | None:
+    with service.db.read_connection() as conn:
+        row = conn.execute(
+            "SELECT max(id) FROM outages WHERE register_id = ? AND ended_at IS NULL", (register,)
+        ).fetchone()
+    return None if row[0] is None else int(row[0])
 
 
 def _sammelbeleg_first(

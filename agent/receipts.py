@@ -59,6 +59,7 @@ from agent.receipt_records import (
     known_receipt,
     lost_answer,
     raise_if_lost,
+    receipt_row,
 )
 from agent.receipt_view import Amounts, current_result
 from agent.recovery import Recovery
@@ -357,7 +358,10 @@ class ReceiptService:
         recovery issues it (DESIGN.md invariant 5, :meth:`agent.recovery.Recovery.remedy`):
         those the chain service has are adopted, then the signed Nullbeleg, the Sammelbeleg
         and the reissued sales; the zero receipt asked for is that Sammelbeleg, or that
-        Nullbeleg when no outage is open (a remedy that issues neither: a Nullbeleg after it).
+        Nullbeleg when no outage is open (a remedy that issues neither: a Nullbeleg after it),
+        answered once it is committed signed, whatever a later receipt of the remedy met
+        (a lost one waits for recovery). ``request_id`` goes on the remedy's first receipt:
+        a retry issues nothing more, and gets the Sammelbeleg that closed the outage.
 
         Raises:
             InvalidSale: ``request_id`` names a receipt that is no zero receipt.
@@ -406,7 +410,8 @@ class ReceiptService:
                 )
             # a lost Sammelbeleg is replaced by recovery: the retry gets what stands now,
             # and waits only while the outage it was asked for is still open
-            issued = Issued(current_result(conn, current_version(conn, stored)), created=False)
+            stands = current_version(conn, _closed_by(conn, stored))
+            issued = Issued(current_result(conn, stands), created=False)
             return issued, self._issuing.outages.is_open(register_id)
         reg = open_register(conn, register_id)
         kind = "sammelbeleg" if self._issuing.outages.is_open(register_id) else "null"
@@ -427,13 +432,18 @@ class ReceiptService:
                 f"register {register_id} has unsigned receipts whose remedy comes before"
                 f" a zero receipt, and the chain service cannot be asked about them: {exc}"
             ) from exc
-        stands = next((r for r in issued if r.kind == "sammelbeleg"), None)
-        stands = stands or next((r for r in issued if r.kind == "null"), None)
-        if stands is not None and request_id is not None:
+        if request_id is not None:
             with self.db.read_connection() as conn:
                 row = _by_request(conn, register_id, request_id)
-            if row is None or row["number"] != stands.number:
+            if row is None or row["number"] not in {r.number for r in issued}:
                 return None  # a retry of the request took it meanwhile: it is found
+        stands = next((r for r in issued if r.kind == "sammelbeleg"), None)
+        stands = stands or next((r for r in issued if r.kind == "null"), None)
+        if stands is None:
+            for result in issued:  # a lost answer before any zero receipt: none stands
+                raise_if_lost(result, always=True)
+            return None
+        raise_if_lost(stands, always=True)  # committed signed: what follows it may wait
         return stands
 
     def get(self, register_id: str, number: int) -> ReceiptResult:
@@ -762,6 +772,32 @@ def _stored_receipt(stored: sqlite3.Row) -> str:
 
 
 _ZERO_KINDS = ("null", "sammelbeleg")
+
+
+def _closed_by(conn: sqlite3.Connection, stored: sqlite3.Row) -> Any:
+    """The receipt that answers a zero receipt's retry: for a remedy's Nullbeleg issued
+    inside an outage (it holds the request_id, :meth:`Recovery.remedy`), the Sammelbeleg
+    that closed that outage; else ``stored``.
+
+    Raises:
+        WaitsForUnit: that outage is still open (a receipt of the remedy lost its answer).
+    """
+    if stored["kind"] != "null" or stored["sale_hash"] is not None:
+        return stored  # a sale's Nullbeleg, or no Nullbeleg
+    outage = conn.execute(
+        "SELECT ended_at, sammelbeleg_number FROM outages WHERE register_id = ?"
+        " AND first_number < ? AND (sammelbeleg_number IS NULL OR sammelbeleg_number > ?)"
+        " ORDER BY id LIMIT 1",
+        (stored["register_id"], stored["number"], stored["number"]),
+    ).fetchone()
+    if outage is None or (outage["sammelbeleg_number"] is None and outage["ended_at"]):
+        return stored  # issued outside an outage, or in one a Schlussbeleg ended
+    if outage["sammelbeleg_number"] is None:
+        raise WaitsForUnit(
+            f"zero receipt {stored['number']} is the first receipt of the remedy this request"
+            " issued; the Sammelbeleg that closes the outage waits for the unit"
+        )
+    return receipt_row(conn, stored["register_id"], outage["sammelbeleg_number"])
 
 
 def _by_request(conn: sqlite3.Connection, register_id: str, request_id: str) -> Any:

@@ -91,7 +91,10 @@ class Recovery:
             start = waiting_in(self._issuing.db, register_id, "start")
             if start is not None and not self._settle_stale_start(start):
                 issued.append(self._issue_waiting_start(start))
-            issued.extend(self.remedy(register_id))
+            remedied = self.remedy(register_id)
+            issued.extend(remedied)
+            for result in remedied:  # a lost one: what it was for waits (the next run)
+                raise_if_lost(result, always=True)
             with self._issuing.db.read_connection() as conn:
                 waiting = waiting_rows(conn, register_id)
             for row in waiting:
@@ -112,15 +115,19 @@ class Recovery:
         the reissued sales. ``[]``: nothing to do.
 
         ``request_id``: a zero receipt's idempotency key (:meth:`ReceiptService.zero_receipt`),
-        stored with the receipt that stands for that request: the Sammelbeleg, or the
-        Nullbeleg when no outage is open (on neither when the key names a receipt already).
+        stored with the first receipt issued for that request: the Nullbeleg, or the
+        Sammelbeleg when no sale is reissued (on neither when the key names a receipt
+        already), so that a retry finds it whatever came back ``unsigned``.
         One run at a time: the probe's recovery and a zero receipt of the local API would
         otherwise both find the same unsigned receipts and reissue them twice.
 
+        A receipt that comes back ``unsigned`` is committed with what came before it, and
+        it is returned as it is: the caller decides what waits (:meth:`recover` raises
+        :class:`WaitsForUnit`).
+
         Raises:
             SigningError: the chain service cannot be asked about an unsigned receipt.
-            WaitsForUnit: a receipt issued here came back ``unsigned`` (what was issued
-                before it is committed) or must be signed and cannot be now.
+            WaitsForUnit: a receipt must be signed and cannot be now (nothing issued).
         """
         with self._remedy_lock:
             remedy = self._adopt_or_list(register_id)
@@ -252,7 +259,9 @@ class Recovery:
         A sale the POS voided is resolved, not reissued (no Nullbeleg if none is left).
         When an answer is lost on the way (a receipt comes back ``unsigned``), what was
         issued is committed (each number stays with its receipt, the reissued sale it
-        belongs to included) and the rest waits: :class:`WaitsForUnit` after the commit.
+        belongs to included) and the rest waits for the next remedy: nothing more is
+        signed inside the outage that loss opened (a lost Storno is found again by
+        :func:`agent.remedy.remedy_storno`).
         """
         issued: list[ReceiptResult] = []
         with self._issuing.transaction() as conn:
@@ -273,9 +282,8 @@ class Recovery:
             ):
                 request_id = None  # taken meanwhile: a retry of that request finds its receipt
             if sales:  # the Nullbeleg first: proof the unit signs again
-                # (it stands for a zero receipt asked for only when no Sammelbeleg follows)
-                asked = None if self._issuing.outages.is_open(register_id) else request_id
-                add(Draft(register_id, "null", force_sign=True, request_id=asked))
+                add(Draft(register_id, "null", force_sign=True, request_id=request_id))
+                request_id = None  # a retry finds the request's Sammelbeleg through it
             if not any_lost(issued) and self._issuing.outages.is_open(register_id):
                 add(Draft(register_id, "sammelbeleg", request_id=request_id))
             for old, left in sales:  # left: the remedy's Storno a dead process left
@@ -284,6 +292,8 @@ class Recovery:
                 voided_by = left
                 if old["kind"] in COUNTED and voided_by is None:  # a Storno takes it back
                     voided_by = add(void_draft(old)).number  # (rksv.md 3)
+                    if any_lost(issued):  # the next remedy finds it (remedy_storno)
+                        break
                 new = add(dataclasses.replace(reissue_draft(conn, old), voided_by=voided_by))
                 resolve(
                     conn,
@@ -293,6 +303,4 @@ class Recovery:
                     replacement=new.number,
                     voided_by=voided_by,
                 )
-        for result in issued:
-            raise_if_lost(result, always=True)
         return issued

@@ -73,6 +73,15 @@ def _lose(service: ReceiptService, chain: ChainServiceFake, mode: str) -> int:
     return lost.number
 
 
+def _wait_for_request(chain: ChainServiceFake, request: int) -> None:
+    """Until the fake has read request ``request`` (its ``slow`` answer is still to come:
+    the remedy that sent it holds the remedy lock)."""
+    deadline = time.monotonic() + 30
+    while chain.requests_seen < request:
+        assert time.monotonic() < deadline, "the request never came"
+        time.sleep(0.005)
+
+
 def _by_recovery(service: ReceiptService) -> None:
     assert service.recover(REGISTER) is not None
 
@@ -105,15 +114,16 @@ class TestTheSameOrderAsRecovery:
     ) -> None:
         """The service never got sale 3: both ways issue the signed Nullbeleg (4), the
         Sammelbeleg right after it (5), the Storno of 3 (6) and its reissue (7), and the
-        DEP passes the verifier. The zero receipt asked for is that Sammelbeleg."""
+        DEP passes the verifier. The zero receipt asked for is that Sammelbeleg; its
+        request_id is on the Nullbeleg, the first receipt the request issued."""
         service = chain_service
         lost = _lose(service, chain, "lose_request")
         remedy(service)
         asked = "z-1" if remedy is _by_zero_receipt else None
         assert _receipts(service.db)[lost - 1 :] == [
             (3, "standard", "unsigned", "b"),
-            (4, "null", "signed", None),
-            (5, "sammelbeleg", "signed", asked),
+            (4, "null", "signed", asked),
+            (5, "sammelbeleg", "signed", None),
             (6, "storno", "signed", None),
             (7, "standard", "signed", None),
         ]
@@ -262,8 +272,9 @@ def test_a_zero_receipt_asked_while_the_probe_remedies_waits_for_that_remedy(
     chain.delay, chain.mode = 0.3, "slow"  # every request answered after 0.3 s
     recovered: list[list[ReceiptResult] | None] = []
     probe = threading.Thread(target=lambda: recovered.append(service.recover(REGISTER)))
+    seen = chain.requests_seen
     probe.start()
-    time.sleep(0.1)  # the recovery's lookup of sale 3 is under way
+    _wait_for_request(chain, seen + 1)  # the recovery's lookup of sale 3 is under way
     asked = service.zero_receipt(REGISTER, "z-5")
     probe.join(30)
     [issued] = recovered
@@ -284,11 +295,136 @@ def test_a_retry_while_its_remedy_runs_gets_the_same_sammelbeleg(
     chain.delay, chain.mode = 0.3, "slow"
     first: list[Issued] = []
     asking = threading.Thread(target=lambda: first.append(service.zero_receipt(REGISTER, "z-6")))
+    seen = chain.requests_seen
     asking.start()
-    time.sleep(0.1)  # its lookup of sale 3 is under way
+    _wait_for_request(chain, seen + 1)  # its lookup of sale 3 is under way
     again = service.zero_receipt(REGISTER, "z-6")
     asking.join(30)
     [created] = first
     assert (created.created, again.created) == (True, False)
     assert again.result.number == created.result.number == 5
     assert len(_receipts(service.db)) == 7
+
+
+def _after_lost_storno(service: ReceiptService, chain: ChainServiceFake) -> None:
+    """Sale 7 while the outage the lost Storno opened is open (fallback), recovery after:
+    Nullbeleg 8, Sammelbeleg 9 right after it, the reissue of 3 (10; Storno 6 stands for
+    the remedy's Storno, adopted); nothing waits, ``verify`` passes."""
+    assert service.issue(sale(request_id="c")).signature_state == "fallback"
+    issued = service.recover(REGISTER)
+    assert [(r.number, r.kind, r.signature_state) for r in issued or []] == [
+        (8, "null", "signed"),
+        (9, "sammelbeleg", "signed"),
+        (10, "standard", "signed"),
+    ]
+    assert service.unsigned(REGISTER) == []
+    assert _findings(service.db) == []
+
+
+class TestALostAnswerInTheRemedy:
+    """The chain service loses the answer to the remedy's Storno (request 4: the lookup
+    of sale 3, Nullbeleg 4, Sammelbeleg 5, Storno 6)."""
+
+    def test_the_zero_receipt_is_its_committed_sammelbeleg_and_the_reissue_waits(
+        self, chain_service: ReceiptService, chain: ChainServiceFake
+    ) -> None:
+        """201 with the signed Sammelbeleg 5 that closed the outage (before: 503 though
+        committed); no reissue is signed inside the outage Storno 6 opened (before: 7 was,
+        and after a fallback sale the DEP failed verify with sammelbeleg-missing)."""
+        service = chain_service
+        _lose(service, chain, "lose_request")
+        chain.handle_once(chain.requests_seen + 4, "lose_response")
+        asked = _zero_receipt_over_http(service, "z-7")
+        assert asked.status_code == 201, asked.text
+        assert (asked.json()["number"], asked.json()["signature_state"]) == (5, "signed")
+        assert _receipts(service.db)[3:] == [
+            (4, "null", "signed", "z-7"),
+            (5, "sammelbeleg", "signed", None),
+            (6, "storno", "unsigned", None),
+        ]
+        again = _zero_receipt_over_http(service, "z-7")
+        assert (again.status_code, again.json()["number"]) == (200, 5)
+        _after_lost_storno(service, chain)
+
+    def test_recover_commits_what_came_before_and_the_reissue_waits(
+        self, chain_service: ReceiptService, chain: ChainServiceFake
+    ) -> None:
+        """recover (the probe, ``outage recover``): the same remedy, answered as before
+        (the unit failed again: ``None``, a new outage); the reissue waits for the next."""
+        service = chain_service
+        _lose(service, chain, "lose_request")
+        chain.handle_once(chain.requests_seen + 4, "lose_response")
+        assert service.recover(REGISTER) is None
+        assert [r[:3] for r in _receipts(service.db)[3:]] == [
+            (4, "null", "signed"),
+            (5, "sammelbeleg", "signed"),
+            (6, "storno", "unsigned"),
+        ]
+        _after_lost_storno(service, chain)
+
+    def test_special_null_shows_the_sammelbeleg_and_the_new_outage(
+        self,
+        chain_service: ReceiptService,
+        chain: ChainServiceFake,
+        db: TillDB,
+        run: Run,
+        data_dir: Path,
+    ) -> None:
+        """Exit 0 with Sammelbeleg 5 (before: exit 4 "the outage stays open", and a
+        failed probe recorded on the new outage); stderr names the remedy's receipts and
+        the new outage; ``outage recover`` then issues the rest."""
+        _lose(chain_service, chain, "lose_request")
+        db.close()
+        base = chain.requests_seen
+        chain.handle_once(base + 5, "lose_request")
+        chain.handle_once(base + 6, "lose_request")  # the CLI sends it again once
+        shown = expect(run("special", REGISTER, "null", "--json", "--data-dir", data_dir), 0)
+        assert (json.loads(shown.stdout)["number"], json.loads(shown.stdout)["kind"]) == (
+            5,
+            "sammelbeleg",
+        )
+        assert "issued: #4 null signed, #6 storno unsigned; outage 2 is open" in shown.stderr
+        listed = json.loads(
+            expect(run("outage", "list", "--json", "--data-dir", data_dir), 0).stdout
+        )
+        assert [o.get("probes_failed", 0) for o in listed if o["id"] == 2] in ([0], [])
+        expect(run("outage", "recover", REGISTER, "--data-dir", data_dir), 0)
+        dep, container = data_dir / "dep.json", data_dir / "container.json"
+        expect(run("export", "dep", "--register", REGISTER, "-o", dep, "--data-dir", data_dir), 0)
+        args = ("--register", REGISTER, "-o", container, "--data-dir", data_dir)
+        expect(run("export", "crypto-container", *args), 0)
+        expect(run("verify", dep, container), 0)
+
+
+def test_retries_while_every_signing_answer_is_lost_issue_one_nullbeleg(
+    chain_service: ReceiptService, chain: ChainServiceFake
+) -> None:
+    """The service answers lookups but loses every new receipt's answer: the first
+    request issues the remedy's Nullbeleg (4, unsigned, holding the request_id); its
+    retries wait (503) and issue nothing (before: a new Nullbeleg each). Once the service
+    answers, recovery adopts 4 and closes the outage; the retry gets that Sammelbeleg."""
+    service = chain_service
+    _lose(service, chain, "lose_request")
+    chain.mode = "lose_put_response"
+    for _ in range(3):
+        with pytest.raises(WaitsForUnit):
+            service.zero_receipt(REGISTER, "z-8")
+    assert _receipts(service.db)[3:] == [(4, "null", "unsigned", "z-8")]
+    retried = _zero_receipt_over_http(service, "z-8")
+    assert (retried.status_code, retried.json()["rule"]) == (503, "waits-for-unit")
+    chain.mode = "up"
+    assert [r.kind for r in service.recover(REGISTER) or []] == [
+        "null",
+        "sammelbeleg",
+        "storno",
+        "standard",
+    ]
+    [adopted] = journal_events(service.db, "receipt.adopted")
+    assert adopted["number"] == 4
+    again = _zero_receipt_over_http(service, "z-8")
+    assert (again.status_code, again.json()["number"], again.json()["kind"]) == (
+        200,
+        6,
+        "sammelbeleg",
+    )
+    assert _findings(service.db) == []
