@@ -20,7 +20,8 @@ class CheckOut(BaseModel):
     the FinanzOnline registration of the unit a register switched to (``unit``; ``number``:
     the first receipt after the switch, which names it among several): due by ``due`` (a
     date in the register's time zone), ``overdue`` past it while open, done once its
-    ``reference`` is recorded (``failed``: the Belegcheck failed)."""
+    ``reference`` is recorded (``failed``: the Belegcheck failed, and no later passing unit
+    check of its receipt number settled it)."""
 
     # ``register`` is a BaseModel attribute: the field takes it as an alias
     model_config = ConfigDict(
@@ -50,6 +51,6 @@ def check_out(record: CheckRecord, now: dt.datetime) -> CheckOut:
         overdue=record.overdue(now),
         alerts=list(record.alerts),
         reference=record.reference,
-        failed=record.failed,
+        failed=record.failed and not record.settled,
         done_at=None if record.done_at is None else dt.datetime.fromisoformat(record.done_at),
     )

@@ -87,9 +87,17 @@ WARN_DAYS = 2  # the WARNING reminder, this many days before the due date
 
 log = logging.getLogger(__name__)
 
+# a failed unit check that a later unit check of its receipt number passed: settled, the
+# register no longer counts as "unit failed" by it (the same number's checks are few)
+_SETTLED = (
+    "c.kind = 'unit' AND c.failed AND EXISTS (SELECT 1 FROM checks s"
+    " WHERE s.register_id = c.register_id AND s.kind = 'unit'"
+    " AND s.receipt_number = c.receipt_number AND s.id > c.id"
+    " AND s.done_at IS NOT NULL AND NOT s.failed)"
+)
 _COLUMNS = (
     "c.id, c.register_id, c.kind, c.year, c.receipt_number, c.due_date, c.created_at,"
-    " c.alerts, c.reference, c.failed, c.done_at, r.timezone"
+    f" c.alerts, c.reference, c.failed, c.done_at, r.timezone, {_SETTLED}"
 )
 _FROM = " FROM checks c JOIN registers r ON r.id = c.register_id"
 # the ids of the development units, its parameter :func:`development_zda`: the one test of
@@ -131,7 +139,9 @@ _UNREPORTED_CLOSINGS = (
 
 @dataclass(frozen=True, slots=True)
 class CheckRecord:
-    """One obligation as stored, with its register's time zone."""
+    """One obligation as stored, with its register's time zone. ``failed``: its check
+    failed; ``settled``: a failed ``unit`` check that a later unit check of its receipt
+    number passed (the register no longer counts as "unit failed" by it)."""
 
     id: int
     register_id: str
@@ -145,6 +155,7 @@ class CheckRecord:
     failed: bool
     done_at: str | None
     timezone: str
+    settled: bool = False
 
     @classmethod
     def from_row(cls, row: Any) -> CheckRecord:
@@ -152,6 +163,7 @@ class CheckRecord:
         values[5] = dt.date.fromisoformat(values[5])
         values[7] = tuple(json.loads(values[7]))
         values[9] = bool(values[9])
+        values[12] = bool(values[12])
         return cls(*values)  # kind: the table's CHECK holds it to CheckKind
 
     def moment(self, day: dt.date) -> dt.datetime:
@@ -364,11 +376,13 @@ def load_checks(
 ) -> list[CheckRecord]:
     """The open obligations, by due date; with ``done`` also the recorded ones, with
     ``failed`` also those whose last check failed (the register counts as "unit failed"
-    until a check passes: what support must see). Not the obligations an earlier version
-    recorded for receipts of a development unit: they are owed to nobody."""
+    until a check passes: what support must see), not a settled unit check (a later
+    unit check of its receipt number passed: :attr:`CheckRecord.settled`). Not the
+    obligations an earlier version recorded for receipts of a development unit: they are
+    owed to nobody."""
     rows = conn.execute(
         f"SELECT {_COLUMNS}{_FROM} WHERE (? IS NULL OR c.register_id = ?)"
-        f" AND (? OR c.done_at IS NULL OR (? AND c.failed)){_OWED}"
+        f" AND (? OR c.done_at IS NULL OR (? AND c.failed AND NOT ({_SETTLED}))){_OWED}"
         " ORDER BY c.due_date, c.register_id, c.id",
         (register_id, register_id, done, failed, development_zda()),
     )
@@ -576,7 +590,10 @@ def record_check(  # noqa: PLR0917 - the obligation, then what the operator reco
     it was recorded for is found by it first, also among several of one kind. A failed
     check also raises an ERROR alert: the register counts as "unit failed" (rksv.md 6);
     it is not final: the check made again after the cause is fixed, with a new reference,
-    is recorded as its own ``check.done`` (a passing one ends the failure).
+    is recorded as its own ``check.done`` (a passing one ends the failure). A unit check
+    that passes settles the failed unit checks of its receipt number recorded before it
+    (another switch's, whose check cannot be made again once a later switch owed its own:
+    :attr:`CheckRecord.settled`); its ``check.done`` names them (``settles``).
     ``year`` may be left out for the Startbeleg and the Schlussbeleg (a register has one)
     and for a unit switch (its latest switch, an open obligation first); ``number``, the
     check's receipt number (a unit switch's: the first receipt after it), names one of
@@ -598,17 +615,21 @@ def record_check(  # noqa: PLR0917 - the obligation, then what the operator reco
             if (record.reference, record.failed) == (reference, failed):
                 return record
             _refuse_unless_recheck(record, reference)
+        # read before the record: the passing check it records settles them
+        settles = [] if failed or kind != "unit" else _failed_before(conn, record)
         conn.execute(
             _RECORD,
             (reference, failed, now, record.id),
         )
-        facts = {
+        facts: dict[str, Any] = {
             "check": record.id,
             "kind": kind,
             "year": record.year,
             "reference": reference,
             "failed": failed,
         }
+        if settles:
+            facts["settles"] = settles
         _journal(conn, kind="check.done", register_id=register_id, at=now, data=facts)
         if failed:
             alert = {"level": "error", "alert": "check-failed", **facts, "reason": _UNIT_FAILED}
@@ -621,7 +642,29 @@ def record_check(  # noqa: PLR0917 - the obligation, then what the operator reco
             reference,
             _UNIT_FAILED,
         )
+    if settles:
+        log.info(
+            "register %s: the Belegcheck of its %s passed (reference %s): it settles the"
+            " failed unit check of the same receipt number (check %s), and the register no"
+            ' longer counts as "unit failed" by it',
+            register_id,
+            _receipt(record),
+            reference,
+            ", ".join(map(str, settles)),
+        )
     return replace(record, reference=reference, failed=failed, done_at=now)
+
+
+def _failed_before(conn: sqlite3.Connection, record: CheckRecord) -> list[int]:
+    """The failed ``unit`` checks of ``record``'s receipt number recorded before it (lower
+    id) that no passing one settled yet: a passing ``record`` settles them."""
+    rows = conn.execute(
+        f"SELECT c.id FROM checks c WHERE c.register_id = ? AND c.kind = 'unit'"  # noqa: S608 - constant SQL
+        f" AND c.receipt_number = ? AND c.id < ? AND c.failed AND NOT ({_SETTLED})"
+        " ORDER BY c.id",
+        (record.register_id, record.receipt_number, record.id),
+    )
+    return [int(row[0]) for row in rows]
 
 
 _UNIT_FAILED = 'the register counts as "unit failed" (rksv.md section 6)'

@@ -18,6 +18,7 @@ import pytest
 from typer.testing import Result
 
 from agent import metrics
+from agent.api_backend import ServiceBackend
 from agent.checks import CheckWatch
 from agent.clock import FrozenClock, SystemClock
 from agent.errors import FiscalError
@@ -285,6 +286,63 @@ class TestBackAfterTheCheckWasRecorded:
         moved = _switch(till, "c3")
         assert (moved["owed"], moved["replaced"], moved["again"]) == ("unit", "c2", False)
         assert self._unit_checks(till) == [(3, "FON-C2"), (3, None)]
+
+
+class TestAFailedCheckBeforeTheSwitchBack:
+    """c1 signed receipts 1 and 2, the register was switched to c2, its unit check
+    (receipt 3) recorded as FAILED, then switched back to c1, which owes its own unit check
+    of receipt 3."""
+
+    @pytest.fixture(autouse=True)
+    def _failed(self, till: Till) -> None:
+        _units(till, c1="AT1", c2="AT2")
+        till("init", REGISTER, "--unit", "c1")
+        till("checks", "done", REGISTER, "start", "--reference", "BC-S")
+        _sell(till, "a")
+        _switch(till, "c2")
+        till("checks", "done", REGISTER, "unit", "--reference", "BC-F", "--failed")
+        _switch(till, "c1")
+
+    def _listed(self, till: Till, *flags: str) -> list[tuple[int, str | None, bool]]:
+        listed = json.loads(till("checks", "list", *flags, "--json").stdout)
+        return [(c["number"], c["reference"], c["failed"]) for c in listed if c["kind"] == "unit"]
+
+    def test_a_passing_check_of_the_number_settles_it(self, till: Till, data_dir: Path) -> None:
+        """The open check of the switch back passes: the failed one is settled (checks
+        list, the status, the metrics no longer count the register as "unit failed"),
+        the journal's check.done names it, and each check again is a harmless repeat. The
+        failed one stayed listed for good, and no check could clear it (already-reported)."""
+        assert self._listed(till) == [(3, "BC-F", True), (3, None, False)]
+        till("checks", "done", REGISTER, "unit", "--receipt", "3", "--reference", "BC-OK")
+        assert self._listed(till) == []
+        assert self._listed(till, "--all") == [(3, "BC-F", False), (3, "BC-OK", False)]
+        [(done,)] = _rows(
+            data_dir,
+            "SELECT data FROM journal WHERE kind = 'check.done' ORDER BY seq DESC LIMIT 1",
+        )
+        [failed_id] = [r[0] for r in _rows(data_dir, "SELECT id FROM checks WHERE failed")]
+        assert json.loads(done)["settles"] == [failed_id]
+        db = open_till_db(data_dir)
+        try:
+            status = ServiceBackend(ReceiptService(db, UnitRegistry())).status()
+        finally:
+            db.close()
+        assert [c.reference for r in status.registers for c in r.open_checks] == []
+        journaled = len(_rows(data_dir, "SELECT 1 FROM journal"))
+        till("checks", "done", REGISTER, "unit", "--receipt", "3", "--reference", "BC-OK")
+        till("checks", "done", REGISTER, "unit", "--reference", "BC-F", "--failed")
+        assert len(_rows(data_dir, "SELECT 1 FROM journal")) == journaled
+        again = ("checks", "done", REGISTER, "unit", "--receipt", "3", "--reference", "BC-OK2")
+        assert "already-reported" in flat(till(*again, code=3).stdout + till(*again, code=3).stderr)
+
+    def test_a_failing_one_does_not(self, till: Till) -> None:
+        """Failed too: both count; the check made again over the later one settles both."""
+        till(
+            "checks", "done", REGISTER, "unit", "--receipt", "3", "--reference", "BC-F2", "--failed"
+        )
+        assert self._listed(till) == [(3, "BC-F", True), (3, "BC-F2", True)]
+        till("checks", "done", REGISTER, "unit", "--receipt", "3", "--reference", "BC-OK")
+        assert self._listed(till, "--all") == [(3, "BC-F", False), (3, "BC-OK", False)]
 
 
 class TestTheMigration:
