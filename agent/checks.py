@@ -137,6 +137,28 @@ _UNREPORTED_CLOSINGS = (
 )
 
 
+# the latest recorded unit check of each receipt number whose unit (registered_unit) is not
+# the unit of that number (its receipt, or with none yet the active unit), with no open
+# check of the number: a till of 0011 switched away from it at that number and dropped the
+# check the switch owed (one unit check per receipt number); not to a development unit (the
+# parameter: development_zda()). A switch here keeps an open check for such a number (or
+# withdraws it, back on the unit), so only those are found; few rows, read once per start
+_UNIT_OF_NUMBER = (
+    "coalesce((SELECT x.unit_id FROM receipts x WHERE x.register_id = c.register_id"
+    " AND x.number = c.receipt_number), r.active_unit)"
+)
+_DROPPED_UNIT_CHECKS = (
+    "SELECT c.register_id, c.id, c.receipt_number, c.reference, c.registered_unit,"  # noqa: S608 - constant SQL
+    " r.timezone FROM checks c JOIN registers r ON r.id = c.register_id"
+    " WHERE c.kind = 'unit' AND c.done_at IS NOT NULL AND c.registered_unit IS NOT NULL"
+    " AND NOT EXISTS (SELECT 1 FROM checks d WHERE d.register_id = c.register_id"
+    " AND d.kind = 'unit' AND d.receipt_number = c.receipt_number"
+    " AND (d.done_at IS NULL OR d.id > c.id))"
+    f" AND {_UNIT_OF_NUMBER} != c.registered_unit AND {_UNIT_OF_NUMBER} NOT IN {DEVELOPMENT_UNITS}"
+    " ORDER BY c.register_id, c.receipt_number"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class CheckRecord:
     """One obligation as stored, with its register's time zone. ``failed``: its check
@@ -400,7 +422,8 @@ class CheckWatch:
     receipts of the registers without any obligation for them, once per start. Every tick
     also creates the ``closing`` obligation of a closed register that has none (one closed
     before the 0007 migration, or whose Schlussbeleg recovery stored as its chain service
-    had signed it): see :func:`_closings_to_adopt`.
+    had signed it): see :func:`_closings_to_adopt`. The first tick also creates the
+    ``unit`` check a switch of a till of 0011 owed and dropped (:func:`_dropped_unit_checks`).
     """
 
     def __init__(self, db: TillDB, clock: Clock) -> None:
@@ -415,7 +438,7 @@ class CheckWatch:
         """
         now = self.clock.now()
         with self.db.read_connection() as conn:
-            adopt = [] if self._adopted else _to_adopt(conn, now)
+            adopt = [] if self._adopted else _to_adopt(conn, now) + _dropped_unit_checks(conn)
             adopt += _closings_to_adopt(conn, now)
             due = _unsent(load_checks(conn), now)
         if not adopt:
@@ -462,6 +485,50 @@ def _to_adopt(conn: sqlite3.Connection, now: dt.datetime) -> list[_Implied]:
         if due_date(kind, issued_at, period) >= today:
             adopt.append((register_id, kind, number, issued_at, period))
     return adopt
+
+
+def _dropped_unit_checks(conn: sqlite3.Connection) -> list[_Implied]:
+    """The ``unit`` checks a switch of a till of 0011 owed and dropped, as
+    :func:`record_due` takes them (0012 says how they are found): due a week after the
+    switch away from the unit the recorded check registered (the first since the check's
+    ``check.done`` and since any switch back to that unit, by the journal, which this reads
+    only for the register of such a check)."""
+    adopt: list[_Implied] = []
+    for register_id, check_id, number, reference, unit, timezone in conn.execute(
+        _DROPPED_UNIT_CHECKS, (development_zda(),)
+    ):
+        at = _switched_away(conn, register_id, (check_id, number, reference), unit)
+        if at is None:  # the journal names no such switch: nothing to date it by
+            continue
+        stamp = dt.datetime.fromisoformat(at).astimezone(ZoneInfo(timezone)).isoformat()
+        adopt.append((register_id, "unit", number, stamp, None))
+    return adopt
+
+
+def _switched_away(
+    conn: sqlite3.Connection, register_id: str, check: tuple[int, int, str], unit: str
+) -> str | None:
+    """When the register last switched away from ``unit`` at the check's receipt number
+    after its latest ``check.done`` and stayed away (the journal's time), ``None``: never."""
+    check_id, number, reference = check
+    away: str | None = None
+    events = conn.execute(
+        "SELECT at, kind, data FROM journal WHERE register_id = ?"
+        " AND kind IN ('register.unit_switched', 'check.done') ORDER BY seq",
+        (register_id,),
+    )
+    for at, kind, data in events:
+        facts = json.loads(data)
+        if kind == "check.done":
+            if (facts.get("kind"), facts.get("check"), facts.get("reference")) == (
+                "unit",
+                check_id,
+                reference,
+            ):
+                away = None
+        elif facts.get("from_number") == number:
+            away = None if facts.get("new_unit") == unit else away or str(at)
+    return away
 
 
 def _closings_to_adopt(conn: sqlite3.Connection, now: dt.datetime) -> list[_Implied]:

@@ -7,12 +7,14 @@ unit check."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from typer.testing import Result
@@ -31,6 +33,7 @@ from agent.unit_switch import switch_unit
 from factories import Run, add_unit, expect, flat, sale
 from storage import DB_FILE, TillDB, make_engine
 from storage.db import open_till_db
+from storage.journal import append_event
 from storage.migrate import downgrade_to, upgrade_to_head
 
 REGISTER = "K3"
@@ -375,6 +378,96 @@ class TestTheMigration:
         assert _rows(data_dir, registered) == [(3, "c2"), (4, "c3")]
         back = _switch(till, "c2")
         assert (back["owed"], back["replaced"], back["again"]) == ("unit", "c3", True)
+
+    def _switch_of_0011(self, data_dir: Path, old: str, new: str, number: int) -> str:
+        """What ``unit switch`` of a till of 0011 did after a recorded unit check of
+        ``number`` (38014d5^): the active unit and the journal event, and no check (the
+        one it owed collided with the recorded one: ON CONFLICT DO NOTHING). Its time."""
+        at = dt.datetime.now(dt.UTC).isoformat()
+        data = {"added": False, "from_number": number, "new_unit": new, "old_unit": old}
+        conn = sqlite3.connect(data_dir / DB_FILE, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE registers SET active_unit = ? WHERE id = ?", (new, REGISTER))
+            append_event(
+                conn,
+                kind="register.unit_switched",
+                register_id=REGISTER,
+                data={**data, "waiting": False},
+                at=at,
+            )
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return at
+
+    def _dropped(self, till: Till, data_dir: Path) -> str:
+        """A till of 0011: c1 signed the Startbeleg, the register switched to c2, its unit
+        check (receipt 2) was recorded, then it switched back to c1, whose check was
+        dropped. The time of that switch back."""
+        _units(till, c1="AT1", c2="AT2")
+        till("init", REGISTER, "--unit", "c1")
+        _switch(till, "c2")
+        till("checks", "done", REGISTER, "unit", "--reference", "FON-C2")
+        self._engine_to(data_dir, "0011")
+        return self._switch_of_0011(data_dir, "c2", "c1", 2)
+
+    def _registered(self, data_dir: Path) -> list[tuple[Any, ...]]:
+        return _rows(
+            data_dir,
+            "SELECT receipt_number, reference, registered_unit FROM checks WHERE kind = 'unit'"
+            " ORDER BY id",
+        )
+
+    def test_the_unit_of_a_check_is_the_one_switched_to(self, till: Till, data_dir: Path) -> None:
+        """The recorded check registered c2, the unit the journal's switch before it names,
+        though c1 is active: a switch to c2 is back on the registered unit and owes
+        nothing. It got c1 (the active unit): that switch owed a check of receipt 2."""
+        self._dropped(till, data_dir)
+        self._engine_to(data_dir, "head")
+        assert self._registered(data_dir) == [(2, "FON-C2", "c2")]
+        forth = _switch(till, "c2")
+        assert (forth["owed"], forth["replaced"], forth["due"]) == ("back", None, None)
+        db = open_till_db(data_dir)
+        try:
+            CheckWatch(db, SystemClock()).tick()  # c2 is registered: nothing to adopt
+        finally:
+            db.close()
+        assert self._registered(data_dir) == [(2, "FON-C2", "c2")]
+
+    def test_the_dropped_check_is_owed_again(
+        self, till: Till, data_dir: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """c1 then signed receipt 2. The first tick after the upgrade creates the check the
+        switch back owed (check.due), due a week after that switch, and reminds to report
+        c2's failure; the recorded check keeps c2 (receipt 2's unit is c1). A switch of c1
+        on to c3 now owes the check of receipt 3."""
+        switched = self._dropped(till, data_dir)
+        self._engine_to(data_dir, "head")
+        _sell(till, "a")
+        self._engine_to(data_dir, "0011")
+        self._engine_to(data_dir, "head")
+        assert self._registered(data_dir) == [(2, "FON-C2", "c2")]
+        caplog.set_level(logging.INFO, logger="agent.checks")
+        db = open_till_db(data_dir)
+        try:
+            watch = CheckWatch(db, SystemClock())
+            watch.tick()
+            watch.tick()  # the first tick only
+        finally:
+            db.close()
+        assert self._registered(data_dir) == [(2, "FON-C2", "c2"), (2, None, None)]
+        due = dt.datetime.fromisoformat(switched).astimezone(ZoneInfo("Europe/Vienna")).date()
+        open_checks = json.loads(till("checks", "list", "--json").stdout)
+        assert [(c["kind"], c["number"], c["due"]) for c in open_checks][1:] == [
+            ("unit", 2, (due + dt.timedelta(days=7)).isoformat())
+        ]
+        dues = _rows(data_dir, "SELECT data FROM journal WHERE kind = 'check.due'")
+        assert json.loads(dues[-1][0])["number"] == 2
+        [said] = [r.getMessage() for r in caplog.records if "unit switch" in r.getMessage()]
+        assert "report there the failure of unit c2" in said
+        till("checks", "done", REGISTER, "unit", "--receipt", "2", "--reference", "FON-C1")
+        assert self._registered(data_dir)[-1] == (2, "FON-C1", "c1")
 
     def test_a_downgrade_keeps_the_latest_check_of_a_number(
         self, till: Till, data_dir: Path
