@@ -139,6 +139,11 @@ class SigningStep:
         # which the service may hold signed, to the next receipt. Its obligation stays
         # open (the outage, a waiting Jahresbeleg, the rest of a remedy).
         state = "unsigned" if unknown else "fallback"
+        if kind == "closing" and intent is not None and not unknown:
+            # (``failed_ok``) the service signed nothing: void its intent, committed, as a
+            # refusal does, so a transaction that fails from here on leaves no Schlussbeleg
+            # waiting for a service that may never answer again
+            intent(exc)
         at = self._clock.now()
         self._outages.not_signed(
             conn, register_id, unit_id, str(exc), number, at, unit_at_fault=True

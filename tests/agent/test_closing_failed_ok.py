@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sqlite3
 
 import pytest
 
 from agent.clock import FrozenClock
 from agent.errors import WaitsForUnit
+from agent.fakes.chain_service import ChainServiceFake
 from agent.receipts import ReceiptService
 from agent.signing.flaky import FlakyUnit
-from factories import journal_events, sale, the_outage
+from agent.signing.registry import UnitRegistry
+from factories import db_rows, journal_events, sale, the_outage
 
 REGISTER = "KASSE-1"
 HOUR = 3600.0
@@ -100,3 +103,62 @@ class TestTheOutageItEnds:
             service.issue_special(REGISTER, "closing")
         assert the_outage(service).ended_at is None
         assert service.outages.is_open(REGISTER)
+
+
+def _fail_check_inserts(service: ReceiptService, on: bool) -> None:
+    """A real SQLite failure late in the Schlussbeleg's transaction (its ``closing``
+    obligation is inserted after the receipt is stored), or none any more."""
+    conn = sqlite3.connect(service.db.path)
+    try:
+        with conn:
+            conn.execute(
+                "CREATE TRIGGER no_checks BEFORE INSERT ON checks"
+                " BEGIN SELECT RAISE(ABORT, 'the disk failed'); END"
+                if on
+                else "DROP TRIGGER no_checks"
+            )
+    finally:
+        conn.close()
+
+
+class TestOnAChainService:
+    def test_a_failed_transaction_after_a_refusal_leaves_nothing_waiting(
+        self,
+        chain_service: ReceiptService,
+        chain: ChainServiceFake,
+        registry: UnitRegistry,
+        clock: FrozenClock,
+    ) -> None:
+        """The service answers 503 (it signed nothing), then the transaction fails: the
+        intent is void, so neither this process nor a restart makes the Schlussbeleg a
+        waiting one (before: it waited for a service that may be down for good, and the
+        retry with failed_ok was refused). The retry issues it with the marker."""
+        chain.mode = "down"
+        _fail_check_inserts(chain_service, True)
+        with pytest.raises(sqlite3.IntegrityError, match="the disk failed"):
+            chain_service.issue_special(REGISTER, "closing", failed_ok=True)
+        _fail_check_inserts(chain_service, False)
+        [last] = db_rows(
+            chain_service.db, "SELECT number, kind FROM pending_signings ORDER BY id DESC LIMIT 1"
+        )
+        assert tuple(last) == (2, "void")
+        again = ReceiptService(chain_service.db, registry, clock=clock, sign_timeout=1.5)
+        assert db_rows(again.db, "SELECT kind FROM waiting_specials") == []
+        closing = again.issue_special(REGISTER, "closing", failed_ok=True)
+        assert (closing.number, closing.signature_state) == (2, "fallback")
+        rows = db_rows(again.db, "SELECT number, kind, signature_state FROM receipts")
+        assert [tuple(r) for r in rows] == [(1, "start", "signed"), (2, "closing", "fallback")]
+        assert the_outage(again).ended_at is not None
+        assert not again.outages.is_open(REGISTER)
+
+    def test_a_lost_answer_still_waits(
+        self, chain_service: ReceiptService, chain: ChainServiceFake
+    ) -> None:
+        """The service may hold a Schlussbeleg whose answer was lost: it waits, failed_ok
+        or not, and is sent again unchanged."""
+        chain.mode = "lose_response"
+        with pytest.raises(WaitsForUnit, match="sent to the chain service"):
+            chain_service.issue_special(REGISTER, "closing", failed_ok=True)
+        assert [r[0] for r in db_rows(chain_service.db, "SELECT kind FROM waiting_specials")] == [
+            "closing"
+        ]
