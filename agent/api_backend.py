@@ -299,12 +299,15 @@ def _unit_states(rows: Sequence[Any], outages: Mapping[str, OutageRecord]) -> di
     ``_REGISTERS``; ``outages``: the open ones by register): ``down`` when an open outage
     is on it, or a register on it has one, its last receipt fallback-signed or its
     Startbeleg waiting; else ``up`` when a register on it has its last receipt signed;
-    else ``unknown``."""
+    else ``unknown``. A closed register's last receipt (its Schlussbeleg, with the failure
+    marker or not) says nothing of the unit since: it counts as ``unknown``."""
     rank: dict[UnitState, int] = {"unknown": 0, "up": 1, "down": 2}
     states: dict[Any, UnitState] = {outage.unit_id: "down" for outage in outages.values()}
     for register_id, state, _, unit_id, _, last_state, _ in rows:
         own: UnitState = "unknown"
-        if register_id in outages or last_state == "fallback" or state == "waiting":
+        if state == "closed":
+            pass  # decommissioned: it issues nothing more, the other registers tell
+        elif register_id in outages or last_state == "fallback" or state == "waiting":
             own = "down"
         elif last_state == "signed":
             own = "up"

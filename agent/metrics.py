@@ -364,7 +364,8 @@ def _units(out: Exposition, snapshot: MetricsSnapshot) -> None:
         "till_agent_unit_state",
         "gauge",
         "1 for the unit's state (down: an open outage is on it or its last receipt was a"
-        " fallback one; up: its last receipt was signed), 0 for the others.",
+        " fallback one; up: its last receipt was signed; a closed register's do not"
+        " count), 0 for the others.",
         [
             ({"unit": unit, "state": state}, float(shown == state))
             for unit, shown in sorted(units.items())

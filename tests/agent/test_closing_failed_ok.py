@@ -15,10 +15,11 @@ import sqlite3
 
 import pytest
 
+from agent.api_backend import ServiceBackend
 from agent.clock import FrozenClock
 from agent.errors import WaitsForUnit
 from agent.fakes.chain_service import ChainServiceFake
-from agent.receipts import ReceiptService
+from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
 from factories import db_rows, journal_events, sale, the_outage
@@ -103,6 +104,22 @@ class TestTheOutageItEnds:
             service.issue_special(REGISTER, "closing")
         assert the_outage(service).ended_at is None
         assert service.outages.is_open(REGISTER)
+
+
+def test_the_status_shows_a_shared_unit_up_when_another_register_signs_on_it(
+    service: ReceiptService, flaky: FlakyUnit, registry: UnitRegistry, clock: FrozenClock
+) -> None:
+    """KASSE-1 is decommissioned with the marker on unit ``dev``, which KASSE-2 shares;
+    ``dev`` signs again for KASSE-2: the status shows it ``up`` for both (before: ``down``
+    for good, from the closed register's last receipt)."""
+    service.init_register(RegisterSetup("KASSE-2", ["dev"]))
+    flaky.mode = "down"
+    assert service.issue_special(REGISTER, "closing", failed_ok=True).signature_state == "fallback"
+    flaky.mode = "up"
+    again = ReceiptService(service.db, registry, clock=clock)  # the agent starts
+    assert again.issue(sale(request_id="k2", register="KASSE-2")).signature_state == "signed"
+    registers = ServiceBackend(again).status().registers
+    assert {r.register_id: r.unit.state for r in registers} == {REGISTER: "up", "KASSE-2": "up"}
 
 
 def _fail_check_inserts(service: ReceiptService, on: bool) -> None:
