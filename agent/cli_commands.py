@@ -884,10 +884,16 @@ def _ended_outage(
 
 
 def _decommissioned_line(outage: dict[str, Any], due: str | None) -> str:
-    """What the operator owes for the outage a Schlussbeleg ended, by ``due``."""
+    """What the operator owes for the outage a Schlussbeleg ended, by ``due`` (nothing
+    more once its report is recorded)."""
     line = f"outage {outage['id']} ended with the register (no Sammelbeleg follows)"
     if due is None:
         return line + "; a development register owes no FinanzOnline report"
+    if outage["report_reference"] is not None:
+        return (
+            f"{line}: its FinanzOnline report is recorded already"
+            f" ({outage['report_reference']}); no end report is owed"
+        )
     return (
         f"{line}: report the failure of unit {outage['unit']} in FinanzOnline by {due},"
         f" then: till-agent outage report {outage['id']} --reference ..."

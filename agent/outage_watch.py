@@ -35,8 +35,8 @@ A register decommissioned inside its outage (a Schlussbeleg with the failure mar
 
 * ``decommissioned``: the failure is no temporary one, whatever its age: its report is due
   within a week (unless ``exceeded`` set an earlier date); ``overdue`` follows as above.
-  No end report is owed: the register's decommissioning report (its ``closing``
-  obligation) takes its place.
+  A report recorded already (``outage report``) is not asked for again. No end report is
+  owed: the register's decommissioning report (its ``closing`` obligation) takes its place.
 
 An outage of a development unit (one signing under the fictitious AT100:
 :func:`~agent.checks.development_units`, the test the checks use) owes none of these
@@ -400,15 +400,16 @@ class OutageWatch:
         whatever its age. Its FinanzOnline report is due within a week (``report_due``,
         unless an earlier date stands: past 48 h), journaled as the ``decommissioned``
         level; no end report is owed: the decommissioning is reported instead (the
-        Schlussbeleg's ``closing`` obligation, :mod:`agent.checks`). Nothing for a
-        development unit's. Log the returned escalations once that transaction has
-        committed."""
+        Schlussbeleg's ``closing`` obligation, :mod:`agent.checks`). A report recorded
+        already (``outage report``, past 48 h) is not asked for again: the log says it is
+        recorded. Nothing for a development unit's. Log the returned escalations once that
+        transaction has committed."""
         self._memory.seen.pop(outage_id, None)
         self._memory.offtime.pop(outage_id, None)
-        register_id, age, sent, due, timezone, unit_id = conn.execute(
+        register_id, age, sent, due, timezone, unit_id, reference = conn.execute(
             "SELECT register_id, age_seconds, escalations, report_due,"
             " (SELECT timezone FROM registers WHERE registers.id = outages.register_id),"
-            " unit_id FROM outages WHERE id = ?",
+            " unit_id, report_reference FROM outages WHERE id = ?",
             (outage_id,),
         ).fetchone()
         if unit_id in development_units(conn):
@@ -422,7 +423,8 @@ class OutageWatch:
             "UPDATE outages SET report_due = ?, escalations = ? WHERE id = ?",
             (due, json.dumps(levels), outage_id),
         )
-        return [(outage_id, register_id, "decommissioned", age, due, timezone, unit_id, False)]
+        shown = "decommissioned" if reference is None else _DECOMMISSIONED_REPORTED
+        return [(outage_id, register_id, shown, age, due, timezone, unit_id, False)]
 
     def _remind_ended(
         self, conn: sqlite3.Connection, row: sqlite3.Row, wall: dt.datetime
@@ -603,6 +605,14 @@ _ESCALATIONS = {
         " FinanzOnline by {due} (then: till-agent outage report {id} --reference ...),"
         " and the decommissioning of the register (till-agent checks list)",
     ),
+    # (logged only: the ``decommissioned`` level of an outage whose report is recorded)
+    "decommissioned-reported": (
+        logging.WARNING,
+        "the register was decommissioned inside it (its Schlussbeleg carries the failure"
+        " marker; no Sammelbeleg follows); its FinanzOnline report is recorded already"
+        " (till-agent outage show {id}), the decommissioning of the register is reported"
+        " as till-agent checks list says",
+    ),
     "end-report": (
         logging.WARNING,
         "it ended past the 48-hour window, report its end (Wiederinbetriebnahme) in"
@@ -615,6 +625,7 @@ _ESCALATIONS = {
     ),
 }
 
+_DECOMMISSIONED_REPORTED = "decommissioned-reported"
 
 # ... and of ``exceeded`` for a development unit: a WARNING, as nothing is owed
 _DEVELOPMENT_EXCEEDED = (

@@ -172,6 +172,20 @@ class TestFailedOk:
         till("checks", "done", REGISTER, "closing", "--reference", "FON-2")
         assert till.checks() == [("start", 1)]
 
+    def test_a_report_recorded_already_is_not_asked_for_again(self, till: _Till) -> None:
+        """The operator reported the outage before decommissioning: the text says the
+        report is recorded and asks for nothing (before: report it by ..., then outage
+        report), the decommissioning report is still owed."""
+        till.sell("a")
+        till("outage", "report", "1", "--reference", "FON-1")
+        text = flat(till("special", REGISTER, "closing", "--yes", "--failed-ok").stdout)
+        assert "its FinanzOnline report is recorded already (FON-1)" in text
+        assert "report the failure" not in text
+        assert "till-agent outage report" not in text
+        assert f"till-agent checks done {REGISTER} closing" in text
+        [outage] = till.outages()
+        assert (outage["report_reference"], outage["ended_at"] is not None) == ("FON-1", True)
+
     def test_a_unit_back_gives_a_sammelbeleg_and_a_signed_schlussbeleg(self, till: _Till) -> None:
         """--failed-ok changes nothing while the unit signs."""
         till.sell("a")

@@ -19,6 +19,7 @@ from agent.api_backend import ServiceBackend
 from agent.clock import FrozenClock
 from agent.errors import WaitsForUnit
 from agent.fakes.chain_service import ChainServiceFake
+from agent.outage_watch import acknowledge_report
 from agent.receipts import ReceiptService, RegisterSetup
 from agent.signing.flaky import FlakyUnit
 from agent.signing.registry import UnitRegistry
@@ -93,6 +94,35 @@ class TestTheOutageItEnds:
         assert any(
             level == logging.ERROR and "report it in FinanzOnline by" in m for level, m in messages
         )
+
+    def test_a_report_recorded_already_is_not_asked_for_again(
+        self,
+        service: ReceiptService,
+        flaky: FlakyUnit,
+        clock: FrozenClock,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Past 48 h, its report recorded, then the Schlussbeleg: the ``decommissioned``
+        level is journaled, but logged as a WARNING that says the report is recorded
+        (before: an ERROR asking for the report again)."""
+        flaky.mode = "down"
+        service.issue(sale(request_id="r-1"))
+        clock.advance(50 * HOUR)
+        service.outages.watch.tick()
+        outage = the_outage(service)
+        acknowledge_report(service.db.write_connection(), clock, outage.id, "FON-1")
+        caplog.clear()  # (the tick's ``exceeded`` asked for it)
+        caplog.set_level(logging.INFO)
+        service.issue_special(REGISTER, "closing", failed_ok=True)
+        messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+        assert not any(level >= logging.ERROR for level, _ in messages), messages
+        assert not any("report it in FinanzOnline by" in m for _, m in messages)
+        assert any(
+            level == logging.WARNING and "its FinanzOnline report is recorded already" in m
+            for level, m in messages
+        )
+        assert _levels(service) == ["opened", "24h", "approaching", "exceeded", "decommissioned"]
+        assert the_outage(service).report_due == outage.report_due
 
     def test_without_failed_ok_nothing_changes(
         self, service: ReceiptService, flaky: FlakyUnit
