@@ -185,6 +185,9 @@ def outage_report(
 
     An outage past 48 h owes both: the report within a week of the 48 hours, the end report
     within a week of its Sammelbeleg. The reminders of a report stop once it is recorded.
+    An outage a Schlussbeleg with the failure marker ended (special closing --failed-ok)
+    owes no end report: --end is refused (exit 3), the decommissioning report
+    (checks done KASSE closing) takes its place.
     """
     from agent.clock import SystemClock
     from agent.outage_watch import acknowledge_report

@@ -687,18 +687,29 @@ def acknowledge_report(
         NotFound: no such outage.
         InvalidSale: a missing or bad reference (see
             :func:`~agent.contract.check_reference`), an end report before the first report
-            or while the outage is still open (it ends with its signed Sammelbeleg), or (rule
-            ``already-reported``) another reference for a report already recorded.
+            or while the outage is still open (it ends with its signed Sammelbeleg), an end
+            report of an outage its register's Schlussbeleg ended (rule ``decommissioned``:
+            the unit never came back, the decommissioning report takes its place), or
+            (rule ``already-reported``) another reference for a report already recorded.
     """
     check_reference(reference, "FinanzOnline")
     with writer.transaction() as conn:
         row = conn.execute(
-            "SELECT register_id, report_reference, end_report_reference, ended_at"
-            " FROM outages WHERE id = ?",
+            "SELECT register_id, report_reference, end_report_reference, ended_at,"
+            " sammelbeleg_number FROM outages WHERE id = ?",
             (outage_id,),
         ).fetchone()
         if row is None:
             raise NotFound(f"no outage {outage_id}")
+        if end and row[3] is not None and row[4] is None:  # ended by a Schlussbeleg
+            raise InvalidSale(
+                "end",
+                "decommissioned",
+                f"outage {outage_id} ended with the Schlussbeleg of register {row[0]}, which"
+                " was decommissioned inside it: the unit never came back, so there is no end"
+                " (Wiederinbetriebnahme) to report; the decommissioning report takes its"
+                f" place (till-agent checks done {row[0]} closing --reference ...)",
+            )
         if end and row[1] is None:
             raise InvalidSale("end", "report-first", "record the outage report before its end")
         if end and row[3] is None:

@@ -172,6 +172,20 @@ class TestFailedOk:
         till("checks", "done", REGISTER, "closing", "--reference", "FON-2")
         assert till.checks() == [("start", 1)]
 
+    def test_no_end_report_is_taken_for_an_outage_a_schlussbeleg_ended(self, till: _Till) -> None:
+        """The unit never came back: ``outage report --end`` is refused (exit 3) naming the
+        decommissioning report instead (before: exit 0, and the evidence pack showed an
+        end report of an outage that never ended in a Wiederinbetriebnahme)."""
+        till.sell("a")
+        till("special", REGISTER, "closing", "--yes", "--failed-ok")
+        till("outage", "report", "1", "--reference", "FON-1")
+        body = till.json("outage", "report", "1", "--end", "--reference", "FON-E", code=3)
+        assert (body["field"], body["rule"]) == ("end", "decommissioned")
+        assert f"till-agent checks done {REGISTER} closing" in body["message"]
+        assert till.outages()[0]["end_report_reference"] is None
+        evidence = till.json("outage", "show", "1")
+        assert [r["end"] for r in evidence["reports"]] == [False]
+
     def test_a_report_recorded_already_is_not_asked_for_again(self, till: _Till) -> None:
         """The operator reported the outage before decommissioning: the text says the
         report is recorded and asks for nothing (before: report it by ..., then outage
