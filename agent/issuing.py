@@ -78,6 +78,15 @@ from storage.db import TillDB
 
 __all__ = ["Issuing"]
 
+# the way out of a waiting Jahresbeleg when the unit is down for good (the Schlussbeleg's
+# refusal names it: --failed-ok would not help)
+_YEARLY_WAITS_HINT = (
+    "a unit down for good signs neither: switch the register to a working unit"
+    " (till-agent unit switch {register} UNIT, see README 'A signature unit failed for"
+    " good'), whose recovery (till-agent outage recover {register}) issues the Sammelbeleg"
+    " and the Jahresbeleg signed, then issue the Schlussbeleg"
+)
+
 
 class Issuing:
     """The write transactions of one till database and the durable path of its receipts.
@@ -304,6 +313,7 @@ class Issuing:
                 " Schlussbeleg it may not carry the failure marker) and could not be issued"
                 " after the Schlussbeleg"
             )
+            hint = "; " + _YEARLY_WAITS_HINT.format(register=register_id)
         elif any_waiting(conn, register_id):
             why = "has a special receipt waiting for the unit"
         else:

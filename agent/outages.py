@@ -1,9 +1,10 @@
 """Outages of a register's signature unit: records, not moods (DESIGN.md invariant 4).
 
 An outage opens with the first failed signing (in the same transaction as the fallback
-receipt that met the failure) and closes only with the signed Sammelbeleg (in the same
-transaction as that receipt), so a crash can neither lose an outage nor issue a second
-Sammelbeleg. While it is open the receipt path does not call the unit at all (a circuit
+receipt that met the failure) and closes only with the signed Sammelbeleg, or ends with
+the register's Schlussbeleg with the failure marker (see below), in the same transaction as
+that receipt, so a crash can neither lose an outage nor issue a second Sammelbeleg (nor end
+it twice). While it is open the receipt path does not call the unit at all (a circuit
 breaker). Every change to the record is also a journal event.
 
 A unit whose failure opened an outage (a signing that failed or timed out, a failed
@@ -13,7 +14,8 @@ one (:meth:`OutageBook.unit_down`). A unit that signs again is noted for the pro
 (:meth:`OutageBook.units_back`), which recovers the other registers waiting for it at once.
 
 A register decommissioned inside its outage (its Schlussbeleg carries the failure marker,
-rksv.md 5) ends the outage without a Sammelbeleg (:meth:`OutageBook.decommissioned`).
+rksv.md 5: ``special closing --failed-ok``, the unit down for good) ends the outage without
+a Sammelbeleg (:meth:`OutageBook.decommissioned`); no Wiederinbetriebnahme follows.
 
 An outage that closes is aged first, by the watch's own rules (:meth:`OutageWatch.age_for_close`):
 one past 48 hours is flagged and given its report date even if the timer never saw it

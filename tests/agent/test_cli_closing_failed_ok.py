@@ -242,6 +242,28 @@ class TestFailedOk:
         assert till.outages()[0]["ended_at"] is None
         assert till.sell("still-open")["signature_state"] == "fallback"
 
+    def test_a_waiting_jahresbeleg_names_the_way_out_a_unit_switch(
+        self, till: _Till, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The refusal names ``unit switch`` to a working unit (before: only that it waits
+        until the unit answers, which one down for good never does), and that way works:
+        the switch, recovery (Sammelbeleg and Jahresbeleg signed), then the Schlussbeleg."""
+        _set_now(monkeypatch, JAN_2)
+        body = till.json("special", REGISTER, "closing", "--yes", "--failed-ok", code=4)
+        assert f"till-agent unit switch {REGISTER} UNIT" in body["message"]
+        assert f"till-agent outage recover {REGISTER}" in body["message"]
+        till("unit", "create-software", "--id", "u2", "--zda", "AT1")
+        till("unit", "switch", REGISTER, "u2")
+        till("outage", "recover", REGISTER)
+        assert till.waiting() == []
+        closing = till.json("special", REGISTER, "closing", "--yes", "--failed-ok")
+        assert (closing["number"], closing["signature_state"]) == (5, "signed")
+        assert till.receipts()[2:] == [
+            (3, "sammelbeleg", "signed"),
+            (4, "yearly", "signed"),
+            (5, "closing", "signed"),
+        ]
+
     def test_a_development_units_outage_ends_owing_no_report(
         self, data_dir: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
