@@ -245,6 +245,8 @@ class ReceiptService:
                         "this request_id was already used for a different sale: "
                         + _stored_receipt(stored),
                     )
+                if _zero_asked(stored, parsed):  # as the zero-receipt endpoint answers it
+                    stored = _closed_by(conn, stored)
                 return Issued(current_result(conn, current_version(conn, stored)), created=False)
             if refused is not None:  # (a retry above still gets its stored receipt)
                 raise RegisterRefused(refused)
@@ -774,6 +776,18 @@ def _stored_receipt(stored: sqlite3.Row) -> str:
 _ZERO_KINDS = ("null", "sammelbeleg")
 
 
+# the register's last outage opened before a journal seq: (register, seq)
+_OPENED_BEFORE = (
+    "SELECT json_extract(data, '$.outage') FROM journal WHERE register_id = ?"
+    " AND kind = 'outage.opened' AND seq < ? ORDER BY seq DESC LIMIT 1"
+)
+# that outage closed before the seq: (register, seq, outage)
+_CLOSED_BEFORE = (
+    "SELECT 1 FROM journal WHERE register_id = ? AND kind = 'outage.closed' AND seq < ?"
+    " AND json_extract(data, '$.outage') = ?"
+)
+
+
 def _closed_by(conn: sqlite3.Connection, stored: sqlite3.Row) -> Any:
     """The receipt that answers a zero receipt's retry: for a remedy's Nullbeleg issued
     inside an outage (it holds the request_id, :meth:`Recovery.remedy`), the Sammelbeleg
@@ -784,12 +798,18 @@ def _closed_by(conn: sqlite3.Connection, stored: sqlite3.Row) -> Any:
     """
     if stored["kind"] != "null" or stored["sale_hash"] is not None:
         return stored  # a sale's Nullbeleg, or no Nullbeleg
-    outage = conn.execute(
-        "SELECT ended_at, sammelbeleg_number FROM outages WHERE register_id = ?"
-        " AND first_number < ? AND (sammelbeleg_number IS NULL OR sammelbeleg_number > ?)"
-        " ORDER BY id LIMIT 1",
-        (stored["register_id"], stored["number"], stored["number"]),
-    ).fetchone()
+    # the outage open when it was stored: the journal's last opened before it, not closed
+    # before it (one a failed probe opened has no first receipt)
+    register_id, seq = stored["register_id"], stored["journal_seq"]
+    opened = conn.execute(_OPENED_BEFORE, (register_id, seq)).fetchone()
+    outage = None
+    if (
+        opened is not None
+        and not conn.execute(_CLOSED_BEFORE, (register_id, seq, opened[0])).fetchone()
+    ):
+        outage = conn.execute(
+            "SELECT ended_at, sammelbeleg_number FROM outages WHERE id = ?", (opened[0],)
+        ).fetchone()
     if outage is None or (outage["sammelbeleg_number"] is None and outage["ended_at"]):
         return stored  # issued outside an outage, or in one a Schlussbeleg ended
     if outage["sammelbeleg_number"] is None:

@@ -428,3 +428,61 @@ def test_retries_while_every_signing_answer_is_lost_issue_one_nullbeleg(
         "sammelbeleg",
     )
     assert _findings(service.db) == []
+
+
+class TestARetryIsAnsweredAsTheFirstCall:
+    """The request_id of a zero receipt whose remedy reissues a sale is on the remedy's
+    Nullbeleg; a retry is answered with the Sammelbeleg that closed the outage open when
+    that Nullbeleg was stored (review: an outage a failed probe opened has no first
+    receipt, and a retry got the Nullbeleg), or waits while it is open; a ``kind: null``
+    sale repeating the request is answered the same way (it got the Nullbeleg)."""
+
+    def _probe_opened(self, service: ReceiptService, chain: ChainServiceFake) -> None:
+        _lose(service, chain, "lose_request")  # sale 3 unsigned, outage 1
+        service.issue_special(REGISTER, "sammelbeleg")  # closes outage 1, sale 3 waits
+        service.record_probe(REGISTER, False, "the unit did not answer")  # outage 2
+        assert service.outages.is_open(REGISTER)
+
+    def test_an_outage_a_failed_probe_opened(
+        self, chain_service: ReceiptService, chain: ChainServiceFake
+    ) -> None:
+        self._probe_opened(chain_service, chain)
+        first = chain_service.zero_receipt(REGISTER, "z")
+        assert first.result.kind == "sammelbeleg"
+        again = chain_service.zero_receipt(REGISTER, "z")
+        assert (again.created, again.result.number) == (False, first.result.number)
+        assert _findings(chain_service.db) == []
+
+    def test_an_outage_a_failed_probe_opened_still_open(
+        self, chain_service: ReceiptService, chain: ChainServiceFake
+    ) -> None:
+        self._probe_opened(chain_service, chain)
+        base = chain.requests_seen  # the lookup of sale 3, the Nullbeleg, the Sammelbeleg
+        chain.handle_once(base + 3, "lose_request")
+        chain.handle_once(base + 4, "lose_request")  # (its resend)
+        with pytest.raises(WaitsForUnit):
+            chain_service.zero_receipt(REGISTER, "z")
+        assert _zero_receipt_over_http(chain_service, "z").status_code == 503
+
+    def test_a_null_sale_repeating_the_request(
+        self, chain_service: ReceiptService, chain: ChainServiceFake
+    ) -> None:
+        _lose(chain_service, chain, "lose_request")
+        first = chain_service.zero_receipt(REGISTER, "z-1")
+        assert first.result.kind == "sammelbeleg"
+        again = chain_service.issue_once(
+            {"request_id": "z-1", "register": REGISTER, "kind": "null"}
+        )
+        assert (again.created, again.result.number) == (False, first.result.number)
+
+    def test_a_null_sale_repeating_the_request_while_its_outage_is_open(
+        self, chain_service: ReceiptService, chain: ChainServiceFake
+    ) -> None:
+        _lose(chain_service, chain, "lose_request")
+        base = chain.requests_seen
+        chain.handle_once(base + 3, "lose_request")  # the Sammelbeleg's answer
+        chain.handle_once(base + 4, "lose_request")
+        with pytest.raises(WaitsForUnit):
+            chain_service.zero_receipt(REGISTER, "z-1")
+        with pytest.raises(WaitsForUnit):
+            chain_service.issue_once({"request_id": "z-1", "register": REGISTER, "kind": "null"})
