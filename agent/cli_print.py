@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,6 +20,9 @@ from agent.cli_base import (
 from agent.cli_config import ConfigOption
 from agent.config import CONFIG_ENV, AgentConfig, load_config
 from agent.errors import DataDirLocked, PrinterError, TillAgentError
+
+if TYPE_CHECKING:
+    from storage.db import TillDB
 
 __all__ = ["configured_header", "reprint"]
 
@@ -66,13 +69,24 @@ def _reprint_local(config: AgentConfig, register: str, number: int) -> int:
             header=config.printer.header,
         )
         copy = worker.reprint(register, number)
-        worker.run_once()
+        # the jobs queued ahead of the copy print first; a pass sends a batch of them
+        while worker.run_once() and not _printed(db, register, number, copy):
+            pass
         if worker.last_error is not None:
             raise PrinterError(f"{worker.last_error} (the copy stays queued for `run`)")
         return copy
     finally:
         registry.close()
         db.close()
+
+
+def _printed(db: TillDB, register: str, number: int, copy: int) -> bool:
+    with db.read_connection() as conn:
+        row = conn.execute(
+            "SELECT state FROM print_jobs WHERE register_id = ? AND number = ? AND copy = ?",
+            (register, number, copy),
+        ).fetchone()
+    return row is not None and row[0] == "printed"
 
 
 def _reprint_via_api(config: AgentConfig, register: str, number: int, as_json: bool) -> int:

@@ -25,7 +25,9 @@ from agent.printing import jobs as print_jobs
 from agent.printing.transport import INTERRUPTED_NOTICE
 from agent.receipts import ReceiptService
 from agent.service import TillService
+from agent.signing.registry import UnitRegistry
 from factories import sale
+from storage import open_till_db
 
 REGISTER = "KASSE-1"
 
@@ -246,3 +248,41 @@ def test_a_copy_asked_for_through_the_api_behind_a_slow_printer_prints_after_the
         *qrs,
         asked["qr"],
     ]
+
+
+def test_a_copy_asked_for_on_the_command_line_behind_a_backlog_is_printed_before_it_says_so(
+    tmp_path: Path, fake_printer: FakePrinter
+) -> None:
+    """No service runs and 150 receipts wait to print (more than a pass sends): the
+    command printed one pass (100 jobs) and said the copy was "sent to the printer" while
+    it stayed queued for the next `run`. It prints passes until the copy is out."""
+    data = tmp_path / "data"
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+        return result.stdout
+
+    run("unit", "create-software", "--id", "dev", "--data-dir", str(data))
+    run("init", REGISTER, "--unit", "dev", "--data-dir", str(data))
+    config = tmp_path / "till.toml"
+    config.write_text(
+        f'data_dir = "{data}"\n[printer]\nkind = "network"\nhost = "127.0.0.1"\n'
+        f"port = {fake_printer.port}\n"
+    )
+    run("reprint", REGISTER, "1", "--config", str(config))  # printing starts after 1
+    fake_printer.wait_for(1)
+    db = open_till_db(data)
+    try:
+        registry = UnitRegistry()
+        service = ReceiptService(db, registry)
+        last = [service.issue(sale(request_id=f"backlog-{i}")) for i in range(150)][-1]
+    finally:
+        registry.close()
+        db.close()
+    said = run("reprint", REGISTER, str(last.number), "--config", str(config))
+    assert "sent to the printer" in said
+    printed = fake_printer.wait_for(152)
+    assert b"KOPIE" in printed[-1]
+    assert last.qr.encode() in printed[-2]
