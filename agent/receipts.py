@@ -776,6 +776,12 @@ def _stored_receipt(stored: sqlite3.Row) -> str:
 _ZERO_KINDS = ("null", "sammelbeleg")
 
 
+# an outage of the register not closed by a Sammelbeleg before a receipt (one a failed
+# probe opened may take a later receipt as its first): (register, number)
+_MAY_HAVE_BEEN_OPEN = (
+    "SELECT 1 FROM outages WHERE register_id = ?"
+    " AND (sammelbeleg_number IS NULL OR sammelbeleg_number > ?) LIMIT 1"
+)
 # the register's last outage opened before a journal seq: (register, seq)
 _OPENED_BEFORE = (
     "SELECT json_extract(data, '$.outage') FROM journal WHERE register_id = ?"
@@ -799,8 +805,11 @@ def _closed_by(conn: sqlite3.Connection, stored: sqlite3.Row) -> Any:
     if stored["kind"] != "null" or stored["sale_hash"] is not None:
         return stored  # a sale's Nullbeleg, or no Nullbeleg
     # the outage open when it was stored: the journal's last opened before it, not closed
-    # before it (one a failed probe opened has no first receipt)
-    register_id, seq = stored["register_id"], stored["journal_seq"]
+    # before it (one a failed probe opened has no first receipt); the journal (no index
+    # but its seq) is read only when the outages show one that may have been open then
+    register_id, number, seq = stored["register_id"], stored["number"], stored["journal_seq"]
+    if not conn.execute(_MAY_HAVE_BEEN_OPEN, (register_id, number)).fetchone():
+        return stored
     opened = conn.execute(_OPENED_BEFORE, (register_id, seq)).fetchone()
     outage = None
     if (

@@ -140,3 +140,23 @@ def test_a_zero_receipt_does_not_repeat_a_null_sale_with_a_cashier(
     bare = service.issue({"request_id": "n-2", "register": REGISTER, "kind": "null"})
     again = service.zero_receipt(REGISTER, "n-2")
     assert (again.created, again.result.number) == (False, bare.number)
+
+
+def test_a_zero_receipt_retry_outside_any_outage_reads_no_journal(
+    service: ReceiptService,
+) -> None:
+    """Which outage a remedy's Nullbeleg was stored in is looked up in the journal, which
+    has no index to find it by; a retry of a zero receipt no outage is open around (the
+    usual one) must not read it: a till's journal holds millions of events."""
+    asked = service.zero_receipt(REGISTER, "z-1")
+    statements: list[str] = []
+    conn = service.db.write_connection()._conn
+    conn.set_trace_callback(statements.append)
+    try:
+        again = service.zero_receipt(REGISTER, "z-1")
+        repeated = service.issue_once({"request_id": "z-1", "register": REGISTER, "kind": "null"})
+    finally:
+        conn.set_trace_callback(None)
+    assert again.result.number == repeated.result.number == asked.result.number
+    assert statements  # (the trace saw the retries)
+    assert not [s for s in statements if "FROM journal" in s]
