@@ -695,8 +695,8 @@ def special(
         typer.Option(
             "--failed-ok",
             help="closing only: if the unit does not sign, issue the Schlussbeleg with the"
-            " failure marker (rksv.md 5 allows it) and end an open outage with it, instead"
-            " of waiting: for a unit down for good.",
+            " failure marker (as the BMF notice of 18.11.2016 allows) and end an open"
+            " outage with it, instead of waiting: for a unit down for good.",
         ),
     ] = False,
     data_dir: DataDir = DEFAULT_DATA,
