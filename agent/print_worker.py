@@ -256,7 +256,7 @@ class PrintWorker:
     def _send_queued(self, deadline: float) -> int:
         """Send the open jobs in order until one fails, its record cannot be stored, the
         pass is past ``deadline`` (after the first job) or the worker stops; a copy whose
-        original (or an earlier copy) is still to come waits for a later pass."""
+        original is still to come waits for a later pass."""
         if time.monotonic() < self._next_try:
             return 0
         with self.service.db.read_connection() as conn:
@@ -266,10 +266,10 @@ class PrintWorker:
                 if job["id"] not in self._sent  # taken by the printer: never sent again
             ]
             unsigned = print_jobs.of_unsigned(conn, jobs)
-            held = print_jobs.held_copies(conn, jobs, self._cursor)
+            held = print_jobs.held_copies(jobs, self._cursor)
         printed = 0
         for job in jobs:
-            if job["id"] in held:  # a copy waits for its original (or an earlier copy)
+            if job["id"] in held:  # a copy waits for its original
                 continue
             # the rest in the next pass: one job at least, none once the worker stops
             if self._stopping.is_set() or (printed and time.monotonic() >= deadline):

@@ -76,10 +76,6 @@ _OPEN_COPIES = (
 )
 # a job moved behind every other: (id)
 _TO_THE_END = "UPDATE print_jobs SET id = (SELECT max(id) + 1 FROM print_jobs) WHERE id = ?"
-# the open jobs of a receipt before a copy: (register, number, copy)
-_EARLIER_OPEN = (
-    f"SELECT id FROM print_jobs WHERE register_id = ? AND number = ? AND copy < ? AND {_OPEN}"  # noqa: S608
-)
 
 
 def add_job(  # noqa: PLR0917 - one print_jobs row
@@ -124,24 +120,19 @@ def add_original(
         conn.execute(_TO_THE_END, (job_id,))
 
 
-def held_copies(
-    conn: sqlite3.Connection, jobs: Sequence[sqlite3.Row], last_originals: Mapping[str, int]
-) -> set[int]:
-    """The ids of those ``jobs`` (the first open ones, in the order of their ids) that
-    are copies which must not print yet: their receipt is past its register's last
-    original job (``last_originals``: the worker adds the original's job later), or an
-    earlier job of the receipt is open and queued after them or held itself (a database
-    a release before :func:`add_original` left so). A lookup per copy in the unique
-    (register, number, copy); originals cost nothing."""
-    held: set[int] = set()
-    for job in sorted((j for j in jobs if j["copy"] > 0), key=lambda j: int(j["copy"])):
-        register_id, number, job_id = job["register_id"], job["number"], int(job["id"])
-        if number > last_originals.get(register_id, 0) or any(
-            earlier > job_id or earlier in held
-            for (earlier,) in conn.execute(_EARLIER_OPEN, (register_id, number, job["copy"]))
-        ):
-            held.add(job_id)
-    return held
+def held_copies(jobs: Sequence[sqlite3.Row], last_originals: Mapping[str, int]) -> set[int]:
+    """The ids of those ``jobs`` that are copies which must not print yet: their receipt
+    is past its register's last original job (``last_originals``: the worker adds the
+    original's job later, and :func:`add_original` moves the copy behind it). A copy
+    behind its original cannot be ahead of an earlier job of its receipt otherwise: the
+    original moves the copies before it, copies are numbered in the order they are
+    queued, and a queue an earlier release left otherwise is put in order at the
+    worker's start (:func:`reorder_open`)."""
+    return {
+        int(job["id"])
+        for job in jobs
+        if job["copy"] > 0 and job["number"] > last_originals.get(job["register_id"], 0)
+    }
 
 
 def last_original(conn: sqlite3.Connection, register_id: str) -> int | None:
