@@ -37,7 +37,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -376,27 +376,14 @@ class OutageBook:
         at: dt.datetime,
     ) -> int:
         """Close the open outage with its Sammelbeleg, in the Sammelbeleg's transaction."""
-        outage_id = self._id(register_id)
-        escalations = self.watch.age_for_close(conn, outage_id, at)
-        conn.execute(
-            "UPDATE outages SET ended_at = ?, sammelbeleg_number = ? WHERE id = ?",
-            (at.isoformat(), sammelbeleg_number, outage_id),
-        )
-        closed = _closed_line(conn, outage_id, register_id, sammelbeleg_number, at)
-        append_event(
+        return self._end(
             conn,
-            kind="outage.closed",
-            register_id=register_id,
-            at=at.isoformat(),
-            data={"outage": outage_id, "sammelbeleg_number": sammelbeleg_number},
+            register_id,
+            at,
+            {"sammelbeleg_number": sammelbeleg_number},
+            lambda outage_id: _closed_line(conn, outage_id, register_id, sammelbeleg_number, at),
+            self.watch.ended,
         )
-        escalations += self.watch.ended(conn, outage_id, at)
-        with self._lock:
-            del self._open[register_id]
-            self._pending.append(("close", register_id, outage_id))
-            self._escalations.extend(escalations)
-            self._news.append(closed)
-        return outage_id
 
     def decommissioned(
         self, conn: sqlite3.Connection, register_id: str, closing_number: int, at: dt.datetime
@@ -405,33 +392,52 @@ class OutageBook:
         failure marker, in its transaction: the register ends inside the outage, which no
         Sammelbeleg can close (``sammelbeleg_number`` stays null). Its FinanzOnline report
         falls due within a week (:meth:`OutageWatch.decommissioned`)."""
+        return self._end(
+            conn,
+            register_id,
+            at,
+            {"sammelbeleg_number": None, "closing_number": closing_number},
+            lambda outage_id: (
+                logging.WARNING,
+                "outage %d ended: register %s was decommissioned inside it, its"
+                " Schlussbeleg %d carries the failure marker (no Sammelbeleg follows)",
+                (outage_id, register_id, closing_number),
+            ),
+            self.watch.decommissioned,
+        )
+
+    def _end(  # noqa: PLR0917 - the outage's end, then what it says and what follows
+        self,
+        conn: sqlite3.Connection,
+        register_id: str,
+        at: dt.datetime,
+        facts: dict[str, int | None],
+        line: Callable[[int], LogLine],
+        then: Callable[[sqlite3.Connection, int, dt.datetime], list[Escalation]],
+    ) -> int:
+        """End the register's open outage at ``at`` in the caller's transaction: aged first,
+        its row and ``outage.closed`` event (with ``facts``), then ``then``'s escalations;
+        ``line``: what the log says once the transaction commits."""
         outage_id = self._id(register_id)
         escalations = self.watch.age_for_close(conn, outage_id, at)
-        conn.execute("UPDATE outages SET ended_at = ? WHERE id = ?", (at.isoformat(), outage_id))
+        conn.execute(
+            "UPDATE outages SET ended_at = ?, sammelbeleg_number = ? WHERE id = ?",
+            (at.isoformat(), facts["sammelbeleg_number"], outage_id),
+        )
+        news = line(outage_id)
         append_event(
             conn,
             kind="outage.closed",
             register_id=register_id,
             at=at.isoformat(),
-            data={
-                "outage": outage_id,
-                "sammelbeleg_number": None,
-                "closing_number": closing_number,
-            },
+            data={"outage": outage_id, **facts},
         )
-        escalations += self.watch.decommissioned(conn, outage_id, at)
+        escalations += then(conn, outage_id, at)
         with self._lock:
             del self._open[register_id]
             self._pending.append(("close", register_id, outage_id))
             self._escalations.extend(escalations)
-            self._news.append(
-                (
-                    logging.WARNING,
-                    "outage %d ended: register %s was decommissioned inside it, its"
-                    " Schlussbeleg %d carries the failure marker (no Sammelbeleg follows)",
-                    (outage_id, register_id, closing_number),
-                )
-            )
+            self._news.append(news)
         return outage_id
 
     def _id(self, register_id: str) -> int:
